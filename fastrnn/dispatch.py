@@ -1,0 +1,151 @@
+"""Backend registry and selection: which kernels run a layer, and why.
+
+The choice, in order of precedence:
+
+1. the layer's ``backend=`` argument, when it is not ``"auto"``;
+2. the process-wide default set by :func:`set_backend`;
+3. the ``FASTRNN_BACKEND`` environment variable;
+4. ``"auto"``: ``cuda`` when a real GPU is present and the inputs are on
+   it or the layer was placed there; otherwise ``cpu`` for every
+   configuration it supports; otherwise ``reference`` (for example when an
+   activation is a Python callable), with the reason.
+
+An explicitly requested backend that cannot run raises an error saying why;
+``auto`` never raises, it falls back and says so in the reason string.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from typing import NamedTuple
+
+BACKENDS = ("reference", "cpu", "cuda")
+_CHOICES = BACKENDS + ("auto",)
+
+_default = None
+_lock = threading.Lock()
+_modules = {}
+
+
+class Choice(NamedTuple):
+    """The backend picked for a layer: its name, its module, and why."""
+
+    name: str
+    module: object
+    reason: str
+
+
+def _check_name(name, argument="backend"):
+    if name is None:
+        return "auto"
+    if not isinstance(name, str) or name.lower() not in _CHOICES:
+        raise ValueError(f"{argument}: expected one of {list(_CHOICES)}, got {name!r}")
+    return name.lower()
+
+
+def backend_module(name):
+    """Import and return the kernel module of backend ``name``.
+
+    Raises ``RuntimeError`` when the module cannot be imported (for example
+    the ``cuda`` backend without the ``fastrnn[cuda]`` extra).
+    """
+    name = _check_name(name)
+    if name == "auto":
+        raise ValueError("backend_module needs a concrete backend, not 'auto'")
+    with _lock:
+        if name not in _modules:
+            try:
+                _modules[name] = importlib.import_module(f"fastrnn.kernels.{name}")
+            except ImportError as exc:  # missing optional dependency
+                _modules[name] = exc
+    mod = _modules[name]
+    if isinstance(mod, Exception):
+        raise RuntimeError(f"backend {name!r} cannot be imported: {mod}") from mod
+    return mod
+
+
+def available(name):
+    """``(True, reason)`` when backend ``name`` can run on this machine."""
+    try:
+        mod = backend_module(name)
+    except RuntimeError as exc:
+        return False, str(exc)
+    return mod.available()
+
+
+def set_backend(name):
+    """Set the process-wide default backend (``None`` or ``"auto"`` resets it)."""
+    global _default
+    name = _check_name(name)
+    _default = None if name == "auto" else name
+
+
+def get_backend():
+    """The process-wide default: set_backend's value, else $FASTRNN_BACKEND, else auto."""
+    if _default is not None:
+        return _default
+    return _check_name(os.environ.get("FASTRNN_BACKEND") or "auto", "FASTRNN_BACKEND")
+
+
+def _supports_all(mod, params_list):
+    for params in params_list:
+        ok, why = mod.supports(params)
+        if not ok:
+            return False, why
+    return True, ""
+
+
+def select(requested, params_list, on_device=False):
+    """Pick the backend for a layer made of ``params_list``.
+
+    Parameters
+    ----------
+    requested : str
+        The layer's ``backend=`` argument.
+    params_list : list of kernel parameter records
+        One per recurrent layer the call will run.
+    on_device : bool
+        True when the inputs are GPU arrays or the layer was placed on the GPU.
+
+    Returns
+    -------
+    Choice
+    """
+    requested = _check_name(requested)
+    source = "backend argument"
+    if requested == "auto":
+        requested = get_backend()
+        source = "fastrnn.set_backend / FASTRNN_BACKEND"
+    if requested != "auto":
+        ok, why = available(requested)
+        if not ok:
+            raise RuntimeError(f"backend {requested!r} was requested ({source}) but {why}")
+        mod = backend_module(requested)
+        ok, why = _supports_all(mod, params_list)
+        if not ok:
+            raise ValueError(f"backend {requested!r} was requested ({source}) but {why}")
+        return Choice(requested, mod, f"{requested}: requested by the {source}")
+    return _auto(params_list, on_device)
+
+
+def _auto(params_list, on_device):
+    notes = []
+    if on_device:
+        ok, why = available("cuda")
+        if ok:
+            mod = backend_module("cuda")
+            ok, why = _supports_all(mod, params_list)
+            if ok:
+                return Choice("cuda", mod, "cuda: a GPU is present and the data or layer is on it")
+        notes.append(f"not cuda: {why}")
+    ok, why = available("cpu")
+    if ok:
+        mod = backend_module("cpu")
+        ok, why = _supports_all(mod, params_list)
+        if ok:
+            reason = "cpu: compiled kernels support this configuration"
+            return Choice("cpu", mod, "; ".join([reason] + notes))
+    notes.append(f"not cpu: {why}")
+    return Choice("reference", backend_module("reference"), "reference: " + "; ".join(notes))

@@ -1,0 +1,144 @@
+"""The ``reference`` backend: NumPy, one step at a time, obviously correct.
+
+This module is the oracle every fast backend is tested against, and it is
+itself tested against the real Keras, TensorFlow 1 and PyTorch (golden
+vectors in ``tests/data``, live tests where those frameworks are
+installed). It implements the contract written in
+:mod:`fastrnn.kernels`; read it there. It computes in float64 whatever the
+input dtype and rounds once when writing the outputs, so it is the most
+accurate of the backends, and it accepts any Python callable as an
+activation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..activations import apply
+
+NAME = "reference"
+
+
+def available():
+    return True, "NumPy is always available"
+
+
+def supports(params):
+    return True, "the reference backend runs every configuration"
+
+
+class _Packed:
+    """The reference backend keeps the Keras layout, in float64."""
+
+    __slots__ = ("params", "w")
+
+    def __init__(self, params):
+        self.params = params
+        self.w = {
+            name: (None if value is None else np.asarray(value, dtype=np.float64))
+            for name, value in vars(params).items()
+            if isinstance(value, np.ndarray) or value is None
+        }
+
+
+def pack(params):
+    return _Packed(params)
+
+
+def _steps(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _masked_update(mask, t, new, old):
+    if mask is None:
+        return new
+    return np.where(mask[:, t, None], new, old)
+
+
+def _emit(mask, t, zero_output, y_new, prev):
+    if mask is None:
+        return y_new
+    fallback = np.zeros_like(y_new) if zero_output else prev
+    return np.where(mask[:, t, None], y_new, fallback)
+
+
+def _sequence(step, x, states, mask, reverse, zero_output, out, states_out, out_size):
+    """Drive ``step(x_t, states) -> (y, new_states)`` over time with masking."""
+    x = np.asarray(x, dtype=np.float64)
+    B, T, _ = x.shape
+    states = [np.array(s, dtype=np.float64) for s in states]
+    prev = np.zeros((B, out_size))
+    for t in _steps(T, reverse):
+        y, new = step(x[:, t], states)
+        states = [_masked_update(mask, t, n, s) for n, s in zip(new, states)]
+        prev = _emit(mask, t, zero_output, y, prev)
+        if out is not None:
+            out[:, t] = prev
+    for dst, src in zip(states_out, states):
+        dst[...] = src
+
+
+def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
+    p, w = packed.params, packed.w
+
+    def step(x_t, states):
+        h = apply(p.activation, x_t @ w["kernel"] + w["bias"] + states[0] @ w["recurrent_kernel"])
+        return h, [h]
+
+    _sequence(step, x, [h0], mask, reverse, zero_output, out, [h_out], p.units)
+
+
+def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
+    p, w = packed.params, packed.w
+    H = p.units
+    b_in, b_rec = w["bias"][0], w["bias"][1]
+    U = w["recurrent_kernel"]
+
+    def step(x_t, states):
+        h = states[0]
+        xz, xr, xh = np.split(x_t @ w["kernel"] + b_in, 3, axis=1)
+        rz = h @ U[:, :H] + b_rec[:H]
+        rr = h @ U[:, H : 2 * H] + b_rec[H : 2 * H]
+        z = apply(p.recurrent_activation, xz + rz)
+        r = apply(p.recurrent_activation, xr + rr)
+        if p.reset_after:
+            rh = r * (h @ U[:, 2 * H :] + b_rec[2 * H :])
+        else:
+            rh = (r * h) @ U[:, 2 * H :] + b_rec[2 * H :]
+        hh = apply(p.activation, xh + rh)
+        h_new = z * h + (1.0 - z) * hh
+        return h_new, [h_new]
+
+    _sequence(step, x, [h0], mask, reverse, zero_output, out, [h_out], H)
+
+
+def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
+    p, w = packed.params, packed.w
+    peep, proj = w["peepholes"], w["projection"]
+
+    def clip(v, limit):
+        return v if limit is None else np.clip(v, -limit, limit)
+
+    def step(x_t, states):
+        h, c = states
+        zi, zf, zc, zo = np.split(
+            x_t @ w["kernel"] + h @ w["recurrent_kernel"] + w["bias"], 4, axis=1
+        )
+        if peep is not None:
+            zi = zi + peep[0] * c
+            zf = zf + peep[1] * c
+        i = apply(p.recurrent_activation, zi)
+        f = apply(p.recurrent_activation, zf + p.forget_bias)
+        c_new = clip(f * c + i * apply(p.activation, zc), p.cell_clip)
+        if peep is not None:
+            zo = zo + peep[2] * c_new
+        o = apply(p.recurrent_activation, zo)
+        h_new = o * apply(p.activation, c_new)
+        if proj is not None:
+            h_new = clip(h_new @ proj, p.proj_clip)
+        return h_new, [h_new, c_new]
+
+    _sequence(
+        step, x, [h0, c0], mask, reverse, zero_output, out, [h_out, c_out],
+        p.output_size,
+    )
