@@ -1,0 +1,65 @@
+"""Scalar activation and gate math, written once in plain Python.
+
+Each function here uses only ``math`` and arithmetic, so the same source is
+compiled for the CPU (``numba.njit(inline="always")``) by ``cpu.py`` and for
+the GPU (``numba.cuda.jit(device=True, inline="always")``) by ``cuda.py``.
+Never call an ``@njit`` function from a CUDA kernel: wrap these instead.
+
+Activation codes are those of :mod:`fastrnn.activations`; they arrive as
+arguments, so one compiled kernel serves every activation.
+"""
+
+import math
+
+# Keep these equal to fastrnn.activations (tests check it); a module global
+# would be frozen into cached kernels anyway.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+INV_SQRT2 = 0.7071067811865476
+
+
+def sigmoid(x):
+    # 0.5 * (tanh(x/2) + 1) never overflows and stays accurate for x << 0.
+    return 0.5 * (math.tanh(0.5 * x) + 1.0)
+
+
+def activate(code, x):
+    """Activation number ``code`` applied to the scalar ``x``."""
+    if code == 1:
+        return math.tanh(x)
+    if code == 2:
+        return sigmoid(x)
+    if code == 0:
+        return x
+    if code == 3:
+        v = x / 6.0 + 0.5
+        return 0.0 if v < 0.0 else (1.0 if v > 1.0 else v)
+    if code == 4:
+        return x if x > 0.0 else 0.0 * x
+    if code == 5:
+        return x / (1.0 + abs(x))
+    if code == 6:
+        # log(1 + exp(x)) without overflow
+        return (x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x)))
+    if code == 7:
+        return x if x > 0.0 else math.expm1(x)
+    if code == 8:
+        return SELU_SCALE * (x if x > 0.0 else SELU_ALPHA * math.expm1(x))
+    if code == 9:
+        return x * sigmoid(x)
+    if code == 10:
+        return 0.5 * x * (1.0 + math.erf(x * INV_SQRT2))
+    if code == 11:
+        return math.exp(x)
+    return math.nan
+
+
+def clip(x, limit):
+    """Clip to ``[-limit, limit]``; ``limit < 0`` means no clipping."""
+    if limit < 0.0:
+        return x
+    if x > limit:
+        return limit
+    if x < -limit:
+        return -limit
+    return x
