@@ -30,10 +30,13 @@ def supports(params):
 class _Packed:
     """The reference backend keeps the Keras layout, in float64."""
 
-    __slots__ = ("params", "w")
+    __slots__ = ("params", "w", "recurrent_mask")
 
     def __init__(self, params):
         self.params = params
+        # Training-mode recurrent dropout (layers set it; not part of the
+        # contract): scales h in the recurrent products only, as Keras does.
+        self.recurrent_mask = None
         self.w = {
             name: (None if value is None else np.asarray(value, dtype=np.float64))
             for name, value in vars(params).items()
@@ -78,11 +81,16 @@ def _sequence(step, x, states, mask, reverse, zero_output, out, states_out, out_
         dst[...] = src
 
 
+def _recurrent_input(packed, h):
+    return h if packed.recurrent_mask is None else h * packed.recurrent_mask
+
+
 def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
     p, w = packed.params, packed.w
 
     def step(x_t, states):
-        h = apply(p.activation, x_t @ w["kernel"] + w["bias"] + states[0] @ w["recurrent_kernel"])
+        hr = _recurrent_input(packed, states[0])
+        h = apply(p.activation, x_t @ w["kernel"] + w["bias"] + hr @ w["recurrent_kernel"])
         return h, [h]
 
     _sequence(step, x, [h0], mask, reverse, zero_output, out, [h_out], p.units)
@@ -96,15 +104,16 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
 
     def step(x_t, states):
         h = states[0]
+        hr = _recurrent_input(packed, h)
         xz, xr, xh = np.split(x_t @ w["kernel"] + b_in, 3, axis=1)
-        rz = h @ U[:, :H] + b_rec[:H]
-        rr = h @ U[:, H : 2 * H] + b_rec[H : 2 * H]
+        rz = hr @ U[:, :H] + b_rec[:H]
+        rr = hr @ U[:, H : 2 * H] + b_rec[H : 2 * H]
         z = apply(p.recurrent_activation, xz + rz)
         r = apply(p.recurrent_activation, xr + rr)
         if p.reset_after:
-            rh = r * (h @ U[:, 2 * H :] + b_rec[2 * H :])
+            rh = r * (hr @ U[:, 2 * H :] + b_rec[2 * H :])
         else:
-            rh = (r * h) @ U[:, 2 * H :] + b_rec[2 * H :]
+            rh = (r * hr) @ U[:, 2 * H :] + b_rec[2 * H :]
         hh = apply(p.activation, xh + rh)
         h_new = z * h + (1.0 - z) * hh
         return h_new, [h_new]
@@ -122,7 +131,8 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     def step(x_t, states):
         h, c = states
         zi, zf, zc, zo = np.split(
-            x_t @ w["kernel"] + h @ w["recurrent_kernel"] + w["bias"], 4, axis=1
+            x_t @ w["kernel"] + _recurrent_input(packed, h) @ w["recurrent_kernel"] + w["bias"],
+            4, axis=1
         )
         if peep is not None:
             zi = zi + peep[0] * c

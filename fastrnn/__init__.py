@@ -1,0 +1,19 @@
+"""fastrnn: fast RNN inference (SimpleRNN, GRU, LSTM) on CPU and NVIDIA GPUs.
+
+Keras-style layers (``fastrnn.LSTM``, ``GRU``, ``SimpleRNN``, ``RNN``,
+``Bidirectional``) and cells, a TF1-style API in ``fastrnn.nn``, converters
+from Keras and PyTorch, and three backends behind one kernel contract:
+``reference`` (NumPy), ``cpu`` (Numba) and ``cuda`` (Numba CUDA).
+"""
+
+__version__ = "0.1.0"
+
+from .cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
+from .dispatch import get_backend, set_backend
+from .layers import GRU, LSTM, RNN, Bidirectional, SimpleRNN, deserialize, serialize
+
+__all__ = [
+    "GRU", "LSTM", "RNN", "Bidirectional", "SimpleRNN",
+    "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
+    "get_backend", "set_backend", "serialize", "deserialize",
+]

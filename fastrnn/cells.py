@@ -1,0 +1,473 @@
+"""Keras-style recurrent cells: parameters, configuration and one step.
+
+A cell owns its weights (in Keras 3 layout and gate order) and its
+configuration; it has no numerical loop of its own. ``cell.params()``
+describes it to the kernels (:mod:`fastrnn.kernels`), and a one-step call
+``cell(x_t, states)`` runs the same kernels over a single time step.
+
+Arguments that only matter for training are accepted so that Keras
+configurations load unchanged, stored in ``get_config()``, and otherwise
+unused: the ``*_regularizer`` and ``*_constraint`` arguments (fastrnn does
+not train), and ``implementation`` (numerically identical). ``dropout`` and
+``recurrent_dropout`` apply only when a layer is called with
+``training=True``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import activations, initializers
+from .kernels import GRUParams, LSTMParams, SimpleRNNParams
+
+_TRAINING_ONLY = (
+    "kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
+    "kernel_constraint", "recurrent_constraint", "bias_constraint",
+)
+# Keras base-layer keywords that carry no meaning for inference.
+_IGNORED_KW = ("trainable", "implementation", "activity_regularizer", "autocast",
+               "input_shape", "batch_input_shape", "input_dim", "batch_size")
+
+
+def resolve_dtype(dtype, argument="dtype"):
+    """``"float32"`` / ``"float64"`` from a dtype, a name or a Keras DTypePolicy dict."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    if isinstance(dtype, dict):  # Keras 3 serialised DTypePolicy
+        dtype = (dtype.get("config") or {}).get("name", dtype.get("name"))
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"{argument}: expected float32 or float64, got {dtype!r}") from exc
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"{argument}: expected float32 or float64, got {dtype!r}")
+    return dt
+
+
+def _check_rate(value, argument):
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{argument}: expected a rate in [0, 1), got {value}")
+    return value
+
+
+def _pop_common(kwargs, cls_name):
+    name = kwargs.pop("name", None)
+    dtype = resolve_dtype(kwargs.pop("dtype", None))
+    for key in _IGNORED_KW:
+        kwargs.pop(key, None)
+    if kwargs:
+        raise TypeError(f"{cls_name}: unexpected keyword argument(s) {sorted(kwargs)}")
+    return name, dtype
+
+
+class _Cell:
+    """Shared machinery of the three built-in cells."""
+
+    _gates = 1
+    _kind = None
+
+    def __init__(self, units, activation="tanh", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, seed=None,
+                 **kwargs):
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units <= 0:
+            raise ValueError(f"units: expected a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = activations.resolve(activation, "activation")
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.recurrent_initializer = initializers.get(recurrent_initializer,
+                                                      "recurrent_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
+        for key in _TRAINING_ONLY:
+            setattr(self, key, kwargs.pop(key, None))
+        self.dropout = _check_rate(dropout, "dropout")
+        self.recurrent_dropout = _check_rate(recurrent_dropout, "recurrent_dropout")
+        self.seed = seed
+        self.name, self.dtype = _pop_common(kwargs, type(self).__name__)
+        self.built = False
+        self.input_dim = None
+        self.kernel = self.recurrent_kernel = self.bias = None
+        self._params = None
+        self.version = 0  # bumped whenever weights change; layers re-pack on change
+
+    # ----- shapes -----
+    @property
+    def state_size(self):
+        return self.units
+
+    @property
+    def output_size(self):
+        return self.units
+
+    def _weight_specs(self, input_dim):
+        g = self._gates * self.units
+        specs = [("kernel", (input_dim, g)), ("recurrent_kernel", (self.units, g))]
+        if self.use_bias:
+            specs.append(("bias", self._bias_shape()))
+        return specs
+
+    def _bias_shape(self):
+        return (self._gates * self.units,)
+
+    # ----- weights -----
+    def build(self, input_shape):
+        """Create weights for inputs whose last axis is ``input_shape[-1]``."""
+        input_dim = input_shape if isinstance(input_shape, (int, np.integer)) else input_shape[-1]
+        if input_dim is None or int(input_dim) <= 0:
+            raise ValueError(
+                f"{type(self).__name__}.build: input_shape[-1] must be a positive integer, "
+                f"got {input_shape!r}"
+            )
+        input_dim = int(input_dim)
+        if self.built:
+            if input_dim != self.input_dim:
+                raise ValueError(
+                    f"{type(self).__name__}: built for {self.input_dim} input features, "
+                    f"got input_shape {tuple(input_shape) if not isinstance(input_shape, int) else input_shape}"
+                )
+            return
+        self.input_dim = input_dim
+        g = self._gates * self.units
+        self.kernel = self.kernel_initializer((input_dim, g), self.dtype)
+        self.recurrent_kernel = self.recurrent_initializer((self.units, g), self.dtype)
+        self.bias = self._init_bias() if self.use_bias else None
+        self.built = True
+        self._changed()
+
+    def _init_bias(self):
+        return self.bias_initializer(self._bias_shape(), self.dtype)
+
+    def _changed(self):
+        self._params = None
+        self.version += 1
+
+    @property
+    def weights(self):
+        return [getattr(self, n) for n, _ in self._weight_specs(self.input_dim or 0)] if self.built else []
+
+    def get_weights(self):
+        """Copies of the weights, in Keras order: kernel, recurrent_kernel[, bias]."""
+        return [np.array(w) for w in self.weights]
+
+    def set_weights(self, weights):
+        """Load weights in Keras order and shapes; builds the cell if needed.
+
+        Raises ``ValueError`` naming the expected arrays when the count or a
+        shape is wrong. The arrays are copied (and cast to the cell's dtype).
+        """
+        weights = list(weights)
+        input_dim = self.input_dim
+        if input_dim is None and weights:
+            input_dim = np.shape(weights[0])[0] if np.ndim(weights[0]) == 2 else None
+        specs = self._weight_specs(input_dim if input_dim is not None else "D")
+        expect = ", ".join(f"{n} {s}" for n, s in specs)
+        if len(weights) != len(specs):
+            raise ValueError(
+                f"{type(self).__name__}.set_weights: expected {len(specs)} arrays "
+                f"[{expect}], got {len(weights)}"
+            )
+        arrays = []
+        for (name, shape), w in zip(specs, weights):
+            w = np.asarray(w)
+            if w.shape != tuple(shape):
+                raise ValueError(
+                    f"{type(self).__name__}.set_weights: {name} expected shape {tuple(shape)}, "
+                    f"got {w.shape} (expected [{expect}])"
+                )
+            if not np.issubdtype(w.dtype, np.number):
+                raise TypeError(f"{type(self).__name__}.set_weights: {name} must be numeric, got {w.dtype}")
+            arrays.append(np.array(w, dtype=self.dtype))
+        self.input_dim = input_dim
+        for (name, _), w in zip(specs, arrays):
+            setattr(self, name, w)
+        if not self.use_bias:
+            self.bias = None
+        self.built = True
+        self._changed()
+
+    def _bias_or_zeros(self, shape):
+        return self.bias if self.bias is not None else np.zeros(shape, self.dtype)
+
+    def params(self):
+        """The kernel parameter record for this cell (cached until weights change)."""
+        if not self.built:
+            raise ValueError(f"{type(self).__name__} is not built: call build() or set_weights()")
+        if self._params is None:
+            self._params = self._make_params()
+        return self._params
+
+    # ----- one step -----
+    def get_initial_state(self, batch_size):
+        sizes = self.state_size if isinstance(self.state_size, list) else [self.state_size]
+        return [np.zeros((batch_size, s), self.dtype) for s in sizes]
+
+    def __call__(self, inputs, states, training=False):
+        """One step: ``inputs (batch, features)``, ``states`` list -> ``(output, new_states)``."""
+        from .layers import RNN  # a one-step RNN shares all validation
+
+        inputs = np.asarray(inputs)
+        if inputs.ndim != 2:
+            raise ValueError(
+                f"{type(self).__name__}: inputs expected shape (batch, features), got {inputs.shape}"
+            )
+        if not isinstance(states, (list, tuple)):
+            states = [states]
+        layer = self.__dict__.get("_step_layer")
+        if layer is None:
+            layer = self._step_layer = RNN(self, return_state=True)
+        result = layer(inputs[:, None, :], initial_state=list(states), training=training)
+        output, new_states = result[0], result[1:]
+        return output, new_states
+
+    # ----- config -----
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "trainable": True,
+            "dtype": self.dtype.name,
+            "units": self.units,
+            "activation": activations.name_of(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+        }
+        config.update({key: getattr(self, key) for key in _TRAINING_ONLY})
+        config.update(dropout=self.dropout, recurrent_dropout=self.recurrent_dropout,
+                      seed=self.seed)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(units={self.units})"
+
+
+class SimpleRNNCell(_Cell):
+    """Fully connected RNN cell: ``h' = activation(x W + b + h U)``.
+
+    Parameters
+    ----------
+    units : int
+        Size of the state and output.
+    activation : str, None or callable
+        Default ``"tanh"``. A callable runs on the ``reference`` backend only.
+    use_bias, kernel_initializer, recurrent_initializer, bias_initializer
+        As in Keras 3.
+    dropout, recurrent_dropout : float
+        Fractions dropped when called with ``training=True`` (one mask per
+        sequence, Keras semantics); unused at inference.
+    kernel_regularizer, ..., bias_constraint
+        Stored in the config; training-only, unused by fastrnn.
+
+    Weights: ``kernel (input_dim, units)``, ``recurrent_kernel (units, units)``,
+    ``bias (units,)``.
+    """
+
+    def _make_params(self):
+        return SimpleRNNParams(self.kernel, self.recurrent_kernel,
+                               self._bias_or_zeros((self.units,)), self.activation)
+
+
+class GRUCell(_Cell):
+    """Gated recurrent unit cell, gates **z, r, h** (Keras order).
+
+    Parameters are those of :class:`SimpleRNNCell` plus
+    ``recurrent_activation`` (default ``"sigmoid"``) and ``reset_after``
+    (default True: the reset gate multiplies ``h U_h + b_rh``, the Keras 3
+    and PyTorch/cuDNN convention; False: it multiplies ``h`` before the
+    product, Keras 2 and TF1).
+
+    Weights: ``kernel (input_dim, 3 units)``, ``recurrent_kernel (units,
+    3 units)``, ``bias (2, 3 units)`` when ``reset_after`` (input bias,
+    recurrent bias), else ``bias (3 units,)``.
+    """
+
+    _gates = 3
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid",
+                 use_bias=True, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 dropout=0.0, recurrent_dropout=0.0, reset_after=True, seed=None, **kwargs):
+        super().__init__(units, activation, use_bias, kernel_initializer,
+                         recurrent_initializer, bias_initializer, dropout,
+                         recurrent_dropout, seed, **kwargs)
+        self.recurrent_activation = activations.resolve(recurrent_activation,
+                                                        "recurrent_activation")
+        self.reset_after = bool(reset_after)
+
+    def _bias_shape(self):
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+
+    def _make_params(self):
+        H = self.units
+        if self.bias is None:
+            bias = np.zeros((2, 3 * H), self.dtype)
+        elif self.reset_after:
+            bias = self.bias
+        else:
+            bias = np.stack([self.bias, np.zeros(3 * H, self.dtype)])
+        return GRUParams(self.kernel, self.recurrent_kernel, bias, self.activation,
+                         self.recurrent_activation, self.reset_after)
+
+    def get_config(self):
+        config = super().get_config()
+        config["recurrent_activation"] = activations.name_of(self.recurrent_activation)
+        config["reset_after"] = self.reset_after
+        return config
+
+
+class LSTMCell(_Cell):
+    """Long short-term memory cell, gates **i, f, c, o** (Keras order).
+
+    Parameters are those of :class:`SimpleRNNCell` plus
+    ``recurrent_activation`` (default ``"sigmoid"``) and ``unit_forget_bias``
+    (default True: the forget-gate bias is initialised to 1 when the layer
+    is built; weights loaded with ``set_weights`` are used as they are).
+
+    States are ``[h, c]``. Weights: ``kernel (input_dim, 4 units)``,
+    ``recurrent_kernel (units, 4 units)``, ``bias (4 units,)``.
+    """
+
+    _gates = 4
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid",
+                 use_bias=True, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 unit_forget_bias=True, dropout=0.0, recurrent_dropout=0.0, seed=None,
+                 **kwargs):
+        super().__init__(units, activation, use_bias, kernel_initializer,
+                         recurrent_initializer, bias_initializer, dropout,
+                         recurrent_dropout, seed, **kwargs)
+        self.recurrent_activation = activations.resolve(recurrent_activation,
+                                                        "recurrent_activation")
+        self.unit_forget_bias = bool(unit_forget_bias)
+
+    @property
+    def state_size(self):
+        return [self.units, self.units]
+
+    def _init_bias(self):
+        bias = super()._init_bias()
+        if self.unit_forget_bias:
+            bias[self.units : 2 * self.units] = 1.0
+        return bias
+
+    def _make_params(self):
+        return LSTMParams(self.kernel, self.recurrent_kernel,
+                          self._bias_or_zeros((4 * self.units,)), self.activation,
+                          self.recurrent_activation)
+
+    def get_config(self):
+        config = super().get_config()
+        config["recurrent_activation"] = activations.name_of(self.recurrent_activation)
+        config["unit_forget_bias"] = self.unit_forget_bias
+        return config
+
+
+class StackedRNNCells:
+    """Cells run one after another at each step (Keras ``StackedRNNCells``).
+
+    The output of cell ``k`` is the input of cell ``k + 1``; the stack's
+    output is the last cell's. ``state_size`` is the list of the cells'
+    state sizes (an LSTM cell contributes ``[units, units]``), and states are
+    passed and returned nested the same way.
+    """
+
+    def __init__(self, cells, **kwargs):
+        cells = list(cells)
+        if not cells:
+            raise ValueError("StackedRNNCells: cells must be a non-empty list")
+        for c in cells:
+            if not hasattr(c, "state_size"):
+                raise ValueError(f"StackedRNNCells: {c!r} is not an RNN cell (no state_size)")
+        self.cells = cells
+        self.name, _ = _pop_common(kwargs, "StackedRNNCells")
+        self.dtype = getattr(cells[0], "dtype", np.dtype(np.float32))
+
+    @property
+    def state_size(self):
+        return [c.state_size for c in self.cells]
+
+    @property
+    def output_size(self):
+        last = self.cells[-1]
+        size = getattr(last, "output_size", None)
+        return size if size is not None else _first(last.state_size)
+
+    @property
+    def built(self):
+        return all(getattr(c, "built", True) for c in self.cells)
+
+    @property
+    def version(self):
+        return tuple(getattr(c, "version", 0) for c in self.cells)
+
+    def build(self, input_shape):
+        dim = input_shape if isinstance(input_shape, (int, np.integer)) else input_shape[-1]
+        for c in self.cells:
+            if hasattr(c, "build"):
+                c.build((None, dim))
+            dim = getattr(c, "output_size", None) or _first(c.state_size)
+
+    def get_weights(self):
+        return [w for c in self.cells for w in c.get_weights()]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        counts = [len(c._weight_specs(0)) if hasattr(c, "_weight_specs") else len(c.get_weights())
+                  for c in self.cells]
+        if len(weights) != sum(counts):
+            raise ValueError(
+                f"StackedRNNCells.set_weights: expected {sum(counts)} arrays "
+                f"({' + '.join(map(str, counts))} for the cells in order), got {len(weights)}"
+            )
+        start = 0
+        for c, n in zip(self.cells, counts):
+            c.set_weights(weights[start : start + n])
+            start += n
+
+    def get_initial_state(self, batch_size):
+        return [c.get_initial_state(batch_size) if isinstance(c.state_size, list)
+                else c.get_initial_state(batch_size)[0] for c in self.cells]
+
+    def __call__(self, inputs, states, training=False):
+        from .layers import RNN
+
+        layer = RNN(self, return_state=True)
+        result = layer(np.asarray(inputs)[:, None, :], initial_state=list(states),
+                       training=training)
+        return result[0], result[1:]
+
+    def get_config(self):
+        return {"name": self.name, "trainable": True,
+                "cells": [serialize_cell(c) for c in self.cells]}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        cells = [deserialize_cell(c) for c in config.pop("cells")]
+        return cls(cells, **config)
+
+
+def _first(size):
+    return size[0] if isinstance(size, (list, tuple)) else size
+
+
+CELLS = {c.__name__: c for c in (SimpleRNNCell, GRUCell, LSTMCell, StackedRNNCells)}
+
+
+def serialize_cell(cell):
+    return {"module": "keras.layers", "class_name": type(cell).__name__,
+            "config": cell.get_config(), "registered_name": None}
+
+
+def deserialize_cell(obj):
+    if not isinstance(obj, dict) or obj.get("class_name") not in CELLS:
+        name = obj.get("class_name") if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"cell: unsupported cell class {name!r}; expected one of {sorted(CELLS)}")
+    return CELLS[obj["class_name"]].from_config(obj.get("config", {}))
