@@ -221,6 +221,12 @@ class _Cell:
         output, new_states = result[0], result[1:]
         return output, new_states
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_step_layer", None)
+        state["_params"] = None
+        return state
+
     # ----- config -----
     def get_config(self):
         config = {

@@ -436,6 +436,25 @@ class RNN:
             return np.ascontiguousarray(np.stack(outputs, axis=1)), flat
         return prev, flat
 
+    # ----- streaming and pickling -----
+    def stream(self, batch_size=1, **kwargs):
+        """A :class:`fastrnn.streaming.Stream`: frame-by-frame inference with carried state."""
+        from .streaming import Stream
+
+        return Stream(self, batch_size=batch_size, **kwargs)
+
+    def __getstate__(self):
+        # Locks and backend-packed weights are per process: rebuilt on demand.
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        state["_packed"] = {}
+        state["_choice"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # ----- shapes and config -----
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape)
