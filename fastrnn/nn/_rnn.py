@@ -1,0 +1,326 @@
+"""``dynamic_rnn`` and friends: TF1's sequence functions on NumPy arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _nest
+from ._engine import resolve_backend, run_layer
+from .rnn_cell import (
+    DropoutWrapper,
+    MultiRNNCell,
+    ResidualWrapper,
+    RNNCell,
+    _FusedCell,
+    check_state,
+    compute_dtype,
+)
+
+__all__ = [
+    "dynamic_rnn",
+    "static_rnn",
+    "bidirectional_dynamic_rnn",
+    "static_bidirectional_rnn",
+]
+
+
+# --------------------------------------------------------------------------
+# argument checks
+
+
+def _check_cell(cell, argument="cell"):
+    if not isinstance(cell, RNNCell):
+        raise TypeError(
+            f"{argument}: expected a fastrnn.nn.rnn_cell.RNNCell, got {type(cell).__name__}"
+        )
+
+
+def _sequence(inputs, time_major, argument="inputs"):
+    x = np.asarray(inputs)
+    if x.ndim != 3:
+        layout = "(max_time, batch, depth)" if time_major else "(batch, max_time, depth)"
+        raise ValueError(f"{argument}: expected shape {layout}, got {x.shape}")
+    return x.transpose(1, 0, 2) if time_major else x
+
+
+def _lengths(sequence_length, batch, max_time):
+    """Validate ``sequence_length``: integers in [0, max_time], shape (batch,)."""
+    if sequence_length is None:
+        return None
+    lengths = np.asarray(sequence_length)
+    if lengths.shape != (batch,):
+        raise ValueError(
+            f"sequence_length: expected shape ({batch},) (batch,), got {lengths.shape}"
+        )
+    if lengths.dtype == bool or not np.issubdtype(lengths.dtype, np.number):
+        raise ValueError(f"sequence_length: expected integers, got dtype {lengths.dtype}")
+    if not np.issubdtype(lengths.dtype, np.integer):
+        if not np.all(np.isfinite(lengths)) or np.any(lengths != np.round(lengths)):
+            raise ValueError(f"sequence_length: expected integers, got {lengths.tolist()}")
+    lengths = lengths.astype(np.int64)
+    if np.any(lengths < 0):
+        i = int(np.argmin(lengths))
+        raise ValueError(
+            f"sequence_length: lengths must be >= 0, got {int(lengths[i])} at batch index {i}"
+        )
+    if np.any(lengths > max_time):
+        i = int(np.argmax(lengths))
+        raise ValueError(
+            f"sequence_length: lengths must be <= max_time {max_time}, got "
+            f"{int(lengths[i])} at batch index {i}"
+        )
+    return lengths
+
+
+def _initial_state(cell, initial_state, batch, dtype, argument):
+    if initial_state is None:
+        return cell.zero_state(batch, dtype)
+    return check_state(cell, initial_state, batch, dtype, argument)
+
+
+def _build(cell, depth):
+    if not cell.built:
+        cell.build((None, depth))
+        cell.built = True
+
+
+def _mask(lengths, max_time):
+    if lengths is None:
+        return None
+    return np.arange(max_time)[None, :] < lengths[:, None]
+
+
+def _reverse_sequence(x, lengths):
+    """TF1 ``reverse_sequence``: reverse each row's first ``length`` steps."""
+    if lengths is None:
+        return x[:, ::-1]
+    B, T = x.shape[:2]
+    t = np.arange(T)[None, :]
+    idx = np.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+    return x[np.arange(B)[:, None], idx]
+
+
+# --------------------------------------------------------------------------
+# running a cell over a sequence
+
+
+def _run(cell, x, lengths, state, reverse, backend, argument="inputs"):
+    """Run ``cell`` over ``x (B, T, D)``; return ``(outputs (B, T, O), state)``.
+
+    Built-in cells make one kernel call each; ``MultiRNNCell`` runs layer by
+    layer; anything else steps in Python.
+    """
+    if isinstance(cell, MultiRNNCell):
+        new_states = []
+        for i, (sub, s) in enumerate(zip(cell._cells, cell.split_state(state))):
+            x, s = _run(sub, x, lengths, s, reverse, resolve_backend(backend, cell),
+                        argument if i == 0 else f"outputs of cells[{i - 1}]")
+            new_states.append(s)
+        return x, cell.join_states(new_states)
+    if isinstance(cell, _FusedCell):
+        depth = x.shape[2]
+        cell._ensure_built(depth)
+        cell._check_depth(depth, argument)
+        out, states = run_layer(
+            cell, np.ascontiguousarray(x), _mask(lengths, x.shape[1]), reverse,
+            cell._to_keras(state), resolve_backend(backend, cell),
+        )
+        return out, cell._from_keras(states)
+    if isinstance(cell, DropoutWrapper) and not cell.active:
+        return _run(cell.cell, x, lengths, state, reverse, backend, argument)
+    if isinstance(cell, ResidualWrapper) and cell._residual_fn is None:
+        out, state = _run(cell.cell, x, lengths, state, reverse, backend, argument)
+        if out.shape != x.shape:
+            raise ValueError(
+                f"ResidualWrapper: inputs {x.shape} and the cell's outputs {out.shape} "
+                "must have the same shape to be added"
+            )
+        mask = _mask(lengths, x.shape[1])
+        return out + (x if mask is None else np.where(mask[:, :, None], x, 0)), state
+    return _loop(cell, x, lengths, state, reverse)
+
+
+def _loop(cell, x, lengths, state, reverse):
+    """Step a general cell in Python with TF1 semantics.
+
+    Past a sequence's length the output is zeros and the state is carried;
+    ``reverse`` reverses each sequence within its length, as TF1's
+    ``reverse_sequence``, and reverses the outputs back.
+    """
+    B, T, _ = x.shape
+    dtype = x.dtype
+    if reverse:
+        x = _reverse_sequence(x, lengths)
+    outputs = []
+    for t in range(T):
+        y, new_state = cell(x[:, t], state)
+        new_state = check_state(cell, new_state, B, dtype, f"state returned by {type(cell).__name__}.call")
+        y = np.asarray(y, dtype=dtype)
+        if y.ndim != 2 or y.shape[0] != B:
+            raise ValueError(
+                f"{type(cell).__name__}.call returned an output of shape {y.shape}; "
+                f"expected ({B}, output_size)"
+            )
+        if lengths is not None:
+            valid = (t < lengths)[:, None]
+            y = np.where(valid, y, 0).astype(dtype)
+            new_state = _nest.map_structure(
+                lambda n, o: np.where(valid, n, o).astype(dtype), new_state, state
+            )
+        state = new_state
+        outputs.append(y)
+    out = np.stack(outputs, axis=1)
+    if reverse:
+        out = _reverse_sequence(out, lengths)
+    return np.ascontiguousarray(out), state
+
+
+def _forward(cell, x, lengths, state, reverse, backend):
+    B, T, D = x.shape
+    if B == 0 or T == 0:
+        return np.zeros((B, T, int(cell.output_size)), dtype=x.dtype), state
+    _build(cell, D)
+    return _run(cell, x, lengths, state, reverse, backend)
+
+
+# --------------------------------------------------------------------------
+# public functions
+
+
+def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=None,
+                parallel_iterations=None, swap_memory=False, time_major=False, scope=None,
+                backend=None):
+    """TF1 ``tf.nn.dynamic_rnn`` on NumPy arrays.
+
+    Parameters
+    ----------
+    cell : RNNCell
+        A built-in cell (one kernel call per layer), a ``MultiRNNCell`` or
+        wrapper of them, or a user-written ``RNNCell`` (stepped in Python).
+        An unbuilt cell is built for the input depth.
+    inputs : array (batch, max_time, depth), or (max_time, batch, depth) if time_major
+    sequence_length : int array (batch,), optional
+        Steps at and past a sequence's length output zeros and leave its
+        state as it was: the final state is the state after its last valid
+        step (the initial state when the length is 0). Each length must be
+        in ``[0, max_time]``.
+    initial_state : nested arrays shaped like ``cell.state_size``, optional
+        Each ``(batch, size)``; zeros when omitted.
+    dtype : float32 or float64, optional
+        The compute dtype; by default the initial state's, else the inputs'
+        (float32 for non-float inputs). Unlike TF1 it need not be given.
+    time_major : bool
+        Inputs and outputs are ``(max_time, batch, ...)``.
+    backend : str, optional
+        ``"auto"``, ``"reference"``, ``"cpu"`` or ``"cuda"``; defaults to the
+        cell's ``backend`` (itself ``"auto"``). After the call,
+        ``cell.last_backend`` (on each built-in cell) says which ran and why.
+    parallel_iterations, swap_memory, scope
+        Accepted for TF1 compatibility; ignored.
+
+    Returns
+    -------
+    outputs : np.ndarray (batch, max_time, cell.output_size), or time-major
+    state : nested arrays shaped like ``cell.state_size``
+    """
+    _check_cell(cell)
+    x = _sequence(inputs, time_major)
+    B, T, _ = x.shape
+    lengths = _lengths(sequence_length, B, T)
+    dt = compute_dtype(dtype, initial_state, x)
+    x = np.ascontiguousarray(x, dtype=dt)
+    state = _initial_state(cell, initial_state, B, dt, "initial_state")
+    out, state = _forward(cell, x, lengths, state, False, backend)
+    if time_major:
+        out = np.ascontiguousarray(out.transpose(1, 0, 2))
+    return out, state
+
+
+def bidirectional_dynamic_rnn(cell_fw, cell_bw, inputs, sequence_length=None,
+                              initial_state_fw=None, initial_state_bw=None, dtype=None,
+                              parallel_iterations=None, swap_memory=False, time_major=False,
+                              scope=None, backend=None):
+    """TF1 ``tf.nn.bidirectional_dynamic_rnn`` on NumPy arrays.
+
+    The backward cell reads each sequence from its last valid step back to
+    step 0 (TF1's ``reverse_sequence`` within ``sequence_length``, not the
+    whole padded axis); its outputs are returned aligned with the input in
+    time. Arguments as :func:`dynamic_rnn`.
+
+    Returns
+    -------
+    (output_fw, output_bw) : each (batch, max_time, output_size), or time-major
+    (state_fw, state_bw) : the final states of the two cells
+    """
+    _check_cell(cell_fw, "cell_fw")
+    _check_cell(cell_bw, "cell_bw")
+    x = _sequence(inputs, time_major)
+    B, T, _ = x.shape
+    lengths = _lengths(sequence_length, B, T)
+    dt = compute_dtype(dtype, initial_state_fw if initial_state_fw is not None
+                       else initial_state_bw, x)
+    x = np.ascontiguousarray(x, dtype=dt)
+    s_fw = _initial_state(cell_fw, initial_state_fw, B, dt, "initial_state_fw")
+    s_bw = _initial_state(cell_bw, initial_state_bw, B, dt, "initial_state_bw")
+    out_fw, s_fw = _forward(cell_fw, x, lengths, s_fw, False, backend)
+    out_bw, s_bw = _forward(cell_bw, x, lengths, s_bw, True, backend)
+    if time_major:
+        out_fw = np.ascontiguousarray(out_fw.transpose(1, 0, 2))
+        out_bw = np.ascontiguousarray(out_bw.transpose(1, 0, 2))
+    return (out_fw, out_bw), (s_fw, s_bw)
+
+
+def _stack_list(inputs):
+    if isinstance(inputs, np.ndarray) or not isinstance(inputs, (list, tuple)):
+        raise TypeError(
+            "inputs: expected a list of max_time arrays of shape (batch, depth), "
+            f"got {type(inputs).__name__}"
+        )
+    if len(inputs) == 0:
+        raise ValueError("inputs: must not be empty (a list of max_time arrays)")
+    arrays = [np.asarray(a) for a in inputs]
+    first = arrays[0].shape
+    for t, a in enumerate(arrays):
+        if a.ndim != 2 or a.shape != first:
+            raise ValueError(
+                f"inputs[{t}]: expected shape (batch, depth) equal to inputs[0]'s "
+                f"{first}, got {a.shape}"
+            )
+    return np.stack(arrays, axis=1)
+
+
+def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=None,
+               scope=None, backend=None):
+    """TF1 ``tf.nn.static_rnn``: ``inputs`` is a list of ``(batch, depth)`` arrays.
+
+    Returns
+    -------
+    outputs : list of max_time arrays (batch, cell.output_size)
+    state : the final state, as :func:`dynamic_rnn`
+    """
+    _check_cell(cell)
+    x = _stack_list(inputs)
+    out, state = dynamic_rnn(cell, x, sequence_length, initial_state, dtype, backend=backend)
+    return [out[:, t] for t in range(out.shape[1])], state
+
+
+def static_bidirectional_rnn(cell_fw, cell_bw, inputs, initial_state_fw=None,
+                             initial_state_bw=None, dtype=None, sequence_length=None,
+                             scope=None, backend=None):
+    """TF1 ``tf.nn.static_bidirectional_rnn``.
+
+    Returns
+    -------
+    outputs : list of max_time arrays (batch, output_size_fw + output_size_bw),
+        forward and backward outputs concatenated (backward aligned in time)
+    output_state_fw, output_state_bw : the final states
+    """
+    _check_cell(cell_fw, "cell_fw")
+    _check_cell(cell_bw, "cell_bw")
+    x = _stack_list(inputs)
+    (out_fw, out_bw), (s_fw, s_bw) = bidirectional_dynamic_rnn(
+        cell_fw, cell_bw, x, sequence_length, initial_state_fw, initial_state_bw, dtype,
+        backend=backend,
+    )
+    out = np.concatenate([out_fw, out_bw], axis=2)
+    return [out[:, t] for t in range(out.shape[1])], s_fw, s_bw
