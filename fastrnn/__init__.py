@@ -9,6 +9,7 @@ from Keras and PyTorch, and three backends behind one kernel contract:
 __version__ = "0.1.0"
 
 from .cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
+from . import dispatch, initializers
 from .dispatch import get_backend, set_backend
 from .layers import GRU, LSTM, RNN, Bidirectional, SimpleRNN, deserialize, serialize
 

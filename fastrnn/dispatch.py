@@ -130,10 +130,27 @@ def select(requested, params_list, on_device=False):
     return _auto(params_list, on_device)
 
 
+def _callable_activation(params_list):
+    for params in params_list:
+        for name in ("activation", "recurrent_activation"):
+            fn = getattr(params, name, None)
+            if callable(fn):
+                label = getattr(fn, "__name__", repr(fn))
+                return f"{name} is a Python callable ({label}); only reference can run it"
+    return None
+
+
 def _auto(params_list, on_device):
+    why = _callable_activation(params_list)
+    if why:
+        return Choice("reference", backend_module("reference"), "reference: " + why)
     notes = []
     if on_device:
         ok, why = available("cuda")
+        if ok:
+            # The CUDA simulator is "available" for explicit requests (tests)
+            # but auto must only pick a real GPU.
+            ok, why = backend_module("cuda").real_gpu()
         if ok:
             mod = backend_module("cuda")
             ok, why = _supports_all(mod, params_list)

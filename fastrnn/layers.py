@@ -174,7 +174,10 @@ class RNN:
 
     @property
     def _compiled(self):
-        return all(type(c) in (SimpleRNNCell, GRUCell, LSTMCell) for c in self._cells)
+        # Exact built-in types (a user subclass may override the step), or a
+        # private cell that declares it runs on the kernels (``_fastrnn_cell``).
+        return all(type(c) in (SimpleRNNCell, GRUCell, LSTMCell)
+                   or getattr(type(c), "_fastrnn_cell", False) for c in self._cells)
 
     @property
     def state_size(self):
@@ -199,7 +202,8 @@ class RNN:
 
     @property
     def built(self):
-        return bool(getattr(self.cell, "built", False))
+        # A user cell without build() has nothing to create.
+        return bool(getattr(self.cell, "built", not hasattr(self.cell, "build")))
 
     @property
     def units(self):
@@ -211,7 +215,8 @@ class RNN:
         if len(shape) != 3:
             raise ValueError(f"{type(self).__name__}.build: input_shape expected (batch, time, "
                              f"features), got {shape}")
-        self.cell.build((shape[0], shape[2]))
+        if hasattr(self.cell, "build"):
+            self.cell.build((shape[0], shape[2]))
 
     def get_weights(self):
         return self.cell.get_weights()
@@ -241,8 +246,9 @@ class RNN:
 
     def _select(self, on_device=False):
         if not self._compiled:
-            return dispatch.Choice("custom", None,
-                                   "host step loop: the cell is not a built-in fastrnn cell")
+            self._choice = dispatch.Choice(
+                "custom", None, "host step loop: the cell is not a built-in fastrnn cell")
+            return self._choice
         if not self.built:
             raise ValueError(f"{type(self).__name__} is not built: call build() or set_weights()")
         requested = self.backend_arg
@@ -366,6 +372,7 @@ class RNN:
             shape = (B, 0, P) if self.return_sequences else (B, P)
             return xp.zeros(shape, self.dtype), [s.copy() for s in states]
         if not self._compiled:
+            self._select()
             return self._host_loop(x, mask, states, training)
         dropout = training and any(c.dropout or c.recurrent_dropout for c in self._cells)
         if dropout:

@@ -1,0 +1,121 @@
+"""Bad input gets a clear error naming the argument, what was expected and what came."""
+
+import numpy as np
+import pytest
+
+import fastrnn
+
+
+@pytest.fixture
+def lstm(rng):
+    layer = fastrnn.LSTM(4, return_sequences=True, backend="reference")
+    layer.build((2, 5, 3))
+    return layer
+
+
+def x_(rng, *shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def test_wrong_rank(lstm, rng):
+    with pytest.raises(ValueError, match=r"inputs: expected a 3D array \(batch, time, features\), got shape \(2, 3\)"):
+        lstm(x_(rng, 2, 3))
+
+
+def test_wrong_feature_count(lstm, rng):
+    with pytest.raises(ValueError, match=r"inputs: expected 3 features .* got shape \(2, 5, 4\)"):
+        lstm(x_(rng, 2, 5, 4))
+
+
+def test_integer_input_is_a_type_error(lstm):
+    with pytest.raises(TypeError, match="inputs: expected a floating-point array, got dtype int64"):
+        lstm(np.ones((2, 5, 3), dtype=np.int64))
+
+
+def test_empty_batch(lstm):
+    with pytest.raises(ValueError, match="inputs: the batch is empty"):
+        lstm(np.ones((0, 5, 3), np.float32))
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 4), (5, 2), (2,), (2, 5, 1)])
+def test_mask_shape(lstm, rng, mask_shape):
+    with pytest.raises(ValueError, match=r"mask: expected shape \(batch, time\) = \(2, 5\)"):
+        lstm(x_(rng, 2, 5, 3), mask=np.ones(mask_shape, bool))
+
+
+def test_mask_values(lstm, rng):
+    with pytest.raises(ValueError, match="mask: expected booleans or 0/1 values"):
+        lstm(x_(rng, 2, 5, 3), mask=np.full((2, 5), 2))
+    # 0/1 integers are fine
+    lstm(x_(rng, 2, 5, 3), mask=np.ones((2, 5), np.int8))
+
+
+def test_initial_state_count_and_shape(lstm, rng):
+    with pytest.raises(ValueError, match=r"initial_state: expected 2 arrays of shapes \[\(2, 4\), \(2, 4\)\], got 1"):
+        lstm(x_(rng, 2, 5, 3), initial_state=[x_(rng, 2, 4)])
+    with pytest.raises(ValueError, match=r"initial_state\[1\]: expected shape \(2, 4\), got \(2, 5\)"):
+        lstm(x_(rng, 2, 5, 3), initial_state=[x_(rng, 2, 4), x_(rng, 2, 5)])
+
+
+def test_set_weights_count_and_shape(rng):
+    layer = fastrnn.GRU(4)
+    layer.build((1, 2, 3))
+    with pytest.raises(ValueError, match=r"expected 3 arrays \[kernel \(3, 12\), recurrent_kernel \(4, 12\), bias \(2, 12\)\], got 2"):
+        layer.set_weights([np.ones((3, 12)), np.ones((4, 12))])
+    with pytest.raises(ValueError, match=r"recurrent_kernel expected shape \(4, 12\), got \(4, 8\)"):
+        layer.set_weights([np.ones((3, 12)), np.ones((4, 8)), np.ones((2, 12))])
+
+
+def test_set_weights_builds_an_unbuilt_layer(rng):
+    layer = fastrnn.SimpleRNN(3)
+    layer.set_weights([x_(rng, 5, 3), x_(rng, 3, 3), x_(rng, 3)])
+    assert layer.built and layer(x_(rng, 2, 4, 5)).shape == (2, 3)
+
+
+def test_unknown_activation_and_argument():
+    with pytest.raises(ValueError, match="activation: unknown activation 'tanhh'"):
+        fastrnn.LSTM(3, activation="tanhh")
+    with pytest.raises(ValueError, match="recurrent_activation: unknown activation 'nope'"):
+        fastrnn.GRU(3, recurrent_activation="nope")
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['return_sequence'\]"):
+        fastrnn.LSTM(3, return_sequence=True)
+    with pytest.raises(ValueError, match="units: expected a positive integer, got 0"):
+        fastrnn.LSTM(0)
+    with pytest.raises(ValueError, match=r"dropout: expected a rate in \[0, 1\), got 1.5"):
+        fastrnn.LSTM(3, dropout=1.5)
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        fastrnn.LSTM(3, backend="tpu")
+    with pytest.raises(ValueError, match="dtype: expected float32 or float64, got 'int32'"):
+        fastrnn.LSTM(3, dtype="int32")
+    with pytest.raises(ValueError, match="merge_mode: expected one of"):
+        fastrnn.Bidirectional(fastrnn.LSTM(3), merge_mode="max")
+
+
+def test_nan_policy(rng):
+    layer = fastrnn.GRU(3, nan_policy="raise")
+    x = x_(rng, 2, 4, 3)
+    layer(x)
+    x[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="inputs: contain NaN and nan_policy='raise'"):
+        layer(x)
+    prop = fastrnn.GRU(3)
+    prop.set_weights(layer.get_weights())
+    y = prop(x)  # propagate: NaN flows into that sequence only
+    assert np.isnan(y[1]).all() and np.isfinite(y[0]).all()
+
+
+def test_forced_unavailable_backend_raises(rng):
+    layer = fastrnn.LSTM(3, backend="cuda")
+    layer.build((1, 2, 3))
+    ok, why = fastrnn.dispatch.available("cuda")
+    if ok:
+        pytest.skip("a CUDA backend is available here")
+    with pytest.raises(RuntimeError, match="backend 'cuda' was requested"):
+        layer(x_(rng, 1, 2, 3))
+
+
+def test_unbuilt_layer_reports_itself():
+    layer = fastrnn.LSTM(3)
+    assert layer.backend is None and layer.backend_reason == "not built yet"
+    with pytest.raises(ValueError, match="is not built"):
+        layer.cell.params()
