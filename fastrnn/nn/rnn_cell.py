@@ -113,7 +113,8 @@ def _fallback_initializer(name):  # pragma: no cover - see _initializer
 def _default_name(cls):
     """TF1's (Keras's) snake case of a class name: ``BasicLSTMCell`` -> ``basic_lstm_cell``."""
     name = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", cls.__name__)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+    name = re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+    return "private" + name if name.startswith("_") else name
 
 
 def _float_dtype(dtype):

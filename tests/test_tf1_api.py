@@ -1,0 +1,428 @@
+"""fastrnn.nn: shapes, structures, TF1 semantics, and errors."""
+
+import numpy as np
+import pytest
+
+from fastrnn import dispatch, nn
+from fastrnn.nn import _nest, rnn_cell
+
+BACKENDS = ["reference"] + (["cpu"] if dispatch.available("cpu")[0] else [])
+
+
+@pytest.fixture(autouse=True)
+def _reference_by_default(monkeypatch):
+    """Unpinned runs use ``reference``; tests parametrised by backend pin theirs."""
+    monkeypatch.setenv("FASTRNN_BACKEND", "reference")
+    monkeypatch.setattr(dispatch, "_default", None)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def _x(rng, *shape, dtype=np.float32):
+    return rng.uniform(-1.0, 1.0, shape).astype(dtype)
+
+
+def _randomise(cell, rng):
+    """Replace a built cell's weights with non-trivial random ones."""
+    cell.set_weights([rng.uniform(-0.6, 0.6, w.shape) for w in cell.get_weights()])
+    return cell
+
+
+def _stack(rng, depth, batch=3):
+    cell = rnn_cell.MultiRNNCell([
+        rnn_cell.LSTMCell(5, use_peepholes=True, cell_clip=0.7, num_proj=3, proj_clip=0.5),
+        rnn_cell.GRUCell(4),
+        rnn_cell.BasicRNNCell(6, activation="relu"),
+        rnn_cell.BasicLSTMCell(2, forget_bias=0.5),
+    ])
+    cell.build((batch, depth))
+    return _randomise(cell, rng)
+
+
+def _step_loop(cell, x, lengths, state):
+    """A hand-written TF1 loop: one cell call per step, zeros past length."""
+    outputs = []
+    for t in range(x.shape[1]):
+        y, new = cell(x[:, t], state)
+        valid = (t < lengths)[:, None]
+        outputs.append(np.where(valid, y, 0))
+        state = _nest.map_structure(lambda n, o: np.where(valid, n, o), new, state)
+    return np.stack(outputs, axis=1), state
+
+
+def _assert_nested_close(a, b, atol=1e-5):
+    assert _nest.same_structure(a, b)
+    assert type(a) is type(b)
+    for u, v in zip(_nest.flatten(a), _nest.flatten(b)):
+        np.testing.assert_allclose(u, v, atol=atol, rtol=0)
+
+
+# --------------------------------------------------------------------------
+# shapes and structures
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dynamic_rnn_shapes_batch_and_time_major(rng, backend):
+    cell = rnn_cell.GRUCell(7)
+    x = _x(rng, 4, 6, 3)
+    out, state = nn.dynamic_rnn(cell, x, dtype=np.float32, backend=backend)
+    assert out.shape == (4, 6, 7) and out.dtype == np.float32
+    assert state.shape == (4, 7)
+    out_tm, state_tm = nn.dynamic_rnn(
+        cell, x.transpose(1, 0, 2), dtype=np.float32, time_major=True, backend=backend
+    )
+    assert out_tm.shape == (6, 4, 7)
+    np.testing.assert_allclose(out_tm.transpose(1, 0, 2), out, atol=1e-6)
+    np.testing.assert_allclose(state_tm, state, atol=1e-6)
+    np.testing.assert_allclose(out[:, -1], state, atol=1e-6)
+
+
+def test_multi_rnn_cell_state_size_and_state(rng):
+    cell = _stack(rng, depth=4)
+    assert cell.state_size == (rnn_cell.LSTMStateTuple(5, 3), 4, 6, rnn_cell.LSTMStateTuple(2, 2))
+    assert isinstance(cell.state_size, tuple)
+    assert cell.output_size == 2
+    out, state = nn.dynamic_rnn(cell, _x(rng, 3, 5, 4), sequence_length=[5, 2, 0])
+    assert out.shape == (3, 5, 2)
+    assert isinstance(state, tuple) and len(state) == 4
+    assert isinstance(state[0], rnn_cell.LSTMStateTuple)
+    assert state[0].c.shape == (3, 5) and state[0].h.shape == (3, 3)
+    assert state[1].shape == (3, 4) and state[2].shape == (3, 6)
+    zero = cell.zero_state(3, np.float32)
+    assert _nest.same_structure(zero, state) and not any(z.any() for z in _nest.flatten(zero))
+    # length 0: the final state is the initial state and every output is zero
+    for s, z in zip(_nest.flatten(state), _nest.flatten(zero)):
+        np.testing.assert_array_equal(s[2], z[2])
+    assert not out[2].any() and not out[1, 2:].any()
+
+
+def test_lstm_state_tuple_field_order(rng):
+    assert rnn_cell.LSTMStateTuple._fields == ("c", "h")
+    s = rnn_cell.LSTMStateTuple(np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32))
+    assert s[0] is s.c and s[1] is s.h and s.dtype == np.float32
+    cell = _randomise(_built(rnn_cell.BasicLSTMCell(4), 3), rng)
+    out, state = nn.dynamic_rnn(cell, _x(rng, 2, 5, 3))
+    np.testing.assert_allclose(state.h, out[:, -1], atol=1e-6)  # h is the output
+    assert not np.allclose(state.c, state.h)
+
+
+def _built(cell, depth, batch=2):
+    cell.build((batch, depth))
+    return cell
+
+
+def test_num_proj_changes_output_size(rng):
+    cell = rnn_cell.LSTMCell(6, num_proj=4)
+    assert cell.output_size == 4
+    assert cell.state_size == rnn_cell.LSTMStateTuple(c=6, h=4)
+    cell.build((2, 3))
+    assert [w.shape for w in cell.get_weights()] == [(7, 24), (24,), (6, 4)]
+    assert cell.variable_names == ["lstm_cell/kernel", "lstm_cell/bias", "lstm_cell/projection/kernel"]
+    _randomise(cell, rng)
+    out, state = nn.dynamic_rnn(cell, _x(rng, 2, 5, 3), sequence_length=[5, 3])
+    assert out.shape == (2, 5, 4)
+    assert state.c.shape == (2, 6) and state.h.shape == (2, 4)
+    np.testing.assert_allclose(state.h[1], out[1, 2], atol=1e-6)
+    plain = rnn_cell.LSTMCell(6)
+    assert plain.output_size == 6 and plain.state_size == (6, 6)
+
+
+def test_weights_round_trip_and_names(rng):
+    cell = rnn_cell.LSTMCell(5, use_peepholes=True, num_proj=3)
+    cell.build((1, 4))
+    assert cell.variable_names == [
+        "lstm_cell/kernel", "lstm_cell/bias", "lstm_cell/w_f_diag", "lstm_cell/w_i_diag",
+        "lstm_cell/w_o_diag", "lstm_cell/projection/kernel",
+    ]
+    weights = [rng.uniform(-1, 1, w.shape).astype(np.float32) for w in cell.get_weights()]
+    cell.set_weights(weights)
+    for a, b in zip(cell.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    # an unbuilt cell reads its input depth from the kernel's rows
+    other = rnn_cell.LSTMCell(5, use_peepholes=True, num_proj=3)
+    other.set_weights(weights)
+    x = _x(rng, 2, 4, 4)
+    _assert_nested_close(nn.dynamic_rnn(other, x), nn.dynamic_rnn(cell, x), atol=0)
+    gru = rnn_cell.GRUCell(3)
+    gru.build((1, 2))
+    assert gru.variable_names == [
+        "gru_cell/gates/kernel", "gru_cell/gates/bias",
+        "gru_cell/candidate/kernel", "gru_cell/candidate/bias",
+    ]
+    np.testing.assert_array_equal(gru.get_weights()[1], 1.0)  # TF1's gates bias init
+    np.testing.assert_array_equal(gru.get_weights()[3], 0.0)
+    multi = rnn_cell.MultiRNNCell([rnn_cell.BasicRNNCell(2), rnn_cell.GRUCell(3)])
+    multi.build((1, 4))
+    assert multi.variable_names[0] == "multi_rnn_cell/cell_0/basic_rnn_cell/kernel"
+    assert [w.shape for w in multi.get_weights()] == [(6, 2), (2,), (5, 6), (6,), (5, 3), (3,)]
+
+
+# --------------------------------------------------------------------------
+# semantics
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_stack_matches_one_step_calls(rng, backend):
+    """One kernel call per layer equals TF1's step-by-step stacking."""
+    cell = _stack(rng, depth=4)
+    x = _x(rng, 3, 6, 4)
+    lengths = np.array([6, 3, 0])
+    init = _nest.map_structure(lambda n: _x(rng, 3, n), cell.state_size)
+    out, state = nn.dynamic_rnn(cell, x, lengths, initial_state=init, backend=backend)
+    ref_out, ref_state = _step_loop(cell, x, lengths, init)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    _assert_nested_close(state, ref_state)
+    for s, i in zip(_nest.flatten(state), _nest.flatten(init)):
+        np.testing.assert_array_equal(s[2], i[2])  # length 0 keeps the initial state
+
+
+class _MinimalRNN(rnn_cell.RNNCell):
+    """A user-written cell with two states and weights from add_weight."""
+
+    def __init__(self, units):
+        super().__init__()
+        self.units = units
+
+    @property
+    def state_size(self):
+        return (self.units, self.units)
+
+    @property
+    def output_size(self):
+        return self.units
+
+    def build(self, inputs_shape):
+        self.w = self.add_weight("w", (inputs_shape[-1], self.units))
+        self.u = self.add_weight("u", (self.units, self.units))
+        self.built = True
+
+    def call(self, inputs, state):
+        h, acc = state
+        h = np.tanh(inputs @ self.w + h @ self.u)
+        return 2.0 * h, (h, acc + h)
+
+
+def _hand_loop(cell, x, lengths):
+    B, T, _ = x.shape
+    h, acc = np.zeros((B, cell.units)), np.zeros((B, cell.units))
+    out = np.zeros((B, T, cell.units))
+    for b in range(B):
+        for t in range(lengths[b]):
+            h[b] = np.tanh(x[b, t] @ cell.w + h[b] @ cell.u)
+            acc[b] += h[b]
+            out[b, t] = 2.0 * h[b]
+    return out, (h, acc)
+
+
+def test_custom_cell_through_dynamic_rnn_matches_hand_loop(rng):
+    cell = _MinimalRNN(4)
+    x = _x(rng, 3, 5, 2)
+    lengths = np.array([5, 1, 3])
+    out, state = nn.dynamic_rnn(cell, x, sequence_length=lengths)
+    assert cell.built and cell.variable_names == ["private__minimal_rnn/w", "private__minimal_rnn/u"]
+    ref_out, ref_state = _hand_loop(cell, x.astype(np.float64), lengths)
+    assert out.shape == (3, 5, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    assert isinstance(state, tuple) and len(state) == 2
+    for s, r in zip(state, ref_state):
+        np.testing.assert_allclose(s, r, atol=1e-5)
+    # set_weights overwrites the arrays the cell holds
+    new = [rng.uniform(-1, 1, w.shape) for w in cell.get_weights()]
+    cell.set_weights(new)
+    np.testing.assert_allclose(cell.w, new[0].astype(np.float32))
+
+
+def test_custom_cell_backward_reverses_within_length(rng):
+    cell = _MinimalRNN(3)
+    x = _x(rng, 2, 5, 2)
+    lengths = np.array([5, 3])
+    (out_fw, out_bw), (s_fw, s_bw) = nn.bidirectional_dynamic_rnn(
+        cell, cell, x, sequence_length=lengths
+    )
+    for b, n in enumerate(lengths):
+        rev = x[b : b + 1, :n][:, ::-1]
+        ref_out, ref_state = _hand_loop(cell, rev.astype(np.float64), [n])
+        np.testing.assert_allclose(out_bw[b, :n], ref_out[0, ::-1], atol=1e-5)
+        assert not out_bw[b, n:].any()
+        np.testing.assert_allclose(s_bw[0][b], ref_state[0][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bidirectional_backward_is_per_sequence_reverse(rng, backend):
+    fw = _randomise(_built(rnn_cell.LSTMCell(4, use_peepholes=True), 3), rng)
+    bw = _randomise(_built(rnn_cell.GRUCell(5), 3), rng)
+    x = _x(rng, 3, 6, 3)
+    lengths = np.array([6, 4, 1])
+    (out_fw, out_bw), (s_fw, s_bw) = nn.bidirectional_dynamic_rnn(
+        fw, bw, x, sequence_length=lengths, backend=backend
+    )
+    assert out_fw.shape == (3, 6, 4) and out_bw.shape == (3, 6, 5)
+    ref_fw, ref_sfw = nn.dynamic_rnn(fw, x, lengths, backend=backend)
+    np.testing.assert_allclose(out_fw, ref_fw, atol=1e-6)
+    for b, n in enumerate(lengths):
+        o, s = nn.dynamic_rnn(bw, x[b : b + 1, :n][:, ::-1].copy(), backend=backend)
+        np.testing.assert_allclose(out_bw[b, :n], o[0, ::-1], atol=1e-5)
+        np.testing.assert_allclose(s_bw[b], s[0], atol=1e-5)
+        assert not out_bw[b, n:].any()
+    outs, st_fw, st_bw = nn.static_bidirectional_rnn(
+        fw, bw, [x[:, t] for t in range(6)], sequence_length=lengths, backend=backend
+    )
+    assert len(outs) == 6 and outs[0].shape == (3, 9)
+    np.testing.assert_allclose(np.stack(outs, 1), np.concatenate([out_fw, out_bw], 2), atol=1e-6)
+
+
+def test_static_rnn_returns_lists(rng):
+    cell = _randomise(_built(rnn_cell.BasicLSTMCell(5), 3), rng)
+    x = _x(rng, 2, 4, 3)
+    outs, state = nn.static_rnn(cell, [x[:, t] for t in range(4)], sequence_length=[4, 2])
+    assert isinstance(outs, list) and len(outs) == 4
+    assert all(o.shape == (2, 5) for o in outs)
+    assert isinstance(state, rnn_cell.LSTMStateTuple)
+    ref, ref_state = nn.dynamic_rnn(cell, x, sequence_length=[4, 2])
+    np.testing.assert_allclose(np.stack(outs, 1), ref, atol=0)
+    _assert_nested_close(state, ref_state, atol=0)
+
+
+def test_state_is_tuple_false_concatenates(rng):
+    tup = _randomise(_built(rnn_cell.LSTMCell(4, num_proj=3), 2), rng)
+    flat = rnn_cell.LSTMCell(4, num_proj=3, state_is_tuple=False)
+    flat.set_weights(tup.get_weights())
+    assert flat.state_size == 7
+    x = _x(rng, 3, 5, 2)
+    c0, h0 = _x(rng, 3, 4), _x(rng, 3, 3)
+    out_t, s_t = nn.dynamic_rnn(tup, x, [5, 2, 4], rnn_cell.LSTMStateTuple(c0, h0))
+    out_f, s_f = nn.dynamic_rnn(flat, x, [5, 2, 4], np.concatenate([c0, h0], 1))
+    assert s_f.shape == (3, 7)
+    np.testing.assert_allclose(out_f, out_t, atol=0)
+    np.testing.assert_allclose(s_f, np.concatenate([s_t.c, s_t.h], 1), atol=0)
+    y, s1 = flat(x[:, 0], np.concatenate([c0, h0], 1))
+    assert y.shape == (3, 3) and s1.shape == (3, 7)
+    # MultiRNNCell(state_is_tuple=False) concatenates the layers' states
+    cells = [rnn_cell.BasicLSTMCell(3, state_is_tuple=False), rnn_cell.GRUCell(2)]
+    multi = rnn_cell.MultiRNNCell(cells, state_is_tuple=False)
+    assert multi.state_size == 8
+    out, state = nn.dynamic_rnn(multi, x)
+    assert out.shape == (3, 5, 2) and state.shape == (3, 8)
+    np.testing.assert_allclose(state[:, 6:], out[:, -1], atol=1e-6)
+    with pytest.raises(ValueError, match="state_is_tuple=False"):
+        rnn_cell.MultiRNNCell([rnn_cell.BasicLSTMCell(3)], state_is_tuple=False)
+
+
+def test_wrappers(rng):
+    inner = _randomise(_built(rnn_cell.GRUCell(3), 3), rng)
+    x = _x(rng, 2, 5, 3)
+    lengths = [5, 2]
+    ref, ref_state = nn.dynamic_rnn(inner, x, lengths)
+    out, state = nn.dynamic_rnn(rnn_cell.DropoutWrapper(inner), x, lengths)
+    np.testing.assert_array_equal(out, ref)
+    out, state = nn.dynamic_rnn(rnn_cell.ResidualWrapper(inner), x, lengths)
+    np.testing.assert_allclose(out[0], ref[0] + x[0], atol=1e-6)
+    np.testing.assert_allclose(out[1, :2], ref[1, :2] + x[1, :2], atol=1e-6)
+    assert not out[1, 2:].any()
+    np.testing.assert_allclose(state, ref_state, atol=0)
+    # output dropout leaves the recurrence alone: each value is 0 or y / keep
+    drop = rnn_cell.DropoutWrapper(inner, output_keep_prob=0.5, seed=0)
+    out, state = nn.dynamic_rnn(drop, x, lengths)
+    np.testing.assert_allclose(state, ref_state, atol=1e-6)
+    kept = out != 0
+    assert kept.any() and (~kept[0]).any()
+    np.testing.assert_allclose(out[kept], 2.0 * ref[kept], atol=1e-5)
+
+
+def test_float64_and_backend_reporting(rng):
+    cell = rnn_cell.BasicRNNCell(3)
+    out, state = nn.dynamic_rnn(cell, _x(rng, 2, 4, 3, dtype=np.float64), backend="reference")
+    assert out.dtype == np.float64 and state.dtype == np.float64
+    assert cell.last_backend.name == "reference" and cell.last_backend.reason
+    with pytest.raises(ValueError, match="backend"):
+        nn.dynamic_rnn(cell, _x(rng, 2, 4, 3), backend="tpu")
+
+
+def test_callable_activation_runs_on_reference(rng):
+    cell = rnn_cell.BasicRNNCell(3, activation=lambda v: np.tanh(v) * 0.5)
+    out, _ = nn.dynamic_rnn(cell, _x(rng, 2, 4, 3))
+    assert cell.last_backend.name == "reference"
+    assert np.abs(out).max() <= 0.5
+
+
+# --------------------------------------------------------------------------
+# errors
+
+
+def test_error_negative_lengths(rng):
+    with pytest.raises(ValueError, match=r"sequence_length: lengths must be >= 0, got -1 at batch index 1"):
+        nn.dynamic_rnn(rnn_cell.GRUCell(2), _x(rng, 2, 4, 3), sequence_length=[3, -1])
+
+
+def test_error_lengths_over_time(rng):
+    with pytest.raises(ValueError, match=r"sequence_length: lengths must be <= max_time 4, got 5"):
+        nn.dynamic_rnn(rnn_cell.GRUCell(2), _x(rng, 2, 4, 3), sequence_length=[5, 1])
+    with pytest.raises(ValueError, match=r"<= max_time 4"):
+        nn.bidirectional_dynamic_rnn(
+            rnn_cell.GRUCell(2), rnn_cell.GRUCell(2), _x(rng, 4, 2, 3), sequence_length=[5, 1],
+            time_major=True,
+        )
+
+
+def test_error_lengths_shape(rng):
+    with pytest.raises(ValueError, match=r"sequence_length: expected shape \(2,\) \(batch,\), got \(2, 1\)"):
+        nn.dynamic_rnn(rnn_cell.GRUCell(2), _x(rng, 2, 4, 3), sequence_length=[[3], [1]])
+    with pytest.raises(ValueError, match=r"expected shape \(2,\) \(batch,\), got \(3,\)"):
+        nn.static_rnn(rnn_cell.GRUCell(2), list(_x(rng, 4, 2, 3)), sequence_length=[1, 2, 3])
+    with pytest.raises(ValueError, match="sequence_length: expected integers"):
+        nn.dynamic_rnn(rnn_cell.GRUCell(2), _x(rng, 2, 4, 3), sequence_length=[1.5, 2])
+
+
+def test_error_initial_state_structure(rng):
+    cell = rnn_cell.MultiRNNCell([rnn_cell.LSTMCell(3), rnn_cell.GRUCell(2)])
+    x = _x(rng, 2, 4, 3)
+    with pytest.raises(ValueError, match=r"initial_state: structure does not match MultiRNNCell 'multi_rnn_cell'\.state_size: expected \(LSTMStateTuple\(c=3, h=3\), 2\)"):
+        nn.dynamic_rnn(cell, x, initial_state=(_x(rng, 2, 3), _x(rng, 2, 2)))
+    with pytest.raises(ValueError, match=r"initial_state: element 2 of the state should have shape \(2, 2\)"):
+        nn.dynamic_rnn(cell, x, initial_state=((_x(rng, 2, 3), _x(rng, 2, 3)), _x(rng, 2, 5)))
+    with pytest.raises(ValueError, match=r"initial_state_bw: structure does not match"):
+        nn.bidirectional_dynamic_rnn(
+            rnn_cell.GRUCell(2), rnn_cell.LSTMCell(2), x, initial_state_bw=_x(rng, 2, 2)
+        )
+    # a plain (c, h) tuple is accepted and comes back as LSTMStateTuple
+    _, state = nn.dynamic_rnn(rnn_cell.LSTMCell(3), x, initial_state=(_x(rng, 2, 3), _x(rng, 2, 3)))
+    assert isinstance(state, rnn_cell.LSTMStateTuple)
+
+
+def test_error_depth_mismatch_with_built_weights(rng):
+    cell = rnn_cell.LSTMCell(4)
+    cell.build((2, 3))
+    with pytest.raises(ValueError, match=r"inputs: input depth 5 does not match the depth 3 LSTMCell 'lstm_cell' was built for \(kernel \(7, 16\)"):
+        nn.dynamic_rnn(cell, _x(rng, 2, 4, 5))
+    with pytest.raises(ValueError, match="input depth 5 does not match the depth 3"):
+        cell(_x(rng, 2, 5), cell.zero_state(2, np.float32))
+    stack = rnn_cell.MultiRNNCell([rnn_cell.GRUCell(2), rnn_cell.GRUCell(3)])
+    stack.build((1, 3))
+    with pytest.raises(ValueError, match=r"inputs: input depth 4 does not match the depth 3 GRUCell"):
+        nn.dynamic_rnn(stack, _x(rng, 2, 4, 4))
+
+
+def test_error_set_weights(rng):
+    cell = rnn_cell.LSTMCell(4, use_peepholes=True)
+    cell.build((1, 3))
+    with pytest.raises(ValueError, match=r"expected 5 arrays in TF1 variable order \[kernel \(7, 16\), bias \(16,\), w_f_diag \(4,\), w_i_diag \(4,\), w_o_diag \(4,\)\], got 2"):
+        cell.set_weights(cell.get_weights()[:2])
+    bad = cell.get_weights()
+    bad[2] = np.zeros(5)
+    with pytest.raises(ValueError, match=r"variable 'w_f_diag' expects shape \(4,\), got \(5,\)"):
+        cell.set_weights(bad)
+    multi = rnn_cell.MultiRNNCell([rnn_cell.GRUCell(2), rnn_cell.BasicRNNCell(2)])
+    with pytest.raises(ValueError, match=r"expected 6 arrays .*multi_rnn_cell/cell_1/basic_rnn_cell/bias\), got 5"):
+        multi.set_weights([np.zeros((2, 2))] * 5)
+
+
+def test_error_inputs(rng):
+    with pytest.raises(ValueError, match=r"inputs: expected shape \(batch, max_time, depth\), got \(4, 3\)"):
+        nn.dynamic_rnn(rnn_cell.GRUCell(2), _x(rng, 4, 3))
+    with pytest.raises(ValueError, match="inputs: must not be empty"):
+        nn.static_rnn(rnn_cell.GRUCell(2), [])
+    with pytest.raises(TypeError, match="cell: expected a fastrnn.nn.rnn_cell.RNNCell"):
+        nn.dynamic_rnn(object(), _x(rng, 2, 4, 3))
