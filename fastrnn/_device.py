@@ -13,10 +13,21 @@ from __future__ import annotations
 import numpy as np
 
 
+def _is_simulated(x):
+    # Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) has fake device arrays
+    # in host memory, without the CUDA Array Interface.
+    return ".cuda.simulator." in type(x).__module__
+
+
 def is_device_array(x):
-    """True for arrays in GPU memory (CUDA Array Interface or a CUDA tensor)."""
+    """True for arrays in GPU memory (CUDA Array Interface or a CUDA tensor).
+
+    Under Numba's CUDA simulator its fake device arrays count too.
+    """
     if isinstance(x, np.ndarray):
         return False
+    if _is_simulated(x):
+        return True
     if hasattr(x, "__cuda_array_interface__"):
         return True
     return bool(getattr(x, "is_cuda", False))
@@ -36,6 +47,11 @@ def prepare(x):
     """
     if not is_device_array(x):
         return x, np, _identity
+    if _is_simulated(x):
+        # No CuPy under the simulator: compute on the host copy it holds.
+        from numba import cuda
+
+        return x.copy_to_host(), np, cuda.to_device
     try:
         import cupy
     except ImportError as exc:  # pragma: no cover - needs a GPU build

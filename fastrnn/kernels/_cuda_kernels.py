@@ -1,0 +1,331 @@
+"""The ``@cuda.jit`` kernels of the ``cuda`` backend, and their signatures.
+
+Host code lives in :mod:`fastrnn.kernels.cuda`; this module only defines
+kernels, so the test suite can compile each of them to PTX
+(:func:`ptx_signatures`) on a machine without a GPU.
+
+Layout shared by every kernel
+-----------------------------
+``xw (B*T, G*H)``
+    The input projection ``x @ kernel + input bias`` of every step, row
+    ``b*T + t``, computed once before the time loop (gates side by side in
+    Keras order: LSTM **i, f, c, o**; GRU **z, r, h**; SimpleRNN one gate).
+``U (K, G*H)``
+    The recurrent kernel in Keras layout (``K = H``, or ``P`` for an LSTM
+    with a projection).
+``h_in (B, K)``, ``h_nxt (B, K)``
+    The state before and after the step: two buffers the host swaps by step
+    parity, because every thread reads the whole row ``h_in[b]``.
+``mask (B, T) bool`` and ``has_mask``; ``out (B, T, K)`` and ``has_out``
+    When a flag is false the array is a ``(1, 1)`` / ``(1, 1, 1)`` dummy.
+``t_prev``
+    The time index processed just before ``t`` (``-1`` at the first step):
+    a masked step repeats ``out[b, t_prev]``, which already holds the
+    previous output.
+
+Each step kernel gives one thread one ``(batch row, unit)`` pair, in a
+grid-stride loop (``j`` fastest, so a warp reads ``U`` rows coalesced and
+``h_in[b, k]`` as a broadcast): it does that pair's slice of the recurrent
+product and the gate math, fused.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import cuda, types
+
+from ._cuda_math import activate, clip
+
+
+@cuda.jit(device=True, inline="always")
+def _emit(out, b, t, j, valid, y, t_prev, zero_output):
+    if valid:
+        out[b, t, j] = y
+    elif zero_output or t_prev < 0:
+        out[b, t, j] = 0.0
+    else:
+        out[b, t, j] = out[b, t_prev, j]
+
+
+@cuda.jit
+def simple_rnn_step(xw, T, t, U, h_in, h_nxt, mask, has_mask, out, has_out,
+                    t_prev, zero_output, act):
+    """SimpleRNN step ``t``: ``h' = act(xw[b, t] + h U)``."""
+    B = h_in.shape[0]
+    H = h_in.shape[1]
+    for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+        b = idx // H
+        j = idx - b * H
+        valid = True
+        if has_mask:
+            valid = mask[b, t]
+        y = 0.0
+        if valid:
+            acc = xw[b * T + t, j]
+            for k in range(H):
+                acc += h_in[b, k] * U[k, j]
+            y = activate(act, acc)
+            h_nxt[b, j] = y
+        else:
+            h_nxt[b, j] = h_in[b, j]
+        if has_out:
+            _emit(out, b, t, j, valid, y, t_prev, zero_output)
+
+
+@cuda.jit
+def gru_step(xw, T, t, U, brec, h_in, h_nxt, mask, has_mask, out, has_out,
+             t_prev, zero_output, act, ract):
+    """GRU step ``t``, ``reset_after=True``; gates z, r, h.
+
+    ``h~ = act(x W_h + b_h + r * (h U_h + b_rh))``, ``h' = z h + (1 - z) h~``.
+    """
+    B = h_in.shape[0]
+    H = h_in.shape[1]
+    for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+        b = idx // H
+        j = idx - b * H
+        valid = True
+        if has_mask:
+            valid = mask[b, t]
+        y = 0.0
+        if valid:
+            row = b * T + t
+            az = brec[j]
+            ar = brec[H + j]
+            ah = brec[2 * H + j]
+            for k in range(H):
+                hk = h_in[b, k]
+                az += hk * U[k, j]
+                ar += hk * U[k, H + j]
+                ah += hk * U[k, 2 * H + j]
+            z = activate(ract, xw[row, j] + az)
+            r = activate(ract, xw[row, H + j] + ar)
+            hh = activate(act, xw[row, 2 * H + j] + r * ah)
+            y = z * h_in[b, j] + (1.0 - z) * hh
+            h_nxt[b, j] = y
+        else:
+            h_nxt[b, j] = h_in[b, j]
+        if has_out:
+            _emit(out, b, t, j, valid, y, t_prev, zero_output)
+
+
+@cuda.jit
+def gru_gates(xw, T, t, U, brec, h_in, z_buf, rh_buf, ract):
+    """GRU step ``t``, ``reset_after=False``, first half: gates z and r.
+
+    Writes ``z`` and ``r * h`` for every unit, since the candidate's product
+    ``(r * h) U_h`` needs the whole row before it can start.
+    """
+    B = h_in.shape[0]
+    H = h_in.shape[1]
+    for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+        b = idx // H
+        j = idx - b * H
+        row = b * T + t
+        az = xw[row, j] + brec[j]
+        ar = xw[row, H + j] + brec[H + j]
+        for k in range(H):
+            hk = h_in[b, k]
+            az += hk * U[k, j]
+            ar += hk * U[k, H + j]
+        z_buf[b, j] = activate(ract, az)
+        rh_buf[b, j] = activate(ract, ar) * h_in[b, j]
+
+
+@cuda.jit
+def gru_candidate(xw, T, t, U, brec, h_in, z_buf, rh_buf, h_nxt, mask, has_mask,
+                  out, has_out, t_prev, zero_output, act):
+    """GRU step ``t``, ``reset_after=False``, second half: candidate, update.
+
+    ``h~ = act(x W_h + b_h + (r * h) U_h + b_rh)``, ``h' = z h + (1 - z) h~``.
+    """
+    B = h_in.shape[0]
+    H = h_in.shape[1]
+    for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+        b = idx // H
+        j = idx - b * H
+        valid = True
+        if has_mask:
+            valid = mask[b, t]
+        y = 0.0
+        if valid:
+            ah = xw[b * T + t, 2 * H + j] + brec[2 * H + j]
+            for k in range(H):
+                ah += rh_buf[b, k] * U[k, 2 * H + j]
+            z = z_buf[b, j]
+            y = z * h_in[b, j] + (1.0 - z) * activate(act, ah)
+            h_nxt[b, j] = y
+        else:
+            h_nxt[b, j] = h_in[b, j]
+        if has_out:
+            _emit(out, b, t, j, valid, y, t_prev, zero_output)
+
+
+@cuda.jit
+def lstm_step(xw, T, t, U, peep, has_peep, h_in, c_in, h_nxt, c_nxt, m_buf,
+              has_proj, mask, has_mask, out, has_out, t_prev, zero_output,
+              act, ract, forget_bias, cell_clip):
+    """LSTM step ``t``; gates i, f, c, o.
+
+    ``i = ra(. + p_i c)``, ``f = ra(. + forget_bias + p_f c)``,
+    ``c' = clip(f c + i act(.), cell_clip)``, ``o = ra(. + p_o c')``,
+    ``m = o act(c')``. Without a projection ``m`` is the new ``h`` and this
+    kernel finishes the step; with one it writes ``m`` to ``m_buf`` and
+    :func:`lstm_project` finishes it. ``cell_clip < 0`` means no clip.
+    """
+    B = c_in.shape[0]
+    H = c_in.shape[1]
+    K = h_in.shape[1]
+    for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+        b = idx // H
+        j = idx - b * H
+        valid = True
+        if has_mask:
+            valid = mask[b, t]
+        c = c_in[b, j]
+        y = 0.0
+        if valid:
+            row = b * T + t
+            zi = xw[row, j]
+            zf = xw[row, H + j]
+            zc = xw[row, 2 * H + j]
+            zo = xw[row, 3 * H + j]
+            for k in range(K):
+                hk = h_in[b, k]
+                zi += hk * U[k, j]
+                zf += hk * U[k, H + j]
+                zc += hk * U[k, 2 * H + j]
+                zo += hk * U[k, 3 * H + j]
+            if has_peep:
+                zi += peep[0, j] * c
+                zf += peep[1, j] * c
+            ig = activate(ract, zi)
+            fg = activate(ract, zf + forget_bias)
+            cn = clip(fg * c + ig * activate(act, zc), cell_clip)
+            if has_peep:
+                zo += peep[2, j] * cn
+            og = activate(ract, zo)
+            y = og * activate(act, cn)
+            c_nxt[b, j] = cn
+        else:
+            c_nxt[b, j] = c
+        if has_proj:
+            m_buf[b, j] = y
+        else:
+            if valid:
+                h_nxt[b, j] = y
+            else:
+                h_nxt[b, j] = h_in[b, j]
+            if has_out:
+                _emit(out, b, t, j, valid, y, t_prev, zero_output)
+
+
+@cuda.jit
+def lstm_project(m_buf, proj, proj_clip, t, h_in, h_nxt, mask, has_mask, out,
+                 has_out, t_prev, zero_output):
+    """LSTM step ``t``, projection: ``h' = clip(m @ projection, proj_clip)``."""
+    B = h_in.shape[0]
+    P = h_in.shape[1]
+    H = m_buf.shape[1]
+    for idx in range(cuda.grid(1), B * P, cuda.gridsize(1)):
+        b = idx // P
+        p = idx - b * P
+        valid = True
+        if has_mask:
+            valid = mask[b, t]
+        y = 0.0
+        if valid:
+            acc = m_buf[b, 0] * proj[0, p]
+            for k in range(1, H):
+                acc += m_buf[b, k] * proj[k, p]
+            y = clip(acc, proj_clip)
+            h_nxt[b, p] = y
+        else:
+            h_nxt[b, p] = h_in[b, p]
+        if has_out:
+            _emit(out, b, t, p, valid, y, t_prev, zero_output)
+
+
+@functools.lru_cache(maxsize=None)
+def make_matmul(tile, dtype):
+    """The tiled shared-memory GEMM ``C = A @ W + bias`` for one tile size.
+
+    ``A (M, K)``, ``W (K, N)``, ``bias (N,)``, ``C (M, N)``; launched with
+    ``(tile, tile)`` threads per block, blocks grid-striding over the tiles
+    of ``C``. Used for the input projection when CuPy (cuBLAS) is not
+    there. The shared arrays need their shape and type at compile time, so
+    there is one kernel per ``(tile, dtype)``.
+    """
+    nbtype = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+
+    def matmul_bias(A, W, bias, C):
+        sA = cuda.shared.array((tile, tile), nbtype)
+        sW = cuda.shared.array((tile, tile), nbtype)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        M = A.shape[0]
+        K = A.shape[1]
+        N = W.shape[1]
+        n_rows = (M + tile - 1) // tile
+        n_cols = (N + tile - 1) // tile
+        n_k = (K + tile - 1) // tile
+        # Loop bounds depend on the block only, so every thread of a block
+        # reaches each syncthreads.
+        for bi in range(cuda.blockIdx.y, n_rows, cuda.gridDim.y):
+            for bj in range(cuda.blockIdx.x, n_cols, cuda.gridDim.x):
+                row = bi * tile + ty
+                col = bj * tile + tx
+                acc = bias[min(col, N - 1)]
+                for kt in range(n_k):
+                    ka = kt * tile + tx
+                    kw = kt * tile + ty
+                    if row < M and ka < K:
+                        sA[ty, tx] = A[row, ka]
+                    else:
+                        sA[ty, tx] = 0.0
+                    if kw < K and col < N:
+                        sW[ty, tx] = W[kw, col]
+                    else:
+                        sW[ty, tx] = 0.0
+                    cuda.syncthreads()
+                    for kk in range(tile):
+                        acc += sA[ty, kk] * sW[kk, tx]
+                    cuda.syncthreads()
+                if row < M and col < N:
+                    C[row, col] = acc
+
+    return cuda.jit(matmul_bias)
+
+
+def ptx_signatures(dtype, tile=16):
+    """``[(name, kernel, signature)]``: every kernel with its launch types.
+
+    The types are those the host code passes (C-contiguous arrays, int64
+    indices, Python bools and floats), so compiling these is compiling
+    what runs.
+    """
+    f = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    a1 = types.Array(f, 1, "C")
+    a2 = types.Array(f, 2, "C")
+    a3 = types.Array(f, 3, "C")
+    m2 = types.Array(types.boolean, 2, "C")
+    i, fl, bo = types.int64, types.float64, types.boolean
+    none = types.void
+    return [
+        ("simple_rnn_step", simple_rnn_step,
+         none(a2, i, i, a2, a2, a2, m2, bo, a3, bo, i, bo, i)),
+        ("gru_step", gru_step,
+         none(a2, i, i, a2, a1, a2, a2, m2, bo, a3, bo, i, bo, i, i)),
+        ("gru_gates", gru_gates, none(a2, i, i, a2, a1, a2, a2, a2, i)),
+        ("gru_candidate", gru_candidate,
+         none(a2, i, i, a2, a1, a2, a2, a2, a2, m2, bo, a3, bo, i, bo, i)),
+        ("lstm_step", lstm_step,
+         none(a2, i, i, a2, a2, bo, a2, a2, a2, a2, a2, bo, m2, bo, a3, bo, i, bo,
+              i, i, fl, fl)),
+        ("lstm_project", lstm_project,
+         none(a2, a2, fl, i, a2, a2, m2, bo, a3, bo, i, bo)),
+        (f"matmul_bias[tile={tile}]", make_matmul(tile, np.dtype(dtype)),
+         none(a2, a2, a1, a2)),
+    ]

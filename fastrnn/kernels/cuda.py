@@ -1,0 +1,466 @@
+"""The ``cuda`` backend: Numba ``@cuda.jit`` kernels on NVIDIA GPUs.
+
+Implements the kernel contract of :mod:`fastrnn.kernels` (read it there).
+Per sequence call:
+
+1. the input projection of every step, ``x @ kernel + input bias``, is one
+   GEMM before the time loop: cuBLAS through CuPy when CuPy is importable,
+   else the tiled shared-memory kernel of :mod:`._cuda_kernels`;
+2. then one fused kernel per step (two for an LSTM with a projection and
+   for a GRU with ``reset_after=False``) does the recurrent product and the
+   gate math for its slice of (batch row, unit) pairs, reading the state
+   from one buffer and writing the other, swapped by step parity.
+
+Gate orders are Keras's: LSTM **i, f, c, o**; GRU **z, r, h**.
+
+Arrays in and out: NumPy arguments are copied to the device once and the
+results copied back once; device arrays (Numba device arrays, or anything
+with the CUDA Array Interface: CuPy arrays, PyTorch CUDA tensors) are read
+and written in place, with no trip through host memory. :func:`pack`
+uploads the weights once; the layer keeps the result until its weights
+change.
+
+Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) the same code
+runs on the CPU, for tests: :func:`available` is then true so that an
+explicit ``backend="cuda"`` runs, while :func:`real_gpu` is false so that
+``auto`` never picks the simulator. Launch sizes come from
+:func:`set_launch_config` (or ``FASTRNN_CUDA_THREADS``,
+``FASTRNN_CUDA_TILE``, ``FASTRNN_CUDA_MAX_BLOCKS``); the simulator's
+defaults are tiny so that several blocks, grid-stride loops and ragged
+edges run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:
+    import numba
+    from numba import cuda
+except ImportError as exc:  # pragma: no cover - numba itself is a dependency
+    raise ImportError(
+        f"the cuda backend needs numba-cuda: pip install \"fastrnn[cuda]\" ({exc})"
+    ) from exc
+
+from . import _cuda_kernels as _k
+
+NAME = "cuda"
+
+_SIM = bool(numba.config.ENABLE_CUDASIM)
+
+_DEFAULTS = {"threads": 8, "tile": 4, "max_blocks": 3} if _SIM else {
+    "threads": 128, "tile": 16, "max_blocks": 0,
+}
+
+
+def _env_int(name, default):
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+
+
+_config = {
+    "threads": _env_int("FASTRNN_CUDA_THREADS", _DEFAULTS["threads"]),
+    "tile": _env_int("FASTRNN_CUDA_TILE", _DEFAULTS["tile"]),
+    "max_blocks": _env_int("FASTRNN_CUDA_MAX_BLOCKS", _DEFAULTS["max_blocks"]),
+    "gemm": os.environ.get("FASTRNN_CUDA_GEMM", "auto"),
+}
+
+
+def set_launch_config(threads=None, tile=None, max_blocks=None, gemm=None):
+    """Set the launch sizes; returns the previous settings (a dict).
+
+    Parameters
+    ----------
+    threads : int, optional
+        Threads per block of the step kernels.
+    tile : int, optional
+        Tile edge of the shared-memory GEMM (``tile * tile`` threads a block).
+    max_blocks : int, optional
+        Cap on blocks per grid dimension (``0``: enough to cover the work
+        in one pass); a small cap makes the grid-stride loops go round.
+    gemm : {"auto", "cupy", "numba"}, optional
+        Input projection by cuBLAS through CuPy, by the Numba kernel, or
+        CuPy when importable (``auto``, the default).
+    """
+    previous = dict(_config)
+    for key, value in (("threads", threads), ("tile", tile), ("max_blocks", max_blocks)):
+        if value is not None:
+            if not isinstance(value, (int, np.integer)) or value < (0 if key == "max_blocks" else 1):
+                raise ValueError(f"{key}: expected a positive integer, got {value!r}")
+            _config[key] = int(value)
+    if gemm is not None:
+        if gemm not in ("auto", "cupy", "numba"):
+            raise ValueError(f"gemm: expected 'auto', 'cupy' or 'numba', got {gemm!r}")
+        _config["gemm"] = gemm
+    return previous
+
+
+def get_launch_config():
+    """The current launch sizes (a copy)."""
+    return dict(_config)
+
+
+# --- availability ----------------------------------------------------------
+
+
+def real_gpu():
+    """``(True, reason)`` when a real CUDA GPU is usable (never the simulator).
+
+    This is what ``auto`` asks: the simulator is for tests only.
+    """
+    if _SIM:
+        return False, "only Numba's CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1)"
+    try:
+        if cuda.is_available():
+            return True, "a CUDA GPU is present"
+    except Exception as exc:  # pragma: no cover - broken driver installs
+        return False, f"no usable CUDA GPU ({exc})"
+    return False, "no CUDA driver or GPU was found"
+
+
+def available():
+    """``(True, reason)`` when this backend can run here (GPU or simulator)."""
+    if _SIM:
+        return True, "Numba's CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1): slow, for tests"
+    ok, why = real_gpu()
+    if ok:
+        return True, why
+    return False, why + "; the cuda backend needs an NVIDIA GPU and pip install \"fastrnn[cuda]\""
+
+
+def supports(params):
+    """Whether this backend runs ``params``: float32/float64, built-in activations."""
+    dtype = np.asarray(params.kernel).dtype
+    if dtype not in (np.float32, np.float64):
+        return False, f"the cuda backend runs float32 and float64, not {dtype}"
+    codes = [params.activation]
+    if params.kind != "simple_rnn":
+        codes.append(params.recurrent_activation)
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or not 0 <= code <= 11:
+            return False, f"the cuda backend runs built-in activations only, not {code!r}"
+    return True, "the cuda backend runs this configuration"
+
+
+def describe():
+    """A few lines for ``python -m fastrnn info``: driver, devices, CuPy."""
+    lines = []
+    if _SIM:
+        lines.append("CUDA simulator active (NUMBA_ENABLE_CUDASIM=1): kernels run on the CPU")
+    else:
+        ok, why = real_gpu()
+        if not ok:
+            lines.append(f"no GPU: {why}")
+        else:
+            try:
+                version = cuda.runtime.get_version()
+                lines.append(f"CUDA runtime {version[0]}.{version[1]}")
+            except Exception:  # pragma: no cover - depends on the install
+                pass
+            for dev in cuda.list_devices():
+                try:
+                    with dev:
+                        cc = dev.compute_capability
+                        lines.append(
+                            f"GPU {dev.id}: {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}"
+                            f" (compute capability {cc[0]}.{cc[1]})"
+                        )
+                except Exception as exc:  # pragma: no cover
+                    lines.append(f"GPU {dev.id}: not usable ({exc})")
+    if _SIM or not real_gpu()[0]:
+        # Importing CuPy without a GPU is pointless (and slow): look it up only.
+        import importlib.util
+
+        found = importlib.util.find_spec("cupy") is not None
+        lines.append(f"CuPy {'installed' if found else 'not installed'} (cuBLAS for the input projection)")
+    else:
+        lines.append(
+            "input projection: "
+            + ("cuBLAS through CuPy" if _use_cupy() else "Numba shared-memory GEMM (no CuPy)")
+        )
+    return "\n".join(lines)
+
+
+# --- host <-> device -------------------------------------------------------
+
+
+def _is_numba_device(a):
+    dev = cuda.devicearray
+    kinds = tuple(
+        getattr(dev, name) for name in ("DeviceNDArray", "FakeCUDAArray") if hasattr(dev, name)
+    )
+    return isinstance(a, kinds)
+
+
+def _as_device(a):
+    """A Numba view of a device array (Numba, CuPy, PyTorch...), no copy."""
+    if _is_numba_device(a):
+        return a
+    if hasattr(a, "__cuda_array_interface__") and hasattr(cuda, "as_cuda_array"):
+        return cuda.as_cuda_array(a)
+    raise TypeError(f"expected a NumPy or CUDA device array, got {type(a).__name__}")
+
+
+class _Transfers:
+    """Copies host arguments in once and host results back once."""
+
+    def __init__(self):
+        self._back = []
+
+    def read(self, a):
+        if a is None:
+            return None
+        if isinstance(a, np.ndarray):
+            return cuda.to_device(np.ascontiguousarray(a))
+        return _as_device(a)
+
+    def write(self, a):
+        if a is None:
+            return None
+        if isinstance(a, np.ndarray):
+            d = cuda.device_array(a.shape, a.dtype)
+            self._back.append((d, a))
+            return d
+        return _as_device(a)
+
+    def state(self, a, dtype):
+        """A fresh device buffer holding a copy of the initial state ``a``."""
+        buf = cuda.device_array(a.shape, dtype)
+        src = np.ascontiguousarray(a, dtype=dtype) if isinstance(a, np.ndarray) else _as_device(a)
+        buf.copy_to_device(src)
+        return buf
+
+    def final(self, dst, src):
+        """Write the final state ``src`` (device) into the caller's ``dst``."""
+        if isinstance(dst, np.ndarray):
+            dst[...] = src.copy_to_host()
+        else:
+            _as_device(dst).copy_to_device(src)
+
+    def finish(self):
+        for d, a in self._back:
+            a[...] = d.copy_to_host()
+        self._back.clear()
+
+
+_dummies = {}
+
+
+def _dummy(dtype):
+    """``(2-D, 3-D, bool mask)`` placeholders for absent optional arrays."""
+    key = np.dtype(dtype).str
+    if key not in _dummies:
+        _dummies[key] = (
+            cuda.to_device(np.zeros((1, 1), dtype)),
+            cuda.to_device(np.zeros((1, 1, 1), dtype)),
+            cuda.to_device(np.zeros((1, 1), np.bool_)),
+        )
+    return _dummies[key]
+
+
+def _grid(n):
+    threads = _config["threads"]
+    blocks = max(1, -(-n // threads))
+    if _config["max_blocks"]:
+        blocks = min(blocks, _config["max_blocks"])
+    return blocks, threads
+
+
+# --- input projection ------------------------------------------------------
+
+_cupy = None
+
+
+def _use_cupy():
+    """CuPy (cuBLAS) for the GEMM: never under the simulator."""
+    global _cupy
+    if _SIM or _config["gemm"] == "numba":
+        return False
+    if _cupy is None:
+        try:
+            import cupy
+
+            _cupy = cupy
+        except ImportError:
+            _cupy = False
+    if _config["gemm"] == "cupy" and _cupy is False:
+        raise RuntimeError("FASTRNN_CUDA_GEMM=cupy but CuPy is not installed")
+    return _cupy is not False
+
+
+def _project(a, w, bias, c):
+    """``c = a @ w + bias`` on the device; ``a (M, K)``, ``w (K, N)``."""
+    if _use_cupy():
+        cp = _cupy
+        cc = cp.asarray(c)
+        cp.matmul(cp.asarray(a), cp.asarray(w), out=cc)
+        cc += cp.asarray(bias)
+        return
+    tile = _config["tile"]
+    kernel = _k.make_matmul(tile, np.dtype(c.dtype))
+    rows = -(-a.shape[0] // tile)
+    cols = -(-w.shape[1] // tile)
+    cap = _config["max_blocks"] or 65535
+    kernel[(min(cols, cap), min(rows, cap)), (tile, tile)](a, w, bias, c)
+
+
+# --- packing ---------------------------------------------------------------
+
+
+class _Packed:
+    """Weights on the device, in Keras layout (the kernels index gates by column)."""
+
+    __slots__ = (
+        "params", "dtype", "kernel", "bias", "recurrent_kernel", "recurrent_bias",
+        "peepholes", "projection",
+    )
+
+    def __init__(self, params):
+        self.params = params
+        dtype = np.dtype(np.asarray(params.kernel).dtype)
+        self.dtype = dtype
+
+        def up(a):
+            if a is None:
+                return None
+            if isinstance(a, np.ndarray) or not hasattr(a, "__cuda_array_interface__"):
+                return cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+            return _as_device(a)
+
+        self.kernel = up(params.kernel)
+        self.recurrent_kernel = up(params.recurrent_kernel)
+        bias = np.asarray(params.bias, dtype=dtype)
+        if params.kind == "gru":
+            bias = bias.reshape(2, -1)
+            self.bias = up(bias[0])
+            self.recurrent_bias = up(bias[1])
+        else:
+            self.bias = up(bias)
+            self.recurrent_bias = None
+        self.peepholes = up(getattr(params, "peepholes", None))
+        self.projection = up(getattr(params, "projection", None))
+
+
+def pack(params):
+    """Upload the weights of ``params`` to the device, once."""
+    return _Packed(params)
+
+
+# --- the sequence functions ------------------------------------------------
+
+
+def _sequence(packed, x, mask, reverse, zero_output, out, io, n_gates):
+    """Shared set-up: device views, the input projection, step order."""
+    dtype = packed.dtype
+    dx = io.read(x)
+    B, T, D = dx.shape
+    H = packed.params.units
+    xw = cuda.device_array((B * T, n_gates * H), dtype)
+    _project(dx.reshape(B * T, D), packed.kernel, packed.bias, xw)
+    d2, d3, dmask = _dummy(dtype)
+    dm = io.read(mask)
+    if dm is None:
+        dm = dmask
+    do = io.write(out)
+    if do is None:
+        do = d3
+    steps = [(T - 1 - s if reverse else s) for s in range(T)]
+    prevs = [-1] + steps[:-1]
+    return dict(
+        xw=xw, B=B, T=T, H=H, d2=d2, mask=dm, has_mask=mask is not None,
+        out=do, has_out=out is not None, steps=list(zip(steps, prevs)),
+    )
+
+
+def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
+    """Run a SimpleRNN over ``x (B, T, D)``; see the contract in :mod:`fastrnn.kernels`."""
+    p = packed.params
+    io = _Transfers()
+    s = _sequence(packed, x, mask, reverse, zero_output, out, io, 1)
+    h = [io.state(h0, packed.dtype), cuda.device_array((s["B"], s["H"]), packed.dtype)]
+    grid = _grid(s["B"] * s["H"])
+    zero_output = bool(zero_output)
+    for n, (t, t_prev) in enumerate(s["steps"]):
+        _k.simple_rnn_step[grid](
+            s["xw"], s["T"], t, packed.recurrent_kernel, h[n % 2], h[(n + 1) % 2],
+            s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
+            int(p.activation),
+        )
+    io.final(h_out, h[s["T"] % 2])
+    io.finish()
+
+
+def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
+    """Run a GRU (gates z, r, h) over ``x (B, T, D)``; see :mod:`fastrnn.kernels`."""
+    p = packed.params
+    io = _Transfers()
+    s = _sequence(packed, x, mask, reverse, zero_output, out, io, 3)
+    B, H, dtype = s["B"], s["H"], packed.dtype
+    h = [io.state(h0, dtype), cuda.device_array((B, H), dtype)]
+    grid = _grid(B * H)
+    zero_output = bool(zero_output)
+    act, ract = int(p.activation), int(p.recurrent_activation)
+    U, brec = packed.recurrent_kernel, packed.recurrent_bias
+    if p.reset_after:
+        for n, (t, t_prev) in enumerate(s["steps"]):
+            _k.gru_step[grid](
+                s["xw"], s["T"], t, U, brec, h[n % 2], h[(n + 1) % 2],
+                s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
+                act, ract,
+            )
+    else:
+        z_buf = cuda.device_array((B, H), dtype)
+        rh_buf = cuda.device_array((B, H), dtype)
+        for n, (t, t_prev) in enumerate(s["steps"]):
+            _k.gru_gates[grid](s["xw"], s["T"], t, U, brec, h[n % 2], z_buf, rh_buf, ract)
+            _k.gru_candidate[grid](
+                s["xw"], s["T"], t, U, brec, h[n % 2], z_buf, rh_buf, h[(n + 1) % 2],
+                s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output, act,
+            )
+    io.final(h_out, h[s["T"] % 2])
+    io.finish()
+
+
+def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
+    """Run an LSTM (gates i, f, c, o) over ``x (B, T, D)``; see :mod:`fastrnn.kernels`."""
+    p = packed.params
+    io = _Transfers()
+    s = _sequence(packed, x, mask, reverse, zero_output, out, io, 4)
+    B, H, dtype = s["B"], s["H"], packed.dtype
+    P = p.output_size
+    h = [io.state(h0, dtype), cuda.device_array((B, P), dtype)]
+    c = [io.state(c0, dtype), cuda.device_array((B, H), dtype)]
+    has_proj = packed.projection is not None
+    has_peep = packed.peepholes is not None
+    m_buf = cuda.device_array((B, H), dtype) if has_proj else s["d2"]
+    peep = packed.peepholes if has_peep else s["d2"]
+    cell_clip = -1.0 if p.cell_clip is None else float(p.cell_clip)
+    proj_clip = -1.0 if p.proj_clip is None else float(p.proj_clip)
+    grid = _grid(B * H)
+    grid_p = _grid(B * P)
+    zero_output = bool(zero_output)
+    act, ract = int(p.activation), int(p.recurrent_activation)
+    forget_bias = float(p.forget_bias)
+    U = packed.recurrent_kernel
+    for n, (t, t_prev) in enumerate(s["steps"]):
+        h_in, h_nxt = h[n % 2], h[(n + 1) % 2]
+        _k.lstm_step[grid](
+            s["xw"], s["T"], t, U, peep, has_peep, h_in, c[n % 2], h_nxt, c[(n + 1) % 2],
+            m_buf, has_proj, s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev,
+            zero_output, act, ract, forget_bias, cell_clip,
+        )
+        if has_proj:
+            _k.lstm_project[grid_p](
+                m_buf, packed.projection, proj_clip, t, h_in, h_nxt, s["mask"],
+                s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
+            )
+    io.final(h_out, h[s["T"] % 2])
+    io.final(c_out, c[s["T"] % 2])
+    io.finish()
