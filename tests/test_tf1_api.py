@@ -250,6 +250,50 @@ def test_custom_cell_backward_reverses_within_length(rng):
         np.testing.assert_allclose(s_bw[0][b], ref_state[0][0], atol=1e-5)
 
 
+class _OldStyleCell(rnn_cell.RNNCell):
+    """TF1-era style: no super().__init__, __call__ overridden, numbers only."""
+
+    def __init__(self, units, w):
+        self._units, self._w = units, w
+
+    @property
+    def state_size(self):
+        return self._units
+
+    @property
+    def output_size(self):
+        return self._units
+
+    def __call__(self, inputs, state, scope=None):
+        new = 0.5 * state + np.sin(inputs @ self._w)
+        return new, new
+
+
+def test_old_style_custom_cell(rng):
+    w = rng.uniform(-1, 1, (3, 2))
+    cell = _OldStyleCell(2, w)
+    x = _x(rng, 2, 4, 3)
+    out, state = nn.dynamic_rnn(cell, x, sequence_length=[4, 2], dtype=np.float64)
+    h = np.zeros((2, 2))
+    for t in range(4):
+        h = np.where([[True], [t < 2]], 0.5 * h + np.sin(x[:, t].astype(np.float64) @ w), h)
+        np.testing.assert_allclose(out[:, t], np.where([[True], [t < 2]], h, 0), atol=1e-12)
+    np.testing.assert_allclose(state, h, atol=1e-12)
+    assert cell.zero_state(2, np.float32).shape == (2, 2)
+
+
+def test_pickle_round_trip(rng):
+    import pickle
+
+    cell = _stack(rng, depth=3)
+    x = _x(rng, 3, 4, 3)
+    out, state = nn.dynamic_rnn(cell, x)
+    clone = pickle.loads(pickle.dumps(cell))
+    out2, state2 = nn.dynamic_rnn(clone, x)
+    np.testing.assert_array_equal(out2, out)
+    _assert_nested_close(state2, state, atol=0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bidirectional_backward_is_per_sequence_reverse(rng, backend):
     fw = _randomise(_built(rnn_cell.LSTMCell(4, use_peepholes=True), 3), rng)
@@ -424,5 +468,9 @@ def test_error_inputs(rng):
         nn.dynamic_rnn(rnn_cell.GRUCell(2), _x(rng, 4, 3))
     with pytest.raises(ValueError, match="inputs: must not be empty"):
         nn.static_rnn(rnn_cell.GRUCell(2), [])
+    with pytest.raises(TypeError, match="inputs: expected floating-point values, got dtype int64"):
+        nn.dynamic_rnn(rnn_cell.GRUCell(2), np.ones((2, 4, 3), dtype=np.int64))
+    with pytest.raises(TypeError, match="inputs: .*nested inputs are not supported"):
+        nn.dynamic_rnn(rnn_cell.GRUCell(2), list(_x(rng, 4, 2, 3)))
     with pytest.raises(TypeError, match="cell: expected a fastrnn.nn.rnn_cell.RNNCell"):
         nn.dynamic_rnn(object(), _x(rng, 2, 4, 3))

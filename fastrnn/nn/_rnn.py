@@ -36,7 +36,14 @@ def _check_cell(cell, argument="cell"):
 
 
 def _sequence(inputs, time_major, argument="inputs"):
+    if isinstance(inputs, (list, tuple)) and any(hasattr(a, "shape") for a in inputs):
+        raise TypeError(
+            f"{argument}: expected one array (batch, max_time, depth); nested inputs are "
+            "not supported (for a list of time steps use static_rnn)"
+        )
     x = np.asarray(inputs)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{argument}: expected floating-point values, got dtype {x.dtype}")
     if x.ndim != 3:
         layout = "(max_time, batch, depth)" if time_major else "(batch, max_time, depth)"
         raise ValueError(f"{argument}: expected shape {layout}, got {x.shape}")
@@ -79,7 +86,7 @@ def _initial_state(cell, initial_state, batch, dtype, argument):
 
 
 def _build(cell, depth):
-    if not cell.built:
+    if not getattr(cell, "built", False):
         cell.build((None, depth))
         cell.built = True
 

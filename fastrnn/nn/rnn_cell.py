@@ -163,8 +163,12 @@ def check_state(cell, state, batch, dtype, argument="state"):
     return _nest.pack_as(size, leaves)
 
 
+def _name(cell):
+    return getattr(cell, "name", None) or _default_name(type(cell))
+
+
 def _cell_label(cell):
-    return f"{type(cell).__name__} {getattr(cell, 'name', '')!r}".rstrip()
+    return f"{type(cell).__name__} {_name(cell)!r}"
 
 
 def _as_inputs(inputs, argument="inputs"):
@@ -204,6 +208,15 @@ class RNNCell:
         Accepted for TF1 compatibility and ignored.
     """
 
+    # Class-level defaults keep a subclass working even when its __init__
+    # forgets to call RNNCell.__init__ (old TF1 cells often did).
+    built = False
+    backend = "auto"
+    dtype = None
+    #: The :class:`fastrnn.dispatch.Choice` of the cell's last kernel run
+    #: (built-in cells): which backend ran it and why.
+    last_backend = None
+
     def __init__(self, trainable=True, name=None, dtype=None, backend="auto", **kwargs):
         self.name = name or _default_name(type(self))
         self.dtype = None if dtype is None else _float_dtype(dtype)
@@ -211,6 +224,21 @@ class RNNCell:
         self.built = False
         self.last_backend = None
         self._weights = collections.OrderedDict()
+
+    @property
+    def _weight_dict(self):
+        if "_weights" not in self.__dict__:
+            self._weights = collections.OrderedDict()
+        return self._weights
+
+    def __getstate__(self):
+        # The backend choice holds a module and the kernel cache packed
+        # arrays: both are per process and rebuilt on demand.
+        state = dict(self.__dict__)
+        state.pop("last_backend", None)
+        if "_cache" in state:
+            state["_cache"] = {}
+        return state
 
     # -- structure -------------------------------------------------------
     @property
@@ -251,7 +279,7 @@ class RNNCell:
         The array returned is the one :meth:`set_weights` later overwrites
         in place, so a subclass may keep a reference to it.
         """
-        if name in self._weights:
+        if name in self._weight_dict:
             raise ValueError(f"{_cell_label(self)}: weight {name!r} already exists")
         dtype = np.dtype(dtype or self.dtype or np.float32)
         shape = tuple(int(s) for s in shape)
@@ -261,7 +289,7 @@ class RNNCell:
                 f"{_cell_label(self)}: initializer of {name!r} returned shape "
                 f"{value.shape}, expected {shape}"
             )
-        self._weights[name] = value
+        self._weight_dict[name] = value
         self._weights_changed()
         return value
 
@@ -270,19 +298,19 @@ class RNNCell:
     @property
     def variable_names(self):
         """TF1 names of the weights, in ``get_weights`` order (no outer scope)."""
-        return [f"{self.name}/{n}" for n in self._weights]
+        return [f"{_name(self)}/{n}" for n in self._weight_dict]
 
     @property
     def weights(self):
         """The weight arrays themselves (live), in TF1 variable order."""
-        return list(self._weights.values())
+        return list(self._weight_dict.values())
 
     def get_weights(self):
         """Copies of the weights, in TF1 ``global_variables()`` order."""
-        return [w.copy() for w in self._weights.values()]
+        return [w.copy() for w in self._weight_dict.values()]
 
     def _expected(self):
-        return ", ".join(f"{n} {w.shape}" for n, w in self._weights.items())
+        return ", ".join(f"{n} {w.shape}" for n, w in self._weight_dict.items())
 
     def set_weights(self, weights):
         """Set the weights from a list in TF1 variable order (shapes checked)."""
@@ -292,13 +320,13 @@ class RNNCell:
                 f"{_cell_label(self)}.set_weights: the cell is not built; call "
                 "cell.build((batch, input_depth)) first"
             )
-        if len(weights) != len(self._weights):
+        if len(weights) != len(self._weight_dict):
             raise ValueError(
-                f"{_cell_label(self)}.set_weights: expected {len(self._weights)} arrays "
+                f"{_cell_label(self)}.set_weights: expected {len(self._weight_dict)} arrays "
                 f"in TF1 variable order [{self._expected()}], got {len(weights)}"
             )
         arrays = []
-        for (n, w), value in zip(self._weights.items(), weights):
+        for (n, w), value in zip(self._weight_dict.items(), weights):
             value = np.asarray(value)
             if value.shape != w.shape:
                 raise ValueError(
@@ -306,7 +334,7 @@ class RNNCell:
                     f"{w.shape}, got {value.shape}"
                 )
             arrays.append(value)
-        for w, value in zip(self._weights.values(), arrays):
+        for w, value in zip(self._weight_dict.values(), arrays):
             w[...] = value
         self._weights_changed()
 
@@ -353,7 +381,7 @@ class _FusedCell(RNNCell):
 
     @property
     def variable_names(self):
-        return [f"{self.name}/{n}" for n in self._names()]
+        return [f"{_name(self)}/{n}" for n in self._names()]
 
     def build(self, inputs_shape):
         depth = inputs_shape[-1] if isinstance(inputs_shape, (tuple, list)) else inputs_shape
@@ -667,7 +695,7 @@ def _n_weights(cell):
         return cell._n_weights()
     if not cell.built:
         raise ValueError(f"{_cell_label(cell)}: build the cell before set_weights")
-    return len(cell._weights)
+    return len(cell._weight_dict)
 
 
 def _first_depth(cell, weights):
@@ -737,7 +765,7 @@ class MultiRNNCell(RNNCell):
     @property
     def variable_names(self):
         return [
-            f"{self.name}/cell_{i}/{n}"
+            f"{_name(self)}/cell_{i}/{n}"
             for i, cell in enumerate(self._cells)
             for n in cell.variable_names
         ]
@@ -805,7 +833,7 @@ class _Wrapper(RNNCell):
     def __init__(self, cell, name=None, **kwargs):
         if not isinstance(cell, RNNCell):
             raise TypeError(f"cell: expected an RNNCell, got {type(cell).__name__}")
-        super().__init__(name=name or cell.name, backend=cell.backend, **kwargs)
+        super().__init__(name=name or _name(cell), backend=cell.backend, **kwargs)
         self.cell = cell
 
     @property
