@@ -12,9 +12,11 @@ from .cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
 from . import dispatch, initializers
 from .dispatch import get_backend, set_backend
 from .layers import GRU, LSTM, RNN, Bidirectional, SimpleRNN, deserialize, serialize
+from .interop import from_keras, from_torch, from_torch_state_dict, load_keras  # light: torch/keras/h5py load lazily
 
 __all__ = [
     "GRU", "LSTM", "RNN", "Bidirectional", "SimpleRNN",
     "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
     "get_backend", "set_backend", "serialize", "deserialize",
+    "from_keras", "load_keras", "from_torch", "from_torch_state_dict",
 ]

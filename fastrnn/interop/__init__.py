@@ -1,0 +1,44 @@
+"""Moving trained models into fastrnn, and fastrnn's own file format.
+
+* :func:`from_keras` - a live Keras 3 layer or model -> fastrnn.
+* :func:`load_keras` - a ``.keras`` / ``.weights.h5`` file -> a fastrnn model,
+  without importing Keras or TensorFlow (needs ``h5py``).
+* :func:`from_torch`, :func:`from_torch_state_dict` - PyTorch recurrent
+  modules and checkpoints -> fastrnn objects with PyTorch's calling convention.
+
+torch, keras and h5py are imported only inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+
+def from_keras(obj, **kwargs):
+    """A live Keras 3 layer or model -> fastrnn (see :mod:`fastrnn.interop.keras`)."""
+    from .keras import from_keras as _f
+
+    return _f(obj, **kwargs)
+
+
+def load_keras(path, **kwargs):
+    """A ``.keras`` or ``.weights.h5`` file -> fastrnn model, without Keras
+    (see :mod:`fastrnn.interop.keras_file`)."""
+    from .keras_file import load_keras as _f
+
+    return _f(path, **kwargs)
+
+
+def from_torch(module, **kwargs):
+    """A PyTorch recurrent module -> fastrnn (see :mod:`fastrnn.interop.torch`)."""
+    from .torch import from_torch as _f
+
+    return _f(module, **kwargs)
+
+
+def from_torch_state_dict(state_dict, mode, **kwargs):
+    """A PyTorch ``state_dict`` -> fastrnn (see :mod:`fastrnn.interop.torch`)."""
+    from .torch import from_torch_state_dict as _f
+
+    return _f(state_dict, mode, **kwargs)
+
+
+__all__ = ["from_keras", "load_keras", "from_torch", "from_torch_state_dict"]

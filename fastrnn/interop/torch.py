@@ -1,0 +1,647 @@
+"""PyTorch recurrent modules as fastrnn objects, with PyTorch's calling convention.
+
+``from_torch(module)`` converts ``torch.nn.LSTM``, ``GRU``, ``RNN`` and the
+cells ``LSTMCell``, ``GRUCell``, ``RNNCell``; ``from_torch_state_dict``
+does the same from a checkpoint without building the module. The result
+runs on NumPy arrays and returns what the module returns:
+
+* ``m(x, hx=None)`` -> ``(output, h_n)`` (GRU, RNN) or
+  ``(output, (h_n, c_n))`` (LSTM), ``output (batch, time, dirs * H_out)``
+  when ``batch_first`` else ``(time, batch, dirs * H_out)``, states
+  ``(num_layers * num_directions, batch, H_out)`` (``H_out = proj_size`` for
+  a projected LSTM's ``h``). Unbatched inputs ``(time, features)`` work as
+  in PyTorch.
+* Cells: ``cell(x (batch, features), hx=None)`` -> ``h'`` or ``(h', c')``.
+
+Variable lengths: pass a ``torch.nn.utils.rnn.PackedSequence`` (the output
+is a ``PackedSequence`` too, states are NumPy arrays), or padded NumPy input
+with ``lengths=`` (outputs past each length are zeros, as
+``pad_packed_sequence`` gives; the final states are those at each sequence's
+last valid step; the reverse direction reads each sequence within its own
+length).
+
+``dropout`` between layers is a training-time operation and is the
+identity here (converted modules are for inference).
+
+Weight conversion (PyTorch -> fastrnn / Keras layout): ``kernel =
+weight_ih.T``, ``recurrent_kernel = weight_hh.T``; LSTM gates are i, f, g, o
+in both, and the two biases are summed; GRU gates r, z, n are reordered to
+Keras's z, r, h with ``bias (2, 3H) = [bias_ih, bias_hh]`` and
+``reset_after=True``; ``weight_hr (P, H)`` becomes ``projection (H, P)``.
+
+torch is imported only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
+from ..layers import RNN
+from ._torch_cells import _ProjLSTMCell
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+_MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+_CELL_MODES = {"LSTMCell": "LSTM", "GRUCell": "GRU", "RNNCell": None}
+
+
+def _to_numpy(t, argument):
+    """A torch tensor or array-like -> NumPy array (detached, on the host)."""
+    if hasattr(t, "detach") and hasattr(t, "cpu"):
+        t = t.detach().cpu()
+        if str(t.dtype) in ("torch.float16", "torch.bfloat16"):
+            t = t.float()
+        return t.numpy()
+    try:
+        return np.asarray(t)
+    except Exception as exc:  # noqa: BLE001 - reported with the argument's name
+        raise TypeError(f"{argument}: expected an array or a torch tensor, got "
+                        f"{type(t).__name__}") from exc
+
+
+def _gru_reorder(w):
+    """PyTorch GRU gate blocks r, z, n (first axis) -> Keras z, r, h."""
+    r, z, n = np.split(w, 3, axis=0)
+    return np.concatenate([z, r, n], axis=0)
+
+
+def _param_names(mode, num_layers, bidirectional, bias, proj_size, cell=False):
+    """Parameter names in ``named_parameters()`` order."""
+    if cell:
+        return ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+    names = []
+    for layer in range(num_layers):
+        for suffix in ([""] + (["_reverse"] if bidirectional else [])):
+            s = f"_l{layer}{suffix}"
+            names += [f"weight_ih{s}", f"weight_hh{s}"]
+            if bias:
+                names += [f"bias_ih{s}", f"bias_hh{s}"]
+            if proj_size:
+                names.append(f"weight_hr{s}")
+    return names
+
+
+def _keras_weights(mode, arrays, suffix, bias, proj_size):
+    """fastrnn (Keras-layout) weights of one layer/direction from PyTorch arrays."""
+    w_ih, w_hh = arrays["weight_ih" + suffix], arrays["weight_hh" + suffix]
+    if mode == "GRU":
+        weights = [_gru_reorder(w_ih).T, _gru_reorder(w_hh).T]
+        if bias:
+            weights.append(np.stack([_gru_reorder(arrays["bias_ih" + suffix]),
+                                     _gru_reorder(arrays["bias_hh" + suffix])]))
+        return weights
+    weights = [w_ih.T, w_hh.T]
+    if bias:
+        weights.append(arrays["bias_ih" + suffix] + arrays["bias_hh" + suffix])
+    if proj_size:
+        weights.append(arrays["weight_hr" + suffix].T)
+    return weights
+
+
+def _make_cell(mode, hidden_size, bias, proj_size, dtype):
+    common = dict(use_bias=bias, dtype=dtype)
+    if mode == "LSTM":
+        if proj_size:
+            return _ProjLSTMCell(hidden_size, proj_size, **common)
+        return LSTMCell(hidden_size, **common)
+    if mode == "GRU":
+        return GRUCell(hidden_size, reset_after=True, **common)
+    return SimpleRNNCell(hidden_size, activation="relu" if mode == "RNN_RELU" else "tanh",
+                         **common)
+
+
+class _TorchConverted:
+    """Shared weight handling: PyTorch-named arrays are the source of truth."""
+
+    _is_cell = False
+
+    def _init_weights(self, state):
+        names = self.parameter_names
+        missing = [n for n in names if n not in state]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: state_dict is missing {missing}; "
+                             f"expected {names}")
+        self._arrays = {}
+        for n in names:
+            a = _to_numpy(state[n], n)
+            if a.dtype.kind != "f":
+                raise TypeError(f"{n}: expected floating-point weights, got {a.dtype}")
+            self._arrays[n] = np.array(a, dtype=self.dtype)
+        self._check_shapes()
+        self._load_cells()
+
+    def _expected_shape(self, name):
+        G = _GATES[self.mode] * self.hidden_size
+        H, P = self.hidden_size, self.proj_size
+        out = P or H
+        if self._is_cell:
+            m = None
+            dirs = 1
+            in_dim = self.input_size
+        else:
+            m = re.fullmatch(r"\w+_l(\d+)(_reverse)?", name)
+            layer = int(m.group(1))
+            dirs = 2 if self.bidirectional else 1
+            in_dim = self.input_size if layer == 0 else dirs * out
+        kind = re.match(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)", name).group(1)
+        return {"weight_ih": (G, in_dim), "weight_hh": (G, out), "bias_ih": (G,),
+                "bias_hh": (G,), "weight_hr": (P, H)}[kind]
+
+    def _check_shapes(self):
+        for n in self.parameter_names:
+            want = self._expected_shape(n)
+            if self._arrays[n].shape != want:
+                raise ValueError(f"{type(self).__name__}: {n} expected shape {want}, got "
+                                 f"{self._arrays[n].shape}")
+
+    def state_dict(self):
+        """The weights as ``{PyTorch name: array}`` (copies), ``named_parameters`` order."""
+        return {n: self._arrays[n].copy() for n in self.parameter_names}
+
+    def get_weights(self):
+        """The weights in ``named_parameters()`` order (PyTorch layout)."""
+        return [self._arrays[n].copy() for n in self.parameter_names]
+
+    def set_weights(self, weights):
+        """Load weights in ``named_parameters()`` order (PyTorch layout)."""
+        weights = list(weights)
+        names = self.parameter_names
+        if len(weights) != len(names):
+            raise ValueError(f"{type(self).__name__}.set_weights: expected {len(names)} arrays "
+                             f"{names}, got {len(weights)}")
+        self._init_weights(dict(zip(names, weights)))
+
+    def load_state_dict(self, state_dict):
+        """Load ``{PyTorch name: tensor or array}`` (extra keys are an error)."""
+        extra = sorted(set(state_dict) - set(self.parameter_names))
+        if extra:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: unexpected keys {extra}")
+        self._init_weights(state_dict)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
+                         if k not in ("mode", "dtype", "backend"))
+        return f"{type(self).__name__}({args})"
+
+
+def _prepare_input(x, dtype):
+    x = _to_numpy(x, "input")
+    if x.dtype.kind != "f":
+        raise TypeError(f"input: expected a floating-point array, got dtype {x.dtype}")
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+class TorchRecurrent(_TorchConverted):
+    """A converted ``torch.nn.LSTM`` / ``GRU`` / ``RNN``: see the module docstring.
+
+    Parameters
+    ----------
+    mode : {"LSTM", "GRU", "RNN_TANH", "RNN_RELU"}
+    input_size, hidden_size, num_layers, bias, batch_first, dropout,
+    bidirectional, proj_size
+        As in PyTorch (``dropout`` is recorded, and the identity at inference;
+        ``proj_size`` is LSTM only).
+    dtype : {"float32", "float64"}
+    backend : str
+        fastrnn backend for the layers (``"auto"``, ``"cpu"``, ``"cuda"``,
+        ``"reference"``).
+    state_dict : dict, optional
+        ``{name: array}`` in PyTorch layout; random weights otherwise.
+    """
+
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
+                 dtype="float32", backend="auto", state_dict=None):
+        if mode not in _MODES:
+            raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+        for arg, v in (("input_size", input_size), ("hidden_size", hidden_size),
+                       ("num_layers", num_layers)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"{arg}: expected a positive integer, got {v!r}")
+        proj_size = int(proj_size or 0)
+        if proj_size and mode != "LSTM":
+            raise ValueError(f"proj_size: only LSTM supports a projection, got mode {mode!r}")
+        if proj_size < 0 or (proj_size and proj_size >= hidden_size):
+            raise ValueError(f"proj_size: expected 0 or an integer in [1, hidden_size="
+                             f"{hidden_size}), got {proj_size}")
+        self.mode = mode
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.num_layers, self.bias = int(num_layers), bool(bias)
+        self.batch_first, self.dropout = bool(batch_first), float(dropout)
+        self.bidirectional, self.proj_size = bool(bidirectional), proj_size
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}")
+        self.backend = backend
+        dirs = 2 if self.bidirectional else 1
+        self._layers = []
+        for i in range(self.num_layers * dirs):
+            cell = _make_cell(mode, self.hidden_size, self.bias, proj_size, self.dtype)
+            self._layers.append(RNN(cell, return_sequences=True, return_state=True,
+                                    go_backwards=bool(i % dirs), zero_output_for_mask=True,
+                                    backend=backend, dtype=self.dtype.name))
+        if state_dict is None:
+            state_dict = self._random_state()
+        self._init_weights(state_dict)
+
+    # ----- structure -----
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def parameter_names(self):
+        return _param_names(self.mode, self.num_layers, self.bidirectional, self.bias,
+                            self.proj_size)
+
+    def _random_state(self):
+        # PyTorch's default: U(-1/sqrt(H), 1/sqrt(H)).
+        rng = np.random.default_rng()
+        k = 1.0 / np.sqrt(self.hidden_size)
+        return {n: rng.uniform(-k, k, self._expected_shape(n)) for n in self.parameter_names}
+
+    def _load_cells(self):
+        dirs = self.num_directions
+        for i, layer in enumerate(self._layers):
+            suffix = f"_l{i // dirs}" + ("_reverse" if i % dirs else "")
+            layer.set_weights(_keras_weights(self.mode, self._arrays, suffix, self.bias,
+                                             self.proj_size))
+
+    @property
+    def layers(self):
+        """The fastrnn layers run, ``[l0, l0_reverse, l1, ...]`` (each ``return_sequences``)."""
+        return list(self._layers)
+
+    def _state_shape(self, batch):
+        n = self.num_layers * self.num_directions
+        h = (n, batch, self.proj_size or self.hidden_size)
+        return (h, (n, batch, self.hidden_size)) if self.mode == "LSTM" else (h,)
+
+    # ----- call -----
+    def __call__(self, input, hx=None, lengths=None):  # noqa: A002 - PyTorch's name
+        """Run the module: ``(output, h_n)`` or ``(output, (h_n, c_n))``.
+
+        Parameters
+        ----------
+        input : array ``(batch, time, input_size)`` if ``batch_first`` else ``(time, batch,
+            input_size)``, ``(time, input_size)`` unbatched, or a ``PackedSequence``.
+        hx : ``h_0`` or ``(h_0, c_0)`` (LSTM), ``(num_layers * num_directions, batch, H)``
+            (``H = proj_size`` for a projected ``h_0``); zeros when ``None``.
+        lengths : int array ``(batch,)``, optional
+            Valid steps per sequence of a padded input (each in ``[1, time]``).
+        """
+        packed = None
+        if type(input).__name__ == "PackedSequence":
+            if lengths is not None:
+                raise ValueError("lengths: not allowed with a PackedSequence input "
+                                 "(it carries its own lengths)")
+            packed = input
+            input, lengths = self._unpack(input)
+        x = _prepare_input(input, self.dtype)
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :] if not self.batch_first else x[None]
+        if x.ndim != 3:
+            layout = "(batch, time, features)" if self.batch_first else "(time, batch, features)"
+            raise ValueError(f"input: expected a 3D array {layout} or 2D (time, features), "
+                             f"got shape {tuple(np.shape(input))}")
+        if not self.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        B, T, D = x.shape
+        if D != self.input_size:
+            raise ValueError(f"input: expected {self.input_size} features (input_size), got "
+                             f"shape {tuple(np.shape(input))}")
+        if T == 0:
+            raise ValueError("input: the sequence is empty (time 0)")
+        mask = None
+        if lengths is not None:
+            lengths = np.asarray(_to_numpy(lengths, "lengths"))
+            if lengths.shape != (B,) or lengths.dtype.kind not in "iu":
+                raise ValueError(f"lengths: expected {B} integers (batch,), got shape "
+                                 f"{lengths.shape} dtype {lengths.dtype}")
+            if lengths.min() < 1 or lengths.max() > T:
+                raise ValueError(f"lengths: expected values in [1, {T}], got "
+                                 f"min {lengths.min()} max {lengths.max()}")
+            mask = np.arange(T)[None, :] < lengths[:, None]
+        states = self._initial_states(hx, B, unbatched)
+        out, h_n, c_n = self._run(x, mask, states)
+        if packed is not None:
+            return self._repack(out, packed), self._final(h_n, c_n, False)
+        if not self.batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        if unbatched:
+            out = out[:, 0] if not self.batch_first else out[0]
+        return out, self._final(h_n, c_n, unbatched)
+
+    forward = __call__
+
+    def _final(self, h_n, c_n, unbatched):
+        if unbatched:
+            h_n = h_n[:, 0]
+            c_n = c_n[:, 0] if c_n is not None else None
+        return (h_n, c_n) if self.mode == "LSTM" else h_n
+
+    def _initial_states(self, hx, batch, unbatched):
+        if hx is None:
+            return None
+        shapes = self._state_shape(batch)
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError("hx: an LSTM expects a tuple (h_0, c_0)")
+            parts = list(hx)
+        else:
+            parts = [hx]
+        out = []
+        for name, part, shape in zip(("h_0", "c_0"), parts, shapes):
+            a = _to_numpy(part, name)
+            if unbatched and a.ndim == 2:
+                a = a[:, None, :]
+            if a.shape != shape:
+                raise ValueError(f"hx: {name} expected shape {shape}, got {a.shape}")
+            if a.dtype.kind != "f":
+                raise TypeError(f"hx: {name} expected floating point, got {a.dtype}")
+            out.append(np.ascontiguousarray(a, dtype=self.dtype))
+        return out
+
+    def _run(self, x, mask, states):
+        dirs = self.num_directions
+        inp = x
+        hs, cs = [], []
+        for layer_index in range(self.num_layers):
+            outs = []
+            for d in range(dirs):
+                i = layer_index * dirs + d
+                init = None if states is None else [s[i] for s in states]
+                result = self._layers[i](inp, mask=mask, initial_state=init)
+                y = result[0]
+                if d == 1:  # go_backwards returns processing order: realign in time
+                    y = y[:, ::-1]
+                outs.append(y)
+                hs.append(result[1])
+                if self.mode == "LSTM":
+                    cs.append(result[2])
+            inp = np.ascontiguousarray(outs[0] if dirs == 1 else np.concatenate(outs, axis=-1))
+        h_n = np.stack(hs)
+        c_n = np.stack(cs) if cs else None
+        return inp, h_n, c_n
+
+    # ----- PackedSequence -----
+    def _unpack(self, packed):
+        import torch
+        from torch.nn.utils.rnn import pad_packed_sequence
+
+        padded, lengths = pad_packed_sequence(packed, batch_first=self.batch_first)
+        with torch.no_grad():
+            return padded.detach().cpu().numpy(), lengths.numpy().astype(np.int64)
+
+    def _repack(self, out, packed):
+        """Batch-major padded outputs -> a PackedSequence laid out like ``packed``."""
+        import torch
+        from torch.nn.utils.rnn import PackedSequence
+
+        order = packed.sorted_indices
+        order = np.arange(out.shape[0]) if order is None else order.cpu().numpy()
+        rows = []
+        for t, n in enumerate(packed.batch_sizes.tolist()):
+            rows.append(out[order[:n], t])
+        data = torch.from_numpy(np.ascontiguousarray(np.concatenate(rows, axis=0)))
+        return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                              packed.unsorted_indices)
+
+    # ----- streaming -----
+    def stream(self, batch_size=1, **kwargs):
+        """A stream (see ``fastrnn.RNN.stream``) over the stacked layers, unidirectional only.
+
+        It takes and returns fastrnn's batch-major layout: ``(batch, features)`` frames
+        or ``(batch, time, features)`` chunks, with the state carried between calls.
+        """
+        if self.bidirectional:
+            raise TypeError("stream: a bidirectional module cannot stream: the reverse "
+                            "direction needs the whole sequence (future frames) first")
+        cells = [layer.cell for layer in self._layers]
+        cell = cells[0] if len(cells) == 1 else StackedRNNCells(cells)
+        layer = RNN(cell, return_sequences=True, backend=self.backend, dtype=self.dtype.name)
+        return layer.stream(batch_size, **kwargs)
+
+    # ----- config -----
+    def get_config(self):
+        return {"mode": self.mode, "input_size": self.input_size,
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "bias": self.bias, "batch_first": self.batch_first, "dropout": self.dropout,
+                "bidirectional": self.bidirectional, "proj_size": self.proj_size,
+                "dtype": self.dtype.name, "backend": self.backend}
+
+    @classmethod
+    def from_config(cls, config, state_dict=None):
+        return cls(**config, state_dict=state_dict)
+
+
+class TorchCell(_TorchConverted):
+    """A converted ``torch.nn.LSTMCell`` / ``GRUCell`` / ``RNNCell``.
+
+    ``cell(input (batch, input_size) or (input_size,), hx=None)`` returns
+    ``h'`` (GRU, RNN) or ``(h', c')`` (LSTM), as PyTorch does.
+    """
+
+    _is_cell = True
+
+    def __init__(self, mode, input_size, hidden_size, bias=True, dtype="float32",
+                 backend="auto", state_dict=None):
+        if mode not in _MODES:
+            raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
+        for arg, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"{arg}: expected a positive integer, got {v!r}")
+        self.mode = mode
+        self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bool(bias)
+        self.proj_size = 0
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}")
+        self.backend = backend
+        cell = _make_cell(mode, self.hidden_size, self.bias, 0, self.dtype)
+        self._layer = RNN(cell, return_state=True, backend=backend, dtype=self.dtype.name)
+        if state_dict is None:
+            rng = np.random.default_rng()
+            k = 1.0 / np.sqrt(self.hidden_size)
+            state_dict = {n: rng.uniform(-k, k, self._expected_shape(n))
+                          for n in self.parameter_names}
+        self._init_weights(state_dict)
+
+    @property
+    def parameter_names(self):
+        return _param_names(self.mode, 1, False, self.bias, 0, cell=True)
+
+    def _load_cells(self):
+        self._layer.set_weights(_keras_weights(self.mode, self._arrays, "", self.bias, 0))
+
+    @property
+    def layer(self):
+        """The one-step fastrnn layer the cell runs."""
+        return self._layer
+
+    def __call__(self, input, hx=None):  # noqa: A002 - PyTorch's name
+        x = _prepare_input(input, self.dtype)
+        unbatched = x.ndim == 1
+        if unbatched:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"input: expected shape (batch, {self.input_size}) or "
+                             f"({self.input_size},), got {tuple(np.shape(input))}")
+        B = x.shape[0]
+        init = None
+        if hx is not None:
+            parts = list(hx) if self.mode == "LSTM" else [hx]
+            if self.mode == "LSTM" and len(parts) != 2:
+                raise ValueError("hx: an LSTMCell expects a tuple (h, c)")
+            init = []
+            for name, p in zip(("h", "c"), parts):
+                a = _to_numpy(p, name)
+                if unbatched and a.ndim == 1:
+                    a = a[None]
+                if a.shape != (B, self.hidden_size):
+                    raise ValueError(f"hx: {name} expected shape {(B, self.hidden_size)}, "
+                                     f"got {a.shape}")
+                init.append(np.ascontiguousarray(a, dtype=self.dtype))
+        result = self._layer(x[:, None, :], initial_state=init)
+        states = [s[0] if unbatched else s for s in result[1:]]
+        return tuple(states) if self.mode == "LSTM" else states[0]
+
+    forward = __call__
+
+    def stream(self, batch_size=1, **kwargs):
+        """A stream of this cell over frames (see ``fastrnn.RNN.stream``)."""
+        layer = RNN(self._layer.cell, return_sequences=True, backend=self.backend,
+                    dtype=self.dtype.name)
+        return layer.stream(batch_size, **kwargs)
+
+    def get_config(self):
+        return {"mode": self.mode, "input_size": self.input_size,
+                "hidden_size": self.hidden_size, "bias": self.bias,
+                "dtype": self.dtype.name, "backend": self.backend}
+
+    @classmethod
+    def from_config(cls, config, state_dict=None):
+        return cls(**config, state_dict=state_dict)
+
+
+def _module_mode(module):
+    name = type(module).__name__
+    if name == "RNN" or name == "RNNCell":
+        return "RNN_RELU" if getattr(module, "nonlinearity", "tanh") == "relu" else "RNN_TANH"
+    return name.replace("Cell", "")
+
+
+def from_torch(module, backend="auto"):
+    """Convert a PyTorch recurrent module to a fastrnn object with its calling convention.
+
+    Parameters
+    ----------
+    module : torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell
+    backend : str
+        fastrnn backend for the converted layers.
+
+    Returns
+    -------
+    TorchRecurrent or TorchCell
+        ``m(x, hx=None)`` on NumPy arrays, returning what the module returns
+        (see :mod:`fastrnn.interop.torch`).
+    """
+    import torch
+
+    nn = torch.nn
+    if isinstance(module, (nn.LSTMCell, nn.GRUCell, nn.RNNCell)):
+        dtype = _weights_dtype(module)
+        return TorchCell(_module_mode(module), module.input_size, module.hidden_size,
+                         bias=module.bias, dtype=dtype, backend=backend,
+                         state_dict=dict(module.named_parameters()))
+    if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
+        dtype = _weights_dtype(module)
+        return TorchRecurrent(
+            _module_mode(module), module.input_size, module.hidden_size,
+            num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+            dropout=module.dropout, bidirectional=module.bidirectional,
+            proj_size=getattr(module, "proj_size", 0), dtype=dtype, backend=backend,
+            state_dict=dict(module.named_parameters()))
+    raise TypeError(f"from_torch: unsupported module {type(module).__name__}; expected "
+                    "torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell")
+
+
+def _weights_dtype(module):
+    p = next(iter(module.parameters()))
+    return "float64" if str(p.dtype) == "torch.float64" else "float32"
+
+
+def from_torch_state_dict(state_dict, mode, *, prefix="", input_size=None, hidden_size=None,
+                          num_layers=None, bidirectional=None, bias=None, proj_size=None,
+                          batch_first=False, dtype=None, backend="auto"):
+    """Build a converted module from a PyTorch ``state_dict``, without torch modules.
+
+    Parameters
+    ----------
+    state_dict : mapping of name -> tensor or array
+        As ``module.state_dict()`` or ``torch.load(checkpoint)`` gives it.
+    mode : {"LSTM", "GRU", "RNN", "RNN_TANH", "RNN_RELU", "LSTMCell", "GRUCell", "RNNCell",
+        "RNNCell_RELU"}
+        The module type (``"RNN"`` means ``tanh``). It cannot be inferred
+        reliably (a GRU with H units looks like an LSTM with 3H/4 units).
+    prefix : str
+        Key prefix of the module inside a larger model (``"encoder.rnn."``).
+    input_size, hidden_size, num_layers, bidirectional, bias, proj_size
+        Inferred from the keys and shapes when ``None``; given values are
+        checked against them.
+    batch_first : bool
+        Not stored in a state dict: give it as the module had it.
+    dtype : {"float32", "float64"}, optional
+        Default: the weights' dtype (float64 stays float64, others float32).
+    """
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"state_dict: expected a mapping of names to tensors, got "
+                        f"{type(state_dict).__name__}")
+    aliases = {"RNN": "RNN_TANH", "RNNCell": "RNNCell_TANH"}
+    mode = aliases.get(mode, mode)
+    cell = mode.endswith(("Cell", "Cell_TANH", "Cell_RELU"))
+    base = {"LSTMCell": "LSTM", "GRUCell": "GRU", "RNNCell_TANH": "RNN_TANH",
+            "RNNCell_RELU": "RNN_RELU"}.get(mode, mode)
+    if base not in _MODES:
+        raise ValueError(f"mode: expected one of LSTM, GRU, RNN, RNN_TANH, RNN_RELU, LSTMCell, "
+                         f"GRUCell, RNNCell, RNNCell_RELU; got {mode!r}")
+    state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    pattern = r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)" + ("" if cell else
+                                                                    r"_l(\d+)(_reverse)?")
+    ours = {k: v for k, v in state.items() if re.fullmatch(pattern, k)}
+    if "weight_ih" + ("" if cell else "_l0") not in ours:
+        raise ValueError(f"state_dict: no {'weight_ih' if cell else 'weight_ih_l0'} under "
+                         f"prefix {prefix!r}; keys are {sorted(state_dict)[:12]}")
+    arrays = {k: _to_numpy(v, k) for k, v in ours.items()}
+    first = "" if cell else "_l0"
+    w_ih = arrays["weight_ih" + first]
+    found = dict(
+        input_size=int(w_ih.shape[1]),
+        hidden_size=int(w_ih.shape[0] // _GATES[base]),
+        bias=("bias_ih" + first) in arrays,
+    )
+    if not cell:
+        found.update(
+            num_layers=1 + max(int(re.fullmatch(pattern, k).group(2)) for k in arrays),
+            bidirectional=any(k.endswith("_reverse") for k in arrays),
+            proj_size=int(arrays["weight_hr_l0"].shape[0]) if "weight_hr_l0" in arrays else 0,
+        )
+    given = dict(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
+                 bidirectional=bidirectional, bias=bias, proj_size=proj_size)
+    for k, v in given.items():
+        if v is not None and k in found and v != found[k]:
+            raise ValueError(f"{k}: given {v!r} but the state_dict says {found[k]!r}")
+    if dtype is None:
+        dtype = "float64" if w_ih.dtype == np.float64 else "float32"
+    if cell:
+        obj = TorchCell(base, dtype=dtype, backend=backend, state_dict=arrays, **found)
+    else:
+        obj = TorchRecurrent(base, batch_first=batch_first, dtype=dtype, backend=backend,
+                             state_dict=arrays, **found)
+    extra = sorted(set(arrays) - set(obj.parameter_names))
+    if extra:
+        raise ValueError(f"state_dict: unexpected keys {extra} for {mode}")
+    return obj
