@@ -104,7 +104,7 @@ def check(params, rng, B, T, dtype, masked, reverse, zero_output, **kw):
 
 @pytest.fixture(autouse=True)
 def tiny_blocks():
-    previous = kc.set_launch_config(threads=4, tile=3, max_blocks=2)
+    previous = kc.set_launch_config(threads=4, tile=3, max_blocks=2, gemm_batch=2)
     yield
     kc.set_launch_config(**previous)
 
@@ -113,14 +113,19 @@ def tiny_blocks():
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("masked,reverse,zero_output",
                          [(False, False, False), (True, False, False), (True, True, True)])
-def test_matches_reference(variant, dtype, masked, reverse, zero_output, rng):
+@pytest.mark.parametrize("gemm_batch", [0, 1], ids=["fused", "gemm"])
+def test_matches_reference(variant, dtype, masked, reverse, zero_output, gemm_batch, rng):
+    """Both ways to the recurrent product: fused in the step kernel, or a GEMM."""
+    kc.set_launch_config(gemm_batch=gemm_batch)
     params = make_params(variant, rng, dtype)
     check(params, rng, 3, 4, dtype, masked, reverse, zero_output)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_device_arrays_in_and_out(variant, rng):
+@pytest.mark.parametrize("gemm_batch", [0, 1], ids=["fused", "gemm"])
+def test_device_arrays_in_and_out(variant, gemm_batch, rng):
     """Numba device arrays are read and written in place."""
+    kc.set_launch_config(gemm_batch=gemm_batch)
     params = make_params(variant, rng, np.float32)
     check(params, rng, 2, 3, np.float32, True, True, False, device=True)
 
@@ -146,21 +151,24 @@ def test_final_state_may_alias_initial_state(variant, rng):
         np.testing.assert_allclose(g, w, atol=1e-10)
 
 
-@pytest.mark.parametrize("threads,tile,max_blocks", [(1, 1, 1), (3, 2, 0), (7, 5, 2), (64, 16, 0)])
-def test_launch_configurations(threads, tile, max_blocks, rng):
-    kc.set_launch_config(threads=threads, tile=tile, max_blocks=max_blocks)
+@pytest.mark.parametrize("threads,tile,max_blocks,gemm_batch",
+                         [(1, 1, 1, 1), (3, 2, 0, 0), (7, 5, 2, 2), (64, 16, 0, 1)])
+def test_launch_configurations(threads, tile, max_blocks, gemm_batch, rng):
+    kc.set_launch_config(threads=threads, tile=tile, max_blocks=max_blocks,
+                         gemm_batch=gemm_batch)
     params = make_params("lstm_full", rng, np.float32, D=4, H=3, P=2)
     check(params, rng, 3, 2, np.float32, True, False, False)
 
 
 @settings(max_examples=12, deadline=None)
 @given(
-    variant=st.sampled_from(VARIANTS),
+    variant=st.sampled_from(VARIANTS), gemm_batch=st.integers(0, 3),
     B=st.integers(1, 3), T=st.integers(1, 4), D=st.integers(1, 4), H=st.integers(1, 4),
     masked=st.booleans(), reverse=st.booleans(), zero_output=st.booleans(),
     seed=st.integers(0, 2**31),
 )
-def test_random_shapes(variant, B, T, D, H, masked, reverse, zero_output, seed):
+def test_random_shapes(variant, gemm_batch, B, T, D, H, masked, reverse, zero_output, seed):
+    kc.set_launch_config(gemm_batch=gemm_batch)
     rng = np.random.default_rng(seed)
     params = make_params(variant, rng, np.float64, D=D, H=H, P=max(1, H - 1))
     check(params, rng, B, T, np.float64, masked, reverse, zero_output)

@@ -25,8 +25,15 @@ Layout shared by every kernel
 
 Each step kernel gives one thread one ``(batch row, unit)`` pair, in a
 grid-stride loop (``j`` fastest, so a warp reads ``U`` rows coalesced and
-``h_in[b, k]`` as a broadcast): it does that pair's slice of the recurrent
-product and the gate math, fused.
+``h_in[b, k]`` as a broadcast). Two ways to get the recurrent product:
+
+* ``has_r`` false (small batches): the thread does its pair's slice of
+  ``h U`` itself, fused with the gate math, one launch per step; ``U`` is
+  read once per batch row, which is cheap while the batch is small.
+* ``has_r`` true (large batches): the host has just computed ``R = h U``
+  (``(B, G*H)``, gates side by side) with one GEMM (cuBLAS, or
+  :func:`make_matmul`), and the kernel does the gate math on ``R``: the
+  per-step GEMM plus fused point-wise kernel of haste and cuDNN.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ def _emit(out, b, t, j, valid, y, t_prev, zero_output):
 
 
 @cuda.jit
-def simple_rnn_step(xw, T, t, U, h_in, h_nxt, mask, has_mask, out, has_out,
+def simple_rnn_step(xw, T, t, U, R, has_r, h_in, h_nxt, mask, has_mask, out, has_out,
                     t_prev, zero_output, act):
     """SimpleRNN step ``t``: ``h' = act(xw[b, t] + h U)``."""
     B = h_in.shape[0]
@@ -64,8 +71,11 @@ def simple_rnn_step(xw, T, t, U, h_in, h_nxt, mask, has_mask, out, has_out,
         y = 0.0
         if valid:
             acc = xw[b * T + t, j]
-            for k in range(H):
-                acc += h_in[b, k] * U[k, j]
+            if has_r:
+                acc += R[b, j]
+            else:
+                for k in range(H):
+                    acc += h_in[b, k] * U[k, j]
             y = activate(act, acc)
             h_nxt[b, j] = y
         else:
@@ -75,7 +85,7 @@ def simple_rnn_step(xw, T, t, U, h_in, h_nxt, mask, has_mask, out, has_out,
 
 
 @cuda.jit
-def gru_step(xw, T, t, U, brec, h_in, h_nxt, mask, has_mask, out, has_out,
+def gru_step(xw, T, t, U, R, has_r, brec, h_in, h_nxt, mask, has_mask, out, has_out,
              t_prev, zero_output, act, ract):
     """GRU step ``t``, ``reset_after=True``; gates z, r, h.
 
@@ -95,11 +105,16 @@ def gru_step(xw, T, t, U, brec, h_in, h_nxt, mask, has_mask, out, has_out,
             az = brec[j]
             ar = brec[H + j]
             ah = brec[2 * H + j]
-            for k in range(H):
-                hk = h_in[b, k]
-                az += hk * U[k, j]
-                ar += hk * U[k, H + j]
-                ah += hk * U[k, 2 * H + j]
+            if has_r:
+                az += R[b, j]
+                ar += R[b, H + j]
+                ah += R[b, 2 * H + j]
+            else:
+                for k in range(H):
+                    hk = h_in[b, k]
+                    az += hk * U[k, j]
+                    ar += hk * U[k, H + j]
+                    ah += hk * U[k, 2 * H + j]
             z = activate(ract, xw[row, j] + az)
             r = activate(ract, xw[row, H + j] + ar)
             hh = activate(act, xw[row, 2 * H + j] + r * ah)
@@ -112,7 +127,7 @@ def gru_step(xw, T, t, U, brec, h_in, h_nxt, mask, has_mask, out, has_out,
 
 
 @cuda.jit
-def gru_gates(xw, T, t, U, brec, h_in, z_buf, rh_buf, ract):
+def gru_gates(xw, T, t, U, R, has_r, brec, h_in, z_buf, rh_buf, ract):
     """GRU step ``t``, ``reset_after=False``, first half: gates z and r.
 
     Writes ``z`` and ``r * h`` for every unit, since the candidate's product
@@ -126,17 +141,21 @@ def gru_gates(xw, T, t, U, brec, h_in, z_buf, rh_buf, ract):
         row = b * T + t
         az = xw[row, j] + brec[j]
         ar = xw[row, H + j] + brec[H + j]
-        for k in range(H):
-            hk = h_in[b, k]
-            az += hk * U[k, j]
-            ar += hk * U[k, H + j]
+        if has_r:
+            az += R[b, j]
+            ar += R[b, H + j]
+        else:
+            for k in range(H):
+                hk = h_in[b, k]
+                az += hk * U[k, j]
+                ar += hk * U[k, H + j]
         z_buf[b, j] = activate(ract, az)
         rh_buf[b, j] = activate(ract, ar) * h_in[b, j]
 
 
 @cuda.jit
-def gru_candidate(xw, T, t, U, brec, h_in, z_buf, rh_buf, h_nxt, mask, has_mask,
-                  out, has_out, t_prev, zero_output, act):
+def gru_candidate(xw, T, t, U, R, has_r, brec, h_in, z_buf, rh_buf, h_nxt, mask,
+                  has_mask, out, has_out, t_prev, zero_output, act):
     """GRU step ``t``, ``reset_after=False``, second half: candidate, update.
 
     ``h~ = act(x W_h + b_h + (r * h) U_h + b_rh)``, ``h' = z h + (1 - z) h~``.
@@ -152,8 +171,11 @@ def gru_candidate(xw, T, t, U, brec, h_in, z_buf, rh_buf, h_nxt, mask, has_mask,
         y = 0.0
         if valid:
             ah = xw[b * T + t, 2 * H + j] + brec[2 * H + j]
-            for k in range(H):
-                ah += rh_buf[b, k] * U[k, 2 * H + j]
+            if has_r:
+                ah += R[b, j]
+            else:
+                for k in range(H):
+                    ah += rh_buf[b, k] * U[k, 2 * H + j]
             z = z_buf[b, j]
             y = z * h_in[b, j] + (1.0 - z) * activate(act, ah)
             h_nxt[b, j] = y
@@ -164,7 +186,7 @@ def gru_candidate(xw, T, t, U, brec, h_in, z_buf, rh_buf, h_nxt, mask, has_mask,
 
 
 @cuda.jit
-def lstm_step(xw, T, t, U, peep, has_peep, h_in, c_in, h_nxt, c_nxt, m_buf,
+def lstm_step(xw, T, t, U, R, has_r, peep, has_peep, h_in, c_in, h_nxt, c_nxt, m_buf,
               has_proj, mask, has_mask, out, has_out, t_prev, zero_output,
               act, ract, forget_bias, cell_clip):
     """LSTM step ``t``; gates i, f, c, o.
@@ -192,12 +214,18 @@ def lstm_step(xw, T, t, U, peep, has_peep, h_in, c_in, h_nxt, c_nxt, m_buf,
             zf = xw[row, H + j]
             zc = xw[row, 2 * H + j]
             zo = xw[row, 3 * H + j]
-            for k in range(K):
-                hk = h_in[b, k]
-                zi += hk * U[k, j]
-                zf += hk * U[k, H + j]
-                zc += hk * U[k, 2 * H + j]
-                zo += hk * U[k, 3 * H + j]
+            if has_r:
+                zi += R[b, j]
+                zf += R[b, H + j]
+                zc += R[b, 2 * H + j]
+                zo += R[b, 3 * H + j]
+            else:
+                for k in range(K):
+                    hk = h_in[b, k]
+                    zi += hk * U[k, j]
+                    zf += hk * U[k, H + j]
+                    zc += hk * U[k, 2 * H + j]
+                    zo += hk * U[k, 3 * H + j]
             if has_peep:
                 zi += peep[0, j] * c
                 zf += peep[1, j] * c
@@ -223,8 +251,8 @@ def lstm_step(xw, T, t, U, peep, has_peep, h_in, c_in, h_nxt, c_nxt, m_buf,
 
 
 @cuda.jit
-def lstm_project(m_buf, proj, proj_clip, t, h_in, h_nxt, mask, has_mask, out,
-                 has_out, t_prev, zero_output):
+def lstm_project(m_buf, proj, R, has_r, proj_clip, t, h_in, h_nxt, mask, has_mask,
+                 out, has_out, t_prev, zero_output):
     """LSTM step ``t``, projection: ``h' = clip(m @ projection, proj_clip)``."""
     B = h_in.shape[0]
     P = h_in.shape[1]
@@ -237,9 +265,12 @@ def lstm_project(m_buf, proj, proj_clip, t, h_in, h_nxt, mask, has_mask, out,
             valid = mask[b, t]
         y = 0.0
         if valid:
-            acc = m_buf[b, 0] * proj[0, p]
-            for k in range(1, H):
-                acc += m_buf[b, k] * proj[k, p]
+            if has_r:
+                acc = R[b, p]
+            else:
+                acc = m_buf[b, 0] * proj[0, p]
+                for k in range(1, H):
+                    acc += m_buf[b, k] * proj[k, p]
             y = clip(acc, proj_clip)
             h_nxt[b, p] = y
         else:
@@ -315,17 +346,17 @@ def ptx_signatures(dtype, tile=16):
     none = types.void
     return [
         ("simple_rnn_step", simple_rnn_step,
-         none(a2, i, i, a2, a2, a2, m2, bo, a3, bo, i, bo, i)),
+         none(a2, i, i, a2, a2, bo, a2, a2, m2, bo, a3, bo, i, bo, i)),
         ("gru_step", gru_step,
-         none(a2, i, i, a2, a1, a2, a2, m2, bo, a3, bo, i, bo, i, i)),
-        ("gru_gates", gru_gates, none(a2, i, i, a2, a1, a2, a2, a2, i)),
+         none(a2, i, i, a2, a2, bo, a1, a2, a2, m2, bo, a3, bo, i, bo, i, i)),
+        ("gru_gates", gru_gates, none(a2, i, i, a2, a2, bo, a1, a2, a2, a2, i)),
         ("gru_candidate", gru_candidate,
-         none(a2, i, i, a2, a1, a2, a2, a2, a2, m2, bo, a3, bo, i, bo, i)),
+         none(a2, i, i, a2, a2, bo, a1, a2, a2, a2, a2, m2, bo, a3, bo, i, bo, i)),
         ("lstm_step", lstm_step,
-         none(a2, i, i, a2, a2, bo, a2, a2, a2, a2, a2, bo, m2, bo, a3, bo, i, bo,
-              i, i, fl, fl)),
+         none(a2, i, i, a2, a2, bo, a2, bo, a2, a2, a2, a2, a2, bo, m2, bo, a3, bo,
+              i, bo, i, i, fl, fl)),
         ("lstm_project", lstm_project,
-         none(a2, a2, fl, i, a2, a2, m2, bo, a3, bo, i, bo)),
+         none(a2, a2, a2, bo, fl, i, a2, a2, m2, bo, a3, bo, i, bo)),
         (f"matmul_bias[tile={tile}]", make_matmul(tile, np.dtype(dtype)),
          none(a2, a2, a1, a2)),
     ]

@@ -9,7 +9,10 @@ Per sequence call:
 2. then one fused kernel per step (two for an LSTM with a projection and
    for a GRU with ``reset_after=False``) does the recurrent product and the
    gate math for its slice of (batch row, unit) pairs, reading the state
-   from one buffer and writing the other, swapped by step parity.
+   from one buffer and writing the other, swapped by step parity. From
+   ``gemm_batch`` rows on (:func:`set_launch_config`), the recurrent
+   product of each step is one GEMM instead and the step kernel does the
+   point-wise gate math on its result.
 
 Gate orders are Keras's: LSTM **i, f, c, o**; GRU **z, r, h**.
 
@@ -50,8 +53,13 @@ NAME = "cuda"
 
 _SIM = bool(numba.config.ENABLE_CUDASIM)
 
-_DEFAULTS = {"threads": 8, "tile": 4, "max_blocks": 3} if _SIM else {
-    "threads": 128, "tile": 16, "max_blocks": 0,
+# gemm_batch: from this batch size on, the recurrent product of each step is
+# one GEMM (then a point-wise kernel); below it, each thread does its slice
+# of the product inside the fused step kernel. 16 is a guess from memory
+# traffic (U is read once per batch row by the fused kernel), not a
+# measurement: no GPU was at hand to tune it.
+_DEFAULTS = {"threads": 8, "tile": 4, "max_blocks": 3, "gemm_batch": 3} if _SIM else {
+    "threads": 128, "tile": 16, "max_blocks": 0, "gemm_batch": 16,
 }
 
 
@@ -69,11 +77,12 @@ _config = {
     "threads": _env_int("FASTRNN_CUDA_THREADS", _DEFAULTS["threads"]),
     "tile": _env_int("FASTRNN_CUDA_TILE", _DEFAULTS["tile"]),
     "max_blocks": _env_int("FASTRNN_CUDA_MAX_BLOCKS", _DEFAULTS["max_blocks"]),
+    "gemm_batch": _env_int("FASTRNN_CUDA_GEMM_BATCH", _DEFAULTS["gemm_batch"]),
     "gemm": os.environ.get("FASTRNN_CUDA_GEMM", "auto"),
 }
 
 
-def set_launch_config(threads=None, tile=None, max_blocks=None, gemm=None):
+def set_launch_config(threads=None, tile=None, max_blocks=None, gemm=None, gemm_batch=None):
     """Set the launch sizes; returns the previous settings (a dict).
 
     Parameters
@@ -86,13 +95,19 @@ def set_launch_config(threads=None, tile=None, max_blocks=None, gemm=None):
         Cap on blocks per grid dimension (``0``: enough to cover the work
         in one pass); a small cap makes the grid-stride loops go round.
     gemm : {"auto", "cupy", "numba"}, optional
-        Input projection by cuBLAS through CuPy, by the Numba kernel, or
-        CuPy when importable (``auto``, the default).
+        GEMMs by cuBLAS through CuPy, by the Numba kernel, or CuPy when
+        importable (``auto``, the default).
+    gemm_batch : int, optional
+        Smallest batch whose per-step recurrent product is a GEMM followed
+        by a point-wise kernel (``0``: never; smaller batches use the fused
+        step kernel alone).
     """
     previous = dict(_config)
-    for key, value in (("threads", threads), ("tile", tile), ("max_blocks", max_blocks)):
+    settings = (("threads", threads), ("tile", tile), ("max_blocks", max_blocks),
+                ("gemm_batch", gemm_batch))
+    for key, value in settings:
         if value is not None:
-            if not isinstance(value, (int, np.integer)) or value < (0 if key == "max_blocks" else 1):
+            if not isinstance(value, (int, np.integer)) or value < (1 if key in ("threads", "tile") else 0):
                 raise ValueError(f"{key}: expected a positive integer, got {value!r}")
             _config[key] = int(value)
     if gemm is not None:
@@ -295,13 +310,17 @@ def _use_cupy():
     return _cupy is not False
 
 
+def _use_gemm(batch):
+    return 0 < _config["gemm_batch"] <= batch
+
+
 def _project(a, w, bias, c):
-    """``c = a @ w + bias`` on the device; ``a (M, K)``, ``w (K, N)``."""
+    """``c = a @ w + bias`` on the device; ``a (M, K)``, ``w (K, N)``, ``bias (>= N,)``."""
     if _use_cupy():
         cp = _cupy
         cc = cp.asarray(c)
         cp.matmul(cp.asarray(a), cp.asarray(w), out=cc)
-        cc += cp.asarray(bias)
+        cc += cp.asarray(bias)[: c.shape[1]]
         return
     tile = _config["tile"]
     kernel = _k.make_matmul(tile, np.dtype(c.dtype))
@@ -319,7 +338,7 @@ class _Packed:
 
     __slots__ = (
         "params", "dtype", "kernel", "bias", "recurrent_kernel", "recurrent_bias",
-        "peepholes", "projection",
+        "peepholes", "projection", "zeros", "u_zr", "u_h",
     )
 
     def __init__(self, params):
@@ -346,6 +365,15 @@ class _Packed:
             self.recurrent_bias = None
         self.peepholes = up(getattr(params, "peepholes", None))
         self.projection = up(getattr(params, "projection", None))
+        # The bias of the per-step GEMMs (the kernels add the real ones).
+        self.zeros = cuda.to_device(np.zeros(max(self.recurrent_kernel.shape), dtype))
+        self.u_zr = self.u_h = None
+        if params.kind == "gru" and not params.reset_after:
+            # (r * h) U_h needs r first: z, r and the candidate are two GEMMs.
+            u = np.asarray(params.recurrent_kernel, dtype=dtype)
+            H = u.shape[0]
+            self.u_zr = up(np.ascontiguousarray(u[:, : 2 * H]))
+            self.u_h = up(np.ascontiguousarray(u[:, 2 * H:]))
 
 
 def pack(params):
@@ -384,12 +412,19 @@ def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
     p = packed.params
     io = _Transfers()
     s = _sequence(packed, x, mask, reverse, zero_output, out, io, 1)
-    h = [io.state(h0, packed.dtype), cuda.device_array((s["B"], s["H"]), packed.dtype)]
-    grid = _grid(s["B"] * s["H"])
+    B, H, dtype = s["B"], s["H"], packed.dtype
+    h = [io.state(h0, dtype), cuda.device_array((B, H), dtype)]
+    grid = _grid(B * H)
     zero_output = bool(zero_output)
+    U = packed.recurrent_kernel
+    has_r = _use_gemm(B)
+    R = cuda.device_array((B, H), dtype) if has_r else s["d2"]
     for n, (t, t_prev) in enumerate(s["steps"]):
+        h_in = h[n % 2]
+        if has_r:
+            _project(h_in, U, packed.zeros, R)
         _k.simple_rnn_step[grid](
-            s["xw"], s["T"], t, packed.recurrent_kernel, h[n % 2], h[(n + 1) % 2],
+            s["xw"], s["T"], t, U, R, has_r, h_in, h[(n + 1) % 2],
             s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
             int(p.activation),
         )
@@ -408,20 +443,32 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
     zero_output = bool(zero_output)
     act, ract = int(p.activation), int(p.recurrent_activation)
     U, brec = packed.recurrent_kernel, packed.recurrent_bias
+    has_r = _use_gemm(B)
     if p.reset_after:
+        R = cuda.device_array((B, 3 * H), dtype) if has_r else s["d2"]
         for n, (t, t_prev) in enumerate(s["steps"]):
+            h_in = h[n % 2]
+            if has_r:
+                _project(h_in, U, packed.zeros, R)
             _k.gru_step[grid](
-                s["xw"], s["T"], t, U, brec, h[n % 2], h[(n + 1) % 2],
+                s["xw"], s["T"], t, U, R, has_r, brec, h_in, h[(n + 1) % 2],
                 s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
                 act, ract,
             )
     else:
         z_buf = cuda.device_array((B, H), dtype)
         rh_buf = cuda.device_array((B, H), dtype)
+        R = cuda.device_array((B, 2 * H), dtype) if has_r else s["d2"]
+        R2 = cuda.device_array((B, H), dtype) if has_r else s["d2"]
         for n, (t, t_prev) in enumerate(s["steps"]):
-            _k.gru_gates[grid](s["xw"], s["T"], t, U, brec, h[n % 2], z_buf, rh_buf, ract)
+            h_in = h[n % 2]
+            if has_r:
+                _project(h_in, packed.u_zr, packed.zeros, R)
+            _k.gru_gates[grid](s["xw"], s["T"], t, U, R, has_r, brec, h_in, z_buf, rh_buf, ract)
+            if has_r:
+                _project(rh_buf, packed.u_h, packed.zeros, R2)
             _k.gru_candidate[grid](
-                s["xw"], s["T"], t, U, brec, h[n % 2], z_buf, rh_buf, h[(n + 1) % 2],
+                s["xw"], s["T"], t, U, R2, has_r, brec, h_in, z_buf, rh_buf, h[(n + 1) % 2],
                 s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output, act,
             )
     io.final(h_out, h[s["T"] % 2])
@@ -441,6 +488,7 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     has_peep = packed.peepholes is not None
     m_buf = cuda.device_array((B, H), dtype) if has_proj else s["d2"]
     peep = packed.peepholes if has_peep else s["d2"]
+    proj = packed.projection if has_proj else s["d2"]
     cell_clip = -1.0 if p.cell_clip is None else float(p.cell_clip)
     proj_clip = -1.0 if p.proj_clip is None else float(p.proj_clip)
     grid = _grid(B * H)
@@ -449,16 +497,23 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     act, ract = int(p.activation), int(p.recurrent_activation)
     forget_bias = float(p.forget_bias)
     U = packed.recurrent_kernel
+    has_r = _use_gemm(B)
+    R = cuda.device_array((B, 4 * H), dtype) if has_r else s["d2"]
+    R2 = cuda.device_array((B, P), dtype) if has_r and has_proj else s["d2"]
     for n, (t, t_prev) in enumerate(s["steps"]):
         h_in, h_nxt = h[n % 2], h[(n + 1) % 2]
+        if has_r:
+            _project(h_in, U, packed.zeros, R)
         _k.lstm_step[grid](
-            s["xw"], s["T"], t, U, peep, has_peep, h_in, c[n % 2], h_nxt, c[(n + 1) % 2],
-            m_buf, has_proj, s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev,
-            zero_output, act, ract, forget_bias, cell_clip,
+            s["xw"], s["T"], t, U, R, has_r, peep, has_peep, h_in, c[n % 2], h_nxt,
+            c[(n + 1) % 2], m_buf, has_proj, s["mask"], s["has_mask"], s["out"],
+            s["has_out"], t_prev, zero_output, act, ract, forget_bias, cell_clip,
         )
         if has_proj:
+            if has_r:
+                _project(m_buf, proj, packed.zeros, R2)
             _k.lstm_project[grid_p](
-                m_buf, packed.projection, proj_clip, t, h_in, h_nxt, s["mask"],
+                m_buf, proj, R2, has_r, proj_clip, t, h_in, h_nxt, s["mask"],
                 s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
             )
     io.final(h_out, h[s["T"] % 2])
