@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+from conftest import layer_backends
 from fastrnn import dispatch, nn
 from fastrnn.nn import _nest, rnn_cell
 
-BACKENDS = ["reference"] + (["cpu"] if dispatch.available("cpu")[0] else [])
+# reference, plus cpu (and cuda with FASTRNN_TEST_BACKENDS=cuda) where they run
+BACKENDS = layer_backends()
 
 
 @pytest.fixture(autouse=True)
@@ -14,11 +16,6 @@ def _reference_by_default(monkeypatch):
     """Unpinned runs use ``reference``; tests parametrised by backend pin theirs."""
     monkeypatch.setenv("FASTRNN_BACKEND", "reference")
     monkeypatch.setattr(dispatch, "_default", None)
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(1234)
 
 
 def _x(rng, *shape, dtype=np.float32):
@@ -316,6 +313,32 @@ def test_bidirectional_backward_is_per_sequence_reverse(rng, backend):
     )
     assert len(outs) == 6 and outs[0].shape == (3, 9)
     np.testing.assert_allclose(np.stack(outs, 1), np.concatenate([out_fw, out_bw], 2), atol=1e-6)
+
+
+def test_stacks_with_custom_layers_and_backward_stacks(rng):
+    """Mixed stacks (built-in and custom layers) and a stacked backward cell."""
+    mixed = rnn_cell.MultiRNNCell([rnn_cell.GRUCell(4), _MinimalRNN(3), rnn_cell.BasicRNNCell(2)])
+    mixed.build((3, 2))
+    _randomise(mixed, rng)
+    x = _x(rng, 3, 5, 2)
+    lengths = np.array([5, 0, 2])
+    init = _nest.map_structure(lambda n: _x(rng, 3, n), mixed.state_size)
+    out, state = nn.dynamic_rnn(mixed, x, lengths, initial_state=init)
+    ref_out, ref_state = _step_loop(mixed, x, lengths, init)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    _assert_nested_close(state, ref_state)
+    fw = rnn_cell.BasicRNNCell(2)
+    (_, out_bw), (_, s_bw) = nn.bidirectional_dynamic_rnn(fw, mixed, x, lengths)
+    for b, n in enumerate(lengths):
+        if n == 0:
+            assert not out_bw[b].any() and not any(u[b].any() for u in _nest.flatten(s_bw))
+            continue
+        init_b = _nest.map_structure(lambda a: np.zeros((1, a), np.float32), mixed.state_size)
+        o, s = _step_loop(mixed, x[b : b + 1, :n][:, ::-1], np.array([n]), init_b)
+        np.testing.assert_allclose(out_bw[b, :n], o[0, ::-1], atol=1e-5)
+        assert not out_bw[b, n:].any()
+        for u, v in zip(_nest.flatten(s_bw), _nest.flatten(s)):
+            np.testing.assert_allclose(u[b], v[0], atol=1e-5)
 
 
 def test_static_rnn_returns_lists(rng):

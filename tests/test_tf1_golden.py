@@ -3,7 +3,10 @@
 Each ``tests/data/tf1_*.npz`` holds the input, the TF1 variables in
 ``global_variables()`` order (names in its config) and every output: the
 outputs, then each state element flattened (``LSTMStateTuple`` is
-``(c, h)``). Every case runs on every backend that can run here.
+``(c, h)``). Every case runs on ``reference`` and on each backend of
+``$FASTRNN_TEST_BACKENDS`` (default ``cpu``) that can run here; in CUDA's
+simulator: ``NUMBA_ENABLE_CUDASIM=1 FASTRNN_TEST_BACKENDS=cuda pytest
+tests/test_tf1_golden.py -k cuda``.
 """
 
 import glob
@@ -13,12 +16,13 @@ import os
 import numpy as np
 import pytest
 
+from conftest import DATA, layer_backends
 from fastrnn import dispatch, nn
 from fastrnn.nn import _nest, rnn_cell
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
 CASES = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(DATA, "tf1_*.npz")))
-BACKENDS = ["reference"] + (["cpu"] if dispatch.available("cpu")[0] else [])
+# reference, plus cpu (and cuda with FASTRNN_TEST_BACKENDS=cuda) where they run
+BACKENDS = layer_backends()
 
 
 def _cell(config):
