@@ -399,6 +399,55 @@ def test_wrappers(rng):
     np.testing.assert_allclose(out[kept], 2.0 * ref[kept], atol=1e-5)
 
 
+def test_dropout_wrapper_state_filter(rng):
+    inner = _randomise(_built(rnn_cell.BasicLSTMCell(4), 3), rng)
+    x, state = _x(rng, 5, 3), inner.zero_state(5, np.float32)
+    _, ref = inner(x, state)
+    _, new = rnn_cell.DropoutWrapper(inner, state_keep_prob=0.5, seed=1)(x, state)
+    np.testing.assert_array_equal(new.c, ref.c)  # TF1's default filter spares c
+    dropped = new.h == 0
+    assert dropped.any() and (~dropped).any()
+    np.testing.assert_allclose(new.h[~dropped], 2 * ref.h[~dropped], atol=1e-6)
+    only_c = rnn_cell.DropoutWrapper(
+        inner, state_keep_prob=0.5, seed=1,
+        dropout_state_filter_visitor=lambda s: rnn_cell.LSTMStateTuple(True, False)
+        if isinstance(s, rnn_cell.LSTMStateTuple) else True,
+    )
+    _, new = only_c(x, state)
+    np.testing.assert_array_equal(new.h, ref.h)
+    assert (new.c == 0).any()
+    with pytest.raises(ValueError, match="input_keep_prob: expected a probability in"):
+        rnn_cell.DropoutWrapper(inner, input_keep_prob=0.0)
+
+
+def test_built_in_cells_make_one_kernel_call_per_layer(rng, monkeypatch):
+    """No Python loop over time: one kernel call per layer and direction."""
+    from fastrnn import kernels
+    from fastrnn.nn import _rnn
+
+    calls = []
+    real_run = kernels.run
+
+    def counting_run(backend, packed, x, *args):
+        calls.append(x.shape)
+        return real_run(backend, packed, x, *args)
+
+    def no_loop(*args):
+        raise AssertionError("a built-in cell was stepped in Python")
+
+    monkeypatch.setattr(kernels, "run", counting_run)
+    monkeypatch.setattr(_rnn, "_loop", no_loop)
+    cell = _stack(rng, depth=3)
+    x = _x(rng, 3, 50, 3)
+    nn.dynamic_rnn(cell, x, sequence_length=[50, 7, 0])
+    assert calls == [(3, 50, 3), (3, 50, 3), (3, 50, 4), (3, 50, 6)]
+    calls.clear()
+    nn.bidirectional_dynamic_rnn(
+        rnn_cell.ResidualWrapper(rnn_cell.GRUCell(3)), rnn_cell.DropoutWrapper(cell), x
+    )
+    assert len(calls) == 1 + 4
+
+
 def test_float64_and_backend_reporting(rng):
     cell = rnn_cell.BasicRNNCell(3)
     out, state = nn.dynamic_rnn(cell, _x(rng, 2, 4, 3, dtype=np.float64), backend="reference")

@@ -459,6 +459,8 @@ class _FusedCell(RNNCell):
         self._check_depth(x.shape[1])
         dtype = compute_dtype(None, state, x)
         state = check_state(self, state, x.shape[0], dtype)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.output_size), dtype), state
         x3 = np.ascontiguousarray(x[:, None, :], dtype=dtype)
         out, states = run_layer(
             self, x3, None, False, self._to_keras(state), resolve_backend(None, self)
@@ -684,10 +686,6 @@ class LSTMCell(_LSTMBase):
 # composition
 
 
-def _is_fused(cell):
-    return isinstance(cell, _FusedCell)
-
-
 def _n_weights(cell):
     if isinstance(cell, _FusedCell):
         return len(cell._names())
@@ -911,6 +909,13 @@ class ResidualWrapper(_Wrapper):
         return x + out, new_state
 
 
+def _default_state_filter(substate):
+    """TF1's default: drop every state except the ``c`` of an LSTMStateTuple."""
+    if isinstance(substate, LSTMStateTuple):
+        return LSTMStateTuple(c=False, h=True)
+    return True
+
+
 class DropoutWrapper(_Wrapper):
     """TF1 ``DropoutWrapper``: dropout on a cell's inputs, outputs and state.
 
@@ -957,21 +962,29 @@ class DropoutWrapper(_Wrapper):
         return np.where(kept, a / keep, 0.0).astype(a.dtype)
 
     def _drop_state(self, state):
+        """State dropout where the filter says, traversed as TF1's nest does.
+
+        The filter is called on the state and, where it answers with a
+        structure of booleans, again on each child marked True; a boolean
+        answer drops (True) or keeps (False) that whole subtree.
+        """
         if self._state_keep_prob >= 1.0:
             return state
+        visitor = self._filter or _default_state_filter
 
         def visit(s):
-            if isinstance(s, LSTMStateTuple):
-                c = s.c if self._filter is None or not self._filter(s.c) else self._drop(
-                    s.c, self._state_keep_prob)
-                h = s.h if self._filter is not None and not self._filter(s.h) else self._drop(
-                    s.h, self._state_keep_prob)
-                return LSTMStateTuple(c, h)
-            if _nest.is_sequence(s):
-                return type(s)(visit(item) for item in s)
-            if self._filter is not None and not self._filter(s):
-                return s
-            return self._drop(s, self._state_keep_prob)
+            decision = visitor(s)
+            if isinstance(decision, (bool, np.bool_)):
+                if not decision:
+                    return s
+                return _nest.map_structure(lambda a: self._drop(a, self._state_keep_prob), s)
+            if not _nest.is_sequence(s) or len(decision) != len(s):
+                raise ValueError(
+                    "dropout_state_filter_visitor: expected a bool or a structure of bools "
+                    f"matching {_nest.describe(s)}, got {decision!r}"
+                )
+            items = [visit(child) if d else child for child, d in zip(s, decision)]
+            return type(s)(*items) if hasattr(s, "_fields") else type(s)(items)
 
         return visit(state)
 
