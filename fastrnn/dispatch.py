@@ -166,3 +166,17 @@ def _auto(params_list, on_device):
             return Choice("cpu", mod, "; ".join([reason] + notes))
     notes.append(f"not cpu: {why}")
     return Choice("reference", backend_module("reference"), "reference: " + "; ".join(notes))
+
+
+def set_num_threads(n):
+    """Bound the threads one kernel call may use (``None``: all of Numba's pool).
+
+    Dask workers and servers that run one model per core set this to 1. It
+    applies to the ``cpu`` backend, process-wide.
+    """
+    backend_module("cpu").set_num_threads(n)
+
+
+def get_num_threads():
+    """The most threads one ``cpu`` kernel call uses."""
+    return backend_module("cpu").get_num_threads()

@@ -1,0 +1,504 @@
+"""Packed float32 kernels: weights in panels, a register-blocked SIMD tile.
+
+Used by the CPU backend for float32 LSTM (no projection) and GRU with
+``reset_after=True``, the configurations that carry nearly all real traffic;
+everything else runs ``_cpu_generic``.
+
+Layout (built once by :func:`pack_lstm` / :func:`pack_gru`)
+-----------------------------------------------------------
+The units are cut into panels of 16 (the vector width). Panel ``p`` holds,
+for its 16 units, the columns of every gate (LSTM **i, f, c, o**: 64
+columns; GRU **z, r, h**: 48), for ``K = D + H`` rows: first the input
+kernel's ``D`` rows, then the recurrent kernel's ``H`` rows, contiguous
+along ``k``. The input projection is therefore folded into each step's
+``k`` loop and nothing grows with ``T``. A unit count that is not a
+multiple of 16 pads the last panel with zero columns; padded lanes are
+computed and never read.
+
+The tile keeps 4 batch rows x 4 vectors of 16 floats in registers (16
+accumulators: 4 loads, 4 broadcasts and 16 FMAs per ``k``) and applies the
+gate math to those registers right after the ``k`` loops, so
+pre-activations never go through memory. GRU's four vectors are z, r, the
+input part of h and the recurrent part of h (``reset_after=True`` needs
+them apart).
+
+State lives in a private double buffer of ``2 x rows x Hp`` floats
+(``Hp`` = units rounded up to 16): step ``s`` reads half ``s % 2`` and
+writes the other; the cell state is updated in place (each lane only reads
+its own).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._cpu_math import activate as _activate
+from ._simd import vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh
+
+LANES = 16
+
+
+@njit(nogil=True)
+def vact(code, v, scratch):
+    """Activation ``code`` on 16 lanes; vector forms for the common codes,
+    a scalar loop through ``scratch`` (16 floats) for the rest."""
+    if code == 1:
+        return vtanh(v)
+    if code == 2:
+        return vsigmoid(v)
+    if code == 0:
+        return v
+    if code == 3:
+        return vclamp(vfma(v, vsplat(1.0 / 6.0), vsplat(0.5)), vsplat(0.0), vsplat(1.0))
+    if code == 4:
+        return vrelu(v)
+    vstore(scratch, 0, v)
+    for lane in range(LANES):
+        scratch[lane] = _activate(code, scratch[lane])
+    return vload(scratch, 0)
+
+
+@njit(nogil=True)
+def _lstm_cell(ai, af, ac, ao, valid, ro, pu, cur, nxt, hf, cb, peep, has_peep, Hp,
+               cell_clip, act, ract, scratch):
+    if not valid:  # masked step: carry the state
+        vstore(hf, nxt + ro + pu, vload(hf, cur + ro + pu))
+        return
+    cold = vload(cb, ro + pu)
+    if has_peep:
+        ai = vfma(vload(peep, pu), cold, ai)
+        af = vfma(vload(peep, Hp + pu), cold, af)
+    i = vact(ract, ai, scratch)
+    f = vact(ract, af, scratch)
+    cn = vfma(f, cold, vmul(i, vact(act, ac, scratch)))
+    if cell_clip >= 0.0:
+        cn = vclamp(cn, vsplat(-cell_clip), vsplat(cell_clip))
+    if has_peep:
+        ao = vfma(vload(peep, 2 * Hp + pu), cn, ao)
+    o = vact(ract, ao, scratch)
+    vstore(cb, ro + pu, cn)
+    vstore(hf, nxt + ro + pu, vmul(o, vact(act, cn, scratch)))
+
+
+@njit(nogil=True)
+def _gru_cell(az, ar, ax, ah, valid, ro, pu, cur, nxt, hf, act, ract, scratch):
+    hprev = vload(hf, cur + ro + pu)
+    if not valid:
+        vstore(hf, nxt + ro + pu, hprev)
+        return
+    z = vact(ract, az, scratch)
+    r = vact(ract, ar, scratch)
+    hh = vact(act, vfma(r, ah, ax), scratch)
+    # z * h + (1 - z) * hh
+    vstore(hf, nxt + ro + pu, vfma(z, vsub(hprev, hh), hh))
+
+
+# ---- tiles (4 rows and 1 row); unrolled by hand so the accumulators are
+# plain locals that LLVM keeps in registers ----
+
+@njit(nogil=True)
+def _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch, xo0, xo1, xo2, xo3, v0, v1, v2, v3, ro0, ro1, ro2, ro3):
+    bi = vload(bp, pb)
+    bf = vload(bp, pb + 16)
+    bc = vload(bp, pb + 32)
+    bo = vload(bp, pb + 48)
+    i0 = bi
+    f0 = bf
+    c0 = bc
+    o0 = bo
+    i1 = bi
+    f1 = bf
+    c1 = bc
+    o1 = bo
+    i2 = bi
+    f2 = bf
+    c2 = bc
+    o2 = bo
+    i3 = bi
+    f3 = bf
+    c3 = bc
+    o3 = bo
+    w = wbase
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
+        s = vsplat(xf[xo0 + k])
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        s = vsplat(xf[xo1 + k])
+        i1 = vfma(s, w0, i1)
+        f1 = vfma(s, w1, f1)
+        c1 = vfma(s, w2, c1)
+        o1 = vfma(s, w3, o1)
+        s = vsplat(xf[xo2 + k])
+        i2 = vfma(s, w0, i2)
+        f2 = vfma(s, w1, f2)
+        c2 = vfma(s, w2, c2)
+        o2 = vfma(s, w3, o2)
+        s = vsplat(xf[xo3 + k])
+        i3 = vfma(s, w0, i3)
+        f3 = vfma(s, w1, f3)
+        c3 = vfma(s, w2, c3)
+        o3 = vfma(s, w3, o3)
+        w += 64
+    for k in range(H):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
+        s = vsplat(hf[cur + ro0 + k])
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        s = vsplat(hf[cur + ro1 + k])
+        i1 = vfma(s, w0, i1)
+        f1 = vfma(s, w1, f1)
+        c1 = vfma(s, w2, c1)
+        o1 = vfma(s, w3, o1)
+        s = vsplat(hf[cur + ro2 + k])
+        i2 = vfma(s, w0, i2)
+        f2 = vfma(s, w1, f2)
+        c2 = vfma(s, w2, c2)
+        o2 = vfma(s, w3, o2)
+        s = vsplat(hf[cur + ro3 + k])
+        i3 = vfma(s, w0, i3)
+        f3 = vfma(s, w1, f3)
+        c3 = vfma(s, w2, c3)
+        o3 = vfma(s, w3, o3)
+        w += 64
+    _lstm_cell(i0, f0, c0, o0, v0, ro0, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i1, f1, c1, o1, v1, ro1, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i2, f2, c2, o2, v2, ro2, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i3, f3, c3, o3, v3, ro3, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+
+
+@njit(nogil=True)
+def _lstm_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch, xo0, v0, ro0):
+    bi = vload(bp, pb)
+    bf = vload(bp, pb + 16)
+    bc = vload(bp, pb + 32)
+    bo = vload(bp, pb + 48)
+    i0 = bi
+    f0 = bf
+    c0 = bc
+    o0 = bo
+    w = wbase
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
+        s = vsplat(xf[xo0 + k])
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        w += 64
+    for k in range(H):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
+        s = vsplat(hf[cur + ro0 + k])
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        w += 64
+    _lstm_cell(i0, f0, c0, o0, v0, ro0, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+
+
+@njit(nogil=True)
+def _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch, xo0, xo1, xo2, xo3, v0, v1, v2, v3, ro0, ro1, ro2, ro3):
+    bz = vload(bp, pb)
+    br = vload(bp, pb + 16)
+    bx = vload(bp, pb + 32)
+    bh = vload(bp, pb + 48)
+    z0 = bz
+    r0 = br
+    x0 = bx
+    h0 = bh
+    z1 = bz
+    r1 = br
+    x1 = bx
+    h1 = bh
+    z2 = bz
+    r2 = br
+    x2 = bx
+    h2 = bh
+    z3 = bz
+    r3 = br
+    x3 = bx
+    h3 = bh
+    w = wbase
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        s = vsplat(xf[xo0 + k])
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        x0 = vfma(s, w2, x0)
+        s = vsplat(xf[xo1 + k])
+        z1 = vfma(s, w0, z1)
+        r1 = vfma(s, w1, r1)
+        x1 = vfma(s, w2, x1)
+        s = vsplat(xf[xo2 + k])
+        z2 = vfma(s, w0, z2)
+        r2 = vfma(s, w1, r2)
+        x2 = vfma(s, w2, x2)
+        s = vsplat(xf[xo3 + k])
+        z3 = vfma(s, w0, z3)
+        r3 = vfma(s, w1, r3)
+        x3 = vfma(s, w2, x3)
+        w += 48
+    for k in range(H):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        s = vsplat(hf[cur + ro0 + k])
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        h0 = vfma(s, w2, h0)
+        s = vsplat(hf[cur + ro1 + k])
+        z1 = vfma(s, w0, z1)
+        r1 = vfma(s, w1, r1)
+        h1 = vfma(s, w2, h1)
+        s = vsplat(hf[cur + ro2 + k])
+        z2 = vfma(s, w0, z2)
+        r2 = vfma(s, w1, r2)
+        h2 = vfma(s, w2, h2)
+        s = vsplat(hf[cur + ro3 + k])
+        z3 = vfma(s, w0, z3)
+        r3 = vfma(s, w1, r3)
+        h3 = vfma(s, w2, h3)
+        w += 48
+    _gru_cell(z0, r0, x0, h0, v0, ro0, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z1, r1, x1, h1, v1, ro1, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z2, r2, x2, h2, v2, ro2, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z3, r3, x3, h3, v3, ro3, pu, cur, nxt, hf, act, ract, scratch)
+
+
+@njit(nogil=True)
+def _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch, xo0, v0, ro0):
+    bz = vload(bp, pb)
+    br = vload(bp, pb + 16)
+    bx = vload(bp, pb + 32)
+    bh = vload(bp, pb + 48)
+    z0 = bz
+    r0 = br
+    x0 = bx
+    h0 = bh
+    w = wbase
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        s = vsplat(xf[xo0 + k])
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        x0 = vfma(s, w2, x0)
+        w += 48
+    for k in range(H):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        s = vsplat(hf[cur + ro0 + k])
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        h0 = vfma(s, w2, h0)
+        w += 48
+    _gru_cell(z0, r0, x0, h0, v0, ro0, pu, cur, nxt, hf, act, ract, scratch)
+
+
+# ---- drivers: rows r0 .. r1-1 for the whole sequence ----
+
+
+@njit(inline="always")
+def _emit_rows(r0, n, t, H, Hp, hf, nxt, valid, started, zero_output, out, has_out):
+    for r in range(n):
+        if has_out:
+            b = r0 + r
+            if valid[r] or (started[r] and not zero_output):
+                base = nxt + r * Hp
+                for j in range(H):
+                    out[b, t, j] = hf[base + j]
+            else:
+                for j in range(H):
+                    out[b, t, j] = 0.0
+        started[r] = started[r] or valid[r]
+
+
+@njit(cache=True, nogil=True)
+def lstm_rows(r0, r1, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0,
+              mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
+    B, T, D = x.shape
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    KP = D + H
+    n = r1 - r0
+    hf = np.zeros(2 * n * Hp, dtype=np.float32)
+    cb = np.zeros(n * Hp, dtype=np.float32)
+    started = np.zeros(n, dtype=np.bool_)
+    valid = np.ones(n, dtype=np.bool_)
+    scratch = np.empty(LANES, dtype=np.float32)
+    xf = x.reshape(x.size)
+    for r in range(n):
+        for j in range(H):
+            hf[r * Hp + j] = h0[r0 + r, j]
+            cb[r * Hp + j] = c0[r0 + r, j]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        cur = (s & 1) * n * Hp
+        nxt = n * Hp - cur
+        for r in range(n):
+            valid[r] = (not has_mask) or mask[r0 + r, t]
+        for p in range(NP):
+            wbase = p * KP * 64
+            pb = p * 64
+            pu = p * LANES
+            r = 0
+            while r + 4 <= n:
+                b = r0 + r
+                _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
+                            has_peep, Hp, cell_clip, act, ract, scratch,
+                            (b * T + t) * D, ((b + 1) * T + t) * D,
+                            ((b + 2) * T + t) * D, ((b + 3) * T + t) * D,
+                            valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
+                            r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
+                r += 4
+            while r < n:
+                b = r0 + r
+                _lstm_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
+                            has_peep, Hp, cell_clip, act, ract, scratch,
+                            (b * T + t) * D, valid[r], r * Hp)
+                r += 1
+        _emit_rows(r0, n, t, H, Hp, hf, nxt, valid, started, zero_output, out, has_out)
+    last = (T & 1) * n * Hp
+    for r in range(n):
+        for j in range(H):
+            h_out[r0 + r, j] = hf[last + r * Hp + j]
+            c_out[r0 + r, j] = cb[r * Hp + j]
+
+
+@njit(cache=True, nogil=True)
+def gru_rows(r0, r1, Wp, bp, act, ract, H, x, h0, mask, has_mask, reverse,
+             zero_output, out, has_out, h_out):
+    B, T, D = x.shape
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    KP = D + H
+    n = r1 - r0
+    hf = np.zeros(2 * n * Hp, dtype=np.float32)
+    started = np.zeros(n, dtype=np.bool_)
+    valid = np.ones(n, dtype=np.bool_)
+    scratch = np.empty(LANES, dtype=np.float32)
+    xf = x.reshape(x.size)
+    for r in range(n):
+        for j in range(H):
+            hf[r * Hp + j] = h0[r0 + r, j]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        cur = (s & 1) * n * Hp
+        nxt = n * Hp - cur
+        for r in range(n):
+            valid[r] = (not has_mask) or mask[r0 + r, t]
+        for p in range(NP):
+            wbase = p * KP * 48
+            pb = p * 64
+            pu = p * LANES
+            r = 0
+            while r + 4 <= n:
+                b = r0 + r
+                _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract,
+                           scratch,
+                           (b * T + t) * D, ((b + 1) * T + t) * D,
+                           ((b + 2) * T + t) * D, ((b + 3) * T + t) * D,
+                           valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
+                           r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
+                r += 4
+            while r < n:
+                b = r0 + r
+                _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract,
+                           scratch, (b * T + t) * D, valid[r], r * Hp)
+                r += 1
+        _emit_rows(r0, n, t, H, Hp, hf, nxt, valid, started, zero_output, out, has_out)
+    last = (T & 1) * n * Hp
+    for r in range(n):
+        for j in range(H):
+            h_out[r0 + r, j] = hf[last + r * Hp + j]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def lstm_par(bounds, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0,
+             mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
+    for c in prange(bounds.shape[0] - 1):
+        lstm_rows(bounds[c], bounds[c + 1], Wp, bp, peep, has_peep, cell_clip, act,
+                  ract, H, x, h0, c0, mask, has_mask, reverse, zero_output, out,
+                  has_out, h_out, c_out)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def gru_par(bounds, Wp, bp, act, ract, H, x, h0, mask, has_mask, reverse,
+            zero_output, out, has_out, h_out):
+    for c in prange(bounds.shape[0] - 1):
+        gru_rows(bounds[c], bounds[c + 1], Wp, bp, act, ract, H, x, h0, mask,
+                 has_mask, reverse, zero_output, out, has_out, h_out)
+
+
+# ---- packing (NumPy, once per weight set) ----
+
+
+def _panels(blocks, H, ncols_per_gate):
+    """Stack ``blocks`` (each (K_i, G*H), gate-major) into panels of 16 units.
+
+    Returns a flat float32 array indexed ``[p, k, g, lane]``.
+    """
+    G = ncols_per_gate
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    K = sum(b.shape[0] for b in blocks)
+    full = np.concatenate([np.asarray(b, dtype=np.float32) for b in blocks], axis=0)
+    padded = np.zeros((K, G, Hp), dtype=np.float32)
+    padded[:, :, :H] = full.reshape(K, G, H)
+    # (K, G, NP, 16) -> (NP, K, G, 16)
+    return np.ascontiguousarray(padded.reshape(K, G, NP, LANES).transpose(2, 0, 1, 3)).reshape(-1)
+
+
+def _bias_panels(vectors, H):
+    """``vectors`` (4 arrays of H) -> flat (NP, 4, 16) float32."""
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    b = np.zeros((4, Hp), dtype=np.float32)
+    for g, v in enumerate(vectors):
+        b[g, :H] = v
+    return np.ascontiguousarray(b.reshape(4, NP, LANES).transpose(1, 0, 2)).reshape(-1)
+
+
+def pack_lstm(kernel, recurrent_kernel, bias, forget_bias, peepholes):
+    H = recurrent_kernel.shape[1] // 4
+    Hp = (H + LANES - 1) // LANES * LANES
+    Wp = _panels([kernel, recurrent_kernel], H, 4)
+    b = np.asarray(bias, dtype=np.float64)
+    bp = _bias_panels([b[:H], b[H:2 * H] + forget_bias, b[2 * H:3 * H], b[3 * H:]], H)
+    peep = np.zeros(3 * Hp, dtype=np.float32)
+    if peepholes is not None:
+        for g in range(3):
+            peep[g * Hp:g * Hp + H] = peepholes[g]
+    return Wp, bp, peep
+
+
+def pack_gru(kernel, recurrent_kernel, bias):
+    H = recurrent_kernel.shape[0]
+    Wp = _panels([kernel, recurrent_kernel], H, 3)
+    bias = np.asarray(bias, dtype=np.float64)
+    b_in, b_rec = bias[0], bias[1]
+    bp = _bias_panels([b_in[:H] + b_rec[:H], b_in[H:2 * H] + b_rec[H:2 * H],
+                       b_in[2 * H:], b_rec[2 * H:]], H)
+    return Wp, bp

@@ -1,0 +1,384 @@
+"""The ``cpu`` backend: Numba-compiled kernels for the whole sequence.
+
+Implements the kernel contract of :mod:`fastrnn.kernels` (read it there).
+Two families of kernels sit behind it:
+
+* ``_cpu_packed``: float32 LSTM without projection and float32 GRU with
+  ``reset_after=True`` (the configurations nearly all models use). Weights
+  are packed once by :func:`pack` into panels of 16 units, and an explicit
+  SIMD tile (``_simd``) keeps 4 batch rows x 4 gate vectors in registers
+  and applies the gate math right after each panel's product.
+* ``_cpu_generic``: every other variant (float64, SimpleRNN, GRU with
+  ``reset_after=False``, LSTM projection), with the same semantics.
+
+Both fold the input projection into each step, so memory does not grow
+with ``T``, and both write straight into the caller's buffers.
+
+Threads: batch rows are independent for the whole sequence, so a call
+splits the batch between threads (at most :func:`get_num_threads`) and the
+threads never meet until the end: nothing spins at a barrier, which keeps
+the engine robust when another process is busy on the same cores. Small
+calls (and calls made while another thread is already inside a parallel
+kernel) run on the calling thread alone. Kernels never call BLAS, so no
+OpenBLAS thread spins beside them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+
+NAME = "cpu"
+
+try:  # numba is a hard dependency, but say so plainly if it is broken
+    import numba
+
+    _IMPORT_ERROR = None
+except Exception as exc:  # pragma: no cover
+    numba = None
+    _IMPORT_ERROR = exc
+
+if numba is not None:
+    from . import _cpu_generic as _gen
+    from . import _cpu_packed as _pk
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Work (multiply-adds per call) below which a second thread costs more than
+# it saves (thread wake-up is ~10-50 us when the pool sleeps).
+_MIN_PARALLEL_WORK = 2_000_000
+
+_max_threads = None
+_parallel_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------- threads
+
+
+def _numba_threads():
+    return int(numba.config.NUMBA_NUM_THREADS) if numba is not None else 1
+
+
+def set_num_threads(n):
+    """Bound the threads one kernel call may use (``None`` resets to all).
+
+    Parameters
+    ----------
+    n : int or None
+        At least 1; values above Numba's pool size (``NUMBA_NUM_THREADS``)
+        are capped to it.
+    """
+    global _max_threads
+    if n is None:
+        _max_threads = None
+        return
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: expected a positive integer or None, got {n!r}")
+    _max_threads = min(int(n), _numba_threads())
+
+
+def get_num_threads():
+    """The most threads one kernel call uses."""
+    return _numba_threads() if _max_threads is None else _max_threads
+
+
+def threading_layer():
+    """The Numba threading layer in use (``None`` before the first parallel call)."""
+    try:
+        return numba.threading_layer()
+    except Exception:  # ValueError: not initialised yet
+        return None
+
+
+def _bounds(B, work):
+    """Row bounds for the threads of one call: an int64 array of n+1 edges."""
+    n = min(get_num_threads(), B)
+    if n <= 1 or work < _MIN_PARALLEL_WORK:
+        return None
+    # split on multiples of 4 (the tile height) when there is enough batch
+    edges = [0]
+    for c in range(1, n):
+        e = (B * c) // n
+        if B >= 4 * n:
+            e = (e + 2) // 4 * 4
+        edges.append(e)
+    edges.append(B)
+    return np.asarray(edges, dtype=np.int64)
+
+
+def _run(serial, parallel, B, work, args):
+    """Call ``parallel(bounds, *args)`` on several threads, or ``serial(0, B, *args)``."""
+    bounds = _bounds(B, work)
+    if bounds is not None and _parallel_lock.acquire(blocking=False):
+        # One parallel kernel at a time per process: a second caller thread
+        # runs on its own core instead of doubling the thread count (and the
+        # workqueue layer cannot run two parallel regions at once at all).
+        try:
+            parallel(bounds, *args)
+            return
+        finally:
+            _parallel_lock.release()
+    serial(0, B, *args)
+
+
+# ---------------------------------------------------------------- contract
+
+
+def available():
+    if numba is None:
+        return False, f"numba cannot be imported: {_IMPORT_ERROR}"
+    return True, f"numba {numba.__version__} compiles the kernels"
+
+
+def supports(params):
+    for name in ("activation", "recurrent_activation"):
+        code = getattr(params, name, 0)
+        if callable(code):
+            return False, f"{name} is a Python callable (only the reference backend runs it)"
+    dtypes = {
+        np.asarray(v).dtype
+        for v in vars(params).values()
+        if isinstance(v, np.ndarray)
+    }
+    if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPES:
+        return False, f"weights must share one dtype, float32 or float64 (got {sorted(map(str, dtypes))})"
+    return True, "compiled kernels run this configuration"
+
+
+class _Packed:
+    """Weights in the layout of the kernel family that runs them."""
+
+    __slots__ = ("params", "dtype", "packed", "arrays")
+
+    def __init__(self, params, dtype, packed, arrays):
+        self.params = params
+        self.dtype = dtype
+        self.packed = packed  # True: _cpu_packed panels; False: _cpu_generic
+        self.arrays = arrays
+
+    def __repr__(self):
+        kind = "packed float32 panels" if self.packed else f"generic {self.dtype}"
+        return f"<cpu {self.params.kind} weights, {kind}>"
+
+
+def _packed_path_enabled():
+    # FASTRNN_CPU_GENERIC=1 forces the generic kernels (tests, debugging).
+    return os.environ.get("FASTRNN_CPU_GENERIC", "") in ("", "0")
+
+
+def _c(a, dtype):
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def pack(params):
+    """Derive the CPU layout of ``params`` (once, when weights are set)."""
+    dtype = np.asarray(params.kernel).dtype
+    kind = params.kind
+    fast = dtype == np.float32 and _packed_path_enabled()
+    if kind == "lstm":
+        if fast and params.projection is None:
+            arrays = _pk.pack_lstm(
+                params.kernel, params.recurrent_kernel, params.bias,
+                float(params.forget_bias), params.peepholes,
+            )
+            return _Packed(params, dtype, True, arrays)
+        H = params.units
+        peep = params.peepholes
+        proj = params.projection
+        arrays = (
+            _c(params.kernel, dtype),
+            _c(params.recurrent_kernel, dtype),
+            _c(params.bias, dtype),
+            _c(peep if peep is not None else np.zeros((3, H)), dtype),
+            _c(proj if proj is not None else np.zeros((1, 1)), dtype),
+        )
+        return _Packed(params, dtype, False, arrays)
+    if kind == "gru":
+        if fast and params.reset_after:
+            return _Packed(params, dtype, True, _pk.pack_gru(
+                params.kernel, params.recurrent_kernel, params.bias))
+        bias = np.asarray(params.bias)
+        if bias.ndim == 1:  # tolerate a (3H,) bias: no recurrent bias
+            bias = np.stack([bias, np.zeros_like(bias)])
+        arrays = (_c(params.kernel, dtype), _c(params.recurrent_kernel, dtype), _c(bias, dtype))
+        return _Packed(params, dtype, False, arrays)
+    arrays = (_c(params.kernel, dtype), _c(params.recurrent_kernel, dtype), _c(params.bias, dtype))
+    return _Packed(params, dtype, False, arrays)
+
+
+_DUMMY_MASK = np.ones((1, 1), dtype=np.bool_)
+
+
+def _mask(mask):
+    if mask is None:
+        return _DUMMY_MASK, False
+    return np.ascontiguousarray(mask, dtype=np.bool_), True
+
+
+class _Out:
+    """A C-contiguous stand-in for a caller buffer that is not one."""
+
+    __slots__ = ("dst", "buf")
+
+    def __init__(self, dst, dtype, shape):
+        self.dst = dst
+        if dst is None:
+            self.buf = np.empty(shape, dtype=dtype)
+        elif dst.flags.c_contiguous and dst.dtype == dtype:
+            self.buf = dst
+        else:
+            self.buf = np.empty(dst.shape, dtype=dtype)
+
+    def finish(self):
+        if self.dst is not None and self.buf is not self.dst:
+            self.dst[...] = self.buf
+
+
+def _limit(v):
+    return -1.0 if v is None else float(v)
+
+
+def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
+    p = packed.params
+    dt = packed.dtype
+    x = _c(x, dt)
+    B, T, D = x.shape
+    H = p.units
+    W, U, bias = packed.arrays
+    m, has_mask = _mask(mask)
+    o = _Out(out, dt, (1, 1, 1))
+    ho = _Out(h_out, dt, None)
+    args = (W, U, bias, int(p.activation), x, _c(h0, dt), m, has_mask, bool(reverse),
+            bool(zero_output), o.buf, out is not None, ho.buf)
+    _run(_gen.simple_rnn_rows, _gen.simple_rnn_par, B, B * T * H * (D + H), args)
+    o.finish()
+    ho.finish()
+
+
+def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
+    p = packed.params
+    dt = packed.dtype
+    x = _c(x, dt)
+    B, T, D = x.shape
+    H = p.units
+    m, has_mask = _mask(mask)
+    o = _Out(out, dt, (1, 1, 1))
+    ho = _Out(h_out, dt, None)
+    work = 3 * B * T * H * (D + H)
+    if packed.packed:
+        Wp, bp = packed.arrays
+        args = (Wp, bp, int(p.activation), int(p.recurrent_activation), H, x, _c(h0, dt),
+                m, has_mask, bool(reverse), bool(zero_output), o.buf, out is not None, ho.buf)
+        _run(_pk.gru_rows, _pk.gru_par, B, work, args)
+    else:
+        W, U, bias = packed.arrays
+        args = (W, U, bias, int(p.activation), int(p.recurrent_activation),
+                bool(p.reset_after), x, _c(h0, dt), m, has_mask, bool(reverse),
+                bool(zero_output), o.buf, out is not None, ho.buf)
+        _run(_gen.gru_rows, _gen.gru_par, B, work, args)
+    o.finish()
+    ho.finish()
+
+
+def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
+    p = packed.params
+    dt = packed.dtype
+    x = _c(x, dt)
+    B, T, D = x.shape
+    H = p.units
+    m, has_mask = _mask(mask)
+    o = _Out(out, dt, (1, 1, 1))
+    ho = _Out(h_out, dt, None)
+    co = _Out(c_out, dt, None)
+    work = 4 * B * T * H * (D + p.output_size)
+    if packed.packed:
+        Wp, bp, peep = packed.arrays
+        args = (Wp, bp, peep, p.peepholes is not None, _limit(p.cell_clip),
+                int(p.activation), int(p.recurrent_activation), H, x, _c(h0, dt), _c(c0, dt),
+                m, has_mask, bool(reverse), bool(zero_output), o.buf, out is not None,
+                ho.buf, co.buf)
+        _run(_pk.lstm_rows, _pk.lstm_par, B, work, args)
+    else:
+        W, U, bias, peep, proj = packed.arrays
+        args = (W, U, bias, int(p.activation), int(p.recurrent_activation),
+                float(p.forget_bias), peep, p.peepholes is not None, _limit(p.cell_clip),
+                proj, p.projection is not None, _limit(p.proj_clip), x, _c(h0, dt),
+                _c(c0, dt), m, has_mask, bool(reverse), bool(zero_output), o.buf,
+                out is not None, ho.buf, co.buf)
+        _run(_gen.lstm_rows, _gen.lstm_par, B, work, args)
+    o.finish()
+    ho.finish()
+    co.finish()
+
+
+# ---------------------------------------------------------------- warmup
+
+
+def warmup(verbose=False):
+    """Compile (or load from Numba's cache) the common kernels: LSTM and GRU
+    in float32 and float64, SimpleRNN, on one and on several threads."""
+    from . import GRUParams, LSTMParams, SimpleRNNParams
+
+    rng = np.random.default_rng(0)
+    done = []
+    for dt in (np.float32, np.float64):
+        D, H, B, T = 3, 5, 8, 2
+
+        def r(*shape):
+            return (rng.standard_normal(shape) * 0.1).astype(dt)
+
+        configs = [
+            LSTMParams(r(D, 4 * H), r(H, 4 * H), r(4 * H)),
+            GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H)),
+            GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H), reset_after=False),
+            SimpleRNNParams(r(D, H), r(H, H), r(H)),
+        ]
+        x = r(B, T, D)
+        for params in configs:
+            pk = pack(params)
+            for threads in (1, None):
+                old = _max_threads
+                set_num_threads(threads)
+                global _MIN_PARALLEL_WORK
+                saved = _MIN_PARALLEL_WORK
+                _MIN_PARALLEL_WORK = 0
+                try:
+                    states = [np.zeros((B, s), dt) for s in _state_sizes(params)]
+                    outs = [np.empty_like(s) for s in states]
+                    from . import run
+
+                    run(sys.modules[__name__], pk, x, states, None, False, False,
+                        np.empty((B, T, params.output_size), dt), outs)
+                finally:
+                    _MIN_PARALLEL_WORK = saved
+                    set_num_threads(old)
+            done.append(f"{params.kind} {np.dtype(dt).name}")
+            if verbose:
+                print(f"warmup: {done[-1]}", file=sys.stderr)
+    return done
+
+
+def _state_sizes(params):
+    from . import state_sizes
+
+    return state_sizes(params)
+
+
+def warmup_main(argv=None):
+    """``python -m fastrnn warmup``: fill Numba's cache with the common kernels."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m fastrnn warmup",
+                                     description=warmup.__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    opts = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    done = warmup(verbose=not opts.quiet)
+    print(f"compiled or loaded {len(done)} kernels in {time.perf_counter() - t0:.1f} s "
+          f"(cache: {numba.config.CACHE_DIR or 'next to the sources (__pycache__)'}; "
+          f"threading layer: {threading_layer()})")
+    return 0
