@@ -542,6 +542,11 @@ def test_error_inputs(rng):
         nn.static_rnn(rnn_cell.GRUCell(2), [])
     with pytest.raises(TypeError, match="inputs: expected floating-point values, got dtype int64"):
         nn.dynamic_rnn(rnn_cell.GRUCell(2), np.ones((2, 4, 3), dtype=np.int64))
+    class _FakeGPUArray:
+        __cuda_array_interface__ = {}
+
+    with pytest.raises(TypeError, match="inputs: fastrnn.nn takes host \\(NumPy\\) arrays"):
+        nn.dynamic_rnn(rnn_cell.GRUCell(2), _FakeGPUArray())
     with pytest.raises(TypeError, match="inputs: .*nested inputs are not supported"):
         nn.dynamic_rnn(rnn_cell.GRUCell(2), list(_x(rng, 4, 2, 3)))
     with pytest.raises(TypeError, match="cell: expected a fastrnn.nn.rnn_cell.RNNCell"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _device
 from . import _nest
 from ._engine import resolve_backend, run_layer
 from .rnn_cell import (
@@ -40,6 +41,12 @@ def _sequence(inputs, time_major, argument="inputs"):
         raise TypeError(
             f"{argument}: expected one array (batch, max_time, depth); nested inputs are "
             "not supported (for a list of time steps use static_rnn)"
+        )
+    if _device.is_device_array(inputs):
+        raise TypeError(
+            f"{argument}: fastrnn.nn takes host (NumPy) arrays, got a GPU array "
+            f"({type(inputs).__module__}.{type(inputs).__name__}); pass a NumPy array "
+            "with backend='cuda', or use the Keras-style layers, which take GPU arrays"
         )
     x = np.asarray(inputs)
     if x.dtype.kind != "f":
