@@ -551,3 +551,116 @@ def test_error_inputs(rng):
         nn.dynamic_rnn(rnn_cell.GRUCell(2), list(_x(rng, 4, 2, 3)))
     with pytest.raises(TypeError, match="cell: expected a fastrnn.nn.rnn_cell.RNNCell"):
         nn.dynamic_rnn(object(), _x(rng, 2, 4, 3))
+
+
+# --------------------------------------------------------------------------
+# against TF1's equations, written here from TF1's source on TF1's layout
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _tf1_step(cell, w, x, state):
+    """One step of a TF1 cell from ``rnn_cell_impl``'s formulas, float64."""
+    if isinstance(cell, rnn_cell.BasicRNNCell):
+        h = np.tanh(np.concatenate([x, state], 1) @ w[0] + w[1])
+        return h, h
+    if isinstance(cell, rnn_cell.GRUCell):
+        r, u = np.split(_sigmoid(np.concatenate([x, state], 1) @ w[0] + w[1]), 2, axis=1)
+        c = np.tanh(np.concatenate([x, r * state], 1) @ w[2] + w[3])
+        h = u * state + (1 - u) * c
+        return h, h
+    c, m = state
+    i, j, f, o = np.split(np.concatenate([x, m], 1) @ w[0] + w[1], 4, axis=1)
+    fb = cell._forget_bias
+    if isinstance(cell, rnn_cell.LSTMCell) and cell._use_peepholes:
+        wf, wi, wo = w[2:5]
+        c = _sigmoid(f + fb + wf * c) * c + _sigmoid(i + wi * c) * np.tanh(j)
+    else:
+        c = _sigmoid(f + fb) * c + _sigmoid(i) * np.tanh(j)
+    if cell._cell_clip is not None:
+        c = np.clip(c, -cell._cell_clip, cell._cell_clip)
+    if isinstance(cell, rnn_cell.LSTMCell) and cell._use_peepholes:
+        m = _sigmoid(o + wo * c) * np.tanh(c)
+    else:
+        m = _sigmoid(o) * np.tanh(c)
+    if cell._num_proj is not None:
+        m = m @ w[-1]
+        if cell._proj_clip is not None:
+            m = np.clip(m, -cell._proj_clip, cell._proj_clip)
+    return m, rnn_cell.LSTMStateTuple(c, m)
+
+
+def _tf1_dynamic_rnn(cell, x, lengths, reverse=False):
+    """TF1's dynamic_rnn (and its reverse_sequence backward pass), float64."""
+    w = [a.astype(np.float64) for a in cell.get_weights()]
+    B, T, _ = x.shape
+    x = x.astype(np.float64)
+    if reverse:
+        x = np.stack([np.concatenate([x[b, :n][::-1], x[b, n:]]) for b, n in enumerate(lengths)])
+    state = _nest.map_structure(lambda n: np.zeros((B, n)), cell.state_size)
+    outs = []
+    for t in range(T):
+        y, new = _tf1_step(cell, w, x[:, t], state)
+        valid = (t < lengths)[:, None]
+        outs.append(np.where(valid, y, 0.0))
+        state = _nest.map_structure(lambda a, b: np.where(valid, a, b), new, state)
+    out = np.stack(outs, 1)
+    if reverse:
+        out = np.stack([np.concatenate([out[b, :n][::-1], out[b, n:]]) for b, n in enumerate(lengths)])
+    return out, state
+
+
+def _random_cell(data, units, dtype):
+    from hypothesis import strategies as st
+
+    kind = data.draw(st.sampled_from(["rnn", "gru", "basic_lstm", "lstm"]))
+    if kind == "rnn":
+        return rnn_cell.BasicRNNCell(units, dtype=dtype)
+    if kind == "gru":
+        return rnn_cell.GRUCell(units, dtype=dtype)
+    fb = data.draw(st.sampled_from([0.0, 1.0, -0.5]))
+    if kind == "basic_lstm":
+        return rnn_cell.BasicLSTMCell(units, forget_bias=fb, dtype=dtype)
+    return rnn_cell.LSTMCell(
+        units, forget_bias=fb, dtype=dtype,
+        use_peepholes=data.draw(st.booleans()),
+        cell_clip=data.draw(st.sampled_from([None, 0.3, 2.0])),
+        num_proj=data.draw(st.sampled_from([None, 1, 3])),
+        proj_clip=data.draw(st.sampled_from([None, 0.2])),
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_tf1_equations(backend):
+    pytest.importorskip("hypothesis")
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=25, deadline=None, derandomize=True)
+    @given(st.data())
+    def check(data):
+        B = data.draw(st.integers(1, 4), label="batch")
+        T = data.draw(st.integers(1, 6), label="time")
+        D = data.draw(st.integers(1, 5), label="depth")
+        H = data.draw(st.integers(1, 7), label="units")
+        dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+        lengths = np.array(data.draw(st.lists(st.integers(0, T), min_size=B, max_size=B)))
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+        fw, bw = _random_cell(data, H, dtype), _random_cell(data, H, dtype)
+        for cell in (fw, bw):
+            cell.build((B, D))
+            _randomise(cell, rng)
+        x = rng.uniform(-2, 2, (B, T, D)).astype(dtype)
+        (out_fw, out_bw), (s_fw, s_bw) = nn.bidirectional_dynamic_rnn(
+            fw, bw, x, sequence_length=lengths, backend=backend
+        )
+        atol = 2e-5 if dtype == np.float32 else 1e-10
+        for got_out, got_state, cell, rev in ((out_fw, s_fw, fw, False), (out_bw, s_bw, bw, True)):
+            ref_out, ref_state = _tf1_dynamic_rnn(cell, x, lengths, rev)
+            assert got_out.dtype == dtype
+            np.testing.assert_allclose(got_out, ref_out, atol=atol, rtol=0)
+            for g, r in zip(_nest.flatten(got_state), _nest.flatten(ref_state)):
+                np.testing.assert_allclose(g, r, atol=atol, rtol=0)
+
+    check()
