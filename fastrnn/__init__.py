@@ -13,10 +13,13 @@ from . import dispatch, initializers
 from .dispatch import get_backend, set_backend
 from .layers import GRU, LSTM, RNN, Bidirectional, SimpleRNN, deserialize, serialize
 from .interop import from_keras, from_torch, from_torch_state_dict, load_keras  # light: torch/keras/h5py load lazily
+from .io import load, save
+from .models import Sequential
 
 __all__ = [
     "GRU", "LSTM", "RNN", "Bidirectional", "SimpleRNN",
     "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
     "get_backend", "set_backend", "serialize", "deserialize",
     "from_keras", "load_keras", "from_torch", "from_torch_state_dict",
+    "save", "load", "Sequential",
 ]

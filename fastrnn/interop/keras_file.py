@@ -1,0 +1,357 @@
+"""Read Keras 3 model files without Keras or TensorFlow (h5py only).
+
+``load_keras(path)`` accepts:
+
+* a ``.keras`` file: a zip holding ``config.json`` (the model's
+  ``{"class_name", "config"}``) and ``model.weights.h5``;
+* a ``.weights.h5`` file (``model.save_weights``) together with
+  ``config=`` (the dict from ``model.get_config()`` wrapped as
+  ``{"class_name", "config"}``, the JSON string ``model.to_json()`` gives,
+  or the path of a ``.json`` file or of a ``.keras`` file holding it);
+* a legacy ``.h5`` model (``model.save("m.h5")``): the config is read from
+  the file's ``model_config`` attribute.
+
+Layout of ``model.weights.h5`` that Keras 3 writes (learnt from files Keras
+3.15 wrote): one group per layer under ``layers/``, named after the layer's
+*class* in snake case, made unique by a counter in the order of
+``model.layers`` (``dense``, ``dense_1``, ...; never the layer's own name).
+A layer's variables are the datasets ``vars/0``, ``vars/1``, ... in
+``layer.weights`` order. Nested objects get sub-groups by attribute:
+``<rnn>/cell/vars``, ``<rnn>/cell/cells/<cell class>[_k]/vars`` (stacked
+cells), ``<bidirectional>/forward_layer/...`` and ``/backward_layer/...``,
+``<time_distributed>/layer/vars``. Functional models list their
+``InputLayer`` in ``model.layers`` (and so in the naming); Sequential models
+do not; Keras operations recorded in a functional config (the ``NotEqual``
+and ``Any`` that compute a ``Masking`` mask) have no group.
+
+The model must be a linear chain (Sequential, or a functional model with
+one input, one output and one tensor flowing from layer to layer) of the
+layers :mod:`fastrnn.models` supports; anything else is a ``ValueError``
+naming the layer. Masks are recomputed with Keras's propagation rules, not
+read from the recorded graph.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+
+import numpy as np
+
+from ..models import InputLayer, Sequential, layer_from_config
+
+
+def _snake(name):
+    # keras.src.utils.naming.to_snake_case
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _unique_names(class_names):
+    """Keras saving_lib's group names for a container of objects of these classes."""
+    used, out = {}, []
+    for cls in class_names:
+        name = _snake(cls)
+        if name in used:
+            used[name] += 1
+            name = f"{name}_{used[name]}"
+        else:
+            used[name] = 0
+        out.append(name)
+    return out
+
+
+def _entry_name(entry):
+    return entry.get("name") or (entry.get("config") or {}).get("name")
+
+
+def _is_op(entry):
+    module = entry.get("module") or ""
+    return module.startswith("keras.src.ops") or ".ops." in module
+
+
+def _tensors(obj):
+    """Every ``__keras_tensor__`` reference nested in a node's args."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            return [obj]
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _parent(entry):
+    """The one layer feeding ``entry`` in a functional config."""
+    name = _entry_name(entry)
+    nodes = entry.get("inbound_nodes") or []
+    if len(nodes) != 1:
+        raise ValueError(f"layer {name!r} ({entry.get('class_name')}) is called {len(nodes)} "
+                         "times; only linear models (each layer used once) are supported")
+    node = nodes[0]
+    if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+        tensors = _tensors(node.get("args", []))
+        kwargs = {k: v for k, v in (node.get("kwargs") or {}).items() if k != "mask"}
+        extra = _tensors(kwargs)
+        if len(tensors) != 1 or extra:
+            raise ValueError(f"layer {name!r} ({entry.get('class_name')}) takes "
+                             f"{len(tensors) + len(extra)} tensors; only linear chains of "
+                             "single-input layers are supported")
+        return tensors[0]["config"]["keras_history"][0]
+    # Keras 2: [[parent_name, node_index, tensor_index, kwargs], ...]
+    if not isinstance(node, list) or len(node) != 1:
+        raise ValueError(f"layer {name!r} takes several tensors; only linear chains are "
+                         "supported")
+    return node[0][0]
+
+
+def _single(refs, what):
+    if refs and not isinstance(refs[0], (list, tuple)):
+        refs = [refs]
+    if len(refs) != 1:
+        raise ValueError(f"the model has {len(refs)} {what}; fastrnn models have exactly one")
+    return refs[0][0]
+
+
+def model_chain(model):
+    """Layer entries of a serialised Keras model in run order, and their h5 group names.
+
+    Parameters
+    ----------
+    model : dict
+        ``{"class_name": "Sequential" | "Functional" | "Model", "config": {...}}``.
+
+    Returns
+    -------
+    (list of dict, dict)
+        The layer entries from input to output, and ``{layer name: group
+        name under layers/}``.
+    """
+    if not isinstance(model, dict) or "class_name" not in model:
+        raise ValueError("config: expected a serialised Keras model {'class_name', 'config'}")
+    cls = model["class_name"]
+    cfg = model.get("config") or {}
+    if cls == "Sequential":
+        entries = list(cfg.get("layers", []))
+        named = [e for e in entries if e.get("class_name") != "InputLayer"]
+        groups = dict(zip([_entry_name(e) for e in named],
+                          _unique_names([e["class_name"] for e in named])))
+        return entries, groups
+    if cls in ("Functional", "Model") and "layers" in cfg:
+        real = [e for e in cfg["layers"] if not _is_op(e)]
+        groups = dict(zip([_entry_name(e) for e in real],
+                          _unique_names([e["class_name"] for e in real])))
+        by_name = {_entry_name(e): e for e in cfg["layers"]}
+        first = _single(cfg.get("input_layers", []), "inputs")
+        current = _single(cfg.get("output_layers", []), "outputs")
+        chain = []
+        while True:
+            if current not in by_name or len(chain) > len(by_name):
+                raise ValueError(f"config: layer {current!r} is referenced but not defined")
+            entry = by_name[current]
+            chain.append(entry)
+            if current == first or entry.get("class_name") == "InputLayer":
+                break
+            current = _parent(entry)
+        if _entry_name(chain[-1]) != first:
+            raise ValueError(f"config: the output does not depend on the input {first!r} "
+                             "through a single chain of layers")
+        return chain[::-1], groups
+    raise ValueError(f"unsupported model class {cls!r}: load_keras reads Sequential and "
+                     "functional models (subclassed models have no config to rebuild)")
+
+
+# ----------------------------------------------------------------- h5 weights
+
+
+def _vars(group, where):
+    if "vars" not in group:
+        raise ValueError(f"weights file: no group {where}/vars")
+    v = group["vars"]
+    keys = list(v.keys())
+    if not all(k.isdigit() for k in keys):
+        raise ValueError(f"weights file: unexpected entries {keys} in {where}/vars")
+    return [np.asarray(v[str(i)][()]) for i in range(len(keys))]
+
+
+def _child(group, key, where):
+    if key not in group:
+        raise ValueError(f"weights file: missing group {where}/{key}")
+    return group[key]
+
+
+def _rnn_weights(entry, group, where):
+    cell_group = _child(group, "cell", where)
+    cell = (entry.get("config") or {}).get("cell")
+    if isinstance(cell, list):  # Keras 2 style: a list of cells
+        cell = {"class_name": "StackedRNNCells", "config": {"cells": cell}}
+    if isinstance(cell, dict) and cell.get("class_name") == "StackedRNNCells":
+        cells = cell["config"]["cells"]
+        names = _unique_names([c["class_name"] for c in cells])
+        container = _child(cell_group, "cells", where + "/cell")
+        weights = []
+        for name in names:
+            weights += _vars(_child(container, name, where + "/cell/cells"),
+                             f"{where}/cell/cells/{name}")
+        return weights
+    return _vars(cell_group, where + "/cell")
+
+
+def _layer_weights(entry, group, where):
+    cls = entry["class_name"]
+    if cls in ("LSTM", "GRU", "SimpleRNN", "RNN"):
+        return _rnn_weights(entry, group, where)
+    if cls == "Bidirectional":
+        cfg = entry["config"]
+        fw = _rnn_weights(cfg["layer"], _child(group, "forward_layer", where),
+                          where + "/forward_layer")
+        bw = _rnn_weights(cfg.get("backward_layer") or cfg["layer"],
+                          _child(group, "backward_layer", where), where + "/backward_layer")
+        return fw + bw
+    if cls == "TimeDistributed":
+        return _vars(_child(group, "layer", where), where + "/layer")
+    return _vars(group, where)
+
+
+def build_model(model_config, weights_of, backend=None):
+    """A :class:`~fastrnn.models.Sequential` from a Keras model config.
+
+    ``weights_of(entry, group_name)`` returns the Keras-order weights of a
+    layer entry (``group_name`` is its h5 group, ``None`` for InputLayer).
+    """
+    entries, groups = model_chain(model_config)
+    layers = []
+    for entry in entries:
+        layer = layer_from_config(entry)
+        if not isinstance(layer, InputLayer):
+            weights = weights_of(entry, groups.get(_entry_name(entry)))
+            if weights:
+                layer.set_weights(weights)
+        if backend is not None:
+            for sub in _recurrent_parts(layer):
+                sub.backend_arg = backend
+        layers.append(layer)
+    name = (model_config.get("config") or {}).get("name")
+    return Sequential(layers, name=name)
+
+
+def _recurrent_parts(layer):
+    from ..layers import RNN, Bidirectional
+
+    if isinstance(layer, Bidirectional):
+        return [layer.forward_layer, layer.backward_layer]
+    return [layer] if isinstance(layer, RNN) else []
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("load_keras needs h5py: pip install 'fastrnn[interop]'") from exc
+    return h5py
+
+
+def _read_config(config):
+    if isinstance(config, dict):
+        return config
+    if isinstance(config, str) and config.lstrip().startswith("{"):
+        return json.loads(config)
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return json.loads(z.read("config.json"))
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    raise TypeError(f"config: expected a dict, a JSON string or a path, got "
+                    f"{type(config).__name__}")
+
+
+def _from_weights_h5(f, model_config, backend):
+    def weights_of(entry, group_name):
+        if group_name is None:
+            return []
+        layers = _child(f, "layers", "")
+        return _layer_weights(entry, _child(layers, group_name, "layers"),
+                              f"layers/{group_name}")
+
+    return build_model(model_config, weights_of, backend)
+
+
+def _from_legacy_h5(f, backend):
+    """Keras 2-style ``model.save("m.h5")``: config in attrs, weights by layer name."""
+    raw = f.attrs["model_config"]
+    model_config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    root = f["model_weights"]
+
+    def weights_of(entry, group_name):
+        name = _entry_name(entry)
+        if name not in root:
+            return []
+        g = root[name]
+        names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("weight_names", [])]
+        return [np.asarray(g[n][()]) for n in names]
+
+    return build_model(model_config, weights_of, backend)
+
+
+def load_keras(path, config=None, backend=None):
+    """Load a Keras 3 model file as a :class:`fastrnn.models.Sequential`, without Keras.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.keras`` file, a ``.weights.h5`` file (then ``config`` is
+        required), or a legacy full-model ``.h5`` file.
+    config : dict, str or path, optional
+        The model config for a weights-only file: ``{"class_name",
+        "config"}`` as in a ``.keras`` file's ``config.json``, the string
+        ``model.to_json()`` returns, or a path to either (or to a ``.keras``
+        file).
+    backend : str, optional
+        fastrnn backend for the recurrent layers.
+
+    Returns
+    -------
+    fastrnn.models.Sequential
+        ``model(x)`` and ``model.predict(x, batch_size=...)`` as in Keras.
+
+    Raises
+    ------
+    ValueError
+        An unsupported layer or model structure (named), or a file that is
+        not what it claims.
+
+    Neither Keras nor TensorFlow is imported; ``h5py`` is required.
+    """
+    h5py = _h5py()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load_keras: no such file {path!r}")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if "config.json" not in names or "model.weights.h5" not in names:
+                raise ValueError(f"load_keras: {path!r} is a zip but not a .keras file "
+                                 f"(expected config.json and model.weights.h5, found {names})")
+            model_config = json.loads(z.read("config.json"))
+            if config is not None:
+                model_config = _read_config(config)
+            data = io.BytesIO(z.read("model.weights.h5"))
+        with h5py.File(data, "r") as f:
+            return _from_weights_h5(f, model_config, backend)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"load_keras: {path!r} is neither a .keras zip nor an HDF5 file") from exc
+    with f:
+        if "model_config" in f.attrs and "model_weights" in f:
+            return _from_legacy_h5(f, backend)
+        if config is None:
+            raise ValueError(f"load_keras: {path!r} holds weights only; pass config= (the "
+                             "model's config.json, model.to_json(), or a .keras file)")
+        return _from_weights_h5(f, _read_config(config), backend)

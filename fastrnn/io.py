@@ -1,0 +1,274 @@
+"""fastrnn's native file format: ``fastrnn.save(obj, path)`` / ``fastrnn.load(path)``.
+
+A file is a zip archive with two members:
+
+``fastrnn.json``
+    ``{"format": "fastrnn", "format_version": 1, "fastrnn_version": ...,
+    "object": {...}, "arrays_sha256": ...}``: the object's class name and
+    config (the same dicts ``get_config()`` returns), and for each part of
+    the object the names of its weight arrays.
+``arrays.npz``
+    The weights (and a stateful layer's carried states) as plain NumPy
+    arrays, written with ``numpy.savez`` and read with
+    ``allow_pickle=False``.
+
+**No pickle; loading never executes code.** ``load`` parses JSON, reads
+numeric arrays with ``allow_pickle=False``, and builds objects only from a
+fixed table of fastrnn classes (never a name imported from the file). The
+archive's SHA-256 of ``arrays.npz`` is checked, so a truncated, corrupted
+or tampered file is a ``ValueError`` saying so, never a crash. Round trips
+are exact: same config, same arrays (bit for bit), same outputs.
+
+Supported: every fastrnn layer (``SimpleRNN``, ``GRU``, ``LSTM``, ``RNN``
+over built-in cells, ``Bidirectional``), the cells, the layers and the
+``Sequential`` model of :mod:`fastrnn.models` (what ``load_keras`` and
+``from_keras`` return), and converted PyTorch modules
+(:mod:`fastrnn.interop.torch`). A layer with a Python-callable activation
+cannot be saved (its code would have to be stored): ``save`` raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+
+FORMAT = "fastrnn"
+FORMAT_VERSION = 1
+_CONFIG = "fastrnn.json"
+_ARRAYS = "arrays.npz"
+_MAX_JSON = 64 * 1024 * 1024
+
+
+class _Writer:
+    def __init__(self):
+        self.arrays = {}
+
+    def add(self, weights):
+        names = []
+        for w in weights:
+            name = f"a{len(self.arrays)}"
+            a = np.asarray(w)
+            if a.dtype.kind not in "fiub" or a.dtype.hasobject:
+                raise ValueError(f"save: weight arrays must be numeric, got dtype {a.dtype}")
+            self.arrays[name] = a
+            names.append(name)
+        return names
+
+
+def _registry():
+    """Class name -> (kind, class): the only classes ``load`` ever builds."""
+    from . import models
+    from .cells import CELLS
+    from .layers import LAYERS
+
+    table = {}
+    for name, cls in LAYERS.items():
+        table[name] = ("rnn_layer", cls)
+    for name, cls in CELLS.items():
+        table[name] = ("cell", cls)
+    for name, cls in models.LAYERS.items():
+        table[name] = ("model_layer", cls)
+    table["Sequential"] = ("sequential", models.Sequential)
+    table["TorchRecurrent"] = ("torch", None)
+    table["TorchCell"] = ("torch", None)
+    return table
+
+
+def _describe(obj, writer):
+    """``{"class_name", "config", "weights", ...}`` for ``obj``; arrays go to ``writer``."""
+    from . import models
+    from .cells import CELLS, serialize_cell
+    from .layers import LAYERS, RNN, serialize
+
+    cls_name = type(obj).__name__
+    if cls_name in ("TorchRecurrent", "TorchCell") and type(obj).__module__.startswith(
+            "fastrnn.interop.torch"):
+        return {"class_name": cls_name, "config": obj.get_config(),
+                "weights": dict(zip(obj.parameter_names, writer.add(obj.get_weights())))}
+    if isinstance(obj, models.Sequential):
+        return {"class_name": "Sequential", "config": {"name": obj.name},
+                "layers": [_describe(layer, writer) for layer in obj.layers]}
+    if type(obj) in LAYERS.values():
+        spec = {"class_name": cls_name, "config": serialize(obj)["config"],
+                "weights": writer.add(obj.get_weights())}
+        for sub in getattr(obj, "forward_layer", None), getattr(obj, "backward_layer", None):
+            if sub is not None and sub.stateful and sub.states is not None:
+                spec.setdefault("states", []).append(writer.add(sub.states))
+        if isinstance(obj, RNN) and obj.stateful and obj.states is not None:
+            spec["states"] = writer.add(obj.states)
+        return spec
+    if type(obj) in CELLS.values():
+        return {"class_name": cls_name, "config": serialize_cell(obj)["config"],
+                "weights": writer.add(obj.get_weights())}
+    if type(obj) in models.LAYERS.values():
+        return {"class_name": cls_name, "config": obj.get_config(),
+                "weights": writer.add(obj.get_weights())}
+    raise TypeError(f"save: cannot save a {cls_name}; fastrnn saves its layers, cells, "
+                    "models and converted PyTorch modules")
+
+
+def _build(spec, arrays, path="object"):
+    """Rebuild an object from its spec (only classes from :func:`_registry`)."""
+    from . import models
+    from .layers import deserialize
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("class_name"), str):
+        raise ValueError(f"{path}: expected an object description with a class_name")
+    name = spec["class_name"]
+    table = _registry()
+    if name not in table:
+        raise ValueError(f"{path}: unknown class {name!r}; this fastrnn reads "
+                         f"{sorted(table)}")
+    kind, cls = table[name]
+    config = spec.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: config must be a JSON object")
+
+    def get(names, where):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{path}: {where} must be a list of array names")
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise ValueError(f"{path}: arrays {missing} missing from {_ARRAYS}")
+        return [arrays[n] for n in names]
+
+    if kind == "torch":
+        from .interop import torch as _torch
+
+        weights = spec.get("weights")
+        if not isinstance(weights, dict):
+            raise ValueError(f"{path}: weights must map parameter names to arrays")
+        state = dict(zip(weights, get(list(weights.values()), "weights")))
+        return getattr(_torch, name).from_config(config, state_dict=state)
+    if kind == "sequential":
+        layers = spec.get("layers")
+        if not isinstance(layers, list):
+            raise ValueError(f"{path}: layers must be a list")
+        built = [_build(s, arrays, f"{path}.layers[{i}]") for i, s in enumerate(layers)]
+        return models.Sequential(built, name=config.get("name"))
+    if kind in ("rnn_layer", "cell"):
+        obj = deserialize({"class_name": name, "config": config})
+    else:
+        obj = models.layer_from_config({"class_name": name, "config": config})
+    weights = get(spec.get("weights", []), "weights")
+    if weights:
+        obj.set_weights(weights)
+    states = spec.get("states")
+    if states is not None:
+        subs = [obj] if name != "Bidirectional" else [
+            s for s in (obj.forward_layer, obj.backward_layer) if s.stateful]
+        groups = [states] if name != "Bidirectional" else states
+        if len(groups) != len(subs):
+            raise ValueError(f"{path}: states do not match the layer")
+        for sub, names in zip(subs, groups):
+            values = get(names, "states")
+            sizes = sub._flat_state_sizes
+            if len(values) != len(sizes) or any(
+                    v.ndim != 2 or v.shape[1] != s for v, s in zip(values, sizes)):
+                raise ValueError(f"{path}: states do not match the layer's state sizes {sizes}")
+            sub.states = [np.array(v, dtype=sub.dtype) for v in values]
+    return obj
+
+
+def save(obj, path):
+    """Save a fastrnn layer, cell, model or converted PyTorch module to ``path``.
+
+    The file holds a JSON config and the weights as NumPy arrays (no
+    pickle); see :mod:`fastrnn.io`. ``path`` may also be a writable binary
+    file object. The config is checked to rebuild before anything is
+    written, so an object that cannot be loaded back is never saved.
+    """
+    writer = _Writer()
+    spec = _describe(obj, writer)
+    try:
+        text = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
+                           "fastrnn_version": _version(), "object": spec},
+                          allow_nan=True, sort_keys=True)
+        _build(json.loads(text)["object"], writer.arrays)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"save: {type(obj).__name__} cannot be saved in the native format "
+                         f"(its config does not rebuild: {exc}). Python-callable "
+                         "activations cannot be stored; use named activations.") from exc
+    buf = io.BytesIO()
+    np.savez(buf, **writer.arrays)
+    blob = buf.getvalue()
+    header = json.loads(text)
+    header["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
+    text = json.dumps(header, sort_keys=True, indent=1)
+    target = path if hasattr(path, "write") else os.fspath(path)
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr(_CONFIG, text)
+        z.writestr(_ARRAYS, blob)
+
+
+def _version():
+    from . import __version__
+
+    return __version__
+
+
+def load(path):
+    """Load what :func:`save` wrote. **Never executes code from the file.**
+
+    Raises
+    ------
+    ValueError
+        The file is not a fastrnn file, was written by a newer format
+        version, is truncated, or was modified after it was written.
+    FileNotFoundError
+        No such file.
+    """
+    where = getattr(path, "name", None) or (os.fspath(path) if not hasattr(path, "read")
+                                            else "<file>")
+    if not hasattr(path, "read") and not os.path.exists(os.fspath(path)):
+        raise FileNotFoundError(f"fastrnn.load: no such file {where!r}")
+    try:
+        with zipfile.ZipFile(path if hasattr(path, "read") else os.fspath(path)) as z:
+            names = z.namelist()
+            if _CONFIG not in names or _ARRAYS not in names:
+                raise ValueError(f"expected members {_CONFIG} and {_ARRAYS}, found {names}")
+            if z.getinfo(_CONFIG).file_size > _MAX_JSON:
+                raise ValueError(f"{_CONFIG} is implausibly large")
+            text = z.read(_CONFIG)
+            blob = z.read(_ARRAYS)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError,
+            ValueError, NotImplementedError, RuntimeError) as exc:
+        raise ValueError(f"fastrnn.load: {where!r} is not a readable fastrnn file "
+                         f"(truncated or not a fastrnn save?): {exc}") from exc
+    except Exception as exc:  # zlib.error and other decoder failures
+        raise ValueError(f"fastrnn.load: {where!r} is corrupted: {exc}") from exc
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"fastrnn.load: {where!r}: {_CONFIG} is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"fastrnn.load: {where!r} is not a fastrnn file (format tag missing)")
+    version = header.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"fastrnn.load: {where!r}: format_version missing or invalid")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"fastrnn.load: {where!r} has format version {version}, written by "
+                         f"fastrnn {header.get('fastrnn_version')}; this fastrnn "
+                         f"({_version()}) reads up to version {FORMAT_VERSION}: upgrade fastrnn")
+    if version < 1:
+        raise ValueError(f"fastrnn.load: {where!r}: invalid format version {version}")
+    if header.get("arrays_sha256") != hashlib.sha256(blob).hexdigest():
+        raise ValueError(f"fastrnn.load: {where!r}: the weights do not match their checksum "
+                         "(the file was truncated, corrupted or modified)")
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
+        raise ValueError(f"fastrnn.load: {where!r}: {_ARRAYS} cannot be read: {exc}") from exc
+    try:
+        return _build(header.get("object"), arrays)
+    except ValueError as exc:
+        raise ValueError(f"fastrnn.load: {where!r}: {exc}") from exc
+    except (TypeError, KeyError, AttributeError, IndexError) as exc:
+        raise ValueError(f"fastrnn.load: {where!r}: invalid object description: "
+                         f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,535 @@
+"""A Keras-style ``Sequential`` model for inference, and the non-recurrent layers it needs.
+
+``Sequential([InputLayer, Embedding, Masking, Dense, Dropout, Activation,
+TimeDistributed(Dense), LSTM, GRU, SimpleRNN, RNN, Bidirectional, ...])``
+runs its layers in order on NumPy arrays and propagates masks with Keras 3's
+rules:
+
+* ``Embedding(mask_zero=True)`` produces the mask ``x != 0``; an Embedding
+  without ``mask_zero`` drops any incoming mask.
+* ``Masking(mask_value)`` produces ``any(x != mask_value, axis=-1)`` and
+  zeroes the masked steps (an incoming mask is replaced).
+* ``Dense``, ``Dropout``, ``Activation`` and ``TimeDistributed`` pass the mask
+  through unchanged (they do not apply it).
+* A recurrent layer consumes the mask; its output carries it on only with
+  ``return_sequences=True``.
+
+This is what :func:`fastrnn.load_keras` and :func:`fastrnn.from_keras`
+return for Keras models. The layers take Keras 3 configs
+(``Layer.from_config(keras_config)``); options that change training only
+(regularizers, constraints, initializers, ``trainable``) are accepted and
+ignored. Dropout is the identity (inference).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from . import activations as _act
+from .cells import resolve_dtype
+from .layers import RNN, Bidirectional
+from .layers import deserialize as _deserialize_rnn
+from .layers import serialize as _serialize_rnn
+
+# ----------------------------------------------------------------- activations
+
+
+def _softmax(x, axis=-1):
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax(x, axis=-1):
+    s = x - np.max(x, axis=axis, keepdims=True)
+    return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
+
+
+_EXTRA_ACTIVATIONS = {
+    "softmax": _softmax,
+    "log_softmax": _log_softmax,
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "leaky_relu": lambda x: np.where(x >= 0, x, 0.2 * x),
+    "hard_silu": lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+    "hard_swish": lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+    "mish": lambda x: x * np.tanh(np.logaddexp(0.0, x)),
+    "tanh_shrink": lambda x: x - np.tanh(x),
+    "log_sigmoid": lambda x: -np.logaddexp(0.0, -x),
+}
+
+
+def _activation_name(activation):
+    if activation is None:
+        return "linear"
+    if isinstance(activation, dict):  # Keras-serialised function
+        activation = activation.get("config", activation.get("class_name"))
+    if not isinstance(activation, str):
+        raise ValueError(f"activation: expected a name (str), got {activation!r}")
+    name = activation.lower()
+    if name not in _act.CODES and name not in _EXTRA_ACTIVATIONS:
+        raise ValueError(f"activation: unsupported activation {activation!r}; expected one of "
+                         f"{sorted(set(_act.CODES) | set(_EXTRA_ACTIVATIONS))}")
+    return name
+
+
+def _apply_activation(name, x):
+    if name in _EXTRA_ACTIVATIONS:
+        return np.asarray(_EXTRA_ACTIVATIONS[name](x), dtype=x.dtype)
+    return np.asarray(_act.apply(_act.CODES[name], x), dtype=x.dtype)
+
+
+# ----------------------------------------------------------------- layers
+
+# Keras keys that describe training, building or placement only.
+_IGNORED = ("trainable", "dtype", "batch_input_shape", "input_shape", "batch_size",
+            "input_dim_", "autocast", "activity_regularizer", "build_config",
+            "kernel_initializer", "bias_initializer", "kernel_regularizer",
+            "bias_regularizer", "kernel_constraint", "bias_constraint",
+            "embeddings_initializer", "embeddings_regularizer", "embeddings_constraint",
+            "quantization_config", "lora_alpha", "input_length", "sparse", "seed",
+            "noise_shape", "gradient_checkpointing")
+
+
+class Layer:
+    """Base of the non-recurrent layers: config, weights, and one call with a mask."""
+
+    _weight_names = ()
+
+    def __init__(self, name=None, dtype=None, **kwargs):
+        self.name = name or _snake(type(self).__name__)
+        self.dtype = resolve_dtype(dtype)
+        for key in _IGNORED:
+            kwargs.pop(key, None)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) "
+                            f"{sorted(kwargs)}")
+
+    @property
+    def built(self):
+        return all(getattr(self, n, None) is not None for n in self._weight_names)
+
+    def get_weights(self):
+        return [np.array(getattr(self, n)) for n in self._weight_names
+                if getattr(self, n, None) is not None]
+
+    def _weight_shapes(self):
+        return []
+
+    def set_weights(self, weights):
+        """Load weights in Keras order; shapes must match the config."""
+        weights = list(weights)
+        specs = self._weight_shapes()
+        expect = ", ".join(f"{n} {s}" for n, s in specs)
+        if len(weights) != len(specs):
+            raise ValueError(f"{type(self).__name__}.set_weights: expected {len(specs)} arrays "
+                             f"[{expect}], got {len(weights)}")
+        for (n, shape), w in zip(specs, weights):
+            w = np.asarray(w)
+            if shape is not None and w.shape != tuple(shape):
+                raise ValueError(f"{type(self).__name__}.set_weights: {n} expected shape "
+                                 f"{tuple(shape)}, got {w.shape}")
+            if not np.issubdtype(w.dtype, np.number):
+                raise TypeError(f"{type(self).__name__}.set_weights: {n} must be numeric")
+            setattr(self, n, np.array(w, dtype=self.dtype))
+
+    def compute_mask(self, x, mask):
+        return mask
+
+    def call(self, x, mask=None):
+        raise NotImplementedError
+
+    def __call__(self, x, mask=None, training=False):
+        return self.call(x, mask)
+
+    def _base_config(self):
+        return {"name": self.name, "trainable": True}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**copy.deepcopy(config))
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _snake(name):
+    import re
+
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+class InputLayer(Layer):
+    """Declares the input shape; the identity at run time.
+
+    ``batch_shape`` (or ``shape``) is checked against the input's
+    non-batch, non-``None`` dimensions.
+    """
+
+    def __init__(self, shape=None, batch_size=None, dtype=None, batch_shape=None, name=None,
+                 sparse=False, ragged=False, optional=False, input_shape=None,
+                 batch_input_shape=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        batch_shape = batch_shape or batch_input_shape
+        if batch_shape is None and (shape is not None or input_shape is not None):
+            batch_shape = [batch_size] + list(shape if shape is not None else input_shape)
+        self.batch_shape = list(batch_shape) if batch_shape is not None else None
+        self.input_dtype = None if dtype is None else str(
+            dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype)
+
+    def call(self, x, mask=None):
+        if self.batch_shape is not None:
+            want = self.batch_shape[1:]
+            got = np.shape(x)[1:]
+            if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+                raise ValueError(f"{self.name}: expected inputs of shape "
+                                 f"{tuple(self.batch_shape)}, got {np.shape(x)}")
+        return x
+
+    def get_config(self):
+        return {"batch_shape": self.batch_shape, "dtype": self.input_dtype, "name": self.name}
+
+
+class Embedding(Layer):
+    """Integer indices ``(batch, time)`` -> vectors ``(batch, time, output_dim)``.
+
+    ``mask_zero=True`` makes index 0 padding: the mask ``x != 0`` flows into
+    the next layers. Weight: ``embeddings (input_dim, output_dim)``. Indices
+    outside ``[0, input_dim)`` are a ``ValueError``.
+    """
+
+    _weight_names = ("embeddings",)
+
+    def __init__(self, input_dim, output_dim, mask_zero=False, name=None, dtype=None,
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.dtype = resolve_dtype(dtype)
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.mask_zero = bool(mask_zero)
+        self.embeddings = None
+
+    def _weight_shapes(self):
+        return [("embeddings", (self.input_dim, self.output_dim))]
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.dtype.kind == "f":
+            x = x.astype(np.int64)  # Keras casts indices to int32 too
+        elif x.dtype.kind not in "iu":
+            raise TypeError(f"{self.name}: expected integer indices, got dtype {x.dtype}")
+        if x.size and (x.min() < 0 or x.max() >= self.input_dim):
+            raise ValueError(f"{self.name}: indices must be in [0, {self.input_dim}), got "
+                             f"min {x.min()} max {x.max()}")
+        return self.embeddings[x]
+
+    def compute_mask(self, x, mask):
+        if not self.mask_zero:
+            return None
+        x = np.asarray(x)
+        return (x.astype(np.int64) if x.dtype.kind == "f" else x) != 0
+
+    def get_config(self):
+        return {**self._base_config(), "dtype": self.dtype.name, "input_dim": self.input_dim,
+                "output_dim": self.output_dim, "mask_zero": self.mask_zero}
+
+
+class Masking(Layer):
+    """Mask the time steps whose features all equal ``mask_value`` and zero them."""
+
+    def __init__(self, mask_value=0.0, name=None, dtype=None, **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.mask_value = float(mask_value)
+
+    def call(self, x, mask=None):
+        keep = self.compute_mask(x, None)
+        return np.where(keep[..., None], x, np.zeros((), np.asarray(x).dtype))
+
+    def compute_mask(self, x, mask):
+        return np.any(np.asarray(x) != self.mask_value, axis=-1)
+
+    def get_config(self):
+        return {**self._base_config(), "dtype": self.dtype.name, "mask_value": self.mask_value}
+
+
+class Dense(Layer):
+    """``activation(x @ kernel + bias)`` on the last axis (any rank).
+
+    Weights: ``kernel (input_dim, units)``, ``bias (units,)`` when ``use_bias``.
+    """
+
+    _weight_names = ("kernel", "bias")
+
+    def __init__(self, units, activation=None, use_bias=True, name=None, dtype=None,
+                 lora_rank=None, input_dim=None, **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        if lora_rank:
+            raise ValueError(f"Dense {name!r}: LoRA (lora_rank={lora_rank}) is not supported; "
+                             "merge the LoRA weights into the kernel first")
+        self.units = int(units)
+        self.activation = _activation_name(activation)
+        self.use_bias = bool(use_bias)
+        self.input_dim = None if input_dim is None else int(input_dim)
+        self.kernel = self.bias = None
+
+    @property
+    def built(self):
+        return self.kernel is not None
+
+    def _weight_shapes(self):
+        specs = [("kernel", None if self.input_dim is None else (self.input_dim, self.units))]
+        if self.use_bias:
+            specs.append(("bias", (self.units,)))
+        return specs
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        if weights and np.ndim(weights[0]) == 2 and np.shape(weights[0])[1] == self.units:
+            self.input_dim = int(np.shape(weights[0])[0])
+        elif weights:
+            raise ValueError(f"Dense.set_weights: kernel expected shape (input_dim, "
+                             f"{self.units}), got {np.shape(weights[0])}")
+        super().set_weights(weights)
+
+    def call(self, x, mask=None):
+        if self.kernel is None:
+            raise ValueError(f"Dense {self.name!r} has no weights: call set_weights() first")
+        x = np.asarray(x)
+        if x.shape[-1] != self.kernel.shape[0]:
+            raise ValueError(f"{self.name}: expected {self.kernel.shape[0]} input features, "
+                             f"got shape {x.shape}")
+        y = np.matmul(x.astype(self.dtype, copy=False), self.kernel)
+        if self.bias is not None:
+            y = y + self.bias
+        return _apply_activation(self.activation, y)
+
+    def get_config(self):
+        return {**self._base_config(), "dtype": self.dtype.name, "units": self.units,
+                "activation": self.activation, "use_bias": self.use_bias,
+                "input_dim": self.input_dim}
+
+
+class Dropout(Layer):
+    """Dropout: the identity at inference (``rate`` is recorded)."""
+
+    def __init__(self, rate=0.0, name=None, dtype=None, **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.rate = float(rate)
+
+    def call(self, x, mask=None):
+        return x
+
+    def get_config(self):
+        return {**self._base_config(), "rate": self.rate}
+
+
+class SpatialDropout1D(Dropout):
+    """Identity at inference."""
+
+
+class GaussianNoise(Dropout):
+    """Identity at inference."""
+
+    def __init__(self, stddev=0.0, name=None, **kwargs):
+        super().__init__(0.0, name=name, **kwargs)
+        self.stddev = float(stddev)
+
+    def get_config(self):
+        return {**self._base_config(), "stddev": self.stddev}
+
+
+class Activation(Layer):
+    """Apply a named activation (Keras 3 definitions; ``softmax`` on the last axis)."""
+
+    def __init__(self, activation, name=None, dtype=None, **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.activation = _activation_name(activation)
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            x = x.astype(self.dtype)
+        return _apply_activation(self.activation, x)
+
+    def get_config(self):
+        return {**self._base_config(), "activation": self.activation}
+
+
+class TimeDistributed(Layer):
+    """Apply a per-step layer (``Dense``, ``Activation``, ``Dropout``) to every time step."""
+
+    def __init__(self, layer, name=None, dtype=None, **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        if isinstance(layer, dict):
+            layer = layer_from_config(layer)
+        if not isinstance(layer, (Dense, Activation, Dropout)):
+            raise ValueError(f"TimeDistributed: unsupported inner layer "
+                             f"{type(layer).__name__}; expected Dense, Activation or Dropout")
+        self.layer = layer
+
+    @property
+    def built(self):
+        return self.layer.built
+
+    def get_weights(self):
+        return self.layer.get_weights()
+
+    def set_weights(self, weights):
+        self.layer.set_weights(weights)
+
+    def call(self, x, mask=None):
+        x = np.asarray(x)
+        if x.ndim < 3:
+            raise ValueError(f"{self.name}: expected inputs (batch, time, ...), got shape "
+                             f"{x.shape}")
+        return self.layer.call(x)
+
+    def get_config(self):
+        return {**self._base_config(), "layer": serialize_layer(self.layer)}
+
+
+LAYERS = {c.__name__: c for c in (InputLayer, Embedding, Masking, Dense, Dropout,
+                                  SpatialDropout1D, GaussianNoise, Activation,
+                                  TimeDistributed)}
+RECURRENT = ("RNN", "SimpleRNN", "GRU", "LSTM", "Bidirectional")
+
+
+def serialize_layer(layer):
+    """``{"class_name", "config"}`` for any layer a :class:`Sequential` holds."""
+    if isinstance(layer, (RNN, Bidirectional)):
+        return _serialize_rnn(layer)
+    return {"module": "keras.layers", "class_name": type(layer).__name__,
+            "config": layer.get_config(), "registered_name": None}
+
+
+def layer_from_config(obj):
+    """A layer from ``{"class_name", "config"}`` (fastrnn's or Keras 3's serialised form).
+
+    Raises ``ValueError`` naming the class when it is not supported.
+    """
+    if not isinstance(obj, dict) or "class_name" not in obj:
+        raise ValueError(f"layer: expected a dict with 'class_name' and 'config', got {obj!r}")
+    name = obj["class_name"]
+    config = copy.deepcopy(obj.get("config") or {})
+    if name in RECURRENT:
+        return _deserialize_rnn({"class_name": name, "config": config})
+    if name in LAYERS:
+        if name == "TimeDistributed":
+            config["layer"] = layer_from_config(config["layer"])
+        return LAYERS[name].from_config(config)
+    raise ValueError(f"unsupported layer {name!r} (layer {config.get('name')!r}); fastrnn "
+                     f"models support {sorted(RECURRENT + tuple(LAYERS))}")
+
+
+# ----------------------------------------------------------------- model
+
+
+class Sequential:
+    """Layers run in order, with Keras 3 mask propagation (see the module docstring).
+
+    Parameters
+    ----------
+    layers : list
+        fastrnn recurrent layers (``LSTM``, ``GRU``, ``SimpleRNN``, ``RNN``,
+        ``Bidirectional``) and the layers of this module.
+    name : str
+
+    Call
+    ----
+    ``model(x, mask=None)`` runs the whole batch; ``model.predict(x,
+    batch_size=32)`` runs it in batches and concatenates the results.
+    Recurrent layers with ``return_state=True`` pass on their output only.
+    """
+
+    def __init__(self, layers=None, name=None, trainable=True, dtype=None, **kwargs):
+        self.name = name or "sequential"
+        self.layers = []
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer):
+        if isinstance(layer, dict):
+            layer = layer_from_config(layer)
+        if not isinstance(layer, (Layer, RNN, Bidirectional)):
+            raise TypeError(f"Sequential.add: expected a fastrnn layer, got "
+                            f"{type(layer).__name__}")
+        if isinstance(layer, Bidirectional) and layer.merge_mode is None:
+            raise ValueError(f"Sequential: Bidirectional {layer.name!r} with merge_mode=None "
+                             "returns two tensors; a Sequential model needs one")
+        self.layers.append(layer)
+
+    @property
+    def built(self):
+        return all(layer.built for layer in self.layers)
+
+    def get_weights(self):
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        """All layers' weights in order (each layer's Keras order); layers must be built."""
+        weights = list(weights)
+        start = 0
+        for layer in self.layers:
+            n = len(layer.get_weights())
+            layer.set_weights(weights[start:start + n])
+            start += n
+        if start != len(weights):
+            raise ValueError(f"Sequential.set_weights: expected {start} arrays, got "
+                             f"{len(weights)}")
+
+    def __call__(self, x, mask=None, training=False):
+        """Run the layers on ``x`` (a batch); ``mask (batch, time)`` optional."""
+        for layer in self.layers:
+            if isinstance(layer, (RNN, Bidirectional)):
+                y = layer(x, mask=mask)
+                if layer.return_state:
+                    y = y[0]
+                mask = mask if layer.return_sequences else None
+            else:
+                new_mask = layer.compute_mask(x, mask)
+                y = layer(x, mask=mask)
+                mask = new_mask
+            x = y
+        return x
+
+    def predict(self, x, batch_size=32, verbose=0, mask=None):
+        """Run ``x`` in batches of ``batch_size`` and concatenate the outputs."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        x = np.asarray(x)
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("predict: the input batch is empty")
+        if any(getattr(layer, "stateful", False) for layer in self.layers) and batch_size < n:
+            raise ValueError("predict: a stateful model must be run in one batch "
+                             "(batch_size >= number of samples)")
+        outs = []
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            outs.append(self(x[sl], mask=None if mask is None else np.asarray(mask)[sl]))
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+    def reset_states(self):
+        for layer in self.layers:
+            if hasattr(layer, "reset_states"):
+                layer.reset_states()
+
+    def get_config(self):
+        return {"name": self.name, "layers": [serialize_layer(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        layers = [layer_from_config(c) for c in config.pop("layers")]
+        return cls(layers, name=config.get("name"))
+
+    def summary(self):
+        lines = [f"Sequential {self.name!r}"]
+        for layer in self.layers:
+            n = sum(int(np.prod(w.shape)) for w in layer.get_weights())
+            lines.append(f"  {type(layer).__name__:<16} {layer.name!s:<24} {n} parameters")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"Sequential(name={self.name!r}, layers={len(self.layers)})"
