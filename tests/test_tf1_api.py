@@ -138,6 +138,8 @@ def test_weights_round_trip_and_names(rng):
     cell.set_weights(weights)
     for a, b in zip(cell.get_weights(), weights):
         np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="read-only"):
+        cell.weights[0][0, 0] = 1.0  # set_weights is the way: it refreshes the kernels' copy
     # an unbuilt cell reads its input depth from the kernel's rows
     other = rnn_cell.LSTMCell(5, use_peepholes=True, num_proj=3)
     other.set_weights(weights)
@@ -286,6 +288,7 @@ def test_pickle_round_trip(rng):
     x = _x(rng, 3, 4, 3)
     out, state = nn.dynamic_rnn(cell, x)
     clone = pickle.loads(pickle.dumps(cell))
+    assert not any(w.flags.writeable for w in clone.cells[0].weights)
     out2, state2 = nn.dynamic_rnn(clone, x)
     np.testing.assert_array_equal(out2, out)
     _assert_nested_close(state2, state, atol=0)

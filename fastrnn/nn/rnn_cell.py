@@ -302,7 +302,12 @@ class RNNCell:
 
     @property
     def weights(self):
-        """The weight arrays themselves (live), in TF1 variable order."""
+        """The weight arrays themselves, in TF1 variable order.
+
+        Built-in cells hand them out read-only (change them with
+        :meth:`set_weights`); a subclass's arrays from :meth:`add_weight`
+        are its own to edit.
+        """
         return list(self._weight_dict.values())
 
     def get_weights(self):
@@ -335,7 +340,10 @@ class RNNCell:
                 )
             arrays.append(value)
         for w, value in zip(self._weight_dict.values(), arrays):
+            writeable = w.flags.writeable
+            w.setflags(write=True)
             w[...] = value
+            w.setflags(write=writeable)
         self._weights_changed()
 
     def _weights_changed(self):
@@ -394,7 +402,9 @@ class _FusedCell(RNNCell):
         self._weights = collections.OrderedDict()
         self.dtype = self.dtype or np.dtype(np.float32)
         for n, shape, init in self._spec(depth):
-            self.add_weight(n, shape, initializer=init)
+            # Read-only: the kernels run a converted copy, refreshed by
+            # set_weights, so an edit in place would silently be ignored.
+            self.add_weight(n, shape, initializer=init).setflags(write=False)
         self._depth = depth
         self.built = True
 
@@ -425,6 +435,11 @@ class _FusedCell(RNNCell):
 
     def _weights_changed(self):
         self._cache = {}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for w in self._weight_dict.values():
+            w.setflags(write=False)
 
     def _check_depth(self, depth, argument="inputs"):
         if depth != self._depth:
