@@ -424,6 +424,18 @@ def layer_from_config(obj):
 # ----------------------------------------------------------------- model
 
 
+def _n_weights(layer):
+    """How many arrays ``layer.set_weights`` takes, built or not."""
+    if isinstance(layer, Bidirectional):
+        return _n_weights(layer.forward_layer) + _n_weights(layer.backward_layer)
+    if isinstance(layer, RNN):
+        return sum(len(c._weight_specs(0)) if hasattr(c, "_weight_specs")
+                   else len(c.get_weights()) for c in layer._cells)
+    if isinstance(layer, TimeDistributed):
+        return _n_weights(layer.layer)
+    return len(layer._weight_shapes())
+
+
 class Sequential:
     """Layers run in order, with Keras 3 mask propagation (see the module docstring).
 
@@ -470,7 +482,7 @@ class Sequential:
         weights = list(weights)
         start = 0
         for layer in self.layers:
-            n = len(layer.get_weights())
+            n = _n_weights(layer)
             layer.set_weights(weights[start:start + n])
             start += n
         if start != len(weights):

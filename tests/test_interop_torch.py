@@ -134,7 +134,8 @@ def test_unbatched_input(rng):
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_packed_sequence(kind, batch_first, rng):
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_packed_sequence(kind, batch_first, enforce_sorted, rng):
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     kw = dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True,
@@ -144,10 +145,10 @@ def test_packed_sequence(kind, batch_first, rng):
     m = _torch_module(kind, rng, **kw)
     fm = from_torch(m)
     B, T = 4, 7
-    lengths = np.array([3, 7, 1, 5])
+    lengths = np.array([7, 5, 5, 1]) if enforce_sorted else np.array([3, 7, 1, 5])
     x = _x(rng, B, T, 3) if batch_first else _x(rng, T, B, 3)
     packed = pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(lengths),
-                                  batch_first=batch_first, enforce_sorted=False)
+                                  batch_first=batch_first, enforce_sorted=enforce_sorted)
     with torch.no_grad():
         out, states = m(packed)
     got_out, got_states = fm(packed)
@@ -269,6 +270,18 @@ def test_stream_matches_whole_sequence(rng):
         pytest.skip(f"streaming unavailable: {exc}")
     got = np.stack([np.asarray(s(x[:, t])).reshape(2, -1) for t in range(6)], axis=1)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_readme_example(tmp_path, monkeypatch, capsys):
+    import re
+
+    readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    text = open(readme, encoding="utf-8").read()
+    section = text.split("## Serving a model trained elsewhere", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README interop example", "exec"), {})
+    assert "(3, 10, 8) (4, 3, 4) True" in capsys.readouterr().out
 
 
 def test_exports():

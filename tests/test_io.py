@@ -153,6 +153,19 @@ def test_model_round_trip(rng, tmp_path):
     np.testing.assert_array_equal(fastrnn.load(buf)(x), model(x))
 
 
+def test_model_pickles(rng):
+    import pickle
+
+    model, x = _model(rng)
+    clone = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(clone(x), model(x))
+    config = json.loads(json.dumps(model.get_config()))
+    rebuilt = fastrnn.Sequential.from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    assert rebuilt.get_config() == model.get_config()
+    np.testing.assert_array_equal(rebuilt(x), model(x))
+
+
 def test_model_masks_propagate(rng):
     """Embedding(mask_zero) masks the recurrent layers: trailing padding changes nothing."""
     def build(mask_zero):
