@@ -9,8 +9,8 @@ from Keras and PyTorch, and three backends behind one kernel contract:
 __version__ = "0.1.0"
 
 from .cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
-from . import dispatch, initializers
-from .dispatch import get_backend, set_backend
+from . import dispatch, initializers, nn
+from .dispatch import get_backend, get_num_threads, set_backend, set_num_threads
 from .layers import GRU, LSTM, RNN, Bidirectional, SimpleRNN, deserialize, serialize
 from .interop import from_keras, from_torch, from_torch_state_dict, load_keras  # light: torch/keras/h5py load lazily
 from .io import load, save
@@ -19,7 +19,8 @@ from .models import Sequential
 __all__ = [
     "GRU", "LSTM", "RNN", "Bidirectional", "SimpleRNN",
     "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
-    "get_backend", "set_backend", "serialize", "deserialize",
+    "get_backend", "set_backend", "get_num_threads", "set_num_threads",
+    "serialize", "deserialize", "nn",
     "from_keras", "load_keras", "from_torch", "from_torch_state_dict",
     "save", "load", "Sequential",
 ]
