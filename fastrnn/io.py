@@ -244,7 +244,7 @@ def load(path):
         raise ValueError(f"fastrnn.load: {where!r} is corrupted: {exc}") from exc
     try:
         header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"fastrnn.load: {where!r}: {_CONFIG} is not valid JSON: {exc}") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"fastrnn.load: {where!r} is not a fastrnn file (format tag missing)")
@@ -269,6 +269,6 @@ def load(path):
         return _build(header.get("object"), arrays)
     except ValueError as exc:
         raise ValueError(f"fastrnn.load: {where!r}: {exc}") from exc
-    except (TypeError, KeyError, AttributeError, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a crafted file provokes is a bad file
         raise ValueError(f"fastrnn.load: {where!r}: invalid object description: "
                          f"{type(exc).__name__}: {exc}") from exc

@@ -161,6 +161,17 @@ def test_packed_sequence(kind, batch_first, enforce_sorted, rng):
     got_states = list(got_states) if isinstance(got_states, tuple) else [got_states]
     for g, w in zip(got_states, want_states):
         np.testing.assert_allclose(g, w, atol=ATOL)
+    # With initial states (in the caller's batch order, as PyTorch takes them).
+    dirs, H = 2, kw["hidden_size"]
+    h0 = _x(rng, 2 * dirs, B, kw.get("proj_size") or H)
+    hx = (h0, _x(rng, 2 * dirs, B, H)) if kind == "LSTM" else h0
+    thx = tuple(torch.from_numpy(h) for h in hx) if kind == "LSTM" else torch.from_numpy(hx)
+    with torch.no_grad():
+        out_h, states_h = m(packed, thx)
+    got_h, got_states_h = fm(packed, hx)
+    np.testing.assert_allclose(got_h.data.numpy(), out_h.data.numpy(), atol=ATOL)
+    for g, w in zip(_flatten(got_states_h), _flatten(states_h), strict=True):
+        np.testing.assert_allclose(g, w.numpy(), atol=ATOL)
     # The NumPy path: padded input plus lengths gives pad_packed's zeros.
     out2, states2 = fm(x, lengths=lengths)
     T_out = want_pad.shape[1 if batch_first else 0]

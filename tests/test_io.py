@@ -290,6 +290,27 @@ def test_tampered_config(saved):
     with pytest.raises(ValueError, match="config"):
         fastrnn.load(_rewrite(saved, junk))
 
+    def weird(h):
+        h["object"]["config"]["units"] = "many"
+    with pytest.raises(ValueError, match="units"):
+        fastrnn.load(_rewrite(saved, weird))
+
+    def missing(h):
+        h["object"]["weights"] = ["a0", "zz"]
+    with pytest.raises(ValueError, match="missing"):
+        fastrnn.load(_rewrite(saved, missing))
+
+
+def test_deeply_nested_json(saved):
+    with zipfile.ZipFile(saved) as z:
+        blob = z.read("arrays.npz")
+    bad = saved.with_name("deep.fastrnn")
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("fastrnn.json", "[" * 200000 + "]" * 200000)
+        z.writestr("arrays.npz", blob)
+    with pytest.raises(ValueError, match="fastrnn.load"):
+        fastrnn.load(bad)
+
 
 def test_pickled_arrays_refused(saved):
     buf = io.BytesIO()
