@@ -196,3 +196,10 @@ def lstm_par(bounds, W, U, bias, act, ract, forget_bias, peep, has_peep,
                   peep, has_peep, cell_clip, proj, has_proj, proj_clip, x, h0,
                   c0, mask, has_mask, reverse, zero_output, out, has_out, h_out,
                   c_out)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def touch_pool(a):
+    """Start Numba's thread pool (so that its threading layer is known)."""
+    for i in prange(a.shape[0]):
+        a[i] += 1.0

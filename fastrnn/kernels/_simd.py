@@ -83,6 +83,22 @@ def vstore(typingctx, arr, idx, v):
 
 
 @intrinsic
+def sload(typingctx, arr, idx):
+    """``arr.flat[idx]`` for a C-contiguous float32 array, without Numba's
+    negative-index wraparound (which costs three integer ops per load in the
+    micro-kernel's inner loop). ``idx`` must be in range."""
+    if not _is_f32_array(arr) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        return builder.load(builder.gep(ary.data, [i]), align=4)
+
+    return types.float32(arr, idx), codegen
+
+
+@intrinsic
 def vsplat(typingctx, x):
     """Broadcast a scalar to 16 lanes (converted to float32)."""
     if not isinstance(x, (types.Float, types.Integer)):

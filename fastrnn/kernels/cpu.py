@@ -85,8 +85,14 @@ def get_num_threads():
     return _numba_threads() if _max_threads is None else _max_threads
 
 
-def threading_layer():
-    """The Numba threading layer in use (``None`` before the first parallel call)."""
+def threading_layer(start=False):
+    """The Numba threading layer in use.
+
+    ``None`` before the first parallel call, unless ``start`` is true: then
+    a tiny parallel kernel (from Numba's cache) starts the pool first.
+    """
+    if start and numba is not None:
+        _gen.touch_pool(np.zeros(2))
     try:
         return numba.threading_layer()
     except Exception:  # ValueError: not initialised yet

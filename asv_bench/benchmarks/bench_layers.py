@@ -1,0 +1,90 @@
+"""Keras-style layers over a small grid, per backend (JIT warmed in setup)."""
+
+from __future__ import annotations
+
+from .common import D_IN, check_backend, inputs, require_layers
+
+BATCH = [1, 8, 64]
+STEPS = [50, 200]
+UNITS = [64, 256, 1024]
+BACKENDS = ["cpu", "reference"]
+GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+
+
+class _Layer:
+    """One layer kind over batch x steps x units x backend."""
+
+    cell = "LSTM"
+    params = [BATCH, STEPS, UNITS, BACKENDS]
+    param_names = ["batch", "steps", "units", "backend"]
+    timeout = 300
+
+    def setup(self, batch, steps, units, backend):
+        require_layers()
+        check_backend(backend, GATES[self.cell] * batch * steps * units * (units + D_IN))
+        import fastrnn
+
+        self.layer = getattr(fastrnn, self.cell)(units, return_sequences=True, backend=backend)
+        self.layer.build((batch, steps, D_IN))
+        self.x = inputs(batch, steps)
+        self.layer(self.x)  # compile or load the kernels from Numba's cache
+
+    def time_forward(self, batch, steps, units, backend):
+        self.layer(self.x)
+
+    def peakmem_forward(self, batch, steps, units, backend):
+        self.layer(self.x)
+
+
+class LSTM(_Layer):
+    cell = "LSTM"
+
+
+class GRU(_Layer):
+    cell = "GRU"
+
+
+class SimpleRNN(_Layer):
+    cell = "SimpleRNN"
+
+
+class Bidirectional:
+    params = [BATCH, STEPS, [64, 256], BACKENDS]
+    param_names = ["batch", "steps", "units", "backend"]
+    timeout = 300
+
+    def setup(self, batch, steps, units, backend):
+        require_layers()
+        check_backend(backend, 8 * batch * steps * units * (units + D_IN))
+        import fastrnn
+
+        self.layer = fastrnn.Bidirectional(
+            fastrnn.LSTM(units, return_sequences=True), backend=backend)
+        self.layer.build((batch, steps, D_IN))
+        self.x = inputs(batch, steps)
+        self.layer(self.x)
+
+    def time_bidirectional_lstm(self, batch, steps, units, backend):
+        self.layer(self.x)
+
+
+class Stacked:
+    """Two LSTM layers and a GRU, cell-stacked in one ``RNN``."""
+
+    params = [BATCH, STEPS, [64, 256], BACKENDS]
+    param_names = ["batch", "steps", "units", "backend"]
+    timeout = 300
+
+    def setup(self, batch, steps, units, backend):
+        require_layers()
+        check_backend(backend, 11 * batch * steps * units * (units + D_IN))
+        import fastrnn
+
+        cells = [fastrnn.LSTMCell(units), fastrnn.LSTMCell(units), fastrnn.GRUCell(units)]
+        self.layer = fastrnn.RNN(cells, return_sequences=True, backend=backend)
+        self.layer.build((batch, steps, D_IN))
+        self.x = inputs(batch, steps)
+        self.layer(self.x)
+
+    def time_stacked(self, batch, steps, units, backend):
+        self.layer(self.x)

@@ -1,0 +1,41 @@
+"""Shared helpers of the fastrnn asv suite (not benchmarks themselves)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+D_IN = 64  # input features of every benchmarked layer
+
+# Each combination below is skipped on the reference backend (NumPy, one
+# step at a time) when it is larger than this many multiply-adds: it would
+# only measure NumPy and make the suite slow.
+REFERENCE_MAX_WORK = 8 * 200 * 256 * 320 * 4
+
+
+def skip(reason=""):
+    """Tell asv that a parameter combination does not apply."""
+    raise NotImplementedError(reason)
+
+
+def require_layers():
+    try:
+        import fastrnn
+
+        fastrnn.LSTM  # noqa: B018
+    except (ImportError, AttributeError):
+        skip("fastrnn layers API not available")
+
+
+def check_backend(name, work=0):
+    from fastrnn import dispatch
+
+    ok, why = dispatch.available(name)
+    if not ok:
+        skip(why)
+    if name == "reference" and work > REFERENCE_MAX_WORK:
+        skip("too large for the reference backend")
+
+
+def inputs(batch, steps, features=D_IN, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, steps, features)).astype(np.float32)

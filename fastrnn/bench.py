@@ -1,0 +1,413 @@
+"""``python -m fastrnn bench``: fastrnn against ONNX Runtime and PyTorch.
+
+Batch inference of float32 LSTM and GRU layers over a fixed grid of shapes
+``(B, T, D, H)``, on every available fastrnn backend (``reference`` only at
+the smallest shape) and, when installed, ONNX Runtime (one ONNX ``LSTM`` /
+``GRU`` node built with ``onnx.helper``, intra-op threads = 2) and PyTorch
+(``torch.nn.LSTM`` / ``GRU`` under ``inference_mode``, 2 threads). All
+engines get the same weights; after a warm-up the calls are interleaved
+(engine A, B, C, A, B, C, ...) so that a burst of load on a shared machine
+hits every engine alike, and the table reports medians, achieved GFLOP/s
+and the ratios fastrnn / ONNX Runtime and fastrnn / PyTorch (below 1 means
+fastrnn is faster). Outputs are checked against fastrnn's before timing.
+
+fastrnn is called through the kernel contract (``pack`` once, then one
+call per batch, output buffer allocated per call like the other engines).
+ONNX Runtime gets its input in its native ``(T, B, D)`` layout, prepared
+before timing.
+
+Options: ``--quick`` (a shorter grid, < 1 min on 2 cores), ``--json PATH``,
+``--contention`` (a busy process competes for the cores while timing),
+``--streaming`` (per-call latency of streams; see :func:`bench_streaming`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SHAPES = [(1, 100, 64, 128), (8, 100, 128, 256), (32, 100, 256, 512),
+          (64, 50, 512, 1024), (256, 50, 128, 128)]
+# --quick: the same shapes, shorter sequences where a call is long (per-step
+# cost is what the ratios compare)
+QUICK_SHAPES = [(1, 100, 64, 128), (8, 100, 128, 256), (32, 50, 256, 512),
+                (64, 10, 512, 1024), (256, 20, 128, 128)]
+CELLS = ("lstm", "gru")
+THREADS = 2
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def flops(cell, B, T, D, H):
+    """Multiply-adds x 2 of the matrix products (the gate math is not counted)."""
+    gates = 4 if cell == "lstm" else 3
+    return 2.0 * gates * B * T * H * (D + H)
+
+
+class _Progress:
+    def __init__(self, total, enabled=True):
+        self.total, self.done, self.enabled = total, 0, enabled and total > 0
+
+    def show(self, text):
+        if self.enabled:
+            sys.stderr.write(f"\r\x1b[K[{self.done}/{self.total}] {text}")
+            sys.stderr.flush()
+
+    def step(self, text=""):
+        self.done += 1
+        self.show(text)
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _weights(cell, D, H, seed=0):
+    """Keras-layout weights, scaled like a trained layer (outputs not saturated)."""
+    rng = np.random.default_rng(seed)
+    g = 4 if cell == "lstm" else 3
+    s_in, s_rec = 1.0 / np.sqrt(D), 1.0 / np.sqrt(H)
+    kernel = rng.uniform(-s_in, s_in, (D, g * H)).astype(np.float32)
+    rec = rng.uniform(-s_rec, s_rec, (H, g * H)).astype(np.float32)
+    if cell == "lstm":
+        bias = rng.uniform(-0.1, 0.1, g * H).astype(np.float32)
+    else:
+        bias = rng.uniform(-0.1, 0.1, (2, g * H)).astype(np.float32)
+    return kernel, rec, bias
+
+
+# ------------------------------------------------------------------ engines
+# Each factory returns a zero-argument callable that runs one batch and
+# returns the output sequence as a (B, T, H) array, or raises ImportError.
+
+
+def fastrnn_engine(backend_name, cell, w, x):
+    from fastrnn import dispatch
+    from fastrnn.kernels import GRUParams, LSTMParams, run
+
+    mod = dispatch.backend_module(backend_name)
+    kernel, rec, bias = w
+    params = LSTMParams(kernel, rec, bias) if cell == "lstm" else GRUParams(kernel, rec, bias)
+    packed = mod.pack(params)
+    B, T, _ = x.shape
+    H = params.units
+    states = [np.zeros((B, H), np.float32) for _ in range(params.n_states)]
+
+    def call():
+        out = np.empty((B, T, H), np.float32)
+        outs = [np.empty((B, H), np.float32) for _ in states]
+        run(mod, packed, x, states, None, False, False, out, outs)
+        return out
+
+    return call
+
+
+def ort_engine(cell, w, x, threads=THREADS):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    kernel, rec, bias = w
+    B, T, D = x.shape
+    H = rec.shape[0]
+    if cell == "lstm":
+        # Keras i, f, c, o -> ONNX i, o, f, c
+        order = [0, 3, 1, 2]
+        blocks = lambda m: np.concatenate([m[..., k * H:(k + 1) * H] for k in order], -1)  # noqa: E731
+        W = blocks(kernel).T[None]
+        R = blocks(rec).T[None]
+        Bv = np.concatenate([blocks(bias), np.zeros(4 * H, np.float32)])[None]
+        node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=H)
+    else:
+        # Keras z, r, h == ONNX z, r, h; Keras reset_after == linear_before_reset=1
+        W, R = kernel.T[None], rec.T[None]
+        Bv = np.concatenate([bias[0], bias[1]])[None]
+        node = helper.make_node("GRU", ["X", "W", "R", "B"], ["Y"], hidden_size=H,
+                                linear_before_reset=1)
+    inits = [numpy_helper.from_array(np.ascontiguousarray(a, np.float32), n)
+             for a, n in ((W, "W"), (R, "R"), (Bv, "B"))]
+    graph = helper.make_graph(
+        [node], f"fastrnn_bench_{cell}",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, D])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, 1, B, H])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = min(model.ir_version, 10)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    xt = np.ascontiguousarray(x.transpose(1, 0, 2))  # ONNX layout (T, B, D)
+
+    def call():
+        (y,) = sess.run(None, {"X": xt})
+        return y
+
+    def result():
+        return call()[:, 0].transpose(1, 0, 2)
+
+    call.result = result
+    return call
+
+
+def torch_engine(cell, w, x, threads=THREADS):
+    import torch
+
+    torch.set_num_threads(threads)
+    kernel, rec, bias = w
+    B, T, D = x.shape
+    H = rec.shape[0]
+    if cell == "lstm":
+        m = torch.nn.LSTM(D, H, batch_first=True)  # gates i, f, g, o = Keras order
+        w_ih, w_hh, b_ih, b_hh = kernel.T, rec.T, bias, np.zeros_like(bias)
+    else:
+        m = torch.nn.GRU(D, H, batch_first=True)  # gates r, z, n
+        order = [1, 0, 2]
+        blk = lambda a: np.concatenate([a[..., k * H:(k + 1) * H] for k in order], -1)  # noqa: E731
+        w_ih, w_hh, b_ih, b_hh = blk(kernel).T, blk(rec).T, blk(bias[0]), blk(bias[1])
+    with torch.no_grad():
+        for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0),
+                        (w_ih, w_hh, b_ih, b_hh)):
+            p.copy_(torch.from_numpy(np.ascontiguousarray(v)))
+    m.eval()
+    xt = torch.from_numpy(x)
+
+    def call():
+        with torch.inference_mode():
+            y, _ = m(xt)
+        return y
+
+    call.result = lambda: call().numpy()
+    return call
+
+
+# ------------------------------------------------------------------ timing
+
+
+def _time(fn, reps_inner):
+    t0 = time.perf_counter()
+    for _ in range(reps_inner):
+        fn()
+    return (time.perf_counter() - t0) / reps_inner
+
+
+def measure(engines, repeats, min_sample=0.01, progress=None, label=""):
+    """Median seconds per call of each engine, timed interleaved.
+
+    ``engines``: name -> callable. Each sample runs enough calls to last
+    about ``min_sample`` seconds.
+    """
+    inner = {}
+    for name, fn in engines.items():
+        fn()  # warm-up (compiles, allocates, wakes thread pools)
+        t = _time(fn, 1)
+        inner[name] = max(1, int(min_sample / max(t, 1e-7)))
+    samples = {name: [] for name in engines}
+    for r in range(repeats):
+        for name, fn in engines.items():
+            if progress is not None:
+                progress.show(f"{label} {name} {r + 1}/{repeats}")
+            samples[name].append(_time(fn, inner[name]))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def _busy(stop_at):
+    x = 0
+    while time.time() < stop_at:
+        x += 1
+
+
+class Contention:
+    """A competing busy process (one core) for the duration of a ``with``."""
+
+    def __init__(self, enabled, seconds=3600):
+        self.enabled, self.seconds, self.proc = enabled, seconds, None
+
+    def __enter__(self):
+        if self.enabled:
+            ctx = multiprocessing.get_context("spawn")
+            self.proc = ctx.Process(target=_busy, args=(time.time() + self.seconds,), daemon=True)
+            self.proc.start()
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.join()
+
+
+# ------------------------------------------------------------------ batch benchmark
+
+
+def fastrnn_backends(shape, names=None):
+    """Available fastrnn backends to time at ``shape`` (reference at the smallest only)."""
+    from fastrnn import dispatch
+
+    out = []
+    for name in names or ("cpu", "cuda", "reference"):
+        if name == "reference" and shape != min(SHAPES, key=lambda s: flops("lstm", *s)):
+            continue
+        ok, _ = dispatch.available(name)
+        if ok:
+            out.append(name)
+    return out
+
+
+def bench_batch(opts):
+    """Time every engine over the grid; returns the list of result rows."""
+    shapes = QUICK_SHAPES if opts.quick else SHAPES
+    if opts.shapes:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in opts.shapes]
+    repeats = opts.repeats or (5 if opts.quick else 11)
+    notes, rows = [], []
+    progress = _Progress(len(shapes) * len(opts.cells), not opts.no_progress)
+    for cell in opts.cells:
+        for shape in shapes:
+            B, T, D, H = shape
+            label = f"{cell} B={B} T={T} D={D} H={H}"
+            progress.show(label)
+            rng = np.random.default_rng(1)
+            x = rng.standard_normal((B, T, D)).astype(np.float32)
+            w = _weights(cell, D, H)
+            engines, results = {}, {}
+            full = SHAPES[QUICK_SHAPES.index(shape)] if shape in QUICK_SHAPES else shape
+            for name in fastrnn_backends(full if opts.quick else shape, opts.backends):
+                engines[f"fastrnn-{name}"] = fastrnn_engine(name, cell, w, x)
+            for name, factory in (("onnxruntime", ort_engine), ("pytorch", torch_engine)):
+                if name in opts.skip:
+                    continue
+                try:
+                    engines[name] = factory(cell, w, x)
+                except ImportError as exc:
+                    note = f"{name}: not installed ({exc.name or exc}); skipped"
+                    if note not in notes:
+                        notes.append(note)
+            # agreement, before timing
+            base_name = next(iter(engines))
+            base = np.asarray(engines[base_name]())
+            agree = {}
+            for name, fn in engines.items():
+                got = np.asarray(fn.result() if hasattr(fn, "result") else fn())
+                agree[name] = float(np.max(np.abs(got - base)))
+            times = measure(engines, repeats, progress=progress, label=label)
+            fl = flops(cell, B, T, D, H)
+            for name, t in times.items():
+                results[name] = dict(ms=t * 1e3, gflops=fl / t / 1e9, max_abs_diff=agree[name])
+            row = dict(cell=cell, B=B, T=T, D=D, H=H, engines=results)
+            main = "fastrnn-cpu" if "fastrnn-cpu" in results else base_name
+            for other, key in (("onnxruntime", "vs_ort"), ("pytorch", "vs_torch")):
+                if other in results and main in results:
+                    row[key] = results[main]["ms"] / results[other]["ms"]
+            rows.append(row)
+            progress.step(label)
+    progress.close()
+    return rows, notes
+
+
+def format_table(rows):
+    names = []
+    for row in rows:
+        for n in row["engines"]:
+            if n not in names:
+                names.append(n)
+    head = ["cell", "B,T,D,H"] + [f"{n} ms" for n in names] + ["cpu GFLOP/s", "cpu/ORT", "cpu/torch", "max |diff|"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        e = row["engines"]
+        cells = [row["cell"], f"{row['B']},{row['T']},{row['D']},{row['H']}"]
+        cells += [f"{e[n]['ms']:.3g}" if n in e else "" for n in names]
+        main = e.get("fastrnn-cpu", next(iter(e.values())))
+        cells.append(f"{main['gflops']:.0f}")
+        cells.append(f"{row['vs_ort']:.2f}" if "vs_ort" in row else "")
+        cells.append(f"{row['vs_torch']:.2f}" if "vs_torch" in row else "")
+        cells.append(f"{max(v['max_abs_diff'] for v in e.values()):.1e}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ streaming (issue 9)
+
+
+def bench_streaming(opts):
+    """Per-call latency of streams (batch 1, state carried). Issue 9 fills this in."""
+    print("bench --streaming: not implemented yet (streaming latency, issue 9)", file=sys.stderr)
+    return [], ["streaming: not implemented"]
+
+
+# ------------------------------------------------------------------ command line
+
+
+def environment():
+    import numba
+
+    from fastrnn.kernels import cpu
+
+    env = dict(
+        python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
+        machine=platform.machine(), cpus=os.cpu_count(),
+        fastrnn_threads=cpu.get_num_threads(), threading_layer=cpu.threading_layer(),
+    )
+    for mod in ("onnxruntime", "torch"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            env[mod] = None
+    return env
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m fastrnn bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="shorter sequences, fewer repeats (< 1 min)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--contention", action="store_true",
+                   help="time while a competing busy process runs")
+    p.add_argument("--streaming", action="store_true", help="streaming latency (issue 9)")
+    p.add_argument("--cells", default="lstm,gru", type=lambda s: s.split(","))
+    p.add_argument("--shapes", nargs="*", metavar="B,T,D,H", help="override the grid")
+    p.add_argument("--backends", type=lambda s: s.split(","), default=None,
+                   help="fastrnn backends (default: every available one)")
+    p.add_argument("--skip", type=lambda s: s.split(","), default=[],
+                   help="engines to leave out: onnxruntime,pytorch")
+    p.add_argument("--repeats", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    opts = parse(sys.argv[1:] if argv is None else argv)
+    t0 = time.time()
+    with Contention(opts.contention):
+        if opts.streaming:
+            rows, notes = bench_streaming(opts)
+            table = None
+        else:
+            rows, notes = bench_batch(opts)
+            table = format_table(rows)
+    env = environment()
+    title = "float32 batch inference, median ms per call"
+    if opts.contention:
+        title += ", with one competing busy process"
+    if table:
+        print(f"{title} ({time.time() - t0:.0f} s; threads: fastrnn {env['fastrnn_threads']}, "
+              f"layer {env['threading_layer']}; ORT/PyTorch {THREADS})")
+        print(table)
+    for note in notes:
+        print(f"note: {note}")
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(dict(environment=env, contention=opts.contention, quick=opts.quick,
+                           rows=rows, notes=notes, argv=list(argv or [])), f, indent=1)
+    return 0
