@@ -1,0 +1,413 @@
+"""fastrnn.dask: predict over dask arrays and dataframes, the worker plugin, the CLI.
+
+Everything that runs on a cluster uses one module-scoped
+``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``; the
+larger-than-memory test starts its own, with a small ``memory_limit``.
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+import fastrnn  # noqa: E402
+from fastrnn import dask as fdask  # noqa: E402
+
+Client = distributed.Client
+LocalCluster = distributed.LocalCluster
+
+# Every computation gets a deadline: a paused or wedged worker fails the test
+# instead of hanging CI.
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def client():
+    # Compile the kernels here first: the workers then load them from Numba's
+    # cache (NUMBA_CACHE_DIR is inherited) instead of compiling them twice.
+    fdask._warm()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", memory_limit="1GiB") as cluster:
+        with Client(cluster) as c:
+            c.register_plugin(fdask.FastrnnPlugin())
+            yield c
+
+
+def _built(layer, shape, seed=0):
+    layer.build(shape)
+    # Fresh, non-trivial weights (never the initializers' zeros/orthogonal).
+    rng = np.random.default_rng(seed)
+    layer.set_weights([(rng.standard_normal(w.shape) * 0.3).astype(w.dtype)
+                       for w in layer.get_weights()])
+    return layer
+
+
+class _TwoLayers:
+    """A user model: two fastrnn layers behind one call, no compute_output_shape
+    (so fastrnn.dask infers the output shape by running it on zeros)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    @property
+    def built(self):
+        return self.first.built and self.second.built
+
+    def __call__(self, x, mask=None):
+        return self.second(self.first(x, mask=mask), mask=mask)
+
+
+class _Counted:
+    """A layer wrapper that counts how often this process unpickled it."""
+
+    unpickled = 0
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.built = layer.built
+
+    def __call__(self, x, mask=None):
+        return self.layer(x, mask=mask)
+
+    def compute_output_shape(self, shape):
+        return self.layer.compute_output_shape(shape)
+
+    def __setstate__(self, state):
+        type(self).unpickled += 1
+        self.__dict__.update(state)
+
+
+def _unpickled_count():
+    return _Counted.unpickled
+
+
+def _compute(client, collection):
+    return client.compute(collection).result(timeout=TIMEOUT)
+
+
+# ----------------------------------------------------------------- packaging
+
+def test_import_fastrnn_does_not_import_dask():
+    code = ("import sys, fastrnn, fastrnn.dask; "
+            "bad = [m for m in ('dask', 'distributed', 'zarr', 'pyarrow') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------ results on a cluster
+
+def _models():
+    T, D = 9, 5
+    lstm = _built(fastrnn.LSTM(7), (1, T, D), 1)
+    gru = _built(fastrnn.GRU(6, return_sequences=True), (1, T, D), 2)
+    bidi = fastrnn.Bidirectional(fastrnn.LSTM(4, return_sequences=True))
+    _built(bidi, (1, T, D), 3)
+    stacked = fastrnn.RNN([fastrnn.LSTMCell(6), fastrnn.GRUCell(3)])
+    _built(stacked, (1, T, D), 4)
+    two = _TwoLayers(_built(fastrnn.GRU(5, return_sequences=True), (1, T, D), 5),
+                     _built(fastrnn.LSTM(3), (1, T, 5), 6))
+    return {"lstm": lstm, "gru_sequences": gru, "bidirectional": bidi,
+            "stacked_cells": stacked, "two_layer_model": two}
+
+
+@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize("ragged", ["lengths", "mask", None])
+def test_cluster_equals_one_in_process_call(client, name, ragged):
+    model = _models()[name]
+    rng = np.random.default_rng(zlib.crc32(f"{name}-{ragged}".encode()))
+    n, T, D = 103, 9, 5
+    x = rng.standard_normal((n, T, D)).astype(np.float32)
+    lengths = rng.integers(0, T + 1, n)
+    lengths[:3] = [T, 1, 0]
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    want = model(x, mask=mask if ragged else None)
+
+    xd = da.from_array(x, chunks=(20, 4, D))  # split in time too: predict makes it whole
+    kwargs = {}
+    if ragged == "lengths":
+        kwargs["lengths"] = da.from_array(lengths, chunks=(20,))
+    elif ragged == "mask":
+        kwargs["mask"] = mask
+    y = fdask.predict(model, xd, batch_size=16, **kwargs)
+    assert y.chunks[0] == xd.chunks[0]
+    assert y.shape == want.shape and y.dtype == np.float32
+    got = _compute(client, y)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_threads_scheduler_and_numpy_input():
+    model = _models()["lstm"]
+    x = np.random.default_rng(7).standard_normal((30, 9, 5)).astype(np.float32)
+    with dask.config.set(scheduler="threads"):
+        y = fdask.predict(model, x)
+        np.testing.assert_allclose(y.compute(), model(x), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------- the model, once
+
+def _big_lstm():
+    # 4 * 640 * (1280 + 640) float32 weights + bias: 19.7 MB.
+    layer = fastrnn.LSTM(640)
+    layer.build((1, 2, 1280))
+    return layer
+
+
+def _weight_bytes(model):
+    return sum(w.nbytes for w in model.get_weights())
+
+
+def test_graph_holds_the_model_once_without_a_client():
+    model = _big_lstm()
+    size = _weight_bytes(model)
+    assert size > 19e6
+    x = da.zeros((100, 2, 1280), chunks=(1, 2, 1280), dtype=np.float32)
+    with dask.config.set(scheduler="sync"):
+        y = fdask.predict(model, x)
+    graph = dict(y.__dask_graph__())
+    assert y.numblocks[0] == 100
+    holding = [key for key, task in graph.items() if len(pickle.dumps(task)) > size // 2]
+    assert len(holding) == 1, holding  # one key holds the weights; tasks refer to it
+    total = len(pickle.dumps(graph))
+    assert total < size + 2e6, total  # not 100 copies: about one model plus small tasks
+
+
+def test_graph_with_a_client_is_small_and_the_model_reaches_each_worker_once(client):
+    model = _Counted(_big_lstm())
+    size = _weight_bytes(model.layer)
+    before = client.run(_unpickled_count)
+    x = da.random.default_rng(0).standard_normal((100, 2, 1280), chunks=(1, 2, 1280),
+                                                  dtype=np.float32)
+    y = fdask.predict(model, x).sum(axis=1)
+    graph = dict(y.__dask_graph__())
+    assert len(pickle.dumps(graph)) < size / 20  # the model is a scattered key, not bytes
+    with warnings.catch_warnings():
+        # distributed warns "Sending large graph of size ..." above 10 MB.
+        warnings.filterwarnings("error", message=".*[Ll]arge graph.*")
+        assert np.isfinite(_compute(client, y)).all()
+    after = client.run(_unpickled_count)
+    received = {w: after[w] - before.get(w, 0) for w in after}
+    assert all(v == 1 for v in received.values()), received
+
+
+# ------------------------------------------------------- larger than memory
+
+def test_dataset_larger_than_the_cluster_memory_streams_zarr_to_zarr(tmp_path):
+    limit = 384 * 2**20  # per worker; a warm worker with Numba's kernels is ~200 MiB
+    rows, T, D, chunk = 36864, 16, 1024, 256
+    nbytes = rows * T * D * 4
+    assert nbytes >= 3 * 2 * limit  # 2.25 GiB of float32 for 768 MiB of workers
+    src, dst = str(tmp_path / "x.zarr"), str(tmp_path / "y.zarr")
+    # Generated chunk by chunk; low-entropy values compress ~10x on disk, but the
+    # workers hold (and must stream) the full decompressed float32 chunks.
+    rng = np.random.default_rng(0)
+    blocks = [(rng.integers(-2, 2, (chunk, T, D)) * 0.25).astype(np.float32) for _ in range(3)]
+    z = zarr.create_array(store=src, shape=(rows, T, D), chunks=(chunk, T, D), dtype="float32")
+    for i, start in enumerate(range(0, rows, chunk)):
+        z[start:start + chunk] = blocks[i % 3]
+    model = _built(fastrnn.LSTM(4), (1, T, D), 9)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", memory_limit=limit) as cluster, \
+            Client(cluster) as c:
+        c.register_plugin(fdask.FastrnnPlugin())
+        pids = c.run(os.getpid)
+        from distributed.diagnostics import MemorySampler
+
+        sampler = MemorySampler()
+        with sampler.sample("predict", client=c, interval=0.25):
+            y = fdask.predict(model, da.from_zarr(src))
+            assert y.numblocks[0] == rows // chunk
+            c.compute(y.to_zarr(dst, compute=False)).result(timeout=TIMEOUT)
+        assert c.run(os.getpid) == pids  # no worker was restarted
+        peak = sampler.to_pandas()["predict"].max()
+        print(f"streamed {nbytes / 2**30:.2f} GiB through 2 workers of {limit / 2**20:.0f} MiB; "
+              f"peak cluster process memory {peak / 2**20:.0f} MiB")
+        assert peak < 2 * limit, peak
+    out = zarr.open_array(dst, mode="r")
+    assert out.shape == (rows, 4)
+    for i in (0, 1, 2, rows // chunk - 1):
+        want = model(blocks[i % 3])
+        np.testing.assert_allclose(out[i * chunk:(i + 1) * chunk], want, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ parquet
+
+def _parquet(tmp_path, rng, D=3, n=57):
+    seqs = [rng.standard_normal((int(rng.integers(0, 12)), D)).astype(np.float32)
+            for _ in range(n)]
+    seqs[5] = seqs[5][:1]
+    table = pa.table({
+        "id": np.arange(n),
+        "seq": pa.array([s.tolist() for s in seqs], type=pa.list_(pa.list_(pa.float32()))),
+    })
+    path = tmp_path / "seqs.parquet"
+    pq.write_table(table, path, row_group_size=13)
+    return str(path), seqs
+
+
+@pytest.mark.parametrize("dtype_backend", [None, "pyarrow"])
+def test_parquet_rows_equal_each_sequence_alone(client, tmp_path, dtype_backend):
+    rng = np.random.default_rng(11)
+    path, seqs = _parquet(tmp_path, rng)
+    kwargs = {"dtype_backend": dtype_backend} if dtype_backend else {}
+    ddf = dd.read_parquet(path, split_row_groups=True, **kwargs)
+    assert ddf.npartitions > 1
+    gru = _built(fastrnn.GRU(5), (1, 4, 3), 12)
+    lstm = _built(fastrnn.LSTM(4, return_sequences=True), (1, 4, 3), 13)
+    got_gru = _compute(client, fdask.predict_partitions(gru, ddf, "seq"))
+    got_lstm = _compute(client, fdask.predict_partitions(lstm, ddf, "seq", batch_size=4))
+    assert len(got_gru) == len(got_lstm) == len(seqs)
+    for i, s in enumerate(seqs):
+        alone = s[None]
+        np.testing.assert_allclose(got_gru.iloc[i], gru(alone)[0], rtol=1e-5, atol=1e-6)
+        assert got_lstm.iloc[i].shape == (len(s), 4)
+        np.testing.assert_allclose(got_lstm.iloc[i], lstm(alone)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_parquet_single_feature_lists(tmp_path):
+    rng = np.random.default_rng(12)
+    seqs = [rng.standard_normal(int(rng.integers(1, 8))).astype(np.float32) for _ in range(20)]
+    pq.write_table(pa.table({"s": pa.array([s.tolist() for s in seqs])}), tmp_path / "a.parquet",
+                   row_group_size=6)
+    ddf = dd.read_parquet(str(tmp_path / "a.parquet"), split_row_groups=True)
+    model = _built(fastrnn.SimpleRNN(3), (1, 4, 1), 14)
+    with dask.config.set(scheduler="sync"):
+        got = fdask.predict_partitions(model, ddf, "s").compute()
+    for i, s in enumerate(seqs):
+        np.testing.assert_allclose(got.iloc[i], model(s[None, :, None])[0], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ plugin
+
+def test_plugin_caps_threads_and_warms(client):
+    info = client.run(fdask.worker_info)
+    assert len(info) == 2
+    for worker_info in info.values():
+        assert worker_info["nthreads"] == 1
+        assert worker_info["task_threads"] == 1
+        if "fastrnn_threads" in worker_info:
+            assert worker_info["fastrnn_threads"] == 1
+        assert worker_info["warmed"]
+
+
+def test_plugin_is_a_worker_plugin():
+    assert isinstance(fdask.FastrnnPlugin(warm=False), distributed.WorkerPlugin)
+    plugin = pickle.loads(pickle.dumps(fdask.FastrnnPlugin(nthreads=3, warm=False)))
+    assert type(plugin) is fdask.FastrnnPlugin and plugin.nthreads == 3
+
+
+# ------------------------------------------------------------- bad inputs
+
+class _NeverCompute:
+    """An array-like source whose reading fails the test: errors come first."""
+
+    shape, dtype, ndim = (40, 6, 3), np.dtype(np.float32), 3
+
+    def __getitem__(self, item):
+        raise AssertionError("a task ran before the error")
+
+
+def _guarded(shape=(40, 6, 3), chunks=(10, 6, 3)):
+    src = _NeverCompute()
+    src.shape, src.ndim = shape, len(shape)
+    return da.from_array(src, chunks=chunks[: len(shape)], asarray=False,
+                         meta=np.empty((0,) * len(shape), np.float32))
+
+
+def test_bad_inputs_fail_before_any_task():
+    layer = _built(fastrnn.LSTM(3), (1, 6, 3))
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(ValueError, match=r"x: expected a 3D array \(n, time, features\)"):
+            fdask.predict(layer, _guarded((40, 6), (10, 6)))
+        with pytest.raises(ValueError, match=r"x: expected a 3D array"):
+            fdask.predict(layer, _guarded((40, 6, 3, 1), (10, 6, 3, 1)))
+        with pytest.raises(ValueError, match=r"lengths: chunks \(20, 20\) do not line up"):
+            fdask.predict(layer, _guarded(), lengths=da.ones(40, chunks=20, dtype=int))
+        with pytest.raises(ValueError, match=r"lengths: expected values in \[0, 6\]"):
+            fdask.predict(layer, _guarded(), lengths=np.full(40, 7))
+        with pytest.raises(ValueError, match=r"lengths: expected shape \(n,\) = \(40,\)"):
+            fdask.predict(layer, _guarded(), lengths=np.ones(39, int))
+        with pytest.raises(ValueError, match=r"mask: chunks"):
+            fdask.predict(layer, _guarded(), mask=da.ones((40, 6), chunks=(8, 6), dtype=bool))
+        with pytest.raises(ValueError, match="lengths and mask"):
+            fdask.predict(layer, _guarded(), lengths=np.ones(40, int), mask=np.ones((40, 6)))
+        with pytest.raises(ValueError, match="never built"):
+            fdask.predict(fastrnn.GRU(4), _guarded())
+        with pytest.raises(ValueError, match="never built"):
+            fdask.predict_partitions(fastrnn.GRU(4), None, "seq")
+        with pytest.raises(ValueError, match="expected 5 features"):
+            fdask.predict(_built(fastrnn.LSTM(3), (1, 6, 5)), _guarded())
+        with pytest.raises(ValueError, match="return_state"):
+            fdask.predict(_built(fastrnn.LSTM(3, return_state=True), (1, 6, 3)), _guarded())
+        with pytest.raises(ValueError, match="batch_size"):
+            fdask.predict(layer, _guarded(), batch_size=0)
+
+
+def test_cli_rejects_bad_files_before_any_task(tmp_path, capsys):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((4, 3, 2), np.float32))
+    out = tmp_path / "y.zarr"
+    for model, message in [("model.pt", "PyTorch"), ("model.pkl", "pickle"),
+                           ("model.txt", "cannot load|does not have")]:
+        (tmp_path / model).write_text("not a model")
+        assert fdask.predict_main([str(tmp_path / model), str(x), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "MODEL" in err and any(m in err for m in message.split("|")), err
+    assert fdask.predict_main([str(tmp_path / "missing.keras"), str(x), str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _saved_model(tmp_path, layer):
+    if not hasattr(fastrnn, "save"):
+        pytest.skip("fastrnn.save is not available")
+    path = str(tmp_path / "model.fastrnn")
+    fastrnn.save(layer, path)
+    return path
+
+
+def test_cli_rejects_bad_input_arrays(tmp_path, capsys):
+    model = _saved_model(tmp_path, _built(fastrnn.LSTM(3), (1, 6, 3)))
+    out = tmp_path / "y.zarr"
+    (tmp_path / "x.csv").write_text("1,2,3")
+    np.save(tmp_path / "x2.npy", np.zeros((4, 6), np.float32))
+    np.save(tmp_path / "x5.npy", np.zeros((4, 6, 5), np.float32))
+    for name, message in [("x.csv", "expected a Zarr array"), ("x2.npy", "3D array"),
+                          ("x5.npy", "expected 3 features")]:
+        assert fdask.predict_main([model, str(tmp_path / name), str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------- CLI
+
+@pytest.mark.parametrize("where", ["threads", "scheduler", "no-dask"])
+def test_cli_scores_npy_and_zarr_into_zarr(client, tmp_path, capsys, where):
+    layer = _built(fastrnn.GRU(4, return_sequences=True), (1, 6, 3), 21)
+    model = _saved_model(tmp_path, layer)
+    x = np.random.default_rng(22).standard_normal((50, 6, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    zarr.create_array(store=str(tmp_path / "x.zarr"), data=x, chunks=(8, 6, 3))
+    extra = {"threads": [], "scheduler": ["--scheduler", client.scheduler.address],
+             "no-dask": ["--workers", "0"]}[where]
+    for name in ("x.npy", "x.zarr"):
+        out = str(tmp_path / f"y-{name}.zarr")
+        rc = fdask.predict_main([model, str(tmp_path / name), out, "--batch-size", "7",
+                                 "--chunk-rows", "16", "--no-progress"] + extra)
+        assert rc == 0
+        assert "sequences/s" in capsys.readouterr().out
+        np.testing.assert_allclose(zarr.open_array(out, mode="r")[...], layer(x),
+                                   rtol=1e-5, atol=1e-6)
