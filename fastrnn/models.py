@@ -202,8 +202,11 @@ class Embedding(Layer):
     _weight_names = ("embeddings",)
 
     def __init__(self, input_dim, output_dim, mask_zero=False, name=None, dtype=None,
-                 **kwargs):
+                 lora_rank=None, **kwargs):
         super().__init__(name=name, **kwargs)
+        if lora_rank:
+            raise ValueError(f"Embedding {name!r}: LoRA (lora_rank={lora_rank}) is not "
+                             "supported; merge the LoRA weights into the embeddings first")
         self.dtype = resolve_dtype(dtype)
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.mask_zero = bool(mask_zero)

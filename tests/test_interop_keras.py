@@ -312,6 +312,17 @@ def test_unsupported_models(rng, tmp_path):
         fastrnn.from_keras(L.Conv1D(2, 3))
     with pytest.raises(TypeError, match="Keras layer or model"):
         fastrnn.from_keras(object())
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn = L.LSTM(2)
+
+        def call(self, x):
+            return self.rnn(x)
+
+    with pytest.raises(ValueError, match="subclassed"):
+        fastrnn.from_keras(Sub())
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="neither"):

@@ -110,6 +110,39 @@ def test_cell_round_trip(make, rng, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+MODEL_LAYERS = {
+    "dense": (lambda: models.Dense(4, activation="selu"), [(5, 4), (4,)], (3, 6, 5)),
+    "dense_nobias": (lambda: models.Dense(3, use_bias=False), [(5, 3)], (3, 5)),
+    "embedding": (lambda: models.Embedding(9, 4, mask_zero=True), [(9, 4)], None),
+    "masking": (lambda: models.Masking(0.5), [], (2, 4, 3)),
+    "dropout": (lambda: models.Dropout(0.4), [], (2, 4, 3)),
+    "activation": (lambda: models.Activation("softmax"), [], (2, 4, 3)),
+    "time_distributed": (lambda: models.TimeDistributed(models.Dense(2, activation="relu")),
+                         [(3, 2), (2,)], (2, 4, 3)),
+    "input": (lambda: models.InputLayer(batch_shape=[None, 4, 3]), [], (2, 4, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_LAYERS))
+def test_model_layer_round_trip(name, rng, tmp_path):
+    make, shapes, xshape = MODEL_LAYERS[name]
+    layer = make()
+    if shapes:
+        layer.set_weights([rng.uniform(-1, 1, s) for s in shapes])
+    if xshape is None:
+        x = rng.integers(0, 9, (3, 5))
+    else:
+        x = rng.uniform(-1, 1, xshape).astype(np.float32)
+        x[0, 1] = 0.5  # a step Masking(0.5) masks
+    fastrnn.save(layer, tmp_path / "l.fastrnn")
+    loaded = fastrnn.load(tmp_path / "l.fastrnn")
+    assert type(loaded) is type(layer)
+    assert loaded.get_config() == layer.get_config()
+    np.testing.assert_array_equal(loaded(x), layer(x))
+    m1, m2 = loaded.compute_mask(x, None), layer.compute_mask(x, None)
+    assert (m1 is None and m2 is None) or np.array_equal(m1, m2)
+
+
 def _model(rng):
     model = fastrnn.Sequential([
         models.InputLayer(batch_shape=[None, 7], dtype="int32"),

@@ -74,13 +74,12 @@ def from_keras(obj, backend=None):
     import keras
 
     if isinstance(obj, keras.Model):
-        model_config = {"class_name": "Sequential" if isinstance(obj, keras.Sequential)
-                        else "Functional", "config": obj.get_config()}
-        if type(obj) not in (keras.Sequential, keras.Model) and \
-                type(obj).__name__ not in ("Functional", "Sequential"):
+        if type(obj).__name__ not in ("Functional", "Sequential"):
             raise ValueError(f"from_keras: subclassed model {type(obj).__name__!r} is not "
                              "supported (only Sequential and functional models have a config "
                              "fastrnn can rebuild)")
+        model_config = {"class_name": "Sequential" if isinstance(obj, keras.Sequential)
+                        else "Functional", "config": obj.get_config()}
 
         def weights_of(entry, _group):
             name = entry.get("name") or entry["config"]["name"]
