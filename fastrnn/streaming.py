@@ -1,0 +1,525 @@
+"""Streaming inference: one frame (or a short chunk) at a time, state carried.
+
+``layer.stream(batch_size=1)`` returns a :class:`Stream`. A stream owns
+everything a call needs, prepared once: the packed weights, the state and
+work buffers, the compiled kernel and the input shape it expects. A call
+checks the frame against that cached shape and dtype, runs one compiled
+call for the whole stack of cells, and returns the output; nothing else
+runs per call (no backend selection, no weight conversion, no allocation
+beyond the output, and ``out=`` avoids even that).
+
+Example
+-------
+>>> layer = fastrnn.LSTM(64)
+>>> layer.build((1, None, 40))
+>>> stream = layer.stream()                       # batch size 1
+>>> for frame in frames:                          # frame: (1, 40) float32
+...     y = stream(frame)                         # (1, 64), state carried
+>>> y = stream(chunk)                             # chunk: (1, T, 40)
+>>> h, c = stream.states                          # Keras order
+>>> stream.save("session.npz"); stream = fastrnn.streaming.load_stream("session.npz")
+
+Which kernels run
+-----------------
+``backend=None`` (default) uses the stream kernels of
+:mod:`fastrnn.kernels._stream` (single-thread, small-batch, vectorised gate
+math) for every configuration they support: SimpleRNN, GRU (both
+``reset_after``) and LSTM cells with any built-in activation, stacked in
+any mix, float32 and float64. Anything else (a Python callable as an
+activation, LSTM peepholes, projection or clipping, custom cells) runs
+through the kernel contract on the backend the layer itself picks;
+``stream.backend_reason`` says which and why. ``backend="reference"`` (or
+``"cpu"``) forces the contract path on that backend.
+
+A stream snapshots the layer's weights when it is made; make a new stream
+after ``layer.set_weights``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import zipfile
+
+import numpy as np
+
+from . import dispatch
+from .kernels import run as _run_kernel
+
+__all__ = ["Stream", "StreamBusyError", "load_stream"]
+
+_FORMAT = "fastrnn.stream/1"
+_ndarray = np.ndarray
+_empty = np.empty
+
+
+class StreamBusyError(RuntimeError):
+    """A stream was called from a second thread while a call was running."""
+
+
+_BUSY = ("Stream: called while another call on the same stream is running (two threads "
+         "share one stream). A stream carries one state; give each thread its own stream "
+         "(layer.stream()) or serialise the calls with a lock.")
+
+
+def _flatten(nested):
+    if isinstance(nested, (list, tuple)):
+        return [x for item in nested for x in _flatten(item)]
+    return [nested]
+
+
+def _pack_like(structure, flat):
+    it = iter(flat)
+
+    def build(s):
+        if isinstance(s, (list, tuple)):
+            return [build(x) for x in s]
+        return next(it)
+
+    return build(structure)
+
+
+class _ContractEngine:
+    """Run a stack frame by frame through the kernel contract (any backend).
+
+    ``run(x, w, s, work, out, cfg)`` has the stream kernels' signature so the
+    stream's call path is the same whichever engine runs; ``w``, ``s``,
+    ``work`` and ``cfg`` are unused here (everything lives on ``self``).
+    """
+
+    def __init__(self, layer, choice, states):
+        self.layer = layer
+        self.choice = choice
+        self.states = states
+        self.custom = choice.module is None
+        self.packs = None if self.custom else layer._packs(choice)
+        self.cells = layer._cells
+        self.n_states = [] if self.custom else [
+            2 if c.params().kind == "lstm" else 1 for c in self.cells]
+        self.nan_raise = layer.nan_policy == "raise"
+        self.return_sequences = layer.return_sequences
+
+    def run(self, x, w, s, work, out, cfg):
+        if self.nan_raise and np.isnan(x).any():
+            return 1
+        frame = x.ndim == 2
+        if frame:
+            x = x.reshape(x.shape[0], 1, x.shape[1])
+        B, T, _ = x.shape
+        if self.custom:
+            y, flat = self.layer._host_loop(x, None, list(self.states), False)
+            for dst, src in zip(self.states, flat):
+                dst[...] = src
+            if frame and self.return_sequences:
+                y = y[:, 0]
+            out[...] = y
+            return 0
+        layer_in, k = x, 0
+        last = len(self.cells) - 1
+        seq_out = self.return_sequences and not frame
+        for i, (packed, n) in enumerate(zip(self.packs, self.n_states)):
+            st = self.states[k : k + n]
+            if i < last:
+                y = np.empty((B, T, self.cells[i].output_size), x.dtype)
+            elif seq_out:
+                y = out
+            else:
+                y = None
+            _run_kernel(self.choice.module, packed, layer_in, st, None, False, False, y, st)
+            layer_in, k = y, k + n
+        if not seq_out:
+            out[...] = self.states[k - self.n_states[-1]]
+        return 0
+
+
+class Stream:
+    """Stateful frame-by-frame inference for a unidirectional recurrent layer.
+
+    Parameters
+    ----------
+    layer : fastrnn.RNN (or SimpleRNN, GRU, LSTM)
+        The layer to stream. ``Bidirectional`` and ``go_backwards=True``
+        layers cannot stream (they need the future) and raise ``TypeError``
+        / ``ValueError``. An unbuilt layer is built by the first call.
+    batch_size : int
+        Number of independent streams run together (rows of each frame).
+    backend : None, "reference" or "cpu"
+        ``None``: the stream kernels when they support the configuration,
+        else the layer's own backend through the kernel contract. A name
+        forces the contract path on that backend.
+
+    Call
+    ----
+    ``stream(x, out=None)`` with ``x`` one frame ``(batch, features)`` or a
+    chunk ``(batch, time, features)`` (``(time, batch, features)`` for a
+    ``time_major`` layer), in the layer's dtype (float32 or float64; other
+    dtypes are a ``TypeError``, never silently cast). Returns what the layer
+    returns for that input: for a chunk ``(batch, time, units)`` with
+    ``return_sequences`` else ``(batch, units)``; for a frame always
+    ``(batch, units)``; with ``return_state`` the list ``[output,
+    *states]`` (Keras order, nested per cell for a stack). The final state
+    is carried to the next call. ``out`` (the output's shape and dtype,
+    C-contiguous) receives the output instead of a new array.
+
+    A frame that fails a check (features, batch, dtype, NaN under the
+    layer's ``nan_policy="raise"``) raises ``ValueError`` / ``TypeError``
+    and leaves the state unchanged. Calling one stream from two threads at
+    once raises :class:`StreamBusyError`.
+
+    Attributes
+    ----------
+    states : list of ndarray
+        The carried state in Keras order (``[h]``, ``[h, c]``, nested per
+        cell for a stack); reading returns copies, assigning validates and
+        copies in.
+    backend, backend_reason : str
+        The engine that runs the calls, and why.
+    """
+
+    def __init__(self, layer, batch_size=1, backend=None):
+        from .layers import RNN, Bidirectional
+
+        if isinstance(layer, Bidirectional):
+            layer.stream()  # raises the TypeError that explains why
+        if not isinstance(layer, RNN):
+            raise TypeError(f"layer: expected a fastrnn recurrent layer (RNN, SimpleRNN, GRU, "
+                            f"LSTM), got {type(layer).__name__}")
+        if layer.go_backwards:
+            raise ValueError(
+                f"{type(layer).__name__} has go_backwards=True: it reads the sequence last to "
+                "first, so its first output needs the last frame, which a stream has not seen "
+                "yet. Streams run forward layers only."
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if backend is not None:
+            backend = dispatch._check_name(backend)
+            if backend in ("auto",):
+                backend = None
+            elif backend == "cuda":
+                raise ValueError("backend: streams run on the host; expected None, 'cpu' or "
+                                 "'reference', got 'cuda'")
+        self.layer = layer
+        self.batch_size = int(batch_size)
+        self._backend_arg = backend
+        self._dt = np.dtype(layer.dtype)
+        self._busy = threading.Lock()
+        self._structure = layer._state_structure
+        self._sizes = layer._flat_state_sizes
+        self._return_state = layer.return_state
+        self._return_sequences = layer.return_sequences
+        self._time_major = layer.time_major
+        self._nan_raise = layer.nan_policy == "raise"
+        self._ready = False
+        # Shapes no call has matched yet: the first call fills them.
+        self._fshape = self._fstrides = self._foshape = None
+        self._cshape = self._cstrides = self._coshape = None
+        self._work_T = 0
+        if layer.built:
+            self._setup()
+
+    # ----- setup (once) -----
+    def _setup(self):
+        layer, B, dt = self.layer, self.batch_size, self._dt
+        self.units = int(layer.output_size)
+        cells = layer._cells
+        D = getattr(cells[0], "input_dim", None)
+        self.input_dim = None if D is None else int(D)
+        params = None
+        fast_ok, why = False, "the layer has custom cells (host step loop)"
+        if layer._compiled:
+            params = layer._params_list()
+            if self._backend_arg is None:
+                from .kernels import _stream
+
+                fast_ok, why = _stream.supports_all(params)
+            else:
+                why = f"backend={self._backend_arg!r} was requested"
+        if fast_ok:
+            from .kernels import _stream
+
+            self._w, self._cfg, state_len = _stream.pack(params, B, self._nan_raise)
+            self._s = np.zeros(state_len, dt)
+            self._states = _stream.state_views(self._s, self._cfg, B)
+            self._frame_fn = _stream.frame
+            self._chunk_fn = (_stream.chunk_seq if self._return_sequences
+                              else _stream.chunk_last)
+            self._work = np.zeros(_stream.work_size(self._cfg, B, 1), dt)
+            self._work_T = 1
+            self.backend = "stream"
+            self.backend_reason = ("stream: single-thread small-batch kernels "
+                                   "(fastrnn.kernels._stream) support this configuration")
+            self._engine = None
+        else:
+            self._states = [np.zeros((B, s), dt) for s in self._sizes]
+            if layer._compiled:
+                requested = self._backend_arg or layer.backend_arg
+                if requested == "cuda" or requested == "auto":
+                    choice = dispatch.select("auto", params)
+                else:
+                    choice = dispatch.select(requested, params)
+            else:
+                choice = dispatch.Choice("custom", None, "custom cells")
+            self._engine = _ContractEngine(layer, choice, self._states)
+            self._frame_fn = self._chunk_fn = self._engine.run
+            self._w = self._s = self._work = self._cfg = None
+            self._work_T = 1 << 62
+            self.backend = choice.name
+            self.backend_reason = f"{choice.name} through the kernel contract: {why}"
+        self._fshape = (B, self.input_dim)
+        self._foshape = (B, self.units)
+        probe = np.empty(self._fshape, dt)
+        self._fstrides = probe.strides
+        self._ready = True
+
+    # ----- the call -----
+    def __call__(self, x, out=None):
+        if not self._busy.acquire(False):
+            raise StreamBusyError(_BUSY)
+        try:
+            # The fast path: the frame shape cached at setup, or the chunk shape
+            # cached by the last chunk; anything else is validated in _slow.
+            if x.__class__ is not _ndarray or x.dtype is not self._dt:
+                return self._slow(x, out)
+            shape = x.shape
+            if shape == self._fshape and x.strides == self._fstrides:
+                fn, oshape = self._frame_fn, self._foshape
+            elif shape == self._cshape and x.strides == self._cstrides:
+                fn, oshape = self._chunk_fn, self._coshape
+            else:
+                return self._slow(x, out)
+            if out is None:
+                out = _empty(oshape, self._dt)
+            elif out.__class__ is not _ndarray or out.dtype is not self._dt or \
+                    out.shape != oshape or not out.flags.c_contiguous:
+                self._bad_out(out, oshape)
+            if fn(x, self._w, self._s, self._work, out, self._cfg):
+                self._nan_error()
+                if self._return_state:
+                    return self._with_states(out)
+            return out
+        finally:
+            self._busy.release()
+
+    def _slow(self, x, out):
+        """Every input the cached frame shape did not match: validate, then run."""
+        if not self._ready:
+            x = self._as_array(x)
+            if x.ndim not in (2, 3):
+                raise ValueError(f"x: expected a frame (batch, features) or a chunk "
+                                 f"(batch, time, features), got shape {tuple(x.shape)}")
+            self.layer.build((self.batch_size, None, x.shape[-1]))
+            self._setup()
+        x = self._as_array(x)
+        B, D = self.batch_size, self.input_dim
+        if x.ndim == 2:
+            if x.shape != (B, D):
+                raise ValueError(self._shape_message(x, "a frame (batch, features)", (B, D)))
+            x = np.ascontiguousarray(x)
+            if out is None:
+                out = _empty(self._foshape, self._dt)
+            else:
+                self._check_out(out, self._foshape)
+            if self._frame_fn(x, self._w, self._s, self._work, out, self._cfg):
+                self._nan_error()
+            return self._with_states(out) if self._return_state else out
+        if x.ndim != 3:
+            raise ValueError(f"x: expected a frame {(B, D)} (batch, features) or a chunk "
+                             f"(batch, time, features), got shape {tuple(x.shape)}")
+        if self._time_major:
+            T = x.shape[0]
+            if x.shape[1:] != (B, D):
+                raise ValueError(self._shape_message(x, "a time-major chunk (time, batch, "
+                                                     "features)", (T, B, D)))
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        else:
+            T = x.shape[1]
+            if x.shape[0] != B or x.shape[2] != D:
+                raise ValueError(self._shape_message(x, "a chunk (batch, time, features)",
+                                                     (B, T, D)))
+        x = np.ascontiguousarray(x)
+        oshape = (B, T, self.units) if self._return_sequences else (B, self.units)
+        flip = self._return_sequences and self._time_major
+        user_shape = (T, B, self.units) if flip else oshape
+        if out is not None:
+            self._check_out(out, user_shape)
+        if T == 0:  # the layer returns zeros and keeps the state
+            y = np.zeros(user_shape, self._dt) if out is None else out
+            y[...] = 0
+            return self._with_states(y) if self._return_state else y
+        if T > self._work_T:
+            from .kernels import _stream
+
+            self._work = np.zeros(_stream.work_size(self._cfg, B, T), self._dt)
+            self._work_T = T
+        y = out if (out is not None and not flip) else _empty(oshape, self._dt)
+        if self._chunk_fn(x, self._w, self._s, self._work, y, self._cfg):
+            self._nan_error()
+        if not self._time_major:  # later chunks of this shape take the fast path
+            self._cshape, self._cstrides, self._coshape = x.shape, x.strides, oshape
+        if flip:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+            if out is not None:
+                out[...] = y
+                y = out
+        return self._with_states(y) if self._return_state else y
+
+    def _as_array(self, x):
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if x.dtype != self._dt:
+            kind = x.dtype.kind
+            what = "an integer" if kind in "iub" else f"a {x.dtype}"
+            raise TypeError(f"x: the stream runs in {self._dt} and got {what} array "
+                            f"(dtype {x.dtype}); streams never cast per call: pass "
+                            f"x.astype(np.{self._dt}) (or make the layer with dtype="
+                            f"'{x.dtype}' if that is the model's precision)")
+        return x
+
+    def _shape_message(self, x, what, expected):
+        return (f"x: expected {what} of shape {expected} (batch_size={self.batch_size}, "
+                f"{self.input_dim} features), got shape {tuple(x.shape)}; the state is "
+                "unchanged")
+
+    def _check_out(self, out, shape):
+        if not isinstance(out, np.ndarray) or out.dtype != self._dt or \
+                tuple(out.shape) != tuple(shape) or not out.flags.c_contiguous:
+            self._bad_out(out, shape)
+
+    def _bad_out(self, out, shape):
+        got = (f"{type(out).__name__} {getattr(out, 'dtype', '')} "
+               f"{tuple(getattr(out, 'shape', ()))}")
+        raise ValueError(f"out: expected a C-contiguous {self._dt} array of shape {shape}, "
+                         f"got {got}")
+
+    def _nan_error(self):
+        raise ValueError("x: contains NaN and the layer has nan_policy='raise'; the state is "
+                         "unchanged")
+
+    def _with_states(self, out):
+        return [out] + _pack_like(self._structure, [s.copy() for s in self._states])
+
+    # ----- state -----
+    @property
+    def states(self):
+        """Copies of the carried states, Keras order (nested per cell for a stack)."""
+        self._ensure_ready("states")
+        return _pack_like(self._structure, [s.copy() for s in self._states])
+
+    @states.setter
+    def states(self, values):
+        self._ensure_ready("states")
+        flat = _flatten(values) if isinstance(values, (list, tuple)) else [values]
+        B = self.batch_size
+        if len(flat) != len(self._states):
+            raise ValueError(f"states: expected {len(self._states)} arrays of shapes "
+                             f"{[(B, s) for s in self._sizes]} (Keras order), got {len(flat)}")
+        checked = []
+        for k, (v, size) in enumerate(zip(flat, self._sizes)):
+            v = np.asarray(v)
+            if v.dtype.kind != "f":
+                raise TypeError(f"states[{k}]: expected a floating-point array, got dtype "
+                                f"{v.dtype}")
+            if v.shape != (B, size):
+                raise ValueError(f"states[{k}]: expected shape {(B, size)}, got {v.shape}")
+            checked.append(v)
+        if not self._busy.acquire(False):
+            raise StreamBusyError(_BUSY)
+        try:
+            for dst, v in zip(self._states, checked):
+                dst[...] = v
+        finally:
+            self._busy.release()
+
+    def reset(self):
+        """Zero the carried states (a new utterance, session, ...)."""
+        self._ensure_ready("reset")
+        if not self._busy.acquire(False):
+            raise StreamBusyError(_BUSY)
+        try:
+            for s in self._states:
+                s[...] = 0
+        finally:
+            self._busy.release()
+
+    reset_states = reset
+
+    def _ensure_ready(self, what):
+        if not self._ready:
+            raise ValueError(f"Stream.{what}: the layer is not built yet; build it or call "
+                             "the stream once")
+
+    # ----- save / restore -----
+    def save(self, path):
+        """Write the layer (config and weights) and the carried state to ``path``.
+
+        The file is a NumPy ``.npz`` (a zip of ``.npy`` arrays plus the
+        config as JSON text), loadable with ``allow_pickle=False``; restore
+        it with :func:`load_stream`, in this process or another.
+        """
+        from .layers import serialize
+
+        self._ensure_ready("save")
+        meta = {"format": _FORMAT, "layer": serialize(self.layer),
+                "batch_size": self.batch_size, "backend": self._backend_arg,
+                "n_weights": len(self.layer.get_weights()), "n_states": len(self._states)}
+        arrays = {"meta": np.array(json.dumps(meta))}
+        for i, w in enumerate(self.layer.get_weights()):
+            arrays[f"w{i}"] = np.asarray(w)
+        for i, s in enumerate(self._states):
+            arrays[f"s{i}"] = s.copy()
+        if isinstance(path, (str, os.PathLike)):
+            path = os.fspath(path)
+            if not path.endswith(".npz"):
+                path += ".npz"
+        np.savez(path, **arrays)
+        return path
+
+    @staticmethod
+    def load(path):
+        """Restore a stream written by :meth:`save` (see :func:`load_stream`)."""
+        return load_stream(path)
+
+    def __repr__(self):
+        return (f"Stream({type(self.layer).__name__}(units={getattr(self.layer, 'units', None)}),"
+                f" batch_size={self.batch_size}, dtype={self._dt.name}, "
+                f"backend={getattr(self, 'backend', None)!r})")
+
+    def __getstate__(self):
+        raise TypeError("Stream objects are not pickled: use stream.save(path) and "
+                        "fastrnn.streaming.load_stream(path)")
+
+
+def load_stream(path):
+    """Restore a :class:`Stream` saved by :meth:`Stream.save`: layer, weights and state.
+
+    Parameters
+    ----------
+    path : str, path-like or file object
+        An ``.npz`` file written by ``Stream.save``. It is read with
+        ``allow_pickle=False``.
+    """
+    from .layers import deserialize
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"load_stream: {path!r} is not a saved stream ({exc})") from exc
+    with data:
+        if "meta" not in data.files:
+            raise ValueError(f"load_stream: {path!r} has no 'meta' entry: not a saved stream")
+        meta = json.loads(str(data["meta"]))
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"load_stream: unsupported format {meta.get('format')!r}, "
+                             f"expected {_FORMAT!r}")
+        weights = [data[f"w{i}"] for i in range(meta["n_weights"])]
+        states = [data[f"s{i}"] for i in range(meta["n_states"])]
+    layer = deserialize(meta["layer"])
+    if weights:
+        layer.set_weights(weights)
+    stream = Stream(layer, batch_size=meta["batch_size"], backend=meta.get("backend"))
+    if states:
+        stream.states = states
+    return stream

@@ -1,0 +1,344 @@
+"""Streams (fastrnn.streaming) against whole-sequence layer calls on the reference backend.
+
+Every expected value comes from ``layer(x)`` on ``backend="reference"``,
+never from a stream. Random weights and inputs, odd sizes.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.kernels import _stream
+from fastrnn.streaming import Stream, StreamBusyError, load_stream
+
+TOL = {"float32": dict(rtol=2e-5, atol=2e-5), "float64": dict(rtol=1e-10, atol=1e-10)}
+
+
+def _cells(spec, dtype):
+    out = []
+    for kind, units, kw in spec:
+        cls = {"lstm": fastrnn.LSTMCell, "gru": fastrnn.GRUCell,
+               "simple": fastrnn.SimpleRNNCell}[kind]
+        out.append(cls(units, dtype=dtype, **kw))
+    return out
+
+
+CONFIGS = {
+    "lstm": [("lstm", 7, {})],
+    "gru": [("gru", 5, {})],
+    "gru_reset_before": [("gru", 6, dict(reset_after=False))],
+    "simple": [("simple", 9, {})],
+    "lstm_acts": [("lstm", 5, dict(activation="softsign", recurrent_activation="hard_sigmoid"))],
+    "gru_acts": [("gru", 4, dict(activation="relu", recurrent_activation="sigmoid",
+                                 reset_after=False))],
+    "simple_elu": [("simple", 3, dict(activation="elu"))],
+    "stack": [("lstm", 6, {}), ("gru", 5, {}), ("simple", 3, dict(activation="selu"))],
+    "stack_gru_lstm": [("gru", 4, dict(reset_after=False)), ("lstm", 8, {})],
+}
+
+
+def _make(config, dtype, rng, D=3, **layer_kw):
+    spec = CONFIGS[config]
+    cells = _cells(spec, dtype)
+    layer = fastrnn.RNN(cells if len(cells) > 1 else cells[0], backend="reference",
+                        dtype=dtype, **layer_kw)
+    layer.build((1, None, D))
+    layer.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()])
+    return layer
+
+
+def _x(rng, shape, dtype):
+    return rng.uniform(-2, 2, shape).astype(dtype)
+
+
+def _ref_states(layer, x, initial_state=None):
+    saved = layer.return_state
+    layer.return_state = True
+    try:
+        result = layer(x, initial_state=initial_state)
+    finally:
+        layer.return_state = saved
+    return result[0], [np.asarray(s) for s in _flat(result[1:])]
+
+
+def _flat(nested):
+    if isinstance(nested, (list, tuple)):
+        return [y for item in nested for y in _flat(item)]
+    return [nested]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_frames_and_chunks_equal_whole_sequence(config, dtype, rng):
+    B, T, D = 3, 11, 3
+    layer = _make(config, dtype, rng, D=D, return_sequences=True)
+    x = _x(rng, (B, T, D), dtype)
+    expected, expected_states = _ref_states(layer, x)
+    stream = layer.stream(batch_size=B)
+    assert stream.backend == "stream"
+    frames = np.stack([stream(np.ascontiguousarray(x[:, t])) for t in range(T)], axis=1)
+    np.testing.assert_allclose(frames, expected, **TOL[dtype])
+    for got, want in zip(_flat(stream.states), expected_states):
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+    stream.reset()
+    bounds = [0, 1, 4, 6, 7, T]  # chunks of 1, 3, 2, 1, 4 steps
+    chunks = [stream(x[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    np.testing.assert_allclose(np.concatenate(chunks, axis=1), expected, **TOL[dtype])
+    # The same shape twice takes the cached fast path and keeps carrying state.
+    stream.reset()
+    halves = [stream(np.ascontiguousarray(x[:, :5])), stream(np.ascontiguousarray(x[:, 5:10]))]
+    np.testing.assert_allclose(np.concatenate(halves, axis=1), expected[:, :10], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("config", ["lstm", "stack"])
+def test_last_output_and_initial_states(config, dtype, rng):
+    B, T, D = 2, 7, 3
+    layer = _make(config, dtype, rng, D=D)
+    x = _x(rng, (B, T, D), dtype)
+    init = [_x(rng, (B, s), dtype) for s in layer._flat_state_sizes]
+    nested = fastrnn.layers._pack_like(layer._state_structure, init)
+    expected, expected_states = _ref_states(layer, x, initial_state=nested)
+    stream = layer.stream(batch_size=B)
+    stream.states = nested
+    y = stream(x[:, :4])
+    y = stream(x[:, 4:])
+    assert y.shape == (B, layer.output_size)
+    np.testing.assert_allclose(y, expected, **TOL[dtype])
+    for got, want in zip(_flat(stream.states), expected_states):
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+def test_fallback_through_the_kernel_contract(rng):
+    """A callable activation cannot compile: the stream runs the layer's backend."""
+    def mytanh(v):
+        return np.tanh(v)
+
+    layer = fastrnn.GRU(5, activation=mytanh, return_sequences=True, backend="reference")
+    layer.build((1, None, 4))
+    layer.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()])
+    x = _x(rng, (2, 6, 4), "float32")
+    expected = layer(x)
+    stream = layer.stream(batch_size=2)
+    assert stream.backend == "reference" and "callable" in stream.backend_reason
+    got = np.stack([stream(np.ascontiguousarray(x[:, t])) for t in range(6)], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    forced = _make("stack", "float64", rng).stream(backend="reference")
+    assert forced.backend == "reference"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_forced_contract_engine_matches(dtype, rng):
+    layer = _make("stack", dtype, rng, return_sequences=True)
+    x = _x(rng, (1, 5, 3), dtype)
+    expected = layer(x)
+    stream = layer.stream(backend="reference")
+    got = np.concatenate([stream(x[:, :2]), stream(x[:, 2:])], axis=1)
+    np.testing.assert_allclose(got, expected, **TOL[dtype])
+
+
+def test_return_state_out_and_time_major(rng):
+    layer = _make("lstm", "float32", rng, return_state=True)
+    x = _x(rng, (1, 4, 3), "float32")
+    expected = layer(x)
+    stream = layer.stream()
+    out = np.empty((1, 7), np.float32)
+    for t in range(4):
+        result = stream(np.ascontiguousarray(x[:, t]), out=out)
+    assert result[0] is out and len(result) == 3
+    for got, want in zip(result, expected):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="out"):
+        stream(np.ascontiguousarray(x[:, 0]), out=np.empty((1, 6), np.float32))
+    tm = _make("gru", "float64", rng, return_sequences=True, time_major=True)
+    xt = _x(rng, (6, 2, 3), "float64")
+    stream = tm.stream(batch_size=2)
+    got = np.concatenate([stream(xt[:2]), stream(xt[2:])], axis=0)
+    np.testing.assert_allclose(got, tm(xt), **TOL["float64"])
+
+
+def test_states_round_trip_and_validation(rng):
+    layer = _make("stack", "float32", rng)
+    stream = layer.stream(batch_size=2)
+    stream(_x(rng, (2, 5, 3), "float32"))
+    states = stream.states
+    assert [len(s) for s in states] == [2, 1, 1]  # Keras nesting: [h, c], [h], [h]
+    before = [s.copy() for s in _flat(states)]
+    _flat(states)[0][...] = 99.0  # the getter returns copies
+    np.testing.assert_array_equal(_flat(stream.states)[0], before[0])
+    with pytest.raises(ValueError, match="expected 4 arrays"):
+        stream.states = before[:3]
+    with pytest.raises(ValueError, match=r"states\[2\]: expected shape \(2, 5\)"):
+        stream.states = before[:2] + [np.zeros((2, 4))] + before[3:]
+    for got, want in zip(_flat(stream.states), before):
+        np.testing.assert_array_equal(got, want)
+    x = _x(rng, (2, 3), "float32")
+    y1 = stream(x)
+    stream.states = before  # flat lists are accepted too
+    np.testing.assert_array_equal(stream(x), y1)
+    stream.reset()
+    assert all(not s.any() for s in _flat(stream.states))
+
+
+def test_save_and_load(tmp_path, rng):
+    layer = _make("stack_gru_lstm", "float64", rng, return_sequences=True)
+    x = _x(rng, (2, 9, 3), "float64")
+    expected = layer(x)
+    stream = layer.stream(batch_size=2)
+    first = stream(x[:, :4])
+    path = stream.save(tmp_path / "s.npz")
+    with np.load(path, allow_pickle=False) as data:  # no pickled objects inside
+        assert "meta" in data.files
+    restored = load_stream(path)
+    assert restored.batch_size == 2 and restored.backend == "stream"
+    rest = restored(x[:, 4:])
+    np.testing.assert_allclose(np.concatenate([first, rest], axis=1), expected,
+                               **TOL["float64"])
+    assert Stream.load(path).states is not None
+
+
+def test_save_and_load_in_another_process(tmp_path, rng):
+    layer = _make("lstm", "float32", rng, return_sequences=True)
+    x = _x(rng, (1, 6, 3), "float32")
+    expected = layer(x)
+    stream = layer.stream()
+    stream(x[:, :3])
+    path = stream.save(tmp_path / "session.npz")
+    np.save(tmp_path / "x.npy", x[:, 3:])
+    code = ("import numpy as np, sys; from fastrnn.streaming import load_stream; "
+            "d = sys.argv[1]; s = load_stream(d + '/session.npz'); "
+            "np.save(d + '/y.npy', s(np.load(d + '/x.npy')))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))]
+        + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=env,
+                   timeout=300)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected[:, 3:],
+                               rtol=2e-5, atol=2e-5)
+    assert os.path.getsize(path) > 0
+
+
+@pytest.mark.parametrize("nan_policy", ["raise", "propagate"])
+def test_bad_frames_raise_and_leave_state(nan_policy, rng):
+    layer = _make("lstm", "float32", rng, nan_policy=nan_policy)
+    stream = layer.stream(batch_size=2)
+    good = _x(rng, (2, 3), "float32")
+    stream(good)
+    before = [s.copy() for s in _flat(stream.states)]
+    bad = [
+        (ValueError, "3 features", _x(rng, (2, 4), "float32")),
+        (ValueError, "batch_size=2", _x(rng, (1, 3), "float32")),
+        (ValueError, "batch_size=2", _x(rng, (3, 5, 3), "float32")),
+        (ValueError, "features", _x(rng, (2, 5, 2), "float32")),
+        (TypeError, "float64", _x(rng, (2, 3), "float64")),
+        (TypeError, "integer", np.ones((2, 3), np.int32)),
+        (ValueError, "frame", _x(rng, (2,), "float32")),
+    ]
+    if nan_policy == "raise":
+        nan = good.copy()
+        nan[1, 2] = np.nan
+        bad.append((ValueError, "NaN", nan))
+        chunk = _x(rng, (2, 4, 3), "float32")
+        chunk[0, 3, 0] = np.nan
+        bad.append((ValueError, "NaN", chunk))
+    for exc, words, frame in bad:
+        with pytest.raises(exc, match=words):
+            stream(frame)
+        for got, want in zip(_flat(stream.states), before):
+            np.testing.assert_array_equal(got, want)
+    if nan_policy == "propagate":
+        nan = good.copy()
+        nan[0, 0] = np.nan
+        y = stream(nan)
+        assert np.isnan(y[0]).all() and not np.isnan(y[1]).any()
+
+
+class _BlockingCell:
+    """A custom cell that waits for an event inside its step (to overlap two calls)."""
+
+    state_size = 2
+    output_size = 2
+    built = True
+    input_dim = 2
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, x, states, training=False):
+        self.entered.set()
+        self.release.wait(30)
+        h = np.tanh(x + states[0])
+        return h, [h]
+
+
+def test_two_threads_at_once_raise():
+    cell = _BlockingCell()
+    stream = fastrnn.RNN(cell).stream()
+    assert stream.backend == "custom"
+    errors = []
+    worker = threading.Thread(target=lambda: stream(np.ones((1, 2), np.float32)))
+    worker.start()
+    assert cell.entered.wait(30)
+    try:
+        with pytest.raises(StreamBusyError, match="another call"):
+            stream(np.ones((1, 2), np.float32))
+        with pytest.raises(StreamBusyError):
+            stream.reset()
+    except Exception as exc:  # pragma: no cover - keep the worker from hanging
+        errors.append(exc)
+    finally:
+        cell.release.set()
+        worker.join(30)
+    assert not errors
+    y = stream(np.ones((1, 2), np.float32))  # usable again once the first call ended
+    np.testing.assert_allclose(y, np.tanh(1 + np.tanh(1)), rtol=1e-6)
+
+
+def test_bidirectional_and_go_backwards_refuse():
+    with pytest.raises(TypeError, match="Bidirectional.*future"):
+        fastrnn.Bidirectional(fastrnn.LSTM(3)).stream()
+    layer = fastrnn.GRU(3, go_backwards=True)
+    with pytest.raises(ValueError, match="go_backwards"):
+        layer.stream()
+    with pytest.raises(ValueError, match="batch_size"):
+        fastrnn.GRU(3).stream(batch_size=0)
+
+
+def test_unbuilt_layer_builds_on_first_frame(rng):
+    layer = fastrnn.SimpleRNN(4, backend="reference")
+    stream = layer.stream()
+    x = _x(rng, (1, 5), "float32")
+    y = stream(x)
+    assert layer.built and y.shape == (1, 4)
+    np.testing.assert_allclose(y, layer(x[:, None]), rtol=2e-5, atol=2e-5)
+
+
+def test_rational_tanh_accuracy():
+    from numba import njit
+
+    @njit
+    def apply(xs, sigmoid):
+        out = np.empty_like(xs)
+        for i in range(xs.size):
+            out[i] = _stream._vsigmoid(xs[i]) if sigmoid else _stream._vtanh(xs[i])
+        return out
+
+    xs = np.concatenate([np.linspace(-12, 12, 20001), np.geomspace(1e-8, 1, 200),
+                         -np.geomspace(1e-8, 1, 200)]).astype(np.float32)
+    got = apply(xs, False)
+    want = np.tanh(xs.astype(np.float64))
+    assert (np.abs(got - want) / np.maximum(np.abs(want), 1e-30)).max() < 1e-6
+    sig = apply(xs, True)
+    want_sig = 1 / (1 + np.exp(-xs.astype(np.float64)))
+    # 0.5 * (tanh(x/2) + 1) cancels for x << 0: bounded in absolute terms, like float32.
+    assert np.abs(sig - want_sig).max() < 3e-7
+    special = np.array([np.nan, np.inf, -np.inf], np.float32)
+    t, sg = apply(special, False), apply(special, True)
+    assert np.isnan(t[0]) and np.isnan(sg[0])
+    assert t[1] == 1 and t[2] == -1 and sg[1] == 1 and sg[2] == 0
