@@ -318,6 +318,8 @@ def _force_parallel(backend, monkeypatch):
     # make the cpu backend split even tiny calls between its threads
     if hasattr(backend, "_MIN_PARALLEL_WORK"):
         monkeypatch.setattr(backend, "_MIN_PARALLEL_WORK", 0)
+        monkeypatch.setattr(backend, "_MIN_SPLIT_STEP_WORK", 0)
+        monkeypatch.setattr(backend, "_contended_until", 0.0)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
@@ -326,9 +328,49 @@ def test_parallel_split_matches(backend, kind, monkeypatch):
     rng = np.random.default_rng(5)
     for dtype in DTYPES:
         params = make_params(kind, rng, 6, 19, dtype)
-        for B in (2, 9, 13):
+        for B in (1, 2, 9, 13, 21):
             x = rand(rng, (B, T_LONG, 6), dtype)
             compare(backend, params, x, ragged_mask(rng, B, T_LONG), True, False, rng=rng)
+
+
+def test_cpu_panel_split_workers_run_one_after_the_other(backend):
+    """A thread pool that runs the two panel-split workers one after the
+    other (no second thread) still finishes, with the right numbers."""
+    if backend.NAME != "cpu":
+        pytest.skip("cpu backend internals")
+    import numba
+
+    from fastrnn.kernels import _cpu_packed as pk
+
+    rng = np.random.default_rng(17)
+    B, T, D, H = 3, T_LONG, 4, 40
+    for gru in (False, True):
+        kind = "gru" if gru else "lstm"
+        params = make_params(kind, rng, D, H, np.float32)
+        x = rand(rng, (B, T, D), np.float32)
+        states = [rand(rng, (B, H), np.float32) for _ in range(params.n_states)]
+        want = np.empty((B, T, H), np.float32)
+        want_s = [np.empty((B, H), np.float32) for _ in states]
+        run(reference, reference.pack(params), x, states, None, False, False, want, want_s)
+        packed = backend.pack(params)
+        out = np.empty_like(want)
+        h_out = np.empty((B, H), np.float32)
+        c_out = np.empty((B, H), np.float32) if not gru else np.zeros((1, 1), np.float32)
+        c0 = states[1] if not gru else np.zeros((1, 1), np.float32)
+        peep = packed.arrays[2] if not gru else np.zeros(16, np.float32)
+        sync = np.zeros(pk.SYNC_SIZE, np.int64)
+        counts = np.zeros(2, np.int64)
+        before = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            pk.run_split_par(sync, counts, gru, packed.arrays[0], packed.arrays[1], peep, False,
+                             -1.0, 1, 2, H, x, states[0], c0, np.ones((1, 1), bool), False,
+                             False, False, out, True, h_out, c_out)
+        finally:
+            numba.set_num_threads(before)
+        assert counts.sum() == T * ((H + 15) // 16)
+        np.testing.assert_allclose(out, want, **tol(np.float32))
+        np.testing.assert_allclose(h_out, want_s[0], **tol(np.float32))
 
 
 def test_many_threads_one_weight_set(backend, monkeypatch):

@@ -32,9 +32,6 @@ class _Layer:
     def time_forward(self, batch, steps, units, backend):
         self.layer(self.x)
 
-    def peakmem_forward(self, batch, steps, units, backend):
-        self.layer(self.x)
-
 
 class LSTM(_Layer):
     cell = "LSTM"

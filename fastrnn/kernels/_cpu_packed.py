@@ -34,7 +34,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._cpu_math import activate as _activate
-from ._simd import sload, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh
+from ._simd import (atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake,
+                    sload, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh)
 
 LANES = 16
 
@@ -317,31 +318,100 @@ def _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch
     _gru_cell(z0, r0, x0, h0, v0, ro0, pu, cur, nxt, hf, act, ract, scratch)
 
 
-# ---- drivers: rows r0 .. r1-1 for the whole sequence ----
+# ---- one panel of one step, every row of a row range ----
 
 
-@njit(inline="always")
-def _emit_rows(r0, n, t, H, Hp, hf, nxt, valid, started, zero_output, out, has_out):
-    for r in range(n):
-        if has_out:
+@njit(nogil=True)
+def _panel(gru, p, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act, ract,
+           xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out, scratch):
+    """Units ``16p .. 16p+15`` of rows ``r0 .. r0+n-1`` at step ``t``: the
+    products, the gate math, the new state, and those units' outputs."""
+    KP = D + H
+    pb = p * 64
+    pu = p * LANES
+    r = 0
+    if gru:
+        wbase = p * KP * 48
+        while r + 4 <= n:
+            b = r0 + r
+            _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
+                       (b * T + t) * D, ((b + 1) * T + t) * D,
+                       ((b + 2) * T + t) * D, ((b + 3) * T + t) * D,
+                       valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
+                       r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
+            r += 4
+        while r < n:
+            b = r0 + r
+            _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
+                       (b * T + t) * D, valid[r], r * Hp)
+            r += 1
+    else:
+        wbase = p * KP * 64
+        while r + 4 <= n:
+            b = r0 + r
+            _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
+                        has_peep, Hp, cell_clip, act, ract, scratch,
+                        (b * T + t) * D, ((b + 1) * T + t) * D,
+                        ((b + 2) * T + t) * D, ((b + 3) * T + t) * D,
+                        valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
+                        r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
+            r += 4
+        while r < n:
+            b = r0 + r
+            _lstm_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
+                        has_peep, Hp, cell_clip, act, ract, scratch,
+                        (b * T + t) * D, valid[r], r * Hp)
+            r += 1
+    if has_out:
+        jend = min(H, pu + LANES)
+        for r in range(n):
             b = r0 + r
             if valid[r] or (started[r] and not zero_output):
                 base = nxt + r * Hp
-                for j in range(H):
+                for j in range(pu, jend):
                     out[b, t, j] = hf[base + j]
-            else:
-                for j in range(H):
+            else:  # masked: zeros before the first processed step or when asked
+                for j in range(pu, jend):
                     out[b, t, j] = 0.0
-        started[r] = started[r] or valid[r]
+
+
+@njit(inline="always")
+def _load_state(gru, r0, n, H, Hp, h0, c0, hf, cb):
+    for r in range(n):
+        for j in range(H):
+            hf[r * Hp + j] = h0[r0 + r, j]
+            if not gru:
+                cb[r * Hp + j] = c0[r0 + r, j]
+
+
+@njit(inline="always")
+def _store_state(gru, r0, n, T, H, Hp, hf, cb, h_out, c_out):
+    last = (T & 1) * n * Hp
+    for r in range(n):
+        for j in range(H):
+            h_out[r0 + r, j] = hf[last + r * Hp + j]
+            if not gru:
+                c_out[r0 + r, j] = cb[r * Hp + j]
+
+
+@njit(inline="always")
+def _step_flags(r0, n, t, mask, has_mask, valid):
+    for r in range(n):
+        valid[r] = (not has_mask) or mask[r0 + r, t]
+
+
+# ---- drivers ----
 
 
 @njit(cache=True, nogil=True)
-def lstm_rows(r0, r1, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0,
-              mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
+def run_rows(r0, r1, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0,
+             mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
+    """Rows ``r0 .. r1-1`` for the whole sequence on the calling thread
+    (``gru``: GRU with reset_after, else LSTM; ``c0``/``c_out``/``peep``
+    are ignored for GRU)."""
     B, T, D = x.shape
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
-    KP = D + H
     n = r1 - r0
     hf = np.zeros(2 * n * Hp, dtype=np.float32)
     cb = np.zeros(n * Hp, dtype=np.float32)
@@ -349,107 +419,134 @@ def lstm_rows(r0, r1, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0
     valid = np.ones(n, dtype=np.bool_)
     scratch = np.empty(LANES, dtype=np.float32)
     xf = x.reshape(x.size)
-    for r in range(n):
-        for j in range(H):
-            hf[r * Hp + j] = h0[r0 + r, j]
-            cb[r * Hp + j] = c0[r0 + r, j]
+    _load_state(gru, r0, n, H, Hp, h0, c0, hf, cb)
     for s in range(T):
         t = T - 1 - s if reverse else s
         cur = (s & 1) * n * Hp
         nxt = n * Hp - cur
-        for r in range(n):
-            valid[r] = (not has_mask) or mask[r0 + r, t]
+        _step_flags(r0, n, t, mask, has_mask, valid)
         for p in range(NP):
-            wbase = p * KP * 64
-            pb = p * 64
-            pu = p * LANES
-            r = 0
-            while r + 4 <= n:
-                b = r0 + r
-                _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
-                            has_peep, Hp, cell_clip, act, ract, scratch,
-                            (b * T + t) * D, ((b + 1) * T + t) * D,
-                            ((b + 2) * T + t) * D, ((b + 3) * T + t) * D,
-                            valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
-                            r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
-                r += 4
-            while r < n:
-                b = r0 + r
-                _lstm_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
-                            has_peep, Hp, cell_clip, act, ract, scratch,
-                            (b * T + t) * D, valid[r], r * Hp)
-                r += 1
-        _emit_rows(r0, n, t, H, Hp, hf, nxt, valid, started, zero_output, out, has_out)
-    last = (T & 1) * n * Hp
-    for r in range(n):
-        for j in range(H):
-            h_out[r0 + r, j] = hf[last + r * Hp + j]
-            c_out[r0 + r, j] = cb[r * Hp + j]
+            _panel(gru, p, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act,
+                   ract, xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out,
+                   scratch)
+        for r in range(n):
+            started[r] = started[r] or valid[r]
+    _store_state(gru, r0, n, T, H, Hp, hf, cb, h_out, c_out)
 
 
-@njit(cache=True, nogil=True)
-def gru_rows(r0, r1, Wp, bp, act, ract, H, x, h0, mask, has_mask, reverse,
-             zero_output, out, has_out, h_out):
+@njit(cache=True, nogil=True, parallel=True)
+def run_rows_par(bounds, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0,
+                 mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
+    """Batch split: thread ``c`` runs rows ``bounds[c] .. bounds[c+1]-1`` for
+    the whole sequence. Rows never interact, so the threads never wait."""
+    for c in prange(bounds.shape[0] - 1):
+        run_rows(bounds[c], bounds[c + 1], gru, Wp, bp, peep, has_peep, cell_clip, act,
+                 ract, H, x, h0, c0, mask, has_mask, reverse, zero_output, out, has_out,
+                 h_out, c_out)
+
+
+# Panel split: for small batches, two threads share each step's panels. The
+# sync array (int64) holds, one cache line apart: the claim counters of the
+# two halves of the panels (cumulative over steps), the count of panels
+# done (cumulative) and the number of threads asleep on it.
+_CLAIM0, _CLAIM1, _DONE, _WAITERS, SYNC_SIZE = 0, 8, 16, 24, 32
+# pause-spins before a waiting thread goes to sleep on the futex
+_SPINS = 4000
+_SLEEP_NS = 200_000
+
+
+@njit(inline="always")
+def _wait_done(sync, target):
+    spins = 0
+    while atomic_load(sync, _DONE) < target:
+        if spins < _SPINS:
+            cpu_relax()
+            spins += 1
+            continue
+        # Block instead of spinning: under contention the thread we wait
+        # for needs this core. The timeout is a safety net only.
+        atomic_add(sync, _WAITERS, 1)
+        v = atomic_load(sync, _DONE)
+        if v < target:
+            futex_wait(sync, _DONE, v, _SLEEP_NS)
+        atomic_add(sync, _WAITERS, -1)
+
+
+@njit(nogil=True)
+def _claim_run(sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip,
+               act, ract, xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out,
+               scratch):
+    """Claim and run the panels ``lo .. lo+cnt-1`` of step ``s`` one at a
+    time until none is left; returns how many this thread ran."""
+    did = 0
+    end = (s + 1) * cnt
+    while True:
+        c = atomic_load(sync, slot)
+        if c >= end:
+            return did
+        if atomic_cas(sync, slot, c, c + 1):
+            p = lo + c - s * cnt
+            _panel(gru, p, 0, valid.shape[0], T, t, D, H, Hp, Wp, bp, peep, has_peep,
+                   cell_clip, act, ract, xf, hf, cur, nxt, cb, valid, started, zero_output,
+                   out, has_out, scratch)
+            atomic_add(sync, _DONE, 1)
+            if atomic_load(sync, _WAITERS) > 0:
+                futex_wake(sync, _DONE)
+            did += 1
+
+
+@njit(nogil=True)
+def _split_worker(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
+                  mask, has_mask, reverse, zero_output, out, has_out, hf, cb):
     B, T, D = x.shape
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
-    KP = D + H
-    n = r1 - r0
-    hf = np.zeros(2 * n * Hp, dtype=np.float32)
-    started = np.zeros(n, dtype=np.bool_)
-    valid = np.ones(n, dtype=np.bool_)
+    half = (NP + 1) // 2
+    if w == 0:
+        my_slot, my_lo, my_cnt, ot_slot, ot_lo, ot_cnt = _CLAIM0, 0, half, _CLAIM1, half, NP - half
+    else:
+        my_slot, my_lo, my_cnt, ot_slot, ot_lo, ot_cnt = _CLAIM1, half, NP - half, _CLAIM0, 0, half
+    started = np.zeros(B, dtype=np.bool_)
+    valid = np.ones(B, dtype=np.bool_)
     scratch = np.empty(LANES, dtype=np.float32)
     xf = x.reshape(x.size)
-    for r in range(n):
-        for j in range(H):
-            hf[r * Hp + j] = h0[r0 + r, j]
+    did = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
-        cur = (s & 1) * n * Hp
-        nxt = n * Hp - cur
-        for r in range(n):
-            valid[r] = (not has_mask) or mask[r0 + r, t]
-        for p in range(NP):
-            wbase = p * KP * 48
-            pb = p * 64
-            pu = p * LANES
-            r = 0
-            while r + 4 <= n:
-                b = r0 + r
-                _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract,
-                           scratch,
-                           (b * T + t) * D, ((b + 1) * T + t) * D,
-                           ((b + 2) * T + t) * D, ((b + 3) * T + t) * D,
-                           valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
-                           r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
-                r += 4
-            while r < n:
-                b = r0 + r
-                _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract,
-                           scratch, (b * T + t) * D, valid[r], r * Hp)
-                r += 1
-        _emit_rows(r0, n, t, H, Hp, hf, nxt, valid, started, zero_output, out, has_out)
-    last = (T & 1) * n * Hp
-    for r in range(n):
-        for j in range(H):
-            h_out[r0 + r, j] = hf[last + r * Hp + j]
+        cur = (s & 1) * B * Hp
+        nxt = B * Hp - cur
+        _step_flags(0, B, t, mask, has_mask, valid)
+        # own half first (its weights stay in this core's cache), then help
+        # with whatever the other thread has not claimed yet: a thread that
+        # is late or descheduled never stalls the step, and a pool that runs
+        # both workers one after the other still finishes
+        did += _claim_run(sync, my_slot, s, my_lo, my_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
+                          has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
+                          started, zero_output, out, has_out, scratch)
+        did += _claim_run(sync, ot_slot, s, ot_lo, ot_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
+                          has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
+                          started, zero_output, out, has_out, scratch)
+        _wait_done(sync, (s + 1) * NP)
+        for r in range(B):
+            started[r] = started[r] or valid[r]
+    counts[w] = did
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def lstm_par(bounds, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0,
-             mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
-    for c in prange(bounds.shape[0] - 1):
-        lstm_rows(bounds[c], bounds[c + 1], Wp, bp, peep, has_peep, cell_clip, act,
-                  ract, H, x, h0, c0, mask, has_mask, reverse, zero_output, out,
-                  has_out, h_out, c_out)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def gru_par(bounds, Wp, bp, act, ract, H, x, h0, mask, has_mask, reverse,
-            zero_output, out, has_out, h_out):
-    for c in prange(bounds.shape[0] - 1):
-        gru_rows(bounds[c], bounds[c + 1], Wp, bp, act, ract, H, x, h0, mask,
-                 has_mask, reverse, zero_output, out, has_out, h_out)
+def run_split_par(sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0,
+                  c0, mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
+    """Panel split over two threads, for batches too small to split by rows.
+    ``sync``: ``SYNC_SIZE`` zeros; ``counts[w]``: panels run by worker ``w``."""
+    B, T, D = x.shape
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    hf = np.zeros(2 * B * Hp, dtype=np.float32)
+    cb = np.zeros(B * Hp, dtype=np.float32)
+    _load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
+    for w in prange(2):
+        _split_worker(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H,
+                      x, mask, has_mask, reverse, zero_output, out, has_out, hf, cb)
+    _store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
 
 
 # ---- packing (NumPy, once per weight set) ----

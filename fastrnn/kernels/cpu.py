@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -44,6 +45,7 @@ except Exception as exc:  # pragma: no cover
 if numba is not None:
     from . import _cpu_generic as _gen
     from . import _cpu_packed as _pk
+    from ._simd import HAVE_FUTEX as _HAVE_FUTEX
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -51,8 +53,24 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # it saves (thread wake-up is ~10-50 us when the pool sleeps).
 _MIN_PARALLEL_WORK = 2_000_000
 
+# Batches from this size up are split by rows (no synchronisation at all);
+# smaller ones share each step's panels between two threads.
+_BATCH_SPLIT_MIN = 16
+# Panel split: when a worker ran less than this share of its half, the
+# machine is busy; use one thread for _CONTENDED_PAUSE seconds.
+_STARVED = 0.25
+_CONTENDED_PAUSE = 1.0  # doubled at each starved call in a row, up to the max
+_CONTENDED_PAUSE_MAX = 30.0
+_contended_pause = _CONTENDED_PAUSE
+_contended_until = 0.0
+# Panel split only when a step has this much work (multiply-adds): below,
+# meeting the other thread every step costs more than it saves.
+_MIN_SPLIT_STEP_WORK = 1_000_000
+
 _max_threads = None
 _parallel_lock = threading.Lock()
+_NO_C = np.zeros((1, 1), dtype=np.float32)
+_NO_PEEP = np.zeros(16, dtype=np.float32)
 
 
 # ---------------------------------------------------------------- threads
@@ -128,6 +146,44 @@ def _run(serial, parallel, B, work, args):
         finally:
             _parallel_lock.release()
     serial(0, B, *args)
+
+
+def _contended():
+    return time.monotonic() < _contended_until
+
+
+def _run_packed(B, T, H, work, args):
+    """Run a packed (float32 LSTM/GRU) call: rows split between threads for
+    large batches, panels split for small ones, or one thread."""
+    global _contended_until, _contended_pause
+    threads = get_num_threads()
+    if threads >= 2 and work >= _MIN_PARALLEL_WORK and not _contended():
+        NP = (H + _pk.LANES - 1) // _pk.LANES
+        if B >= _BATCH_SPLIT_MIN:
+            bounds = _bounds(B, work)
+            if bounds is not None and _parallel_lock.acquire(blocking=False):
+                try:
+                    _pk.run_rows_par(bounds, *args)
+                    return
+                finally:
+                    _parallel_lock.release()
+        elif (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30 and work >= _MIN_SPLIT_STEP_WORK * T
+              and _parallel_lock.acquire(blocking=False)):
+            try:
+                sync = np.zeros(_pk.SYNC_SIZE, dtype=np.int64)
+                counts = np.zeros(2, dtype=np.int64)
+                _pk.run_split_par(sync, counts, *args)
+            finally:
+                _parallel_lock.release()
+            # A worker that ran almost nothing was starved of a core (another
+            # busy process): run on one thread for a while instead.
+            if counts.min() < _STARVED * counts.sum() / 2:
+                _contended_until = time.monotonic() + _contended_pause
+                _contended_pause = min(2 * _contended_pause, _CONTENDED_PAUSE_MAX)
+            else:
+                _contended_pause = _CONTENDED_PAUSE
+            return
+    _pk.run_rows(0, B, *args)
 
 
 # ---------------------------------------------------------------- contract
@@ -276,9 +332,10 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
     work = 3 * B * T * H * (D + H)
     if packed.packed:
         Wp, bp = packed.arrays
-        args = (Wp, bp, int(p.activation), int(p.recurrent_activation), H, x, _c(h0, dt),
-                m, has_mask, bool(reverse), bool(zero_output), o.buf, out is not None, ho.buf)
-        _run(_pk.gru_rows, _pk.gru_par, B, work, args)
+        args = (True, Wp, bp, _NO_PEEP, False, -1.0, int(p.activation),
+                int(p.recurrent_activation), H, x, _c(h0, dt), _NO_C, m, has_mask,
+                bool(reverse), bool(zero_output), o.buf, out is not None, ho.buf, _NO_C)
+        _run_packed(B, T, H, work, args)
     else:
         W, U, bias = packed.arrays
         args = (W, U, bias, int(p.activation), int(p.recurrent_activation),
@@ -302,11 +359,11 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     work = 4 * B * T * H * (D + p.output_size)
     if packed.packed:
         Wp, bp, peep = packed.arrays
-        args = (Wp, bp, peep, p.peepholes is not None, _limit(p.cell_clip),
+        args = (False, Wp, bp, peep, p.peepholes is not None, _limit(p.cell_clip),
                 int(p.activation), int(p.recurrent_activation), H, x, _c(h0, dt), _c(c0, dt),
                 m, has_mask, bool(reverse), bool(zero_output), o.buf, out is not None,
                 ho.buf, co.buf)
-        _run(_pk.lstm_rows, _pk.lstm_par, B, work, args)
+        _run_packed(B, T, H, work, args)
     else:
         W, U, bias, peep, proj = packed.arrays
         args = (W, U, bias, int(p.activation), int(p.recurrent_activation),
@@ -325,45 +382,43 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
 
 def warmup(verbose=False):
     """Compile (or load from Numba's cache) the common kernels: LSTM and GRU
-    in float32 and float64, SimpleRNN, on one and on several threads."""
-    from . import GRUParams, LSTMParams, SimpleRNNParams
+    in float32 and float64, SimpleRNN, on one thread and on two (rows split
+    and panels split)."""
+    global _MIN_PARALLEL_WORK, _MIN_SPLIT_STEP_WORK
+    from . import GRUParams, LSTMParams, SimpleRNNParams, run
 
     rng = np.random.default_rng(0)
     done = []
-    for dt in (np.float32, np.float64):
-        D, H, B, T = 3, 5, 8, 2
+    saved = (_MIN_PARALLEL_WORK, _MIN_SPLIT_STEP_WORK, _max_threads)
+    _MIN_PARALLEL_WORK = _MIN_SPLIT_STEP_WORK = 0
+    try:
+        for dt in (np.float32, np.float64):
+            D, H, T = 3, 20, 2
 
-        def r(*shape):
-            return (rng.standard_normal(shape) * 0.1).astype(dt)
+            def r(*shape):
+                return (rng.standard_normal(shape) * 0.1).astype(dt)
 
-        configs = [
-            LSTMParams(r(D, 4 * H), r(H, 4 * H), r(4 * H)),
-            GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H)),
-            GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H), reset_after=False),
-            SimpleRNNParams(r(D, H), r(H, H), r(H)),
-        ]
-        x = r(B, T, D)
-        for params in configs:
-            pk = pack(params)
-            for threads in (1, None):
-                old = _max_threads
-                set_num_threads(threads)
-                global _MIN_PARALLEL_WORK
-                saved = _MIN_PARALLEL_WORK
-                _MIN_PARALLEL_WORK = 0
-                try:
+            configs = [
+                LSTMParams(r(D, 4 * H), r(H, 4 * H), r(4 * H)),
+                GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H)),
+                GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H), reset_after=False),
+                SimpleRNNParams(r(D, H), r(H, H), r(H)),
+            ]
+            for params in configs:
+                pk = pack(params)
+                for B, threads in ((2, 1), (2, None), (_BATCH_SPLIT_MIN, None)):
+                    set_num_threads(threads)
+                    x = r(B, T, D)
                     states = [np.zeros((B, s), dt) for s in _state_sizes(params)]
                     outs = [np.empty_like(s) for s in states]
-                    from . import run
-
                     run(sys.modules[__name__], pk, x, states, None, False, False,
                         np.empty((B, T, params.output_size), dt), outs)
-                finally:
-                    _MIN_PARALLEL_WORK = saved
-                    set_num_threads(old)
-            done.append(f"{params.kind} {np.dtype(dt).name}")
-            if verbose:
-                print(f"warmup: {done[-1]}", file=sys.stderr)
+                done.append(f"{params.kind} {np.dtype(dt).name}")
+                if verbose:
+                    print(f"warmup: {done[-1]}", file=sys.stderr)
+    finally:
+        _MIN_PARALLEL_WORK, _MIN_SPLIT_STEP_WORK, restore = saved
+        set_num_threads(restore)
     return done
 
 
