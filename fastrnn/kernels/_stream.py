@@ -44,14 +44,16 @@ import math
 import types as _pytypes
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, models, overload, register_model
 
 from . import _math
 
 # cfg columns
-_KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _BX, _BH, _SH, _SC, _NAN = range(13)
-_NCFG = 13
+_KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _WH2, _BX, _BH, _SH, _SC, _NAN = range(14)
+_NCFG = 14
 SIMPLE, GRU, LSTM = 0, 1, 2
 _KINDS = {"simple_rnn": SIMPLE, "gru": GRU, "lstm": LSTM}
 _GATES = {SIMPLE: 1, GRU: 3, LSTM: 4}
@@ -66,7 +68,7 @@ def _jit_math(fn, **extra):
     """Compile a function of :mod:`._math`, its module-level helpers compiled too."""
     scope = dict(vars(_math))
     scope.update(extra)
-    return njit(inline="always")(_pytypes.FunctionType(fn.__code__, scope, fn.__name__))
+    return njit(inline="always", error_model="numpy")(_pytypes.FunctionType(fn.__code__, scope, fn.__name__))
 
 
 # Scalar path for the activations without a vectorised form (relu, elu, ...).
@@ -110,7 +112,7 @@ def tanh32(x):
     return c if abs(c) < _T_TINY else r
 
 
-_tanh32 = njit(inline="always")(tanh32)
+_tanh32 = njit(inline="always", error_model="numpy")(tanh32)
 
 
 def _vtanh(x):  # typed by the overload below
@@ -135,55 +137,247 @@ def _ov_sigmoid(x):
     return lambda x: 0.5 * (math.tanh(0.5 * x) + 1.0)
 
 
-@njit
-def _act(buf, start, n, code):
-    """Apply activation ``code`` to ``buf[start:start + n]`` in place."""
+@njit(error_model="numpy")
+def _act(a, code):
+    """Apply activation ``code`` to the 1-D view ``a`` in place.
+
+    Every loop in this module indexes views from 0 with a ``range`` index:
+    an index like ``start + j`` may be negative as far as Numba knows, and
+    its wraparound select turns a vector loop into gathers or scalar code.
+    """
+    n = a.size
     if code == 1:
-        for j in range(start, start + n):
-            buf[j] = _vtanh(buf[j])
+        for j in range(n):
+            a[j] = _vtanh(a[j])
     elif code == 2:
-        for j in range(start, start + n):
-            buf[j] = _vsigmoid(buf[j])
+        for j in range(n):
+            a[j] = _vsigmoid(a[j])
     elif code != 0:
-        for j in range(start, start + n):
-            buf[j] = _activate(code, buf[j])
+        for j in range(n):
+            a[j] = _activate(code, a[j])
+
+
+# ----- vectors in registers --------------------------------------------------
+# A 64-byte vector value (16 float32 or 8 float64 lanes: one AVX-512 register,
+# two AVX2 or four NEON registers) held in local variables, so LLVM keeps the
+# matrix-vector accumulators in registers; plain loops over an accumulator
+# array load and store it on every multiply-add.
+
+class _VecType(types.Type):
+    def __init__(self, dtype, lanes):
+        self.dtype = dtype
+        self.lanes = lanes
+        super().__init__(name=f"StreamVec{lanes}x{dtype}")
+
+
+_VEC = {types.float32: _VecType(types.float32, 16), types.float64: _VecType(types.float64, 8)}
+
+
+@register_model(_VecType)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        lane = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(lane, fe_type.lanes))
+
+
+def _llvm_vec(context, vty):
+    return ir.VectorType(context.get_value_type(vty.dtype), vty.lanes)
+
+
+def _vec_ptr(context, builder, arrty, arr, idxty, idx, vty):
+    ary = context.make_array(arrty)(context, builder, arr)
+    i = context.cast(builder, idx, idxty, types.intp)
+    return builder.bitcast(builder.gep(ary.data, [i]), _llvm_vec(context, vty).as_pointer())
+
+
+def _vec_array(arr):
+    return isinstance(arr, types.Array) and arr.dtype in _VEC
+
+
+@intrinsic
+def _vload(typingctx, arr, idx):
+    """The vector at flat element ``idx`` of a contiguous array (unaligned load)."""
+    if not _vec_array(arr):
+        return None
+    vty = _VEC[arr.dtype]
+
+    def codegen(context, builder, sig, args):
+        p = _vec_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1], vty)
+        return builder.load(p, align=arr.dtype.bitwidth // 8)
+
+    return vty(arr, idx), codegen
+
+
+@intrinsic
+def _vstore(typingctx, arr, idx, v):
+    if not _vec_array(arr) or v != _VEC[arr.dtype]:
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _vec_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1], v)
+        builder.store(args[2], p, align=arr.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, v), codegen
+
+
+@intrinsic
+def _vsplat(typingctx, x):
+    """Every lane set to the scalar ``x`` (float32 or float64)."""
+    if x not in _VEC:
+        return None
+    vty = _VEC[x]
+
+    def codegen(context, builder, sig, args):
+        lt = _llvm_vec(context, vty)
+        v = builder.insert_element(ir.Constant(lt, ir.Undefined), args[0],
+                                   ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vty.lanes), [0] * vty.lanes)
+        return builder.shuffle_vector(v, ir.Constant(lt, ir.Undefined), mask)
+
+    return vty(x), codegen
+
+
+@intrinsic
+def _vzero(typingctx, arr):
+    """A zero vector of ``arr``'s dtype."""
+    if not _vec_array(arr):
+        return None
+    vty = _VEC[arr.dtype]
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_llvm_vec(context, vty), None)
+
+    return vty(arr), codegen
+
+
+@intrinsic
+def _vfma(typingctx, a, b, c):
+    """``a * b + c`` lane by lane, fused (``llvm.fma``)."""
+    if not isinstance(a, _VecType) or a != b or a != c:
+        return None
+
+    def codegen(context, builder, sig, args):
+        lt = _llvm_vec(context, a)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(lt, [lt] * 3),
+            "llvm.fma.v%df%d" % (a.lanes, a.dtype.bitwidth))
+        return builder.call(fn, list(args))
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def _vadd(typingctx, a, b):
+    if not isinstance(a, _VecType) or a != b:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return a(a, b), codegen
+
+
+def lanes(dtype):
+    """Lanes of one vector for ``dtype``: a panel is 4 vectors wide."""
+    return 16 if np.dtype(dtype).itemsize == 4 else 8
 
 
 # ----- matrix-vector products ------------------------------------------------
 
-@njit(fastmath=_FM)
-def _gemv(w, woff, K, r0, r1, v, voff, vstride, nv, dst, doff, dstride):
-    """``dst[doff + i*dstride + j] += w[woff + j*K : +K] . v[voff + i*vstride : +K]``.
+@njit(error_model="numpy")
+def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff):
+    """``dst[doff + i*dstride + j] += sum_k v[voff + i*vstride + k] * W[k, j]``.
 
-    For rows ``r0 <= j < r1`` and vectors ``0 <= i < nv``: each weight row
-    is loaded once and used for every vector (steps of a chunk, or rows of
-    the batch).
+    ``W (K, N)`` is packed at ``w[off:]`` in panels of ``P = 4`` vectors of
+    columns: panel ``p`` is ``W[:, p*P:(p+1)*P]`` stored row after row
+    (contiguous along ``k``), zero-padded past ``N``. Each panel keeps four
+    accumulators in registers through the whole ``k`` loop (two vectors of
+    ``v`` at a time: eight accumulators, each weight load used twice). The
+    last, partial panel goes through ``scratch[soff : soff + 2P]`` so that
+    nothing past column ``N`` of ``dst`` is touched.
     """
-    zero = w.dtype.type(0)
-    for j in range(r0, r1):
-        wr = w[woff + j * K : woff + (j + 1) * K]
-        for i in range(nv):
-            vo = voff + i * vstride
-            vr = v[vo : vo + K]
-            a = zero
-            for k in range(K):
-                a += wr[k] * vr[k]
-            dst[doff + i * dstride + j] += a
+    L = 16 if w.itemsize == 4 else 8
+    P = 4 * L
+    npan = (N + P - 1) // P
+    for p in range(npan):
+        base = off + p * K * P
+        c = doff + p * P
+        full = (p + 1) * P <= N
+        i = 0
+        while i < nv:
+            two = i + 1 < nv
+            v0 = voff + i * vstride
+            va = v[v0 : v0 + K]
+            vb = v[v0 + vstride : v0 + vstride + K] if two else va
+            a0 = _vzero(w)
+            a1 = _vzero(w)
+            a2 = _vzero(w)
+            a3 = _vzero(w)
+            b0 = _vzero(w)
+            b1 = _vzero(w)
+            b2 = _vzero(w)
+            b3 = _vzero(w)
+            if two:
+                for k in range(K):
+                    q = base + k * P
+                    w0 = _vload(w, q)
+                    w1 = _vload(w, q + L)
+                    w2 = _vload(w, q + 2 * L)
+                    w3 = _vload(w, q + 3 * L)
+                    x0 = _vsplat(va[k])
+                    x1 = _vsplat(vb[k])
+                    a0 = _vfma(w0, x0, a0)
+                    a1 = _vfma(w1, x0, a1)
+                    a2 = _vfma(w2, x0, a2)
+                    a3 = _vfma(w3, x0, a3)
+                    b0 = _vfma(w0, x1, b0)
+                    b1 = _vfma(w1, x1, b1)
+                    b2 = _vfma(w2, x1, b2)
+                    b3 = _vfma(w3, x1, b3)
+            else:
+                for k in range(K):
+                    q = base + k * P
+                    x0 = _vsplat(va[k])
+                    a0 = _vfma(_vload(w, q), x0, a0)
+                    a1 = _vfma(_vload(w, q + L), x0, a1)
+                    a2 = _vfma(_vload(w, q + 2 * L), x0, a2)
+                    a3 = _vfma(_vload(w, q + 3 * L), x0, a3)
+            for r in range(2 if two else 1):
+                d = c + (i + r) * dstride
+                if r == 1:
+                    a0, a1, a2, a3 = b0, b1, b2, b3
+                if full:
+                    _vstore(dst, d, _vadd(_vload(dst, d), a0))
+                    _vstore(dst, d + L, _vadd(_vload(dst, d + L), a1))
+                    _vstore(dst, d + 2 * L, _vadd(_vload(dst, d + 2 * L), a2))
+                    _vstore(dst, d + 3 * L, _vadd(_vload(dst, d + 3 * L), a3))
+                else:
+                    _vstore(scratch, soff, a0)
+                    _vstore(scratch, soff + L, a1)
+                    _vstore(scratch, soff + 2 * L, a2)
+                    _vstore(scratch, soff + 3 * L, a3)
+                    dv = dst[d : d + N - p * P]
+                    sv = scratch[soff : soff + N - p * P]
+                    for j in range(dv.size):
+                        dv[j] += sv[j]
+            i += 2 if two else 1
 
 
-@njit
+@njit(error_model="numpy")
 def _fill_bias(w, boff, N, dst, doff, n):
     """``dst[doff + i*N : +N] = w[boff : boff + N]`` for ``i < n``."""
+    b = w[boff : boff + N]
     for i in range(n):
-        o = doff + i * N
+        d = dst[doff + i * N : doff + (i + 1) * N]
         for j in range(N):
-            dst[o + j] = w[boff + j]
+            d[j] = b[j]
 
 
 # ----- one layer over a chunk ------------------------------------------------
 
-@njit(fastmath=_FM, nogil=True)
-def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off):
+@njit(fastmath=_FM, nogil=True, error_model="numpy")
+def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, scr):
     """Run layer ``l`` over ``xin`` (flat ``(B, T, D)``), writing ``y`` (flat ``(B, T, H)``)."""
     kind = cfg[l, _KIND]
     D = cfg[l, _D]
@@ -196,82 +390,90 @@ def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off):
     one = w.dtype.type(1)
     # Input projection for every step of the chunk: zx[b, t] = x[b, t] W + b_x.
     _fill_bias(w, bx, N, work, zx_off, B * T)
-    _gemv(w, wx, D, 0, N, xin, 0, D, B * T, work, zx_off, N)
+    _pgemv(w, wx, D, N, xin, 0, D, B * T, work, zx_off, N, work, scr)
     for t in range(T):
         if kind == GRU:
-            rows = N if cfg[l, _RA] else 2 * H
+            ra = cfg[l, _RA]
             _fill_bias(w, bh, N, work, zh_off, B)
-            _gemv(w, wh, H, 0, rows, s, sh, H, B, work, zh_off, N)
-            if not cfg[l, _RA]:
+            _pgemv(w, wh, H, N if ra else 2 * H, s, sh, H, B, work, zh_off, N, work, scr)
+            if not ra:
                 # r multiplies h before the candidate's product (Keras 2 / TF1).
                 for b in range(B):
-                    zo = zx_off + (b * T + t) * N
-                    go = zh_off + b * N
-                    for u in range(H, 2 * H):
-                        work[go + u] += work[zo + u]
-                    _act(work, go + H, H, ract)
+                    zx = work[zx_off + (b * T + t) * N : zx_off + (b * T + t + 1) * N]
+                    g = work[zh_off + b * N : zh_off + (b + 1) * N]
+                    gr = g[H : 2 * H]
+                    xr = zx[H : 2 * H]
                     for u in range(H):
-                        work[tmp_off + b * H + u] = work[go + H + u] * s[sh + b * H + u]
-                _gemv(w, wh, H, 2 * H, N, work, tmp_off, H, B, work, zh_off, N)
+                        gr[u] += xr[u]
+                    _act(gr, ract)
+                    h = s[sh + b * H : sh + (b + 1) * H]
+                    rh = work[tmp_off + b * H : tmp_off + (b + 1) * H]
+                    for u in range(H):
+                        rh[u] = gr[u] * h[u]
+                _pgemv(w, cfg[l, _WH2], H, H, work, tmp_off, H, B, work, zh_off + 2 * H, N,
+                       work, scr)
             for b in range(B):
-                zo = zx_off + (b * T + t) * N
-                go = zh_off + b * N
-                ho = sh + b * H
+                zx = work[zx_off + (b * T + t) * N : zx_off + (b * T + t + 1) * N]
+                g = work[zh_off + b * N : zh_off + (b + 1) * N]
+                h = s[sh + b * H : sh + (b + 1) * H]
+                gz, gr, gh = g[:H], g[H : 2 * H], g[2 * H : 3 * H]
+                xz, xr, xh = zx[:H], zx[H : 2 * H], zx[2 * H : 3 * H]
                 for u in range(H):
-                    work[go + u] += work[zo + u]
-                _act(work, go, H, ract)
-                if cfg[l, _RA]:
-                    for u in range(H, 2 * H):
-                        work[go + u] += work[zo + u]
-                    _act(work, go + H, H, ract)
-                    for u in range(2 * H, 3 * H):
-                        work[go + u] = work[zo + u] + work[go + u - H] * work[go + u]
-                else:
-                    for u in range(2 * H, 3 * H):
-                        work[go + u] += work[zo + u]
-                _act(work, go + 2 * H, H, act)
-                for u in range(H):
-                    z = work[go + u]
-                    hn = z * s[ho + u] + (one - z) * work[go + 2 * H + u]
-                    s[ho + u] = hn
-                if write_y:
-                    yo = (b * T + t) * H
+                    gz[u] += xz[u]
+                _act(gz, ract)
+                if ra:
                     for u in range(H):
-                        y[yo + u] = s[ho + u]
+                        gr[u] += xr[u]
+                    _act(gr, ract)
+                    for u in range(H):
+                        gh[u] = xh[u] + gr[u] * gh[u]
+                else:
+                    for u in range(H):
+                        gh[u] += xh[u]
+                _act(gh, act)
+                for u in range(H):
+                    z = gz[u]
+                    h[u] = z * h[u] + (one - z) * gh[u]
+                if write_y:
+                    yy = y[(b * T + t) * H : (b * T + t + 1) * H]
+                    for u in range(H):
+                        yy[u] = h[u]
         else:
             for b in range(B):
-                zo = zx_off + (b * T + t) * N
-                go = zh_off + b * N
+                zx = work[zx_off + (b * T + t) * N : zx_off + (b * T + t + 1) * N]
+                g = work[zh_off + b * N : zh_off + (b + 1) * N]
                 for j in range(N):
-                    work[go + j] = work[zo + j]
-            _gemv(w, wh, H, 0, N, s, sh, H, B, work, zh_off, N)
+                    g[j] = zx[j]
+            _pgemv(w, wh, H, N, s, sh, H, B, work, zh_off, N, work, scr)
             for b in range(B):
-                go = zh_off + b * N
-                ho = sh + b * H
+                g = work[zh_off + b * N : zh_off + (b + 1) * N]
+                h = s[sh + b * H : sh + (b + 1) * H]
                 if kind == LSTM:
-                    co = sc + b * H
-                    to = tmp_off + b * H
-                    _act(work, go, 2 * H, ract)
-                    _act(work, go + 2 * H, H, act)
-                    _act(work, go + 3 * H, H, ract)
+                    c = s[sc + b * H : sc + (b + 1) * H]
+                    tc = work[tmp_off + b * H : tmp_off + (b + 1) * H]
+                    gi, gf, gc, go = g[:H], g[H : 2 * H], g[2 * H : 3 * H], g[3 * H : 4 * H]
+                    _act(g[: 2 * H], ract)
+                    _act(gc, act)
+                    _act(go, ract)
                     for u in range(H):
-                        cn = work[go + H + u] * s[co + u] + work[go + u] * work[go + 2 * H + u]
-                        s[co + u] = cn
-                        work[to + u] = cn
-                    _act(work, to, H, act)
+                        cn = gf[u] * c[u] + gi[u] * gc[u]
+                        c[u] = cn
+                        tc[u] = cn
+                    _act(tc, act)
                     for u in range(H):
-                        s[ho + u] = work[go + 3 * H + u] * work[to + u]
+                        h[u] = go[u] * tc[u]
                 else:
-                    _act(work, go, H, act)
+                    gh = g[:H]
+                    _act(gh, act)
                     for u in range(H):
-                        s[ho + u] = work[go + u]
+                        h[u] = gh[u]
                 if write_y:
-                    yo = (b * T + t) * H
+                    yy = y[(b * T + t) * H : (b * T + t + 1) * H]
                     for u in range(H):
-                        y[yo + u] = s[ho + u]
+                        yy[u] = h[u]
 
 
-@njit
+@njit(error_model="numpy")
 def _has_nan(xf):
     for i in range(xf.size):
         if xf[i] != xf[i]:
@@ -279,7 +481,7 @@ def _has_nan(xf):
     return False
 
 
-@njit(fastmath=_FM, nogil=True)
+@njit(fastmath=_FM, nogil=True, error_model="numpy")
 def _stack(xf, w, s, work, cfg, B, T, yf, write_last):
     """Run every layer over the chunk ``xf`` (flat ``(B, T, D)``); last layer -> ``yf``."""
     L = cfg.shape[0]
@@ -295,19 +497,20 @@ def _stack(xf, w, s, work, cfg, B, T, yf, write_last):
     seq_a = zh_off + B * nmax
     seq_b = seq_a + B * T * hmax
     tmp_off = seq_b + B * T * hmax
+    scr = tmp_off + B * hmax
     xin = xf
     for l in range(L):
         if l == L - 1:
-            _layer(w, s, work, cfg, l, xin, B, T, yf, write_last, zx_off, zh_off, tmp_off)
+            _layer(w, s, work, cfg, l, xin, B, T, yf, write_last, zx_off, zh_off, tmp_off, scr)
         else:
             seq = seq_a if l % 2 == 0 else seq_b
             H = cfg[l, _H]
             y = work[seq : seq + B * T * H]
-            _layer(w, s, work, cfg, l, xin, B, T, y, True, zx_off, zh_off, tmp_off)
+            _layer(w, s, work, cfg, l, xin, B, T, y, True, zx_off, zh_off, tmp_off, scr)
             xin = y
 
 
-@njit(cache=True, nogil=True, fastmath=_FM)
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def frame(x, w, s, work, out, cfg):
     """One frame: ``x (B, D)`` -> ``out (B, P)``, states in ``s`` updated in place."""
     B = x.shape[0]
@@ -318,7 +521,7 @@ def frame(x, w, s, work, out, cfg):
     return 0
 
 
-@njit(cache=True, nogil=True, fastmath=_FM)
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def chunk_seq(x, w, s, work, out, cfg):
     """A chunk ``x (B, T, D)`` -> every step's output ``out (B, T, P)``."""
     B, T = x.shape[0], x.shape[1]
@@ -329,7 +532,7 @@ def chunk_seq(x, w, s, work, out, cfg):
     return 0
 
 
-@njit(cache=True, nogil=True, fastmath=_FM)
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
 def chunk_last(x, w, s, work, out, cfg):
     """A chunk ``x (B, T, D)`` -> the last step's output ``out (B, P)``."""
     B, T = x.shape[0], x.shape[1]
@@ -380,22 +583,36 @@ def supports_all(params_list):
     return True, ""
 
 
+def _panels(W, L):
+    """``W (K, N)`` as panels of ``4 L`` columns, each contiguous along ``k`` (see ``_pgemv``)."""
+    K, N = W.shape
+    P = 4 * L
+    npan = -(-N // P)
+    padded = np.zeros((K, npan * P))
+    padded[:, :N] = W
+    return padded.reshape(K, npan, P).transpose(1, 0, 2).ravel()
+
+
 def pack(params_list, batch_size, nan_raise):
     """``(w, cfg, state_len)`` for a stack of parameter records (bottom to top)."""
     dt = np.dtype(params_list[0].kernel.dtype)
+    L = lanes(dt)
     B = int(batch_size)
     blocks, cfg, woff, soff = [], [], 0, 0
     for p in params_list:
         kind = _KINDS[p.kind]
         D, N = p.kernel.shape
         H = N // _GATES[kind]
-        wx = np.ascontiguousarray(np.asarray(p.kernel, np.float64).T)
-        wh = np.ascontiguousarray(np.asarray(p.recurrent_kernel, np.float64).T)
+        kernel = np.asarray(p.kernel, np.float64)
+        rec = np.asarray(p.recurrent_kernel, np.float64)
         bias = np.asarray(p.bias, np.float64)
+        wh2 = None
         if kind == GRU:
             bx, bh = bias[0].copy(), bias[1].copy()
             ra = bool(p.reset_after)
             ract = int(p.recurrent_activation)
+            if not ra:  # the candidate's product takes r * h: its own panels
+                rec, wh2 = rec[:, : 2 * H], rec[:, 2 * H :]
         elif kind == LSTM:
             bx, bh = bias.copy(), np.zeros(N)
             bx[H : 2 * H] += p.forget_bias  # TF1's forget_bias folds into the bias
@@ -406,10 +623,17 @@ def pack(params_list, batch_size, nan_raise):
         row = [0] * _NCFG
         row[_KIND], row[_D], row[_H] = kind, D, H
         row[_ACT], row[_RACT], row[_RA] = int(p.activation), ract, int(ra)
-        for col, block in ((_WX, wx), (_WH, wh), (_BX, bx), (_BH, bh)):
+        parts = [(_WX, _panels(kernel, L)), (_WH, _panels(rec, L)), (_BX, bx), (_BH, bh)]
+        if wh2 is not None:
+            parts.append((_WH2, _panels(wh2, L)))
+        row[_WH2] = -1
+        for col, block in parts:
             row[col] = woff
-            blocks.append(block.ravel())
-            woff += block.size
+            size = -(-block.size // 16) * 16  # every block starts 64-byte aligned
+            padded = np.zeros(size)
+            padded[: block.size] = block
+            blocks.append(padded)
+            woff += size
         row[_SH] = soff
         soff += B * H
         if kind == LSTM:
@@ -420,7 +644,11 @@ def pack(params_list, batch_size, nan_raise):
         cfg.append(row)
     cfg = np.array(cfg, dtype=np.int64)
     cfg[0, _NAN] = int(bool(nan_raise))
-    w = np.concatenate(blocks).astype(dt)
+    flat = np.concatenate(blocks)
+    raw = np.empty(flat.size + 64 // dt.itemsize, dt)
+    start = (-raw.ctypes.data % 64) // dt.itemsize
+    w = raw[start : start + flat.size]
+    w[...] = flat
     return w, cfg, soff
 
 
@@ -441,4 +669,4 @@ def work_size(cfg, batch_size, time):
     B, T = int(batch_size), int(time)
     nmax = max(int(r[_H]) * _GATES[int(r[_KIND])] for r in cfg)
     hmax = max(int(r[_H]) for r in cfg)
-    return B * T * nmax + B * nmax + 2 * B * T * hmax + B * hmax + 16
+    return B * T * nmax + B * nmax + 2 * B * T * hmax + B * hmax + 64

@@ -1,0 +1,380 @@
+"""``python -m fastrnn bench --streaming``: per-call latency of streams.
+
+Batch 1, state carried from call to call, float32, ``D = H``; one frame
+(``T = 1``) or a chunk of ``T = 10`` frames per call, for LSTM and GRU at
+``H = 64, 128, 256, 512``. Engines, all with the same weights:
+
+* **fastrnn**: ``layer.stream()``, called as ``stream(x)`` (the output is
+  allocated per call; ``out=`` would save ~0.1 µs). ``T = 10`` uses a
+  ``return_sequences=True`` layer, like the other engines' sequence output.
+* **ONNX Runtime**: one ``LSTM`` / ``GRU`` node built with ``onnx.helper``
+  (GRU ``linear_before_reset=1``, Keras's ``reset_after``), run with
+  ``run_with_iobinding``; inputs and outputs bound once to preallocated
+  buffers, the states ping-ponging between two bindings (no copy, no
+  rebinding per call). Timed with 1 and 2 intra-op threads; the faster
+  median is reported ("best thread count").
+* **PyTorch**: ``nn.LSTMCell`` / ``nn.GRUCell`` (``T = 10``: ten cell calls
+  from Python) and ``nn.LSTM`` / ``nn.GRU`` (``batch_first``, the whole
+  chunk in one call), under ``torch.inference_mode()`` with
+  ``torch.set_num_threads(1)`` (batch 1 gains nothing from more threads).
+
+After a warm-up, every engine's calls run in interleaved blocks (A, B, C, A,
+B, C, ...) so that load bursts on a shared machine hit every engine alike;
+each engine gets at least ``--calls`` timed calls (2000; ``--quick``: 300).
+Reported: median and p99 per call in µs, and fastrnn's median divided by
+each engine's (below 1: fastrnn is faster). Outputs are checked against
+fastrnn's before timing. Also measured: the stream's Python overhead, the
+median of ``stream(x, out=out)`` minus the median of the bare compiled
+kernel call on the same buffers (T = 1, H = 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+HS = (64, 128, 256, 512)
+TS = (1, 10)
+CELLS = ("lstm", "gru")
+
+
+def _layer(cell, H, T, rng):
+    import fastrnn
+
+    cls = fastrnn.LSTM if cell == "lstm" else fastrnn.GRU
+    layer = cls(H, return_sequences=T > 1)
+    layer.build((1, None, H))
+    layer.set_weights([rng.uniform(-0.3, 0.3, w.shape).astype(np.float32)
+                       for w in layer.get_weights()])
+    return layer
+
+
+# ----- engines: each returns (call, output_getter) ---------------------------
+
+def _fastrnn(layer, x):
+    stream = layer.stream()
+
+    def call():
+        return stream(x)
+
+    return call, lambda: stream(x)
+
+
+def _onnx_model(cell, H, weights, T):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    kernel, rec, bias = weights
+    if cell == "lstm":
+        order = np.r_[0:H, 3 * H : 4 * H, H : 2 * H, 2 * H : 3 * H]  # Keras ifco -> ONNX iofc
+        W = kernel[:, order].T[None]
+        R = rec[:, order].T[None]
+        B = np.concatenate([bias[order], np.zeros(4 * H, np.float32)])[None]
+        G, op, extra = 4, "LSTM", {}
+    else:  # Keras z, r, h == ONNX z, r, h
+        W, R = kernel.T[None], rec.T[None]
+        B = np.concatenate([bias[0], bias[1]])[None]
+        G, op, extra = 3, "GRU", {"linear_before_reset": 1}
+    inits = [numpy_helper.from_array(np.ascontiguousarray(a, np.float32), n)
+             for a, n in ((W, "W"), (R, "R"), (B, "B"))]
+    ins = ["X", "W", "R", "B", "", "h0"] + (["c0"] if cell == "lstm" else [])
+    outs = ["Y", "Yh"] + (["Yc"] if cell == "lstm" else [])
+    node = helper.make_node(op, ins, outs, hidden_size=H, **extra)
+    f = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("X", f, [T, 1, H]),
+              helper.make_tensor_value_info("h0", f, [1, 1, H])]
+    outputs = [helper.make_tensor_value_info("Y", f, [T, 1, 1, H]),
+               helper.make_tensor_value_info("Yh", f, [1, 1, H])]
+    if cell == "lstm":
+        inputs.append(helper.make_tensor_value_info("c0", f, [1, 1, H]))
+        outputs.append(helper.make_tensor_value_info("Yc", f, [1, 1, H]))
+    graph = helper.make_graph([node], "stream", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    _ = G
+    return model.SerializeToString()
+
+
+def _onnxruntime(cell, H, T, weights, x, threads):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(_onnx_model(cell, H, weights, T), so,
+                                providers=["CPUExecutionProvider"])
+    X = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, 1, H): ORT's layout
+    Y = np.zeros((T, 1, 1, H), np.float32)
+    names = ["h", "c"] if cell == "lstm" else ["h"]
+    bufs = [[np.zeros((1, 1, H), np.float32) for _ in names] for _ in range(2)]
+    bindings = []
+    for k in range(2):
+        b = sess.io_binding()
+        b.bind_cpu_input("X", X)
+        b.bind_output("Y", "cpu", 0, np.float32, Y.shape, Y.ctypes.data)
+        for j, n in enumerate(names):
+            src, dst = bufs[k][j], bufs[1 - k][j]
+            b.bind_cpu_input(n + "0", src)
+            b.bind_output("Y" + n if n == "h" else "Yc", "cpu", 0, np.float32, dst.shape,
+                          dst.ctypes.data)
+        bindings.append(b)
+    state = [0]
+    run = sess.run_with_iobinding
+
+    def call():
+        k = state[0]
+        run(bindings[k])
+        state[0] = 1 - k
+
+    def output():
+        call()
+        y = Y[:, 0, 0, :]
+        return y[-1:] if T == 1 else y[None]
+
+    return call, output, (bufs, bindings, sess)
+
+
+def _torch_cell(cell, H, T, weights, x):
+    import torch
+
+    kernel, rec, bias = (torch.from_numpy(np.ascontiguousarray(w)) for w in weights)
+    if cell == "lstm":  # Keras i,f,c,o == PyTorch i,f,g,o
+        mod = torch.nn.LSTMCell(H, H)
+        mod.weight_ih.data[:] = kernel.T
+        mod.weight_hh.data[:] = rec.T
+        mod.bias_ih.data[:] = bias
+        mod.bias_hh.data[:] = 0
+    else:  # Keras z,r,h -> PyTorch r,z,n
+        mod = torch.nn.GRUCell(H, H)
+        perm = np.r_[H : 2 * H, 0:H, 2 * H : 3 * H]
+        mod.weight_ih.data[:] = kernel.T[perm]
+        mod.weight_hh.data[:] = rec.T[perm]
+        mod.bias_ih.data[:] = bias[0][perm]
+        mod.bias_hh.data[:] = bias[1][perm]
+    mod.eval()
+    xt = torch.from_numpy(x)
+    frames = [xt[:, t] for t in range(T)]
+    st = {"h": torch.zeros(1, H), "c": torch.zeros(1, H)}
+    lstm = cell == "lstm"
+
+    def call():
+        with torch.inference_mode():
+            h, c = st["h"], st["c"]
+            for f in frames:
+                if lstm:
+                    h, c = mod(f, (h, c))
+                else:
+                    h = mod(f, h)
+            st["h"], st["c"] = h, c
+        return h
+
+    def output():
+        with torch.inference_mode():
+            h, c = st["h"], st["c"]
+            ys = []
+            for f in frames:
+                if lstm:
+                    h, c = mod(f, (h, c))
+                else:
+                    h = mod(f, h)
+                ys.append(h)
+            st["h"], st["c"] = h, c
+        return torch.stack(ys, 1).numpy() if T > 1 else h.numpy()
+
+    return call, output
+
+
+def _torch_module(cell, H, T, weights, x, cell_fn_module):
+    import torch
+
+    kernel, rec, bias = (torch.from_numpy(np.ascontiguousarray(w)) for w in weights)
+    if cell == "lstm":
+        mod = torch.nn.LSTM(H, H, batch_first=True)
+        mod.weight_ih_l0.data[:] = kernel.T
+        mod.weight_hh_l0.data[:] = rec.T
+        mod.bias_ih_l0.data[:] = bias
+        mod.bias_hh_l0.data[:] = 0
+    else:
+        mod = torch.nn.GRU(H, H, batch_first=True)
+        perm = np.r_[H : 2 * H, 0:H, 2 * H : 3 * H]
+        mod.weight_ih_l0.data[:] = kernel.T[perm]
+        mod.weight_hh_l0.data[:] = rec.T[perm]
+        mod.bias_ih_l0.data[:] = bias[0][perm]
+        mod.bias_hh_l0.data[:] = bias[1][perm]
+    mod.eval()
+    xt = torch.from_numpy(x)
+    lstm = cell == "lstm"
+    st = {"s": (torch.zeros(1, 1, H), torch.zeros(1, 1, H)) if lstm else torch.zeros(1, 1, H)}
+
+    def call():
+        with torch.inference_mode():
+            y, st["s"] = mod(xt, st["s"])
+        return y
+
+    def output():
+        y = call().numpy()
+        return y[:, 0] if T == 1 else y
+
+    return call, output
+
+
+# ----- timing ------------------------------------------------------------------
+
+def _time_interleaved(calls, n_calls, block=100, warmup=200):
+    """Per-call ns of each callable, run in interleaved blocks of ``block`` calls."""
+    pc = time.perf_counter_ns
+    for f in calls.values():
+        for _ in range(warmup):
+            f()
+    samples = {k: [] for k in calls}
+    rounds = max(1, -(-n_calls // block))
+    for _ in range(rounds):
+        for k, f in calls.items():
+            out = samples[k]
+            for _ in range(block):
+                t0 = pc()
+                f()
+                out.append(pc() - t0)
+    return {k: np.asarray(v, dtype=np.float64) / 1e3 for k, v in samples.items()}
+
+
+def wrapper_overhead(n_calls=5000):
+    """µs of Python around the kernel: median stream(x, out=out) - median bare kernel call."""
+    rng = np.random.default_rng(1)
+    layer = _layer("lstm", 64, 1, rng)
+    stream = layer.stream()
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    out = np.empty((1, 64), np.float32)
+    stream(x, out=out)
+    k, w, s, work, cfg = stream._frame_fn, stream._w, stream._s, stream._work, stream._cfg
+
+    def bare():
+        k(x, w, s, work, out, cfg)
+
+    def wrapped():
+        stream(x, out=out)
+
+    t = _time_interleaved({"bare": bare, "stream": wrapped}, n_calls, block=250)
+    med = {key: float(np.median(v)) for key, v in t.items()}
+    return med["stream"] - med["bare"], med
+
+
+def run(opts):
+    """Run the streaming benchmark; print the table; return (rows, notes)."""
+    import torch
+
+    torch.set_num_threads(1)
+    quick = getattr(opts, "quick", False)
+    n_calls = getattr(opts, "calls", None) or (300 if quick else 2000)
+    hs = getattr(opts, "hs", None) or ((64, 256) if quick else HS)
+    cells = [c for c in getattr(opts, "cells", CELLS) if c in CELLS]
+    skip = set(getattr(opts, "skip", []) or [])
+    rng = np.random.default_rng(0)
+    rows, notes = [], []
+    t_start = time.time()
+    for cell in cells:
+        for T in TS:
+            for H in hs:
+                layer = _layer(cell, H, T, rng)
+                weights = [np.asarray(w, np.float32) for w in layer.get_weights()]
+                x = rng.uniform(-1, 1, (1, T, H)).astype(np.float32)
+                xf = np.ascontiguousarray(x[:, 0]) if T == 1 else x
+                engines, outputs, keep = {}, {}, []
+                engines["fastrnn"], outputs["fastrnn"] = _fastrnn(layer, xf)
+                if "onnxruntime" not in skip:
+                    for threads in (1, 2):
+                        c, o, k = _onnxruntime(cell, H, T, weights, x, threads)
+                        engines[f"ort{threads}"], outputs[f"ort{threads}"] = c, o
+                        keep.append(k)
+                if "pytorch" not in skip:
+                    engines["torch_cell"], outputs["torch_cell"] = _torch_cell(
+                        cell, H, T, weights, x)
+                    engines["torch_module"], outputs["torch_module"] = _torch_module(
+                        cell, H, T, weights, x, None)
+                # Same weights, same state (zeros), same input: first outputs agree.
+                ref = outputs["fastrnn"]()
+                diff = 0.0
+                for name, out in outputs.items():
+                    if name != "fastrnn":
+                        diff = max(diff, float(np.abs(np.asarray(out()) - ref).max()))
+                # Reset every engine's carried state by rebuilding fastrnn's stream only;
+                # the others carry on from their own (equal) states, which is what
+                # matters for latency.
+                t = _time_interleaved(engines, n_calls)
+                row = {"cell": cell, "T": T, "H": H, "max_abs_diff": diff, "calls": n_calls}
+                for name, v in t.items():
+                    row[name] = {"median_us": float(np.median(v)),
+                                 "p99_us": float(np.percentile(v, 99))}
+                if "ort1" in row:
+                    best = min(("ort1", "ort2"), key=lambda k: row[k]["median_us"])
+                    row["ort"] = dict(row[best], threads=int(best[-1]))
+                f = row["fastrnn"]["median_us"]
+                for name in ("ort", "torch_cell", "torch_module"):
+                    if name in row:
+                        row[f"vs_{name}"] = f / row[name]["median_us"]
+                rows.append(row)
+                if not getattr(opts, "no_progress", False):
+                    print(f"  {cell} T={T} H={H}: fastrnn {f:.2f} us", file=sys.stderr)
+    overhead, med = wrapper_overhead(1000 if quick else 5000)
+    notes.append(f"stream wrapper overhead (T=1, H=64 LSTM): {overhead:.2f} us "
+                 f"(stream(x, out=out) {med['stream']:.2f} us - bare kernel call "
+                 f"{med['bare']:.2f} us, medians)")
+    notes.append(f"{time.time() - t_start:.0f} s; PyTorch threads: 1; ONNX Runtime: best of "
+                 "1 and 2 intra-op threads (the count is in brackets)")
+    print(format_table(rows))
+    return rows, notes
+
+
+def _cell_text(entry):
+    return f"{entry['median_us']:.1f} ({entry['p99_us']:.0f})"
+
+
+def format_table(rows):
+    lines = [
+        "float32, batch 1, D = H, state carried; µs per call: median (p99); "
+        "ratios = fastrnn median / engine median",
+        "",
+        "| cell | T | H | fastrnn | ONNX Runtime io_binding [threads] | PyTorch cell "
+        "| PyTorch module | vs ORT | vs cell | vs module |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [r["cell"].upper(), str(r["T"]), str(r["H"]), _cell_text(r["fastrnn"])]
+        cells.append(f"{_cell_text(r['ort'])} [{r['ort']['threads']}]" if "ort" in r else "")
+        cells.append(_cell_text(r["torch_cell"]) if "torch_cell" in r else "")
+        cells.append(_cell_text(r["torch_module"]) if "torch_module" in r else "")
+        for k in ("vs_ort", "vs_torch_cell", "vs_torch_module"):
+            cells.append(f"{r[k]:.2f}" if k in r else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastrnn.bench_streaming",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="H = 64, 256 and 300 calls")
+    p.add_argument("--calls", type=int, default=None, help="timed calls per engine")
+    p.add_argument("--hs", type=lambda s: tuple(int(v) for v in s.split(",")), default=None)
+    p.add_argument("--cells", type=lambda s: s.split(","), default=list(CELLS))
+    p.add_argument("--skip", type=lambda s: s.split(","), default=[],
+                   help="engines to leave out: onnxruntime,pytorch")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--no-progress", action="store_true")
+    opts = p.parse_args(sys.argv[1:] if argv is None else argv)
+    rows, notes = run(opts)
+    for note in notes:
+        print(f"note: {note}")
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump({"rows": rows, "notes": notes}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
