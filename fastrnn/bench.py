@@ -342,9 +342,10 @@ def format_table(rows):
 
 
 def bench_streaming(opts):
-    """Per-call latency of streams (batch 1, state carried). Issue 9 fills this in."""
-    print("bench --streaming: not implemented yet (streaming latency, issue 9)", file=sys.stderr)
-    return [], ["streaming: not implemented"]
+    """Per-call latency of streams (batch 1, state carried): :mod:`fastrnn.bench_streaming`."""
+    from .bench_streaming import run
+
+    return run(opts)
 
 
 # ------------------------------------------------------------------ command line
