@@ -359,6 +359,7 @@ def test_cpu_panel_split_workers_run_one_after_the_other(backend):
         c0 = states[1] if not gru else np.zeros((1, 1), np.float32)
         peep = packed.arrays[2] if not gru else np.zeros(16, np.float32)
         sync = np.zeros(pk.SYNC_SIZE, np.int64)
+        sync[pk.SPINS] = pk.DEFAULT_SPINS
         counts = np.zeros(2, np.int64)
         before = numba.get_num_threads()
         numba.set_num_threads(1)
@@ -371,6 +372,25 @@ def test_cpu_panel_split_workers_run_one_after_the_other(backend):
         assert counts.sum() == T * ((H + 15) // 16)
         np.testing.assert_allclose(out, want, **tol(np.float32))
         np.testing.assert_allclose(h_out, want_s[0], **tol(np.float32))
+
+
+@pytest.mark.parametrize("spins", [0, 1, 50])
+def test_cpu_panel_split_takeover(backend, monkeypatch, spins):
+    """With (almost) no patience, a waiting thread takes the rest of the
+    sequence over from the other at once: results stay exact."""
+    if backend.NAME != "cpu":
+        pytest.skip("cpu backend internals")
+    _force_parallel(backend, monkeypatch)
+    monkeypatch.setattr(backend, "_SPINS", spins)
+    rng = np.random.default_rng(spins)
+    for kind in ("lstm", "gru"):
+        params = make_params(kind, rng, 5, 70, np.float32)
+        for B in (1, 4, 7):
+            x = rand(rng, (B, 2 * T_LONG, 5), np.float32)
+            for _ in range(3):
+                monkeypatch.setattr(backend, "_contended_until", 0.0)
+                compare(backend, params, x, ragged_mask(rng, B, 2 * T_LONG), True, False,
+                        rng=rng)
 
 
 def test_many_threads_one_weight_set(backend, monkeypatch):

@@ -449,22 +449,28 @@ def run_rows_par(bounds, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x
 # sync array (int64) holds, one cache line apart: the claim counters of the
 # two halves of the panels (cumulative over steps), the count of panels
 # done (cumulative) and the number of threads asleep on it.
-_CLAIM0, _CLAIM1, _DONE, _WAITERS, SYNC_SIZE = 0, 8, 16, 24, 32
-# pause-spins before a waiting thread goes to sleep on the futex
-_SPINS = 4000
+# ``sync[SPINS]`` is set by the caller: pause-spins before a waiting thread
+# gives up on the other one (SPINS = 4000 is ~50-100 us, ten panels' time).
+_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, SYNC_SIZE = 0, 8, 16, 24, 32, 40, 48
+DEFAULT_SPINS = 4000
 _SLEEP_NS = 200_000
 
 
 @njit(inline="always")
-def _wait_done(sync, target):
+def _wait_done(sync, target, w):
     spins = 0
+    limit = sync[SPINS]
     while atomic_load(sync, _DONE) < target:
-        if spins < _SPINS:
+        if spins < limit:
             cpu_relax()
             spins += 1
             continue
-        # Block instead of spinning: under contention the thread we wait
-        # for needs this core. The timeout is a safety net only.
+        # The other thread sat on one panel far longer than a panel takes:
+        # it has lost its core to another process. Take the rest of the
+        # sequence alone (the other finishes the panel it holds and leaves),
+        # and block instead of spinning: that thread needs this core to
+        # finish. The timeout is a safety net only.
+        atomic_cas(sync, ABANDON, 0, w + 1)
         atomic_add(sync, _WAITERS, 1)
         v = atomic_load(sync, _DONE)
         if v < target:
@@ -472,8 +478,15 @@ def _wait_done(sync, target):
         atomic_add(sync, _WAITERS, -1)
 
 
+@njit(inline="always")
+def _left_out(sync, w):
+    """True when the other worker took over the rest of the sequence."""
+    ab = atomic_load(sync, ABANDON)
+    return ab != 0 and ab != w + 1
+
+
 @njit(nogil=True)
-def _claim_run(sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip,
+def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip,
                act, ract, xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out,
                scratch):
     """Claim and run the panels ``lo .. lo+cnt-1`` of step ``s`` one at a
@@ -481,6 +494,8 @@ def _claim_run(sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has_pe
     did = 0
     end = (s + 1) * cnt
     while True:
+        if _left_out(sync, w):
+            return did
         c = atomic_load(sync, slot)
         if c >= end:
             return did
@@ -520,13 +535,15 @@ def _split_worker(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, 
         # with whatever the other thread has not claimed yet: a thread that
         # is late or descheduled never stalls the step, and a pool that runs
         # both workers one after the other still finishes
-        did += _claim_run(sync, my_slot, s, my_lo, my_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
+        did += _claim_run(w, sync, my_slot, s, my_lo, my_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
                           has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
                           started, zero_output, out, has_out, scratch)
-        did += _claim_run(sync, ot_slot, s, ot_lo, ot_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
+        did += _claim_run(w, sync, ot_slot, s, ot_lo, ot_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
                           has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
                           started, zero_output, out, has_out, scratch)
-        _wait_done(sync, (s + 1) * NP)
+        if _left_out(sync, w):
+            break
+        _wait_done(sync, (s + 1) * NP, w)
         for r in range(B):
             started[r] = started[r] or valid[r]
     counts[w] = did

@@ -66,6 +66,10 @@ _contended_until = 0.0
 # Panel split only when a step has this much work (multiply-adds): below,
 # meeting the other thread every step costs more than it saves.
 _MIN_SPLIT_STEP_WORK = 1_000_000
+# Panel split: pause-spins a thread waits for the other before it takes over
+# the rest of the sequence alone (and this process falls back to one thread
+# for a while): see _cpu_packed._wait_done.
+_SPINS = 4000 if numba is None else _pk.DEFAULT_SPINS
 
 _max_threads = None
 _parallel_lock = threading.Lock()
@@ -171,13 +175,14 @@ def _run_packed(B, T, H, work, args):
               and _parallel_lock.acquire(blocking=False)):
             try:
                 sync = np.zeros(_pk.SYNC_SIZE, dtype=np.int64)
+                sync[_pk.SPINS] = _SPINS
                 counts = np.zeros(2, dtype=np.int64)
                 _pk.run_split_par(sync, counts, *args)
             finally:
                 _parallel_lock.release()
             # A worker that ran almost nothing was starved of a core (another
             # busy process): run on one thread for a while instead.
-            if counts.min() < _STARVED * counts.sum() / 2:
+            if sync[_pk.ABANDON] or counts.min() < _STARVED * counts.sum() / 2:
                 _contended_until = time.monotonic() + _contended_pause
                 _contended_pause = min(2 * _contended_pause, _CONTENDED_PAUSE_MAX)
             else:
