@@ -92,7 +92,8 @@ def lines():
         from .kernels import cpu
 
         layer = cpu.threading_layer(start=True)
-        add("threads", f"numba threading layer: {layer} (configured: {numba.config.THREADING_LAYER})")
+        add("threads", f"numba threading layer: {layer} (configured: {numba.config.THREADING_LAYER}; "
+                       f"priority: {', '.join(numba.config.THREADING_LAYER_PRIORITY)})")
         add("threads", f"NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}; "
                        f"fastrnn threads per call: {cpu.get_num_threads()} "
                        "(fastrnn.set_num_threads)")
