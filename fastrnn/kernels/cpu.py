@@ -99,8 +99,13 @@ _NO_PEEP = np.zeros(16, dtype=np.float32)
 # ---------------------------------------------------------------- threads
 
 
+# Numba's pool size is fixed once the process starts (and reading
+# numba.config costs microseconds: not per call).
+_NUMBA_THREADS = int(numba.config.NUMBA_NUM_THREADS) if numba is not None else 1
+
+
 def _numba_threads():
-    return int(numba.config.NUMBA_NUM_THREADS) if numba is not None else 1
+    return _NUMBA_THREADS
 
 
 def set_num_threads(n):
@@ -180,7 +185,7 @@ def _run_packed(B, T, H, work, args):
     large batches, panels split for small ones, or one thread."""
     global _contended_until, _contended_pause
     threads = get_num_threads()
-    if threads >= 2 and work >= _MIN_PARALLEL_WORK and not _contended():
+    if threads >= 2 and work >= _MIN_PARALLEL_WORK:
         NP = (H + _pk.LANES - 1) // _pk.LANES
         if B >= _BATCH_SPLIT_MIN:
             bounds = _bounds(B, work)
@@ -191,7 +196,7 @@ def _run_packed(B, T, H, work, args):
                 finally:
                     _parallel_lock.release()
         elif (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30 and work >= _MIN_SPLIT_STEP_WORK * T
-              and _parallel_lock.acquire(blocking=False)):
+              and not _contended() and _parallel_lock.acquire(blocking=False)):
             try:
                 sync = np.zeros(_pk.SYNC_SIZE, dtype=np.int64)
                 sync[_pk.SPINS] = _SPINS
