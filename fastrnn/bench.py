@@ -405,10 +405,21 @@ def main(argv=None):
         print(f"{title} ({time.time() - t0:.0f} s; threads: fastrnn {env['fastrnn_threads']}, "
               f"layer {env['threading_layer']}; ORT/PyTorch {THREADS})")
         print(table)
+    gpu_rows = []
+    if table:
+        # GPU rows (issue 4): fastrnn cuda beside cuDNN, only with a real GPU
+        from ._bench_gpu import bench_gpu, format_gpu_table
+
+        gpu_rows, gpu_notes = bench_gpu(opts.quick, opts.cells)
+        if gpu_rows:
+            print("\nGPU: float32, device arrays in and out, CUDA-event ms per call")
+            print(format_gpu_table(gpu_rows))
+        notes = notes + gpu_notes
     for note in notes:
         print(f"note: {note}")
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump(dict(environment=env, contention=opts.contention, quick=opts.quick,
-                           rows=rows, notes=notes, argv=list(argv or [])), f, indent=1)
+                           rows=rows, gpu_rows=gpu_rows, notes=notes, argv=list(argv or [])),
+                      f, indent=1)
     return 0

@@ -222,3 +222,28 @@ def test_supports_rejects_python_activations(rng):
     ok, why = kc.supports(SimpleRNNParams(params.kernel, params.recurrent_kernel,
                                           params.bias, activation=np.tanh))
     assert not ok and "activation" in why
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gpu_bench_rows_in_the_simulator(cell, monkeypatch):
+    """The GPU bench runs end to end (timings are meaningless here), and its
+    PyTorch weight conversion agrees with fastrnn (checked on torch's CPU)."""
+    from fastrnn import _bench_gpu as g
+
+    assert not g.gpu_present()[0]
+    assert g.bench_gpu(quick=True)[0] == []
+    monkeypatch.setattr(g, "gpu_present", lambda: (True, "pretend"))
+    monkeypatch.setattr(g, "BATCHES", (2,))
+    monkeypatch.setattr(g, "UNITS", (3,))
+    monkeypatch.setattr(g, "STEPS_QUICK", 2)
+    rows, notes = g.bench_gpu(quick=True, cells=(cell,))
+    assert len(rows) == 1 and "cuda_ms" in rows[0]
+    assert "| fastrnn-cuda ms |" in g.format_gpu_table(rows)
+    torch = pytest.importorskip("torch")  # noqa: F841
+    x = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
+    w = g._weights(cell, 3, 3)
+    fr, fr_out = g._fastrnn_call(cell, w, x)
+    tc, tc_out = g._torch_call(cell, w, x, device="cpu")
+    fr()
+    tc()
+    np.testing.assert_allclose(fr_out(), tc_out(), atol=1e-5)

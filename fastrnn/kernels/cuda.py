@@ -35,7 +35,9 @@ edges run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import numpy as np
 
@@ -58,7 +60,10 @@ _SIM = bool(numba.config.ENABLE_CUDASIM)
 # of the product inside the fused step kernel. 16 is a guess from memory
 # traffic (U is read once per batch row by the fused kernel), not a
 # measurement: no GPU was at hand to tune it.
-_DEFAULTS = {"threads": 8, "tile": 4, "max_blocks": 3, "gemm_batch": 3} if _SIM else {
+# The simulator runs every thread as a Python thread and every syncthreads
+# as a barrier between them: small blocks, and the per-step GEMM only when a
+# test asks for it (gemm_batch=0), keep its runs short.
+_DEFAULTS = {"threads": 8, "tile": 8, "max_blocks": 3, "gemm_batch": 0} if _SIM else {
     "threads": 128, "tile": 16, "max_blocks": 0, "gemm_batch": 16,
 }
 
@@ -407,6 +412,22 @@ def _sequence(packed, x, mask, reverse, zero_output, out, io, n_gates):
     )
 
 
+# The simulator swaps module globals while a kernel runs, so two host threads
+# launching at once break each other there; a real GPU needs no lock (each
+# call has its own buffers, and Numba serialises compilation).
+_sim_lock = threading.RLock() if _SIM else contextlib.nullcontext()
+
+
+def _serialised(fn):
+    def run(*args):
+        with _sim_lock:
+            return fn(*args)
+
+    run.__name__, run.__qualname__, run.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    return run
+
+
+@_serialised
 def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
     """Run a SimpleRNN over ``x (B, T, D)``; see the contract in :mod:`fastrnn.kernels`."""
     p = packed.params
@@ -432,6 +453,7 @@ def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
     io.finish()
 
 
+@_serialised
 def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
     """Run a GRU (gates z, r, h) over ``x (B, T, D)``; see :mod:`fastrnn.kernels`."""
     p = packed.params
@@ -475,6 +497,7 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
     io.finish()
 
 
+@_serialised
 def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     """Run an LSTM (gates i, f, c, o) over ``x (B, T, D)``; see :mod:`fastrnn.kernels`."""
     p = packed.params
