@@ -55,8 +55,6 @@ _TASK_THREADS = None
 # Model file suffixes the CLI refuses with a reason, rather than a loader's
 # traceback: none of them is a fastrnn or Keras 3 model file.
 _REFUSED_MODEL_SUFFIXES = {
-    ".h5": "a Keras 2 / HDF5 file; convert it to .keras (Keras 3 model.save) first",
-    ".hdf5": "a Keras 2 / HDF5 file; convert it to .keras (Keras 3 model.save) first",
     ".pt": "a PyTorch file; convert it with fastrnn.from_torch and fastrnn.save",
     ".pth": "a PyTorch file; convert it with fastrnn.from_torch and fastrnn.save",
     ".onnx": "an ONNX file, which fastrnn does not read",
@@ -64,6 +62,8 @@ _REFUSED_MODEL_SUFFIXES = {
     ".pickle": "a pickle, which fastrnn never loads (it runs arbitrary code)",
     ".npy": "an array, not a model",
     ".npz": "an array archive, not a model",
+    ".weights.h5": ("Keras weights without their model config; load it in Python with "
+                    "fastrnn.load_keras(path, config=...) and fastrnn.save the result"),
 }
 
 
@@ -121,7 +121,8 @@ def _check_model(model):
     if getattr(model, "return_state", False):
         raise ValueError("model: return_state=True returns several arrays; fastrnn.dask.predict "
                          "needs a model with one output array (build it with return_state=False)")
-    if getattr(model, "stateful", False):
+    parts = [model] + list(getattr(model, "layers", None) or [])
+    if any(getattr(part, "stateful", False) for part in parts):
         raise ValueError("model: stateful=True carries state from one call to the next, which "
                          "has no meaning across independent chunks; use stateful=False")
 
@@ -237,17 +238,16 @@ def _predict_block(model, x, extra=None, *, kind=None, batch_size=None, tail=(),
     return _run_batches(model, x, mask, batch_size)
 
 
-def _output_spec(model, x_shape, x_dtype, feature_shape):
-    """Output shape and dtype, and a cheap in-client check that the model takes ``x``.
+def _output_spec(model, x_shape, x_dtype):
+    """Output shape and dtype, from one run of the model in this process.
 
-    The model runs once in the client on zeros of shape ``(1, min(time, 2),
-    ...)``: a wrong feature count, dtype or rank fails here, before any task
-    exists. The full output shape comes from ``compute_output_shape`` when the
-    model has one; otherwise from a second run on ``(1, time, ...)`` zeros.
+    The model runs on zeros of shape ``(1, time, ...)`` (one row, the full
+    time axis, since a model may fix it, as a Keras ``InputLayer`` does): a
+    wrong feature count, time length, dtype or rank fails here, before any
+    task exists, and the output's trailing shape and dtype are read off the
+    result. ``compute_output_shape`` is not needed.
     """
-    n, t = x_shape[0], x_shape[1]
-    probe_t = min(t, 2)
-    probe = np.zeros((1, probe_t) + feature_shape, x_dtype)
+    probe = np.zeros((1,) + tuple(x_shape[1:]), x_dtype)
     try:
         y = _single_output(_call_model(model, probe, None), "on a probe input")
     except (ValueError, TypeError) as exc:
@@ -256,22 +256,7 @@ def _output_spec(model, x_shape, x_dtype, feature_shape):
     if y.ndim < 1 or y.shape[0] != 1:
         raise ValueError(f"model: expected one output row per input row, got shape {y.shape} "
                          f"for a probe of shape {probe.shape}")
-    shape = None
-    if hasattr(model, "compute_output_shape"):
-        shape = model.compute_output_shape((n, t) + feature_shape)
-        if isinstance(shape, list):
-            raise ValueError("model: has several outputs (compute_output_shape returned a list); "
-                             "fastrnn.dask needs one output array")
-        shape = (n,) + tuple(int(s) for s in tuple(shape)[1:])
-    elif probe_t == t:
-        shape = (n,) + y.shape[1:]
-    else:
-        full = np.zeros((1, t) + feature_shape, x_dtype)
-        shape = (n,) + _single_output(_call_model(model, full, None), "on a probe input").shape[1:]
-    if len(shape) != y.ndim:
-        raise ValueError(f"model: compute_output_shape gives rank {len(shape)} but the model "
-                         f"returned rank {y.ndim}")
-    return shape, y.dtype
+    return (x_shape[0],) + y.shape[1:], y.dtype
 
 
 def _lengths_array(lengths, n, t, sample_chunks, da):
@@ -347,17 +332,17 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
     Returns
     -------
     dask.array.Array
-        Shape ``model.compute_output_shape((n, time, features))``, e.g.
-        ``(n, units)`` or ``(n, time, units)``, chunked like ``x`` along the
-        samples and whole along the other axes; the model's dtype.
+        ``(n, units)``, or ``(n, time, units)`` for ``return_sequences``
+        (whatever the model returns per row), chunked like ``x`` along the
+        samples and whole along the other axes, in the model's dtype.
 
     Notes
     -----
     Before building the graph, the model runs once in the calling process
-    on a ``(1, min(time, 2), features)`` array of zeros: a wrong feature
-    count or dtype fails there, not in a task. The output shape comes from
-    ``model.compute_output_shape`` when the model has it, otherwise from a
-    run on ``(1, time, features)`` zeros.
+    on one row of zeros ``(1, time, features)``: a wrong feature count, time
+    length or dtype fails there, not in a task, and the output's shape and
+    dtype are read off the result (so any callable works; it needs no
+    ``compute_output_shape``).
 
     The model is one key in the graph, whatever the number of chunks: when a
     ``distributed.Client`` is active at the call, it is scattered to the
@@ -383,7 +368,7 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
         x = x.rechunk({axis: -1 for axis in range(1, x.ndim)})
     n, t = x.shape[0], x.shape[1]
     sample_chunks = x.chunks[0]
-    shape, dtype = _output_spec(model, x.shape, x.dtype, tuple(x.shape[2:]))
+    shape, dtype = _output_spec(model, x.shape, x.dtype)
 
     x_index = "itf"[: x.ndim]
     args = [x, x_index]
@@ -429,8 +414,9 @@ def _pad_partition(series, dtype, column):
 
     Returns ``x (rows, max_length, features)``, ``lengths (rows,)``. Each
     row is a list of steps, each step a number (one feature) or a list of
-    ``features`` numbers. Lengths come from the list offsets: nothing is
-    copied row by row on the Arrow path.
+    ``features`` numbers; a list of integers is token ids, returned as
+    ``x (rows, max_length)`` int64 padded with 0. Lengths come from the list
+    offsets: nothing is copied row by row on the Arrow path.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -472,11 +458,15 @@ def _pad_partition(series, dtype, column):
         d = int(widths[0]) if len(widths) else 1
         values = steps.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         values = values.reshape(-1, d)
+    elif pa.types.is_integer(steps.type):
+        # Token ids for a model that starts with an Embedding: (rows, time), 0-padded.
+        d = None
+        values = steps.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     else:
         d = 1
         values = steps.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, 1)
     t = int(lengths.max()) if n else 0
-    x = np.zeros((n, t, d), dtype)
+    x = np.zeros((n, t) if d is None else (n, t, d), values.dtype)
     if values.shape[0]:
         row = np.repeat(np.arange(n), lengths)
         starts = np.cumsum(lengths) - lengths
@@ -515,7 +505,10 @@ def predict_partitions(model, ddf, column, *, batch_size=None):
         A column whose rows are sequences: a list of steps, each a number
         (one feature) or a list of ``features`` numbers (Parquet
         ``list<list<float>>`` / ``list<float>`` read through pyarrow; an
-        object column of NumPy arrays works too).
+        object column of NumPy arrays works too). A list of integers is
+        token ids ``(time,)`` for a model that starts with an ``Embedding``;
+        they are padded with 0, so use ``Embedding(mask_zero=True)`` as in
+        Keras (an ``Embedding`` without it drops the mask).
     batch_size : int, optional
         Rows per model call inside a partition.
 
@@ -583,12 +576,13 @@ def _warm(nthreads=1, dtypes=("float32",)):
 
 
 def _set_process_threads(n):
+    """Cap fastrnn's kernel threads in this process at ``n`` (None: no cap)."""
     global _TASK_THREADS
-    _TASK_THREADS = int(n)
+    _TASK_THREADS = None if n is None else int(n)
     setter = _thread_setter()
     if setter is not None:
         try:
-            setter(int(n))
+            setter(_TASK_THREADS)
         except RuntimeError:  # no compiled backend here: nothing to cap
             pass
 
@@ -685,11 +679,12 @@ def _load_model(path):
 
     if not os.path.exists(path):
         raise ValueError(f"MODEL: {path} does not exist")
-    suffix = os.path.splitext(path.rstrip("/"))[1].lower()
+    name = os.path.basename(path.rstrip("/")).lower()
+    suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
     if suffix in _REFUSED_MODEL_SUFFIXES:
         raise ValueError(f"MODEL: {path} is {_REFUSED_MODEL_SUFFIXES[suffix]}; expected a model "
-                         "saved by fastrnn.save or a Keras 3 .keras file")
-    if suffix == ".keras":
+                         "saved by fastrnn.save, a Keras 3 .keras file or a Keras .h5 model")
+    if suffix in (".keras", ".h5"):
         loader, what = getattr(fastrnn, "load_keras", None), "fastrnn.load_keras"
     else:
         loader, what = getattr(fastrnn, "load", None), "fastrnn.load"
@@ -703,13 +698,40 @@ def _load_model(path):
     return model
 
 
+class _NpyFile:
+    """A ``.npy`` file, memory-mapped where it is read.
+
+    Pickles as its path (a memory map pickles as its whole contents), so a
+    task graph over a large file stays small; on a cluster the path must be
+    readable by every worker.
+    """
+
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+        head = np.load(self.path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = head.shape, head.dtype, head.ndim
+        self._map = head
+
+    def __getstate__(self):
+        return {"path": self.path, "shape": self.shape, "dtype": self.dtype, "ndim": self.ndim}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._map = None
+
+    def __getitem__(self, item):
+        if self._map is None:
+            self._map = np.load(self.path, mmap_mode="r")
+        return np.asarray(self._map[item])
+
+
 def _open_input(path, chunk_rows):
     """INPUT as a dask array: a Zarr array (lazy) or a .npy file (memory-mapped)."""
     _, da = _import_dask()
     if not os.path.exists(path):
         raise ValueError(f"INPUT: {path} does not exist")
     if path.lower().endswith(".npy") and os.path.isfile(path):
-        arr = np.load(path, mmap_mode="r")
+        arr = _NpyFile(path)
     elif os.path.isdir(path) and any(os.path.exists(os.path.join(path, f))
                                      for f in ("zarr.json", ".zarray", ".zgroup")):
         import zarr
@@ -735,38 +757,49 @@ def _open_input(path, chunk_rows):
             chunk_rows = max(1, (32 << 20) // row_bytes)
     chunk_rows = min(int(chunk_rows), max(1, arr.shape[0]))
     return da.from_array(arr, chunks=(chunk_rows,) + tuple(arr.shape[1:]), lock=False,
-                         asarray=True)
+                         asarray=True, meta=np.empty((0,) * arr.ndim, arr.dtype))
 
 
-def _open_lengths(path, n):
+def _open_lengths(path, x):
+    """``--lengths``: a .npy file or Zarr array (n,), chunked like ``x``, read lazily."""
     if path is None:
         return None
+    _, da = _import_dask()
+    if not os.path.exists(path):
+        raise ValueError(f"--lengths: {path} does not exist")
     if path.lower().endswith(".npy"):
-        lengths = np.load(path)
+        arr = _NpyFile(path)
     else:
         import zarr
 
-        lengths = zarr.open(path, mode="r")[...]
-    lengths = np.asarray(lengths)
-    if lengths.shape != (n,):
-        raise ValueError(f"--lengths: expected shape (n,) = ({n},), got {lengths.shape}")
-    return lengths
+        arr = zarr.open_array(path, mode="r")
+    if arr.shape != (x.shape[0],):
+        raise ValueError(f"--lengths: expected shape (n,) = ({x.shape[0]},), got {arr.shape}")
+    if np.dtype(arr.dtype).kind not in "iu":
+        raise TypeError(f"--lengths: expected integers, got dtype {arr.dtype}")
+    return da.from_array(arr, chunks=(x.chunks[0],), lock=False, asarray=True,
+                         meta=np.empty((0,), arr.dtype))
 
 
 def _parser():
     p = argparse.ArgumentParser(
         prog="python -m fastrnn predict",
         description="Score a Zarr array or .npy file (n, time, features) with a saved fastrnn "
-                    "model or a .keras file, on Dask, into a Zarr array; prints throughput.")
-    p.add_argument("model", metavar="MODEL", help="saved fastrnn model (fastrnn.save) or .keras")
+                    "model or a Keras .keras file, on Dask, into a Zarr array; prints "
+                    "throughput. 'python -m fastrnn predict --example DIR' writes a model and "
+                    "data to try it on.")
+    p.add_argument("model", metavar="MODEL",
+                   help="a model saved by fastrnn.save, or a Keras .keras (or .h5) model")
     p.add_argument("input", metavar="INPUT", help="Zarr array directory or .npy file")
     p.add_argument("output", metavar="OUTPUT", help="Zarr array to write (a new directory)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="a running Dask scheduler (tcp://host:8786); default: local threads")
-    where.add_argument("--workers", type=int, metavar="N",
+    where.add_argument("--workers", metavar="N[,N...]",
                        help="start a LocalCluster of N worker processes (1 thread each); "
-                            "0: no Dask, one process calling the model chunk by chunk")
+                            "0: no Dask, this process calls the model chunk by chunk; "
+                            "'threads': Dask's local threads (the default). A list such as "
+                            "0,threads,1,2 runs each in turn and prints a comparison")
     p.add_argument("--batch-size", type=int, metavar="N", help="rows per model call in a chunk")
     p.add_argument("--chunk-rows", type=int, metavar="N",
                    help="rows per task (default: ~16-32 MiB of input, whole Zarr chunks)")
@@ -776,25 +809,84 @@ def _parser():
     return p
 
 
+def _parse_workers(text):
+    """``--workers`` -> a list of modes: None (local threads), 0 (no Dask) or N workers."""
+    if text is None:
+        return [None]
+    modes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item == "threads":
+            modes.append(None)
+            continue
+        try:
+            value = int(item)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"--workers: expected 0, a number of workers or 'threads' "
+                             f"(comma-separated), got {item!r}")
+        modes.append(value)
+    return modes
+
+
+def _example_main(argv):
+    """``python -m fastrnn predict --example DIR``: a model and data to score."""
+    import fastrnn
+
+    p = argparse.ArgumentParser(prog="python -m fastrnn predict --example",
+                                description="Write DIR/model.fastrnn (a built LSTM with random "
+                                            "weights), DIR/x.npy and DIR/lengths.npy.")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--rows", type=int, default=20000)
+    p.add_argument("--time", type=int, default=100)
+    p.add_argument("--features", type=int, default=32)
+    p.add_argument("--units", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if not hasattr(fastrnn, "save"):
+        print("fastrnn predict: error: --example needs fastrnn.save", file=sys.stderr)
+        return 2
+    os.makedirs(a.dir, exist_ok=True)
+    rng = np.random.default_rng(a.seed)
+    layer = fastrnn.LSTM(a.units)
+    layer.build((1, a.time, a.features))
+    layer.set_weights([(rng.standard_normal(w.shape) / np.sqrt(w.shape[0])).astype(np.float32)
+                       for w in layer.get_weights()])
+    fastrnn.save(layer, os.path.join(a.dir, "model.fastrnn"))
+    x = np.lib.format.open_memmap(os.path.join(a.dir, "x.npy"), mode="w+", dtype=np.float32,
+                                  shape=(a.rows, a.time, a.features))
+    for start in range(0, a.rows, 4096):  # in slices: the file may be larger than memory
+        stop = min(start + 4096, a.rows)
+        x[start:stop] = rng.standard_normal((stop - start, a.time, a.features))
+    x.flush()
+    np.save(os.path.join(a.dir, "lengths.npy"), rng.integers(1, a.time + 1, a.rows))
+    d = a.dir
+    print(f"wrote {d}/model.fastrnn (LSTM({a.units}) on {a.features} features), {d}/x.npy "
+          f"{(a.rows, a.time, a.features)} float32, {d}/lengths.npy\n"
+          f"try: python -m fastrnn predict {d}/model.fastrnn {d}/x.npy {d}/y.zarr "
+          f"--lengths {d}/lengths.npy --workers 0,threads,1,2 --overwrite")
+    return 0
+
+
 def _run_single_process(model, x, lengths, batch_size, output, progress):
     """``--workers 0``: the baseline without Dask, chunk by chunk into Zarr."""
-    import zarr
-
     import dask
+    import zarr
 
     with dask.config.set(scheduler="sync"):
         y0 = predict(model, x[:1], None if lengths is None else lengths[:1],
                      batch_size=batch_size)
     shape = (x.shape[0],) + y0.shape[1:]
-    rows = x.chunks[0][0]
     out = zarr.create_array(store=output, shape=shape, dtype=y0.dtype,
-                            chunks=(rows,) + shape[1:], overwrite=True)
+                            chunks=(x.chunks[0][0],) + shape[1:], overwrite=True)
     start = 0
-    for i, size in enumerate(x.chunks[0]):
+    for size in x.chunks[0]:
         xb = np.asarray(x[start:start + size].compute(scheduler="sync"))
         mask = None
         if lengths is not None:
-            mask = np.arange(xb.shape[1])[None, :] < lengths[start:start + size, None]
+            valid = np.asarray(lengths[start:start + size].compute(scheduler="sync"))
+            mask = np.arange(xb.shape[1])[None, :] < valid[:, None]
         out[start:start + size] = _run_batches(model, xb, mask, batch_size)
         start += size
         if progress:
@@ -807,21 +899,23 @@ def _run_single_process(model, x, lengths, batch_size, output, progress):
 def predict_main(argv=None):
     """``python -m fastrnn predict MODEL INPUT OUTPUT [--scheduler ADDRESS] [--batch-size N]``.
 
-    Every argument is checked, and the model probed, before any task runs;
-    errors exit with status 2 and one line on stderr.
+    Every argument is checked, and the model probed on a tiny input, before
+    any task runs; errors exit with status 2 and one line on stderr.
     """
     import dask
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--example"]:
+        return _example_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
+        modes = _parse_workers(args.workers)
         model = _load_model(args.model)
         x = _open_input(args.input, args.chunk_rows)
-        lengths = _open_lengths(args.lengths, x.shape[0])
+        lengths = _open_lengths(args.lengths, x)
         batch_size = _check_batch_size(args.batch_size)
         if os.path.exists(args.output) and not args.overwrite:
             raise ValueError(f"OUTPUT: {args.output} exists (use --overwrite to replace it)")
-        if args.workers is not None and args.workers < 0:
-            raise ValueError(f"--workers: expected 0 or more, got {args.workers}")
         # Validates shapes and probes the model in this process, before any task.
         with dask.config.set(scheduler="sync"):
             predict(model, x[:1], None if lengths is None else lengths[:1],
@@ -829,45 +923,74 @@ def predict_main(argv=None):
     except (ValueError, TypeError, KeyError) as exc:
         print(f"fastrnn predict: error: {exc}", file=sys.stderr)
         return 2
-    return _score(model, x, lengths, args, batch_size)
+    results = [_score(model, x, lengths, args, batch_size, mode) for mode in modes]
+    if len(results) > 1:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"\n{os.cpu_count()} cores, load average {load:.1f} at the end")
+        print(f"{'run':<48} {'sequences/s':>12}")
+        for where, rate in results:
+            print(f"{where:<48} {rate:>12,.0f}")
+    return 0
 
 
-def _score(model, x, lengths, args, batch_size):
+def _warm_model(model, xs, mask, batch_size, nthreads):
+    """Run ``model`` once on a real sample, untimed: kernels compiled or loaded."""
+    _set_process_threads(nthreads)
+    _run_batches(model, xs, mask, batch_size)
+
+
+def _score(model, x, lengths, args, batch_size, mode):
+    """Score ``x`` into ``args.output`` one way; return (description, sequences/s).
+
+    Before the clock starts, the model runs once on the first rows in every
+    process that will score (so that compiling or loading kernels from
+    Numba's cache is not counted); the clock covers building the graph,
+    reading INPUT, scoring and writing OUTPUT.
+    """
     import dask
 
     progress = not args.no_progress
     n = x.shape[0]
+    rows = min(n, max(x.chunks[0][0], 1), 256)
+    sample = np.asarray(x[:rows].compute(scheduler="sync"))
+    sample_mask = None
+    if lengths is not None:
+        valid = np.asarray(lengths[:rows].compute(scheduler="sync"))
+        sample_mask = np.arange(sample.shape[1])[None, :] < valid[:, None]
     cluster = client = None
     try:
-        if args.workers == 0:
+        if mode == 0:
             where = "1 process, no Dask"
+            # The model's kernels may use every core (the process default).
+            _warm_model(model, sample, sample_mask, batch_size, None)
             t0 = time.perf_counter()
             _run_single_process(model, x, lengths, batch_size, args.output, progress)
             elapsed = time.perf_counter() - t0
         else:
-            if args.scheduler or args.workers:
+            if args.scheduler or mode:
                 from distributed import Client, LocalCluster
 
                 if args.scheduler:
                     client = Client(args.scheduler)
                     where = f"scheduler {args.scheduler}"
                 else:
-                    cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                    cluster = LocalCluster(n_workers=mode, threads_per_worker=1,
                                            processes=True, dashboard_address=":0")
                     client = Client(cluster)
-                    where = f"LocalCluster, {args.workers} worker(s) x 1 thread"
+                    where = f"LocalCluster {mode} worker(s) x 1 thread"
+                # Threads capped and kernels warmed before the clock starts.
                 client.register_plugin(_plugin_class()())
-                nthreads = sum(client.nthreads().values())
-                where += f", {nthreads} thread(s) in all"
+                client.run(_warm_model, model, sample, sample_mask, batch_size, 1)
+                if args.scheduler:
+                    where += f" ({sum(client.nthreads().values())} threads)"
             else:
-                nthreads = os.cpu_count() or 1
-                where = f"local threads ({nthreads})"
+                where = f"Dask local threads ({os.cpu_count() or 1})"
                 # Dask's threads share the cores: one kernel thread each.
-                _set_process_threads(1)
+                _warm_model(model, sample, sample_mask, batch_size, 1)
             t0 = time.perf_counter()
             with dask.config.set(scheduler=client.get if client is not None else "threads"):
                 y = predict(model, x, lengths, batch_size=batch_size)
-            store = y.to_zarr(args.output, overwrite=True, compute=False)
+                store = y.to_zarr(args.output, overwrite=True, compute=False)
             if client is not None:
                 from distributed import progress as dist_progress
 
@@ -893,5 +1016,5 @@ def _score(model, x, lengths, args, batch_size):
     rate = n / elapsed if elapsed > 0 else float("inf")
     print(f"scored {n} sequences of shape {tuple(x.shape[1:])} in {elapsed:.2f} s: "
           f"{rate:,.0f} sequences/s ({where}; {len(x.chunks[0])} chunks of "
-          f"<= {max(x.chunks[0])} rows) -> {args.output}")
-    return 0
+          f"<= {max(x.chunks[0])} rows) -> {args.output}", flush=True)
+    return where, rate

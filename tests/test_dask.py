@@ -119,8 +119,28 @@ def _models():
     _built(stacked, (1, T, D), 4)
     two = _TwoLayers(_built(fastrnn.GRU(5, return_sequences=True), (1, T, D), 5),
                      _built(fastrnn.LSTM(3), (1, T, 5), 6))
-    return {"lstm": lstm, "gru_sequences": gru, "bidirectional": bidi,
-            "stacked_cells": stacked, "two_layer_model": two}
+    models = {"lstm": lstm, "gru_sequences": gru, "bidirectional": bidi,
+              "stacked_cells": stacked, "two_layer_model": two}
+    if hasattr(fastrnn, "Sequential"):
+        from fastrnn.models import Dense
+
+        rng = np.random.default_rng(7)
+        dense = Dense(3, activation="tanh")
+        dense.set_weights([rng.standard_normal((4, 3)).astype(np.float32),
+                           rng.standard_normal(3).astype(np.float32)])
+        models["sequential_stack"] = fastrnn.Sequential([
+            _built(fastrnn.LSTM(6, return_sequences=True), (1, T, D), 8),
+            _built(fastrnn.GRU(4), (1, T, 6), 9), dense])
+    return models
+
+
+def _token_model():
+    from fastrnn.models import Embedding
+
+    # Token 0 is padding (mask_zero), as in Keras: padded rows match rows alone.
+    embedding = Embedding(50, 4, mask_zero=True)
+    embedding.set_weights([np.random.default_rng(10).standard_normal((50, 4)).astype(np.float32)])
+    return fastrnn.Sequential([embedding, _built(fastrnn.LSTM(5), (1, 7, 4), 11)])
 
 
 @pytest.mark.parametrize("name", list(_models()))
@@ -149,6 +169,17 @@ def test_cluster_equals_one_in_process_call(client, name, ragged):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(not hasattr(fastrnn, "Sequential"), reason="no fastrnn.Sequential")
+def test_token_ids_into_an_embedding_model(client):
+    model = _token_model()
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 8, 41)
+    tokens = np.where(np.arange(7)[None, :] < lengths[:, None], rng.integers(1, 50, (41, 7)), 0)
+    want = model(tokens, mask=np.arange(7)[None, :] < lengths[:, None])
+    y = fdask.predict(model, da.from_array(tokens, chunks=(10, 7)), lengths=lengths)
+    np.testing.assert_allclose(_compute(client, y), want, rtol=1e-5, atol=1e-6)
+
+
 def test_threads_scheduler_and_numpy_input():
     model = _models()["lstm"]
     x = np.random.default_rng(7).standard_normal((30, 9, 5)).astype(np.float32)
@@ -160,9 +191,13 @@ def test_threads_scheduler_and_numpy_input():
 # ------------------------------------------------------- the model, once
 
 def _big_lstm():
-    # 4 * 640 * (1280 + 640) float32 weights + bias: 19.7 MB.
+    # 4 * 640 * (1280 + 640) float32 weights + bias: 19.7 MB (set directly:
+    # the orthogonal initializer of build() is slow at this size).
+    rng = np.random.default_rng(5)
     layer = fastrnn.LSTM(640)
-    layer.build((1, 2, 1280))
+    layer.set_weights([rng.standard_normal((1280, 2560), np.float32) * 0.02,
+                       rng.standard_normal((640, 2560), np.float32) * 0.02,
+                       np.zeros(2560, np.float32)])
     return layer
 
 
@@ -211,13 +246,22 @@ def test_dataset_larger_than_the_cluster_memory_streams_zarr_to_zarr(tmp_path):
     nbytes = rows * T * D * 4
     assert nbytes >= 3 * 2 * limit  # 2.25 GiB of float32 for 768 MiB of workers
     src, dst = str(tmp_path / "x.zarr"), str(tmp_path / "y.zarr")
-    # Generated chunk by chunk; low-entropy values compress ~10x on disk, but the
-    # workers hold (and must stream) the full decompressed float32 chunks.
+    # Three distinct chunks, written once by zarr; the other chunk files are hard
+    # links to them (writing 2.25 GiB would dominate the test's time). The
+    # workers still read, decompress and score every chunk: 2.25 GiB in all.
     rng = np.random.default_rng(0)
-    blocks = [(rng.integers(-2, 2, (chunk, T, D)) * 0.25).astype(np.float32) for _ in range(3)]
+    blocks = [rng.standard_normal((chunk, T, D), np.float32) for _ in range(3)]
     z = zarr.create_array(store=src, shape=(rows, T, D), chunks=(chunk, T, D), dtype="float32")
-    for i, start in enumerate(range(0, rows, chunk)):
-        z[start:start + chunk] = blocks[i % 3]
+    for i in range(3):
+        z[i * chunk:(i + 1) * chunk] = blocks[i]
+    encode = z.metadata.chunk_key_encoding.encode_chunk_key
+    for i in range(3, rows // chunk):
+        target = os.path.join(src, encode((i, 0, 0)))
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.link(os.path.join(src, encode((i % 3, 0, 0))), target)
+        except OSError:  # no hard links on this file system: write it
+            z[i * chunk:(i + 1) * chunk] = blocks[i % 3]
     model = _built(fastrnn.LSTM(4), (1, T, D), 9)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0", memory_limit=limit) as cluster, \
@@ -275,6 +319,20 @@ def test_parquet_rows_equal_each_sequence_alone(client, tmp_path, dtype_backend)
         np.testing.assert_allclose(got_gru.iloc[i], gru(alone)[0], rtol=1e-5, atol=1e-6)
         assert got_lstm.iloc[i].shape == (len(s), 4)
         np.testing.assert_allclose(got_lstm.iloc[i], lstm(alone)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(fastrnn, "Sequential"), reason="no fastrnn.Sequential")
+def test_parquet_token_lists(tmp_path):
+    rng = np.random.default_rng(13)
+    seqs = [rng.integers(1, 50, int(rng.integers(1, 8))) for _ in range(25)]
+    pq.write_table(pa.table({"t": pa.array([s.tolist() for s in seqs], pa.list_(pa.int32()))}),
+                   tmp_path / "t.parquet", row_group_size=7)
+    ddf = dd.read_parquet(str(tmp_path / "t.parquet"), split_row_groups=True)
+    model = _token_model()
+    with dask.config.set(scheduler="sync"):
+        got = fdask.predict_partitions(model, ddf, "t").compute()
+    for i, s in enumerate(seqs):
+        np.testing.assert_allclose(got.iloc[i], model(s[None])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_parquet_single_feature_lists(tmp_path):
@@ -411,3 +469,39 @@ def test_cli_scores_npy_and_zarr_into_zarr(client, tmp_path, capsys, where):
         assert "sequences/s" in capsys.readouterr().out
         np.testing.assert_allclose(zarr.open_array(out, mode="r")[...], layer(x),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_cli_scores_a_keras_file(tmp_path, capsys):
+    keras = pytest.importorskip("keras")
+    model = keras.Sequential([keras.Input((6, 3)), keras.layers.GRU(4, return_sequences=True),
+                              keras.layers.LSTM(3)])
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    x = np.random.default_rng(23).standard_normal((30, 6, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = str(tmp_path / "y.zarr")
+    assert fdask.predict_main([path, str(tmp_path / "x.npy"), out, "--no-progress"]) == 0
+    np.testing.assert_allclose(zarr.open_array(out, mode="r")[...],
+                               np.asarray(model.predict(x, verbose=0)), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_example_and_comparison_table(tmp_path, capsys):
+    if not hasattr(fastrnn, "save"):
+        pytest.skip("fastrnn.save is not available")
+    d = str(tmp_path / "demo")
+    assert fdask.predict_main(["--example", d, "--rows", "300", "--time", "12",
+                               "--features", "4", "--units", "8"]) == 0
+    capsys.readouterr()
+    out = str(tmp_path / "y.zarr")
+    rc = fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--lengths",
+                             f"{d}/lengths.npy", "--workers", "0,threads", "--chunk-rows", "64",
+                             "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "1 process, no Dask" in text and "Dask local threads" in text
+    model = fastrnn.load(f"{d}/model.fastrnn")
+    x, lengths = np.load(f"{d}/x.npy"), np.load(f"{d}/lengths.npy")
+    want = model(x, mask=np.arange(12)[None, :] < lengths[:, None])
+    np.testing.assert_allclose(zarr.open_array(out, mode="r")[...], want, rtol=1e-5, atol=1e-6)
+    assert fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--workers", "x"]) == 2
+    assert "--workers" in capsys.readouterr().err
