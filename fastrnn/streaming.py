@@ -459,10 +459,16 @@ class Stream:
         config as JSON text), loadable with ``allow_pickle=False``; restore
         it with :func:`load_stream`, in this process or another.
         """
-        from .layers import serialize
+        from .layers import deserialize, serialize
 
         self._ensure_ready("save")
-        meta = {"format": _FORMAT, "layer": serialize(self.layer),
+        config = serialize(self.layer)
+        try:  # refuse now rather than write a file that cannot be loaded
+            deserialize(json.loads(json.dumps(config)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"Stream.save: the layer cannot be rebuilt from its config "
+                             f"({exc}); save the model with its own format instead") from exc
+        meta = {"format": _FORMAT, "layer": config,
                 "batch_size": self.batch_size, "backend": self._backend_arg,
                 "n_weights": len(self.layer.get_weights()), "n_states": len(self._states)}
         arrays = {"meta": np.array(json.dumps(meta))}

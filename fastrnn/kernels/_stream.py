@@ -5,13 +5,14 @@ A stream calls one compiled function per frame (``frame``) or per chunk
 lives in four flat arrays prepared once by :func:`pack`:
 
 ``w``
-    All packed weights of all layers, in the stream's dtype: per layer the
-    input kernel transposed to ``(N, D)`` rows (``N = gates * units``), the
-    recurrent kernel transposed to ``(N, H)`` rows, the input-side bias
-    ``(N,)`` and the recurrent-side bias ``(N,)``. Each output row of a
-    matrix-vector product is then a contiguous dot product that LLVM
-    vectorises (a float32 row of 64 is four AVX-512 vectors). Gate order
-    inside ``N`` is Keras's: LSTM **i, f, c, o**; GRU **z, r, h**.
+    All packed weights of all layers, in the stream's dtype, every block
+    64-byte aligned: per layer the input kernel ``(D, N)`` and the recurrent
+    kernel ``(H, N)`` (``N = gates * units``; a GRU with
+    ``reset_after=False`` keeps its candidate columns in a third block) cut
+    into panels of four 64-byte vectors of columns, each panel contiguous
+    along ``k`` (see :func:`_pgemv`), then the input-side bias ``(N,)`` and
+    the recurrent-side bias ``(N,)``. Gate order inside ``N`` is Keras's:
+    LSTM **i, f, c, o**; GRU **z, r, h**.
 ``s``
     The states, per layer ``h (B, H)`` then (LSTM) ``c (B, H)``, updated in
     place: a step reads the whole old state before it writes the new one.
@@ -23,14 +24,19 @@ lives in four flat arrays prepared once by :func:`pack`:
     ``int64 (layers, _NCFG)``: kind, sizes, activation codes and offsets.
 
 Per layer and chunk the input projection ``x W + b`` is computed for all
-steps first (each weight row is loaded once and used for every step), then
-the recurrence runs step by step: recurrent product, then the gate math as
-separate passes over contiguous arrays so every pass vectorises. This
+steps first (each weight panel is streamed once per two steps), then the
+recurrence runs step by step: recurrent product, then the gate math as
+separate passes over contiguous arrays so every pass vectorises. The
+matrix-vector products keep their accumulators in registers through a
+small vector type (``_vload``/``_vfma``/...) and reach the L3 bandwidth
+from H = 256 up, where the weights no longer fit in L2. This
 Numba build has no SVML, so ``math.tanh`` / ``math.exp`` stay scalar; the
 float32 kernels use a rational tanh (Eigen's ``ptanh_float`` minimax
 coefficients, clamp at +-7.9053, relative error below 1e-6) and the
 sigmoid as ``0.5 * (tanh(x / 2) + 1)``, both branch-free and vectorisable.
-float64 kernels use ``math.tanh`` (exact).
+float64 kernels use ``math.tanh`` (exact). Every function is compiled with
+``error_model="numpy"``: Python's error model checks each division for
+zero, and that branch keeps LLVM from vectorising the rational tanh.
 
 No BLAS is called (BLAS threads spinning after a call at batch 1 stall
 other work), and nothing here allocates: the kernels are ``nogil``.
