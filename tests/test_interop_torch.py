@@ -124,12 +124,14 @@ def test_unbatched_input(rng):
     m = _torch_module("GRU", rng, input_size=3, hidden_size=4, num_layers=2)
     fm = from_torch(m)
     x = _x(rng, 5, 3)
-    with torch.no_grad():
-        want = _torch_flat(m(torch.from_numpy(x)))
-    got = _flat(fm(x))
-    for g, w in zip(got, want):
-        assert g.shape == w.shape
-        np.testing.assert_allclose(g, w, atol=ATOL)
+    h0 = _x(rng, 2, 4)
+    for h in (None, h0):
+        with torch.no_grad():
+            want = _torch_flat(m(torch.from_numpy(x), None if h is None else torch.from_numpy(h)))
+        got = _flat(fm(x, h))
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, atol=ATOL)
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
