@@ -7,7 +7,6 @@ proj_size, cells, PackedSequence, state dicts).
 """
 
 import glob
-import json
 import os
 
 import numpy as np
