@@ -128,12 +128,15 @@ def _check_model(model):
 
 
 def _model_dtype(model):
-    dtype = getattr(model, "dtype", None)
-    try:
-        dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
-    except TypeError:
-        dtype = np.dtype(np.float32)
-    return dtype if dtype.kind == "f" else np.dtype(np.float32)
+    """The float dtype to pad inputs in: the model's, its first layer's, or float32."""
+    for part in [model] + list(getattr(model, "layers", None) or [])[:1]:
+        dtype = getattr(part, "dtype", None)
+        try:
+            if dtype is not None and np.dtype(dtype).kind == "f":
+                return np.dtype(dtype)
+        except TypeError:
+            pass
+    return np.dtype(np.float32)
 
 
 def _call_model(model, x, mask):
@@ -212,6 +215,50 @@ def _model_ref(model):
         # all of them fetching them from the first worker at the same time.
         return client.scatter(model, broadcast=True, hash=True)
     return dask.delayed(model, pure=True)
+
+
+class _MappedFile:
+    """An array in a file (a ``.npy`` or any ``np.memmap``), mapped where it is read.
+
+    Pickles as its path, offset, dtype and shape (a memory map pickles as
+    its whole contents), so a task graph over a large file stays small; on a
+    cluster the path must be readable by every worker.
+    """
+
+    def __init__(self, path, dtype, shape, offset=0, order="C"):
+        self.path, self.offset, self.order = os.path.abspath(path), int(offset), order
+        self.dtype, self.shape = np.dtype(dtype), tuple(shape)
+        self.ndim = len(self.shape)
+        self._map = None
+
+    @classmethod
+    def from_npy(cls, path):
+        head = np.load(path, mmap_mode="r")
+        return cls(path, head.dtype, head.shape, head.offset,
+                   "F" if head.flags.f_contiguous and not head.flags.c_contiguous else "C")
+
+    @classmethod
+    def from_memmap(cls, m):
+        """For a memmap of a whole file region (not a view of one), else None."""
+        import mmap
+
+        if getattr(m, "filename", None) is None or not isinstance(m.base, mmap.mmap):
+            return None
+        return cls(m.filename, m.dtype, m.shape, m.offset,
+                   "F" if m.flags.f_contiguous and not m.flags.c_contiguous else "C")
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_map"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._map = None
+
+    def __getitem__(self, item):
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape,
+                                  offset=self.offset, order=self.order)
+        return np.asarray(self._map[item])
 
 
 # --------------------------------------------------------------------------
@@ -314,8 +361,9 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
         that returns one array with one row per input row.
     x : dask.array.Array or array-like, shape (n, time, features)
         The samples (``(n, time)`` token ids for a model that starts with an
-        embedding). A NumPy array (or ``np.memmap``) is wrapped with
-        ``dask.array.from_array``. Chunks along the sample axis are kept as
+        embedding). A NumPy array is wrapped with ``dask.array.from_array``
+        (its slices go into the graph); an ``np.memmap`` such as
+        ``np.load(path, mmap_mode="r")`` is read by path in each task. Chunks along the sample axis are kept as
         they are; the time and feature axes are made whole in every chunk
         (``x.rechunk({1: -1, 2: -1})`` when they are split), because a
         recurrence cannot be split in time.
@@ -357,7 +405,14 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
     if not isinstance(x, da.Array):
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             x = np.asarray(x)
-        x = da.from_array(x, chunks=("auto",) + (-1,) * (len(x.shape) - 1))
+        meta = None
+        if isinstance(x, np.memmap):
+            # Tasks map the file themselves; the graph holds its path, not its bytes.
+            mapped = _MappedFile.from_memmap(x)
+            if mapped is not None:
+                x, meta = mapped, np.empty((0,) * x.ndim, x.dtype)
+        x = da.from_array(x, chunks=("auto",) + (-1,) * (len(x.shape) - 1), meta=meta,
+                          asarray=True)
     if x.ndim not in (2, 3) or (x.ndim == 2 and _is_recurrent_layer(model)):
         raise ValueError(f"x: expected a 3D array (n, time, features), got shape {x.shape}")
     if any(np.isnan(c) for c in x.chunks[0]):
@@ -698,40 +753,13 @@ def _load_model(path):
     return model
 
 
-class _NpyFile:
-    """A ``.npy`` file, memory-mapped where it is read.
-
-    Pickles as its path (a memory map pickles as its whole contents), so a
-    task graph over a large file stays small; on a cluster the path must be
-    readable by every worker.
-    """
-
-    def __init__(self, path):
-        self.path = os.path.abspath(path)
-        head = np.load(self.path, mmap_mode="r")
-        self.shape, self.dtype, self.ndim = head.shape, head.dtype, head.ndim
-        self._map = head
-
-    def __getstate__(self):
-        return {"path": self.path, "shape": self.shape, "dtype": self.dtype, "ndim": self.ndim}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._map = None
-
-    def __getitem__(self, item):
-        if self._map is None:
-            self._map = np.load(self.path, mmap_mode="r")
-        return np.asarray(self._map[item])
-
-
 def _open_input(path, chunk_rows):
     """INPUT as a dask array: a Zarr array (lazy) or a .npy file (memory-mapped)."""
     _, da = _import_dask()
     if not os.path.exists(path):
         raise ValueError(f"INPUT: {path} does not exist")
     if path.lower().endswith(".npy") and os.path.isfile(path):
-        arr = _NpyFile(path)
+        arr = _MappedFile.from_npy(path)
     elif os.path.isdir(path) and any(os.path.exists(os.path.join(path, f))
                                      for f in ("zarr.json", ".zarray", ".zgroup")):
         import zarr
@@ -768,7 +796,7 @@ def _open_lengths(path, x):
     if not os.path.exists(path):
         raise ValueError(f"--lengths: {path} does not exist")
     if path.lower().endswith(".npy"):
-        arr = _NpyFile(path)
+        arr = _MappedFile.from_npy(path)
     else:
         import zarr
 

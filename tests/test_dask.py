@@ -180,6 +180,15 @@ def test_token_ids_into_an_embedding_model(client):
     np.testing.assert_allclose(_compute(client, y), want, rtol=1e-5, atol=1e-6)
 
 
+def test_memory_mapped_npy_is_read_by_path_in_tasks(client, tmp_path):
+    model = _models()["gru_sequences"]
+    x = np.random.default_rng(8).standard_normal((400, 9, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    y = fdask.predict(model, np.load(tmp_path / "x.npy", mmap_mode="r"))
+    assert len(pickle.dumps(dict(y.__dask_graph__()))) < x.nbytes / 10
+    np.testing.assert_allclose(_compute(client, y), model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_threads_scheduler_and_numpy_input():
     model = _models()["lstm"]
     x = np.random.default_rng(7).standard_normal((30, 9, 5)).astype(np.float32)
