@@ -514,3 +514,19 @@ def test_cli_example_and_comparison_table(tmp_path, capsys):
     np.testing.assert_allclose(zarr.open_array(out, mode="r")[...], want, rtol=1e-5, atol=1e-6)
     assert fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--workers", "x"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_readme_example_runs_scaled_down(tmp_path, monkeypatch):
+    import re
+
+    readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    section = open(readme, encoding="utf-8").read().split("## Scaling out with Dask", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "100_000" in code and "5_000" in code
+    code = code.replace("100_000", "2_000").replace("5_000", "500")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "__main__"}
+    exec(compile(code, "README dask example", "exec"), namespace)
+    assert namespace["y"].shape == (2000, 64) and namespace["y"].numblocks == (4, 1)
+    scores = zarr.open_array(str(tmp_path / "scores.zarr"), mode="r")[...]
+    assert scores.shape == (2000, 64) and np.isfinite(scores).all()
