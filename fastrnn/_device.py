@@ -30,7 +30,20 @@ def is_device_array(x):
         return True
     if hasattr(x, "__cuda_array_interface__"):
         return True
-    return bool(getattr(x, "is_cuda", False))
+    if bool(getattr(x, "is_cuda", False)):
+        return True
+    return _dlpack_on_gpu(x)
+
+
+def _dlpack_on_gpu(x):
+    # DLPack-only arrays (JAX, ...): device type 2 is CUDA, 13 CUDA managed.
+    device = getattr(x, "__dlpack_device__", None)
+    if device is None:
+        return False
+    try:
+        return int(device()[0]) in (2, 13)
+    except Exception:  # a producer that cannot say: not ours to take
+        return False
 
 
 def _identity(a):
@@ -43,7 +56,7 @@ def prepare(x):
     ``xp`` is the array namespace (``numpy`` or ``cupy``) the layer computes
     with, and ``restore(result)`` converts a result array back to the kind
     of ``x`` (a PyTorch CUDA tensor stays a tensor, a Numba device array
-    stays one).
+    stays one; an array known only through DLPack comes back as CuPy).
     """
     if not is_device_array(x):
         return x, np, _identity
@@ -67,4 +80,6 @@ def prepare(x):
         from numba import cuda
 
         return cupy.asarray(x), cupy, lambda a: cuda.as_cuda_array(a)
+    if not hasattr(x, "__cuda_array_interface__") and _dlpack_on_gpu(x):
+        return cupy.from_dlpack(x), cupy, _identity
     return cupy.asarray(x), cupy, _identity

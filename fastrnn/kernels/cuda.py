@@ -225,6 +225,10 @@ def _as_device(a):
         return a
     if hasattr(a, "__cuda_array_interface__") and hasattr(cuda, "as_cuda_array"):
         return cuda.as_cuda_array(a)
+    if hasattr(a, "__dlpack__") and _use_cupy():
+        # DLPack only (JAX, ...): CuPy takes it without a copy and exposes
+        # the CUDA Array Interface; the Numba view keeps the CuPy array alive.
+        return cuda.as_cuda_array(_cupy.from_dlpack(a))
     raise TypeError(f"expected a NumPy or CUDA device array, got {type(a).__name__}")
 
 
