@@ -306,7 +306,47 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
     L = 16 if w.itemsize == 4 else 8
     P = 4 * L
     npan = (N + P - 1) // P
-    for p in range(npan):
+    p0 = 0
+    if nv == 1:
+        # One vector (a frame at batch 1): two panels at a time, eight
+        # accumulators, so the FMA latency is hidden while the weights are in
+        # L1/L2 (1.5x at H = 64; from L2 bandwidth up it changes nothing).
+        va = v[voff : voff + K]
+        while (p0 + 2) * P <= N:
+            base = off + p0 * K * P
+            base2 = base + K * P
+            a0 = _vzero(w)
+            a1 = _vzero(w)
+            a2 = _vzero(w)
+            a3 = _vzero(w)
+            b0 = _vzero(w)
+            b1 = _vzero(w)
+            b2 = _vzero(w)
+            b3 = _vzero(w)
+            for k in range(K):
+                q = base + k * P
+                r = base2 + k * P
+                x0 = _vsplat(va[k])
+                a0 = _vfma(_vload(w, q), x0, a0)
+                a1 = _vfma(_vload(w, q + L), x0, a1)
+                a2 = _vfma(_vload(w, q + 2 * L), x0, a2)
+                a3 = _vfma(_vload(w, q + 3 * L), x0, a3)
+                b0 = _vfma(_vload(w, r), x0, b0)
+                b1 = _vfma(_vload(w, r + L), x0, b1)
+                b2 = _vfma(_vload(w, r + 2 * L), x0, b2)
+                b3 = _vfma(_vload(w, r + 3 * L), x0, b3)
+            d = doff + p0 * P
+            _vstore(dst, d, _vadd(_vload(dst, d), a0))
+            _vstore(dst, d + L, _vadd(_vload(dst, d + L), a1))
+            _vstore(dst, d + 2 * L, _vadd(_vload(dst, d + 2 * L), a2))
+            _vstore(dst, d + 3 * L, _vadd(_vload(dst, d + 3 * L), a3))
+            d += P
+            _vstore(dst, d, _vadd(_vload(dst, d), b0))
+            _vstore(dst, d + L, _vadd(_vload(dst, d + L), b1))
+            _vstore(dst, d + 2 * L, _vadd(_vload(dst, d + 2 * L), b2))
+            _vstore(dst, d + 3 * L, _vadd(_vload(dst, d + 3 * L), b3))
+            p0 += 2
+    for p in range(p0, npan):
         base = off + p * K * P
         c = doff + p * P
         full = (p + 1) * P <= N
