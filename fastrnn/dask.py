@@ -415,8 +415,8 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
                           asarray=True)
     if x.ndim not in (2, 3) or (x.ndim == 2 and _is_recurrent_layer(model)):
         raise ValueError(f"x: expected a 3D array (n, time, features), got shape {x.shape}")
-    if any(np.isnan(c) for c in x.chunks[0]):
-        raise ValueError("x: unknown chunk sizes along the sample axis; call "
+    if any(np.isnan(c) for axis in x.chunks for c in axis):
+        raise ValueError(f"x: unknown chunk sizes (shape {x.shape}); call "
                          "x.compute_chunk_sizes() first")
     if any(len(c) > 1 for c in x.chunks[1:]):
         # A recurrence cannot be split in time: every chunk holds whole sequences.

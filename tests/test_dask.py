@@ -421,6 +421,11 @@ def test_bad_inputs_fail_before_any_task():
             fdask.predict(_built(fastrnn.LSTM(3, return_state=True), (1, 6, 3)), _guarded())
         with pytest.raises(ValueError, match="batch_size"):
             fdask.predict(layer, _guarded(), batch_size=0)
+        unknown = da.zeros((40, 6, 3), chunks=(10, 6, 3))[da.arange(40, chunks=10) > 3]
+        with pytest.raises(ValueError, match="unknown chunk sizes"):
+            fdask.predict(layer, unknown)
+        with pytest.raises(TypeError, match="does not accept inputs"):
+            fdask.predict(layer, da.zeros((40, 6, 3), chunks=(10, 6, 3), dtype=np.int64))
 
 
 def test_cli_rejects_bad_files_before_any_task(tmp_path, capsys):
