@@ -445,19 +445,30 @@ def run_rows_par(bounds, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x
                  h_out, c_out)
 
 
-# Panel split: for small batches, two threads share each step's panels. The
-# sync array (int64) holds, one cache line apart: the claim counters of the
-# two halves of the panels (cumulative over steps), the count of panels
-# done (cumulative) and the number of threads asleep on it.
-# ``sync[SPINS]`` is set by the caller: pause-spins before a waiting thread
-# gives up on the other one (SPINS = 4000 is ~50-100 us, ten panels' time).
-_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, SYNC_SIZE = 0, 8, 16, 24, 32, 40, 48
+# Panel split: for small batches, two threads share each step's panels.
+# The calling thread ("main", worker 0) runs the whole sequence and never
+# depends on the other: it claims panels of its own half, then whatever the
+# helper (worker 1, a thread of cpu.py's that may wake up late or lose its
+# core to another process) has not claimed yet, and waits only for panels
+# the helper is computing at that moment. The helper helps while it keeps
+# up and leaves as soon as it falls behind; nothing ever waits for it to
+# arrive or to leave, so a busy machine costs at most one stalled panel.
+#
+# The sync array (int64) holds, one cache line apart: the claim counters of
+# the two halves (cumulative over steps), the count of panels done
+# (cumulative), the number of threads asleep on it, the flag telling the
+# helper to leave, the spin limit (set by the caller) and the "finished" flag.
+_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, FINISHED, SYNC_SIZE = (
+    0, 8, 16, 24, 32, 40, 48, 56)
+# pause-spins before a waiting thread stops waiting for the other (about
+# 50-100 us: ten panels' time)
 DEFAULT_SPINS = 4000
 _SLEEP_NS = 200_000
 
 
 @njit(inline="always")
 def _wait_done(sync, target, w):
+    """Wait until ``target`` panels are done; False when the helper gives up."""
     spins = 0
     limit = sync[SPINS]
     while atomic_load(sync, _DONE) < target:
@@ -465,24 +476,25 @@ def _wait_done(sync, target, w):
             cpu_relax()
             spins += 1
             continue
-        # The other thread sat on one panel far longer than a panel takes:
-        # it has lost its core to another process. Take the rest of the
-        # sequence alone (the other finishes the panel it holds and leaves),
-        # and block instead of spinning: that thread needs this core to
-        # finish. The timeout is a safety net only.
-        atomic_cas(sync, ABANDON, 0, w + 1)
+        if w != 0:
+            return False  # the helper fell behind: main finishes alone
+        # The helper sat on one panel far longer than a panel takes: it has
+        # lost its core to another process. Tell it to leave after that
+        # panel, and sleep instead of spinning: it needs a core to finish.
+        # The timeout is a safety net only.
+        atomic_cas(sync, ABANDON, 0, 1)
         atomic_add(sync, _WAITERS, 1)
         v = atomic_load(sync, _DONE)
         if v < target:
             futex_wait(sync, _DONE, v, _SLEEP_NS)
         atomic_add(sync, _WAITERS, -1)
+    return True
 
 
 @njit(inline="always")
 def _left_out(sync, w):
-    """True when the other worker took over the rest of the sequence."""
-    ab = atomic_load(sync, ABANDON)
-    return ab != 0 and ab != w + 1
+    """True when the helper (``w != 0``) must stop: told to, or all is done."""
+    return w != 0 and (atomic_load(sync, ABANDON) != 0 or atomic_load(sync, FINISHED) != 0)
 
 
 @njit(nogil=True)
@@ -510,9 +522,23 @@ def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has
             did += 1
 
 
-@njit(nogil=True)
-def _split_worker(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
-                  mask, has_mask, reverse, zero_output, out, has_out, hf, cb):
+@njit(cache=True, nogil=True)
+def split_prepare(gru, H, h0, c0):
+    """State buffers of a panel-split call (``hf``, ``cb``), loaded from h0/c0."""
+    B = h0.shape[0]
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    hf = np.zeros(2 * B * Hp, dtype=np.float32)
+    cb = np.zeros(B * Hp, dtype=np.float32)
+    _load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
+    return hf, cb
+
+
+@njit(cache=True, nogil=True)
+def split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
+               mask, has_mask, reverse, zero_output, out, has_out, hf, cb):
+    """Worker ``w`` of a panel-split call (0: the caller, runs to the end;
+    1: the helper, leaves when it falls behind). ``counts[w]``: panels run."""
     B, T, D = x.shape
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
@@ -527,42 +553,34 @@ def _split_worker(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, 
     xf = x.reshape(x.size)
     did = 0
     for s in range(T):
+        if _left_out(sync, w):
+            break
         t = T - 1 - s if reverse else s
         cur = (s & 1) * B * Hp
         nxt = B * Hp - cur
         _step_flags(0, B, t, mask, has_mask, valid)
-        # own half first (its weights stay in this core's cache), then help
-        # with whatever the other thread has not claimed yet: a thread that
-        # is late or descheduled never stalls the step, and a pool that runs
-        # both workers one after the other still finishes
+        # own half first (its weights stay in this core's cache), then
+        # whatever the other thread has not claimed yet
         did += _claim_run(w, sync, my_slot, s, my_lo, my_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
                           has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
                           started, zero_output, out, has_out, scratch)
         did += _claim_run(w, sync, ot_slot, s, ot_lo, ot_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
                           has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
                           started, zero_output, out, has_out, scratch)
-        if _left_out(sync, w):
+        if not _wait_done(sync, (s + 1) * NP, w):
             break
-        _wait_done(sync, (s + 1) * NP, w)
         for r in range(B):
             started[r] = started[r] or valid[r]
     counts[w] = did
+    if w == 0:
+        atomic_add(sync, FINISHED, 1)
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def run_split_par(sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0,
-                  c0, mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
-    """Panel split over two threads, for batches too small to split by rows.
-    ``sync``: ``SYNC_SIZE`` zeros; ``counts[w]``: panels run by worker ``w``."""
-    B, T, D = x.shape
-    NP = (H + LANES - 1) // LANES
-    Hp = NP * LANES
-    hf = np.zeros(2 * B * Hp, dtype=np.float32)
-    cb = np.zeros(B * Hp, dtype=np.float32)
-    _load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
-    for w in prange(2):
-        _split_worker(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H,
-                      x, mask, has_mask, reverse, zero_output, out, has_out, hf, cb)
+@njit(cache=True, nogil=True)
+def split_finish(gru, H, T, hf, cb, h_out, c_out):
+    """Final states of a panel-split call."""
+    B = h_out.shape[0]
+    Hp = (H + LANES - 1) // LANES * LANES
     _store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
 
 

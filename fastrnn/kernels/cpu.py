@@ -176,6 +176,55 @@ def _run(serial, parallel, B, work, args):
     serial(0, B, *args)
 
 
+class _Helper:
+    """The second thread of the panel split: a daemon thread that runs
+    ``_cpu_packed.split_work(1, ...)`` on the job it is handed. The caller
+    never waits for it (see ``_cpu_packed``): a helper that wakes up late
+    finds the job finished and goes back to sleep."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._job = None
+        self._pid = None
+
+    def submit(self, job):
+        with self._cv:
+            if self._pid != os.getpid():  # first use, or a forked child
+                self._pid = os.getpid()
+                self._job = None
+                threading.Thread(target=self._loop, name="fastrnn-helper", daemon=True).start()
+            self._job = job
+            self._cv.notify()
+
+    def _loop(self):
+        while True:
+            with self._cv:
+                while self._job is None:
+                    self._cv.wait()
+                job, self._job = self._job, None
+            _pk.split_work(1, *job)
+
+
+_helper = _Helper()
+
+
+def _run_split(T, H, args):
+    """A panel-split call: this thread and the helper share each step's
+    panels. Returns the panels each ran."""
+    (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0, mask, has_mask,
+     reverse, zero_output, out, has_out, h_out, c_out) = args
+    hf, cb = _pk.split_prepare(gru, H, h0, c0)
+    sync = np.zeros(_pk.SYNC_SIZE, dtype=np.int64)
+    sync[_pk.SPINS] = _SPINS
+    counts = np.zeros(2, dtype=np.int64)
+    work = (sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, mask,
+            has_mask, reverse, zero_output, out, has_out, hf, cb)
+    _helper.submit(work)
+    _pk.split_work(0, *work)
+    _pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
+    return counts
+
+
 def _contended():
     return time.monotonic() < _contended_until
 
@@ -198,15 +247,12 @@ def _run_packed(B, T, H, work, args):
         elif (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30 and work >= _MIN_SPLIT_STEP_WORK * T
               and not _contended() and _parallel_lock.acquire(blocking=False)):
             try:
-                sync = np.zeros(_pk.SYNC_SIZE, dtype=np.int64)
-                sync[_pk.SPINS] = _SPINS
-                counts = np.zeros(2, dtype=np.int64)
-                _pk.run_split_par(sync, counts, *args)
+                counts = _run_split(T, H, args)
             finally:
                 _parallel_lock.release()
-            # A worker that ran almost nothing was starved of a core (another
-            # busy process): run on one thread for a while instead.
-            if sync[_pk.ABANDON] or counts.min() < _STARVED * counts.sum() / 2:
+            # A helper that ran almost nothing was late or starved of a core
+            # (another busy process): run on one thread for a while instead.
+            if counts[1] < _STARVED * counts.sum() / 2:
                 _contended_until = time.monotonic() + _contended_pause
                 _contended_pause = min(2 * _contended_pause, _CONTENDED_PAUSE_MAX)
             else:
