@@ -457,8 +457,10 @@ def test_cli_rejects_bad_input_arrays(tmp_path, capsys):
     (tmp_path / "x.csv").write_text("1,2,3")
     np.save(tmp_path / "x2.npy", np.zeros((4, 6), np.float32))
     np.save(tmp_path / "x5.npy", np.zeros((4, 6, 5), np.float32))
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("inputs", shape=(4, 6, 3), dtype="float32")
     for name, message in [("x.csv", "expected a Zarr array"), ("x2.npy", "3D array"),
-                          ("x5.npy", "expected 3 features")]:
+                          ("x5.npy", "expected 3 features"), ("g.zarr", "g.zarr/inputs")]:
         assert fdask.predict_main([model, str(tmp_path / name), str(out)]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()
