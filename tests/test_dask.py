@@ -201,9 +201,10 @@ def test_threads_scheduler_and_numpy_input():
 
 def _big_lstm():
     # 4 * 640 * (1280 + 640) float32 weights + bias: 19.7 MB (set directly:
-    # the orthogonal initializer of build() is slow at this size).
+    # the orthogonal initializer of build() is slow at this size). These tests
+    # are about graphs: the NumPy backend spares them compiling kernels for it.
     rng = np.random.default_rng(5)
-    layer = fastrnn.LSTM(640)
+    layer = fastrnn.LSTM(640, backend="reference")
     layer.set_weights([rng.standard_normal((1280, 2560), np.float32) * 0.02,
                        rng.standard_normal((640, 2560), np.float32) * 0.02,
                        np.zeros(2560, np.float32)])
