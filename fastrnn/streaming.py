@@ -406,7 +406,16 @@ class Stream:
     def states(self):
         """Copies of the carried states, Keras order (nested per cell for a stack)."""
         self._ensure_ready("states")
-        return _pack_like(self._structure, [s.copy() for s in self._states])
+        return _pack_like(self._structure, self._snapshot())
+
+    def _snapshot(self):
+        # A copy taken while another thread's call is writing would mix two states.
+        if not self._busy.acquire(False):
+            raise StreamBusyError(_BUSY)
+        try:
+            return [s.copy() for s in self._states]
+        finally:
+            self._busy.release()
 
     @states.setter
     def states(self, values):
@@ -474,8 +483,8 @@ class Stream:
         arrays = {"meta": np.array(json.dumps(meta))}
         for i, w in enumerate(self.layer.get_weights()):
             arrays[f"w{i}"] = np.asarray(w)
-        for i, s in enumerate(self._states):
-            arrays[f"s{i}"] = s.copy()
+        for i, s in enumerate(self._snapshot()):
+            arrays[f"s{i}"] = s
         if isinstance(path, (str, os.PathLike)):
             path = os.fspath(path)
             if not path.endswith(".npz"):

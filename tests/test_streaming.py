@@ -11,6 +11,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastrnn
 from fastrnn.kernels import _stream
@@ -290,6 +292,8 @@ def test_two_threads_at_once_raise():
             stream(np.ones((1, 2), np.float32))
         with pytest.raises(StreamBusyError):
             stream.reset()
+        with pytest.raises(StreamBusyError):
+            stream.states
     except Exception as exc:  # pragma: no cover - keep the worker from hanging
         errors.append(exc)
     finally:
@@ -369,3 +373,47 @@ def zlib_seed(text):
     import zlib
 
     return zlib.crc32(text.encode())
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(["lstm", "gru", "gru_rb", "simple"]),
+       B=st.integers(1, 3), D=st.integers(1, 9), H=st.integers(1, 21),
+       cuts=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**32 - 1))
+def test_random_shapes_and_chunkings(kind, B, D, H, cuts, dtype, seed):
+    rng = np.random.default_rng(seed)
+    cls, kw = {"lstm": (fastrnn.LSTM, {}), "gru": (fastrnn.GRU, {}),
+               "gru_rb": (fastrnn.GRU, dict(reset_after=False)),
+               "simple": (fastrnn.SimpleRNN, {})}[kind]
+    layer = cls(H, return_sequences=True, backend="reference", dtype=dtype, **kw)
+    layer.build((B, None, D))
+    layer.set_weights([rng.uniform(-0.8, 0.8, w.shape) for w in layer.get_weights()])
+    T = sum(cuts)
+    x = _x(rng, (B, T, D), dtype)
+    expected = layer(x)
+    stream = layer.stream(batch_size=B)
+    got, t0 = [], 0
+    for n in cuts:
+        chunk = x[:, t0 : t0 + n]
+        got.append(stream(np.ascontiguousarray(chunk[:, 0]))[:, None] if n == 1
+                   else stream(chunk))
+        t0 += n
+    np.testing.assert_allclose(np.concatenate(got, axis=1), expected, **TOL[dtype])
+
+
+def test_bench_streaming_runs(capsys):
+    """The benchmark's engines agree with fastrnn and its table prints (tiny sizes)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from types import SimpleNamespace
+
+    from fastrnn import bench_streaming
+
+    rows, notes = bench_streaming.run(SimpleNamespace(quick=True, calls=20, hs=(8,),
+                                                      cells=["lstm", "gru"], skip=[],
+                                                      no_progress=True))
+    assert len(rows) == 4 and all(r["max_abs_diff"] < 1e-5 for r in rows)
+    assert all("vs_ort" in r and "vs_torch_cell" in r for r in rows)
+    assert "wrapper overhead" in notes[0]
+    assert "| LSTM | 10 | 8 |" in capsys.readouterr().out
