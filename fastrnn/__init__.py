@@ -15,6 +15,7 @@ from .layers import GRU, LSTM, RNN, Bidirectional, SimpleRNN, deserialize, seria
 from .interop import from_keras, from_torch, from_torch_state_dict, load_keras  # light: torch/keras/h5py load lazily
 from .io import load, save
 from .models import Sequential
+from . import streaming  # layer.stream(); fastrnn.streaming.load_stream(path)
 
 __all__ = [
     "GRU", "LSTM", "RNN", "Bidirectional", "SimpleRNN",
