@@ -756,6 +756,8 @@ def _load_model(path):
 def _open_input(path, chunk_rows):
     """INPUT as a dask array: a Zarr array (lazy) or a .npy file (memory-mapped)."""
     _, da = _import_dask()
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"--chunk-rows: expected a positive integer, got {chunk_rows}")
     if not os.path.exists(path):
         raise ValueError(f"INPUT: {path} does not exist")
     if path.lower().endswith(".npy") and os.path.isfile(path):

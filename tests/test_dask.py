@@ -522,6 +522,11 @@ def test_cli_example_and_comparison_table(tmp_path, capsys):
     np.testing.assert_allclose(zarr.open_array(out, mode="r")[...], want, rtol=1e-5, atol=1e-6)
     assert fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--workers", "x"]) == 2
     assert "--workers" in capsys.readouterr().err
+    assert fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--overwrite",
+                               "--chunk-rows", "0"]) == 2
+    assert "--chunk-rows" in capsys.readouterr().err
+    assert fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out]) == 2
+    assert "exists" in capsys.readouterr().err
 
 
 def test_readme_example_runs_scaled_down(tmp_path, monkeypatch):
