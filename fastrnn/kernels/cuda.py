@@ -28,9 +28,17 @@ runs on the CPU, for tests: :func:`available` is then true so that an
 explicit ``backend="cuda"`` runs, while :func:`real_gpu` is false so that
 ``auto`` never picks the simulator. Launch sizes come from
 :func:`set_launch_config` (or ``FASTRNN_CUDA_THREADS``,
-``FASTRNN_CUDA_TILE``, ``FASTRNN_CUDA_MAX_BLOCKS``); the simulator's
+``FASTRNN_CUDA_TILE``, ``FASTRNN_CUDA_MAX_BLOCKS``,
+``FASTRNN_CUDA_GEMM_BATCH``, ``FASTRNN_CUDA_GEMM``); the simulator's
 defaults are tiny so that several blocks, grid-stride loops and ragged
 edges run.
+
+Not yet measured on a GPU: this backend was written and tested without
+one (simulator and PTX compilation only), so the defaults above are
+reasoned, not tuned, and there is no persistent (cooperative, weights kept
+on chip) kernel for small batches: the simulator cannot test a grid-wide
+sync (it runs blocks one after another), and the issue asks for one only
+if a measured gap calls for it.
 """
 
 from __future__ import annotations
@@ -279,7 +287,8 @@ _dummies = {}
 
 def _dummy(dtype):
     """``(2-D, 3-D, bool mask)`` placeholders for absent optional arrays."""
-    key = np.dtype(dtype).str
+    # One set per device: cuda.select_device may change it between calls.
+    key = (np.dtype(dtype).str, getattr(cuda.current_context().device, "id", 0))
     if key not in _dummies:
         _dummies[key] = (
             cuda.to_device(np.zeros((1, 1), dtype)),
@@ -323,13 +332,18 @@ def _use_gemm(batch):
     return 0 < _config["gemm_batch"] <= batch
 
 
-def _project(a, w, bias, c):
-    """``c = a @ w + bias`` on the device; ``a (M, K)``, ``w (K, N)``, ``bias (>= N,)``."""
+def _project(a, w, bias, c, add_bias=True):
+    """``c = a @ w + bias`` on the device; ``a (M, K)``, ``w (K, N)``, ``bias (>= N,)``.
+
+    With ``add_bias=False`` ``bias`` must be zeros (the Numba kernel adds it
+    anyway; cuBLAS skips the extra launch).
+    """
     if _use_cupy():
         cp = _cupy
         cc = cp.asarray(c)
         cp.matmul(cp.asarray(a), cp.asarray(w), out=cc)
-        cc += cp.asarray(bias)[: c.shape[1]]
+        if add_bias:
+            cc += cp.asarray(bias)[: c.shape[1]]
         return
     tile = _config["tile"]
     kernel = _k.make_matmul(tile, np.dtype(c.dtype))
@@ -447,7 +461,7 @@ def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
     for n, (t, t_prev) in enumerate(s["steps"]):
         h_in = h[n % 2]
         if has_r:
-            _project(h_in, U, packed.zeros, R)
+            _project(h_in, U, packed.zeros, R, False)
         _k.simple_rnn_step[grid](
             s["xw"], s["T"], t, U, R, has_r, h_in, h[(n + 1) % 2],
             s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
@@ -475,7 +489,7 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
         for n, (t, t_prev) in enumerate(s["steps"]):
             h_in = h[n % 2]
             if has_r:
-                _project(h_in, U, packed.zeros, R)
+                _project(h_in, U, packed.zeros, R, False)
             _k.gru_step[grid](
                 s["xw"], s["T"], t, U, R, has_r, brec, h_in, h[(n + 1) % 2],
                 s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
@@ -489,10 +503,10 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
         for n, (t, t_prev) in enumerate(s["steps"]):
             h_in = h[n % 2]
             if has_r:
-                _project(h_in, packed.u_zr, packed.zeros, R)
+                _project(h_in, packed.u_zr, packed.zeros, R, False)
             _k.gru_gates[grid](s["xw"], s["T"], t, U, R, has_r, brec, h_in, z_buf, rh_buf, ract)
             if has_r:
-                _project(rh_buf, packed.u_h, packed.zeros, R2)
+                _project(rh_buf, packed.u_h, packed.zeros, R2, False)
             _k.gru_candidate[grid](
                 s["xw"], s["T"], t, U, R2, has_r, brec, h_in, z_buf, rh_buf, h[(n + 1) % 2],
                 s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output, act,
@@ -530,7 +544,7 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     for n, (t, t_prev) in enumerate(s["steps"]):
         h_in, h_nxt = h[n % 2], h[(n + 1) % 2]
         if has_r:
-            _project(h_in, U, packed.zeros, R)
+            _project(h_in, U, packed.zeros, R, False)
         _k.lstm_step[grid](
             s["xw"], s["T"], t, U, R, has_r, peep, has_peep, h_in, c[n % 2], h_nxt,
             c[(n + 1) % 2], m_buf, has_proj, s["mask"], s["has_mask"], s["out"],
@@ -538,7 +552,7 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
         )
         if has_proj:
             if has_r:
-                _project(m_buf, proj, packed.zeros, R2)
+                _project(m_buf, proj, packed.zeros, R2, False)
             _k.lstm_project[grid_p](
                 m_buf, proj, R2, has_r, proj_clip, t, h_in, h_nxt, s["mask"],
                 s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
