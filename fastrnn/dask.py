@@ -642,6 +642,37 @@ def _set_process_threads(n):
             pass
 
 
+def _thread_state():
+    """This process's thread cap, to restore after the CLI changed it."""
+    import fastrnn
+
+    getter = getattr(fastrnn, "get_num_threads", None) or getattr(
+        getattr(fastrnn, "dispatch", None), "get_num_threads", None)
+    cap = None
+    if getter is not None:
+        try:
+            cap = getter()
+            import numba
+
+            if cap >= numba.config.NUMBA_NUM_THREADS:
+                cap = None  # no cap: all of Numba's pool
+        except (RuntimeError, ImportError):
+            cap = None
+    return _TASK_THREADS, cap
+
+
+def _restore_thread_state(saved):
+    global _TASK_THREADS
+    task_threads, cap = saved
+    setter = _thread_setter()
+    if setter is not None:
+        try:
+            setter(cap)
+        except RuntimeError:
+            pass
+    _TASK_THREADS = task_threads
+
+
 def _make_plugin_class():
     from distributed import WorkerPlugin
 
@@ -953,7 +984,11 @@ def predict_main(argv=None):
     except (ValueError, TypeError, KeyError) as exc:
         print(f"fastrnn predict: error: {exc}", file=sys.stderr)
         return 2
-    results = [_score(model, x, lengths, args, batch_size, mode) for mode in modes]
+    saved = _thread_state()
+    try:
+        results = [_score(model, x, lengths, args, batch_size, mode) for mode in modes]
+    finally:
+        _restore_thread_state(saved)  # predict_main may be called from Python
     if len(results) > 1:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"\n{os.cpu_count()} cores, load average {load:.1f} at the end")
