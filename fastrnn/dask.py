@@ -584,6 +584,9 @@ def predict_partitions(model, ddf, column, *, batch_size=None):
     _import_dask()
     _check_model(model)
     batch_size = _check_batch_size(batch_size)
+    if not hasattr(ddf, "map_partitions") or not hasattr(ddf, "columns"):
+        raise TypeError(f"ddf: expected a dask.dataframe.DataFrame, got {type(ddf).__name__} "
+                        "(wrap a pandas DataFrame with dask.dataframe.from_pandas)")
     if column not in ddf.columns:
         raise KeyError(f"column: {column!r} is not a column of the dataframe; columns are "
                        f"{list(ddf.columns)}")

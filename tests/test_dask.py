@@ -421,6 +421,11 @@ def test_bad_inputs_fail_before_any_task():
             fdask.predict(fastrnn.GRU(4), _guarded())
         with pytest.raises(ValueError, match="never built"):
             fdask.predict_partitions(fastrnn.GRU(4), None, "seq")
+        with pytest.raises(TypeError, match="ddf: expected a dask.dataframe"):
+            fdask.predict_partitions(layer, None, "seq")
+        ddf = dd.from_dict({"a": [1.0, 2.0]}, npartitions=1)
+        with pytest.raises(KeyError, match="'seq' is not a column"):
+            fdask.predict_partitions(layer, ddf, "seq")
         with pytest.raises(ValueError, match="expected 5 features"):
             fdask.predict(_built(fastrnn.LSTM(3), (1, 6, 5)), _guarded())
         with pytest.raises(ValueError, match="return_state"):
