@@ -21,7 +21,8 @@ lives in four flat arrays prepared once by :func:`pack`:
     recurrent pre-activations ``(B, N)``, two sequence buffers for the
     outputs of inner layers ``(B, T, H)``, and one ``(B, H)`` temporary.
 ``cfg``
-    ``int64 (layers, _NCFG)``: kind, sizes, activation codes and offsets.
+    ``int64 (layers, _NCFG)``: kind, sizes, activation codes and offsets;
+    ``cfg[0, _PAR]`` counts the steps run, the parity of the panel order.
 
 Per layer and chunk the input projection ``x W + b`` is computed for all
 steps first (each weight panel is streamed once per two steps), then the
@@ -58,8 +59,8 @@ from numba.extending import intrinsic, models, overload, register_model
 from . import _math
 
 # cfg columns
-_KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _WH2, _BX, _BH, _SH, _SC, _NAN = range(14)
-_NCFG = 14
+_KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _WH2, _BX, _BH, _SH, _SC, _NAN, _PAR = range(15)
+_NCFG = 15
 SIMPLE, GRU, LSTM = 0, 1, 2
 _KINDS = {"simple_rnn": SIMPLE, "gru": GRU, "lstm": LSTM}
 _GATES = {SIMPLE: 1, GRU: 3, LSTM: 4}
@@ -292,28 +293,35 @@ def lanes(dtype):
 # ----- matrix-vector products ------------------------------------------------
 
 @njit(error_model="numpy")
-def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff):
+def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff, rev):
     """``dst[doff + i*dstride + j] += sum_k v[voff + i*vstride + k] * W[k, j]``.
 
     ``W (K, N)`` is packed at ``w[off:]`` in panels of ``P = 4`` vectors of
     columns: panel ``p`` is ``W[:, p*P:(p+1)*P]`` stored row after row
     (contiguous along ``k``), zero-padded past ``N``. Each panel keeps four
-    accumulators in registers through the whole ``k`` loop (two vectors of
-    ``v`` at a time: eight accumulators, each weight load used twice). The
-    last, partial panel goes through ``scratch[soff : soff + 2P]`` so that
-    nothing past column ``N`` of ``dst`` is touched.
+    accumulators per vector of ``v`` in registers through the whole ``k``
+    loop: two vectors at a time, or (one vector) two panels at a time, so
+    that eight independent FMA chains hide the FMA latency. The last,
+    partial panel goes through ``scratch[soff : soff + P]`` so that nothing
+    past column ``N`` of ``dst`` is touched.
+
+    With ``rev`` the panels are visited last to first. Callers alternate the
+    direction from one product with the same weights to the next, so the
+    panels read last (still in L2) are the first read again: at H = 256 an
+    LSTM's weights (2 MB, twice L2) then come partly from L2 instead of L3.
     """
     L = 16 if w.itemsize == 4 else 8
     P = 4 * L
     npan = (N + P - 1) // P
-    p0 = 0
-    if nv == 1:
-        # One vector (a frame at batch 1): two panels at a time, eight
-        # accumulators, so the FMA latency is hidden while the weights are in
-        # L1/L2 (1.5x at H = 64; from L2 bandwidth up it changes nothing).
-        va = v[voff : voff + K]
-        while (p0 + 2) * P <= N:
-            base = off + p0 * K * P
+    # One vector (a frame at batch 1): full panels two at a time.
+    npair = (N // P) // 2 if nv == 1 else 0
+    vone = v[voff : voff + K]
+    nsteps = npair + npan - 2 * npair
+    for step in range(nsteps):
+        idx = nsteps - 1 - step if rev else step
+        if idx < npair:
+            p = 2 * idx
+            base = off + p * K * P
             base2 = base + K * P
             a0 = _vzero(w)
             a1 = _vzero(w)
@@ -326,7 +334,7 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
             for k in range(K):
                 q = base + k * P
                 r = base2 + k * P
-                x0 = _vsplat(va[k])
+                x0 = _vsplat(vone[k])
                 a0 = _vfma(_vload(w, q), x0, a0)
                 a1 = _vfma(_vload(w, q + L), x0, a1)
                 a2 = _vfma(_vload(w, q + 2 * L), x0, a2)
@@ -335,7 +343,7 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
                 b1 = _vfma(_vload(w, r + L), x0, b1)
                 b2 = _vfma(_vload(w, r + 2 * L), x0, b2)
                 b3 = _vfma(_vload(w, r + 3 * L), x0, b3)
-            d = doff + p0 * P
+            d = doff + p * P
             _vstore(dst, d, _vadd(_vload(dst, d), a0))
             _vstore(dst, d + L, _vadd(_vload(dst, d + L), a1))
             _vstore(dst, d + 2 * L, _vadd(_vload(dst, d + 2 * L), a2))
@@ -345,11 +353,11 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
             _vstore(dst, d + L, _vadd(_vload(dst, d + L), b1))
             _vstore(dst, d + 2 * L, _vadd(_vload(dst, d + 2 * L), b2))
             _vstore(dst, d + 3 * L, _vadd(_vload(dst, d + 3 * L), b3))
-            p0 += 2
-    for p in range(p0, npan):
+            continue
+        p = idx + npair
         base = off + p * K * P
         c = doff + p * P
-        full = (p + 1) * P <= N
+        ncol = min(P, N - p * P)
         i = 0
         while i < nv:
             two = i + 1 < nv
@@ -381,6 +389,7 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
                     b1 = _vfma(w1, x1, b1)
                     b2 = _vfma(w2, x1, b2)
                     b3 = _vfma(w3, x1, b3)
+                _emit(dst, c + (i + 1) * dstride, L, b0, b1, b2, b3, ncol, scratch, soff)
             else:
                 for k in range(K):
                     q = base + k * P
@@ -389,25 +398,27 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
                     a1 = _vfma(_vload(w, q + L), x0, a1)
                     a2 = _vfma(_vload(w, q + 2 * L), x0, a2)
                     a3 = _vfma(_vload(w, q + 3 * L), x0, a3)
-            for r in range(2 if two else 1):
-                d = c + (i + r) * dstride
-                if r == 1:
-                    a0, a1, a2, a3 = b0, b1, b2, b3
-                if full:
-                    _vstore(dst, d, _vadd(_vload(dst, d), a0))
-                    _vstore(dst, d + L, _vadd(_vload(dst, d + L), a1))
-                    _vstore(dst, d + 2 * L, _vadd(_vload(dst, d + 2 * L), a2))
-                    _vstore(dst, d + 3 * L, _vadd(_vload(dst, d + 3 * L), a3))
-                else:
-                    _vstore(scratch, soff, a0)
-                    _vstore(scratch, soff + L, a1)
-                    _vstore(scratch, soff + 2 * L, a2)
-                    _vstore(scratch, soff + 3 * L, a3)
-                    dv = dst[d : d + N - p * P]
-                    sv = scratch[soff : soff + N - p * P]
-                    for j in range(dv.size):
-                        dv[j] += sv[j]
+            _emit(dst, c + i * dstride, L, a0, a1, a2, a3, ncol, scratch, soff)
             i += 2 if two else 1
+
+
+@njit(error_model="numpy")
+def _emit(dst, d, L, a0, a1, a2, a3, ncol, scratch, soff):
+    """``dst[d : d + ncol] += [a0 a1 a2 a3][:ncol]`` (a partial panel via ``scratch``)."""
+    if ncol == 4 * L:
+        _vstore(dst, d, _vadd(_vload(dst, d), a0))
+        _vstore(dst, d + L, _vadd(_vload(dst, d + L), a1))
+        _vstore(dst, d + 2 * L, _vadd(_vload(dst, d + 2 * L), a2))
+        _vstore(dst, d + 3 * L, _vadd(_vload(dst, d + 3 * L), a3))
+    else:
+        _vstore(scratch, soff, a0)
+        _vstore(scratch, soff + L, a1)
+        _vstore(scratch, soff + 2 * L, a2)
+        _vstore(scratch, soff + 3 * L, a3)
+        dv = dst[d : d + ncol]
+        sv = scratch[soff : soff + ncol]
+        for j in range(ncol):
+            dv[j] += sv[j]
 
 
 @njit(error_model="numpy")
@@ -434,14 +445,26 @@ def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, s
     wx, wh, bx, bh = cfg[l, _WX], cfg[l, _WH], cfg[l, _BX], cfg[l, _BH]
     sh, sc = cfg[l, _SH], cfg[l, _SC]
     one = w.dtype.type(1)
-    # Input projection for every step of the chunk: zx[b, t] = x[b, t] W + b_x.
-    _fill_bias(w, bx, N, work, zx_off, B * T)
-    _pgemv(w, wx, D, N, xin, 0, D, B * T, work, zx_off, N, work, scr)
+    ra = cfg[l, _RA]
+    # Panel order alternates from one product to the next (see _pgemv); the
+    # parity carries over from call to call. A single frame on an odd parity
+    # runs the recurrent product first, so it starts where the last one ended.
+    par = cfg[0, _PAR]
+    rec_first = T == 1 and par % 2 == 1
+    if not rec_first:
+        # Input projection for every step of the chunk: zx[b, t] = x[b, t] W + b_x.
+        _fill_bias(w, bx, N, work, zx_off, B * T)
+        _pgemv(w, wx, D, N, xin, 0, D, B * T, work, zx_off, N, work, scr, par % 2 == 1)
     for t in range(T):
+        rev = (par + t) % 2 == 1
+        # Recurrent products: zh[b] = h[b] U + b_h (b_h is zero but for a GRU).
+        _fill_bias(w, bh, N, work, zh_off, B)
+        _pgemv(w, wh, H, 2 * H if (kind == GRU and not ra) else N, s, sh, H, B, work, zh_off,
+               N, work, scr, rev)
+        if rec_first:
+            _fill_bias(w, bx, N, work, zx_off, B)
+            _pgemv(w, wx, D, N, xin, 0, D, B, work, zx_off, N, work, scr, rev)
         if kind == GRU:
-            ra = cfg[l, _RA]
-            _fill_bias(w, bh, N, work, zh_off, B)
-            _pgemv(w, wh, H, N if ra else 2 * H, s, sh, H, B, work, zh_off, N, work, scr)
             if not ra:
                 # r multiplies h before the candidate's product (Keras 2 / TF1).
                 for b in range(B):
@@ -457,7 +480,7 @@ def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, s
                     for u in range(H):
                         rh[u] = gr[u] * h[u]
                 _pgemv(w, cfg[l, _WH2], H, H, work, tmp_off, H, B, work, zh_off + 2 * H, N,
-                       work, scr)
+                       work, scr, rev)
             for b in range(B):
                 zx = work[zx_off + (b * T + t) * N : zx_off + (b * T + t + 1) * N]
                 g = work[zh_off + b * N : zh_off + (b + 1) * N]
@@ -489,10 +512,7 @@ def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, s
                 zx = work[zx_off + (b * T + t) * N : zx_off + (b * T + t + 1) * N]
                 g = work[zh_off + b * N : zh_off + (b + 1) * N]
                 for j in range(N):
-                    g[j] = zx[j]
-            _pgemv(w, wh, H, N, s, sh, H, B, work, zh_off, N, work, scr)
-            for b in range(B):
-                g = work[zh_off + b * N : zh_off + (b + 1) * N]
+                    g[j] += zx[j]
                 h = s[sh + b * H : sh + (b + 1) * H]
                 if kind == LSTM:
                     c = s[sc + b * H : sc + (b + 1) * H]
@@ -554,6 +574,7 @@ def _stack(xf, w, s, work, cfg, B, T, yf, write_last):
             y = work[seq : seq + B * T * H]
             _layer(w, s, work, cfg, l, xin, B, T, y, True, zx_off, zh_off, tmp_off, scr)
             xin = y
+    cfg[0, _PAR] += T
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
