@@ -214,8 +214,8 @@ class Stream:
         self._nan_raise = layer.nan_policy == "raise"
         self._ready = False
         # Shapes no call has matched yet: the first call fills them.
-        self._fshape = self._fstrides = self._foshape = None
-        self._cshape = self._cstrides = self._coshape = None
+        self._fshape = self._foshape = None
+        self._cshape = self._coshape = None
         self._work_T = 0
         if layer.built:
             self._setup()
@@ -270,8 +270,6 @@ class Stream:
             self.backend_reason = f"{choice.name} through the kernel contract: {why}"
         self._fshape = (B, self.input_dim)
         self._foshape = (B, self.units)
-        probe = np.empty(self._fshape, dt)
-        self._fstrides = probe.strides
         self._ready = True
 
     # ----- the call -----
@@ -284,11 +282,13 @@ class Stream:
             if x.__class__ is not _ndarray or x.dtype is not self._dt:
                 return self._slow(x, out)
             shape = x.shape
-            if shape == self._fshape and x.strides == self._fstrides:
+            if shape == self._fshape:
                 fn, oshape = self._frame_fn, self._foshape
-            elif shape == self._cshape and x.strides == self._cstrides:
+            elif shape == self._cshape:
                 fn, oshape = self._chunk_fn, self._coshape
             else:
+                return self._slow(x, out)
+            if not x.flags.c_contiguous:  # (a size-1 axis may have any stride)
                 return self._slow(x, out)
             if out is None:
                 out = _empty(oshape, self._dt)
@@ -297,8 +297,8 @@ class Stream:
                 self._bad_out(out, oshape)
             if fn(x, self._w, self._s, self._work, out, self._cfg):
                 self._nan_error()
-                if self._return_state:
-                    return self._with_states(out)
+            if self._return_state:
+                return self._with_states(out)
             return out
         finally:
             self._busy.release()
@@ -358,7 +358,7 @@ class Stream:
         if self._chunk_fn(x, self._w, self._s, self._work, y, self._cfg):
             self._nan_error()
         if not self._time_major:  # later chunks of this shape take the fast path
-            self._cshape, self._cstrides, self._coshape = x.shape, x.strides, oshape
+            self._cshape, self._coshape = x.shape, oshape
         if flip:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
             if out is not None:

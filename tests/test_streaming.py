@@ -157,6 +157,17 @@ def test_return_state_out_and_time_major(rng):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
     with pytest.raises(ValueError, match="out"):
         stream(np.ascontiguousarray(x[:, 0]), out=np.empty((1, 6), np.float32))
+    # Every input layout: a fresh contiguous frame, a slice of a chunk (odd stride on
+    # the size-1 axis), a non-contiguous view; each returns [output, h, c].
+    wide = _x(np.random.default_rng(5), (1, 6), "float32")
+    for frame in (wide[:, :3].copy(), _x(np.random.default_rng(6), (1, 2, 3), "float32")[:, 1],
+                  wide[:, ::2]):
+        stream.reset()
+        got = stream(frame)
+        want = layer(np.ascontiguousarray(frame)[:, None])
+        assert isinstance(got, list) and len(got) == 3
+        for g, w_ in zip(got, want):
+            np.testing.assert_allclose(g, w_, rtol=2e-5, atol=2e-5)
     tm = _make("gru", "float64", rng, return_sequences=True, time_major=True)
     xt = _x(rng, (6, 2, 3), "float64")
     stream = tm.stream(batch_size=2)
