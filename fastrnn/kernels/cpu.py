@@ -75,6 +75,9 @@ _MIN_PARALLEL_WORK = 2_000_000
 # Batches from this size up are split by rows (no synchronisation at all);
 # smaller ones share each step's panels between two threads.
 _BATCH_SPLIT_MIN = 16
+# Batches up to this size project the input up front (per chunk of steps)
+# instead of folding it into each step: see _proj_chunk.
+_PROJ_MAX_BATCH = 8
 # Panel split: when a worker ran less than this share of its half, the
 # machine is busy; use one thread for _CONTENDED_PAUSE seconds.
 _STARVED = 0.25
@@ -213,16 +216,19 @@ def _run_split(T, H, args):
     panels. Returns the panels each ran."""
     (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0, mask, has_mask,
      reverse, zero_output, out, has_out, h_out, c_out) = args
-    hf, cb = _pk.split_prepare(gru, H, h0, c0)
+    tc = _proj_chunk(x.shape[0], T, H)
+    hf, cb, xp = _pk.split_prepare(gru, H, h0, c0, tc)
     sync = np.zeros(_pk.SYNC_SIZE, dtype=np.int64)
     sync[_pk.SPINS] = _SPINS
     counts = np.zeros(2, dtype=np.int64)
     work = (sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, mask,
-            has_mask, reverse, zero_output, out, has_out, hf, cb)
+            has_mask, reverse, zero_output, out, has_out, hf, cb, xp, tc)
     _helper.submit(work)
     _pk.split_work(0, *work)
     _pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
-    return counts
+    # counts[] is written by each worker when it leaves, maybe after this
+    # returns; the sync counters are complete once every panel is done
+    return sync[[_pk.COUNT, _pk.COUNT + 8]].copy()
 
 
 def _contended():
@@ -240,7 +246,7 @@ def _run_packed(B, T, H, work, args):
             bounds = _bounds(B, work)
             if bounds is not None and _parallel_lock.acquire(blocking=False):
                 try:
-                    _pk.run_rows_par(bounds, *args)
+                    _pk.run_rows_par(bounds, *args)  # folded projection
                     return
                 finally:
                     _parallel_lock.release()
@@ -258,7 +264,18 @@ def _run_packed(B, T, H, work, args):
             else:
                 _contended_pause = _CONTENDED_PAUSE
             return
-    _pk.run_rows(0, B, *args)
+    _pk.run_rows(0, B, *args, _proj_chunk(B, T, H))
+
+
+def _proj_chunk(B, T, H):
+    """Steps per chunk of the up-front input projection (0: fold it into
+    each step). Small batches are bound by the bytes of weights each step
+    streams from L2, and projecting up front drops the input rows from it;
+    the chunk buffer stays under about 4 MB whatever ``T``."""
+    if B > _PROJ_MAX_BATCH:
+        return 0
+    Hp = (H + _pk.LANES - 1) // _pk.LANES * _pk.LANES
+    return max(1, min(T, (1 << 20) // (B * Hp * 4)))
 
 
 # ---------------------------------------------------------------- contract
