@@ -428,3 +428,20 @@ def test_bench_streaming_runs(capsys):
     assert all("vs_ort" in r and "vs_torch_cell" in r for r in rows)
     assert "wrapper overhead" in notes[0]
     assert "| LSTM | 10 | 8 |" in capsys.readouterr().out
+
+
+def test_readme_streaming_example_runs(tmp_path, monkeypatch):
+    import re
+
+    readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    text = open(readme, encoding="utf-8").read()
+    section = text.split("## Streaming", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README streaming", "exec"), scope)
+    assert scope["y"].shape == (1, 128) and scope["stream"].backend == "stream"
+
+
+def test_warmup_compiles_every_kernel():
+    _stream.warmup(("float32",))

@@ -737,3 +737,24 @@ def work_size(cfg, batch_size, time):
     nmax = max(int(r[_H]) * _GATES[int(r[_KIND])] for r in cfg)
     hmax = max(int(r[_H]) for r in cfg)
     return B * T * nmax + B * nmax + 2 * B * T * hmax + B * hmax + 64
+
+
+def warmup(dtypes=("float32", "float64")):
+    """Compile (or load from Numba's cache) every stream kernel for ``dtypes``.
+
+    The first call of a stream otherwise pays the compilation (seconds) the
+    first time a process meets a dtype and a call kind (frame, chunk with
+    sequence output, chunk with last output).
+    """
+    from ..cells import GRUCell, LSTMCell, SimpleRNNCell
+    from ..layers import RNN
+
+    for dtype in dtypes:
+        for return_sequences in (True, False):
+            cells = [LSTMCell(3, dtype=dtype), GRUCell(2, dtype=dtype),
+                     SimpleRNNCell(2, dtype=dtype)]
+            layer = RNN(cells, return_sequences=return_sequences, dtype=dtype)
+            layer.build((1, None, 2))
+            stream = layer.stream()
+            stream(np.zeros((1, 2), dtype))
+            stream(np.zeros((1, 2, 2), dtype))
