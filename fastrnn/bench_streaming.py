@@ -24,9 +24,10 @@ each engine gets at least ``--calls`` timed calls (2000; ``--quick``: 300).
 Reported: median and p99 per call in µs, and fastrnn's median divided by
 each engine's (below 1: fastrnn is faster). Outputs are checked against
 fastrnn's over three successive calls before timing (so every engine
-really carries its state; ``max_abs_diff`` in the JSON). Also measured: the stream's Python overhead, the
-median of ``stream(x, out=out)`` minus the median of the bare compiled
-kernel call on the same buffers (T = 1, H = 64).
+really carries its state; ``max_abs_diff`` in the JSON). Also measured:
+the stream's Python overhead, the median of ``stream(x, out=out)`` minus
+the median of the bare compiled kernel call on the same buffers (T = 1,
+H = 64).
 """
 
 from __future__ import annotations
@@ -75,11 +76,11 @@ def _onnx_model(cell, H, weights, T):
         W = kernel[:, order].T[None]
         R = rec[:, order].T[None]
         B = np.concatenate([bias[order], np.zeros(4 * H, np.float32)])[None]
-        G, op, extra = 4, "LSTM", {}
+        op, extra = "LSTM", {}
     else:  # Keras z, r, h == ONNX z, r, h
         W, R = kernel.T[None], rec.T[None]
         B = np.concatenate([bias[0], bias[1]])[None]
-        G, op, extra = 3, "GRU", {"linear_before_reset": 1}
+        op, extra = "GRU", {"linear_before_reset": 1}
     inits = [numpy_helper.from_array(np.ascontiguousarray(a, np.float32), n)
              for a, n in ((W, "W"), (R, "R"), (B, "B"))]
     ins = ["X", "W", "R", "B", "", "h0"] + (["c0"] if cell == "lstm" else [])
@@ -97,7 +98,6 @@ def _onnx_model(cell, H, weights, T):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    _ = G
     return model.SerializeToString()
 
 
@@ -191,7 +191,7 @@ def _torch_cell(cell, H, T, weights, x):
     return call, output
 
 
-def _torch_module(cell, H, T, weights, x, cell_fn_module):
+def _torch_module(cell, H, T, weights, x):
     import torch
 
     kernel, rec, bias = (torch.from_numpy(np.ascontiguousarray(w)) for w in weights)
@@ -297,7 +297,7 @@ def run(opts):
                     engines["torch_cell"], outputs["torch_cell"] = _torch_cell(
                         cell, H, T, weights, x)
                     engines["torch_module"], outputs["torch_module"] = _torch_module(
-                        cell, H, T, weights, x, None)
+                        cell, H, T, weights, x)
                 # Same weights, same initial state (zeros), same input: the outputs of
                 # three successive calls agree, so every engine carries its state.
                 diff = 0.0

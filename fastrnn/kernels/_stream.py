@@ -65,17 +65,17 @@ SIMPLE, GRU, LSTM = 0, 1, 2
 _KINDS = {"simple_rnn": SIMPLE, "gru": GRU, "lstm": LSTM}
 _GATES = {SIMPLE: 1, GRU: 3, LSTM: 4}
 
-# Explicit fastmath flags: reassociation lets LLVM vectorise the dot-product
-# reductions; no 'nnan'/'ninf' (NaN must propagate, sigmoid saturates).
+# Explicit fastmath flags for the gate math (contraction into FMAs,
+# reassociation); no 'nnan'/'ninf' (NaN must propagate, sigmoid saturates).
 _FM = {"reassoc", "contract", "nsz", "arcp"}
-
 
 
 def _jit_math(fn, **extra):
     """Compile a function of :mod:`._math`, its module-level helpers compiled too."""
     scope = dict(vars(_math))
     scope.update(extra)
-    return njit(inline="always", error_model="numpy")(_pytypes.FunctionType(fn.__code__, scope, fn.__name__))
+    compiled = _pytypes.FunctionType(fn.__code__, scope, fn.__name__)
+    return njit(inline="always", error_model="numpy")(compiled)
 
 
 # Scalar path for the activations without a vectorised form (relu, elu, ...).
