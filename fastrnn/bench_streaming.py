@@ -28,6 +28,9 @@ really carries its state; ``max_abs_diff`` in the JSON). Also measured:
 the stream's Python overhead, the median of ``stream(x, out=out)`` minus
 the median of the bare compiled kernel call on the same buffers (T = 1,
 H = 64).
+
+``OPENBLAS_NUM_THREADS=1 python -m fastrnn.bench_streaming --matvec`` times
+the recurrent matrix-vector product alone against OpenBLAS ``sgemv``.
 """
 
 from __future__ import annotations
@@ -266,6 +269,52 @@ def wrapper_overhead(n_calls=5000):
     return med["stream"] - med["bare"], med
 
 
+def matvec_vs_blas(hs=HS, repeats=100):
+    """Rows ``(cell, H, stream_us, blas_us)``: one recurrent mat-vec ``h U`` (float32).
+
+    The stream kernels' panel product (panel order alternating, as streams
+    run it) against OpenBLAS ``sgemv`` (``np.dot`` inside ``@njit``), each
+    repeated ``repeats`` times inside one compiled loop so no Python cost is
+    counted. Run with ``OPENBLAS_NUM_THREADS=1`` for the single-thread BLAS.
+    """
+    from numba import njit
+
+    from .kernels import _stream
+
+    @njit(error_model="numpy")
+    def ours(n, w, K, N, v, dst, scratch):
+        for i in range(n):
+            _stream._pgemv(w, 0, K, N, v, 0, K, 1, dst, 0, N, scratch, 0, i % 2 == 1)
+
+    @njit
+    def blas(n, wt, v, dst):
+        for _ in range(n):
+            dst += np.dot(wt, v)
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for H in hs:
+        for cell, gates in (("lstm", 4), ("gru", 3)):
+            K, N = H, gates * H
+            W = rng.uniform(-1, 1, (K, N))
+            wp = np.concatenate([_stream._panels(W, _stream.lanes(np.float32)),
+                                 np.zeros(64)]).astype(np.float32)
+            wt = np.ascontiguousarray(W.T, dtype=np.float32)
+            v = rng.uniform(-1, 1, K).astype(np.float32)
+            d = np.zeros(N, np.float32)
+            scratch = np.zeros(64, np.float32)
+            ours(1, wp, K, N, v, d, scratch)
+            d2 = np.zeros(N, np.float32)
+            blas(1, wt, v, d2)
+            assert np.allclose(d, d2, rtol=1e-4, atol=1e-4)
+            t = _time_interleaved({"stream": lambda: ours(repeats, wp, K, N, v, d, scratch),
+                                   "blas": lambda: blas(repeats, wt, v, d)}, 40, block=5,
+                                  warmup=3)
+            rows.append((cell, H, float(np.median(t["stream"])) / repeats,
+                         float(np.median(t["blas"])) / repeats))
+    return rows
+
+
 def run(opts):
     """Run the streaming benchmark; print the table; return (rows, notes)."""
     import torch
@@ -365,8 +414,18 @@ def main(argv=None):
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="engines to leave out: onnxruntime,pytorch")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--matvec", action="store_true",
+                   help="only the mat-vec against OpenBLAS sgemv (run with "
+                        "OPENBLAS_NUM_THREADS=1 for single-thread BLAS)")
     p.add_argument("--no-progress", action="store_true")
     opts = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if opts.matvec:
+        print("recurrent mat-vec h U, float32, µs per product (median): stream kernels vs "
+              "OpenBLAS sgemv")
+        print("| cell | H | stream kernels | OpenBLAS sgemv | ratio |\n|---|---|---|---|---|")
+        for cell, H, ours, blas in matvec_vs_blas(opts.hs or HS):
+            print(f"| {cell.upper()} | {H} | {ours:.2f} | {blas:.2f} | {ours / blas:.2f} |")
+        return 0
     rows, notes = run(opts)
     for note in notes:
         print(f"note: {note}")

@@ -445,3 +445,10 @@ def test_readme_streaming_example_runs(tmp_path, monkeypatch):
 
 def test_warmup_compiles_every_kernel():
     _stream.warmup(("float32",))
+
+
+def test_matvec_vs_blas_runs():
+    from fastrnn import bench_streaming
+
+    rows = bench_streaming.matvec_vs_blas(hs=(5, 70), repeats=2)
+    assert [(r[0], r[1]) for r in rows] == [("lstm", 5), ("gru", 5), ("lstm", 70), ("gru", 70)]
