@@ -270,7 +270,11 @@ class Stream:
             self.backend_reason = f"{choice.name} through the kernel contract: {why}"
         self._fshape = (B, self.input_dim)
         self._foshape = (B, self.units)
+        self._versions = self._weight_versions()
         self._ready = True
+
+    def _weight_versions(self):
+        return tuple(getattr(c, "version", None) for c in self.layer._cells)
 
     # ----- the call -----
     def __call__(self, x, out=None):
@@ -471,6 +475,10 @@ class Stream:
         from .layers import deserialize, serialize
 
         self._ensure_ready("save")
+        if self._weight_versions() != self._versions:
+            raise ValueError("Stream.save: the layer's weights changed after this stream was "
+                             "made (the stream still runs the old ones); make a new stream "
+                             "with layer.stream() and save that")
         config = serialize(self.layer)
         try:  # refuse now rather than write a file that cannot be loaded
             deserialize(json.loads(json.dumps(config)))

@@ -213,6 +213,9 @@ def test_save_and_load(tmp_path, rng):
     np.testing.assert_allclose(np.concatenate([first, rest], axis=1), expected,
                                **TOL["float64"])
     assert Stream.load(path).states is not None
+    layer.set_weights(layer.get_weights())  # the stream keeps its snapshot: refuse to save
+    with pytest.raises(ValueError, match="weights changed"):
+        stream.save(tmp_path / "t.npz")
 
 
 def test_save_and_load_in_another_process(tmp_path, rng):
