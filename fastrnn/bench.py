@@ -379,7 +379,7 @@ def environment():
     env = dict(
         python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
         machine=platform.machine(), cpus=os.cpu_count(),
-        fastrnn_threads=cpu.get_num_threads(), threading_layer=cpu.threading_layer(),
+        fastrnn_threads=cpu.get_num_threads(), threading_layer=cpu.threading_layer(start=True),
     )
     for mod in ("onnxruntime", "torch"):
         try:

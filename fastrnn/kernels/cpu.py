@@ -78,9 +78,10 @@ _BATCH_SPLIT_MIN = 16
 # Batches up to this size project the input up front (per chunk of steps)
 # instead of folding it into each step: see _proj_chunk.
 _PROJ_MAX_BATCH = 8
-# Panel split: when a worker ran less than this share of its half, the
-# machine is busy; use one thread for _CONTENDED_PAUSE seconds.
-_STARVED = 0.25
+# Panel split: when the helper ran less than this share of its half (it
+# joined late or lost its core to another process), the machine is busy:
+# use one thread for _CONTENDED_PAUSE seconds (doubling while it lasts).
+_STARVED = 0.8
 _CONTENDED_PAUSE = 1.0  # doubled at each starved call in a row, up to the max
 _CONTENDED_PAUSE_MAX = 30.0
 _contended_pause = _CONTENDED_PAUSE
