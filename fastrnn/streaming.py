@@ -46,6 +46,7 @@ import numpy as np
 
 from . import dispatch
 from .kernels import run as _run_kernel
+from .layers import _flatten, _pack_like
 
 __all__ = ["Stream", "StreamBusyError", "load_stream"]
 
@@ -61,23 +62,6 @@ class StreamBusyError(RuntimeError):
 _BUSY = ("Stream: called while another call on the same stream is running (two threads "
          "share one stream). A stream carries one state; give each thread its own stream "
          "(layer.stream()) or serialise the calls with a lock.")
-
-
-def _flatten(nested):
-    if isinstance(nested, (list, tuple)):
-        return [x for item in nested for x in _flatten(item)]
-    return [nested]
-
-
-def _pack_like(structure, flat):
-    it = iter(flat)
-
-    def build(s):
-        if isinstance(s, (list, tuple)):
-            return [build(x) for x in s]
-        return next(it)
-
-    return build(structure)
 
 
 class _ContractEngine:
