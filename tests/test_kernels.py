@@ -356,13 +356,12 @@ def test_cpu_panel_split_helper_late_or_absent(backend):
         c_out = np.empty((B, H), np.float32) if not gru else np.zeros((1, 1), np.float32)
         c0 = states[1] if not gru else np.zeros((1, 1), np.float32)
         peep = packed.arrays[2] if not gru else np.zeros(16, np.float32)
-        tc = 2 if gru else 0  # projection up front in chunks of 2 steps, or folded
-        hf, cb, xp = pk.split_prepare(gru, H, states[0], c0, tc)
+        hf, cb = pk.split_prepare(gru, H, states[0], c0)
         sync = np.zeros(pk.SYNC_SIZE, np.int64)
         sync[pk.SPINS] = pk.DEFAULT_SPINS
         counts = np.zeros(2, np.int64)
         job = (sync, counts, gru, packed.arrays[0], packed.arrays[1], peep, False, -1.0, 1, 2, H,
-               x, np.ones((1, 1), bool), False, False, False, out, True, hf, cb, xp, tc)
+               x, np.ones((1, 1), bool), False, False, False, out, True, hf, cb)
         pk.split_work(0, *job)
         pk.split_work(1, *job)  # too late: must do nothing
         pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
@@ -388,30 +387,6 @@ def test_cpu_panel_split_takeover(backend, monkeypatch, spins):
                 monkeypatch.setattr(backend, "_contended_until", 0.0)
                 compare(backend, params, x, ragged_mask(rng, B, 2 * T_LONG), True, False,
                         rng=rng)
-
-
-@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_projection_chunks(backend, monkeypatch, chunk, threads):
-    """Small batches project the input up front in chunks of steps."""
-    if backend.NAME != "cpu":
-        pytest.skip("cpu backend internals")
-    _force_parallel(backend, monkeypatch)
-    monkeypatch.setattr(backend, "_PROJ_MAX_BATCH", 64)
-    monkeypatch.setattr(backend, "_proj_chunk", lambda B, T, H: min(T, chunk))
-    backend.set_num_threads(threads)
-    try:
-        rng = np.random.default_rng(chunk * 10 + threads)
-        for kind in ("lstm", "gru", "lstm_tf1"):
-            opts = dict(peep=True, cell_clip=0.5) if kind == "lstm_tf1" else {}
-            params = make_params(kind[:4].rstrip("_"), rng, 6, 37, np.float32, **opts)
-            for B in (1, 3, 6, 9):
-                x = rand(rng, (B, 7, 6), np.float32)
-                for reverse in (False, True):
-                    compare(backend, params, x, ragged_mask(rng, B, 7), reverse, reverse,
-                            rng=rng)
-    finally:
-        backend.set_num_threads(None)
 
 
 def test_many_threads_one_weight_set(backend, monkeypatch):

@@ -35,7 +35,7 @@ from numba import njit, prange
 
 from ._cpu_math import activate as _activate
 from ._simd import (atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake,
-                    sload, vadd, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh)
+                    sload, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh)
 
 LANES = 16
 
@@ -181,54 +181,37 @@ def _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_pee
 
 @njit(nogil=True)
 def _lstm_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch, xo0, v0, ro0):
-    # two accumulator sets (even and odd k): 8 independent FMA chains hide
-    # the FMA latency that a single row cannot
-    i0 = vload(bp, pb + 0); f0 = vload(bp, pb + 16); c0 = vload(bp, pb + 32); o0 = vload(bp, pb + 48)
-    i1 = vsplat(0.0); f1 = vsplat(0.0); c1 = vsplat(0.0); o1 = vsplat(0.0)
+    bi = vload(bp, pb)
+    bf = vload(bp, pb + 16)
+    bc = vload(bp, pb + 32)
+    bo = vload(bp, pb + 48)
+    i0 = bi
+    f0 = bf
+    c0 = bc
+    o0 = bo
     w = wbase
-    k = 0
-    while k + 1 < D:
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
         s = vsplat(sload(xf, xo0 + k))
-        i0 = vfma(s, vload(Wp, w + 0), i0)
-        f0 = vfma(s, vload(Wp, w + 16), f0)
-        c0 = vfma(s, vload(Wp, w + 32), c0)
-        o0 = vfma(s, vload(Wp, w + 48), o0)
-        s = vsplat(sload(xf, xo0 + k + 1))
-        i1 = vfma(s, vload(Wp, w + 64), i1)
-        f1 = vfma(s, vload(Wp, w + 80), f1)
-        c1 = vfma(s, vload(Wp, w + 96), c1)
-        o1 = vfma(s, vload(Wp, w + 112), o1)
-        w += 128
-        k += 2
-    if k < D:
-        s = vsplat(sload(xf, xo0 + k))
-        i0 = vfma(s, vload(Wp, w + 0), i0)
-        f0 = vfma(s, vload(Wp, w + 16), f0)
-        c0 = vfma(s, vload(Wp, w + 32), c0)
-        o0 = vfma(s, vload(Wp, w + 48), o0)
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
         w += 64
-    k = 0
-    while k + 1 < H:
+    for k in range(H):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
         s = vsplat(sload(hf, cur + ro0 + k))
-        i0 = vfma(s, vload(Wp, w + 0), i0)
-        f0 = vfma(s, vload(Wp, w + 16), f0)
-        c0 = vfma(s, vload(Wp, w + 32), c0)
-        o0 = vfma(s, vload(Wp, w + 48), o0)
-        s = vsplat(sload(hf, cur + ro0 + k + 1))
-        i1 = vfma(s, vload(Wp, w + 64), i1)
-        f1 = vfma(s, vload(Wp, w + 80), f1)
-        c1 = vfma(s, vload(Wp, w + 96), c1)
-        o1 = vfma(s, vload(Wp, w + 112), o1)
-        w += 128
-        k += 2
-    if k < H:
-        s = vsplat(sload(hf, cur + ro0 + k))
-        i0 = vfma(s, vload(Wp, w + 0), i0)
-        f0 = vfma(s, vload(Wp, w + 16), f0)
-        c0 = vfma(s, vload(Wp, w + 32), c0)
-        o0 = vfma(s, vload(Wp, w + 48), o0)
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
         w += 64
-    i0 = vadd(i0, i1); f0 = vadd(f0, f1); c0 = vadd(c0, c1); o0 = vadd(o0, o1)
     _lstm_cell(i0, f0, c0, o0, v0, ro0, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
 
 
@@ -305,110 +288,24 @@ def _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch
 
 @njit(nogil=True)
 def _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch, xo0, v0, ro0):
-    # two accumulator sets (even and odd k): 8 independent FMA chains hide
-    # the FMA latency that a single row cannot
-    z0 = vload(bp, pb + 0); r0 = vload(bp, pb + 16); x0 = vload(bp, pb + 32); h0 = vload(bp, pb + 48)
-    z1 = vsplat(0.0); r1 = vsplat(0.0); x1 = vsplat(0.0); h1 = vsplat(0.0)
+    bz = vload(bp, pb)
+    br = vload(bp, pb + 16)
+    bx = vload(bp, pb + 32)
+    bh = vload(bp, pb + 48)
+    z0 = bz
+    r0 = br
+    x0 = bx
+    h0 = bh
     w = wbase
-    k = 0
-    while k + 1 < D:
-        s = vsplat(sload(xf, xo0 + k))
-        z0 = vfma(s, vload(Wp, w + 0), z0)
-        r0 = vfma(s, vload(Wp, w + 16), r0)
-        x0 = vfma(s, vload(Wp, w + 32), x0)
-        s = vsplat(sload(xf, xo0 + k + 1))
-        z1 = vfma(s, vload(Wp, w + 48), z1)
-        r1 = vfma(s, vload(Wp, w + 64), r1)
-        x1 = vfma(s, vload(Wp, w + 80), x1)
-        w += 96
-        k += 2
-    if k < D:
-        s = vsplat(sload(xf, xo0 + k))
-        z0 = vfma(s, vload(Wp, w + 0), z0)
-        r0 = vfma(s, vload(Wp, w + 16), r0)
-        x0 = vfma(s, vload(Wp, w + 32), x0)
-        w += 48
-    k = 0
-    while k + 1 < H:
-        s = vsplat(sload(hf, cur + ro0 + k))
-        z0 = vfma(s, vload(Wp, w + 0), z0)
-        r0 = vfma(s, vload(Wp, w + 16), r0)
-        h0 = vfma(s, vload(Wp, w + 32), h0)
-        s = vsplat(sload(hf, cur + ro0 + k + 1))
-        z1 = vfma(s, vload(Wp, w + 48), z1)
-        r1 = vfma(s, vload(Wp, w + 64), r1)
-        h1 = vfma(s, vload(Wp, w + 80), h1)
-        w += 96
-        k += 2
-    if k < H:
-        s = vsplat(sload(hf, cur + ro0 + k))
-        z0 = vfma(s, vload(Wp, w + 0), z0)
-        r0 = vfma(s, vload(Wp, w + 16), r0)
-        h0 = vfma(s, vload(Wp, w + 32), h0)
-        w += 48
-    z0 = vadd(z0, z1); r0 = vadd(r0, r1); x0 = vadd(x0, x1); h0 = vadd(h0, h1)
-    _gru_cell(z0, r0, x0, h0, v0, ro0, pu, cur, nxt, hf, act, ract, scratch)
-
-
-# ---- small batches: input projection up front, per chunk of steps ----
-
-
-@njit(nogil=True)
-def _lstm_tile4h(Wp, wbase, xp, io0, io1, io2, io3, pu, H, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract,
-                    scratch, v0, v1, v2, v3, ro0, ro1, ro2, ro3):
-    """4 rows, recurrent part only: accumulators start from the precomputed
-    input projection ``xp[io_r:io_r+64]`` (bias included)."""
-    i0 = vload(xp, io0 + 0); f0 = vload(xp, io0 + 16); c0 = vload(xp, io0 + 32); o0 = vload(xp, io0 + 48)
-    i1 = vload(xp, io1 + 0); f1 = vload(xp, io1 + 16); c1 = vload(xp, io1 + 32); o1 = vload(xp, io1 + 48)
-    i2 = vload(xp, io2 + 0); f2 = vload(xp, io2 + 16); c2 = vload(xp, io2 + 32); o2 = vload(xp, io2 + 48)
-    i3 = vload(xp, io3 + 0); f3 = vload(xp, io3 + 16); c3 = vload(xp, io3 + 32); o3 = vload(xp, io3 + 48)
-    w = wbase
-    for k in range(H):
+    for k in range(D):
         w0 = vload(Wp, w)
         w1 = vload(Wp, w + 16)
         w2 = vload(Wp, w + 32)
-        w3 = vload(Wp, w + 48)
-        s = vsplat(sload(hf, cur + ro0 + k))
-        i0 = vfma(s, w0, i0)
-        f0 = vfma(s, w1, f0)
-        c0 = vfma(s, w2, c0)
-        o0 = vfma(s, w3, o0)
-        s = vsplat(sload(hf, cur + ro1 + k))
-        i1 = vfma(s, w0, i1)
-        f1 = vfma(s, w1, f1)
-        c1 = vfma(s, w2, c1)
-        o1 = vfma(s, w3, o1)
-        s = vsplat(sload(hf, cur + ro2 + k))
-        i2 = vfma(s, w0, i2)
-        f2 = vfma(s, w1, f2)
-        c2 = vfma(s, w2, c2)
-        o2 = vfma(s, w3, o2)
-        s = vsplat(sload(hf, cur + ro3 + k))
-        i3 = vfma(s, w0, i3)
-        f3 = vfma(s, w1, f3)
-        c3 = vfma(s, w2, c3)
-        o3 = vfma(s, w3, o3)
-        w += 64
-    _lstm_cell(i0, f0, c0, o0, v0, ro0, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act,
-               ract, scratch)
-    _lstm_cell(i1, f1, c1, o1, v1, ro1, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act,
-               ract, scratch)
-    _lstm_cell(i2, f2, c2, o2, v2, ro2, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act,
-               ract, scratch)
-    _lstm_cell(i3, f3, c3, o3, v3, ro3, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act,
-               ract, scratch)
-
-
-@njit(nogil=True)
-def _gru_tile4h(Wp, wbase, xp, io0, io1, io2, io3, pu, H, hf, cur, nxt, act, ract,
-                   scratch, v0, v1, v2, v3, ro0, ro1, ro2, ro3):
-    """4 rows, recurrent part only: accumulators start from the precomputed
-    input projection ``xp[io_r:io_r+64]`` (bias included)."""
-    z0 = vload(xp, io0 + 0); r0 = vload(xp, io0 + 16); x0 = vload(xp, io0 + 32); h0 = vload(xp, io0 + 48)
-    z1 = vload(xp, io1 + 0); r1 = vload(xp, io1 + 16); x1 = vload(xp, io1 + 32); h1 = vload(xp, io1 + 48)
-    z2 = vload(xp, io2 + 0); r2 = vload(xp, io2 + 16); x2 = vload(xp, io2 + 32); h2 = vload(xp, io2 + 48)
-    z3 = vload(xp, io3 + 0); r3 = vload(xp, io3 + 16); x3 = vload(xp, io3 + 32); h3 = vload(xp, io3 + 48)
-    w = wbase
+        s = vsplat(sload(xf, xo0 + k))
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        x0 = vfma(s, w2, x0)
+        w += 48
     for k in range(H):
         w0 = vload(Wp, w)
         w1 = vload(Wp, w + 16)
@@ -417,120 +314,8 @@ def _gru_tile4h(Wp, wbase, xp, io0, io1, io2, io3, pu, H, hf, cur, nxt, act, rac
         z0 = vfma(s, w0, z0)
         r0 = vfma(s, w1, r0)
         h0 = vfma(s, w2, h0)
-        s = vsplat(sload(hf, cur + ro1 + k))
-        z1 = vfma(s, w0, z1)
-        r1 = vfma(s, w1, r1)
-        h1 = vfma(s, w2, h1)
-        s = vsplat(sload(hf, cur + ro2 + k))
-        z2 = vfma(s, w0, z2)
-        r2 = vfma(s, w1, r2)
-        h2 = vfma(s, w2, h2)
-        s = vsplat(sload(hf, cur + ro3 + k))
-        z3 = vfma(s, w0, z3)
-        r3 = vfma(s, w1, r3)
-        h3 = vfma(s, w2, h3)
         w += 48
     _gru_cell(z0, r0, x0, h0, v0, ro0, pu, cur, nxt, hf, act, ract, scratch)
-    _gru_cell(z1, r1, x1, h1, v1, ro1, pu, cur, nxt, hf, act, ract, scratch)
-    _gru_cell(z2, r2, x2, h2, v2, ro2, pu, cur, nxt, hf, act, ract, scratch)
-    _gru_cell(z3, r3, x3, h3, v3, ro3, pu, cur, nxt, hf, act, ract, scratch)
-
-
-@njit(nogil=True)
-def _proj_tile4(gru, Wp, wbase, bp, pb, D, xf, xo0, xo1, xo2, xo3, xp, po0, po1, po2, po3):
-    """Input projection (bias included) of 4 (row, step) pairs for one panel:
-    ``xp[po_r:po_r+64] = b + x_r @ W_panel`` (GRU: z, r, input h, recurrent bias)."""
-    a0 = vload(bp, pb)
-    a1 = vload(bp, pb + 16)
-    a2 = vload(bp, pb + 32)
-    a3 = vload(bp, pb + 48)
-    i0 = a0; f0 = a1; c0 = a2; o0 = a3
-    i1 = a0; f1 = a1; c1 = a2; o1 = a3
-    i2 = a0; f2 = a1; c2 = a2; o2 = a3
-    i3 = a0; f3 = a1; c3 = a2; o3 = a3
-    if gru:
-        w = wbase
-        for k in range(D):
-            w0 = vload(Wp, w)
-            w1 = vload(Wp, w + 16)
-            w2 = vload(Wp, w + 32)
-            s = vsplat(sload(xf, xo0 + k))
-            i0 = vfma(s, w0, i0); f0 = vfma(s, w1, f0); c0 = vfma(s, w2, c0)
-            s = vsplat(sload(xf, xo1 + k))
-            i1 = vfma(s, w0, i1); f1 = vfma(s, w1, f1); c1 = vfma(s, w2, c1)
-            s = vsplat(sload(xf, xo2 + k))
-            i2 = vfma(s, w0, i2); f2 = vfma(s, w1, f2); c2 = vfma(s, w2, c2)
-            s = vsplat(sload(xf, xo3 + k))
-            i3 = vfma(s, w0, i3); f3 = vfma(s, w1, f3); c3 = vfma(s, w2, c3)
-            w += 48
-    else:
-        w = wbase
-        for k in range(D):
-            w0 = vload(Wp, w)
-            w1 = vload(Wp, w + 16)
-            w2 = vload(Wp, w + 32)
-            w3 = vload(Wp, w + 48)
-            s = vsplat(sload(xf, xo0 + k))
-            i0 = vfma(s, w0, i0); f0 = vfma(s, w1, f0); c0 = vfma(s, w2, c0); o0 = vfma(s, w3, o0)
-            s = vsplat(sload(xf, xo1 + k))
-            i1 = vfma(s, w0, i1); f1 = vfma(s, w1, f1); c1 = vfma(s, w2, c1); o1 = vfma(s, w3, o1)
-            s = vsplat(sload(xf, xo2 + k))
-            i2 = vfma(s, w0, i2); f2 = vfma(s, w1, f2); c2 = vfma(s, w2, c2); o2 = vfma(s, w3, o2)
-            s = vsplat(sload(xf, xo3 + k))
-            i3 = vfma(s, w0, i3); f3 = vfma(s, w1, f3); c3 = vfma(s, w2, c3); o3 = vfma(s, w3, o3)
-            w += 64
-    vstore(xp, po0, i0); vstore(xp, po0 + 16, f0); vstore(xp, po0 + 32, c0); vstore(xp, po0 + 48, o0)
-    vstore(xp, po1, i1); vstore(xp, po1 + 16, f1); vstore(xp, po1 + 32, c1); vstore(xp, po1 + 48, o1)
-    vstore(xp, po2, i2); vstore(xp, po2 + 16, f2); vstore(xp, po2 + 32, c2); vstore(xp, po2 + 48, o2)
-    vstore(xp, po3, i3); vstore(xp, po3 + 16, f3); vstore(xp, po3 + 32, c3); vstore(xp, po3 + 48, o3)
-
-
-@njit(nogil=True)
-def _proj_tile1(gru, Wp, wbase, bp, pb, D, xf, xo0, xp, po0):
-    i0 = vload(bp, pb)
-    f0 = vload(bp, pb + 16)
-    c0 = vload(bp, pb + 32)
-    o0 = vload(bp, pb + 48)
-    G16 = 48 if gru else 64
-    w = wbase
-    for k in range(D):
-        s = vsplat(sload(xf, xo0 + k))
-        i0 = vfma(s, vload(Wp, w), i0)
-        f0 = vfma(s, vload(Wp, w + 16), f0)
-        c0 = vfma(s, vload(Wp, w + 32), c0)
-        if not gru:
-            o0 = vfma(s, vload(Wp, w + 48), o0)
-        w += G16
-    vstore(xp, po0, i0)
-    vstore(xp, po0 + 16, f0)
-    vstore(xp, po0 + 32, c0)
-    vstore(xp, po0 + 48, o0)
-
-
-@njit(nogil=True)
-def _project(gru, p, r0, n, T, D, NP, Wp, wbase, bp, pb, xf, xp, s0, steps, reverse):
-    """Input projection of panel ``p`` for steps ``s0 .. s0+steps-1`` (in
-    processing order) of rows ``r0 .. r0+n-1``, into ``xp[j, r, p, :]``."""
-    total = steps * n
-    row = NP * 64
-    q = 0
-    while q + 4 <= total:
-        j0, j1, j2, j3 = q // n, (q + 1) // n, (q + 2) // n, (q + 3) // n
-        b0, b1, b2, b3 = q % n, (q + 1) % n, (q + 2) % n, (q + 3) % n
-        t0 = T - 1 - (s0 + j0) if reverse else s0 + j0
-        t1 = T - 1 - (s0 + j1) if reverse else s0 + j1
-        t2 = T - 1 - (s0 + j2) if reverse else s0 + j2
-        t3 = T - 1 - (s0 + j3) if reverse else s0 + j3
-        _proj_tile4(gru, Wp, wbase, bp, pb, D, xf,
-                    ((r0 + b0) * T + t0) * D, ((r0 + b1) * T + t1) * D,
-                    ((r0 + b2) * T + t2) * D, ((r0 + b3) * T + t3) * D, xp,
-                    q * row + pb, (q + 1) * row + pb, (q + 2) * row + pb, (q + 3) * row + pb)
-        q += 4
-    while q < total:
-        j = q // n
-        t = T - 1 - (s0 + j) if reverse else s0 + j
-        _proj_tile1(gru, Wp, wbase, bp, pb, D, xf, ((r0 + q % n) * T + t) * D, xp, q * row + pb)
-        q += 1
 
 
 # ---- one panel of one step, every row of a row range ----
@@ -538,55 +323,14 @@ def _project(gru, p, r0, n, T, D, NP, Wp, wbase, bp, pb, xf, xp, s0, steps, reve
 
 @njit(nogil=True)
 def _panel(gru, p, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act, ract,
-           xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out, scratch,
-           xp, s, tc, reverse):
-    """Units ``16p .. 16p+15`` of rows ``r0 .. r0+n-1`` at step ``t`` (the
-    ``s``-th processed): the products, the gate math, the new state, and
-    those units' outputs.
-
-    ``tc > 0``: the input projection is computed up front for chunks of
-    ``tc`` steps (by the thread that runs the panel at the chunk's first
-    step) into ``xp``, and each step streams only the recurrent rows of the
-    panel: fewer bytes per step for small batches, which are bound by the
-    bandwidth from L2. ``tc == 0``: folded into each step's ``k`` loop."""
+           xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out, scratch):
+    """Units ``16p .. 16p+15`` of rows ``r0 .. r0+n-1`` at step ``t``: the
+    products, the gate math, the new state, and those units' outputs."""
     KP = D + H
     pb = p * 64
     pu = p * LANES
     r = 0
-    if tc > 0:
-        NP = Hp // LANES
-        G16 = 48 if gru else 64
-        wbase = p * KP * G16
-        j = s % tc
-        if j == 0:
-            _project(gru, p, r0, n, T, D, NP, Wp, wbase, bp, pb, xf, xp, s, min(tc, T - s),
-                     reverse)
-        row = NP * 64
-        base = j * n * row + pb
-        wh = wbase + D * G16
-        while r + 4 <= n:
-            io = base + r * row
-            if gru:
-                _gru_tile4h(Wp, wh, xp, io, io + row, io + 2 * row, io + 3 * row, pu, H, hf,
-                            cur, nxt, act, ract, scratch,
-                            valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
-                            r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
-            else:
-                _lstm_tile4h(Wp, wh, xp, io, io + row, io + 2 * row, io + 3 * row, pu, H, hf,
-                             cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch,
-                             valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
-                             r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
-            r += 4
-        while r < n:
-            # the one-row tile with D = 0 reads its start from xp (bias slot)
-            if gru:
-                _gru_tile1(Wp, wh, xp, base + r * row, pu, 0, H, xf, hf, cur, nxt, act, ract,
-                           scratch, 0, valid[r], r * Hp)
-            else:
-                _lstm_tile1(Wp, wh, xp, base + r * row, pu, 0, H, xf, hf, cur, nxt, cb, peep,
-                            has_peep, Hp, cell_clip, act, ract, scratch, 0, valid[r], r * Hp)
-            r += 1
-    elif gru:
+    if gru:
         wbase = p * KP * 48
         while r + 4 <= n:
             b = r0 + r
@@ -661,7 +405,7 @@ def _step_flags(r0, n, t, mask, has_mask, valid):
 
 @njit(cache=True, nogil=True)
 def run_rows(r0, r1, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0,
-             mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out, tc):
+             mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
     """Rows ``r0 .. r1-1`` for the whole sequence on the calling thread
     (``gru``: GRU with reset_after, else LSTM; ``c0``/``c_out``/``peep``
     are ignored for GRU)."""
@@ -674,7 +418,6 @@ def run_rows(r0, r1, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0
     started = np.zeros(n, dtype=np.bool_)
     valid = np.ones(n, dtype=np.bool_)
     scratch = np.empty(LANES, dtype=np.float32)
-    xp = np.empty(max(1, tc * n * NP * 64), dtype=np.float32)
     xf = x.reshape(x.size)
     _load_state(gru, r0, n, H, Hp, h0, c0, hf, cb)
     for s in range(T):
@@ -685,7 +428,7 @@ def run_rows(r0, r1, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0
         for p in range(NP):
             _panel(gru, p, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act,
                    ract, xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out,
-                   scratch, xp, s, tc, reverse)
+                   scratch)
         for r in range(n):
             started[r] = started[r] or valid[r]
     _store_state(gru, r0, n, T, H, Hp, hf, cb, h_out, c_out)
@@ -699,7 +442,7 @@ def run_rows_par(bounds, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x
     for c in prange(bounds.shape[0] - 1):
         run_rows(bounds[c], bounds[c + 1], gru, Wp, bp, peep, has_peep, cell_clip, act,
                  ract, H, x, h0, c0, mask, has_mask, reverse, zero_output, out, has_out,
-                 h_out, c_out, 0)
+                 h_out, c_out)
 
 
 # Panel split: for small batches, two threads share each step's panels.
@@ -763,7 +506,7 @@ def _left_out(sync, w):
 @njit(nogil=True)
 def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip,
                act, ract, xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out,
-               scratch, xp, tc, reverse):
+               scratch):
     """Claim and run the panels ``lo .. lo+cnt-1`` of step ``s`` one at a
     time until none is left; returns how many this thread ran."""
     did = 0
@@ -783,7 +526,7 @@ def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has
             for q in range(c, c1):
                 _panel(gru, lo + q - s * cnt, 0, valid.shape[0], T, t, D, H, Hp, Wp, bp, peep,
                        has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid, started,
-                       zero_output, out, has_out, scratch, xp, s, tc, reverse)
+                       zero_output, out, has_out, scratch)
             did += c1 - c
             atomic_add(sync, _COUNT0 + 8 * w, c1 - c)  # before _DONE: read once all is done
             atomic_add(sync, _DONE, c1 - c)
@@ -792,22 +535,20 @@ def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has
 
 
 @njit(cache=True, nogil=True)
-def split_prepare(gru, H, h0, c0, tc):
-    """Buffers of a panel-split call: state (``hf``, ``cb``, loaded from
-    h0/c0) and the input projection of ``tc`` steps (``xp``)."""
+def split_prepare(gru, H, h0, c0):
+    """State buffers of a panel-split call (``hf``, ``cb``), loaded from h0/c0."""
     B = h0.shape[0]
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
     hf = np.zeros(2 * B * Hp, dtype=np.float32)
     cb = np.zeros(B * Hp, dtype=np.float32)
-    xp = np.empty(max(1, tc * B * NP * 64), dtype=np.float32)
     _load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
-    return hf, cb, xp
+    return hf, cb
 
 
 @njit(cache=True, nogil=True)
 def split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
-               mask, has_mask, reverse, zero_output, out, has_out, hf, cb, xp, tc):
+               mask, has_mask, reverse, zero_output, out, has_out, hf, cb):
     """Worker ``w`` of a panel-split call (0: the caller, runs to the end;
     1: the helper, leaves when it falls behind). ``counts[w]``: panels run."""
     B, T, D = x.shape
@@ -834,10 +575,10 @@ def split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, rac
         # whatever the other thread has not claimed yet
         did += _claim_run(w, sync, my_slot, s, my_lo, my_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
                           has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
-                          started, zero_output, out, has_out, scratch, xp, tc, reverse)
+                          started, zero_output, out, has_out, scratch)
         did += _claim_run(w, sync, ot_slot, s, ot_lo, ot_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
                           has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
-                          started, zero_output, out, has_out, scratch, xp, tc, reverse)
+                          started, zero_output, out, has_out, scratch)
         if not _wait_done(sync, (s + 1) * NP, w):
             break
         for r in range(B):

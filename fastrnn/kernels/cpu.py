@@ -75,9 +75,6 @@ _MIN_PARALLEL_WORK = 2_000_000
 # Batches from this size up are split by rows (no synchronisation at all);
 # smaller ones share each step's panels between two threads.
 _BATCH_SPLIT_MIN = 16
-# Batches up to this size project the input up front (per chunk of steps)
-# instead of folding it into each step: see _proj_chunk.
-_PROJ_MAX_BATCH = 8
 # Panel split: when the helper ran less than this share of its half (it
 # joined late or lost its core to another process), the machine is busy:
 # use one thread for _CONTENDED_PAUSE seconds (doubling while it lasts).
@@ -217,13 +214,12 @@ def _run_split(T, H, args):
     panels. Returns the panels each ran."""
     (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0, mask, has_mask,
      reverse, zero_output, out, has_out, h_out, c_out) = args
-    tc = _proj_chunk(x.shape[0], T, H)
-    hf, cb, xp = _pk.split_prepare(gru, H, h0, c0, tc)
+    hf, cb = _pk.split_prepare(gru, H, h0, c0)
     sync = np.zeros(_pk.SYNC_SIZE, dtype=np.int64)
     sync[_pk.SPINS] = _SPINS
     counts = np.zeros(2, dtype=np.int64)
     work = (sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, mask,
-            has_mask, reverse, zero_output, out, has_out, hf, cb, xp, tc)
+            has_mask, reverse, zero_output, out, has_out, hf, cb)
     _helper.submit(work)
     _pk.split_work(0, *work)
     _pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
@@ -265,18 +261,7 @@ def _run_packed(B, T, H, work, args):
             else:
                 _contended_pause = _CONTENDED_PAUSE
             return
-    _pk.run_rows(0, B, *args, _proj_chunk(B, T, H))
-
-
-def _proj_chunk(B, T, H):
-    """Steps per chunk of the up-front input projection (0: fold it into
-    each step). Small batches are bound by the bytes of weights each step
-    streams from L2, and projecting up front drops the input rows from it;
-    the chunk buffer stays under about 4 MB whatever ``T``."""
-    if B > _PROJ_MAX_BATCH:
-        return 0
-    Hp = (H + _pk.LANES - 1) // _pk.LANES * _pk.LANES
-    return max(1, min(T, (1 << 20) // (B * Hp * 4)))
+    _pk.run_rows(0, B, *args)
 
 
 # ---------------------------------------------------------------- contract
