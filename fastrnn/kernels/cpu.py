@@ -79,8 +79,8 @@ _BATCH_SPLIT_MIN = 16
 # joined late or lost its core to another process), the machine is busy:
 # use one thread for _CONTENDED_PAUSE seconds (doubling while it lasts).
 _STARVED = 0.8
-_CONTENDED_PAUSE = 1.0  # doubled at each starved call in a row, up to the max
-_CONTENDED_PAUSE_MAX = 30.0
+_CONTENDED_PAUSE = 0.25  # doubled at each starved call in a row, up to the max
+_CONTENDED_PAUSE_MAX = 4.0
 _contended_pause = _CONTENDED_PAUSE
 _contended_until = 0.0
 # Panel split only when a step has this much work (multiply-adds): below,
