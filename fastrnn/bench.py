@@ -342,7 +342,7 @@ def format_table(rows):
             if n not in names:
                 names.append(n)
     head = (["cell", "B,T,D,H"] + [f"{n} ms" for n in names]
-            + ["cpu GFLOP/s", "cpu/ORT", "cpu/torch", "cpu/ORT best", "max |diff|"])
+            + ["cpu GFLOP/s", "cpu/ORT", "cpu/torch", "cpu/ORT best", "max abs diff"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         e = row["engines"]
