@@ -517,7 +517,10 @@ def warmup_main(argv=None):
     opts = parser.parse_args(argv)
     t0 = time.perf_counter()
     done = warmup(verbose=not opts.quiet)
-    print(f"compiled or loaded {len(done)} kernels in {time.perf_counter() - t0:.1f} s "
+    from . import _stream
+
+    _stream.warmup()  # the per-frame kernels of layer.stream()
+    print(f"compiled or loaded {len(done)} kernels and the stream kernels in {time.perf_counter() - t0:.1f} s "
           f"(cache: {numba.config.CACHE_DIR or 'next to the sources (__pycache__)'}; "
           f"threading layer: {threading_layer()})")
     return 0
