@@ -63,3 +63,29 @@ def clip(x, limit):
     if x < -limit:
         return -limit
     return x
+
+
+# Dependency order: a function comes after every sibling it calls.
+_COMPILED_NAMES = ("sigmoid", "clip", "activate")
+
+
+def compiled(decorate):
+    """Return ``(sigmoid, clip, activate)`` compiled with ``decorate``.
+
+    The functions above call each other by global name, so wrapping only
+    ``activate`` would leave the compiler facing the plain ``sigmoid``. Each
+    one is rebuilt from its own code object with globals that point at the
+    compiled siblings, then decorated (``njit(inline="always")`` for the CPU,
+    ``cuda.jit(device=True, inline="always")`` for the GPU): the formulas
+    stay written once, here.
+    """
+    import types
+
+    source = globals()
+    env = dict(source)
+    for name in _COMPILED_NAMES:
+        fn = source[name]
+        clone = types.FunctionType(fn.__code__, env, name, fn.__defaults__, fn.__closure__)
+        clone.__doc__ = fn.__doc__
+        env[name] = decorate(clone)
+    return tuple(env[name] for name in _COMPILED_NAMES)
