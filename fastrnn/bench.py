@@ -216,9 +216,12 @@ def measure(engines, repeats, min_sample=0.01, progress=None, label=""):
 
 
 # Pause before each sample: thread pools (OpenMP in PyTorch and Numba, ONNX
-# Runtime's) keep spinning for a few milliseconds after a call, and would
-# otherwise steal the cores from the next engine timed.
-PAUSE = 0.01
+# Runtime's) keep spinning after a call, and would otherwise steal the cores
+# from the next engine timed. ONNX Runtime's pool burns ~30 ms of CPU in the
+# 100 ms after a run; measured on 2 cores, fastrnn's LSTM B=32 call took
+# 43 ms when started 10 ms after an ONNX Runtime call, 38 ms after 20 ms and
+# its usual 28 ms from 30 ms on. 50 ms leaves every pool asleep.
+PAUSE = 0.05
 
 
 def sample(engines, repeats, min_sample=0.01, progress=None, label=""):

@@ -389,6 +389,38 @@ def test_cpu_panel_split_takeover(backend, monkeypatch, spins):
                         rng=rng)
 
 
+@pytest.mark.parametrize("layer", ["omp", "workqueue"])
+def test_cpu_panel_split_both_launchers(backend, monkeypatch, layer):
+    """The panel split runs on Numba's pool (omp/tbb) or, under workqueue,
+    on the caller plus fastrnn's own helper thread: both match the
+    reference, with ragged masks, in both directions, at odd unit counts."""
+    if backend.NAME != "cpu":
+        pytest.skip("cpu backend internals")
+    _force_parallel(backend, monkeypatch)
+    backend._pool_layer()  # start the pool first, then pretend
+    monkeypatch.setattr(backend, "_LAYER", layer)
+    seen = []
+    real = backend._run_split
+
+    def spy(*args):
+        res = real(*args)
+        seen.append(res)
+        return res
+
+    monkeypatch.setattr(backend, "_run_split", spy)
+    rng = np.random.default_rng(31)
+    for kind in ("lstm", "gru"):
+        params = make_params(kind, rng, 3, 37, np.float32)
+        for B, reverse in ((1, False), (5, True)):
+            monkeypatch.setattr(backend, "_contended_until", 0.0)
+            x = rand(rng, (B, 4 * T_LONG, 3), np.float32)
+            compare(backend, params, x, ragged_mask(rng, B, 4 * T_LONG), reverse, False,
+                    rng=rng)
+    assert seen, "the panel split was not used"
+    for helper, joined, abandoned in seen:
+        assert 0 <= helper and -1 <= joined < 4 * T_LONG
+
+
 def test_many_threads_one_weight_set(backend, monkeypatch):
     """Several Python threads run one packed weight set at once."""
     _force_parallel(backend, monkeypatch)

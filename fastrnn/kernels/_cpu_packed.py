@@ -448,18 +448,23 @@ def run_rows_par(bounds, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x
 # Panel split: for small batches, two threads share each step's panels.
 # The calling thread ("main", worker 0) runs the whole sequence and never
 # depends on the other: it claims panels of its own half, then whatever the
-# helper (worker 1, a thread of cpu.py's that may wake up late or lose its
-# core to another process) has not claimed yet, and waits only for panels
-# the helper is computing at that moment. The helper helps while it keeps
-# up and leaves as soon as it falls behind; nothing ever waits for it to
-# arrive or to leave, so a busy machine costs at most one stalled panel.
+# helper (worker 1: a thread of Numba's pool through split_par, or cpu.py's
+# own thread under workqueue; it may wake up late or lose its core to
+# another process) has not claimed yet, and waits only for panels the
+# helper is computing at that moment. The helper helps while it keeps up
+# and leaves as soon as it falls behind or finds the sequence finished;
+# nothing waits for it to arrive, so a busy machine costs at most one
+# stalled panel (plus, with split_par, the launch's join: the helper
+# returns as soon as it is scheduled and sees the "finished" flag).
 #
 # The sync array (int64) holds, one cache line apart: the claim counters of
 # the two halves (cumulative over steps), the count of panels done
 # (cumulative), the number of threads asleep on it, the flag telling the
-# helper to leave, the spin limit (set by the caller) and the "finished" flag.
-_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, FINISHED, _COUNT0, SYNC_SIZE = (
-    0, 8, 16, 24, 32, 40, 48, 56, 72)
+# helper to leave, the spin limit (set by the caller), the "finished" flag,
+# the panels each worker ran, and the step at which the helper ran its first
+# panel (-1 until then; the caller sets it).
+_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, FINISHED, _COUNT0, JOIN, SYNC_SIZE = (
+    0, 8, 16, 24, 32, 40, 48, 56, 72, 80)
 # panels run by worker w: sync[COUNT + 8 * w]
 COUNT = _COUNT0
 # pause-spins before a waiting thread stops waiting for the other (about
@@ -564,6 +569,7 @@ def split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, rac
     scratch = np.empty(LANES, dtype=np.float32)
     xf = x.reshape(x.size)
     did = 0
+    joined = False
     for s in range(T):
         if _left_out(sync, w):
             break
@@ -579,6 +585,9 @@ def split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, rac
         did += _claim_run(w, sync, ot_slot, s, ot_lo, ot_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
                           has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
                           started, zero_output, out, has_out, scratch)
+        if w != 0 and did > 0 and not joined:
+            joined = True
+            atomic_cas(sync, JOIN, -1, s)
         if not _wait_done(sync, (s + 1) * NP, w):
             break
         for r in range(B):
@@ -586,6 +595,19 @@ def split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, rac
     counts[w] = did
     if w == 0:
         atomic_add(sync, FINISHED, 1)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def split_par(sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
+              mask, has_mask, reverse, zero_output, out, has_out, hf, cb):
+    """A panel-split call on Numba's thread pool: workers 0 and 1 are the two
+    iterations of one parallel loop, so the second thread starts within a
+    microsecond or two instead of waking a Python thread (which needs the
+    GIL). Worker 1 still leaves as soon as it falls behind, and worker 0
+    never waits for it to arrive."""
+    for w in prange(2):
+        split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
+                   mask, has_mask, reverse, zero_output, out, has_out, hf, cb)
 
 
 @njit(cache=True, nogil=True)

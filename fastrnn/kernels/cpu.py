@@ -14,13 +14,18 @@ Two families of kernels sit behind it:
 Both fold the input projection into each step, so memory does not grow
 with ``T``, and both write straight into the caller's buffers.
 
-Threads: batch rows are independent for the whole sequence, so a call
-splits the batch between threads (at most :func:`get_num_threads`) and the
-threads never meet until the end: nothing spins at a barrier, which keeps
-the engine robust when another process is busy on the same cores. Small
-calls (and calls made while another thread is already inside a parallel
-kernel) run on the calling thread alone. Kernels never call BLAS, so no
-OpenBLAS thread spins beside them.
+Threads: batch rows are independent for the whole sequence, so a call with
+16 rows or more splits the batch between threads (at most
+:func:`get_num_threads`) and the threads never meet until the end: nothing
+spins at a barrier, which keeps the engine robust when another process is
+busy on the same cores. Smaller batches share each step's panels between
+two threads (``_cpu_packed.split_work``), started by one parallel launch
+per sequence on Numba's pool (``split_par``), or, under the ``workqueue``
+layer, by this module's helper thread; the calling thread never waits for
+the other to arrive and takes its panels over when it lags. Small calls
+(and calls made while another thread is already inside a parallel kernel)
+run on the calling thread alone. Kernels never call BLAS, so no OpenBLAS
+thread spins beside them.
 """
 
 from __future__ import annotations
@@ -78,14 +83,16 @@ _BATCH_SPLIT_MIN = 16
 # Panel split: when the helper ran less than this share of its half (it
 # joined late or lost its core to another process), the machine is busy:
 # use one thread for _CONTENDED_PAUSE seconds (doubling while it lasts).
-_STARVED = 0.8
+_STARVED = 0.5
 _CONTENDED_PAUSE = 0.25  # doubled at each starved call in a row, up to the max
 _CONTENDED_PAUSE_MAX = 4.0
 _contended_pause = _CONTENDED_PAUSE
 _contended_until = 0.0
 # Panel split only when a step has this much work (multiply-adds): below,
-# meeting the other thread every step costs more than it saves.
-_MIN_SPLIT_STEP_WORK = 1_000_000
+# meeting the other thread every step costs more than it saves. Measured on
+# 2 cores (Zen 5), batch 1: LSTM D=H=32 (8k) 0.52 -> 0.45 us/step, D=16 H=48
+# (12k) 0.87 -> 0.62, D=H=64 (33k) 1.50 -> 0.88.
+_MIN_SPLIT_STEP_WORK = 10_000
 # Panel split: pause-spins a thread waits for the other before it takes over
 # the rest of the sequence alone (and this process falls back to one thread
 # for a while): see _cpu_packed._wait_done.
@@ -146,6 +153,17 @@ def threading_layer(start=False):
         return None
 
 
+_LAYER = None
+
+
+def _pool_layer():
+    """The threading layer, started if need be (looked up once)."""
+    global _LAYER
+    if _LAYER is None:
+        _LAYER = threading_layer(start=True)
+    return _LAYER
+
+
 def _bounds(B, work):
     """Row bounds for the threads of one call: an int64 array of n+1 edges."""
     n = min(get_num_threads(), B)
@@ -178,7 +196,8 @@ def _run(serial, parallel, B, work, args):
 
 
 class _Helper:
-    """The second thread of the panel split: a daemon thread that runs
+    """The second thread of the panel split under the ``workqueue`` layer
+    (where a parallel launch costs ~80 us): a daemon thread that runs
     ``_cpu_packed.split_work(1, ...)`` on the job it is handed. The caller
     never waits for it (see ``_cpu_packed``): a helper that wakes up late
     finds the job finished and goes back to sleep."""
@@ -211,21 +230,26 @@ _helper = _Helper()
 
 def _run_split(T, H, args):
     """A panel-split call: this thread and the helper share each step's
-    panels. Returns the panels each ran."""
+    panels. Returns (panels the helper ran, the step it joined at or -1,
+    whether the caller had to take over from it)."""
     (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0, mask, has_mask,
      reverse, zero_output, out, has_out, h_out, c_out) = args
     hf, cb = _pk.split_prepare(gru, H, h0, c0)
     sync = np.zeros(_pk.SYNC_SIZE, dtype=np.int64)
     sync[_pk.SPINS] = _SPINS
+    sync[_pk.JOIN] = -1
     counts = np.zeros(2, dtype=np.int64)
     work = (sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, mask,
             has_mask, reverse, zero_output, out, has_out, hf, cb)
-    _helper.submit(work)
-    _pk.split_work(0, *work)
+    if _pool_layer() in ("omp", "tbb"):
+        _pk.split_par(*work)
+    else:  # workqueue: a parallel launch costs ~80 us; wake our own thread instead
+        _helper.submit(work)
+        _pk.split_work(0, *work)
     _pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
     # counts[] is written by each worker when it leaves, maybe after this
     # returns; the sync counters are complete once every panel is done
-    return sync[[_pk.COUNT, _pk.COUNT + 8]].copy()
+    return int(sync[_pk.COUNT + 8]), int(sync[_pk.JOIN]), bool(sync[_pk.ABANDON])
 
 
 def _contended():
@@ -250,12 +274,16 @@ def _run_packed(B, T, H, work, args):
         elif (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30 and work >= _MIN_SPLIT_STEP_WORK * T
               and not _contended() and _parallel_lock.acquire(blocking=False)):
             try:
-                counts = _run_split(T, H, args)
+                helper, joined, abandoned = _run_split(T, H, args)
             finally:
                 _parallel_lock.release()
-            # A helper that ran almost nothing was late or starved of a core
-            # (another busy process): run on one thread for a while instead.
-            if counts[1] < _STARVED * counts.sum() / 2:
+            # The helper lost its core to another process: the caller had to
+            # take a panel over from it, or, once it joined, it ran less than
+            # _STARVED of its share. Run on one thread for a while instead.
+            # (A helper that joined late, or never in a short call, because
+            # its thread was asleep is no sign of contention.)
+            share = (NP - (NP + 1) // 2) * (T - joined)
+            if abandoned or (joined >= 0 and helper < _STARVED * share):
                 _contended_until = time.monotonic() + _contended_pause
                 _contended_pause = min(2 * _contended_pause, _CONTENDED_PAUSE_MAX)
             else:
