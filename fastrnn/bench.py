@@ -220,7 +220,9 @@ def measure(engines, repeats, min_sample=0.01, progress=None, label=""):
 # from the next engine timed. ONNX Runtime's pool burns ~30 ms of CPU in the
 # 100 ms after a run; measured on 2 cores, fastrnn's LSTM B=32 call took
 # 43 ms when started 10 ms after an ONNX Runtime call, 38 ms after 20 ms and
-# its usual 28 ms from 30 ms on. 50 ms leaves every pool asleep.
+# its usual 28 ms from 30 ms on. 50 ms leaves every pool asleep; each
+# sample then starts with one untimed call that wakes the engine's own
+# threads, so every engine is timed warm, as in a serving loop.
 PAUSE = 0.05
 
 
@@ -237,6 +239,7 @@ def sample(engines, repeats, min_sample=0.01, progress=None, label=""):
             if progress is not None:
                 progress.show(f"{label} {name} {r + 1}/{repeats}")
             time.sleep(PAUSE)
+            fn()  # untimed: wakes this engine's threads (each pool slept in the pause)
             samples[name].append(_time(fn, inner[name]))
     return samples
 

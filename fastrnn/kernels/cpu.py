@@ -84,7 +84,9 @@ _BATCH_SPLIT_MIN = 16
 # joined late or lost its core to another process), the machine is busy:
 # use one thread for _CONTENDED_PAUSE seconds (doubling while it lasts).
 _STARVED = 0.5
-_CONTENDED_PAUSE = 0.25  # doubled at each starved call in a row, up to the max
+_CONTENDED_PAUSE = 0.02  # doubled at each starved call in a row, up to the max
+# (a single stall is often a blip: an interrupt, a daemon; a busy process
+# starves every call and reaches the max within a few calls)
 _CONTENDED_PAUSE_MAX = 4.0
 _contended_pause = _CONTENDED_PAUSE
 _contended_until = 0.0
