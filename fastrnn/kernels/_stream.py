@@ -40,7 +40,10 @@ float64 kernels use ``math.tanh`` (exact). Every function is compiled with
 zero, and that branch keeps LLVM from vectorising the rational tanh.
 
 No BLAS is called (BLAS threads spinning after a call at batch 1 stall
-other work), and nothing here allocates: the kernels are ``nogil``.
+other work), and nothing here allocates: the kernels are ``nogil``, and the
+helpers are compiled with ``_nrt=False`` so that a call passes its arrays
+without reference counting (a locked atomic per array per call; see
+``_cpu_packed``).
 The functions return 0, or 1 when NaN was found in the input and the
 layer's ``nan_policy`` is ``"raise"`` (checked before any state is written).
 """
@@ -144,7 +147,7 @@ def _ov_sigmoid(x):
     return lambda x: 0.5 * (math.tanh(0.5 * x) + 1.0)
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", _nrt=False)
 def _act(a, code):
     """Apply activation ``code`` to the 1-D view ``a`` in place.
 
@@ -292,7 +295,7 @@ def lanes(dtype):
 
 # ----- matrix-vector products ------------------------------------------------
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", _nrt=False)
 def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff, rev):
     """``dst[doff + i*dstride + j] += sum_k v[voff + i*vstride + k] * W[k, j]``.
 
@@ -402,7 +405,7 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
             i += 2 if two else 1
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", _nrt=False)
 def _emit(dst, d, L, a0, a1, a2, a3, ncol, scratch, soff):
     """``dst[d : d + ncol] += [a0 a1 a2 a3][:ncol]`` (a partial panel via ``scratch``)."""
     if ncol == 4 * L:
@@ -421,7 +424,7 @@ def _emit(dst, d, L, a0, a1, a2, a3, ncol, scratch, soff):
             dv[j] += sv[j]
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", _nrt=False)
 def _fill_bias(w, boff, N, dst, doff, n):
     """``dst[doff + i*N : +N] = w[boff : boff + N]`` for ``i < n``."""
     b = w[boff : boff + N]
@@ -433,7 +436,7 @@ def _fill_bias(w, boff, N, dst, doff, n):
 
 # ----- one layer over a chunk ------------------------------------------------
 
-@njit(fastmath=_FM, nogil=True, error_model="numpy")
+@njit(fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
 def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, scr):
     """Run layer ``l`` over ``xin`` (flat ``(B, T, D)``), writing ``y`` (flat ``(B, T, H)``)."""
     kind = cfg[l, _KIND]
@@ -539,7 +542,7 @@ def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, s
                         yy[u] = h[u]
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", _nrt=False)
 def _has_nan(xf):
     for i in range(xf.size):
         if xf[i] != xf[i]:
@@ -547,7 +550,7 @@ def _has_nan(xf):
     return False
 
 
-@njit(fastmath=_FM, nogil=True, error_model="numpy")
+@njit(fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
 def _stack(xf, w, s, work, cfg, B, T, yf, write_last):
     """Run every layer over the chunk ``xf`` (flat ``(B, T, D)``); last layer -> ``yf``."""
     L = cfg.shape[0]

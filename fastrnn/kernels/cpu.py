@@ -94,7 +94,7 @@ _contended_until = 0.0
 # meeting the other thread every step costs more than it saves. Measured on
 # 2 cores (Zen 5), batch 1: LSTM D=H=32 (8k) 0.52 -> 0.45 us/step, D=16 H=48
 # (12k) 0.87 -> 0.62, D=H=64 (33k) 1.50 -> 0.88.
-_MIN_SPLIT_STEP_WORK = 10_000
+_MIN_SPLIT_STEP_WORK = 20_000
 # Panel split: pause-spins a thread waits for the other before it takes over
 # the rest of the sequence alone (and this process falls back to one thread
 # for a while): see _cpu_packed._wait_done.
