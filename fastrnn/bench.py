@@ -205,16 +205,6 @@ def _time(fn, reps_inner):
     return (time.perf_counter() - t0) / reps_inner
 
 
-def measure(engines, repeats, min_sample=0.01, progress=None, label=""):
-    """Median seconds per call of each engine, timed interleaved.
-
-    ``engines``: name -> callable. Each sample runs enough calls to last
-    about ``min_sample`` seconds.
-    """
-    samples = sample(engines, repeats, min_sample, progress, label)
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
 # Pause before each sample: thread pools (OpenMP in PyTorch and Numba, ONNX
 # Runtime's) keep spinning after a call, and would otherwise steal the cores
 # from the next engine timed. ONNX Runtime's pool burns ~30 ms of CPU in the
@@ -224,9 +214,25 @@ def measure(engines, repeats, min_sample=0.01, progress=None, label=""):
 # sample then starts with one untimed call that wakes the engine's own
 # threads, so every engine is timed warm, as in a serving loop.
 PAUSE = 0.05
+# Each sample runs the engine for at least this long (back-to-back calls).
+# After the pause a core takes several milliseconds to come back to full
+# speed (measured: fastrnn's LSTM B=8 calls took 2.7, 2.7, 2.5, 2.3, 2.0 ms
+# right after the pause, 1.55 ms once warm); 50 ms keeps that ramp to a
+# small share of every engine's sample.
+MIN_SAMPLE = 0.05
 
 
-def sample(engines, repeats, min_sample=0.01, progress=None, label=""):
+def measure(engines, repeats, min_sample=MIN_SAMPLE, progress=None, label=""):
+    """Median seconds per call of each engine, timed interleaved.
+
+    ``engines``: name -> callable. Each sample runs enough calls to last
+    about ``min_sample`` seconds.
+    """
+    samples = sample(engines, repeats, min_sample, progress, label)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def sample(engines, repeats, min_sample=MIN_SAMPLE, progress=None, label=""):
     """Seconds per call of each engine, ``repeats`` samples each, interleaved."""
     inner = {}
     for name, fn in engines.items():
