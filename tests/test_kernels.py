@@ -545,3 +545,29 @@ def test_golden_keras_single_layer(backend, name):
     if c["return_state"]:
         for got_s, want_s in zip(outs, ys[1:]):
             np.testing.assert_allclose(got_s, want_s, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("preset", [None, "5000"])
+def test_cpu_pool_spin_setting_does_not_leak(preset):
+    """fastrnn starts Numba's OpenMP pool with a short spin (GOMP_SPINCOUNT)
+    and leaves the environment as it found it: unset stays unset (so a
+    libgomp loaded later, PyTorch's, does not inherit it), a user's value
+    is kept."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, numba\n"
+        "from fastrnn.kernels import cpu\n"
+        "layer = cpu.threading_layer(start=True)\n"
+        "print(repr(os.environ.get('GOMP_SPINCOUNT')), layer)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    if preset is not None:
+        env["GOMP_SPINCOUNT"] = preset
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    value, layer = out.stdout.split()
+    assert value == repr(preset)
+    assert layer in ("omp", "tbb", "workqueue")

@@ -148,7 +148,7 @@ def threading_layer(start=False):
     a tiny parallel kernel (from Numba's cache) starts the pool first.
     """
     if start and numba is not None:
-        _gen.touch_pool(np.zeros(2))
+        _start_pool()
     try:
         return numba.threading_layer()
     except Exception:  # ValueError: not initialised yet
@@ -156,6 +156,38 @@ def threading_layer(start=False):
 
 
 _LAYER = None
+_POOL_STARTED = False
+# libgomp's idle threads spin GOMP_SPINCOUNT rounds before they sleep
+# (default 300,000: milliseconds). With another busy process on the cores,
+# the caller then spins at the end of a parallel launch while the thread it
+# waits for has no core: measured, a batch-1 LSTM call took 8 ms instead of
+# 0.3. 1,000 rounds keep back-to-back calls warm (no loss measured) and make
+# the wait sleep.
+_GOMP_SPINCOUNT = "1000"
+
+
+def _start_pool():
+    """Start Numba's thread pool, once, with a short OpenMP spin.
+
+    ``GOMP_SPINCOUNT`` is read by libgomp when it loads, which happens here
+    (Numba's ``omp`` layer loads the system libgomp at its first parallel
+    launch); it is set only when neither it nor ``OMP_WAIT_POLICY`` is set,
+    and removed again right after, so that a library loaded later (PyTorch
+    brings its own libgomp) does not inherit it. A pool that other code
+    started before fastrnn's first parallel call keeps its own setting.
+    """
+    global _POOL_STARTED
+    if _POOL_STARTED or numba is None:
+        return
+    ours = "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
+    if ours:
+        os.environ["GOMP_SPINCOUNT"] = _GOMP_SPINCOUNT
+    try:
+        _gen.touch_pool(np.zeros(2))
+    finally:
+        if ours:
+            os.environ.pop("GOMP_SPINCOUNT", None)
+    _POOL_STARTED = True
 
 
 def _pool_layer():
@@ -190,6 +222,7 @@ def _run(serial, parallel, B, work, args):
         # runs on its own core instead of doubling the thread count (and the
         # workqueue layer cannot run two parallel regions at once at all).
         try:
+            _start_pool()
             parallel(bounds, *args)
             return
         finally:
@@ -269,6 +302,7 @@ def _run_packed(B, T, H, work, args):
             bounds = _bounds(B, work)
             if bounds is not None and _parallel_lock.acquire(blocking=False):
                 try:
+                    _start_pool()
                     _pk.run_rows_par(bounds, *args)  # folded projection
                     return
                 finally:
