@@ -374,14 +374,22 @@ def _panel(gru, p, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act
                         (b * T + t) * D, valid[r], r * Hp)
             r += 1
     if has_out:
+        # ``out`` is C-contiguous (cpu.py makes sure): a full panel is one
+        # vector store at flat offset ((b * T + t) * H + pu)
         jend = min(H, pu + LANES)
+        full = jend - pu == LANES
         for r in range(n):
             b = r0 + r
             if valid[r] or (started[r] and not zero_output):
                 base = nxt + r * Hp
-                for j in range(pu, jend):
-                    out[b, t, j] = hf[base + j]
-            else:  # masked: zeros before the first processed step or when asked
+                if full:
+                    vstore(out, (b * T + t) * H + pu, vload(hf, base + pu))
+                else:
+                    for j in range(pu, jend):
+                        out[b, t, j] = hf[base + j]
+            elif full:  # masked: zeros before the first processed step or when asked
+                vstore(out, (b * T + t) * H + pu, vsplat(0.0))
+            else:
                 for j in range(pu, jend):
                     out[b, t, j] = 0.0
 
