@@ -84,6 +84,10 @@ _BATCH_SPLIT_MIN = 16
 # joined late or lost its core to another process), the machine is busy:
 # use one thread for _CONTENDED_PAUSE seconds (doubling while it lasts).
 _STARVED = 0.5
+# ... or when the calling thread spent this long (and half the call) off its
+# core: with a busy process beside it, a pool launch's join could wait a
+# whole scheduler slice (8 ms) for the other thread.
+_STALL_MIN = 0.0005
 _CONTENDED_PAUSE = 0.02  # doubled at each starved call in a row, up to the max
 # (a single stall is often a blip: an interrupt, a daemon; a busy process
 # starves every call and reaches the max within a few calls)
@@ -310,7 +314,9 @@ def _run_packed(B, T, H, work, args):
         elif (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30 and work >= _MIN_SPLIT_STEP_WORK * T
               and not _contended() and _parallel_lock.acquire(blocking=False)):
             try:
+                wall, cpu_t = time.perf_counter(), time.thread_time()
                 helper, joined, abandoned = _run_split(T, H, args)
+                wall, cpu_t = time.perf_counter() - wall, time.thread_time() - cpu_t
             finally:
                 _parallel_lock.release()
             # The helper lost its core to another process: the caller had to
@@ -318,8 +324,12 @@ def _run_packed(B, T, H, work, args):
             # _STARVED of its share. Run on one thread for a while instead.
             # (A helper that joined late, or never in a short call, because
             # its thread was asleep is no sign of contention.)
+            # A call whose calling thread spent long off its core (waiting at
+            # the launch's join for a thread that had no core, or preempted)
+            # is another sign.
             share = (NP - (NP + 1) // 2) * (T - joined)
-            if abandoned or (joined >= 0 and helper < _STARVED * share):
+            stalled = wall - cpu_t > max(_STALL_MIN, 0.5 * wall)
+            if abandoned or stalled or (joined >= 0 and helper < _STARVED * share):
                 _contended_until = time.monotonic() + _contended_pause
                 _contended_pause = min(2 * _contended_pause, _CONTENDED_PAUSE_MAX)
             else:
