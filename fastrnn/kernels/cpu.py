@@ -86,8 +86,9 @@ _BATCH_SPLIT_MIN = 16
 _STARVED = 0.5
 # ... or when the calling thread spent this long (and half the call) off its
 # core: with a busy process beside it, a pool launch's join could wait a
-# whole scheduler slice (8 ms) for the other thread.
-_STALL_MIN = 0.0005
+# whole scheduler slice (8 ms) for the other thread. Waking a pool thread
+# that slept through a pause can take up to ~1 ms on a VM: not contention.
+_STALL_MIN = 0.002
 _CONTENDED_PAUSE = 0.02  # doubled at each starved call in a row, up to the max
 # (a single stall is often a blip: an interrupt, a daemon; a busy process
 # starves every call and reaches the max within a few calls)
