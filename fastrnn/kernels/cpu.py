@@ -89,7 +89,7 @@ _STARVED = 0.5
 # whole scheduler slice (8 ms) for the other thread. Waking a pool thread
 # that slept through a pause can take up to ~1 ms on a VM: not contention.
 _STALL_MIN = 0.002
-_CONTENDED_PAUSE = 0.02  # doubled at each starved call in a row, up to the max
+_CONTENDED_PAUSE = 0.005  # doubled at each starved call in a row, up to the max
 # (a single stall is often a blip: an interrupt, a daemon; a busy process
 # starves every call and reaches the max within a few calls)
 _CONTENDED_PAUSE_MAX = 4.0
