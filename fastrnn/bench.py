@@ -222,18 +222,12 @@ PAUSE = 0.05
 MIN_SAMPLE = 0.05
 
 
-def measure(engines, repeats, min_sample=MIN_SAMPLE, progress=None, label=""):
-    """Median seconds per call of each engine, timed interleaved.
+def sample(engines, repeats, min_sample=MIN_SAMPLE, progress=None, label=""):
+    """Seconds per call of each engine, ``repeats`` samples each, interleaved.
 
     ``engines``: name -> callable. Each sample runs enough calls to last
     about ``min_sample`` seconds.
     """
-    samples = sample(engines, repeats, min_sample, progress, label)
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
-def sample(engines, repeats, min_sample=MIN_SAMPLE, progress=None, label=""):
-    """Seconds per call of each engine, ``repeats`` samples each, interleaved."""
     inner = {}
     for name, fn in engines.items():
         fn()  # warm-up (compiles, allocates, wakes thread pools)

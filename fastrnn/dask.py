@@ -647,21 +647,22 @@ def _set_process_threads(n):
 
 def _thread_state():
     """This process's thread cap, to restore after the CLI changed it."""
+    import numba
+
+    cap = _kernel_threads()
+    if cap is not None and cap >= numba.config.NUMBA_NUM_THREADS:
+        cap = None  # no cap: all of Numba's pool
+    return _TASK_THREADS, cap
+
+
+def _kernel_threads():
+    """``fastrnn.get_num_threads()``, or None where no compiled backend runs."""
     import fastrnn
 
-    getter = getattr(fastrnn, "get_num_threads", None) or getattr(
-        getattr(fastrnn, "dispatch", None), "get_num_threads", None)
-    cap = None
-    if getter is not None:
-        try:
-            cap = getter()
-            import numba
-
-            if cap >= numba.config.NUMBA_NUM_THREADS:
-                cap = None  # no cap: all of Numba's pool
-        except (RuntimeError, ImportError):
-            cap = None
-    return _TASK_THREADS, cap
+    try:
+        return fastrnn.get_num_threads()
+    except RuntimeError:
+        return None
 
 
 def _restore_thread_state(saved):
@@ -737,16 +738,10 @@ def _plugin_class():
 
 def worker_info():
     """What :class:`FastrnnPlugin` set in this process (for ``client.run``)."""
-    import fastrnn
-
     info = dict(_WORKER_INFO, task_threads=_TASK_THREADS)
-    getter = getattr(fastrnn, "get_num_threads", None) or getattr(
-        getattr(fastrnn, "dispatch", None), "get_num_threads", None)
-    if getter is not None:
-        try:
-            info["fastrnn_threads"] = getter()
-        except RuntimeError:
-            pass
+    threads = _kernel_threads()
+    if threads is not None:
+        info["fastrnn_threads"] = threads
     return info
 
 

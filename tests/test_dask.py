@@ -94,11 +94,6 @@ def _unpickled_count():
     return _Counted.unpickled
 
 
-def _threads():
-    getter = getattr(fastrnn, "get_num_threads", None)
-    return getter() if getter is not None else None
-
-
 def _compute(client, collection):
     return client.compute(collection).result(timeout=TIMEOUT)
 
@@ -520,7 +515,7 @@ def test_cli_example_and_comparison_table(tmp_path, capsys):
                                "--features", "4", "--units", "8"]) == 0
     capsys.readouterr()
     out = str(tmp_path / "y.zarr")
-    threads_before = _threads()
+    threads_before = fastrnn.get_num_threads()
     rc = fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--lengths",
                              f"{d}/lengths.npy", "--workers", "0,threads", "--chunk-rows", "64",
                              "--no-progress"])
@@ -528,7 +523,7 @@ def test_cli_example_and_comparison_table(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "1 process, no Dask" in text and "Dask local threads" in text
     assert fdask._TASK_THREADS is None  # the CLI put this process's thread cap back
-    assert _threads() == threads_before
+    assert fastrnn.get_num_threads() == threads_before
     model = fastrnn.load(f"{d}/model.fastrnn")
     x, lengths = np.load(f"{d}/x.npy"), np.load(f"{d}/lengths.npy")
     want = model(x, mask=np.arange(12)[None, :] < lengths[:, None])

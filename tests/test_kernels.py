@@ -359,13 +359,12 @@ def test_cpu_panel_split_helper_late_or_absent(backend):
         hf, cb = pk.split_prepare(gru, H, states[0], c0)
         sync = np.zeros(pk.SYNC_SIZE, np.int64)
         sync[pk.SPINS] = pk.DEFAULT_SPINS
-        counts = np.zeros(2, np.int64)
-        job = (sync, counts, gru, packed.arrays[0], packed.arrays[1], peep, False, -1.0, 1, 2, H,
+        job = (sync, gru, packed.arrays[0], packed.arrays[1], peep, False, -1.0, 1, 2, H,
                x, np.ones((1, 1), bool), False, False, False, out, True, hf, cb)
         pk.split_work(0, *job)
         pk.split_work(1, *job)  # too late: must do nothing
         pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
-        assert counts[0] == T * ((H + 15) // 16) and counts[1] == 0
+        assert sync[pk.COUNT] == T * ((H + 15) // 16) and sync[pk.COUNT + 8] == 0
         np.testing.assert_allclose(out, want, **tol(np.float32))
         np.testing.assert_allclose(h_out, want_s[0], **tol(np.float32))
 
@@ -397,7 +396,7 @@ def test_cpu_panel_split_both_launchers(backend, monkeypatch, layer):
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     _force_parallel(backend, monkeypatch)
-    backend._pool_layer()  # start the pool first, then pretend
+    backend._start_pool()  # start the pool first, then pretend
     monkeypatch.setattr(backend, "_LAYER", layer)
     seen = []
     real = backend._run_split

@@ -448,6 +448,8 @@ def test_readme_streaming_example_runs(tmp_path, monkeypatch):
 
 def test_warmup_compiles_every_kernel():
     _stream.warmup(("float32",))
+    for fn in (_stream.frame, _stream.chunk_seq, _stream.chunk_last):
+        assert any(sig[0].dtype.name == "float32" for sig in fn.signatures), fn
 
 
 def test_matvec_vs_blas_runs():

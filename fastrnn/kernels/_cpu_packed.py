@@ -571,10 +571,10 @@ def split_prepare(gru, H, h0, c0):
 
 
 @njit(cache=True, nogil=True)
-def split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
+def split_work(w, sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
                mask, has_mask, reverse, zero_output, out, has_out, hf, cb):
     """Worker ``w`` of a panel-split call (0: the caller, runs to the end;
-    1: the helper, leaves when it falls behind). ``counts[w]``: panels run."""
+    1: the helper, leaves when it falls behind). Panels run: ``sync[COUNT + 8 * w]``."""
     B, T, D = x.shape
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
@@ -611,13 +611,12 @@ def split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, rac
             break
         for r in range(B):
             started[r] = started[r] or valid[r]
-    counts[w] = did
     if w == 0:
         atomic_add(sync, FINISHED, 1)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def split_par(sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
+def split_par(sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
               mask, has_mask, reverse, zero_output, out, has_out, hf, cb):
     """A panel-split call on Numba's thread pool: workers 0 and 1 are the two
     iterations of one parallel loop, so the second thread starts within a
@@ -625,7 +624,7 @@ def split_par(sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H
     GIL). Worker 1 still leaves as soon as it falls behind, and worker 0
     never waits for it to arrive."""
     for w in prange(2):
-        split_work(w, sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
+        split_work(w, sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
                    mask, has_mask, reverse, zero_output, out, has_out, hf, cb)
 
 

@@ -51,7 +51,6 @@ layer's ``nan_policy`` is ``"raise"`` (checked before any state is written).
 from __future__ import annotations
 
 import math
-import types as _pytypes
 
 import numpy as np
 from llvmlite import ir
@@ -73,16 +72,8 @@ _GATES = {SIMPLE: 1, GRU: 3, LSTM: 4}
 _FM = {"reassoc", "contract", "nsz", "arcp"}
 
 
-def _jit_math(fn, **extra):
-    """Compile a function of :mod:`._math`, its module-level helpers compiled too."""
-    scope = dict(vars(_math))
-    scope.update(extra)
-    compiled = _pytypes.FunctionType(fn.__code__, scope, fn.__name__)
-    return njit(inline="always", error_model="numpy")(compiled)
-
-
 # Scalar path for the activations without a vectorised form (relu, elu, ...).
-_activate = _jit_math(_math.activate, sigmoid=_jit_math(_math.sigmoid))
+_, _, _activate = _math.compiled(njit(inline="always", error_model="numpy"))
 
 # ----- activations -----------------------------------------------------------
 

@@ -97,8 +97,9 @@ _contended_pause = _CONTENDED_PAUSE
 _contended_until = 0.0
 # Panel split only when a step has this much work (multiply-adds): below,
 # meeting the other thread every step costs more than it saves. Measured on
-# 2 cores (Zen 5), batch 1: LSTM D=H=32 (8k) 0.52 -> 0.45 us/step, D=16 H=48
-# (12k) 0.87 -> 0.62, D=H=64 (33k) 1.50 -> 0.88.
+# 2 cores (Zen 5), batch 1, one thread -> two, us per step: LSTM D=H=32 (8k)
+# 0.28 -> 0.41, D=16 H=48 (12k) 0.47 -> 0.51, D=H=64 (33k) 1.08 -> 0.80,
+# D=64 H=128 (98k) 2.99 -> 1.84; GRU D=H=64 (25k) 0.97 -> 0.62.
 _MIN_SPLIT_STEP_WORK = 20_000
 # Panel split: pause-spins a thread waits for the other before it takes over
 # the rest of the sequence alone (and this process falls back to one thread
@@ -160,8 +161,7 @@ def threading_layer(start=False):
         return None
 
 
-_LAYER = None
-_POOL_STARTED = False
+_LAYER = None  # the threading layer, once fastrnn started the pool
 # libgomp's idle threads spin GOMP_SPINCOUNT rounds before they sleep
 # (default 300,000: milliseconds). With another busy process on the cores,
 # the caller then spins at the end of a parallel launch while the thread it
@@ -172,7 +172,8 @@ _GOMP_SPINCOUNT = "1000"
 
 
 def _start_pool():
-    """Start Numba's thread pool, once, with a short OpenMP spin.
+    """Start Numba's thread pool, once, with a short OpenMP spin; return the
+    threading layer.
 
     ``GOMP_SPINCOUNT`` is read by libgomp when it loads, which happens here
     (Numba's ``omp`` layer loads the system libgomp at its first parallel
@@ -181,9 +182,9 @@ def _start_pool():
     brings its own libgomp) does not inherit it. A pool that other code
     started before fastrnn's first parallel call keeps its own setting.
     """
-    global _POOL_STARTED
-    if _POOL_STARTED or numba is None:
-        return
+    global _LAYER
+    if _LAYER is not None or numba is None:
+        return _LAYER
     ours = "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
     if ours:
         os.environ["GOMP_SPINCOUNT"] = _GOMP_SPINCOUNT
@@ -192,14 +193,7 @@ def _start_pool():
     finally:
         if ours:
             os.environ.pop("GOMP_SPINCOUNT", None)
-    _POOL_STARTED = True
-
-
-def _pool_layer():
-    """The threading layer, started if need be (looked up once)."""
-    global _LAYER
-    if _LAYER is None:
-        _LAYER = threading_layer(start=True)
+    _LAYER = numba.threading_layer()
     return _LAYER
 
 
@@ -268,7 +262,7 @@ class _Helper:
 _helper = _Helper()
 
 
-def _run_split(T, H, args):
+def _run_split(T, args):
     """A panel-split call: this thread and the helper share each step's
     panels. Returns (panels the helper ran, the step it joined at or -1,
     whether the caller had to take over from it)."""
@@ -278,17 +272,16 @@ def _run_split(T, H, args):
     sync = np.zeros(_pk.SYNC_SIZE, dtype=np.int64)
     sync[_pk.SPINS] = _SPINS
     sync[_pk.JOIN] = -1
-    counts = np.zeros(2, dtype=np.int64)
-    work = (sync, counts, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, mask,
+    work = (sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, mask,
             has_mask, reverse, zero_output, out, has_out, hf, cb)
-    if _pool_layer() in ("omp", "tbb"):
+    if _start_pool() in ("omp", "tbb"):
         _pk.split_par(*work)
     else:  # workqueue: a parallel launch costs ~80 us; wake our own thread instead
         _helper.submit(work)
         _pk.split_work(0, *work)
     _pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
-    # counts[] is written by each worker when it leaves, maybe after this
-    # returns; the sync counters are complete once every panel is done
+    # the sync counters are complete once every panel is done (the helper
+    # may still be on its way out under workqueue)
     return int(sync[_pk.COUNT + 8]), int(sync[_pk.JOIN]), bool(sync[_pk.ABANDON])
 
 
@@ -316,7 +309,7 @@ def _run_packed(B, T, H, work, args):
               and not _contended() and _parallel_lock.acquire(blocking=False)):
             try:
                 wall, cpu_t = time.perf_counter(), time.thread_time()
-                helper, joined, abandoned = _run_split(T, H, args)
+                helper, joined, abandoned = _run_split(T, args)
                 wall, cpu_t = time.perf_counter() - wall, time.thread_time() - cpu_t
             finally:
                 _parallel_lock.release()
