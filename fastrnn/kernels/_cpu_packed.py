@@ -66,9 +66,42 @@ def vact(code, v, scratch):
     if code == 4:
         return vrelu(v)
     vstore(scratch, 0, v)
+    _act_lanes(code, scratch)
+    return vload(scratch, 0)
+
+
+@njit(nogil=True, _nrt=False)
+def _act_lanes(code, scratch):
+    """The rarer activations, lane by lane (one compiled copy, called from
+    every ``vact``: inlining it everywhere multiplied the compile time)."""
     for lane in range(LANES):
         scratch[lane] = _activate(code, scratch[lane])
-    return vload(scratch, 0)
+
+
+# The gate math. Keras' defaults (tanh, sigmoid; no peepholes or clip) take
+# a straight-line path; any other configuration goes through ``vact``'s
+# dispatch on the activation codes.
+
+
+@njit(inline="always")
+def _lstm_std(ai, af, ac, ao, cold):
+    """New (c, h) of one row, tanh/sigmoid, no peepholes, no clip."""
+    cn = vfma(vsigmoid(af), cold, vmul(vsigmoid(ai), vtanh(ac)))
+    return cn, vmul(vsigmoid(ao), vtanh(cn))
+
+
+@njit(inline="always")
+def _lstm_put(valid, ro, pu, cur, nxt, hf, cb, cn, h):
+    if valid:
+        vstore(cb, ro + pu, cn)
+        vstore(hf, nxt + ro + pu, h)
+    else:  # masked step: carry the state
+        vstore(hf, nxt + ro + pu, vload(hf, cur + ro + pu))
+
+
+@njit(inline="always")
+def _lstm_is_std(has_peep, cell_clip, act, ract):
+    return act == 1 and ract == 2 and not has_peep and cell_clip < 0.0
 
 
 @njit(nogil=True, _nrt=False)
@@ -76,6 +109,10 @@ def _lstm_cell(ai, af, ac, ao, valid, ro, pu, cur, nxt, hf, cb, peep, has_peep, 
                cell_clip, act, ract, scratch):
     if not valid:  # masked step: carry the state
         vstore(hf, nxt + ro + pu, vload(hf, cur + ro + pu))
+        return
+    if _lstm_is_std(has_peep, cell_clip, act, ract):
+        cn, h = _lstm_std(ai, af, ac, ao, vload(cb, ro + pu))
+        _lstm_put(True, ro, pu, cur, nxt, hf, cb, cn, h)
         return
     cold = vload(cb, ro + pu)
     if has_peep:
@@ -94,16 +131,77 @@ def _lstm_cell(ai, af, ac, ao, valid, ro, pu, cur, nxt, hf, cb, peep, has_peep, 
 
 
 @njit(nogil=True, _nrt=False)
+def _lstm_cell4(i0, f0, c0, o0, i1, f1, c1, o1, i2, f2, c2, o2, i3, f3, c3, o3,
+                v0, v1, v2, v3, ro0, ro1, ro2, ro3, pu, cur, nxt, hf, cb, peep, has_peep, Hp,
+                cell_clip, act, ract, scratch):
+    """The gate math of a 4-row tile in one call: the four rows' chains are
+    independent, so in straight-line code the core overlaps them (four
+    calls of ``_lstm_cell`` cost about twice as much)."""
+    if _lstm_is_std(has_peep, cell_clip, act, ract):
+        cn0, h0 = _lstm_std(i0, f0, c0, o0, vload(cb, ro0 + pu))
+        cn1, h1 = _lstm_std(i1, f1, c1, o1, vload(cb, ro1 + pu))
+        cn2, h2 = _lstm_std(i2, f2, c2, o2, vload(cb, ro2 + pu))
+        cn3, h3 = _lstm_std(i3, f3, c3, o3, vload(cb, ro3 + pu))
+        _lstm_put(v0, ro0, pu, cur, nxt, hf, cb, cn0, h0)
+        _lstm_put(v1, ro1, pu, cur, nxt, hf, cb, cn1, h1)
+        _lstm_put(v2, ro2, pu, cur, nxt, hf, cb, cn2, h2)
+        _lstm_put(v3, ro3, pu, cur, nxt, hf, cb, cn3, h3)
+        return
+    _lstm_cell(i0, f0, c0, o0, v0, ro0, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i1, f1, c1, o1, v1, ro1, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i2, f2, c2, o2, v2, ro2, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i3, f3, c3, o3, v3, ro3, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+
+
+@njit(inline="always")
+def _gru_std(az, ar, ax, ah, hprev):
+    """New h of one row, tanh/sigmoid: z * h + (1 - z) * hh."""
+    hh = vtanh(vfma(vsigmoid(ar), ah, ax))
+    return vfma(vsigmoid(az), vsub(hprev, hh), hh)
+
+
+@njit(inline="always")
+def _gru_put(valid, ro, pu, cur, nxt, hf, h):
+    if valid:
+        vstore(hf, nxt + ro + pu, h)
+    else:
+        vstore(hf, nxt + ro + pu, vload(hf, cur + ro + pu))
+
+
+@njit(nogil=True, _nrt=False)
 def _gru_cell(az, ar, ax, ah, valid, ro, pu, cur, nxt, hf, act, ract, scratch):
     hprev = vload(hf, cur + ro + pu)
     if not valid:
         vstore(hf, nxt + ro + pu, hprev)
+        return
+    if act == 1 and ract == 2:
+        vstore(hf, nxt + ro + pu, _gru_std(az, ar, ax, ah, hprev))
         return
     z = vact(ract, az, scratch)
     r = vact(ract, ar, scratch)
     hh = vact(act, vfma(r, ah, ax), scratch)
     # z * h + (1 - z) * hh
     vstore(hf, nxt + ro + pu, vfma(z, vsub(hprev, hh), hh))
+
+
+@njit(nogil=True, _nrt=False)
+def _gru_cell4(z0, r0, x0, h0, z1, r1, x1, h1, z2, r2, x2, h2, z3, r3, x3, h3,
+               v0, v1, v2, v3, ro0, ro1, ro2, ro3, pu, cur, nxt, hf, act, ract, scratch):
+    """The gate math of a 4-row GRU tile in one call (see ``_lstm_cell4``)."""
+    if act == 1 and ract == 2:
+        n0 = _gru_std(z0, r0, x0, h0, vload(hf, cur + ro0 + pu))
+        n1 = _gru_std(z1, r1, x1, h1, vload(hf, cur + ro1 + pu))
+        n2 = _gru_std(z2, r2, x2, h2, vload(hf, cur + ro2 + pu))
+        n3 = _gru_std(z3, r3, x3, h3, vload(hf, cur + ro3 + pu))
+        _gru_put(v0, ro0, pu, cur, nxt, hf, n0)
+        _gru_put(v1, ro1, pu, cur, nxt, hf, n1)
+        _gru_put(v2, ro2, pu, cur, nxt, hf, n2)
+        _gru_put(v3, ro3, pu, cur, nxt, hf, n3)
+        return
+    _gru_cell(z0, r0, x0, h0, v0, ro0, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z1, r1, x1, h1, v1, ro1, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z2, r2, x2, h2, v2, ro2, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z3, r3, x3, h3, v3, ro3, pu, cur, nxt, hf, act, ract, scratch)
 
 
 # ---- tiles (4 rows and 1 row); unrolled by hand so the accumulators are
@@ -184,10 +282,9 @@ def _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_pee
         c3 = vfma(s, w2, c3)
         o3 = vfma(s, w3, o3)
         w += 64
-    _lstm_cell(i0, f0, c0, o0, v0, ro0, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
-    _lstm_cell(i1, f1, c1, o1, v1, ro1, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
-    _lstm_cell(i2, f2, c2, o2, v2, ro2, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
-    _lstm_cell(i3, f3, c3, o3, v3, ro3, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell4(i0, f0, c0, o0, i1, f1, c1, o1, i2, f2, c2, o2, i3, f3, c3, o3,
+                v0, v1, v2, v3, ro0, ro1, ro2, ro3, pu, cur, nxt, hf, cb, peep, has_peep, Hp,
+                cell_clip, act, ract, scratch)
 
 
 @njit(nogil=True, _nrt=False)
@@ -291,10 +388,8 @@ def _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch
         r3 = vfma(s, w1, r3)
         h3 = vfma(s, w2, h3)
         w += 48
-    _gru_cell(z0, r0, x0, h0, v0, ro0, pu, cur, nxt, hf, act, ract, scratch)
-    _gru_cell(z1, r1, x1, h1, v1, ro1, pu, cur, nxt, hf, act, ract, scratch)
-    _gru_cell(z2, r2, x2, h2, v2, ro2, pu, cur, nxt, hf, act, ract, scratch)
-    _gru_cell(z3, r3, x3, h3, v3, ro3, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell4(z0, r0, x0, h0, z1, r1, x1, h1, z2, r2, x2, h2, z3, r3, x3, h3,
+               v0, v1, v2, v3, ro0, ro1, ro2, ro3, pu, cur, nxt, hf, act, ract, scratch)
 
 
 @njit(nogil=True, _nrt=False)
