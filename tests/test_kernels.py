@@ -420,6 +420,35 @@ def test_cpu_panel_split_both_launchers(backend, monkeypatch, layer):
         assert 0 <= helper and -1 <= joined < 4 * T_LONG
 
 
+def test_cpu_panel_split_for_large_weights(backend, monkeypatch):
+    """Weights too large for the cores' caches send large batches through the
+    panel split too (one panel per claim when panels are large): exact, with
+    ragged masks and both directions; a busy machine keeps the row split."""
+    if backend.NAME != "cpu":
+        pytest.skip("cpu backend internals")
+    _force_parallel(backend, monkeypatch)
+    monkeypatch.setattr(backend, "_ROW_SPLIT_MAX_BYTES", 0)
+    monkeypatch.setattr(backend, "_CLAIM_WORK", 1)
+    used = []
+    real_split, real_rows = backend._run_split, backend._pk.run_rows_par
+    monkeypatch.setattr(backend, "_run_split",
+                        lambda *a: used.append("panels") or real_split(*a))
+    monkeypatch.setattr(backend._pk, "run_rows_par",
+                        lambda *a: used.append("rows") or real_rows(*a))
+    rng = np.random.default_rng(41)
+    for kind in ("lstm", "gru"):
+        params = make_params(kind, rng, 6, 45, np.float32)
+        for B, reverse in ((16, False), (21, True)):
+            monkeypatch.setattr(backend, "_contended_until", 0.0)
+            x = rand(rng, (B, T_LONG, 6), np.float32)
+            compare(backend, params, x, ragged_mask(rng, B, T_LONG), reverse, False, rng=rng)
+    assert used == ["panels"] * 4
+    monkeypatch.setattr(backend, "_contended_until", float("inf"))
+    x = rand(rng, (16, T_LONG, 6), np.float32)
+    compare(backend, params, x, ragged_mask(rng, 16, T_LONG), False, True, rng=rng)
+    assert used[-1] == "rows"
+
+
 def test_many_threads_one_weight_set(backend, monkeypatch):
     """Several Python threads run one packed weight set at once."""
     _force_parallel(backend, monkeypatch)

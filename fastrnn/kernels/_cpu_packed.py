@@ -575,10 +575,11 @@ def run_rows_par(bounds, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x
 # the two halves (cumulative over steps), the count of panels done
 # (cumulative), the number of threads asleep on it, the flag telling the
 # helper to leave, the spin limit (set by the caller), the "finished" flag,
-# the panels each worker ran, and the step at which the helper ran its first
-# panel (-1 until then; the caller sets it).
-_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, FINISHED, _COUNT0, JOIN, SYNC_SIZE = (
-    0, 8, 16, 24, 32, 40, 48, 56, 72, 80)
+# the panels each worker ran, the step at which the helper ran its first
+# panel (-1 until then; the caller sets it), and the most panels one claim
+# may take (set by the caller).
+_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, FINISHED, _COUNT0, JOIN, CHUNK, SYNC_SIZE = (
+    0, 8, 16, 24, 32, 40, 48, 56, 72, 80, 88)
 # panels run by worker w: sync[COUNT + 8 * w]
 COUNT = _COUNT0
 # pause-spins before a waiting thread stops waiting for the other (about
@@ -632,8 +633,9 @@ def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has
     end = (s + 1) * cnt
     # claim a few panels at a time: one atomic per chunk, not per panel (the
     # counters' cache lines bounce between the cores), while a stalled
-    # thread still holds at most a chunk
-    chunk = max(1, (cnt + 1) // 2)
+    # thread still holds at most a chunk (at most sync[CHUNK] panels: large
+    # panels are claimed one by one)
+    chunk = max(1, min((cnt + 1) // 2, sync[CHUNK]))
     while True:
         if _left_out(sync, w):
             return did
