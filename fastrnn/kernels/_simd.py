@@ -16,6 +16,7 @@ clamp in ``vtanh`` keeps NaN; ``llvm.minnum`` would not).
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -26,6 +27,21 @@ WIDTH = 16
 _f32 = ir.FloatType()
 _i32 = ir.IntType(32)
 _vty = ir.VectorType(_f32, WIDTH)
+
+
+def aligned64(a):
+    """A C-contiguous copy of ``a`` whose data starts on a 64-byte boundary.
+
+    NumPy only promises 16 bytes; a 64-byte vector load from a misaligned
+    panel touches two cache lines. Packed LSTM weights, one core, rows:
+    B=1 D=64 H=128 60 -> 68 GFLOP/s, B=8 D=128 H=256 204-211 -> 216.
+    """
+    a = np.ascontiguousarray(a)
+    raw = np.empty(a.size + 64 // a.itemsize, a.dtype)
+    start = (-raw.ctypes.data % 64) // a.itemsize
+    out = raw[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    return out
 
 
 class Vec16Type(types.Type):

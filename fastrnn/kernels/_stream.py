@@ -59,6 +59,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
 from . import _math
+from ._simd import aligned64
 
 # cfg columns
 _KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _WH2, _BX, _BH, _SH, _SC, _NAN, _PAR = range(15)
@@ -705,12 +706,7 @@ def pack(params_list, batch_size, nan_raise):
         cfg.append(row)
     cfg = np.array(cfg, dtype=np.int64)
     cfg[0, _NAN] = int(bool(nan_raise))
-    flat = np.concatenate(blocks)
-    raw = np.empty(flat.size + 64 // dt.itemsize, dt)
-    start = (-raw.ctypes.data % 64) // dt.itemsize
-    w = raw[start : start + flat.size]
-    w[...] = flat
-    return w, cfg, soff
+    return aligned64(np.concatenate(blocks).astype(dt)), cfg, soff
 
 
 def state_views(s, cfg, batch_size):
