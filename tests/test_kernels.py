@@ -423,7 +423,8 @@ def test_cpu_panel_split_both_launchers(backend, monkeypatch, layer):
 def test_cpu_panel_split_for_large_weights(backend, monkeypatch):
     """Weights too large for the cores' caches send large batches through the
     panel split too (one panel per claim when panels are large): exact, with
-    ragged masks and both directions; a busy machine keeps the row split."""
+    ragged masks and both directions; a busy machine, or one without the
+    panel split, keeps the row split."""
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     _force_parallel(backend, monkeypatch)
@@ -447,6 +448,11 @@ def test_cpu_panel_split_for_large_weights(backend, monkeypatch):
     x = rand(rng, (16, T_LONG, 6), np.float32)
     compare(backend, params, x, ragged_mask(rng, 16, T_LONG), False, True, rng=rng)
     assert used[-1] == "rows"
+    # ... and so do platforms where the panel split cannot run (no futex)
+    monkeypatch.setattr(backend, "_contended_until", 0.0)
+    monkeypatch.setattr(backend, "_HAVE_FUTEX", False)
+    compare(backend, params, x, ragged_mask(rng, 16, T_LONG), True, False, rng=rng)
+    assert used[-2:] == ["rows", "rows"]
 
 
 def test_many_threads_one_weight_set(backend, monkeypatch):

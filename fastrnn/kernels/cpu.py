@@ -84,7 +84,7 @@ _BATCH_SPLIT_MIN = 16
 # in the cores' caches between steps, and with rows split each thread
 # streams all of them every step, with panels split only its half.
 # Measured, LSTM, 2 threads, rows -> panels: B=64 D=512 H=1024 (25 MB)
-# 369 -> 423 GFLOP/s, B=16 same weights 238 -> 325, B=32 D=256 H=512
+# 378 -> 423 GFLOP/s, B=16 same weights 238 -> 325, B=32 D=256 H=512
 # (6 MB) 443 -> 459, B=32 D=128 H=256 (1.5 MB) 374 -> 391; B=256 D=H=128
 # (0.25 MB) 370 -> 359, B=128 D=H=256 (2 MB) 410 -> 404.
 _ROW_SPLIT_MAX_BYTES = 2 << 20
@@ -312,9 +312,12 @@ def _run_packed(B, T, H, work, args):
     threads = get_num_threads()
     if threads >= 2 and work >= _MIN_PARALLEL_WORK:
         NP = (H + _pk.LANES - 1) // _pk.LANES
+        can_split = (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30
+                     and work >= _MIN_SPLIT_STEP_WORK * T)
         # (while the machine looks busy, large batches keep the row split:
         # its threads never wait for each other)
-        if B >= _BATCH_SPLIT_MIN and (args[1].nbytes <= _ROW_SPLIT_MAX_BYTES or _contended()):
+        if B >= _BATCH_SPLIT_MIN and (args[1].nbytes <= _ROW_SPLIT_MAX_BYTES or _contended()
+                                      or not can_split):
             bounds = _bounds(B, work)
             if bounds is not None and _parallel_lock.acquire(blocking=False):
                 try:
@@ -323,8 +326,7 @@ def _run_packed(B, T, H, work, args):
                     return
                 finally:
                     _parallel_lock.release()
-        if (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30 and work >= _MIN_SPLIT_STEP_WORK * T
-              and not _contended() and _parallel_lock.acquire(blocking=False)):
+        if can_split and not _contended() and _parallel_lock.acquire(blocking=False):
             try:
                 wall, cpu_t = time.perf_counter(), time.thread_time()
                 helper, joined, abandoned = _run_split(T, args)
