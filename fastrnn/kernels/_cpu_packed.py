@@ -15,12 +15,22 @@ along ``k``. The input projection is therefore folded into each step's
 multiple of 16 pads the last panel with zero columns; padded lanes are
 computed and never read.
 
-The tile keeps 4 batch rows x 4 vectors of 16 floats in registers (16
-accumulators: 4 loads, 4 broadcasts and 16 FMAs per ``k``) and applies the
-gate math to those registers right after the ``k`` loops, so
-pre-activations never go through memory. GRU's four vectors are z, r, the
-input part of h and the recurrent part of h (``reset_after=True`` needs
-them apart).
+The tile keeps 6 batch rows x 4 vectors of 16 floats in registers (24
+accumulators: 4 loads, 6 broadcasts and 24 FMAs per ``k``; 4-row and
+1-row tiles take the rows left over) and applies the gate math to those
+registers right after the ``k`` loops, so pre-activations never go through
+memory. GRU's four vectors are z, r, the input part of h and the recurrent
+part of h (``reset_after=True`` needs them apart).
+
+Memory, not arithmetic, sets the pace once the rows fill a tile: a 4-row
+tile needs 256 bytes of panel per 8 cycles of FMAs, about what a core's L2
+delivers (one core, Intel Xeon with 2 MiB L2, a 4-row k loop over panels in
+L2 ran at ~9.6 cycles per ``k`` instead of 8); 6 rows need 2/3 of that.
+Weights beyond L2 come from L3 at ~32 GB/s per core on that machine, a third
+of what the tiles consume, so while a panel's tiles run, each multi-row
+tile also prefetches a quarter (GRU: a third) of the next panel into L2
+(``prefetcht1``, one line per ``k``): the first tile of the next panel then
+finds it in L2 instead of stalling on L3.
 
 Reference counting: every helper below the drivers is compiled with
 ``_nrt=False``. Numba otherwise increments and decrements the reference
@@ -46,7 +56,7 @@ from numba import njit, prange
 
 from ._cpu_math import activate as _activate
 from ._simd import (aligned64, atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake,
-                    sload, vadd, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh)
+                    sload, prefetch_l1, prefetch_l2, vadd, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh)
 
 LANES = 16
 
@@ -204,11 +214,65 @@ def _gru_cell4(z0, r0, x0, h0, z1, r1, x1, h1, z2, r2, x2, h2, z3, r3, x3, h3,
     _gru_cell(z3, r3, x3, h3, v3, ro3, pu, cur, nxt, hf, act, ract, scratch)
 
 
-# ---- tiles (4 rows and 1 row); unrolled by hand so the accumulators are
-# plain locals that LLVM keeps in registers ----
+@njit(nogil=True, _nrt=False)
+def _lstm_cell6(i0, f0, c0, o0, i1, f1, c1, o1, i2, f2, c2, o2, i3, f3, c3, o3, i4, f4, c4, o4, i5, f5, c5, o5,
+                v0, v1, v2, v3, v4, v5, ro0, ro1, ro2, ro3, ro4, ro5, pu, cur, nxt, hf, cb, peep, has_peep, Hp,
+                cell_clip, act, ract, scratch):
+    """The gate math of a 6-row tile in one call (see ``_lstm_cell4``)."""
+    if _lstm_is_std(has_peep, cell_clip, act, ract):
+        cn0, h0 = _lstm_std(i0, f0, c0, o0, vload(cb, ro0 + pu))
+        cn1, h1 = _lstm_std(i1, f1, c1, o1, vload(cb, ro1 + pu))
+        cn2, h2 = _lstm_std(i2, f2, c2, o2, vload(cb, ro2 + pu))
+        cn3, h3 = _lstm_std(i3, f3, c3, o3, vload(cb, ro3 + pu))
+        cn4, h4 = _lstm_std(i4, f4, c4, o4, vload(cb, ro4 + pu))
+        cn5, h5 = _lstm_std(i5, f5, c5, o5, vload(cb, ro5 + pu))
+        _lstm_put(v0, ro0, pu, cur, nxt, hf, cb, cn0, h0)
+        _lstm_put(v1, ro1, pu, cur, nxt, hf, cb, cn1, h1)
+        _lstm_put(v2, ro2, pu, cur, nxt, hf, cb, cn2, h2)
+        _lstm_put(v3, ro3, pu, cur, nxt, hf, cb, cn3, h3)
+        _lstm_put(v4, ro4, pu, cur, nxt, hf, cb, cn4, h4)
+        _lstm_put(v5, ro5, pu, cur, nxt, hf, cb, cn5, h5)
+        return
+    _lstm_cell(i0, f0, c0, o0, v0, ro0, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i1, f1, c1, o1, v1, ro1, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i2, f2, c2, o2, v2, ro2, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i3, f3, c3, o3, v3, ro3, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i4, f4, c4, o4, v4, ro4, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i5, f5, c5, o5, v5, ro5, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+
 
 @njit(nogil=True, _nrt=False)
-def _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch, xo0, xo1, xo2, xo3, v0, v1, v2, v3, ro0, ro1, ro2, ro3):
+def _gru_cell6(z0, r0, x0, h0, z1, r1, x1, h1, z2, r2, x2, h2, z3, r3, x3, h3, z4, r4, x4, h4, z5, r5, x5, h5,
+               v0, v1, v2, v3, v4, v5, ro0, ro1, ro2, ro3, ro4, ro5, pu, cur, nxt, hf, act, ract, scratch):
+    """The gate math of a 6-row GRU tile in one call (see ``_lstm_cell4``)."""
+    if act == 1 and ract == 2:
+        n0 = _gru_std(z0, r0, x0, h0, vload(hf, cur + ro0 + pu))
+        n1 = _gru_std(z1, r1, x1, h1, vload(hf, cur + ro1 + pu))
+        n2 = _gru_std(z2, r2, x2, h2, vload(hf, cur + ro2 + pu))
+        n3 = _gru_std(z3, r3, x3, h3, vload(hf, cur + ro3 + pu))
+        n4 = _gru_std(z4, r4, x4, h4, vload(hf, cur + ro4 + pu))
+        n5 = _gru_std(z5, r5, x5, h5, vload(hf, cur + ro5 + pu))
+        _gru_put(v0, ro0, pu, cur, nxt, hf, n0)
+        _gru_put(v1, ro1, pu, cur, nxt, hf, n1)
+        _gru_put(v2, ro2, pu, cur, nxt, hf, n2)
+        _gru_put(v3, ro3, pu, cur, nxt, hf, n3)
+        _gru_put(v4, ro4, pu, cur, nxt, hf, n4)
+        _gru_put(v5, ro5, pu, cur, nxt, hf, n5)
+        return
+    _gru_cell(z0, r0, x0, h0, v0, ro0, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z1, r1, x1, h1, v1, ro1, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z2, r2, x2, h2, v2, ro2, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z3, r3, x3, h3, v3, ro3, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z4, r4, x4, h4, v4, ro4, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z5, r5, x5, h5, v5, ro5, pu, cur, nxt, hf, act, ract, scratch)
+
+
+# ---- tiles (6, 4 and 1 rows); unrolled by hand so the accumulators are
+# plain locals that LLVM keeps in registers. ``pf``: where this tile's share
+# of the next panel's prefetch starts ----
+
+@njit(nogil=True, _nrt=False)
+def _lstm_tile4(Wp, wbase, pf, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch, xo0, xo1, xo2, xo3, v0, v1, v2, v3, ro0, ro1, ro2, ro3):
     bi = vload(bp, pb)
     bf = vload(bp, pb + 16)
     bc = vload(bp, pb + 32)
@@ -230,7 +294,10 @@ def _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_pee
     c3 = bc
     o3 = bo
     w = wbase
+    q = pf
     for k in range(D):
+        prefetch_l2(Wp, q)
+        q += 16
         w0 = vload(Wp, w)
         w1 = vload(Wp, w + 16)
         w2 = vload(Wp, w + 32)
@@ -257,6 +324,8 @@ def _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_pee
         o3 = vfma(s, w3, o3)
         w += 64
     for k in range(H):
+        prefetch_l2(Wp, q)
+        q += 16
         w0 = vload(Wp, w)
         w1 = vload(Wp, w + 16)
         w2 = vload(Wp, w + 32)
@@ -287,12 +356,13 @@ def _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_pee
                 cell_clip, act, ract, scratch)
 
 
-# One-row tiles. ``*_tile1`` streams the panel from L2 (batch 1);
-# ``*_tile1k2``, for the rows left over after 4-row tiles, finds the panel
-# in L1 and would wait on the FMA latency with a single row's 4 chains, so
-# it splits ``k`` into even and odd halves with their own accumulators.
-# One core, packed weights: LSTM B=3 D=64 H=128 101 -> 120 GFLOP/s, GRU B=2
-# 80 -> 102; at B=1 the split was no faster (LSTM) or 15% slower (GRU).
+# Rows left over after the 6- and 4-row tiles go two at a time, then one.
+# Every tile sums a row's products in the same order (k ascending, one
+# accumulator per gate vector), so a row's result does not depend on the
+# rows beside it: the same sequence gives the same bits in any batch, at
+# any position, split between threads or not. (An earlier one-row tile
+# that split k into even and odd chains was faster for 2-3 leftover rows
+# and broke that.)
 
 
 @njit(nogil=True, _nrt=False)
@@ -332,64 +402,58 @@ def _lstm_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_pee
 
 
 @njit(nogil=True, _nrt=False)
-def _lstm_tile1k2(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch, xo0, v0, ro0):
-    i0 = vload(bp, pb)
-    f0 = vload(bp, pb + 16)
-    c0 = vload(bp, pb + 32)
-    o0 = vload(bp, pb + 48)
-    i1 = vsplat(0.0)
-    f1 = i1
-    c1 = i1
-    o1 = i1
+def _lstm_tile2(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch, xo0, xo1, v0, v1, ro0, ro1):
+    bi = vload(bp, pb)
+    bf = vload(bp, pb + 16)
+    bc = vload(bp, pb + 32)
+    bo = vload(bp, pb + 48)
+    i0 = bi
+    f0 = bf
+    c0 = bc
+    o0 = bo
+    i1 = bi
+    f1 = bf
+    c1 = bc
+    o1 = bo
     w = wbase
-    k = 0
-    while k + 2 <= D:
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
         s = vsplat(sload(xf, xo0 + k))
-        u = vsplat(sload(xf, xo0 + k + 1))
-        i0 = vfma(s, vload(Wp, w), i0)
-        f0 = vfma(s, vload(Wp, w + 16), f0)
-        c0 = vfma(s, vload(Wp, w + 32), c0)
-        o0 = vfma(s, vload(Wp, w + 48), o0)
-        i1 = vfma(u, vload(Wp, w + 64), i1)
-        f1 = vfma(u, vload(Wp, w + 80), f1)
-        c1 = vfma(u, vload(Wp, w + 96), c1)
-        o1 = vfma(u, vload(Wp, w + 112), o1)
-        w += 128
-        k += 2
-    if k < D:
-        s = vsplat(sload(xf, xo0 + k))
-        i0 = vfma(s, vload(Wp, w), i0)
-        f0 = vfma(s, vload(Wp, w + 16), f0)
-        c0 = vfma(s, vload(Wp, w + 32), c0)
-        o0 = vfma(s, vload(Wp, w + 48), o0)
-    w = wbase + D * 64
-    hb = cur + ro0
-    k = 0
-    while k + 2 <= H:
-        s = vsplat(sload(hf, hb + k))
-        u = vsplat(sload(hf, hb + k + 1))
-        i0 = vfma(s, vload(Wp, w), i0)
-        f0 = vfma(s, vload(Wp, w + 16), f0)
-        c0 = vfma(s, vload(Wp, w + 32), c0)
-        o0 = vfma(s, vload(Wp, w + 48), o0)
-        i1 = vfma(u, vload(Wp, w + 64), i1)
-        f1 = vfma(u, vload(Wp, w + 80), f1)
-        c1 = vfma(u, vload(Wp, w + 96), c1)
-        o1 = vfma(u, vload(Wp, w + 112), o1)
-        w += 128
-        k += 2
-    if k < H:
-        s = vsplat(sload(hf, hb + k))
-        i0 = vfma(s, vload(Wp, w), i0)
-        f0 = vfma(s, vload(Wp, w + 16), f0)
-        c0 = vfma(s, vload(Wp, w + 32), c0)
-        o0 = vfma(s, vload(Wp, w + 48), o0)
-    _lstm_cell(vadd(i0, i1), vadd(f0, f1), vadd(c0, c1), vadd(o0, o1), v0, ro0, pu, cur, nxt,
-               hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        s = vsplat(sload(xf, xo1 + k))
+        i1 = vfma(s, w0, i1)
+        f1 = vfma(s, w1, f1)
+        c1 = vfma(s, w2, c1)
+        o1 = vfma(s, w3, o1)
+        w += 64
+    for k in range(H):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
+        s = vsplat(sload(hf, cur + ro0 + k))
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        s = vsplat(sload(hf, cur + ro1 + k))
+        i1 = vfma(s, w0, i1)
+        f1 = vfma(s, w1, f1)
+        c1 = vfma(s, w2, c1)
+        o1 = vfma(s, w3, o1)
+        w += 64
+    _lstm_cell(i0, f0, c0, o0, v0, ro0, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
+    _lstm_cell(i1, f1, c1, o1, v1, ro1, pu, cur, nxt, hf, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch)
 
 
 @njit(nogil=True, _nrt=False)
-def _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch, xo0, xo1, xo2, xo3, v0, v1, v2, v3, ro0, ro1, ro2, ro3):
+def _gru_tile4(Wp, wbase, pf, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch, xo0, xo1, xo2, xo3, v0, v1, v2, v3, ro0, ro1, ro2, ro3):
     bz = vload(bp, pb)
     br = vload(bp, pb + 16)
     bx = vload(bp, pb + 32)
@@ -411,7 +475,10 @@ def _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch
     x3 = bx
     h3 = bh
     w = wbase
+    q = pf
     for k in range(D):
+        prefetch_l2(Wp, q)
+        q += 16
         w0 = vload(Wp, w)
         w1 = vload(Wp, w + 16)
         w2 = vload(Wp, w + 32)
@@ -433,6 +500,8 @@ def _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch
         x3 = vfma(s, w2, x3)
         w += 48
     for k in range(H):
+        prefetch_l2(Wp, q)
+        q += 16
         w0 = vload(Wp, w)
         w1 = vload(Wp, w + 16)
         w2 = vload(Wp, w + 32)
@@ -490,61 +559,267 @@ def _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch
 
 
 @njit(nogil=True, _nrt=False)
-def _gru_tile1k2(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch, xo0, v0, ro0):
-    z0 = vload(bp, pb)
-    r0 = vload(bp, pb + 16)
-    x0 = vload(bp, pb + 32)
-    h0 = vload(bp, pb + 48)
-    z1 = vsplat(0.0)
-    r1 = z1
-    x1 = z1
-    h1 = z1
+def _gru_tile2(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch, xo0, xo1, v0, v1, ro0, ro1):
+    bz = vload(bp, pb)
+    br = vload(bp, pb + 16)
+    bx = vload(bp, pb + 32)
+    bh = vload(bp, pb + 48)
+    z0 = bz
+    r0 = br
+    x0 = bx
+    h0 = bh
+    z1 = bz
+    r1 = br
+    x1 = bx
+    h1 = bh
     w = wbase
-    k = 0
-    while k + 2 <= D:
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
         s = vsplat(sload(xf, xo0 + k))
-        u = vsplat(sload(xf, xo0 + k + 1))
-        z0 = vfma(s, vload(Wp, w), z0)
-        r0 = vfma(s, vload(Wp, w + 16), r0)
-        x0 = vfma(s, vload(Wp, w + 32), x0)
-        z1 = vfma(u, vload(Wp, w + 48), z1)
-        r1 = vfma(u, vload(Wp, w + 64), r1)
-        x1 = vfma(u, vload(Wp, w + 80), x1)
-        w += 96
-        k += 2
-    if k < D:
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        x0 = vfma(s, w2, x0)
+        s = vsplat(sload(xf, xo1 + k))
+        z1 = vfma(s, w0, z1)
+        r1 = vfma(s, w1, r1)
+        x1 = vfma(s, w2, x1)
+        w += 48
+    for k in range(H):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        s = vsplat(sload(hf, cur + ro0 + k))
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        h0 = vfma(s, w2, h0)
+        s = vsplat(sload(hf, cur + ro1 + k))
+        z1 = vfma(s, w0, z1)
+        r1 = vfma(s, w1, r1)
+        h1 = vfma(s, w2, h1)
+        w += 48
+    _gru_cell(z0, r0, x0, h0, v0, ro0, pu, cur, nxt, hf, act, ract, scratch)
+    _gru_cell(z1, r1, x1, h1, v1, ro1, pu, cur, nxt, hf, act, ract, scratch)
+
+
+@njit(nogil=True, _nrt=False)
+def _lstm_tile6(Wp, wbase, pf, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch, xo0, xo1, xo2, xo3, xo4, xo5, v0, v1, v2, v3, v4, v5, ro0, ro1, ro2, ro3, ro4, ro5):
+    bi = vload(bp, pb)
+    bf = vload(bp, pb + 16)
+    bc = vload(bp, pb + 32)
+    bo = vload(bp, pb + 48)
+    i0 = bi
+    f0 = bf
+    c0 = bc
+    o0 = bo
+    i1 = bi
+    f1 = bf
+    c1 = bc
+    o1 = bo
+    i2 = bi
+    f2 = bf
+    c2 = bc
+    o2 = bo
+    i3 = bi
+    f3 = bf
+    c3 = bc
+    o3 = bo
+    i4 = bi
+    f4 = bf
+    c4 = bc
+    o4 = bo
+    i5 = bi
+    f5 = bf
+    c5 = bc
+    o5 = bo
+    w = wbase
+    q = pf
+    for k in range(D):
+        prefetch_l2(Wp, q)
+        q += 16
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
         s = vsplat(sload(xf, xo0 + k))
-        z0 = vfma(s, vload(Wp, w), z0)
-        r0 = vfma(s, vload(Wp, w + 16), r0)
-        x0 = vfma(s, vload(Wp, w + 32), x0)
-    w = wbase + D * 48
-    hb = cur + ro0
-    k = 0
-    while k + 2 <= H:
-        s = vsplat(sload(hf, hb + k))
-        u = vsplat(sload(hf, hb + k + 1))
-        z0 = vfma(s, vload(Wp, w), z0)
-        r0 = vfma(s, vload(Wp, w + 16), r0)
-        h0 = vfma(s, vload(Wp, w + 32), h0)
-        z1 = vfma(u, vload(Wp, w + 48), z1)
-        r1 = vfma(u, vload(Wp, w + 64), r1)
-        h1 = vfma(u, vload(Wp, w + 80), h1)
-        w += 96
-        k += 2
-    if k < H:
-        s = vsplat(sload(hf, hb + k))
-        z0 = vfma(s, vload(Wp, w), z0)
-        r0 = vfma(s, vload(Wp, w + 16), r0)
-        h0 = vfma(s, vload(Wp, w + 32), h0)
-    _gru_cell(vadd(z0, z1), vadd(r0, r1), vadd(x0, x1), vadd(h0, h1), v0, ro0, pu, cur, nxt,
-              hf, act, ract, scratch)
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        s = vsplat(sload(xf, xo1 + k))
+        i1 = vfma(s, w0, i1)
+        f1 = vfma(s, w1, f1)
+        c1 = vfma(s, w2, c1)
+        o1 = vfma(s, w3, o1)
+        s = vsplat(sload(xf, xo2 + k))
+        i2 = vfma(s, w0, i2)
+        f2 = vfma(s, w1, f2)
+        c2 = vfma(s, w2, c2)
+        o2 = vfma(s, w3, o2)
+        s = vsplat(sload(xf, xo3 + k))
+        i3 = vfma(s, w0, i3)
+        f3 = vfma(s, w1, f3)
+        c3 = vfma(s, w2, c3)
+        o3 = vfma(s, w3, o3)
+        s = vsplat(sload(xf, xo4 + k))
+        i4 = vfma(s, w0, i4)
+        f4 = vfma(s, w1, f4)
+        c4 = vfma(s, w2, c4)
+        o4 = vfma(s, w3, o4)
+        s = vsplat(sload(xf, xo5 + k))
+        i5 = vfma(s, w0, i5)
+        f5 = vfma(s, w1, f5)
+        c5 = vfma(s, w2, c5)
+        o5 = vfma(s, w3, o5)
+        w += 64
+    for k in range(H):
+        prefetch_l2(Wp, q)
+        q += 16
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
+        s = vsplat(sload(hf, cur + ro0 + k))
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        s = vsplat(sload(hf, cur + ro1 + k))
+        i1 = vfma(s, w0, i1)
+        f1 = vfma(s, w1, f1)
+        c1 = vfma(s, w2, c1)
+        o1 = vfma(s, w3, o1)
+        s = vsplat(sload(hf, cur + ro2 + k))
+        i2 = vfma(s, w0, i2)
+        f2 = vfma(s, w1, f2)
+        c2 = vfma(s, w2, c2)
+        o2 = vfma(s, w3, o2)
+        s = vsplat(sload(hf, cur + ro3 + k))
+        i3 = vfma(s, w0, i3)
+        f3 = vfma(s, w1, f3)
+        c3 = vfma(s, w2, c3)
+        o3 = vfma(s, w3, o3)
+        s = vsplat(sload(hf, cur + ro4 + k))
+        i4 = vfma(s, w0, i4)
+        f4 = vfma(s, w1, f4)
+        c4 = vfma(s, w2, c4)
+        o4 = vfma(s, w3, o4)
+        s = vsplat(sload(hf, cur + ro5 + k))
+        i5 = vfma(s, w0, i5)
+        f5 = vfma(s, w1, f5)
+        c5 = vfma(s, w2, c5)
+        o5 = vfma(s, w3, o5)
+        w += 64
+    _lstm_cell6(i0, f0, c0, o0, i1, f1, c1, o1, i2, f2, c2, o2, i3, f3, c3, o3, i4, f4, c4, o4, i5, f5, c5, o5,
+                v0, v1, v2, v3, v4, v5, ro0, ro1, ro2, ro3, ro4, ro5, pu, cur, nxt, hf, cb, peep, has_peep, Hp,
+                cell_clip, act, ract, scratch)
+
+
+@njit(nogil=True, _nrt=False)
+def _gru_tile6(Wp, wbase, pf, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch, xo0, xo1, xo2, xo3, xo4, xo5, v0, v1, v2, v3, v4, v5, ro0, ro1, ro2, ro3, ro4, ro5):
+    bz = vload(bp, pb)
+    br = vload(bp, pb + 16)
+    bx = vload(bp, pb + 32)
+    bh = vload(bp, pb + 48)
+    z0 = bz
+    r0 = br
+    x0 = bx
+    h0 = bh
+    z1 = bz
+    r1 = br
+    x1 = bx
+    h1 = bh
+    z2 = bz
+    r2 = br
+    x2 = bx
+    h2 = bh
+    z3 = bz
+    r3 = br
+    x3 = bx
+    h3 = bh
+    z4 = bz
+    r4 = br
+    x4 = bx
+    h4 = bh
+    z5 = bz
+    r5 = br
+    x5 = bx
+    h5 = bh
+    w = wbase
+    q = pf
+    for k in range(D):
+        prefetch_l2(Wp, q)
+        q += 16
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        s = vsplat(sload(xf, xo0 + k))
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        x0 = vfma(s, w2, x0)
+        s = vsplat(sload(xf, xo1 + k))
+        z1 = vfma(s, w0, z1)
+        r1 = vfma(s, w1, r1)
+        x1 = vfma(s, w2, x1)
+        s = vsplat(sload(xf, xo2 + k))
+        z2 = vfma(s, w0, z2)
+        r2 = vfma(s, w1, r2)
+        x2 = vfma(s, w2, x2)
+        s = vsplat(sload(xf, xo3 + k))
+        z3 = vfma(s, w0, z3)
+        r3 = vfma(s, w1, r3)
+        x3 = vfma(s, w2, x3)
+        s = vsplat(sload(xf, xo4 + k))
+        z4 = vfma(s, w0, z4)
+        r4 = vfma(s, w1, r4)
+        x4 = vfma(s, w2, x4)
+        s = vsplat(sload(xf, xo5 + k))
+        z5 = vfma(s, w0, z5)
+        r5 = vfma(s, w1, r5)
+        x5 = vfma(s, w2, x5)
+        w += 48
+    for k in range(H):
+        prefetch_l2(Wp, q)
+        q += 16
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        s = vsplat(sload(hf, cur + ro0 + k))
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        h0 = vfma(s, w2, h0)
+        s = vsplat(sload(hf, cur + ro1 + k))
+        z1 = vfma(s, w0, z1)
+        r1 = vfma(s, w1, r1)
+        h1 = vfma(s, w2, h1)
+        s = vsplat(sload(hf, cur + ro2 + k))
+        z2 = vfma(s, w0, z2)
+        r2 = vfma(s, w1, r2)
+        h2 = vfma(s, w2, h2)
+        s = vsplat(sload(hf, cur + ro3 + k))
+        z3 = vfma(s, w0, z3)
+        r3 = vfma(s, w1, r3)
+        h3 = vfma(s, w2, h3)
+        s = vsplat(sload(hf, cur + ro4 + k))
+        z4 = vfma(s, w0, z4)
+        r4 = vfma(s, w1, r4)
+        h4 = vfma(s, w2, h4)
+        s = vsplat(sload(hf, cur + ro5 + k))
+        z5 = vfma(s, w0, z5)
+        r5 = vfma(s, w1, r5)
+        h5 = vfma(s, w2, h5)
+        w += 48
+    _gru_cell6(z0, r0, x0, h0, z1, r1, x1, h1, z2, r2, x2, h2, z3, r3, x3, h3, z4, r4, x4, h4, z5, r5, x5, h5,
+               v0, v1, v2, v3, v4, v5, ro0, ro1, ro2, ro3, ro4, ro5, pu, cur, nxt, hf, act, ract, scratch)
+
 
 
 # ---- one panel of one step, every row of a row range ----
 
 
 @njit(nogil=True, _nrt=False)
-def _panel(gru, p, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act, ract,
+def _panel(gru, p, pn, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act, ract,
            xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out, scratch):
     """Units ``16p .. 16p+15`` of rows ``r0 .. r0+n-1`` at step ``t``: the
     products, the gate math, the new state, and those units' outputs."""
@@ -552,47 +827,73 @@ def _panel(gru, p, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act
     pb = p * 64
     pu = p * LANES
     r = 0
+    tile = 0
     if gru:
         wbase = p * KP * 48
+        pfb = pn * KP * 48
+        while n - r >= 6 and n - r != 8 and n - r != 9:
+            b = r0 + r
+            _gru_tile6(Wp, wbase, pfb + (tile % 3) * KP * 16, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
+                       (b * T + t) * D, ((b + 1) * T + t) * D, ((b + 2) * T + t) * D,
+                       ((b + 3) * T + t) * D, ((b + 4) * T + t) * D, ((b + 5) * T + t) * D,
+                       valid[r], valid[r + 1], valid[r + 2], valid[r + 3], valid[r + 4], valid[r + 5],
+                       r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp, (r + 4) * Hp, (r + 5) * Hp)
+            r += 6
+            tile += 1
         while r + 4 <= n:
             b = r0 + r
-            _gru_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
+            _gru_tile4(Wp, wbase, pfb + (tile % 3) * KP * 16, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
                        (b * T + t) * D, ((b + 1) * T + t) * D,
                        ((b + 2) * T + t) * D, ((b + 3) * T + t) * D,
                        valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
                        r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
             r += 4
-        while r < n:
+            tile += 1
+        while r + 2 <= n:
             b = r0 + r
-            if n == 1:
-                _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
-                           (b * T + t) * D, valid[r], r * Hp)
-            else:
-                _gru_tile1k2(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
-                             (b * T + t) * D, valid[r], r * Hp)
-            r += 1
+            _gru_tile2(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
+                       (b * T + t) * D, ((b + 1) * T + t) * D, valid[r], valid[r + 1],
+                       r * Hp, (r + 1) * Hp)
+            r += 2
+        if r < n:
+            b = r0 + r
+            _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
+                       (b * T + t) * D, valid[r], r * Hp)
     else:
         wbase = p * KP * 64
+        pfb = pn * KP * 64
+        while n - r >= 6 and n - r != 8 and n - r != 9:
+            b = r0 + r
+            _lstm_tile6(Wp, wbase, pfb + (tile & 3) * KP * 16, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
+                        has_peep, Hp, cell_clip, act, ract, scratch,
+                        (b * T + t) * D, ((b + 1) * T + t) * D, ((b + 2) * T + t) * D,
+                        ((b + 3) * T + t) * D, ((b + 4) * T + t) * D, ((b + 5) * T + t) * D,
+                        valid[r], valid[r + 1], valid[r + 2], valid[r + 3], valid[r + 4], valid[r + 5],
+                        r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp, (r + 4) * Hp, (r + 5) * Hp)
+            r += 6
+            tile += 1
         while r + 4 <= n:
             b = r0 + r
-            _lstm_tile4(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
+            _lstm_tile4(Wp, wbase, pfb + (tile & 3) * KP * 16, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
                         has_peep, Hp, cell_clip, act, ract, scratch,
                         (b * T + t) * D, ((b + 1) * T + t) * D,
                         ((b + 2) * T + t) * D, ((b + 3) * T + t) * D,
                         valid[r], valid[r + 1], valid[r + 2], valid[r + 3],
                         r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp)
             r += 4
-        while r < n:
+            tile += 1
+        while r + 2 <= n:
             b = r0 + r
-            if n == 1:
-                _lstm_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
-                            has_peep, Hp, cell_clip, act, ract, scratch,
-                            (b * T + t) * D, valid[r], r * Hp)
-            else:
-                _lstm_tile1k2(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
-                              has_peep, Hp, cell_clip, act, ract, scratch,
-                              (b * T + t) * D, valid[r], r * Hp)
-            r += 1
+            _lstm_tile2(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
+                        has_peep, Hp, cell_clip, act, ract, scratch,
+                        (b * T + t) * D, ((b + 1) * T + t) * D, valid[r], valid[r + 1],
+                        r * Hp, (r + 1) * Hp)
+            r += 2
+        if r < n:
+            b = r0 + r
+            _lstm_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
+                        has_peep, Hp, cell_clip, act, ract, scratch,
+                        (b * T + t) * D, valid[r], r * Hp)
     if has_out:
         # ``out`` is C-contiguous (cpu.py makes sure): a full panel is one
         # vector store at flat offset ((b * T + t) * H + pu)
@@ -665,7 +966,7 @@ def run_rows(r0, r1, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0
         nxt = n * Hp - cur
         _step_flags(r0, n, t, mask, has_mask, valid)
         for p in range(NP):
-            _panel(gru, p, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act,
+            _panel(gru, p, (p + 1) % NP, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act,
                    ract, xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out,
                    scratch)
         for r in range(n):
@@ -770,7 +1071,7 @@ def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has
         c1 = min(end, c + chunk)
         if atomic_cas(sync, slot, c, c1):
             for q in range(c, c1):
-                _panel(gru, lo + q - s * cnt, 0, valid.shape[0], T, t, D, H, Hp, Wp, bp, peep,
+                _panel(gru, lo + q - s * cnt, lo + (q + 1 - s * cnt) % cnt, 0, valid.shape[0], T, t, D, H, Hp, Wp, bp, peep,
                        has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid, started,
                        zero_output, out, has_out, scratch)
             did += c1 - c
@@ -818,6 +1119,10 @@ def split_work(w, sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
         cur = (s & 1) * B * Hp
         nxt = B * Hp - cur
         _step_flags(0, B, t, mask, has_mask, valid)
+        # half of h was written by the other core: ask for all of it at once
+        # (batch 1, LSTM D=64 H=128, two threads: 70 -> 76 GFLOP/s)
+        for j in range(cur, cur + B * Hp, 16):
+            prefetch_l1(hf, j)
         # own half first (its weights stay in this core's cache), then
         # whatever the other thread has not claimed yet
         did += _claim_run(w, sync, my_slot, s, my_lo, my_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,

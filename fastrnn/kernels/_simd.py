@@ -359,3 +359,31 @@ def futex_wake(typingctx, arr, idx):
         return _syscall(builder, [c(_SYS_FUTEX), ptr, c(129), c(2**31 - 1), c(0), c(0), c(0)])
 
     return types.int64(arr, idx), codegen
+
+
+def _prefetcher(locality, doc):
+    @intrinsic
+    def fn(typingctx, arr, idx):
+        if not _is_f32_array(arr) or not isinstance(idx, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            i = context.cast(builder, args[1], sig.args[1], types.intp)
+            ptr = builder.bitcast(builder.gep(ary.data, [i]), cgutils.voidptr_t)
+            fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, _i32, _i32, _i32])
+            f = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            # (address, read, locality, data cache)
+            builder.call(f, [ptr, ir.Constant(_i32, 0), ir.Constant(_i32, locality), ir.Constant(_i32, 1)])
+            return context.get_dummy_value()
+
+        return types.none(arr, idx), codegen
+
+    fn.__doc__ = doc
+    return fn
+
+
+prefetch_l2 = _prefetcher(2, """Hint the cache line holding flat element ``idx`` of a float32 array
+    into L2 (``prefetcht1`` on x86). A hint: never faults, even out of range.""")
+prefetch_l1 = _prefetcher(3, """Hint the cache line holding flat element ``idx`` of a float32 array
+    into L1 (``prefetcht0`` on x86). A hint: never faults, even out of range.""")
