@@ -18,6 +18,10 @@ call per batch, output buffer allocated per call like the other engines).
 ONNX Runtime gets its input in its native ``(T, B, D)`` layout, prepared
 before timing.
 
+The header also gives the float32 FMA peak of this machine, measured with a
+register-only loop (:mod:`fastrnn.kernels._peak`), and the table fastrnn's
+GFLOP/s as a share of it: the hardware's limit, not another engine.
+
 Options: ``--quick`` (a shorter grid, < 1 min on 2 cores), ``--json PATH``,
 ``--contention`` (a busy process competes for the cores while timing),
 ``--streaming`` (per-call latency of streams; see :func:`bench_streaming`).
@@ -341,14 +345,27 @@ def bench_batch(opts):
     return rows, notes
 
 
-def format_table(rows):
+def fma_peaks():
+    """The float32 FMA peak of one core and of fastrnn's threads (GFLOP/s,
+    register-only loop: :mod:`fastrnn.kernels._peak`), or None without Numba."""
+    try:
+        from fastrnn.kernels import cpu
+        from fastrnn.kernels._peak import fma_peak
+    except ImportError:
+        return None
+    n = cpu.get_num_threads()
+    return {"1": fma_peak(1), str(n): fma_peak(n) if n > 1 else fma_peak(1)}
+
+
+def format_table(rows, peak=None):
     names = []
     for row in rows:
         for n in row["engines"]:
             if n not in names:
                 names.append(n)
     head = (["cell", "B,T,D,H"] + [f"{n} ms" for n in names]
-            + ["cpu GFLOP/s", "cpu/ORT", "cpu/torch", "cpu/ORT best", "max abs diff"])
+            + ["cpu GFLOP/s"] + (["cpu % of peak"] if peak else [])
+            + ["cpu/ORT", "cpu/torch", "cpu/ORT best", "max abs diff"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         e = row["engines"]
@@ -356,6 +373,8 @@ def format_table(rows):
         cells += [f"{e[n]['ms']:.3g}" if n in e else "" for n in names]
         main = e.get("fastrnn-cpu", next(iter(e.values())))
         cells.append(f"{main['gflops']:.0f}")
+        if peak:
+            cells.append(f"{100 * main['gflops'] / peak:.0f}")
         cells.append(f"{row['vs_ort']:.2f}" if "vs_ort" in row else "")
         cells.append(f"{row['vs_torch']:.2f}" if "vs_torch" in row else "")
         cells.append(f"{row['vs_ort_best']:.2f}" if "vs_ort_best" in row else "")
@@ -416,20 +435,28 @@ def parse(argv):
 def main(argv=None):
     opts = parse(sys.argv[1:] if argv is None else argv)
     t0 = time.time()
+    peaks = None
     with Contention(opts.contention):
         if opts.streaming:
             rows, notes = bench_streaming(opts)
             table = None
         else:
+            peaks = fma_peaks()  # under the same conditions as the engines
             rows, notes = bench_batch(opts)
-            table = format_table(rows)
     env = environment()
+    if not opts.streaming:
+        peak = peaks[str(env["fastrnn_threads"])] if peaks else None
+        table = format_table(rows, peak)
+        env["fma_peak_gflops"] = peaks
     title = "float32 batch inference, median ms per call"
     if opts.contention:
         title += ", with one competing busy process"
     if table:
         print(f"{title} ({time.time() - t0:.0f} s; threads: fastrnn {env['fastrnn_threads']}, "
               f"layer {env['threading_layer']}; ORT/PyTorch {THREADS})")
+        if peaks:
+            print(f"float32 FMA peak (register-only loop): {peaks['1']:.0f} GFLOP/s on one core, "
+                  f"{peak:.0f} on {env['fastrnn_threads']} threads; 'cpu % of peak' uses the latter")
         print(table)
     gpu_rows = []
     if table:

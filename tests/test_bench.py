@@ -1,0 +1,46 @@
+"""``python -m fastrnn bench`` runs end to end on a tiny grid and reports
+what the README says it reports (timings are not checked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_bench_tiny_grid(tmp_path, capsys):
+    from fastrnn import bench
+
+    out = tmp_path / "b.json"
+    skip = "pytorch"
+    try:
+        import onnxruntime  # noqa: F401
+        import onnx  # noqa: F401
+        have_ort = True
+    except ImportError:
+        have_ort = False
+    assert bench.main(["--shapes", "3,4,5,17", "--repeats", "1", "--skip", skip,
+                       "--backends", "cpu", "--no-progress", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "FMA peak" in text and "cpu % of peak" in text
+    data = json.loads(out.read_text())
+    peaks = data["environment"]["fma_peak_gflops"]
+    assert peaks["1"] > 0 and all(v > 0 for v in peaks.values())
+    rows = data["rows"]
+    assert [(r["cell"], r["B"], r["T"], r["D"], r["H"]) for r in rows] == [
+        ("lstm", 3, 4, 5, 17), ("gru", 3, 4, 5, 17)]
+    for r in rows:
+        e = r["engines"]
+        assert e["fastrnn-cpu"]["ms"] > 0 and e["fastrnn-cpu"]["gflops"] > 0
+        if have_ort:
+            # the engines were checked against each other before timing
+            assert e["onnxruntime"]["max_abs_diff"] < 1e-5 and r["vs_ort"] > 0
+        assert "pytorch" not in e
+
+
+def test_fma_peak_is_positive():
+    pytest.importorskip("numba")
+    from fastrnn.kernels._peak import fma_peak
+
+    one = fma_peak(1, seconds=0.02, repeats=1)
+    assert one > 1.0  # GFLOP/s: any machine that runs the tests does more
