@@ -467,7 +467,7 @@ def test_cpu_row_results_do_not_depend_on_the_batch(backend, monkeypatch, thread
     else:
         monkeypatch.setattr(backend, "_max_threads", 1)
     rng = np.random.default_rng(53)
-    D, H, T = 5, 37, T_LONG
+    D, H, T = 17, 37, T_LONG
     for dtype in DTYPES:
         for kind, opts in (("lstm", {}), ("gru", {}), ("lstm", {"peep": True}), ("simple", {})):
             params = make_params(kind, rng, D, H, dtype, **opts)
