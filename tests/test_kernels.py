@@ -424,7 +424,8 @@ def test_cpu_panel_split_for_large_weights(backend, monkeypatch):
     """Weights too large for the cores' caches send large batches through the
     panel split too (one panel per claim when panels are large): exact, with
     ragged masks and both directions; a busy machine, or one without the
-    panel split, keeps the row split."""
+    panel split, keeps the row split (a busy machine: for long calls; short
+    ones run on one thread)."""
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     _force_parallel(backend, monkeypatch)
@@ -447,12 +448,49 @@ def test_cpu_panel_split_for_large_weights(backend, monkeypatch):
     monkeypatch.setattr(backend, "_contended_until", float("inf"))
     x = rand(rng, (16, T_LONG, 6), np.float32)
     compare(backend, params, x, ragged_mask(rng, 16, T_LONG), False, True, rng=rng)
+    assert used == ["panels"] * 4  # a short call on a busy machine: one thread
+    monkeypatch.setattr(backend, "_CONTENDED_ROWS_WORK", 0)  # ... a long one: rows
+    compare(backend, params, x, ragged_mask(rng, 16, T_LONG), False, True, rng=rng)
     assert used[-1] == "rows"
     # ... and so do platforms where the panel split cannot run (no futex)
     monkeypatch.setattr(backend, "_contended_until", 0.0)
     monkeypatch.setattr(backend, "_HAVE_FUTEX", False)
     compare(backend, params, x, ragged_mask(rng, 16, T_LONG), True, False, rng=rng)
     assert used[-2:] == ["rows", "rows"]
+
+
+def test_cpu_row_split_stall_falls_back_to_one_thread(backend, monkeypatch):
+    """A short row-split call whose caller waited long at the join (a pool
+    thread had no core) puts the process on one thread for a while; results
+    stay exact either way, and a long call keeps both threads."""
+    if backend.NAME != "cpu":
+        pytest.skip("cpu backend internals")
+    import time
+
+    _force_parallel(backend, monkeypatch)
+    rng = np.random.default_rng(43)
+    params = make_params("lstm", rng, 6, 33, np.float32)
+    x = rand(rng, (9, T_LONG, 6), np.float32)
+    compare(backend, params, x, None, False, False, rng=rng)  # compiled, pool started
+    # the one-thread period a stall starts: long enough for a slow machine
+    monkeypatch.setattr(backend, "_contended_pause", 60.0)
+    used = []
+    real_rows, real_one = backend._pk.run_rows_par, backend._pk.run_rows
+
+    def stalled_rows(*a):
+        used.append("rows")
+        real_rows(*a)
+        time.sleep(0.01)  # off-core time of the caller, as at a join that waits
+
+    monkeypatch.setattr(backend._pk, "run_rows_par", stalled_rows)
+    monkeypatch.setattr(backend._pk, "run_rows", lambda *a: used.append("one") or real_one(*a))
+    for _ in range(3):
+        compare(backend, params, x, ragged_mask(rng, 9, T_LONG), False, False, rng=rng)
+    assert used == ["rows", "one", "one"]
+    assert backend._contended()
+    monkeypatch.setattr(backend, "_CONTENDED_ROWS_WORK", 0)
+    compare(backend, params, x, ragged_mask(rng, 9, T_LONG), True, False, rng=rng)
+    assert used[-1] == "rows"
 
 
 @pytest.mark.parametrize("threads", ["one", "split"])

@@ -107,6 +107,12 @@ _CONTENDED_PAUSE = 0.005  # doubled at each starved call in a row, up to the max
 # (a single stall is often a blip: an interrupt, a daemon; a busy process
 # starves every call and reaches the max within a few calls)
 _CONTENDED_PAUSE_MAX = 4.0
+# Row-split calls with less work than this (multiply-adds; ~10 ms of one
+# core) watch for the same stall and take one thread while the machine is
+# busy. Measured, LSTM B=8 D=128 H=256 (3 x 10^8) beside a busy process:
+# rows split 1.33x ONNX Runtime's time, one thread: see README. Longer calls
+# keep both threads: a stall of one scheduler slice is a small part of them.
+_CONTENDED_ROWS_WORK = 2_000_000_000
 _contended_pause = _CONTENDED_PAUSE
 _contended_until = 0.0
 # Panel split only when a step has this much work (multiply-adds): below,
@@ -303,28 +309,45 @@ def _contended():
     return time.monotonic() < _contended_until
 
 
+def _note_contention(starved):
+    """After a two-thread call: a starved one starts (or doubles) a period
+    on one thread; a clean one resets the period's length."""
+    global _contended_until, _contended_pause
+    if starved:
+        _contended_until = time.monotonic() + _contended_pause
+        _contended_pause = min(2 * _contended_pause, _CONTENDED_PAUSE_MAX)
+    else:
+        _contended_pause = _CONTENDED_PAUSE
+
+
 def _run_packed(B, T, H, work, args):
     """Run a packed (float32 LSTM/GRU) call: rows split between threads for
     large batches, panels split for small ones and for weights too large to
     stay in cache, or one thread."""
-    global _contended_until, _contended_pause
     threads = get_num_threads()
     if threads >= 2 and work >= _MIN_PARALLEL_WORK:
         NP = (H + _pk.LANES - 1) // _pk.LANES
         can_split = (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30
                      and work >= _MIN_SPLIT_STEP_WORK * T)
         # (while the machine looks busy, large batches keep the row split:
-        # its threads never wait for each other)
+        # its threads never wait for each other; short calls take one thread,
+        # since the launch's join could wait a scheduler slice for a thread
+        # that has no core)
         if B >= _BATCH_SPLIT_MIN and (args[1].nbytes <= _ROW_SPLIT_MAX_BYTES or _contended()
                                       or not can_split):
             bounds = _bounds(B, work)
-            if bounds is not None and _parallel_lock.acquire(blocking=False):
+            if (bounds is not None and (work >= _CONTENDED_ROWS_WORK or not _contended())
+                    and _parallel_lock.acquire(blocking=False)):
                 try:
                     _start_pool()
+                    wall, cpu_t = time.perf_counter(), time.thread_time()
                     _pk.run_rows_par(bounds, *args)  # folded projection
-                    return
+                    wall, cpu_t = time.perf_counter() - wall, time.thread_time() - cpu_t
                 finally:
                     _parallel_lock.release()
+                if work < _CONTENDED_ROWS_WORK:
+                    _note_contention(wall - cpu_t > max(_STALL_MIN, 0.5 * wall))
+                return
         if can_split and not _contended() and _parallel_lock.acquire(blocking=False):
             try:
                 wall, cpu_t = time.perf_counter(), time.thread_time()
@@ -342,11 +365,7 @@ def _run_packed(B, T, H, work, args):
             # is another sign.
             share = (NP - (NP + 1) // 2) * (T - joined)
             stalled = wall - cpu_t > max(_STALL_MIN, 0.5 * wall)
-            if abandoned or stalled or (joined >= 0 and helper < _STARVED * share):
-                _contended_until = time.monotonic() + _contended_pause
-                _contended_pause = min(2 * _contended_pause, _CONTENDED_PAUSE_MAX)
-            else:
-                _contended_pause = _CONTENDED_PAUSE
+            _note_contention(abandoned or stalled or (joined >= 0 and helper < _STARVED * share))
             return
     _pk.run_rows(0, B, *args)
 
