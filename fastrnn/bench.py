@@ -353,8 +353,11 @@ def fma_peaks():
         from fastrnn.kernels._peak import fma_peak
     except ImportError:
         return None
+    peaks = {"1": fma_peak(1)}
     n = cpu.get_num_threads()
-    return {"1": fma_peak(1), str(n): fma_peak(n) if n > 1 else fma_peak(1)}
+    if n > 1:
+        peaks[str(n)] = fma_peak(n)
+    return peaks
 
 
 def format_table(rows, peak=None):

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 
 def test_bench_tiny_grid(tmp_path, capsys):
     from fastrnn import bench
 
     out = tmp_path / "b.json"
-    skip = "pytorch"
     try:
         import onnxruntime  # noqa: F401
         import onnx  # noqa: F401
         have_ort = True
     except ImportError:
         have_ort = False
-    assert bench.main(["--shapes", "3,4,5,17", "--repeats", "1", "--skip", skip,
+    assert bench.main(["--shapes", "3,4,5,17", "--repeats", "1", "--skip", "pytorch",
                        "--backends", "cpu", "--no-progress", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "FMA peak" in text and "cpu % of peak" in text
@@ -39,7 +36,6 @@ def test_bench_tiny_grid(tmp_path, capsys):
 
 
 def test_fma_peak_is_positive():
-    pytest.importorskip("numba")
     from fastrnn.kernels._peak import fma_peak
 
     one = fma_peak(1, seconds=0.02, repeats=1)

@@ -16,7 +16,7 @@ multiple of 16 pads the last panel with zero columns; padded lanes are
 computed and never read.
 
 The tile keeps 6 batch rows x 4 vectors of 16 floats in registers (24
-accumulators: 4 loads, 6 broadcasts and 24 FMAs per ``k``; 4-row and
+accumulators: 4 loads, 6 broadcasts and 24 FMAs per ``k``; 4-, 2- and
 1-row tiles take the rows left over) and applies the gate math to those
 registers right after the ``k`` loops, so pre-activations never go through
 memory. GRU's four vectors are z, r, the input part of h and the recurrent
@@ -24,15 +24,15 @@ part of h (``reset_after=True`` needs them apart).
 
 Memory, not arithmetic, sets the pace once the rows fill a tile: a 4-row
 tile needs 256 bytes of panel per 8 cycles of FMAs, about what a core's L2
-delivers (one core, Intel Xeon with 2 MiB L2, a 4-row k loop over panels in
-L2 ran at ~9.6 cycles per ``k`` instead of 8); 6 rows need 2/3 of that.
-Weights beyond L2 come from L3 at ~32 GB/s per core on that machine, a third
-of what the tiles consume, so while a panel's tiles run, each multi-row
-tile also prefetches a quarter (GRU: a third) of the next panel into L2
+delivers on the Intel Xeon these kernels were last tuned on; 6 rows need
+2/3 of that. Weights beyond L2 come from L3 far slower than the tiles
+consume them, so while a panel's tiles run, each multi-row tile also
+prefetches a quarter (GRU: a third) of the next panel into L2
 (``prefetcht1``, one line per ``k``): the first tile of the next panel then
 finds it in L2 instead of stalling on L3. The 6- and 4-row tiles also ask
-for the panel's rows 8 ``k`` ahead into L1 (``prefetcht0``; one core, LSTM
-B=6 D=128 H=256: 141 -> 164 GFLOP/s, B=256 D=H=128: 154 -> 160).
+for the panel's rows 8 ``k`` ahead into L1 (``prefetcht0``). What these
+bought, ``python -m fastrnn bench`` before and after (cpu / ONNX Runtime):
+LSTM B=32 D=256 H=512 1.18 -> 0.86, B=64 D=512 H=1024 1.08 -> 0.83.
 
 Reference counting: every helper below the drivers is compiled with
 ``_nrt=False``. Numba otherwise increments and decrements the reference
@@ -58,7 +58,7 @@ from numba import njit, prange
 
 from ._cpu_math import activate as _activate
 from ._simd import (aligned64, atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake,
-                    sload, prefetch_l1, prefetch_l2, vadd, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh)
+                    sload, prefetch_l1, prefetch_l2, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh)
 
 LANES = 16
 
@@ -269,7 +269,7 @@ def _gru_cell6(z0, r0, x0, h0, z1, r1, x1, h1, z2, r2, x2, h2, z3, r3, x3, h3, z
     _gru_cell(z5, r5, x5, h5, v5, ro5, pu, cur, nxt, hf, act, ract, scratch)
 
 
-# ---- tiles (6, 4 and 1 rows); unrolled by hand so the accumulators are
+# ---- tiles (6, 4, 2 and 1 rows); unrolled by hand so the accumulators are
 # plain locals that LLVM keeps in registers. ``pf``: where this tile's share
 # of the next panel's prefetch starts ----
 
@@ -1150,7 +1150,6 @@ def split_work(w, sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
         nxt = B * Hp - cur
         _step_flags(0, B, t, mask, has_mask, valid)
         # half of h was written by the other core: ask for all of it at once
-        # (batch 1, LSTM D=64 H=128, two threads: 70 -> 76 GFLOP/s)
         for j in range(cur, cur + B * Hp, 16):
             prefetch_l1(hf, j)
         # own half first (its weights stay in this core's cache), then

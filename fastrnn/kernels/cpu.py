@@ -78,10 +78,10 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _MIN_PARALLEL_WORK = 2_000_000
 
 # Batches from this size up are split by rows (no synchronisation at all);
-# smaller ones share each step's panels between two threads. Measured on 2
-# cores (Intel Xeon, 2 MiB L2 each), batch 8, rows -> panels, GFLOP/s:
-# LSTM D=64 H=128 273 -> 189, D=128 H=256 (1.5 MB of weights) 284 -> 267,
-# GRU D=128 H=256 285 -> 230; with more weights panels win (below).
+# smaller ones share each step's panels between two threads. From 8 rows
+# (4 per thread) the row split is the faster one while the weights stay in
+# cache (``python -m fastrnn bench``, B=8 D=128 H=256, panels -> rows: GRU
+# 0.54 -> 0.45-0.49x ONNX Runtime's time); with more weights panels win (below).
 _BATCH_SPLIT_MIN = 8
 # ... unless the packed weights exceed this many bytes: they no longer stay
 # in the cores' caches between steps, and with rows split each thread
@@ -109,9 +109,9 @@ _CONTENDED_PAUSE = 0.005  # doubled at each starved call in a row, up to the max
 _CONTENDED_PAUSE_MAX = 4.0
 # Row-split calls with less work than this (multiply-adds; ~10 ms of one
 # core) watch for the same stall and take one thread while the machine is
-# busy. Measured, LSTM B=8 D=128 H=256 (3 x 10^8) beside a busy process:
-# rows split 1.33x ONNX Runtime's time, one thread: see README. Longer calls
-# keep both threads: a stall of one scheduler slice is a small part of them.
+# busy (``python -m fastrnn bench --contention``, LSTM B=8 D=128 H=256,
+# 3 x 10^8: 1.33 -> 0.49x ONNX Runtime's time). Longer calls keep both
+# threads: a stall of one scheduler slice is a small part of them.
 _CONTENDED_ROWS_WORK = 2_000_000_000
 _contended_pause = _CONTENDED_PAUSE
 _contended_until = 0.0
@@ -309,6 +309,12 @@ def _contended():
     return time.monotonic() < _contended_until
 
 
+def _stalled(wall, cpu_t):
+    """Whether the calling thread spent long off its core during a call of
+    ``wall`` seconds that took it ``cpu_t`` seconds of CPU."""
+    return wall - cpu_t > max(_STALL_MIN, 0.5 * wall)
+
+
 def _note_contention(starved):
     """After a two-thread call: a starved one starts (or doubles) a period
     on one thread; a clean one resets the period's length."""
@@ -346,7 +352,7 @@ def _run_packed(B, T, H, work, args):
                 finally:
                     _parallel_lock.release()
                 if work < _CONTENDED_ROWS_WORK:
-                    _note_contention(wall - cpu_t > max(_STALL_MIN, 0.5 * wall))
+                    _note_contention(_stalled(wall, cpu_t))
                 return
         if can_split and not _contended() and _parallel_lock.acquire(blocking=False):
             try:
@@ -364,8 +370,8 @@ def _run_packed(B, T, H, work, args):
             # the launch's join for a thread that had no core, or preempted)
             # is another sign.
             share = (NP - (NP + 1) // 2) * (T - joined)
-            stalled = wall - cpu_t > max(_STALL_MIN, 0.5 * wall)
-            _note_contention(abandoned or stalled or (joined >= 0 and helper < _STARVED * share))
+            _note_contention(abandoned or _stalled(wall, cpu_t)
+                             or (joined >= 0 and helper < _STARVED * share))
             return
     _pk.run_rows(0, B, *args)
 
