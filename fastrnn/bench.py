@@ -235,7 +235,10 @@ def sample(engines, repeats, min_sample=MIN_SAMPLE, progress=None, label=""):
     inner = {}
     for name, fn in engines.items():
         fn()  # warm-up (compiles, allocates, wakes thread pools)
-        t = _time(fn, 1)
+        # calls per sample from the fastest of a few: a slow second call (a
+        # pool still starting, an engine still tuning) would otherwise leave
+        # every sample one call long
+        t = min(_time(fn, 1) for _ in range(3))
         inner[name] = max(1, int(min_sample / max(t, 1e-7)))
     samples = {name: [] for name in engines}
     for r in range(repeats):
@@ -342,6 +345,12 @@ def bench_batch(opts):
             rows.append(row)
             progress.step(label)
     progress.close()
+    if any("fastrnn-cpu" in r["engines"] for r in rows):
+        from .kernels import cpu
+
+        for (cell, B, D, H), split in sorted(cpu.tuned_splits().items()):
+            notes.append(f"fastrnn-cpu {cell} B={B} D={D} H={H}: {split} split, "
+                         "chosen by timing both on its first calls")
     return rows, notes
 
 

@@ -493,6 +493,75 @@ def test_cpu_row_split_stall_falls_back_to_one_thread(backend, monkeypatch):
     assert used[-1] == "rows"
 
 
+@pytest.mark.parametrize("faster", ["rows", "panels"])
+def test_cpu_split_tuning_picks_the_faster(backend, monkeypatch, faster):
+    """In the band where neither split always wins, a shape's first calls
+    alternate rows, panels, panels, rows, ... (every result exact); after
+    each split's first call plus _TUNE_SAMPLES timed ones the faster is
+    kept for that shape, and reported by tuned_splits()."""
+    if backend.NAME != "cpu":
+        pytest.skip("cpu backend internals")
+    _force_parallel(backend, monkeypatch)
+    monkeypatch.setattr(backend, "_max_threads", 2)
+    monkeypatch.setattr(backend, "_TUNE_MIN_BYTES", 0)
+    monkeypatch.setattr(backend, "_tuning", {})
+    # a slow CI machine must not look busy: every call is then timed
+    monkeypatch.setattr(backend, "_stalled", lambda wall, cpu_t: False)
+    monkeypatch.setattr(backend, "_STARVED", 0.0)
+    monkeypatch.setattr(backend, "_SPINS", 10**7)
+    used = []
+    real_split, real_rows = backend._run_split, backend._pk.run_rows_par
+    monkeypatch.setattr(backend, "_run_split", lambda *a: used.append("panels") or real_split(*a))
+    monkeypatch.setattr(backend._pk, "run_rows_par", lambda *a: used.append("rows") or real_rows(*a))
+    real_record = backend._tune_record
+    # the first call of each split is not counted: make it the fastest of all
+    seen = set()
+
+    def record(key, split, per_step):
+        t = 1e-9 if split not in seen else (1.0 if split == faster else 2.0)
+        seen.add(split)
+        real_record(key, split, t)
+
+    monkeypatch.setattr(backend, "_tune_record", record)
+    rng = np.random.default_rng(59)
+    for kind in ("lstm", "gru"):
+        params = make_params(kind, rng, 7, 35, np.float32)
+        seen.clear()
+        used.clear()
+        n = 2 * (backend._TUNE_SAMPLES + 1)
+        for _ in range(n + 2):
+            monkeypatch.setattr(backend, "_contended_until", 0.0)
+            x = rand(rng, (9, T_LONG, 7), np.float32)
+            compare(backend, params, x, ragged_mask(rng, 9, T_LONG), False, False, rng=rng)
+        assert used[:n] == ["rows", "panels", "panels", "rows"] * (n // 4)
+        assert used[n:] == [faster, faster]
+        assert backend.tuned_splits()[(kind, 9, 7, 35)] == faster
+    # below the band (or one thread, or a busy machine) nothing is timed
+    monkeypatch.setattr(backend, "_TUNE_MIN_BYTES", 1 << 40)
+    monkeypatch.setattr(backend, "_tuning", {})
+    compare(backend, params, rand(rng, (9, T_LONG, 7), np.float32), None, False, False, rng=rng)
+    assert backend._tuning == {} and used[-1] == "rows"
+
+
+def test_cpu_split_tuning_bookkeeping(backend, monkeypatch):
+    """Each split's first timing is left out, the fastest remaining call
+    decides, and the table is bounded."""
+    if backend.NAME != "cpu":
+        pytest.skip("cpu backend internals")
+    monkeypatch.setattr(backend, "_tuning", {})
+    key = (False, 8, 128, 256)
+    times = {"rows": [50.0, 3.0, 3.5, 9.0], "panels": [0.1, 4.0, 3.2, 3.3]}
+    for _ in range(8):
+        split, timing = backend._tune_pick(key)
+        assert timing
+        backend._tune_record(key, split, times[split].pop(0))
+    assert backend._tune_pick(key) == ("rows", False)
+    monkeypatch.setattr(backend, "_TUNE_MAX_SHAPES", 3)
+    for B in range(8, 12):
+        backend._tune_pick((True, B, 5, 40))
+    assert len(backend._tuning) <= 3
+
+
 @pytest.mark.parametrize("threads", ["one", "split"])
 def test_cpu_row_results_do_not_depend_on_the_batch(backend, monkeypatch, threads):
     """A sequence gives the same bits alone, or at any position of a batch:

@@ -15,10 +15,12 @@ Both fold the input projection into each step, so memory does not grow
 with ``T``, and both write straight into the caller's buffers.
 
 Threads: batch rows are independent for the whole sequence, so a call with
-16 rows or more splits the batch between threads (at most
+8 rows or more splits the batch between threads (at most
 :func:`get_num_threads`) and the threads never meet until the end: nothing
 spins at a barrier, which keeps the engine robust when another process is
-busy on the same cores. Smaller batches share each step's panels between
+busy on the same cores (for 8-31 rows and weights past 640 KiB, where
+neither split wins on every machine, a shape's first calls time both and
+keep the faster). Smaller batches share each step's panels between
 two threads (``_cpu_packed.split_work``), started by one parallel launch
 per sequence on Numba's pool (``split_par``), or, under the ``workqueue``
 layer, by this module's helper thread; the calling thread never waits for
@@ -115,6 +117,22 @@ _CONTENDED_PAUSE_MAX = 4.0
 _CONTENDED_ROWS_WORK = 2_000_000_000
 _contended_pause = _CONTENDED_PAUSE
 _contended_until = 0.0
+# Between the two splits lies a band where neither wins on every machine:
+# batches of 8-31 rows whose packed weights pass _TUNE_MIN_BYTES (with rows
+# split, each core's L2 must hold all of them; with panels split, half).
+# Interleaved runs on one Intel host (LSTM D=128 H=256, 1.5 MB, two threads,
+# panels / rows time): B=8 0.86, B=10 0.72, B=16 0.88, B=12 1.03, B=24 1.03;
+# D=H=128 (0.5 MB) B=8 1.21. An earlier host of the same family had the row
+# split ahead at B=8. So calls in the band time both: a shape's first
+# 2 x (_TUNE_SAMPLES + 1) calls alternate between them (each one's first
+# call is not counted) and the rest take the one with the faster call per
+# step. Both give the same bits (every tile
+# sums a row's products in one order): only the speed differs.
+_TUNE_MIN_BYTES = 640 << 10
+_TUNE_MAX_B = 32
+_TUNE_SAMPLES = 3
+_TUNE_MAX_SHAPES = 256
+_tuning = {}
 # Panel split only when a step has this much work (multiply-adds): below,
 # meeting the other thread every step costs more than it saves. Measured on
 # 2 cores (Zen 5), batch 1, one thread -> two, us per step: LSTM D=H=32 (8k)
@@ -326,10 +344,47 @@ def _note_contention(starved):
         _contended_pause = _CONTENDED_PAUSE
 
 
+def _tune_pick(key):
+    """The split a call of shape ``key`` takes: while it is being tuned,
+    whichever has fewer timings; then the one with the lower median."""
+    got = _tuning.get(key)
+    if got is None:
+        if len(_tuning) >= _TUNE_MAX_SHAPES:  # a server cycling through shapes
+            _tuning.clear()
+        got = _tuning[key] = {"rows": [], "panels": []}
+    if isinstance(got, str):
+        return got, False
+    # rows, panels, panels, rows, rows, ...: each split runs as often first
+    # as second of a pair (a call right after a pause, or after other work
+    # evicted the weights from cache, is slower than the next one)
+    n = len(got["rows"]) + len(got["panels"])
+    return ("rows" if n % 4 in (0, 3) else "panels"), True
+
+
+def _tune_record(key, split, per_step):
+    got = _tuning.get(key)
+    if not isinstance(got, dict):
+        return
+    got[split].append(per_step)
+    # each split's first call is left out: it may have compiled or loaded
+    # the kernel, started the pool, or brought the weights into cache
+    if min(len(v) for v in got.values()) > _TUNE_SAMPLES:
+        # the fastest call of each: noise (interrupts, a preempted thread)
+        # only ever adds time
+        _tuning[key] = min(got, key=lambda k: min(got[k][1:]))
+
+
+def tuned_splits():
+    """The splits chosen so far for shapes in the band where neither always
+    wins: ``{(cell, B, D, H): "rows" | "panels"}`` (shapes still being timed
+    are left out)."""
+    return {("gru" if k[0] else "lstm",) + k[1:]: v for k, v in _tuning.items() if isinstance(v, str)}
+
+
 def _run_packed(B, T, H, work, args):
     """Run a packed (float32 LSTM/GRU) call: rows split between threads for
     large batches, panels split for small ones and for weights too large to
-    stay in cache, or one thread."""
+    stay in cache, or one thread; in between, whichever measured faster."""
     threads = get_num_threads()
     if threads >= 2 and work >= _MIN_PARALLEL_WORK:
         NP = (H + _pk.LANES - 1) // _pk.LANES
@@ -339,10 +394,20 @@ def _run_packed(B, T, H, work, args):
         # its threads never wait for each other; short calls take one thread,
         # since the launch's join could wait a scheduler slice for a thread
         # that has no core)
-        if B >= _BATCH_SPLIT_MIN and (args[1].nbytes <= _ROW_SPLIT_MAX_BYTES or _contended()
-                                      or not can_split):
+        nbytes = args[1].nbytes
+        contended = _contended()
+        rows = B >= _BATCH_SPLIT_MIN and (nbytes <= _ROW_SPLIT_MAX_BYTES or contended or not can_split)
+        tune = None
+        if (rows and can_split and not contended and threads == 2 and B < _TUNE_MAX_B
+                and nbytes > _TUNE_MIN_BYTES):
+            tune = (bool(args[0]), B, args[9].shape[2], H)
+            split, timing = _tune_pick(tune)
+            rows = split == "rows"
+            if not timing:
+                tune = None
+        if rows:
             bounds = _bounds(B, work)
-            if (bounds is not None and (work >= _CONTENDED_ROWS_WORK or not _contended())
+            if (bounds is not None and (work >= _CONTENDED_ROWS_WORK or not contended)
                     and _parallel_lock.acquire(blocking=False)):
                 try:
                     _start_pool()
@@ -351,10 +416,13 @@ def _run_packed(B, T, H, work, args):
                     wall, cpu_t = time.perf_counter() - wall, time.thread_time() - cpu_t
                 finally:
                     _parallel_lock.release()
+                stalled = _stalled(wall, cpu_t)
                 if work < _CONTENDED_ROWS_WORK:
-                    _note_contention(_stalled(wall, cpu_t))
+                    _note_contention(stalled)
+                if tune is not None and not stalled:
+                    _tune_record(tune, "rows", wall / T)
                 return
-        if can_split and not _contended() and _parallel_lock.acquire(blocking=False):
+        if can_split and not contended and _parallel_lock.acquire(blocking=False):
             try:
                 wall, cpu_t = time.perf_counter(), time.thread_time()
                 helper, joined, abandoned = _run_split(T, args)
@@ -370,8 +438,11 @@ def _run_packed(B, T, H, work, args):
             # the launch's join for a thread that had no core, or preempted)
             # is another sign.
             share = (NP - (NP + 1) // 2) * (T - joined)
-            _note_contention(abandoned or _stalled(wall, cpu_t)
-                             or (joined >= 0 and helper < _STARVED * share))
+            starved = (abandoned or _stalled(wall, cpu_t)
+                       or (joined >= 0 and helper < _STARVED * share))
+            _note_contention(starved)
+            if tune is not None and not starved:
+                _tune_record(tune, "panels", wall / T)
             return
     _pk.run_rows(0, B, *args)
 
