@@ -348,8 +348,8 @@ def bench_batch(opts):
     if any("fastrnn-cpu" in r["engines"] for r in rows):
         from .kernels import cpu
 
-        for (cell, B, D, H), split in sorted(cpu.tuned_splits().items()):
-            notes.append(f"fastrnn-cpu {cell} B={B} D={D} H={H}: {split} split, "
+        for (cell, B, D, H, t0, t1), split in sorted(cpu.tuned_splits().items()):
+            notes.append(f"fastrnn-cpu {cell} B={B} D={D} H={H} T={t0}-{t1}: {split} split, "
                          "chosen by timing both on its first calls")
     return rows, notes
 

@@ -535,7 +535,8 @@ def test_cpu_split_tuning_picks_the_faster(backend, monkeypatch, faster):
             compare(backend, params, x, ragged_mask(rng, 9, T_LONG), False, False, rng=rng)
         assert used[:n] == ["rows", "panels", "panels", "rows"] * (n // 4)
         assert used[n:] == [faster, faster]
-        assert backend.tuned_splits()[(kind, 9, 7, 35)] == faster
+        lo = 1 << (T_LONG.bit_length() - 1)
+        assert backend.tuned_splits()[(kind, 9, 7, 35, lo, 2 * lo - 1)] == faster
     # below the band (or one thread, or a busy machine) nothing is timed
     monkeypatch.setattr(backend, "_TUNE_MIN_BYTES", 1 << 40)
     monkeypatch.setattr(backend, "_tuning", {})
@@ -549,7 +550,7 @@ def test_cpu_split_tuning_bookkeeping(backend, monkeypatch):
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     monkeypatch.setattr(backend, "_tuning", {})
-    key = (False, 8, 128, 256)
+    key = (False, 8, 128, 256, 7)
     times = {"rows": [50.0, 3.0, 3.5, 9.0], "panels": [0.1, 4.0, 3.2, 3.3]}
     for _ in range(8):
         split, timing = backend._tune_pick(key)
@@ -558,7 +559,7 @@ def test_cpu_split_tuning_bookkeeping(backend, monkeypatch):
     assert backend._tune_pick(key) == ("rows", False)
     monkeypatch.setattr(backend, "_TUNE_MAX_SHAPES", 3)
     for B in range(8, 12):
-        backend._tune_pick((True, B, 5, 40))
+        backend._tune_pick((True, B, 5, 40, 7))
     assert len(backend._tuning) <= 3
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import D_IN, check_backend, inputs, require_layers
+from .common import D_IN, check_backend, inputs, require_layers, warm
 
 BATCH = [1, 8, 64]
 STEPS = [50, 200]
@@ -27,7 +27,7 @@ class _Layer:
         self.layer = getattr(fastrnn, self.cell)(units, return_sequences=True, backend=backend)
         self.layer.build((batch, steps, D_IN))
         self.x = inputs(batch, steps)
-        self.layer(self.x)  # compile or load the kernels from Numba's cache
+        warm(lambda: self.layer(self.x), batch)  # compile or load the kernels, tune
 
     def time_forward(self, batch, steps, units, backend):
         self.layer(self.x)
@@ -59,7 +59,7 @@ class Bidirectional:
             fastrnn.LSTM(units, return_sequences=True), backend=backend)
         self.layer.build((batch, steps, D_IN))
         self.x = inputs(batch, steps)
-        self.layer(self.x)
+        warm(lambda: self.layer(self.x), batch)
 
     def time_bidirectional_lstm(self, batch, steps, units, backend):
         self.layer(self.x)
@@ -81,7 +81,7 @@ class Stacked:
         self.layer = fastrnn.RNN(cells, return_sequences=True, backend=backend)
         self.layer.build((batch, steps, D_IN))
         self.x = inputs(batch, steps)
-        self.layer(self.x)
+        warm(lambda: self.layer(self.x), batch)
 
     def time_stacked(self, batch, steps, units, backend):
         self.layer(self.x)

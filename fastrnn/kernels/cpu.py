@@ -376,9 +376,12 @@ def _tune_record(key, split, per_step):
 
 def tuned_splits():
     """The splits chosen so far for shapes in the band where neither always
-    wins: ``{(cell, B, D, H): "rows" | "panels"}`` (shapes still being timed
-    are left out)."""
-    return {("gru" if k[0] else "lstm",) + k[1:]: v for k, v in _tuning.items() if isinstance(v, str)}
+    wins: ``{(cell, B, D, H, T_min, T_max): "rows" | "panels"}``; sequence
+    lengths are timed in ranges ``2**k .. 2**(k+1) - 1`` (a short call
+    spends more of its time starting threads). Shapes still being timed are
+    left out."""
+    return {("gru" if k[0] else "lstm", k[1], k[2], k[3], 1 << (k[4] - 1), (1 << k[4]) - 1): v
+            for k, v in _tuning.items() if isinstance(v, str)}
 
 
 def _run_packed(B, T, H, work, args):
@@ -400,7 +403,7 @@ def _run_packed(B, T, H, work, args):
         tune = None
         if (rows and can_split and not contended and threads == 2 and B < _TUNE_MAX_B
                 and nbytes > _TUNE_MIN_BYTES):
-            tune = (bool(args[0]), B, args[9].shape[2], H)
+            tune = (bool(args[0]), B, args[9].shape[2], H, T.bit_length())
             split, timing = _tune_pick(tune)
             rows = split == "rows"
             if not timing:
