@@ -335,38 +335,40 @@ def test_parallel_split_matches(backend, kind, monkeypatch):
 
 def test_cpu_panel_split_helper_late_or_absent(backend):
     """The panel split's caller finishes alone when the helper never comes,
-    and a helper arriving after the end changes nothing."""
+    and a helper arriving after the end changes nothing (batch 9, and batch
+    1 with the input sums hoisted)."""
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     from fastrnn.kernels import _cpu_packed as pk
 
     rng = np.random.default_rng(17)
-    B, T, D, H = 9, T_LONG, 4, 40
-    for gru in (False, True):
-        kind = "gru" if gru else "lstm"
-        params = make_params(kind, rng, D, H, np.float32)
-        x = rand(rng, (B, T, D), np.float32)
-        states = [rand(rng, (B, H), np.float32) for _ in range(params.n_states)]
-        want = np.empty((B, T, H), np.float32)
-        want_s = [np.empty((B, H), np.float32) for _ in states]
-        run(reference, reference.pack(params), x, states, None, False, False, want, want_s)
-        packed = backend.pack(params)
-        out = np.empty_like(want)
-        h_out = np.empty((B, H), np.float32)
-        c_out = np.empty((B, H), np.float32) if not gru else np.zeros((1, 1), np.float32)
-        c0 = states[1] if not gru else np.zeros((1, 1), np.float32)
-        peep = packed.arrays[2] if not gru else np.zeros(16, np.float32)
-        hf, cb = pk.split_prepare(gru, H, states[0], c0)
-        sync = np.zeros(pk.SYNC_SIZE, np.int64)
-        sync[pk.SPINS] = pk.DEFAULT_SPINS
-        job = (sync, gru, packed.arrays[0], packed.arrays[1], peep, False, -1.0, 1, 2, H,
-               x, np.ones((1, 1), bool), False, False, False, out, True, hf, cb)
-        pk.split_work(0, *job)
-        pk.split_work(1, *job)  # too late: must do nothing
-        pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
-        assert sync[pk.COUNT] == T * ((H + 15) // 16) and sync[pk.COUNT + 8] == 0
-        np.testing.assert_allclose(out, want, **tol(np.float32))
-        np.testing.assert_allclose(h_out, want_s[0], **tol(np.float32))
+    T, D, H = 2 * T_LONG + 1, 4, 40
+    for B, hoist in ((9, False), (1, True)):
+        for gru in (False, True):
+            kind = "gru" if gru else "lstm"
+            params = make_params(kind, rng, D, H, np.float32)
+            x = rand(rng, (B, T, D), np.float32)
+            states = [rand(rng, (B, H), np.float32) for _ in range(params.n_states)]
+            want = np.empty((B, T, H), np.float32)
+            want_s = [np.empty((B, H), np.float32) for _ in states]
+            run(reference, reference.pack(params), x, states, None, False, False, want, want_s)
+            packed = backend.pack(params)
+            out = np.empty_like(want)
+            h_out = np.empty((B, H), np.float32)
+            c_out = np.empty((B, H), np.float32) if not gru else np.zeros((1, 1), np.float32)
+            c0 = states[1] if not gru else np.zeros((1, 1), np.float32)
+            peep = packed.arrays[2] if not gru else np.zeros(16, np.float32)
+            hf, cb, P = pk.split_prepare(gru, H, states[0], c0, hoist)
+            sync = np.zeros(pk.SYNC_SIZE, np.int64)
+            sync[pk.SPINS] = pk.DEFAULT_SPINS
+            job = (sync, gru, packed.arrays[0], packed.arrays[1], peep, False, -1.0, 1, 2, H,
+                   x, np.ones((1, 1), bool), False, False, False, out, True, hf, cb, P, hoist)
+            pk.split_work(0, *job)
+            pk.split_work(1, *job)  # too late: must do nothing
+            pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
+            assert sync[pk.COUNT] == T * ((H + 15) // 16) and sync[pk.COUNT + 8] == 0
+            np.testing.assert_allclose(out, want, **tol(np.float32))
+            np.testing.assert_allclose(h_out, want_s[0], **tol(np.float32))
 
 
 @pytest.mark.parametrize("spins", [0, 1, 50])
@@ -491,6 +493,45 @@ def test_cpu_row_split_stall_falls_back_to_one_thread(backend, monkeypatch):
     monkeypatch.setattr(backend, "_CONTENDED_ROWS_WORK", 0)
     compare(backend, params, x, ragged_mask(rng, 9, T_LONG), True, False, rng=rng)
     assert used[-1] == "rows"
+
+
+@pytest.mark.parametrize("threads", ["one", "split"])
+def test_cpu_hoisted_input_sums(backend, monkeypatch, threads):
+    """A single row with large weights takes its input sums for runs of
+    HOIST_STEPS steps at a time: exact against the reference (ragged mask,
+    both directions, a last run cut short, peepholes, zero_output) and the
+    same bits as that row inside a batch, where nothing is hoisted."""
+    if backend.NAME != "cpu":
+        pytest.skip("cpu backend internals")
+    from fastrnn.kernels import _cpu_packed as pk
+
+    if threads == "split":
+        _force_parallel(backend, monkeypatch)
+    else:
+        monkeypatch.setattr(backend, "_max_threads", 1)
+    monkeypatch.setattr(backend, "_HOIST_MIN_BYTES", 0)
+    rng = np.random.default_rng(61)
+    D, H = 11, 37
+    T = 2 * pk.HOIST_STEPS + 7 if not TINY else pk.HOIST_STEPS + 7
+    for kind, opts in (("lstm", {}), ("gru", {}), ("lstm", {"peep": True})):
+        params = make_params(kind, rng, D, H, np.float32, **opts)
+        packed = backend.pack(params)
+        for reverse, zero_output in ((False, False), (True, True)):
+            monkeypatch.setattr(backend, "_contended_until", 0.0)
+            x = rand(rng, (3, T, D), np.float32, 1.0)
+            mask = ragged_mask(rng, 3, T)
+            compare(backend, params, x[1:2], mask[1:2], reverse, zero_output, rng=rng)
+            states = [rand(rng, (3, n), np.float32) for n in state_sizes(params)]
+            out = np.empty((3, T, H), np.float32)
+            outs = [np.empty_like(st) for st in states]
+            run(backend, packed, x, states, mask, reverse, zero_output, out, outs)
+            o1 = np.empty((1, T, H), np.float32)
+            s1 = [np.empty((1, n), np.float32) for n in state_sizes(params)]
+            run(backend, packed, x[1:2], [st[1:2] for st in states], mask[1:2], reverse,
+                zero_output, o1, s1)
+            np.testing.assert_array_equal(o1[0], out[1], err_msg=f"{kind} {opts}")
+            for got, want in zip(s1, outs):
+                np.testing.assert_array_equal(got[0], want[1])
 
 
 @pytest.mark.parametrize("faster", ["rows", "panels"])

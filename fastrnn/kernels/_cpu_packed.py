@@ -61,6 +61,11 @@ from ._simd import (aligned64, atomic_add, atomic_cas, atomic_load, cpu_relax, f
                     sload, prefetch_l1, prefetch_l2, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh)
 
 LANES = 16
+# A single row with large weights (``hoist``) takes its input sums (bias +
+# x . W) for runs of this many steps at a time, 6 steps per weight load,
+# into a buffer of NP x HOIST_STEPS x 64 floats (see ``_hoisted``); each
+# step then streams only the recurrent rows of the panels.
+HOIST_STEPS = 24
 
 
 @njit(inline="always")
@@ -848,9 +853,278 @@ def _gru_tile6(Wp, wbase, pf, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scr
 # ---- one panel of one step, every row of a row range ----
 
 
+# ---- the input projection, hoisted for a single row with large weights ----
+
+@njit(nogil=True, _nrt=False)
+def _lstm_proj6(Wp, wbase, bp, pb, D, xf, P, xo0, xo1, xo2, xo3, xo4, xo5, po0, po1, po2, po3, po4, po5):
+    """6 steps of one panel: bias + the input part of the gate sums, stored at ``P[po]``."""
+    bi = vload(bp, pb)
+    bf = vload(bp, pb + 16)
+    bc = vload(bp, pb + 32)
+    bo = vload(bp, pb + 48)
+    i0 = bi
+    f0 = bf
+    c0 = bc
+    o0 = bo
+    i1 = bi
+    f1 = bf
+    c1 = bc
+    o1 = bo
+    i2 = bi
+    f2 = bf
+    c2 = bc
+    o2 = bo
+    i3 = bi
+    f3 = bf
+    c3 = bc
+    o3 = bo
+    i4 = bi
+    f4 = bf
+    c4 = bc
+    o4 = bo
+    i5 = bi
+    f5 = bf
+    c5 = bc
+    o5 = bo
+    w = wbase
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
+        s = vsplat(sload(xf, xo0 + k))
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        s = vsplat(sload(xf, xo1 + k))
+        i1 = vfma(s, w0, i1)
+        f1 = vfma(s, w1, f1)
+        c1 = vfma(s, w2, c1)
+        o1 = vfma(s, w3, o1)
+        s = vsplat(sload(xf, xo2 + k))
+        i2 = vfma(s, w0, i2)
+        f2 = vfma(s, w1, f2)
+        c2 = vfma(s, w2, c2)
+        o2 = vfma(s, w3, o2)
+        s = vsplat(sload(xf, xo3 + k))
+        i3 = vfma(s, w0, i3)
+        f3 = vfma(s, w1, f3)
+        c3 = vfma(s, w2, c3)
+        o3 = vfma(s, w3, o3)
+        s = vsplat(sload(xf, xo4 + k))
+        i4 = vfma(s, w0, i4)
+        f4 = vfma(s, w1, f4)
+        c4 = vfma(s, w2, c4)
+        o4 = vfma(s, w3, o4)
+        s = vsplat(sload(xf, xo5 + k))
+        i5 = vfma(s, w0, i5)
+        f5 = vfma(s, w1, f5)
+        c5 = vfma(s, w2, c5)
+        o5 = vfma(s, w3, o5)
+        w += 64
+    vstore(P, po0, i0)
+    vstore(P, po0 + 16, f0)
+    vstore(P, po0 + 32, c0)
+    vstore(P, po0 + 48, o0)
+    vstore(P, po1, i1)
+    vstore(P, po1 + 16, f1)
+    vstore(P, po1 + 32, c1)
+    vstore(P, po1 + 48, o1)
+    vstore(P, po2, i2)
+    vstore(P, po2 + 16, f2)
+    vstore(P, po2 + 32, c2)
+    vstore(P, po2 + 48, o2)
+    vstore(P, po3, i3)
+    vstore(P, po3 + 16, f3)
+    vstore(P, po3 + 32, c3)
+    vstore(P, po3 + 48, o3)
+    vstore(P, po4, i4)
+    vstore(P, po4 + 16, f4)
+    vstore(P, po4 + 32, c4)
+    vstore(P, po4 + 48, o4)
+    vstore(P, po5, i5)
+    vstore(P, po5 + 16, f5)
+    vstore(P, po5 + 32, c5)
+    vstore(P, po5 + 48, o5)
+
+
+@njit(nogil=True, _nrt=False)
+def _lstm_proj1(Wp, wbase, bp, pb, D, xf, P, xo0, po0):
+    """1 step of one panel: bias + the input part of the gate sums, stored at ``P[po]``."""
+    bi = vload(bp, pb)
+    bf = vload(bp, pb + 16)
+    bc = vload(bp, pb + 32)
+    bo = vload(bp, pb + 48)
+    i0 = bi
+    f0 = bf
+    c0 = bc
+    o0 = bo
+    w = wbase
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        w3 = vload(Wp, w + 48)
+        s = vsplat(sload(xf, xo0 + k))
+        i0 = vfma(s, w0, i0)
+        f0 = vfma(s, w1, f0)
+        c0 = vfma(s, w2, c0)
+        o0 = vfma(s, w3, o0)
+        w += 64
+    vstore(P, po0, i0)
+    vstore(P, po0 + 16, f0)
+    vstore(P, po0 + 32, c0)
+    vstore(P, po0 + 48, o0)
+
+
+@njit(nogil=True, _nrt=False)
+def _gru_proj6(Wp, wbase, bp, pb, D, xf, P, xo0, xo1, xo2, xo3, xo4, xo5, po0, po1, po2, po3, po4, po5):
+    """6 steps of one panel: bias + the input part of the gate sums (z, r, the candidate's input part; its recurrent part's bias copied), stored at ``P[po]``."""
+    bz = vload(bp, pb)
+    br = vload(bp, pb + 16)
+    bx = vload(bp, pb + 32)
+    z0 = bz
+    r0 = br
+    x0 = bx
+    z1 = bz
+    r1 = br
+    x1 = bx
+    z2 = bz
+    r2 = br
+    x2 = bx
+    z3 = bz
+    r3 = br
+    x3 = bx
+    z4 = bz
+    r4 = br
+    x4 = bx
+    z5 = bz
+    r5 = br
+    x5 = bx
+    w = wbase
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        s = vsplat(sload(xf, xo0 + k))
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        x0 = vfma(s, w2, x0)
+        s = vsplat(sload(xf, xo1 + k))
+        z1 = vfma(s, w0, z1)
+        r1 = vfma(s, w1, r1)
+        x1 = vfma(s, w2, x1)
+        s = vsplat(sload(xf, xo2 + k))
+        z2 = vfma(s, w0, z2)
+        r2 = vfma(s, w1, r2)
+        x2 = vfma(s, w2, x2)
+        s = vsplat(sload(xf, xo3 + k))
+        z3 = vfma(s, w0, z3)
+        r3 = vfma(s, w1, r3)
+        x3 = vfma(s, w2, x3)
+        s = vsplat(sload(xf, xo4 + k))
+        z4 = vfma(s, w0, z4)
+        r4 = vfma(s, w1, r4)
+        x4 = vfma(s, w2, x4)
+        s = vsplat(sload(xf, xo5 + k))
+        z5 = vfma(s, w0, z5)
+        r5 = vfma(s, w1, r5)
+        x5 = vfma(s, w2, x5)
+        w += 48
+    bh = vload(bp, pb + 48)
+    vstore(P, po0, z0)
+    vstore(P, po0 + 16, r0)
+    vstore(P, po0 + 32, x0)
+    vstore(P, po0 + 48, bh)
+    vstore(P, po1, z1)
+    vstore(P, po1 + 16, r1)
+    vstore(P, po1 + 32, x1)
+    vstore(P, po1 + 48, bh)
+    vstore(P, po2, z2)
+    vstore(P, po2 + 16, r2)
+    vstore(P, po2 + 32, x2)
+    vstore(P, po2 + 48, bh)
+    vstore(P, po3, z3)
+    vstore(P, po3 + 16, r3)
+    vstore(P, po3 + 32, x3)
+    vstore(P, po3 + 48, bh)
+    vstore(P, po4, z4)
+    vstore(P, po4 + 16, r4)
+    vstore(P, po4 + 32, x4)
+    vstore(P, po4 + 48, bh)
+    vstore(P, po5, z5)
+    vstore(P, po5 + 16, r5)
+    vstore(P, po5 + 32, x5)
+    vstore(P, po5 + 48, bh)
+
+
+@njit(nogil=True, _nrt=False)
+def _gru_proj1(Wp, wbase, bp, pb, D, xf, P, xo0, po0):
+    """1 step of one panel: bias + the input part of the gate sums (z, r, the candidate's input part; its recurrent part's bias copied), stored at ``P[po]``."""
+    bz = vload(bp, pb)
+    br = vload(bp, pb + 16)
+    bx = vload(bp, pb + 32)
+    z0 = bz
+    r0 = br
+    x0 = bx
+    w = wbase
+    for k in range(D):
+        w0 = vload(Wp, w)
+        w1 = vload(Wp, w + 16)
+        w2 = vload(Wp, w + 32)
+        s = vsplat(sload(xf, xo0 + k))
+        z0 = vfma(s, w0, z0)
+        r0 = vfma(s, w1, r0)
+        x0 = vfma(s, w2, x0)
+        w += 48
+    bh = vload(bp, pb + 48)
+    vstore(P, po0, z0)
+    vstore(P, po0 + 16, r0)
+    vstore(P, po0 + 32, x0)
+    vstore(P, po0 + 48, bh)
+
+
+@njit(nogil=True, _nrt=False)
+def _hoisted(gru, p, b, T, t, D, Wp, wbase, bp, pb, xf, P, reverse):
+    """Where in ``P`` panel ``p``'s input sums for step ``t`` of row ``b``
+    lie; at the first step of each run of HOIST_STEPS steps, computes them
+    for the whole run first (6 steps per weight load)."""
+    s = T - 1 - t if reverse else t
+    tl = s % HOIST_STEPS
+    base = p * HOIST_STEPS * 64
+    if tl == 0:
+        m = min(HOIST_STEPS, T - s)
+        d = -1 if reverse else 1
+        x0 = (b * T + t) * D
+        j = 0
+        while m - j >= 6:
+            if gru:
+                _gru_proj6(Wp, wbase, bp, pb, D, xf, P, x0 + d * j * D, x0 + d * (j + 1) * D,
+                           x0 + d * (j + 2) * D, x0 + d * (j + 3) * D, x0 + d * (j + 4) * D,
+                           x0 + d * (j + 5) * D, base + 64 * j, base + 64 * (j + 1),
+                           base + 64 * (j + 2), base + 64 * (j + 3), base + 64 * (j + 4),
+                           base + 64 * (j + 5))
+            else:
+                _lstm_proj6(Wp, wbase, bp, pb, D, xf, P, x0 + d * j * D, x0 + d * (j + 1) * D,
+                            x0 + d * (j + 2) * D, x0 + d * (j + 3) * D, x0 + d * (j + 4) * D,
+                            x0 + d * (j + 5) * D, base + 64 * j, base + 64 * (j + 1),
+                            base + 64 * (j + 2), base + 64 * (j + 3), base + 64 * (j + 4),
+                            base + 64 * (j + 5))
+            j += 6
+        while j < m:
+            if gru:
+                _gru_proj1(Wp, wbase, bp, pb, D, xf, P, x0 + d * j * D, base + 64 * j)
+            else:
+                _lstm_proj1(Wp, wbase, bp, pb, D, xf, P, x0 + d * j * D, base + 64 * j)
+            j += 1
+    return base + tl * 64
+
+
 @njit(nogil=True, _nrt=False)
 def _panel(gru, p, pn, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act, ract,
-           xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out, scratch):
+           xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out, scratch, P, hoist,
+           reverse):
     """Units ``16p .. 16p+15`` of rows ``r0 .. r0+n-1`` at step ``t``: the
     products, the gate math, the new state, and those units' outputs."""
     KP = D + H
@@ -885,7 +1159,10 @@ def _panel(gru, p, pn, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip,
                        (b * T + t) * D, ((b + 1) * T + t) * D, valid[r], valid[r + 1],
                        r * Hp, (r + 1) * Hp)
             r += 2
-        if r < n:
+        if hoist and n == 1:  # the input sums come from P: only the recurrent rows
+            _gru_tile1(Wp, wbase + D * 48, P, _hoisted(gru, p, r0, T, t, D, Wp, wbase, bp, pb, xf, P, reverse),
+                       pu, 0, H, xf, hf, cur, nxt, act, ract, scratch, 0, valid[0], 0)
+        elif r < n:
             b = r0 + r
             _gru_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, act, ract, scratch,
                        (b * T + t) * D, valid[r], r * Hp)
@@ -919,7 +1196,11 @@ def _panel(gru, p, pn, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip,
                         (b * T + t) * D, ((b + 1) * T + t) * D, valid[r], valid[r + 1],
                         r * Hp, (r + 1) * Hp)
             r += 2
-        if r < n:
+        if hoist and n == 1:  # the input sums come from P: only the recurrent rows
+            _lstm_tile1(Wp, wbase + D * 64, P, _hoisted(gru, p, r0, T, t, D, Wp, wbase, bp, pb, xf, P, reverse),
+                        pu, 0, H, xf, hf, cur, nxt, cb, peep, has_peep, Hp, cell_clip, act, ract, scratch,
+                        0, valid[0], 0)
+        elif r < n:
             b = r0 + r
             _lstm_tile1(Wp, wbase, bp, pb, pu, D, H, xf, hf, cur, nxt, cb, peep,
                         has_peep, Hp, cell_clip, act, ract, scratch,
@@ -975,7 +1256,7 @@ def _step_flags(r0, n, t, mask, has_mask, valid):
 
 @njit(cache=True, nogil=True)
 def run_rows(r0, r1, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0,
-             mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
+             mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out, hoist):
     """Rows ``r0 .. r1-1`` for the whole sequence on the calling thread
     (``gru``: GRU with reset_after, else LSTM; ``c0``/``c_out``/``peep``
     are ignored for GRU)."""
@@ -988,6 +1269,8 @@ def run_rows(r0, r1, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0
     started = np.zeros(n, dtype=np.bool_)
     valid = np.ones(n, dtype=np.bool_)
     scratch = np.empty(LANES, dtype=np.float32)
+    hoist = hoist and n == 1
+    P = np.empty(NP * HOIST_STEPS * 64 if hoist else LANES, dtype=np.float32)
     xf = x.reshape(x.size)
     _load_state(gru, r0, n, H, Hp, h0, c0, hf, cb)
     for s in range(T):
@@ -998,7 +1281,7 @@ def run_rows(r0, r1, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0
         for p in range(NP):
             _panel(gru, p, (p + 1) % NP, r0, n, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip, act,
                    ract, xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out,
-                   scratch)
+                   scratch, P, hoist, reverse)
         for r in range(n):
             started[r] = started[r] or valid[r]
     _store_state(gru, r0, n, T, H, Hp, hf, cb, h_out, c_out)
@@ -1006,13 +1289,13 @@ def run_rows(r0, r1, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0
 
 @njit(cache=True, nogil=True, parallel=True)
 def run_rows_par(bounds, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x, h0, c0,
-                 mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out):
+                 mask, has_mask, reverse, zero_output, out, has_out, h_out, c_out, hoist):
     """Batch split: thread ``c`` runs rows ``bounds[c] .. bounds[c+1]-1`` for
     the whole sequence. Rows never interact, so the threads never wait."""
     for c in prange(bounds.shape[0] - 1):
         run_rows(bounds[c], bounds[c + 1], gru, Wp, bp, peep, has_peep, cell_clip, act,
                  ract, H, x, h0, c0, mask, has_mask, reverse, zero_output, out, has_out,
-                 h_out, c_out)
+                 h_out, c_out, hoist)
 
 
 # Panel split: for small batches, two threads share each step's panels.
@@ -1082,7 +1365,7 @@ def _left_out(sync, w):
 @njit(nogil=True, _nrt=False)
 def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has_peep, cell_clip,
                act, ract, xf, hf, cur, nxt, cb, valid, started, zero_output, out, has_out,
-               scratch):
+               scratch, P, hoist, reverse):
     """Claim and run the panels ``lo .. lo+cnt-1`` of step ``s`` one at a
     time until none is left; returns how many this thread ran."""
     did = 0
@@ -1103,7 +1386,7 @@ def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has
             for q in range(c, c1):
                 _panel(gru, lo + q - s * cnt, lo + (q + 1 - s * cnt) % cnt, 0, valid.shape[0], T, t, D, H, Hp, Wp, bp, peep,
                        has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid, started,
-                       zero_output, out, has_out, scratch)
+                       zero_output, out, has_out, scratch, P, hoist, reverse)
             did += c1 - c
             atomic_add(sync, _COUNT0 + 8 * w, c1 - c)  # before _DONE: read once all is done
             atomic_add(sync, _DONE, c1 - c)
@@ -1112,20 +1395,22 @@ def _claim_run(w, sync, slot, s, lo, cnt, gru, T, t, D, H, Hp, Wp, bp, peep, has
 
 
 @njit(cache=True, nogil=True)
-def split_prepare(gru, H, h0, c0):
-    """State buffers of a panel-split call (``hf``, ``cb``), loaded from h0/c0."""
+def split_prepare(gru, H, h0, c0, hoist):
+    """Buffers of a panel-split call: the state (``hf``, ``cb``, loaded from
+    h0/c0) and the hoisted input sums ``P`` (see ``_hoisted``)."""
     B = h0.shape[0]
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
     hf = np.zeros(2 * B * Hp, dtype=np.float32)
     cb = np.zeros(B * Hp, dtype=np.float32)
+    P = np.empty(NP * HOIST_STEPS * 64 if hoist and B == 1 else LANES, dtype=np.float32)
     _load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
-    return hf, cb
+    return hf, cb, P
 
 
 @njit(cache=True, nogil=True)
 def split_work(w, sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
-               mask, has_mask, reverse, zero_output, out, has_out, hf, cb):
+               mask, has_mask, reverse, zero_output, out, has_out, hf, cb, P, hoist):
     """Worker ``w`` of a panel-split call (0: the caller, runs to the end;
     1: the helper, leaves when it falls behind). Panels run: ``sync[COUNT + 8 * w]``."""
     B, T, D = x.shape
@@ -1139,6 +1424,7 @@ def split_work(w, sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
     started = np.zeros(B, dtype=np.bool_)
     valid = np.ones(B, dtype=np.bool_)
     scratch = np.empty(LANES, dtype=np.float32)
+    hoist = hoist and B == 1  # P: shared by both workers (see split_prepare)
     xf = x.reshape(x.size)
     did = 0
     joined = False
@@ -1156,10 +1442,10 @@ def split_work(w, sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
         # whatever the other thread has not claimed yet
         did += _claim_run(w, sync, my_slot, s, my_lo, my_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
                           has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
-                          started, zero_output, out, has_out, scratch)
+                          started, zero_output, out, has_out, scratch, P, hoist, reverse)
         did += _claim_run(w, sync, ot_slot, s, ot_lo, ot_cnt, gru, T, t, D, H, Hp, Wp, bp, peep,
                           has_peep, cell_clip, act, ract, xf, hf, cur, nxt, cb, valid,
-                          started, zero_output, out, has_out, scratch)
+                          started, zero_output, out, has_out, scratch, P, hoist, reverse)
         if w != 0 and did > 0 and not joined:
             joined = True
             atomic_cas(sync, JOIN, -1, s)
@@ -1173,7 +1459,7 @@ def split_work(w, sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
 
 @njit(cache=True, nogil=True, parallel=True)
 def split_par(sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
-              mask, has_mask, reverse, zero_output, out, has_out, hf, cb):
+              mask, has_mask, reverse, zero_output, out, has_out, hf, cb, P, hoist):
     """A panel-split call on Numba's thread pool: workers 0 and 1 are the two
     iterations of one parallel loop, so the second thread starts within a
     microsecond or two instead of waking a Python thread (which needs the
@@ -1181,7 +1467,7 @@ def split_par(sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
     never waits for it to arrive."""
     for w in prange(2):
         split_work(w, sync, gru, Wp, bp, peep, has_peep, cell_clip, act, ract, H, x,
-                   mask, has_mask, reverse, zero_output, out, has_out, hf, cb)
+                   mask, has_mask, reverse, zero_output, out, has_out, hf, cb, P, hoist)
 
 
 @njit(cache=True, nogil=True)
