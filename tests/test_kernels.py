@@ -497,10 +497,11 @@ def test_cpu_row_split_stall_falls_back_to_one_thread(backend, monkeypatch):
 
 @pytest.mark.parametrize("threads", ["one", "split"])
 def test_cpu_hoisted_input_sums(backend, monkeypatch, threads):
-    """A single row with large weights takes its input sums for runs of
-    HOIST_STEPS steps at a time: exact against the reference (ragged mask,
-    both directions, a last run cut short, peepholes, zero_output) and the
-    same bits as that row inside a batch, where nothing is hoisted."""
+    """A single row's hoisted input sums (computed for runs of steps at a
+    time) are exact against the reference (ragged mask, both directions, a
+    last run cut short, peepholes, zero_output) and give the same bits as
+    the sums folded into each step, and as the same row inside a batch
+    (where they are folded)."""
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     from fastrnn.kernels import _cpu_packed as pk
@@ -509,29 +510,33 @@ def test_cpu_hoisted_input_sums(backend, monkeypatch, threads):
         _force_parallel(backend, monkeypatch)
     else:
         monkeypatch.setattr(backend, "_max_threads", 1)
-    monkeypatch.setattr(backend, "_HOIST_MIN_BYTES", 0)
     rng = np.random.default_rng(61)
     D, H = 11, 37
-    T = 2 * pk.HOIST_STEPS + 7 if not TINY else pk.HOIST_STEPS + 7
+    T = (1 if TINY else 2) * pk.HOIST_STEPS + 7
     for kind, opts in (("lstm", {}), ("gru", {}), ("lstm", {"peep": True})):
         params = make_params(kind, rng, D, H, np.float32, **opts)
         packed = backend.pack(params)
         for reverse, zero_output in ((False, False), (True, True)):
-            monkeypatch.setattr(backend, "_contended_until", 0.0)
             x = rand(rng, (3, T, D), np.float32, 1.0)
             mask = ragged_mask(rng, 3, T)
-            compare(backend, params, x[1:2], mask[1:2], reverse, zero_output, rng=rng)
             states = [rand(rng, (3, n), np.float32) for n in state_sizes(params)]
-            out = np.empty((3, T, H), np.float32)
-            outs = [np.empty_like(st) for st in states]
-            run(backend, packed, x, states, mask, reverse, zero_output, out, outs)
-            o1 = np.empty((1, T, H), np.float32)
-            s1 = [np.empty((1, n), np.float32) for n in state_sizes(params)]
-            run(backend, packed, x[1:2], [st[1:2] for st in states], mask[1:2], reverse,
-                zero_output, o1, s1)
-            np.testing.assert_array_equal(o1[0], out[1], err_msg=f"{kind} {opts}")
-            for got, want in zip(s1, outs):
-                np.testing.assert_array_equal(got[0], want[1])
+
+            def call(rows, hoist):
+                monkeypatch.setattr(backend, "_contended_until", 0.0)
+                monkeypatch.setattr(backend, "_HOIST_MIN_BYTES", -1 if hoist else 1 << 40)
+                out = np.empty((len(range(*rows.indices(3))), T, H), np.float32)
+                outs = [np.empty((out.shape[0], n), np.float32) for n in state_sizes(params)]
+                run(backend, packed, x[rows], [st[rows] for st in states], mask[rows], reverse,
+                    zero_output, out, outs)
+                return [out] + outs
+
+            folded = call(slice(0, 3), False)
+            for rows in (slice(0, 3), slice(1, 2)):
+                for got, want in zip(call(rows, True), folded):
+                    np.testing.assert_array_equal(got, want[rows], err_msg=f"{kind} {opts} {rows}")
+            monkeypatch.setattr(backend, "_HOIST_MIN_BYTES", -1)
+            monkeypatch.setattr(backend, "_contended_until", 0.0)
+            compare(backend, params, x, mask, reverse, zero_output, rng=rng)
 
 
 @pytest.mark.parametrize("faster", ["rows", "panels"])
