@@ -322,6 +322,14 @@ def _force_parallel(backend, monkeypatch):
         monkeypatch.setattr(backend, "_contended_until", 0.0)
 
 
+def _use_threads(backend, monkeypatch, threads):
+    # "split": every call split between the threads; "one": one thread
+    if threads == "split":
+        _force_parallel(backend, monkeypatch)
+    else:
+        monkeypatch.setattr(backend, "_max_threads", 1)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
 def test_parallel_split_matches(backend, kind, monkeypatch):
     _force_parallel(backend, monkeypatch)
@@ -506,10 +514,7 @@ def test_cpu_hoisted_input_sums(backend, monkeypatch, threads):
         pytest.skip("cpu backend internals")
     from fastrnn.kernels import _cpu_packed as pk
 
-    if threads == "split":
-        _force_parallel(backend, monkeypatch)
-    else:
-        monkeypatch.setattr(backend, "_max_threads", 1)
+    _use_threads(backend, monkeypatch, threads)
     rng = np.random.default_rng(61)
     D, H = 11, 37
     T = (1 if TINY else 2) * pk.HOIST_STEPS + 7
@@ -616,10 +621,7 @@ def test_cpu_row_results_do_not_depend_on_the_batch(backend, monkeypatch, thread
     sum a row's products in one order. Packed float32 and generic float64."""
     if backend.NAME != "cpu":
         pytest.skip("a cpu backend property (the reference and cuda backends use BLAS)")
-    if threads == "split":
-        _force_parallel(backend, monkeypatch)
-    else:
-        monkeypatch.setattr(backend, "_max_threads", 1)
+    _use_threads(backend, monkeypatch, threads)
     rng = np.random.default_rng(53)
     D, H, T = 17, 37, T_LONG
     for dtype in DTYPES:
