@@ -375,9 +375,13 @@ def format_table(rows, peak=None):
         for n in row["engines"]:
             if n not in names:
                 names.append(n)
+    # ratio columns only for engines that ran (``--skip pytorch`` drops cpu/torch)
+    ratios = [(k, h) for k, h in (("vs_ort", "cpu/ORT"), ("vs_torch", "cpu/torch"),
+                                  ("vs_ort_best", "cpu/ORT best"))
+              if any(k in row for row in rows)]
     head = (["cell", "B,T,D,H"] + [f"{n} ms" for n in names]
             + ["cpu GFLOP/s"] + (["cpu % of peak"] if peak else [])
-            + ["cpu/ORT", "cpu/torch", "cpu/ORT best", "max abs diff"])
+            + [h for _, h in ratios] + ["max abs diff"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         e = row["engines"]
@@ -387,9 +391,7 @@ def format_table(rows, peak=None):
         cells.append(f"{main['gflops']:.0f}")
         if peak:
             cells.append(f"{100 * main['gflops'] / peak:.0f}")
-        cells.append(f"{row['vs_ort']:.2f}" if "vs_ort" in row else "")
-        cells.append(f"{row['vs_torch']:.2f}" if "vs_torch" in row else "")
-        cells.append(f"{row['vs_ort_best']:.2f}" if "vs_ort_best" in row else "")
+        cells += [f"{row[k]:.2f}" if k in row else "" for k, _ in ratios]
         cells.append(f"{max(v['max_abs_diff'] for v in e.values()):.1e}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -20,6 +20,9 @@ def test_bench_tiny_grid(tmp_path, capsys):
                        "--backends", "cpu", "--no-progress", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "FMA peak" in text and "cpu % of peak" in text
+    header = next(line for line in text.splitlines() if line.startswith("| cell"))
+    assert "cpu/torch" not in header  # PyTorch was skipped: no empty column
+    assert ("cpu/ORT" in header) == have_ort
     data = json.loads(out.read_text())
     peaks = data["environment"]["fma_peak_gflops"]
     assert peaks["1"] > 0 and all(v > 0 for v in peaks.values())
