@@ -211,9 +211,12 @@ def _model_ref(model):
     dask, _ = _import_dask()
     client = _current_client()
     if client is not None:
-        # broadcast: every worker receives the bytes once, up front, instead of
-        # all of them fetching them from the first worker at the same time.
-        return client.scatter(model, broadcast=True, hash=True)
+        # Not broadcast: the Active Memory Manager drops replicas that no task
+        # waits for yet, so copies sent up front were dropped again (and sent
+        # twice) when the graph came a moment later. Each worker fetches the
+        # key once, with its first task that needs it, and keeps it while
+        # tasks that need it are waiting.
+        return client.scatter(model, hash=True)
     return dask.delayed(model, pure=True)
 
 
