@@ -24,7 +24,10 @@ GFLOP/s as a share of it: the hardware's limit, not another engine.
 
 Options: ``--quick`` (a shorter grid, < 1 min on 2 cores), ``--json PATH``,
 ``--contention`` (a busy process competes for the cores while timing),
-``--streaming`` (per-call latency of streams; see :func:`bench_streaming`).
+``--runs N`` (the whole grid N times, one table per run, then the spread of
+each ratio over the runs: on a shared machine a single ratio moves by up to
+0.15 from one run to the next), ``--streaming`` (per-call latency of
+streams; see :func:`bench_streaming`).
 """
 
 from __future__ import annotations
@@ -441,39 +444,83 @@ def parse(argv):
                    help="fastrnn backends (default: every available one)")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="engines to leave out: onnxruntime,pytorch")
-    p.add_argument("--repeats", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=0, help="timed samples per engine and shape")
+    p.add_argument("--runs", type=int, default=1,
+                   help="time the whole grid this many times and summarise the ratios' spread")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    opts = p.parse_args(argv)
+    if opts.runs < 1:
+        p.error(f"--runs: expected a positive number of runs, got {opts.runs}")
+    if opts.runs > 1 and opts.streaming:
+        p.error("--runs: only for the batch grid, not with --streaming")
+    return opts
+
+
+def format_spread(runs):
+    """The ratios of every run side by side, per shape, with their min / median / max."""
+    keys = [(k, h) for k, h in (("vs_ort", "cpu/ORT"), ("vs_torch", "cpu/torch"))
+            if any(k in row for rows in runs for row in rows)]
+    if not keys:
+        return None
+    head = ["cell", "B,T,D,H"]
+    for _, h in keys:
+        head += [f"{h} per run", f"{h} min", f"{h} median", f"{h} max"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, row in enumerate(runs[0]):
+        cells = [row["cell"], f"{row['B']},{row['T']},{row['D']},{row['H']}"]
+        for k, _ in keys:
+            vals = [rows[i][k] for rows in runs if k in rows[i]]
+            if vals:
+                cells += [" ".join(f"{v:.2f}" for v in vals), f"{min(vals):.2f}",
+                          f"{statistics.median(vals):.2f}", f"{max(vals):.2f}"]
+            else:
+                cells += ["", "", "", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     opts = parse(sys.argv[1:] if argv is None else argv)
     t0 = time.time()
-    # the machine's peak, before any competing process starts
-    peaks = None if opts.streaming else fma_peaks()
-    with Contention(opts.contention):
-        if opts.streaming:
-            rows, notes = bench_streaming(opts)
-            table = None
-        else:
-            rows, notes = bench_batch(opts)
-    env = environment()
-    if not opts.streaming:
-        peak = peaks[str(env["fastrnn_threads"])] if peaks else None
-        table = format_table(rows, peak)
-        env["fma_peak_gflops"] = peaks
     title = "float32 batch inference, median ms per call"
     if opts.contention:
         title += ", with one competing busy process"
-    if table:
-        print(f"{title} ({time.time() - t0:.0f} s; threads: fastrnn {env['fastrnn_threads']}, "
-              f"layer {env['threading_layer']}; ORT/PyTorch {THREADS})")
-        if peaks:
-            print(f"float32 FMA peak (register-only loop): {peaks['1']:.0f} GFLOP/s on one core, "
-                  f"{peak:.0f} on {env['fastrnn_threads']} threads; 'cpu % of peak' uses the latter")
-        print(table)
+    runs, peaks_per_run, notes, env = [], [], [], None
+    if opts.streaming:
+        with Contention(opts.contention):
+            rows, notes = bench_streaming(opts)
+        env = environment()
+    else:
+        for run in range(opts.runs):
+            t_run = time.time()
+            # the machine's peak, before any competing process starts
+            peaks = fma_peaks()
+            with Contention(opts.contention):
+                rows, run_notes = bench_batch(opts)
+            env = env or environment()
+            peak = peaks[str(env["fastrnn_threads"])] if peaks else None
+            runs.append(rows)
+            peaks_per_run.append(peaks)
+            notes += [n for n in run_notes if n not in notes]
+            which = f"run {run + 1} of {opts.runs}, " if opts.runs > 1 else ""
+            print(f"{title} ({which}{time.time() - t_run:.0f} s; threads: fastrnn "
+                  f"{env['fastrnn_threads']}, layer {env['threading_layer']}; ORT/PyTorch {THREADS})")
+            if peaks:
+                print(f"float32 FMA peak (register-only loop): {peaks['1']:.0f} GFLOP/s on one core, "
+                      f"{peak:.0f} on {env['fastrnn_threads']} threads; 'cpu % of peak' uses the latter")
+            print(format_table(rows, peak))
+            if opts.runs > 1:
+                print()
+        rows = runs[0]
+        env["fma_peak_gflops"] = peaks_per_run[0]
+        if opts.runs > 1:
+            spread = format_spread(runs)
+            if spread:
+                print(f"ratios over the {opts.runs} runs ({time.time() - t0:.0f} s in all; "
+                      "below 1: fastrnn is faster)")
+                print(spread)
     gpu_rows = []
-    if table:
+    if not opts.streaming:
         # GPU rows (issue 4): fastrnn cuda beside cuDNN, only with a real GPU
         from ._bench_gpu import bench_gpu, format_gpu_table
 
@@ -485,8 +532,10 @@ def main(argv=None):
     for note in notes:
         print(f"note: {note}")
     if opts.json:
+        out = dict(environment=env, contention=opts.contention, quick=opts.quick,
+                   rows=rows, gpu_rows=gpu_rows, notes=notes, argv=list(argv or []))
+        if len(runs) > 1:
+            out["runs"] = [dict(rows=r, fma_peak_gflops=p) for r, p in zip(runs, peaks_per_run)]
         with open(opts.json, "w") as f:
-            json.dump(dict(environment=env, contention=opts.contention, quick=opts.quick,
-                           rows=rows, gpu_rows=gpu_rows, notes=notes, argv=list(argv or [])),
-                      f, indent=1)
+            json.dump(out, f, indent=1)
     return 0

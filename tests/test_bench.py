@@ -43,3 +43,41 @@ def test_fma_peak_is_positive():
 
     one = fma_peak(1, seconds=0.02, repeats=1)
     assert one > 1.0  # GFLOP/s: any machine that runs the tests does more
+
+
+def test_bench_runs_spread(tmp_path, capsys):
+    """``--runs 2``: one table per run, then each ratio of both runs with
+    their min / median / max, and every run in the JSON."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from fastrnn import bench
+
+    out = tmp_path / "b.json"
+    assert bench.main(["--shapes", "2,3,7,19", "--cells", "gru", "--repeats", "1", "--runs", "2",
+                       "--skip", "pytorch", "--backends", "cpu", "--no-progress",
+                       "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "run 1 of 2" in text and "run 2 of 2" in text
+    data = json.loads(out.read_text())
+    runs = data["runs"]
+    assert len(runs) == 2 and data["rows"] == runs[0]["rows"]
+    ratios = [r["rows"][0]["vs_ort"] for r in runs]
+    spread = next(line for line in text.splitlines() if line.startswith("| gru | 2,3,7,19 |")
+                  and "per run" not in line and line.count("|") == 7)
+    cells = [c.strip() for c in spread.strip("|").split("|")]
+    assert cells[2] == " ".join(f"{v:.2f}" for v in ratios)
+    assert cells[3] == f"{min(ratios):.2f}" and cells[5] == f"{max(ratios):.2f}"
+
+
+def test_bench_runs_rejects_bad_counts(capsys):
+    import pytest
+
+    from fastrnn import bench
+
+    for argv, needle in ((["--runs", "0"], "expected a positive number of runs, got 0"),
+                         (["--runs", "2", "--streaming"], "only for the batch grid")):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert needle in capsys.readouterr().err
