@@ -25,7 +25,7 @@ GFLOP/s as a share of it: the hardware's limit, not another engine.
 Options: ``--quick`` (a shorter grid, < 1 min on 2 cores), ``--json PATH``,
 ``--contention`` (a busy process competes for the cores while timing),
 ``--runs N`` (the whole grid N times, one table per run, then the spread of
-each ratio over the runs: on a shared machine a single ratio moves by up to
+each ratio over the runs: on the shared development machine a single ratio moved by up to
 0.15 from one run to the next), ``--streaming`` (per-call latency of
 streams; see :func:`bench_streaming`).
 """
@@ -372,6 +372,12 @@ def fma_peaks():
     return peaks
 
 
+def markdown_table(head, body):
+    """``head`` (column names) and ``body`` (rows of cell strings) as a Markdown table."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
 def format_table(rows, peak=None):
     names = []
     for row in rows:
@@ -385,7 +391,7 @@ def format_table(rows, peak=None):
     head = (["cell", "B,T,D,H"] + [f"{n} ms" for n in names]
             + ["cpu GFLOP/s"] + (["cpu % of peak"] if peak else [])
             + [h for _, h in ratios] + ["max abs diff"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for row in rows:
         e = row["engines"]
         cells = [row["cell"], f"{row['B']},{row['T']},{row['D']},{row['H']}"]
@@ -396,8 +402,8 @@ def format_table(rows, peak=None):
             cells.append(f"{100 * main['gflops'] / peak:.0f}")
         cells += [f"{row[k]:.2f}" if k in row else "" for k, _ in ratios]
         cells.append(f"{max(v['max_abs_diff'] for v in e.values()):.1e}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 # ------------------------------------------------------------------ streaming (issue 9)
@@ -457,7 +463,8 @@ def parse(argv):
 
 
 def format_spread(runs):
-    """The ratios of every run side by side, per shape, with their min / median / max."""
+    """The ratios of every run (a list of ``bench_batch`` row lists) side by
+    side, per shape, with their min / median / max."""
     keys = [(k, h) for k, h in (("vs_ort", "cpu/ORT"), ("vs_torch", "cpu/torch"))
             if any(k in row for rows in runs for row in rows)]
     if not keys:
@@ -465,7 +472,7 @@ def format_spread(runs):
     head = ["cell", "B,T,D,H"]
     for _, h in keys:
         head += [f"{h} per run", f"{h} min", f"{h} median", f"{h} max"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for i, row in enumerate(runs[0]):
         cells = [row["cell"], f"{row['B']},{row['T']},{row['D']},{row['H']}"]
         for k, _ in keys:
@@ -475,8 +482,8 @@ def format_spread(runs):
                           f"{statistics.median(vals):.2f}", f"{max(vals):.2f}"]
             else:
                 cells += ["", "", "", ""]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def main(argv=None):
@@ -485,7 +492,7 @@ def main(argv=None):
     title = "float32 batch inference, median ms per call"
     if opts.contention:
         title += ", with one competing busy process"
-    runs, peaks_per_run, notes, env = [], [], [], None
+    runs, notes, env = [], [], None  # runs: dict(rows, fma_peak_gflops) per run
     if opts.streaming:
         with Contention(opts.contention):
             rows, notes = bench_streaming(opts)
@@ -499,8 +506,7 @@ def main(argv=None):
                 rows, run_notes = bench_batch(opts)
             env = env or environment()
             peak = peaks[str(env["fastrnn_threads"])] if peaks else None
-            runs.append(rows)
-            peaks_per_run.append(peaks)
+            runs.append(dict(rows=rows, fma_peak_gflops=peaks))
             notes += [n for n in run_notes if n not in notes]
             which = f"run {run + 1} of {opts.runs}, " if opts.runs > 1 else ""
             print(f"{title} ({which}{time.time() - t_run:.0f} s; threads: fastrnn "
@@ -511,10 +517,10 @@ def main(argv=None):
             print(format_table(rows, peak))
             if opts.runs > 1:
                 print()
-        rows = runs[0]
-        env["fma_peak_gflops"] = peaks_per_run[0]
+        rows = runs[0]["rows"]
+        env["fma_peak_gflops"] = runs[0]["fma_peak_gflops"]
         if opts.runs > 1:
-            spread = format_spread(runs)
+            spread = format_spread([r["rows"] for r in runs])
             if spread:
                 print(f"ratios over the {opts.runs} runs ({time.time() - t0:.0f} s in all; "
                       "below 1: fastrnn is faster)")
@@ -535,7 +541,7 @@ def main(argv=None):
         out = dict(environment=env, contention=opts.contention, quick=opts.quick,
                    rows=rows, gpu_rows=gpu_rows, notes=notes, argv=list(argv or []))
         if len(runs) > 1:
-            out["runs"] = [dict(rows=r, fma_peak_gflops=p) for r, p in zip(runs, peaks_per_run)]
+            out["runs"] = runs
         with open(opts.json, "w") as f:
             json.dump(out, f, indent=1)
     return 0
