@@ -15,6 +15,8 @@ not train), and ``implementation`` (numerically identical). ``dropout`` and
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from . import activations, initializers
@@ -393,7 +395,10 @@ class StackedRNNCells:
                 raise ValueError(f"StackedRNNCells: {c!r} is not an RNN cell (no state_size)")
         self.cells = cells
         self.name, _ = _pop_common(kwargs, "StackedRNNCells")
-        self.dtype = getattr(cells[0], "dtype", np.dtype(np.float32))
+        # the first cell that stores weights sets the stack's dtype; a stack
+        # of the user's cells has none (the layer's dtype= applies)
+        self.dtype = next((np.dtype(c.dtype) for c in cells
+                           if getattr(c, "dtype", None) is not None), None)
 
     @property
     def state_size(self):
@@ -442,12 +447,21 @@ class StackedRNNCells:
                 else c.get_initial_state(batch_size)[0] for c in self.cells]
 
     def __call__(self, inputs, states, training=False):
-        from .layers import RNN
-
-        layer = RNN(self, return_state=True)
-        result = layer(np.asarray(inputs)[:, None, :], initial_state=list(states),
-                       training=training)
-        return result[0], result[1:]
+        """One step of every cell, bottom to top: ``states`` holds one entry
+        per cell (a list of arrays, or one array for a single state), and
+        the new states come back the same way."""
+        states = list(states)
+        if len(states) != len(self.cells):
+            raise ValueError(f"StackedRNNCells: states expected one entry per cell "
+                             f"({len(self.cells)}), got {len(states)}")
+        x = inputs
+        new_states = []
+        for cell, s in zip(self.cells, states):
+            is_list = isinstance(s, (list, tuple))
+            x, new = call_cell(cell, x, list(s) if is_list else [s], training)
+            new = list(new) if isinstance(new, (list, tuple)) else [new]
+            new_states.append(new if is_list else new[0])
+        return x, new_states
 
     def get_config(self):
         return {"name": self.name, "trainable": True,
@@ -458,6 +472,23 @@ class StackedRNNCells:
         config = dict(config)
         cells = [deserialize_cell(c) for c in config.pop("cells")]
         return cls(cells, **config)
+
+
+def _takes_training(cell):
+    """Whether ``cell(x, states, training=...)`` is accepted: Keras passes
+    ``training`` only to a cell whose call has that argument (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(cell).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: do not pass it
+        return False
+    return any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def call_cell(cell, inputs, states, training):
+    """One step of any cell, built-in or the user's, as Keras calls it."""
+    if _takes_training(cell):
+        return cell(inputs, states, training=training)
+    return cell(inputs, states)
 
 
 def _first(size):

@@ -694,7 +694,9 @@ def _make_plugin_class():
           each worker's Numba kernels would use every core and ``workers x
           threads`` would oversubscribe the machine;
         * compiles the common kernels (or loads them from ``NUMBA_CACHE_DIR``)
-          so that the first chunk does not pay for it (``warm=False`` skips).
+          so that the first chunk does not pay for it (``warm=False`` skips;
+          ``dtypes``: the dtypes a one-thread worker warms, workers with more
+          threads warm float32 and float64).
 
         Usage: ``client.register_plugin(fastrnn.dask.FastrnnPlugin())``.
         ``client.run(fastrnn.dask.worker_info)`` reports what it set.
@@ -848,8 +850,10 @@ def _parser():
         prog="python -m fastrnn predict",
         description="Score a Zarr array or .npy file (n, time, features) with a saved fastrnn "
                     "model or a Keras .keras file, on Dask, into a Zarr array; prints "
-                    "throughput. 'python -m fastrnn predict --example DIR' writes a model and "
-                    "data to try it on.")
+                    "throughput.",
+        epilog="python -m fastrnn predict --example DIR [--rows N --time N --features N "
+               "--units N --seed N] writes DIR/model.fastrnn, DIR/x.npy and DIR/lengths.npy "
+               "to try it on (see 'python -m fastrnn predict --example --help').")
     p.add_argument("model", metavar="MODEL",
                    help="a model saved by fastrnn.save, or a Keras .keras (or .h5) model")
     p.add_argument("input", metavar="INPUT", help="Zarr array directory or .npy file")
@@ -964,12 +968,17 @@ def predict_main(argv=None):
     Every argument is checked, and the model probed on a tiny input, before
     any task runs; errors exit with status 2 and one line on stderr.
     """
-    import dask
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--example"]:
         return _example_main(argv[1:])
     args = _parser().parse_args(argv)
+    try:
+        import dask
+        import zarr  # noqa: F401  (OUTPUT is a Zarr array)
+    except ImportError as exc:
+        print(f"fastrnn predict: error: needs the dask extra ({exc}); "
+              "pip install 'fastrnn[dask]'", file=sys.stderr)
+        return 2
     try:
         modes = _parse_workers(args.workers)
         model = _load_model(args.model)

@@ -137,6 +137,12 @@ def lines():
 
 
 def main(argv=None):
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="python -m fastrnn info",
+        description="Print the versions, CPU, BLAS, Numba threading layer, GPU and what "
+                    "backend='auto' picks on this machine.").parse_args(argv)
     section = None
     for sec, text in lines():
         if sec != section:

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _device, dispatch
 from .cells import (
-    CELLS, GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _first, _pop_common,
+    CELLS, GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _first, _pop_common, call_cell,
     deserialize_cell, resolve_dtype, serialize_cell,
 )
 from .kernels import reference as _reference
@@ -159,7 +159,8 @@ class RNN:
         kwargs.pop("use_cudnn", None)  # fastrnn picks its own fast path
         self.name, dtype = _pop_common(kwargs, type(self).__name__)
         # The cell's dtype rules: its weights are stored in it.
-        self.dtype = np.dtype(getattr(cell, "dtype", dtype))
+        cell_dtype = getattr(cell, "dtype", None)
+        self.dtype = np.dtype(dtype if cell_dtype is None else cell_dtype)
         self.states = None
         self._packed = {}
         self._placed = None
@@ -428,7 +429,7 @@ class RNN:
         prev, outputs = None, []
         steps = range(T - 1, -1, -1) if self.go_backwards else range(T)
         for t in steps:
-            y, new = self.cell(x[:, t], _pack_like(structure, flat), training=training)
+            y, new = call_cell(self.cell, x[:, t], _pack_like(structure, flat), training)
             y = np.asarray(y, self.dtype)
             new = [np.asarray(s, self.dtype) for s in _flatten(new)]
             if prev is None:

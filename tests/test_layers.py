@@ -210,6 +210,82 @@ def test_custom_cell_host_loop_with_mask(rng):
     assert "host step loop" in layer.backend_reason or layer.backend == "custom"
 
 
+class _PlainCell:
+    """A cell written as the README describes one: ``state_size`` and
+    ``__call__(x_t, states)``, no ``training`` argument (Keras passes it
+    only to cells whose call takes it)."""
+
+    state_size = 3
+    output_size = 3
+
+    def __init__(self, A):
+        self.A = A
+
+    def __call__(self, x, states):
+        h = np.tanh(x @ self.A + states[0])
+        return h, [h]
+
+
+def _plain_numpy(x, A, mask):
+    h, out = np.zeros((x.shape[0], A.shape[1])), []
+    for t in range(x.shape[1]):
+        h = np.where(mask[:, t, None], np.tanh(x[:, t] @ A + h), h)
+        out.append(h)
+    return np.stack(out, 1)
+
+
+def test_custom_cell_without_training_argument(rng):
+    A = rng.standard_normal((2, 3))
+    x = rng.standard_normal((2, 5, 2))
+    mask = np.ones((2, 5), bool)
+    layer = fastrnn.RNN(_PlainCell(A), return_sequences=True, dtype="float64")
+    for training in (False, True):
+        np.testing.assert_allclose(layer(x, training=training), _plain_numpy(x, A, mask), atol=1e-12)
+
+
+def test_custom_cell_receives_training():
+    seen = []
+
+    class Cell(_PlainCell):
+        def __call__(self, x, states, **kwargs):
+            seen.append(kwargs.get("training"))
+            return super().__call__(x, states)
+
+    layer = fastrnn.RNN(Cell(np.eye(2, 3)), dtype="float64")
+    layer(np.ones((1, 2, 2)), training=True)
+    layer(np.ones((1, 2, 2)))
+    assert seen == [True, True, False, False]
+
+
+def test_stack_of_custom_and_builtin_cells(rng):
+    """A user's cell below a built-in LSTM cell: the stack steps each cell in
+    turn (it recursed without end before), masks apply to the whole stack."""
+    B, T, D, H = 3, 6, 2, 5
+    A = rng.standard_normal((D, 3))
+    lstm = fastrnn.LSTMCell(H, dtype="float64")
+    lstm.build((None, 3))
+    W, U, b = (rng.uniform(-0.6, 0.6, w.shape) for w in lstm.get_weights())
+    lstm.set_weights([W, U, b])
+    x = rng.standard_normal((B, T, D))
+    mask = rng.random((B, T)) > 0.3
+    mask[:, 0] = True
+    stack = fastrnn.RNN([_PlainCell(A), lstm], return_sequences=True, return_state=True,
+                        dtype="float64")
+    y, (h1,), (h2, c2) = stack(x, mask=mask)
+    h1_seq = _plain_numpy(x, A, mask)
+    want, h, c = _lstm_numpy(h1_seq, W, U, b, np.zeros((B, H)), np.zeros((B, H)), mask=mask)
+    np.testing.assert_allclose(y, want, atol=1e-6)
+    np.testing.assert_allclose(h1, h1_seq[:, -1], atol=1e-12)
+    np.testing.assert_allclose(h2, h, atol=1e-6)
+    np.testing.assert_allclose(c2, c, atol=1e-6)
+    # one step of the stack itself, states nested per cell
+    out, new = stack.cell(x[:, 0], [[np.zeros((B, 3))], [np.zeros((B, H)), np.zeros((B, H))]])
+    np.testing.assert_allclose(out, want[:, 0], atol=1e-6)
+    assert len(new) == 2 and len(new[0]) == 1 and len(new[1]) == 2
+    with pytest.raises(ValueError, match="one entry per cell"):
+        stack.cell(x[:, 0], [np.zeros((B, 3))])
+
+
 def test_dropout_only_in_training(rng):
     layer = fastrnn.LSTM(5, dropout=0.5, recurrent_dropout=0.5, return_sequences=True, seed=3)
     x = rng.standard_normal((4, 6, 3)).astype(np.float32)
