@@ -4,7 +4,7 @@ A file is a zip archive with two members:
 
 ``fastrnn.json``
     ``{"format": "fastrnn", "format_version": 1, "fastrnn_version": ...,
-    "object": {...}, "arrays_sha256": ...}``: the object's class name and
+    "object": {...}, "arrays_sha256": ..., "object_sha256": ...}``: the object's class name and
     config (the same dicts ``get_config()`` returns), and for each part of
     the object the names of its weight arrays.
 ``arrays.npz``
@@ -15,8 +15,9 @@ A file is a zip archive with two members:
 **No pickle; loading never executes code.** ``load`` parses JSON, reads
 numeric arrays with ``allow_pickle=False``, and builds objects only from a
 fixed table of fastrnn classes (never a name imported from the file). The
-archive's SHA-256 of ``arrays.npz`` is checked, so a truncated, corrupted
-or tampered file is a ``ValueError`` saying so, never a crash. Round trips
+SHA-256 of ``arrays.npz`` and that of the object description are checked,
+so a truncated, corrupted or edited file is a ``ValueError`` saying so,
+never a crash. Round trips
 are exact: same config, same arrays (bit for bit), same outputs.
 
 Supported: every fastrnn layer (``SimpleRNN``, ``GRU``, ``LSTM``, ``RNN``
@@ -199,11 +200,18 @@ def save(obj, path):
     blob = buf.getvalue()
     header = json.loads(text)
     header["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
+    header["object_sha256"] = _object_digest(header["object"])
     text = json.dumps(header, sort_keys=True, indent=1)
     target = path if hasattr(path, "write") else os.fspath(path)
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr(_CONFIG, text)
         z.writestr(_ARRAYS, blob)
+
+
+def _object_digest(obj):
+    """SHA-256 of the object description in a canonical JSON form (sorted
+    keys), so that an edited config is caught like edited weights."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, allow_nan=True).encode("utf-8")).hexdigest()
 
 
 def _version():
@@ -260,6 +268,10 @@ def load(path):
     if header.get("arrays_sha256") != hashlib.sha256(blob).hexdigest():
         raise ValueError(f"fastrnn.load: {where!r}: the weights do not match their checksum "
                          "(the file was truncated, corrupted or modified)")
+    # (files written before the config had its own checksum carry none)
+    if "object_sha256" in header and header["object_sha256"] != _object_digest(header.get("object")):
+        raise ValueError(f"fastrnn.load: {where!r}: the configuration does not match its checksum "
+                         f"(the file's {_CONFIG} was modified)")
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

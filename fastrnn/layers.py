@@ -298,15 +298,16 @@ class RNN:
 
     def _initial_states(self, initial_state, batch, xp):
         sizes = self._flat_state_sizes
+        if self.stateful and self.states is not None and self.states[0].shape[0] != batch:
+            # (checked with an initial_state too: the result is carried into self.states)
+            raise ValueError(
+                f"{type(self).__name__} is stateful with batch size "
+                f"{self.states[0].shape[0]} (fixed by its first call); inputs have "
+                f"batch size {batch}. Use the same batch size, or a new layer with the same "
+                "weights (new.set_weights(layer.get_weights()))."
+            )
         if initial_state is None:
             if self.stateful and self.states is not None:
-                if self.states[0].shape[0] != batch:
-                    raise ValueError(
-                        f"{type(self).__name__} is stateful with batch size "
-                        f"{self.states[0].shape[0]} (fixed by its first call); inputs have "
-                        f"batch size {batch}. Use the same batch size or call reset_states() "
-                        "on a new layer."
-                    )
                 return [s.copy() for s in self.states]
             return self.get_initial_state(batch, xp)
         flat = _flatten(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]

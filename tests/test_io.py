@@ -256,8 +256,11 @@ def _rewrite(path, header=None, blob=None, fix_checksum=True):
         header(h)
     if blob is not None:
         arrays = blob
-    if fix_checksum:
+    if fix_checksum:  # as a crafted file would: the builder's own checks must hold
         h["arrays_sha256"] = hashlib.sha256(arrays).hexdigest()
+        if "object_sha256" in h:
+            h["object_sha256"] = hashlib.sha256(
+                json.dumps(h["object"], sort_keys=True, allow_nan=True).encode()).hexdigest()
     out = path.with_name("bad.fastrnn")
     with zipfile.ZipFile(out, "w") as z:
         z.writestr("fastrnn.json", json.dumps(h))
@@ -295,6 +298,27 @@ def test_tampered_weights_fail_checksum(saved):
     bad = _rewrite(saved, blob=bytes(blob), fix_checksum=False)
     with pytest.raises(ValueError, match="checksum"):
         fastrnn.load(bad)
+
+
+def test_edited_config_fails_checksum(saved, rng):
+    """An edit that still builds (another activation, go_backwards) would
+    change the numbers silently: the config has its own checksum."""
+    for key, value in (("activation", "relu"), ("go_backwards", True)):
+        def edit(h):
+            h["object"]["config"][key] = value
+        bad = _rewrite(saved, edit, fix_checksum=False)
+        with pytest.raises(ValueError, match="configuration does not match its checksum"):
+            fastrnn.load(bad)
+
+
+def test_file_without_config_checksum_loads(saved, rng):
+    """Files written before the config had a checksum still load."""
+    def drop(h):
+        del h["object_sha256"]
+    old = fastrnn.load(_rewrite(saved, drop))
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    for a, b in zip(_flat(old(x)), _flat(fastrnn.load(saved)(x)), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_tampered_config(saved):
