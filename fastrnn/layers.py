@@ -11,7 +11,8 @@ float32 rounding) and take Keras 3's arguments, plus:
     :mod:`fastrnn.dispatch`. ``layer.backend`` is the backend the last call
     used (or would use) and ``layer.backend_reason`` says why.
 ``time_major``
-    Inputs and sequence outputs are ``(time, batch, features)``.
+    Inputs and sequence outputs are ``(time, batch, features)``, and a mask
+    is ``(time, batch)``.
 ``nan_policy``
     ``"propagate"`` (default: NaN in the input flows through, as in Keras)
     or ``"raise"`` (a ``ValueError`` before any kernel runs).
@@ -75,17 +76,28 @@ def _as_float_array(x, dtype, argument):
     return x
 
 
-def _mask_array(mask, batch, time, xp):
+def _mask_array(mask, batch, time, xp, time_major=False):
+    """The mask as booleans (batch, time); with ``time_major`` it comes
+    (time, batch), like the inputs (as in Keras' ``time_major``)."""
     if mask is None:
         return None
     if _device.is_device_array(mask) and xp is np:
         raise TypeError("mask: a GPU array was given for inputs in host memory")
     m = xp.asarray(mask)
-    if m.shape != (batch, time):
-        raise ValueError(f"mask: expected shape (batch, time) = {(batch, time)}, got {tuple(m.shape)}")
+    want = (time, batch) if time_major else (batch, time)
+    if m.shape != want:
+        layout = "(time, batch) with time_major=True" if time_major else "(batch, time)"
+        raise ValueError(f"mask: expected shape {layout} = {want}, got {tuple(m.shape)}")
+    if time_major:
+        m = m.T
     if m.dtype != bool:
-        if np.dtype(m.dtype).kind not in "iuf" or bool(((m != 0) & (m != 1)).any()):
-            raise ValueError("mask: expected booleans or 0/1 values")
+        kind = np.dtype(m.dtype).kind
+        if kind not in "iuf":
+            raise ValueError(f"mask: expected booleans or 0/1 values, got dtype {m.dtype}")
+        bad = (m != 0) & (m != 1)
+        if bool(bad.any()):
+            raise ValueError(f"mask: expected booleans or 0/1 values, got the value "
+                             f"{m[bad].ravel()[0].item()!r} (dtype {m.dtype})")
         m = m != 0
     return m
 
@@ -117,7 +129,8 @@ class RNN:
     zero_output_for_mask : bool
         Masked steps output zeros instead of the previous output.
     time_major : bool
-        Inputs and sequence outputs are ``(time, batch, features)``.
+        Inputs and sequence outputs are ``(time, batch, features)``, and a
+        mask ``(time, batch)``.
     backend : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"reference"``.
     nan_policy : str
@@ -348,9 +361,7 @@ class RNN:
             )
         if self.nan_policy == "raise" and bool(xp.isnan(x).any()):
             raise ValueError("inputs: contain NaN and nan_policy='raise'")
-        if self.time_major and mask is not None:
-            mask = xp.asarray(mask).T
-        m = _mask_array(mask, B, T, xp)
+        m = _mask_array(mask, B, T, xp, self.time_major)
         states = self._initial_states(initial_state, B, xp)
         if self.stateful and self.states is None:
             self.states = [xp.zeros_like(s) for s in states]

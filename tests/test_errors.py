@@ -44,8 +44,12 @@ def test_mask_shape(lstm, rng, mask_shape):
 
 
 def test_mask_values(lstm, rng):
-    with pytest.raises(ValueError, match="mask: expected booleans or 0/1 values"):
-        lstm(x_(rng, 2, 5, 3), mask=np.full((2, 5), 2))
+    with pytest.raises(ValueError, match=r"mask: expected booleans or 0/1 values, got the value 2 \(dtype int64\)"):
+        lstm(x_(rng, 2, 5, 3), mask=np.full((2, 5), 2, np.int64))
+    with pytest.raises(ValueError, match="mask: expected booleans or 0/1 values, got the value 0.5"):
+        lstm(x_(rng, 2, 5, 3), mask=np.full((2, 5), 0.5))
+    with pytest.raises(ValueError, match="mask: expected booleans or 0/1 values, got dtype <U1"):
+        lstm(x_(rng, 2, 5, 3), mask=np.full((2, 5), "a"))
     # 0/1 integers are fine
     lstm(x_(rng, 2, 5, 3), mask=np.ones((2, 5), np.int8))
 

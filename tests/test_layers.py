@@ -101,6 +101,15 @@ def test_stateful_two_calls_equal_one_long_call(rng, backend, cls):
     np.testing.assert_allclose(st(x[:, :3]), y[:, :3], atol=1e-6)
     with pytest.raises(ValueError, match="stateful with batch size 2"):
         st(x[:1])
+    # an initial_state of another batch too (it used to be broadcast into the carried states)
+    carried = [s.copy() for s in st.states]
+    for batch in (1, 3):
+        xb = rng.standard_normal((batch, 2, D)).astype(np.float32)
+        init = [np.ones((batch, H), np.float32) for _ in st.states]
+        with pytest.raises(ValueError, match=f"stateful with batch size 2.*batch size {batch}"):
+            st(xb, initial_state=init)
+    for a, b in zip(st.states, carried):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -111,6 +120,13 @@ def test_time_major_is_a_transpose(rng, backend):
     b = fastrnn.GRU(6, return_sequences=True, time_major=True, backend=backend)
     b.set_weights(a.get_weights())
     np.testing.assert_allclose(b(x.transpose(1, 0, 2)), a(x).transpose(1, 0, 2), atol=1e-6)
+    # with time_major the mask is (time, batch), like the inputs
+    mask = rng.random((3, 5)) > 0.3
+    np.testing.assert_allclose(b(x.transpose(1, 0, 2), mask=mask.T),
+                               a(x, mask=mask).transpose(1, 0, 2), atol=1e-6)
+    with pytest.raises(ValueError, match=r"mask: expected shape \(time, batch\) with "
+                                         r"time_major=True = \(5, 3\), got \(3, 5\)"):
+        b(x.transpose(1, 0, 2), mask=mask)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
