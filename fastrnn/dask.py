@@ -346,12 +346,24 @@ def _mask_dask(mask, n, t, sample_chunks, da):
         arr = np.asarray(mask)
         if arr.shape != (n, t):
             raise ValueError(f"mask: expected shape (n, time) = {(n, t)}, got {arr.shape}")
+        if arr.dtype != np.bool_ and arr.dtype.kind in "iuf":
+            arr = _mask_block(arr)  # in memory: a bad value is an error now, not in a task
         mask = da.from_array(arr, chunks=(tuple(sample_chunks), t))
     if np.dtype(mask.dtype) != np.bool_:
         if np.dtype(mask.dtype).kind not in "iuf":
             raise TypeError(f"mask: expected booleans or 0/1 values, got dtype {mask.dtype}")
-        mask = mask != 0
+        # values other than 0/1 are an error, as in a layer call (an
+        # in-memory mask was checked above; a Dask one in each chunk's task)
+        mask = mask.map_blocks(_mask_block, dtype=np.bool_)
     return mask
+
+
+def _mask_block(block):
+    bad = (block != 0) & (block != 1)
+    if bool(bad.any()):
+        raise ValueError(f"mask: expected booleans or 0/1 values, got the value "
+                         f"{block[bad].ravel()[0].item()!r} (dtype {block.dtype})")
+    return block != 0
 
 
 def predict(model, x, lengths=None, mask=None, *, batch_size=None):

@@ -415,6 +415,8 @@ def test_bad_inputs_fail_before_any_task():
             fdask.predict(layer, _guarded(), mask=da.ones((40, 6), chunks=(8, 6), dtype=bool))
         with pytest.raises(ValueError, match="lengths and mask"):
             fdask.predict(layer, _guarded(), lengths=np.ones(40, int), mask=np.ones((40, 6)))
+        with pytest.raises(ValueError, match=r"mask: expected booleans or 0/1 values, got the value 0.5"):
+            fdask.predict(layer, _guarded(), mask=np.full((40, 6), 0.5))
         with pytest.raises(ValueError, match="never built"):
             fdask.predict(fastrnn.GRU(4), _guarded())
         with pytest.raises(ValueError, match="never built"):
@@ -435,6 +437,19 @@ def test_bad_inputs_fail_before_any_task():
             fdask.predict(layer, unknown)
         with pytest.raises(TypeError, match="does not accept inputs"):
             fdask.predict(layer, da.zeros((40, 6, 3), chunks=(10, 6, 3), dtype=np.int64))
+
+
+def test_dask_mask_values_checked_in_the_tasks():
+    """A lazy mask cannot be checked up front: its chunk's task raises, as a
+    layer call would, instead of reading 2 as True."""
+    layer = _built(fastrnn.LSTM(3), (1, 6, 3))
+    x = da.from_array(np.ones((20, 6, 3), np.float32), chunks=(10, 6, 3))
+    good = da.from_array(np.ones((20, 6), np.int8), chunks=(10, 6))
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(fdask.predict(layer, x, mask=good).compute(), layer(np.ones((20, 6, 3), np.float32)))
+        bad = da.from_array(np.full((20, 6), 2, np.int8), chunks=(10, 6))
+        with pytest.raises(ValueError, match="mask: expected booleans or 0/1 values, got the value 2"):
+            fdask.predict(layer, x, mask=bad).compute()
 
 
 def test_cli_rejects_bad_files_before_any_task(tmp_path, capsys):
