@@ -157,14 +157,22 @@ class _Cell:
         """Load weights in Keras order and shapes; builds the cell if needed.
 
         Raises ``ValueError`` naming the expected arrays when the count or a
-        shape is wrong. The arrays are copied (and cast to the cell's dtype).
+        shape is wrong (``TypeError`` for a non-real dtype); nothing changes
+        then. The arrays are copied (and cast to the cell's dtype).
         """
-        weights = list(weights)
+        self._stage_weights(weights)()
+
+    def _stage_weights(self, weights):
+        """Check ``weights`` and return a function that loads them: a stack
+        or a Bidirectional layer checks every part before it changes any."""
+        weights = _weight_list(weights, f"{type(self).__name__}.set_weights")
         input_dim = self.input_dim
-        if input_dim is None and weights:
-            input_dim = np.shape(weights[0])[0] if np.ndim(weights[0]) == 2 else None
+        columns = self._weight_specs("D")[0][1][1]
+        if input_dim is None and weights and np.ndim(weights[0]) == 2 \
+                and np.shape(weights[0])[1] == columns:
+            input_dim = np.shape(weights[0])[0]  # unbuilt: the kernel's rows are the inputs
         specs = self._weight_specs(input_dim if input_dim is not None else "D")
-        expect = ", ".join(f"{n} {s}" for n, s in specs)
+        expect = ", ".join(f"{n} {_shape_text(s)}" for n, s in specs)
         if len(weights) != len(specs):
             raise ValueError(
                 f"{type(self).__name__}.set_weights: expected {len(specs)} arrays "
@@ -174,20 +182,27 @@ class _Cell:
         for (name, shape), w in zip(specs, weights):
             w = np.asarray(w)
             if w.shape != tuple(shape):
+                hint = " (transposed?)" if len(shape) == 2 and w.ndim == 2 and (
+                    w.shape[::-1] == tuple(shape) or w.shape[0] == shape[1]) else ""
                 raise ValueError(
-                    f"{type(self).__name__}.set_weights: {name} expected shape {tuple(shape)}, "
-                    f"got {w.shape} (expected [{expect}])"
+                    f"{type(self).__name__}.set_weights: {name} expected shape "
+                    f"{_shape_text(shape)}, got {w.shape}{hint} (expected [{expect}])"
                 )
-            if not np.issubdtype(w.dtype, np.number):
-                raise TypeError(f"{type(self).__name__}.set_weights: {name} must be numeric, got {w.dtype}")
+            if not np.issubdtype(w.dtype, np.number) or np.dtype(w.dtype).kind == "c":
+                raise TypeError(f"{type(self).__name__}.set_weights: {name} must be real numbers, "
+                                f"got dtype {w.dtype}")
             arrays.append(np.array(w, dtype=self.dtype))
-        self.input_dim = input_dim
-        for (name, _), w in zip(specs, arrays):
-            setattr(self, name, w)
-        if not self.use_bias:
-            self.bias = None
-        self.built = True
-        self._changed()
+
+        def commit():
+            self.input_dim = input_dim
+            for (name, _), w in zip(specs, arrays):
+                setattr(self, name, w)
+            if not self.use_bias:
+                self.bias = None
+            self.built = True
+            self._changed()
+
+        return commit
 
     def _bias_or_zeros(self, shape):
         return self.bias if self.bias is not None else np.zeros(shape, self.dtype)
@@ -429,7 +444,12 @@ class StackedRNNCells:
         return [w for c in self.cells for w in c.get_weights()]
 
     def set_weights(self, weights):
-        weights = list(weights)
+        """The cells' weights, bottom to top, in one list; every cell's arrays
+        are checked before any cell changes."""
+        self._stage_weights(weights)()
+
+    def _stage_weights(self, weights):
+        weights = _weight_list(weights, "StackedRNNCells.set_weights")
         counts = [len(c._weight_specs(0)) if hasattr(c, "_weight_specs") else len(c.get_weights())
                   for c in self.cells]
         if len(weights) != sum(counts):
@@ -437,10 +457,16 @@ class StackedRNNCells:
                 f"StackedRNNCells.set_weights: expected {sum(counts)} arrays "
                 f"({' + '.join(map(str, counts))} for the cells in order), got {len(weights)}"
             )
-        start = 0
+        stages, start = [], 0
         for c, n in zip(self.cells, counts):
-            c.set_weights(weights[start : start + n])
+            stages.append(stage_weights(c, weights[start : start + n]))
             start += n
+
+        def commit():
+            for stage in stages:
+                stage()
+
+        return commit
 
     def get_initial_state(self, batch_size):
         return [c.get_initial_state(batch_size) if isinstance(c.state_size, list)
@@ -472,6 +498,26 @@ class StackedRNNCells:
         config = dict(config)
         cells = [deserialize_cell(c) for c in config.pop("cells")]
         return cls(cells, **config)
+
+
+def _shape_text(shape):
+    """``(D, 16)`` for a shape whose input size is not known yet."""
+    shape = tuple(shape)
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _weight_list(weights, where):
+    if weights is None or isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__"):
+        raise TypeError(f"{where}: expected a list of arrays, got {type(weights).__name__}")
+    return list(weights)
+
+
+def stage_weights(obj, weights):
+    """``obj._stage_weights(weights)`` where it exists (built-in cells, stacks,
+    layers); else a function that calls ``obj.set_weights`` (the user's cell)."""
+    if hasattr(obj, "_stage_weights"):
+        return obj._stage_weights(weights)
+    return lambda: obj.set_weights(weights)
 
 
 def _takes_training(cell):

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _device, dispatch
 from .cells import (
-    CELLS, GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _first, _pop_common, call_cell,
+    CELLS, GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _first, _pop_common, _weight_list, call_cell, stage_weights,
     deserialize_cell, resolve_dtype, serialize_cell,
 )
 from .kernels import reference as _reference
@@ -237,7 +237,10 @@ class RNN:
 
     def set_weights(self, weights):
         """Load weights in Keras order (the cell's, or the stacked cells' concatenated)."""
-        self.cell.set_weights(weights)
+        self._stage_weights(weights)()
+
+    def _stage_weights(self, weights):
+        return stage_weights(self.cell, weights)
 
     @property
     def weights(self):
@@ -631,13 +634,16 @@ class Bidirectional:
 
     def set_weights(self, weights):
         """Forward layer's weights then backward layer's, Keras order."""
-        weights = list(weights)
+        weights = _weight_list(weights, "Bidirectional.set_weights")
         if len(weights) % 2:
             raise ValueError(f"Bidirectional.set_weights: expected an even number of arrays "
                              f"(forward then backward), got {len(weights)}")
         half = len(weights) // 2
-        self.forward_layer.set_weights(weights[:half])
-        self.backward_layer.set_weights(weights[half:])
+        # both halves checked before either layer changes
+        forward = stage_weights(self.forward_layer, weights[:half])
+        backward = stage_weights(self.backward_layer, weights[half:])
+        forward()
+        backward()
 
     def reset_states(self):
         self.forward_layer.reset_states()

@@ -70,6 +70,39 @@ def test_set_weights_count_and_shape(rng):
         layer.set_weights([np.ones((3, 12)), np.ones((4, 8)), np.ones((2, 12))])
 
 
+def test_set_weights_bad_values(rng):
+    with pytest.raises(TypeError, match="LSTMCell.set_weights: expected a list of arrays, got NoneType"):
+        fastrnn.LSTM(4).set_weights(None)
+    with pytest.raises(TypeError, match="kernel must be real numbers, got dtype complex128"):
+        fastrnn.LSTM(4).set_weights([np.ones((3, 16), complex), np.ones((4, 16)), np.ones(16)])
+    with pytest.raises(ValueError, match=r"kernel expected shape \(D, 16\), got \(16, 3\) \(transposed\?\)"):
+        fastrnn.LSTM(4).set_weights([np.ones((16, 3)), np.ones((4, 16)), np.ones(16)])
+
+
+def _stack_weights_fail_atomically(obj, bad_index, bad_value):
+    before = obj.get_weights()
+    bad = [w + 1 for w in before]
+    bad[bad_index] = bad_value
+    with pytest.raises(ValueError, match="expected shape|expects shape"):
+        obj.set_weights(bad)
+    for a, b in zip(before, obj.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_set_weights_on_stacks_changes_nothing_when_a_later_part_is_bad(rng):
+    """A bad last array used to leave the first cells with the new weights."""
+    stack = fastrnn.RNN([fastrnn.LSTMCell(4), fastrnn.GRUCell(3)])
+    stack.build((2, 5, 3))
+    _stack_weights_fail_atomically(stack, -1, np.zeros(5))
+    bi = fastrnn.Bidirectional(fastrnn.LSTM(4))
+    bi.build((2, 5, 3))
+    _stack_weights_fail_atomically(bi, -1, np.zeros(3))
+    multi = fastrnn.nn.rnn_cell.MultiRNNCell([fastrnn.nn.rnn_cell.LSTMCell(4),
+                                              fastrnn.nn.rnn_cell.GRUCell(3)])
+    fastrnn.nn.dynamic_rnn(multi, x_(rng, 2, 5, 3), dtype=np.float32)
+    _stack_weights_fail_atomically(multi, -1, np.zeros(7))
+
+
 def test_set_weights_builds_an_unbuilt_layer(rng):
     layer = fastrnn.SimpleRNN(3)
     layer.set_weights([x_(rng, 5, 3), x_(rng, 3, 3), x_(rng, 3)])

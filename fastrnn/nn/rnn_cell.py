@@ -33,6 +33,7 @@ Cells
 from __future__ import annotations
 
 import collections
+import copy
 import re
 
 import numpy as np
@@ -806,11 +807,16 @@ class MultiRNNCell(RNNCell):
                 f"TF1 variables in order: {', '.join(self.variable_names)}), "
                 f"got {len(weights)}"
             )
-        start = 0
+        chunks, start = [], 0
         for cell in self._cells:
             n = _n_weights(cell)
-            cell.set_weights(weights[start : start + n])
+            chunks.append(weights[start : start + n])
             start += n
+        # every cell's arrays are checked (on a copy) before any cell changes
+        for cell, chunk in zip(self._cells, chunks):
+            copy.deepcopy(cell).set_weights(chunk)
+        for cell, chunk in zip(self._cells, chunks):
+            cell.set_weights(chunk)
         self.built = all(cell.built for cell in self._cells)
 
     def split_state(self, state):
