@@ -16,6 +16,7 @@ not train), and ``implementation`` (numerically identical). ``dropout`` and
 from __future__ import annotations
 
 import inspect
+import weakref
 
 import numpy as np
 
@@ -144,6 +145,8 @@ class _Cell:
     def _changed(self):
         self._params = None
         self.version += 1
+        for listener in list(_WEIGHT_LISTENERS.get(self, ())):
+            listener._weights_changed()
 
     @property
     def weights(self):
@@ -498,6 +501,18 @@ class StackedRNNCells:
         config = dict(config)
         cells = [deserialize_cell(c) for c in config.pop("cells")]
         return cls(cells, **config)
+
+
+# cell -> the streams that packed its weights (told when they change)
+_WEIGHT_LISTENERS = weakref.WeakKeyDictionary()
+
+
+def watch_weights(cell, listener):
+    """Call ``listener._weights_changed()`` whenever ``cell``'s weights are set."""
+    try:
+        _WEIGHT_LISTENERS.setdefault(cell, weakref.WeakSet()).add(listener)
+    except TypeError:  # a cell that cannot be weakly referenced: nothing to watch
+        pass
 
 
 def _shape_text(shape):

@@ -31,8 +31,8 @@ through the kernel contract on the backend the layer itself picks;
 ``stream.backend_reason`` says which and why. ``backend="reference"`` (or
 ``"cpu"``) forces the contract path on that backend.
 
-A stream snapshots the layer's weights when it is made; make a new stream
-after ``layer.set_weights``.
+A stream packs the layer's weights when it is made, and again at its first
+call after ``layer.set_weights`` (the carried state stays).
 """
 
 from __future__ import annotations
@@ -197,6 +197,7 @@ class Stream:
         self._time_major = layer.time_major
         self._nan_raise = layer.nan_policy == "raise"
         self._ready = False
+        self._stale = False  # set when the layer's weights change (see _weights_changed)
         # Shapes no call has matched yet: the first call fills them.
         self._fshape = self._foshape = None
         self._cshape = self._coshape = None
@@ -255,7 +256,23 @@ class Stream:
         self._fshape = (B, self.input_dim)
         self._foshape = (B, self.units)
         self._versions = self._weight_versions()
+        from .cells import watch_weights
+
+        for cell in cells:
+            watch_weights(cell, self)
+        self._stale = False
         self._ready = True
+
+    def _weights_changed(self):
+        self._stale = True
+
+    def _reload(self):
+        """Pack the layer's new weights; the carried state stays."""
+        states = [s.copy() for s in self._states]
+        self._cshape = self._coshape = None
+        self._setup()
+        for dst, v in zip(self._states, states):
+            dst[...] = v
 
     def _weight_versions(self):
         return tuple(getattr(c, "version", None) for c in self.layer._cells)
@@ -265,6 +282,8 @@ class Stream:
         if not self._busy.acquire(False):
             raise StreamBusyError(_BUSY)
         try:
+            if self._stale:  # layer.set_weights since the last call
+                self._reload()
             # The fast path: the frame shape cached at setup, or the chunk shape
             # cached by the last chunk; anything else is validated in _slow.
             if x.__class__ is not _ndarray or x.dtype is not self._dt:
@@ -459,6 +478,13 @@ class Stream:
         from .layers import deserialize, serialize
 
         self._ensure_ready("save")
+        if self._stale:
+            if not self._busy.acquire(False):
+                raise StreamBusyError(_BUSY)
+            try:
+                self._reload()
+            finally:
+                self._busy.release()
         if self._weight_versions() != self._versions:
             raise ValueError("Stream.save: the layer's weights changed after this stream was "
                              "made (the stream still runs the old ones); make a new stream "

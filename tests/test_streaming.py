@@ -213,9 +213,32 @@ def test_save_and_load(tmp_path, rng):
     np.testing.assert_allclose(np.concatenate([first, rest], axis=1), expected,
                                **TOL["float64"])
     assert Stream.load(path).states is not None
-    layer.set_weights(layer.get_weights())  # the stream keeps its snapshot: refuse to save
-    with pytest.raises(ValueError, match="weights changed"):
-        stream.save(tmp_path / "t.npz")
+    layer.set_weights(layer.get_weights())  # the stream packs them again: saving still works
+    load_stream(stream.save(tmp_path / "t.npz"))
+
+
+@pytest.mark.parametrize("config", ["lstm", "stack_gru_lstm"])
+def test_stream_follows_set_weights(rng, config):
+    """After layer.set_weights, the next call runs the new weights from the
+    carried state (it kept running the old ones, silently)."""
+    layer = _make(config, "float64", rng, return_sequences=True)
+    x = _x(rng, (1, 8, 3), "float64")
+    stream = layer.stream()
+    for t in range(3):
+        stream(x[:, t])
+    carried = stream.states
+    new = [rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()]
+    layer.set_weights(new)
+    got = np.stack([stream(x[:, t]) for t in range(3, 8)], axis=1)
+    want = layer(x[:, 3:], initial_state=carried)
+    np.testing.assert_allclose(got, want, **TOL["float64"])
+    # the same through chunks (their work buffers are sized again)
+    chunk_stream = layer.stream()
+    chunk_stream(x[:, :4])
+    carried = chunk_stream.states
+    layer.set_weights([w * 0.5 for w in new])
+    np.testing.assert_allclose(chunk_stream(x[:, 4:]), layer(x[:, 4:], initial_state=carried),
+                               **TOL["float64"])
 
 
 def test_save_and_load_in_another_process(tmp_path, rng):
