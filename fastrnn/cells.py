@@ -143,6 +143,12 @@ class _Cell:
         return self.bias_initializer(self._bias_shape(), self.dtype)
 
     def _changed(self):
+        # The kernels run packed copies: an edit in place would be ignored,
+        # so the arrays are read-only (set_weights replaces them).
+        for name in ("kernel", "recurrent_kernel", "bias"):
+            w = getattr(self, name, None)
+            if isinstance(w, np.ndarray):
+                w.setflags(write=False)
         self._params = None
         self.version += 1
         for listener in list(_WEIGHT_LISTENERS.get(self, ())):

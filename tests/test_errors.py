@@ -156,3 +156,16 @@ def test_unbuilt_layer_reports_itself():
     assert layer.backend is None and layer.backend_reason == "not built yet"
     with pytest.raises(ValueError, match="is not built"):
         layer.cell.params()
+
+
+def test_weights_are_read_only(rng):
+    """An edit in place would be ignored by the packed kernels: refused."""
+    layer = fastrnn.LSTM(4)
+    layer.build((1, 2, 3))
+    for w in layer.cell.weights:
+        with pytest.raises(ValueError, match="read-only"):
+            w[...] = 0
+    copies = layer.get_weights()
+    copies[0][...] = 0  # get_weights returns copies, free to edit
+    layer.set_weights(copies)
+    assert not layer.cell.kernel.any()
