@@ -28,8 +28,9 @@ _TRAINING_ONLY = (
     "kernel_constraint", "recurrent_constraint", "bias_constraint",
 )
 # Keras base-layer keywords that carry no meaning for inference.
-_IGNORED_KW = ("trainable", "implementation", "activity_regularizer", "autocast",
-               "input_shape", "batch_input_shape", "input_dim", "batch_size")
+# (Shape arguments belong to the layers, which use them; given to a cell they
+# are an error rather than ignored.)
+_IGNORED_KW = ("trainable", "implementation", "activity_regularizer", "autocast")
 
 
 def resolve_dtype(dtype, argument="dtype"):

@@ -58,6 +58,44 @@ def _pack_like(structure, flat):
     return build(structure)
 
 
+def _shape_kwargs(kwargs, where):
+    """(batch, features) from Keras' shape arguments (each may be None)."""
+    def dim(value, what, allow_none=True):
+        if value is None and allow_none:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{where}: {what} expected a positive integer, got {value!r}")
+        return int(value)
+
+    found = {}  # (batch | features) -> [(argument, value)]
+    if kwargs.get("batch_input_shape") is not None:
+        shape = tuple(kwargs.pop("batch_input_shape"))
+        if len(shape) != 3:
+            raise ValueError(f"{where}: batch_input_shape expected (batch, time, features), "
+                             f"got {shape}")
+        found.setdefault("batch", []).append(("batch_input_shape[0]", dim(shape[0], "batch_input_shape[0]")))
+        found.setdefault("features", []).append(("batch_input_shape[2]", dim(shape[2], "batch_input_shape[2]", False)))
+    if kwargs.get("input_shape") is not None:
+        shape = tuple(kwargs.pop("input_shape"))
+        if len(shape) != 2:
+            raise ValueError(f"{where}: input_shape expected (time, features), got {shape}")
+        found.setdefault("features", []).append(("input_shape[1]", dim(shape[1], "input_shape[1]", False)))
+    if kwargs.get("input_dim") is not None:
+        found.setdefault("features", []).append(("input_dim", dim(kwargs.pop("input_dim"), "input_dim", False)))
+    if kwargs.get("batch_size") is not None:
+        found.setdefault("batch", []).append(("batch_size", dim(kwargs.pop("batch_size"), "batch_size", False)))
+    for key in ("batch_input_shape", "input_shape", "input_dim", "batch_size"):
+        kwargs.pop(key, None)  # given as None
+    out = []
+    for what in ("batch", "features"):
+        values = [(a, v) for a, v in found.get(what, []) if v is not None]
+        if len({v for _, v in values}) > 1:
+            raise ValueError(f"{where}: the {what} size is given twice, differently: "
+                             + ", ".join(f"{a}={v}" for a, v in values))
+        out.append(values[0][1] if values else None)
+    return tuple(out)
+
+
 def _as_float_array(x, dtype, argument):
     """Validate an input array: numeric, floating (cast to ``dtype``), no copy if possible."""
     xp = np
@@ -138,6 +176,12 @@ class RNN:
     dtype : str
         ``"float32"`` (default) or ``"float64"``; other float inputs are cast,
         integer inputs are a ``TypeError``.
+    input_dim, input_shape, batch_input_shape, batch_size
+        Keras' shape arguments: the feature count (``input_dim``,
+        ``input_shape=(time, features)``, ``batch_input_shape=(batch, time,
+        features)``) builds the layer now; a batch size (``batch_size`` or
+        ``batch_input_shape[0]``) fixes the batch of a stateful layer from
+        the start (a layer that is not stateful runs any batch).
 
     Call
     ----
@@ -170,6 +214,7 @@ class RNN:
             raise ValueError(f"nan_policy: expected 'propagate' or 'raise', got {nan_policy!r}")
         self.nan_policy = nan_policy
         kwargs.pop("use_cudnn", None)  # fastrnn picks its own fast path
+        batch, features = _shape_kwargs(kwargs, type(self).__name__)
         self.name, dtype = _pop_common(kwargs, type(self).__name__)
         # The cell's dtype rules: its weights are stored in it.
         cell_dtype = getattr(cell, "dtype", None)
@@ -179,6 +224,9 @@ class RNN:
         self._placed = None
         self._choice = None
         self._lock = threading.Lock()
+        self._declared_batch = batch  # a stateful layer's batch, from batch_size=
+        if features is not None:
+            self.build((batch, None, features))
 
     # ----- structure -----
     @property
@@ -314,13 +362,17 @@ class RNN:
 
     def _initial_states(self, initial_state, batch, xp):
         sizes = self._flat_state_sizes
-        if self.stateful and self.states is not None and self.states[0].shape[0] != batch:
+        fixed, by = None, None
+        if self.stateful and self.states is not None:
+            fixed, by = self.states[0].shape[0], "its first call"
+        elif self.stateful and getattr(self, "_declared_batch", None) is not None:
+            fixed, by = self._declared_batch, "batch_size / batch_input_shape"
+        if fixed is not None and fixed != batch:
             # (checked with an initial_state too: the result is carried into self.states)
             raise ValueError(
-                f"{type(self).__name__} is stateful with batch size "
-                f"{self.states[0].shape[0]} (fixed by its first call); inputs have "
-                f"batch size {batch}. Use the same batch size, or a new layer with the same "
-                "weights (new.set_weights(layer.get_weights()))."
+                f"{type(self).__name__} is stateful with batch size {fixed} (fixed by {by}); "
+                f"inputs have batch size {batch}. Use the same batch size, or a new layer with "
+                "the same weights (new.set_weights(layer.get_weights()))."
             )
         if initial_state is None:
             if self.stateful and self.states is not None:
@@ -492,11 +544,14 @@ class RNN:
                                   [(batch, s) for s in self._flat_state_sizes])
 
     def _rnn_config(self):
-        return {
+        config = {
             "name": self.name, "trainable": True, "dtype": self.dtype.name,
             **{k: getattr(self, k) for k in _RNN_ARGS},
             "backend": self.backend_arg, "nan_policy": self.nan_policy,
         }
+        if getattr(self, "_declared_batch", None) is not None:
+            config["batch_size"] = self._declared_batch
+        return config
 
     def get_config(self):
         if not hasattr(self.cell, "get_config"):
@@ -522,12 +577,16 @@ class _CellLayer(RNN):
                  dtype=None, **cell_kwargs):
         for key in ("trainable", "activity_regularizer", "use_cudnn", "implementation"):
             cell_kwargs.pop(key, None)
+        shape_kwargs = {k: cell_kwargs.pop(k) for k in
+                        ("input_dim", "input_shape", "batch_input_shape", "batch_size")
+                        if k in cell_kwargs}
         self.activity_regularizer = None
         cell = self._cell_class(units, dtype=dtype, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
                          go_backwards=go_backwards, stateful=stateful, unroll=unroll,
                          zero_output_for_mask=zero_output_for_mask, time_major=time_major,
-                         backend=backend, nan_policy=nan_policy, name=name, dtype=dtype)
+                         backend=backend, nan_policy=nan_policy, name=name, dtype=dtype,
+                         **shape_kwargs)
 
     def __getattr__(self, item):
         # Forward cell properties (units, activation, kernel, ...) as Keras does.

@@ -169,3 +169,34 @@ def test_weights_are_read_only(rng):
     copies[0][...] = 0  # get_weights returns copies, free to edit
     layer.set_weights(copies)
     assert not layer.cell.kernel.any()
+
+
+@pytest.mark.parametrize("kwargs", [dict(input_dim=7), dict(input_shape=(None, 7)),
+                                    dict(batch_input_shape=(2, None, 7))])
+def test_keras_shape_arguments_build_the_layer(kwargs, rng):
+    """They were accepted and dropped: the layer then built for whatever came."""
+    layer = fastrnn.LSTM(4, **kwargs)
+    assert layer.built and layer.cell.input_dim == 7
+    assert layer(x_(rng, 3, 5, 7)).shape == (3, 4)  # not stateful: any batch
+    with pytest.raises(ValueError, match="expected 7 features"):
+        layer(x_(rng, 3, 5, 6))
+
+
+def test_batch_size_fixes_a_stateful_layer(rng, tmp_path):
+    layer = fastrnn.GRU(4, stateful=True, batch_size=8)
+    with pytest.raises(ValueError, match=r"stateful with batch size 8 \(fixed by batch_size"):
+        layer(x_(rng, 6, 5, 3))
+    assert layer(x_(rng, 8, 5, 3)).shape == (8, 4)
+    path = fastrnn.save(layer, tmp_path / "g.fastrnn") or tmp_path / "g.fastrnn"
+    assert fastrnn.load(path)._declared_batch == 8
+
+
+def test_shape_arguments_checked():
+    with pytest.raises(ValueError, match="features size is given twice, differently"):
+        fastrnn.GRU(4, input_dim=7, input_shape=(5, 6))
+    with pytest.raises(ValueError, match="input_dim expected a positive integer, got 0"):
+        fastrnn.GRU(4, input_dim=0)
+    with pytest.raises(ValueError, match=r"input_shape expected \(time, features\), got \(7,\)"):
+        fastrnn.GRU(4, input_shape=(7,))
+    with pytest.raises(TypeError, match=r"LSTMCell: unexpected keyword argument\(s\) \['input_dim'\]"):
+        fastrnn.LSTMCell(4, input_dim=3)
