@@ -227,6 +227,7 @@ class _Cell:
 
     # ----- one step -----
     def get_initial_state(self, batch_size):
+        batch_size = _batch_arg(batch_size)
         sizes = self.state_size if isinstance(self.state_size, list) else [self.state_size]
         return [np.zeros((batch_size, s), self.dtype) for s in sizes]
 
@@ -239,8 +240,19 @@ class _Cell:
             raise ValueError(
                 f"{type(self).__name__}: inputs expected shape (batch, features), got {inputs.shape}"
             )
+        if self.built and inputs.shape[1] != self.input_dim:
+            raise ValueError(f"{type(self).__name__}: inputs expected shape (batch, "
+                             f"{self.input_dim}), got {inputs.shape}")
         if not isinstance(states, (list, tuple)):
             states = [states]
+        sizes = self.state_size if isinstance(self.state_size, list) else [self.state_size]
+        if len(states) != len(sizes):
+            raise ValueError(f"{type(self).__name__}: states expected {len(sizes)} arrays of "
+                             f"shapes {[(inputs.shape[0], s) for s in sizes]}, got {len(states)}")
+        for k, (st, n) in enumerate(zip(states, sizes)):
+            if np.shape(st) != (inputs.shape[0], n):
+                raise ValueError(f"{type(self).__name__}: states[{k}] expected shape "
+                                 f"{(inputs.shape[0], n)}, got {np.shape(st)}")
         layer = self.__dict__.get("_step_layer")
         if layer is None:
             layer = self._step_layer = RNN(self, return_state=True)
@@ -520,6 +532,13 @@ def watch_weights(cell, listener):
         _WEIGHT_LISTENERS.setdefault(cell, weakref.WeakSet()).add(listener)
     except TypeError:  # a cell that cannot be weakly referenced: nothing to watch
         pass
+
+
+def _batch_arg(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 0:
+        raise ValueError(f"batch_size: expected a non-negative integer, got {batch_size!r}")
+    return int(batch_size)
 
 
 def _shape_text(shape):

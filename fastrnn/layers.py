@@ -30,8 +30,8 @@ import numpy as np
 
 from . import _device, dispatch
 from .cells import (
-    CELLS, GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _first, _pop_common, _weight_list, call_cell, stage_weights,
-    deserialize_cell, resolve_dtype, serialize_cell,
+    CELLS, GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _batch_arg, _first, _pop_common,
+    _weight_list, call_cell, deserialize_cell, resolve_dtype, serialize_cell, stage_weights,
 )
 from .kernels import reference as _reference
 from .kernels import run as _run_kernel
@@ -350,6 +350,7 @@ class RNN:
 
     # ----- states -----
     def get_initial_state(self, batch_size, xp=np):
+        batch_size = _batch_arg(batch_size)
         return [xp.zeros((batch_size, s), self.dtype) for s in self._flat_state_sizes]
 
     def reset_states(self):
@@ -418,6 +419,10 @@ class RNN:
             raise ValueError("inputs: contain NaN and nan_policy='raise'")
         m = _mask_array(mask, B, T, xp, self.time_major)
         states = self._initial_states(initial_state, B, xp)
+        if self.nan_policy == "raise" and initial_state is not None:
+            for k, st in enumerate(states):
+                if bool(xp.isnan(st).any()):
+                    raise ValueError(f"initial_state[{k}]: contains NaN and nan_policy='raise'")
         if self.stateful and self.states is None:
             self.states = [xp.zeros_like(s) for s in states]
         output, new_states = self._forward(x, m, states, training, xp)
@@ -444,8 +449,9 @@ class RNN:
             return self._host_loop(x, mask, states, training)
         dropout = training and any(c.dropout or c.recurrent_dropout for c in self._cells)
         if dropout:
-            choice = dispatch.Choice("reference", _reference,
-                                     "reference: training=True with dropout")
+            choice = self._choice = dispatch.Choice(
+                "reference", _reference, "reference: training=True with dropout (the fast "
+                "backends run inference only)")
             packs = None
         else:
             choice = self._select(on_device=xp is not np)
@@ -499,6 +505,7 @@ class RNN:
             y, new = call_cell(self.cell, x[:, t], _pack_like(structure, flat), training)
             y = np.asarray(y, self.dtype)
             new = [np.asarray(s, self.dtype) for s in _flatten(new)]
+            self._check_step(y, new, B)
             if prev is None:
                 prev = np.zeros_like(y)
             if mask is not None:
@@ -510,6 +517,22 @@ class RNN:
         if self.return_sequences:
             return np.ascontiguousarray(np.stack(outputs, axis=1)), flat
         return prev, flat
+
+    def _check_step(self, y, new, B):
+        """What the user's cell returned has the shapes it declared."""
+        name = type(self.cell).__name__
+        size = self.output_size
+        if y.shape != (B, size):
+            raise ValueError(f"{name} returned an output of shape {y.shape}; expected "
+                             f"(batch, output_size) = {(B, size)}")
+        sizes = self._flat_state_sizes
+        if len(new) != len(sizes):
+            raise ValueError(f"{name} returned {len(new)} states; its state_size declares "
+                             f"{len(sizes)}")
+        for k, (s, n) in enumerate(zip(new, sizes)):
+            if s.shape != (B, n):
+                raise ValueError(f"{name} returned states[{k}] of shape {s.shape}; expected "
+                                 f"{(B, n)} (state_size)")
 
     # ----- streaming and pickling -----
     def stream(self, batch_size=1, **kwargs):
@@ -730,12 +753,14 @@ class Bidirectional:
     def __call__(self, inputs, mask=None, initial_state=None, training=False):
         fw_state = bw_state = None
         if initial_state is not None:
-            initial_state = list(initial_state)
-            if len(initial_state) % 2:
-                raise ValueError(f"initial_state: expected forward states then backward states "
-                                 f"(an even count), got {len(initial_state)}")
-            half = len(initial_state) // 2
-            fw_state, bw_state = initial_state[:half], initial_state[half:]
+            flat = _flatten(list(initial_state)) if isinstance(initial_state, (list, tuple)) \
+                else [initial_state]
+            n_fw = len(self.forward_layer._flat_state_sizes)
+            n_bw = len(self.backward_layer._flat_state_sizes)
+            if len(flat) != n_fw + n_bw:
+                raise ValueError(f"initial_state: expected {n_fw} forward states then {n_bw} "
+                                 f"backward states ({n_fw + n_bw} arrays), got {len(flat)}")
+            fw_state, bw_state = flat[:n_fw], flat[n_fw:]
         y = self.forward_layer(inputs, mask=mask, initial_state=fw_state, training=training)
         y_rev = self.backward_layer(inputs, mask=mask, initial_state=bw_state, training=training)
         states = []

@@ -200,3 +200,64 @@ def test_shape_arguments_checked():
         fastrnn.GRU(4, input_shape=(7,))
     with pytest.raises(TypeError, match=r"LSTMCell: unexpected keyword argument\(s\) \['input_dim'\]"):
         fastrnn.LSTMCell(4, input_dim=3)
+
+
+def test_nan_initial_state_with_nan_policy_raise(rng):
+    layer = fastrnn.GRU(4, nan_policy="raise")
+    layer.build((2, 5, 3))
+    h = x_(rng, 2, 4)
+    h[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"initial_state\[0\]: contains NaN and nan_policy='raise'"):
+        layer(x_(rng, 2, 5, 3), initial_state=[h])
+
+
+def test_get_initial_state_batch_argument():
+    for obj in (fastrnn.LSTMCell(3), fastrnn.LSTM(3)):
+        with pytest.raises(ValueError, match="batch_size: expected a non-negative integer, got -1"):
+            obj.get_initial_state(-1)
+        with pytest.raises(ValueError, match="got 2.5"):
+            obj.get_initial_state(2.5)
+
+
+def test_cell_step_names_its_own_arguments(rng):
+    cell = fastrnn.LSTMCell(4)
+    cell.build((None, 5))
+    with pytest.raises(ValueError, match=r"LSTMCell: inputs expected shape \(batch, 5\), got \(2, 3\)"):
+        cell(x_(rng, 2, 3), cell.get_initial_state(2))
+    with pytest.raises(ValueError, match=r"LSTMCell: states expected 2 arrays of shapes \[\(2, 4\), \(2, 4\)\], got 1"):
+        cell(x_(rng, 2, 5), [x_(rng, 2, 4)])
+    with pytest.raises(ValueError, match=r"LSTMCell: states\[1\] expected shape \(2, 4\), got \(2, 3\)"):
+        cell(x_(rng, 2, 5), [x_(rng, 2, 4), x_(rng, 2, 3)])
+
+
+class _BadCell:
+    state_size = 3
+    output_size = 3
+
+    def __init__(self, out_cols=3, state_cols=3):
+        self.out_cols, self.state_cols = out_cols, state_cols
+
+    def __call__(self, x, states):
+        B = x.shape[0]
+        return np.zeros((B, self.out_cols)), [np.zeros((B, self.state_cols))]
+
+
+def test_custom_cell_returning_wrong_shapes(rng):
+    x = x_(rng, 2, 4, 3)
+    with pytest.raises(ValueError, match=r"_BadCell returned states\[0\] of shape \(2, 4\); expected \(2, 3\)"):
+        fastrnn.RNN(_BadCell(state_cols=4))(x)
+    with pytest.raises(ValueError, match=r"_BadCell returned an output of shape \(2, 5\); expected"):
+        fastrnn.RNN(_BadCell(out_cols=5))(x, mask=np.ones((2, 4), bool))
+
+
+def test_bidirectional_initial_state_count(rng):
+    bi = fastrnn.Bidirectional(fastrnn.LSTM(4))
+    with pytest.raises(ValueError, match=r"initial_state: expected 2 forward states then 2 backward states \(4 arrays\), got 2"):
+        bi(x_(rng, 2, 5, 3), initial_state=[x_(rng, 2, 4), x_(rng, 2, 4)])
+
+
+def test_training_with_dropout_names_the_backend(rng):
+    layer = fastrnn.LSTM(4, dropout=0.3, backend="cpu" if fastrnn.dispatch.available("cpu")[0] else "reference")
+    layer.build((2, 5, 3))
+    layer(x_(rng, 2, 5, 3), training=True)
+    assert layer.backend == "reference" and "training=True with dropout" in layer.backend_reason
