@@ -379,10 +379,13 @@ class Stream:
         if x.dtype != self._dt:
             kind = x.dtype.kind
             what = "an integer" if kind in "iub" else f"a {x.dtype}"
+            other = ("float64" if x.dtype == np.float64 else "float32") \
+                if kind == "f" and x.dtype in (np.float32, np.float64) else None
+            hint = (f" (or make the layer with dtype='{other}' if that is the model's "
+                    "precision)") if other else ""
             raise TypeError(f"x: the stream runs in {self._dt} and got {what} array "
                             f"(dtype {x.dtype}); streams never cast per call: pass "
-                            f"x.astype(np.{self._dt}) (or make the layer with dtype="
-                            f"'{x.dtype}' if that is the model's precision)")
+                            f"x.astype(np.{self._dt}){hint}")
         return x
 
     def _shape_message(self, x, what, expected):
@@ -536,23 +539,37 @@ def load_stream(path):
     """
     from .layers import deserialize
 
+    if isinstance(path, (str, bytes, os.PathLike)) and not os.path.exists(path):
+        raise FileNotFoundError(f"load_stream: no such file {os.fspath(path)!r}")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"load_stream: {path!r} is not a saved stream ({exc})") from exc
-    with data:
-        if "meta" not in data.files:
-            raise ValueError(f"load_stream: {path!r} has no 'meta' entry: not a saved stream")
-        meta = json.loads(str(data["meta"]))
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"load_stream: unsupported format {meta.get('format')!r}, "
-                             f"expected {_FORMAT!r}")
-        weights = [data[f"w{i}"] for i in range(meta["n_weights"])]
-        states = [data[f"s{i}"] for i in range(meta["n_states"])]
-    layer = deserialize(meta["layer"])
-    if weights:
-        layer.set_weights(weights)
-    stream = Stream(layer, batch_size=meta["batch_size"], backend=meta.get("backend"))
-    if states:
-        stream.states = states
+        raise ValueError(f"load_stream: {path!r} is not a stream saved by Stream.save "
+                         f"(it cannot be read as an .npz archive)") from exc
+    if not hasattr(data, "files"):  # a plain .npy
+        raise ValueError(f"load_stream: {path!r} is a single array, not a stream saved by "
+                         "Stream.save")
+    try:
+        with data:
+            if "meta" not in data.files:
+                raise ValueError("it has no 'meta' entry: not a saved stream")
+            try:
+                meta = json.loads(str(data["meta"]))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"its 'meta' entry is not valid JSON ({exc})") from exc
+            if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+                got = meta.get("format") if isinstance(meta, dict) else meta
+                raise ValueError(f"unsupported format {got!r}, expected {_FORMAT!r}")
+            weights = [data[f"w{i}"] for i in range(meta["n_weights"])]
+            states = [data[f"s{i}"] for i in range(meta["n_states"])]
+        layer = deserialize(meta["layer"])
+        if weights:
+            layer.set_weights(weights)
+        stream = Stream(layer, batch_size=meta["batch_size"], backend=meta.get("backend"))
+        if states:
+            stream.states = states
+    except KeyError as exc:
+        raise ValueError(f"load_stream: {path!r} is incomplete: missing {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"load_stream: {path!r}: {exc}") from exc
     return stream

@@ -480,3 +480,38 @@ def test_matvec_vs_blas_runs():
 
     rows = bench_streaming.matvec_vs_blas(hs=(5, 70), repeats=2)
     assert [(r[0], r[1]) for r in rows] == [("lstm", 5), ("gru", 5), ("lstm", 70), ("gru", 70)]
+
+
+def test_load_stream_bad_files(tmp_path, rng):
+    with pytest.raises(FileNotFoundError, match="load_stream: no such file"):
+        load_stream(tmp_path / "missing.npz")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="is not a stream saved by Stream.save"):
+        load_stream(junk)
+    np.save(tmp_path / "one.npy", np.ones(3))
+    with pytest.raises(ValueError, match="is a single array"):
+        load_stream(tmp_path / "one.npy")
+    layer = _make("lstm", "float32", rng)
+    good = layer.stream().save(tmp_path / "good.npz")
+    with np.load(good, allow_pickle=False) as data:
+        entries = {k: data[k] for k in data.files}
+    for name, edit, message in (
+            ("nometa", lambda e: e.pop("meta"), "no 'meta' entry"),
+            ("badjson", lambda e: e.update(meta=np.array("{oops")), "not valid JSON"),
+            ("now1", lambda e: e.pop("w1"), "incomplete: missing"),
+            ("badstate", lambda e: e.update(s0=np.ones((3, 7), np.float32)), r"states\[0\]")):
+        bad = dict(entries)
+        edit(bad)
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **bad)
+        with pytest.raises(ValueError, match=f"load_stream: .*{message}"):
+            load_stream(path)
+
+
+def test_integer_frame_error_suggests_only_a_cast(rng):
+    stream = _make("gru", "float32", rng).stream()
+    with pytest.raises(TypeError, match=r"pass x.astype\(np.float32\)$"):
+        stream(np.ones((1, 3), np.int64))
+    with pytest.raises(TypeError, match="make the layer with dtype='float64'"):
+        stream(np.ones((1, 3), np.float64))
