@@ -298,3 +298,24 @@ def test_readme_example(tmp_path, monkeypatch, capsys):
 
 def test_exports():
     assert fastrnn.from_torch is not None and fastrnn.from_torch_state_dict is not None
+
+
+def test_subclasses(rng):
+    """A subclass that keeps torch's forward converts as its base class (it
+    was refused with an error about an argument the user never passed); one
+    that overrides forward is refused, since its numbers are unknown."""
+    class MyLSTM(torch.nn.LSTM):
+        pass
+
+    class Doubling(torch.nn.GRU):
+        def forward(self, x, h=None):
+            return super().forward(2 * x, h)
+
+    torch.manual_seed(0)
+    module = MyLSTM(3, 5, batch_first=True)
+    x = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(fastrnn.from_torch(module)(x)[0], want, atol=2e-6)
+    with pytest.raises(TypeError, match="Doubling overrides forward"):
+        fastrnn.from_torch(Doubling(3, 4))

@@ -528,8 +528,20 @@ class TorchCell(_TorchConverted):
 
 
 def _module_mode(module):
-    name = type(module).__name__
-    if name == "RNN" or name == "RNNCell":
+    import torch
+
+    nn = torch.nn
+    # the torch class the module is (a subclass converts as its base)
+    for base in (nn.LSTMCell, nn.GRUCell, nn.RNNCell, nn.LSTM, nn.GRU, nn.RNN):
+        if isinstance(module, base):
+            if type(module).forward is not base.forward:
+                raise TypeError(f"from_torch: {type(module).__name__} overrides forward() of "
+                                f"torch.nn.{base.__name__}; fastrnn reproduces "
+                                f"torch.nn.{base.__name__}'s own computation only, so it "
+                                "cannot tell what this module computes")
+            name = base.__name__
+            break
+    if name in ("RNN", "RNNCell"):
         return "RNN_RELU" if getattr(module, "nonlinearity", "tanh") == "relu" else "RNN_TANH"
     return name.replace("Cell", "")
 
