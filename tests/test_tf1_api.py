@@ -667,3 +667,22 @@ def test_matches_tf1_equations(backend):
                 np.testing.assert_allclose(g, r, atol=atol, rtol=0)
 
     check()
+
+
+def test_non_float_values_are_type_errors(rng):
+    """Complex, integer and string values were cast (or failed inside NumPy)."""
+    cell = rnn_cell.GRUCell(4)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    nn.dynamic_rnn(cell, x, dtype=np.float32)
+    with pytest.raises(TypeError, match="initial_state: element 0 of the state: expected floating-point values, got dtype complex128"):
+        nn.dynamic_rnn(cell, x, initial_state=np.ones((2, 4), complex))
+    with pytest.raises(TypeError, match="got dtype int64"):
+        nn.dynamic_rnn(cell, x, initial_state=np.ones((2, 4), np.int64))
+    with pytest.raises(ValueError, match="sequence_length: expected integers, got dtype complex128"):
+        nn.dynamic_rnn(cell, x, sequence_length=np.ones(2, complex), dtype=np.float32)
+    with pytest.raises(TypeError, match="expects real numbers, got dtype complex128"):
+        cell.set_weights([np.ones(w.shape, complex) for w in cell.get_weights()])
+    with pytest.raises(TypeError, match="expects real numbers, got dtype <U1"):
+        cell.set_weights([np.full(w.shape, "a") for w in cell.get_weights()])
+    with pytest.raises(TypeError, match="inputs: expected floating-point values, got dtype int64"):
+        cell(np.ones((2, 3), np.int64), cell.zero_state(2, np.float32))

@@ -66,7 +66,7 @@ def _lengths(sequence_length, batch, max_time):
         raise ValueError(
             f"sequence_length: expected shape ({batch},) (batch,), got {lengths.shape}"
         )
-    if lengths.dtype == bool or not np.issubdtype(lengths.dtype, np.number):
+    if lengths.dtype == bool or lengths.dtype.kind not in "iuf":
         raise ValueError(f"sequence_length: expected integers, got dtype {lengths.dtype}")
     if not np.issubdtype(lengths.dtype, np.integer):
         if not np.all(np.isfinite(lengths)) or np.any(lengths != np.round(lengths)):

@@ -154,6 +154,9 @@ def check_state(cell, state, batch, dtype, argument="state"):
     leaves = []
     for i, (n, s) in enumerate(zip(_nest.flatten(size), _nest.flatten(state))):
         a = np.asarray(s)
+        if a.dtype.kind != "f":
+            raise TypeError(f"{argument}: element {i} of the state: expected floating-point "
+                            f"values, got dtype {a.dtype}")
         if a.shape != (batch, int(n)):
             raise ValueError(
                 f"{argument}: element {i} of the state should have shape "
@@ -174,6 +177,8 @@ def _cell_label(cell):
 
 def _as_inputs(inputs, argument="inputs"):
     x = np.asarray(inputs)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{argument}: expected floating-point values, got dtype {x.dtype}")
     if x.ndim != 2:
         raise ValueError(f"{argument}: expected shape (batch, depth), got {x.shape}")
     return x
@@ -334,6 +339,9 @@ class RNNCell:
         arrays = []
         for (n, w), value in zip(self._weight_dict.items(), weights):
             value = np.asarray(value)
+            if value.dtype.kind not in "iuf":
+                raise TypeError(f"{_cell_label(self)}.set_weights: variable {n!r} expects real "
+                                f"numbers, got dtype {value.dtype}")
             if value.shape != w.shape:
                 raise ValueError(
                     f"{_cell_label(self)}.set_weights: variable {n!r} expects shape "
@@ -353,7 +361,7 @@ class RNNCell:
     # -- one step --------------------------------------------------------
     def __call__(self, inputs, state, scope=None):
         """Run one step: ``inputs (batch, depth)`` -> ``(output, new_state)``."""
-        x = np.asarray(inputs)
+        x = _as_inputs(inputs)
         if not getattr(self, "built", False):
             self.build(x.shape)
             self.built = True
