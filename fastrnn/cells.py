@@ -49,6 +49,8 @@ def resolve_dtype(dtype, argument="dtype"):
 
 
 def _check_rate(value, argument):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{argument}: expected a rate in [0, 1), got {value!r}")
     value = float(value)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{argument}: expected a rate in [0, 1), got {value}")

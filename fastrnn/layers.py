@@ -58,6 +58,14 @@ def _pack_like(structure, flat):
     return build(structure)
 
 
+def _flag(value, argument):
+    """A boolean argument: True/False (NumPy's too) or 0/1; "False" would be truthy."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                               and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{argument}: expected True or False, got {value!r}")
+
+
 def _shape_kwargs(kwargs, where):
     """(batch, features) from Keras' shape arguments (each may be None)."""
     def dim(value, what, allow_none=True):
@@ -202,13 +210,13 @@ class RNN:
         if not hasattr(cell, "state_size") or not callable(cell):
             raise ValueError(f"cell: expected an RNN cell with state_size, got {cell!r}")
         self.cell = cell
-        self.return_sequences = bool(return_sequences)
-        self.return_state = bool(return_state)
-        self.go_backwards = bool(go_backwards)
-        self.stateful = bool(stateful)
-        self.unroll = bool(unroll)
-        self.zero_output_for_mask = bool(zero_output_for_mask)
-        self.time_major = bool(time_major)
+        self.return_sequences = _flag(return_sequences, "return_sequences")
+        self.return_state = _flag(return_state, "return_state")
+        self.go_backwards = _flag(go_backwards, "go_backwards")
+        self.stateful = _flag(stateful, "stateful")
+        self.unroll = _flag(unroll, "unroll")
+        self.zero_output_for_mask = _flag(zero_output_for_mask, "zero_output_for_mask")
+        self.time_major = _flag(time_major, "time_major")
         self.backend_arg = dispatch._check_name(backend)
         if nan_policy not in ("propagate", "raise"):
             raise ValueError(f"nan_policy: expected 'propagate' or 'raise', got {nan_policy!r}")

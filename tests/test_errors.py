@@ -261,3 +261,11 @@ def test_training_with_dropout_names_the_backend(rng):
     layer.build((2, 5, 3))
     layer(x_(rng, 2, 5, 3), training=True)
     assert layer.backend == "reference" and "training=True with dropout" in layer.backend_reason
+
+
+def test_flag_and_rate_arguments():
+    with pytest.raises(TypeError, match="return_sequences: expected True or False, got 'False'"):
+        fastrnn.LSTM(3, return_sequences="False")
+    assert fastrnn.LSTM(3, return_sequences=np.True_, stateful=0).return_sequences
+    with pytest.raises(ValueError, match=r"dropout: expected a rate in \[0, 1\), got 'x'"):
+        fastrnn.LSTM(3, dropout="x")
