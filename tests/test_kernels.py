@@ -484,6 +484,8 @@ def test_cpu_row_split_stall_falls_back_to_one_thread(backend, monkeypatch):
     compare(backend, params, x, None, False, False, rng=rng)  # compiled, pool started
     # the one-thread period a stall starts: long enough for a slow machine
     monkeypatch.setattr(backend, "_contended_pause", 60.0)
+    # (and none running now: on a busy machine an earlier call may have started one)
+    monkeypatch.setattr(backend, "_contended_until", 0.0)
     used = []
     real_rows, real_one = backend._pk.run_rows_par, backend._pk.run_rows
 
