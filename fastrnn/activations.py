@@ -28,6 +28,19 @@ SELU = 8
 SILU = 9
 GELU = 10
 EXPONENTIAL = 11
+RELU6 = 12
+LEAKY_RELU = 13
+SOFT_SHRINK = 14
+SPARSE_PLUS = 15
+SQUAREPLUS = 16
+CELU = 17
+TANH_SHRINK = 18
+HARD_TANH = 19
+HARD_SHRINK = 20
+LOG_SIGMOID = 21
+SPARSE_SIGMOID = 22
+HARD_SILU = 23
+MISH = 24
 
 #: Keras name -> kernel code. ``None`` and ``"linear"`` are the identity.
 CODES = {
@@ -44,6 +57,23 @@ CODES = {
     "swish": SILU,
     "gelu": GELU,
     "exponential": EXPONENTIAL,
+    # Keras 3's other element-wise activations, with Keras' default arguments
+    # (leaky_relu: negative_slope=0.2; soft_shrink / hard_shrink: threshold=0.5;
+    # squareplus: b=4; celu: alpha=1)
+    "relu6": RELU6,
+    "leaky_relu": LEAKY_RELU,
+    "soft_shrink": SOFT_SHRINK,
+    "sparse_plus": SPARSE_PLUS,
+    "squareplus": SQUAREPLUS,
+    "celu": CELU,
+    "tanh_shrink": TANH_SHRINK,
+    "hard_tanh": HARD_TANH,
+    "hard_shrink": HARD_SHRINK,
+    "log_sigmoid": LOG_SIGMOID,
+    "sparse_sigmoid": SPARSE_SIGMOID,
+    "hard_silu": HARD_SILU,
+    "hard_swish": HARD_SILU,
+    "mish": MISH,
 }
 
 #: kernel code -> canonical Keras name (what ``get_config`` writes).
@@ -60,6 +90,19 @@ NAMES = {
     SILU: "silu",
     GELU: "gelu",
     EXPONENTIAL: "exponential",
+    RELU6: "relu6",
+    LEAKY_RELU: "leaky_relu",
+    SOFT_SHRINK: "soft_shrink",
+    SPARSE_PLUS: "sparse_plus",
+    SQUAREPLUS: "squareplus",
+    CELU: "celu",
+    TANH_SHRINK: "tanh_shrink",
+    HARD_TANH: "hard_tanh",
+    HARD_SHRINK: "hard_shrink",
+    LOG_SIGMOID: "log_sigmoid",
+    SPARSE_SIGMOID: "sparse_sigmoid",
+    HARD_SILU: "hard_silu",
+    MISH: "mish",
 }
 
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -146,4 +189,30 @@ def apply(code, x):
         return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
     if code == EXPONENTIAL:
         return np.exp(x)
+    if code == RELU6:
+        return np.clip(x, 0.0, 6.0)
+    if code == LEAKY_RELU:
+        return np.where(x < 0, 0.2 * x, x)
+    if code == SOFT_SHRINK:
+        return np.where(np.abs(x) <= 0.5, 0.0, x - 0.5 * np.sign(x)).astype(x.dtype)
+    if code == SPARSE_PLUS:
+        return np.where(x <= -1, 0.0, np.where(x >= 1, x, 0.25 * (x + 1) ** 2)).astype(x.dtype)
+    if code == SQUAREPLUS:
+        return (x + np.sqrt(x * x + 4.0)) / 2.0
+    if code == CELU:
+        return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
+    if code == TANH_SHRINK:
+        return x - np.tanh(x)
+    if code == HARD_TANH:
+        return np.clip(x, -1.0, 1.0)
+    if code == HARD_SHRINK:
+        return np.where(np.abs(x) <= 0.5, 0.0, x).astype(x.dtype)
+    if code == LOG_SIGMOID:
+        return np.minimum(x, 0.0) - np.log1p(np.exp(-np.abs(x)))
+    if code == SPARSE_SIGMOID:
+        return np.where(x <= -1, 0.0, np.where(x >= 1, 1.0, 0.5 * (x + 1))).astype(x.dtype)
+    if code == HARD_SILU:
+        return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
+    if code == MISH:
+        return x * np.tanh(np.logaddexp(0.0, x))
     raise ValueError(f"unknown activation code {code}")

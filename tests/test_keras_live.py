@@ -132,3 +132,37 @@ def test_stacked_cells(backend, rng):
     klayer(x)
     _randomize(klayer, rng)
     _compare(klayer, _twin(klayer, backend), x, mask=mask)
+
+
+# every activation name fastrnn knows, against Keras' own function of that name
+ACTIVATION_NAMES = sorted(fastrnn.activations.CODES)
+
+
+@pytest.mark.parametrize("name", ACTIVATION_NAMES)
+def test_activation_matches_keras(name):
+    from fastrnn import activations
+
+    x = np.concatenate([np.linspace(-7, 7, 281), [-1.0, -0.5, 0.5, 1.0, -3.0, 3.0, 6.0, 0.0],
+                        np.random.default_rng(1).standard_normal(50) * 4]).astype(np.float64)
+    want = _np(keras.activations.get(name)(keras.ops.convert_to_tensor(x)))
+    got = activations.apply(activations.resolve(name), x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["relu6", "leaky_relu", "mish", "hard_silu", "log_sigmoid",
+                                  "squareplus", "sparse_sigmoid"])
+def test_new_activations_in_layers(backend, name):
+    """A Keras layer trained with one of Keras' rarer activations converts by name."""
+    rng = np.random.default_rng(len(name))
+    klayer = keras.layers.GRU(7, activation=name, recurrent_activation="hard_sigmoid",
+                              return_sequences=True)
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    klayer(x)
+    _randomize(klayer, rng)
+    layer = _twin(klayer, backend)
+    np.testing.assert_allclose(layer(x), _np(klayer(x)), atol=2e-5, rtol=2e-5)
+    klstm = keras.layers.LSTM(5, recurrent_activation=name)
+    klstm(x)
+    _randomize(klstm, rng)
+    np.testing.assert_allclose(_twin(klstm, backend)(x), _np(klstm(x)), atol=2e-5, rtol=2e-5)

@@ -515,3 +515,20 @@ def test_integer_frame_error_suggests_only_a_cast(rng):
         stream(np.ones((1, 3), np.int64))
     with pytest.raises(TypeError, match="make the layer with dtype='float64'"):
         stream(np.ones((1, 3), np.float64))
+
+
+@pytest.mark.parametrize("name", ["relu6", "leaky_relu", "soft_shrink", "sparse_plus", "squareplus",
+                                  "celu", "tanh_shrink", "hard_tanh", "hard_shrink", "log_sigmoid",
+                                  "sparse_sigmoid", "hard_silu", "mish"])
+def test_stream_kernels_run_every_activation(rng, name):
+    layer = fastrnn.RNN([fastrnn.LSTMCell(5, activation=name, recurrent_activation="hard_sigmoid",
+                                          dtype="float64"),
+                         fastrnn.GRUCell(4, recurrent_activation=name, dtype="float64")],
+                        return_sequences=True, backend="reference")
+    layer.build((1, None, 3))
+    layer.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()])
+    x = _x(rng, (1, 6, 3), "float64")
+    stream = layer.stream()
+    assert stream.backend == "stream"
+    got = np.stack([stream(x[:, t]) for t in range(6)], axis=1)
+    np.testing.assert_allclose(got, layer(x), **TOL["float64"])

@@ -20,6 +20,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._cpu_math import activate, clip
+# Numba's cache keys a cached function on its own file only: an edit of
+# _math.py (the activations these kernels inline) does not invalidate it.
+# Change this stamp with every such edit. _math: codes 0-24 (2026-12-04).
 
 
 @njit(inline="always")

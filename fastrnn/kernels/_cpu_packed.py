@@ -57,6 +57,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._cpu_math import activate as _activate
+# Numba's cache keys a cached function on its own file only: an edit of
+# _math.py (the activations these kernels inline) does not invalidate it.
+# Change this stamp with every such edit. _math: codes 0-24 (2026-12-04).
 from ._simd import (aligned64, atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake,
                     sload, prefetch_l1, prefetch_l2, vclamp, vfma, vload, vmul, vrelu, vsigmoid, vsplat, vstore, vsub, vtanh)
 

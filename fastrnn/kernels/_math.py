@@ -7,6 +7,9 @@ Never call an ``@njit`` function from a CUDA kernel: wrap these instead.
 
 Activation codes are those of :mod:`fastrnn.activations`; they arrive as
 arguments, so one compiled kernel serves every activation.
+
+Numba's on-disk cache does not notice an edit here: change the stamp in
+``_cpu_generic.py``, ``_cpu_packed.py`` and ``_stream.py`` with it.
 """
 
 import math
@@ -51,6 +54,39 @@ def activate(code, x):
         return 0.5 * x * (1.0 + math.erf(x * INV_SQRT2))
     if code == 11:
         return math.exp(x)
+    if code == 12:  # relu6
+        return 0.0 if x < 0.0 else (6.0 if x > 6.0 else x)
+    if code == 13:  # leaky_relu, negative_slope 0.2
+        return 0.2 * x if x < 0.0 else x
+    if code == 14:  # soft_shrink, threshold 0.5
+        if abs(x) <= 0.5:
+            return 0.0
+        return x - 0.5 if x > 0.0 else x + 0.5
+    if code == 15:  # sparse_plus
+        if x <= -1.0:
+            return 0.0
+        return x if x >= 1.0 else 0.25 * (x + 1.0) * (x + 1.0)
+    if code == 16:  # squareplus, b 4
+        return (x + math.sqrt(x * x + 4.0)) / 2.0
+    if code == 17:  # celu, alpha 1 (= elu)
+        return x if x > 0.0 else math.expm1(x)
+    if code == 18:  # tanh_shrink
+        return x - math.tanh(x)
+    if code == 19:  # hard_tanh
+        return -1.0 if x < -1.0 else (1.0 if x > 1.0 else x)
+    if code == 20:  # hard_shrink, threshold 0.5
+        return 0.0 if abs(x) <= 0.5 else x
+    if code == 21:  # log_sigmoid = -softplus(-x)
+        return (x if x < 0.0 else 0.0) - math.log1p(math.exp(-abs(x)))
+    if code == 22:  # sparse_sigmoid
+        if x <= -1.0:
+            return 0.0
+        return 1.0 if x >= 1.0 else 0.5 * (x + 1.0)
+    if code == 23:  # hard_silu = x * hard_sigmoid(x)
+        v = x / 6.0 + 0.5
+        return x * (0.0 if v < 0.0 else (1.0 if v > 1.0 else v))
+    if code == 24:  # mish = x * tanh(softplus(x))
+        return x * math.tanh((x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x))))
     return math.nan
 
 

@@ -75,6 +75,9 @@ _FM = {"reassoc", "contract", "nsz", "arcp"}
 
 # Scalar path for the activations without a vectorised form (relu, elu, ...).
 _, _, _activate = _math.compiled(njit(inline="always", error_model="numpy"))
+# Numba's cache keys a cached function on its own file only: an edit of
+# _math.py (the activations these kernels inline) does not invalidate it.
+# Change this stamp with every such edit. _math: codes 0-24 (2026-12-04).
 
 # ----- activations -----------------------------------------------------------
 

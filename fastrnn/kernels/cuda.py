@@ -57,6 +57,7 @@ except ImportError as exc:  # pragma: no cover - numba itself is a dependency
         f"the cuda backend needs numba-cuda: pip install \"fastrnn[cuda]\" ({exc})"
     ) from exc
 
+from ..activations import NAMES as _ACT_NAMES
 from . import _cuda_kernels as _k
 
 NAME = "cuda"
@@ -172,7 +173,7 @@ def supports(params):
     if params.kind != "simple_rnn":
         codes.append(params.recurrent_activation)
     for code in codes:
-        if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or not 0 <= code <= 11:
+        if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or code not in _ACT_NAMES:
             return False, f"the cuda backend runs built-in activations only, not {code!r}"
     return True, "the cuda backend runs this configuration"
 
