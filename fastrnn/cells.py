@@ -154,7 +154,11 @@ class _Cell:
                 w.setflags(write=False)
         self._params = None
         self.version += 1
-        for listener in list(_WEIGHT_LISTENERS.get(self, ())):
+        try:
+            listeners = list(_WEIGHT_LISTENERS.get(self, ()))
+        except TypeError:  # an unhashable subclass: no stream can watch it
+            listeners = []
+        for listener in listeners:
             listener._weights_changed()
 
     @property
