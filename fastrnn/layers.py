@@ -66,41 +66,41 @@ def _flag(value, argument):
     raise TypeError(f"{argument}: expected True or False, got {value!r}")
 
 
-def _shape_kwargs(kwargs, where):
-    """(batch, features) from Keras' shape arguments (each may be None)."""
-    def dim(value, what, allow_none=True):
-        if value is None and allow_none:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{where}: {what} expected a positive integer, got {value!r}")
-        return int(value)
+_SHAPE_KW = ("input_dim", "input_shape", "batch_input_shape", "batch_size")
 
-    found = {}  # (batch | features) -> [(argument, value)]
-    if kwargs.get("batch_input_shape") is not None:
-        shape = tuple(kwargs.pop("batch_input_shape"))
+
+def _shape_kwargs(kwargs, where):
+    """(batch, features) from Keras' shape arguments (either may be None);
+    pops them from ``kwargs``."""
+    given = {k: kwargs.pop(k) for k in _SHAPE_KW if k in kwargs}
+    given = {k: v for k, v in given.items() if v is not None}
+    batch, features = [], []  # (argument, value), each size as often as it was given
+    if "batch_input_shape" in given:
+        shape = tuple(given["batch_input_shape"])
         if len(shape) != 3:
             raise ValueError(f"{where}: batch_input_shape expected (batch, time, features), "
                              f"got {shape}")
-        found.setdefault("batch", []).append(("batch_input_shape[0]", dim(shape[0], "batch_input_shape[0]")))
-        found.setdefault("features", []).append(("batch_input_shape[2]", dim(shape[2], "batch_input_shape[2]", False)))
-    if kwargs.get("input_shape") is not None:
-        shape = tuple(kwargs.pop("input_shape"))
+        if shape[0] is not None:
+            batch.append(("batch_input_shape[0]", shape[0]))
+        features.append(("batch_input_shape[2]", shape[2]))
+    if "input_shape" in given:
+        shape = tuple(given["input_shape"])
         if len(shape) != 2:
             raise ValueError(f"{where}: input_shape expected (time, features), got {shape}")
-        found.setdefault("features", []).append(("input_shape[1]", dim(shape[1], "input_shape[1]", False)))
-    if kwargs.get("input_dim") is not None:
-        found.setdefault("features", []).append(("input_dim", dim(kwargs.pop("input_dim"), "input_dim", False)))
-    if kwargs.get("batch_size") is not None:
-        found.setdefault("batch", []).append(("batch_size", dim(kwargs.pop("batch_size"), "batch_size", False)))
-    for key in ("batch_input_shape", "input_shape", "input_dim", "batch_size"):
-        kwargs.pop(key, None)  # given as None
+        features.append(("input_shape[1]", shape[1]))
+    if "input_dim" in given:
+        features.append(("input_dim", given["input_dim"]))
+    if "batch_size" in given:
+        batch.append(("batch_size", given["batch_size"]))
     out = []
-    for what in ("batch", "features"):
-        values = [(a, v) for a, v in found.get(what, []) if v is not None]
-        if len({v for _, v in values}) > 1:
+    for what, values in (("batch", batch), ("features", features)):
+        for argument, v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{where}: {argument} expected a positive integer, got {v!r}")
+        if len({int(v) for _, v in values}) > 1:
             raise ValueError(f"{where}: the {what} size is given twice, differently: "
                              + ", ".join(f"{a}={v}" for a, v in values))
-        out.append(values[0][1] if values else None)
+        out.append(int(values[0][1]) if values else None)
     return tuple(out)
 
 
@@ -400,6 +400,8 @@ class RNN:
                 raise ValueError(
                     f"initial_state[{k}]: expected shape {(batch, size)}, got {tuple(s.shape)}"
                 )
+            if self.nan_policy == "raise" and bool(xp.isnan(s).any()):
+                raise ValueError(f"initial_state[{k}]: contains NaN and nan_policy='raise'")
             states.append(s)
         return states
 
@@ -427,10 +429,6 @@ class RNN:
             raise ValueError("inputs: contain NaN and nan_policy='raise'")
         m = _mask_array(mask, B, T, xp, self.time_major)
         states = self._initial_states(initial_state, B, xp)
-        if self.nan_policy == "raise" and initial_state is not None:
-            for k, st in enumerate(states):
-                if bool(xp.isnan(st).any()):
-                    raise ValueError(f"initial_state[{k}]: contains NaN and nan_policy='raise'")
         if self.stateful and self.states is None:
             self.states = [xp.zeros_like(s) for s in states]
         output, new_states = self._forward(x, m, states, training, xp)
@@ -608,9 +606,7 @@ class _CellLayer(RNN):
                  dtype=None, **cell_kwargs):
         for key in ("trainable", "activity_regularizer", "use_cudnn", "implementation"):
             cell_kwargs.pop(key, None)
-        shape_kwargs = {k: cell_kwargs.pop(k) for k in
-                        ("input_dim", "input_shape", "batch_input_shape", "batch_size")
-                        if k in cell_kwargs}
+        shape_kwargs = {k: cell_kwargs.pop(k) for k in _SHAPE_KW if k in cell_kwargs}
         self.activity_regularizer = None
         cell = self._cell_class(units, dtype=dtype, **cell_kwargs)
         super().__init__(cell, return_sequences=return_sequences, return_state=return_state,
@@ -761,8 +757,7 @@ class Bidirectional:
     def __call__(self, inputs, mask=None, initial_state=None, training=False):
         fw_state = bw_state = None
         if initial_state is not None:
-            flat = _flatten(list(initial_state)) if isinstance(initial_state, (list, tuple)) \
-                else [initial_state]
+            flat = _flatten(initial_state)
             n_fw = len(self.forward_layer._flat_state_sizes)
             n_bw = len(self.backward_layer._flat_state_sizes)
             if len(flat) != n_fw + n_bw:

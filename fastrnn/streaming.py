@@ -481,17 +481,14 @@ class Stream:
         from .layers import deserialize, serialize
 
         self._ensure_ready("save")
-        if self._stale:
+        if self._stale or self._weight_versions() != self._versions:
+            # (versions also catch a cell no listener could watch)
             if not self._busy.acquire(False):
                 raise StreamBusyError(_BUSY)
             try:
                 self._reload()
             finally:
                 self._busy.release()
-        if self._weight_versions() != self._versions:
-            raise ValueError("Stream.save: the layer's weights changed after this stream was "
-                             "made (the stream still runs the old ones); make a new stream "
-                             "with layer.stream() and save that")
         config = serialize(self.layer)
         try:  # refuse now rather than write a file that cannot be loaded
             deserialize(json.loads(json.dumps(config)))
