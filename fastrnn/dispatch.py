@@ -180,3 +180,25 @@ def set_num_threads(n):
 def get_num_threads():
     """The most threads one ``cpu`` kernel call uses."""
     return backend_module("cpu").get_num_threads()
+
+
+def warmup(dtypes=("float32", "float64"), parallel=True, verbose=False):
+    """Compile (or load from Numba's on-disk cache) the ``cpu`` kernels that
+    layers, streams and cells run, so that no first call pays for it.
+
+    Parameters
+    ----------
+    dtypes : sequence of str
+        The float dtypes to compile for.
+    parallel : bool
+        Also the two-thread kernels (rows split and panels split); a process
+        limited to one thread (``set_num_threads(1)``) never runs them.
+    verbose : bool
+        Print a line to stderr after each kernel family.
+
+    Returns
+    -------
+    list of str
+        What was compiled or loaded. ``python -m fastrnn warmup`` runs this.
+    """
+    return backend_module("cpu").warmup(dtypes=dtypes, parallel=parallel, verbose=verbose)

@@ -22,7 +22,7 @@ Example
 Which kernels run
 -----------------
 ``backend=None`` (default) uses the stream kernels of
-:mod:`fastrnn.kernels._stream` (single-thread, small-batch, vectorised gate
+:mod:`fastrnn.kernels.cpu.stream` (single-thread, small-batch, vectorised gate
 math) for every configuration they support: SimpleRNN, GRU (both
 ``reset_after``) and LSTM cells with any built-in activation, stacked in
 any mix, float32 and float64. Anything else (a Python callable as an
@@ -53,6 +53,10 @@ __all__ = ["Stream", "StreamBusyError", "load_stream"]
 _FORMAT = "fastrnn.stream/1"
 _ndarray = np.ndarray
 _empty = np.empty
+
+
+def _stream_kernels():
+    return dispatch.backend_module("cpu").stream
 
 
 class StreamBusyError(RuntimeError):
@@ -217,14 +221,11 @@ class Stream:
         if layer._compiled:
             params = layer._params_list()
             if self._backend_arg is None:
-                from .kernels import _stream
-
-                fast_ok, why = _stream.supports_all(params)
+                fast_ok, why = _stream_kernels().supports_all(params)
             else:
                 why = f"backend={self._backend_arg!r} was requested"
         if fast_ok:
-            from .kernels import _stream
-
+            _stream = _stream_kernels()
             self._w, self._cfg, state_len = _stream.pack(params, B, self._nan_raise)
             self._s = np.zeros(state_len, dt)
             self._states = _stream.state_views(self._s, self._cfg, B)
@@ -235,7 +236,7 @@ class Stream:
             self._work_T = 1
             self.backend = "stream"
             self.backend_reason = ("stream: single-thread small-batch kernels "
-                                   "(fastrnn.kernels._stream) support this configuration")
+                                   "(fastrnn.kernels.cpu.stream) support this configuration")
             self._engine = None
         else:
             self._states = [np.zeros((B, s), dt) for s in self._sizes]
@@ -357,9 +358,7 @@ class Stream:
             y[...] = 0
             return self._with_states(y) if self._return_state else y
         if T > self._work_T:
-            from .kernels import _stream
-
-            self._work = np.zeros(_stream.work_size(self._cfg, B, T), self._dt)
+            self._work = np.zeros(_stream_kernels().work_size(self._cfg, B, T), self._dt)
             self._work_T = T
         y = out if (out is not None and not flip) else _empty(oshape, self._dt)
         if self._chunk_fn(x, self._w, self._s, self._work, y, self._cfg):

@@ -7,7 +7,7 @@ import json
 
 
 def test_bench_tiny_grid(tmp_path, capsys):
-    from fastrnn import bench
+    from fastrnn.cli import bench
 
     out = tmp_path / "b.json"
     try:
@@ -39,7 +39,7 @@ def test_bench_tiny_grid(tmp_path, capsys):
 
 
 def test_fma_peak_is_positive():
-    from fastrnn.kernels._peak import fma_peak
+    from fastrnn.cli.peak import fma_peak
 
     one = fma_peak(1, seconds=0.02, repeats=1)
     assert one > 1.0  # GFLOP/s: any machine that runs the tests does more
@@ -52,7 +52,7 @@ def test_bench_runs_spread(tmp_path, capsys):
 
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from fastrnn import bench
+    from fastrnn.cli import bench
 
     out = tmp_path / "b.json"
     assert bench.main(["--shapes", "2,3,7,19", "--cells", "gru", "--repeats", "1", "--runs", "2",
@@ -74,7 +74,7 @@ def test_bench_runs_spread(tmp_path, capsys):
 def test_bench_runs_rejects_bad_counts(capsys):
     import pytest
 
-    from fastrnn import bench
+    from fastrnn.cli import bench
 
     for argv, needle in ((["--runs", "0"], "expected a positive number of runs, got 0"),
                          (["--runs", "2", "--streaming"], "only for the batch grid")):

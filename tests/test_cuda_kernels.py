@@ -228,7 +228,7 @@ def test_supports_rejects_python_activations(rng):
 def test_gpu_bench_rows_in_the_simulator(cell, monkeypatch):
     """The GPU bench runs end to end (timings are meaningless here), and its
     PyTorch weight conversion agrees with fastrnn (checked on torch's CPU)."""
-    from fastrnn import _bench_gpu as g
+    from fastrnn.cli import bench_gpu as g
 
     assert not g.gpu_present()[0]
     assert g.bench_gpu(quick=True)[0] == []

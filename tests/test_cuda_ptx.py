@@ -18,7 +18,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
                 allow_module_level=True)
 
 cuda = pytest.importorskip("numba.cuda")
-_k = pytest.importorskip("fastrnn.kernels._cuda_kernels")
+_k = pytest.importorskip("fastrnn.kernels.cuda.kernels")
 
 CC = (7, 5)
 DTYPES = [np.float32, np.float64]

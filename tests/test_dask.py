@@ -25,6 +25,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 import fastrnn  # noqa: E402
 from fastrnn import dask as fdask  # noqa: E402
+from fastrnn.cli.predict import main as predict_main  # noqa: E402
 
 Client = distributed.Client
 LocalCluster = distributed.LocalCluster
@@ -459,10 +460,10 @@ def test_cli_rejects_bad_files_before_any_task(tmp_path, capsys):
     for model, message in [("model.pt", "PyTorch"), ("model.pkl", "pickle"),
                            ("model.txt", "cannot load|does not have")]:
         (tmp_path / model).write_text("not a model")
-        assert fdask.predict_main([str(tmp_path / model), str(x), str(out)]) == 2
+        assert predict_main([str(tmp_path / model), str(x), str(out)]) == 2
         err = capsys.readouterr().err
         assert "MODEL" in err and any(m in err for m in message.split("|")), err
-    assert fdask.predict_main([str(tmp_path / "missing.keras"), str(x), str(out)]) == 2
+    assert predict_main([str(tmp_path / "missing.keras"), str(x), str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not out.exists()
 
@@ -485,7 +486,7 @@ def test_cli_rejects_bad_input_arrays(tmp_path, capsys):
     group.create_array("inputs", shape=(4, 6, 3), dtype="float32")
     for name, message in [("x.csv", "expected a Zarr array"), ("x2.npy", "3D array"),
                           ("x5.npy", "expected 3 features"), ("g.zarr", "g.zarr/inputs")]:
-        assert fdask.predict_main([model, str(tmp_path / name), str(out)]) == 2
+        assert predict_main([model, str(tmp_path / name), str(out)]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()
 
@@ -503,7 +504,7 @@ def test_cli_scores_npy_and_zarr_into_zarr(client, tmp_path, capsys, where):
              "no-dask": ["--workers", "0"]}[where]
     for name in ("x.npy", "x.zarr"):
         out = str(tmp_path / f"y-{name}.zarr")
-        rc = fdask.predict_main([model, str(tmp_path / name), out, "--batch-size", "7",
+        rc = predict_main([model, str(tmp_path / name), out, "--batch-size", "7",
                                  "--chunk-rows", "16", "--no-progress"] + extra)
         assert rc == 0
         assert "sequences/s" in capsys.readouterr().out
@@ -520,7 +521,7 @@ def test_cli_scores_a_keras_file(tmp_path, capsys):
     x = np.random.default_rng(23).standard_normal((30, 6, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     out = str(tmp_path / "y.zarr")
-    assert fdask.predict_main([path, str(tmp_path / "x.npy"), out, "--no-progress"]) == 0
+    assert predict_main([path, str(tmp_path / "x.npy"), out, "--no-progress"]) == 0
     np.testing.assert_allclose(zarr.open_array(out, mode="r")[...],
                                np.asarray(model.predict(x, verbose=0)), rtol=1e-5, atol=1e-5)
 
@@ -529,12 +530,12 @@ def test_cli_example_and_comparison_table(tmp_path, capsys):
     if not hasattr(fastrnn, "save"):
         pytest.skip("fastrnn.save is not available")
     d = str(tmp_path / "demo")
-    assert fdask.predict_main(["--example", d, "--rows", "300", "--time", "12",
+    assert predict_main(["--example", d, "--rows", "300", "--time", "12",
                                "--features", "4", "--units", "8"]) == 0
     capsys.readouterr()
     out = str(tmp_path / "y.zarr")
     threads_before = fastrnn.get_num_threads()
-    rc = fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--lengths",
+    rc = predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--lengths",
                              f"{d}/lengths.npy", "--workers", "0,threads", "--chunk-rows", "64",
                              "--no-progress"])
     assert rc == 0
@@ -546,12 +547,12 @@ def test_cli_example_and_comparison_table(tmp_path, capsys):
     x, lengths = np.load(f"{d}/x.npy"), np.load(f"{d}/lengths.npy")
     want = model(x, mask=np.arange(12)[None, :] < lengths[:, None])
     np.testing.assert_allclose(zarr.open_array(out, mode="r")[...], want, rtol=1e-5, atol=1e-6)
-    assert fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--workers", "x"]) == 2
+    assert predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--workers", "x"]) == 2
     assert "--workers" in capsys.readouterr().err
-    assert fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--overwrite",
+    assert predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out, "--overwrite",
                                "--chunk-rows", "0"]) == 2
     assert "--chunk-rows" in capsys.readouterr().err
-    assert fdask.predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out]) == 2
+    assert predict_main([f"{d}/model.fastrnn", f"{d}/x.npy", out]) == 2
     assert "exists" in capsys.readouterr().err
 
 

@@ -316,10 +316,10 @@ def test_hypothesis_against_reference(backend, case):
 
 def _force_parallel(backend, monkeypatch):
     # make the cpu backend split even tiny calls between its threads
-    if hasattr(backend, "_MIN_PARALLEL_WORK"):
-        monkeypatch.setattr(backend, "_MIN_PARALLEL_WORK", 0)
-        monkeypatch.setattr(backend, "_MIN_SPLIT_STEP_WORK", 0)
-        monkeypatch.setattr(backend, "_contended_until", 0.0)
+    if backend.NAME == "cpu":
+        monkeypatch.setattr(backend.threads, "_MIN_PARALLEL_WORK", 0)
+        monkeypatch.setattr(backend.threads, "_MIN_SPLIT_STEP_WORK", 0)
+        monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
 
 
 def _use_threads(backend, monkeypatch, threads):
@@ -327,7 +327,7 @@ def _use_threads(backend, monkeypatch, threads):
     if threads == "split":
         _force_parallel(backend, monkeypatch)
     else:
-        monkeypatch.setattr(backend, "_max_threads", 1)
+        monkeypatch.setattr(backend.threads, "_max_threads", 1)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
@@ -347,7 +347,7 @@ def test_cpu_panel_split_helper_late_or_absent(backend):
     1 with the input sums hoisted)."""
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
-    from fastrnn.kernels import _cpu_packed as pk
+    from fastrnn.kernels.cpu import split as pk
 
     rng = np.random.default_rng(17)
     T, D, H = 2 * T_LONG + 1, 4, 40
@@ -369,8 +369,9 @@ def test_cpu_panel_split_helper_late_or_absent(backend):
             hf, cb, P = pk.split_prepare(gru, H, states[0], c0, hoist)
             sync = np.zeros(pk.SYNC_SIZE, np.int64)
             sync[pk.SPINS] = pk.DEFAULT_SPINS
-            job = (sync, gru, packed.arrays[0], packed.arrays[1], peep, False, -1.0, 1, 2, H,
-                   x, np.ones((1, 1), bool), False, False, False, out, True, hf, cb, P, hoist)
+            job = (sync, gru, H, (packed.arrays[0], packed.arrays[1], peep), (False, -1.0, 1, 2),
+                   (x, states[0], c0, np.ones((1, 1), bool), False, out, True, h_out, c_out),
+                   (False, False, hoist), hf, cb, P)
             pk.split_work(0, *job)
             pk.split_work(1, *job)  # too late: must do nothing
             pk.split_finish(gru, H, T, hf, cb, h_out, c_out)
@@ -386,14 +387,14 @@ def test_cpu_panel_split_takeover(backend, monkeypatch, spins):
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     _force_parallel(backend, monkeypatch)
-    monkeypatch.setattr(backend, "_SPINS", spins)
+    monkeypatch.setattr(backend.threads, "_SPINS", spins)
     rng = np.random.default_rng(spins)
     for kind in ("lstm", "gru"):
         params = make_params(kind, rng, 5, 70, np.float32)
         for B in (1, 4, 7):
             x = rand(rng, (B, 2 * T_LONG, 5), np.float32)
             for _ in range(3):
-                monkeypatch.setattr(backend, "_contended_until", 0.0)
+                monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
                 compare(backend, params, x, ragged_mask(rng, B, 2 * T_LONG), True, False,
                         rng=rng)
 
@@ -406,22 +407,22 @@ def test_cpu_panel_split_both_launchers(backend, monkeypatch, layer):
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     _force_parallel(backend, monkeypatch)
-    backend._start_pool()  # start the pool first, then pretend
-    monkeypatch.setattr(backend, "_LAYER", layer)
+    backend.threads._start_pool()  # start the pool first, then pretend
+    monkeypatch.setattr(backend.threads, "_LAYER", layer)
     seen = []
-    real = backend._run_split
+    real = backend.threads._run_split
 
     def spy(*args):
         res = real(*args)
         seen.append(res)
         return res
 
-    monkeypatch.setattr(backend, "_run_split", spy)
+    monkeypatch.setattr(backend.threads, "_run_split", spy)
     rng = np.random.default_rng(31)
     for kind in ("lstm", "gru"):
         params = make_params(kind, rng, 3, 37, np.float32)
         for B, reverse in ((1, False), (5, True)):
-            monkeypatch.setattr(backend, "_contended_until", 0.0)
+            monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
             x = rand(rng, (B, 4 * T_LONG, 3), np.float32)
             compare(backend, params, x, ragged_mask(rng, B, 4 * T_LONG), reverse, False,
                     rng=rng)
@@ -439,32 +440,32 @@ def test_cpu_panel_split_for_large_weights(backend, monkeypatch):
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     _force_parallel(backend, monkeypatch)
-    monkeypatch.setattr(backend, "_ROW_SPLIT_MAX_BYTES", 0)
-    monkeypatch.setattr(backend, "_CLAIM_WORK", 1)
+    monkeypatch.setattr(backend.threads, "_ROW_SPLIT_MAX_BYTES", 0)
+    monkeypatch.setattr(backend.threads, "_CLAIM_WORK", 1)
     used = []
-    real_split, real_rows = backend._run_split, backend._pk.run_rows_par
-    monkeypatch.setattr(backend, "_run_split",
+    real_split, real_rows = backend.threads._run_split, backend.threads.packed.run_rows_par
+    monkeypatch.setattr(backend.threads, "_run_split",
                         lambda *a: used.append("panels") or real_split(*a))
-    monkeypatch.setattr(backend._pk, "run_rows_par",
+    monkeypatch.setattr(backend.threads.packed, "run_rows_par",
                         lambda *a: used.append("rows") or real_rows(*a))
     rng = np.random.default_rng(41)
     for kind in ("lstm", "gru"):
         params = make_params(kind, rng, 6, 45, np.float32)
         for B, reverse in ((16, False), (21, True)):
-            monkeypatch.setattr(backend, "_contended_until", 0.0)
+            monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
             x = rand(rng, (B, T_LONG, 6), np.float32)
             compare(backend, params, x, ragged_mask(rng, B, T_LONG), reverse, False, rng=rng)
     assert used == ["panels"] * 4
-    monkeypatch.setattr(backend, "_contended_until", float("inf"))
+    monkeypatch.setattr(backend.threads, "_contended_until", float("inf"))
     x = rand(rng, (16, T_LONG, 6), np.float32)
     compare(backend, params, x, ragged_mask(rng, 16, T_LONG), False, True, rng=rng)
     assert used == ["panels"] * 4  # a short call on a busy machine: one thread
-    monkeypatch.setattr(backend, "_CONTENDED_ROWS_WORK", 0)  # ... a long one: rows
+    monkeypatch.setattr(backend.threads, "_CONTENDED_ROWS_WORK", 0)  # ... a long one: rows
     compare(backend, params, x, ragged_mask(rng, 16, T_LONG), False, True, rng=rng)
     assert used[-1] == "rows"
     # ... and so do platforms where the panel split cannot run (no futex)
-    monkeypatch.setattr(backend, "_contended_until", 0.0)
-    monkeypatch.setattr(backend, "_HAVE_FUTEX", False)
+    monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
+    monkeypatch.setattr(backend.threads, "_HAVE_FUTEX", False)
     compare(backend, params, x, ragged_mask(rng, 16, T_LONG), True, False, rng=rng)
     assert used[-2:] == ["rows", "rows"]
 
@@ -483,24 +484,24 @@ def test_cpu_row_split_stall_falls_back_to_one_thread(backend, monkeypatch):
     x = rand(rng, (9, T_LONG, 6), np.float32)
     compare(backend, params, x, None, False, False, rng=rng)  # compiled, pool started
     # the one-thread period a stall starts: long enough for a slow machine
-    monkeypatch.setattr(backend, "_contended_pause", 60.0)
+    monkeypatch.setattr(backend.threads, "_contended_pause", 60.0)
     # (and none running now: on a busy machine an earlier call may have started one)
-    monkeypatch.setattr(backend, "_contended_until", 0.0)
+    monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
     used = []
-    real_rows, real_one = backend._pk.run_rows_par, backend._pk.run_rows
+    real_rows, real_one = backend.threads.packed.run_rows_par, backend.threads.packed.run_rows
 
     def stalled_rows(*a):
         used.append("rows")
         real_rows(*a)
         time.sleep(0.01)  # off-core time of the caller, as at a join that waits
 
-    monkeypatch.setattr(backend._pk, "run_rows_par", stalled_rows)
-    monkeypatch.setattr(backend._pk, "run_rows", lambda *a: used.append("one") or real_one(*a))
+    monkeypatch.setattr(backend.threads.packed, "run_rows_par", stalled_rows)
+    monkeypatch.setattr(backend.threads.packed, "run_rows", lambda *a: used.append("one") or real_one(*a))
     for _ in range(3):
         compare(backend, params, x, ragged_mask(rng, 9, T_LONG), False, False, rng=rng)
     assert used == ["rows", "one", "one"]
-    assert backend._contended()
-    monkeypatch.setattr(backend, "_CONTENDED_ROWS_WORK", 0)
+    assert backend.threads._contended()
+    monkeypatch.setattr(backend.threads, "_CONTENDED_ROWS_WORK", 0)
     compare(backend, params, x, ragged_mask(rng, 9, T_LONG), True, False, rng=rng)
     assert used[-1] == "rows"
 
@@ -514,7 +515,7 @@ def test_cpu_hoisted_input_sums(backend, monkeypatch, threads):
     (where they are folded)."""
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
-    from fastrnn.kernels import _cpu_packed as pk
+    from fastrnn.kernels.cpu import packed as pk
 
     _use_threads(backend, monkeypatch, threads)
     rng = np.random.default_rng(61)
@@ -529,8 +530,8 @@ def test_cpu_hoisted_input_sums(backend, monkeypatch, threads):
             states = [rand(rng, (3, n), np.float32) for n in state_sizes(params)]
 
             def call(rows, hoist):
-                monkeypatch.setattr(backend, "_contended_until", 0.0)
-                monkeypatch.setattr(backend, "_HOIST_MIN_BYTES", -1 if hoist else 1 << 40)
+                monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
+                monkeypatch.setattr(backend.threads, "_HOIST_MIN_BYTES", -1 if hoist else 1 << 40)
                 out = np.empty((len(range(*rows.indices(3))), T, H), np.float32)
                 outs = [np.empty((out.shape[0], n), np.float32) for n in state_sizes(params)]
                 run(backend, packed, x[rows], [st[rows] for st in states], mask[rows], reverse,
@@ -541,8 +542,8 @@ def test_cpu_hoisted_input_sums(backend, monkeypatch, threads):
             for rows in (slice(0, 3), slice(1, 2)):
                 for got, want in zip(call(rows, True), folded):
                     np.testing.assert_array_equal(got, want[rows], err_msg=f"{kind} {opts} {rows}")
-            monkeypatch.setattr(backend, "_HOIST_MIN_BYTES", -1)
-            monkeypatch.setattr(backend, "_contended_until", 0.0)
+            monkeypatch.setattr(backend.threads, "_HOIST_MIN_BYTES", -1)
+            monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
             compare(backend, params, x, mask, reverse, zero_output, rng=rng)
 
 
@@ -555,18 +556,18 @@ def test_cpu_split_tuning_picks_the_faster(backend, monkeypatch, faster):
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
     _force_parallel(backend, monkeypatch)
-    monkeypatch.setattr(backend, "_max_threads", 2)
-    monkeypatch.setattr(backend, "_TUNE_MIN_BYTES", 0)
-    monkeypatch.setattr(backend, "_tuning", {})
+    monkeypatch.setattr(backend.threads, "_max_threads", 2)
+    monkeypatch.setattr(backend.threads, "_TUNE_MIN_BYTES", 0)
+    monkeypatch.setattr(backend.threads, "_tuning", {})
     # a slow CI machine must not look busy: every call is then timed
-    monkeypatch.setattr(backend, "_stalled", lambda wall, cpu_t: False)
-    monkeypatch.setattr(backend, "_STARVED", 0.0)
-    monkeypatch.setattr(backend, "_SPINS", 10**7)
+    monkeypatch.setattr(backend.threads, "_stalled", lambda wall, cpu_t: False)
+    monkeypatch.setattr(backend.threads, "_STARVED", 0.0)
+    monkeypatch.setattr(backend.threads, "_SPINS", 10**7)
     used = []
-    real_split, real_rows = backend._run_split, backend._pk.run_rows_par
-    monkeypatch.setattr(backend, "_run_split", lambda *a: used.append("panels") or real_split(*a))
-    monkeypatch.setattr(backend._pk, "run_rows_par", lambda *a: used.append("rows") or real_rows(*a))
-    real_record = backend._tune_record
+    real_split, real_rows = backend.threads._run_split, backend.threads.packed.run_rows_par
+    monkeypatch.setattr(backend.threads, "_run_split", lambda *a: used.append("panels") or real_split(*a))
+    monkeypatch.setattr(backend.threads.packed, "run_rows_par", lambda *a: used.append("rows") or real_rows(*a))
+    real_record = backend.threads._tune_record
     # the first call of each split is not counted: make it the fastest of all
     seen = set()
 
@@ -575,15 +576,15 @@ def test_cpu_split_tuning_picks_the_faster(backend, monkeypatch, faster):
         seen.add(split)
         real_record(key, split, t)
 
-    monkeypatch.setattr(backend, "_tune_record", record)
+    monkeypatch.setattr(backend.threads, "_tune_record", record)
     rng = np.random.default_rng(59)
     for kind in ("lstm", "gru"):
         params = make_params(kind, rng, 7, 35, np.float32)
         seen.clear()
         used.clear()
-        n = 2 * (backend._TUNE_SAMPLES + 1)
+        n = 2 * (backend.threads._TUNE_SAMPLES + 1)
         for _ in range(n + 2):
-            monkeypatch.setattr(backend, "_contended_until", 0.0)
+            monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
             x = rand(rng, (9, T_LONG, 7), np.float32)
             compare(backend, params, x, ragged_mask(rng, 9, T_LONG), False, False, rng=rng)
         assert used[:n] == ["rows", "panels", "panels", "rows"] * (n // 4)
@@ -591,10 +592,10 @@ def test_cpu_split_tuning_picks_the_faster(backend, monkeypatch, faster):
         lo = 1 << (T_LONG.bit_length() - 1)
         assert backend.tuned_splits()[(kind, 9, 7, 35, lo, 2 * lo - 1)] == faster
     # below the band (or one thread, or a busy machine) nothing is timed
-    monkeypatch.setattr(backend, "_TUNE_MIN_BYTES", 1 << 40)
-    monkeypatch.setattr(backend, "_tuning", {})
+    monkeypatch.setattr(backend.threads, "_TUNE_MIN_BYTES", 1 << 40)
+    monkeypatch.setattr(backend.threads, "_tuning", {})
     compare(backend, params, rand(rng, (9, T_LONG, 7), np.float32), None, False, False, rng=rng)
-    assert backend._tuning == {} and used[-1] == "rows"
+    assert backend.threads._tuning == {} and used[-1] == "rows"
 
 
 def test_cpu_split_tuning_bookkeeping(backend, monkeypatch):
@@ -602,18 +603,18 @@ def test_cpu_split_tuning_bookkeeping(backend, monkeypatch):
     decides, and the table is bounded."""
     if backend.NAME != "cpu":
         pytest.skip("cpu backend internals")
-    monkeypatch.setattr(backend, "_tuning", {})
+    monkeypatch.setattr(backend.threads, "_tuning", {})
     key = (False, 8, 128, 256, 7)
     times = {"rows": [50.0, 3.0, 3.5, 9.0], "panels": [0.1, 4.0, 3.2, 3.3]}
     for _ in range(8):
-        split, timing = backend._tune_pick(key)
+        split, timing = backend.threads._tune_pick(key)
         assert timing
-        backend._tune_record(key, split, times[split].pop(0))
-    assert backend._tune_pick(key) == ("rows", False)
-    monkeypatch.setattr(backend, "_TUNE_MAX_SHAPES", 3)
+        backend.threads._tune_record(key, split, times[split].pop(0))
+    assert backend.threads._tune_pick(key) == ("rows", False)
+    monkeypatch.setattr(backend.threads, "_TUNE_MAX_SHAPES", 3)
     for B in range(8, 12):
-        backend._tune_pick((True, B, 5, 40, 7))
-    assert len(backend._tuning) <= 3
+        backend.threads._tune_pick((True, B, 5, 40, 7))
+    assert len(backend.threads._tuning) <= 3
 
 
 @pytest.mark.parametrize("threads", ["one", "split"])
@@ -631,7 +632,7 @@ def test_cpu_row_results_do_not_depend_on_the_batch(backend, monkeypatch, thread
             params = make_params(kind, rng, D, H, dtype, **opts)
             packed = backend.pack(params)
             for B in (13, 20):
-                monkeypatch.setattr(backend, "_contended_until", 0.0)
+                monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
                 x = rand(rng, (B, T, D), dtype, 1.0)
                 mask = ragged_mask(rng, B, T)
                 states = [rand(rng, (B, n), dtype) for n in state_sizes(params)]

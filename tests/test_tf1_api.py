@@ -5,7 +5,8 @@ import pytest
 
 from conftest import layer_backends
 from fastrnn import dispatch, nn
-from fastrnn.nn import _nest, rnn_cell
+from fastrnn import _nest
+from fastrnn.nn import rnn_cell
 
 # reference, plus cpu (and cuda with FASTRNN_TEST_BACKENDS=cuda) where they run
 BACKENDS = layer_backends()

@@ -18,7 +18,8 @@ import pytest
 
 from conftest import DATA, layer_backends
 from fastrnn import dispatch, nn
-from fastrnn.nn import _nest, rnn_cell
+from fastrnn import _nest
+from fastrnn.nn import rnn_cell
 
 CASES = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(DATA, "tf1_*.npz")))
 # reference, plus cpu (and cuda with FASTRNN_TEST_BACKENDS=cuda) where they run

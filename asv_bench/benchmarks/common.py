@@ -52,9 +52,9 @@ def warm(call, batch):
     n = 1
     if 8 <= batch < 32:
         try:
-            from fastrnn.kernels import cpu
+            from fastrnn.kernels.cpu import threads
 
-            n = 2 * (cpu._TUNE_SAMPLES + 1) + 1
+            n = 2 * (threads._TUNE_SAMPLES + 1) + 1
         except (ImportError, AttributeError):
             n = 9
     for _ in range(n):

@@ -1,15 +1,19 @@
-"""Scalar activation and gate math, written once in plain Python.
+"""Activations and gate updates, written once in plain Python.
 
-Each function here uses only ``math`` and arithmetic, so the same source is
-compiled for the CPU (``numba.njit(inline="always")``) by ``cpu.py`` and for
-the GPU (``numba.cuda.jit(device=True, inline="always")``) by ``cuda.py``.
-Never call an ``@njit`` function from a CUDA kernel: wrap these instead.
+Everything here uses only ``math``, arithmetic and the functions of this
+module, so :func:`compiled` can rebuild the same source for each kernel
+family: NumPy arrays (``reference``), scalars compiled for the CPU
+(``numba.njit(inline="always")``), the CPU's SIMD vectors (whose operators
+broadcast scalars, :mod:`fastrnn.kernels.cpu.simd`) and CUDA device
+functions (``numba.cuda.jit(device=True, inline="always")``). Never call an
+``@njit`` function from a CUDA kernel: build these for CUDA instead.
+
+A family may replace the three primitives the gate updates rest on:
+``activate(code, x)``, ``muladd(a, b, c)`` (``a * b + c``; the CPU's vectors
+fuse it into one rounding) and ``clip(x, limit)``.
 
 Activation codes are those of :mod:`fastrnn.activations`; they arrive as
 arguments, so one compiled kernel serves every activation.
-
-Numba's on-disk cache does not notice an edit here: change the stamp in
-``_cpu_generic.py``, ``_cpu_packed.py`` and ``_stream.py`` with it.
 """
 
 import math
@@ -101,27 +105,81 @@ def clip(x, limit):
     return x
 
 
-# Dependency order: a function comes after every sibling it calls.
-_COMPILED_NAMES = ("sigmoid", "clip", "activate")
+def muladd(a, b, c):
+    """``a * b + c``."""
+    return a * b + c
 
 
-def compiled(decorate):
-    """Return ``(sigmoid, clip, activate)`` compiled with ``decorate``.
+# ---- gate updates (gate orders are Keras's: LSTM i, f, c, o; GRU z, r, h) ----
 
-    The functions above call each other by global name, so wrapping only
-    ``activate`` would leave the compiler facing the plain ``sigmoid``. Each
-    one is rebuilt from its own code object with globals that point at the
-    compiled siblings, then decorated (``njit(inline="always")`` for the CPU,
-    ``cuda.jit(device=True, inline="always")`` for the GPU): the formulas
-    stay written once, here.
+
+def lstm_update(zi, zf, zc, zo, c, peep, pi, pf, po, cell_clip, act, ract):
+    """New ``(c, h)`` of an LSTM cell from its gates' pre-activations.
+
+    ``c' = clip(f * c + i * act(zc), cell_clip)``, ``h' = o * act(c')`` with
+    ``i, f, o = ract(z + p * c)``; the peepholes ``pi, pf`` read the old
+    cell state and ``po`` the new one, and count only when ``peep`` is
+    true. ``cell_clip < 0`` means no clip. A projection, if any, is applied
+    to ``h'`` by the caller.
+    """
+    if peep:
+        zi = muladd(pi, c, zi)
+        zf = muladd(pf, c, zf)
+    i = activate(ract, zi)
+    f = activate(ract, zf)
+    c_new = clip(muladd(f, c, i * activate(act, zc)), cell_clip)
+    if peep:
+        zo = muladd(po, c_new, zo)
+    return c_new, activate(ract, zo) * activate(act, c_new)
+
+
+def gru_reset(zr, xh, hr, ract):
+    """The GRU candidate's pre-activation with ``reset_after=True``:
+    ``xh + r * hr``, where ``hr = h U_h + b_rh`` and ``r = ract(zr)``."""
+    return muladd(activate(ract, zr), hr, xh)
+
+
+def gru_update(zz, zh, h, act, ract):
+    """New ``h`` of a GRU cell: ``z * h + (1 - z) * act(zh)``, ``z = ract(zz)``.
+
+    Keras's form: exact when the update gate saturates (``z`` of 0 or 1
+    gives ``act(zh)`` or ``h`` to the bit), so a unit that holds its state
+    keeps it over any number of steps.
+    """
+    z = activate(ract, zz)
+    return muladd(z, h, (1.0 - z) * activate(act, zh))
+
+
+#: The scalar activations, in dependency order (a function after every
+#: sibling it calls).
+SCALARS = ("sigmoid", "clip", "activate")
+#: The gate updates, after the primitives they call.
+GATES = ("muladd", "lstm_update", "gru_reset", "gru_update")
+
+
+def compiled(decorate, names=SCALARS, **primitives):
+    """The functions ``names`` of this module, rebuilt and decorated.
+
+    The functions here call each other by global name, so wrapping only
+    one of them would leave the compiler facing its plain siblings. Each is
+    rebuilt from its own code object with globals in which ``primitives``
+    (a family's own ``activate``, ``muladd`` or ``clip``) and the siblings
+    already rebuilt replace this module's, then decorated
+    (``njit(inline="always")``, ``cuda.jit(device=True, inline="always")``,
+    or nothing for NumPy): the formulas stay written once, here.
+
+    Returns a tuple in the order of ``names``.
     """
     import types
 
     source = globals()
     env = dict(source)
-    for name in _COMPILED_NAMES:
+    env.update(primitives)
+    for name in names:
+        if name in primitives:
+            continue
         fn = source[name]
         clone = types.FunctionType(fn.__code__, env, name, fn.__defaults__, fn.__closure__)
         clone.__doc__ = fn.__doc__
         env[name] = decorate(clone)
-    return tuple(env[name] for name in _COMPILED_NAMES)
+    return tuple(env[name] for name in names)

@@ -15,8 +15,19 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import apply
+from . import _math
 
 NAME = "reference"
+
+
+def _clip(x, limit):
+    return x if limit is None or limit < 0 else np.clip(x, -limit, limit)
+
+
+# The gate updates of _math on NumPy arrays, with activations that also
+# accept a Python callable.
+_, _lstm_update, _gru_reset, _gru_update = _math.compiled(
+    lambda fn: fn, names=_math.GATES, activate=apply, clip=_clip)
 
 
 def available():
@@ -106,16 +117,14 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
         h = states[0]
         hr = _recurrent_input(packed, h)
         xz, xr, xh = np.split(x_t @ w["kernel"] + b_in, 3, axis=1)
-        rz = hr @ U[:, :H] + b_rec[:H]
-        rr = hr @ U[:, H : 2 * H] + b_rec[H : 2 * H]
-        z = apply(p.recurrent_activation, xz + rz)
-        r = apply(p.recurrent_activation, xr + rr)
+        zr = xr + hr @ U[:, H : 2 * H] + b_rec[H : 2 * H]
         if p.reset_after:
-            rh = r * (hr @ U[:, 2 * H :] + b_rec[2 * H :])
+            zh = _gru_reset(zr, xh, hr @ U[:, 2 * H :] + b_rec[2 * H :], p.recurrent_activation)
         else:
-            rh = (r * hr) @ U[:, 2 * H :] + b_rec[2 * H :]
-        hh = apply(p.activation, xh + rh)
-        h_new = z * h + (1.0 - z) * hh
+            r = apply(p.recurrent_activation, zr)
+            zh = xh + (r * hr) @ U[:, 2 * H :] + b_rec[2 * H :]
+        h_new = _gru_update(xz + hr @ U[:, :H] + b_rec[:H], zh, h, p.activation,
+                            p.recurrent_activation)
         return h_new, [h_new]
 
     _sequence(step, x, [h0], mask, reverse, zero_output, out, [h_out], H)
@@ -125,8 +134,7 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     p, w = packed.params, packed.w
     peep, proj = w["peepholes"], w["projection"]
 
-    def clip(v, limit):
-        return v if limit is None else np.clip(v, -limit, limit)
+    pi, pf, po = (None, None, None) if peep is None else peep
 
     def step(x_t, states):
         h, c = states
@@ -134,18 +142,11 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
             x_t @ w["kernel"] + _recurrent_input(packed, h) @ w["recurrent_kernel"] + w["bias"],
             4, axis=1
         )
-        if peep is not None:
-            zi = zi + peep[0] * c
-            zf = zf + peep[1] * c
-        i = apply(p.recurrent_activation, zi)
-        f = apply(p.recurrent_activation, zf + p.forget_bias)
-        c_new = clip(f * c + i * apply(p.activation, zc), p.cell_clip)
-        if peep is not None:
-            zo = zo + peep[2] * c_new
-        o = apply(p.recurrent_activation, zo)
-        h_new = o * apply(p.activation, c_new)
+        c_new, h_new = _lstm_update(zi, zf + p.forget_bias, zc, zo, c, peep is not None,
+                                    pi, pf, po, p.cell_clip, p.activation,
+                                    p.recurrent_activation)
         if proj is not None:
-            h_new = clip(h_new @ proj, p.proj_clip)
+            h_new = _clip(h_new @ proj, p.proj_clip)
         return h_new, [h_new, c_new]
 
     _sequence(

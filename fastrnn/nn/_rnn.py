@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _device
-from . import _nest
+from .. import _nest
 from ._engine import resolve_backend, run_layer
 from .rnn_cell import (
     DropoutWrapper,

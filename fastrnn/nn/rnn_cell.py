@@ -39,7 +39,7 @@ import re
 import numpy as np
 
 from .. import activations
-from . import _nest
+from .. import _nest
 from ._engine import resolve_backend, run_layer
 
 __all__ = [

@@ -1,7 +1,11 @@
 """Write the files that pin fastrnn's behaviour across refactors.
 
-Run once, with the fastrnn whose behaviour is to be kept (from the repository
-root: ``PYTHONPATH=. python tests/data/pinned/make_pinned.py``):
+Run with the fastrnn whose behaviour is to be kept (from the repository
+root: ``PYTHONPATH=. python tests/data/pinned/make_pinned.py [NAME ...]``,
+NAME among ``cpu_outputs``, ``model``, ``stream``; all three by default).
+The two files of an old format are made once and kept; ``cpu_outputs`` is
+made again only when a change of the numerics is intended (and says why in
+its commit).
 
 ``cpu_outputs.npz``
     Inputs, weights and the ``cpu`` backend's outputs of a few layers that
@@ -119,6 +123,8 @@ def saved_stream():
 
 
 if __name__ == "__main__":
-    cpu_outputs()
-    saved_model()
-    saved_stream()
+    import sys
+
+    makers = {"cpu_outputs": cpu_outputs, "model": saved_model, "stream": saved_stream}
+    for name in sys.argv[1:] or makers:
+        makers[name]()

@@ -43,7 +43,12 @@ import functools
 import numpy as np
 from numba import cuda, types
 
-from ._cuda_math import activate, clip
+from .. import _math
+
+# The activations and gate updates of _math, as CUDA device functions (a
+# CUDA kernel may call only device functions: nothing here is @njit).
+_sigmoid, clip, activate, _muladd, lstm_update, gru_reset, gru_update = _math.compiled(
+    cuda.jit(device=True, inline="always"), names=_math.SCALARS + _math.GATES)
 
 
 @cuda.jit(device=True, inline="always")
@@ -115,10 +120,8 @@ def gru_step(xw, T, t, U, R, has_r, brec, h_in, h_nxt, mask, has_mask, out, has_
                     az += hk * U[k, j]
                     ar += hk * U[k, H + j]
                     ah += hk * U[k, 2 * H + j]
-            z = activate(ract, xw[row, j] + az)
-            r = activate(ract, xw[row, H + j] + ar)
-            hh = activate(act, xw[row, 2 * H + j] + r * ah)
-            y = z * h_in[b, j] + (1.0 - z) * hh
+            zh = gru_reset(xw[row, H + j] + ar, xw[row, 2 * H + j], ah, ract)
+            y = gru_update(xw[row, j] + az, zh, h_in[b, j], act, ract)
             h_nxt[b, j] = y
         else:
             h_nxt[b, j] = h_in[b, j]
@@ -130,8 +133,9 @@ def gru_step(xw, T, t, U, R, has_r, brec, h_in, h_nxt, mask, has_mask, out, has_
 def gru_gates(xw, T, t, U, R, has_r, brec, h_in, z_buf, rh_buf, ract):
     """GRU step ``t``, ``reset_after=False``, first half: gates z and r.
 
-    Writes ``z`` and ``r * h`` for every unit, since the candidate's product
-    ``(r * h) U_h`` needs the whole row before it can start.
+    Writes the update gate's pre-activation and ``r * h`` for every unit,
+    since the candidate's product ``(r * h) U_h`` needs the whole row
+    before it can start.
     """
     B = h_in.shape[0]
     H = h_in.shape[1]
@@ -149,13 +153,13 @@ def gru_gates(xw, T, t, U, R, has_r, brec, h_in, z_buf, rh_buf, ract):
                 hk = h_in[b, k]
                 az += hk * U[k, j]
                 ar += hk * U[k, H + j]
-        z_buf[b, j] = activate(ract, az)
+        z_buf[b, j] = az
         rh_buf[b, j] = activate(ract, ar) * h_in[b, j]
 
 
 @cuda.jit
 def gru_candidate(xw, T, t, U, R, has_r, brec, h_in, z_buf, rh_buf, h_nxt, mask,
-                  has_mask, out, has_out, t_prev, zero_output, act):
+                  has_mask, out, has_out, t_prev, zero_output, act, ract):
     """GRU step ``t``, ``reset_after=False``, second half: candidate, update.
 
     ``h~ = act(x W_h + b_h + (r * h) U_h + b_rh)``, ``h' = z h + (1 - z) h~``.
@@ -176,8 +180,7 @@ def gru_candidate(xw, T, t, U, R, has_r, brec, h_in, z_buf, rh_buf, h_nxt, mask,
             else:
                 for k in range(H):
                     ah += rh_buf[b, k] * U[k, 2 * H + j]
-            z = z_buf[b, j]
-            y = z * h_in[b, j] + (1.0 - z) * activate(act, ah)
+            y = gru_update(z_buf[b, j], ah, h_in[b, j], act, ract)
             h_nxt[b, j] = y
         else:
             h_nxt[b, j] = h_in[b, j]
@@ -226,16 +229,12 @@ def lstm_step(xw, T, t, U, R, has_r, peep, has_peep, h_in, c_in, h_nxt, c_nxt, m
                     zf += hk * U[k, H + j]
                     zc += hk * U[k, 2 * H + j]
                     zo += hk * U[k, 3 * H + j]
-            if has_peep:
-                zi += peep[0, j] * c
-                zf += peep[1, j] * c
-            ig = activate(ract, zi)
-            fg = activate(ract, zf + forget_bias)
-            cn = clip(fg * c + ig * activate(act, zc), cell_clip)
-            if has_peep:
-                zo += peep[2, j] * cn
-            og = activate(ract, zo)
-            y = og * activate(act, cn)
+            # without peepholes ``peep`` is a (1, 1) placeholder: read its
+            # only element (lstm_update ignores the values then)
+            q = j if has_peep else 0
+            g = 1 if has_peep else 0
+            cn, y = lstm_update(zi, zf + forget_bias, zc, zo, c, has_peep, peep[0, q],
+                                peep[g, q], peep[2 * g, q], cell_clip, act, ract)
             c_nxt[b, j] = cn
         else:
             c_nxt[b, j] = c
@@ -351,7 +350,7 @@ def ptx_signatures(dtype, tile=16):
          none(a2, i, i, a2, a2, bo, a1, a2, a2, m2, bo, a3, bo, i, bo, i, i)),
         ("gru_gates", gru_gates, none(a2, i, i, a2, a2, bo, a1, a2, a2, a2, i)),
         ("gru_candidate", gru_candidate,
-         none(a2, i, i, a2, a2, bo, a1, a2, a2, a2, a2, m2, bo, a3, bo, i, bo, i)),
+         none(a2, i, i, a2, a2, bo, a1, a2, a2, a2, a2, m2, bo, a3, bo, i, bo, i, i)),
         ("lstm_step", lstm_step,
          none(a2, i, i, a2, a2, bo, a2, bo, a2, a2, a2, a2, a2, bo, m2, bo, a3, bo,
               i, bo, i, i, fl, fl)),

@@ -17,6 +17,9 @@ import statistics
 
 import numpy as np
 
+from .. import dispatch
+from ..kernels import GRUParams, LSTMParams, run
+
 BATCHES = (1, 8, 64, 256)
 UNITS = (256, 1024)
 STEPS = 100
@@ -26,8 +29,8 @@ STEPS_QUICK = 20
 def gpu_present():
     """``(True, reason)`` when a real GPU can run the ``cuda`` backend."""
     try:
-        from .kernels import cuda as kc
-    except ImportError as exc:
+        kc = dispatch.backend_module("cuda")
+    except RuntimeError as exc:
         return False, f"cuda backend not installed ({exc})"
     return kc.real_gpu()
 
@@ -46,8 +49,7 @@ def _weights(cell, D, H, seed=0):
 def _fastrnn_call(cell, w, x):
     from numba import cuda
 
-    from .kernels import GRUParams, LSTMParams, run
-    from .kernels import cuda as kc
+    kc = dispatch.backend_module("cuda")
 
     kernel, rec, bias = w
     params = LSTMParams(kernel, rec, bias) if cell == "lstm" else GRUParams(kernel, rec, bias)

@@ -41,6 +41,10 @@ import sys
 import time
 
 import numpy as np
+from numba import njit
+
+from ..kernels.cpu import stream as _stream
+from ..layers import GRU, LSTM
 
 HS = (64, 128, 256, 512)
 TS = (1, 10)
@@ -48,9 +52,7 @@ CELLS = ("lstm", "gru")
 
 
 def _layer(cell, H, T, rng):
-    import fastrnn
-
-    cls = fastrnn.LSTM if cell == "lstm" else fastrnn.GRU
+    cls = LSTM if cell == "lstm" else GRU
     layer = cls(H, return_sequences=T > 1)
     layer.build((1, None, H))
     layer.set_weights([rng.uniform(-0.3, 0.3, w.shape).astype(np.float32)
@@ -277,10 +279,6 @@ def matvec_vs_blas(hs=HS, repeats=100):
     repeated ``repeats`` times inside one compiled loop so no Python cost is
     counted. Run with ``OPENBLAS_NUM_THREADS=1`` for the single-thread BLAS.
     """
-    from numba import njit
-
-    from .kernels import _stream
-
     @njit(error_model="numpy")
     def ours(n, w, K, N, v, dst, scratch):
         for i in range(n):

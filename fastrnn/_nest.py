@@ -1,7 +1,10 @@
-"""Nested state structures (tuples, lists, namedtuples) as TF1's ``nest``.
+"""Nested structures (tuples, lists, namedtuples) of states and sizes.
 
 A structure is a leaf (an array, or an ``int`` size) or a tuple / list /
-namedtuple of structures. Only what the TF1-style API needs is here.
+namedtuple of structures: the states of a stack of cells (Keras nests one
+list per cell), or TF1's ``nest`` structures (``LSTMStateTuple`` and
+friends). Layers, streams, ``Bidirectional`` and :mod:`fastrnn.nn` all
+flatten and rebuild them here.
 """
 
 from __future__ import annotations

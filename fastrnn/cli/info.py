@@ -8,9 +8,15 @@ LSTM with the dispatcher's reason.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
+
+import numpy as np
+
+from .. import dispatch
+from ..kernels import LSTMParams
 
 
 def _version(name):
@@ -59,7 +65,6 @@ def _blas(mod):
 
 def lines():
     """The report, as a list of ``(section, text)`` lines."""
-    import numpy as np
 
     out = []
     add = lambda sec, text: out.append((sec, text))  # noqa: E731
@@ -89,8 +94,7 @@ def lines():
     try:
         import numba
 
-        from .kernels import cpu
-
+        cpu = dispatch.backend_module("cpu")
         layer = cpu.threading_layer(start=True)
         add("threads", f"numba threading layer: {layer} (configured: {numba.config.THREADING_LAYER}; "
                        f"priority: {', '.join(numba.config.THREADING_LAYER_PRIORITY)})")
@@ -106,22 +110,17 @@ def lines():
         add("threads", f"cpu backend unavailable: {exc}")
 
     try:
-        from .kernels import cuda
-
-        described = cuda.describe()
+        described = dispatch.backend_module("cuda").describe()
         if isinstance(described, str):
             described = described.splitlines()
         for text in described:
             add("gpu", text)
-    except ImportError as exc:
+    except RuntimeError as exc:
         add("gpu", f"cuda: not installed ({exc})")
     except Exception as exc:
         add("gpu", f"cuda: {type(exc).__name__}: {exc}")
 
     try:
-        from . import dispatch
-        from .kernels import LSTMParams
-
         z = np.zeros
         params = LSTMParams(z((8, 32), np.float32), z((8, 32), np.float32), z(32, np.float32))
         choice = dispatch.select("auto", [params])
@@ -137,8 +136,6 @@ def lines():
 
 
 def main(argv=None):
-    import argparse
-
     argparse.ArgumentParser(
         prog="python -m fastrnn info",
         description="Print the versions, CPU, BLAS, Numba threading layer, GPU and what "

@@ -5,7 +5,7 @@ Per sequence call:
 
 1. the input projection of every step, ``x @ kernel + input bias``, is one
    GEMM before the time loop: cuBLAS through CuPy when CuPy is importable,
-   else the tiled shared-memory kernel of :mod:`._cuda_kernels`;
+   else the tiled shared-memory kernel of :mod:`.kernels`;
 2. then one fused kernel per step (two for an LSTM with a projection and
    for a GRU with ``reset_after=False``) does the recurrent product and the
    gate math for its slice of (batch row, unit) pairs, reading the state
@@ -57,8 +57,8 @@ except ImportError as exc:  # pragma: no cover - numba itself is a dependency
         f"the cuda backend needs numba-cuda: pip install \"fastrnn[cuda]\" ({exc})"
     ) from exc
 
-from ..activations import NAMES as _ACT_NAMES
-from . import _cuda_kernels as _k
+from ...activations import NAMES as _ACT_NAMES
+from . import kernels as _k
 
 NAME = "cuda"
 
@@ -511,6 +511,7 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
             _k.gru_candidate[grid](
                 s["xw"], s["T"], t, U, R2, has_r, brec, h_in, z_buf, rh_buf, h[(n + 1) % 2],
                 s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output, act,
+                ract,
             )
     io.final(h_out, h[s["T"] % 2])
     io.finish()

@@ -1,6 +1,6 @@
 """Generic CPU kernels: every variant, float32 and float64, one row at a time.
 
-These run whatever the packed float32 kernels (``_cpu_packed``) do not:
+These run whatever the packed float32 kernels (:mod:`.packed`) do not:
 float64, SimpleRNN, GRU with ``reset_after=False``, LSTM with a projection,
 and any machine where the packed path is switched off. Each function runs
 the whole sequence of batch rows ``r0 .. r1-1``; rows are independent, so
@@ -19,10 +19,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._cpu_math import activate, clip
-# Numba's cache keys a cached function on its own file only: an edit of
-# _math.py (the activations these kernels inline) does not invalidate it.
-# Change this stamp with every such edit. _math: codes 0-24 (2026-12-04).
+from .gates import scalar_activate as activate
+from .gates import scalar_clip as clip
+from .gates import scalar_gru_reset as gru_reset
+from .gates import scalar_gru_update as gru_update
+from .gates import scalar_lstm_update as lstm_update
 
 
 @njit(inline="always")
@@ -104,13 +105,15 @@ def gru_rows(r0, r1, W, U, bias, act, ract, reset_after, x, h0, mask, has_mask,
                         for j in range(H):
                             hp[2 * H + j] += a * U[k, 2 * H + j]
                 for j in range(H):
-                    z = activate(ract, xp[j] + hp[j])
-                    r = activate(ract, xp[H + j] + hp[H + j])
+                    # (one call per branch: a candidate typed float64 in one
+                    # branch would make the other's float64 too)
                     if reset_after:
-                        hh = activate(act, xp[2 * H + j] + r * hp[2 * H + j])
+                        h[j] = gru_update(xp[j] + hp[j], gru_reset(xp[H + j] + hp[H + j],
+                                                                   xp[2 * H + j], hp[2 * H + j],
+                                                                   ract), h[j], act, ract)
                     else:
-                        hh = activate(act, xp[2 * H + j] + hp[2 * H + j])
-                    h[j] = z * h[j] + (1.0 - z) * hh
+                        h[j] = gru_update(xp[j] + hp[j], xp[2 * H + j] + hp[2 * H + j], h[j],
+                                          act, ract)
             if has_out:
                 _emit(out, b, t, h, H, masked, zero_output, started)
             started = started or not masked
@@ -140,21 +143,9 @@ def lstm_rows(r0, r1, W, U, bias, act, ract, forget_bias, peep, has_peep,
                 _matvec_acc(acc, x[b, t], W, 4 * H)
                 _matvec_acc(acc, h, U, 4 * H)
                 for j in range(H):
-                    zi = acc[j]
-                    zf = acc[H + j] + forget_bias
-                    zo = acc[3 * H + j]
-                    cj = c[j]
-                    if has_peep:
-                        zi += peep[0, j] * cj
-                        zf += peep[1, j] * cj
-                    i = activate(ract, zi)
-                    f = activate(ract, zf)
-                    cn = clip(f * cj + i * activate(act, acc[2 * H + j]), cell_clip)
-                    if has_peep:
-                        zo += peep[2, j] * cn
-                    o = activate(ract, zo)
-                    c[j] = cn
-                    hu[j] = o * activate(act, cn)
+                    c[j], hu[j] = lstm_update(
+                        acc[j], acc[H + j] + forget_bias, acc[2 * H + j], acc[3 * H + j], c[j],
+                        has_peep, peep[0, j], peep[1, j], peep[2, j], cell_clip, act, ract)
                 if has_proj:
                     h[:] = 0.0
                     _matvec_acc(h, hu, proj, P)

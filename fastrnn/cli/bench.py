@@ -19,15 +19,14 @@ ONNX Runtime gets its input in its native ``(T, B, D)`` layout, prepared
 before timing.
 
 The header also gives the float32 FMA peak of this machine, measured with a
-register-only loop (:mod:`fastrnn.kernels._peak`), and the table fastrnn's
+register-only loop (:mod:`fastrnn.cli.peak`), and the table fastrnn's
 GFLOP/s as a share of it: the hardware's limit, not another engine.
 
 Options: ``--quick`` (a shorter grid, < 1 min on 2 cores), ``--json PATH``,
 ``--contention`` (a busy process competes for the cores while timing),
 ``--runs N`` (the whole grid N times, one table per run, then the spread of
-each ratio over the runs: on the shared development machine a single ratio moved by up to
-0.15 from one run to the next), ``--streaming`` (per-call latency of
-streams; see :func:`bench_streaming`).
+each ratio over the runs: on a shared machine a single run's ratio moves),
+``--streaming`` (per-call latency of streams; see :mod:`fastrnn.cli.bench_streaming`).
 """
 
 from __future__ import annotations
@@ -42,6 +41,12 @@ import sys
 import time
 
 import numpy as np
+
+from .. import dispatch
+from ..kernels import GRUParams, LSTMParams, run
+from .bench_gpu import bench_gpu, format_gpu_table
+from .bench_streaming import run as run_streaming
+from .peak import fma_peak
 
 SHAPES = [(1, 100, 64, 128), (8, 100, 128, 256), (32, 100, 256, 512),
           (64, 50, 512, 1024), (256, 50, 128, 128)]
@@ -101,9 +106,6 @@ def _weights(cell, D, H, seed=0):
 
 
 def fastrnn_engine(backend_name, cell, w, x):
-    from fastrnn import dispatch
-    from fastrnn.kernels import GRUParams, LSTMParams, run
-
     mod = dispatch.backend_module(backend_name)
     kernel, rec, bias = w
     params = LSTMParams(kernel, rec, bias) if cell == "lstm" else GRUParams(kernel, rec, bias)
@@ -285,8 +287,6 @@ class Contention:
 
 def fastrnn_backends(shape, names=None):
     """Available fastrnn backends to time at ``shape`` (reference at the smallest only)."""
-    from fastrnn import dispatch
-
     out = []
     for name in names or ("cpu", "cuda", "reference"):
         if name == "reference" and shape != min(SHAPES, key=lambda s: flops("lstm", *s)):
@@ -349,8 +349,7 @@ def bench_batch(opts):
             progress.step(label)
     progress.close()
     if any("fastrnn-cpu" in r["engines"] for r in rows):
-        from .kernels import cpu
-
+        cpu = dispatch.backend_module("cpu")
         for (cell, B, D, H, t0, t1), split in sorted(cpu.tuned_splits().items()):
             notes.append(f"fastrnn-cpu {cell} B={B} D={D} H={H} T={t0}-{t1}: {split} split, "
                          "chosen by timing both on its first calls")
@@ -359,14 +358,9 @@ def bench_batch(opts):
 
 def fma_peaks():
     """The float32 FMA peak of one core and of fastrnn's threads (GFLOP/s,
-    register-only loop: :mod:`fastrnn.kernels._peak`), or None without Numba."""
-    try:
-        from fastrnn.kernels import cpu
-        from fastrnn.kernels._peak import fma_peak
-    except ImportError:
-        return None
+    register-only loop: :mod:`fastrnn.cli.peak`)."""
     peaks = {"1": fma_peak(1)}
-    n = cpu.get_num_threads()
+    n = dispatch.get_num_threads()
     if n > 1:
         peaks[str(n)] = fma_peak(n)
     return peaks
@@ -406,14 +400,12 @@ def format_table(rows, peak=None):
     return markdown_table(head, body)
 
 
-# ------------------------------------------------------------------ streaming (issue 9)
+# ------------------------------------------------------------------ streaming
 
 
 def bench_streaming(opts):
-    """Per-call latency of streams (batch 1, state carried): :mod:`fastrnn.bench_streaming`."""
-    from .bench_streaming import run
-
-    return run(opts)
+    """Per-call latency of streams (batch 1, state carried): :mod:`fastrnn.cli.bench_streaming`."""
+    return run_streaming(opts)
 
 
 # ------------------------------------------------------------------ command line
@@ -422,8 +414,7 @@ def bench_streaming(opts):
 def environment():
     import numba
 
-    from fastrnn.kernels import cpu
-
+    cpu = dispatch.backend_module("cpu")
     env = dict(
         python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
         machine=platform.machine(), cpus=os.cpu_count(),
@@ -443,7 +434,7 @@ def parse(argv):
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--contention", action="store_true",
                    help="time while a competing busy process runs")
-    p.add_argument("--streaming", action="store_true", help="streaming latency (issue 9)")
+    p.add_argument("--streaming", action="store_true", help="per-call latency of streams (batch 1, state carried)")
     p.add_argument("--cells", default="lstm,gru", type=lambda s: s.split(","))
     p.add_argument("--shapes", nargs="*", metavar="B,T,D,H", help="override the grid")
     p.add_argument("--backends", type=lambda s: s.split(","), default=None,
@@ -527,9 +518,7 @@ def main(argv=None):
                 print(spread)
     gpu_rows = []
     if not opts.streaming:
-        # GPU rows (issue 4): fastrnn cuda beside cuDNN, only with a real GPU
-        from ._bench_gpu import bench_gpu, format_gpu_table
-
+        # GPU rows: fastrnn cuda beside cuDNN, only with a real GPU
         gpu_rows, gpu_notes = bench_gpu(opts.quick, opts.cells)
         if gpu_rows:
             print("\nGPU: float32, device arrays in and out, CUDA-event ms per call")

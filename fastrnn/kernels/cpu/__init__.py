@@ -1,0 +1,289 @@
+"""The ``cpu`` backend: Numba-compiled kernels for the whole sequence.
+
+Implements the kernel contract of :mod:`fastrnn.kernels` (read it there).
+Two families of kernels sit behind it:
+
+* :mod:`.packed` (with :mod:`.tiles` and :mod:`.split`): float32 LSTM
+  without projection and float32 GRU with ``reset_after=True`` (the
+  configurations nearly all models use). Weights are packed once by
+  :func:`pack` into panels of 16 units, and register-blocked SIMD tiles
+  apply the gate math right after each panel's product.
+* :mod:`.generic`: every other variant (float64, SimpleRNN, GRU with
+  ``reset_after=False``, LSTM projection), with the same semantics.
+
+Both fold the input projection into each step, so memory does not grow
+with ``T``, and both write straight into the caller's buffers. How a call
+uses the cores is :mod:`.threads`' business; kernels never call BLAS, so no
+OpenBLAS thread spins beside them. :mod:`.stream` holds the per-frame
+kernels of :class:`fastrnn.streaming.Stream`; :func:`warmup` compiles both.
+
+Every kernel's gate math is :mod:`fastrnn.kernels._math`'s, built for the
+CPU's scalars and vectors by :mod:`.gates`. The compiled kernels are cached
+on disk, stamped with every kernel source (:mod:`fastrnn.kernels._cache`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numba
+import numpy as np
+
+from .. import _cache
+
+_cache.install()  # before any cached kernel is defined
+
+from .. import GRUParams, LSTMParams, SimpleRNNParams, run, state_sizes  # noqa: E402
+from . import generic, stream, threads  # noqa: E402
+from . import packed as _packed  # noqa: E402
+from .threads import get_num_threads, set_num_threads, threading_layer, tuned_splits  # noqa: E402,F401
+
+threads.prefer_omp()
+
+NAME = "cpu"
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_NO_C = np.zeros((1, 1), dtype=np.float32)
+_NO_PEEP = np.zeros(16, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- contract
+
+
+def available():
+    return True, f"numba {numba.__version__} compiles the kernels"
+
+
+def supports(params):
+    for name in ("activation", "recurrent_activation"):
+        code = getattr(params, name, 0)
+        if callable(code):
+            return False, f"{name} is a Python callable (only the reference backend runs it)"
+    dtypes = {
+        np.asarray(v).dtype
+        for v in vars(params).values()
+        if isinstance(v, np.ndarray)
+    }
+    if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPES:
+        return False, f"weights must share one dtype, float32 or float64 (got {sorted(map(str, dtypes))})"
+    return True, "compiled kernels run this configuration"
+
+
+class _Packed:
+    """Weights in the layout of the kernel family that runs them."""
+
+    __slots__ = ("params", "dtype", "packed", "arrays")
+
+    def __init__(self, params, dtype, packed, arrays):
+        self.params = params
+        self.dtype = dtype
+        self.packed = packed  # True: .packed panels; False: .generic
+        self.arrays = arrays
+
+    def __repr__(self):
+        kind = "packed float32 panels" if self.packed else f"generic {self.dtype}"
+        return f"<cpu {self.params.kind} weights, {kind}>"
+
+
+def _packed_path_enabled():
+    # FASTRNN_CPU_GENERIC=1 forces the generic kernels (tests, debugging).
+    return os.environ.get("FASTRNN_CPU_GENERIC", "") in ("", "0")
+
+
+def _c(a, dtype):
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def pack(params):
+    """Derive the CPU layout of ``params`` (once, when weights are set)."""
+    dtype = np.asarray(params.kernel).dtype
+    kind = params.kind
+    fast = dtype == np.float32 and _packed_path_enabled()
+    if kind == "lstm":
+        if fast and params.projection is None:
+            arrays = _packed.pack_lstm(
+                params.kernel, params.recurrent_kernel, params.bias,
+                float(params.forget_bias), params.peepholes,
+            )
+            return _Packed(params, dtype, True, arrays)
+        H = params.units
+        peep = params.peepholes
+        proj = params.projection
+        arrays = (
+            _c(params.kernel, dtype),
+            _c(params.recurrent_kernel, dtype),
+            _c(params.bias, dtype),
+            _c(peep if peep is not None else np.zeros((3, H)), dtype),
+            _c(proj if proj is not None else np.zeros((1, 1)), dtype),
+        )
+        return _Packed(params, dtype, False, arrays)
+    if kind == "gru":
+        if fast and params.reset_after:
+            return _Packed(params, dtype, True, _packed.pack_gru(
+                params.kernel, params.recurrent_kernel, params.bias))
+        bias = np.asarray(params.bias)
+        if bias.ndim == 1:  # tolerate a (3H,) bias: no recurrent bias
+            bias = np.stack([bias, np.zeros_like(bias)])
+        arrays = (_c(params.kernel, dtype), _c(params.recurrent_kernel, dtype), _c(bias, dtype))
+        return _Packed(params, dtype, False, arrays)
+    arrays = (_c(params.kernel, dtype), _c(params.recurrent_kernel, dtype), _c(params.bias, dtype))
+    return _Packed(params, dtype, False, arrays)
+
+
+_DUMMY_MASK = np.ones((1, 1), dtype=np.bool_)
+
+
+def _mask(mask):
+    if mask is None:
+        return _DUMMY_MASK, False
+    return np.ascontiguousarray(mask, dtype=np.bool_), True
+
+
+class _Out:
+    """A C-contiguous stand-in for a caller buffer that is not one."""
+
+    __slots__ = ("dst", "buf")
+
+    def __init__(self, dst, dtype, shape):
+        self.dst = dst
+        if dst is None:
+            self.buf = np.empty(shape, dtype=dtype)
+        elif dst.flags.c_contiguous and dst.dtype == dtype:
+            self.buf = dst
+        else:
+            self.buf = np.empty(dst.shape, dtype=dtype)
+
+    def finish(self):
+        if self.dst is not None and self.buf is not self.dst:
+            self.dst[...] = self.buf
+
+
+def _limit(v):
+    return -1.0 if v is None else float(v)
+
+
+def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
+    p = packed.params
+    dt = packed.dtype
+    x = _c(x, dt)
+    B, T, D = x.shape
+    H = p.units
+    W, U, bias = packed.arrays
+    m, has_mask = _mask(mask)
+    o = _Out(out, dt, (1, 1, 1))
+    ho = _Out(h_out, dt, None)
+    args = (W, U, bias, int(p.activation), x, _c(h0, dt), m, has_mask, bool(reverse),
+            bool(zero_output), o.buf, out is not None, ho.buf)
+    threads.run_generic(generic.simple_rnn_rows, generic.simple_rnn_par, B, B * T * H * (D + H), args)
+    o.finish()
+    ho.finish()
+
+
+def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
+    p = packed.params
+    dt = packed.dtype
+    x = _c(x, dt)
+    B, T, D = x.shape
+    H = p.units
+    m, has_mask = _mask(mask)
+    o = _Out(out, dt, (1, 1, 1))
+    ho = _Out(h_out, dt, None)
+    work = 3 * B * T * H * (D + H)
+    if packed.packed:
+        Wp, bp = packed.arrays
+        args = (True, H, (Wp, bp, _NO_PEEP), (False, -1.0, int(p.activation),
+                int(p.recurrent_activation)), (x, _c(h0, dt), _NO_C, m, has_mask, o.buf,
+                out is not None, ho.buf, _NO_C), (bool(reverse), bool(zero_output),
+                Wp.nbytes > threads._HOIST_MIN_BYTES))
+        threads.run_packed(B, T, H, work, args)
+    else:
+        W, U, bias = packed.arrays
+        args = (W, U, bias, int(p.activation), int(p.recurrent_activation),
+                bool(p.reset_after), x, _c(h0, dt), m, has_mask, bool(reverse),
+                bool(zero_output), o.buf, out is not None, ho.buf)
+        threads.run_generic(generic.gru_rows, generic.gru_par, B, work, args)
+    o.finish()
+    ho.finish()
+
+
+def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
+    p = packed.params
+    dt = packed.dtype
+    x = _c(x, dt)
+    B, T, D = x.shape
+    H = p.units
+    m, has_mask = _mask(mask)
+    o = _Out(out, dt, (1, 1, 1))
+    ho = _Out(h_out, dt, None)
+    co = _Out(c_out, dt, None)
+    work = 4 * B * T * H * (D + p.output_size)
+    if packed.packed:
+        Wp, bp, peep = packed.arrays
+        args = (False, H, (Wp, bp, peep), (p.peepholes is not None, _limit(p.cell_clip),
+                int(p.activation), int(p.recurrent_activation)), (x, _c(h0, dt), _c(c0, dt),
+                m, has_mask, o.buf, out is not None, ho.buf, co.buf), (bool(reverse),
+                bool(zero_output), Wp.nbytes > threads._HOIST_MIN_BYTES))
+        threads.run_packed(B, T, H, work, args)
+    else:
+        W, U, bias, peep, proj = packed.arrays
+        args = (W, U, bias, int(p.activation), int(p.recurrent_activation),
+                float(p.forget_bias), peep, p.peepholes is not None, _limit(p.cell_clip),
+                proj, p.projection is not None, _limit(p.proj_clip), x, _c(h0, dt),
+                _c(c0, dt), m, has_mask, bool(reverse), bool(zero_output), o.buf,
+                out is not None, ho.buf, co.buf)
+        threads.run_generic(generic.lstm_rows, generic.lstm_par, B, work, args)
+    o.finish()
+    ho.finish()
+    co.finish()
+
+
+# ---------------------------------------------------------------- warmup
+
+
+def warmup(dtypes=("float32", "float64"), parallel=True, verbose=False):
+    """Compile (or load from Numba's cache) the common kernels: LSTM, GRU
+    (both ``reset_after``) and SimpleRNN in ``dtypes``, on one thread and,
+    with ``parallel``, on two (rows split and panels split), and the stream
+    kernels (frame, chunk with sequence output, chunk with last output).
+
+    Returns the list of what was compiled or loaded.
+    """
+    rng = np.random.default_rng(0)
+    done = []
+    saved = (threads._MIN_PARALLEL_WORK, threads._MIN_SPLIT_STEP_WORK, threads._max_threads)
+    threads._MIN_PARALLEL_WORK = threads._MIN_SPLIT_STEP_WORK = 0
+    try:
+        for dt in dtypes:
+            D, H, T = 3, 20, 2
+
+            def r(*shape):
+                return (rng.standard_normal(shape) * 0.1).astype(dt)
+
+            configs = [
+                LSTMParams(r(D, 4 * H), r(H, 4 * H), r(4 * H)),
+                GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H)),
+                GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H), reset_after=False),
+                SimpleRNNParams(r(D, H), r(H, H), r(H)),
+            ]
+            for params in configs:
+                pk = pack(params)
+                shapes = ((2, 1), (2, None), (threads._BATCH_SPLIT_MIN, None)) if parallel \
+                    else ((2, 1),)
+                for B, n in shapes:
+                    set_num_threads(n)
+                    x = r(B, T, D)
+                    states = [np.zeros((B, s), dt) for s in state_sizes(params)]
+                    outs = [np.empty_like(s) for s in states]
+                    run(sys.modules[__name__], pk, x, states, None, False, False,
+                        np.empty((B, T, params.output_size), dt), outs)
+                done.append(f"{params.kind} {np.dtype(dt).name}")
+                if verbose:
+                    print(f"warmup: {done[-1]}", file=sys.stderr)
+            stream.warmup(configs[0])
+            done.append(f"stream {np.dtype(dt).name}")
+            if verbose:
+                print(f"warmup: {done[-1]}", file=sys.stderr)
+    finally:
+        threads._MIN_PARALLEL_WORK, threads._MIN_SPLIT_STEP_WORK, restore = saved
+        set_num_threads(restore)
+    return done

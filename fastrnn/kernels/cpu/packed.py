@@ -1,0 +1,341 @@
+"""Packed float32 kernels: weights in panels, register-blocked SIMD tiles.
+
+Used by the CPU backend for float32 LSTM (no projection) and GRU with
+``reset_after=True``, the configurations that carry nearly all real traffic;
+everything else runs :mod:`.generic`.
+
+Layout (built once by :func:`pack_lstm` / :func:`pack_gru`)
+-----------------------------------------------------------
+The units are cut into panels of 16 (the float32 vector width). Panel
+``p`` holds, for its 16 units, the columns of every gate (LSTM **i, f, c,
+o**: 64 columns; GRU **z, r, h**: 48), for ``K = D + H`` rows: first the
+input kernel's ``D`` rows, then the recurrent kernel's ``H`` rows,
+contiguous along ``k``. The input projection is therefore folded into each
+step's ``k`` loop and nothing grows with ``T``. A unit count that is not a
+multiple of 16 pads the last panel with zero columns; padded lanes are
+computed and never read. The tiles that run a panel for a few rows at a
+time, and the gate math they end with, are in :mod:`.tiles`.
+
+A single row with large weights (``hoist``) takes its input sums (bias +
+``x W``) for runs of :data:`HOIST_STEPS` steps at a time, 6 steps per
+weight load, into a buffer of ``NP x HOIST_STEPS x 64`` floats
+(:func:`_hoisted`); each step then streams only the recurrent rows of the
+panels. The sums run in the same order either way: same bits.
+
+Reference counting: every helper below the drivers is compiled with
+``_nrt=False``. Numba otherwise increments and decrements the reference
+count of each array argument of every call that LLVM does not inline; each
+is a locked atomic, and in the panel split both threads hit the same
+counters, so the cache line bounces between the cores. The helpers
+allocate nothing and keep no array beyond the call, so the arrays they are
+handed (owned by the drivers) are safe without counting.
+
+State lives in a private double buffer of ``2 x rows x Hp`` floats
+(``Hp`` = units rounded up to 16): step ``s`` reads half ``s % 2`` and
+writes the other; the cell state is updated in place (each lane only reads
+its own).
+
+Arguments of the drivers (tuples keep the signatures short):
+
+``weights = (Wp, bp, peep)``
+    Panels, bias panels, peepholes (``(3, Hp)`` flat; zeros when unused).
+``gates = (has_peep, cell_clip, act, ract)``
+    ``cell_clip < 0``: no clip; activation codes of :mod:`fastrnn.activations`.
+``io = (x, h0, c0, mask, has_mask, out, has_out, h_out, c_out)``
+    As in the kernel contract (:mod:`fastrnn.kernels`); ``c0``/``c_out``
+    are ignored for a GRU, ``mask``/``out`` are dummies when their flag is
+    false.
+``opts = (reverse, zero_output, hoist)``
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .simd import LANES, aligned64, vload, vstore, vzero
+from .tiles import (gru_proj_1, gru_proj_6, gru_tile_1, gru_tile_2, gru_tile_4, gru_tile_6,
+                    lstm_proj_1, lstm_proj_6, lstm_tile_1, lstm_tile_2, lstm_tile_4, lstm_tile_6)
+
+#: Steps of one run of hoisted input sums (see the module docstring).
+HOIST_STEPS = 24
+
+
+# ---- one call's constants: built once per driver call ----
+
+@njit(inline="always")
+def call_record(gru, H, weights, gates, io, opts, P):
+    """``(gru, Wp, bp, peep, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
+    mask, has_mask, out, has_out, zero_output, hoist, reverse, P)``: what
+    every panel of a call needs, in one record."""
+    Wp, bp, peep = weights
+    has_peep, cell_clip, act, ract = gates
+    x, h0, c0, mask, has_mask, out, has_out, h_out, c_out = io
+    reverse, zero_output, hoist = opts
+    B, T, D = x.shape
+    Hp = (H + LANES - 1) // LANES * LANES
+    return (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, T, D, H, Hp, x.reshape(x.size),
+            mask, has_mask, out, has_out, zero_output, hoist, reverse, P)
+
+
+# ---- the input projection, hoisted for a single row with large weights ----
+
+@njit(nogil=True, _nrt=False)
+def _hoisted(call, p, b, t):
+    """Where in ``P`` panel ``p``'s input sums for step ``t`` of row ``b``
+    lie; at the first step of each run of HOIST_STEPS steps, computes them
+    for the whole run first (6 steps per weight load)."""
+    (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
+     mask, has_mask, out, has_out, zero_output, hoist, reverse, P) = call
+    s = T - 1 - t if reverse else t
+    tl = s % HOIST_STEPS
+    base = p * HOIST_STEPS * 64
+    if tl == 0:
+        W = (Wp, p * (D + H) * (48 if gru else 64), 0)
+        bias = (bp, p * 64)
+        m = min(HOIST_STEPS, T - s)
+        d = -D if reverse else D
+        x0 = (b * T + t) * D
+        j = 0
+        while m - j >= 6:
+            x = (xf, D, (x0 + d * j, x0 + d * (j + 1), x0 + d * (j + 2), x0 + d * (j + 3),
+                         x0 + d * (j + 4), x0 + d * (j + 5)))
+            po = (base + 64 * j, base + 64 * (j + 1), base + 64 * (j + 2), base + 64 * (j + 3),
+                  base + 64 * (j + 4), base + 64 * (j + 5))
+            if gru:
+                gru_proj_6(W, bias, x, P, po)
+            else:
+                lstm_proj_6(W, bias, x, P, po)
+            j += 6
+        while j < m:
+            x = (xf, D, (x0 + d * j,))
+            if gru:
+                gru_proj_1(W, bias, x, P, (base + 64 * j,))
+            else:
+                lstm_proj_1(W, bias, x, P, (base + 64 * j,))
+            j += 1
+    return base + tl * 64
+
+
+# ---- one panel of one step, every row of a row range ----
+
+@njit(nogil=True, _nrt=False)
+def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
+    """Units ``16p .. 16p+15`` of rows ``r0 .. r0+n-1`` at step ``t``: the
+    products, the gate math, the new state, and those units' outputs.
+    ``pn`` is the panel to prefetch for next."""
+    (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
+     mask, has_mask, out, has_out, zero_output, hoist, reverse, P) = call
+    KP = D + H
+    G = 48 if gru else 64
+    pu = p * LANES
+    bias = (bp, p * 64)
+    state = (hf, cb, cur, nxt)
+    cfg = (pu, H, Hp, peep, has_peep, cell_clip, act, ract)
+    wbase = p * KP * G
+    pfb = pn * KP * G
+    # each multi-row tile prefetches one share of the next panel: a third
+    # (GRU) or a quarter (LSTM) of its columns
+    shares = 3 if gru else 4
+    r = 0
+    tile = 0
+    # 6-row tiles, unless what is left would end in a 2-row tile (8, 9 -> 4+4, 4+4+1)
+    while n - r >= 6 and n - r != 8 and n - r != 9:
+        b = r0 + r
+        W = (Wp, wbase, pfb + (tile % shares) * KP * 16)
+        x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D, ((b + 2) * T + t) * D,
+                     ((b + 3) * T + t) * D, ((b + 4) * T + t) * D, ((b + 5) * T + t) * D))
+        rows = ((r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp, (r + 4) * Hp, (r + 5) * Hp),
+                (valid[r], valid[r + 1], valid[r + 2], valid[r + 3], valid[r + 4], valid[r + 5]))
+        if gru:
+            gru_tile_6(W, bias, x, state, rows, cfg)
+        else:
+            lstm_tile_6(W, bias, x, state, rows, cfg)
+        r += 6
+        tile += 1
+    while r + 4 <= n:
+        b = r0 + r
+        W = (Wp, wbase, pfb + (tile % shares) * KP * 16)
+        x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D, ((b + 2) * T + t) * D,
+                     ((b + 3) * T + t) * D))
+        rows = ((r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp),
+                (valid[r], valid[r + 1], valid[r + 2], valid[r + 3]))
+        if gru:
+            gru_tile_4(W, bias, x, state, rows, cfg)
+        else:
+            lstm_tile_4(W, bias, x, state, rows, cfg)
+        r += 4
+        tile += 1
+    while r + 2 <= n:
+        b = r0 + r
+        W = (Wp, wbase, 0)
+        x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D))
+        rows = ((r * Hp, (r + 1) * Hp), (valid[r], valid[r + 1]))
+        if gru:
+            gru_tile_2(W, bias, x, state, rows, cfg)
+        else:
+            lstm_tile_2(W, bias, x, state, rows, cfg)
+        r += 2
+    if hoist and n == 1:
+        # the input sums come from P: only the recurrent rows
+        W = (Wp, wbase + D * G, 0)
+        hb = (P, _hoisted(call, p, r0, t))
+        x = (xf, 0, (0,))
+        rows = ((0,), (valid[0],))
+        if gru:
+            gru_tile_1(W, hb, x, state, rows, cfg)
+        else:
+            lstm_tile_1(W, hb, x, state, rows, cfg)
+    elif r < n:
+        b = r0 + r
+        W = (Wp, wbase, 0)
+        x = (xf, D, ((b * T + t) * D,))
+        rows = ((r * Hp,), (valid[r],))
+        if gru:
+            gru_tile_1(W, bias, x, state, rows, cfg)
+        else:
+            lstm_tile_1(W, bias, x, state, rows, cfg)
+    if has_out:
+        # ``out`` is C-contiguous (the backend makes sure): a full panel is
+        # one vector store at flat offset ((b * T + t) * H + pu)
+        jend = min(H, pu + LANES)
+        full = jend - pu == LANES
+        for r in range(n):
+            b = r0 + r
+            if valid[r] or (started[r] and not zero_output):
+                base = nxt + r * Hp
+                if full:
+                    vstore(out, (b * T + t) * H + pu, vload(hf, base + pu))
+                else:
+                    for j in range(pu, jend):
+                        out[b, t, j] = hf[base + j]
+            elif full:  # masked: zeros before the first processed step or when asked
+                vstore(out, (b * T + t) * H + pu, vzero(out))
+            else:
+                for j in range(pu, jend):
+                    out[b, t, j] = 0.0
+
+
+@njit(inline="always")
+def load_state(gru, r0, n, H, Hp, h0, c0, hf, cb):
+    for r in range(n):
+        for j in range(H):
+            hf[r * Hp + j] = h0[r0 + r, j]
+            if not gru:
+                cb[r * Hp + j] = c0[r0 + r, j]
+
+
+@njit(inline="always")
+def store_state(gru, r0, n, T, H, Hp, hf, cb, h_out, c_out):
+    last = (T & 1) * n * Hp
+    for r in range(n):
+        for j in range(H):
+            h_out[r0 + r, j] = hf[last + r * Hp + j]
+            if not gru:
+                c_out[r0 + r, j] = cb[r * Hp + j]
+
+
+@njit(inline="always")
+def step_flags(r0, n, t, mask, has_mask, valid):
+    for r in range(n):
+        valid[r] = (not has_mask) or mask[r0 + r, t]
+
+
+@njit(inline="always")
+def hoist_size(H, hoist, rows):
+    """Length of the hoisted-sums buffer ``P`` (a dummy unless one row hoists)."""
+    NP = (H + LANES - 1) // LANES
+    return NP * HOIST_STEPS * 64 if hoist and rows == 1 else LANES
+
+
+# ---- drivers ----
+
+
+@njit(cache=True, nogil=True)
+def run_rows(r0, r1, gru, H, weights, gates, io, opts):
+    """Rows ``r0 .. r1-1`` for the whole sequence on the calling thread
+    (``gru``: GRU with reset_after, else LSTM)."""
+    x, h0, c0, mask, has_mask, out, has_out, h_out, c_out = io
+    reverse, zero_output, hoist = opts
+    T = x.shape[1]
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    n = r1 - r0
+    hf = np.zeros(2 * n * Hp, dtype=np.float32)
+    cb = np.zeros(n * Hp, dtype=np.float32)
+    started = np.zeros(n, dtype=np.bool_)
+    valid = np.ones(n, dtype=np.bool_)
+    hoist = hoist and n == 1
+    P = np.empty(hoist_size(H, hoist, n), dtype=np.float32)
+    call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist), P)
+    load_state(gru, r0, n, H, Hp, h0, c0, hf, cb)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        cur = (s & 1) * n * Hp
+        nxt = n * Hp - cur
+        step_flags(r0, n, t, mask, has_mask, valid)
+        for p in range(NP):
+            panel(call, p, (p + 1) % NP, r0, n, t, hf, cb, cur, nxt, valid, started)
+        for r in range(n):
+            started[r] = started[r] or valid[r]
+    store_state(gru, r0, n, T, H, Hp, hf, cb, h_out, c_out)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def run_rows_par(bounds, gru, H, weights, gates, io, opts):
+    """Batch split: thread ``c`` runs rows ``bounds[c] .. bounds[c+1]-1`` for
+    the whole sequence. Rows never interact, so the threads never wait."""
+    for c in prange(bounds.shape[0] - 1):
+        run_rows(bounds[c], bounds[c + 1], gru, H, weights, gates, io, opts)
+
+
+# ---- packing (NumPy, once per weight set) ----
+
+
+def _panels(blocks, H, ncols_per_gate):
+    """Stack ``blocks`` (each (K_i, G*H), gate-major) into panels of 16 units.
+
+    Returns a flat float32 array indexed ``[p, k, g, lane]``.
+    """
+    G = ncols_per_gate
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    K = sum(b.shape[0] for b in blocks)
+    full = np.concatenate([np.asarray(b, dtype=np.float32) for b in blocks], axis=0)
+    padded = np.zeros((K, G, Hp), dtype=np.float32)
+    padded[:, :, :H] = full.reshape(K, G, H)
+    # (K, G, NP, 16) -> (NP, K, G, 16), on a 64-byte boundary
+    return aligned64(padded.reshape(K, G, NP, LANES).transpose(2, 0, 1, 3).reshape(-1))
+
+
+def _bias_panels(vectors, H):
+    """``vectors`` (4 arrays of H) -> flat (NP, 4, 16) float32."""
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    b = np.zeros((4, Hp), dtype=np.float32)
+    for g, v in enumerate(vectors):
+        b[g, :H] = v
+    return aligned64(b.reshape(4, NP, LANES).transpose(1, 0, 2).reshape(-1))
+
+
+def pack_lstm(kernel, recurrent_kernel, bias, forget_bias, peepholes):
+    H = recurrent_kernel.shape[1] // 4
+    Hp = (H + LANES - 1) // LANES * LANES
+    Wp = _panels([kernel, recurrent_kernel], H, 4)
+    b = np.asarray(bias, dtype=np.float64)
+    bp = _bias_panels([b[:H], b[H:2 * H] + forget_bias, b[2 * H:3 * H], b[3 * H:]], H)
+    peep = np.zeros(3 * Hp, dtype=np.float32)
+    if peepholes is not None:
+        for g in range(3):
+            peep[g * Hp:g * Hp + H] = peepholes[g]
+    return Wp, bp, aligned64(peep)
+
+
+def pack_gru(kernel, recurrent_kernel, bias):
+    H = recurrent_kernel.shape[0]
+    Wp = _panels([kernel, recurrent_kernel], H, 3)
+    bias = np.asarray(bias, dtype=np.float64)
+    b_in, b_rec = bias[0], bias[1]
+    bp = _bias_panels([b_in[:H] + b_rec[:H], b_in[H:2 * H] + b_rec[H:2 * H],
+                       b_in[2 * H:], b_rec[2 * H:]], H)
+    return Wp, bp

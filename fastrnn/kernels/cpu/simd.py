@@ -1,0 +1,431 @@
+"""The SIMD vector type of every CPU kernel, and the intrinsics on it.
+
+Plain ``@njit`` loops over an accumulator array keep every partial sum in
+memory (each multiply-add also loads and stores); a vector *value* held in
+local variables lets LLVM keep a micro-kernel's accumulators in registers.
+:data:`VEC` holds one 64-byte vector type per float dtype: an LLVM
+``<16 x float>`` or ``<8 x double>`` (one AVX-512 register, two AVX2 or four
+SSE/NEON registers), so the same source compiles for any target
+(``NUMBA_CPU_NAME=generic`` included), only faster where the width is
+native.
+
+The vectors have arithmetic operators (``+ - * /`` and unary ``-``, with a
+scalar on either side broadcast to every lane), so a formula written for
+scalars, such as the gate math of :mod:`fastrnn.kernels._math`, also runs
+on vectors. The functions below cover what the operators do not: loads and
+stores, broadcasts, fused multiply-add, clamps, the activations' vector
+forms, lane access and prefetches.
+
+NaN handling: comparisons are written so that a NaN input propagates (the
+clamps keep NaN; ``llvm.minnum`` would not).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, overload, register_model
+
+#: Bytes of one vector.
+BYTES = 64
+#: float32 lanes of one vector (the packed panels' width).
+LANES = BYTES // 4
+
+_i32 = ir.IntType(32)
+
+
+class VecType(types.Type):
+    """A 64-byte vector of ``dtype`` lanes held in registers."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.lanes = BYTES * 8 // dtype.bitwidth
+        super().__init__(name=f"vec{self.lanes}x{dtype}")
+
+
+#: The vector type of each float dtype.
+VEC = {types.float32: VecType(types.float32), types.float64: VecType(types.float64)}
+
+
+def lanes(dtype):
+    """Lanes of one vector of NumPy ``dtype`` (16 for float32, 8 for float64)."""
+    return BYTES // np.dtype(dtype).itemsize
+
+
+@register_model(VecType)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        lane = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(lane, fe_type.lanes))
+
+
+def aligned64(a):
+    """A C-contiguous copy of ``a`` whose data starts on a 64-byte boundary.
+
+    NumPy only promises 16 bytes; a 64-byte vector load from a misaligned
+    panel touches two cache lines.
+    """
+    a = np.ascontiguousarray(a)
+    raw = np.empty(a.size + 64 // a.itemsize, a.dtype)
+    start = (-raw.ctypes.data % 64) // a.itemsize
+    out = raw[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+# ---- typing helpers ----
+
+def _llvm_vec(context, vty):
+    return ir.VectorType(context.get_value_type(vty.dtype), vty.lanes)
+
+
+def _float_array(arr):
+    return isinstance(arr, types.Array) and arr.dtype in VEC
+
+
+def _scalar(x):
+    return isinstance(x, (types.Float, types.Integer, types.Boolean))
+
+
+def _like(x):
+    """The vector type that goes with ``x``: an array, a vector or a float."""
+    if isinstance(x, VecType):
+        return x
+    if _float_array(x):
+        return VEC[x.dtype]
+    if isinstance(x, types.Float):
+        return VEC.get(x)
+    return None
+
+
+def _elem_ptr(context, builder, arrty, arr, idxty, idx):
+    ary = context.make_array(arrty)(context, builder, arr)
+    i = context.cast(builder, idx, idxty, types.intp)
+    return builder.gep(ary.data, [i])
+
+
+def _splat(context, builder, vty, val):
+    lt = _llvm_vec(context, vty)
+    v = builder.insert_element(ir.Constant(lt, ir.Undefined), val, ir.Constant(_i32, 0))
+    zeros = ir.Constant(ir.VectorType(_i32, vty.lanes), [0] * vty.lanes)
+    return builder.shuffle_vector(v, v, zeros)
+
+
+# ---- memory ----
+
+@intrinsic
+def vload(typingctx, arr, idx):
+    """The vector starting at flat element ``idx`` of a contiguous float array."""
+    if not _float_array(arr) or not isinstance(idx, types.Integer):
+        return None
+    vty = VEC[arr.dtype]
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        p = builder.bitcast(p, _llvm_vec(context, vty).as_pointer())
+        return builder.load(p, align=arr.dtype.bitwidth // 8)
+
+    return vty(arr, idx), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, idx, v):
+    """Store the vector ``v`` at flat element ``idx`` of a contiguous float array."""
+    if not _float_array(arr) or not isinstance(idx, types.Integer) or v != VEC[arr.dtype]:
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        p = builder.bitcast(p, _llvm_vec(context, v).as_pointer())
+        builder.store(args[2], p, align=arr.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(arr, idx, v), codegen
+
+
+@intrinsic
+def sload(typingctx, arr, idx):
+    """``arr.flat[idx]`` of a contiguous float array, without Numba's
+    negative-index wraparound (three integer operations per load in a
+    micro-kernel's inner loop). ``idx`` must be in range."""
+    if not _float_array(arr) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.load(p, align=arr.dtype.bitwidth // 8)
+
+    return arr.dtype(arr, idx), codegen
+
+
+def _prefetcher(locality, doc):
+    @intrinsic
+    def fn(typingctx, arr, idx):
+        if not _float_array(arr) or not isinstance(idx, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            p = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+            p = builder.bitcast(p, cgutils.voidptr_t)
+            fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, _i32, _i32, _i32])
+            f = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            # (address, read, locality, data cache)
+            builder.call(f, [p, ir.Constant(_i32, 0), ir.Constant(_i32, locality),
+                             ir.Constant(_i32, 1)])
+            return context.get_dummy_value()
+
+        return types.none(arr, idx), codegen
+
+    fn.__doc__ = doc
+    return fn
+
+
+prefetch_l2 = _prefetcher(2, """Hint the cache line holding flat element ``idx`` of a float
+    array into L2 (``prefetcht1`` on x86). A hint: never faults, even out of range.""")
+prefetch_l1 = _prefetcher(3, """Hint the cache line holding flat element ``idx`` of a float
+    array into L1 (``prefetcht0`` on x86). A hint: never faults, even out of range.""")
+
+
+# ---- making vectors ----
+
+@intrinsic
+def vsplat(typingctx, x):
+    """Every lane set to the float scalar ``x`` (a float32 or float64 vector)."""
+    vty = VEC.get(x)
+    if vty is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(context, builder, vty, args[0])
+
+    return vty(x), codegen
+
+
+@intrinsic
+def vfill(typingctx, like, x):
+    """A vector of ``like``'s dtype (an array or a vector) with every lane
+    set to the scalar ``x``, converted to that dtype."""
+    vty = _like(like)
+    if vty is None or not _scalar(x):
+        return None
+
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[1], sig.args[1], vty.dtype)
+        return _splat(context, builder, vty, val)
+
+    return vty(like, x), codegen
+
+
+@intrinsic
+def vzero(typingctx, like):
+    """A zero vector of ``like``'s dtype (an array or a vector)."""
+    vty = _like(like)
+    if vty is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_llvm_vec(context, vty), None)
+
+    return vty(like), codegen
+
+
+@intrinsic
+def vlanes(typingctx, v):
+    """The number of lanes of the vector ``v`` (a constant)."""
+    if not isinstance(v, VecType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, v.lanes)
+
+    return types.intp(v), codegen
+
+
+@intrinsic
+def vget(typingctx, v, i):
+    """Lane ``i`` of ``v``."""
+    if not isinstance(v, VecType) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], args[1])
+
+    return v.dtype(v, i), codegen
+
+
+@intrinsic
+def vset(typingctx, v, i, x):
+    """``v`` with lane ``i`` set to the scalar ``x``."""
+    if not isinstance(v, VecType) or not isinstance(i, types.Integer) or not _scalar(x):
+        return None
+
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], sig.args[2], v.dtype)
+        return builder.insert_element(args[0], val, args[1])
+
+    return v(v, i, x), codegen
+
+
+@njit(inline="always")
+def vload_part(arr, idx, n):
+    """The first ``n`` lanes from flat element ``idx`` of ``arr``, zeros past
+    them (no element past ``idx + n - 1`` is read)."""
+    v = vzero(arr)
+    if n >= vlanes(v):
+        return vload(arr, idx)
+    for i in range(n):
+        v = vset(v, i, arr[idx + i])
+    return v
+
+
+@njit(inline="always")
+def vstore_part(arr, idx, v, n):
+    """Store the first ``n`` lanes of ``v`` at flat element ``idx`` of ``arr``."""
+    if n >= vlanes(v):
+        vstore(arr, idx, v)
+        return
+    for i in range(n):
+        arr[idx + i] = vget(v, i)
+
+
+# ---- arithmetic ----
+
+def _binary(op):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not isinstance(a, VecType) or a != b:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    return fn
+
+
+vadd = _binary("fadd")
+vsub = _binary("fsub")
+vmul = _binary("fmul")
+vdiv = _binary("fdiv")
+
+
+def _operator(op, vfn):
+    """``op`` on vectors, and on a vector and a scalar (broadcast to every lane)."""
+
+    @overload(op)
+    def _ov(a, b):
+        if isinstance(a, VecType) and a == b:
+            return lambda a, b: vfn(a, b)
+        if isinstance(a, VecType) and _scalar(b):
+            return lambda a, b: vfn(a, vfill(a, b))
+        if _scalar(a) and isinstance(b, VecType):
+            return lambda a, b: vfn(vfill(b, a), b)
+        return None
+
+
+_operator(operator.add, vadd)
+_operator(operator.sub, vsub)
+_operator(operator.mul, vmul)
+_operator(operator.truediv, vdiv)
+
+
+@overload(operator.neg)
+def _ov_neg(a):
+    if isinstance(a, VecType):
+        return lambda a: vsub(vzero(a), a)
+    return None
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """``a * b + c`` lane by lane, in one rounding (``llvm.fma``)."""
+    if not isinstance(a, VecType) or a != b or a != c:
+        return None
+
+    def codegen(context, builder, sig, args):
+        lt = _llvm_vec(context, a)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(lt, [lt] * 3),
+            "llvm.fma.v%df%d" % (a.lanes, a.dtype.bitwidth))
+        return builder.call(fn, list(args))
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vclamp(typingctx, x, lo, hi):
+    """``min(max(x, lo), hi)`` lane-wise, NaN in ``x`` propagating."""
+    if not isinstance(x, VecType) or lo != x or hi != x:
+        return None
+
+    def codegen(context, builder, sig, args):
+        v, lo_, hi_ = args
+        v = builder.select(builder.fcmp_ordered("<", v, lo_), lo_, v)
+        return builder.select(builder.fcmp_ordered(">", v, hi_), hi_, v)
+
+    return x(x, lo, hi), codegen
+
+
+@intrinsic
+def vrelu(typingctx, x):
+    """``x if x > 0 else 0`` lane-wise (NaN propagates)."""
+    if not isinstance(x, VecType):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_llvm_vec(context, x), None)
+        v = args[0]
+        return builder.select(builder.fcmp_ordered("<=", v, zero), zero, v)
+
+    return x(x), codegen
+
+
+# ---- activations ----
+
+# float32 tanh: a rational approximation (the one Eigen uses for float),
+# exact to a few ulp on [-9, 9] and saturating outside; it vectorises where
+# math.tanh does not (Numba has no vector math library here). Other
+# activations, and every float64 one, run lane by lane (fastrnn.kernels.cpu.gates).
+_TANH_CLAMP = 7.90531110763549805
+_A1 = 4.89352455891786e-03
+_A3 = 6.37261928875436e-04
+_A5 = 1.48572235717979e-05
+_A7 = 5.12229709037114e-08
+_A9 = -8.60467152213735e-11
+_A11 = 2.00018790482477e-13
+_A13 = -2.76076847742355e-16
+_B0 = 4.89352518554385e-03
+_B2 = 2.26843463243900e-03
+_B4 = 1.18534705686654e-04
+_B6 = 1.19825839466702e-06
+
+
+@njit(inline="always")
+def vtanh(x):
+    """tanh on every lane of a float32 vector (the rational approximation above)."""
+    x = vclamp(x, vfill(x, -_TANH_CLAMP), vfill(x, _TANH_CLAMP))
+    x2 = vmul(x, x)
+    p = vfma(x2, vfill(x, _A13), vfill(x, _A11))
+    p = vfma(x2, p, vfill(x, _A9))
+    p = vfma(x2, p, vfill(x, _A7))
+    p = vfma(x2, p, vfill(x, _A5))
+    p = vfma(x2, p, vfill(x, _A3))
+    p = vfma(x2, p, vfill(x, _A1))
+    p = vmul(p, x)
+    q = vfma(x2, vfill(x, _B6), vfill(x, _B4))
+    q = vfma(x2, q, vfill(x, _B2))
+    q = vfma(x2, q, vfill(x, _B0))
+    return vdiv(p, q)
+
+
+@njit(inline="always")
+def vsigmoid(x):
+    """``0.5 * tanh(x / 2) + 0.5`` on every lane of a float32 vector (the
+    form of the scalar sigmoid in :mod:`fastrnn.kernels._math`)."""
+    half = vfill(x, 0.5)
+    return vfma(vtanh(vmul(x, half)), half, half)

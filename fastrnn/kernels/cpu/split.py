@@ -1,0 +1,212 @@
+"""The panel split: two threads share each step's panels, for small batches.
+
+The calling thread ("main", worker 0) runs the whole sequence and never
+depends on the other: it claims panels of its own half, then whatever the
+helper (worker 1: a thread of Numba's pool through split_par, or the
+backend's own thread under workqueue, see :mod:`.threads`; it may wake up late or lose its core to
+another process) has not claimed yet, and waits only for panels the
+helper is computing at that moment. The helper helps while it keeps up
+and leaves as soon as it falls behind or finds the sequence finished;
+nothing waits for it to arrive, so a busy machine costs at most one
+stalled panel (plus, with split_par, the launch's join: the helper
+returns as soon as it is scheduled and sees the "finished" flag).
+
+The sync array (int64) holds, one cache line apart: the claim counters of
+the two halves (cumulative over steps), the count of panels done
+(cumulative), the number of threads asleep on it, the flag telling the
+helper to leave, the spin limit (set by the caller), the "finished" flag,
+the panels each worker ran, the step at which the helper ran its first
+panel (-1 until then; the caller sets it), and the most panels one claim
+may take (set by the caller).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .packed import call_record, hoist_size, load_state, panel, step_flags, store_state
+from .simd import LANES, prefetch_l1
+from .sync import atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake
+
+_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, FINISHED, _COUNT0, JOIN, CHUNK, SYNC_SIZE = (
+    0, 8, 16, 24, 32, 40, 48, 56, 72, 80, 88)
+# panels run by worker w: sync[COUNT + 8 * w]
+COUNT = _COUNT0
+# pause-spins before a waiting thread stops waiting for the other (about
+# 50-100 us: ten panels' time)
+DEFAULT_SPINS = 4000
+_SLEEP_NS = 200_000
+_NAPS = 5  # naps of _SLEEP_NS without progress before main goes on alone
+
+
+@njit(inline="always")
+def _wait_done(sync, target, w):
+    """Wait until ``target`` panels are done; False when the helper gives up.
+
+    Patience is counted from the other thread's last finished panel: while
+    it keeps finishing panels, waiting goes on."""
+    spins = 0
+    naps = 0
+    seen = atomic_load(sync, _DONE)
+    limit = sync[SPINS]
+    while True:
+        done = atomic_load(sync, _DONE)
+        if done >= target:
+            return True
+        if done != seen:  # a panel was finished: wait afresh for the next
+            seen = done
+            spins = 0
+            naps = 0
+        if spins < limit:
+            cpu_relax()
+            spins += 1
+            continue
+        if w != 0:
+            if spins < 4 * limit:  # the helper is more patient: main may just be late
+                cpu_relax()
+                spins += 1
+                continue
+            # ... and then naps (main wakes it when it finishes a panel):
+            # main may have lost its vCPU for a moment (see below)
+            naps += 1
+            if naps > 2 * _NAPS:
+                return False  # main stays away: it finishes alone
+            atomic_add(sync, _WAITERS, 1)
+            v = atomic_load(sync, _DONE)
+            if v < target:
+                futex_wait(sync, _DONE, v, _SLEEP_NS)
+            atomic_add(sync, _WAITERS, -1)
+            continue
+        # The helper has sat on one panel far longer than a panel takes: its
+        # core was taken. Sleep instead of spinning. A virtual machine loses
+        # a vCPU for a fraction of a millisecond many times a second: the
+        # helper then comes back and goes on. Only after _NAPS naps without
+        # a panel finished (about a millisecond: another process has its
+        # core for a scheduler slice) is it told to leave after that panel,
+        # and main finishes alone.
+        naps += 1
+        if naps > _NAPS:
+            atomic_cas(sync, ABANDON, 0, 1)
+        atomic_add(sync, _WAITERS, 1)
+        v = atomic_load(sync, _DONE)
+        if v < target:
+            futex_wait(sync, _DONE, v, _SLEEP_NS)
+        atomic_add(sync, _WAITERS, -1)
+
+
+@njit(inline="always")
+def _left_out(sync, w):
+    """True when the helper (``w != 0``) must stop: told to, or all is done."""
+    return w != 0 and (atomic_load(sync, ABANDON) != 0 or atomic_load(sync, FINISHED) != 0)
+
+
+@njit(nogil=True, _nrt=False)
+def _claim_run(w, sync, slot, s, lo, cnt, call, t, hf, cb, cur, nxt, valid, started):
+    """Claim and run the panels ``lo .. lo+cnt-1`` of step ``s`` one at a
+    time until none is left; returns how many this thread ran."""
+    did = 0
+    end = (s + 1) * cnt
+    # claim a few panels at a time: one atomic per chunk, not per panel (the
+    # counters' cache lines bounce between the cores), while a stalled
+    # thread still holds at most a chunk (at most sync[CHUNK] panels: large
+    # panels are claimed one by one)
+    chunk = max(1, min((cnt + 1) // 2, sync[CHUNK]))
+    B = valid.shape[0]
+    while True:
+        if _left_out(sync, w):
+            return did
+        c = atomic_load(sync, slot)
+        if c >= end:
+            return did
+        c1 = min(end, c + chunk)
+        if atomic_cas(sync, slot, c, c1):
+            for q in range(c, c1):
+                panel(call, lo + q - s * cnt, lo + (q + 1 - s * cnt) % cnt, 0, B, t, hf, cb,
+                      cur, nxt, valid, started)
+            did += c1 - c
+            atomic_add(sync, _COUNT0 + 8 * w, c1 - c)  # before _DONE: read once all is done
+            atomic_add(sync, _DONE, c1 - c)
+            if atomic_load(sync, _WAITERS) > 0:
+                futex_wake(sync, _DONE)
+
+
+@njit(cache=True, nogil=True)
+def split_prepare(gru, H, h0, c0, hoist):
+    """Buffers of a panel-split call: the state (``hf``, ``cb``, loaded from
+    h0/c0) and the hoisted input sums ``P`` (see :mod:`.packed`)."""
+    B = h0.shape[0]
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    hf = np.zeros(2 * B * Hp, dtype=np.float32)
+    cb = np.zeros(B * Hp, dtype=np.float32)
+    P = np.empty(hoist_size(H, hoist, B), dtype=np.float32)
+    load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
+    return hf, cb, P
+
+
+@njit(cache=True, nogil=True)
+def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
+    """Worker ``w`` of a panel-split call (0: the caller, runs to the end;
+    1: the helper, leaves when it falls behind). ``io``'s states are unused
+    (``hf``/``cb`` hold them). Panels run: ``sync[COUNT + 8 * w]``."""
+    x, h0, c0, mask, has_mask, out, has_out, h_out, c_out = io
+    reverse, zero_output, hoist = opts
+    B, T, D = x.shape
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    half = (NP + 1) // 2
+    if w == 0:
+        my_slot, my_lo, my_cnt, ot_slot, ot_lo, ot_cnt = _CLAIM0, 0, half, _CLAIM1, half, NP - half
+    else:
+        my_slot, my_lo, my_cnt, ot_slot, ot_lo, ot_cnt = _CLAIM1, half, NP - half, _CLAIM0, 0, half
+    started = np.zeros(B, dtype=np.bool_)
+    valid = np.ones(B, dtype=np.bool_)
+    # P: shared by both workers (see split_prepare)
+    call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist and B == 1), P)
+    did = 0
+    joined = False
+    for s in range(T):
+        if _left_out(sync, w):
+            break
+        t = T - 1 - s if reverse else s
+        cur = (s & 1) * B * Hp
+        nxt = B * Hp - cur
+        step_flags(0, B, t, mask, has_mask, valid)
+        # half of h was written by the other core: ask for all of it at once
+        for j in range(cur, cur + B * Hp, 16):
+            prefetch_l1(hf, j)
+        # own half first (its weights stay in this core's cache), then
+        # whatever the other thread has not claimed yet
+        did += _claim_run(w, sync, my_slot, s, my_lo, my_cnt, call, t, hf, cb, cur, nxt,
+                          valid, started)
+        did += _claim_run(w, sync, ot_slot, s, ot_lo, ot_cnt, call, t, hf, cb, cur, nxt,
+                          valid, started)
+        if w != 0 and did > 0 and not joined:
+            joined = True
+            atomic_cas(sync, JOIN, -1, s)
+        if not _wait_done(sync, (s + 1) * NP, w):
+            break
+        for r in range(B):
+            started[r] = started[r] or valid[r]
+    if w == 0:
+        atomic_add(sync, FINISHED, 1)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def split_par(sync, gru, H, weights, gates, io, opts, hf, cb, P):
+    """A panel-split call on Numba's thread pool: workers 0 and 1 are the two
+    iterations of one parallel loop, so the second thread starts within a
+    microsecond or two instead of waking a Python thread (which needs the
+    GIL). Worker 1 still leaves as soon as it falls behind, and worker 0
+    never waits for it to arrive."""
+    for w in prange(2):
+        split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P)
+
+
+@njit(cache=True, nogil=True)
+def split_finish(gru, H, T, hf, cb, h_out, c_out):
+    """Final states of a panel-split call."""
+    B = h_out.shape[0]
+    Hp = (H + LANES - 1) // LANES * LANES
+    store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)

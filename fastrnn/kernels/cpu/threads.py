@@ -1,0 +1,406 @@
+"""How a CPU kernel call uses the cores: one thread, rows split, or panels split.
+
+Batch rows are independent for the whole sequence, so a call with
+:data:`_BATCH_SPLIT_MIN` rows or more splits the batch between threads (at
+most :func:`get_num_threads`) and the threads never meet until the end:
+nothing spins at a barrier, which keeps the engine robust when another
+process is busy on the same cores. Smaller batches, and packed weights too
+large to stay in the cores' caches (:data:`_ROW_SPLIT_MAX_BYTES`), share
+each step's panels between two threads instead (:mod:`.split`), started by
+one parallel launch per sequence on Numba's pool (``split_par``), or, under
+the ``workqueue`` layer, by :class:`_Helper`; the calling thread never
+waits for the other to arrive and takes its panels over when it lags. For
+8-31 rows with weights past :data:`_TUNE_MIN_BYTES`, where neither split
+wins on every machine, a shape's first calls time both and keep the
+faster. Small calls (and calls made while another thread of the process is
+already inside a parallel kernel) run on the calling thread alone. Both
+splits give the same bits: every tile sums a row's products in one order.
+
+Contention: a two-thread call whose helper ran far less than its share, or
+whose calling thread spent long off its core, is a sign that another
+process has the other core; the process then runs one thread per call for
+a while (:data:`_CONTENDED_PAUSE`, doubling while it lasts, up to
+:data:`_CONTENDED_PAUSE_MAX`). ``python -m fastrnn bench --contention``
+measures this.
+
+The thresholds below were measured with ``python -m fastrnn bench`` on
+2-core machines; ``docs/internals.md`` says how.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import numba
+
+from . import generic, packed, split
+from .sync import HAVE_FUTEX
+
+# Work (multiply-adds per call) below which a second thread costs more than
+# it saves (waking a sleeping pool thread takes ~10-50 us).
+_MIN_PARALLEL_WORK = 2_000_000
+# Batches from this size up are split by rows (no synchronisation at all);
+# smaller ones share each step's panels between two threads.
+_BATCH_SPLIT_MIN = 8
+# ... unless the packed weights exceed this many bytes: they no longer stay
+# in the cores' caches between steps, and with rows split each thread
+# streams all of them every step, with panels split only its half.
+_ROW_SPLIT_MAX_BYTES = 2 << 20
+# A single row whose packed weights exceed this many bytes hoists its input
+# sums (see packed.HOIST_STEPS); it pays at every size measured, so 0.
+_HOIST_MIN_BYTES = 0
+# Panel split: one claim takes at most this much work (multiply-adds, ~20
+# us of one core), so a thread that loses its core holds back little.
+_CLAIM_WORK = 2_000_000
+# Panel split: when the helper ran less than this share of its half (it
+# joined late or lost its core to another process), the machine is busy:
+# use one thread for _CONTENDED_PAUSE seconds (doubling while it lasts).
+_STARVED = 0.5
+# ... or when the calling thread spent this long (and half the call) off its
+# core: with a busy process beside it, a pool launch's join can wait a
+# whole scheduler slice for the other thread. (Waking a pool thread that
+# slept through a pause can take up to ~1 ms on a VM: not contention.)
+_STALL_MIN = 0.002
+_CONTENDED_PAUSE = 0.005  # doubled at each starved call in a row, up to the max
+_CONTENDED_PAUSE_MAX = 4.0
+# Row-split calls with less work than this (multiply-adds; ~10 ms of one
+# core) watch for the same stall and take one thread while the machine is
+# busy. Longer calls keep both threads: one scheduler slice is a small part
+# of them.
+_CONTENDED_ROWS_WORK = 2_000_000_000
+_contended_pause = _CONTENDED_PAUSE
+_contended_until = 0.0
+# The band where neither split wins on every machine: batches below
+# _TUNE_MAX_B rows whose packed weights pass _TUNE_MIN_BYTES (with rows
+# split, each core's L2 must hold all of them; with panels split, half).
+# A shape's first 2 x (_TUNE_SAMPLES + 1) calls alternate between the
+# splits (each one's first call is not counted) and the rest take the one
+# with the faster call per step.
+_TUNE_MIN_BYTES = 640 << 10
+_TUNE_MAX_B = 32
+_TUNE_SAMPLES = 3
+_TUNE_MAX_SHAPES = 256
+_tuning = {}
+# Panel split only when a step has this much work (multiply-adds): below,
+# meeting the other thread every step costs more than it saves.
+_MIN_SPLIT_STEP_WORK = 20_000
+# Panel split: pause-spins a thread waits for the other before it takes over
+# the rest of the sequence alone (see split._wait_done).
+_SPINS = split.DEFAULT_SPINS
+_HAVE_FUTEX = HAVE_FUTEX
+
+_max_threads = None
+_parallel_lock = threading.Lock()
+
+# Numba's pool size is fixed once the process starts (and reading
+# numba.config costs microseconds: not per call).
+_NUMBA_THREADS = int(numba.config.NUMBA_NUM_THREADS)
+
+
+def prefer_omp():
+    """Prefer the OpenMP threading layer when the user chose none.
+
+    A parallel launch costs ~1 us under ``omp`` and ~80 us under
+    ``workqueue`` (which is also not thread-safe); ``tbb`` comes second.
+    Only the order of preference changes, and only when neither
+    ``NUMBA_THREADING_LAYER`` nor ``NUMBA_THREADING_LAYER_PRIORITY`` is set;
+    it must happen before Numba's first parallel launch.
+    """
+    if os.environ.get("NUMBA_THREADING_LAYER") or os.environ.get("NUMBA_THREADING_LAYER_PRIORITY"):
+        return
+    if numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+
+def set_num_threads(n):
+    """Bound the threads one kernel call may use (``None`` resets to all).
+
+    Parameters
+    ----------
+    n : int or None
+        At least 1; values above Numba's pool size (``NUMBA_NUM_THREADS``)
+        are capped to it.
+    """
+    global _max_threads
+    if n is None:
+        _max_threads = None
+        return
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: expected a positive integer or None, got {n!r}")
+    _max_threads = min(int(n), _NUMBA_THREADS)
+
+
+def get_num_threads():
+    """The most threads one kernel call uses."""
+    return _NUMBA_THREADS if _max_threads is None else _max_threads
+
+
+def threading_layer(start=False):
+    """The Numba threading layer in use.
+
+    ``None`` before the first parallel call, unless ``start`` is true: then
+    a tiny parallel kernel (from Numba's cache) starts the pool first.
+    """
+    if start:
+        _start_pool()
+    try:
+        return numba.threading_layer()
+    except Exception:  # ValueError: not initialised yet
+        return None
+
+
+_LAYER = None  # the threading layer, once fastrnn started the pool
+# libgomp's idle threads spin GOMP_SPINCOUNT rounds before they sleep
+# (default 300,000: milliseconds). With another busy process on the cores,
+# the caller then spins at the end of a parallel launch while the thread it
+# waits for has no core. 1,000 rounds keep back-to-back calls warm and make
+# the wait sleep.
+_GOMP_SPINCOUNT = "1000"
+
+
+def _start_pool():
+    """Start Numba's thread pool, once, with a short OpenMP spin; return the
+    threading layer.
+
+    ``GOMP_SPINCOUNT`` is read by libgomp when it loads, which happens here
+    (Numba's ``omp`` layer loads the system libgomp at its first parallel
+    launch); it is set only when neither it nor ``OMP_WAIT_POLICY`` is set,
+    and removed again right after, so that a library loaded later (PyTorch
+    brings its own libgomp) does not inherit it. A pool that other code
+    started before fastrnn's first parallel call keeps its own setting.
+    """
+    global _LAYER
+    if _LAYER is not None:
+        return _LAYER
+    ours = "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
+    if ours:
+        os.environ["GOMP_SPINCOUNT"] = _GOMP_SPINCOUNT
+    try:
+        generic.touch_pool(np.zeros(2))
+    finally:
+        if ours:
+            os.environ.pop("GOMP_SPINCOUNT", None)
+    _LAYER = numba.threading_layer()
+    return _LAYER
+
+
+def _bounds(B, work):
+    """Row bounds for the threads of one call: an int64 array of n+1 edges."""
+    n = min(get_num_threads(), B)
+    if n <= 1 or work < _MIN_PARALLEL_WORK:
+        return None
+    # even shares: the packed tiles take 6, 4, 2 or 1 rows, so no multiple
+    # suits every batch
+    edges = [(B * c) // n for c in range(n)]
+    edges.append(B)
+    return np.asarray(edges, dtype=np.int64)
+
+
+def run_generic(serial, parallel, B, work, args):
+    """Call ``parallel(bounds, *args)`` on several threads, or ``serial(0, B, *args)``."""
+    bounds = _bounds(B, work)
+    if bounds is not None and _parallel_lock.acquire(blocking=False):
+        # One parallel kernel at a time per process: a second caller thread
+        # runs on its own core instead of doubling the thread count (and the
+        # workqueue layer cannot run two parallel regions at once at all).
+        try:
+            _start_pool()
+            parallel(bounds, *args)
+            return
+        finally:
+            _parallel_lock.release()
+    serial(0, B, *args)
+
+
+class _Helper:
+    """The second thread of the panel split under the ``workqueue`` layer
+    (where a parallel launch costs ~80 us): a daemon thread that runs
+    ``split.split_work(1, ...)`` on the job it is handed. The caller never
+    waits for it (see :mod:`.split`): a helper that wakes up late finds the
+    job finished and goes back to sleep."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._job = None
+        self._pid = None
+
+    def submit(self, job):
+        with self._cv:
+            if self._pid != os.getpid():  # first use, or a forked child
+                self._pid = os.getpid()
+                self._job = None
+                threading.Thread(target=self._loop, name="fastrnn-helper", daemon=True).start()
+            self._job = job
+            self._cv.notify()
+
+    def _loop(self):
+        while True:
+            with self._cv:
+                while self._job is None:
+                    self._cv.wait()
+                job, self._job = self._job, None
+            split.split_work(1, *job)
+
+
+_helper = _Helper()
+
+
+def _run_split(T, args):
+    """A panel-split call: this thread and the helper share each step's
+    panels. Returns (panels the helper ran, the step it joined at or -1,
+    whether the caller had to take over from it)."""
+    gru, H, weights, gates, io, opts = args
+    x, h0, c0 = io[0], io[1], io[2]
+    h_out, c_out = io[7], io[8]
+    hf, cb, P = split.split_prepare(gru, H, h0, c0, opts[2])
+    sync = np.zeros(split.SYNC_SIZE, dtype=np.int64)
+    # a waiting thread spins for about ten panels' time (a pause-spin takes
+    # ~20-40 ns; a core does ~10^5 multiply-adds per us)
+    panel_work = x.shape[0] * (x.shape[2] + H) * (48 if gru else 64)
+    sync[split.SPINS] = max(_SPINS, panel_work // 230)
+    sync[split.CHUNK] = max(1, _CLAIM_WORK // panel_work)
+    sync[split.JOIN] = -1
+    work = (sync, gru, H, weights, gates, io, opts, hf, cb, P)
+    if _start_pool() in ("omp", "tbb"):
+        split.split_par(*work)
+    else:  # workqueue: a parallel launch costs ~80 us; wake our own thread instead
+        _helper.submit(work)
+        split.split_work(0, *work)
+    split.split_finish(gru, H, T, hf, cb, h_out, c_out)
+    # the sync counters are complete once every panel is done (the helper
+    # may still be on its way out under workqueue)
+    return int(sync[split.COUNT + 8]), int(sync[split.JOIN]), bool(sync[split.ABANDON])
+
+
+def _contended():
+    return time.monotonic() < _contended_until
+
+
+def _stalled(wall, cpu_t):
+    """Whether the calling thread spent long off its core during a call of
+    ``wall`` seconds that took it ``cpu_t`` seconds of CPU."""
+    return wall - cpu_t > max(_STALL_MIN, 0.5 * wall)
+
+
+def _note_contention(starved):
+    """After a two-thread call: a starved one starts (or doubles) a period
+    on one thread; a clean one resets the period's length."""
+    global _contended_until, _contended_pause
+    if starved:
+        _contended_until = time.monotonic() + _contended_pause
+        _contended_pause = min(2 * _contended_pause, _CONTENDED_PAUSE_MAX)
+    else:
+        _contended_pause = _CONTENDED_PAUSE
+
+
+def _tune_pick(key):
+    """The split a call of shape ``key`` takes: while it is being tuned,
+    whichever has fewer timings; then the one with the lower median."""
+    got = _tuning.get(key)
+    if got is None:
+        if len(_tuning) >= _TUNE_MAX_SHAPES:  # a server cycling through shapes
+            _tuning.clear()
+        got = _tuning[key] = {"rows": [], "panels": []}
+    if isinstance(got, str):
+        return got, False
+    # rows, panels, panels, rows, rows, ...: each split runs as often first
+    # as second of a pair (a call right after a pause, or after other work
+    # evicted the weights from cache, is slower than the next one)
+    n = len(got["rows"]) + len(got["panels"])
+    return ("rows" if n % 4 in (0, 3) else "panels"), True
+
+
+def _tune_record(key, split_name, per_step):
+    got = _tuning.get(key)
+    if not isinstance(got, dict):
+        return
+    got[split_name].append(per_step)
+    # each split's first call is left out: it may have compiled or loaded
+    # the kernel, started the pool, or brought the weights into cache
+    if min(len(v) for v in got.values()) > _TUNE_SAMPLES:
+        # the fastest call of each: noise (interrupts, a preempted thread)
+        # only ever adds time
+        _tuning[key] = min(got, key=lambda k: min(got[k][1:]))
+
+
+def tuned_splits():
+    """The splits chosen so far for shapes in the band where neither always
+    wins: ``{(cell, B, D, H, T_min, T_max): "rows" | "panels"}``; sequence
+    lengths are timed in ranges ``2**k .. 2**(k+1) - 1`` (a short call
+    spends more of its time starting threads). Shapes still being timed are
+    left out."""
+    return {("gru" if k[0] else "lstm", k[1], k[2], k[3], 1 << (k[4] - 1), (1 << k[4]) - 1): v
+            for k, v in _tuning.items() if isinstance(v, str)}
+
+
+def run_packed(B, T, H, work, args):
+    """Run a packed (float32 LSTM/GRU) call: rows split between threads for
+    large batches, panels split for small ones and for weights too large to
+    stay in cache, or one thread; in between, whichever measured faster.
+
+    ``args = (gru, H, weights, gates, io, opts)``, the drivers' arguments
+    (:mod:`.packed`).
+    """
+    threads = get_num_threads()
+    gru, weights, x = args[0], args[2], args[4][0]
+    if threads >= 2 and work >= _MIN_PARALLEL_WORK:
+        NP = (H + packed.LANES - 1) // packed.LANES
+        can_split = (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30
+                     and work >= _MIN_SPLIT_STEP_WORK * T)
+        # (while the machine looks busy, large batches keep the row split:
+        # its threads never wait for each other; short calls take one thread,
+        # since the launch's join could wait a scheduler slice for a thread
+        # that has no core)
+        nbytes = weights[0].nbytes
+        contended = _contended()
+        rows = B >= _BATCH_SPLIT_MIN and (nbytes <= _ROW_SPLIT_MAX_BYTES or contended or not can_split)
+        tune = None
+        if (rows and can_split and not contended and threads == 2 and B < _TUNE_MAX_B
+                and nbytes > _TUNE_MIN_BYTES):
+            tune = (bool(gru), B, x.shape[2], H, T.bit_length())
+            split_name, timing = _tune_pick(tune)
+            rows = split_name == "rows"
+            if not timing:
+                tune = None
+        if rows:
+            bounds = _bounds(B, work)
+            if (bounds is not None and (work >= _CONTENDED_ROWS_WORK or not contended)
+                    and _parallel_lock.acquire(blocking=False)):
+                try:
+                    _start_pool()
+                    wall, cpu_t = time.perf_counter(), time.thread_time()
+                    packed.run_rows_par(bounds, *args)  # folded projection
+                    wall, cpu_t = time.perf_counter() - wall, time.thread_time() - cpu_t
+                finally:
+                    _parallel_lock.release()
+                stalled = _stalled(wall, cpu_t)
+                if work < _CONTENDED_ROWS_WORK:
+                    _note_contention(stalled)
+                if tune is not None and not stalled:
+                    _tune_record(tune, "rows", wall / T)
+                return
+        if can_split and not contended and _parallel_lock.acquire(blocking=False):
+            try:
+                wall, cpu_t = time.perf_counter(), time.thread_time()
+                helper, joined, abandoned = _run_split(T, args)
+                wall, cpu_t = time.perf_counter() - wall, time.thread_time() - cpu_t
+            finally:
+                _parallel_lock.release()
+            # The helper lost its core to another process: the caller had to
+            # take a panel over from it, or, once it joined, it ran less than
+            # _STARVED of its share; or the calling thread spent long off its
+            # core (waiting at the launch's join for a thread that had no
+            # core). Run on one thread for a while instead. (A helper that
+            # joined late, or never in a short call, because its thread was
+            # asleep is no sign of contention.)
+            share = (NP - (NP + 1) // 2) * (T - joined)
+            starved = (abandoned or _stalled(wall, cpu_t)
+                       or (joined >= 0 and helper < _STARVED * share))
+            _note_contention(starved)
+            if tune is not None and not starved:
+                _tune_record(tune, "panels", wall / T)
+            return
+    packed.run_rows(0, B, *args)
