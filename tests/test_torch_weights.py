@@ -229,7 +229,8 @@ def test_weights_layers_match_torch(kind, kw, rng):
 
 @pytest.mark.parametrize("kind,mode,kw", [
     ("LSTMCell", "LSTMCell", {}), ("GRUCell", "grucell", {}),
-    ("RNNCell", "RNNCell_RELU", dict(nonlinearity="relu")), ("GRUCell", "GRUCell", dict(bias=False)),
+    ("RNNCell", "RNNCell_RELU", dict(nonlinearity="relu")),
+    ("GRUCell", "GRUCell", dict(bias=False)),
 ])
 def test_weights_cells_match_torch(kind, mode, kw, rng):
     m = _module(kind, rng, input_size=5, hidden_size=6, **kw)

@@ -143,9 +143,8 @@ def _convert(arrays, base, cell, mode, label, given, batch_first, dtype, backend
     for k, v in given.items():
         if v is not None and k in found and v != found[k]:
             raise ValueError(f"{k}: given {v!r} but the weights say {found[k]!r}")
-    size = dict(found)
-    names = _param_names(base, size.pop("num_layers", 1), size.pop("bidirectional", False),
-                         size.pop("bias"), size.get("proj_size", 0), cell=cell)
+    names = _param_names(base, found.get("num_layers", 1), found.get("bidirectional", False),
+                         found["bias"], found.get("proj_size", 0), cell=cell)
     what = f"{_USER[base, cell]}({', '.join(f'{k}={v!r}' for k, v in found.items())})"
     missing = [n for n in names if n not in arrays]
     if missing:
@@ -173,8 +172,8 @@ def _where(prefix):
 
 def _no_weights_message(keys, prefix, cell, base):
     """Why nothing was found under ``prefix``, and the prefixes that hold recurrent weights."""
-    head = (f"state_dict: no recurrent weights {_where(prefix)}: no key {prefix + 'weight_ih_l0'!r} "
-            f"or {prefix + 'weight_ih'!r}")
+    head = (f"state_dict: no recurrent weights {_where(prefix)}: no key "
+            f"{prefix + 'weight_ih_l0'!r} or {prefix + 'weight_ih'!r}")
     found = {}  # prefix -> holds a cell's keys
     for k in keys:
         m = re.fullmatch(r"(.*?)weight_ih(_l0)?", k)
