@@ -12,7 +12,8 @@ from .cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
 from . import dispatch, initializers, nn
 from .dispatch import get_backend, get_num_threads, set_backend, set_num_threads
 from .layers import GRU, LSTM, RNN, Bidirectional, SimpleRNN, deserialize, serialize
-from .interop import from_keras, from_torch, from_torch_state_dict, load_keras  # light: torch/keras/h5py load lazily
+from .interop import (  # light: torch/keras/h5py load lazily
+    from_keras, from_torch, from_torch_state_dict, from_torch_weights, load_keras)
 from .io import load, save
 from .models import Sequential
 from . import streaming  # layer.stream(); fastrnn.streaming.load_stream(path)
@@ -22,6 +23,6 @@ __all__ = [
     "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
     "get_backend", "set_backend", "get_num_threads", "set_num_threads",
     "serialize", "deserialize", "nn",
-    "from_keras", "load_keras", "from_torch", "from_torch_state_dict",
+    "from_keras", "load_keras", "from_torch", "from_torch_state_dict", "from_torch_weights",
     "save", "load", "Sequential",
 ]

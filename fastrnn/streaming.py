@@ -141,7 +141,9 @@ class Stream:
     ----
     ``stream(x, out=None)`` with ``x`` one frame ``(batch, features)`` or a
     chunk ``(batch, time, features)`` (``(time, batch, features)`` for a
-    ``time_major`` layer), in the layer's dtype (float32 or float64; other
+    ``time_major`` layer), or in a stream of batch 1 an unbatched frame
+    ``(features,)``, which returns ``(units,)`` (states stay ``(1, units)``),
+    as PyTorch's cells do; in the layer's dtype (float32 or float64; other
     dtypes are a ``TypeError``, never silently cast). Returns what the layer
     returns for that input: for a chunk ``(batch, time, units)`` with
     ``return_sequences`` else ``(batch, units)``; for a frame always
@@ -313,15 +315,27 @@ class Stream:
 
     def _slow(self, x, out):
         """Every input the cached frame shape did not match: validate, then run."""
+        # An unbatched frame (features,), as PyTorch's cells take, in a stream of
+        # batch 1 runs as (1, features) and returns (units,); states stay (1, units).
+        unbatched = self.batch_size == 1 and np.ndim(x) == 1
         if not self._ready:
             x = self._as_array(x)
-            if x.ndim not in (2, 3):
+            if x.ndim not in (2, 3) and not unbatched:
                 raise ValueError(f"x: expected a frame (batch, features) or a chunk "
                                  f"(batch, time, features), got shape {tuple(x.shape)}")
             self.layer.build((self.batch_size, None, x.shape[-1]))
             self._setup()
         x = self._as_array(x)
         B, D = self.batch_size, self.input_dim
+        if unbatched:
+            if x.shape != (D,):
+                raise ValueError(self._shape_message(x, "an unbatched frame (features,)", (D,)))
+            if out is not None:
+                self._check_out(out, (self.units,))
+            y = self._slow(x[None], None if out is None else out[None])
+            if not self._return_state:
+                return y[0] if out is None else out
+            return [y[0][0] if out is None else out] + y[1:]
         if x.ndim == 2:
             if x.shape != (B, D):
                 raise ValueError(self._shape_message(x, "a frame (batch, features)", (B, D)))
@@ -334,8 +348,9 @@ class Stream:
                 self._nan_error()
             return self._with_states(out) if self._return_state else out
         if x.ndim != 3:
+            one = " (an unbatched frame (features,) needs batch_size=1)" if x.ndim == 1 else ""
             raise ValueError(f"x: expected a frame {(B, D)} (batch, features) or a chunk "
-                             f"(batch, time, features), got shape {tuple(x.shape)}")
+                             f"(batch, time, features), got shape {tuple(x.shape)}{one}")
         if self._time_major:
             T = x.shape[0]
             if x.shape[1:] != (B, D):

@@ -8,6 +8,7 @@ simulator. Skipped under ``NUMBA_ENABLE_CUDASIM=1`` (the simulator replaces
 the compiler).
 """
 
+import importlib.util
 import os
 
 import numpy as np
@@ -44,7 +45,16 @@ def nvvm():
     except Exception as exc:  # NvvmSupportError and friends
         if os.environ.get("FASTRNN_REQUIRE_PTX") == "1":  # CI: a skip would hide the check
             raise
-        pytest.skip(f"the PTX toolchain (numba-cuda[cu12]) is not available: {exc}")
+        pytest.skip(f"no PTX compiler here: {_one_line(exc)}")
+
+
+def _one_line(exc):
+    """Why the probe failed, on one line (the driver's errors span several)."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        return ("numba-cuda[cu12] is not installed (Numba's bundled numba.cuda needs a CUDA "
+                "driver to compile device functions)")
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

@@ -360,6 +360,27 @@ def test_unbuilt_layer_builds_on_first_frame(rng):
     np.testing.assert_allclose(y, layer(x[:, None]), rtol=2e-5, atol=2e-5)
 
 
+def test_unbatched_frames_in_a_stream_of_one(rng):
+    """(features,) frames in a batch-1 stream return (units,) and carry the state
+    as (1, features) frames do; with return_state the states stay (1, units)."""
+    layer = _make("lstm", "float32", rng, return_state=True)
+    x = _x(rng, (1, 4, 3), "float32")
+    expected = layer(x)
+    stream = layer.stream()
+    for t in range(4):
+        result = stream(x[0, t])
+    assert result[0].shape == (7,) and [s.shape for s in result[1:]] == [(1, 7), (1, 7)]
+    np.testing.assert_allclose(result[0], expected[0][0], rtol=2e-5, atol=2e-5)
+    for got, want in zip(result[1:], expected[1:]):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    unbuilt = fastrnn.GRU(5, backend="reference")
+    y = unbuilt.stream()(x[0, 0])  # builds from the unbatched frame's features
+    assert unbuilt.built and y.shape == (5,)
+    np.testing.assert_allclose(y, unbuilt(x[:, :1])[0], rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match=r"needs batch_size=1"):
+        layer.stream(batch_size=2)(x[0, 0])
+
+
 def test_rational_tanh_accuracy():
     """The float32 vector tanh and sigmoid every CPU kernel uses."""
     from numba import njit

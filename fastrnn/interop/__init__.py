@@ -3,8 +3,9 @@
 * :func:`from_keras` - a live Keras 3 layer or model -> fastrnn.
 * :func:`load_keras` - a ``.keras`` / ``.weights.h5`` file -> a fastrnn model,
   without importing Keras or TensorFlow (needs ``h5py``).
-* :func:`from_torch`, :func:`from_torch_state_dict` - PyTorch recurrent
-  modules and checkpoints -> fastrnn objects with PyTorch's calling convention.
+* :func:`from_torch`, :func:`from_torch_state_dict`, :func:`from_torch_weights` -
+  PyTorch recurrent modules, checkpoints and bare PyTorch-layout arrays ->
+  fastrnn objects with PyTorch's calling convention.
 
 torch, keras and h5py are imported only inside the functions that use them.
 """
@@ -34,11 +35,20 @@ def from_torch(module, **kwargs):
     return _f(module, **kwargs)
 
 
-def from_torch_state_dict(state_dict, mode, **kwargs):
-    """A PyTorch ``state_dict`` -> fastrnn (see :mod:`fastrnn.interop.torch`)."""
-    from .torch import from_torch_state_dict as _f
+def from_torch_state_dict(state_dict, mode=None, **kwargs):
+    """A PyTorch ``state_dict`` -> fastrnn (see :mod:`fastrnn.interop.torch_weights`)."""
+    from .torch_weights import from_torch_state_dict as _f
 
     return _f(state_dict, mode, **kwargs)
 
 
-__all__ = ["from_keras", "load_keras", "from_torch", "from_torch_state_dict"]
+def from_torch_weights(mode, w_ih, w_hh, b_ih=None, b_hh=None, **kwargs):
+    """Arrays in PyTorch's layout (``w_ih``, ``w_hh``, ``b_ih``, ``b_hh``) -> fastrnn
+    (see :mod:`fastrnn.interop.torch_weights`)."""
+    from .torch_weights import from_torch_weights as _f
+
+    return _f(mode, w_ih, w_hh, b_ih, b_hh, **kwargs)
+
+
+__all__ = ["from_keras", "load_keras", "from_torch", "from_torch_state_dict",
+           "from_torch_weights"]

@@ -1,8 +1,9 @@
 """PyTorch recurrent modules as fastrnn objects, with PyTorch's calling convention.
 
 ``from_torch(module)`` converts ``torch.nn.LSTM``, ``GRU``, ``RNN`` and the
-cells ``LSTMCell``, ``GRUCell``, ``RNNCell``; ``from_torch_state_dict``
-does the same from a checkpoint without building the module. The result
+cells ``LSTMCell``, ``GRUCell``, ``RNNCell``; ``from_torch_state_dict`` and
+``from_torch_weights`` (:mod:`fastrnn.interop.torch_weights`) build the same
+objects from a checkpoint or from bare arrays, without torch. The result
 runs on NumPy arrays and returns what the module returns:
 
 * ``m(x, hx=None)`` -> ``(output, h_n)`` (GRU, RNN) or
@@ -100,6 +101,22 @@ def _keras_weights(mode, arrays, suffix, bias, proj_size):
     return weights
 
 
+def _expected_shape(name, mode, input_size, hidden_size, proj_size, bidirectional, cell):
+    """PyTorch's shape of parameter ``name`` (``weight_ih_l1_reverse``, ``bias_hh``, ...)."""
+    H, P = hidden_size, proj_size
+    G = _GATES[mode] * H
+    out = P or H
+    if cell:
+        in_dim = input_size
+    else:
+        layer = int(re.fullmatch(r"\w+_l(\d+)(_reverse)?", name).group(1))
+        dirs = 2 if bidirectional else 1
+        in_dim = input_size if layer == 0 else dirs * out
+    kind = re.match(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)", name).group(1)
+    return {"weight_ih": (G, in_dim), "weight_hh": (G, out), "bias_ih": (G,),
+            "bias_hh": (G,), "weight_hr": (P, H)}[kind]
+
+
 def _make_cell(mode, hidden_size, bias, proj_size, dtype):
     common = dict(use_bias=bias, dtype=dtype)
     if mode == "LSTM":
@@ -133,21 +150,9 @@ class _TorchConverted:
         self._load_cells()
 
     def _expected_shape(self, name):
-        G = _GATES[self.mode] * self.hidden_size
-        H, P = self.hidden_size, self.proj_size
-        out = P or H
-        if self._is_cell:
-            m = None
-            dirs = 1
-            in_dim = self.input_size
-        else:
-            m = re.fullmatch(r"\w+_l(\d+)(_reverse)?", name)
-            layer = int(m.group(1))
-            dirs = 2 if self.bidirectional else 1
-            in_dim = self.input_size if layer == 0 else dirs * out
-        kind = re.match(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)", name).group(1)
-        return {"weight_ih": (G, in_dim), "weight_hh": (G, out), "bias_ih": (G,),
-                "bias_hh": (G,), "weight_hr": (P, H)}[kind]
+        return _expected_shape(name, self.mode, self.input_size, self.hidden_size,
+                               self.proj_size, not self._is_cell and self.bidirectional,
+                               self._is_cell)
 
     def _check_shapes(self):
         for n in self.parameter_names:
@@ -415,7 +420,8 @@ class TorchRecurrent(_TorchConverted):
         """A stream (see ``fastrnn.RNN.stream``) over the stacked layers, unidirectional only.
 
         It takes and returns fastrnn's batch-major layout: ``(batch, features)`` frames
-        or ``(batch, time, features)`` chunks, with the state carried between calls.
+        or ``(batch, time, features)`` chunks, with the state carried between calls; a
+        stream of batch 1 also takes unbatched ``(features,)`` frames.
         """
         if self.bidirectional:
             raise TypeError("stream: a bidirectional module cannot stream: the reverse "
@@ -512,7 +518,12 @@ class TorchCell(_TorchConverted):
     forward = __call__
 
     def stream(self, batch_size=1, **kwargs):
-        """A stream of this cell over frames (see ``fastrnn.RNN.stream``)."""
+        """A stream of this cell over frames (see ``fastrnn.RNN.stream``).
+
+        Frames are ``(batch, input_size)``, or in a stream of batch 1 unbatched
+        ``(input_size,)`` as the cell takes them (then the output is
+        ``(hidden_size,)``; ``stream.states`` stay ``(1, hidden_size)``).
+        """
         layer = RNN(self._layer.cell, return_sequences=True, backend=self.backend,
                     dtype=self.dtype.name)
         return layer.stream(batch_size, **kwargs)
@@ -584,76 +595,3 @@ def from_torch(module, backend="auto"):
 def _weights_dtype(module):
     p = next(iter(module.parameters()))
     return "float64" if str(p.dtype) == "torch.float64" else "float32"
-
-
-def from_torch_state_dict(state_dict, mode, *, prefix="", input_size=None, hidden_size=None,
-                          num_layers=None, bidirectional=None, bias=None, proj_size=None,
-                          batch_first=False, dtype=None, backend="auto"):
-    """Build a converted module from a PyTorch ``state_dict``, without torch modules.
-
-    Parameters
-    ----------
-    state_dict : mapping of name -> tensor or array
-        As ``module.state_dict()`` or ``torch.load(checkpoint)`` gives it.
-    mode : {"LSTM", "GRU", "RNN", "RNN_TANH", "RNN_RELU", "LSTMCell", "GRUCell", "RNNCell",
-        "RNNCell_RELU"}
-        The module type (``"RNN"`` means ``tanh``). It cannot be inferred
-        reliably (a GRU with H units looks like an LSTM with 3H/4 units).
-    prefix : str
-        Key prefix of the module inside a larger model (``"encoder.rnn."``).
-    input_size, hidden_size, num_layers, bidirectional, bias, proj_size
-        Inferred from the keys and shapes when ``None``; given values are
-        checked against them.
-    batch_first : bool
-        Not stored in a state dict: give it as the module had it.
-    dtype : {"float32", "float64"}, optional
-        Default: the weights' dtype (float64 stays float64, others float32).
-    """
-    if not hasattr(state_dict, "keys"):
-        raise TypeError(f"state_dict: expected a mapping of names to tensors, got "
-                        f"{type(state_dict).__name__}")
-    aliases = {"RNN": "RNN_TANH", "RNNCell": "RNNCell_TANH"}
-    mode = aliases.get(mode, mode)
-    cell = mode.endswith(("Cell", "Cell_TANH", "Cell_RELU"))
-    base = {"LSTMCell": "LSTM", "GRUCell": "GRU", "RNNCell_TANH": "RNN_TANH",
-            "RNNCell_RELU": "RNN_RELU"}.get(mode, mode)
-    if base not in _MODES:
-        raise ValueError(f"mode: expected one of LSTM, GRU, RNN, RNN_TANH, RNN_RELU, LSTMCell, "
-                         f"GRUCell, RNNCell, RNNCell_RELU; got {mode!r}")
-    state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    pattern = r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)" + ("" if cell else
-                                                                    r"_l(\d+)(_reverse)?")
-    ours = {k: v for k, v in state.items() if re.fullmatch(pattern, k)}
-    if "weight_ih" + ("" if cell else "_l0") not in ours:
-        raise ValueError(f"state_dict: no {'weight_ih' if cell else 'weight_ih_l0'} under "
-                         f"prefix {prefix!r}; keys are {sorted(state_dict)[:12]}")
-    arrays = {k: _to_numpy(v, k) for k, v in ours.items()}
-    first = "" if cell else "_l0"
-    w_ih = arrays["weight_ih" + first]
-    found = dict(
-        input_size=int(w_ih.shape[1]),
-        hidden_size=int(w_ih.shape[0] // _GATES[base]),
-        bias=("bias_ih" + first) in arrays,
-    )
-    if not cell:
-        found.update(
-            num_layers=1 + max(int(re.fullmatch(pattern, k).group(2)) for k in arrays),
-            bidirectional=any(k.endswith("_reverse") for k in arrays),
-            proj_size=int(arrays["weight_hr_l0"].shape[0]) if "weight_hr_l0" in arrays else 0,
-        )
-    given = dict(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                 bidirectional=bidirectional, bias=bias, proj_size=proj_size)
-    for k, v in given.items():
-        if v is not None and k in found and v != found[k]:
-            raise ValueError(f"{k}: given {v!r} but the state_dict says {found[k]!r}")
-    if dtype is None:
-        dtype = "float64" if w_ih.dtype == np.float64 else "float32"
-    if cell:
-        obj = TorchCell(base, dtype=dtype, backend=backend, state_dict=arrays, **found)
-    else:
-        obj = TorchRecurrent(base, batch_first=batch_first, dtype=dtype, backend=backend,
-                             state_dict=arrays, **found)
-    extra = sorted(set(arrays) - set(obj.parameter_names))
-    if extra:
-        raise ValueError(f"state_dict: unexpected keys {extra} for {mode}")
-    return obj
