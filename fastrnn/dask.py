@@ -64,6 +64,9 @@ _REFUSED_MODEL_SUFFIXES = {
     ".npz": "an array archive, not a model",
     ".weights.h5": ("Keras weights without their model config; load it in Python with "
                     "fastrnn.load_keras(path, config=...) and fastrnn.save the result"),
+    ".index": ("a TensorFlow checkpoint, weights without the model; load it in Python "
+               "(fastrnn.load_keras(path, config=...) for Keras 2 save_weights, "
+               "cell.load_checkpoint for TF1 cells) and fastrnn.save the result"),
 }
 
 
@@ -775,7 +778,8 @@ def __getattr__(name):
 # --------------------------------------------------------------------------
 
 def _load_model(path):
-    """A model from a saved fastrnn file (fastrnn.load) or a .keras file."""
+    """A model from a saved fastrnn file (fastrnn.load), a .keras / .h5 file or a Keras 2
+    SavedModel directory (fastrnn.load_keras)."""
     import fastrnn
 
     if not os.path.exists(path):
@@ -784,8 +788,9 @@ def _load_model(path):
     suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
     if suffix in _REFUSED_MODEL_SUFFIXES:
         raise ValueError(f"MODEL: {path} is {_REFUSED_MODEL_SUFFIXES[suffix]}; expected a model "
-                         "saved by fastrnn.save, a Keras 3 .keras file or a Keras .h5 model")
-    if suffix in (".keras", ".h5"):
+                         "saved by fastrnn.save, a Keras 3 .keras file, a Keras .h5 model or a "
+                         "Keras 2 SavedModel directory")
+    if suffix in (".keras", ".h5") or os.path.isdir(path):
         loader, what = getattr(fastrnn, "load_keras", None), "fastrnn.load_keras"
     else:
         loader, what = getattr(fastrnn, "load", None), "fastrnn.load"
@@ -867,7 +872,8 @@ def _parser():
                "--units N --seed N] writes DIR/model.fastrnn, DIR/x.npy and DIR/lengths.npy "
                "to try it on (see 'python -m fastrnn predict --example --help').")
     p.add_argument("model", metavar="MODEL",
-                   help="a model saved by fastrnn.save, or a Keras .keras (or .h5) model")
+                   help="a model saved by fastrnn.save, a Keras .keras (or .h5) model, or a "
+                        "Keras 2 SavedModel directory")
     p.add_argument("input", metavar="INPUT", help="Zarr array directory or .npy file")
     p.add_argument("output", metavar="OUTPUT", help="Zarr array to write (a new directory)")
     where = p.add_mutually_exclusive_group()
