@@ -70,17 +70,17 @@ _DTYPE_NAMES = {
 
 def _make_table():
     poly = 0x82F63B78  # reflected Castagnoli polynomial
-    table = np.zeros(256, dtype=np.uint32)
+    table = []
     for i in range(256):
         c = i
         for _ in range(8):
             c = (c >> 1) ^ poly if c & 1 else c >> 1
-        table[i] = c
+        table.append(c)
     return table
 
 
-_TABLE = _make_table()
-_TABLE_LIST = [int(v) for v in _TABLE]
+_TABLE_LIST = _make_table()
+_TABLE = np.array(_TABLE_LIST, dtype=np.uint32)
 
 
 @functools.lru_cache(maxsize=64)
@@ -416,8 +416,8 @@ def resolve_prefix(path):
 
     ``path`` may be the prefix itself (``model.ckpt``), its ``.index``,
     ``.meta`` or a ``.data-*`` file, a directory holding a ``checkpoint``
-    file (the latest checkpoint it names is used), or a SavedModel directory
-    (its ``variables/variables``).
+    file (the latest checkpoint it names is used) or a single ``.index``
+    file, or a SavedModel directory (its ``variables/variables``).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -436,9 +436,13 @@ def resolve_prefix(path):
         elif os.path.isfile(os.path.join(path, "variables", "variables.index")):
             return os.path.join(path, "variables", "variables")
         else:
-            found = sorted(os.listdir(path))[:20]
-            raise ValueError(f"{path}: a directory without a 'checkpoint' file or a "
-                             f"SavedModel's variables/variables.index; it holds {found}")
+            found = sorted(os.listdir(path))
+            indexes = [n for n in found if n.endswith(".index")]
+            if len(indexes) != 1:
+                raise ValueError(f"{path}: a directory without a 'checkpoint' file, a "
+                                 "SavedModel's variables/variables.index or a single .index "
+                                 f"file; it holds {found[:20]}: pass the checkpoint prefix")
+            path = os.path.join(path, indexes[0][:-len(".index")])
     m = re.match(r"^(.*)\.(index|meta|data-\d{5}-of-\d{5})$", path)
     if m and not os.path.isfile(path + ".index"):
         path = m.group(1)
@@ -532,7 +536,8 @@ class BundleReader:
     def _shard_path(self, shard):
         return f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}"
 
-    def _bytes(self, e, where, check=True):
+    def _check_extent(self, e, where):
+        """The shard file holding ``e``, checked to hold all its declared bytes."""
         if e.shard >= self.num_shards:
             raise ValueError(f"{where}: stored in shard {e.shard}, but the header declares "
                              f"{self.num_shards} shards")
@@ -543,6 +548,10 @@ class BundleReader:
         if e.offset + e.size > have:
             raise ValueError(f"{where}: {e.size} bytes at offset {e.offset} run past the end "
                              f"of {shard} ({have} bytes): truncated data file")
+        return shard
+
+    def _bytes(self, e, where, check=True):
+        shard = self._check_extent(e, where)
         with open(shard, "rb") as f:
             f.seek(e.offset)
             data = f.read(e.size)
@@ -615,9 +624,13 @@ class BundleReader:
         return self._join(e, where)
 
     def _join(self, e, where):
-        """A partitioned variable, assembled from its saved slices."""
-        full = None
-        covered = np.zeros(e.shape, dtype=bool)
+        """A partitioned variable, assembled from its saved slices.
+
+        The slices' entries are checked against their shards' sizes before
+        the whole tensor is allocated: its element count may not exceed the
+        elements the slices hold.
+        """
+        parts, held = [], 0
         for extents in e.slices:
             if len(extents) != len(e.shape):
                 raise ValueError(f"{where}: a slice has {len(extents)} dimensions, the "
@@ -633,15 +646,28 @@ class BundleReader:
                 raise ValueError(f"{where}: the slice {extents} it lists is not in "
                                  f"{self.index_path}")
             part = _Entry(e.name, self._slices[key], f"{where} slice {extents}")
-            value = self._decode(part, f"{where} slice {extents}")
-            index = tuple(index)
-            if value.shape != covered[index].shape:
-                raise ValueError(f"{where}: slice {extents} holds shape {value.shape}")
+            self._check_extent(part, f"{where} slice {extents}")
+            count = 1
+            for s in index:
+                count *= s.stop - s.start
+            if part.shape != tuple(s.stop - s.start for s in index):
+                raise ValueError(f"{where}: slice {extents} holds shape {part.shape}")
+            held += count
+            parts.append((tuple(index), part, f"{where} slice {extents}"))
+        total = 1
+        for d in e.shape:
+            total *= d
+        if not parts or total > held:
+            raise ValueError(f"{where}: its slices hold {held} of its {total} elements")
+        full = covered = None
+        for index, part, label in parts:
+            value = self._decode(part, label)
             if full is None:
                 full = np.zeros(e.shape, dtype=value.dtype)
+                covered = np.zeros(e.shape, dtype=bool)
             full[index] = value
             covered[index] = True
-        if full is None or not covered.all():
+        if not covered.all():
             raise ValueError(f"{where}: its slices do not cover the whole tensor {e.shape}")
         return full
 
@@ -654,8 +680,8 @@ def read_tf_checkpoint(path, names=None):
     path : str or os.PathLike
         The checkpoint prefix (``model.ckpt``, as passed to
         ``Saver.restore``), its ``.index`` file, a directory with a
-        ``checkpoint`` file (the latest checkpoint), or a SavedModel
-        directory (its variables).
+        ``checkpoint`` file (the latest checkpoint) or a single ``.index``
+        file, or a SavedModel directory (its variables).
     names : iterable of str, optional
         Read only these tensors (default: all).
 

@@ -189,6 +189,13 @@ def test_no_checkpoint_here(tmp_path):
         read_tf_checkpoint(tmp_path / "nope")
     with pytest.raises(ValueError, match="without a 'checkpoint' file"):
         read_tf_checkpoint(tmp_path)
+    for name in ("a", "b"):
+        for suffix in (".index", ".data-00000-of-00001"):
+            shutil.copy(os.path.join(TF, "tf1_gru", "model.ckpt" + suffix), tmp_path / (name + suffix))
+    with pytest.raises(ValueError, match=r"a single .index file.*pass the checkpoint prefix"):
+        read_tf_checkpoint(tmp_path)
+    (tmp_path / "b.index").unlink()
+    assert _tf_bundle.BundleReader(tmp_path).prefix == str(tmp_path / "a")
 
 
 # ------------------------------------------------------------------ damaged files
@@ -382,3 +389,100 @@ def test_cli_predicts_with_a_saved_model(tmp_path, capsys):
     index = os.path.join(TF, "keras2_save_weights", "ckpt.index")
     assert fdask.predict_main([index, str(tmp_path / "x.npy"), str(tmp_path / "z.zarr")]) == 2
     assert "a TensorFlow checkpoint" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ hostile indexes
+# Indexes written here, byte by byte, in leveldb's table format: one data
+# block (every key a restart point), the index block, an empty metaindex, the
+# footer; each block followed by its type byte and masked CRC-32C.
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number, value):
+    if isinstance(value, bytes):
+        return _varint(number << 3 | 2) + _varint(len(value)) + value
+    return _varint(number << 3) + _varint(value)
+
+
+def _block(items):
+    body, restarts = b"", []
+    for key, value in items:
+        restarts.append(len(body))
+        body += _varint(0) + _varint(len(key)) + _varint(len(value)) + key + value
+    body += b"".join(r.to_bytes(4, "little") for r in restarts)
+    return body + len(restarts).to_bytes(4, "little")
+
+
+def _write_index(path, entries, num_shards=1):
+    items = [(b"", _field(1, num_shards) + _field(3, _field(1, 1)))] + sorted(entries.items())
+    out = bytearray()
+
+    def put(block):
+        handle = _varint(len(out)) + _varint(len(block))
+        out.extend(block + b"\x00" + _tf_bundle.masked_crc32c(block + b"\x00").to_bytes(4, "little"))
+        return handle
+
+    data = put(_block(items))
+    meta = put(_block([]))
+    index = put(_block([(items[-1][0] + b"\xff", data)]))
+    footer = (meta + index).ljust(40, b"\x00") + (0xDB4775248B80FB57).to_bytes(8, "little")
+    path.write_bytes(bytes(out) + footer)
+
+
+def _entry(shape, size, offset=0, dtype=1, slices=()):
+    dims = b"".join(_field(2, _field(1, d)) for d in shape)
+    msg = _field(1, dtype) + _field(2, dims) + _field(4, offset) + _field(5, size)
+    for extents in slices:
+        msg += _field(7, b"".join(_field(1, _field(1, s) + _field(2, n)) for s, n in extents))
+    return msg
+
+
+def test_written_index_reads(tmp_path):
+    value = np.arange(6, dtype=np.float32).reshape(2, 3) * 0.5
+    (tmp_path / "m.data-00000-of-00001").write_bytes(value.tobytes())
+    _write_index(tmp_path / "m.index", {b"w": _entry((2, 3), 24)})
+    np.testing.assert_array_equal(read_tf_checkpoint(tmp_path / "m")["w"], value)
+
+
+@pytest.mark.parametrize("entry, message", [
+    (_entry((1 << 38,), 1 << 40), "1099511627776 bytes at offset 0 run past the end"),
+    (_entry((1 << 30, 1 << 30), 16), "needs 4611686018427387904 bytes, the entry declares 16"),
+    (_entry((1 << 31, 1 << 31), 0, slices=[[(0, 1), (0, 1)]]), "not in"),
+    (_entry((2, 2), 16, dtype=21), "dtype variant is not supported"),
+], ids=["size-past-the-shard", "shape-against-size", "slice-not-stored", "variant"])
+def test_declared_sizes_are_checked_before_reading(tmp_path, entry, message):
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 64)
+    _write_index(tmp_path / "m.index", {b"w": entry})
+    with pytest.raises(ValueError, match=message):
+        read_tf_checkpoint(tmp_path / "m")
+
+
+def test_partitioned_shape_larger_than_its_slices(tmp_path):
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 64)
+    extents = [(0, 1), (0, 1)]
+    key = _tf_bundle._slice_key(b"w", extents)
+    _write_index(tmp_path / "m.index", {b"w": _entry((1 << 31, 1 << 31), 0, slices=[extents]),
+                                        key: _entry((1, 1), 4)})
+    with pytest.raises(ValueError, match="its slices hold 1 of its 4611686018427387904"):
+        read_tf_checkpoint(tmp_path / "m")
+
+
+def test_entry_overrunning_its_block(tmp_path):
+    block = _block([(b"", b"x")])
+    bad = block[:1] + _varint(200) + block[2:]  # key length past the block's end
+    out = bad + b"\x00" + _tf_bundle.masked_crc32c(bad + b"\x00").to_bytes(4, "little")
+    index = _block([(b"\xff", _varint(0) + _varint(len(bad)))])
+    start = len(out)
+    out += index + b"\x00" + _tf_bundle.masked_crc32c(index + b"\x00").to_bytes(4, "little")
+    footer = (_varint(0) + _varint(0) + _varint(start) + _varint(len(index))).ljust(40, b"\x00")
+    (tmp_path / "m.index").write_bytes(out + footer + (0xDB4775248B80FB57).to_bytes(8, "little"))
+    with pytest.raises(ValueError, match="data block: an entry runs past the block's end"):
+        read_tf_checkpoint(tmp_path / "m")
