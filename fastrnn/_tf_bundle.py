@@ -83,6 +83,17 @@ _TABLE_LIST = _make_table()
 _TABLE = np.array(_TABLE_LIST, dtype=np.uint32)
 
 
+def _apply_matrix(cols, v):
+    """The 32x32 GF(2) matrix with columns ``cols`` applied to the 32-bit ``v``."""
+    out, i = 0, 0
+    while v:
+        if v & 1:
+            out ^= cols[i]
+        v >>= 1
+        i += 1
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def _zeros_operator(nbytes):
     """The register map of feeding ``nbytes`` zero bytes, as 32 column images.
@@ -90,25 +101,14 @@ def _zeros_operator(nbytes):
     The CRC register update is linear over GF(2), so feeding zeros is a
     32x32 bit matrix; it is raised to the ``nbytes`` power by squaring.
     """
-    one = [_TABLE_LIST[(1 << i) & 0xFF] ^ ((1 << i) >> 8) for i in range(32)]
-
-    def apply(cols, v):
-        out, i = 0, 0
-        while v:
-            if v & 1:
-                out ^= cols[i]
-            v >>= 1
-            i += 1
-        return out
-
+    power = [_TABLE_LIST[(1 << i) & 0xFF] ^ ((1 << i) >> 8) for i in range(32)]
     result = [1 << i for i in range(32)]  # identity
-    power = one
     while nbytes:
         if nbytes & 1:
-            result = [apply(power, c) for c in result]
+            result = [_apply_matrix(power, c) for c in result]
         nbytes >>= 1
         if nbytes:
-            power = [apply(power, c) for c in power]
+            power = [_apply_matrix(power, c) for c in power]
     return tuple(result)
 
 
@@ -171,7 +171,8 @@ def crc32c(data):
     data = memoryview(data).cast("B")
     if len(data) < 4096:
         return _crc_register_python(data, 0xFFFFFFFF) ^ 0xFFFFFFFF
-    init = _apply_tables(_byte_tables(_zeros_operator(len(data))), 0xFFFFFFFF)
+    # linearity: register(data, init) = zeros_operator(len) @ init ^ register(data, 0)
+    init = _apply_matrix(_zeros_operator(len(data)), 0xFFFFFFFF)
     return (init ^ _crc_register_numpy(data)) ^ 0xFFFFFFFF
 
 
