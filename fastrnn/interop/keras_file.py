@@ -329,7 +329,8 @@ def load_keras(path, config=None, backend=None):
         An unsupported layer or model structure (named), or a file that is
         not what it claims.
 
-    Neither Keras nor TensorFlow is imported; ``h5py`` is required.
+    Neither Keras nor TensorFlow is imported; ``h5py`` is required for the
+    HDF5 forms (``.keras``, ``.h5``).
     """
     if tf_saved_model.is_tf_format(path):  # Keras 2 SavedModel / TF-format checkpoint
         model_config, weights_of = tf_saved_model.read_keras2(
