@@ -65,6 +65,9 @@ _REFUSED_MODEL_SUFFIXES = {
     ".npz": "an array archive, not a model",
     ".weights.h5": ("Keras weights without their model config; load it in Python with "
                     "fastrnn.load_keras(path, config=...) and fastrnn.save the result"),
+    ".index": ("a TensorFlow checkpoint, weights without the model; load it in Python "
+               "(fastrnn.load_keras(path, config=...) for Keras 2 save_weights, "
+               "cell.load_checkpoint for TF1 cells) and fastrnn.save the result"),
 }
 
 

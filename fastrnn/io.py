@@ -26,6 +26,11 @@ over built-in cells, ``Bidirectional``), the cells, the layers and the
 ``from_keras`` return), and converted PyTorch modules
 (:mod:`fastrnn.interop.torch`). A layer with a Python-callable activation
 cannot be saved (its code would have to be stored): ``save`` raises.
+
+:func:`read_tf_checkpoint` reads TensorFlow's own checkpoints (TF1
+``Saver``, TF2 ``tf.train.Checkpoint``, Keras 2 ``save_weights``, a
+SavedModel's variables) into NumPy arrays, without TensorFlow (see
+:mod:`fastrnn._tf_bundle`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import os
 import zipfile
 
 import numpy as np
+
+from ._tf_bundle import read_tf_checkpoint  # noqa: F401  (public: fastrnn.io.read_tf_checkpoint)
 
 FORMAT = "fastrnn"
 FORMAT_VERSION = 1

@@ -24,15 +24,17 @@ from ..io import load, save
 from ..layers import LSTM
 
 def _load_model(path):
-    """A model from a saved fastrnn file (fastrnn.load) or a .keras file."""
+    """A model from a saved fastrnn file (fastrnn.load), a .keras / .h5 file or a Keras 2
+    SavedModel directory (fastrnn.load_keras)."""
     if not os.path.exists(path):
         raise ValueError(f"MODEL: {path} does not exist")
     name = os.path.basename(path.rstrip("/")).lower()
     suffix = ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1]
     if suffix in _REFUSED_MODEL_SUFFIXES:
         raise ValueError(f"MODEL: {path} is {_REFUSED_MODEL_SUFFIXES[suffix]}; expected a model "
-                         "saved by fastrnn.save, a Keras 3 .keras file or a Keras .h5 model")
-    if suffix in (".keras", ".h5"):
+                         "saved by fastrnn.save, a Keras 3 .keras file, a Keras .h5 model or a "
+                         "Keras 2 SavedModel directory")
+    if suffix in (".keras", ".h5") or os.path.isdir(path):
         loader, what = load_keras, "fastrnn.load_keras"
     else:
         loader, what = load, "fastrnn.load"
@@ -112,7 +114,8 @@ def _parser():
                "--units N --seed N] writes DIR/model.fastrnn, DIR/x.npy and DIR/lengths.npy "
                "to try it on (see 'python -m fastrnn predict --example --help').")
     p.add_argument("model", metavar="MODEL",
-                   help="a model saved by fastrnn.save, or a Keras .keras (or .h5) model")
+                   help="a model saved by fastrnn.save, a Keras .keras (or .h5) model, or a "
+                        "Keras 2 SavedModel directory")
     p.add_argument("input", metavar="INPUT", help="Zarr array directory or .npy file")
     p.add_argument("output", metavar="OUTPUT", help="Zarr array to write (a new directory)")
     where = p.add_mutually_exclusive_group()

@@ -1,8 +1,9 @@
 """Moving trained models into fastrnn, and fastrnn's own file format.
 
 * :func:`from_keras` - a live Keras 3 layer or model -> fastrnn.
-* :func:`load_keras` - a ``.keras`` / ``.weights.h5`` file -> a fastrnn model,
-  without importing Keras or TensorFlow (needs ``h5py``).
+* :func:`load_keras` - a ``.keras`` / ``.weights.h5`` file (needs ``h5py``), a
+  Keras 2 SavedModel directory or ``save_weights`` checkpoint -> a fastrnn
+  model, without importing Keras or TensorFlow.
 * :func:`from_torch`, :func:`from_torch_state_dict`, :func:`from_torch_weights` -
   PyTorch recurrent modules, checkpoints and bare PyTorch-layout arrays ->
   fastrnn objects with PyTorch's calling convention.
@@ -21,8 +22,8 @@ def from_keras(obj, **kwargs):
 
 
 def load_keras(path, **kwargs):
-    """A ``.keras`` or ``.weights.h5`` file -> fastrnn model, without Keras
-    (see :mod:`fastrnn.interop.keras_file`)."""
+    """A ``.keras`` or ``.weights.h5`` file, or a Keras 2 SavedModel -> fastrnn
+    model, without Keras (see :mod:`fastrnn.interop.keras_file`)."""
     from .keras_file import load_keras as _f
 
     return _f(path, **kwargs)

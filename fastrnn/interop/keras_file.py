@@ -42,6 +42,7 @@ import zipfile
 import numpy as np
 
 from ..models import InputLayer, Sequential, layer_from_config
+from . import tf_saved_model
 
 
 def _snake(name):
@@ -306,7 +307,9 @@ def load_keras(path, config=None, backend=None):
     ----------
     path : str or os.PathLike
         A ``.keras`` file, a ``.weights.h5`` file (then ``config`` is
-        required), or a legacy full-model ``.h5`` file.
+        required), a legacy full-model ``.h5`` file, a Keras 2 SavedModel
+        directory, or a Keras 2 ``save_weights`` TensorFlow checkpoint (then
+        ``config`` is required; see :mod:`fastrnn.interop.tf_saved_model`).
     config : dict, str or path, optional
         The model config for a weights-only file: ``{"class_name",
         "config"}`` as in a ``.keras`` file's ``config.json``, the string
@@ -326,8 +329,13 @@ def load_keras(path, config=None, backend=None):
         An unsupported layer or model structure (named), or a file that is
         not what it claims.
 
-    Neither Keras nor TensorFlow is imported; ``h5py`` is required.
+    Neither Keras nor TensorFlow is imported; ``h5py`` is required for the
+    HDF5 forms (``.keras``, ``.h5``).
     """
+    if tf_saved_model.is_tf_format(path):  # Keras 2 SavedModel / TF-format checkpoint
+        model_config, weights_of = tf_saved_model.read_keras2(
+            path, None if config is None else _read_config(config))
+        return build_model(model_config, weights_of, backend)
     h5py = _h5py()
     path = os.fspath(path)
     if not os.path.exists(path):

@@ -38,8 +38,7 @@ import re
 
 import numpy as np
 
-from .. import activations
-from .. import _nest
+from .. import _nest, _tf_bundle, activations
 from ._engine import resolve_backend, run_layer
 
 __all__ = [
@@ -204,8 +203,13 @@ class RNNCell:
         The cell's name (TF1's variable scope); defaults to the snake-case
         class name, as TF1.
     dtype : float32 or float64, optional
-        The dtype of the weights (default float32). Runs compute in the
-        dtype of their inputs, initial state or ``dtype=`` argument.
+        The dtype of the weights. Left out, a built-in cell takes the dtype
+        of the weights it is given (float64 arrays, as a float64 checkpoint
+        holds, make a float64 cell; anything else float32, which is also
+        the dtype ``build`` starts with); given, the cell keeps it and
+        :meth:`set_weights` casts to it (float64 arrays into a float32 cell
+        are rounded). Runs compute in the dtype of their inputs, initial
+        state or ``dtype=`` argument.
     backend : str
         ``"auto"`` (default), ``"reference"``, ``"cpu"`` or ``"cuda"``: the
         kernels that run a built-in cell (see :mod:`fastrnn.dispatch`);
@@ -219,6 +223,7 @@ class RNNCell:
     built = False
     backend = "auto"
     dtype = None
+    _dtype_fixed = False
     #: The :class:`fastrnn.dispatch.Choice` of the cell's last kernel run
     #: (built-in cells): which backend ran it and why.
     last_backend = None
@@ -226,6 +231,7 @@ class RNNCell:
     def __init__(self, trainable=True, name=None, dtype=None, backend="auto", **kwargs):
         self.name = name or _default_name(type(self))
         self.dtype = None if dtype is None else _float_dtype(dtype)
+        self._dtype_fixed = dtype is not None
         self.backend = backend
         self.built = False
         self.last_backend = None
@@ -348,6 +354,7 @@ class RNNCell:
                     f"{w.shape}, got {value.shape}"
                 )
             arrays.append(value)
+        self._adopt_dtype(arrays)
         for w, value in zip(self._weight_dict.values(), arrays):
             writeable = w.flags.writeable
             w.setflags(write=True)
@@ -357,6 +364,44 @@ class RNNCell:
 
     def _weights_changed(self):
         pass
+
+    def _adopt_dtype(self, arrays):
+        """Hook before validated ``arrays`` are written: a subclass's weights
+        keep the dtype ``add_weight`` gave them (they are written in place)."""
+
+    def load_checkpoint(self, path, scope="rnn"):
+        """Set the weights from a TensorFlow checkpoint, without TensorFlow.
+
+        Reads the variables ``scope + "/" + name`` for each name of
+        :attr:`variable_names` (``rnn/lstm_cell/kernel`` ...) and passes them
+        to :meth:`set_weights`, so an unbuilt built-in cell is built from the
+        kernel's shape and a cell without a fixed ``dtype`` takes the
+        checkpoint's (float64 variables give a float64 cell).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The checkpoint prefix (``model.ckpt``, as given to
+            ``Saver.restore``), its ``.index`` file, or a directory holding
+            a ``checkpoint`` file; see :func:`fastrnn.io.read_tf_checkpoint`.
+        scope : str
+            The variable scope the cell ran under: ``"rnn"`` for
+            ``dynamic_rnn``'s default, ``"bidirectional_rnn/fw"`` and
+            ``"bidirectional_rnn/bw"`` for ``bidirectional_dynamic_rnn``'s;
+            ``""`` for none.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            A variable is not in the checkpoint (the error names it and the
+            scopes where the cell's first variable was found), a shape does
+            not match, or the checkpoint is damaged.
+        """
+        return _load_checkpoint(self, path, scope)
 
     # -- one step --------------------------------------------------------
     def __call__(self, inputs, state, scope=None):
@@ -444,6 +489,18 @@ class _FusedCell(RNNCell):
 
     def _weights_changed(self):
         self._cache = {}
+
+    def _adopt_dtype(self, arrays):
+        if self._dtype_fixed:
+            return
+        dtype = np.dtype(np.float64 if any(a.dtype == np.float64 for a in arrays)
+                         else np.float32)
+        if dtype != self.dtype:
+            self.dtype = dtype
+            self._weights = collections.OrderedDict(
+                (n, np.zeros(w.shape, dtype)) for n, w in self._weights.items())
+            for w in self._weights.values():
+                w.setflags(write=False)
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -1021,3 +1078,29 @@ class DropoutWrapper(_Wrapper):
         x = self._drop(_as_inputs(inputs), self._input_keep_prob)
         out, new_state = self.cell(x, state)
         return self._drop(out, self._output_keep_prob), self._drop_state(new_state)
+
+
+# --------------------------------------------------------------------------
+# TensorFlow checkpoints
+
+
+def _load_checkpoint(cell, path, scope):
+    """:meth:`RNNCell.load_checkpoint`: the cell's TF1 variables, by name, from ``path``."""
+    label = f"{_cell_label(cell)}.load_checkpoint"
+    if not isinstance(scope, str):
+        raise TypeError(f"{label}: scope: expected a string such as 'rnn', got "
+                        f"{type(scope).__name__}")
+    _n_weights(cell)  # a user's cell must be built to have variable names
+    reader = _tf_bundle.BundleReader(path)
+    prefix = scope.strip("/") + "/" if scope.strip("/") else ""
+    names = cell.variable_names
+    missing = [prefix + n for n in names if prefix + n not in reader]
+    if missing:
+        first = "/" + names[0]
+        scopes = sorted({k[: -len(first)] for k in reader.keys() if k.endswith(first)})
+        hint = (f"; {names[0]!r} is under the scope(s) {scopes}" if scopes else
+                f"; the checkpoint holds {reader.keys()[:12]}")
+        raise ValueError(f"{label}: {reader.prefix}: no variable {missing[0]!r} (scope "
+                         f"{scope!r} + the cell's variable_names){hint}")
+    cell.set_weights([reader.read(prefix + n) for n in names])
+    return cell

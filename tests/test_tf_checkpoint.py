@@ -1,0 +1,488 @@
+"""TensorFlow's own checkpoints and Keras 2 SavedModels, read without TensorFlow.
+
+The fixtures in ``tests/data/tf/`` were written by TensorFlow 2.21 and
+tf_keras (``tests/data/tf/make_fixtures.py``), each with the outputs
+TensorFlow computed. One subprocess, in which ``tensorflow``, ``keras``,
+``tf_keras`` and ``h5py`` cannot be imported, loads every fixture and runs it
+on every backend under test (``reference``, ``cpu``, and ``cuda`` with
+``FASTRNN_TEST_BACKENDS=cuda``); the tests compare what it computed with
+TensorFlow's outputs. Damaged files are made from copies of the fixtures.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DATA, layer_backends
+import fastrnn
+from fastrnn import _tf_bundle, nn
+from fastrnn.io import read_tf_checkpoint
+from fastrnn.nn import _nest, rnn_cell
+
+TF = os.path.join(DATA, "tf")
+FIXTURES = sorted(os.path.basename(os.path.dirname(p))
+                  for p in glob.glob(os.path.join(TF, "*", "expected.npz")))
+MODELS = [f for f in FIXTURES if f != "tf1_dtypes"]
+BACKENDS = layer_backends()
+BLOCKED = ("tensorflow", "keras", "tf_keras", "h5py")
+
+
+def _expected(name):
+    data = np.load(os.path.join(TF, name, "expected.npz"))
+    config = json.loads(str(data["config"]))
+    return config, {k: data[k] for k in data.files if k != "config"}
+
+
+def _outputs(arrays):
+    return [arrays[f"y{i}"] for i in range(sum(k.startswith("y") for k in arrays))]
+
+
+def _cell(spec):
+    spec = dict(spec)
+    cls = spec.pop("class")
+    if cls == "MultiRNNCell":
+        return rnn_cell.MultiRNNCell([_cell(c) for c in spec["cells"]])
+    return getattr(rnn_cell, cls)(**spec)
+
+
+def _run(name, backend):
+    """Load fixture ``name`` from its TensorFlow files and run it on ``backend``."""
+    config, arrays = _expected(name)
+    path = os.path.join(TF, name)
+    x = arrays["x"]
+    if config["kind"] == "keras2":
+        if config["save"] == "weights":
+            model = fastrnn.load_keras(os.path.join(path, "ckpt"), backend=backend,
+                                       config=os.path.join(path, "model.json"))
+        else:
+            model = fastrnn.load_keras(path, backend=backend)
+        return [model.predict(x)]
+    if config["kind"] == "tf1_keras":
+        ckpt = nn.load_checkpoint(os.path.join(path, "model.ckpt"))
+        layer = fastrnn.LSTM(6, return_sequences=True, backend=backend)
+        layer.set_weights([ckpt["lstm/lstm_cell/" + n]
+                           for n in ("kernel", "recurrent_kernel", "bias")])
+        return [layer(x)]
+    cells = [_cell(spec) for spec in config["cells"]]
+    for cell, scope in zip(cells, config["scopes"]):
+        cell.load_checkpoint(os.path.join(path, "model.ckpt"), scope=scope)
+    lengths = arrays["lengths"]
+    if config["call"] == "dynamic":
+        out, state = nn.dynamic_rnn(cells[0], x, sequence_length=lengths, backend=backend)
+        return [out] + _nest.flatten(state)
+    if config["call"] == "bidirectional":
+        (ofw, obw), (sfw, sbw) = nn.bidirectional_dynamic_rnn(
+            cells[0], cells[1], x, sequence_length=lengths, backend=backend)
+        return [ofw, obw] + _nest.flatten(sfw) + _nest.flatten(sbw)
+    h, states = x, []
+    for cell in cells:  # "stacked": one dynamic_rnn per cell, each in its own scope
+        h, state = nn.dynamic_rnn(cell, h, sequence_length=lengths, backend=backend)
+        states += _nest.flatten(state)
+    return [h] + states
+
+
+def run_all(out_dir, backends):
+    """Every fixture on every backend, each result saved in ``out_dir`` (the subprocess)."""
+    for name in MODELS:
+        for backend in backends:
+            ys = _run(name, backend)
+            np.savez(os.path.join(out_dir, f"{name}__{backend}.npz"),
+                     **{f"y{i}": np.asarray(y) for i, y in enumerate(ys)})
+    values = read_tf_checkpoint(os.path.join(TF, "tf1_dtypes", "model.ckpt"))
+    np.savez(os.path.join(out_dir, "tf1_dtypes.npz"), **{"v:" + k: v for k, v in values.items()})
+    loaded = sorted(m for m in BLOCKED if sys.modules.get(m) is not None)
+    with open(os.path.join(out_dir, "modules.json"), "w") as f:
+        json.dump(loaded, f)
+
+
+_SCRIPT = """
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None   # 'import name' now raises ImportError
+sys.path.insert(0, {tests!r})
+import test_tf_checkpoint
+test_tf_checkpoint.run_all({out!r}, {backends!r})
+"""
+
+
+@pytest.fixture(scope="module")
+def without_tf(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("tf_outputs"))
+    script = _SCRIPT.format(blocked=BLOCKED, tests=os.path.dirname(__file__), out=out,
+                            backends=BACKENDS)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)), timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def test_fixtures_found():
+    assert len(MODELS) >= 14 and "tf1_dtypes" in FIXTURES, FIXTURES
+
+
+def test_nothing_from_tensorflow_was_imported(without_tf):
+    with open(os.path.join(without_tf, "modules.json")) as f:
+        assert json.load(f) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", MODELS)
+def test_reproduces_tensorflow(without_tf, name, backend):
+    config, arrays = _expected(name)
+    got = np.load(os.path.join(without_tf, f"{name}__{backend}.npz"))
+    expected = _outputs(arrays)
+    assert len(got.files) == len(expected)
+    tol = 1e-10 if config.get("dtype") == "float64" else 1e-5
+    for i, want in enumerate(expected):
+        y = got[f"y{i}"]
+        assert y.shape == want.shape and y.dtype == want.dtype, (i, y.shape, y.dtype)
+        np.testing.assert_allclose(y, want, rtol=0, atol=tol, err_msg=f"output {i}")
+
+
+def test_every_dtype_as_tensorflow_reads_it(without_tf):
+    config, arrays = _expected("tf1_dtypes")
+    got = np.load(os.path.join(without_tf, "tf1_dtypes.npz"))
+    assert sorted(got.files) == sorted(arrays)
+    for key, want in arrays.items():
+        tf_dtype = config["dtypes"][key[2:]]
+        assert got[key].dtype == (np.float32 if tf_dtype == "bfloat16" else np.dtype(tf_dtype))
+        np.testing.assert_array_equal(got[key], want, err_msg=key)
+
+
+# ------------------------------------------------------------------ the reader itself
+
+
+def test_crc32c_check_value_and_both_paths():
+    # The CRC-32C check value of the ASCII digits (RFC 3720, appendix B.4).
+    assert _tf_bundle.crc32c(b"123456789") == 0xE3069283
+    data = np.random.default_rng(5).integers(0, 256, 30011, dtype=np.uint8).tobytes()
+    byte_loop = _tf_bundle._crc_register_python(data, 0xFFFFFFFF) ^ 0xFFFFFFFF
+    assert _tf_bundle.crc32c(data) == byte_loop  # the chunked NumPy path
+
+
+@pytest.mark.parametrize("form", ["prefix", "index", "data", "directory"])
+def test_path_forms(form):
+    d = os.path.join(TF, "tf1_sharded")
+    path = {"prefix": os.path.join(d, "model.ckpt"),
+            "index": os.path.join(d, "model.ckpt.index"),
+            "data": os.path.join(d, "model.ckpt.data-00001-of-00002"),
+            "directory": d}[form]
+    reader = _tf_bundle.BundleReader(path)
+    assert reader.prefix == os.path.join(d, "model.ckpt") and reader.num_shards == 2
+    assert reader.keys() == sorted(v[:-2] for v in _expected("tf1_sharded")[0]["variables"])
+
+
+def test_saved_model_directory_reads_its_variables():
+    values = read_tf_checkpoint(os.path.join(TF, "keras2_gru_functional"))
+    assert values["_CHECKPOINTABLE_OBJECT_GRAPH"].dtype == object
+    assert any(k.endswith("VARIABLE_VALUE") for k in values)
+
+
+def test_no_checkpoint_here(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.index"):
+        read_tf_checkpoint(tmp_path / "nope")
+    with pytest.raises(ValueError, match="without a 'checkpoint' file"):
+        read_tf_checkpoint(tmp_path)
+    for name in ("a", "b"):
+        for suffix in (".index", ".data-00000-of-00001"):
+            shutil.copy(os.path.join(TF, "tf1_gru", "model.ckpt" + suffix), tmp_path / (name + suffix))
+    with pytest.raises(ValueError, match=r"a single .index file.*pass the checkpoint prefix"):
+        read_tf_checkpoint(tmp_path)
+    (tmp_path / "b.index").unlink()
+    assert _tf_bundle.BundleReader(tmp_path).prefix == str(tmp_path / "a")
+
+
+# ------------------------------------------------------------------ damaged files
+
+
+def _copy(tmp_path, name="tf1_sharded"):
+    dst = tmp_path / name
+    shutil.copytree(os.path.join(TF, name), dst)
+    return dst
+
+
+def _patch(path, offset, data):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_truncated_index(tmp_path):
+    index = _copy(tmp_path) / "model.ckpt.index"
+    blob = index.read_bytes()
+    index.write_bytes(blob[:20])
+    with pytest.raises(ValueError, match=r"model.ckpt.index: 20 bytes, shorter than the 48-byte"):
+        read_tf_checkpoint(index)
+    index.write_bytes(blob[:-7])
+    with pytest.raises(ValueError, match="wrong magic number.*truncated"):
+        read_tf_checkpoint(index)
+
+
+def test_wrong_magic(tmp_path):
+    index = _copy(tmp_path) / "model.ckpt.index"
+    _patch(index, index.stat().st_size - 3, b"\x00")
+    with pytest.raises(ValueError, match="not a TensorFlow checkpoint index"):
+        read_tf_checkpoint(index)
+
+
+def test_flipped_byte_in_the_index(tmp_path):
+    index = _copy(tmp_path) / "model.ckpt.index"
+    blob = bytearray(index.read_bytes())
+    blob[40] ^= 0x20  # inside the first data block
+    index.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="block fails its CRC-32C check"):
+        read_tf_checkpoint(index)
+
+
+def test_snappy_block_is_refused(tmp_path):
+    index = _copy(tmp_path) / "model.ckpt.index"
+    blob = bytearray(index.read_bytes())
+    footer = bytes(blob[-48:])
+    _, pos = _tf_bundle._handle(footer, 0, "footer")
+    (offset, size), _ = _tf_bundle._handle(footer, pos, "footer")
+    blob[offset + size] = 1  # the index block's type byte: snappy
+    crc = _tf_bundle.masked_crc32c(bytes(blob[offset:offset + size + 1]))
+    blob[offset + size + 1:offset + size + 5] = crc.to_bytes(4, "little")
+    index.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="snappy-compressed"):
+        read_tf_checkpoint(index)
+
+
+def test_flipped_byte_in_a_data_shard_names_the_tensor(tmp_path):
+    d = _copy(tmp_path)
+    reader = _tf_bundle.BundleReader(d)
+    entry = reader.entry("layer2/gru_cell/candidate/kernel")
+    shard = d / f"model.ckpt.data-{entry.shard:05d}-of-00002"
+    blob = bytearray(shard.read_bytes())
+    blob[entry.offset + 5] ^= 0x01
+    shard.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=r"'layer2/gru_cell/candidate/kernel'.*"
+                                         r"fail the CRC-32C check"):
+        read_tf_checkpoint(d)
+    cell = rnn_cell.GRUCell(4)
+    with pytest.raises(ValueError, match="candidate/kernel"):
+        cell.load_checkpoint(d, scope="layer2")
+    assert not cell.built  # nothing was set
+    rnn_cell.LSTMCell(5).load_checkpoint(d, scope="layer1")  # the other tensors are intact
+
+
+def test_missing_and_truncated_shard(tmp_path):
+    d = _copy(tmp_path)
+    reader = _tf_bundle.BundleReader(d)
+    shard = reader.entry("layer2/gru_cell/gates/kernel").shard
+    path = d / f"model.ckpt.data-{shard:05d}-of-00002"
+    blob = path.read_bytes()
+    path.write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(ValueError, match="run past the end of .*truncated data file"):
+        rnn_cell.GRUCell(4).load_checkpoint(d, scope="layer2")
+    path.unlink()
+    with pytest.raises(ValueError, match=f"its shard .*data-{shard:05d}-of-00002 is missing"):
+        read_tf_checkpoint(d)
+
+
+def test_missing_variable_names_it_and_the_scopes_that_hold_it():
+    path = os.path.join(TF, "tf1_bidirectional", "model.ckpt")
+    with pytest.raises(ValueError, match=r"no variable 'rnn/basic_lstm_cell/kernel'.*"
+                                         r"\['bidirectional_rnn/fw'\]"):
+        rnn_cell.BasicLSTMCell(5).load_checkpoint(path)
+    with pytest.raises(ValueError, match=r"no tensor 'bidirectional_rnn/fw/kernel'"):
+        read_tf_checkpoint(path, names=["bidirectional_rnn/fw/kernel"])
+    with pytest.raises(ValueError, match=r"expects shape \(11, 20\), got \(8, 20\)"):
+        cell = rnn_cell.BasicLSTMCell(5)
+        cell.build((None, 6))
+        cell.load_checkpoint(path, scope="bidirectional_rnn/fw")
+
+
+def test_unbuilt_user_cell_is_asked_to_build():
+    class Mine(rnn_cell.RNNCell):
+        state_size = output_size = 3
+
+    with pytest.raises(ValueError, match="build the cell"):
+        Mine().load_checkpoint(os.path.join(TF, "tf1_gru"))
+
+
+# ------------------------------------------------------------------ the checkpoint's dtype
+
+
+def test_float64_checkpoint_gives_a_float64_cell():
+    cell = rnn_cell.LSTMCell(6, use_peepholes=True)
+    cell.load_checkpoint(os.path.join(TF, "tf1_float64"))
+    assert cell.dtype == np.float64
+    stored = read_tf_checkpoint(os.path.join(TF, "tf1_float64"))
+    for name, w in zip(cell.variable_names, cell.get_weights()):
+        assert w.dtype == np.float64
+        np.testing.assert_array_equal(w, stored["rnn/" + name])
+
+
+def test_set_weights_keeps_float64_unless_the_dtype_was_fixed(rng):
+    weights = [rng.uniform(-0.6, 0.6, (7, 16)), rng.uniform(-0.6, 0.6, 16)]
+    free = rnn_cell.BasicLSTMCell(4)
+    free.build((None, 3))
+    assert free.dtype == np.float32
+    free.set_weights(weights)
+    assert free.dtype == np.float64 and np.array_equal(free.get_weights()[0], weights[0])
+    free.set_weights([w.astype(np.float32) for w in weights])
+    assert free.dtype == np.float32
+    fixed = rnn_cell.BasicLSTMCell(4, dtype=np.float32)
+    fixed.set_weights(weights)  # documented: a fixed float32 cell rounds
+    assert fixed.dtype == np.float32
+    assert np.array_equal(fixed.get_weights()[0], weights[0].astype(np.float32))
+    # a rejected list changes neither the weights nor the dtype
+    before = free.get_weights()
+    with pytest.raises(ValueError, match="expects shape"):
+        free.set_weights([weights[0], weights[1][:8]])
+    assert free.dtype == np.float32
+    assert all(np.array_equal(a, b) for a, b in zip(before, free.get_weights()))
+
+
+# ------------------------------------------------------------------ Keras 2 files
+
+
+def test_saved_model_without_keras_metadata(tmp_path):
+    d = _copy(tmp_path, "keras2_gru_functional")
+    (d / "keras_metadata.pb").unlink()
+    with pytest.raises(ValueError, match="without keras_metadata.pb.*tf.saved_model.save"):
+        fastrnn.load_keras(d)
+
+
+def test_weights_checkpoint_needs_its_config():
+    path = os.path.join(TF, "keras2_save_weights", "ckpt")
+    with pytest.raises(ValueError, match="holds weights only; pass config="):
+        fastrnn.load_keras(path)
+    other = os.path.join(TF, "keras2_bidirectional_masking")
+    with pytest.raises(ValueError, match="tracks 3 layers.*config has 4"):
+        fastrnn.load_keras(other, config=os.path.join(TF, "keras2_save_weights", "model.json"))
+
+
+def test_tf1_checkpoint_is_not_a_keras_model():
+    with pytest.raises(ValueError, match="name-based checkpoint.*load_checkpoint"):
+        fastrnn.load_keras(os.path.join(TF, "tf1_gru", "model.ckpt"),
+                           config=os.path.join(TF, "keras2_save_weights", "model.json"))
+
+
+def test_saved_model_converts_to_the_native_format(tmp_path):
+    _, arrays = _expected("keras2_bidirectional_masking")
+    model = fastrnn.load_keras(os.path.join(TF, "keras2_bidirectional_masking"))
+    fastrnn.save(model, tmp_path / "m.fastrnn")
+    restored = fastrnn.load(tmp_path / "m.fastrnn")
+    np.testing.assert_allclose(restored.predict(arrays["x"]), arrays["y0"], rtol=0, atol=1e-5)
+
+
+def test_cli_predicts_with_a_saved_model(tmp_path, capsys):
+    pytest.importorskip("dask")
+    pytest.importorskip("zarr")
+    import zarr
+    from fastrnn import dask as fdask
+
+    _, arrays = _expected("keras2_gru_functional")
+    np.save(tmp_path / "x.npy", arrays["x"])
+    out = str(tmp_path / "y.zarr")
+    model = os.path.join(TF, "keras2_gru_functional")
+    assert fdask.predict_main([model, str(tmp_path / "x.npy"), out, "--no-progress"]) == 0
+    np.testing.assert_allclose(zarr.open(out)[:], arrays["y0"], rtol=0, atol=1e-5)
+    index = os.path.join(TF, "keras2_save_weights", "ckpt.index")
+    assert fdask.predict_main([index, str(tmp_path / "x.npy"), str(tmp_path / "z.zarr")]) == 2
+    assert "a TensorFlow checkpoint" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ hostile indexes
+# Indexes written here, byte by byte, in leveldb's table format: one data
+# block (every key a restart point), the index block, an empty metaindex, the
+# footer; each block followed by its type byte and masked CRC-32C.
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number, value):
+    if isinstance(value, bytes):
+        return _varint(number << 3 | 2) + _varint(len(value)) + value
+    return _varint(number << 3) + _varint(value)
+
+
+def _block(items):
+    body, restarts = b"", []
+    for key, value in items:
+        restarts.append(len(body))
+        body += _varint(0) + _varint(len(key)) + _varint(len(value)) + key + value
+    body += b"".join(r.to_bytes(4, "little") for r in restarts)
+    return body + len(restarts).to_bytes(4, "little")
+
+
+def _write_index(path, entries, num_shards=1):
+    items = [(b"", _field(1, num_shards) + _field(3, _field(1, 1)))] + sorted(entries.items())
+    out = bytearray()
+
+    def put(block):
+        handle = _varint(len(out)) + _varint(len(block))
+        out.extend(block + b"\x00" + _tf_bundle.masked_crc32c(block + b"\x00").to_bytes(4, "little"))
+        return handle
+
+    data = put(_block(items))
+    meta = put(_block([]))
+    index = put(_block([(items[-1][0] + b"\xff", data)]))
+    footer = (meta + index).ljust(40, b"\x00") + (0xDB4775248B80FB57).to_bytes(8, "little")
+    path.write_bytes(bytes(out) + footer)
+
+
+def _entry(shape, size, offset=0, dtype=1, slices=()):
+    dims = b"".join(_field(2, _field(1, d)) for d in shape)
+    msg = _field(1, dtype) + _field(2, dims) + _field(4, offset) + _field(5, size)
+    for extents in slices:
+        msg += _field(7, b"".join(_field(1, _field(1, s) + _field(2, n)) for s, n in extents))
+    return msg
+
+
+def test_written_index_reads(tmp_path):
+    value = np.arange(6, dtype=np.float32).reshape(2, 3) * 0.5
+    (tmp_path / "m.data-00000-of-00001").write_bytes(value.tobytes())
+    _write_index(tmp_path / "m.index", {b"w": _entry((2, 3), 24)})
+    np.testing.assert_array_equal(read_tf_checkpoint(tmp_path / "m")["w"], value)
+
+
+@pytest.mark.parametrize("entry, message", [
+    (_entry((1 << 38,), 1 << 40), "1099511627776 bytes at offset 0 run past the end"),
+    (_entry((1 << 30, 1 << 30), 16), "needs 4611686018427387904 bytes, the entry declares 16"),
+    (_entry((1 << 31, 1 << 31), 0, slices=[[(0, 1), (0, 1)]]), "not in"),
+    (_entry((2, 2), 16, dtype=21), "dtype variant is not supported"),
+], ids=["size-past-the-shard", "shape-against-size", "slice-not-stored", "variant"])
+def test_declared_sizes_are_checked_before_reading(tmp_path, entry, message):
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 64)
+    _write_index(tmp_path / "m.index", {b"w": entry})
+    with pytest.raises(ValueError, match=message):
+        read_tf_checkpoint(tmp_path / "m")
+
+
+def test_partitioned_shape_larger_than_its_slices(tmp_path):
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 64)
+    extents = [(0, 1), (0, 1)]
+    key = _tf_bundle._slice_key(b"w", extents)
+    _write_index(tmp_path / "m.index", {b"w": _entry((1 << 31, 1 << 31), 0, slices=[extents]),
+                                        key: _entry((1, 1), 4)})
+    with pytest.raises(ValueError, match="its slices hold 1 of its 4611686018427387904"):
+        read_tf_checkpoint(tmp_path / "m")
+
+
+def test_entry_overrunning_its_block(tmp_path):
+    block = _block([(b"", b"x")])
+    bad = block[:1] + _varint(200) + block[2:]  # key length past the block's end
+    out = bad + b"\x00" + _tf_bundle.masked_crc32c(bad + b"\x00").to_bytes(4, "little")
+    index = _block([(b"\xff", _varint(0) + _varint(len(bad)))])
+    start = len(out)
+    out += index + b"\x00" + _tf_bundle.masked_crc32c(index + b"\x00").to_bytes(4, "little")
+    footer = (_varint(0) + _varint(0) + _varint(start) + _varint(len(index))).ljust(40, b"\x00")
+    (tmp_path / "m.index").write_bytes(out + footer + (0xDB4775248B80FB57).to_bytes(8, "little"))
+    with pytest.raises(ValueError, match="data block: an entry runs past the block's end"):
+        read_tf_checkpoint(tmp_path / "m")
