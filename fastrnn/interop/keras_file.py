@@ -33,14 +33,13 @@ read from the recorded graph.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import re
 import zipfile
 
 import numpy as np
 
+from .. import _safe_io
 from ..models import InputLayer, Sequential, layer_from_config
 
 
@@ -168,23 +167,42 @@ def model_chain(model):
 # ----------------------------------------------------------------- h5 weights
 
 
-def _vars(group, where):
+def _dataset(obj, root, where, budget):
+    """An h5 dataset of ``root``'s file, checked before it is read (see :func:`build_model`)."""
+    import h5py
+
+    if not isinstance(obj, h5py.Dataset):
+        raise ValueError(f"weights file: {where} is not a dataset")
+    if obj.file != root.file or obj.is_virtual or obj.external:
+        raise ValueError(f"weights file: dataset {where} is stored outside the file (an "
+                         "external link, virtual or external dataset); weights must be in it")
+    if obj.dtype.kind not in "fiub":
+        raise ValueError(f"weights file: dataset {where} has dtype {obj.dtype}; expected numbers")
+    budget.take(obj.size * obj.dtype.itemsize, f"dataset {where} {obj.shape} of {obj.dtype}")
+    return obj
+
+
+def _vars(group, where, budget):
     if "vars" not in group:
         raise ValueError(f"weights file: no group {where}/vars")
-    v = group["vars"]
+    v = _child(group, "vars", where)
     keys = list(v.keys())
     if not all(k.isdigit() for k in keys):
-        raise ValueError(f"weights file: unexpected entries {keys} in {where}/vars")
-    return [np.asarray(v[str(i)][()]) for i in range(len(keys))]
+        raise ValueError(f"weights file: unexpected entries {keys[:20]} in {where}/vars")
+    return [_dataset(_child(v, str(i), f"{where}/vars"), group, f"{where}/vars/{i}", budget)
+            for i in range(len(keys))]
 
 
 def _child(group, key, where):
     if key not in group:
         raise ValueError(f"weights file: missing group {where}/{key}")
-    return group[key]
+    child = group[key]
+    if child.file != group.file:
+        raise ValueError(f"weights file: {where}/{key} is an external link to another file")
+    return child
 
 
-def _rnn_weights(entry, group, where):
+def _rnn_weights(entry, group, where, budget):
     cell_group = _child(group, "cell", where)
     cell = (entry.get("config") or {}).get("cell")
     if isinstance(cell, list):  # Keras 2 style: a list of cells
@@ -196,47 +214,106 @@ def _rnn_weights(entry, group, where):
         weights = []
         for name in names:
             weights += _vars(_child(container, name, where + "/cell/cells"),
-                             f"{where}/cell/cells/{name}")
+                             f"{where}/cell/cells/{name}", budget)
         return weights
-    return _vars(cell_group, where + "/cell")
+    return _vars(cell_group, where + "/cell", budget)
 
 
-def _layer_weights(entry, group, where):
+def _layer_weights(entry, group, where, budget):
     cls = entry["class_name"]
     if cls in ("LSTM", "GRU", "SimpleRNN", "RNN"):
-        return _rnn_weights(entry, group, where)
+        return _rnn_weights(entry, group, where, budget)
     if cls == "Bidirectional":
         cfg = entry["config"]
         fw = _rnn_weights(cfg["layer"], _child(group, "forward_layer", where),
-                          where + "/forward_layer")
+                          where + "/forward_layer", budget)
         bw = _rnn_weights(cfg.get("backward_layer") or cfg["layer"],
-                          _child(group, "backward_layer", where), where + "/backward_layer")
+                          _child(group, "backward_layer", where), where + "/backward_layer",
+                          budget)
         return fw + bw
     if cls == "TimeDistributed":
-        return _vars(_child(group, "layer", where), where + "/layer")
-    return _vars(group, where)
+        return _vars(_child(group, "layer", where), where + "/layer", budget)
+    return _vars(group, where, budget)
 
 
-def build_model(model_config, weights_of, backend=None):
+def build_model(model_config, weights_of, backend=None, from_file=False):
     """A :class:`~fastrnn.models.Sequential` from a Keras model config.
 
     ``weights_of(entry, group_name)`` returns the Keras-order weights of a
-    layer entry (``group_name`` is its h5 group, ``None`` for InputLayer).
+    layer entry (``group_name`` is its h5 group, ``None`` for InputLayer):
+    arrays, or (``from_file``) h5 datasets, whose shapes are checked against
+    what the layer's config needs before any is read. Layers are made
+    without random weights (a recurrent layer's shape arguments are checked
+    against the weights that build it), and with ``from_file`` a recurrent
+    layer without weights is an error.
     """
     entries, groups = model_chain(model_config)
     layers = []
     for entry in entries:
-        layer = layer_from_config(entry)
+        deferred, declared = _safe_io.defer_build(entry)
+        layer = layer_from_config(deferred)
         if not isinstance(layer, InputLayer):
             weights = weights_of(entry, groups.get(_entry_name(entry)))
+            if from_file:
+                weights = _read_checked(layer, weights, entry)
             if weights:
                 layer.set_weights(weights)
+            for sub in _recurrent_parts(layer):
+                _safe_io.check_features(declared, sub._cells[0].input_dim,
+                                        f"layer {_entry_name(entry)!r}")
         if backend is not None:
             for sub in _recurrent_parts(layer):
                 sub.backend_arg = backend
         layers.append(layer)
     name = (model_config.get("config") or {}).get("name")
     return Sequential(layers, name=name)
+
+
+def _expected_shapes(layer):
+    """The shapes ``layer.set_weights`` takes, ``None`` where the config leaves a size
+    open (the input features); ``None`` for a layer whose weights it cannot tell."""
+    from ..layers import RNN, Bidirectional
+    from ..models import TimeDistributed
+
+    if isinstance(layer, Bidirectional):
+        fw, bw = _expected_shapes(layer.forward_layer), _expected_shapes(layer.backward_layer)
+        return None if fw is None or bw is None else fw + bw
+    if isinstance(layer, RNN):
+        shapes, dim = [], "D"
+        for cell in layer._cells:
+            if not hasattr(cell, "_weight_specs"):
+                return None
+            shapes += [tuple(None if d == "D" else d for d in shape)
+                       for _, shape in cell._weight_specs(dim)]
+            dim = cell.output_size
+        return shapes
+    if isinstance(layer, TimeDistributed):
+        return _expected_shapes(layer.layer)
+    if not hasattr(layer, "_weight_shapes"):
+        return None
+    return [(None, layer.units) if shape is None else tuple(shape)  # (Dense's open kernel)
+            for _, shape in layer._weight_shapes()]
+
+
+def _read_checked(layer, datasets, entry):
+    """Read a layer's h5 datasets after checking their count and shapes against its config."""
+    what = f"layer {_entry_name(entry)!r} ({entry.get('class_name')})"
+    expected = _expected_shapes(layer)
+    if not datasets and _recurrent_parts(layer):
+        raise ValueError(f"weights file: {what} has no weights in the file (a recurrent layer "
+                         "without them would start from random weights)")
+    if expected is not None:
+        text = ", ".join("(" + ", ".join("D" if d is None else str(d) for d in shape)
+                         + ("," if len(shape) == 1 else "") + ")" for shape in expected)
+        if len(datasets) != len(expected):
+            raise ValueError(f"weights file: {what} takes {len(expected)} arrays [{text}] by "
+                             f"its config, the file has {len(datasets)}")
+        for ds, shape in zip(datasets, expected):
+            if len(ds.shape) != len(shape) or any(
+                    e is not None and e != g for e, g in zip(shape, ds.shape)):
+                raise ValueError(f"weights file: dataset {ds.name} has shape {ds.shape}; "
+                                 f"{what} takes [{text}] by its config")
+    return [np.asarray(ds[()]) for ds in datasets]
 
 
 def _recurrent_parts(layer):
@@ -259,33 +336,38 @@ def _read_config(config):
     if isinstance(config, dict):
         return config
     if isinstance(config, str) and config.lstrip().startswith("{"):
-        return json.loads(config)
+        return _safe_io.load_json(config, "load_keras", "config")
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
+        where = f"load_keras: config {path!r}"
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
-                return json.loads(z.read("config.json"))
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+                limit = min(_safe_io.inflate_limit(os.path.getsize(path)), _safe_io.JSON_LIMIT)
+                return _safe_io.load_json(_safe_io.read_member(z, "config.json", limit, where),
+                                          where, "config.json")
+        if os.path.getsize(path) > _safe_io.JSON_LIMIT:
+            raise ValueError(f"{where} is larger than a model's config may be")
+        with open(path, "rb") as f:
+            return _safe_io.load_json(f.read(), where, "the file")
     raise TypeError(f"config: expected a dict, a JSON string or a path, got "
                     f"{type(config).__name__}")
 
 
-def _from_weights_h5(f, model_config, backend):
+def _from_weights_h5(f, model_config, backend, budget):
     def weights_of(entry, group_name):
         if group_name is None:
             return []
         layers = _child(f, "layers", "")
         return _layer_weights(entry, _child(layers, group_name, "layers"),
-                              f"layers/{group_name}")
+                              f"layers/{group_name}", budget)
 
-    return build_model(model_config, weights_of, backend)
+    return build_model(model_config, weights_of, backend, from_file=True)
 
 
-def _from_legacy_h5(f, backend):
+def _from_legacy_h5(f, backend, budget, where):
     """Keras 2-style ``model.save("m.h5")``: config in attrs, weights by layer name."""
     raw = f.attrs["model_config"]
-    model_config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    model_config = _safe_io.load_json(raw, where, "model_config")
     root = f["model_weights"]
 
     def weights_of(entry, group_name):
@@ -294,9 +376,9 @@ def _from_legacy_h5(f, backend):
             return []
         g = root[name]
         names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("weight_names", [])]
-        return [np.asarray(g[n][()]) for n in names]
+        return [_dataset(g[n], f, f"model_weights/{name}/{n}", budget) for n in names]
 
-    return build_model(model_config, weights_of, backend)
+    return build_model(model_config, weights_of, backend, from_file=True)
 
 
 def load_keras(path, config=None, backend=None):
@@ -332,26 +414,39 @@ def load_keras(path, config=None, backend=None):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load_keras: no such file {path!r}")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            if "config.json" not in names or "model.weights.h5" not in names:
-                raise ValueError(f"load_keras: {path!r} is a zip but not a .keras file "
-                                 f"(expected config.json and model.weights.h5, found {names})")
-            model_config = json.loads(z.read("config.json"))
-            if config is not None:
-                model_config = _read_config(config)
-            data = io.BytesIO(z.read("model.weights.h5"))
-        with h5py.File(data, "r") as f:
-            return _from_weights_h5(f, model_config, backend)
+    where = f"load_keras: {path!r}"
+    size = os.path.getsize(path)
+    budget = _safe_io.ReadBudget(size, where)
     try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ValueError(f"load_keras: {path!r} is neither a .keras zip nor an HDF5 file") from exc
-    with f:
-        if "model_config" in f.attrs and "model_weights" in f:
-            return _from_legacy_h5(f, backend)
-        if config is None:
-            raise ValueError(f"load_keras: {path!r} holds weights only; pass config= (the "
-                             "model's config.json, model.to_json(), or a .keras file)")
-        return _from_weights_h5(f, _read_config(config), backend)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+                if "config.json" not in names or "model.weights.h5" not in names:
+                    raise ValueError(f"{where} is a zip but not a .keras file (expected "
+                                     f"config.json and model.weights.h5, found {names[:20]})")
+                limit = _safe_io.inflate_limit(size)
+                model_config = _safe_io.load_json(
+                    _safe_io.read_member(z, "config.json", min(limit, _safe_io.JSON_LIMIT),
+                                         where), where, "config.json")
+                if config is not None:
+                    model_config = _read_config(config)
+                data = _safe_io.open_member(z, "model.weights.h5", limit, size, where)
+                with h5py.File(data, "r") as f:
+                    return _from_weights_h5(f, model_config, backend, budget)
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise ValueError(f"{where} is neither a .keras zip nor an HDF5 file") from exc
+        with f:
+            if "model_config" in f.attrs and "model_weights" in f:
+                return _from_legacy_h5(f, backend, budget, where)
+            if config is None:
+                raise ValueError(f"{where} holds weights only; pass config= (the "
+                                 "model's config.json, model.to_json(), or a .keras file)")
+            return _from_weights_h5(f, _read_config(config), backend, budget)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"{where} cannot be read (truncated or corrupted?): {exc}") from exc
+    except ValueError as exc:
+        message = str(exc)
+        raise ValueError(message if message.startswith("load_keras")
+                         else f"{where}: {message}") from exc
