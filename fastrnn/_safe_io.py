@@ -77,8 +77,9 @@ class ReadBudget:
         if nbytes > self.left:
             raise ValueError(
                 f"{self.where}: {what} declares {_human(nbytes)}, more than a file of "
-                f"{_human(self.file_size)} can hold ({_human(self.left)} left of the "
-                f"{_human(inflate_limit(self.file_size))} its arrays may take)")
+                f"{_human(self.file_size)} can hold (its arrays may take "
+                f"{_human(inflate_limit(self.file_size))} in all, {_human(self.left)} of it "
+                "left)")
         self.left -= nbytes
 
 

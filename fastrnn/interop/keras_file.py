@@ -167,8 +167,8 @@ def model_chain(model):
 # ----------------------------------------------------------------- h5 weights
 
 
-def _dataset(obj, root, where, budget):
-    """An h5 dataset of ``root``'s file, checked before it is read (see :func:`build_model`)."""
+def _dataset(obj, root, where):
+    """An h5 dataset of ``root``'s file, not yet read (see :func:`build_model`)."""
     import h5py
 
     if not isinstance(obj, h5py.Dataset):
@@ -178,18 +178,17 @@ def _dataset(obj, root, where, budget):
                          "external link, virtual or external dataset); weights must be in it")
     if obj.dtype.kind not in "fiub":
         raise ValueError(f"weights file: dataset {where} has dtype {obj.dtype}; expected numbers")
-    budget.take(obj.size * obj.dtype.itemsize, f"dataset {where} {obj.shape} of {obj.dtype}")
     return obj
 
 
-def _vars(group, where, budget):
+def _vars(group, where):
     if "vars" not in group:
         raise ValueError(f"weights file: no group {where}/vars")
     v = _child(group, "vars", where)
     keys = list(v.keys())
     if not all(k.isdigit() for k in keys):
         raise ValueError(f"weights file: unexpected entries {keys[:20]} in {where}/vars")
-    return [_dataset(_child(v, str(i), f"{where}/vars"), group, f"{where}/vars/{i}", budget)
+    return [_dataset(_child(v, str(i), f"{where}/vars"), group, f"{where}/vars/{i}")
             for i in range(len(keys))]
 
 
@@ -202,7 +201,7 @@ def _child(group, key, where):
     return child
 
 
-def _rnn_weights(entry, group, where, budget):
+def _rnn_weights(entry, group, where):
     cell_group = _child(group, "cell", where)
     cell = (entry.get("config") or {}).get("cell")
     if isinstance(cell, list):  # Keras 2 style: a list of cells
@@ -214,38 +213,38 @@ def _rnn_weights(entry, group, where, budget):
         weights = []
         for name in names:
             weights += _vars(_child(container, name, where + "/cell/cells"),
-                             f"{where}/cell/cells/{name}", budget)
+                             f"{where}/cell/cells/{name}")
         return weights
-    return _vars(cell_group, where + "/cell", budget)
+    return _vars(cell_group, where + "/cell")
 
 
-def _layer_weights(entry, group, where, budget):
+def _layer_weights(entry, group, where):
     cls = entry["class_name"]
     if cls in ("LSTM", "GRU", "SimpleRNN", "RNN"):
-        return _rnn_weights(entry, group, where, budget)
+        return _rnn_weights(entry, group, where)
     if cls == "Bidirectional":
         cfg = entry["config"]
         fw = _rnn_weights(cfg["layer"], _child(group, "forward_layer", where),
-                          where + "/forward_layer", budget)
+                          where + "/forward_layer")
         bw = _rnn_weights(cfg.get("backward_layer") or cfg["layer"],
-                          _child(group, "backward_layer", where), where + "/backward_layer",
-                          budget)
+                          _child(group, "backward_layer", where), where + "/backward_layer")
         return fw + bw
     if cls == "TimeDistributed":
-        return _vars(_child(group, "layer", where), where + "/layer", budget)
-    return _vars(group, where, budget)
+        return _vars(_child(group, "layer", where), where + "/layer")
+    return _vars(group, where)
 
 
-def build_model(model_config, weights_of, backend=None, from_file=False):
+def build_model(model_config, weights_of, backend=None, budget=None):
     """A :class:`~fastrnn.models.Sequential` from a Keras model config.
 
     ``weights_of(entry, group_name)`` returns the Keras-order weights of a
     layer entry (``group_name`` is its h5 group, ``None`` for InputLayer):
-    arrays, or (``from_file``) h5 datasets, whose shapes are checked against
-    what the layer's config needs before any is read. Layers are made
-    without random weights (a recurrent layer's shape arguments are checked
-    against the weights that build it), and with ``from_file`` a recurrent
-    layer without weights is an error.
+    arrays or, given ``budget`` (a :class:`fastrnn._safe_io.ReadBudget` for
+    the file), h5 datasets, whose count and shapes are checked against what
+    the layer's config needs, and their sizes against the budget, before
+    any is read; a recurrent layer without weights in a file is an error.
+    Layers are made without random weights: a recurrent layer's shape
+    arguments are checked against the weights that build it.
     """
     entries, groups = model_chain(model_config)
     layers = []
@@ -254,8 +253,8 @@ def build_model(model_config, weights_of, backend=None, from_file=False):
         layer = layer_from_config(deferred)
         if not isinstance(layer, InputLayer):
             weights = weights_of(entry, groups.get(_entry_name(entry)))
-            if from_file:
-                weights = _read_checked(layer, weights, entry)
+            if budget is not None:
+                weights = _read_checked(layer, weights, entry, budget)
             if weights:
                 layer.set_weights(weights)
             for sub in _recurrent_parts(layer):
@@ -295,8 +294,9 @@ def _expected_shapes(layer):
             for _, shape in layer._weight_shapes()]
 
 
-def _read_checked(layer, datasets, entry):
-    """Read a layer's h5 datasets after checking their count and shapes against its config."""
+def _read_checked(layer, datasets, entry, budget):
+    """Read a layer's h5 datasets after checking their count and shapes against its
+    config, and their sizes against the file's ``budget``."""
     what = f"layer {_entry_name(entry)!r} ({entry.get('class_name')})"
     expected = _expected_shapes(layer)
     if not datasets and _recurrent_parts(layer):
@@ -313,6 +313,9 @@ def _read_checked(layer, datasets, entry):
                     e is not None and e != g for e, g in zip(shape, ds.shape)):
                 raise ValueError(f"weights file: dataset {ds.name} has shape {ds.shape}; "
                                  f"{what} takes [{text}] by its config")
+    for ds in datasets:
+        budget.take(ds.size * ds.dtype.itemsize,
+                    f"weights file: dataset {ds.name} {ds.shape} of {ds.dtype}")
     return [np.asarray(ds[()]) for ds in datasets]
 
 
@@ -359,9 +362,9 @@ def _from_weights_h5(f, model_config, backend, budget):
             return []
         layers = _child(f, "layers", "")
         return _layer_weights(entry, _child(layers, group_name, "layers"),
-                              f"layers/{group_name}", budget)
+                              f"layers/{group_name}")
 
-    return build_model(model_config, weights_of, backend, from_file=True)
+    return build_model(model_config, weights_of, backend, budget)
 
 
 def _from_legacy_h5(f, backend, budget, where):
@@ -376,9 +379,9 @@ def _from_legacy_h5(f, backend, budget, where):
             return []
         g = root[name]
         names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("weight_names", [])]
-        return [_dataset(g[n], f, f"model_weights/{name}/{n}", budget) for n in names]
+        return [_dataset(g[n], f, f"model_weights/{name}/{n}") for n in names]
 
-    return build_model(model_config, weights_of, backend, from_file=True)
+    return build_model(model_config, weights_of, backend, budget)
 
 
 def load_keras(path, config=None, backend=None):
