@@ -400,15 +400,15 @@ def defer_build(spec):
     given = {k: v for k, v in given.items() if v is not None}
     if "input_dim" in given:
         declared.append(("input_dim", given["input_dim"]))
-    for key, batch_axis in (("input_shape", None), ("batch_input_shape", 0)):
+    for key, axes in (("input_shape", "(time, features)"),
+                      ("batch_input_shape", "(batch, time, features)")):
         shape = given.get(key)
         if shape is None:
             continue
-        if not isinstance(shape, (list, tuple)) or len(shape) != (3 if batch_axis == 0 else 2):
-            raise ValueError(f"{key}: expected {'(batch, time, features)' if batch_axis == 0 else '(time, features)'}, "
-                             f"got {shape!r}")
+        if not isinstance(shape, (list, tuple)) or len(shape) != axes.count(",") + 1:
+            raise ValueError(f"{key}: expected {axes}, got {shape!r}")
         declared.append((f"{key}[{len(shape) - 1}]", shape[-1]))
-        if batch_axis == 0 and shape[0] is not None:
+        if key == "batch_input_shape" and shape[0] is not None:
             if config.get("batch_size") not in (None, shape[0]):
                 raise ValueError(f"batch_input_shape[0]={shape[0]!r} and batch_size="
                                  f"{config['batch_size']!r} differ")

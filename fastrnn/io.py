@@ -17,8 +17,12 @@ numeric arrays with ``allow_pickle=False``, and builds objects only from a
 fixed table of fastrnn classes (never a name imported from the file). The
 SHA-256 of ``arrays.npz`` and that of the object description are checked,
 so a truncated, corrupted or edited file is a ``ValueError`` saying so,
-never a crash. Round trips
-are exact: same config, same arrays (bit for bit), same outputs.
+never a crash. A crafted file (whose checksums a sender can recompute) is
+bounded too: each member may inflate to at most a few times the file's own
+size, each array's shape must account for its bytes, and layers are built
+by the file's arrays, never by random weights of a size the config declares
+(see :func:`load`). Round trips are exact: same config, same arrays (bit for
+bit), same outputs.
 
 Supported: every fastrnn layer (``SimpleRNN``, ``GRU``, ``LSTM``, ``RNN``
 over built-in cells, ``Bidirectional``), the cells, the layers and the

@@ -299,7 +299,8 @@ def test_fastrnn_torch_module_with_10e7_layers(files):
     spec = {"class_name": "TorchRecurrent", "config": {
         "mode": "LSTM", "input_size": 3, "hidden_size": 4, "num_layers": 10**7, "bias": True,
         "batch_first": False, "dropout": 0.0, "bidirectional": False, "proj_size": 0,
-        "dtype": "float32", "backend": "auto"}, "weights": {n: f"a{i}" for i, n in enumerate(names)}}
+        "dtype": "float32", "backend": "auto"},
+        "weights": {n: f"a{i}" for i, n in enumerate(names)}}
     blob = _npz({f"a{i}": rng.uniform(-1, 1, s).astype(np.float32) for i, s in enumerate(shapes)})
     bad = _fastrnn_file(files["dir"] / "torch.fastrnn", spec, blob)
     _refused("load", bad, files["load"], r"num_layers=10000000 but the file holds 4 arrays")

@@ -33,6 +33,7 @@ read from the recorded graph.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import zipfile
@@ -384,6 +385,28 @@ def _from_legacy_h5(f, backend, budget, where):
     return build_model(model_config, weights_of, backend, budget)
 
 
+def _naming_the_file(load):
+    """``load`` whose refusals name the file: a ``ValueError`` that does not gets it as a
+    prefix, and an unreadable zip or HDF5 structure is a ``ValueError`` too."""
+
+    @functools.wraps(load)
+    def wrapper(path, *args, **kwargs):
+        where = f"load_keras: {os.fspath(path)!r}"
+        try:
+            return load(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+            raise ValueError(f"{where} cannot be read (truncated or corrupted?): {exc}") from exc
+        except ValueError as exc:
+            if str(exc).startswith("load_keras"):
+                raise
+            raise ValueError(f"{where}: {exc}") from exc
+
+    return wrapper
+
+
+@_naming_the_file
 def load_keras(path, config=None, backend=None):
     """Load a Keras 3 model file as a :class:`fastrnn.models.Sequential`, without Keras.
 
@@ -409,7 +432,13 @@ def load_keras(path, config=None, backend=None):
     ------
     ValueError
         An unsupported layer or model structure (named), or a file that is
-        not what it claims.
+        not what it claims: a zip member that would inflate to more than a
+        few times the file's size, a config nested more than 100 levels
+        deep, a weight dataset whose shape is not what its layer's config
+        needs, or whose size (with the ones read before it) is more than a
+        few times the file's size, a dataset stored outside the file, a
+        recurrent layer without weights. Each is checked before the data is
+        read, so a load takes memory in proportion to the file.
 
     Neither Keras nor TensorFlow is imported; ``h5py`` is required.
     """
@@ -417,39 +446,31 @@ def load_keras(path, config=None, backend=None):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load_keras: no such file {path!r}")
-    where = f"load_keras: {path!r}"
-    size = os.path.getsize(path)
+    where, size = f"load_keras: {path!r}", os.path.getsize(path)
     budget = _safe_io.ReadBudget(size, where)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if "config.json" not in names or "model.weights.h5" not in names:
+                raise ValueError(f"load_keras: {path!r} is a zip but not a .keras file "
+                                 "(expected config.json and model.weights.h5, found "
+                                 f"{names[:20]})")
+            limit = _safe_io.inflate_limit(size)
+            model_config = _safe_io.load_json(_safe_io.read_member(
+                z, "config.json", min(limit, _safe_io.JSON_LIMIT), where), where, "config.json")
+            if config is not None:
+                model_config = _read_config(config)
+            data = _safe_io.open_member(z, "model.weights.h5", limit, size, where)
+            with h5py.File(data, "r") as f:
+                return _from_weights_h5(f, model_config, backend, budget)
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-                if "config.json" not in names or "model.weights.h5" not in names:
-                    raise ValueError(f"{where} is a zip but not a .keras file (expected "
-                                     f"config.json and model.weights.h5, found {names[:20]})")
-                limit = _safe_io.inflate_limit(size)
-                model_config = _safe_io.load_json(
-                    _safe_io.read_member(z, "config.json", min(limit, _safe_io.JSON_LIMIT),
-                                         where), where, "config.json")
-                if config is not None:
-                    model_config = _read_config(config)
-                data = _safe_io.open_member(z, "model.weights.h5", limit, size, where)
-                with h5py.File(data, "r") as f:
-                    return _from_weights_h5(f, model_config, backend, budget)
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise ValueError(f"{where} is neither a .keras zip nor an HDF5 file") from exc
-        with f:
-            if "model_config" in f.attrs and "model_weights" in f:
-                return _from_legacy_h5(f, backend, budget, where)
-            if config is None:
-                raise ValueError(f"{where} holds weights only; pass config= (the "
-                                 "model's config.json, model.to_json(), or a .keras file)")
-            return _from_weights_h5(f, _read_config(config), backend, budget)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
-        raise ValueError(f"{where} cannot be read (truncated or corrupted?): {exc}") from exc
-    except ValueError as exc:
-        message = str(exc)
-        raise ValueError(message if message.startswith("load_keras")
-                         else f"{where}: {message}") from exc
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"load_keras: {path!r} is neither a .keras zip nor an HDF5 file") from exc
+    with f:
+        if "model_config" in f.attrs and "model_weights" in f:
+            return _from_legacy_h5(f, backend, budget, where)
+        if config is None:
+            raise ValueError(f"load_keras: {path!r} holds weights only; pass config= (the "
+                             "model's config.json, model.to_json(), or a .keras file)")
+        return _from_weights_h5(f, _read_config(config), backend, budget)
