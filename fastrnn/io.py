@@ -17,8 +17,12 @@ numeric arrays with ``allow_pickle=False``, and builds objects only from a
 fixed table of fastrnn classes (never a name imported from the file). The
 SHA-256 of ``arrays.npz`` and that of the object description are checked,
 so a truncated, corrupted or edited file is a ``ValueError`` saying so,
-never a crash. Round trips
-are exact: same config, same arrays (bit for bit), same outputs.
+never a crash. A crafted file (whose checksums a sender can recompute) is
+bounded too: each member may inflate to at most a few times the file's own
+size, each array's shape must account for its bytes, and layers are built
+by the file's arrays, never by random weights of a size the config declares
+(see :func:`load`). Round trips are exact: same config, same arrays (bit for
+bit), same outputs.
 
 Supported: every fastrnn layer (``SimpleRNN``, ``GRU``, ``LSTM``, ``RNN``
 over built-in cells, ``Bidirectional``), the cells, the layers and the
@@ -43,13 +47,13 @@ import zipfile
 
 import numpy as np
 
+from . import _safe_io
 from ._tf_bundle import read_tf_checkpoint  # noqa: F401  (public: fastrnn.io.read_tf_checkpoint)
 
 FORMAT = "fastrnn"
 FORMAT_VERSION = 1
 _CONFIG = "fastrnn.json"
 _ARRAYS = "arrays.npz"
-_MAX_JSON = 64 * 1024 * 1024
 
 
 class _Writer:
@@ -101,6 +105,9 @@ def _describe(obj, writer):
     if isinstance(obj, models.Sequential):
         return {"class_name": "Sequential", "config": {"name": obj.name},
                 "layers": [_describe(layer, writer) for layer in obj.layers]}
+    if type(obj) in tuple(LAYERS.values()) + tuple(CELLS.values()) and not obj.built:
+        raise ValueError(f"save: the {cls_name} is not built; build it or set its weights "
+                         "first (loading it would otherwise start from random weights)")
     if type(obj) in LAYERS.values():
         spec = {"class_name": cls_name, "config": serialize(obj)["config"],
                 "weights": writer.add(obj.get_weights())}
@@ -151,6 +158,10 @@ def _build(spec, arrays, path="object"):
         weights = spec.get("weights")
         if not isinstance(weights, dict):
             raise ValueError(f"{path}: weights must map parameter names to arrays")
+        layers = config.get("num_layers", 1)
+        if isinstance(layers, int) and layers > len(weights):  # (each layer has 2+ arrays)
+            raise ValueError(f"{path}: num_layers={layers} but the file holds "
+                             f"{len(weights)} arrays")
         state = dict(zip(weights, get(list(weights.values()), "weights")))
         return getattr(_torch, name).from_config(config, state_dict=state)
     if kind == "sequential":
@@ -159,13 +170,24 @@ def _build(spec, arrays, path="object"):
             raise ValueError(f"{path}: layers must be a list")
         built = [_build(s, arrays, f"{path}.layers[{i}]") for i, s in enumerate(layers)]
         return models.Sequential(built, name=config.get("name"))
+    declared = []
     if kind in ("rnn_layer", "cell"):
-        obj = deserialize({"class_name": name, "config": config})
+        # Made unbuilt, then built by the file's arrays: no random weights, and
+        # the sizes the config declares are checked against the arrays.
+        deferred, declared = _safe_io.defer_build({"class_name": name, "config": config})
+        obj = deserialize(deferred)
     else:
         obj = models.layer_from_config({"class_name": name, "config": config})
     weights = get(spec.get("weights", []), "weights")
     if weights:
         obj.set_weights(weights)
+    elif kind in ("rnn_layer", "cell"):
+        raise ValueError(f"{path}: the {name} has no weights in the file (a recurrent layer "
+                         "or cell is saved built; an unbuilt one would start from random "
+                         "weights)")
+    for sub in (obj.forward_layer, obj.backward_layer) if name == "Bidirectional" else [obj]:
+        if declared:
+            _safe_io.check_features(declared, sub._cells[0].input_dim, path)
     states = spec.get("states")
     if states is not None:
         subs = [obj] if name != "Bidirectional" else [
@@ -230,64 +252,79 @@ def _version():
 def load(path):
     """Load what :func:`save` wrote. **Never executes code from the file.**
 
+    What the file declares is checked against what it holds before anything
+    is allocated (see :mod:`fastrnn._safe_io`): each member may inflate to at
+    most a few times the file's own size, each array's shape and dtype must
+    account exactly for its bytes, arrays are read one at a time as the
+    object is rebuilt, and layers are made without random weights, from the
+    file's arrays, whose shapes must match the config. The memory a load
+    takes is therefore bounded by a few times the file's size.
+
     Raises
     ------
     ValueError
         The file is not a fastrnn file, was written by a newer format
-        version, is truncated, or was modified after it was written.
+        version, is truncated, was modified after it was written, declares
+        more than it holds, or describes an object its arrays do not fit
+        (a recurrent layer without weights among them).
     FileNotFoundError
         No such file.
     """
-    where = getattr(path, "name", None) or (os.fspath(path) if not hasattr(path, "read")
-                                            else "<file>")
-    if not hasattr(path, "read") and not os.path.exists(os.fspath(path)):
+    is_file = hasattr(path, "read")
+    where = getattr(path, "name", None) or (os.fspath(path) if not is_file else "<file>")
+    if not is_file and not os.path.exists(os.fspath(path)):
         raise FileNotFoundError(f"fastrnn.load: no such file {where!r}")
     try:
-        with zipfile.ZipFile(path if hasattr(path, "read") else os.fspath(path)) as z:
-            names = z.namelist()
-            if _CONFIG not in names or _ARRAYS not in names:
-                raise ValueError(f"expected members {_CONFIG} and {_ARRAYS}, found {names}")
-            if z.getinfo(_CONFIG).file_size > _MAX_JSON:
-                raise ValueError(f"{_CONFIG} is implausibly large")
-            text = z.read(_CONFIG)
-            blob = z.read(_ARRAYS)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError,
-            ValueError, NotImplementedError, RuntimeError) as exc:
+        size = _safe_io.size_of(path)
+        with zipfile.ZipFile(path if is_file else os.fspath(path)) as z:
+            return _load_archive(z, size, f"fastrnn.load: {where!r}")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
+            NotImplementedError, RuntimeError) as exc:
         raise ValueError(f"fastrnn.load: {where!r} is not a readable fastrnn file "
                          f"(truncated or not a fastrnn save?): {exc}") from exc
+    except ValueError:
+        raise
     except Exception as exc:  # zlib.error and other decoder failures
         raise ValueError(f"fastrnn.load: {where!r} is corrupted: {exc}") from exc
-    try:
-        header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"fastrnn.load: {where!r}: {_CONFIG} is not valid JSON: {exc}") from exc
+
+
+def _load_archive(z, size, where):
+    names = z.namelist()
+    if _CONFIG not in names or _ARRAYS not in names:
+        raise ValueError(f"{where} is not a readable fastrnn file: expected members "
+                         f"{_CONFIG} and {_ARRAYS}, found {names[:20]}")
+    limit = _safe_io.inflate_limit(size)
+    text = _safe_io.read_member(z, _CONFIG, min(limit, _safe_io.JSON_LIMIT), where)
+    header = _safe_io.load_json(text, where, _CONFIG)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"fastrnn.load: {where!r} is not a fastrnn file (format tag missing)")
+        raise ValueError(f"{where} is not a fastrnn file (format tag missing)")
     version = header.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"fastrnn.load: {where!r}: format_version missing or invalid")
+        raise ValueError(f"{where}: format_version missing or invalid")
     if version > FORMAT_VERSION:
-        raise ValueError(f"fastrnn.load: {where!r} has format version {version}, written by "
+        raise ValueError(f"{where} has format version {version}, written by "
                          f"fastrnn {header.get('fastrnn_version')}; this fastrnn "
                          f"({_version()}) reads up to version {FORMAT_VERSION}: upgrade fastrnn")
     if version < 1:
-        raise ValueError(f"fastrnn.load: {where!r}: invalid format version {version}")
-    if header.get("arrays_sha256") != hashlib.sha256(blob).hexdigest():
-        raise ValueError(f"fastrnn.load: {where!r}: the weights do not match their checksum "
+        raise ValueError(f"{where}: invalid format version {version}")
+    # (the SHA-256 below covers the member, so its CRC-32 is not checked too)
+    blob = _safe_io.open_member(z, _ARRAYS, limit, size, where, check_crc=False)
+    digest = hashlib.sha256()
+    while chunk := blob.read(1 << 20):
+        digest.update(chunk)
+    if header.get("arrays_sha256") != digest.hexdigest():
+        raise ValueError(f"{where}: the weights do not match their checksum "
                          "(the file was truncated, corrupted or modified)")
     # (files written before the config had its own checksum carry none)
     if "object_sha256" in header and header["object_sha256"] != _object_digest(header.get("object")):
-        raise ValueError(f"fastrnn.load: {where!r}: the configuration does not match its checksum "
+        raise ValueError(f"{where}: the configuration does not match its checksum "
                          f"(the file's {_CONFIG} was modified)")
+    blob.seek(0)
     try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
-        raise ValueError(f"fastrnn.load: {where!r}: {_ARRAYS} cannot be read: {exc}") from exc
-    try:
+        arrays = _safe_io.NpzReader(blob, z.getinfo(_ARRAYS).file_size, _ARRAYS)
         return _build(header.get("object"), arrays)
     except ValueError as exc:
-        raise ValueError(f"fastrnn.load: {where!r}: {exc}") from exc
+        raise ValueError(f"{where}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - whatever a crafted file provokes is a bad file
-        raise ValueError(f"fastrnn.load: {where!r}: invalid object description: "
+        raise ValueError(f"{where}: invalid object description: "
                          f"{type(exc).__name__}: {exc}") from exc

@@ -44,7 +44,7 @@ import zipfile
 
 import numpy as np
 
-from . import dispatch
+from . import _safe_io, dispatch
 from .kernels import run as _run_kernel
 from .layers import _flatten, _pack_like
 
@@ -150,7 +150,7 @@ class Stream:
     ``(batch, units)``; with ``return_state`` the list ``[output,
     *states]`` (Keras order, nested per cell for a stack). The final state
     is carried to the next call. ``out`` (the output's shape and dtype,
-    C-contiguous) receives the output instead of a new array.
+    C-contiguous and writeable) receives the output instead of a new array.
 
     A frame that fails a check (features, batch, dtype, NaN under the
     layer's ``nan_policy="raise"``) raises ``ValueError`` / ``TypeError``
@@ -303,7 +303,8 @@ class Stream:
             if out is None:
                 out = _empty(oshape, self._dt)
             elif out.__class__ is not _ndarray or out.dtype is not self._dt or \
-                    out.shape != oshape or not out.flags.c_contiguous:
+                    out.shape != oshape or not (flags := out.flags).c_contiguous or \
+                    not flags.writeable:
                 self._bad_out(out, oshape)
             if fn(x, self._w, self._s, self._work, out, self._cfg):
                 self._nan_error()
@@ -409,14 +410,19 @@ class Stream:
 
     def _check_out(self, out, shape):
         if not isinstance(out, np.ndarray) or out.dtype != self._dt or \
-                tuple(out.shape) != tuple(shape) or not out.flags.c_contiguous:
+                tuple(out.shape) != tuple(shape) or not out.flags.c_contiguous or \
+                not out.flags.writeable:
             self._bad_out(out, shape)
 
     def _bad_out(self, out, shape):
-        got = (f"{type(out).__name__} {getattr(out, 'dtype', '')} "
+        flags = getattr(out, "flags", None)
+        layout = "" if flags is None else (
+            " read-only" if not flags.writeable else "" if flags.c_contiguous
+            else " non-contiguous")
+        got = (f"{type(out).__name__}{layout} {getattr(out, 'dtype', '')} "
                f"{tuple(getattr(out, 'shape', ()))}")
-        raise ValueError(f"out: expected a C-contiguous {self._dt} array of shape {shape}, "
-                         f"got {got}")
+        raise ValueError(f"out: expected a writeable C-contiguous {self._dt} array of shape "
+                         f"{shape}, got {got}")
 
     def _nan_error(self):
         raise ValueError("x: contains NaN and the layer has nan_policy='raise'; the state is "
@@ -546,41 +552,90 @@ def load_stream(path):
     ----------
     path : str, path-like or file object
         An ``.npz`` file written by ``Stream.save``. It is read with
-        ``allow_pickle=False``.
+        ``allow_pickle=False`` semantics, and what it declares is checked
+        against what it holds before anything is allocated: each array's
+        shape must account for its bytes, the layer is made without random
+        weights (the file's arrays build it, and must match its config), and
+        the carried states must be ``(batch_size, size)`` arrays in the file,
+        so a ``batch_size`` the file does not hold the states of is refused.
+
+    Raises
+    ------
+    ValueError
+        Not a saved stream, or a file that declares more than it holds.
+    FileNotFoundError
+        No such file.
     """
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    is_file = hasattr(path, "read")
+    if not is_file and not os.path.exists(path):
+        raise FileNotFoundError(f"load_stream: no such file {os.fspath(path)!r}")
+    where = f"load_stream: {path!r}"
+    try:
+        size = _safe_io.size_of(path)
+        if not zipfile.is_zipfile(path):
+            if is_file:
+                path.seek(0)
+                magic = path.read(6)
+            else:
+                with open(path, "rb") as f:
+                    magic = f.read(6)
+            if magic == b"\x93NUMPY":
+                raise ValueError(f"{where} is a single array, not a stream saved by "
+                                 "Stream.save")
+            raise ValueError(f"{where} is not a stream saved by Stream.save (it cannot be "
+                             "read as an .npz archive)")
+        data = _safe_io.NpzReader(path, size, where, kinds="fiubU")
+    except OSError as exc:
+        raise ValueError(f"{where} is not a stream saved by Stream.save ({exc})") from exc
+    with data:
+        try:
+            return _restore_stream(data, where)
+        except KeyError as exc:
+            raise ValueError(f"{where} is incomplete: missing {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            message = str(exc)
+            raise type(exc)(message if message.startswith(where)
+                             else f"{where}: {message}") from exc
+
+
+def _restore_stream(data, where):
+    """The stream in an opened :class:`~fastrnn._safe_io.NpzReader` (see :func:`load_stream`)."""
     from .layers import deserialize
 
-    if isinstance(path, (str, bytes, os.PathLike)) and not os.path.exists(path):
-        raise FileNotFoundError(f"load_stream: no such file {os.fspath(path)!r}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"load_stream: {path!r} is not a stream saved by Stream.save "
-                         f"(it cannot be read as an .npz archive)") from exc
-    if not hasattr(data, "files"):  # a plain .npy
-        raise ValueError(f"load_stream: {path!r} is a single array, not a stream saved by "
-                         "Stream.save")
-    try:
-        with data:
-            if "meta" not in data.files:
-                raise ValueError("it has no 'meta' entry: not a saved stream")
-            try:
-                meta = json.loads(str(data["meta"]))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"its 'meta' entry is not valid JSON ({exc})") from exc
-            if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-                got = meta.get("format") if isinstance(meta, dict) else meta
-                raise ValueError(f"unsupported format {got!r}, expected {_FORMAT!r}")
-            weights = [data[f"w{i}"] for i in range(meta["n_weights"])]
-            states = [data[f"s{i}"] for i in range(meta["n_states"])]
-        layer = deserialize(meta["layer"])
-        if weights:
-            layer.set_weights(weights)
-        stream = Stream(layer, batch_size=meta["batch_size"], backend=meta.get("backend"))
-        if states:
-            stream.states = states
-    except KeyError as exc:
-        raise ValueError(f"load_stream: {path!r} is incomplete: missing {exc}") from exc
-    except (ValueError, TypeError) as exc:
-        raise type(exc)(f"load_stream: {path!r}: {exc}") from exc
+    if "meta" not in data:
+        raise ValueError("it has no 'meta' entry: not a saved stream")
+    if data.dtype("meta").kind != "U" or data.shape("meta") != ():
+        raise ValueError("its 'meta' entry is not a JSON string")
+    meta = _safe_io.load_json(str(data.read("meta")), where, "its 'meta' entry")
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"unsupported format {got!r}, expected {_FORMAT!r}")
+    counts = {}
+    for key in ("batch_size", "n_weights", "n_states"):
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"meta: {key} expected a non-negative integer, got {value!r}")
+        counts[key] = value
+    B = counts["batch_size"]
+    spec, declared = _safe_io.defer_build(meta["layer"])
+    layer = deserialize(spec)  # unbuilt: the file's weights build it
+    sizes = layer._flat_state_sizes
+    if counts["n_states"] != len(sizes):
+        raise ValueError(f"the layer carries {len(sizes)} states, the file lists "
+                         f"{counts['n_states']}")
+    for i, s in enumerate(sizes):  # the states must be in the file: this bounds batch_size
+        got = data.shape(f"s{i}")
+        if got != (B, s):
+            raise ValueError(f"states[{i}] (s{i}): expected shape {(B, s)} for batch_size={B}, "
+                             f"got {got}")
+    if counts["n_weights"] == 0:
+        raise ValueError("it holds no weights (a stream is saved with its layer's weights)")
+    for i in range(counts["n_weights"]):
+        data.shape(f"w{i}")  # every name present before any array is read
+    layer.set_weights([data.read(f"w{i}") for i in range(counts["n_weights"])])
+    _safe_io.check_features(declared, layer._cells[0].input_dim, "the layer")
+    stream = Stream(layer, batch_size=B, backend=meta.get("backend"))
+    stream.states = [data.read(f"s{i}") for i in range(len(sizes))]
     return stream

@@ -33,14 +33,14 @@ read from the recorded graph.
 
 from __future__ import annotations
 
-import io
-import json
+import functools
 import os
 import re
 import zipfile
 
 import numpy as np
 
+from .. import _safe_io
 from ..models import InputLayer, Sequential, layer_from_config
 from . import tf_saved_model
 
@@ -169,20 +169,38 @@ def model_chain(model):
 # ----------------------------------------------------------------- h5 weights
 
 
+def _dataset(obj, root, where):
+    """An h5 dataset of ``root``'s file, not yet read (see :func:`build_model`)."""
+    import h5py
+
+    if not isinstance(obj, h5py.Dataset):
+        raise ValueError(f"weights file: {where} is not a dataset")
+    if obj.file != root.file or obj.is_virtual or obj.external:
+        raise ValueError(f"weights file: dataset {where} is stored outside the file (an "
+                         "external link, virtual or external dataset); weights must be in it")
+    if obj.dtype.kind not in "fiub":
+        raise ValueError(f"weights file: dataset {where} has dtype {obj.dtype}; expected numbers")
+    return obj
+
+
 def _vars(group, where):
     if "vars" not in group:
         raise ValueError(f"weights file: no group {where}/vars")
-    v = group["vars"]
+    v = _child(group, "vars", where)
     keys = list(v.keys())
     if not all(k.isdigit() for k in keys):
-        raise ValueError(f"weights file: unexpected entries {keys} in {where}/vars")
-    return [np.asarray(v[str(i)][()]) for i in range(len(keys))]
+        raise ValueError(f"weights file: unexpected entries {keys[:20]} in {where}/vars")
+    return [_dataset(_child(v, str(i), f"{where}/vars"), group, f"{where}/vars/{i}")
+            for i in range(len(keys))]
 
 
 def _child(group, key, where):
     if key not in group:
         raise ValueError(f"weights file: missing group {where}/{key}")
-    return group[key]
+    child = group[key]
+    if child.file != group.file:
+        raise ValueError(f"weights file: {where}/{key} is an external link to another file")
+    return child
 
 
 def _rnn_weights(entry, group, where):
@@ -218,26 +236,89 @@ def _layer_weights(entry, group, where):
     return _vars(group, where)
 
 
-def build_model(model_config, weights_of, backend=None):
+def build_model(model_config, weights_of, backend=None, budget=None):
     """A :class:`~fastrnn.models.Sequential` from a Keras model config.
 
     ``weights_of(entry, group_name)`` returns the Keras-order weights of a
-    layer entry (``group_name`` is its h5 group, ``None`` for InputLayer).
+    layer entry (``group_name`` is its h5 group, ``None`` for InputLayer):
+    arrays or, given ``budget`` (a :class:`fastrnn._safe_io.ReadBudget` for
+    the file), h5 datasets, whose count and shapes are checked against what
+    the layer's config needs, and their sizes against the budget, before
+    any is read; a recurrent layer without weights in a file is an error.
+    Layers are made without random weights: a recurrent layer's shape
+    arguments are checked against the weights that build it.
     """
     entries, groups = model_chain(model_config)
     layers = []
     for entry in entries:
-        layer = layer_from_config(entry)
+        deferred, declared = _safe_io.defer_build(entry)
+        layer = layer_from_config(deferred)
         if not isinstance(layer, InputLayer):
             weights = weights_of(entry, groups.get(_entry_name(entry)))
+            if budget is not None:
+                weights = _read_checked(layer, weights, entry, budget)
             if weights:
                 layer.set_weights(weights)
+            for sub in _recurrent_parts(layer):
+                _safe_io.check_features(declared, sub._cells[0].input_dim,
+                                        f"layer {_entry_name(entry)!r}")
         if backend is not None:
             for sub in _recurrent_parts(layer):
                 sub.backend_arg = backend
         layers.append(layer)
     name = (model_config.get("config") or {}).get("name")
     return Sequential(layers, name=name)
+
+
+def _expected_shapes(layer):
+    """The shapes ``layer.set_weights`` takes, ``None`` where the config leaves a size
+    open (the input features); ``None`` for a layer whose weights it cannot tell."""
+    from ..layers import RNN, Bidirectional
+    from ..models import TimeDistributed
+
+    if isinstance(layer, Bidirectional):
+        fw, bw = _expected_shapes(layer.forward_layer), _expected_shapes(layer.backward_layer)
+        return None if fw is None or bw is None else fw + bw
+    if isinstance(layer, RNN):
+        shapes, dim = [], "D"
+        for cell in layer._cells:
+            if not hasattr(cell, "_weight_specs"):
+                return None
+            shapes += [tuple(None if d == "D" else d for d in shape)
+                       for _, shape in cell._weight_specs(dim)]
+            dim = cell.output_size
+        return shapes
+    if isinstance(layer, TimeDistributed):
+        return _expected_shapes(layer.layer)
+    if not hasattr(layer, "_weight_shapes"):
+        return None
+    return [(None, layer.units) if shape is None else tuple(shape)  # (Dense's open kernel)
+            for _, shape in layer._weight_shapes()]
+
+
+def _read_checked(layer, datasets, entry, budget):
+    """Read a layer's h5 datasets after checking their count and shapes against its
+    config, and their sizes against the file's ``budget``."""
+    what = f"layer {_entry_name(entry)!r} ({entry.get('class_name')})"
+    expected = _expected_shapes(layer)
+    if not datasets and _recurrent_parts(layer):
+        raise ValueError(f"weights file: {what} has no weights in the file (a recurrent layer "
+                         "without them would start from random weights)")
+    if expected is not None:
+        text = ", ".join("(" + ", ".join("D" if d is None else str(d) for d in shape)
+                         + ("," if len(shape) == 1 else "") + ")" for shape in expected)
+        if len(datasets) != len(expected):
+            raise ValueError(f"weights file: {what} takes {len(expected)} arrays [{text}] by "
+                             f"its config, the file has {len(datasets)}")
+        for ds, shape in zip(datasets, expected):
+            if len(ds.shape) != len(shape) or any(
+                    e is not None and e != g for e, g in zip(shape, ds.shape)):
+                raise ValueError(f"weights file: dataset {ds.name} has shape {ds.shape}; "
+                                 f"{what} takes [{text}] by its config")
+    for ds in datasets:
+        budget.take(ds.size * ds.dtype.itemsize,
+                    f"weights file: dataset {ds.name} {ds.shape} of {ds.dtype}")
+    return [np.asarray(ds[()]) for ds in datasets]
 
 
 def _recurrent_parts(layer):
@@ -260,19 +341,24 @@ def _read_config(config):
     if isinstance(config, dict):
         return config
     if isinstance(config, str) and config.lstrip().startswith("{"):
-        return json.loads(config)
+        return _safe_io.load_json(config, "load_keras", "config")
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
+        where = f"load_keras: config {path!r}"
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
-                return json.loads(z.read("config.json"))
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+                limit = min(_safe_io.inflate_limit(os.path.getsize(path)), _safe_io.JSON_LIMIT)
+                return _safe_io.load_json(_safe_io.read_member(z, "config.json", limit, where),
+                                          where, "config.json")
+        if os.path.getsize(path) > _safe_io.JSON_LIMIT:
+            raise ValueError(f"{where} is larger than a model's config may be")
+        with open(path, "rb") as f:
+            return _safe_io.load_json(f.read(), where, "the file")
     raise TypeError(f"config: expected a dict, a JSON string or a path, got "
                     f"{type(config).__name__}")
 
 
-def _from_weights_h5(f, model_config, backend):
+def _from_weights_h5(f, model_config, backend, budget):
     def weights_of(entry, group_name):
         if group_name is None:
             return []
@@ -280,13 +366,13 @@ def _from_weights_h5(f, model_config, backend):
         return _layer_weights(entry, _child(layers, group_name, "layers"),
                               f"layers/{group_name}")
 
-    return build_model(model_config, weights_of, backend)
+    return build_model(model_config, weights_of, backend, budget)
 
 
-def _from_legacy_h5(f, backend):
+def _from_legacy_h5(f, backend, budget, where):
     """Keras 2-style ``model.save("m.h5")``: config in attrs, weights by layer name."""
     raw = f.attrs["model_config"]
-    model_config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    model_config = _safe_io.load_json(raw, where, "model_config")
     root = f["model_weights"]
 
     def weights_of(entry, group_name):
@@ -295,11 +381,33 @@ def _from_legacy_h5(f, backend):
             return []
         g = root[name]
         names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("weight_names", [])]
-        return [np.asarray(g[n][()]) for n in names]
+        return [_dataset(g[n], f, f"model_weights/{name}/{n}") for n in names]
 
-    return build_model(model_config, weights_of, backend)
+    return build_model(model_config, weights_of, backend, budget)
 
 
+def _naming_the_file(load):
+    """``load`` whose refusals name the file: a ``ValueError`` that does not gets it as a
+    prefix, and an unreadable zip or HDF5 structure is a ``ValueError`` too."""
+
+    @functools.wraps(load)
+    def wrapper(path, *args, **kwargs):
+        where = f"load_keras: {os.fspath(path)!r}"
+        try:
+            return load(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+            raise ValueError(f"{where} cannot be read (truncated or corrupted?): {exc}") from exc
+        except ValueError as exc:
+            if str(exc).startswith("load_keras"):
+                raise
+            raise ValueError(f"{where}: {exc}") from exc
+
+    return wrapper
+
+
+@_naming_the_file
 def load_keras(path, config=None, backend=None):
     """Load a Keras 3 model file as a :class:`fastrnn.models.Sequential`, without Keras.
 
@@ -327,7 +435,13 @@ def load_keras(path, config=None, backend=None):
     ------
     ValueError
         An unsupported layer or model structure (named), or a file that is
-        not what it claims.
+        not what it claims: a zip member that would inflate to more than a
+        few times the file's size, a config nested more than 100 levels
+        deep, a weight dataset whose shape is not what its layer's config
+        needs, or whose size (with the ones read before it) is more than a
+        few times the file's size, a dataset stored outside the file, a
+        recurrent layer without weights. Each is checked before the data is
+        read, so a load takes memory in proportion to the file.
 
     Neither Keras nor TensorFlow is imported; ``h5py`` is required for the
     HDF5 forms (``.keras``, ``.h5``).
@@ -340,26 +454,31 @@ def load_keras(path, config=None, backend=None):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load_keras: no such file {path!r}")
+    where, size = f"load_keras: {path!r}", os.path.getsize(path)
+    budget = _safe_io.ReadBudget(size, where)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
             if "config.json" not in names or "model.weights.h5" not in names:
                 raise ValueError(f"load_keras: {path!r} is a zip but not a .keras file "
-                                 f"(expected config.json and model.weights.h5, found {names})")
-            model_config = json.loads(z.read("config.json"))
+                                 "(expected config.json and model.weights.h5, found "
+                                 f"{names[:20]})")
+            limit = _safe_io.inflate_limit(size)
+            model_config = _safe_io.load_json(_safe_io.read_member(
+                z, "config.json", min(limit, _safe_io.JSON_LIMIT), where), where, "config.json")
             if config is not None:
                 model_config = _read_config(config)
-            data = io.BytesIO(z.read("model.weights.h5"))
-        with h5py.File(data, "r") as f:
-            return _from_weights_h5(f, model_config, backend)
+            data = _safe_io.open_member(z, "model.weights.h5", limit, size, where)
+            with h5py.File(data, "r") as f:
+                return _from_weights_h5(f, model_config, backend, budget)
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise ValueError(f"load_keras: {path!r} is neither a .keras zip nor an HDF5 file") from exc
     with f:
         if "model_config" in f.attrs and "model_weights" in f:
-            return _from_legacy_h5(f, backend)
+            return _from_legacy_h5(f, backend, budget, where)
         if config is None:
             raise ValueError(f"load_keras: {path!r} holds weights only; pass config= (the "
                              "model's config.json, model.to_json(), or a .keras file)")
-        return _from_weights_h5(f, _read_config(config), backend)
+        return _from_weights_h5(f, _read_config(config), backend, budget)
