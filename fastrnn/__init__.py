@@ -6,23 +6,22 @@ from Keras and PyTorch, and three backends behind one kernel contract:
 ``reference`` (NumPy), ``cpu`` (Numba) and ``cuda`` (Numba CUDA).
 """
 
-__version__ = "0.1.0"
-
+from . import dispatch, initializers, nn, streaming
+from ._version import __version__
+from .bidirectional import Bidirectional
 from .cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
-from . import dispatch, initializers, nn
-from .dispatch import get_backend, get_num_threads, set_backend, set_num_threads
-from .layers import GRU, LSTM, RNN, Bidirectional, SimpleRNN, deserialize, serialize
-from .interop import (  # light: torch/keras/h5py load lazily
+from .dispatch import get_backend, get_num_threads, set_backend, set_num_threads, warmup
+from .interop import (  # torch, keras and h5py load only when these run
     from_keras, from_torch, from_torch_state_dict, from_torch_weights, load_keras)
 from .io import load, save
+from .layers import GRU, LSTM, RNN, SimpleRNN, deserialize, serialize
 from .models import Sequential
-from . import streaming  # layer.stream(); fastrnn.streaming.load_stream(path)
 
 __all__ = [
     "GRU", "LSTM", "RNN", "Bidirectional", "SimpleRNN",
     "GRUCell", "LSTMCell", "SimpleRNNCell", "StackedRNNCells",
-    "get_backend", "set_backend", "get_num_threads", "set_num_threads",
-    "serialize", "deserialize", "nn",
+    "get_backend", "set_backend", "get_num_threads", "set_num_threads", "warmup",
+    "serialize", "deserialize", "nn", "streaming", "dispatch", "initializers",
     "from_keras", "load_keras", "from_torch", "from_torch_state_dict", "from_torch_weights",
-    "save", "load", "Sequential",
+    "save", "load", "Sequential", "__version__",
 ]

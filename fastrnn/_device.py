@@ -83,3 +83,27 @@ def prepare(x):
     if not hasattr(x, "__cuda_array_interface__") and _dlpack_on_gpu(x):
         return cupy.from_dlpack(x), cupy, _identity
     return cupy.asarray(x), cupy, _identity
+
+
+def as_float_array(x, dtype, argument):
+    """Validate an input array: numeric, floating (cast to ``dtype``), C-contiguous.
+
+    A NumPy array, or a CuPy array for inputs on the GPU (see :func:`prepare`);
+    no copy when it already is what is asked. Integer and other non-float
+    inputs are a ``TypeError`` naming ``argument`` (they are not cast: an
+    integer array is more often a mistake than data).
+    """
+    xp = np
+    if is_device_array(x):
+        import cupy as xp  # noqa: F811 - only reached with GPU arrays
+    elif not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    kind = np.dtype(x.dtype).kind
+    if kind in "iub":
+        raise TypeError(f"{argument}: expected a floating-point array, got dtype {x.dtype}"
+                        " (integer inputs are not cast; convert them explicitly)")
+    if kind not in "f":
+        raise TypeError(f"{argument}: expected a floating-point array, got dtype {x.dtype}")
+    if x.dtype != dtype or not x.flags.c_contiguous:
+        x = xp.ascontiguousarray(x, dtype=dtype)
+    return x

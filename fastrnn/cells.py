@@ -3,7 +3,12 @@
 A cell owns its weights (in Keras 3 layout and gate order) and its
 configuration; it has no numerical loop of its own. ``cell.params()``
 describes it to the kernels (:mod:`fastrnn.kernels`), and a one-step call
-``cell(x_t, states)`` runs the same kernels over a single time step.
+``cell(x_t, states)`` runs through the engine (:mod:`fastrnn._engine`): on
+the ``cpu`` backend, the per-frame kernels that streams use.
+
+Weights change only through ``build`` and ``set_weights``, which swap a
+complete new set in at once (see :mod:`fastrnn._engine`): a call running
+in another thread computes with the old set or the new one, never a mix.
 
 Arguments that only matter for training are accepted so that Keras
 configurations load unchanged, stored in ``get_config()``, and otherwise
@@ -15,12 +20,11 @@ not train), and ``implementation`` (numerically identical). ``dropout`` and
 
 from __future__ import annotations
 
-import inspect
-import weakref
-
 import numpy as np
 
-from . import activations, initializers
+from . import _device, _engine, activations, dispatch, initializers, serialization
+from ._engine import WEIGHTS_LOCK, Weights
+from ._nest import flatten
 from .kernels import GRUParams, LSTMParams, SimpleRNNParams
 
 _TRAINING_ONLY = (
@@ -95,13 +99,21 @@ class _Cell:
         self.built = False
         self.input_dim = None
         self.kernel = self.recurrent_kernel = self.bias = None
-        self._params = None
-        self.version = 0  # bumped whenever weights change; layers re-pack on change
+        self._kernel_weights = None  # an _engine.Weights once built
+        self.version = 0  # bumped whenever the weights change
 
     # ----- shapes -----
     @property
     def state_size(self):
         return self.units
+
+    @property
+    def _sizes(self):
+        """The state sizes, flat (``[units]``, or ``[units, units]`` for an LSTM)."""
+        sizes = self.__dict__.get("_state_sizes")
+        if sizes is None:
+            sizes = self.__dict__["_state_sizes"] = [int(n) for n in flatten(self.state_size)]
+        return sizes
 
     @property
     def output_size(self):
@@ -134,32 +146,43 @@ class _Cell:
                     f"got input_shape {tuple(input_shape) if not isinstance(input_shape, int) else input_shape}"
                 )
             return
-        self.input_dim = input_dim
         g = self._gates * self.units
-        self.kernel = self.kernel_initializer((input_dim, g), self.dtype)
-        self.recurrent_kernel = self.recurrent_initializer((self.units, g), self.dtype)
-        self.bias = self._init_bias() if self.use_bias else None
-        self.built = True
-        self._changed()
+        arrays = [self.kernel_initializer((input_dim, g), self.dtype),
+                  self.recurrent_initializer((self.units, g), self.dtype)]
+        if self.use_bias:
+            arrays.append(self._init_bias())
+        specs = self._weight_specs(input_dim)
+        with WEIGHTS_LOCK:
+            if not self.built:  # (another thread may have built it meanwhile)
+                self._commit(specs, arrays, input_dim)
 
     def _init_bias(self):
         return self.bias_initializer(self._bias_shape(), self.dtype)
 
-    def _changed(self):
-        # The kernels run packed copies: an edit in place would be ignored,
-        # so the arrays are read-only (set_weights replaces them).
-        for name in ("kernel", "recurrent_kernel", "bias"):
-            w = getattr(self, name, None)
-            if isinstance(w, np.ndarray):
-                w.setflags(write=False)
-        self._params = None
+    def _commit(self, specs, arrays, input_dim):
+        """Put in a complete new set of weights (with WEIGHTS_LOCK held).
+
+        The arrays are made read-only: the kernels run packed copies, so an
+        edit in place would be ignored (set_weights replaces them).
+        """
+        for (name, _), w in zip(specs, arrays):
+            w.setflags(write=False)
+            setattr(self, name, w)
+        if not self.use_bias:
+            self.bias = None
+        self.input_dim = input_dim
+        self._kernel_weights = Weights(self._make_params())
+        self.built = True
         self.version += 1
-        try:
-            listeners = list(_WEIGHT_LISTENERS.get(self, ()))
-        except TypeError:  # an unhashable subclass: no stream can watch it
-            listeners = []
-        for listener in listeners:
-            listener._weights_changed()
+        _engine.weights_changed()
+
+    def _weights_for(self, dtype=None):
+        """The weights the kernels run (an ``_engine.Weights``); a cell's
+        weights are in its own dtype."""
+        w = self._kernel_weights
+        if w is None:
+            raise ValueError(f"{type(self).__name__} is not built: call build() or set_weights()")
+        return w
 
     @property
     def weights(self):
@@ -210,13 +233,8 @@ class _Cell:
             arrays.append(np.array(w, dtype=self.dtype))
 
         def commit():
-            self.input_dim = input_dim
-            for (name, _), w in zip(specs, arrays):
-                setattr(self, name, w)
-            if not self.use_bias:
-                self.bias = None
-            self.built = True
-            self._changed()
+            with WEIGHTS_LOCK:
+                self._commit(specs, arrays, input_dim)
 
         return commit
 
@@ -224,12 +242,8 @@ class _Cell:
         return self.bias if self.bias is not None else np.zeros(shape, self.dtype)
 
     def params(self):
-        """The kernel parameter record for this cell (cached until weights change)."""
-        if not self.built:
-            raise ValueError(f"{type(self).__name__} is not built: call build() or set_weights()")
-        if self._params is None:
-            self._params = self._make_params()
-        return self._params
+        """The kernel parameter record of this cell's current weights."""
+        return self._weights_for().params
 
     # ----- one step -----
     def get_initial_state(self, batch_size):
@@ -238,39 +252,34 @@ class _Cell:
         return [np.zeros((batch_size, s), self.dtype) for s in sizes]
 
     def __call__(self, inputs, states, training=False):
-        """One step: ``inputs (batch, features)``, ``states`` list -> ``(output, new_states)``."""
-        from .layers import RNN  # a one-step RNN shares all validation
+        """One step: ``inputs (batch, features)``, ``states`` list -> ``(output, new_states)``.
 
-        inputs = np.asarray(inputs)
-        if inputs.ndim != 2:
-            raise ValueError(
-                f"{type(self).__name__}: inputs expected shape (batch, features), got {inputs.shape}"
-            )
-        if self.built and inputs.shape[1] != self.input_dim:
-            raise ValueError(f"{type(self).__name__}: inputs expected shape (batch, "
-                             f"{self.input_dim}), got {inputs.shape}")
+        An unbuilt cell builds itself for ``inputs``. ``training=True``
+        applies the cell's dropout (on the ``reference`` backend, as layers
+        do); the states are never modified.
+        """
         if not isinstance(states, (list, tuple)):
             states = [states]
-        sizes = self.state_size if isinstance(self.state_size, list) else [self.state_size]
-        if len(states) != len(sizes):
-            raise ValueError(f"{type(self).__name__}: states expected {len(sizes)} arrays of "
-                             f"shapes {[(inputs.shape[0], s) for s in sizes]}, got {len(states)}")
-        for k, (st, n) in enumerate(zip(states, sizes)):
-            if np.shape(st) != (inputs.shape[0], n):
-                raise ValueError(f"{type(self).__name__}: states[{k}] expected shape "
-                                 f"{(inputs.shape[0], n)}, got {np.shape(st)}")
-        layer = self.__dict__.get("_step_layer")
-        if layer is None:
-            layer = self._step_layer = RNN(self, return_state=True)
-        result = layer(inputs[:, None, :], initial_state=list(states), training=training)
-        output, new_states = result[0], result[1:]
-        return output, new_states
+        w = self._kernel_weights  # (one attribute: a complete set of weights)
+        if (w is not None and type(inputs) is np.ndarray and inputs.ndim == 2
+                and inputs.dtype == self.dtype and inputs.flags.c_contiguous
+                and inputs.shape[1] == self.input_dim
+                and not (training and (self.dropout or self.recurrent_dropout))
+                and _plain_states(states, inputs.shape[0], self._sizes, self.dtype)):
+            frames = _engine.frames_for((w,), inputs.shape[0])
+            if frames is not None:  # the common case: one call of the frame kernel
+                return _engine.step(frames, inputs, states)
+        return _one_step(self, [self], inputs, list(states), [None], training)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.pop("_step_layer", None)
-        state["_params"] = None
+        state["_kernel_weights"] = None  # packed forms are per process: made again
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.built:
+            self._kernel_weights = Weights(self._make_params())
 
     # ----- config -----
     def get_config(self):
@@ -491,8 +500,9 @@ class StackedRNNCells:
             start += n
 
         def commit():
-            for stage in stages:
-                stage()
+            with WEIGHTS_LOCK:  # every cell's new weights, seen together
+                for stage in stages:
+                    stage()
 
         return commit
 
@@ -508,18 +518,22 @@ class StackedRNNCells:
         if len(states) != len(self.cells):
             raise ValueError(f"StackedRNNCells: states expected one entry per cell "
                              f"({len(self.cells)}), got {len(states)}")
+        if all(is_builtin(c) for c in self.cells):
+            nested = [isinstance(s, (list, tuple)) for s in states]
+            flat = [a for s, n in zip(states, nested) for a in (s if n else [s])]
+            return _one_step(self, self.cells, inputs, flat, nested, training)
         x = inputs
         new_states = []
         for cell, s in zip(self.cells, states):
             is_list = isinstance(s, (list, tuple))
-            x, new = call_cell(cell, x, list(s) if is_list else [s], training)
+            x, new = _engine.call_cell(cell, x, list(s) if is_list else [s], training)
             new = list(new) if isinstance(new, (list, tuple)) else [new]
             new_states.append(new if is_list else new[0])
         return x, new_states
 
     def get_config(self):
         return {"name": self.name, "trainable": True,
-                "cells": [serialize_cell(c) for c in self.cells]}
+                "cells": [serialization.serialize(c) for c in self.cells]}
 
     @classmethod
     def from_config(cls, config):
@@ -528,16 +542,91 @@ class StackedRNNCells:
         return cls(cells, **config)
 
 
-# cell -> the streams that packed its weights (told when they change)
-_WEIGHT_LISTENERS = weakref.WeakKeyDictionary()
+def _plain_states(states, batch, sizes, dtype):
+    """Whether ``states`` need no conversion: C-contiguous ``(batch, size)``
+    arrays of ``dtype``, as many as ``sizes``."""
+    if len(states) != len(sizes):
+        return False
+    for st, n in zip(states, sizes):
+        if type(st) is not np.ndarray or st.dtype != dtype or st.shape != (batch, n) \
+                or not st.flags.c_contiguous:
+            return False
+    return True
 
 
-def watch_weights(cell, listener):
-    """Call ``listener._weights_changed()`` whenever ``cell``'s weights are set."""
-    try:
-        _WEIGHT_LISTENERS.setdefault(cell, weakref.WeakSet()).add(listener)
-    except TypeError:  # a cell that cannot be weakly referenced: nothing to watch
-        pass
+def is_builtin(cell):
+    """Whether the kernels run ``cell``: fastrnn's own cell classes (not a
+    user's subclass, which may override the step), or a private cell that
+    declares it (``_fastrnn_cell``)."""
+    return type(cell) in (SimpleRNNCell, GRUCell, LSTMCell) or getattr(type(cell), "_fastrnn_cell",
+                                                                        False)
+
+
+def _one_step(owner, cells, inputs, states, nested, training):
+    """One step of built-in ``cells`` (a cell, or a stack's cells) through the engine.
+
+    ``states`` is flat (Keras order per cell); ``nested[i]`` says whether cell
+    ``i``'s states come as a list (None: the single cell's own call, always
+    a list). Returns ``(output, new_states)`` nested like the states came.
+    """
+    name = type(owner).__name__
+    x, xp, restore = _device.prepare(inputs)
+    if not hasattr(x, "ndim"):
+        x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: inputs expected shape (batch, features), got {tuple(x.shape)}")
+    dim = cells[0].input_dim
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name}: inputs expected shape (batch, {dim}), got {tuple(x.shape)}")
+    B = x.shape[0]
+    sizes = [int(n) for c in cells for n in flatten(c.state_size)]
+    if len(states) != len(sizes):
+        raise ValueError(f"{name}: states expected {len(sizes)} arrays of shapes "
+                         f"{[(B, n) for n in sizes]}, got {len(states)}")
+    for k, (st, n) in enumerate(zip(states, sizes)):
+        if tuple(np.shape(st)) != (B, n):
+            raise ValueError(f"{name}: states[{k}] expected shape {(B, n)}, got {np.shape(st)}")
+    if not owner.built:
+        owner.build((B, x.shape[1]))
+    dtype = cells[0].dtype
+    x = _device.as_float_array(x, dtype, "inputs")
+    flat = [_device.as_float_array(_device.prepare(st)[0], dtype, f"states[{k}]")
+            for k, st in enumerate(states)]
+    weights = _engine.snapshot(cells)
+    if training and any(c.dropout or c.recurrent_dropout for c in cells):
+        y, new = _dropout_step(cells, weights, x, flat)
+    elif xp is np and (frames := _engine.frames_for(weights, B)) is not None:
+        y, new = _engine.step(frames, x, flat)
+    else:
+        choice = _engine.select_for(weights, "auto", on_device=xp is not np)
+        packs = [w.packed(choice.module) for w in weights]
+        _, new = _engine.run_cells(choice.module, packs, x[:, None], flat, None, False, False,
+                                   False, xp)
+        y = new[len(new) - weights[-1].params.n_states]
+    y, new = restore(y), [restore(a) for a in new]
+    if nested[0] is None:
+        return y, new
+    out, at = [], 0
+    for c, is_list in zip(cells, nested):
+        n = len(flatten(c.state_size))
+        out.append(new[at:at + n] if is_list else new[at])
+        at += n
+    return y, out
+
+
+def _dropout_step(cells, weights, x, states):
+    """One step with Keras's training-mode dropout (``reference`` backend)."""
+    module = dispatch.backend_module("reference")
+    layer_in, new, k = x[:, None], [], 0
+    for cell, w in zip(cells, weights):
+        n = w.params.n_states
+        xin, packed = _engine.reference_dropout(w, layer_in, np.random.default_rng(cell.seed),
+                                                cell.dropout, cell.recurrent_dropout)
+        out, st = _engine.run_cells(module, [packed], xin, states[k:k + n], None, False, False,
+                                    True)
+        new += st
+        layer_in, k = out, k + n
+    return layer_in[:, 0], new
 
 
 def _batch_arg(batch_size):
@@ -567,37 +656,14 @@ def stage_weights(obj, weights):
     return lambda: obj.set_weights(weights)
 
 
-def _takes_training(cell):
-    """Whether ``cell(x, states, training=...)`` is accepted: Keras passes
-    ``training`` only to a cell whose call has that argument (or ``**kwargs``)."""
-    try:
-        params = inspect.signature(cell).parameters.values()
-    except (TypeError, ValueError):  # no signature to read: do not pass it
-        return False
-    return any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in params)
-
-
-def call_cell(cell, inputs, states, training):
-    """One step of any cell, built-in or the user's, as Keras calls it."""
-    if _takes_training(cell):
-        return cell(inputs, states, training=training)
-    return cell(inputs, states)
-
-
 def _first(size):
     return size[0] if isinstance(size, (list, tuple)) else size
 
 
-CELLS = {c.__name__: c for c in (SimpleRNNCell, GRUCell, LSTMCell, StackedRNNCells)}
-
-
-def serialize_cell(cell):
-    return {"module": "keras.layers", "class_name": type(cell).__name__,
-            "config": cell.get_config(), "registered_name": None}
+for _cls in (SimpleRNNCell, GRUCell, LSTMCell, StackedRNNCells):
+    serialization.register("cell")(_cls)
 
 
 def deserialize_cell(obj):
-    if not isinstance(obj, dict) or obj.get("class_name") not in CELLS:
-        name = obj.get("class_name") if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"cell: unsupported cell class {name!r}; expected one of {sorted(CELLS)}")
-    return CELLS[obj["class_name"]].from_config(obj.get("config", {}))
+    """A cell from its serialised form (``{"class_name", "config"}``)."""
+    return serialization.deserialize(obj, kinds=("cell",), where="cell", what="cell class")

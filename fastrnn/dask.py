@@ -44,7 +44,8 @@ import os
 import numpy as np
 
 from . import dispatch
-from .layers import RNN, Bidirectional
+from .bidirectional import Bidirectional
+from .layers import RNN
 
 __all__ = ["predict", "predict_partitions", "FastrnnPlugin"]
 

@@ -82,6 +82,12 @@ def set_backend(name):
     _default = None if name == "auto" else name
 
 
+def default_key():
+    """What the process-wide default depends on (cheap to read on every
+    call; caches of choices key on it, :func:`get_backend` checks it)."""
+    return _default, os.environ.get("FASTRNN_BACKEND")
+
+
 def get_backend():
     """The process-wide default: set_backend's value, else $FASTRNN_BACKEND, else auto."""
     if _default is not None:

@@ -47,8 +47,11 @@ import zipfile
 
 import numpy as np
 
-from . import _safe_io
+from . import _safe_io, serialization
+from . import models  # noqa: F401  (registers the layers and models load builds)
 from ._tf_bundle import read_tf_checkpoint  # noqa: F401  (public: fastrnn.io.read_tf_checkpoint)
+from ._version import __version__
+from .interop import torch as _torch  # noqa: F401  (registers the converted PyTorch modules)
 
 FORMAT = "fastrnn"
 FORMAT_VERSION = 1
@@ -72,55 +75,32 @@ class _Writer:
         return names
 
 
-def _registry():
-    """Class name -> (kind, class): the only classes ``load`` ever builds."""
-    from . import models
-    from .cells import CELLS
-    from .layers import LAYERS
-
-    table = {}
-    for name, cls in LAYERS.items():
-        table[name] = ("rnn_layer", cls)
-    for name, cls in CELLS.items():
-        table[name] = ("cell", cls)
-    for name, cls in models.LAYERS.items():
-        table[name] = ("model_layer", cls)
-    table["Sequential"] = ("sequential", models.Sequential)
-    table["TorchRecurrent"] = ("torch", None)
-    table["TorchCell"] = ("torch", None)
-    return table
+_KINDS = ("rnn", "cell", "layer", "model", "torch")
 
 
 def _describe(obj, writer):
     """``{"class_name", "config", "weights", ...}`` for ``obj``; arrays go to ``writer``."""
-    from . import models
-    from .cells import CELLS, serialize_cell
-    from .layers import LAYERS, RNN, serialize
-
     cls_name = type(obj).__name__
-    if cls_name in ("TorchRecurrent", "TorchCell") and type(obj).__module__.startswith(
-            "fastrnn.interop.torch"):
+    kind = serialization.kind_of(obj)
+    if kind == "torch":
         return {"class_name": cls_name, "config": obj.get_config(),
                 "weights": dict(zip(obj.parameter_names, writer.add(obj.get_weights())))}
-    if isinstance(obj, models.Sequential):
-        return {"class_name": "Sequential", "config": {"name": obj.name},
+    if kind == "model":
+        return {"class_name": cls_name, "config": {"name": obj.name},
                 "layers": [_describe(layer, writer) for layer in obj.layers]}
-    if type(obj) in tuple(LAYERS.values()) + tuple(CELLS.values()) and not obj.built:
+    if kind in ("rnn", "cell") and not obj.built:
         raise ValueError(f"save: the {cls_name} is not built; build it or set its weights "
                          "first (loading it would otherwise start from random weights)")
-    if type(obj) in LAYERS.values():
-        spec = {"class_name": cls_name, "config": serialize(obj)["config"],
+    if kind == "rnn":
+        spec = {"class_name": cls_name, "config": obj.get_config(),
                 "weights": writer.add(obj.get_weights())}
         for sub in getattr(obj, "forward_layer", None), getattr(obj, "backward_layer", None):
             if sub is not None and sub.stateful and sub.states is not None:
                 spec.setdefault("states", []).append(writer.add(sub.states))
-        if isinstance(obj, RNN) and obj.stateful and obj.states is not None:
+        if not hasattr(obj, "forward_layer") and obj.stateful and obj.states is not None:
             spec["states"] = writer.add(obj.states)
         return spec
-    if type(obj) in CELLS.values():
-        return {"class_name": cls_name, "config": serialize_cell(obj)["config"],
-                "weights": writer.add(obj.get_weights())}
-    if type(obj) in models.LAYERS.values():
+    if kind in ("cell", "layer"):
         return {"class_name": cls_name, "config": obj.get_config(),
                 "weights": writer.add(obj.get_weights())}
     raise TypeError(f"save: cannot save a {cls_name}; fastrnn saves its layers, cells, "
@@ -128,18 +108,16 @@ def _describe(obj, writer):
 
 
 def _build(spec, arrays, path="object"):
-    """Rebuild an object from its spec (only classes from :func:`_registry`)."""
-    from . import models
-    from .layers import deserialize
-
+    """Rebuild an object from its spec (only registered classes: see
+    :mod:`fastrnn.serialization`)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("class_name"), str):
         raise ValueError(f"{path}: expected an object description with a class_name")
     name = spec["class_name"]
-    table = _registry()
-    if name not in table:
+    if name not in serialization.names(_KINDS):
         raise ValueError(f"{path}: unknown class {name!r}; this fastrnn reads "
-                         f"{sorted(table)}")
-    kind, cls = table[name]
+                         f"{serialization.names(_KINDS)}")
+    cls = serialization.lookup(name, _KINDS)
+    kind = serialization.kind_of_class(cls)
     config = spec.get("config")
     if not isinstance(config, dict):
         raise ValueError(f"{path}: config must be a JSON object")
@@ -153,8 +131,6 @@ def _build(spec, arrays, path="object"):
         return [arrays[n] for n in names]
 
     if kind == "torch":
-        from .interop import torch as _torch
-
         weights = spec.get("weights")
         if not isinstance(weights, dict):
             raise ValueError(f"{path}: weights must map parameter names to arrays")
@@ -163,31 +139,32 @@ def _build(spec, arrays, path="object"):
             raise ValueError(f"{path}: num_layers={layers} but the file holds "
                              f"{len(weights)} arrays")
         state = dict(zip(weights, get(list(weights.values()), "weights")))
-        return getattr(_torch, name).from_config(config, state_dict=state)
-    if kind == "sequential":
+        return cls.from_config(config, state_dict=state)
+    if kind == "model":
         layers = spec.get("layers")
         if not isinstance(layers, list):
             raise ValueError(f"{path}: layers must be a list")
         built = [_build(s, arrays, f"{path}.layers[{i}]") for i, s in enumerate(layers)]
-        return models.Sequential(built, name=config.get("name"))
+        return cls(built, name=config.get("name"))
     declared = []
-    if kind in ("rnn_layer", "cell"):
+    if kind in ("rnn", "cell"):
         # Made unbuilt, then built by the file's arrays: no random weights, and
         # the sizes the config declares are checked against the arrays.
         deferred, declared = _safe_io.defer_build({"class_name": name, "config": config})
-        obj = deserialize(deferred)
+        obj = serialization.deserialize(deferred, kinds=(kind,))
     else:
-        obj = models.layer_from_config({"class_name": name, "config": config})
+        obj = serialization.deserialize({"class_name": name, "config": config},
+                                        kinds=("layer",))
     weights = get(spec.get("weights", []), "weights")
     if weights:
         obj.set_weights(weights)
-    elif kind in ("rnn_layer", "cell"):
+    elif kind in ("rnn", "cell"):
         raise ValueError(f"{path}: the {name} has no weights in the file (a recurrent layer "
                          "or cell is saved built; an unbuilt one would start from random "
                          "weights)")
     for sub in (obj.forward_layer, obj.backward_layer) if name == "Bidirectional" else [obj]:
         if declared:
-            _safe_io.check_features(declared, sub._cells[0].input_dim, path)
+            _safe_io.check_features(declared, sub.cells[0].input_dim, path)
     states = spec.get("states")
     if states is not None:
         subs = [obj] if name != "Bidirectional" else [
@@ -197,7 +174,7 @@ def _build(spec, arrays, path="object"):
             raise ValueError(f"{path}: states do not match the layer")
         for sub, names in zip(subs, groups):
             values = get(names, "states")
-            sizes = sub._flat_state_sizes
+            sizes = sub.state_sizes
             if len(values) != len(sizes) or any(
                     v.ndim != 2 or v.shape[1] != s for v, s in zip(values, sizes)):
                 raise ValueError(f"{path}: states do not match the layer's state sizes {sizes}")
@@ -217,7 +194,7 @@ def save(obj, path):
     spec = _describe(obj, writer)
     try:
         text = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
-                           "fastrnn_version": _version(), "object": spec},
+                           "fastrnn_version": __version__, "object": spec},
                           allow_nan=True, sort_keys=True)
         _build(json.loads(text)["object"], writer.arrays)
     except (TypeError, ValueError) as exc:
@@ -241,12 +218,6 @@ def _object_digest(obj):
     """SHA-256 of the object description in a canonical JSON form (sorted
     keys), so that an edited config is caught like edited weights."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, allow_nan=True).encode("utf-8")).hexdigest()
-
-
-def _version():
-    from . import __version__
-
-    return __version__
 
 
 def load(path):
@@ -304,7 +275,7 @@ def _load_archive(z, size, where):
     if version > FORMAT_VERSION:
         raise ValueError(f"{where} has format version {version}, written by "
                          f"fastrnn {header.get('fastrnn_version')}; this fastrnn "
-                         f"({_version()}) reads up to version {FORMAT_VERSION}: upgrade fastrnn")
+                         f"({__version__}) reads up to version {FORMAT_VERSION}: upgrade fastrnn")
     if version < 1:
         raise ValueError(f"{where}: invalid format version {version}")
     # (the SHA-256 below covers the member, so its CRC-32 is not checked too)

@@ -1,8 +1,9 @@
 """Keras-style recurrent layers: sequence semantics around the kernels.
 
 ``RNN(cell)`` owns what happens along time: masks, direction, initial and
-carried state, return values. ``SimpleRNN``, ``GRU`` and ``LSTM`` are
-``RNN`` over the matching cell; ``Bidirectional`` runs a layer both ways.
+carried state, return values; the engine (:mod:`fastrnn._engine`) runs the
+cells. ``SimpleRNN``, ``GRU`` and ``LSTM`` are ``RNN`` over the matching
+cell; :mod:`fastrnn.bidirectional` runs a layer both ways.
 They match Keras 3 numerically (same weights in, same outputs out, to
 float32 rounding) and take Keras 3's arguments, plus:
 
@@ -23,39 +24,18 @@ arrays: ``layer(x, mask=None, initial_state=None, training=False)``.
 
 from __future__ import annotations
 
-import copy
-import threading
-
 import numpy as np
 
-from . import _device, dispatch
+from . import _device, _engine, dispatch, serialization
+from ._nest import flatten, pack_as
 from .cells import (
-    CELLS, GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _batch_arg, _first, _pop_common,
-    _weight_list, call_cell, deserialize_cell, resolve_dtype, serialize_cell, stage_weights,
+    GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _batch_arg, _first, _pop_common,
+    deserialize_cell, is_builtin, stage_weights,
 )
-from .kernels import reference as _reference
-from .kernels import run as _run_kernel
+from .streaming import Stream
 
 _RNN_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll",
              "zero_output_for_mask", "time_major")
-
-
-def _flatten(nested):
-    if isinstance(nested, (list, tuple)):
-        return [x for item in nested for x in _flatten(item)]
-    return [nested]
-
-
-def _pack_like(structure, flat):
-    """Rebuild ``structure``'s nesting (lists) from the flat list ``flat``."""
-    it = iter(flat)
-
-    def build(s):
-        if isinstance(s, (list, tuple)):
-            return [build(x) for x in s]
-        return next(it)
-
-    return build(structure)
 
 
 def _flag(value, argument):
@@ -102,24 +82,6 @@ def _shape_kwargs(kwargs, where):
                              + ", ".join(f"{a}={v}" for a, v in values))
         out.append(int(values[0][1]) if values else None)
     return tuple(out)
-
-
-def _as_float_array(x, dtype, argument):
-    """Validate an input array: numeric, floating (cast to ``dtype``), no copy if possible."""
-    xp = np
-    if _device.is_device_array(x):
-        import cupy as xp  # noqa: F811 - only reached with GPU arrays
-    elif not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    kind = np.dtype(x.dtype).kind
-    if kind in "iub":
-        raise TypeError(f"{argument}: expected a floating-point array, got dtype {x.dtype}"
-                        " (integer inputs are not cast; convert them explicitly)")
-    if kind not in "f":
-        raise TypeError(f"{argument}: expected a floating-point array, got dtype {x.dtype}")
-    if x.dtype != dtype or not x.flags.c_contiguous:
-        x = xp.ascontiguousarray(x, dtype=dtype)
-    return x
 
 
 def _mask_array(mask, batch, time, xp, time_major=False):
@@ -228,37 +190,37 @@ class RNN:
         cell_dtype = getattr(cell, "dtype", None)
         self.dtype = np.dtype(dtype if cell_dtype is None else cell_dtype)
         self.states = None
-        self._packed = {}
         self._placed = None
         self._choice = None
-        self._lock = threading.Lock()
         self._declared_batch = batch  # a stateful layer's batch, from batch_size=
         if features is not None:
             self.build((batch, None, features))
 
     # ----- structure -----
     @property
-    def _cells(self):
-        """The cells the kernels run, bottom to top."""
+    def cells(self):
+        """The cells the layer runs, bottom to top (one unless stacked)."""
         return self.cell.cells if isinstance(self.cell, StackedRNNCells) else [self.cell]
 
     @property
-    def _compiled(self):
-        # Exact built-in types (a user subclass may override the step), or a
-        # private cell that declares it runs on the kernels (``_fastrnn_cell``).
-        return all(type(c) in (SimpleRNNCell, GRUCell, LSTMCell)
-                   or getattr(type(c), "_fastrnn_cell", False) for c in self._cells)
+    def compiled(self):
+        """Whether the kernels run every cell (built-in cells); else the
+        layer steps its cell from Python."""
+        return all(is_builtin(c) for c in self.cells)
 
     @property
     def state_size(self):
         return self.cell.state_size
 
     @property
-    def _flat_state_sizes(self):
-        return [int(s) for s in _flatten(self.cell.state_size)]
+    def state_sizes(self):
+        """The size of each state, flat, Keras order (``[h]`` or ``[h, c]`` per cell)."""
+        return [int(s) for s in flatten(self.cell.state_size)]
 
     @property
-    def _state_structure(self):
+    def state_structure(self):
+        """How the states nest in calls and return values (one list per
+        stacked cell, as Keras returns them)."""
         size = self.cell.state_size
         if isinstance(self.cell, StackedRNNCells):
             # Keras returns each stacked cell's states as a list, even a GRU's [h].
@@ -314,21 +276,18 @@ class RNN:
         self._placed = device
         return self
 
-    def _params_list(self):
-        return [c.params() for c in self._cells]
-
-    def _select(self, on_device=False):
-        if not self._compiled:
+    def _select(self, weights=None, on_device=False):
+        """The backend for host inputs (or GPU inputs with ``on_device``),
+        remembered for ``backend`` / ``backend_reason``."""
+        if not self.compiled:
             self._choice = dispatch.Choice(
                 "custom", None, "host step loop: the cell is not a built-in fastrnn cell")
             return self._choice
         if not self.built:
             raise ValueError(f"{type(self).__name__} is not built: call build() or set_weights()")
-        requested = self.backend_arg
-        if requested == "auto" and self._placed == "cpu":
-            requested = "cpu"
-        choice = dispatch.select(requested, self._params_list(),
-                                 on_device=on_device or self._placed == "cuda")
+        if weights is None:
+            weights = _engine.snapshot(self.cells)
+        choice = _engine.select_for(weights, self.backend_arg, on_device, self._placed)
         self._choice = choice
         return choice
 
@@ -345,21 +304,10 @@ class RNN:
             self._select()
         return self._choice.reason if self._choice else "not built yet"
 
-    def _packs(self, choice):
-        """Packed weights for ``choice``, re-derived only when weights changed."""
-        key = choice.name
-        version = tuple(c.version for c in self._cells)
-        with self._lock:
-            hit = self._packed.get(key)
-            if hit is None or hit[0] != version:
-                hit = (version, [choice.module.pack(p) for p in self._params_list()])
-                self._packed[key] = hit
-        return hit[1]
-
     # ----- states -----
     def get_initial_state(self, batch_size, xp=np):
         batch_size = _batch_arg(batch_size)
-        return [xp.zeros((batch_size, s), self.dtype) for s in self._flat_state_sizes]
+        return [xp.zeros((batch_size, s), self.dtype) for s in self.state_sizes]
 
     def reset_states(self):
         """Zero the carried states of a stateful layer."""
@@ -370,7 +318,7 @@ class RNN:
     reset_state = reset_states
 
     def _initial_states(self, initial_state, batch, xp):
-        sizes = self._flat_state_sizes
+        sizes = self.state_sizes
         fixed, by = None, None
         if self.stateful and self.states is not None:
             fixed, by = self.states[0].shape[0], "its first call"
@@ -387,7 +335,7 @@ class RNN:
             if self.stateful and self.states is not None:
                 return [s.copy() for s in self.states]
             return self.get_initial_state(batch, xp)
-        flat = _flatten(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        flat = flatten(initial_state)
         if len(flat) != len(sizes):
             raise ValueError(
                 f"initial_state: expected {len(sizes)} arrays of shapes "
@@ -395,7 +343,7 @@ class RNN:
             )
         states = []
         for k, (s, size) in enumerate(zip(flat, sizes)):
-            s = _as_float_array(s, self.dtype, f"initial_state[{k}]")
+            s = _device.as_float_array(s, self.dtype, f"initial_state[{k}]")
             if tuple(s.shape) != (batch, size):
                 raise ValueError(
                     f"initial_state[{k}]: expected shape {(batch, size)}, got {tuple(s.shape)}"
@@ -407,8 +355,24 @@ class RNN:
 
     # ----- call -----
     def __call__(self, inputs, mask=None, initial_state=None, training=False):
+        return self._call(inputs, mask, initial_state, training, None)
+
+    def _call(self, inputs, mask, initial_state, training, weights):
+        """A call with the cells' ``weights`` (:meth:`_snapshot`; None: read now)."""
+        x, m, states, xp, restore = self._prepare(inputs, mask, initial_state)
+        output, new_states = self._forward(x, m, states, training, xp, weights)
+        return self._finish(output, new_states, xp, restore)
+
+    def _snapshot(self):
+        """The cells' current weights (see ``_engine.snapshot``), None for the
+        user's cells (they hold their own)."""
+        return _engine.snapshot(self.cells) if self.compiled and self.built else None
+
+    def _prepare(self, inputs, mask, initial_state):
+        """Check and convert a call's arguments: ``(x (B, T, D), mask (B, T)
+        or None, flat initial states, xp, restore)`` (see ``_device.prepare``)."""
         x, xp, restore = _device.prepare(inputs)
-        x = _as_float_array(x, self.dtype, "inputs")
+        x = _device.as_float_array(x, self.dtype, "inputs")
         if x.ndim != 3:
             layout = "(time, batch, features)" if self.time_major else "(batch, time, features)"
             raise ValueError(f"inputs: expected a 3D array {layout}, got shape {tuple(x.shape)}")
@@ -419,7 +383,7 @@ class RNN:
             raise ValueError("inputs: the batch is empty (batch size 0)")
         if not self.built:
             self.build((B, T, D))
-        in_dim = getattr(self._cells[0], "input_dim", None)
+        in_dim = getattr(self.cells[0], "input_dim", None)
         if in_dim is not None and D != in_dim:
             raise ValueError(
                 f"inputs: expected {in_dim} features (the layer was built for them), got "
@@ -431,7 +395,10 @@ class RNN:
         states = self._initial_states(initial_state, B, xp)
         if self.stateful and self.states is None:
             self.states = [xp.zeros_like(s) for s in states]
-        output, new_states = self._forward(x, m, states, training, xp)
+        return x, m, states, xp, restore
+
+    def _finish(self, output, new_states, xp, restore):
+        """Carry a stateful layer's states, and shape the return value."""
         if self.stateful:
             for dst, src in zip(self.states, new_states):
                 dst[...] = src
@@ -441,123 +408,67 @@ class RNN:
         if not self.return_state:
             return output
         new_states = [restore(s) for s in new_states]
-        return [output] + _pack_like(self._state_structure, new_states)
+        return [output] + pack_as(self.state_structure, new_states)
 
-    def _forward(self, x, mask, states, training, xp):
-        """Run the cells over ``x (B, T, D)``; return (output, flat final states)."""
+    def _forward(self, x, mask, states, training, xp, weights=None):
+        """Run the cells over ``x (B, T, D)``; return (output, flat final states).
+
+        ``weights``: the cells' weights to run (see ``_engine.snapshot``),
+        read now when not given.
+        """
         B, T, _ = x.shape
         P = self.output_size
         if T == 0:
             shape = (B, 0, P) if self.return_sequences else (B, P)
             return xp.zeros(shape, self.dtype), [s.copy() for s in states]
-        if not self._compiled:
-            self._select()
-            return self._host_loop(x, mask, states, training)
-        dropout = training and any(c.dropout or c.recurrent_dropout for c in self._cells)
-        if dropout:
-            choice = self._choice = dispatch.Choice(
-                "reference", _reference, "reference: training=True with dropout (the fast "
-                "backends run inference only)")
-            packs = None
-        else:
-            choice = self._select(on_device=xp is not np)
-            packs = self._packs(choice)
-        out_states = [xp.empty_like(s) for s in states]
         reverse, zero = self.go_backwards, self.zero_output_for_mask
-        layer_in, k = x, 0
-        cells = self._cells
-        for i, cell in enumerate(cells):
-            n = 2 if cell.params().kind == "lstm" else 1
-            last = i == len(cells) - 1
-            out = None
-            if not last or self.return_sequences:
-                out = xp.empty((B, T, cell.output_size), self.dtype)
-            if dropout:
-                layer_in, packed = self._dropout_pack(cell, layer_in, B)
-            else:
-                packed = packs[i]
-            _run_kernel(choice.module, packed, layer_in, states[k : k + n], mask, reverse,
-                        zero, out, out_states[k : k + n])
+        if not self.compiled:
+            self._select()
+            return _engine.host_loop(self.cell, x, mask, states, self.state_structure, reverse,
+                                     zero, self.return_sequences, training, self.output_size,
+                                     self.state_sizes, self.dtype)
+        if weights is None:
+            weights = _engine.snapshot(self.cells)
+        if training and any(c.dropout or c.recurrent_dropout for c in self.cells):
+            self._choice = dispatch.Choice(
+                "reference", dispatch.backend_module("reference"), "reference: training=True "
+                "with dropout (the fast backends run inference only)")
+            out, out_states, packs = self._dropout_run(weights, x, mask, states, reverse, zero)
+        else:
+            choice = self._select(weights, on_device=xp is not np)
+            packs = [w.packed(choice.module) for w in weights]
+            out, out_states = _engine.run_cells(choice.module, packs, x, states, mask, reverse,
+                                                zero, self.return_sequences, xp)
+        if self.return_sequences:
+            return xp.ascontiguousarray(out[:, ::-1] if reverse else out), out_states
+        return _engine.last_output(packs, out_states, mask, reverse, zero, xp), out_states
+
+    def _dropout_run(self, weights, x, mask, states, reverse, zero):
+        """Keras training-mode dropout, cell by cell on the reference backend."""
+        module = dispatch.backend_module("reference")
+        layer_in, k, out_states, packs = x, 0, [], []
+        for i, (cell, w) in enumerate(zip(self.cells, weights)):
+            n = w.params.n_states
+            xin, packed = _engine.reference_dropout(w, layer_in, np.random.default_rng(cell.seed),
+                                                    cell.dropout, cell.recurrent_dropout)
+            last = i == len(weights) - 1
+            out, st = _engine.run_cells(module, [packed], xin, states[k:k + n], mask, reverse,
+                                        zero, not last or self.return_sequences)
+            out_states += st
+            packs.append(packed)
             layer_in, k = out, k + n
-        if self.return_sequences:
-            output = layer_in[:, ::-1] if reverse else layer_in
-            return xp.ascontiguousarray(output), out_states
-        h = out_states[k - (2 if cells[-1].params().kind == "lstm" else 1)]
-        if mask is None:
-            return h.copy(), out_states
-        valid = mask[:, 0 if reverse else T - 1] if zero else mask.any(axis=1)
-        return xp.where(valid[:, None], h, xp.zeros_like(h)), out_states
-
-    def _dropout_pack(self, cell, x, batch):
-        """Keras training-mode dropout: one mask per sequence, for all steps."""
-        rng = np.random.default_rng(cell.seed)
-        if cell.dropout:
-            keep = rng.random((batch, 1, x.shape[2])) >= cell.dropout
-            x = x * (keep / (1.0 - cell.dropout)).astype(x.dtype)
-        packed = _reference.pack(cell.params())
-        if cell.recurrent_dropout:
-            keep = rng.random((batch, cell.units)) >= cell.recurrent_dropout
-            packed.recurrent_mask = keep / (1.0 - cell.recurrent_dropout)
-        return np.ascontiguousarray(x), packed
-
-    def _host_loop(self, x, mask, states, training):
-        """Step a custom cell from Python, with Keras masking semantics."""
-        B, T, _ = x.shape
-        structure = self._state_structure
-        flat = [s.copy() for s in states]
-        prev, outputs = None, []
-        steps = range(T - 1, -1, -1) if self.go_backwards else range(T)
-        for t in steps:
-            y, new = call_cell(self.cell, x[:, t], _pack_like(structure, flat), training)
-            y = np.asarray(y, self.dtype)
-            new = [np.asarray(s, self.dtype) for s in _flatten(new)]
-            self._check_step(y, new, B)
-            if prev is None:
-                prev = np.zeros_like(y)
-            if mask is not None:
-                keep = mask[:, t, None]
-                new = [np.where(keep, n, s) for n, s in zip(new, flat)]
-                y = np.where(keep, y, np.zeros_like(y) if self.zero_output_for_mask else prev)
-            flat, prev = new, y
-            outputs.append(y)
-        if self.return_sequences:
-            return np.ascontiguousarray(np.stack(outputs, axis=1)), flat
-        return prev, flat
-
-    def _check_step(self, y, new, B):
-        """What the user's cell returned has the shapes it declared."""
-        name = type(self.cell).__name__
-        size = self.output_size
-        if y.shape != (B, size):
-            raise ValueError(f"{name} returned an output of shape {y.shape}; expected "
-                             f"(batch, output_size) = {(B, size)}")
-        sizes = self._flat_state_sizes
-        if len(new) != len(sizes):
-            raise ValueError(f"{name} returned {len(new)} states; its state_size declares "
-                             f"{len(sizes)}")
-        for k, (s, n) in enumerate(zip(new, sizes)):
-            if s.shape != (B, n):
-                raise ValueError(f"{name} returned states[{k}] of shape {s.shape}; expected "
-                                 f"{(B, n)} (state_size)")
+        return layer_in, out_states, packs
 
     # ----- streaming and pickling -----
     def stream(self, batch_size=1, **kwargs):
         """A :class:`fastrnn.streaming.Stream`: frame-by-frame inference with carried state."""
-        from .streaming import Stream
-
         return Stream(self, batch_size=batch_size, **kwargs)
 
     def __getstate__(self):
-        # Locks and backend-packed weights are per process: rebuilt on demand.
+        # The backend choice holds a module: per process, made again on demand.
         state = dict(self.__dict__)
-        state["_lock"] = None
-        state["_packed"] = {}
         state["_choice"] = None
         return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     # ----- shapes and config -----
     def compute_output_shape(self, input_shape):
@@ -569,8 +480,8 @@ class RNN:
             out = (batch, self.output_size)
         if not self.return_state:
             return out
-        return [out] + _pack_like(self._state_structure,
-                                  [(batch, s) for s in self._flat_state_sizes])
+        return [out] + pack_as(self.state_structure,
+                                  [(batch, s) for s in self.state_sizes])
 
     def _rnn_config(self):
         config = {
@@ -585,7 +496,7 @@ class RNN:
     def get_config(self):
         if not hasattr(self.cell, "get_config"):
             raise ValueError(f"{type(self).__name__}.get_config: the cell has no get_config")
-        return {**self._rnn_config(), "cell": serialize_cell(self.cell)}
+        return {**self._rnn_config(), "cell": serialization.serialize(self.cell)}
 
     @classmethod
     def from_config(cls, config):
@@ -650,181 +561,10 @@ class LSTM(_CellLayer):
     _cell_class = LSTMCell
 
 
-class Bidirectional:
-    """Run a recurrent layer forwards and backwards and merge (Keras 3 ``Bidirectional``).
+for _cls in (RNN, SimpleRNN, GRU, LSTM):
+    serialization.register("rnn")(_cls)
 
-    Parameters
-    ----------
-    layer : RNN
-        The forward layer's template. Like Keras, fastrnn builds two new
-        layers from its config (``forward_layer`` and ``backward_layer``, the
-        latter with ``go_backwards`` flipped); load weights with
-        ``set_weights(forward weights + backward weights)``.
-    merge_mode : {"concat", "sum", "mul", "ave", None}
-        How to combine the two outputs; ``None`` returns both.
-    backward_layer : RNN, optional
-        A layer to use as is for the backward direction.
-
-    Masked steps output zeros in both directions (with
-    ``return_sequences``), and the backward sequence is flipped back so
-    both line up in time. ``return_state`` returns
-    ``[output, *forward_states, *backward_states]``.
-    """
-
-    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None,
-                 **kwargs):
-        if not isinstance(layer, RNN):
-            raise ValueError(f"layer: expected a fastrnn recurrent layer, got {layer!r}")
-        if backward_layer is not None and not isinstance(backward_layer, RNN):
-            raise ValueError(f"backward_layer: expected a fastrnn recurrent layer, "
-                             f"got {backward_layer!r}")
-        if merge_mode not in ("concat", "sum", "mul", "ave", None):
-            raise ValueError(f"merge_mode: expected one of 'concat', 'sum', 'mul', 'ave', None; "
-                             f"got {merge_mode!r}")
-        backend = kwargs.pop("backend", None)
-        self.name, _ = _pop_common(kwargs, "Bidirectional")
-        self.forward_layer = deserialize(serialize(layer))
-        if backward_layer is None:
-            config = serialize(layer)
-            config["config"]["go_backwards"] = not layer.go_backwards
-            backward_layer = deserialize(config)
-        self.backward_layer = backward_layer
-        if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
-            raise ValueError("backward_layer: must have the opposite go_backwards of layer")
-        for attr in ("stateful", "return_sequences", "return_state"):
-            if getattr(self.forward_layer, attr) != getattr(self.backward_layer, attr):
-                raise ValueError(f"backward_layer: {attr} must equal the forward layer's")
-        for sub in (self.forward_layer, self.backward_layer):
-            sub.zero_output_for_mask = sub.return_sequences
-            if backend is not None:
-                sub.backend_arg = dispatch._check_name(backend)
-        self.merge_mode = merge_mode
-        self.return_sequences = layer.return_sequences
-        self.return_state = layer.return_state
-        self.stateful = layer.stateful
-        self.time_major = layer.time_major
-        self.dtype = layer.dtype
-        if weights is not None:
-            self.set_weights(weights)
-
-    @property
-    def built(self):
-        return self.forward_layer.built and self.backward_layer.built
-
-    def build(self, input_shape):
-        self.forward_layer.build(input_shape)
-        self.backward_layer.build(input_shape)
-
-    def get_weights(self):
-        return self.forward_layer.get_weights() + self.backward_layer.get_weights()
-
-    def set_weights(self, weights):
-        """Forward layer's weights then backward layer's, Keras order."""
-        weights = _weight_list(weights, "Bidirectional.set_weights")
-        if len(weights) % 2:
-            raise ValueError(f"Bidirectional.set_weights: expected an even number of arrays "
-                             f"(forward then backward), got {len(weights)}")
-        half = len(weights) // 2
-        # both halves checked before either layer changes
-        forward = stage_weights(self.forward_layer, weights[:half])
-        backward = stage_weights(self.backward_layer, weights[half:])
-        forward()
-        backward()
-
-    def reset_states(self):
-        self.forward_layer.reset_states()
-        self.backward_layer.reset_states()
-
-    reset_state = reset_states
-
-    def to(self, device):
-        self.forward_layer.to(device)
-        self.backward_layer.to(device)
-        return self
-
-    @property
-    def backend(self):
-        return self.forward_layer.backend
-
-    @property
-    def backend_reason(self):
-        return self.forward_layer.backend_reason
-
-    def stream(self, *args, **kwargs):
-        raise TypeError("Bidirectional layers cannot stream: the backward direction needs the "
-                        "whole sequence (future frames) before it can emit anything")
-
-    def __call__(self, inputs, mask=None, initial_state=None, training=False):
-        fw_state = bw_state = None
-        if initial_state is not None:
-            flat = _flatten(initial_state)
-            n_fw = len(self.forward_layer._flat_state_sizes)
-            n_bw = len(self.backward_layer._flat_state_sizes)
-            if len(flat) != n_fw + n_bw:
-                raise ValueError(f"initial_state: expected {n_fw} forward states then {n_bw} "
-                                 f"backward states ({n_fw + n_bw} arrays), got {len(flat)}")
-            fw_state, bw_state = flat[:n_fw], flat[n_fw:]
-        y = self.forward_layer(inputs, mask=mask, initial_state=fw_state, training=training)
-        y_rev = self.backward_layer(inputs, mask=mask, initial_state=bw_state, training=training)
-        states = []
-        if self.return_state:
-            states = list(y[1:]) + list(y_rev[1:])
-            y, y_rev = y[0], y_rev[0]
-        xp = np
-        if _device.is_device_array(y):
-            import cupy as xp
-        if self.return_sequences:
-            axis = 0 if self.time_major else 1
-            y_rev = xp.flip(y_rev, axis=axis)
-        if self.merge_mode == "concat":
-            output = xp.concatenate([y, y_rev], axis=-1)
-        elif self.merge_mode == "sum":
-            output = y + y_rev
-        elif self.merge_mode == "ave":
-            output = (y + y_rev) / 2
-        elif self.merge_mode == "mul":
-            output = y * y_rev
-        else:
-            output = [y, xp.ascontiguousarray(y_rev)]
-        if self.return_state:
-            return (output if isinstance(output, list) else [output]) + states
-        return output
-
-    def compute_output_shape(self, input_shape):
-        shape = self.forward_layer.compute_output_shape(input_shape)
-        states = []
-        if self.return_state:
-            shape, states = shape[0], shape[1:]
-        if self.merge_mode == "concat":
-            shape = tuple(shape[:-1]) + (shape[-1] * 2,)
-        elif self.merge_mode is None:
-            shape = [shape, shape]
-        if self.return_state:
-            return (shape if self.merge_mode is None else [shape]) + states + states
-        return shape
-
-    def get_config(self):
-        return {"name": self.name, "trainable": True, "merge_mode": self.merge_mode,
-                "layer": serialize(self.forward_layer),
-                "backward_layer": serialize(self.backward_layer)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        layer = deserialize(config.pop("layer"))
-        backward = config.pop("backward_layer", None)
-        if backward is not None:
-            backward = deserialize(backward)
-        return cls(layer, backward_layer=backward, **config)
-
-
-LAYERS = {c.__name__: c for c in (RNN, SimpleRNN, GRU, LSTM, Bidirectional)}
-
-
-def serialize(layer):
-    """``{"class_name", "config"}`` for a fastrnn layer (Keras's serialised form)."""
-    return {"module": "keras.layers", "class_name": type(layer).__name__,
-            "config": layer.get_config(), "registered_name": None}
+serialize = serialization.serialize
 
 
 def deserialize(obj):
@@ -833,13 +573,4 @@ def deserialize(obj):
     Keras-only keys that carry nothing for inference (``build_config``,
     ``registered_name``, ``module``) are ignored.
     """
-    if not isinstance(obj, dict) or "class_name" not in obj:
-        raise ValueError(f"deserialize: expected a dict with 'class_name' and 'config', got {obj!r}")
-    name = obj["class_name"]
-    config = copy.deepcopy(obj.get("config", {}))
-    if name in LAYERS:
-        return LAYERS[name].from_config(config)
-    if name in CELLS:
-        return CELLS[name].from_config(config)
-    raise ValueError(f"deserialize: unsupported class {name!r}; expected one of "
-                     f"{sorted(LAYERS) + sorted(CELLS)}")
+    return serialization.deserialize(obj, kinds=("rnn", "cell"))

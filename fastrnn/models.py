@@ -28,10 +28,11 @@ import copy
 import numpy as np
 
 from . import activations as _act
+from . import serialization
+from ._engine import WEIGHTS_LOCK
+from .bidirectional import Bidirectional
 from .cells import resolve_dtype
-from .layers import RNN, Bidirectional
-from .layers import deserialize as _deserialize_rnn
-from .layers import serialize as _serialize_rnn
+from .layers import RNN
 
 # ----------------------------------------------------------------- activations
 
@@ -118,6 +119,10 @@ class Layer:
 
     def set_weights(self, weights):
         """Load weights in Keras order; shapes must match the config."""
+        self._stage_weights(weights)()
+
+    def _stage_weights(self, weights):
+        """Check ``weights``; return a function that puts them in (all at once)."""
         weights = list(weights)
         specs = self._weight_shapes()
         expect = ", ".join(f"{n} {s}" for n, s in specs)
@@ -131,7 +136,25 @@ class Layer:
                                  f"{tuple(shape)}, got {w.shape}")
             if not np.issubdtype(w.dtype, np.number):
                 raise TypeError(f"{type(self).__name__}.set_weights: {n} must be numeric")
-            setattr(self, n, np.array(w, dtype=self.dtype))
+        arrays = [(n, np.array(w, dtype=self.dtype)) for (n, _), w in zip(specs, weights)]
+
+        def commit():
+            with WEIGHTS_LOCK:
+                for n, a in arrays:
+                    setattr(self, n, a)
+
+        return commit
+
+    def _snapshot(self):
+        """The weights a call runs with (read with ``WEIGHTS_LOCK`` held)."""
+        return tuple(getattr(self, n, None) for n in self._weight_names)
+
+    def _with(self, snapshot):
+        """This layer with the weights of ``snapshot`` (a shallow copy)."""
+        twin = copy.copy(self)
+        for n, a in zip(self._weight_names, snapshot):
+            setattr(twin, n, a)
+        return twin
 
     def compute_mask(self, x, mask):
         return mask
@@ -140,7 +163,11 @@ class Layer:
         raise NotImplementedError
 
     def __call__(self, x, mask=None, training=False):
-        return self.call(x, mask)
+        if not self._weight_names:
+            return self.call(x, mask)
+        with WEIGHTS_LOCK:  # one consistent set of this layer's weights
+            snapshot = self._snapshot()
+        return self._with(snapshot).call(x, mask)
 
     def _base_config(self):
         return {"name": self.name, "trainable": True}
@@ -285,14 +312,27 @@ class Dense(Layer):
             specs.append(("bias", (self.units,)))
         return specs
 
-    def set_weights(self, weights):
+    def _stage_weights(self, weights):
         weights = list(weights)
         if weights and np.ndim(weights[0]) == 2 and np.shape(weights[0])[1] == self.units:
-            self.input_dim = int(np.shape(weights[0])[0])
+            input_dim = int(np.shape(weights[0])[0])
         elif weights:
             raise ValueError(f"Dense.set_weights: kernel expected shape (input_dim, "
                              f"{self.units}), got {np.shape(weights[0])}")
-        super().set_weights(weights)
+        else:
+            input_dim = self.input_dim
+        known, self.input_dim = self.input_dim, input_dim  # (the kernel's shape, to check)
+        try:
+            commit = super()._stage_weights(weights)
+        finally:
+            self.input_dim = known
+
+        def commit_all():
+            with WEIGHTS_LOCK:
+                self.input_dim = input_dim
+                commit()
+
+        return commit_all
 
     def call(self, x, mask=None):
         if self.kernel is None:
@@ -380,6 +420,22 @@ class TimeDistributed(Layer):
     def set_weights(self, weights):
         self.layer.set_weights(weights)
 
+    def _stage_weights(self, weights):
+        return self.layer._stage_weights(weights)
+
+    def _snapshot(self):
+        return self.layer._snapshot()
+
+    def _with(self, snapshot):
+        twin = copy.copy(self)
+        twin.layer = self.layer._with(snapshot)
+        return twin
+
+    def __call__(self, x, mask=None, training=False):
+        with WEIGHTS_LOCK:
+            snapshot = self._snapshot()
+        return self._with(snapshot).call(x, mask)
+
     def call(self, x, mask=None):
         x = np.asarray(x)
         if x.ndim < 3:
@@ -391,18 +447,14 @@ class TimeDistributed(Layer):
         return {**self._base_config(), "layer": serialize_layer(self.layer)}
 
 
-LAYERS = {c.__name__: c for c in (InputLayer, Embedding, Masking, Dense, Dropout,
-                                  SpatialDropout1D, GaussianNoise, Activation,
-                                  TimeDistributed)}
-RECURRENT = ("RNN", "SimpleRNN", "GRU", "LSTM", "Bidirectional")
+for _cls in (InputLayer, Embedding, Masking, Dense, Dropout, SpatialDropout1D, GaussianNoise,
+             Activation, TimeDistributed):
+    serialization.register("layer")(_cls)
 
 
 def serialize_layer(layer):
     """``{"class_name", "config"}`` for any layer a :class:`Sequential` holds."""
-    if isinstance(layer, (RNN, Bidirectional)):
-        return _serialize_rnn(layer)
-    return {"module": "keras.layers", "class_name": type(layer).__name__,
-            "config": layer.get_config(), "registered_name": None}
+    return serialization.serialize(layer)
 
 
 def layer_from_config(obj):
@@ -410,18 +462,8 @@ def layer_from_config(obj):
 
     Raises ``ValueError`` naming the class when it is not supported.
     """
-    if not isinstance(obj, dict) or "class_name" not in obj:
-        raise ValueError(f"layer: expected a dict with 'class_name' and 'config', got {obj!r}")
-    name = obj["class_name"]
-    config = copy.deepcopy(obj.get("config") or {})
-    if name in RECURRENT:
-        return _deserialize_rnn({"class_name": name, "config": config})
-    if name in LAYERS:
-        if name == "TimeDistributed":
-            config["layer"] = layer_from_config(config["layer"])
-        return LAYERS[name].from_config(config)
-    raise ValueError(f"unsupported layer {name!r} (layer {config.get('name')!r}); fastrnn "
-                     f"models support {sorted(RECURRENT + tuple(LAYERS))}")
+    return serialization.deserialize(obj, kinds=("rnn", "layer"), where="layer",
+                                     what="layer class")
 
 
 # ----------------------------------------------------------------- model
@@ -433,12 +475,13 @@ def _n_weights(layer):
         return _n_weights(layer.forward_layer) + _n_weights(layer.backward_layer)
     if isinstance(layer, RNN):
         return sum(len(c._weight_specs(0)) if hasattr(c, "_weight_specs")
-                   else len(c.get_weights()) for c in layer._cells)
+                   else len(c.get_weights()) for c in layer.cells)
     if isinstance(layer, TimeDistributed):
         return _n_weights(layer.layer)
     return len(layer._weight_shapes())
 
 
+@serialization.register("model")
 class Sequential:
     """Layers run in order, with Keras 3 mask propagation (see the module docstring).
 
@@ -481,28 +524,38 @@ class Sequential:
         return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights):
-        """All layers' weights in order (each layer's Keras order); layers must be built."""
+        """All layers' weights in order (each layer's Keras order). Every
+        layer's arrays are checked before any layer changes, and a call in
+        another thread runs with all the old weights or all the new ones."""
         weights = list(weights)
-        start = 0
+        stages, start = [], 0
         for layer in self.layers:
             n = _n_weights(layer)
-            layer.set_weights(weights[start:start + n])
+            stages.append(layer._stage_weights(weights[start:start + n]))
             start += n
         if start != len(weights):
             raise ValueError(f"Sequential.set_weights: expected {start} arrays, got "
                              f"{len(weights)}")
+        with WEIGHTS_LOCK:
+            for stage in stages:
+                stage()
 
     def __call__(self, x, mask=None, training=False):
-        """Run the layers on ``x`` (a batch); ``mask (batch, time)`` optional."""
-        for layer in self.layers:
+        """Run the layers on ``x`` (a batch); ``mask (batch, time)`` optional.
+
+        Every layer runs with the weights it had when the call began (read
+        together: see :mod:`fastrnn._engine`)."""
+        with WEIGHTS_LOCK:
+            snapshots = [layer._snapshot() for layer in self.layers]
+        for layer, snapshot in zip(self.layers, snapshots):
             if isinstance(layer, (RNN, Bidirectional)):
-                y = layer(x, mask=mask)
+                y = layer._call(x, mask, None, training, snapshot)
                 if layer.return_state:
                     y = y[0]
                 mask = mask if layer.return_sequences else None
             else:
                 new_mask = layer.compute_mask(x, mask)
-                y = layer(x, mask=mask)
+                y = layer._with(snapshot).call(x, mask)
                 mask = new_mask
             x = y
         return x

@@ -17,7 +17,7 @@ Example
 ...     y = stream(frame)                         # (1, 64), state carried
 >>> y = stream(chunk)                             # chunk: (1, T, 40)
 >>> h, c = stream.states                          # Keras order
->>> stream.save("session.npz"); stream = fastrnn.streaming.load_stream("session.npz")
+>>> stream.save("stream.npz"); stream = fastrnn.streaming.load_stream("stream.npz")
 
 Which kernels run
 -----------------
@@ -44,19 +44,14 @@ import zipfile
 
 import numpy as np
 
-from . import _safe_io, dispatch
-from .kernels import run as _run_kernel
-from .layers import _flatten, _pack_like
+from . import _engine, _safe_io, dispatch, serialization
+from ._nest import flatten, pack_as
 
 __all__ = ["Stream", "StreamBusyError", "load_stream"]
 
 _FORMAT = "fastrnn.stream/1"
 _ndarray = np.ndarray
 _empty = np.empty
-
-
-def _stream_kernels():
-    return dispatch.backend_module("cpu").stream
 
 
 class StreamBusyError(RuntimeError):
@@ -68,23 +63,20 @@ _BUSY = ("Stream: called while another call on the same stream is running (two t
          "(layer.stream()) or serialise the calls with a lock.")
 
 
-class _ContractEngine:
-    """Run a stack frame by frame through the kernel contract (any backend).
+class _EngineRunner:
+    """Run a stack frame by frame through the engine, on the backend the
+    layer picks (or the user's cells stepped from Python).
 
     ``run(x, w, s, work, out, cfg)`` has the stream kernels' signature so the
-    stream's call path is the same whichever engine runs; ``w``, ``s``,
-    ``work`` and ``cfg`` are unused here (everything lives on ``self``).
+    stream's call path is the same whichever runs; ``w``, ``s``, ``work``
+    and ``cfg`` are unused here (everything lives on ``self``).
     """
 
-    def __init__(self, layer, choice, states):
+    def __init__(self, layer, weights, choice, states):
         self.layer = layer
-        self.choice = choice
         self.states = states
-        self.custom = choice.module is None
-        self.packs = None if self.custom else layer._packs(choice)
-        self.cells = layer._cells
-        self.n_states = [] if self.custom else [
-            2 if c.params().kind == "lstm" else 1 for c in self.cells]
+        self.module = choice.module
+        self.packs = None if weights is None else [w.packed(choice.module) for w in weights]
         self.nan_raise = layer.nan_policy == "raise"
         self.return_sequences = layer.return_sequences
 
@@ -94,30 +86,20 @@ class _ContractEngine:
         frame = x.ndim == 2
         if frame:
             x = x.reshape(x.shape[0], 1, x.shape[1])
-        B, T, _ = x.shape
-        if self.custom:
-            y, flat = self.layer._host_loop(x, None, list(self.states), False)
-            for dst, src in zip(self.states, flat):
-                dst[...] = src
-            if frame and self.return_sequences:
-                y = y[:, 0]
-            out[...] = y
-            return 0
-        layer_in, k = x, 0
-        last = len(self.cells) - 1
         seq_out = self.return_sequences and not frame
-        for i, (packed, n) in enumerate(zip(self.packs, self.n_states)):
-            st = self.states[k : k + n]
-            if i < last:
-                y = np.empty((B, T, self.cells[i].output_size), x.dtype)
-            elif seq_out:
-                y = out
-            else:
-                y = None
-            _run_kernel(self.choice.module, packed, layer_in, st, None, False, False, y, st)
-            layer_in, k = y, k + n
-        if not seq_out:
-            out[...] = self.states[k - self.n_states[-1]]
+        layer = self.layer
+        if self.packs is None:
+            y, new = _engine.host_loop(layer.cell, x, None, list(self.states),
+                                       layer.state_structure, False, False, seq_out, False,
+                                       layer.output_size, layer.state_sizes, x.dtype)
+        else:
+            y, new = _engine.run_cells(self.module, self.packs, x, self.states, None, False,
+                                       False, seq_out)
+            if not seq_out:
+                y = new[len(new) - self.packs[-1].params.n_states]
+        for dst, src in zip(self.states, new):
+            dst[...] = src
+        out[...] = y
         return 0
 
 
@@ -168,11 +150,9 @@ class Stream:
     """
 
     def __init__(self, layer, batch_size=1, backend=None):
-        from .layers import RNN, Bidirectional
-
-        if isinstance(layer, Bidirectional):
+        if hasattr(layer, "forward_layer"):  # Bidirectional
             layer.stream()  # raises the TypeError that explains why
-        if not isinstance(layer, RNN):
+        if serialization.kind_of(layer) != "rnn" or not hasattr(layer, "cells"):
             raise TypeError(f"layer: expected a fastrnn recurrent layer (RNN, SimpleRNN, GRU, "
                             f"LSTM), got {type(layer).__name__}")
         if layer.go_backwards:
@@ -196,14 +176,15 @@ class Stream:
         self._backend_arg = backend
         self._dt = np.dtype(layer.dtype)
         self._busy = threading.Lock()
-        self._structure = layer._state_structure
-        self._sizes = layer._flat_state_sizes
+        self._structure = layer.state_structure
+        self._sizes = layer.state_sizes
         self._return_state = layer.return_state
         self._return_sequences = layer.return_sequences
         self._time_major = layer.time_major
         self._nan_raise = layer.nan_policy == "raise"
         self._ready = False
-        self._stale = False  # set when the layer's weights change (see _weights_changed)
+        self._weights = None  # the weights packed (see _engine.snapshot)
+        self._generation = None  # _engine.generation when they were read
         # Shapes no call has matched yet: the first call fills them.
         self._fshape = self._foshape = None
         self._cshape = self._coshape = None
@@ -215,78 +196,73 @@ class Stream:
     def _setup(self):
         layer, B, dt = self.layer, self.batch_size, self._dt
         self.units = int(layer.output_size)
-        cells = layer._cells
+        cells = layer.cells
         D = getattr(cells[0], "input_dim", None)
         self.input_dim = None if D is None else int(D)
-        params = None
+        self._generation = _engine.generation
+        weights = params = None
         fast_ok, why = False, "the layer has custom cells (host step loop)"
-        if layer._compiled:
-            params = layer._params_list()
+        if layer.compiled:
+            weights = _engine.snapshot(cells)
+            params = [w.params for w in weights]
             if self._backend_arg is None:
-                fast_ok, why = _stream_kernels().supports_all(params)
+                fast_ok, why = _engine.frames_supported(params)
             else:
                 why = f"backend={self._backend_arg!r} was requested"
+        self._weights = weights
         if fast_ok:
-            _stream = _stream_kernels()
-            self._w, self._cfg, state_len = _stream.pack(params, B, self._nan_raise)
+            kernels = dispatch.backend_module("cpu").stream
+            self._w, self._cfg, state_len = kernels.pack(params, B, self._nan_raise)
             self._s = np.zeros(state_len, dt)
-            self._states = _stream.state_views(self._s, self._cfg, B)
-            self._frame_fn = _stream.frame
-            self._chunk_fn = (_stream.chunk_seq if self._return_sequences
-                              else _stream.chunk_last)
-            self._work = np.zeros(_stream.work_size(self._cfg, B, 1), dt)
+            self._states = kernels.state_views(self._s, self._cfg, B)
+            self._frame_fn = kernels.frame
+            self._chunk_fn = kernels.chunk_seq if self._return_sequences else kernels.chunk_last
+            self._work_size = kernels.work_size
+            self._work = np.zeros(self._work_size(self._cfg, B, 1), dt)
             self._work_T = 1
             self.backend = "stream"
             self.backend_reason = ("stream: single-thread small-batch kernels "
                                    "(fastrnn.kernels.cpu.stream) support this configuration")
-            self._engine = None
         else:
             self._states = [np.zeros((B, s), dt) for s in self._sizes]
-            if layer._compiled:
+            if layer.compiled:
                 requested = self._backend_arg or layer.backend_arg
-                if requested == "cuda" or requested == "auto":
-                    choice = dispatch.select("auto", params)
-                else:
-                    choice = dispatch.select(requested, params)
+                if requested == "cuda":
+                    requested = "auto"
+                choice = _engine.select_for(weights, requested)
             else:
                 choice = dispatch.Choice("custom", None, "custom cells")
-            self._engine = _ContractEngine(layer, choice, self._states)
-            self._frame_fn = self._chunk_fn = self._engine.run
+            runner = _EngineRunner(layer, weights, choice, self._states)
+            self._frame_fn = self._chunk_fn = runner.run
             self._w = self._s = self._work = self._cfg = None
             self._work_T = 1 << 62
             self.backend = choice.name
             self.backend_reason = f"{choice.name} through the kernel contract: {why}"
         self._fshape = (B, self.input_dim)
         self._foshape = (B, self.units)
-        self._versions = self._weight_versions()
-        from .cells import watch_weights
-
-        for cell in cells:
-            watch_weights(cell, self)
-        self._stale = False
         self._ready = True
 
-    def _weights_changed(self):
-        self._stale = True
-
-    def _reload(self):
-        """Pack the layer's new weights; the carried state stays."""
+    def _check_weights(self):
+        """Pack the layer's weights again if they changed since the last call
+        (``layer.set_weights``); the carried state stays."""
+        if self._weights is None or self._generation == _engine.generation:
+            return
+        self._generation = _engine.generation
+        if _engine.snapshot(self.layer.cells) == self._weights:
+            return  # another object's weights changed
         states = [s.copy() for s in self._states]
         self._cshape = self._coshape = None
         self._setup()
         for dst, v in zip(self._states, states):
             dst[...] = v
 
-    def _weight_versions(self):
-        return tuple(getattr(c, "version", None) for c in self.layer._cells)
-
     # ----- the call -----
     def __call__(self, x, out=None):
         if not self._busy.acquire(False):
             raise StreamBusyError(_BUSY)
         try:
-            if self._stale:  # layer.set_weights since the last call
-                self._reload()
+            if self._generation != _engine.generation:  # some weights changed: ours?
+                self._check_weights()
             # The fast path: the frame shape cached at setup, or the chunk shape
             # cached by the last chunk; anything else is validated in _slow.
             if x.__class__ is not _ndarray or x.dtype is not self._dt:
@@ -374,7 +350,7 @@ class Stream:
             y[...] = 0
             return self._with_states(y) if self._return_state else y
         if T > self._work_T:
-            self._work = np.zeros(_stream_kernels().work_size(self._cfg, B, T), self._dt)
+            self._work = np.zeros(self._work_size(self._cfg, B, T), self._dt)
             self._work_T = T
         y = out if (out is not None and not flip) else _empty(oshape, self._dt)
         if self._chunk_fn(x, self._w, self._s, self._work, y, self._cfg):
@@ -429,14 +405,14 @@ class Stream:
                          "unchanged")
 
     def _with_states(self, out):
-        return [out] + _pack_like(self._structure, [s.copy() for s in self._states])
+        return [out] + pack_as(self._structure, [s.copy() for s in self._states])
 
     # ----- state -----
     @property
     def states(self):
         """Copies of the carried states, Keras order (nested per cell for a stack)."""
         self._ensure_ready("states")
-        return _pack_like(self._structure, self._snapshot())
+        return pack_as(self._structure, self._snapshot())
 
     def _snapshot(self):
         # A copy taken while another thread's call is writing would mix two states.
@@ -450,7 +426,7 @@ class Stream:
     @states.setter
     def states(self, values):
         self._ensure_ready("states")
-        flat = _flatten(values) if isinstance(values, (list, tuple)) else [values]
+        flat = flatten(values) if isinstance(values, (list, tuple)) else [values]
         B = self.batch_size
         if len(flat) != len(self._states):
             raise ValueError(f"states: expected {len(self._states)} arrays of shapes "
@@ -473,7 +449,7 @@ class Stream:
             self._busy.release()
 
     def reset(self):
-        """Zero the carried states (a new utterance, session, ...)."""
+        """Zero the carried states (a new utterance, a new client, ...)."""
         self._ensure_ready("reset")
         if not self._busy.acquire(False):
             raise StreamBusyError(_BUSY)
@@ -498,20 +474,16 @@ class Stream:
         config as JSON text), loadable with ``allow_pickle=False``; restore
         it with :func:`load_stream`, in this process or another.
         """
-        from .layers import deserialize, serialize
-
         self._ensure_ready("save")
-        if self._stale or self._weight_versions() != self._versions:
-            # (versions also catch a cell no listener could watch)
-            if not self._busy.acquire(False):
-                raise StreamBusyError(_BUSY)
-            try:
-                self._reload()
-            finally:
-                self._busy.release()
-        config = serialize(self.layer)
+        if not self._busy.acquire(False):
+            raise StreamBusyError(_BUSY)
+        try:
+            self._check_weights()  # save what the next call would run
+        finally:
+            self._busy.release()
+        config = serialization.serialize(self.layer)
         try:  # refuse now rather than write a file that cannot be loaded
-            deserialize(json.loads(json.dumps(config)))
+            serialization.deserialize(json.loads(json.dumps(config)), kinds=("rnn",))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"Stream.save: the layer cannot be rebuilt from its config "
                              f"({exc}); save the model with its own format instead") from exc
@@ -602,8 +574,6 @@ def load_stream(path):
 
 def _restore_stream(data, where):
     """The stream in an opened :class:`~fastrnn._safe_io.NpzReader` (see :func:`load_stream`)."""
-    from .layers import deserialize
-
     if "meta" not in data:
         raise ValueError("it has no 'meta' entry: not a saved stream")
     if data.dtype("meta").kind != "U" or data.shape("meta") != ():
@@ -620,8 +590,8 @@ def _restore_stream(data, where):
         counts[key] = value
     B = counts["batch_size"]
     spec, declared = _safe_io.defer_build(meta["layer"])
-    layer = deserialize(spec)  # unbuilt: the file's weights build it
-    sizes = layer._flat_state_sizes
+    layer = serialization.deserialize(spec, kinds=("rnn",))  # unbuilt: its weights build it
+    sizes = layer.state_sizes
     if counts["n_states"] != len(sizes):
         raise ValueError(f"the layer carries {len(sizes)} states, the file lists "
                          f"{counts['n_states']}")
@@ -635,7 +605,7 @@ def _restore_stream(data, where):
     for i in range(counts["n_weights"]):
         data.shape(f"w{i}")  # every name present before any array is read
     layer.set_weights([data.read(f"w{i}") for i in range(counts["n_weights"])])
-    _safe_io.check_features(declared, layer._cells[0].input_dim, "the layer")
+    _safe_io.check_features(declared, layer.cells[0].input_dim, "the layer")
     stream = Stream(layer, batch_size=B, backend=meta.get("backend"))
     stream.states = [data.read(f"s{i}") for i in range(len(sizes))]
     return stream

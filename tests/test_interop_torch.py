@@ -289,7 +289,7 @@ def test_readme_example(tmp_path, monkeypatch, capsys):
 
     readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
     text = open(readme, encoding="utf-8").read()
-    section = text.split("## Serving a model trained elsewhere", 1)[1]
+    section = text.split("## Interop: models trained elsewhere", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README interop example", "exec"), {})

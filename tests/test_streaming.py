@@ -103,8 +103,8 @@ def test_last_output_and_initial_states(config, dtype, rng):
     B, T, D = 2, 7, 3
     layer = _make(config, dtype, rng, D=D)
     x = _x(rng, (B, T, D), dtype)
-    init = [_x(rng, (B, s), dtype) for s in layer._flat_state_sizes]
-    nested = fastrnn.layers._pack_like(layer._state_structure, init)
+    init = [_x(rng, (B, s), dtype) for s in layer.state_sizes]
+    nested = fastrnn._nest.pack_as(layer.state_structure, init)
     expected, expected_states = _ref_states(layer, x, initial_state=nested)
     stream = layer.stream(batch_size=B)
     stream.states = nested

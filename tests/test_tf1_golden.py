@@ -48,7 +48,7 @@ def _skip_unsupported(backend, cells):
     module = dispatch.backend_module(backend)
     for cell in cells:
         for layer in getattr(cell, "cells", [cell]):
-            ok, why = module.supports(layer._kernel_params(np.float32))
+            ok, why = module.supports(layer._weights_for(np.float32).params)
             if not ok:
                 pytest.skip(f"{backend} does not support this configuration: {why}")
 

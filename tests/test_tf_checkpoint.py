@@ -23,7 +23,8 @@ from conftest import DATA, layer_backends
 import fastrnn
 from fastrnn import _tf_bundle, nn
 from fastrnn.io import read_tf_checkpoint
-from fastrnn.nn import _nest, rnn_cell
+from fastrnn import _nest
+from fastrnn.nn import rnn_cell
 
 TF = os.path.join(DATA, "tf")
 FIXTURES = sorted(os.path.basename(os.path.dirname(p))
@@ -378,16 +379,16 @@ def test_cli_predicts_with_a_saved_model(tmp_path, capsys):
     pytest.importorskip("dask")
     pytest.importorskip("zarr")
     import zarr
-    from fastrnn import dask as fdask
+    from fastrnn.cli.predict import main as predict_main
 
     _, arrays = _expected("keras2_gru_functional")
     np.save(tmp_path / "x.npy", arrays["x"])
     out = str(tmp_path / "y.zarr")
     model = os.path.join(TF, "keras2_gru_functional")
-    assert fdask.predict_main([model, str(tmp_path / "x.npy"), out, "--no-progress"]) == 0
+    assert predict_main([model, str(tmp_path / "x.npy"), out, "--no-progress"]) == 0
     np.testing.assert_allclose(zarr.open(out)[:], arrays["y0"], rtol=0, atol=1e-5)
     index = os.path.join(TF, "keras2_save_weights", "ckpt.index")
-    assert fdask.predict_main([index, str(tmp_path / "x.npy"), str(tmp_path / "z.zarr")]) == 2
+    assert predict_main([index, str(tmp_path / "x.npy"), str(tmp_path / "z.zarr")]) == 2
     assert "a TensorFlow checkpoint" in capsys.readouterr().err
 
 

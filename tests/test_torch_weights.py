@@ -332,7 +332,7 @@ def test_cell_stream_takes_unbatched_frames(kind, rng):
             stream, xs[0, :4])
     for a, b in zip(stream.states, before):
         np.testing.assert_array_equal(a, b)
-    _raises(ValueError, "out: expected a C-contiguous float32 array of shape (7,)", stream,
+    _raises(ValueError, "out: expected a writeable C-contiguous float32 array of shape (7,)", stream,
             xs[0], out=np.empty((1, 7), np.float32))
     _raises(ValueError, "got shape (5,) (an unbatched frame (features,) needs batch_size=1)",
             from_torch(cell).stream(2), xs[0])

@@ -43,7 +43,8 @@ import time
 import numpy as np
 
 from .. import dispatch
-from ..kernels import GRUParams, LSTMParams, run
+from ..kernels import GRUParams, LSTMParams
+from ..kernels import run as run_kernel
 from .bench_gpu import bench_gpu, format_gpu_table
 from .bench_streaming import run as run_streaming
 from .peak import fma_peak
@@ -117,7 +118,7 @@ def fastrnn_engine(backend_name, cell, w, x):
     def call():
         out = np.empty((B, T, H), np.float32)
         outs = [np.empty((B, H), np.float32) for _ in states]
-        run(mod, packed, x, states, None, False, False, out, outs)
+        run_kernel(mod, packed, x, states, None, False, False, out, outs)
         return out
 
     return call
@@ -215,19 +216,14 @@ def _time(fn, reps_inner):
 
 
 # Pause before each sample: thread pools (OpenMP in PyTorch and Numba, ONNX
-# Runtime's) keep spinning after a call, and would otherwise steal the cores
-# from the next engine timed. ONNX Runtime's pool burns ~30 ms of CPU in the
-# 100 ms after a run; measured on 2 cores, fastrnn's LSTM B=32 call took
-# 43 ms when started 10 ms after an ONNX Runtime call, 38 ms after 20 ms and
-# its usual 28 ms from 30 ms on. 50 ms leaves every pool asleep; each
-# sample then starts with one untimed call that wakes the engine's own
-# threads, so every engine is timed warm, as in a serving loop.
+# Runtime's) keep spinning for tens of milliseconds after a call, and would
+# otherwise steal the cores from the next engine timed. 50 ms leaves every
+# pool asleep; each sample then starts with one untimed call that wakes the
+# engine's own threads, so every engine is timed warm, as in a serving loop.
 PAUSE = 0.05
-# Each sample runs the engine for at least this long (back-to-back calls).
-# After the pause a core takes several milliseconds to come back to full
-# speed (measured: fastrnn's LSTM B=8 calls took 2.7, 2.7, 2.5, 2.3, 2.0 ms
-# right after the pause, 1.55 ms once warm); 50 ms keeps that ramp to a
-# small share of every engine's sample.
+# Each sample runs the engine for at least this long (back-to-back calls):
+# after the pause a core takes a few milliseconds to come back to full
+# speed, and 50 ms keeps that ramp to a small share of every sample.
 MIN_SAMPLE = 0.05
 
 

@@ -17,8 +17,8 @@ import time
 import numpy as np
 
 from ..dask import (_REFUSED_MODEL_SUFFIXES, _check_batch_size, _check_model, _import_dask,
-                    _plugin_class, _restore_thread_state, _run_batches, _set_process_threads,
-                    _thread_state)
+                    _MappedFile, _plugin_class, _restore_thread_state, _run_batches,
+                    _set_process_threads, _thread_state, predict)
 from ..interop import load_keras
 from ..io import load, save
 from ..layers import LSTM

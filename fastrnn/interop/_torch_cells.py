@@ -24,7 +24,7 @@ class _ProjLSTMCell(LSTMCell):
     ``projection (H, P)``.
     """
 
-    # RNN runs this cell on the kernels (see RNN._compiled).
+    # The kernels run this cell (see fastrnn.cells.is_builtin).
     _fastrnn_cell = True
 
     def __init__(self, units, proj_size, **kwargs):

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cells import CELLS
-from ..layers import RNN, Bidirectional
-from ..layers import deserialize as _deserialize
+from .. import serialization
+from ..bidirectional import Bidirectional
+from ..layers import RNN
 from ..models import layer_from_config
 from .keras_file import _recurrent_parts, build_model
 
@@ -41,7 +41,7 @@ def _copy_states(klayer, flayer):
     for s in states:
         flat += list(s) if isinstance(s, (list, tuple)) else [s]
     arrays = [np.array(_numpy(s), dtype=flayer.dtype) for s in flat]
-    if len(arrays) == len(flayer._flat_state_sizes):
+    if len(arrays) == len(flayer.state_sizes):
         flayer.states = arrays
 
 
@@ -97,8 +97,8 @@ def from_keras(obj, backend=None):
                         f"{type(obj).__name__}")
     name = type(obj).__name__
     entry = {"class_name": name, "config": obj.get_config()}
-    if name in CELLS:
-        result = _deserialize(entry)
+    if name in serialization.names(("cell",)):
+        result = serialization.deserialize(entry, kinds=("cell",))
     else:
         result = layer_from_config(entry)
     weights = obj.get_weights()

@@ -41,7 +41,9 @@ import zipfile
 import numpy as np
 
 from .. import _safe_io
-from ..models import InputLayer, Sequential, layer_from_config
+from ..bidirectional import Bidirectional
+from ..layers import RNN
+from ..models import InputLayer, Sequential, TimeDistributed, layer_from_config
 from . import tf_saved_model
 
 
@@ -260,7 +262,7 @@ def build_model(model_config, weights_of, backend=None, budget=None):
             if weights:
                 layer.set_weights(weights)
             for sub in _recurrent_parts(layer):
-                _safe_io.check_features(declared, sub._cells[0].input_dim,
+                _safe_io.check_features(declared, sub.cells[0].input_dim,
                                         f"layer {_entry_name(entry)!r}")
         if backend is not None:
             for sub in _recurrent_parts(layer):
@@ -273,15 +275,12 @@ def build_model(model_config, weights_of, backend=None, budget=None):
 def _expected_shapes(layer):
     """The shapes ``layer.set_weights`` takes, ``None`` where the config leaves a size
     open (the input features); ``None`` for a layer whose weights it cannot tell."""
-    from ..layers import RNN, Bidirectional
-    from ..models import TimeDistributed
-
     if isinstance(layer, Bidirectional):
         fw, bw = _expected_shapes(layer.forward_layer), _expected_shapes(layer.backward_layer)
         return None if fw is None or bw is None else fw + bw
     if isinstance(layer, RNN):
         shapes, dim = [], "D"
-        for cell in layer._cells:
+        for cell in layer.cells:
             if not hasattr(cell, "_weight_specs"):
                 return None
             shapes += [tuple(None if d == "D" else d for d in shape)
@@ -322,8 +321,6 @@ def _read_checked(layer, datasets, entry, budget):
 
 
 def _recurrent_parts(layer):
-    from ..layers import RNN, Bidirectional
-
     if isinstance(layer, Bidirectional):
         return [layer.forward_layer, layer.backward_layer]
     return [layer] if isinstance(layer, RNN) else []

@@ -39,6 +39,9 @@ import re
 
 import numpy as np
 
+from .. import _engine, serialization
+from .._engine import WEIGHTS_LOCK
+from .._nest import flatten
 from ..cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
 from ..layers import RNN
 from ._torch_cells import _ProjLSTMCell
@@ -147,7 +150,8 @@ class _TorchConverted:
                 raise TypeError(f"{n}: expected floating-point weights, got {a.dtype}")
             self._arrays[n] = np.array(a, dtype=self.dtype)
         self._check_shapes()
-        self._load_cells()
+        with WEIGHTS_LOCK:  # every layer's new weights, seen together
+            self._load_cells()
 
     def _expected_shape(self, name):
         return _expected_shape(name, self.mode, self.input_size, self.hidden_size,
@@ -198,6 +202,7 @@ def _prepare_input(x, dtype):
     return np.ascontiguousarray(x, dtype=dtype)
 
 
+@serialization.register("torch")
 class TorchRecurrent(_TorchConverted):
     """A converted ``torch.nn.LSTM`` / ``GRU`` / ``RNN``: see the module docstring.
 
@@ -371,26 +376,41 @@ class TorchRecurrent(_TorchConverted):
         return out
 
     def _run(self, x, mask, states):
+        """Every layer (both directions of each, when bidirectional) over ``x (B, T, D)``:
+        ``(outputs, h_n, c_n)`` with ``h_n``/``c_n`` stacked as PyTorch does."""
         dirs = self.num_directions
-        inp = x
-        hs, cs = [], []
+        cells = [layer.cell for layer in self._layers]
+        weights = _engine.snapshot(cells)  # one set for the whole module
+        module = _engine.select_for(weights, self.backend).module
+        packs = [w.packed(module) for w in weights]
+        B = x.shape[0]
+        inp, hs, cs = x, [], []
         for layer_index in range(self.num_layers):
-            outs = []
+            i = layer_index * dirs
+            init = []
             for d in range(dirs):
-                i = layer_index * dirs + d
-                init = None if states is None else [s[i] for s in states]
-                result = self._layers[i](inp, mask=mask, initial_state=init)
-                y = result[0]
-                if d == 1:  # go_backwards returns processing order: realign in time
-                    y = y[:, ::-1]
-                outs.append(y)
-                hs.append(result[1])
+                if states is None:
+                    init.append([np.zeros((B, n), self.dtype)
+                                 for n in flatten(cells[i + d].state_size)])
+                else:
+                    init.append([np.ascontiguousarray(s[i + d]) for s in states])
+            if dirs == 2:
+                out_f, out_b, st_f, st_b = _engine.run_pair(
+                    module, packs[i:i + 1], packs[i + 1:i + 2], inp, init[0], init[1], mask,
+                    True, True)
+                inp = np.concatenate([out_f, out_b], axis=-1)
+                finals = [st_f, st_b]
+            else:
+                inp, st = _engine.run_cells(module, packs[i:i + 1], inp, init[0], mask, False,
+                                            True, True)
+                finals = [st]
+            for st in finals:
+                hs.append(st[0])
                 if self.mode == "LSTM":
-                    cs.append(result[2])
-            inp = np.ascontiguousarray(outs[0] if dirs == 1 else np.concatenate(outs, axis=-1))
+                    cs.append(st[1])
         h_n = np.stack(hs)
         c_n = np.stack(cs) if cs else None
-        return inp, h_n, c_n
+        return np.ascontiguousarray(inp), h_n, c_n
 
     # ----- PackedSequence -----
     def _unpack(self, packed):
@@ -444,6 +464,7 @@ class TorchRecurrent(_TorchConverted):
         return cls(**config, state_dict=state_dict)
 
 
+@serialization.register("torch")
 class TorchCell(_TorchConverted):
     """A converted ``torch.nn.LSTMCell`` / ``GRUCell`` / ``RNNCell``.
 
@@ -489,6 +510,15 @@ class TorchCell(_TorchConverted):
         return self._layer
 
     def __call__(self, input, hx=None):  # noqa: A002 - PyTorch's name
+        if self.backend == "auto" and type(input) is np.ndarray and input.ndim == 2 \
+                and input.dtype == self.dtype and hx is not None:
+            # arrays already as the cell takes them: its own call checks the rest
+            parts = list(hx) if self.mode == "LSTM" else [hx]
+            B = input.shape[0]
+            if all(type(p) is np.ndarray and p.dtype == self.dtype
+                   and p.shape == (B, self.hidden_size) for p in parts):
+                _, new = self._layer.cell(input, parts)
+                return tuple(new) if self.mode == "LSTM" else new[0]
         x = _prepare_input(input, self.dtype)
         unbatched = x.ndim == 1
         if unbatched:
@@ -511,8 +541,12 @@ class TorchCell(_TorchConverted):
                     raise ValueError(f"hx: {name} expected shape {(B, self.hidden_size)}, "
                                      f"got {a.shape}")
                 init.append(np.ascontiguousarray(a, dtype=self.dtype))
-        result = self._layer(x[:, None, :], initial_state=init)
-        states = [s[0] if unbatched else s for s in result[1:]]
+        if self.backend == "auto":
+            cell = self._layer.cell
+            _, new = cell(x, init if init is not None else cell.get_initial_state(B))
+        else:
+            new = self._layer(x[:, None, :], initial_state=init)[1:]
+        states = [s[0] if unbatched else s for s in new]
         return tuple(states) if self.mode == "LSTM" else states[0]
 
     forward = __call__

@@ -6,7 +6,6 @@ import numpy as np
 
 from .. import _device
 from .. import _nest
-from ._engine import resolve_backend, run_layer
 from .rnn_cell import (
     DropoutWrapper,
     MultiRNNCell,
@@ -15,6 +14,8 @@ from .rnn_cell import (
     _FusedCell,
     check_state,
     compute_dtype,
+    resolve_backend,
+    run_cell,
 )
 
 __all__ = [
@@ -135,9 +136,10 @@ def _run(cell, x, lengths, state, reverse, backend, argument="inputs"):
         depth = x.shape[2]
         cell._ensure_built(depth)
         cell._check_depth(depth, argument)
-        out, states = run_layer(
-            cell, np.ascontiguousarray(x), _mask(lengths, x.shape[1]), reverse,
-            cell._to_keras(state), resolve_backend(backend, cell),
+        out, states = run_cell(
+            cell, x, _mask(lengths, x.shape[1]), reverse,
+            [np.ascontiguousarray(s, dtype=x.dtype) for s in cell._to_keras(state)],
+            resolve_backend(backend, cell),
         )
         return out, cell._from_keras(states)
     if isinstance(cell, DropoutWrapper) and not cell.active:

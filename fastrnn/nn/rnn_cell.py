@@ -38,8 +38,10 @@ import re
 
 import numpy as np
 
-from .. import _nest, _tf_bundle, activations
-from ._engine import resolve_backend, run_layer
+from .. import _engine, _nest, _tf_bundle, activations, initializers
+from .._engine import WEIGHTS_LOCK, Weights
+from ..activations import SIGMOID
+from ..kernels import GRUParams, LSTMParams, SimpleRNNParams
 
 __all__ = [
     "RNNCell",
@@ -82,32 +84,7 @@ def _initializer(identifier):
     if isinstance(identifier, (int, float)) and not isinstance(identifier, bool):
         value = float(identifier)
         return lambda shape, dtype="float32": np.full(shape, value, dtype=dtype)
-    try:
-        from .. import initializers
-    except ImportError:  # pragma: no cover - only before fastrnn.initializers lands
-        initializers = None
-    if initializers is not None:
-        return initializers.get(identifier)
-    if callable(identifier):  # pragma: no cover
-        return identifier
-    return _fallback_initializer(identifier)  # pragma: no cover
-
-
-def _fallback_initializer(name):  # pragma: no cover - see _initializer
-    name = str(name).lower()
-
-    def init(shape, dtype="float32"):
-        if name == "zeros":
-            return np.zeros(shape, dtype)
-        if name == "ones":
-            return np.ones(shape, dtype)
-        if name == "glorot_uniform":
-            fan_in, fan_out = (shape[0], shape[0]) if len(shape) == 1 else shape[-2:]
-            limit = np.sqrt(6.0 / (fan_in + fan_out))
-            return np.random.default_rng().uniform(-limit, limit, shape).astype(dtype)
-        raise ValueError(f"initializer: unknown initializer {name!r}")
-
-    return init
+    return initializers.get(identifier)
 
 
 def _default_name(cls):
@@ -354,13 +331,19 @@ class RNNCell:
                     f"{w.shape}, got {value.shape}"
                 )
             arrays.append(value)
-        self._adopt_dtype(arrays)
-        for w, value in zip(self._weight_dict.values(), arrays):
-            writeable = w.flags.writeable
-            w.setflags(write=True)
-            w[...] = value
-            w.setflags(write=writeable)
-        self._weights_changed()
+        self._store(arrays)
+
+    def _store(self, arrays):
+        """Write checked ``arrays`` into the weights: in place, so that a
+        subclass's references from :meth:`add_weight` see them."""
+        with WEIGHTS_LOCK:
+            self._adopt_dtype(arrays)
+            for w, value in zip(self._weight_dict.values(), arrays):
+                writeable = w.flags.writeable
+                w.setflags(write=True)
+                w[...] = value
+                w.setflags(write=writeable)
+            self._weights_changed()
 
     def _weights_changed(self):
         pass
@@ -418,6 +401,35 @@ class RNNCell:
 
 # --------------------------------------------------------------------------
 # built-in cells
+
+
+def resolve_backend(requested, cell):
+    """The backend request for a run: the call's ``backend=``, else the cell's."""
+    if requested is None or (isinstance(requested, str) and requested.lower() == "auto"):
+        own = getattr(cell, "backend", None)
+        if own is not None:
+            return own
+    return "auto" if requested is None else requested
+
+
+def run_cell(cell, x, mask, reverse, states, backend, weights=None):
+    """Run built-in ``cell`` over ``x (batch, time, depth)`` in one kernel call.
+
+    ``mask (batch, time)`` is ``t < sequence_length`` (masked steps output
+    zeros and carry the state); ``reverse`` processes each sequence from its
+    last valid step back to step 0; ``states`` are the Keras-order states
+    in ``x``'s dtype. Returns ``(outputs (batch, time, output_size) aligned
+    with x in time, Keras-order states)``; the cell's ``last_backend`` says
+    which backend ran it and why.
+    """
+    if weights is None:
+        weights = _engine.snapshot([cell], x.dtype)
+    choice = _engine.select_for(weights, backend)
+    cell.last_backend = choice
+    if mask is not None:
+        mask = np.ascontiguousarray(mask, dtype=bool)
+    return _engine.run_cells(choice.module, [weights[0].packed(choice.module)],
+                             np.ascontiguousarray(x), states, mask, reverse, True, True)
 
 
 class _FusedCell(RNNCell):
@@ -487,8 +499,22 @@ class _FusedCell(RNNCell):
             self.build((None, depth))
         super().set_weights(weights)
 
+    def _store(self, arrays):
+        """Swap in read-only copies of ``arrays`` (the kernels run packed forms
+        of them: see ``_weights_for``), all at once."""
+        with WEIGHTS_LOCK:
+            self._adopt_dtype(arrays)
+            new = collections.OrderedDict()
+            for (n, w), value in zip(self._weight_dict.items(), arrays):
+                a = np.array(value, dtype=w.dtype)
+                a.setflags(write=False)
+                new[n] = a
+            self._weights = new
+            self._weights_changed()
+
     def _weights_changed(self):
         self._cache = {}
+        _engine.weights_changed()
 
     def _adopt_dtype(self, arrays):
         if self._dtype_fixed:
@@ -516,25 +542,35 @@ class _FusedCell(RNNCell):
                 f"{self._weights[first].shape} = (depth + {self._recurrent_rows}, ...))"
             )
 
-    def _kernel_params(self, dtype):
+    def _weights_for(self, dtype):
+        """The weights as the kernels run them in ``dtype`` (an
+        ``_engine.Weights``, made once per dtype until the weights change)."""
         dtype = np.dtype(dtype)
-        key = ("params", dtype)
-        if key not in self._cache:
-            w = {n: np.asarray(a, dtype=dtype) for n, a in self._weights.items()}
-            self._cache[key] = self._make_params(w, self._depth, dtype)
-        return self._cache[key]
-
-    def _packed(self, choice, dtype, params):
-        key = ("packed", choice.name, np.dtype(dtype))
-        if key not in self._cache:
-            self._cache[key] = choice.module.pack(params)
-        return self._cache[key]
+        cache = self._cache
+        w = cache.get(dtype)
+        if w is None:
+            arrays = {n: np.asarray(a, dtype=dtype) for n, a in self._weights.items()}
+            w = cache[dtype] = Weights(self._make_params(arrays, self._depth, dtype))
+        return w
 
     def _ensure_built(self, depth):
         if not self.built:
             self.build((None, depth))
 
     def call(self, inputs, state):
+        x = inputs
+        if (type(x) is np.ndarray and x.ndim == 2 and x.shape[1] == self._depth
+                and (x.dtype == np.float32 or x.dtype == np.float64) and x.flags.c_contiguous
+                and self.backend == "auto"):
+            # the common case, checked cheaply: one call of the frame kernel
+            states = self._plain_states(state, x.shape[0], x.dtype)
+            if states is not None:
+                weights = (self._weights_for(x.dtype),)  # (one cell: one consistent set)
+                frames = _engine.frames_for(weights, x.shape[0])
+                if frames is not None:
+                    out, states = _engine.step(frames, x, states)
+                    self.last_backend = _engine.select_for(weights, "auto")
+                    return out, self._from_keras(states)
         x = _as_inputs(inputs)
         self._ensure_built(x.shape[1])
         self._check_depth(x.shape[1])
@@ -542,13 +578,37 @@ class _FusedCell(RNNCell):
         state = check_state(self, state, x.shape[0], dtype)
         if x.shape[0] == 0:
             return np.zeros((0, self.output_size), dtype), state
-        x3 = np.ascontiguousarray(x[:, None, :], dtype=dtype)
-        out, states = run_layer(
-            self, x3, None, False, self._to_keras(state), resolve_backend(None, self)
-        )
+        x = np.ascontiguousarray(x, dtype=dtype)
+        states = [np.ascontiguousarray(a, dtype=dtype) for a in self._to_keras(state)]
+        weights = _engine.snapshot([self], dtype)
+        backend = resolve_backend(None, self)
+        frames = _engine.frames_for(weights, x.shape[0]) if backend == "auto" else None
+        if frames is not None:
+            out, states = _engine.step(frames, x, states)
+            self.last_backend = _engine.select_for(weights, "auto")
+            return out, self._from_keras(states)
+        out, states = run_cell(self, x[:, None, :], None, False, states, backend, weights)
         return out[:, 0], self._from_keras(states)
 
+    def _plain_states(self, state, batch, dtype):
+        """``state`` as the Keras-order list the kernels take, when it needs
+        no checking beyond this (C-contiguous ``(batch, size)`` arrays of
+        ``dtype`` in the cell's structure); else None."""
+        if not isinstance(state, (tuple, np.ndarray)) or isinstance(state, tuple) and (
+                len(state) != 2 or not self._state_is_tuple):
+            return None
+        states = self._to_keras(state)
+        sizes = self._weights_for(dtype).params
+        want = [sizes.output_size, sizes.units] if len(states) == 2 else [sizes.units]
+        for a, n in zip(states, want):
+            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != (batch, n) \
+                    or not a.flags.c_contiguous:
+                return None
+        return states
+
     # TF1 state <-> the kernels' Keras-order list
+    _state_is_tuple = False
+
     def _to_keras(self, state):
         return [state]
 
@@ -583,7 +643,6 @@ class BasicRNNCell(_FusedCell):
         return [("kernel", (depth + H, H), None), ("bias", (H,), "zeros")]
 
     def _make_params(self, w, D, dtype):
-        from ..kernels import SimpleRNNParams
 
         k = w["kernel"]
         return SimpleRNNParams(_c(k[:D]), _c(k[D:]), _c(w["bias"]), activation=self._activation)
@@ -630,8 +689,6 @@ class GRUCell(_FusedCell):
         ]
 
     def _make_params(self, w, D, dtype):
-        from ..kernels import GRUParams
-        from ..activations import SIGMOID
 
         H = self._num_units
         g, gb = w["gates/kernel"], w["gates/bias"]
@@ -692,8 +749,6 @@ class _LSTMBase(_FusedCell):
         return spec
 
     def _make_params(self, w, D, dtype):
-        from ..kernels import LSTMParams
-        from ..activations import SIGMOID
 
         k = w["kernel"]
         peepholes = None
@@ -877,11 +932,13 @@ class MultiRNNCell(RNNCell):
             n = _n_weights(cell)
             chunks.append(weights[start : start + n])
             start += n
-        # every cell's arrays are checked (on a copy) before any cell changes
+        # every cell's arrays are checked (on a copy) before any cell changes,
+        # and a run in another thread sees all the new weights or none
         for cell, chunk in zip(self._cells, chunks):
             copy.deepcopy(cell).set_weights(chunk)
-        for cell, chunk in zip(self._cells, chunks):
-            cell.set_weights(chunk)
+        with WEIGHTS_LOCK:
+            for cell, chunk in zip(self._cells, chunks):
+                cell.set_weights(chunk)
         self.built = all(cell.built for cell in self._cells)
 
     def split_state(self, state):

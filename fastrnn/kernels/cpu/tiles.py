@@ -56,7 +56,7 @@ from __future__ import annotations
 from numba import njit
 
 from .gates import gru_reset, gru_update, lstm_update
-from .simd import prefetch_l1, prefetch_l2, sload, vfma, vload, vsplat, vstore
+from .simd import prefetch_l1, prefetch_l2, sload, vfma, vload, vsplat, vstore  # noqa: F401  (the generated tiles use them)
 
 # accumulator names: what each of the panel's 4 vectors sums into, for the
 # input rows and for the recurrent rows

@@ -33,12 +33,11 @@ explicit ``backend="cuda"`` runs, while :func:`real_gpu` is false so that
 defaults are tiny so that several blocks, grid-stride loops and ragged
 edges run.
 
-Not yet measured on a GPU: this backend was written and tested without
-one (simulator and PTX compilation only), so the defaults above are
-reasoned, not tuned, and there is no persistent (cooperative, weights kept
-on chip) kernel for small batches: the simulator cannot test a grid-wide
-sync (it runs blocks one after another), and the issue asks for one only
-if a measured gap calls for it.
+The launch defaults above are reasoned, not tuned on a GPU (the tests run
+the kernels in the simulator and compile them to PTX). There is no
+persistent (cooperative, weights kept on chip) kernel for small batches:
+the simulator cannot test a grid-wide sync (it runs blocks one after
+another).
 """
 
 from __future__ import annotations

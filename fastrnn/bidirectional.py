@@ -1,0 +1,211 @@
+"""``Bidirectional``: a recurrent layer run forwards and backwards, merged (Keras 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _device, _engine, dispatch, serialization
+from ._engine import WEIGHTS_LOCK
+from ._nest import flatten
+from .cells import _pop_common, _weight_list, stage_weights
+from .layers import RNN
+
+
+@serialization.register("rnn")
+class Bidirectional:
+    """Run a recurrent layer forwards and backwards and merge (Keras 3 ``Bidirectional``).
+
+    Parameters
+    ----------
+    layer : RNN
+        The forward layer's template. Like Keras, fastrnn builds two new
+        layers from its config (``forward_layer`` and ``backward_layer``, the
+        latter with ``go_backwards`` flipped); load weights with
+        ``set_weights(forward weights + backward weights)``.
+    merge_mode : {"concat", "sum", "mul", "ave", None}
+        How to combine the two outputs; ``None`` returns both.
+    backward_layer : RNN, optional
+        A layer to use as is for the backward direction.
+
+    Masked steps output zeros in both directions (with
+    ``return_sequences``), and the backward sequence is flipped back so
+    both line up in time. ``return_state`` returns
+    ``[output, *forward_states, *backward_states]``.
+    """
+
+    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None,
+                 **kwargs):
+        if not isinstance(layer, RNN):
+            raise ValueError(f"layer: expected a fastrnn recurrent layer, got {layer!r}")
+        if backward_layer is not None and not isinstance(backward_layer, RNN):
+            raise ValueError(f"backward_layer: expected a fastrnn recurrent layer, "
+                             f"got {backward_layer!r}")
+        if merge_mode not in ("concat", "sum", "mul", "ave", None):
+            raise ValueError(f"merge_mode: expected one of 'concat', 'sum', 'mul', 'ave', None; "
+                             f"got {merge_mode!r}")
+        backend = kwargs.pop("backend", None)
+        self.name, _ = _pop_common(kwargs, "Bidirectional")
+        self.forward_layer = serialization.deserialize(serialization.serialize(layer))
+        if backward_layer is None:
+            config = serialization.serialize(layer)
+            config["config"]["go_backwards"] = not layer.go_backwards
+            backward_layer = serialization.deserialize(config)
+        self.backward_layer = backward_layer
+        if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
+            raise ValueError("backward_layer: must have the opposite go_backwards of layer")
+        for attr in ("stateful", "return_sequences", "return_state"):
+            if getattr(self.forward_layer, attr) != getattr(self.backward_layer, attr):
+                raise ValueError(f"backward_layer: {attr} must equal the forward layer's")
+        for sub in (self.forward_layer, self.backward_layer):
+            sub.zero_output_for_mask = sub.return_sequences
+            if backend is not None:
+                sub.backend_arg = dispatch._check_name(backend)
+        self.merge_mode = merge_mode
+        self.return_sequences = layer.return_sequences
+        self.return_state = layer.return_state
+        self.stateful = layer.stateful
+        self.time_major = layer.time_major
+        self.dtype = layer.dtype
+        if weights is not None:
+            self.set_weights(weights)
+
+    @property
+    def built(self):
+        return self.forward_layer.built and self.backward_layer.built
+
+    def build(self, input_shape):
+        self.forward_layer.build(input_shape)
+        self.backward_layer.build(input_shape)
+
+    def get_weights(self):
+        return self.forward_layer.get_weights() + self.backward_layer.get_weights()
+
+    def set_weights(self, weights):
+        """Forward layer's weights then backward layer's, Keras order."""
+        self._stage_weights(weights)()
+
+    def _stage_weights(self, weights):
+        weights = _weight_list(weights, "Bidirectional.set_weights")
+        if len(weights) % 2:
+            raise ValueError(f"Bidirectional.set_weights: expected an even number of arrays "
+                             f"(forward then backward), got {len(weights)}")
+        half = len(weights) // 2
+        # both halves checked before either layer changes, and put in together
+        forward = stage_weights(self.forward_layer, weights[:half])
+        backward = stage_weights(self.backward_layer, weights[half:])
+
+        def commit():
+            with WEIGHTS_LOCK:
+                forward()
+                backward()
+
+        return commit
+
+    def reset_states(self):
+        self.forward_layer.reset_states()
+        self.backward_layer.reset_states()
+
+    reset_state = reset_states
+
+    def to(self, device):
+        self.forward_layer.to(device)
+        self.backward_layer.to(device)
+        return self
+
+    @property
+    def backend(self):
+        return self.forward_layer.backend
+
+    @property
+    def backend_reason(self):
+        return self.forward_layer.backend_reason
+
+    def stream(self, *args, **kwargs):
+        raise TypeError("Bidirectional layers cannot stream: the backward direction needs the "
+                        "whole sequence (future frames) before it can emit anything")
+
+    def __call__(self, inputs, mask=None, initial_state=None, training=False):
+        return self._call(inputs, mask, initial_state, training, None)
+
+    def _snapshot(self):
+        """Both directions' weights, read together (None with the user's cells)."""
+        fw, bw = self.forward_layer, self.backward_layer
+        if fw.compiled and bw.compiled and fw.built and bw.built:
+            return _engine.snapshot(fw.cells + bw.cells)
+        return None
+
+    def _call(self, inputs, mask, initial_state, training, weights):
+        """A call with both directions' ``weights`` (:meth:`_snapshot`; None: read now)."""
+        fw, bw = self.forward_layer, self.backward_layer
+        fw_state = bw_state = None
+        if initial_state is not None:
+            flat = flatten(initial_state)
+            n_fw, n_bw = len(fw.state_sizes), len(bw.state_sizes)
+            if len(flat) != n_fw + n_bw:
+                raise ValueError(f"initial_state: expected {n_fw} forward states then {n_bw} "
+                                 f"backward states ({n_fw + n_bw} arrays), got {len(flat)}")
+            fw_state, bw_state = flat[:n_fw], flat[n_fw:]
+        fw_args = fw._prepare(inputs, mask, fw_state)
+        bw_args = bw._prepare(inputs, mask, bw_state)
+        # both directions' weights read together: a set_weights in another
+        # thread changes both or neither for this call
+        if weights is None:
+            weights = self._snapshot()
+        results = []
+        for layer, (x, m, states, xp, restore), part in (
+                (fw, fw_args, slice(0, len(fw.cells))),
+                (bw, bw_args, slice(len(fw.cells), None))):
+            out, new = layer._forward(x, m, states, training, xp,
+                                      None if weights is None else weights[part])
+            results.append(layer._finish(out, new, xp, restore))
+        y, y_rev = results
+        states = []
+        if self.return_state:
+            states = list(y[1:]) + list(y_rev[1:])
+            y, y_rev = y[0], y_rev[0]
+        xp = np
+        if _device.is_device_array(y):
+            import cupy as xp
+        if self.return_sequences:
+            axis = 0 if self.time_major else 1
+            y_rev = xp.flip(y_rev, axis=axis)
+        if self.merge_mode == "concat":
+            output = xp.concatenate([y, y_rev], axis=-1)
+        elif self.merge_mode == "sum":
+            output = y + y_rev
+        elif self.merge_mode == "ave":
+            output = (y + y_rev) / 2
+        elif self.merge_mode == "mul":
+            output = y * y_rev
+        else:
+            output = [y, xp.ascontiguousarray(y_rev)]
+        if self.return_state:
+            return (output if isinstance(output, list) else [output]) + states
+        return output
+
+    def compute_output_shape(self, input_shape):
+        shape = self.forward_layer.compute_output_shape(input_shape)
+        states = []
+        if self.return_state:
+            shape, states = shape[0], shape[1:]
+        if self.merge_mode == "concat":
+            shape = tuple(shape[:-1]) + (shape[-1] * 2,)
+        elif self.merge_mode is None:
+            shape = [shape, shape]
+        if self.return_state:
+            return (shape if self.merge_mode is None else [shape]) + states + states
+        return shape
+
+    def get_config(self):
+        return {"name": self.name, "trainable": True, "merge_mode": self.merge_mode,
+                "layer": serialization.serialize(self.forward_layer),
+                "backward_layer": serialization.serialize(self.backward_layer)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        layer = serialization.deserialize(config.pop("layer"), kinds=("rnn",))
+        backward = config.pop("backward_layer", None)
+        if backward is not None:
+            backward = serialization.deserialize(backward, kinds=("rnn",))
+        return cls(layer, backward_layer=backward, **config)

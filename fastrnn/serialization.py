@@ -1,0 +1,75 @@
+"""One registry of the classes fastrnn builds from a configuration.
+
+Every class that can be saved registers itself here, with its kind:
+``"cell"`` (Keras-style cells), ``"rnn"`` (recurrent layers,
+``Bidirectional``), ``"layer"`` (the non-recurrent layers of
+:class:`fastrnn.models.Sequential`), ``"model"`` (``Sequential``) and
+``"torch"`` (converted PyTorch modules, rebuilt with their state dict).
+Its ``get_config()`` and ``from_config(config)`` carry the configuration.
+:func:`serialize` / :func:`deserialize`, ``Sequential``, Keras conversion,
+``fastrnn.save`` / ``fastrnn.load`` and stream files all go through it, and
+nothing is ever built from a name that is not registered (a file cannot
+name a class to import).
+"""
+
+from __future__ import annotations
+
+import copy
+
+_CLASSES = {}  # class name -> (kind, class)
+
+
+def register(kind):
+    """A class decorator: ``cls`` can be rebuilt by name, as a ``kind``."""
+
+    def add(cls):
+        _CLASSES[cls.__name__] = (kind, cls)
+        return cls
+
+    return add
+
+
+def kind_of(obj):
+    """The registered kind of ``obj``'s exact class, or None."""
+    entry = _CLASSES.get(type(obj).__name__)
+    return entry[0] if entry is not None and entry[1] is type(obj) else None
+
+
+def kind_of_class(cls):
+    """The kind ``cls`` was registered as, or None."""
+    entry = _CLASSES.get(cls.__name__)
+    return entry[0] if entry is not None and entry[1] is cls else None
+
+
+def names(kinds):
+    """The registered class names of ``kinds``, sorted."""
+    return sorted(n for n, (k, _) in _CLASSES.items() if k in kinds)
+
+
+def lookup(name, kinds, where="deserialize", what="class"):
+    """The registered class ``name`` of one of ``kinds``; a ``ValueError``
+    naming the supported ones otherwise."""
+    entry = _CLASSES.get(name) if isinstance(name, str) else None
+    if entry is None or entry[0] not in kinds:
+        raise ValueError(f"{where}: unsupported {what} {name!r}; expected one of "
+                         f"{names(kinds)}")
+    return entry[1]
+
+
+def serialize(obj):
+    """``{"class_name", "config"}`` for a fastrnn object (Keras's serialised form)."""
+    return {"module": "keras.layers", "class_name": type(obj).__name__,
+            "config": obj.get_config(), "registered_name": None}
+
+
+def deserialize(obj, kinds=("rnn", "cell"), where="deserialize", what="class"):
+    """Build an object from :func:`serialize`'s output or a Keras-serialised dict.
+
+    Only registered classes of ``kinds`` are built; Keras-only keys that
+    carry nothing for inference (``build_config``, ``registered_name``,
+    ``module``) are ignored. The config is copied, never changed.
+    """
+    if not isinstance(obj, dict) or "class_name" not in obj:
+        raise ValueError(f"{where}: expected a dict with 'class_name' and 'config', got {obj!r}")
+    cls = lookup(obj["class_name"], kinds, where, what)
+    return cls.from_config(copy.deepcopy(obj.get("config") or {}))
