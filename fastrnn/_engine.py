@@ -15,8 +15,10 @@ converted PyTorch modules all run through the functions here:
 * :func:`select`: the backend for a run (:mod:`fastrnn.dispatch`), with the
   placement of a layer.
 * :func:`run_cells`: a stack of cells over a whole sequence, one kernel
-  call per cell; :func:`run_pair`: a forward and a backward stack (the
-  bidirectional layers of Keras, TF1 and PyTorch).
+  call per cell; :func:`run_pair`: a forward and a backward stack, both
+  outputs aligned with the input in time (PyTorch's bidirectional layers;
+  Keras's ``Bidirectional`` runs its two sub-layers, which keep Keras's
+  output order, on one snapshot of both).
 * :func:`step`: one time step of a stack, on the per-frame kernels where
   the ``cpu`` backend runs it (a cell's one-step call, ``cell(x, states)``).
 * :func:`host_loop`: a user's Python cell, stepped from Python with Keras's
@@ -30,9 +32,8 @@ import threading
 
 import numpy as np
 
-from . import dispatch
+from . import dispatch, kernels
 from ._nest import flatten, pack_as
-from . import kernels
 from .kernels import reference, state_sizes
 
 #: Held while a ``set_weights`` swaps in new weights, and while a call reads
