@@ -100,6 +100,7 @@ class _Cell:
         self.input_dim = None
         self.kernel = self.recurrent_kernel = self.bias = None
         self._kernel_weights = None  # an _engine.Weights once built
+        self._frames = None  # (key, _engine.frames_for(...)) of the last one-step call
         self.version = 0  # bumped whenever the weights change
 
     # ----- shapes -----
@@ -262,22 +263,27 @@ class _Cell:
             states = [states]
         w = self._kernel_weights  # (one attribute: a complete set of weights)
         if (w is not None and type(inputs) is np.ndarray and inputs.ndim == 2
-                and inputs.dtype == self.dtype and inputs.flags.c_contiguous
+                and inputs.dtype is self.dtype and inputs.flags.c_contiguous
                 and inputs.shape[1] == self.input_dim
                 and not (training and (self.dropout or self.recurrent_dropout))
                 and _plain_states(states, inputs.shape[0], self._sizes, self.dtype)):
-            frames = _engine.frames_for((w,), inputs.shape[0])
-            if frames is not None:  # the common case: one call of the frame kernel
-                return _engine.step(frames, inputs, states)
+            key = (w, inputs.shape[0], dispatch.default_key())
+            hit = self._frames
+            if hit is None or hit[0] != key:
+                hit = self._frames = (key, _engine.frames_for((w,), inputs.shape[0]))
+            if hit[1] is not None:  # the common case: one call of the frame kernel
+                return _engine.step(hit[1], inputs, states)
         return _one_step(self, [self], inputs, list(states), [None], training)
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_kernel_weights"] = None  # packed forms are per process: made again
+        state["_frames"] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._frames = None
         if self.built:
             self._kernel_weights = Weights(self._make_params())
 
@@ -543,13 +549,13 @@ class StackedRNNCells:
 
 
 def _plain_states(states, batch, sizes, dtype):
-    """Whether ``states`` need no conversion: C-contiguous ``(batch, size)``
-    arrays of ``dtype``, as many as ``sizes``."""
+    """Whether ``states`` need no conversion: ``(batch, size)`` arrays of
+    ``dtype``, as many as ``sizes`` (they are copied into the kernel's own
+    buffer, so any strides do)."""
     if len(states) != len(sizes):
         return False
     for st, n in zip(states, sizes):
-        if type(st) is not np.ndarray or st.dtype != dtype or st.shape != (batch, n) \
-                or not st.flags.c_contiguous:
+        if type(st) is not np.ndarray or st.dtype is not dtype or st.shape != (batch, n):
             return False
     return True
 

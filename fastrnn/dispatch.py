@@ -82,10 +82,19 @@ def set_backend(name):
     _default = None if name == "auto" else name
 
 
+# os.environ keeps its values in a dict keyed by encoded names: reading that
+# dict skips the encoding and decoding of os.environ.get, which a one-step
+# call pays for on every frame.
+_ENV = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("FASTRNN_BACKEND") if _ENV is not None else None
+
+
 def default_key():
     """What the process-wide default depends on (cheap to read on every
     call; caches of choices key on it, :func:`get_backend` checks it)."""
-    return _default, os.environ.get("FASTRNN_BACKEND")
+    if _ENV is None:
+        return _default, os.environ.get("FASTRNN_BACKEND")
+    return _default, _ENV.get(_ENV_KEY)
 
 
 def get_backend():
