@@ -6,17 +6,9 @@ import numpy as np
 
 from .. import _device
 from .. import _nest
-from .rnn_cell import (
-    DropoutWrapper,
-    MultiRNNCell,
-    ResidualWrapper,
-    RNNCell,
-    _FusedCell,
-    check_state,
-    compute_dtype,
-    resolve_backend,
-    run_cell,
-)
+from ._base import RNNCell, check_state, compute_dtype
+from ._builtin import _FusedCell, resolve_backend, run_cell
+from ._wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper, check_residual
 
 __all__ = [
     "dynamic_rnn",
@@ -146,11 +138,7 @@ def _run(cell, x, lengths, state, reverse, backend, argument="inputs"):
         return _run(cell.cell, x, lengths, state, reverse, backend, argument)
     if isinstance(cell, ResidualWrapper) and cell._residual_fn is None:
         out, state = _run(cell.cell, x, lengths, state, reverse, backend, argument)
-        if out.shape != x.shape:
-            raise ValueError(
-                f"ResidualWrapper: inputs {x.shape} and the cell's outputs {out.shape} "
-                "must have the same shape to be added"
-            )
+        check_residual(x, out)
         mask = _mask(lengths, x.shape[1])
         return out + (x if mask is None else np.where(mask[:, :, None], x, 0)), state
     return _loop(cell, x, lengths, state, reverse)

@@ -1,0 +1,427 @@
+"""The built-in TF1 cells: ``BasicRNNCell``, ``GRUCell``, ``BasicLSTMCell``,
+``LSTMCell``, run by fastrnn's kernels.
+
+Each keeps its weights as TF1 stored them and converts them once, when they
+change, into a parameter record of :mod:`fastrnn.kernels` (Keras layout and
+gate order); :func:`run_cell` runs a cell over a whole sequence in one
+kernel call, and a cell's one-step call runs on the engine's per-frame
+kernels. The public namespace is :mod:`fastrnn.nn.rnn_cell`.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from .. import _engine, activations
+from .._engine import WEIGHTS_LOCK, Weights
+from ..activations import SIGMOID
+from ..kernels import GRUParams, LSTMParams, SimpleRNNParams
+from ._base import LSTMStateTuple, RNNCell, _as_inputs, _cell_label, _name, check_state, compute_dtype
+
+
+def resolve_backend(requested, cell):
+    """The backend request for a run: the call's ``backend=``, else the cell's."""
+    if requested is None or (isinstance(requested, str) and requested.lower() == "auto"):
+        own = getattr(cell, "backend", None)
+        if own is not None:
+            return own
+    return "auto" if requested is None else requested
+
+
+def run_cell(cell, x, mask, reverse, states, backend, weights=None):
+    """Run built-in ``cell`` over ``x (batch, time, depth)`` in one kernel call.
+
+    ``mask (batch, time)`` is ``t < sequence_length`` (masked steps output
+    zeros and carry the state); ``reverse`` processes each sequence from its
+    last valid step back to step 0; ``states`` are the Keras-order states
+    in ``x``'s dtype. Returns ``(outputs (batch, time, output_size) aligned
+    with x in time, Keras-order states)``; the cell's ``last_backend`` says
+    which backend ran it and why.
+    """
+    if weights is None:
+        weights = _engine.snapshot([cell], x.dtype)
+    choice = _engine.select_for(weights, backend)
+    cell.last_backend = choice
+    if mask is not None:
+        mask = np.ascontiguousarray(mask, dtype=bool)
+    return _engine.run_cells(choice.module, [weights[0].packed(choice.module)],
+                             np.ascontiguousarray(x), states, mask, reverse, True, True)
+
+
+class _FusedCell(RNNCell):
+    """A built-in cell: TF1 weights, converted once to a kernel params record."""
+
+    _depth = None
+
+    def __init__(self, num_units, activation=None, reuse=None, name=None, dtype=None,
+                 backend="auto", **kwargs):
+        super().__init__(name=name, dtype=dtype, backend=backend, **kwargs)
+        num_units = int(num_units)
+        if num_units < 1:
+            raise ValueError(f"num_units: expected a positive integer, got {num_units}")
+        self._num_units = num_units
+        self._activation = activations.resolve(
+            "tanh" if activation is None else activation, "activation"
+        )
+        self._cache = {}
+
+    # subclasses define _spec(depth) -> [(name, shape, initializer)] in TF1
+    # variable order and _make_params(arrays by name, depth, dtype) -> the
+    # kernels' params record; an LSTM also its state and output sizes
+    @property
+    def state_size(self):
+        return self._num_units
+
+    @property
+    def output_size(self):
+        return self._num_units
+
+    @property
+    def _recurrent_rows(self):
+        """The kernel's rows after the input's: the state fed back, ``h``."""
+        return self.output_size
+
+    def _names(self):
+        return [n for n, _, _ in self._spec(1)]
+
+    def _n_weights(self):
+        return len(self._names())
+
+    @property
+    def variable_names(self):
+        return [f"{_name(self)}/{n}" for n in self._names()]
+
+    def build(self, inputs_shape):
+        depth = inputs_shape[-1] if isinstance(inputs_shape, (tuple, list)) else inputs_shape
+        if depth is None or int(depth) < 1:
+            raise ValueError(
+                f"{_cell_label(self)}.build: expected inputs_shape (batch, depth) with "
+                f"depth >= 1, got {inputs_shape!r}"
+            )
+        depth = int(depth)
+        self._weights = collections.OrderedDict()
+        self.dtype = self.dtype or np.dtype(np.float32)
+        for n, shape, init in self._spec(depth):
+            # Read-only: the kernels run a converted copy, refreshed by
+            # set_weights, so an edit in place would silently be ignored.
+            self.add_weight(n, shape, initializer=init).setflags(write=False)
+        self._depth = depth
+        self.built = True
+
+    def set_weights(self, weights):
+        """Set the weights from a list in TF1 variable order.
+
+        An unbuilt cell is built first, its input depth read from the
+        kernel's rows (``depth + num_units``, or ``depth + num_proj``).
+        """
+        weights = list(weights)
+        names = self._names()
+        if len(weights) != len(names):
+            expected = self._expected() if self.built else ", ".join(names)
+            raise ValueError(
+                f"{_cell_label(self)}.set_weights: expected {len(names)} arrays in TF1 "
+                f"variable order [{expected}], got {len(weights)}"
+            )
+        if not self.built:
+            kernel = np.asarray(weights[0])
+            depth = kernel.shape[0] - self._recurrent_rows if kernel.ndim == 2 else 0
+            if depth < 1:
+                raise ValueError(
+                    f"{_cell_label(self)}.set_weights: {names[0]} should have shape "
+                    f"(depth + {self._recurrent_rows}, ...), got {kernel.shape}"
+                )
+            self.build((None, depth))
+        super().set_weights(weights)
+
+    def _store(self, arrays):
+        """Swap in read-only copies of ``arrays`` (the kernels run packed forms
+        of them: see ``_weights_for``), all at once."""
+        with WEIGHTS_LOCK:
+            self._adopt_dtype(arrays)
+            new = collections.OrderedDict()
+            for (n, w), value in zip(self._weight_dict.items(), arrays):
+                a = np.array(value, dtype=w.dtype)
+                a.setflags(write=False)
+                new[n] = a
+            self._weights = new
+            self._weights_changed()
+
+    def _weights_changed(self):
+        self._cache = {}
+        _engine.weights_changed()
+
+    def _adopt_dtype(self, arrays):
+        if self._dtype_fixed:
+            return
+        dtype = np.dtype(np.float64 if any(a.dtype == np.float64 for a in arrays)
+                         else np.float32)
+        if dtype != self.dtype:
+            self.dtype = dtype
+            self._weights = collections.OrderedDict(
+                (n, np.zeros(w.shape, dtype)) for n, w in self._weights.items())
+            for w in self._weights.values():
+                w.setflags(write=False)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for w in self._weight_dict.values():
+            w.setflags(write=False)
+
+    def _check_depth(self, depth, argument="inputs"):
+        if depth != self._depth:
+            first = next(iter(self._weights))
+            raise ValueError(
+                f"{argument}: input depth {depth} does not match the depth {self._depth} "
+                f"{_cell_label(self)} was built for ({first} "
+                f"{self._weights[first].shape} = (depth + {self._recurrent_rows}, ...))"
+            )
+
+    def _weights_for(self, dtype):
+        """The weights as the kernels run them in ``dtype`` (an
+        ``_engine.Weights``, made once per dtype until the weights change)."""
+        dtype = np.dtype(dtype)
+        cache = self._cache
+        w = cache.get(dtype)
+        if w is None:
+            arrays = {n: np.asarray(a, dtype=dtype) for n, a in self._weights.items()}
+            w = cache[dtype] = Weights(self._make_params(arrays, self._depth, dtype))
+        return w
+
+    def _ensure_built(self, depth):
+        if not self.built:
+            self.build((None, depth))
+
+    def call(self, inputs, state):
+        x = inputs
+        if (type(x) is np.ndarray and x.ndim == 2 and x.shape[1] == self._depth
+                and (x.dtype == np.float32 or x.dtype == np.float64) and x.flags.c_contiguous
+                and self.backend == "auto"):
+            # the common case, checked cheaply: one call of the frame kernel
+            states = self._plain_states(state, x.shape[0], x.dtype)
+            if states is not None:
+                weights = (self._weights_for(x.dtype),)  # (one cell: one consistent set)
+                frames = _engine.frames_for(weights, x.shape[0])
+                if frames is not None:
+                    return self._step(frames, weights, x, states)
+        x = _as_inputs(inputs)
+        self._ensure_built(x.shape[1])
+        self._check_depth(x.shape[1])
+        dtype = compute_dtype(None, state, x)
+        state = check_state(self, state, x.shape[0], dtype)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.output_size), dtype), state
+        x = np.ascontiguousarray(x, dtype=dtype)
+        states = [np.ascontiguousarray(a, dtype=dtype) for a in self._to_keras(state)]
+        weights = _engine.snapshot([self], dtype)
+        backend = resolve_backend(None, self)
+        frames = _engine.frames_for(weights, x.shape[0]) if backend == "auto" else None
+        if frames is not None:
+            return self._step(frames, weights, x, states)
+        out, states = run_cell(self, x[:, None, :], None, False, states, backend, weights)
+        return out[:, 0], self._from_keras(states)
+
+    def _step(self, frames, weights, x, states):
+        """One step on the per-frame kernels ``frames`` (see ``_engine.step``)."""
+        out, states = _engine.step(frames, x, states)
+        self.last_backend = _engine.select_for(weights, "auto")
+        return out, self._from_keras(states)
+
+    def _plain_states(self, state, batch, dtype):
+        """``state`` as the Keras-order list the kernels take, when it needs
+        no checking beyond this (C-contiguous ``(batch, size)`` arrays of
+        ``dtype`` in the cell's structure); else None."""
+        if not isinstance(state, (tuple, np.ndarray)) or isinstance(state, tuple) and (
+                len(state) != 2 or not self._state_is_tuple):
+            return None
+        states = self._to_keras(state)
+        sizes = self._weights_for(dtype).params
+        want = [sizes.output_size, sizes.units] if len(states) == 2 else [sizes.units]
+        for a, n in zip(states, want):
+            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != (batch, n) \
+                    or not a.flags.c_contiguous:
+                return None
+        return states
+
+    # TF1 state <-> the kernels' Keras-order list
+    _state_is_tuple = False
+
+    def _to_keras(self, state):
+        return [state]
+
+    def _from_keras(self, states):
+        return states[0]
+
+
+def _c(a):
+    return np.ascontiguousarray(a)
+
+
+def _rows(kernel, depth):
+    """TF1's kernel over ``[x, h]`` -> the kernels' ``(kernel, recurrent_kernel)``:
+    its first ``depth`` rows and the rest."""
+    return _c(kernel[:depth]), _c(kernel[depth:])
+
+
+class BasicRNNCell(_FusedCell):
+    """TF1 ``BasicRNNCell``: ``h' = activation([x, h] @ kernel + bias)``.
+
+    Weights: ``kernel (depth + num_units, num_units)``, ``bias (num_units,)``.
+    """
+
+    def _spec(self, depth):
+        H = self._num_units
+        return [("kernel", (depth + H, H), None), ("bias", (H,), "zeros")]
+
+    def _make_params(self, w, D, dtype):
+        return SimpleRNNParams(*_rows(w["kernel"], D), _c(w["bias"]),
+                               activation=self._activation)
+
+
+class GRUCell(_FusedCell):
+    """TF1 ``GRUCell`` (reset gate applied before the recurrent product).
+
+    ``r, u = sigmoid([x, h] @ gates/kernel + gates/bias)``,
+    ``c = activation([x, r * h] @ candidate/kernel + candidate/bias)``,
+    ``h' = u * h + (1 - u) * c``.
+
+    Weights: ``gates/kernel (depth + H, 2H)`` (columns ``r, u``),
+    ``gates/bias (2H,)`` (initialised to 1.0), ``candidate/kernel
+    (depth + H, H)``, ``candidate/bias (H,)``.
+    """
+
+    def __init__(self, num_units, activation=None, reuse=None, kernel_initializer=None,
+                 bias_initializer=None, name=None, dtype=None, backend="auto", **kwargs):
+        super().__init__(num_units, activation, reuse, name, dtype, backend, **kwargs)
+        self._kernel_initializer = kernel_initializer
+        self._bias_initializer = bias_initializer
+
+    def _spec(self, depth):
+        H = self._num_units
+        ki, bi = self._kernel_initializer, self._bias_initializer
+        return [
+            ("gates/kernel", (depth + H, 2 * H), ki),
+            ("gates/bias", (2 * H,), 1.0 if bi is None else bi),
+            ("candidate/kernel", (depth + H, H), ki),
+            ("candidate/bias", (H,), "zeros" if bi is None else bi),
+        ]
+
+    def _make_params(self, w, D, dtype):
+        H = self._num_units
+        g, gb = w["gates/kernel"], w["gates/bias"]
+        ck, cb = w["candidate/kernel"], w["candidate/bias"]
+        # TF1 gates are (r, u); the kernels want (z, r, h) with z = u.
+        kernel, recurrent = _rows(np.concatenate([g[:, H:], g[:, :H], ck], axis=1), D)
+        bias = np.zeros((2, 3 * H), dtype=dtype)
+        bias[0] = np.concatenate([gb[H:], gb[:H], cb])
+        return GRUParams(kernel, recurrent, bias, activation=self._activation,
+                         recurrent_activation=SIGMOID, reset_after=False)
+
+
+def _ifco(a):
+    """TF1 LSTM columns ``i, j, f, o`` -> the kernels' ``i, f, c, o``."""
+    i, j, f, o = np.split(a, 4, axis=-1)
+    return np.ascontiguousarray(np.concatenate([i, f, j, o], axis=-1))
+
+
+class _LSTMBase(_FusedCell):
+    _use_peepholes = False
+    _cell_clip = None
+    _num_proj = None
+    _proj_clip = None
+    _initializer_id = None
+
+    def __init__(self, num_units, forget_bias=1.0, state_is_tuple=True, activation=None,
+                 reuse=None, name=None, dtype=None, backend="auto", **kwargs):
+        super().__init__(num_units, activation, reuse, name, dtype, backend, **kwargs)
+        self._forget_bias = float(forget_bias)
+        self._state_is_tuple = bool(state_is_tuple)
+
+    @property
+    def state_size(self):
+        P = self._num_proj or self._num_units
+        if self._state_is_tuple:
+            return LSTMStateTuple(self._num_units, P)
+        return self._num_units + P
+
+    @property
+    def output_size(self):
+        return self._num_proj or self._num_units
+
+    def _spec(self, depth):
+        H, P = self._num_units, self._recurrent_rows
+        init = self._initializer_id
+        spec = [("kernel", (depth + P, 4 * H), init), ("bias", (4 * H,), "zeros")]
+        if self._use_peepholes:
+            spec += [(n, (H,), init) for n in ("w_f_diag", "w_i_diag", "w_o_diag")]
+        if self._num_proj is not None:
+            spec.append(("projection/kernel", (H, self._num_proj), init))
+        return spec
+
+    def _make_params(self, w, D, dtype):
+        peepholes = None
+        if self._use_peepholes:
+            peepholes = _c(np.stack([w["w_i_diag"], w["w_f_diag"], w["w_o_diag"]]))
+        projection = w.get("projection/kernel")
+        return LSTMParams(
+            *_rows(_ifco(w["kernel"]), D), _ifco(w["bias"]), activation=self._activation,
+            recurrent_activation=SIGMOID, forget_bias=self._forget_bias,
+            peepholes=peepholes, cell_clip=self._cell_clip,
+            projection=None if projection is None else _c(projection),
+            proj_clip=self._proj_clip,
+        )
+
+    def _to_keras(self, state):
+        if self._state_is_tuple:
+            c, h = state
+        else:
+            c, h = state[:, : self._num_units], state[:, self._num_units :]
+        return [h, c]
+
+    def _from_keras(self, states):
+        h, c = states
+        if self._state_is_tuple:
+            return LSTMStateTuple(c, h)
+        return np.concatenate([c, h], axis=1)
+
+
+class BasicLSTMCell(_LSTMBase):
+    """TF1 ``BasicLSTMCell``: no peepholes, no clipping, no projection.
+
+    Weights: ``kernel (depth + H, 4H)`` (columns ``i, j, f, o``; ``j`` the
+    candidate), ``bias (4H,)``. ``forget_bias`` is added to the forget gate
+    at run time. The state is ``LSTMStateTuple(c, h)``, or ``[c, h]``
+    concatenated on axis 1 when ``state_is_tuple=False``.
+    """
+
+
+class LSTMCell(_LSTMBase):
+    """TF1 ``LSTMCell``, with optional peepholes, cell clipping and projection.
+
+    Weights, in order: ``kernel (depth + P, 4H)`` (columns ``i, j, f, o``),
+    ``bias (4H,)``, then with ``use_peepholes`` ``w_f_diag, w_i_diag,
+    w_o_diag`` (each ``(H,)``), then with ``num_proj``
+    ``projection/kernel (H, P)``; ``P = num_proj or num_units``. The state
+    is ``LSTMStateTuple(c (batch, H), h (batch, P))``; the output is ``h``.
+    ``num_unit_shards`` / ``num_proj_shards`` (deprecated in TF1) are
+    accepted when ``None`` or 1.
+    """
+
+    def __init__(self, num_units, use_peepholes=False, cell_clip=None, initializer=None,
+                 num_proj=None, proj_clip=None, num_unit_shards=None, num_proj_shards=None,
+                 forget_bias=1.0, state_is_tuple=True, activation=None, reuse=None,
+                 name=None, dtype=None, backend="auto", **kwargs):
+        super().__init__(num_units, forget_bias, state_is_tuple, activation, reuse, name,
+                         dtype, backend, **kwargs)
+        for arg, value in (("num_unit_shards", num_unit_shards),
+                           ("num_proj_shards", num_proj_shards)):
+            if value not in (None, 1):
+                raise ValueError(f"{arg}: sharded variables are not supported, got {value}")
+        self._use_peepholes = bool(use_peepholes)
+        self._cell_clip = None if cell_clip is None else float(cell_clip)
+        self._initializer_id = initializer
+        if num_proj is not None and int(num_proj) < 1:
+            raise ValueError(f"num_proj: expected a positive integer or None, got {num_proj}")
+        self._num_proj = None if num_proj is None else int(num_proj)
+        self._proj_clip = None if proj_clip is None else float(proj_clip)
