@@ -392,7 +392,8 @@ class _Packed:
         self.zeros = cuda.to_device(np.zeros(max(self.recurrent_kernel.shape), dtype))
         self.u_zr = self.u_h = None
         if params.kind == "gru" and not params.reset_after:
-            # (r * h) U_h needs r first: z, r and the candidate are two GEMMs.
+            # (r * h) U_h needs r first: z and r, then the candidate, each
+            # kernel (and GEMM) with the columns of its own gates.
             u = np.asarray(params.recurrent_kernel, dtype=dtype)
             H = u.shape[0]
             self.u_zr = up(np.ascontiguousarray(u[:, : 2 * H]))
@@ -407,27 +408,69 @@ def pack(params):
 # --- the sequence functions ------------------------------------------------
 
 
-def _sequence(packed, x, mask, reverse, zero_output, out, io, n_gates):
-    """Shared set-up: device views, the input projection, step order."""
-    dtype = packed.dtype
-    dx = io.read(x)
-    B, T, D = dx.shape
-    H = packed.params.units
-    xw = cuda.device_array((B * T, n_gates * H), dtype)
-    _project(dx.reshape(B * T, D), packed.kernel, packed.bias, xw)
-    d2, d3, dmask = _dummy(dtype)
-    dm = io.read(mask)
-    if dm is None:
-        dm = dmask
-    do = io.write(out)
-    if do is None:
-        do = d3
-    steps = [(T - 1 - s if reverse else s) for s in range(T)]
-    prevs = [-1] + steps[:-1]
-    return dict(
-        xw=xw, B=B, T=T, H=H, d2=d2, mask=dm, has_mask=mask is not None,
-        out=do, has_out=out is not None, steps=list(zip(steps, prevs)),
-    )
+class _Run:
+    """One sequence call on the device: the transfers (:class:`_Transfers`),
+    the input projection ``xw (B*T, n_gates*H)`` of every step, the
+    optional arrays (or their dummies) and the order of the steps."""
+
+    def __init__(self, packed, x, mask, reverse, zero_output, out, n_gates):
+        self.io = io = _Transfers()
+        self.dtype = dtype = packed.dtype
+        dx = io.read(x)
+        B, T, D = dx.shape
+        H = packed.params.units
+        self.B, self.T, self.H = B, T, H
+        self.xw = cuda.device_array((B * T, n_gates * H), dtype)
+        _project(dx.reshape(B * T, D), packed.kernel, packed.bias, self.xw)
+        self.dummy, d3, dmask = _dummy(dtype)
+        dm, do = io.read(mask), io.write(out)
+        self._ends = (dmask if dm is None else dm, mask is not None,
+                      d3 if do is None else do, out is not None)
+        self._zero_output = bool(zero_output)
+        self._reverse = reverse
+        self._zeros = packed.zeros
+        self.has_r = _use_gemm(B)
+
+    def buffer(self, cols):
+        """A device buffer ``(B, cols)``."""
+        return cuda.device_array((self.B, cols), self.dtype)
+
+    def states(self, a, cols):
+        """A state's two buffers ``(B, cols)``: a copy of the initial ``a``,
+        and one to write; step ``n`` reads half ``n % 2``."""
+        return [self.io.state(a, self.dtype), self.buffer(cols)]
+
+    def gemm_out(self, cols, needed=True):
+        """A buffer ``(B, cols)`` for a per-step GEMM's result where the
+        steps use them (``has_r``); else the dummy."""
+        return self.buffer(cols) if self.has_r and needed else self.dummy
+
+    def product(self, h, w, R):
+        """``R = h @ w`` on the device, where the steps use GEMMs."""
+        if self.has_r:
+            _project(h, w, self._zeros, R, False)
+
+    def steps(self):
+        """``(t, t_prev, i, o)`` for each step in order: its time index, the
+        one before (``-1`` first), and the halves of the state buffers it
+        reads and writes."""
+        t_prev = -1
+        for n in range(self.T):
+            t = self.T - 1 - n if self._reverse else n
+            yield t, t_prev, n % 2, (n + 1) % 2
+            t_prev = t
+
+    def ends(self, t_prev):
+        """The last arguments of a kernel that ends step ``t``: ``mask,
+        has_mask, out, has_out, t_prev, zero_output``."""
+        return self._ends + (t_prev, self._zero_output)
+
+    def finish(self, *finals):
+        """Write each ``(caller's array, state buffers)``'s final state, and
+        the outputs, back."""
+        for dst, bufs in finals:
+            self.io.final(dst, bufs[self.T % 2])
+        self.io.finish()
 
 
 # The simulator swaps module globals while a kernel runs, so two host threads
@@ -448,116 +491,74 @@ def _serialised(fn):
 @_serialised
 def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
     """Run a SimpleRNN over ``x (B, T, D)``; see the contract in :mod:`fastrnn.kernels`."""
-    p = packed.params
-    io = _Transfers()
-    s = _sequence(packed, x, mask, reverse, zero_output, out, io, 1)
-    B, H, dtype = s["B"], s["H"], packed.dtype
-    h = [io.state(h0, dtype), cuda.device_array((B, H), dtype)]
-    grid = _grid(B * H)
-    zero_output = bool(zero_output)
-    U = packed.recurrent_kernel
-    has_r = _use_gemm(B)
-    R = cuda.device_array((B, H), dtype) if has_r else s["d2"]
-    for n, (t, t_prev) in enumerate(s["steps"]):
-        h_in = h[n % 2]
-        if has_r:
-            _project(h_in, U, packed.zeros, R, False)
-        _k.simple_rnn_step[grid](
-            s["xw"], s["T"], t, U, R, has_r, h_in, h[(n + 1) % 2],
-            s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
-            int(p.activation),
-        )
-    io.final(h_out, h[s["T"] % 2])
-    io.finish()
+    run = _Run(packed, x, mask, reverse, zero_output, out, 1)
+    h = run.states(h0, run.H)
+    U, R = packed.recurrent_kernel, run.gemm_out(run.H)
+    grid, act = _grid(run.B * run.H), int(packed.params.activation)
+    for t, t_prev, i, o in run.steps():
+        run.product(h[i], U, R)
+        _k.simple_rnn_step[grid](run.xw, run.T, t, U, R, run.has_r, h[i], h[o],
+                                 *run.ends(t_prev), act)
+    run.finish((h_out, h))
 
 
 @_serialised
 def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
     """Run a GRU (gates z, r, h) over ``x (B, T, D)``; see :mod:`fastrnn.kernels`."""
     p = packed.params
-    io = _Transfers()
-    s = _sequence(packed, x, mask, reverse, zero_output, out, io, 3)
-    B, H, dtype = s["B"], s["H"], packed.dtype
-    h = [io.state(h0, dtype), cuda.device_array((B, H), dtype)]
-    grid = _grid(B * H)
-    zero_output = bool(zero_output)
+    run = _Run(packed, x, mask, reverse, zero_output, out, 3)
+    H = run.H
+    h = run.states(h0, H)
+    grid = _grid(run.B * H)
     act, ract = int(p.activation), int(p.recurrent_activation)
-    U, brec = packed.recurrent_kernel, packed.recurrent_bias
-    has_r = _use_gemm(B)
+    brec = packed.recurrent_bias
     if p.reset_after:
-        R = cuda.device_array((B, 3 * H), dtype) if has_r else s["d2"]
-        for n, (t, t_prev) in enumerate(s["steps"]):
-            h_in = h[n % 2]
-            if has_r:
-                _project(h_in, U, packed.zeros, R, False)
-            _k.gru_step[grid](
-                s["xw"], s["T"], t, U, R, has_r, brec, h_in, h[(n + 1) % 2],
-                s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
-                act, ract,
-            )
+        U, R = packed.recurrent_kernel, run.gemm_out(3 * H)
+        for t, t_prev, i, o in run.steps():
+            run.product(h[i], U, R)
+            _k.gru_step[grid](run.xw, run.T, t, U, R, run.has_r, brec, h[i], h[o],
+                              *run.ends(t_prev), act, ract)
     else:
-        z_buf = cuda.device_array((B, H), dtype)
-        rh_buf = cuda.device_array((B, H), dtype)
-        R = cuda.device_array((B, 2 * H), dtype) if has_r else s["d2"]
-        R2 = cuda.device_array((B, H), dtype) if has_r else s["d2"]
-        for n, (t, t_prev) in enumerate(s["steps"]):
-            h_in = h[n % 2]
-            if has_r:
-                _project(h_in, packed.u_zr, packed.zeros, R, False)
-            _k.gru_gates[grid](s["xw"], s["T"], t, U, R, has_r, brec, h_in, z_buf, rh_buf, ract)
-            if has_r:
-                _project(rh_buf, packed.u_h, packed.zeros, R2, False)
-            _k.gru_candidate[grid](
-                s["xw"], s["T"], t, U, R2, has_r, brec, h_in, z_buf, rh_buf, h[(n + 1) % 2],
-                s["mask"], s["has_mask"], s["out"], s["has_out"], t_prev, zero_output, act,
-                ract,
-            )
-    io.final(h_out, h[s["T"] % 2])
-    io.finish()
+        # (r * h) U_h needs r first: z and r, then the candidate
+        z_buf, rh_buf = run.buffer(H), run.buffer(H)
+        R, R2 = run.gemm_out(2 * H), run.gemm_out(H)
+        for t, t_prev, i, o in run.steps():
+            run.product(h[i], packed.u_zr, R)
+            _k.gru_gates[grid](run.xw, run.T, t, packed.u_zr, R, run.has_r, brec, h[i],
+                               z_buf, rh_buf, ract)
+            run.product(rh_buf, packed.u_h, R2)
+            _k.gru_candidate[grid](run.xw, run.T, t, packed.u_h, R2, run.has_r, brec, h[i],
+                                   z_buf, rh_buf, h[o], *run.ends(t_prev), act, ract)
+    run.finish((h_out, h))
 
 
 @_serialised
 def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     """Run an LSTM (gates i, f, c, o) over ``x (B, T, D)``; see :mod:`fastrnn.kernels`."""
     p = packed.params
-    io = _Transfers()
-    s = _sequence(packed, x, mask, reverse, zero_output, out, io, 4)
-    B, H, dtype = s["B"], s["H"], packed.dtype
-    P = p.output_size
-    h = [io.state(h0, dtype), cuda.device_array((B, P), dtype)]
-    c = [io.state(c0, dtype), cuda.device_array((B, H), dtype)]
+    run = _Run(packed, x, mask, reverse, zero_output, out, 4)
+    B, H, P = run.B, run.H, p.output_size
+    h, c = run.states(h0, P), run.states(c0, H)
     has_proj = packed.projection is not None
     has_peep = packed.peepholes is not None
-    m_buf = cuda.device_array((B, H), dtype) if has_proj else s["d2"]
-    peep = packed.peepholes if has_peep else s["d2"]
-    proj = packed.projection if has_proj else s["d2"]
+    m_buf = run.buffer(H) if has_proj else run.dummy
+    peep = packed.peepholes if has_peep else run.dummy
+    proj = packed.projection if has_proj else run.dummy
     cell_clip = -1.0 if p.cell_clip is None else float(p.cell_clip)
     proj_clip = -1.0 if p.proj_clip is None else float(p.proj_clip)
-    grid = _grid(B * H)
-    grid_p = _grid(B * P)
-    zero_output = bool(zero_output)
+    grid, grid_p = _grid(B * H), _grid(B * P)
     act, ract = int(p.activation), int(p.recurrent_activation)
     forget_bias = float(p.forget_bias)
     U = packed.recurrent_kernel
-    has_r = _use_gemm(B)
-    R = cuda.device_array((B, 4 * H), dtype) if has_r else s["d2"]
-    R2 = cuda.device_array((B, P), dtype) if has_r and has_proj else s["d2"]
-    for n, (t, t_prev) in enumerate(s["steps"]):
-        h_in, h_nxt = h[n % 2], h[(n + 1) % 2]
-        if has_r:
-            _project(h_in, U, packed.zeros, R, False)
+    R, R2 = run.gemm_out(4 * H), run.gemm_out(P, has_proj)
+    for t, t_prev, i, o in run.steps():
+        run.product(h[i], U, R)
         _k.lstm_step[grid](
-            s["xw"], s["T"], t, U, R, has_r, peep, has_peep, h_in, c[n % 2], h_nxt,
-            c[(n + 1) % 2], m_buf, has_proj, s["mask"], s["has_mask"], s["out"],
-            s["has_out"], t_prev, zero_output, act, ract, forget_bias, cell_clip,
+            run.xw, run.T, t, U, R, run.has_r, peep, has_peep, h[i], c[i], h[o], c[o],
+            m_buf, has_proj, *run.ends(t_prev), act, ract, forget_bias, cell_clip,
         )
         if has_proj:
-            if has_r:
-                _project(m_buf, proj, packed.zeros, R2, False)
-            _k.lstm_project[grid_p](
-                m_buf, proj, R2, has_r, proj_clip, t, h_in, h_nxt, s["mask"],
-                s["has_mask"], s["out"], s["has_out"], t_prev, zero_output,
-            )
-    io.final(h_out, h[s["T"] % 2])
-    io.final(c_out, c[s["T"] % 2])
-    io.finish()
+            run.product(m_buf, proj, R2)
+            _k.lstm_project[grid_p](m_buf, proj, R2, run.has_r, proj_clip, t, h[i], h[o],
+                                    *run.ends(t_prev))
+    run.finish((h_out, h), (c_out, c))

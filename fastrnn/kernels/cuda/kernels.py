@@ -12,7 +12,9 @@ Layout shared by every kernel
     Keras order: LSTM **i, f, c, o**; GRU **z, r, h**; SimpleRNN one gate).
 ``U (K, G*H)``
     The recurrent kernel in Keras layout (``K = H``, or ``P`` for an LSTM
-    with a projection).
+    with a projection), or the columns of the gates a kernel computes (the
+    two kernels of a GRU with ``reset_after=False``): gate ``g`` of unit
+    ``j`` is column ``g*H + j``, here and in ``R``.
 ``h_in (B, K)``, ``h_nxt (B, K)``
     The state before and after the step: two buffers the host swaps by step
     parity, because every thread reads the whole row ``h_in[b]``.
@@ -34,6 +36,11 @@ grid-stride loop (``j`` fastest, so a warp reads ``U`` rows coalesced and
   (``(B, G*H)``, gates side by side) with one GEMM (cuBLAS, or
   :func:`make_matmul`), and the kernel does the gate math on ``R``: the
   per-step GEMM plus fused point-wise kernel of haste and cuDNN.
+
+The kernels share their skeleton through device functions inlined into
+each: ``_row_unit`` (the pair of a grid index), ``_valid`` (the mask),
+``_recurrent`` (the recurrent terms of a unit's gates, either way) and
+``_finish`` (the new state and the output of a step, masked or not).
 """
 
 from __future__ import annotations
@@ -52,41 +59,87 @@ _sigmoid, clip, activate, _muladd, lstm_update, gru_reset, gru_update = _math.co
 
 
 @cuda.jit(device=True, inline="always")
-def _emit(out, b, t, j, valid, y, t_prev, zero_output):
-    if valid:
-        out[b, t, j] = y
-    elif zero_output or t_prev < 0:
-        out[b, t, j] = 0.0
+def _row_unit(idx, n):
+    """Grid index ``idx`` -> ``(batch row, unit)``, over rows of ``n`` units."""
+    b = idx // n
+    return b, idx - b * n
+
+
+@cuda.jit(device=True, inline="always")
+def _valid(mask, has_mask, b, t):
+    """Whether step ``t`` of row ``b`` is a real (unmasked) step."""
+    valid = True
+    if has_mask:
+        valid = mask[b, t]
+    return valid
+
+
+@cuda.jit(device=True, inline="always")
+def _recurrent(h, U, R, has_r, b, j, H, n, a0, a1, a2, a3):
+    """``(a0, a1, a2, a3)``, each gate ``g < n`` plus its recurrent term.
+
+    Gate ``g`` of unit ``j`` is column ``g * H + j``: of ``R`` (``h U``,
+    done by a GEMM) when ``has_r``, else of ``U``, summed here over the row
+    ``h[b]`` in ``k`` order, one pass for all the gates. The gates from
+    ``n`` on come back as they came; ``n`` is a constant at every call, so
+    the compiler drops their code.
+    """
+    if has_r:
+        a0 += R[b, j]
+        if n > 1:
+            a1 += R[b, H + j]
+        if n > 2:
+            a2 += R[b, 2 * H + j]
+        if n > 3:
+            a3 += R[b, 3 * H + j]
     else:
-        out[b, t, j] = out[b, t_prev, j]
+        for k in range(h.shape[1]):
+            hk = h[b, k]
+            a0 += hk * U[k, j]
+            if n > 1:
+                a1 += hk * U[k, H + j]
+            if n > 2:
+                a2 += hk * U[k, 2 * H + j]
+            if n > 3:
+                a3 += hk * U[k, 3 * H + j]
+    return a0, a1, a2, a3
+
+
+@cuda.jit(device=True, inline="always")
+def _finish(h_in, h_nxt, out, b, t, j, valid, y, has_out, t_prev, zero_output):
+    """End step ``t`` of unit ``j`` of row ``b``: its new state and output.
+
+    A valid step writes ``y`` to both; a masked step carries the state and
+    outputs zeros (``zero_output``, or no step before it) or repeats the
+    previous output ``out[b, t_prev, j]``.
+    """
+    if valid:
+        h_nxt[b, j] = y
+    else:
+        h_nxt[b, j] = h_in[b, j]
+    if has_out:
+        if valid:
+            out[b, t, j] = y
+        elif zero_output or t_prev < 0:
+            out[b, t, j] = 0.0
+        else:
+            out[b, t, j] = out[b, t_prev, j]
 
 
 @cuda.jit
 def simple_rnn_step(xw, T, t, U, R, has_r, h_in, h_nxt, mask, has_mask, out, has_out,
                     t_prev, zero_output, act):
     """SimpleRNN step ``t``: ``h' = act(xw[b, t] + h U)``."""
-    B = h_in.shape[0]
-    H = h_in.shape[1]
+    B, H = h_in.shape
     for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-        b = idx // H
-        j = idx - b * H
-        valid = True
-        if has_mask:
-            valid = mask[b, t]
+        b, j = _row_unit(idx, H)
+        valid = _valid(mask, has_mask, b, t)
         y = 0.0
         if valid:
             acc = xw[b * T + t, j]
-            if has_r:
-                acc += R[b, j]
-            else:
-                for k in range(H):
-                    acc += h_in[b, k] * U[k, j]
+            acc, _, _, _ = _recurrent(h_in, U, R, has_r, b, j, H, 1, acc, 0.0, 0.0, 0.0)
             y = activate(act, acc)
-            h_nxt[b, j] = y
-        else:
-            h_nxt[b, j] = h_in[b, j]
-        if has_out:
-            _emit(out, b, t, j, valid, y, t_prev, zero_output)
+        _finish(h_in, h_nxt, out, b, t, j, valid, y, has_out, t_prev, zero_output)
 
 
 @cuda.jit
@@ -96,96 +149,57 @@ def gru_step(xw, T, t, U, R, has_r, brec, h_in, h_nxt, mask, has_mask, out, has_
 
     ``h~ = act(x W_h + b_h + r * (h U_h + b_rh))``, ``h' = z h + (1 - z) h~``.
     """
-    B = h_in.shape[0]
-    H = h_in.shape[1]
+    B, H = h_in.shape
     for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-        b = idx // H
-        j = idx - b * H
-        valid = True
-        if has_mask:
-            valid = mask[b, t]
+        b, j = _row_unit(idx, H)
+        valid = _valid(mask, has_mask, b, t)
         y = 0.0
         if valid:
             row = b * T + t
-            az = brec[j]
-            ar = brec[H + j]
-            ah = brec[2 * H + j]
-            if has_r:
-                az += R[b, j]
-                ar += R[b, H + j]
-                ah += R[b, 2 * H + j]
-            else:
-                for k in range(H):
-                    hk = h_in[b, k]
-                    az += hk * U[k, j]
-                    ar += hk * U[k, H + j]
-                    ah += hk * U[k, 2 * H + j]
+            az, ar, ah, _ = _recurrent(h_in, U, R, has_r, b, j, H, 3,
+                                       brec[j], brec[H + j], brec[2 * H + j], 0.0)
             zh = gru_reset(xw[row, H + j] + ar, xw[row, 2 * H + j], ah, ract)
             y = gru_update(xw[row, j] + az, zh, h_in[b, j], act, ract)
-            h_nxt[b, j] = y
-        else:
-            h_nxt[b, j] = h_in[b, j]
-        if has_out:
-            _emit(out, b, t, j, valid, y, t_prev, zero_output)
+        _finish(h_in, h_nxt, out, b, t, j, valid, y, has_out, t_prev, zero_output)
 
 
 @cuda.jit
-def gru_gates(xw, T, t, U, R, has_r, brec, h_in, z_buf, rh_buf, ract):
+def gru_gates(xw, T, t, U_zr, R, has_r, brec, h_in, z_buf, rh_buf, ract):
     """GRU step ``t``, ``reset_after=False``, first half: gates z and r.
 
-    Writes the update gate's pre-activation and ``r * h`` for every unit,
-    since the candidate's product ``(r * h) U_h`` needs the whole row
-    before it can start.
+    ``U_zr (H, 2H)`` holds the recurrent kernel's z and r columns. Writes
+    the update gate's pre-activation and ``r * h`` for every unit, since
+    the candidate's product ``(r * h) U_h`` needs the whole row before it
+    can start.
     """
-    B = h_in.shape[0]
-    H = h_in.shape[1]
+    B, H = h_in.shape
     for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-        b = idx // H
-        j = idx - b * H
+        b, j = _row_unit(idx, H)
         row = b * T + t
-        az = xw[row, j] + brec[j]
-        ar = xw[row, H + j] + brec[H + j]
-        if has_r:
-            az += R[b, j]
-            ar += R[b, H + j]
-        else:
-            for k in range(H):
-                hk = h_in[b, k]
-                az += hk * U[k, j]
-                ar += hk * U[k, H + j]
+        az, ar, _, _ = _recurrent(h_in, U_zr, R, has_r, b, j, H, 2, xw[row, j] + brec[j],
+                                  xw[row, H + j] + brec[H + j], 0.0, 0.0)
         z_buf[b, j] = az
         rh_buf[b, j] = activate(ract, ar) * h_in[b, j]
 
 
 @cuda.jit
-def gru_candidate(xw, T, t, U, R, has_r, brec, h_in, z_buf, rh_buf, h_nxt, mask,
+def gru_candidate(xw, T, t, U_h, R, has_r, brec, h_in, z_buf, rh_buf, h_nxt, mask,
                   has_mask, out, has_out, t_prev, zero_output, act, ract):
     """GRU step ``t``, ``reset_after=False``, second half: candidate, update.
 
+    ``U_h (H, H)`` is the recurrent kernel's candidate columns.
     ``h~ = act(x W_h + b_h + (r * h) U_h + b_rh)``, ``h' = z h + (1 - z) h~``.
     """
-    B = h_in.shape[0]
-    H = h_in.shape[1]
+    B, H = h_in.shape
     for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-        b = idx // H
-        j = idx - b * H
-        valid = True
-        if has_mask:
-            valid = mask[b, t]
+        b, j = _row_unit(idx, H)
+        valid = _valid(mask, has_mask, b, t)
         y = 0.0
         if valid:
             ah = xw[b * T + t, 2 * H + j] + brec[2 * H + j]
-            if has_r:
-                ah += R[b, j]
-            else:
-                for k in range(H):
-                    ah += rh_buf[b, k] * U[k, 2 * H + j]
+            ah, _, _, _ = _recurrent(rh_buf, U_h, R, has_r, b, j, H, 1, ah, 0.0, 0.0, 0.0)
             y = gru_update(z_buf[b, j], ah, h_in[b, j], act, ract)
-            h_nxt[b, j] = y
-        else:
-            h_nxt[b, j] = h_in[b, j]
-        if has_out:
-            _emit(out, b, t, j, valid, y, t_prev, zero_output)
+        _finish(h_in, h_nxt, out, b, t, j, valid, y, has_out, t_prev, zero_output)
 
 
 @cuda.jit
@@ -200,35 +214,16 @@ def lstm_step(xw, T, t, U, R, has_r, peep, has_peep, h_in, c_in, h_nxt, c_nxt, m
     kernel finishes the step; with one it writes ``m`` to ``m_buf`` and
     :func:`lstm_project` finishes it. ``cell_clip < 0`` means no clip.
     """
-    B = c_in.shape[0]
-    H = c_in.shape[1]
-    K = h_in.shape[1]
+    B, H = c_in.shape
     for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-        b = idx // H
-        j = idx - b * H
-        valid = True
-        if has_mask:
-            valid = mask[b, t]
+        b, j = _row_unit(idx, H)
+        valid = _valid(mask, has_mask, b, t)
         c = c_in[b, j]
         y = 0.0
         if valid:
             row = b * T + t
-            zi = xw[row, j]
-            zf = xw[row, H + j]
-            zc = xw[row, 2 * H + j]
-            zo = xw[row, 3 * H + j]
-            if has_r:
-                zi += R[b, j]
-                zf += R[b, H + j]
-                zc += R[b, 2 * H + j]
-                zo += R[b, 3 * H + j]
-            else:
-                for k in range(K):
-                    hk = h_in[b, k]
-                    zi += hk * U[k, j]
-                    zf += hk * U[k, H + j]
-                    zc += hk * U[k, 2 * H + j]
-                    zo += hk * U[k, 3 * H + j]
+            zi, zf, zc, zo = _recurrent(h_in, U, R, has_r, b, j, H, 4, xw[row, j],
+                                        xw[row, H + j], xw[row, 2 * H + j], xw[row, 3 * H + j])
             # without peepholes ``peep`` is a (1, 1) placeholder: read its
             # only element (lstm_update ignores the values then)
             q = j if has_peep else 0
@@ -241,41 +236,28 @@ def lstm_step(xw, T, t, U, R, has_r, peep, has_peep, h_in, c_in, h_nxt, c_nxt, m
         if has_proj:
             m_buf[b, j] = y
         else:
-            if valid:
-                h_nxt[b, j] = y
-            else:
-                h_nxt[b, j] = h_in[b, j]
-            if has_out:
-                _emit(out, b, t, j, valid, y, t_prev, zero_output)
+            _finish(h_in, h_nxt, out, b, t, j, valid, y, has_out, t_prev, zero_output)
 
 
 @cuda.jit
 def lstm_project(m_buf, proj, R, has_r, proj_clip, t, h_in, h_nxt, mask, has_mask,
                  out, has_out, t_prev, zero_output):
     """LSTM step ``t``, projection: ``h' = clip(m @ projection, proj_clip)``."""
-    B = h_in.shape[0]
-    P = h_in.shape[1]
+    B, P = h_in.shape
     H = m_buf.shape[1]
     for idx in range(cuda.grid(1), B * P, cuda.gridsize(1)):
-        b = idx // P
-        p = idx - b * P
-        valid = True
-        if has_mask:
-            valid = mask[b, t]
+        b, p = _row_unit(idx, P)
+        valid = _valid(mask, has_mask, b, t)
         y = 0.0
         if valid:
             if has_r:
                 acc = R[b, p]
-            else:
+            else:  # from the first product on (_recurrent starts from a given value)
                 acc = m_buf[b, 0] * proj[0, p]
                 for k in range(1, H):
                     acc += m_buf[b, k] * proj[k, p]
             y = clip(acc, proj_clip)
-            h_nxt[b, p] = y
-        else:
-            h_nxt[b, p] = h_in[b, p]
-        if has_out:
-            _emit(out, b, t, p, valid, y, t_prev, zero_output)
+        _finish(h_in, h_nxt, out, b, t, p, valid, y, has_out, t_prev, zero_output)
 
 
 @functools.lru_cache(maxsize=None)
