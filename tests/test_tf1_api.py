@@ -295,6 +295,36 @@ def test_pickle_round_trip(rng):
     _assert_nested_close(state2, state, atol=0)
 
 
+def test_public_classes_are_named_by_rnn_cell():
+    # the classes live in private modules; reprs and pickles name the public one
+    import pickle
+
+    for name in rnn_cell.__all__:
+        assert getattr(rnn_cell, name).__module__ == "fastrnn.nn.rnn_cell", name
+    data = pickle.dumps(rnn_cell.DropoutWrapper(rnn_cell.LSTMCell(3)))
+    assert b"fastrnn.nn.rnn_cell" in data and b"_builtin" not in data and b"_wrappers" not in data
+
+
+def test_multi_rnn_cell_counts_the_weights_of_every_kind_of_cell(rng):
+    user = _MinimalRNN(4)
+    user.build((None, 4))
+    cell = rnn_cell.MultiRNNCell([
+        rnn_cell.DropoutWrapper(rnn_cell.LSTMCell(4, use_peepholes=True)),  # unbuilt: 5 arrays
+        user,  # 2 arrays
+        rnn_cell.ResidualWrapper(rnn_cell.GRUCell(4)),  # unbuilt: 4 arrays
+    ])
+    shapes = [(7, 16), (16,), (4,), (4,), (4,), (4, 4), (4, 4), (8, 8), (8,), (8, 4), (4,)]
+    weights = [rng.uniform(-1, 1, s).astype(np.float32) for s in shapes]
+    with pytest.raises(ValueError, match=r"expected 11 arrays .* got 10"):
+        cell.set_weights(weights[:-1])
+    cell.set_weights(weights)
+    for got, want in zip(cell.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+    unbuilt = rnn_cell.MultiRNNCell([rnn_cell.GRUCell(4), _MinimalRNN(4)])
+    with pytest.raises(ValueError, match="_MinimalRNN .* build the cell before set_weights"):
+        unbuilt.set_weights(weights[7:])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bidirectional_backward_is_per_sequence_reverse(rng, backend):
     fw = _randomise(_built(rnn_cell.LSTMCell(4, use_peepholes=True), 3), rng)
