@@ -461,7 +461,7 @@ class _Run:
             t_prev = t
 
     def ends(self, t_prev):
-        """The last arguments of a kernel that ends step ``t``: ``mask,
+        """The last arguments of a kernel that ends a step: ``mask,
         has_mask, out, has_out, t_prev, zero_output``."""
         return self._ends + (t_prev, self._zero_output)
 
