@@ -187,6 +187,7 @@ class RNNCell:
         # arrays: both are per process and rebuilt on demand.
         state = dict(self.__dict__)
         state.pop("last_backend", None)
+        state.pop("_frames", None)
         if "_cache" in state:
             state["_cache"] = {}
         return state

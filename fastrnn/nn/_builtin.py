@@ -14,7 +14,7 @@ import collections
 
 import numpy as np
 
-from .. import _engine, activations
+from .. import _engine, activations, dispatch
 from .._engine import WEIGHTS_LOCK, Weights
 from ..activations import SIGMOID
 from ..kernels import GRUParams, LSTMParams, SimpleRNNParams
@@ -152,6 +152,8 @@ class _FusedCell(RNNCell):
         self._cache = {}
         _engine.weights_changed()
 
+    _frames = None  # (see _frames_entry) of the last one-step call
+
     def _adopt_dtype(self, arrays):
         if self._dtype_fixed:
             return
@@ -166,6 +168,7 @@ class _FusedCell(RNNCell):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._frames = None
         for w in self._weight_dict.values():
             w.setflags(write=False)
 
@@ -196,15 +199,18 @@ class _FusedCell(RNNCell):
     def call(self, inputs, state):
         x = inputs
         if (type(x) is np.ndarray and x.ndim == 2 and x.shape[1] == self._depth
-                and (x.dtype == np.float32 or x.dtype == np.float64) and x.flags.c_contiguous
-                and self.backend == "auto"):
+                and x.flags.c_contiguous and self.backend == "auto"):
             # the common case, checked cheaply: one call of the frame kernel
-            states = self._plain_states(state, x.shape[0], x.dtype)
-            if states is not None:
-                weights = (self._weights_for(x.dtype),)  # (one cell: one consistent set)
-                frames = _engine.frames_for(weights, x.shape[0])
-                if frames is not None:
-                    return self._step(frames, weights, x, states)
+            hit = self._frames
+            if (hit is None or hit[0] is not self._cache or hit[1] is not x.dtype
+                    or hit[2] != x.shape[0] or hit[3] != dispatch.default_key()):
+                hit = self._frames = self._frames_entry(x.dtype, x.shape[0])
+            if hit[4] is not None:
+                states = self._plain_states(state, x.shape[0], x.dtype, hit[6])
+                if states is not None:
+                    out, states = _engine.step(hit[4], x, states)
+                    self.last_backend = hit[5]
+                    return out, self._from_keras(states)
         x = _as_inputs(inputs)
         self._ensure_built(x.shape[1])
         self._check_depth(x.shape[1])
@@ -228,19 +234,32 @@ class _FusedCell(RNNCell):
         self.last_backend = _engine.select_for(weights, "auto")
         return out, self._from_keras(states)
 
-    def _plain_states(self, state, batch, dtype):
+    def _frames_entry(self, dtype, batch):
+        """What a one-step call in ``dtype`` with ``batch`` rows needs, made
+        once per weights (``self._cache`` is new when they change), batch size
+        and default backend: ``(cache, dtype, batch, default key, frames or
+        None, backend choice, state sizes)``."""
+        cache = self._cache  # (read first: the weights below are then no older)
+        weights = (self._weights_for(dtype),)
+        params = weights[0].params
+        sizes = [params.output_size, params.units] if params.kind == "lstm" else [params.units]
+        return (cache, dtype, batch, dispatch.default_key(), _engine.frames_for(weights, batch),
+                _engine.select_for(weights, "auto"), sizes)
+
+    def _plain_states(self, state, batch, dtype, sizes):
         """``state`` as the Keras-order list the kernels take, when it needs
-        no checking beyond this (C-contiguous ``(batch, size)`` arrays of
-        ``dtype`` in the cell's structure); else None."""
-        if not isinstance(state, (tuple, np.ndarray)) or isinstance(state, tuple) and (
-                len(state) != 2 or not self._state_is_tuple):
+        no checking beyond this (``(batch, size)`` arrays of ``dtype`` in the
+        cell's structure, any strides); else None."""
+        if isinstance(state, tuple):
+            if len(state) != 2 or not self._state_is_tuple:
+                return None
+        elif type(state) is not np.ndarray:
             return None
         states = self._to_keras(state)
-        sizes = self._weights_for(dtype).params
-        want = [sizes.output_size, sizes.units] if len(states) == 2 else [sizes.units]
-        for a, n in zip(states, want):
-            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != (batch, n) \
-                    or not a.flags.c_contiguous:
+        if len(states) != len(sizes):
+            return None
+        for a, n in zip(states, sizes):
+            if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != (batch, n):
                 return None
         return states
 
