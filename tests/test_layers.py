@@ -391,3 +391,38 @@ def test_compute_output_shape():
     assert fastrnn.LSTM(4, return_state=True).compute_output_shape((2, 7, 3)) == [(2, 4), (2, 4), (2, 4)]
     bi = fastrnn.Bidirectional(fastrnn.GRU(4, return_sequences=True))
     assert bi.compute_output_shape((2, 7, 3)) == (2, 7, 8)
+
+
+@pytest.mark.parametrize("make", ["keras", "nn", "torch"])
+def test_one_step_calls_run_the_frame_kernel(make, rng, monkeypatch):
+    """A cell called frame by frame runs one call of the per-frame (stream)
+    kernels per step, and gives the outputs of the whole-sequence run."""
+    from fastrnn import _engine
+
+    x = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    if make == "keras":
+        cell = fastrnn.LSTMCell(7)
+        cell.build((None, 6))
+        state = cell.get_initial_state(2)
+        step = lambda x_t, s: cell(x_t, s)  # noqa: E731
+        want = fastrnn.RNN(cell, return_sequences=True)(x)
+    elif make == "nn":
+        cell = fastrnn.nn.rnn_cell.LSTMCell(7)
+        cell.build((None, 6))
+        state = cell.zero_state(2, np.float32)
+        step = lambda x_t, s: cell(x_t, s)  # noqa: E731
+        want = fastrnn.nn.dynamic_rnn(cell, x, dtype=np.float32)[0]
+    else:
+        torch = pytest.importorskip("torch")
+        module = torch.nn.LSTMCell(6, 7)
+        cell = fastrnn.from_torch(module)
+        state = (np.zeros((2, 7), np.float32), np.zeros((2, 7), np.float32))
+        step = lambda x_t, s: (lambda hc: (hc[0], hc))(cell(x_t, s))  # noqa: E731
+        want = fastrnn.RNN(cell.layer.cell, return_sequences=True)(x)
+    calls = []
+    real = _engine.step
+    monkeypatch.setattr(_engine, "step", lambda *a: calls.append(1) or real(*a))
+    for t in range(5):
+        y, state = step(x[:, t], state)
+        np.testing.assert_allclose(y, want[:, t], rtol=1e-5, atol=1e-6)
+    assert len(calls) == 5
