@@ -197,7 +197,7 @@ def get_num_threads():
     return backend_module("cpu").get_num_threads()
 
 
-def warmup(dtypes=("float32", "float64"), parallel=True, verbose=False):
+def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=False):
     """Compile (or load from Numba's on-disk cache) the ``cpu`` kernels that
     layers, streams and cells run, so that no first call pays for it.
 
@@ -208,12 +208,21 @@ def warmup(dtypes=("float32", "float64"), parallel=True, verbose=False):
     parallel : bool
         Also the two-thread kernels (rows split and panels split); a process
         limited to one thread (``set_num_threads(1)``) never runs them.
+    kinds : sequence of str, optional
+        Only these, from ``"lstm"``, ``"gru"`` (``reset_after=True``),
+        ``"gru reset_after=False"``, ``"simple_rnn"`` and ``"stream"`` (the
+        stream kernels, which run every cell kind); default: all of them. A
+        cold compile of all takes minutes, ``("lstm", "gru")`` in float32
+        (what ``python -m fastrnn bench`` runs) about a minute.
     verbose : bool
         Print a line to stderr after each kernel family.
 
     Returns
     -------
     list of str
-        What was compiled or loaded. ``python -m fastrnn warmup`` runs this.
+        What was compiled or loaded, ``"<kind> <dtype>"``. ``python -m
+        fastrnn warmup`` runs this with every kind.
     """
-    return backend_module("cpu").warmup(dtypes=dtypes, parallel=parallel, verbose=verbose)
+    cpu = backend_module("cpu")
+    kinds = cpu.KINDS if kinds is None else kinds
+    return cpu.warmup(dtypes=dtypes, parallel=parallel, kinds=kinds, verbose=verbose)

@@ -239,51 +239,69 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
 
 # ---------------------------------------------------------------- warmup
 
+#: What :func:`warmup` can compile, by name: the batch kernels of each layer
+#: configuration, and the stream kernels (one per dtype runs every cell kind).
+KINDS = ("lstm", "gru", "gru reset_after=False", "simple_rnn", "stream")
 
-def warmup(dtypes=("float32", "float64"), parallel=True, verbose=False):
-    """Compile (or load from Numba's cache) the common kernels: LSTM, GRU
-    (both ``reset_after``) and SimpleRNN in ``dtypes``, on one thread and,
-    with ``parallel``, on two (rows split and panels split), and the stream
-    kernels (frame, chunk with sequence output, chunk with last output).
 
-    Returns the list of what was compiled or loaded.
+def _warm_params(kind, r, D, H):
+    """The parameter record :func:`warmup` runs for ``kind`` (``r(*shape)``:
+    random weights of the dtype being warmed)."""
+    if kind in ("lstm", "stream"):  # one stream kernel per dtype runs every cell kind
+        return LSTMParams(r(D, 4 * H), r(H, 4 * H), r(4 * H))
+    if kind == "simple_rnn":
+        return SimpleRNNParams(r(D, H), r(H, H), r(H))
+    return GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H), reset_after=kind == "gru")
+
+
+def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=False):
+    """Compile (or load from Numba's cache) the kernels of ``kinds`` in
+    ``dtypes``: by default LSTM, GRU (both ``reset_after``), SimpleRNN and
+    the stream kernels (frame, chunk with sequence output, chunk with last
+    output). :func:`fastrnn.dispatch.warmup` documents the arguments.
+
+    Returns the list of what was compiled or loaded, ``"<kind> <dtype>"``.
     """
+    kinds = tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"kinds: expected names from {KINDS}, got {unknown}")
     rng = np.random.default_rng(0)
     done = []
-    saved = (threads._MIN_PARALLEL_WORK, threads._MIN_SPLIT_STEP_WORK, threads._max_threads)
+    saved = (threads._MIN_PARALLEL_WORK, threads._MIN_SPLIT_STEP_WORK, threads._max_threads,
+             threads._contended_until, threads._contended_pause)
     threads._MIN_PARALLEL_WORK = threads._MIN_SPLIT_STEP_WORK = 0
     try:
         for dt in dtypes:
+            name = np.dtype(dt).name
             D, H, T = 3, 20, 2
 
             def r(*shape):
                 return (rng.standard_normal(shape) * 0.1).astype(dt)
 
-            configs = [
-                LSTMParams(r(D, 4 * H), r(H, 4 * H), r(4 * H)),
-                GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H)),
-                GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H), reset_after=False),
-                SimpleRNNParams(r(D, H), r(H, H), r(H)),
-            ]
-            for params in configs:
-                pk = pack(params)
-                shapes = ((2, 1), (2, None), (threads._BATCH_SPLIT_MIN, None)) if parallel \
-                    else ((2, 1),)
-                for B, n in shapes:
-                    set_num_threads(n)
-                    x = r(B, T, D)
-                    states = [np.zeros((B, s), dt) for s in state_sizes(params)]
-                    outs = [np.empty_like(s) for s in states]
-                    run(sys.modules[__name__], pk, x, states, None, False, False,
-                        np.empty((B, T, params.output_size), dt), outs)
-                done.append(f"{params.kind} {np.dtype(dt).name}")
+            for kind in kinds:
+                params = _warm_params(kind, r, D, H)
+                if kind == "stream":
+                    stream.warmup(params)
+                else:
+                    pk = pack(params)
+                    shapes = ((2, 1), (2, None), (threads._BATCH_SPLIT_MIN, None)) if parallel \
+                        else ((2, 1),)
+                    for B, n in shapes:
+                        set_num_threads(n)
+                        # a busy machine (a starved call before) would send
+                        # the call to one thread and leave the splits cold
+                        threads._contended_until = 0.0
+                        x = r(B, T, D)
+                        states = [np.zeros((B, s), dt) for s in state_sizes(params)]
+                        outs = [np.empty_like(s) for s in states]
+                        run(sys.modules[__name__], pk, x, states, None, False, False,
+                            np.empty((B, T, params.output_size), dt), outs)
+                done.append(f"{kind} {name}")
                 if verbose:
                     print(f"warmup: {done[-1]}", file=sys.stderr)
-            stream.warmup(configs[0])
-            done.append(f"stream {np.dtype(dt).name}")
-            if verbose:
-                print(f"warmup: {done[-1]}", file=sys.stderr)
     finally:
-        threads._MIN_PARALLEL_WORK, threads._MIN_SPLIT_STEP_WORK, restore = saved
+        (threads._MIN_PARALLEL_WORK, threads._MIN_SPLIT_STEP_WORK, restore,
+         threads._contended_until, threads._contended_pause) = saved
         set_num_threads(restore)
     return done
