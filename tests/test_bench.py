@@ -81,3 +81,139 @@ def test_bench_runs_rejects_bad_counts(capsys):
         with pytest.raises(SystemExit):
             bench.main(argv)
         assert needle in capsys.readouterr().err
+
+
+def test_bench_progress_in_a_log_is_plain_lines(capsys):
+    """stderr not a terminal (a log, a pipe): no carriage returns or escape
+    codes, the compile announced on a line of its own, then one line per
+    finished shape with what each engine took."""
+    from fastrnn.cli import bench
+
+    assert bench.main(["--shapes", "3,4,5,17", "2,3,7,9", "--cells", "lstm", "--repeats", "1",
+                       "--skip", "pytorch,onnxruntime", "--backends", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert lines[0] == "compiling kernels (first run only) ..."
+    assert lines[1].startswith("kernels ready in ")
+    steps = [line for line in lines if line.startswith("[")]
+    assert [s.split(" ms")[0].rsplit(" ", 1)[0] for s in steps] == [
+        "[1/2] lstm B=3 T=4 D=5 H=17: fastrnn-cpu", "[2/2] lstm B=2 T=3 D=7 H=9: fastrnn-cpu"]
+    assert all(float(s.split(": fastrnn-cpu ")[1].split(" ms")[0]) > 0 for s in steps)
+
+
+def test_progress_on_a_terminal_redraws_one_line(monkeypatch):
+    import io
+
+    from fastrnn.cli import _progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    p = _progress.Progress(2)
+    p.show("lstm B=1 pytorch 1/5")
+    p.step("lstm B=1: 2 ms")
+    p.line("kept")
+    p.close()
+    assert term.getvalue() == ("\r\x1b[K[0/2] lstm B=1 pytorch 1/5\r\x1b[K[1/2] lstm B=1: 2 ms"
+                               "\r\x1b[Kkept\n\r\x1b[K")
+    # the same calls into a log: only the finished step and the kept line
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    p = _progress.Progress(2)
+    p.show("lstm B=1 pytorch 1/5")
+    p.step("lstm B=1: 2 ms")
+    p.line("kept")
+    p.close()
+    assert log.getvalue() == "[1/2] lstm B=1: 2 ms\nkept\n"
+    silent = io.StringIO()
+    monkeypatch.setattr("sys.stderr", silent)
+    p = _progress.Progress(2, enabled=False)
+    p.status("compiling")
+    p.step("done")
+    assert silent.getvalue() == ""
+
+
+def _kernel_signatures():
+    """Every compiled signature of the cpu backend's cached kernels."""
+    from numba.core.registry import CPUDispatcher
+
+    from fastrnn.kernels.cpu import generic, packed, split, stream
+
+    return {f"{m.__name__}.{name}": list(f.signatures)
+            for m in (packed, split, generic, stream)
+            for name, f in vars(m).items() if isinstance(f, CPUDispatcher)}
+
+
+def test_bench_warms_up_once_before_timing(monkeypatch, capsys):
+    """The float32 LSTM and GRU kernels are compiled once, before the FMA
+    peak and any timing, and the timed calls (one thread, rows split,
+    panels split) then compile nothing more."""
+    from fastrnn import dispatch
+    from fastrnn.cli import bench
+
+    events, compiled = [], {}
+    warmup, sample, fma_peaks = dispatch.warmup, bench.sample, bench.fma_peaks
+
+    def spy_warmup(**kwargs):
+        events.append(("warmup", kwargs))
+        done = warmup(**kwargs)
+        compiled.update(_kernel_signatures())
+        return done
+
+    def spy_sample(engines, *args, **kwargs):
+        events.append(("sample", None))
+        return sample(engines, *args, **kwargs)
+
+    def spy_peaks():
+        events.append(("peak", None))
+        return fma_peaks()
+
+    monkeypatch.setattr(dispatch, "warmup", spy_warmup)
+    monkeypatch.setattr(bench, "sample", spy_sample)
+    monkeypatch.setattr(bench, "fma_peaks", spy_peaks)
+    # B=1 with this much work takes the panels split on two threads, B=16
+    # the rows split; B=2, T=2 stays on one thread
+    assert bench.main(["--shapes", "1,40,64,128", "16,20,64,128", "2,2,5,17", "--repeats", "1",
+                       "--runs", "2", "--skip", "pytorch,onnxruntime", "--backends", "cpu",
+                       "--no-progress"]) == 0
+    capsys.readouterr()
+    assert [e for e, _ in events] == ["warmup"] + (["peak"] + ["sample"] * 6) * 2
+    assert events[0][1] == dict(dtypes=("float32",), kinds=("lstm", "gru"),
+                                parallel=dispatch.get_num_threads() > 1)
+    assert _kernel_signatures() == compiled
+
+
+def test_warmup_rejects_unknown_kinds():
+    import pytest
+
+    from fastrnn import dispatch
+
+    with pytest.raises(ValueError, match=r"kinds: expected names from .*got \['LSTM'\]"):
+        dispatch.warmup(dtypes=("float32",), kinds=("gru", "LSTM"))
+
+
+def test_warmup_compiles_the_splits_on_a_busy_machine(monkeypatch):
+    """A starved call before it (another process on the cores) must not send
+    the warm-up's two-thread calls to one thread: they would stay cold."""
+    import time
+
+    import pytest
+
+    from fastrnn import dispatch
+    from fastrnn.kernels.cpu import packed, sync, threads
+
+    if dispatch.get_num_threads() < 2:
+        pytest.skip("one thread: no two-thread kernels")
+    busy_until = time.monotonic() + 1000.0
+    monkeypatch.setattr(threads, "_contended_until", busy_until)
+    ran = []
+    rows_par, run_split = packed.run_rows_par, threads._run_split
+    monkeypatch.setattr(packed, "run_rows_par", lambda *a: ran.append("rows") or rows_par(*a))
+    monkeypatch.setattr(threads, "_run_split", lambda *a: ran.append("panels") or run_split(*a))
+    assert dispatch.warmup(dtypes=("float32",), parallel=True, kinds=("gru",)) == ["gru float32"]
+    assert "rows" in ran and ("panels" in ran) == sync.HAVE_FUTEX
+    assert threads._contended_until == busy_until  # the caller's state is left as it was

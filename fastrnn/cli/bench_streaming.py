@@ -45,6 +45,7 @@ from numba import njit
 
 from ..kernels.cpu import stream as _stream
 from ..layers import GRU, LSTM
+from ._progress import warm
 
 HS = (64, 128, 256, 512)
 TS = (1, 10)
@@ -323,6 +324,8 @@ def run(opts):
     hs = getattr(opts, "hs", None) or ((64, 256) if quick else HS)
     cells = [c for c in getattr(opts, "cells", CELLS) if c in CELLS]
     skip = set(getattr(opts, "skip", []) or [])
+    # streams run the stream kernels alone (one thread): compile them before timing
+    warm(("stream",), False, not getattr(opts, "no_progress", False))
     rng = np.random.default_rng(0)
     rows, notes = [], []
     t_start = time.time()
