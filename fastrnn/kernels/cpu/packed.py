@@ -181,7 +181,9 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
         W = (Wp, wbase + D * G, 0)
         hb = (P, _hoisted(call, p, r0, t))
         x = (xf, 0, (0,))
-        rows = ((0,), (valid[0],))
+        # a typed zero: a literal 0 would compile a second copy of the
+        # 1-row tile and its gate math for this call alone
+        rows = ((np.int64(0),), (valid[0],))
         if gru:
             gru_tile_1(W, hb, x, state, rows, cfg)
         else:

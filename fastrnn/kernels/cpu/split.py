@@ -122,8 +122,10 @@ def _claim_run(w, sync, slot, s, lo, cnt, call, t, hf, cb, cur, nxt, valid, star
         c1 = min(end, c + chunk)
         if atomic_cas(sync, slot, c, c1):
             for q in range(c, c1):
-                panel(call, lo + q - s * cnt, lo + (q + 1 - s * cnt) % cnt, 0, B, t, hf, cb,
-                      cur, nxt, valid, started)
+                # (row 0 typed int64, as run_rows passes it: a literal 0
+                # would compile a second copy of panel)
+                panel(call, lo + q - s * cnt, lo + (q + 1 - s * cnt) % cnt, np.int64(0), B, t,
+                      hf, cb, cur, nxt, valid, started)
             did += c1 - c
             atomic_add(sync, _COUNT0 + 8 * w, c1 - c)  # before _DONE: read once all is done
             atomic_add(sync, _DONE, c1 - c)
@@ -201,7 +203,9 @@ def split_par(sync, gru, H, weights, gates, io, opts, hf, cb, P):
     GIL). Worker 1 still leaves as soon as it falls behind, and worker 0
     never waits for it to arrive."""
     for w in prange(2):
-        split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P)
+        # int64, as a caller from Python passes it (the loop index is
+        # unsigned once the loop is parallel: a second copy of split_work)
+        split_work(np.int64(w), sync, gru, H, weights, gates, io, opts, hf, cb, P)
 
 
 @njit(cache=True, nogil=True)
