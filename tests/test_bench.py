@@ -95,7 +95,7 @@ def test_bench_progress_in_a_log_is_plain_lines(capsys):
     assert "\r" not in err and "\x1b" not in err
     lines = err.splitlines()
     assert lines[0] == "compiling kernels (first run only) ..."
-    assert lines[1].startswith("kernels ready in ")
+    assert lines[1].startswith("kernels ready in ") and "Numba's cache" in lines[1]
     steps = [line for line in lines if line.startswith("[")]
     assert [s.split(" ms")[0].rsplit(" ", 1)[0] for s in steps] == [
         "[1/2] lstm B=3 T=4 D=5 H=17: fastrnn-cpu", "[2/2] lstm B=2 T=3 D=7 H=9: fastrnn-cpu"]

@@ -88,5 +88,6 @@ def warm(kinds, parallel, enabled=True):
     t0 = time.perf_counter()
     dispatch.warmup(dtypes=("float32",), parallel=parallel, kinds=kinds)
     seconds = time.perf_counter() - t0
-    progress.line(f"kernels ready in {seconds:.1f} s (compiled, or loaded from Numba's cache)")
+    progress.line(f"kernels ready in {seconds:.1f} s (a first run compiles them into Numba's "
+                  "cache, later runs load them)")
     return seconds

@@ -22,7 +22,13 @@ The header also gives the float32 FMA peak of this machine, measured with a
 register-only loop (:mod:`fastrnn.cli.peak`), and the table fastrnn's
 GFLOP/s as a share of it: the hardware's limit, not another engine.
 
-Options: ``--quick`` (a shorter grid, < 1 min on 2 cores), ``--json PATH``,
+Before anything is timed, the float32 LSTM and GRU kernels the grid runs
+are compiled into Numba's cache, once (on 2 cores about a minute at the
+first run, a second later), with a progress line saying so. Progress goes
+to stderr: one line redrawn in place on a terminal, a plain line per
+finished shape anywhere else (a log, a pipe).
+
+Options: ``--quick`` (a shorter grid, < 30 s on 2 cores once compiled), ``--json PATH``,
 ``--contention`` (a busy process competes for the cores while timing),
 ``--runs N`` (the whole grid N times, one table per run, then the spread of
 each ratio over the runs: on a shared machine a single run's ratio moves),
@@ -409,7 +415,7 @@ def environment():
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m fastrnn bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="shorter sequences, fewer repeats (< 1 min)")
+    p.add_argument("--quick", action="store_true", help="shorter sequences, fewer repeats (< 30 s once compiled)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--contention", action="store_true",
                    help="time while a competing busy process runs")
