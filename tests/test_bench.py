@@ -217,3 +217,19 @@ def test_warmup_compiles_the_splits_on_a_busy_machine(monkeypatch):
     assert dispatch.warmup(dtypes=("float32",), parallel=True, kinds=("gru",)) == ["gru float32"]
     assert "rows" in ran and ("panels" in ran) == sync.HAVE_FUTEX
     assert threads._contended_until == busy_until  # the caller's state is left as it was
+
+
+def test_fma_peak_starts_fastrnn_pool_first(monkeypatch):
+    """The peak's parallel loop must not be the first parallel launch: the
+    pool is fastrnn's (short OpenMP spin), as the timed kernels get it."""
+    from fastrnn import dispatch
+    from fastrnn.cli import bench
+
+    cpu = dispatch.backend_module("cpu")
+    calls = []
+    layer = cpu.threading_layer
+    monkeypatch.setattr(cpu, "threading_layer",
+                        lambda start=False: calls.append(("pool", start)) or layer(start))
+    monkeypatch.setattr(bench, "fma_peak", lambda threads: calls.append(("peak", threads)) or 1.0)
+    bench.fma_peaks()
+    assert calls[0] == ("pool", True) and calls[1] == ("peak", 1)

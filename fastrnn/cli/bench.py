@@ -344,6 +344,12 @@ def bench_batch(opts):
 def fma_peaks():
     """The float32 FMA peak of one core and of fastrnn's threads (GFLOP/s,
     register-only loop: :mod:`fastrnn.cli.peak`)."""
+    # The peak's parallel loop would otherwise be the process's first
+    # parallel launch, loading OpenMP with its default spin (idle threads
+    # spin for milliseconds): fastrnn starts the pool with a short one, as
+    # in any program that runs its kernels (measured on 2 cores: PyTorch's
+    # LSTM B=256 took 26-41 ms beside the long spin, 12-15 ms without).
+    dispatch.backend_module("cpu").threading_layer(start=True)
     peaks = {"1": fma_peak(1)}
     n = dispatch.get_num_threads()
     if n > 1:
