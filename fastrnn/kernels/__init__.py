@@ -34,6 +34,32 @@ arrays are in **Keras layout and Keras gate order**:
 :mod:`fastrnn.activations`, or a Python callable (``reference`` only). All
 arrays of one record share one float dtype (float32 or float64).
 
+Reduced-precision weights
+-------------------------
+:func:`quantize` turns a float32 record into one whose ``kernel`` and
+``recurrent_kernel`` are rounded to a narrower format, ``params.precision``
+(``"float32"``/``"float64"`` for plain records, ``"bfloat16"`` or
+``"int8"``). Only those two matrices are quantized, each on its own; the
+biases, peepholes and the projection stay float32, and so do the inputs,
+the states, the outputs and every sum (weights-only quantization).
+
+* ``"bfloat16"``: each weight rounded to the nearest bfloat16 (8 bits of
+  significand, float32's exponent range), ties to even; NaN stays NaN.
+* ``"int8"``: symmetric, per output column (as PyTorch's ``quantize_dynamic``
+  and ONNX Runtime's ``DynamicQuantizeLSTM`` quantize their weights), the
+  input kernel and the recurrent kernel separately: for column ``j`` of a
+  matrix ``W``, ``scale[j] = max_k |W[k, j]| / 127`` (float32) and
+  ``q[k, j] = round(W[k, j] / scale[j])`` (ties to even), in -127..127. A
+  column of zeros has scale 0. Non-finite weights are an error.
+
+The record keeps both forms: ``params.quantized`` (:class:`QuantizedWeights`:
+the bfloat16 bit patterns as uint16, or the int8 values and their float32
+scales) and, in ``kernel`` / ``recurrent_kernel``, the float32 values they
+stand for (``float32(q) * scale``; a bfloat16 is exactly a float32). Those
+values *are* the quantized layer: a backend that reads only the float32
+arrays (``reference``, ``cuda``) computes exactly its semantics, and a
+backend with narrow kernels (``cpu``) packs ``params.quantized`` instead.
+
 Backend module interface
 ------------------------
 ``NAME``
@@ -83,22 +109,70 @@ and dtype before a kernel runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
 
 
+#: The reduced-precision formats of :func:`quantize`.
+PRECISIONS = ("bfloat16", "int8")
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedWeights:
+    """The compact form of a layer's ``kernel`` and ``recurrent_kernel``.
+
+    ``mode`` is ``"bfloat16"`` (``kernel`` and ``recurrent_kernel`` hold
+    bfloat16 bit patterns, uint16, the Keras shapes ``(D, G*H)`` and
+    ``(P, G*H)``; no scales) or ``"int8"`` (int8 arrays of those shapes, and
+    ``kernel_scale`` / ``recurrent_scale``, float32 ``(G*H,)``: one scale
+    per output column). See :func:`quantize` for the scheme.
+    """
+
+    mode: str
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    kernel_scale: Optional[np.ndarray] = None
+    recurrent_scale: Optional[np.ndarray] = None
+
+    def dequantize(self):
+        """``(kernel, recurrent_kernel)``: the float32 values the compact
+        arrays stand for (exact: no rounding happens here)."""
+        if self.mode == "bfloat16":
+            return tuple((np.asarray(a, np.uint32) << 16).view(np.float32)
+                         for a in (self.kernel, self.recurrent_kernel))
+        return (np.asarray(self.kernel, np.float32) * self.kernel_scale,
+                np.asarray(self.recurrent_kernel, np.float32) * self.recurrent_scale)
+
+
+class _Precision:
+    """``precision``: the weight format of a params record (read-only)."""
+
+    def __get__(self, params, owner=None):
+        if params is None:
+            return self
+        q = params.quantized
+        return q.mode if q is not None else np.asarray(params.kernel).dtype.name
+
+
 @dataclass(frozen=True, eq=False)
 class SimpleRNNParams:
-    """SimpleRNN weights (Keras layout) and configuration."""
+    """SimpleRNN weights (Keras layout) and configuration.
+
+    ``quantized``: the compact weights of a record made by :func:`quantize`
+    (``None`` for float32 / float64 weights); ``precision`` names the
+    format.
+    """
 
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
     bias: np.ndarray
     activation: Any = 1
+    quantized: Optional[QuantizedWeights] = None
 
     kind = "simple_rnn"
+    precision = _Precision()
 
     @property
     def units(self):
@@ -115,7 +189,8 @@ class SimpleRNNParams:
 
 @dataclass(frozen=True, eq=False)
 class GRUParams:
-    """GRU weights (Keras layout, gates z, r, h) and configuration."""
+    """GRU weights (Keras layout, gates z, r, h) and configuration
+    (``quantized`` / ``precision``: see :class:`SimpleRNNParams`)."""
 
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
@@ -123,8 +198,10 @@ class GRUParams:
     activation: Any = 1
     recurrent_activation: Any = 2
     reset_after: bool = True
+    quantized: Optional[QuantizedWeights] = None
 
     kind = "gru"
+    precision = _Precision()
 
     @property
     def units(self):
@@ -141,7 +218,8 @@ class GRUParams:
 
 @dataclass(frozen=True, eq=False)
 class LSTMParams:
-    """LSTM weights (Keras layout, gates i, f, c, o) and configuration."""
+    """LSTM weights (Keras layout, gates i, f, c, o) and configuration
+    (``quantized`` / ``precision``: see :class:`SimpleRNNParams`)."""
 
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
@@ -153,8 +231,10 @@ class LSTMParams:
     cell_clip: Optional[float] = None
     projection: Optional[np.ndarray] = None  # (H, P)
     proj_clip: Optional[float] = None
+    quantized: Optional[QuantizedWeights] = None
 
     kind = "lstm"
+    precision = _Precision()
 
     @property
     def units(self):
@@ -167,6 +247,77 @@ class LSTMParams:
     @property
     def n_states(self):
         return 2
+
+
+def _bfloat16_bits(w):
+    """``w`` (float32) rounded to the nearest bfloat16, ties to even: the
+    uint16 bit patterns. NaN stays a (quiet) NaN; overflow gives inf."""
+    bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
+    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
+    nan = np.isnan(w)
+    if nan.any():
+        rounded = np.where(nan, (bits >> 16) | 0x40, rounded)
+    return rounded.astype(np.uint16)
+
+
+def _int8_columns(w, name):
+    """Symmetric per-column int8 of ``w (K, N)`` float32: ``(q int8, scale float32 (N,))``."""
+    w = np.asarray(w, np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name}: int8 quantization needs finite weights; this matrix holds "
+                         "NaN or inf")
+    amax = np.abs(w).max(axis=0) if w.shape[0] else np.zeros(w.shape[1], np.float32)
+    scale = (amax / np.float32(127)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1))
+    q = np.clip(np.rint(w.astype(np.float64) / safe), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize(params, mode):
+    """A copy of ``params`` with its kernels rounded to ``mode``.
+
+    Parameters
+    ----------
+    params : SimpleRNNParams, GRUParams or LSTMParams
+        float32 weights, not yet quantized.
+    mode : {"bfloat16", "int8"}
+        The format (the scheme is in the module docstring, "Reduced-precision
+        weights").
+
+    Returns
+    -------
+    params
+        The same configuration; ``quantized`` holds the compact weights and
+        ``kernel (D, G*H)`` / ``recurrent_kernel (P, G*H)`` the float32
+        values they stand for. Biases, peepholes and the projection are the
+        same arrays as in ``params``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mode``, float64 weights, a record that is already
+        quantized, or (int8) a kernel holding NaN or inf.
+    """
+    if not isinstance(mode, str) or mode not in PRECISIONS:
+        raise ValueError(f"mode: expected one of {', '.join(map(repr, PRECISIONS))}, "
+                         f"got {mode!r}")
+    if params.quantized is not None:
+        raise ValueError(f"params: already quantized to {params.quantized.mode}; quantize "
+                         "the float32 weights, once")
+    dtype = np.asarray(params.kernel).dtype
+    if dtype != np.float32:
+        raise ValueError(f"params: only float32 weights can be quantized, got {dtype} "
+                         "(convert the layer to float32 first)")
+    kernel = np.asarray(params.kernel)
+    rec = np.asarray(params.recurrent_kernel)
+    if mode == "bfloat16":
+        q = QuantizedWeights(mode, _bfloat16_bits(kernel), _bfloat16_bits(rec))
+    else:
+        qk, sk = _int8_columns(kernel, "kernel")
+        qr, sr = _int8_columns(rec, "recurrent_kernel")
+        q = QuantizedWeights(mode, qk, qr, sk, sr)
+    dk, dr = q.dequantize()
+    return replace(params, kernel=dk, recurrent_kernel=dr, quantized=q)
 
 
 def state_sizes(params):

@@ -81,7 +81,8 @@ class _Packed:
         self.arrays = arrays
 
     def __repr__(self):
-        kind = "packed float32 panels" if self.packed else f"generic {self.dtype}"
+        kind = (f"packed {self.params.precision} panels" if self.packed
+                else f"generic {self.dtype} (weights {self.params.precision})")
         return f"<cpu {self.params.kind} weights, {kind}>"
 
 
@@ -95,7 +96,14 @@ def _c(a, dtype):
 
 
 def pack(params):
-    """Derive the CPU layout of ``params`` (once, when weights are set)."""
+    """Derive the CPU layout of ``params`` (once, when weights are set).
+
+    Quantized weights (:func:`fastrnn.kernels.quantize`) of an LSTM without
+    projection or a GRU with ``reset_after=True`` are packed in their
+    compact format (bfloat16 bit patterns, or int8 with column scales) and
+    widened to float32 in registers; every other configuration runs the
+    generic kernels on the dequantized float32 weights (same semantics).
+    """
     dtype = np.asarray(params.kernel).dtype
     kind = params.kind
     fast = dtype == np.float32 and _packed_path_enabled()
@@ -103,7 +111,7 @@ def pack(params):
         if fast and params.projection is None:
             arrays = _packed.pack_lstm(
                 params.kernel, params.recurrent_kernel, params.bias,
-                float(params.forget_bias), params.peepholes,
+                float(params.forget_bias), params.peepholes, params.quantized,
             )
             return _Packed(params, dtype, True, arrays)
         H = params.units
@@ -120,7 +128,7 @@ def pack(params):
     if kind == "gru":
         if fast and params.reset_after:
             return _Packed(params, dtype, True, _packed.pack_gru(
-                params.kernel, params.recurrent_kernel, params.bias))
+                params.kernel, params.recurrent_kernel, params.bias, params.quantized))
         bias = np.asarray(params.bias)
         if bias.ndim == 1:  # tolerate a (3H,) bias: no recurrent bias
             bias = np.stack([bias, np.zeros_like(bias)])
@@ -190,8 +198,8 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
     ho = _Out(h_out, dt, None)
     work = 3 * B * T * H * (D + H)
     if packed.packed:
-        Wp, bp = packed.arrays
-        args = (True, H, (Wp, bp, _NO_PEEP), (False, -1.0, int(p.activation),
+        Wp, bp, sp = packed.arrays
+        args = (True, H, (Wp, bp, _NO_PEEP, sp), (False, -1.0, int(p.activation),
                 int(p.recurrent_activation)), (x, _c(h0, dt), _NO_C, m, has_mask, o.buf,
                 out is not None, ho.buf, _NO_C), (bool(reverse), bool(zero_output),
                 Wp.nbytes > threads._HOIST_MIN_BYTES))
@@ -218,8 +226,8 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     co = _Out(c_out, dt, None)
     work = 4 * B * T * H * (D + p.output_size)
     if packed.packed:
-        Wp, bp, peep = packed.arrays
-        args = (False, H, (Wp, bp, peep), (p.peepholes is not None, _limit(p.cell_clip),
+        Wp, bp, peep, sp = packed.arrays
+        args = (False, H, (Wp, bp, peep, sp), (p.peepholes is not None, _limit(p.cell_clip),
                 int(p.activation), int(p.recurrent_activation)), (x, _c(h0, dt), _c(c0, dt),
                 m, has_mask, o.buf, out is not None, ho.buf, co.buf), (bool(reverse),
                 bool(zero_output), Wp.nbytes > threads._HOIST_MIN_BYTES))

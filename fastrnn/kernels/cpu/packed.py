@@ -37,8 +37,9 @@ its own).
 
 Arguments of the drivers (tuples keep the signatures short):
 
-``weights = (Wp, bp, peep)``
-    Panels, bias panels, peepholes (``(3, Hp)`` flat; zeros when unused).
+``weights = (Wp, bp, peep, sp)``
+    Panels, bias panels, peepholes (``(3, Hp)`` flat; zeros when unused),
+    int8 scale panels (:data:`NO_SCALES` for the other formats).
 ``gates = (has_peep, cell_clip, act, ract)``
     ``cell_clip < 0``: no clip; activation codes of :mod:`fastrnn.activations`.
 ``io = (x, h0, c0, mask, has_mask, out, has_out, h_out, c_out)``
@@ -65,17 +66,17 @@ HOIST_STEPS = 24
 
 @njit(inline="always")
 def call_record(gru, H, weights, gates, io, opts, P):
-    """``(gru, Wp, bp, peep, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
-    mask, has_mask, out, has_out, zero_output, hoist, reverse, P)``: what
+    """``(gru, Wp, bp, peep, sp, has_peep, cell_clip, act, ract, T, D, H, Hp,
+    xf, mask, has_mask, out, has_out, zero_output, hoist, reverse, P)``: what
     every panel of a call needs, in one record."""
-    Wp, bp, peep = weights
+    Wp, bp, peep, sp = weights
     has_peep, cell_clip, act, ract = gates
     x, h0, c0, mask, has_mask, out, has_out, h_out, c_out = io
     reverse, zero_output, hoist = opts
     B, T, D = x.shape
     Hp = (H + LANES - 1) // LANES * LANES
-    return (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, T, D, H, Hp, x.reshape(x.size),
-            mask, has_mask, out, has_out, zero_output, hoist, reverse, P)
+    return (gru, Wp, bp, peep, sp, has_peep, cell_clip, act, ract, T, D, H, Hp,
+            x.reshape(x.size), mask, has_mask, out, has_out, zero_output, hoist, reverse, P)
 
 
 # ---- the input projection, hoisted for a single row with large weights ----
@@ -85,13 +86,13 @@ def _hoisted(call, p, b, t):
     """Where in ``P`` panel ``p``'s input sums for step ``t`` of row ``b``
     lie; at the first step of each run of HOIST_STEPS steps, computes them
     for the whole run first (6 steps per weight load)."""
-    (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
+    (gru, Wp, bp, peep, sp, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
      mask, has_mask, out, has_out, zero_output, hoist, reverse, P) = call
     s = T - 1 - t if reverse else t
     tl = s % HOIST_STEPS
     base = p * HOIST_STEPS * 64
     if tl == 0:
-        W = (Wp, p * (D + H) * (48 if gru else 64), 0)
+        W = (Wp, p * (D + H) * (48 if gru else 64), 0, sp, p * 128)
         bias = (bp, p * 64)
         m = min(HOIST_STEPS, T - s)
         d = -D if reverse else D
@@ -124,7 +125,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
     """Units ``16p .. 16p+15`` of rows ``r0 .. r0+n-1`` at step ``t``: the
     products, the gate math, the new state, and those units' outputs.
     ``pn`` is the panel to prefetch for next."""
-    (gru, Wp, bp, peep, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
+    (gru, Wp, bp, peep, sp, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
      mask, has_mask, out, has_out, zero_output, hoist, reverse, P) = call
     KP = D + H
     G = 48 if gru else 64
@@ -134,15 +135,18 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
     cfg = (pu, H, Hp, peep, has_peep, cell_clip, act, ract)
     wbase = p * KP * G
     pfb = pn * KP * G
-    # each multi-row tile prefetches one share of the next panel: a third
-    # (GRU) or a quarter (LSTM) of its columns
-    shares = 3 if gru else 4
+    # each multi-row tile prefetches one share of the next panel, one cache
+    # line per k: a third (GRU) or a quarter (LSTM) of its columns in
+    # float32, a half or all of them in bfloat16 or int8
+    per_line = 64 // Wp.itemsize
+    shares = (G * Wp.itemsize + 63) // 64
+    so = p * 128
     r = 0
     tile = 0
     # 6-row tiles, unless what is left would end in a 2-row tile (8, 9 -> 4+4, 4+4+1)
     while n - r >= 6 and n - r != 8 and n - r != 9:
         b = r0 + r
-        W = (Wp, wbase, pfb + (tile % shares) * KP * 16)
+        W = (Wp, wbase, pfb + (tile % shares) * KP * per_line, sp, so)
         x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D, ((b + 2) * T + t) * D,
                      ((b + 3) * T + t) * D, ((b + 4) * T + t) * D, ((b + 5) * T + t) * D))
         rows = ((r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp, (r + 4) * Hp, (r + 5) * Hp),
@@ -155,7 +159,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
         tile += 1
     while r + 4 <= n:
         b = r0 + r
-        W = (Wp, wbase, pfb + (tile % shares) * KP * 16)
+        W = (Wp, wbase, pfb + (tile % shares) * KP * per_line, sp, so)
         x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D, ((b + 2) * T + t) * D,
                      ((b + 3) * T + t) * D))
         rows = ((r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp),
@@ -168,7 +172,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
         tile += 1
     while r + 2 <= n:
         b = r0 + r
-        W = (Wp, wbase, 0)
+        W = (Wp, wbase, 0, sp, so)
         x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D))
         rows = ((r * Hp, (r + 1) * Hp), (valid[r], valid[r + 1]))
         if gru:
@@ -178,7 +182,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
         r += 2
     if hoist and n == 1:
         # the input sums come from P: only the recurrent rows
-        W = (Wp, wbase + D * G, 0)
+        W = (Wp, wbase + D * G, 0, sp, so)
         hb = (P, _hoisted(call, p, r0, t))
         x = (xf, 0, (0,))
         # a typed zero: a literal 0 would compile a second copy of the
@@ -190,7 +194,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
             lstm_tile_1(W, hb, x, state, rows, cfg)
     elif r < n:
         b = r0 + r
-        W = (Wp, wbase, 0)
+        W = (Wp, wbase, 0, sp, so)
         x = (xf, D, ((b * T + t) * D,))
         rows = ((r * Hp,), (valid[r],))
         if gru:
@@ -295,16 +299,18 @@ def run_rows_par(bounds, gru, H, weights, gates, io, opts):
 
 
 def _panels(blocks, H, ncols_per_gate):
-    """Stack ``blocks`` (each (K_i, G*H), gate-major) into panels of 16 units.
+    """Stack ``blocks`` (each (K_i, G*H), gate-major, one dtype) into panels
+    of 16 units.
 
-    Returns a flat float32 array indexed ``[p, k, g, lane]``.
+    Returns a flat array of the blocks' dtype (float32 values, bfloat16 bit
+    patterns or int8) indexed ``[p, k, g, lane]``.
     """
     G = ncols_per_gate
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
     K = sum(b.shape[0] for b in blocks)
-    full = np.concatenate([np.asarray(b, dtype=np.float32) for b in blocks], axis=0)
-    padded = np.zeros((K, G, Hp), dtype=np.float32)
+    full = np.concatenate([np.asarray(b) for b in blocks], axis=0)
+    padded = np.zeros((K, G, Hp), dtype=full.dtype)
     padded[:, :, :H] = full.reshape(K, G, H)
     # (K, G, NP, 16) -> (NP, K, G, 16), on a 64-byte boundary
     return aligned64(padded.reshape(K, G, NP, LANES).transpose(2, 0, 1, 3).reshape(-1))
@@ -320,24 +326,52 @@ def _bias_panels(vectors, H):
     return aligned64(b.reshape(4, NP, LANES).transpose(1, 0, 2).reshape(-1))
 
 
-def pack_lstm(kernel, recurrent_kernel, bias, forget_bias, peepholes):
+#: The scale panels of float32 and bfloat16 weights (unused by their tiles).
+NO_SCALES = aligned64(np.zeros(LANES, dtype=np.float32))
+
+
+def _scale_panels(quantized, H, G):
+    """int8 column scales -> flat (NP, 2, 64) float32: per panel the input
+    kernel's scales of its ``G`` gate vectors, then the recurrent kernel's."""
+    if quantized is None or quantized.mode != "int8":
+        return NO_SCALES
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    s = np.zeros((2, 4, Hp), dtype=np.float32)
+    for m, scale in enumerate((quantized.kernel_scale, quantized.recurrent_scale)):
+        s[m, :G, :H] = np.asarray(scale, np.float32).reshape(G, H)
+    return aligned64(s.reshape(2, 4, NP, LANES).transpose(2, 0, 1, 3).reshape(-1))
+
+
+def _matrices(kernel, recurrent_kernel, quantized):
+    """The two matrices in the format the panels hold."""
+    if quantized is None:
+        return np.asarray(kernel, np.float32), np.asarray(recurrent_kernel, np.float32)
+    return quantized.kernel, quantized.recurrent_kernel
+
+
+def pack_lstm(kernel, recurrent_kernel, bias, forget_bias, peepholes, quantized=None):
+    """``(Wp, bp, peep, sp)``: panels (float32, or the compact arrays of
+    ``quantized``, :class:`fastrnn.kernels.QuantizedWeights`), bias panels,
+    peepholes, int8 scale panels."""
     H = recurrent_kernel.shape[1] // 4
     Hp = (H + LANES - 1) // LANES * LANES
-    Wp = _panels([kernel, recurrent_kernel], H, 4)
+    Wp = _panels(_matrices(kernel, recurrent_kernel, quantized), H, 4)
     b = np.asarray(bias, dtype=np.float64)
     bp = _bias_panels([b[:H], b[H:2 * H] + forget_bias, b[2 * H:3 * H], b[3 * H:]], H)
     peep = np.zeros(3 * Hp, dtype=np.float32)
     if peepholes is not None:
         for g in range(3):
             peep[g * Hp:g * Hp + H] = peepholes[g]
-    return Wp, bp, aligned64(peep)
+    return Wp, bp, aligned64(peep), _scale_panels(quantized, H, 4)
 
 
-def pack_gru(kernel, recurrent_kernel, bias):
+def pack_gru(kernel, recurrent_kernel, bias, quantized=None):
+    """``(Wp, bp, sp)``: as :func:`pack_lstm`, for a GRU with ``reset_after``."""
     H = recurrent_kernel.shape[0]
-    Wp = _panels([kernel, recurrent_kernel], H, 3)
+    Wp = _panels(_matrices(kernel, recurrent_kernel, quantized), H, 3)
     bias = np.asarray(bias, dtype=np.float64)
     b_in, b_rec = bias[0], bias[1]
     bp = _bias_panels([b_in[:H] + b_rec[:H], b_in[H:2 * H] + b_rec[H:2 * H],
                        b_in[2 * H:], b_rec[2 * H:]], H)
-    return Wp, bp
+    return Wp, bp, _scale_panels(quantized, H, 3)

@@ -165,7 +165,7 @@ def sload(typingctx, arr, idx):
 def _prefetcher(locality, doc):
     @intrinsic
     def fn(typingctx, arr, idx):
-        if not _float_array(arr) or not isinstance(idx, types.Integer):
+        if not _weight_array(arr) or not isinstance(idx, types.Integer):
             return None
 
         def codegen(context, builder, sig, args):
@@ -185,9 +185,72 @@ def _prefetcher(locality, doc):
 
 
 prefetch_l2 = _prefetcher(2, """Hint the cache line holding flat element ``idx`` of a float
-    array into L2 (``prefetcht1`` on x86). A hint: never faults, even out of range.""")
+    (or packed bfloat16 / int8) array into L2 (``prefetcht1`` on x86). A hint: never faults, even out of range.""")
 prefetch_l1 = _prefetcher(3, """Hint the cache line holding flat element ``idx`` of a float
-    array into L1 (``prefetcht0`` on x86). A hint: never faults, even out of range.""")
+    (or packed bfloat16 / int8) array into L1 (``prefetcht0`` on x86). A hint: never faults, even out of range.""")
+
+
+# ---- reduced-precision weights ----
+#
+# Packed weights may be float32, bfloat16 (stored as the uint16 bit patterns:
+# the upper half of a float32) or int8 (with per-column float32 scales
+# applied by the caller). Either way a load yields a float32 vector: the
+# weights are widened in registers and the arithmetic stays float32.
+
+#: The NumPy dtype that holds each packed weight format.
+WEIGHT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(np.uint16),
+                 "int8": np.dtype(np.int8)}
+
+
+def _weight_array(arr):
+    return isinstance(arr, types.Array) and (
+        arr.dtype in VEC or arr.dtype in (types.uint16, types.int8))
+
+
+@intrinsic
+def _wload_narrow(typingctx, arr, idx):
+    if not isinstance(idx, types.Integer) or not isinstance(arr, types.Array) \
+            or arr.dtype not in (types.uint16, types.int8):
+        return None
+    vty = VEC[types.float32]
+    bits = arr.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        narrow = ir.VectorType(ir.IntType(bits), 16)
+        p = builder.bitcast(p, narrow.as_pointer())
+        v = builder.load(p, align=1)
+        wide = ir.VectorType(_i32, 16)
+        f32 = _llvm_vec(context, vty)
+        if bits == 16:  # bfloat16: the upper half of a float32
+            v = builder.shl(builder.zext(v, wide), ir.Constant(wide, [16] * 16))
+            return builder.bitcast(v, f32)
+        return builder.sitofp(builder.sext(v, wide), f32)
+
+    return vty(arr, idx), codegen
+
+
+def wload(arr, idx):
+    """16 packed weights from flat element ``idx`` as a float32 vector.
+
+    float32 (or float64) arrays: :func:`vload`. uint16 arrays hold bfloat16
+    bit patterns: 16 x 16 bits loaded, zero-extended and shifted into the
+    upper half of each float32 lane (exact). int8 arrays: 16 bytes loaded,
+    sign-extended and converted to float32 (exact; the column scales are
+    the caller's). LLVM lowers these to one widening load and one shift or
+    convert per vector on x86 (``vpmovzxwd`` + ``vpslld``, ``vpmovsxbd`` +
+    ``vcvtdq2ps``) and to plain integer vector code on any other target.
+    """
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(wload, inline="always")
+def _ov_wload(arr, idx):
+    if _float_array(arr):
+        return lambda arr, idx: vload(arr, idx)
+    if _weight_array(arr):
+        return lambda arr, idx: _wload_narrow(arr, idx)
+    return None
 
 
 # ---- making vectors ----

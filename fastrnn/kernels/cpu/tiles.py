@@ -53,10 +53,12 @@ fields as separate arguments):
 
 from __future__ import annotations
 
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from .gates import gru_reset, gru_update, lstm_update
-from .simd import prefetch_l1, prefetch_l2, sload, vfma, vload, vsplat, vstore  # noqa: F401  (the generated tiles use them)
+# (the generated tiles use these names)
+from .simd import prefetch_l1, prefetch_l2, sload, vfma, vload, vsplat, vstore, vzero, wload  # noqa: F401
 
 # accumulator names: what each of the panel's 4 vectors sums into, for the
 # input rows and for the recurrent rows
@@ -64,55 +66,86 @@ _NAMES = {
     "lstm": (("i", "f", "c", "o"), ("i", "f", "c", "o")),
     "gru": (("z", "r", "x"), ("z", "r", "h")),
 }
-_STRIDE = {"lstm": 64, "gru": 48}  # floats per k of one panel
+_STRIDE = {"lstm": 64, "gru": 48}  # weights per k of one panel
+#: Bytes of one packed weight of each format.
+_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
+FORMATS = tuple(_BYTES)
 
 
-def _k_loop(lines, kind, rows, src, prefetch, names):
-    """The body of one ``k`` loop: loads of the panel's gate vectors, then
-    ``rows`` broadcasts with their multiply-adds."""
+def _k_loop(lines, kind, rows, src, prefetch, names, fmt):
+    """The body of one ``k`` loop: loads of the panel's gate vectors (widened
+    to float32), then ``rows`` broadcasts with their multiply-adds."""
     stride = _STRIDE[kind]
     n = len(names)
+    per_line = 64 // _BYTES[fmt]  # weights per cache line
     if prefetch:
-        lines += ["        prefetch_l2(Wp, q)", "        q += 16"]
-        lines += [f"        prefetch_l1(Wp, w + {8 * stride + 16 * g})" for g in range(n)]
-    lines += [f"        w{g} = vload(Wp, w{' + ' + str(16 * g) if g else ''})" for g in range(n)]
+        lines += ["        prefetch_l2(Wp, q)", f"        q += {per_line}"]
+        lines += [f"        prefetch_l1(Wp, w + {8 * stride + per_line * j})"
+                  for j in range(-(-stride // per_line))]
+    lines += [f"        w{g} = wload(Wp, w{' + ' + str(16 * g) if g else ''})" for g in range(n)]
     for r in range(rows):
         lines.append(f"        s = vsplat(sload({src.format(r=r)}))")
         lines += [f"        {names[g]}{r} = vfma(s, w{g}, {names[g]}{r})" for g in range(n)]
     lines.append(f"        w += {stride}")
 
 
-def _sums(lines, kind, rows, prefetch, recurrent):
-    """Accumulators from the bias, then the input (and recurrent) ``k`` loops."""
+def _sums(lines, kind, rows, prefetch, recurrent, fmt):
+    """Accumulators from the bias, then the input (and recurrent) ``k`` loops.
+
+    int8: the sums start from zero and each ``k`` loop's sums are scaled by
+    their matrix's column scales after it: ``t = sum_x * s_x + bias`` after
+    the input rows (held across the recurrent loop), then ``sum_h * s_h +
+    t``; a GRU's candidate keeps its two parts apart (``x = sum_x * s_x +
+    b_x``, ``h = sum_h * s_h + b_h``)."""
     acc = ("i", "f", "c", "o") if kind == "lstm" else ("z", "r", "x", "h")
     if not recurrent and kind == "gru":
         acc = acc[:3]
     lines += [f"    b{a} = vload(bp, pb{' + ' + str(16 * g) if g else ''})" for g, a in enumerate(acc)]
-    lines += [f"    {a}{r} = b{a}" for r in range(rows) for a in acc]
+    scaled = fmt == "int8"
+    if scaled:
+        lines.append("    zero = vzero(bp)")
+    lines += [f"    {a}{r} = {'zero' if scaled else 'b' + a}" for r in range(rows) for a in acc]
     lines.append("    w = wbase")
     if prefetch:
         lines.append("    q = pf")
     inp, rec = _NAMES[kind]
     lines.append("    for k in range(D):")
-    _k_loop(lines, kind, rows, "xf, xo{r} + k", prefetch, inp)
+    _k_loop(lines, kind, rows, "xf, xo{r} + k", prefetch, inp, fmt)
+    if scaled:
+        lines += [f"    sw{a} = vload(sp, so{' + ' + str(16 * g) if g else ''})"
+                  for g, a in enumerate(inp)]
+        if recurrent:  # the input part, scaled, waits in t (LLVM spills it)
+            held = [a for a in inp if a != "x"]
+            lines += [f"    t{a}{r} = vfma({a}{r}, sw{a}, b{a})" for r in range(rows) for a in held]
+            lines += [f"    {a}{r} = zero" for r in range(rows) for a in held]
+            if kind == "gru":
+                lines += [f"    x{r} = vfma(x{r}, swx, bx)" for r in range(rows)]
+        else:
+            lines += [f"    {a}{r} = vfma({a}{r}, sw{a}, b{a})" for r in range(rows) for a in inp]
     if recurrent:
         lines.append("    for k in range(H):")
-        _k_loop(lines, kind, rows, "hf, cur + ro{r} + k", prefetch, rec)
+        _k_loop(lines, kind, rows, "hf, cur + ro{r} + k", prefetch, rec, fmt)
+        if scaled:
+            lines += [f"    su{a} = vload(sp, so + {64 + 16 * g})" for g, a in enumerate(rec)]
+            lines += [f"    {a}{r} = vfma({a}{r}, su{a}, {'bh' if a == 'h' else f't{a}{r}'})"
+                      for r in range(rows) for a in rec]
 
 
-def tile_source(kind, rows):
-    """The source of the ``rows``-row tile of ``kind`` (``"lstm"`` or ``"gru"``)."""
-    name = f"{kind}_tile_{rows}"
+def tile_source(kind, rows, fmt="float32"):
+    """The source of the ``rows``-row tile of ``kind`` (``"lstm"`` or ``"gru"``)
+    for packed weights of format ``fmt`` (one of :data:`FORMATS`)."""
+    name = f"{kind}_tile_{rows}_{fmt}"
     rs = range(rows)
     lines = [f"def {name}(W, bias, x, state, rows, cfg):",
-             f'    """{rows} rows of one panel at one step (see the module docstring)."""',
-             "    Wp, wbase, pf = W",
+             f'    """{rows} rows of one panel at one step, {fmt} weights (see the module '
+             'docstring)."""',
+             "    Wp, wbase, pf, sp, so = W",
              "    bp, pb = bias",
              f"    xf, D, ({''.join(f'xo{r}, ' for r in rs)}) = x",
              "    hf, cb, cur, nxt = state",
              f"    ({''.join(f'ro{r}, ' for r in rs)}), ({''.join(f'v{r}, ' for r in rs)}) = rows",
              "    pu, H, Hp, peep, has_peep, cell_clip, act, ract = cfg"]
-    _sums(lines, kind, rows, rows >= 4, True)
+    _sums(lines, kind, rows, rows >= 4, True, fmt)
     if rows < 4:  # one call per row; its common case is as fast inline or not
         cell = "_lstm_cell(i{r}, f{r}, c{r}, o{r}, v{r}, ro{r}, hf, cb, cur, nxt, cfg)" \
             if kind == "lstm" else "_gru_cell(z{r}, r{r}, x{r}, h{r}, v{r}, ro{r}, hf, cur, nxt, cfg)"
@@ -138,19 +171,20 @@ def tile_source(kind, rows):
     return "\n".join(lines) + "\n"
 
 
-def proj_source(kind, steps):
-    """The source of ``{kind}_proj_{steps}``: bias plus the input part of the
-    gate sums of one panel for ``steps`` steps of one row, stored at
+def proj_source(kind, steps, fmt="float32"):
+    """The source of ``{kind}_proj_{steps}_{fmt}``: bias plus the input part
+    of the gate sums of one panel for ``steps`` steps of one row, stored at
     ``P[po_s]`` (a GRU's recurrent bias vector is copied beside them)."""
-    name = f"{kind}_proj_{steps}"
+    name = f"{kind}_proj_{steps}_{fmt}"
     ss = range(steps)
     lines = [f"def {name}(W, bias, x, P, po):",
-             f'    """{steps} steps of the hoisted input sums (see the module docstring)."""',
-             "    Wp, wbase, pf = W",
+             f'    """{steps} steps of the hoisted input sums, {fmt} weights (see the module '
+             'docstring)."""',
+             "    Wp, wbase, pf, sp, so = W",
              "    bp, pb = bias",
              f"    xf, D, ({''.join(f'xo{s}, ' for s in ss)}) = x",
              f"    ({''.join(f'po{s}, ' for s in ss)}) = po"]
-    _sums(lines, kind, steps, False, False)
+    _sums(lines, kind, steps, False, False, fmt)
     if kind == "gru":
         lines.append("    bh = vload(bp, pb + 48)")
     acc = ("i", "f", "c", "o") if kind == "lstm" else ("z", "r", "x", "bh")
@@ -221,15 +255,65 @@ def _compile(source, name):
     return njit(nogil=True, _nrt=False)(namespace[name])
 
 
-lstm_tile_6 = _compile(tile_source("lstm", 6), "lstm_tile_6")
-lstm_tile_4 = _compile(tile_source("lstm", 4), "lstm_tile_4")
-lstm_tile_2 = _compile(tile_source("lstm", 2), "lstm_tile_2")
-lstm_tile_1 = _compile(tile_source("lstm", 1), "lstm_tile_1")
-gru_tile_6 = _compile(tile_source("gru", 6), "gru_tile_6")
-gru_tile_4 = _compile(tile_source("gru", 4), "gru_tile_4")
-gru_tile_2 = _compile(tile_source("gru", 2), "gru_tile_2")
-gru_tile_1 = _compile(tile_source("gru", 1), "gru_tile_1")
-lstm_proj_6 = _compile(proj_source("lstm", 6), "lstm_proj_6")
-lstm_proj_1 = _compile(proj_source("lstm", 1), "lstm_proj_1")
-gru_proj_6 = _compile(proj_source("gru", 6), "gru_proj_6")
-gru_proj_1 = _compile(proj_source("gru", 1), "gru_proj_1")
+_FORMAT_OF = {types.float32: "float32", types.uint16: "bfloat16", types.int8: "int8"}
+
+
+def _by_format(name, make, proj=False):
+    """``name``: a function that calls the version of ``make(fmt)`` (a
+    compiled tile, or with ``proj`` a projection) matching the dtype of its
+    first argument's packed weights, chosen when Numba types the call (one
+    name for every format: :mod:`.packed` is written once)."""
+    compiled = {}
+
+    def pick(W):
+        fmt = _FORMAT_OF.get(W.types[0].dtype)
+        if fmt is not None and fmt not in compiled:
+            compiled[fmt] = make(fmt)
+        return compiled.get(fmt)
+
+    if proj:
+        def stub(W, bias, x, P, po):
+            raise NotImplementedError
+
+        @overload(stub, inline="always")
+        def _ov(W, bias, x, P, po):
+            fn = pick(W)
+            if fn is not None:
+                return lambda W, bias, x, P, po: fn(W, bias, x, P, po)
+    else:
+        def stub(W, bias, x, state, rows, cfg):
+            raise NotImplementedError
+
+        @overload(stub, inline="always")
+        def _ov(W, bias, x, state, rows, cfg):
+            fn = pick(W)
+            if fn is not None:
+                return lambda W, bias, x, state, rows, cfg: fn(W, bias, x, state, rows, cfg)
+
+    stub.__name__ = stub.__qualname__ = name
+    return stub
+
+
+def _tiles(kind, rows):
+    return _by_format(f"{kind}_tile_{rows}",
+                      lambda fmt: _compile(tile_source(kind, rows, fmt), f"{kind}_tile_{rows}_{fmt}"))
+
+
+def _projs(kind, steps):
+    return _by_format(f"{kind}_proj_{steps}",
+                      lambda fmt: _compile(proj_source(kind, steps, fmt), f"{kind}_proj_{steps}_{fmt}"),
+                      proj=True)
+
+
+lstm_tile_6 = _tiles("lstm", 6)
+lstm_tile_4 = _tiles("lstm", 4)
+lstm_tile_2 = _tiles("lstm", 2)
+lstm_tile_1 = _tiles("lstm", 1)
+gru_tile_6 = _tiles("gru", 6)
+gru_tile_4 = _tiles("gru", 4)
+gru_tile_2 = _tiles("gru", 2)
+gru_tile_1 = _tiles("gru", 1)
+lstm_proj_6 = _projs("lstm", 6)
+lstm_proj_1 = _projs("lstm", 1)
+gru_proj_6 = _projs("gru", 6)
+gru_proj_1 = _projs("gru", 1)
