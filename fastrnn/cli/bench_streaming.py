@@ -283,7 +283,7 @@ def matvec_vs_blas(hs=HS, repeats=100):
     @njit(error_model="numpy")
     def ours(n, w, K, N, v, dst, scratch):
         for i in range(n):
-            _stream._pgemv(w, 0, K, N, v, 0, K, 1, dst, 0, N, scratch, 0, i % 2 == 1)
+            _stream._pgemv(w, 0, K, N, v, 0, K, 1, dst, 0, N, scratch, 0, i % 2 == 1, scratch, -1)
 
     @njit
     def blas(n, wt, v, dst):

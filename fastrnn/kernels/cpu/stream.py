@@ -45,15 +45,21 @@ layer's ``nan_policy`` is ``"raise"`` (checked before any state is written).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from .gates import activate, gru_reset, gru_update, lstm_update
-from .simd import aligned64, lanes, vfma, vload, vload_part, vsplat, vstore, vstore_part, vzero
+from .simd import (aligned64, lanes, vfma, vload, vload_part, vsplat, vstore, vstore_part, vzero,
+                   wload)
 
 # cfg columns
-_KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _WH2, _BX, _BH, _SH, _SC, _NAN, _PAR = range(15)
-_NCFG = 15
+(_KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _WH2, _BX, _BH, _SH, _SC, _NAN, _PAR, _FMT, _SX,
+ _SU, _SU2) = range(19)
+_NCFG = 19
 SIMPLE, GRU, LSTM = 0, 1, 2
+# weight formats (cfg[l, _FMT])
+F32, BF16, INT8 = 0, 1, 2
+_FORMATS = {"float32": F32, "float64": F32, "bfloat16": BF16, "int8": INT8}
 _KINDS = {"simple_rnn": SIMPLE, "gru": GRU, "lstm": LSTM}
 _GATES = {SIMPLE: 1, GRU: 3, LSTM: 4}
 
@@ -65,8 +71,14 @@ _FM = {"reassoc", "contract", "nsz", "arcp"}
 # ----- matrix-vector products ------------------------------------------------
 
 @njit(error_model="numpy", _nrt=False)
-def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff, rev):
+def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff, rev, sc,
+           scoff):
     """``dst[doff + i*dstride + j] += sum_k v[voff + i*vstride + k] * W[k, j]``.
+
+    ``w`` holds floats of ``dst``'s dtype, or bfloat16 bit patterns (uint16)
+    or int8 values, widened to float32 as they are loaded; with ``scoff >=
+    0`` each column's sum is multiplied by its scale ``sc[scoff + j]`` (int8
+    column scales, padded with zeros to whole panels) before it is added.
 
     ``W (K, N)`` is packed at ``w[off:]`` in panels of ``P = 4`` vectors of
     columns: panel ``p`` is ``W[:, p*P:(p+1)*P]`` stored row after row
@@ -82,7 +94,7 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
     panels read last (still in L2) are the first read again: at H = 256 an
     LSTM's weights (2 MB, twice L2) then come partly from L2 instead of L3.
     """
-    L = 16 if w.itemsize == 4 else 8
+    L = lanes_of(dst)
     P = 4 * L
     npan = (N + P - 1) // P
     # One vector (a frame at batch 1): full panels two at a time.
@@ -95,62 +107,57 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
             p = 2 * idx
             base = off + p * K * P
             base2 = base + K * P
-            a0 = vzero(w)
-            a1 = vzero(w)
-            a2 = vzero(w)
-            a3 = vzero(w)
-            b0 = vzero(w)
-            b1 = vzero(w)
-            b2 = vzero(w)
-            b3 = vzero(w)
+            a0 = vzero(dst)
+            a1 = vzero(dst)
+            a2 = vzero(dst)
+            a3 = vzero(dst)
+            b0 = vzero(dst)
+            b1 = vzero(dst)
+            b2 = vzero(dst)
+            b3 = vzero(dst)
             for k in range(K):
                 q = base + k * P
                 r = base2 + k * P
                 x0 = vsplat(vone[k])
-                a0 = vfma(vload(w, q), x0, a0)
-                a1 = vfma(vload(w, q + L), x0, a1)
-                a2 = vfma(vload(w, q + 2 * L), x0, a2)
-                a3 = vfma(vload(w, q + 3 * L), x0, a3)
-                b0 = vfma(vload(w, r), x0, b0)
-                b1 = vfma(vload(w, r + L), x0, b1)
-                b2 = vfma(vload(w, r + 2 * L), x0, b2)
-                b3 = vfma(vload(w, r + 3 * L), x0, b3)
-            d = doff + p * P
-            vstore(dst, d, vload(dst, d) + a0)
-            vstore(dst, d + L, vload(dst, d + L) + a1)
-            vstore(dst, d + 2 * L, vload(dst, d + 2 * L) + a2)
-            vstore(dst, d + 3 * L, vload(dst, d + 3 * L) + a3)
-            d += P
-            vstore(dst, d, vload(dst, d) + b0)
-            vstore(dst, d + L, vload(dst, d + L) + b1)
-            vstore(dst, d + 2 * L, vload(dst, d + 2 * L) + b2)
-            vstore(dst, d + 3 * L, vload(dst, d + 3 * L) + b3)
+                a0 = vfma(wload(w, q), x0, a0)
+                a1 = vfma(wload(w, q + L), x0, a1)
+                a2 = vfma(wload(w, q + 2 * L), x0, a2)
+                a3 = vfma(wload(w, q + 3 * L), x0, a3)
+                b0 = vfma(wload(w, r), x0, b0)
+                b1 = vfma(wload(w, r + L), x0, b1)
+                b2 = vfma(wload(w, r + 2 * L), x0, b2)
+                b3 = vfma(wload(w, r + 3 * L), x0, b3)
+            so = scoff + p * P if scoff >= 0 else -1
+            _emit(dst, doff + p * P, L, a0, a1, a2, a3, P, scratch, soff, sc, so)
+            _emit(dst, doff + p * P + P, L, b0, b1, b2, b3, P, scratch, soff, sc,
+                  so + P if so >= 0 else -1)
             continue
         p = idx + npair
         base = off + p * K * P
         c = doff + p * P
         ncol = min(P, N - p * P)
+        so = scoff + p * P if scoff >= 0 else -1
         i = 0
         while i < nv:
             two = i + 1 < nv
             v0 = voff + i * vstride
             va = v[v0 : v0 + K]
             vb = v[v0 + vstride : v0 + vstride + K] if two else va
-            a0 = vzero(w)
-            a1 = vzero(w)
-            a2 = vzero(w)
-            a3 = vzero(w)
-            b0 = vzero(w)
-            b1 = vzero(w)
-            b2 = vzero(w)
-            b3 = vzero(w)
+            a0 = vzero(dst)
+            a1 = vzero(dst)
+            a2 = vzero(dst)
+            a3 = vzero(dst)
+            b0 = vzero(dst)
+            b1 = vzero(dst)
+            b2 = vzero(dst)
+            b3 = vzero(dst)
             if two:
                 for k in range(K):
                     q = base + k * P
-                    w0 = vload(w, q)
-                    w1 = vload(w, q + L)
-                    w2 = vload(w, q + 2 * L)
-                    w3 = vload(w, q + 3 * L)
+                    w0 = wload(w, q)
+                    w1 = wload(w, q + L)
+                    w2 = wload(w, q + 2 * L)
+                    w3 = wload(w, q + 3 * L)
                     x0 = vsplat(va[k])
                     x1 = vsplat(vb[k])
                     a0 = vfma(w0, x0, a0)
@@ -161,22 +168,29 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
                     b1 = vfma(w1, x1, b1)
                     b2 = vfma(w2, x1, b2)
                     b3 = vfma(w3, x1, b3)
-                _emit(dst, c + (i + 1) * dstride, L, b0, b1, b2, b3, ncol, scratch, soff)
+                _emit(dst, c + (i + 1) * dstride, L, b0, b1, b2, b3, ncol, scratch, soff, sc, so)
             else:
                 for k in range(K):
                     q = base + k * P
                     x0 = vsplat(va[k])
-                    a0 = vfma(vload(w, q), x0, a0)
-                    a1 = vfma(vload(w, q + L), x0, a1)
-                    a2 = vfma(vload(w, q + 2 * L), x0, a2)
-                    a3 = vfma(vload(w, q + 3 * L), x0, a3)
-            _emit(dst, c + i * dstride, L, a0, a1, a2, a3, ncol, scratch, soff)
+                    a0 = vfma(wload(w, q), x0, a0)
+                    a1 = vfma(wload(w, q + L), x0, a1)
+                    a2 = vfma(wload(w, q + 2 * L), x0, a2)
+                    a3 = vfma(wload(w, q + 3 * L), x0, a3)
+            _emit(dst, c + i * dstride, L, a0, a1, a2, a3, ncol, scratch, soff, sc, so)
             i += 2 if two else 1
 
 
 @njit(error_model="numpy", _nrt=False)
-def _emit(dst, d, L, a0, a1, a2, a3, ncol, scratch, soff):
-    """``dst[d : d + ncol] += [a0 a1 a2 a3][:ncol]`` (a partial panel via ``scratch``)."""
+def _emit(dst, d, L, a0, a1, a2, a3, ncol, scratch, soff, sc, so):
+    """``dst[d : d + ncol] += [a0 a1 a2 a3][:ncol]`` (a partial panel via
+    ``scratch``), each lane first multiplied by its scale ``sc[so + j]``
+    when ``so >= 0``."""
+    if so >= 0:
+        a0 = a0 * vload(sc, so)
+        a1 = a1 * vload(sc, so + L)
+        a2 = a2 * vload(sc, so + 2 * L)
+        a3 = a3 * vload(sc, so + 3 * L)
     if ncol == 4 * L:
         vstore(dst, d, vload(dst, d) + a0)
         vstore(dst, d + L, vload(dst, d + L) + a1)
@@ -205,9 +219,41 @@ def _fill_bias(w, boff, N, dst, doff, n):
 
 # ----- one layer over a chunk ------------------------------------------------
 
+def _product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff):
+    """:func:`_pgemv` on the weights at ``off`` in format ``fmt`` of
+    ``ws = (w, w as uint16, w as int8)``; ``scoff``: int8 column scales in
+    ``w`` (``dst`` is also the scratch array)."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(_product, inline="always")
+def _ov_product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff):
+    if ws.types[0].dtype != types.float32:  # float64 streams: no narrow formats
+        def plain(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev,
+                  scoff):
+            _pgemv(ws[0], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
+                   ws[0], -1)
+        return plain
+
+    def impl(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff):
+        if fmt == BF16:
+            _pgemv(ws[1], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
+                   ws[0], -1)
+        elif fmt == INT8:
+            _pgemv(ws[2], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
+                   ws[0], scoff)
+        else:
+            _pgemv(ws[0], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
+                   ws[0], -1)
+    return impl
+
+
 @njit(fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
-def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, scr):
-    """Run layer ``l`` over ``xin`` (flat ``(B, T, D)``), writing ``y`` (flat ``(B, T, H)``)."""
+def _layer(ws, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, scr):
+    """Run layer ``l`` over ``xin`` (flat ``(B, T, D)``), writing ``y`` (flat
+    ``(B, T, H)``); ``ws``: the packed weights in each format's view."""
+    w = ws[0]
+    fmt = cfg[l, _FMT]
     kind = cfg[l, _KIND]
     D = cfg[l, _D]
     H = cfg[l, _H]
@@ -225,16 +271,17 @@ def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, s
     if not rec_first:
         # Input projection for every step of the chunk: zx[b, t] = x[b, t] W + b_x.
         _fill_bias(w, bx, N, work, zx_off, B * T)
-        _pgemv(w, wx, D, N, xin, 0, D, B * T, work, zx_off, N, work, scr, par % 2 == 1)
+        _product(ws, fmt, wx, D, N, xin, 0, D, B * T, work, zx_off, N, scr, par % 2 == 1,
+                 cfg[l, _SX])
     for t in range(T):
         rev = (par + t) % 2 == 1
         # Recurrent products: zh[b] = h[b] U + b_h (b_h is zero but for a GRU).
         _fill_bias(w, bh, N, work, zh_off, B)
-        _pgemv(w, wh, H, 2 * H if (kind == GRU and not ra) else N, s, sh, H, B, work, zh_off,
-               N, work, scr, rev)
+        _product(ws, fmt, wh, H, 2 * H if (kind == GRU and not ra) else N, s, sh, H, B, work,
+                 zh_off, N, scr, rev, cfg[l, _SU])
         if rec_first:
             _fill_bias(w, bx, N, work, zx_off, B)
-            _pgemv(w, wx, D, N, xin, 0, D, B, work, zx_off, N, work, scr, rev)
+            _product(ws, fmt, wx, D, N, xin, 0, D, B, work, zx_off, N, scr, rev, cfg[l, _SX])
         if kind == GRU and not ra:
             # r multiplies h before the candidate's product (Keras 2 / TF1)
             for b in range(B):
@@ -242,8 +289,8 @@ def _layer(w, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, s
                 g = work[zh_off + b * N : zh_off + (b + 1) * N]
                 _gru_reset_before(zx, g, s[sh + b * H : sh + (b + 1) * H],
                                   work[tmp_off + b * H : tmp_off + (b + 1) * H], H, ract)
-            _pgemv(w, cfg[l, _WH2], H, H, work, tmp_off, H, B, work, zh_off + 2 * H, N,
-                   work, scr, rev)
+            _product(ws, fmt, cfg[l, _WH2], H, H, work, tmp_off, H, B, work, zh_off + 2 * H, N,
+                     scr, rev, cfg[l, _SU2])
         for b in range(B):
             zx = work[zx_off + (b * T + t) * N : zx_off + (b * T + t + 1) * N]
             g = work[zh_off + b * N : zh_off + (b + 1) * N]
@@ -330,7 +377,7 @@ def _has_nan(xf):
 
 
 @njit(fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
-def _stack(xf, w, s, work, cfg, B, T, yf, write_last):
+def _stack(xf, ws, s, work, cfg, B, T, yf, write_last):
     """Run every layer over the chunk ``xf`` (flat ``(B, T, D)``); last layer -> ``yf``."""
     L = cfg.shape[0]
     nmax = 0
@@ -349,14 +396,21 @@ def _stack(xf, w, s, work, cfg, B, T, yf, write_last):
     xin = xf
     for l in range(L):
         if l == L - 1:
-            _layer(w, s, work, cfg, l, xin, B, T, yf, write_last, zx_off, zh_off, tmp_off, scr)
+            _layer(ws, s, work, cfg, l, xin, B, T, yf, write_last, zx_off, zh_off, tmp_off, scr)
         else:
             seq = seq_a if l % 2 == 0 else seq_b
             H = cfg[l, _H]
             y = work[seq : seq + B * T * H]
-            _layer(w, s, work, cfg, l, xin, B, T, y, True, zx_off, zh_off, tmp_off, scr)
+            _layer(ws, s, work, cfg, l, xin, B, T, y, True, zx_off, zh_off, tmp_off, scr)
             xin = y
     cfg[0, _PAR] += T
+
+
+@njit(inline="always")
+def _views(w):
+    """``(w, w as uint16, w as int8)``: the packed weights of every format
+    (bfloat16 and int8 panels are stored in ``w``'s bytes)."""
+    return w, w.view(np.uint16), w.view(np.int8)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
@@ -366,7 +420,7 @@ def frame(x, w, s, work, out, cfg):
     xf = x.reshape(x.size)
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
-    _stack(xf, w, s, work, cfg, B, 1, out.reshape(out.size), True)
+    _stack(xf, _views(w), s, work, cfg, B, 1, out.reshape(out.size), True)
     return 0
 
 
@@ -377,7 +431,7 @@ def chunk_seq(x, w, s, work, out, cfg):
     xf = x.reshape(x.size)
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
-    _stack(xf, w, s, work, cfg, B, T, out.reshape(out.size), True)
+    _stack(xf, _views(w), s, work, cfg, B, T, out.reshape(out.size), True)
     return 0
 
 
@@ -389,7 +443,7 @@ def chunk_last(x, w, s, work, out, cfg):
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
     L = cfg.shape[0]
-    _stack(xf, w, s, work, cfg, B, T, out.reshape(out.size), False)
+    _stack(xf, _views(w), s, work, cfg, B, T, out.reshape(out.size), False)
     H = cfg[L - 1, _H]
     sh = cfg[L - 1, _SH]
     for b in range(B):
@@ -433,17 +487,42 @@ def supports_all(params_list):
 
 
 def _panels(W, L):
-    """``W (K, N)`` as panels of ``4 L`` columns, each contiguous along ``k`` (see ``_pgemv``)."""
+    """``W (K, N)`` as panels of ``4 L`` columns, each contiguous along ``k``
+    (see ``_pgemv``), in ``W``'s dtype."""
     K, N = W.shape
     P = 4 * L
     npan = -(-N // P)
-    padded = np.zeros((K, npan * P))
+    padded = np.zeros((K, npan * P), W.dtype)
     padded[:, :N] = W
     return padded.reshape(K, npan, P).transpose(1, 0, 2).ravel()
 
 
+def _block(a, dt):
+    """``a`` stored in ``dt`` elements from a 64-byte boundary: floats
+    converted, packed bfloat16 / int8 weights as their bytes."""
+    if a.dtype.kind == "f":
+        out = np.zeros(-(-a.size // 16) * 16, dt)  # 16 elements: 64 bytes of float32
+        out[: a.size] = a
+        return out
+    raw = np.zeros(-(-a.nbytes // 64) * 64, np.uint8)
+    raw[: a.nbytes] = np.ascontiguousarray(a).view(np.uint8)
+    return raw.view(dt)
+
+
+def _scales(scale, L):
+    """int8 column scales padded with zeros to whole panels of ``4 L`` columns."""
+    P = 4 * L
+    out = np.zeros(-(-scale.size // P) * P, np.float32)
+    out[: scale.size] = scale
+    return out
+
+
 def pack(params_list, batch_size, nan_raise):
-    """``(w, cfg, state_len)`` for a stack of parameter records (bottom to top)."""
+    """``(w, cfg, state_len)`` for a stack of parameter records (bottom to top).
+
+    Quantized records (:func:`fastrnn.kernels.quantize`) keep their compact
+    weights: bfloat16 bit patterns or int8 values in ``w``'s bytes, int8
+    column scales beside them."""
     dt = np.dtype(params_list[0].kernel.dtype)
     L = lanes(dt)
     B = int(batch_size)
@@ -452,8 +531,15 @@ def pack(params_list, batch_size, nan_raise):
         kind = _KINDS[p.kind]
         D, N = p.kernel.shape
         H = N // _GATES[kind]
-        kernel = np.asarray(p.kernel, np.float64)
-        rec = np.asarray(p.recurrent_kernel, np.float64)
+        q = p.quantized
+        if q is None:
+            kernel = np.asarray(p.kernel, np.float64)
+            rec = np.asarray(p.recurrent_kernel, np.float64)
+            sx = su = None
+        else:
+            kernel, rec = q.kernel, q.recurrent_kernel
+            sx, su = q.kernel_scale, q.recurrent_scale
+        su2 = None
         bias = np.asarray(p.bias, np.float64)
         wh2 = None
         if kind == GRU:
@@ -462,6 +548,8 @@ def pack(params_list, batch_size, nan_raise):
             ract = int(p.recurrent_activation)
             if not ra:  # the candidate's product takes r * h: its own panels
                 rec, wh2 = rec[:, : 2 * H], rec[:, 2 * H :]
+                if su is not None:
+                    su, su2 = su[: 2 * H], su[2 * H :]
         elif kind == LSTM:
             bx, bh = bias.copy(), np.zeros(N)
             bx[H : 2 * H] += p.forget_bias  # TF1's forget_bias folds into the bias
@@ -469,31 +557,32 @@ def pack(params_list, batch_size, nan_raise):
         else:
             bx, bh = bias.copy(), np.zeros(N)
             ra, ract = False, 0
-        row = [0] * _NCFG
+        row = [-1] * _NCFG
         row[_KIND], row[_D], row[_H] = kind, D, H
         row[_ACT], row[_RACT], row[_RA] = int(p.activation), ract, int(ra)
+        row[_NAN] = row[_PAR] = 0
+        row[_FMT] = _FORMATS[p.precision]
         parts = [(_WX, _panels(kernel, L)), (_WH, _panels(rec, L)), (_BX, bx), (_BH, bh)]
         if wh2 is not None:
             parts.append((_WH2, _panels(wh2, L)))
-        row[_WH2] = -1
+        for col, scale in ((_SX, sx), (_SU, su), (_SU2, su2)):
+            if scale is not None:
+                parts.append((col, _scales(scale, L)))
         for col, block in parts:
-            row[col] = woff
-            size = -(-block.size // 16) * 16  # every block starts 64-byte aligned
-            padded = np.zeros(size)
-            padded[: block.size] = block
-            blocks.append(padded)
-            woff += size
+            stored = _block(block, dt)
+            # offsets count elements of the view the kernels read the block with
+            row[col] = woff * dt.itemsize // block.itemsize if block.dtype.kind != "f" else woff
+            blocks.append(stored)
+            woff += stored.size
         row[_SH] = soff
         soff += B * H
         if kind == LSTM:
             row[_SC] = soff
             soff += B * H
-        else:
-            row[_SC] = -1
         cfg.append(row)
     cfg = np.array(cfg, dtype=np.int64)
     cfg[0, _NAN] = int(bool(nan_raise))
-    return aligned64(np.concatenate(blocks).astype(dt)), cfg, soff
+    return aligned64(np.concatenate(blocks)), cfg, soff
 
 
 def state_views(s, cfg, batch_size):
