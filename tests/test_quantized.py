@@ -1,0 +1,311 @@
+"""Reduced-precision weights: the scheme of ``kernels.quantize`` and every
+quantized kernel against the quantized ``reference``.
+
+The quantized semantics are the float32 values in ``params.kernel`` /
+``params.recurrent_kernel`` (the dequantized weights), so ``reference``
+runs them unchanged; the cpu backend runs the compact panels (bfloat16 bit
+patterns, int8 with column scales) through its own loads. Accuracy against
+float64 is checked at the bounds the quantized layers promise (5e-3 for
+bfloat16, 1.5e-2 for int8, PyTorch-initialised weights, normal inputs).
+Run under ``NUMBA_CPU_NAME=generic`` too: the widening loads have a path on
+every target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastrnn import dispatch
+from fastrnn.kernels import (GRUParams, LSTMParams, QuantizedWeights, SimpleRNNParams, quantize,
+                             reference, run, state_sizes)
+from fastrnn.kernels.cpu import stream as stream_kernels
+
+from test_kernels import _force_parallel, compare, make_params, ragged_mask
+
+MODES = ("bfloat16", "int8")
+
+
+@pytest.fixture
+def cpu():
+    return dispatch.backend_module("cpu")
+
+
+# ------------------------------------------------------------------ the scheme
+
+
+def _bf16_round_independent(w):
+    """Nearest bfloat16, ties to even, computed with float64 arithmetic on
+    the value (not on its bits): the spacing of bfloat16 at ``|w|`` is
+    2^(e - 7) for ``2^e <= |w| < 2^(e+1)``."""
+    out = np.empty_like(w)
+    for i, v in enumerate(w.ravel()):
+        v = float(v)
+        if v == 0.0:
+            out.flat[i] = v
+            continue
+        e = np.floor(np.log2(abs(v)))
+        ulp = 2.0 ** (e - 7)
+        out.flat[i] = np.round(v / ulp) * ulp  # np.round: ties to even
+    return out.astype(np.float32)
+
+
+def test_bfloat16_rounds_to_nearest_even():
+    rng = np.random.default_rng(3)
+    k = (rng.standard_normal((7, 12)) * rng.choice([1e-3, 1.0, 300.0], (7, 12))).astype(np.float32)
+    # exact ties: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 (even: 1);
+    # 1 + 3 * 2^-8 between 1 + 2^-7 and 1 + 2^-6 (even: 1 + 2^-6)
+    k[0, :4] = [1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 0.0]
+    p = quantize(SimpleRNNParams(k[:, :3].copy(), k[:3, :3].copy(), np.zeros(3, np.float32)),
+                 "bfloat16")
+    q = quantize(LSTMParams(k, k[:3].copy(), np.zeros(12, np.float32)), "bfloat16")
+    np.testing.assert_array_equal(q.kernel, _bf16_round_independent(k))
+    assert list(q.kernel[0, :4]) == [1.0, 1 + 2 ** -6, -1.0, 0.0]
+    assert q.precision == "bfloat16" and p.precision == "bfloat16"
+    assert q.quantized.kernel.dtype == np.uint16
+    np.testing.assert_array_equal(q.quantized.kernel.astype(np.uint32) << 16,
+                                  q.kernel.view(np.uint32))
+
+
+def test_bfloat16_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    k = rng.standard_normal((33, 3 * 21)).astype(np.float32)
+    r = rng.standard_normal((21, 3 * 21)).astype(np.float32)
+    q = quantize(GRUParams(k, r, np.zeros((2, 63), np.float32)), "bfloat16")
+    want = torch.from_numpy(r).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(q.recurrent_kernel, want)
+
+
+def test_int8_per_column_scheme():
+    rng = np.random.default_rng(5)
+    D, H = 9, 6
+    k = rng.uniform(-2, 2, (D, 4 * H)).astype(np.float32)
+    r = rng.uniform(-0.1, 0.1, (H, 4 * H)).astype(np.float32)
+    k[:, 5] = 0.0  # a column of zeros
+    bias = rng.standard_normal(4 * H).astype(np.float32)
+    p = LSTMParams(k, r, bias)
+    q = quantize(p, "int8")
+    qw = q.quantized
+    assert q.precision == "int8" and qw.kernel.dtype == np.int8
+    for w, qi, s in ((k, qw.kernel, qw.kernel_scale), (r, qw.recurrent_kernel, qw.recurrent_scale)):
+        assert s.dtype == np.float32 and s.shape == (4 * H,)
+        np.testing.assert_allclose(s, np.abs(w).max(axis=0) / 127, rtol=1e-6)
+        nonzero = s > 0
+        assert (np.abs(qi).max(axis=0)[nonzero] == 127).all()  # symmetric, full range
+        # round to nearest: within half a step of the weight
+        assert (np.abs(qi * s.astype(np.float64) - w) <= s / 2 * (1 + 1e-5)).all()
+    assert qw.kernel_scale[5] == 0 and not qw.kernel[:, 5].any() and not q.kernel[:, 5].any()
+    # the two matrices have their own scales
+    assert not np.allclose(qw.kernel_scale, qw.recurrent_scale)
+    # the float32 values are q * scale, in float32
+    np.testing.assert_array_equal(q.kernel, qw.kernel.astype(np.float32) * qw.kernel_scale)
+    # biases (and everything else) stay as they were; the input is untouched
+    assert q.bias is bias and p.quantized is None and p.precision == "float32"
+    np.testing.assert_array_equal(p.kernel, k)
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+def test_int8_matches_torch_per_channel():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    k = rng.uniform(-0.3, 0.3, (17, 3 * 11)).astype(np.float32)
+    q = quantize(GRUParams(k, k[:11].copy(), np.zeros((2, 33), np.float32)), "int8").quantized
+    scale = torch.from_numpy(q.kernel_scale.astype(np.float64))
+    got = torch.quantize_per_channel(torch.from_numpy(k.T.copy()), scale,
+                                     torch.zeros(33, dtype=torch.long), 0, torch.qint8)
+    np.testing.assert_array_equal(got.int_repr().numpy().T, q.kernel)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dequantize_is_exact(mode):
+    rng = np.random.default_rng(7)
+    p = make_params("gru", rng, 5, 7, np.float32)
+    q = quantize(p, mode)
+    k, r = q.quantized.dequantize()
+    np.testing.assert_array_equal(k, q.kernel)
+    np.testing.assert_array_equal(r, q.recurrent_kernel)
+    # quantizing the quantized values again changes nothing (they are on the grid)
+    again = quantize(GRUParams(q.kernel, q.recurrent_kernel, q.bias), mode)
+    np.testing.assert_array_equal(again.kernel, q.kernel)
+
+
+def test_bad_calls_are_clear_errors():
+    rng = np.random.default_rng(8)
+    p = make_params("lstm", rng, 3, 5, np.float32)
+    for bad in ("fp8", "BFLOAT16", None, 8):
+        with pytest.raises(ValueError, match=r"mode: expected one of 'bfloat16', 'int8', got"):
+            quantize(p, bad)
+    with pytest.raises(ValueError, match="params: only float32 weights can be quantized, got float64"):
+        quantize(make_params("gru", rng, 3, 5, np.float64), "int8")
+    q = quantize(p, "int8")
+    with pytest.raises(ValueError, match="params: already quantized to int8"):
+        quantize(q, "bfloat16")
+    nan = LSTMParams(p.kernel.copy(), p.recurrent_kernel.copy(), p.bias)
+    nan.recurrent_kernel[1, 2] = np.nan
+    with pytest.raises(ValueError, match="recurrent_kernel: int8 quantization needs finite"):
+        quantize(nan, "int8")
+    assert np.isnan(quantize(nan, "bfloat16").recurrent_kernel[1, 2])
+
+
+# ------------------------------------------------------------------ batch kernels
+
+
+CONFIGS = [
+    ("lstm", {}), ("gru", {}),  # packed panels
+    ("gru", {"reset_after": False}), ("simple_rnn", {}),  # generic kernels, float32 values
+    ("lstm", {"proj": 5}), ("lstm", {"peep": True, "cell_clip": 0.7}),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind,opts", CONFIGS)
+@pytest.mark.parametrize("H", [1, 17, 37])
+def test_batch_kernels_against_reference(cpu, mode, kind, opts, H):
+    rng = np.random.default_rng(H)
+    params = quantize(make_params(kind, rng, 11, H, np.float32, **dict(opts)), mode)
+    for B, T in ((1, 7), (2, 5), (5, 4), (13, 3)):
+        x = rng.standard_normal((B, T, 11)).astype(np.float32)
+        compare(cpu, params, x, rng=rng)
+        compare(cpu, params, x, mask=ragged_mask(rng, B, T), reverse=True, zero_output=B % 2 == 1,
+                rng=rng)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_packed_panels_hold_the_compact_weights(cpu, mode, kind):
+    rng = np.random.default_rng(9)
+    q = quantize(make_params(kind, rng, 6, 20, np.float32), mode)
+    packed = cpu.pack(q)
+    assert packed.packed and packed.arrays[0].dtype == {"bfloat16": np.uint16, "int8": np.int8}[mode]
+    assert mode in repr(packed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("split", ["rows", "panels"])
+def test_thread_splits_against_reference(cpu, monkeypatch, mode, kind, split):
+    _force_parallel(cpu, monkeypatch)
+    monkeypatch.setattr(cpu.threads, "_max_threads", 2)
+    monkeypatch.setattr(cpu.threads, "_BATCH_SPLIT_MIN", 1 if split == "rows" else 1 << 30)
+    monkeypatch.setattr(cpu.threads, "_ROW_SPLIT_MAX_BYTES", 1 << 40)
+    monkeypatch.setattr(cpu.threads, "_TUNE_MIN_BYTES", 1 << 40)
+    rng = np.random.default_rng(10)
+    params = quantize(make_params(kind, rng, 9, 45, np.float32), mode)
+    for B in (1, 3, 9):
+        monkeypatch.setattr(cpu.threads, "_contended_until", 0.0)
+        x = rng.standard_normal((B, 6, 9)).astype(np.float32)
+        compare(cpu, params, x, mask=ragged_mask(rng, B, 6), reverse=B == 3, rng=rng)
+
+
+# ------------------------------------------------------------------ stream kernels
+
+
+def _stream_run(params_list, x, states):
+    """The stream kernels on ``x (B, T, D)`` from ``states`` (flat list, Keras
+    order per layer): ``(out (B, T, P), final states)``."""
+    B, T, _ = x.shape
+    w, cfg, n = stream_kernels.pack(params_list, B, False)
+    s = np.zeros(n, np.float32)
+    views = stream_kernels.state_views(s, cfg, B)
+    for v, s0 in zip(views, states):
+        v[...] = s0
+    work = np.zeros(stream_kernels.work_size(cfg, B, T), np.float32)
+    P = params_list[-1].output_size
+    out = np.zeros((B, T, P), np.float32)
+    if T == 1:
+        frame_out = np.zeros((B, P), np.float32)
+        assert stream_kernels.frame(np.ascontiguousarray(x[:, 0]), w, s, work, frame_out, cfg) == 0
+        out[:, 0] = frame_out
+    else:
+        assert stream_kernels.chunk_seq(x, w, s, work, out, cfg) == 0
+    return out, [v.copy() for v in views]
+
+
+def _reference_stack(params_list, x, states):
+    y, finals, i = x, [], 0
+    for p in params_list:
+        n = p.n_states
+        B, T, _ = y.shape
+        outs = [np.empty((B, s), np.float32) for s in state_sizes(p)]
+        out = np.empty((B, T, p.output_size), np.float32)
+        run(reference, reference.pack(p), y, states[i:i + n], None, False, False, out, outs)
+        y, finals, i = out, finals + outs, i + n
+    return y, finals
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind,opts", [("lstm", {}), ("gru", {}), ("gru", {"reset_after": False}),
+                                       ("simple_rnn", {})])
+def test_stream_kernels_against_reference(mode, kind, opts):
+    rng = np.random.default_rng(11)
+    # two layers: the quantized cell under test, then a quantized LSTM; odd sizes
+    bottom = quantize(make_params(kind, rng, 13, 37, np.float32, **dict(opts)), mode)
+    top = quantize(make_params("lstm", rng, 37, 70, np.float32), mode)
+    for B, T in ((1, 1), (1, 6), (3, 4)):
+        states = [(rng.standard_normal((B, s)) * 0.3).astype(np.float32)
+                  for p in (bottom, top) for s in state_sizes(p)]
+        x = rng.standard_normal((B, T, 13)).astype(np.float32)
+        got, got_s = _stream_run([bottom, top], x, states)
+        want, want_s = _reference_stack([bottom, top], x, states)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=3e-5)
+        for g, w_ in zip(got_s, want_s):
+            np.testing.assert_allclose(g, w_, rtol=1e-4, atol=3e-5)
+
+
+def test_stream_mixes_formats():
+    rng = np.random.default_rng(12)
+    layers = [quantize(make_params("gru", rng, 8, 33, np.float32), "int8"),
+              make_params("lstm", rng, 33, 21, np.float32),
+              quantize(make_params("lstm", rng, 21, 19, np.float32), "bfloat16")]
+    states = [np.zeros((2, s), np.float32) for p in layers for s in state_sizes(p)]
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    got, _ = _stream_run(layers, x, states)
+    want, _ = _reference_stack(layers, x, states)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=3e-5)
+
+
+# ------------------------------------------------------------------ accuracy
+
+
+BOUND = {"bfloat16": 5e-3, "int8": 1.5e-2}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("H", [64, 256, 1024])
+def test_accuracy_against_float64(cpu, mode, kind, H):
+    """PyTorch's initialisation (uniform +-1/sqrt(H)), normal inputs: the
+    quantized cpu kernels stay within the promised bound of float64."""
+    rng = np.random.default_rng(H)
+    B, T, D = 3, 30, 64
+    g = 4 if kind == "lstm" else 3
+    s = 1 / np.sqrt(H)
+    k = rng.uniform(-s, s, (D, g * H))
+    r = rng.uniform(-s, s, (H, g * H))
+    if kind == "lstm":
+        exact = LSTMParams(k, r, rng.uniform(-s, s, g * H))
+    else:
+        exact = GRUParams(k, r, rng.uniform(-s, s, (2, g * H)))
+    x = rng.standard_normal((B, T, D))
+    want = np.empty((B, T, H))
+    run(reference, reference.pack(exact), x, [np.zeros((B, H))] * exact.n_states, None, False,
+        False, want, [np.empty((B, H)) for _ in range(exact.n_states)])
+    f32 = type(exact)(*(np.asarray(a, np.float32) for a in (k, r, exact.bias)))
+    q = quantize(f32, mode)
+    got = np.empty((B, T, H), np.float32)
+    run(cpu, cpu.pack(q), x.astype(np.float32), [np.zeros((B, H), np.float32)] * q.n_states,
+        None, False, False, got, [np.empty((B, H), np.float32) for _ in range(q.n_states)])
+    err = np.abs(got - want).max()
+    assert err <= BOUND[mode], f"{mode} {kind} H={H}: max abs error {err:.2e}"
+    # and the quantization did something: float32 weights are far closer
+    assert err > 1e-5
+
+
+def test_quantized_weights_record_fields():
+    rng = np.random.default_rng(13)
+    q = quantize(make_params("lstm", rng, 4, 3, np.float32), "int8").quantized
+    assert isinstance(q, QuantizedWeights) and q.mode == "int8"
+    assert q.kernel.shape == (4, 12) and q.recurrent_kernel.shape == (3, 12)
+    b = quantize(make_params("lstm", rng, 4, 3, np.float32), "bfloat16").quantized
+    assert b.kernel_scale is None and b.recurrent_scale is None
