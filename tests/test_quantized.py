@@ -21,7 +21,7 @@ from fastrnn.kernels import (GRUParams, LSTMParams, QuantizedWeights, SimpleRNNP
                              reference, run, state_sizes)
 from fastrnn.kernels.cpu import stream as stream_kernels
 
-from test_kernels import _force_parallel, compare, make_params, ragged_mask
+from test_kernels import _force_parallel, backend, compare, make_params, ragged_mask  # noqa: F401
 
 MODES = ("bfloat16", "int8")
 
@@ -169,6 +169,19 @@ def test_batch_kernels_against_reference(cpu, mode, kind, opts, H):
         compare(cpu, params, x, rng=rng)
         compare(cpu, params, x, mask=ragged_mask(rng, B, T), reverse=True, zero_output=B % 2 == 1,
                 rng=rng)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
+def test_every_backend_runs_the_quantized_semantics(backend, mode, kind):
+    """Every backend of ``FASTRNN_TEST_BACKENDS`` (see test_kernels; cuda
+    runs the dequantized float32 values) against the quantized reference."""
+    rng = np.random.default_rng(14)
+    params = quantize(make_params(kind, rng, 7, 19, np.float32), mode)
+    ok, why = backend.supports(params)
+    assert ok, why
+    x = rng.standard_normal((3, 4, 7)).astype(np.float32)
+    compare(backend, params, x, mask=ragged_mask(rng, 3, 4), rng=rng)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -164,7 +164,10 @@ def available():
 
 
 def supports(params):
-    """Whether this backend runs ``params``: float32/float64, built-in activations."""
+    """Whether this backend runs ``params``: float32/float64, built-in
+    activations. Quantized weights (:func:`fastrnn.kernels.quantize`) run as
+    the float32 values in ``params.kernel`` / ``recurrent_kernel``: the
+    quantized semantics exactly, at float32's memory and speed."""
     dtype = np.asarray(params.kernel).dtype
     if dtype not in (np.float32, np.float64):
         return False, f"the cuda backend runs float32 and float64, not {dtype}"
@@ -174,6 +177,10 @@ def supports(params):
     for code in codes:
         if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or code not in _ACT_NAMES:
             return False, f"the cuda backend runs built-in activations only, not {code!r}"
+    if params.quantized is not None:
+        return True, (f"the cuda backend runs this configuration, its {params.quantized.mode} "
+                      "weights as the float32 values they stand for (dequantized: same results, "
+                      "float32 memory and speed)")
     return True, "the cuda backend runs this configuration"
 
 
@@ -202,6 +209,8 @@ def describe():
                         )
                 except Exception as exc:  # pragma: no cover
                     lines.append(f"GPU {dev.id}: not usable ({exc})")
+    lines.append("reduced precision: bfloat16 and int8 layers run their dequantized float32 "
+                 "weights (same results; no narrow kernels on the GPU)")
     if _SIM or not real_gpu()[0]:
         # Importing CuPy without a GPU is pointless (and slow): look it up only.
         import importlib.util
