@@ -51,6 +51,7 @@ import numpy as np
 from .. import dispatch
 from ..kernels import GRUParams, LSTMParams
 from ..kernels import run as run_kernel
+from . import bench_quantized as bq
 from ._progress import Progress, warm
 from .bench_gpu import bench_gpu, format_gpu_table
 from .bench_streaming import run as run_streaming
@@ -190,6 +191,7 @@ def torch_engine(cell, w, x, threads=THREADS):
         return y
 
     call.result = lambda: call().numpy()
+    call.module = m
     return call
 
 
@@ -287,6 +289,8 @@ def bench_batch(opts):
     if opts.shapes:
         shapes = [tuple(int(v) for v in s.split(",")) for s in opts.shapes]
     repeats = opts.repeats or (5 if opts.quick else 15)
+    precisions = getattr(opts, "precision", None) or ["float32"]
+    reduced = [m for m in precisions if m != "float32"]
     notes, rows = [], []
     progress = Progress(len(shapes) * len(opts.cells), not opts.no_progress)
     for cell in opts.cells:
@@ -299,36 +303,61 @@ def bench_batch(opts):
             w = _weights(cell, D, H)
             engines, results = {}, {}
             full = SHAPES[QUICK_SHAPES.index(shape)] if shape in QUICK_SHAPES else shape
-            for name in fastrnn_backends(full if opts.quick else shape, opts.backends):
-                engines[f"fastrnn-{name}"] = fastrnn_engine(name, cell, w, x)
-            for name, factory in (("onnxruntime", ort_engine), ("pytorch", torch_engine)):
-                if name in opts.skip:
+            if "float32" in precisions:
+                for name in fastrnn_backends(full if opts.quick else shape, opts.backends):
+                    engines[f"fastrnn-{name}"] = fastrnn_engine(name, cell, w, x)
+            for mode in reduced:
+                engines[f"fastrnn-cpu-{mode}"] = bq.fastrnn_engine(cell, w, x, mode)
+            others = []
+            if "float32" in precisions:
+                others += [("onnxruntime", lambda: ort_engine(cell, w, x)),
+                           ("pytorch", lambda: torch_engine(cell, w, x))]
+            if "int8" in precisions:
+                others += [("onnxruntime-int8", lambda: bq.ort_int8_engine(cell, w, x, THREADS)),
+                           ("pytorch-int8", lambda: bq.torch_int8_engine(
+                               torch_engine(cell, w, x).module, x, THREADS))]
+            for name, factory in others:
+                if name.split("-")[0] in opts.skip:
                     continue
                 try:
-                    engines[name] = factory(cell, w, x)
+                    engine = factory()
                 except ImportError as exc:
                     note = f"{name}: not installed ({exc.name or exc}); skipped"
                     if note not in notes:
                         notes.append(note)
+                    continue
+                if engine is None:
+                    note = f"{name}: no quantized {cell.upper()} in this engine; skipped"
+                    if note not in notes:
+                        notes.append(note)
+                    continue
+                engines[name] = engine
             # agreement, before timing
             base_name = next(iter(engines))
             base = np.asarray(engines[base_name]())
-            agree = {}
+            agree, err64 = {}, {}
+            exact = bq.float64_output(cell, w, x) if reduced else None
             for name, fn in engines.items():
                 got = np.asarray(fn.result() if hasattr(fn, "result") else fn())
                 agree[name] = float(np.max(np.abs(got - base)))
+                if exact is not None:
+                    err64[name] = float(np.max(np.abs(got - exact)))
             samples = sample(engines, repeats, progress=progress, label=label)
             fl = flops(cell, B, T, D, H)
             for name, v in samples.items():
                 t = statistics.median(v)
                 results[name] = dict(ms=t * 1e3, best_ms=min(v) * 1e3, gflops=fl / t / 1e9,
                                      max_abs_diff=agree[name])
+                if name in err64:
+                    results[name]["err_f64"] = err64[name]
             row = dict(cell=cell, B=B, T=T, D=D, H=H, engines=results)
             main = "fastrnn-cpu" if "fastrnn-cpu" in results else base_name
             for other, key in (("onnxruntime", "vs_ort"), ("pytorch", "vs_torch")):
                 if other in results and main in results:
                     row[key] = results[main]["ms"] / results[other]["ms"]
                     row[key + "_best"] = results[main]["best_ms"] / results[other]["best_ms"]
+            if reduced:
+                bq.add_ratios(row)
             rows.append(row)
             progress.step(label + ": " + ", ".join(f"{n} {r['ms']:.3g} ms"
                                                     for n, r in results.items()))
@@ -433,6 +462,10 @@ def parse(argv):
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="engines to leave out: onnxruntime,pytorch")
     p.add_argument("--repeats", type=int, default=0, help="timed samples per engine and shape")
+    p.add_argument("--precision", default="float32",
+                   help="weight formats to time, comma-separated: float32,bfloat16,int8 "
+                        "(int8 adds ONNX Runtime's DynamicQuantizeLSTM and PyTorch's "
+                        "quantize_dynamic; every row then gets its max abs error vs float64)")
     p.add_argument("--runs", type=int, default=1,
                    help="time the whole grid this many times and summarise the ratios' spread")
     p.add_argument("--no-progress", action="store_true")
@@ -441,6 +474,10 @@ def parse(argv):
         p.error(f"--runs: expected a positive number of runs, got {opts.runs}")
     if opts.runs > 1 and opts.streaming:
         p.error("--runs: only for the batch grid, not with --streaming")
+    try:
+        opts.precision = bq.parse_precisions(opts.precision)
+    except ValueError as exc:
+        p.error(str(exc))
     return opts
 
 
@@ -472,6 +509,8 @@ def main(argv=None):
     opts = parse(sys.argv[1:] if argv is None else argv)
     t0 = time.time()
     title = "float32 batch inference, median ms per call"
+    if opts.precision != ["float32"]:
+        title = f"batch inference, weights {', '.join(opts.precision)}, median ms per call"
     if opts.contention:
         title += ", with one competing busy process"
     runs, notes, env = [], [], None  # runs: dict(rows, fma_peak_gflops) per run
@@ -501,6 +540,13 @@ def main(argv=None):
                 print(f"float32 FMA peak (register-only loop): {peaks['1']:.0f} GFLOP/s on one core, "
                       f"{peak:.0f} on {env['fastrnn_threads']} threads; 'cpu % of peak' uses the latter")
             print(format_table(rows, peak))
+            if opts.precision != ["float32"]:
+                ratios = bq.format_ratios(rows, markdown_table)
+                if ratios:
+                    print("\nreduced precision: ratios of median times (below 1: the first is faster)")
+                    print(ratios)
+                print("\nmax abs error of each engine's output vs the same layer in float64")
+                print(bq.format_errors(rows, markdown_table))
             if opts.runs > 1:
                 print()
         rows = runs[0]["rows"]
