@@ -43,8 +43,10 @@ import time
 import numpy as np
 from numba import njit
 
+from ..kernels import quantize, reference, run as run_kernel
 from ..kernels.cpu import stream as _stream
 from ..layers import GRU, LSTM
+from . import bench_quantized as bq
 from ._progress import warm
 
 HS = (64, 128, 256, 512)
@@ -70,6 +72,39 @@ def _fastrnn(layer, x):
         return stream(x)
 
     return call, lambda: stream(x)
+
+
+def _fastrnn_kernel(layer, x, mode):
+    """The stream kernels called directly (no ``Stream`` wrapper, output
+    preallocated) on ``mode`` weights: ``quantize`` of the layer's params."""
+    params = layer._params_list()
+    if mode != "float32":
+        params = [quantize(p, mode) for p in params]
+    w, cfg, n = _stream.pack(params, 1, False)
+    T = x.shape[1] if x.ndim == 3 else 1
+    s = np.zeros(n, np.float32)
+    work = np.zeros(_stream.work_size(cfg, 1, T), np.float32)
+    H = params[-1].output_size
+    out = np.empty((1, H) if x.ndim == 2 else (1, T, H), np.float32)
+    fn = _stream.frame if x.ndim == 2 else _stream.chunk_seq
+
+    def call():
+        fn(x, w, s, work, out, cfg)
+        return out
+
+    return call, lambda: call().copy()
+
+
+def _float64_outputs(cell, weights, x, calls):
+    """The outputs of ``calls`` successive calls on ``x (1, T, H)`` from zero
+    state, computed in float64 (``reference``): the accuracy baseline."""
+    params = bq._params(cell, [np.asarray(a, np.float64) for a in weights])
+    T, H = x.shape[1], params.units
+    xs = np.concatenate([x] * calls, axis=1).astype(np.float64)
+    out = np.empty((1, calls * T, H))
+    run_kernel(reference, reference.pack(params), xs, [np.zeros((1, H))] * params.n_states,
+               None, False, False, out, [np.empty((1, H)) for _ in range(params.n_states)])
+    return [out[:, i * T:(i + 1) * T] for i in range(calls)]
 
 
 def _onnx_model(cell, H, weights, T):
@@ -107,15 +142,10 @@ def _onnx_model(cell, H, weights, T):
     return model.SerializeToString()
 
 
-def _onnxruntime(cell, H, T, weights, x, threads):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(_onnx_model(cell, H, weights, T), so,
-                                providers=["CPUExecutionProvider"])
+def _onnxruntime(cell, H, T, weights, x, threads, int8=False):
+    model = (bq.ort_int8_model(weights, T, 1, H, states=True) if int8
+             else _onnx_model(cell, H, weights, T))
+    sess = bq.ort_session(model, threads)
     X = np.ascontiguousarray(x.transpose(1, 0, 2))  # (T, 1, H): ORT's layout
     Y = np.zeros((T, 1, 1, H), np.float32)
     names = ["h", "c"] if cell == "lstm" else ["h"]
@@ -197,7 +227,7 @@ def _torch_cell(cell, H, T, weights, x):
     return call, output
 
 
-def _torch_module(cell, H, T, weights, x):
+def _torch_module(cell, H, T, weights, x, int8=False):
     import torch
 
     kernel, rec, bias = (torch.from_numpy(np.ascontiguousarray(w)) for w in weights)
@@ -215,6 +245,8 @@ def _torch_module(cell, H, T, weights, x):
         mod.bias_ih_l0.data[:] = bias[0][perm]
         mod.bias_hh_l0.data[:] = bias[1][perm]
     mod.eval()
+    if int8:
+        mod = bq.torch_int8(mod)
     xt = torch.from_numpy(x)
     lstm = cell == "lstm"
     st = {"s": (torch.zeros(1, 1, H), torch.zeros(1, 1, H)) if lstm else torch.zeros(1, 1, H)}
@@ -326,6 +358,8 @@ def run(opts):
     skip = set(getattr(opts, "skip", []) or [])
     # streams run the stream kernels alone (one thread): compile them before timing
     warm(("stream",), False, not getattr(opts, "no_progress", False))
+    precisions = getattr(opts, "precision", None) or ["float32"]
+    reduced = [m for m in precisions if m != "float32"]
     rng = np.random.default_rng(0)
     rows, notes = [], []
     t_start = time.time()
@@ -348,22 +382,53 @@ def run(opts):
                         cell, H, T, weights, x)
                     engines["torch_module"], outputs["torch_module"] = _torch_module(
                         cell, H, T, weights, x)
+                if reduced:  # the stream kernels on each format, bare (see the docstring)
+                    for mode in ["float32"] + reduced:
+                        engines[f"kernel_{mode}"], outputs[f"kernel_{mode}"] = _fastrnn_kernel(
+                            layer, xf, mode)
+                if "int8" in reduced:
+                    if "onnxruntime" not in skip and cell == "lstm":
+                        for threads in (1, 2):
+                            c, o, k = _onnxruntime(cell, H, T, weights, x, threads, int8=True)
+                            engines[f"ort_int8_{threads}"], outputs[f"ort_int8_{threads}"] = c, o
+                            keep.append(k)
+                    if "pytorch" not in skip:
+                        engines["torch_int8"], outputs["torch_int8"] = _torch_module(
+                            cell, H, T, weights, x, int8=True)
                 # Same weights, same initial state (zeros), same input: the outputs of
-                # three successive calls agree, so every engine carries its state.
+                # three successive calls agree, so every engine carries its state
+                # (float32 engines against fastrnn; all against float64 with --precision).
                 diff = 0.0
-                for _ in range(3):
+                errs = {name: 0.0 for name in outputs}
+                exact = _float64_outputs(cell, weights, x, 3) if reduced else None
+                for i in range(3):
                     ref = outputs["fastrnn"]()
-                    for name, out in outputs.items():
-                        if name != "fastrnn":
-                            diff = max(diff, float(np.abs(np.asarray(out()) - ref).max()))
+                    got = {name: np.asarray(out()) for name, out in outputs.items()
+                           if name != "fastrnn"}
+                    got["fastrnn"] = ref
+                    for name, y in got.items():
+                        y = y.reshape(-1, H)
+                        if exact is not None:
+                            want = exact[i].reshape(-1, H)[-y.shape[0]:]
+                            errs[name] = max(errs[name], float(np.abs(y - want).max()))
+                        if name == "fastrnn" or not (name.startswith("ort") or
+                                                     name.startswith("torch")) \
+                                or "int8" in name:
+                            continue
+                        diff = max(diff, float(np.abs(y - ref.reshape(-1, H)).max()))
                 t = _time_interleaved(engines, n_calls)
                 row = {"cell": cell, "T": T, "H": H, "max_abs_diff": diff, "calls": n_calls}
+                if exact is not None:
+                    row["err_f64"] = errs
                 for name, v in t.items():
                     row[name] = {"median_us": float(np.median(v)),
                                  "p99_us": float(np.percentile(v, 99))}
-                if "ort1" in row:
-                    best = min(("ort1", "ort2"), key=lambda k: row[k]["median_us"])
-                    row["ort"] = dict(row[best], threads=int(best[-1]))
+                for prefix, key in (("ort", "ort"), ("ort_int8_", "ort_int8")):
+                    if f"{prefix}1" in row:
+                        best = min((f"{prefix}1", f"{prefix}2"), key=lambda k: row[k]["median_us"])
+                        row[key] = dict(row[best], threads=int(best[-1]))
+                        if "err_f64" in row:
+                            row["err_f64"][key] = row["err_f64"][best]
                 f = row["fastrnn"]["median_us"]
                 for name in ("ort", "torch_cell", "torch_module"):
                     if name in row:
@@ -378,7 +443,53 @@ def run(opts):
     notes.append(f"{time.time() - t_start:.0f} s; PyTorch threads: 1; ONNX Runtime: best of "
                  "1 and 2 intra-op threads (the count is in brackets)")
     print(format_table(rows))
+    if reduced:
+        notes.append("reduced precision: fastrnn's rows call the stream kernels directly "
+                     "(stream.frame / chunk_seq, output preallocated; no Stream wrapper), "
+                     "float32 included, so their ratios compare like with like")
+        print()
+        print(format_precision(rows))
     return rows, notes
+
+
+_PRECISION_COLUMNS = (("kernel_float32", "fastrnn f32"), ("kernel_bfloat16", "fastrnn bf16"),
+                      ("kernel_int8", "fastrnn int8"), ("ort", "ORT f32 [thr]"),
+                      ("ort_int8", "ORT int8 [thr]"), ("torch_int8", "PyTorch int8 module"))
+_PRECISION_RATIOS = (("kernel_bfloat16", "kernel_float32", "bf16/f32"),
+                     ("kernel_int8", "kernel_float32", "int8/f32"),
+                     ("kernel_bfloat16", "ort", "bf16/ORT f32"),
+                     ("kernel_int8", "ort", "int8/ORT f32"),
+                     ("kernel_float32", "ort", "f32/ORT f32"),
+                     ("kernel_int8", "ort_int8", "int8/ORT int8"),
+                     ("kernel_int8", "torch_int8", "int8/PyTorch int8"))
+
+
+def format_precision(rows):
+    """The reduced-precision table: µs per call (median), ratios, and each
+    engine's max abs error against float64 over three successive calls."""
+    cols = [(k, h) for k, h in _PRECISION_COLUMNS if any(k in r for r in rows)]
+    ratios = [(a, b, h) for a, b, h in _PRECISION_RATIOS if any(a in r and b in r for r in rows)]
+    errs = [(k, h) for k, h in cols if any(k in r.get("err_f64", {}) for r in rows)]
+    head = ["cell", "T", "H"] + [h for _, h in cols] + [h for _, _, h in ratios] + \
+        [f"err {h.split(' [')[0]}" for _, h in errs]
+    lines = ["reduced precision, batch 1, D = H, state carried; µs per call (median); "
+             "err = max abs error vs float64 over three calls",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["cell"].upper(), str(r["T"]), str(r["H"])]
+        for k, _ in cols:
+            e = r.get(k)
+            text = "" if e is None else f"{e['median_us']:.1f}"
+            if e is not None and "threads" in e:
+                text += f" [{e['threads']}]"
+            cells.append(text)
+        for a, b, _ in ratios:
+            cells.append(f"{r[a]['median_us'] / r[b]['median_us']:.2f}" if a in r and b in r else "")
+        for k, _ in errs:
+            got = r.get("err_f64", {})
+            cells.append(f"{got[k]:.1e}" if k in got else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _cell_text(entry):
@@ -414,12 +525,18 @@ def main(argv=None):
     p.add_argument("--cells", type=lambda s: s.split(","), default=list(CELLS))
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="engines to leave out: onnxruntime,pytorch")
+    p.add_argument("--precision", default="float32",
+                   help="weight formats, comma-separated: float32,bfloat16,int8")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--matvec", action="store_true",
                    help="only the mat-vec against OpenBLAS sgemv (run with "
                         "OPENBLAS_NUM_THREADS=1 for single-thread BLAS)")
     p.add_argument("--no-progress", action="store_true")
     opts = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        opts.precision = bq.parse_precisions(opts.precision)
+    except ValueError as exc:
+        p.error(str(exc))
     if opts.matvec:
         print("recurrent mat-vec h U, float32, µs per product (median): stream kernels vs "
               "OpenBLAS sgemv")
