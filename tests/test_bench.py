@@ -233,3 +233,56 @@ def test_fma_peak_starts_fastrnn_pool_first(monkeypatch):
     monkeypatch.setattr(bench, "fma_peak", lambda threads: calls.append(("peak", threads)) or 1.0)
     bench.fma_peaks()
     assert calls[0] == ("pool", True) and calls[1] == ("peak", 1)
+
+
+def test_bench_precision_rows(tmp_path, capsys):
+    """``--precision float32,bfloat16,int8``: fastrnn's quantized rows, the
+    other engines' int8 rows where installed (ONNX Runtime: LSTM only), the
+    ratios and every engine's max abs error vs float64."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from fastrnn.cli import bench
+
+    out = tmp_path / "p.json"
+    assert bench.main(["--shapes", "2,3,7,19", "--repeats", "1", "--backends", "cpu",
+                       "--precision", "float32,bfloat16,int8", "--no-progress",
+                       "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "int8/ORT-int8" in text and "max abs error of each engine" in text
+    assert "onnxruntime-int8: no quantized GRU" in text
+    rows = json.loads(out.read_text())["rows"]
+    lstm, gru = rows
+    for r in rows:
+        e = r["engines"]
+        assert e["fastrnn-cpu"]["err_f64"] < 1e-5
+        # quantized: visibly rounded, within the promised bounds
+        assert 1e-5 < e["fastrnn-cpu-bfloat16"]["err_f64"] < 5e-3
+        assert 1e-5 < e["fastrnn-cpu-int8"]["err_f64"] < 1.5e-2
+        assert e["pytorch-int8"]["err_f64"] > 1e-5 and r["int8_vs_torch_int8"] > 0
+    assert "onnxruntime-int8" in lstm["engines"] and "onnxruntime-int8" not in gru["engines"]
+    assert lstm["int8_vs_ort_int8"] > 0 and lstm["bf16_vs_f32"] > 0
+
+
+def test_bench_rejects_unknown_precision(capsys):
+    import pytest
+
+    from fastrnn.cli import bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--precision", "float32,fp8"])
+    assert "--precision: expected a comma-separated list" in capsys.readouterr().err
+
+
+def test_bench_streaming_precision_rows(capsys):
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from fastrnn.cli import bench_streaming
+
+    assert bench_streaming.main(["--hs", "19", "--calls", "20", "--cells", "lstm",
+                                 "--precision", "float32,int8", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "fastrnn int8" in text and "ORT int8 [thr]" in text and "err fastrnn int8" in text
