@@ -8,8 +8,10 @@ from fastrnn.__main__ import main
 def test_info_prints_every_section(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for section in ("versions:", "cpu:", "threads:", "dispatch:"):
+    for section in ("versions:", "cpu:", "threads:", "quantized:", "dispatch:"):
         assert f"\n{section}" in "\n" + out
+    # the instructions the quantized kernels use, named for this CPU
+    assert "bfloat16 weights: " in out and "int8 weights: " in out
 
 
 @pytest.mark.parametrize("command", ["info", "bench", "warmup", "predict"])

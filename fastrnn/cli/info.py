@@ -1,7 +1,9 @@
 """``python -m fastrnn info``: what fastrnn will run on, and why.
 
 Versions, the CPU and its vector features, the BLAS NumPy and SciPy use,
-Numba's threading layer and thread counts, the GPU (through the ``cuda``
+Numba's threading layer and thread counts, the instructions the cpu kernels
+use to load and apply bfloat16 and int8 weights (from the assembly compiled
+for this CPU), the GPU (through the ``cuda``
 backend's ``describe()``), and the backend ``auto`` picks for a float32
 LSTM with the dispatcher's reason.
 """
@@ -46,7 +48,8 @@ def _cpu_features():
 
         name = ll.get_host_cpu_name()
         feats = ll.get_host_cpu_features()
-        keep = ("avx512f", "avx512bw", "avx512vl", "avx2", "fma", "avx", "sse4.2", "neon", "sve")
+        keep = ("avx512f", "avx512bw", "avx512vl", "avx512bf16", "avx512vnni", "avxvnni", "avx2",
+                "fma", "avx", "sse4.2", "neon", "sve")
         have = [k for k in keep if feats.get(k)]
         return name, have
     except Exception as exc:  # pragma: no cover
@@ -108,6 +111,15 @@ def lines():
                            "install tbb or use a Numba build with OpenMP")
     except Exception as exc:
         add("threads", f"cpu backend unavailable: {exc}")
+
+    try:
+        simd = dispatch.backend_module("cpu").simd
+        for fmt in ("float32", "bfloat16", "int8"):
+            add("quantized", f"{fmt} weights: {simd.load_instructions(fmt)}")
+        add("quantized", "weights only: inputs, states and sums stay float32 (the dot-product "
+                         "instructions vdpbf16ps / vpdpbusd would round the activations too)")
+    except Exception as exc:
+        add("quantized", f"error: {type(exc).__name__}: {exc}")
 
     try:
         described = dispatch.backend_module("cuda").describe()

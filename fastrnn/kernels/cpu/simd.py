@@ -253,6 +253,40 @@ def _ov_wload(arr, idx):
     return None
 
 
+def load_instructions(fmt):
+    """The instructions this machine's kernels use to widen and apply one
+    vector of ``fmt`` weights (``"float32"``, ``"bfloat16"`` or ``"int8"``),
+    read from the assembly of a probe compiled for this target, e.g.
+    ``"vpmovsxbd + vcvtdq2ps + vfmadd213ps (zmm)"``. For ``python -m fastrnn
+    info``; compiles on first call."""
+    import re
+
+    from numba import typeof
+
+    w = np.zeros(64, WEIGHT_DTYPES[fmt])
+    out = np.zeros(64, np.float32)
+    _probe(w, out)
+    asm = _probe.inspect_asm((typeof(w), typeof(out)))
+    wanted = ("pmovzx", "pmovsx", "punpck", "psll", "psra", "cvtdq2ps", "fmadd", "mulps", "addps")
+    names, regs = [], set()
+    for m in re.finditer(r"^\s+([a-z][a-z0-9]*)\s+([^\n]*)", asm, re.M):
+        name, ops = m.group(1), m.group(2)
+        if any(k in name for k in wanted) and name not in names:
+            names.append(name)
+            regs.update(re.findall(r"%([xyz])mm", ops))
+    if re.search(r"\bfmaf\b", asm):  # no FMA instruction on this target: libm, lane by lane
+        names.append("fmaf calls")
+    if not names:
+        return "no x86 vector instructions found (another architecture)"
+    width = "zmm" if "z" in regs else "ymm" if "y" in regs else "xmm"
+    return f"{' + '.join(names)} ({width})"
+
+
+@njit(nogil=True)
+def _probe(w, out):
+    vstore(out, 0, vfma(wload(w, 0), vload(out, 16), vload(out, 32)))
+
+
 # ---- making vectors ----
 
 @intrinsic
