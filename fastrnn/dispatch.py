@@ -197,7 +197,8 @@ def get_num_threads():
     return backend_module("cpu").get_num_threads()
 
 
-def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=False):
+def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=False,
+           precisions=()):
     """Compile (or load from Numba's on-disk cache) the ``cpu`` kernels that
     layers, streams and cells run, so that no first call pays for it.
 
@@ -216,6 +217,9 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=Fal
         (what ``python -m fastrnn bench`` runs) about a minute of one core.
     verbose : bool
         Print a line to stderr after each kernel family.
+    precisions : sequence of str
+        Reduced-precision weight formats (``"bfloat16"``, ``"int8"``) whose
+        packed LSTM and GRU kernels to compile too.
 
     Returns
     -------
@@ -225,4 +229,5 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=Fal
     """
     cpu = backend_module("cpu")
     kinds = cpu.KINDS if kinds is None else kinds
-    return cpu.warmup(dtypes=dtypes, parallel=parallel, kinds=kinds, verbose=verbose)
+    return cpu.warmup(dtypes=dtypes, parallel=parallel, kinds=kinds, verbose=verbose,
+                      precisions=precisions)

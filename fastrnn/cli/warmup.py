@@ -14,9 +14,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastrnn warmup",
                                      description=dispatch.warmup.__doc__.split("\n\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no line per kernel family")
+    parser.add_argument("--precision", default="", metavar="FORMATS",
+                        help="also the kernels of reduced-precision weights: bfloat16,int8")
     opts = parser.parse_args(argv)
+    precisions = [p for p in opts.precision.split(",") if p]
+    bad = [p for p in precisions if p not in ("bfloat16", "int8")]
+    if bad:
+        parser.error(f"--precision: expected bfloat16 and/or int8, got {opts.precision!r}")
     t0 = time.perf_counter()
-    done = dispatch.warmup(verbose=not opts.quiet)
+    done = dispatch.warmup(verbose=not opts.quiet, precisions=precisions)
     cpu = dispatch.backend_module("cpu")
     print(f"compiled or loaded {len(done)} kernel families in {time.perf_counter() - t0:.1f} s "
           f"(cache: {numba.config.CACHE_DIR or 'next to the sources (__pycache__)'}; "

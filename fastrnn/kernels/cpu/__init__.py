@@ -34,7 +34,7 @@ from .. import _cache
 
 _cache.install()  # before any cached kernel is defined
 
-from .. import GRUParams, LSTMParams, SimpleRNNParams, run, state_sizes  # noqa: E402
+from .. import GRUParams, LSTMParams, SimpleRNNParams, quantize, run, state_sizes  # noqa: E402
 from . import generic, stream, threads  # noqa: E402
 from . import packed as _packed  # noqa: E402
 from .threads import get_num_threads, set_num_threads, threading_layer, tuned_splits  # noqa: E402,F401
@@ -262,11 +262,14 @@ def _warm_params(kind, r, D, H):
     return GRUParams(r(D, 3 * H), r(H, 3 * H), r(2, 3 * H), reset_after=kind == "gru")
 
 
-def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=False):
+def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=False,
+           precisions=()):
     """Compile (or load from Numba's cache) the kernels of ``kinds`` in
     ``dtypes``: by default LSTM, GRU (both ``reset_after``), SimpleRNN and
     the stream kernels (frame, chunk with sequence output, chunk with last
-    output). :func:`fastrnn.dispatch.warmup` documents the arguments.
+    output); ``precisions`` adds the packed ``"lstm"`` / ``"gru"`` kernels
+    of those weight formats (the stream kernels hold every format).
+    :func:`fastrnn.dispatch.warmup` documents the arguments.
 
     Returns the list of what was compiled or loaded, ``"<kind> <dtype>"``.
     """
@@ -291,7 +294,14 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
                 params = _warm_params(kind, r, D, H)
                 if kind == "stream":
                     stream.warmup(params)
-                else:
+                    done.append(f"{kind} {name}")
+                    if verbose:
+                        print(f"warmup: {done[-1]}", file=sys.stderr)
+                    continue
+                variants = [params]
+                if np.dtype(dt) == np.float32 and kind in ("lstm", "gru"):
+                    variants += [quantize(params, mode) for mode in precisions]
+                for params in variants:
                     pk = pack(params)
                     shapes = ((2, 1), (2, None), (threads._BATCH_SPLIT_MIN, None)) if parallel \
                         else ((2, 1),)
@@ -305,9 +315,10 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
                         outs = [np.empty_like(s) for s in states]
                         run(sys.modules[__name__], pk, x, states, None, False, False,
                             np.empty((B, T, params.output_size), dt), outs)
-                done.append(f"{kind} {name}")
-                if verbose:
-                    print(f"warmup: {done[-1]}", file=sys.stderr)
+                    done.append(f"{kind} {name}"
+                                + (f" ({params.precision} weights)" if params.quantized else ""))
+                    if verbose:
+                        print(f"warmup: {done[-1]}", file=sys.stderr)
     finally:
         (threads._MIN_PARALLEL_WORK, threads._MIN_SPLIT_STEP_WORK, restore,
          threads._contended_until, threads._contended_pause) = saved
