@@ -371,7 +371,8 @@ def test_cpu_panel_split_helper_late_or_absent(backend):
             sync[pk.SPINS] = pk.DEFAULT_SPINS
             job = (sync, gru, H, (packed.arrays[0], packed.arrays[1], peep, packed.arrays[-1]),
                    (False, -1.0, 1, 2),
-                   (x, states[0], c0, np.ones((1, 1), bool), False, out, True, h_out, c_out),
+                   (x, states[0], c0, np.ones((1, 1), bool), False, out, True, h_out, c_out,
+                    np.zeros(1, np.float32)),
                    (False, False, hoist), hf, cb, P)
             pk.split_work(0, *job)
             pk.split_work(1, *job)  # too late: must do nothing

@@ -52,13 +52,27 @@ the states, the outputs and every sum (weights-only quantization).
   ``q[k, j] = round(W[k, j] / scale[j])`` (ties to even), in -127..127. A
   column of zeros has scale 0. Non-finite weights are an error.
 
+* ``"int8_dynamic"``: the int8 weights above, and the activations
+  quantized too, as ONNX Runtime's ``DynamicQuantizeLSTM`` and PyTorch's
+  ``quantize_dynamic`` do, so that the products are integer dot products
+  (``vpdpbusd`` where the CPU has AVX512_VNNI). At every step, each row's
+  input ``x_t`` and previous state ``h`` are quantized on their own,
+  symmetric: with ``m = max_k |a_k|`` (float32), ``a_q = clip(rint(a *
+  (127 / m)), -127, 127)`` (float32 arithmetic, ties to even) and scale
+  ``m / 127``; then ``a W = (m / 127) * scale[j] * sum_k a_q[k] q[k, j]``,
+  the sum exact in integers. A zero row gives zeros; a row holding NaN or
+  inf gives NaN. Biases, the cell state and the gate math stay float32.
+  LSTM (no projection) and GRU with ``reset_after=True`` only.
+
 The record keeps both forms: ``params.quantized`` (:class:`QuantizedWeights`:
 the bfloat16 bit patterns as uint16, or the int8 values and their float32
 scales) and, in ``kernel`` / ``recurrent_kernel``, the float32 values they
-stand for (``float32(q) * scale``; a bfloat16 is exactly a float32). Those
-values *are* the quantized layer: a backend that reads only the float32
-arrays (``reference``, ``cuda``) computes exactly its semantics, and a
-backend with narrow kernels (``cpu``) packs ``params.quantized`` instead.
+stand for (``float32(q) * scale``; a bfloat16 is exactly a float32). For
+``"bfloat16"`` and ``"int8"`` those values *are* the quantized layer: a
+backend that reads only the float32 arrays (``cuda``) computes exactly its
+semantics, and a backend with narrow kernels (``cpu``) packs
+``params.quantized`` instead. ``"int8_dynamic"`` also quantizes the
+activations: ``reference`` implements it, ``cuda`` does not run it.
 
 Backend module interface
 ------------------------
@@ -116,7 +130,7 @@ import numpy as np
 
 
 #: The reduced-precision formats of :func:`quantize`.
-PRECISIONS = ("bfloat16", "int8")
+PRECISIONS = ("bfloat16", "int8", "int8_dynamic")
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,9 +139,10 @@ class QuantizedWeights:
 
     ``mode`` is ``"bfloat16"`` (``kernel`` and ``recurrent_kernel`` hold
     bfloat16 bit patterns, uint16, the Keras shapes ``(D, G*H)`` and
-    ``(P, G*H)``; no scales) or ``"int8"`` (int8 arrays of those shapes, and
-    ``kernel_scale`` / ``recurrent_scale``, float32 ``(G*H,)``: one scale
-    per output column). See :func:`quantize` for the scheme.
+    ``(P, G*H)``; no scales) or ``"int8"`` / ``"int8_dynamic"`` (int8 arrays
+    of those shapes, and ``kernel_scale`` / ``recurrent_scale``, float32
+    ``(G*H,)``: one scale per output column). See :func:`quantize` for the
+    scheme.
     """
 
     mode: str
@@ -144,6 +159,23 @@ class QuantizedWeights:
                          for a in (self.kernel, self.recurrent_kernel))
         return (np.asarray(self.kernel, np.float32) * self.kernel_scale,
                 np.asarray(self.recurrent_kernel, np.float32) * self.recurrent_scale)
+
+
+def quantize_rows(a):
+    """Dynamic symmetric int8 of each row of ``a (R, K)`` (``"int8_dynamic"``
+    activations): ``(q int32 (R, K), scale float32 (R,))``, computed in
+    float32 as the kernels do (see :func:`quantize`). A zero row has scale 0;
+    a row holding NaN or inf has scale NaN."""
+    a = np.asarray(a, np.float32)
+    m = np.abs(a).max(axis=1) if a.shape[1] else np.zeros(a.shape[0], np.float32)
+    finite = np.isfinite(m)
+    safe = np.where(finite & (m > 0), m, np.float32(1))
+    inv = (np.float32(127) / safe).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        q = np.clip(np.rint(a * inv[:, None]), -127, 127)
+    q = np.where(finite[:, None] & (m[:, None] > 0), q, 0).astype(np.int32)
+    scale = np.where(finite, m / np.float32(127), np.float32(np.nan)).astype(np.float32)
+    return q, scale
 
 
 class _Precision:
@@ -280,7 +312,7 @@ def quantize(params, mode):
     ----------
     params : SimpleRNNParams, GRUParams or LSTMParams
         float32 weights, not yet quantized.
-    mode : {"bfloat16", "int8"}
+    mode : {"bfloat16", "int8", "int8_dynamic"}
         The format (the scheme is in the module docstring, "Reduced-precision
         weights").
 
@@ -296,7 +328,9 @@ def quantize(params, mode):
     ------
     ValueError
         For an unknown ``mode``, float64 weights, a record that is already
-        quantized, or (int8) a kernel holding NaN or inf.
+        quantized, (int8) a kernel holding NaN or inf, or ``"int8_dynamic"``
+        on a cell it does not cover (SimpleRNN, GRU with ``reset_after=False``,
+        LSTM with a projection).
     """
     if not isinstance(mode, str) or mode not in PRECISIONS:
         raise ValueError(f"mode: expected one of {', '.join(map(repr, PRECISIONS))}, "
@@ -308,6 +342,17 @@ def quantize(params, mode):
     if dtype != np.float32:
         raise ValueError(f"params: only float32 weights can be quantized, got {dtype} "
                          "(convert the layer to float32 first)")
+    if mode == "int8_dynamic":
+        why = None
+        if params.kind == "simple_rnn":
+            why = "a SimpleRNN"
+        elif params.kind == "gru" and not params.reset_after:
+            why = "a GRU with reset_after=False"
+        elif params.kind == "lstm" and params.projection is not None:
+            why = "an LSTM with a projection"
+        if why:
+            raise ValueError(f"mode: 'int8_dynamic' covers LSTM (no projection) and GRU with "
+                             f"reset_after=True, not {why}; use 'int8'")
     kernel = np.asarray(params.kernel)
     rec = np.asarray(params.recurrent_kernel)
     if mode == "bfloat16":

@@ -7,7 +7,9 @@ installed). It implements the contract written in
 :mod:`fastrnn.kernels`; read it there. It computes in float64 whatever the
 input dtype and rounds once when writing the outputs, so it is the most
 accurate of the backends, and it accepts any Python callable as an
-activation.
+activation. Quantized weights run as the float32 values they stand for;
+``"int8_dynamic"`` records also quantize each row's activations before each
+product, as :func:`fastrnn.kernels.quantize` describes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import apply
-from . import _math
+from . import _math, quantize_rows
 
 NAME = "reference"
 
@@ -96,6 +98,22 @@ def _recurrent_input(packed, h):
     return h if packed.recurrent_mask is None else h * packed.recurrent_mask
 
 
+def _product(packed, a, which):
+    """``a @ W`` for ``which`` (``"kernel"`` or ``"recurrent_kernel"``); with
+    ``"int8_dynamic"`` weights, each row of ``a`` quantized first and the
+    sum taken in integers (:func:`fastrnn.kernels.quantize`)."""
+    q = packed.params.quantized
+    if q is None or q.mode != "int8_dynamic":
+        return a @ packed.w[which]
+    if which == "kernel":
+        wq, ws = q.kernel, q.kernel_scale
+    else:
+        wq, ws = q.recurrent_kernel, q.recurrent_scale
+    aq, sa = quantize_rows(a)
+    acc = (aq.astype(np.int64) @ wq.astype(np.int64)).astype(np.float64)
+    return acc * (sa[:, None].astype(np.float64) * ws.astype(np.float64))
+
+
 def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
     p, w = packed.params, packed.w
 
@@ -116,14 +134,17 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
     def step(x_t, states):
         h = states[0]
         hr = _recurrent_input(packed, h)
-        xz, xr, xh = np.split(x_t @ w["kernel"] + b_in, 3, axis=1)
-        zr = xr + hr @ U[:, H : 2 * H] + b_rec[H : 2 * H]
+        xz, xr, xh = np.split(_product(packed, x_t, "kernel") + b_in, 3, axis=1)
         if p.reset_after:
-            zh = _gru_reset(zr, xh, hr @ U[:, 2 * H :] + b_rec[2 * H :], p.recurrent_activation)
+            hz, hr_, hh = np.split(_product(packed, hr, "recurrent_kernel"), 3, axis=1)
+            zr = xr + hr_ + b_rec[H : 2 * H]
+            zh = _gru_reset(zr, xh, hh + b_rec[2 * H :], p.recurrent_activation)
         else:
+            hz = hr @ U[:, :H]
+            zr = xr + hr @ U[:, H : 2 * H] + b_rec[H : 2 * H]
             r = apply(p.recurrent_activation, zr)
             zh = xh + (r * hr) @ U[:, 2 * H :] + b_rec[2 * H :]
-        h_new = _gru_update(xz + hr @ U[:, :H] + b_rec[:H], zh, h, p.activation,
+        h_new = _gru_update(xz + hz + b_rec[:H], zh, h, p.activation,
                             p.recurrent_activation)
         return h_new, [h_new]
 
@@ -139,7 +160,8 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     def step(x_t, states):
         h, c = states
         zi, zf, zc, zo = np.split(
-            x_t @ w["kernel"] + _recurrent_input(packed, h) @ w["recurrent_kernel"] + w["bias"],
+            _product(packed, x_t, "kernel")
+            + _product(packed, _recurrent_input(packed, h), "recurrent_kernel") + w["bias"],
             4, axis=1
         )
         c_new, h_new = _lstm_update(zi, zf + p.forget_bias, zc, zo, c, peep is not None,

@@ -55,6 +55,9 @@ def available():
 
 
 def supports(params):
+    if params.precision == "int8_dynamic" and not _packed_path_enabled():
+        return False, ("int8_dynamic weights run on the packed kernels, switched off by "
+                       "FASTRNN_CPU_GENERIC")
     for name in ("activation", "recurrent_activation"):
         code = getattr(params, name, 0)
         if callable(code):
@@ -103,6 +106,9 @@ def pack(params):
     compact format (bfloat16 bit patterns, or int8 with column scales) and
     widened to float32 in registers; every other configuration runs the
     generic kernels on the dequantized float32 weights (same semantics).
+    int8_dynamic weights (those two cells only) are packed for integer dot
+    products (:mod:`.packed`); the input is quantized per row and step
+    before a call, the state at every step.
     """
     dtype = np.asarray(params.kernel).dtype
     kind = params.kind
@@ -170,6 +176,17 @@ def _limit(v):
     return -1.0 if v is None else float(v)
 
 
+_NO_XS = np.zeros(1, dtype=np.float32)
+
+
+def _inputs(packed, x):
+    """The input of the packed drivers and its row scales: ``x`` itself, or
+    for int8_dynamic weights each row of each step quantized."""
+    if packed.params.precision == "int8_dynamic":
+        return _packed.quantize_inputs(x)
+    return x, _NO_XS
+
+
 def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
     p = packed.params
     dt = packed.dtype
@@ -199,9 +216,10 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
     work = 3 * B * T * H * (D + H)
     if packed.packed:
         Wp, bp, sp = packed.arrays
+        xin, xs = _inputs(packed, x)
         args = (True, H, (Wp, bp, _NO_PEEP, sp), (False, -1.0, int(p.activation),
-                int(p.recurrent_activation)), (x, _c(h0, dt), _NO_C, m, has_mask, o.buf,
-                out is not None, ho.buf, _NO_C), (bool(reverse), bool(zero_output),
+                int(p.recurrent_activation)), (xin, _c(h0, dt), _NO_C, m, has_mask, o.buf,
+                out is not None, ho.buf, _NO_C, xs), (bool(reverse), bool(zero_output),
                 Wp.nbytes > threads._HOIST_MIN_BYTES))
         threads.run_packed(B, T, H, work, args)
     else:
@@ -227,9 +245,10 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     work = 4 * B * T * H * (D + p.output_size)
     if packed.packed:
         Wp, bp, peep, sp = packed.arrays
+        xin, xs = _inputs(packed, x)
         args = (False, H, (Wp, bp, peep, sp), (p.peepholes is not None, _limit(p.cell_clip),
-                int(p.activation), int(p.recurrent_activation)), (x, _c(h0, dt), _c(c0, dt),
-                m, has_mask, o.buf, out is not None, ho.buf, co.buf), (bool(reverse),
+                int(p.activation), int(p.recurrent_activation)), (xin, _c(h0, dt), _c(c0, dt),
+                m, has_mask, o.buf, out is not None, ho.buf, co.buf, xs), (bool(reverse),
                 bool(zero_output), Wp.nbytes > threads._HOIST_MIN_BYTES))
         threads.run_packed(B, T, H, work, args)
     else:

@@ -42,17 +42,27 @@ Arguments of the drivers (tuples keep the signatures short):
     int8 scale panels (:data:`NO_SCALES` for the other formats).
 ``gates = (has_peep, cell_clip, act, ract)``
     ``cell_clip < 0``: no clip; activation codes of :mod:`fastrnn.activations`.
-``io = (x, h0, c0, mask, has_mask, out, has_out, h_out, c_out)``
+``io = (x, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs)``
     As in the kernel contract (:mod:`fastrnn.kernels`); ``c0``/``c_out``
     are ignored for a GRU, ``mask``/``out`` are dummies when their flag is
-    false.
+    false. int8_dynamic: ``x`` is the quantized input (:func:`quantize_inputs`,
+    uint8 ``(B, T, D4)``) and ``xs`` its row scales; otherwise ``xs`` is a
+    dummy.
+
+int8_dynamic panels (:func:`pack_lstm` / :func:`pack_gru` with such
+weights) are int32 arrays: one row per group of 4 ``k``, each element the 4
+int8 weights of one column (see :mod:`.simd`, ``vdot``); the calls' record
+then counts input and recurrent rows in groups (:func:`weight_rows`). Each
+driver quantizes its rows' state at every step (:func:`quantize_state`) into
+its own buffers ``hq`` / ``hs``.
 ``opts = (reverse, zero_output, hoist)``
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from .simd import LANES, aligned64, vload, vstore, vzero
 from .tiles import (gru_proj_1, gru_proj_6, gru_tile_1, gru_tile_2, gru_tile_4, gru_tile_6,
@@ -64,19 +74,45 @@ HOIST_STEPS = 24
 
 # ---- one call's constants: built once per driver call ----
 
+def is_dot(Wp):
+    """Whether ``Wp`` holds int8_dynamic panels (a constant for Numba)."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(is_dot, inline="always")
+def _ov_is_dot(Wp):
+    dot = isinstance(Wp, types.Array) and Wp.dtype == types.int32
+    return lambda Wp: dot
+
+
+def weight_rows(Wp, n):
+    """Panel rows of ``n`` k: ``n``, or groups of 4 for int8_dynamic panels."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(weight_rows, inline="always")
+def _ov_weight_rows(Wp, n):
+    if isinstance(Wp, types.Array) and Wp.dtype == types.int32:
+        return lambda Wp, n: (n + 3) // 4
+    return lambda Wp, n: n
+
+
 @njit(inline="always")
-def call_record(gru, H, weights, gates, io, opts, P):
+def call_record(gru, H, weights, gates, io, opts, P, qa):
     """``(gru, Wp, bp, peep, sp, has_peep, cell_clip, act, ract, T, D, H, Hp,
-    xf, mask, has_mask, out, has_out, zero_output, hoist, reverse, P)``: what
-    every panel of a call needs, in one record."""
+    xf, mask, has_mask, out, has_out, zero_output, hoist, reverse, P, qa)``:
+    what every panel of a call needs, in one record (``D``: panel rows of
+    the input; ``qa = (xs, hq, hs)``: int8_dynamic's scales and quantized
+    state, dummies otherwise)."""
     Wp, bp, peep, sp = weights
     has_peep, cell_clip, act, ract = gates
-    x, h0, c0, mask, has_mask, out, has_out, h_out, c_out = io
+    x, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs = io
     reverse, zero_output, hoist = opts
     B, T, D = x.shape
     Hp = (H + LANES - 1) // LANES * LANES
-    return (gru, Wp, bp, peep, sp, has_peep, cell_clip, act, ract, T, D, H, Hp,
-            x.reshape(x.size), mask, has_mask, out, has_out, zero_output, hoist, reverse, P)
+    return (gru, Wp, bp, peep, sp, has_peep, cell_clip, act, ract, T, weight_rows(Wp, D), H,
+            Hp, x.reshape(x.size), mask, has_mask, out, has_out, zero_output, hoist, reverse, P,
+            qa)
 
 
 # ---- the input projection, hoisted for a single row with large weights ----
@@ -87,12 +123,13 @@ def _hoisted(call, p, b, t):
     lie; at the first step of each run of HOIST_STEPS steps, computes them
     for the whole run first (6 steps per weight load)."""
     (gru, Wp, bp, peep, sp, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
-     mask, has_mask, out, has_out, zero_output, hoist, reverse, P) = call
+     mask, has_mask, out, has_out, zero_output, hoist, reverse, P, qa) = call
     s = T - 1 - t if reverse else t
     tl = s % HOIST_STEPS
     base = p * HOIST_STEPS * 64
     if tl == 0:
-        W = (Wp, p * (D + H) * (48 if gru else 64), 0, sp, p * 128)
+        W = (Wp, p * (D + weight_rows(Wp, H)) * (48 if gru else 64), 0, sp,
+             p * (256 if is_dot(Wp) else 128))
         bias = (bp, p * 64)
         m = min(HOIST_STEPS, T - s)
         d = -D if reverse else D
@@ -100,7 +137,7 @@ def _hoisted(call, p, b, t):
         j = 0
         while m - j >= 6:
             x = (xf, D, (x0 + d * j, x0 + d * (j + 1), x0 + d * (j + 2), x0 + d * (j + 3),
-                         x0 + d * (j + 4), x0 + d * (j + 5)))
+                         x0 + d * (j + 4), x0 + d * (j + 5)), qa)
             po = (base + 64 * j, base + 64 * (j + 1), base + 64 * (j + 2), base + 64 * (j + 3),
                   base + 64 * (j + 4), base + 64 * (j + 5))
             if gru:
@@ -109,7 +146,7 @@ def _hoisted(call, p, b, t):
                 lstm_proj_6(W, bias, x, P, po)
             j += 6
         while j < m:
-            x = (xf, D, (x0 + d * j,))
+            x = (xf, D, (x0 + d * j,), qa)
             if gru:
                 gru_proj_1(W, bias, x, P, (base + 64 * j,))
             else:
@@ -126,8 +163,8 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
     products, the gate math, the new state, and those units' outputs.
     ``pn`` is the panel to prefetch for next."""
     (gru, Wp, bp, peep, sp, has_peep, cell_clip, act, ract, T, D, H, Hp, xf,
-     mask, has_mask, out, has_out, zero_output, hoist, reverse, P) = call
-    KP = D + H
+     mask, has_mask, out, has_out, zero_output, hoist, reverse, P, qa) = call
+    KP = D + weight_rows(Wp, H)
     G = 48 if gru else 64
     pu = p * LANES
     bias = (bp, p * 64)
@@ -140,7 +177,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
     # float32, a half or all of them in bfloat16 or int8
     per_line = 64 // Wp.itemsize
     shares = (G * Wp.itemsize + 63) // 64
-    so = p * 128
+    so = p * (256 if is_dot(Wp) else 128)
     r = 0
     tile = 0
     # 6-row tiles, unless what is left would end in a 2-row tile (8, 9 -> 4+4, 4+4+1)
@@ -148,7 +185,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
         b = r0 + r
         W = (Wp, wbase, pfb + (tile % shares) * KP * per_line, sp, so)
         x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D, ((b + 2) * T + t) * D,
-                     ((b + 3) * T + t) * D, ((b + 4) * T + t) * D, ((b + 5) * T + t) * D))
+                     ((b + 3) * T + t) * D, ((b + 4) * T + t) * D, ((b + 5) * T + t) * D), qa)
         rows = ((r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp, (r + 4) * Hp, (r + 5) * Hp),
                 (valid[r], valid[r + 1], valid[r + 2], valid[r + 3], valid[r + 4], valid[r + 5]))
         if gru:
@@ -161,7 +198,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
         b = r0 + r
         W = (Wp, wbase, pfb + (tile % shares) * KP * per_line, sp, so)
         x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D, ((b + 2) * T + t) * D,
-                     ((b + 3) * T + t) * D))
+                     ((b + 3) * T + t) * D), qa)
         rows = ((r * Hp, (r + 1) * Hp, (r + 2) * Hp, (r + 3) * Hp),
                 (valid[r], valid[r + 1], valid[r + 2], valid[r + 3]))
         if gru:
@@ -173,7 +210,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
     while r + 2 <= n:
         b = r0 + r
         W = (Wp, wbase, 0, sp, so)
-        x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D))
+        x = (xf, D, ((b * T + t) * D, ((b + 1) * T + t) * D), qa)
         rows = ((r * Hp, (r + 1) * Hp), (valid[r], valid[r + 1]))
         if gru:
             gru_tile_2(W, bias, x, state, rows, cfg)
@@ -184,9 +221,9 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
         # the input sums come from P: only the recurrent rows
         W = (Wp, wbase + D * G, 0, sp, so)
         hb = (P, _hoisted(call, p, r0, t))
-        x = (xf, 0, (0,))
-        # a typed zero: a literal 0 would compile a second copy of the
+        # typed zeros: a literal 0 would compile a second copy of the
         # 1-row tile and its gate math for this call alone
+        x = (xf, np.int64(0), (np.int64(0),), qa)
         rows = ((np.int64(0),), (valid[0],))
         if gru:
             gru_tile_1(W, hb, x, state, rows, cfg)
@@ -195,7 +232,7 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
     elif r < n:
         b = r0 + r
         W = (Wp, wbase, 0, sp, so)
-        x = (xf, D, ((b * T + t) * D,))
+        x = (xf, D, ((b * T + t) * D,), qa)
         rows = ((r * Hp,), (valid[r],))
         if gru:
             gru_tile_1(W, bias, x, state, rows, cfg)
@@ -247,6 +284,66 @@ def step_flags(r0, n, t, mask, has_mask, valid):
         valid[r] = (not has_mask) or mask[r0 + r, t]
 
 
+# ---- int8_dynamic: activations quantized per row (fastrnn.kernels.quantize) ----
+
+@njit(inline="always")
+def _quantize_row(src, s0, K, dst, d0):
+    """Quantize ``src[s0 : s0 + K]`` (float32) into ``dst[d0 : d0 + K]``
+    (uint8, value + 128); returns the row's scale (0 for a zero row, NaN
+    for one holding NaN or inf). float32 arithmetic, ties to even, as
+    :func:`fastrnn.kernels.quantize_rows`."""
+    m = np.float32(0.0)
+    finite = True
+    for k in range(K):
+        v = abs(src[s0 + k])
+        if not v <= np.float32(3.4028235e38):  # NaN or inf
+            finite = False
+        elif v > m:
+            m = v
+    if not finite or m == 0.0:
+        for k in range(K):
+            dst[d0 + k] = 128
+        return np.float32(np.nan) if not finite else np.float32(0.0)
+    inv = np.float32(127.0) / m
+    for k in range(K):
+        q = np.rint(src[s0 + k] * inv)
+        q = min(max(q, np.float32(-127.0)), np.float32(127.0))
+        dst[d0 + k] = np.uint8(np.int32(q) + 128)
+    return m / np.float32(127.0)
+
+
+@njit(cache=True, nogil=True)
+def quantize_inputs(x):
+    """``x (B, T, D)`` float32 -> ``(xq uint8 (B, T, D4), xs float32 (B*T,))``:
+    each row of each step quantized (D4: D rounded up to 4, padded with the
+    zero point 128)."""
+    B, T, D = x.shape
+    D4 = (D + 3) // 4 * 4
+    xq = np.full((B, T, D4), 128, dtype=np.uint8)
+    xs = np.empty(B * T, dtype=np.float32)
+    xf = x.reshape(x.size)
+    qf = xq.reshape(xq.size)
+    for i in range(B * T):
+        xs[i] = _quantize_row(xf, i * D, D, qf, i * D4)
+    return xq, xs
+
+
+@njit(inline="always")
+def state_buffers(dot, n, Hp):
+    """A driver's quantized state ``hq`` (uint8, ``n`` rows of ``Hp``) and
+    its row scales ``hs``; one-element dummies unless ``dot``."""
+    if dot:
+        return np.full(n * Hp, 128, dtype=np.uint8), np.zeros(n, dtype=np.float32)
+    return np.full(1, 128, dtype=np.uint8), np.zeros(1, dtype=np.float32)
+
+
+@njit(nogil=True, _nrt=False)
+def quantize_state(hf, cur, n, H, Hp, hq, hs):
+    """Each row's state ``hf[cur + r*Hp :][:H]`` quantized into ``hq[r*Hp:]``, scale ``hs[r]``."""
+    for r in range(n):
+        hs[r] = _quantize_row(hf, cur + r * Hp, H, hq, r * Hp)
+
+
 @njit(inline="always")
 def hoist_size(H, hoist, rows):
     """Length of the hoisted-sums buffer ``P`` (a dummy unless one row hoists)."""
@@ -261,7 +358,7 @@ def hoist_size(H, hoist, rows):
 def run_rows(r0, r1, gru, H, weights, gates, io, opts):
     """Rows ``r0 .. r1-1`` for the whole sequence on the calling thread
     (``gru``: GRU with reset_after, else LSTM)."""
-    x, h0, c0, mask, has_mask, out, has_out, h_out, c_out = io
+    x, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs = io
     reverse, zero_output, hoist = opts
     T = x.shape[1]
     NP = (H + LANES - 1) // LANES
@@ -273,12 +370,16 @@ def run_rows(r0, r1, gru, H, weights, gates, io, opts):
     valid = np.ones(n, dtype=np.bool_)
     hoist = hoist and n == 1
     P = np.empty(hoist_size(H, hoist, n), dtype=np.float32)
-    call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist), P)
+    dot = is_dot(weights[0])
+    hq, hs = state_buffers(dot, n, Hp)
+    call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist), P, (xs, hq, hs))
     load_state(gru, r0, n, H, Hp, h0, c0, hf, cb)
     for s in range(T):
         t = T - 1 - s if reverse else s
         cur = (s & 1) * n * Hp
         nxt = n * Hp - cur
+        if dot:
+            quantize_state(hf, cur, n, H, Hp, hq, hs)
         step_flags(r0, n, t, mask, has_mask, valid)
         for p in range(NP):
             panel(call, p, (p + 1) % NP, r0, n, t, hf, cb, cur, nxt, valid, started)
@@ -333,7 +434,7 @@ NO_SCALES = aligned64(np.zeros(LANES, dtype=np.float32))
 def _scale_panels(quantized, H, G):
     """int8 column scales -> flat (NP, 2, 64) float32: per panel the input
     kernel's scales of its ``G`` gate vectors, then the recurrent kernel's."""
-    if quantized is None or quantized.mode != "int8":
+    if quantized is None or quantized.mode == "bfloat16":
         return NO_SCALES
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
@@ -341,6 +442,43 @@ def _scale_panels(quantized, H, G):
     for m, scale in enumerate((quantized.kernel_scale, quantized.recurrent_scale)):
         s[m, :G, :H] = np.asarray(scale, np.float32).reshape(G, H)
     return aligned64(s.reshape(2, 4, NP, LANES).transpose(2, 0, 1, 3).reshape(-1))
+
+
+def _dot_panels(blocks, H, G):
+    """int8 ``blocks`` (each (K_i, G*H)) -> int32 panels indexed ``[p, k4, g,
+    lane]``: each element the 4 int8 weights of ``k = 4 k4 .. 4 k4 + 3``
+    (byte j: ``k = 4 k4 + j``; ``K_i`` padded with zero rows to a multiple of
+    4) of one column; a block's groups follow the previous block's."""
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    parts = []
+    for b in blocks:
+        K = b.shape[0]
+        K4 = (K + 3) // 4 * 4
+        padded = np.zeros((K4, G, Hp), dtype=np.int8)
+        padded[:K, :, :H] = np.asarray(b, np.int8).reshape(K, G, H)
+        # (K4/4, 4, G, NP, 16) -> (NP, K4/4, G, 16, 4): 4 bytes of k per lane
+        grouped = padded.reshape(K4 // 4, 4, G, NP, LANES).transpose(3, 0, 2, 4, 1)
+        parts.append(np.ascontiguousarray(grouped).view(np.int32)[..., 0])
+    return aligned64(np.concatenate(parts, axis=1).reshape(-1))
+
+
+def _dot_scale_panels(quantized, H, G):
+    """int8_dynamic scale panels: flat (NP, 256) float32: per panel the input
+    and the recurrent column scales (64 each), then, as int32 bits, 128 x
+    each column's sum of int8 weights (the zero point of the uint8
+    activations), input then recurrent."""
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    s = np.zeros((2, 4, Hp), dtype=np.float32)
+    c = np.zeros((2, 4, Hp), dtype=np.int32)
+    for m, (q, scale) in enumerate(((quantized.kernel, quantized.kernel_scale),
+                                    (quantized.recurrent_kernel, quantized.recurrent_scale))):
+        s[m, :G, :H] = np.asarray(scale, np.float32).reshape(G, H)
+        c[m, :G, :H] = 128 * np.asarray(q, np.int32).sum(axis=0).reshape(G, H)
+    per_panel = lambda a: a.reshape(2, 4, NP, LANES).transpose(2, 0, 1, 3).reshape(NP, 128)  # noqa: E731
+    out = np.concatenate([per_panel(s), per_panel(c).view(np.float32)], axis=1)
+    return aligned64(out.reshape(-1))
 
 
 def _matrices(kernel, recurrent_kernel, quantized):
@@ -356,22 +494,27 @@ def pack_lstm(kernel, recurrent_kernel, bias, forget_bias, peepholes, quantized=
     peepholes, int8 scale panels."""
     H = recurrent_kernel.shape[1] // 4
     Hp = (H + LANES - 1) // LANES * LANES
-    Wp = _panels(_matrices(kernel, recurrent_kernel, quantized), H, 4)
+    dot = quantized is not None and quantized.mode == "int8_dynamic"
+    mats = _matrices(kernel, recurrent_kernel, quantized)
+    Wp = _dot_panels(mats, H, 4) if dot else _panels(mats, H, 4)
     b = np.asarray(bias, dtype=np.float64)
     bp = _bias_panels([b[:H], b[H:2 * H] + forget_bias, b[2 * H:3 * H], b[3 * H:]], H)
     peep = np.zeros(3 * Hp, dtype=np.float32)
     if peepholes is not None:
         for g in range(3):
             peep[g * Hp:g * Hp + H] = peepholes[g]
-    return Wp, bp, aligned64(peep), _scale_panels(quantized, H, 4)
+    sp = _dot_scale_panels(quantized, H, 4) if dot else _scale_panels(quantized, H, 4)
+    return Wp, bp, aligned64(peep), sp
 
 
 def pack_gru(kernel, recurrent_kernel, bias, quantized=None):
     """``(Wp, bp, sp)``: as :func:`pack_lstm`, for a GRU with ``reset_after``."""
     H = recurrent_kernel.shape[0]
-    Wp = _panels(_matrices(kernel, recurrent_kernel, quantized), H, 3)
+    dot = quantized is not None and quantized.mode == "int8_dynamic"
+    mats = _matrices(kernel, recurrent_kernel, quantized)
+    Wp = _dot_panels(mats, H, 3) if dot else _panels(mats, H, 3)
     bias = np.asarray(bias, dtype=np.float64)
     b_in, b_rec = bias[0], bias[1]
     bp = _bias_panels([b_in[:H] + b_rec[:H], b_in[H:2 * H] + b_rec[H:2 * H],
                        b_in[2 * H:], b_rec[2 * H:]], H)
-    return Wp, bp, _scale_panels(quantized, H, 3)
+    return Wp, bp, _dot_scale_panels(quantized, H, 3) if dot else _scale_panels(quantized, H, 3)

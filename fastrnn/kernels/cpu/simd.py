@@ -165,7 +165,7 @@ def sload(typingctx, arr, idx):
 def _prefetcher(locality, doc):
     @intrinsic
     def fn(typingctx, arr, idx):
-        if not _weight_array(arr) or not isinstance(idx, types.Integer):
+        if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
             return None
 
         def codegen(context, builder, sig, args):
@@ -184,10 +184,10 @@ def _prefetcher(locality, doc):
     return fn
 
 
-prefetch_l2 = _prefetcher(2, """Hint the cache line holding flat element ``idx`` of a float
-    (or packed bfloat16 / int8) array into L2 (``prefetcht1`` on x86). A hint: never faults, even out of range.""")
-prefetch_l1 = _prefetcher(3, """Hint the cache line holding flat element ``idx`` of a float
-    (or packed bfloat16 / int8) array into L1 (``prefetcht0`` on x86). A hint: never faults, even out of range.""")
+prefetch_l2 = _prefetcher(2, """Hint the cache line holding flat element ``idx`` of an array
+    (floats, or packed weights) into L2 (``prefetcht1`` on x86). A hint: never faults, even out of range.""")
+prefetch_l1 = _prefetcher(3, """Hint the cache line holding flat element ``idx`` of an array
+    (floats, or packed weights) into L1 (``prefetcht0`` on x86). A hint: never faults, even out of range.""")
 
 
 # ---- reduced-precision weights ----
@@ -251,6 +251,137 @@ def _ov_wload(arr, idx):
     if _weight_array(arr):
         return lambda arr, idx: _wload_narrow(arr, idx)
     return None
+
+
+# ---- int8 dot products (int8 weights, dynamically quantized activations) ----
+#
+# A vector of 16 int32 lanes; lane i of a weight vector packs the int8
+# weights of 4 consecutive k for column i (byte j: k = 4 * group + j), and
+# an activation vector broadcasts the 4 uint8 activations of those k to
+# every lane. vdot then adds the 4 products of each lane to its int32 sum,
+# exactly: one vpdpbusd where the target has AVX512_VNNI, and plain integer
+# vector code (the same integers) everywhere else.
+
+#: 16 int32 lanes (one 64-byte register).
+IVEC = VecType(types.int32)
+
+
+def _ivec(context):
+    return ir.VectorType(_i32, 16)
+
+
+@intrinsic
+def izero(typingctx, like):
+    """A vector of 16 int32 zeros (``like``: any value; only typing)."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_ivec(context), None)
+
+    return IVEC(like), codegen
+
+
+@intrinsic
+def dload(typingctx, arr, idx):
+    """16 int32 lanes from flat element ``idx`` of a contiguous array (the
+    packed int8 weights of a dot-product panel, stored as int32; or, from a
+    float32 array, int32 bit patterns kept beside the scales)."""
+    if not isinstance(arr, types.Array) or arr.dtype not in (types.int32, types.float32) \
+            or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        return builder.load(builder.bitcast(p, _ivec(context).as_pointer()), align=4)
+
+    return IVEC(arr, idx), codegen
+
+
+@intrinsic
+def dsplat(typingctx, arr, idx):
+    """The 4 bytes from flat element ``idx`` of a uint8 array, as one int32
+    broadcast to all 16 lanes (4 activations for vdot)."""
+    if not isinstance(arr, types.Array) or arr.dtype != types.uint8 \
+            or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        v = builder.load(builder.bitcast(p, _i32.as_pointer()), align=1)
+        vt = _ivec(context)
+        v0 = builder.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(_i32, 0))
+        return builder.shuffle_vector(v0, v0, ir.Constant(vt, [0] * 16))
+
+    return IVEC(arr, idx), codegen
+
+
+def _has_vnni(context):
+    features = getattr(context.codegen(), "_tm_features", "") or ""
+    return "+avx512vnni" in features.split(",")
+
+
+@intrinsic
+def vdot(typingctx, acc, a, b):
+    """``acc[i] + sum_j a.u8[4i + j] * b.s8[4i + j]`` (j < 4) for each of the
+    16 int32 lanes: unsigned activations times signed weights, exact (no
+    saturation)."""
+    if acc != IVEC or a != IVEC or b != IVEC:
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc_, a_, b_ = args
+        bytes_ = ir.VectorType(ir.IntType(8), 64)
+        if _has_vnni(context):
+            fnty = ir.FunctionType(_ivec(context), [_ivec(context), bytes_, bytes_])
+            fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                                "llvm.x86.avx512.vpdpbusd.512")
+            return builder.call(fn, [acc_, builder.bitcast(a_, bytes_),
+                                     builder.bitcast(b_, bytes_)])
+        # portable: widen to 16 bits (255 * 127 fits), multiply, add the four
+        # products of each lane
+        w16 = ir.VectorType(ir.IntType(16), 64)
+        w32 = ir.VectorType(_i32, 64)
+        prod = builder.mul(builder.zext(builder.bitcast(a_, bytes_), w16),
+                           builder.sext(builder.bitcast(b_, bytes_), w16))
+        prod = builder.sext(prod, w32)
+        out = acc_
+        for j in range(4):
+            pick = ir.Constant(ir.VectorType(_i32, 16), [4 * i + j for i in range(16)])
+            out = builder.add(out, builder.shuffle_vector(prod, prod, pick))
+        return out
+
+    return IVEC(acc, a, b), codegen
+
+
+@intrinsic
+def isub(typingctx, a, b):
+    """``a - b`` on int32 lanes."""
+    if a != IVEC or b != IVEC:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.sub(args[0], args[1])
+
+    return IVEC(a, b), codegen
+
+
+@intrinsic
+def itof(typingctx, a):
+    """int32 lanes converted to float32 (rounded to nearest past 2**24)."""
+    if a != IVEC:
+        return None
+    vty = VEC[types.float32]
+
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], _llvm_vec(context, vty))
+
+    return vty(a), codegen
+
+
+def dot_instruction():
+    """What :func:`vdot` compiles to on this target: ``"vpdpbusd"`` with
+    AVX512_VNNI, else ``"portable integer code"``."""
+    from numba.core.registry import cpu_target
+
+    return "vpdpbusd" if _has_vnni(cpu_target.target_context) else "portable integer code"
 
 
 def load_instructions(fmt):

@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .packed import call_record, hoist_size, load_state, panel, step_flags, store_state
+from .packed import (call_record, hoist_size, is_dot, load_state, panel, quantize_state,
+                     state_buffers, step_flags, store_state)
 from .simd import LANES, prefetch_l1
 from .sync import atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake
 
@@ -152,7 +153,7 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
     """Worker ``w`` of a panel-split call (0: the caller, runs to the end;
     1: the helper, leaves when it falls behind). ``io``'s states are unused
     (``hf``/``cb`` hold them). Panels run: ``sync[COUNT + 8 * w]``."""
-    x, h0, c0, mask, has_mask, out, has_out, h_out, c_out = io
+    x, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs = io
     reverse, zero_output, hoist = opts
     B, T, D = x.shape
     NP = (H + LANES - 1) // LANES
@@ -165,7 +166,11 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
     started = np.zeros(B, dtype=np.bool_)
     valid = np.ones(B, dtype=np.bool_)
     # P: shared by both workers (see split_prepare)
-    call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist and B == 1), P)
+    # int8_dynamic: each worker quantizes the state into its own buffers
+    dot = is_dot(weights[0])
+    hq, hs = state_buffers(dot, B, Hp)
+    call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist and B == 1), P,
+                       (xs, hq, hs))
     did = 0
     joined = False
     for s in range(T):
@@ -178,6 +183,8 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
         # half of h was written by the other core: ask for all of it at once
         for j in range(cur, cur + B * Hp, 16):
             prefetch_l1(hf, j)
+        if dot:
+            quantize_state(hf, cur, B, H, Hp, hq, hs)
         # own half first (its weights stay in this core's cache), then
         # whatever the other thread has not claimed yet
         did += _claim_run(w, sync, my_slot, s, my_lo, my_cnt, call, t, hf, cb, cur, nxt,

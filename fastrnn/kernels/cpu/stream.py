@@ -472,6 +472,8 @@ def supports(params):
                            "kernels")
     if params.kernel.dtype not in (np.float32, np.float64):
         return False, f"dtype {params.kernel.dtype} is not float32 or float64"
+    if params.precision not in _FORMATS:
+        return False, f"{params.precision} weights are not in the stream kernels"
     return True, ""
 
 

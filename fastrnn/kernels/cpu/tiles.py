@@ -58,7 +58,8 @@ from numba.extending import overload
 
 from .gates import gru_reset, gru_update, lstm_update
 # (the generated tiles use these names)
-from .simd import prefetch_l1, prefetch_l2, sload, vfma, vload, vsplat, vstore, vzero, wload  # noqa: F401
+from .simd import (dload, dsplat, isub, itof, izero, prefetch_l1, prefetch_l2, sload,  # noqa: F401
+                   vdot, vfma, vload, vsplat, vstore, vzero, wload)
 
 # accumulator names: what each of the panel's 4 vectors sums into, for the
 # input rows and for the recurrent rows
@@ -67,29 +68,89 @@ _NAMES = {
     "gru": (("z", "r", "x"), ("z", "r", "h")),
 }
 _STRIDE = {"lstm": 64, "gru": 48}  # weights per k of one panel
-#: Bytes of one packed weight of each format.
-_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
+#: Bytes of one element of the packed panels of each format (int8_dynamic
+#: panels hold int32 elements of 4 int8 weights: one row per 4 k).
+_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1, "int8_dynamic": 4}
 FORMATS = tuple(_BYTES)
 
 
 def _k_loop(lines, kind, rows, src, prefetch, names, fmt):
     """The body of one ``k`` loop: loads of the panel's gate vectors (widened
-    to float32), then ``rows`` broadcasts with their multiply-adds."""
+    to float32), then ``rows`` broadcasts with their multiply-adds; for
+    int8_dynamic, one group of 4 k: int32 weight vectors, 4 uint8
+    activations broadcast, integer dot products."""
     stride = _STRIDE[kind]
     n = len(names)
-    per_line = 64 // _BYTES[fmt]  # weights per cache line
+    per_line = 64 // _BYTES[fmt]  # elements per cache line
     if prefetch:
         lines += ["        prefetch_l2(Wp, q)", f"        q += {per_line}"]
         lines += [f"        prefetch_l1(Wp, w + {8 * stride + per_line * j})"
                   for j in range(-(-stride // per_line))]
-    lines += [f"        w{g} = wload(Wp, w{' + ' + str(16 * g) if g else ''})" for g in range(n)]
+    dot = fmt == "int8_dynamic"
+    load = "dload" if dot else "wload"
+    lines += [f"        w{g} = {load}(Wp, w{' + ' + str(16 * g) if g else ''})" for g in range(n)]
     for r in range(rows):
-        lines.append(f"        s = vsplat(sload({src.format(r=r)}))")
-        lines += [f"        {names[g]}{r} = vfma(s, w{g}, {names[g]}{r})" for g in range(n)]
+        lines.append(f"        s = {'dsplat' if dot else 'vsplat(sload'}({src.format(r=r)}){'' if dot else ')'}")
+        op = "vdot({acc}, s, w{g})" if dot else "vfma(s, w{g}, {acc})"
+        lines += [f"        {names[g]}{r} = " + op.format(acc=f"{names[g]}{r}", g=g) for g in range(n)]
     lines.append(f"        w += {stride}")
 
 
+def _dot_sums(lines, kind, rows, prefetch, recurrent):
+    """int8_dynamic: int32 sums of the input groups (``D`` groups of 4 k in
+    ``xf``, uint8, row offsets ``4 * xo``) and the recurrent groups (``hq``,
+    uint8, row offsets ``ro``), each turned into float32 after its loop:
+    ``(sum - 128 * colsum) * (row scale * column scale)``, the input part
+    plus the bias held in ``t`` (``D == 0``: the bias array already holds
+    the input part), the recurrent part added to it. Scale panel ``sp[so:]``:
+    input column scales, recurrent column scales, then the two 128 * colsum
+    vectors as int32 bits."""
+    acc = ("i", "f", "c", "o") if kind == "lstm" else ("z", "r", "x", "h")
+    inp, rec = _NAMES[kind]
+    lines.append("    xs, hq, hs = qa")
+    lines += [f"    b{a} = vload(bp, pb{' + ' + str(16 * g) if g else ''})"
+              for g, a in enumerate(acc[:4 if recurrent else len(inp)])]
+    lines.append("    zero = izero(0)")
+    lines += [f"    {a}{r} = zero" for r in range(rows) for a in inp]
+    lines.append("    w = wbase")
+    if prefetch:
+        lines.append("    q = pf")
+    lines.append("    for k in range(D):")
+    _k_loop(lines, kind, rows, "xf, 4 * (xo{r} + k)", prefetch, inp, "int8_dynamic")
+    out = "t" if recurrent else ""
+    held = [a for a in inp if not (recurrent and a == "x")]
+    lines.append("    if D > 0:")
+    lines += [f"        sw{a} = vload(sp, so{' + ' + str(16 * g) if g else ''})"
+              for g, a in enumerate(inp)]
+    lines += [f"        kw{a} = dload(sp, so + {128 + 16 * g})" for g, a in enumerate(inp)]
+    for r in range(rows):
+        lines.append(f"        sx{r} = vsplat(xs[xo{r} // D])")
+        lines += [f"        {out if a in held else ''}{a}{r} = vfma(itof(isub({a}{r}, kw{a})), "
+                  f"sx{r} * sw{a}, b{a})" for a in inp]
+    lines.append("    else:")
+    lines += [f"        {out if a in held else ''}{a}{r} = b{a}"
+              for r in range(rows) for a in inp]
+    if not recurrent:
+        return
+    lines += [f"    {a}{r} = zero" for r in range(rows) for a in rec]
+    lines.append("    for k in range((H + 3) // 4):")
+    _k_loop(lines, kind, rows, "hq, ro{r} + 4 * k", prefetch, rec, "int8_dynamic")
+    lines += [f"    su{a} = vload(sp, so + {64 + 16 * g})" for g, a in enumerate(rec)]
+    lines += [f"    ku{a} = dload(sp, so + {192 + 16 * g})" for g, a in enumerate(rec)]
+    for r in range(rows):
+        lines.append(f"    sh{r} = vsplat(hs[ro{r} // Hp])")
+        lines += [f"    {a}{r} = vfma(itof(isub({a}{r}, ku{a})), sh{r} * su{a}, "
+                  f"{'bh' if a == 'h' else f't{a}{r}'})" for a in rec]
+
+
 def _sums(lines, kind, rows, prefetch, recurrent, fmt):
+    if fmt == "int8_dynamic":
+        _dot_sums(lines, kind, rows, prefetch, recurrent)
+        return
+    _float_sums(lines, kind, rows, prefetch, recurrent, fmt)
+
+
+def _float_sums(lines, kind, rows, prefetch, recurrent, fmt):
     """Accumulators from the bias, then the input (and recurrent) ``k`` loops.
 
     int8: the sums start from zero and each ``k`` loop's sums are scaled by
@@ -141,7 +202,7 @@ def tile_source(kind, rows, fmt="float32"):
              'docstring)."""',
              "    Wp, wbase, pf, sp, so = W",
              "    bp, pb = bias",
-             f"    xf, D, ({''.join(f'xo{r}, ' for r in rs)}) = x",
+             f"    xf, D, ({''.join(f'xo{r}, ' for r in rs)}), qa = x",
              "    hf, cb, cur, nxt = state",
              f"    ({''.join(f'ro{r}, ' for r in rs)}), ({''.join(f'v{r}, ' for r in rs)}) = rows",
              "    pu, H, Hp, peep, has_peep, cell_clip, act, ract = cfg"]
@@ -182,7 +243,7 @@ def proj_source(kind, steps, fmt="float32"):
              'docstring)."""',
              "    Wp, wbase, pf, sp, so = W",
              "    bp, pb = bias",
-             f"    xf, D, ({''.join(f'xo{s}, ' for s in ss)}) = x",
+             f"    xf, D, ({''.join(f'xo{s}, ' for s in ss)}), qa = x",
              f"    ({''.join(f'po{s}, ' for s in ss)}) = po"]
     _sums(lines, kind, steps, False, False, fmt)
     if kind == "gru":
@@ -255,7 +316,8 @@ def _compile(source, name):
     return njit(nogil=True, _nrt=False)(namespace[name])
 
 
-_FORMAT_OF = {types.float32: "float32", types.uint16: "bfloat16", types.int8: "int8"}
+_FORMAT_OF = {types.float32: "float32", types.uint16: "bfloat16", types.int8: "int8",
+              types.int32: "int8_dynamic"}
 
 
 def _by_format(name, make, proj=False):

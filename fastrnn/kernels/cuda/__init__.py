@@ -177,6 +177,9 @@ def supports(params):
     for code in codes:
         if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or code not in _ACT_NAMES:
             return False, f"the cuda backend runs built-in activations only, not {code!r}"
+    if params.quantized is not None and params.quantized.mode == "int8_dynamic":
+        return False, ("the cuda backend does not quantize activations (int8_dynamic); "
+                       "use 'int8' weights on the GPU")
     if params.quantized is not None:
         return True, (f"the cuda backend runs this configuration, its {params.quantized.mode} "
                       "weights as the float32 values they stand for (dequantized: same results, "
@@ -210,7 +213,8 @@ def describe():
                 except Exception as exc:  # pragma: no cover
                     lines.append(f"GPU {dev.id}: not usable ({exc})")
     lines.append("reduced precision: bfloat16 and int8 layers run their dequantized float32 "
-                 "weights (same results; no narrow kernels on the GPU)")
+                 "weights (same results; no narrow kernels on the GPU); int8_dynamic runs on "
+                 "the CPU")
     if _SIM or not real_gpu()[0]:
         # Importing CuPy without a GPU is pointless (and slow): look it up only.
         import importlib.util
