@@ -18,12 +18,14 @@ import pytest
 
 from fastrnn import dispatch
 from fastrnn.kernels import (GRUParams, LSTMParams, QuantizedWeights, SimpleRNNParams, quantize,
-                             reference, run, state_sizes)
+                             quantize_rows, reference, run, state_sizes)
+from fastrnn.kernels.cpu import packed as packed_kernels
 from fastrnn.kernels.cpu import stream as stream_kernels
 
 from test_kernels import _force_parallel, backend, compare, make_params, ragged_mask  # noqa: F401
 
-MODES = ("bfloat16", "int8")
+MODES = ("bfloat16", "int8")  # weights only: every configuration
+ALL_MODES = MODES + ("int8_dynamic",)  # activations too: LSTM and GRU (reset_after)
 
 
 @pytest.fixture
@@ -134,8 +136,16 @@ def test_bad_calls_are_clear_errors():
     rng = np.random.default_rng(8)
     p = make_params("lstm", rng, 3, 5, np.float32)
     for bad in ("fp8", "BFLOAT16", None, 8):
-        with pytest.raises(ValueError, match=r"mode: expected one of 'bfloat16', 'int8', got"):
+        with pytest.raises(ValueError, match=r"mode: expected one of 'bfloat16', 'int8', "
+                                             r"'int8_dynamic', got"):
             quantize(p, bad)
+    for cell, what in ((make_params("simple_rnn", rng, 3, 5, np.float32), "a SimpleRNN"),
+                       (make_params("gru", rng, 3, 5, np.float32, reset_after=False),
+                        "a GRU with reset_after=False"),
+                       (make_params("lstm", rng, 3, 5, np.float32, proj=2),
+                        "an LSTM with a projection")):
+        with pytest.raises(ValueError, match=f"mode: 'int8_dynamic' covers .* not {what}; use"):
+            quantize(cell, "int8_dynamic")
     with pytest.raises(ValueError, match="params: only float32 weights can be quantized, got float64"):
         quantize(make_params("gru", rng, 3, 5, np.float64), "int8")
     q = quantize(p, "int8")
@@ -171,30 +181,37 @@ def test_batch_kernels_against_reference(cpu, mode, kind, opts, H):
                 rng=rng)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
 def test_every_backend_runs_the_quantized_semantics(backend, mode, kind):
     """Every backend of ``FASTRNN_TEST_BACKENDS`` (see test_kernels; cuda
-    runs the dequantized float32 values) against the quantized reference."""
+    runs the dequantized float32 values and refuses int8_dynamic) against
+    the quantized reference."""
+    if mode == "int8_dynamic" and kind == "simple_rnn":
+        pytest.skip("int8_dynamic: LSTM and GRU only (test_bad_calls_are_clear_errors)")
     rng = np.random.default_rng(14)
     params = quantize(make_params(kind, rng, 7, 19, np.float32), mode)
     ok, why = backend.supports(params)
+    if mode == "int8_dynamic" and backend.NAME == "cuda":
+        assert not ok and "int8_dynamic" in why
+        return
     assert ok, why
     x = rng.standard_normal((3, 4, 7)).astype(np.float32)
     compare(backend, params, x, mask=ragged_mask(rng, 3, 4), rng=rng)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_packed_panels_hold_the_compact_weights(cpu, mode, kind):
     rng = np.random.default_rng(9)
     q = quantize(make_params(kind, rng, 6, 20, np.float32), mode)
     packed = cpu.pack(q)
-    assert packed.packed and packed.arrays[0].dtype == {"bfloat16": np.uint16, "int8": np.int8}[mode]
+    want = {"bfloat16": np.uint16, "int8": np.int8, "int8_dynamic": np.int32}[mode]
+    assert packed.packed and packed.arrays[0].dtype == want
     assert mode in repr(packed)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("split", ["rows", "panels"])
 def test_thread_splits_against_reference(cpu, monkeypatch, mode, kind, split):
@@ -208,7 +225,131 @@ def test_thread_splits_against_reference(cpu, monkeypatch, mode, kind, split):
     for B in (1, 3, 9):
         monkeypatch.setattr(cpu.threads, "_contended_until", 0.0)
         x = rng.standard_normal((B, 6, 9)).astype(np.float32)
-        compare(cpu, params, x, mask=ragged_mask(rng, B, 6), reverse=B == 3, rng=rng)
+        if mode == "int8_dynamic":
+            _compare_dynamic(cpu, params, x, mask=ragged_mask(rng, B, 6), reverse=B == 3,
+                             rng=rng)
+        else:
+            compare(cpu, params, x, mask=ragged_mask(rng, B, 6), reverse=B == 3, rng=rng)
+
+
+# ------------------------------------------------------------------ int8_dynamic
+
+
+def test_activation_quantization_scheme():
+    rng = np.random.default_rng(15)
+    a = (rng.standard_normal((6, 33)) * rng.choice([1e-3, 1.0, 50.0], (6, 1))).astype(np.float32)
+    a[1] = 0.0
+    a[2, 4] = np.nan
+    a[3, 0] = -np.inf
+    q, s = quantize_rows(a)
+    assert q.dtype == np.int32 and s.dtype == np.float32
+    assert s[1] == 0 and not q[1].any()
+    assert np.isnan(s[2]) and np.isnan(s[3])
+    for r in (0, 4, 5):
+        m = np.abs(a[r]).max()
+        assert s[r] == np.float32(m) / np.float32(127)
+        assert np.abs(q[r]).max() == 127
+        # nearest step (float32 arithmetic: within half a step and a hair)
+        assert (np.abs(q[r] - a[r].astype(np.float64) * 127 / m) <= 0.5 + 1e-4).all()
+
+
+def test_kernel_quantization_is_the_reference_quantization():
+    """The packed kernels' quantization of inputs and states (compiled
+    loops) gives the very bits of ``quantize_rows`` (NumPy) on the same
+    float32 values: the two sides of the int8_dynamic semantics agree."""
+    rng = np.random.default_rng(16)
+    x = (rng.standard_normal((5, 7, 22)) * 3).astype(np.float32)
+    x[0, 1] = 0.0
+    x[2, 3, 5] = np.nan
+    x[4, 6] = np.float32(0.5) + np.arange(22, dtype=np.float32) / 2  # ties in a * 127 / m
+    xq, xs = packed_kernels.quantize_inputs(x)
+    q, s = quantize_rows(x.reshape(35, 22))
+    assert xq.shape == (5, 7, 24) and (xq[..., 22:] == 128).all()
+    np.testing.assert_array_equal(xq[..., :22].reshape(35, 22).astype(np.int32) - 128, q)
+    np.testing.assert_array_equal(xs, s)  # NaN where NaN
+    hq = np.zeros(35 * 32, np.uint8)
+    hs = np.zeros(35, np.float32)
+    hf = np.zeros(35 * 32 + 7, np.float32)
+    for r in range(35):
+        hf[7 + r * 32:7 + r * 32 + 22] = x.reshape(35, 22)[r]
+    packed_kernels.quantize_state(hf, 7, 35, 22, 32, hq, hs)
+    np.testing.assert_array_equal(hq.reshape(35, 32)[:, :22].astype(np.int32) - 128, q)
+    np.testing.assert_array_equal(hs, s)
+
+
+def _compare_dynamic(backend, params, x, mask=None, reverse=False, zero_output=False, rng=None):
+    """int8_dynamic against the reference. At the first step both quantize
+    the same float32 values (the same integers); later the state differs in
+    its last bits between a float32 kernel and the float64 reference, and a
+    value on a rounding edge may land one step apart (about 1e-4 here): the
+    first step to float32 rounding, the sequence to 2e-3 and on average far
+    closer."""
+    B, T, _ = x.shape
+    rng = rng or np.random.default_rng(0)
+    states = [(rng.standard_normal((B, n)) * 0.5).astype(np.float32) for n in state_sizes(params)]
+    want = np.full((B, T, params.units), np.nan, np.float32)
+    want_s = [np.empty_like(s) for s in states]
+    run(reference, reference.pack(params), x, states, mask, reverse, zero_output, want, want_s)
+    got = np.full_like(want, np.nan)
+    got_s = [np.full_like(s, np.nan) for s in states]
+    run(backend, backend.pack(params), x, [s.copy() for s in states], mask, reverse, zero_output,
+        got, got_s)
+    first = T - 1 if reverse else 0
+    unmasked = np.ones(B, bool) if mask is None else mask[:, first]
+    np.testing.assert_allclose(got[unmasked, first], want[unmasked, first], rtol=1e-4, atol=3e-5)
+    assert np.isfinite(got).all()
+    err = np.abs(got - want)
+    assert err.max() < 2e-3 and err.mean() < 2e-5, (err.max(), err.mean())
+    for g, w_ in zip(got_s, want_s):
+        assert np.abs(g - w_).max() < 2e-3
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("H", [1, 17, 37, 70])
+def test_int8_dynamic_batch_against_reference(cpu, kind, H):
+    rng = np.random.default_rng(100 + H)
+    params = quantize(make_params(kind, rng, 11, H, np.float32), "int8_dynamic")
+    for B, T in ((1, 1), (1, 9), (2, 5), (5, 4), (13, 3)):
+        x = rng.standard_normal((B, T, 11)).astype(np.float32)
+        _compare_dynamic(cpu, params, x, rng=rng)
+        _compare_dynamic(cpu, params, x, mask=ragged_mask(rng, B, T), reverse=True,
+                         zero_output=B % 2 == 1, rng=rng)
+
+
+def test_int8_dynamic_nan_and_zero_rows(cpu):
+    rng = np.random.default_rng(17)
+    params = quantize(make_params("lstm", rng, 6, 19, np.float32), "int8_dynamic")
+    x = rng.standard_normal((3, 4, 6)).astype(np.float32)
+    x[1, 2, 3] = np.nan  # row 1 turns NaN from step 2 on (as in float32)
+    x[2] = 0.0  # a zero input row: the input part is zero, the bias and state remain
+    got = np.empty((3, 4, 19), np.float32)
+    states = [np.zeros((3, 19), np.float32)] * 2
+    run(cpu, cpu.pack(params), x, states, None, False, False, got,
+        [np.empty((3, 19), np.float32) for _ in states])
+    want = np.empty_like(got)
+    run(reference, reference.pack(params), x, states, None, False, False, want,
+        [np.empty((3, 19), np.float32) for _ in states])
+    assert np.isnan(got[1, 2:]).all() and np.isfinite(got[1, :2]).all()
+    assert np.isfinite(got[[0, 2]]).all()
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=3e-5)
+
+
+def test_int8_dynamic_hoisted_input_sums(cpu, monkeypatch):
+    """One row with its input sums hoisted (6 steps per weight load) and
+    without: the same bits (the sums are exact integers either way)."""
+    rng = np.random.default_rng(18)
+    params = quantize(make_params("gru", rng, 13, 40, np.float32), "int8_dynamic")
+    x = rng.standard_normal((1, 31, 13)).astype(np.float32)
+    outs = []
+    for hoist in (True, False):
+        monkeypatch.setattr(cpu.threads, "_HOIST_MIN_BYTES", -1 if hoist else 1 << 40)
+        monkeypatch.setattr(cpu.threads, "_max_threads", 1)
+        out = np.empty((1, 31, 40), np.float32)
+        run(cpu, cpu.pack(params), x, [np.zeros((1, 40), np.float32)], None, False, False, out,
+            [np.empty((1, 40), np.float32)])
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    _compare_dynamic(cpu, params, x, rng=rng)
 
 
 # ------------------------------------------------------------------ stream kernels
@@ -281,10 +422,10 @@ def test_stream_mixes_formats():
 # ------------------------------------------------------------------ accuracy
 
 
-BOUND = {"bfloat16": 5e-3, "int8": 1.5e-2}
+BOUND = {"bfloat16": 5e-3, "int8": 1.5e-2, "int8_dynamic": 1.5e-2}
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_MODES)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("H", [64, 256, 1024])
 def test_accuracy_against_float64(cpu, mode, kind, H):
