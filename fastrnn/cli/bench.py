@@ -312,7 +312,7 @@ def bench_batch(opts):
             if "float32" in precisions:
                 others += [("onnxruntime", lambda: ort_engine(cell, w, x)),
                            ("pytorch", lambda: torch_engine(cell, w, x))]
-            if "int8" in precisions:
+            if "int8" in precisions or "int8_dynamic" in precisions:
                 others += [("onnxruntime-int8", lambda: bq.ort_int8_engine(cell, w, x, THREADS)),
                            ("pytorch-int8", lambda: bq.torch_int8_engine(
                                torch_engine(cell, w, x).module, x, THREADS))]
@@ -465,9 +465,10 @@ def parse(argv):
                    help="engines to leave out: onnxruntime,pytorch")
     p.add_argument("--repeats", type=int, default=0, help="timed samples per engine and shape")
     p.add_argument("--precision", default="float32",
-                   help="weight formats to time, comma-separated: float32,bfloat16,int8 "
-                        "(int8 adds ONNX Runtime's DynamicQuantizeLSTM and PyTorch's "
-                        "quantize_dynamic; every row then gets its max abs error vs float64)")
+                   help="weight formats to time, comma-separated: float32,bfloat16,int8,"
+                        "int8_dynamic (int8 adds ONNX Runtime's DynamicQuantizeLSTM and "
+                        "PyTorch's quantize_dynamic; every row then gets its max abs error vs "
+                        "float64)")
     p.add_argument("--runs", type=int, default=1,
                    help="time the whole grid this many times and summarise the ratios' spread")
     p.add_argument("--no-progress", action="store_true")

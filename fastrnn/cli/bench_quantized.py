@@ -2,9 +2,11 @@
 
 Engines, all built from the same float32 weights as the float32 rows:
 
-* **fastrnn** ``bfloat16`` / ``int8``: :func:`fastrnn.kernels.quantize`, then
-  the cpu backend through the kernel contract (weights only: inputs,
-  states and sums stay float32).
+* **fastrnn** ``bfloat16`` / ``int8`` / ``int8_dynamic``:
+  :func:`fastrnn.kernels.quantize`, then the cpu backend through the kernel
+  contract (bfloat16 and int8: weights only, inputs, states and sums stay
+  float32; int8_dynamic: activations quantized per row and step too, as
+  ONNX Runtime and PyTorch do).
 * **ONNX Runtime int8** (LSTM only: ONNX Runtime has no quantized GRU): one
   ``com.microsoft`` ``DynamicQuantizeLSTM`` node, ``W (1, D, 4H)`` and ``R
   (1, H, 4H)`` int8 with per-column scales (fastrnn's int8 weights, zero
@@ -30,7 +32,7 @@ from .. import dispatch
 from ..kernels import GRUParams, LSTMParams, quantize, reference, run
 
 #: The weight formats ``--precision`` takes.
-PRECISIONS = ("float32", "bfloat16", "int8")
+PRECISIONS = ("float32", "bfloat16", "int8", "int8_dynamic")
 
 
 def parse_precisions(text):
@@ -187,6 +189,9 @@ RATIOS = (
     ("int8_vs_f32", "int8/f32", "fastrnn-cpu-int8", "fastrnn-cpu"),
     ("int8_vs_ort_int8", "int8/ORT-int8", "fastrnn-cpu-int8", "onnxruntime-int8"),
     ("int8_vs_torch_int8", "int8/torch-int8", "fastrnn-cpu-int8", "pytorch-int8"),
+    ("dyn_vs_f32", "int8dyn/f32", "fastrnn-cpu-int8_dynamic", "fastrnn-cpu"),
+    ("dyn_vs_ort_int8", "int8dyn/ORT-int8", "fastrnn-cpu-int8_dynamic", "onnxruntime-int8"),
+    ("dyn_vs_torch_int8", "int8dyn/torch-int8", "fastrnn-cpu-int8_dynamic", "pytorch-int8"),
     ("f32_vs_ort", "f32/ORT", "fastrnn-cpu", "onnxruntime"),
 )
 
