@@ -407,11 +407,33 @@ def test_stream_kernels_against_reference(mode, kind, opts):
             np.testing.assert_allclose(g, w_, rtol=1e-4, atol=3e-5)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_stream_kernels_int8_dynamic(kind):
+    """The stream kernels quantize each row of the chunk's input and each
+    step's state; the first step exactly as the reference, the rest to the
+    tolerance of :func:`_compare_dynamic`."""
+    rng = np.random.default_rng(19)
+    bottom = quantize(make_params(kind, rng, 13, 37, np.float32), "int8_dynamic")
+    top = quantize(make_params("lstm", rng, 37, 70, np.float32), "int8_dynamic")
+    for B, T in ((1, 1), (1, 9), (3, 4)):
+        states = [(rng.standard_normal((B, s)) * 0.3).astype(np.float32)
+                  for p in (bottom, top) for s in state_sizes(p)]
+        x = rng.standard_normal((B, T, 13)).astype(np.float32)
+        got, got_s = _stream_run([bottom, top], x, states)
+        want, want_s = _reference_stack([bottom, top], x, states)
+        np.testing.assert_allclose(got[:, 0], want[:, 0], rtol=1e-4, atol=3e-5)
+        err = np.abs(got - want)
+        assert err.max() < 2e-3 and err.mean() < 2e-5
+        for g, w_ in zip(got_s, want_s):
+            assert np.abs(g - w_).max() < 2e-3
+
+
 def test_stream_mixes_formats():
     rng = np.random.default_rng(12)
     layers = [quantize(make_params("gru", rng, 8, 33, np.float32), "int8"),
               make_params("lstm", rng, 33, 21, np.float32),
-              quantize(make_params("lstm", rng, 21, 19, np.float32), "bfloat16")]
+              quantize(make_params("lstm", rng, 21, 19, np.float32), "bfloat16"),
+              quantize(make_params("gru", rng, 19, 17, np.float32), "int8_dynamic")]
     states = [np.zeros((2, s), np.float32) for p in layers for s in state_sizes(p)]
     x = rng.standard_normal((2, 5, 8)).astype(np.float32)
     got, _ = _stream_run(layers, x, states)

@@ -386,7 +386,7 @@ def run(opts):
                     for mode in ["float32"] + reduced:
                         engines[f"kernel_{mode}"], outputs[f"kernel_{mode}"] = _fastrnn_kernel(
                             layer, xf, mode)
-                if "int8" in reduced:
+                if "int8" in reduced or "int8_dynamic" in reduced:
                     if "onnxruntime" not in skip and cell == "lstm":
                         for threads in (1, 2):
                             c, o, k = _onnxruntime(cell, H, T, weights, x, threads, int8=True)
@@ -453,7 +453,8 @@ def run(opts):
 
 
 _PRECISION_COLUMNS = (("kernel_float32", "fastrnn f32"), ("kernel_bfloat16", "fastrnn bf16"),
-                      ("kernel_int8", "fastrnn int8"), ("ort", "ORT f32 [thr]"),
+                      ("kernel_int8", "fastrnn int8"), ("kernel_int8_dynamic", "fastrnn int8dyn"),
+                      ("ort", "ORT f32 [thr]"),
                       ("ort_int8", "ORT int8 [thr]"), ("torch_int8", "PyTorch int8 module"))
 _PRECISION_RATIOS = (("kernel_bfloat16", "kernel_float32", "bf16/f32"),
                      ("kernel_int8", "kernel_float32", "int8/f32"),
@@ -461,7 +462,11 @@ _PRECISION_RATIOS = (("kernel_bfloat16", "kernel_float32", "bf16/f32"),
                      ("kernel_int8", "ort", "int8/ORT f32"),
                      ("kernel_float32", "ort", "f32/ORT f32"),
                      ("kernel_int8", "ort_int8", "int8/ORT int8"),
-                     ("kernel_int8", "torch_int8", "int8/PyTorch int8"))
+                     ("kernel_int8", "torch_int8", "int8/PyTorch int8"),
+                     ("kernel_int8_dynamic", "kernel_float32", "int8dyn/f32"),
+                     ("kernel_int8_dynamic", "ort", "int8dyn/ORT f32"),
+                     ("kernel_int8_dynamic", "ort_int8", "int8dyn/ORT int8"),
+                     ("kernel_int8_dynamic", "torch_int8", "int8dyn/PyTorch int8"))
 
 
 def format_precision(rows):
@@ -526,7 +531,7 @@ def main(argv=None):
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="engines to leave out: onnxruntime,pytorch")
     p.add_argument("--precision", default="float32",
-                   help="weight formats, comma-separated: float32,bfloat16,int8")
+                   help="weight formats, comma-separated: float32,bfloat16,int8,int8_dynamic")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--matvec", action="store_true",
                    help="only the mat-vec against OpenBLAS sgemv (run with "

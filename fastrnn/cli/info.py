@@ -116,8 +116,10 @@ def lines():
         simd = dispatch.backend_module("cpu").simd
         for fmt in ("float32", "bfloat16", "int8"):
             add("quantized", f"{fmt} weights: {simd.load_instructions(fmt)}")
-        add("quantized", "weights only: inputs, states and sums stay float32 (the dot-product "
-                         "instructions vdpbf16ps / vpdpbusd would round the activations too)")
+        add("quantized", "bfloat16 and int8 are weights only: inputs, states and sums stay "
+                         "float32")
+        add("quantized", f"int8_dynamic (activations quantized per row and step): "
+                         f"{simd.dot_instruction()} for the integer dot products")
     except Exception as exc:
         add("quantized", f"error: {type(exc).__name__}: {exc}")
 

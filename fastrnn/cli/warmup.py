@@ -15,12 +15,14 @@ def main(argv=None):
                                      description=dispatch.warmup.__doc__.split("\n\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no line per kernel family")
     parser.add_argument("--precision", default="", metavar="FORMATS",
-                        help="also the kernels of reduced-precision weights: bfloat16,int8")
+                        help="also the kernels of reduced-precision weights: "
+                             "bfloat16,int8,int8_dynamic")
     opts = parser.parse_args(argv)
     precisions = [p for p in opts.precision.split(",") if p]
-    bad = [p for p in precisions if p not in ("bfloat16", "int8")]
+    bad = [p for p in precisions if p not in ("bfloat16", "int8", "int8_dynamic")]
     if bad:
-        parser.error(f"--precision: expected bfloat16 and/or int8, got {opts.precision!r}")
+        parser.error(f"--precision: expected some of bfloat16, int8, int8_dynamic, got "
+                     f"{opts.precision!r}")
     t0 = time.perf_counter()
     done = dispatch.warmup(verbose=not opts.quiet, precisions=precisions)
     cpu = dispatch.backend_module("cpu")

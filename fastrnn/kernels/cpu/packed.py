@@ -1,8 +1,12 @@
-"""Packed float32 kernels: weights in panels, register-blocked SIMD tiles.
+"""Packed kernels: weights in panels, register-blocked SIMD tiles.
 
 Used by the CPU backend for float32 LSTM (no projection) and GRU with
 ``reset_after=True``, the configurations that carry nearly all real traffic;
-everything else runs :mod:`.generic`.
+everything else runs :mod:`.generic`. The panels hold float32 weights, or
+the compact weights of :func:`fastrnn.kernels.quantize` (bfloat16 bit
+patterns, int8 with column scales, or int8_dynamic's groups of 4 int8): the
+format is the panels' dtype, and the tiles of :mod:`.tiles` are compiled for
+it; everything here is written once for all of them.
 
 Layout (built once by :func:`pack_lstm` / :func:`pack_gru`)
 -----------------------------------------------------------

@@ -12,7 +12,11 @@ lives in four flat arrays prepared once by :func:`pack`:
     into panels of four 64-byte vectors of columns, each panel contiguous
     along ``k`` (see :func:`_pgemv`), then the input-side bias ``(N,)`` and
     the recurrent-side bias ``(N,)``. Gate order inside ``N`` is Keras's:
-    LSTM **i, f, c, o**; GRU **z, r, h**.
+    LSTM **i, f, c, o**; GRU **z, r, h**. Quantized layers
+    (:func:`fastrnn.kernels.quantize`) keep their compact panels in ``w``'s
+    bytes (bfloat16 bit patterns, int8, or int8_dynamic's int32 groups of 4
+    k, :func:`_pdot`) with their column scales (and int8_dynamic's column
+    sums) beside them; ``cfg`` names each layer's format.
 ``s``
     The states, per layer ``h (B, H)`` then (LSTM) ``c (B, H)``, updated in
     place: a step reads the whole old state before it writes the new one.
@@ -49,17 +53,19 @@ from numba import njit, types
 from numba.extending import overload
 
 from .gates import activate, gru_reset, gru_update, lstm_update
-from .simd import (aligned64, lanes, vfma, vload, vload_part, vsplat, vstore, vstore_part, vzero,
-                   wload)
+from .packed import _quantize_row
+from .simd import (aligned64, dload, dsplat, isub, itof, izero, lanes, vdot, vfma, vload,
+                   vload_part, vsplat, vstore, vstore_part, vzero, wload)
 
 # cfg columns
 (_KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _WH2, _BX, _BH, _SH, _SC, _NAN, _PAR, _FMT, _SX,
- _SU, _SU2) = range(19)
-_NCFG = 19
+ _SU, _SU2, _KX, _KU) = range(21)
+_NCFG = 21
 SIMPLE, GRU, LSTM = 0, 1, 2
 # weight formats (cfg[l, _FMT])
-F32, BF16, INT8 = 0, 1, 2
-_FORMATS = {"float32": F32, "float64": F32, "bfloat16": BF16, "int8": INT8}
+F32, BF16, INT8, INT8DYN = 0, 1, 2, 3
+_FORMATS = {"float32": F32, "float64": F32, "bfloat16": BF16, "int8": INT8,
+            "int8_dynamic": INT8DYN}
 _KINDS = {"simple_rnn": SIMPLE, "gru": GRU, "lstm": LSTM}
 _GATES = {SIMPLE: 1, GRU: 3, LSTM: 4}
 
@@ -219,24 +225,31 @@ def _fill_bias(w, boff, N, dst, doff, n):
 
 # ----- one layer over a chunk ------------------------------------------------
 
-def _product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff):
-    """:func:`_pgemv` on the weights at ``off`` in format ``fmt`` of
-    ``ws = (w, w as uint16, w as int8)``; ``scoff``: int8 column scales in
-    ``w`` (``dst`` is also the scratch array)."""
+def _product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff,
+             koff, qv):
+    """:func:`_pgemv` (or :func:`_pdot`) on the weights at ``off`` in format
+    ``fmt`` of ``ws`` (:func:`_views`); ``scoff``: int8 column scales in
+    ``w``, ``koff``: int8_dynamic column corrections, ``qv``: its scratch
+    (``dst`` is also the scratch array)."""
     raise NotImplementedError  # typed by the overload below
 
 
 @overload(_product, inline="always")
-def _ov_product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff):
+def _ov_product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff,
+                koff, qv):
     if ws.types[0].dtype != types.float32:  # float64 streams: no narrow formats
         def plain(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev,
-                  scoff):
+                  scoff, koff, qv):
             _pgemv(ws[0], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
                    ws[0], -1)
         return plain
 
-    def impl(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff):
-        if fmt == BF16:
+    def impl(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff,
+             koff, qv):
+        if fmt == INT8DYN:
+            _pdot(ws[3], off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, ws[0],
+                  scoff, koff, ws[4], qv)
+        elif fmt == BF16:
             _pgemv(ws[1], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
                    ws[0], -1)
         elif fmt == INT8:
@@ -248,8 +261,55 @@ def _ov_product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, sc
     return impl
 
 
+@njit(error_model="numpy", _nrt=False)
+def _pdot(wi, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf, scoff, koff, qb,
+          qv):
+    """int8_dynamic: ``dst[doff + i*dstride + j] += (v_i W)[j]`` with each
+    row ``v_i`` (``v[voff + i*vstride :][:K]``) quantized first (uint8 at
+    byte ``4 * (qv + nv) + i * K4`` of ``qb``, the work array's bytes; scale
+    at ``dst[qv + i]``) and ``W`` int8 in panels of 64 columns of int32
+    groups of 4 k (``wi[off:]``); column scales ``wf[scoff:]``, 128 x column
+    sums ``wf[koff:]`` (int32 bits), both padded to whole panels."""
+    L = 16
+    P = 64
+    K4 = (K + 3) // 4 * 4
+    kg = K4 // 4
+    npan = (N + P - 1) // P
+    qb0 = 4 * (qv + nv)
+    for i in range(nv):
+        dst[qv + i] = _quantize_row(v, voff + i * vstride, K, qb, qb0 + i * K4)
+        for k in range(K, K4):
+            qb[qb0 + i * K4 + k] = 128
+    for step in range(npan):
+        p = npan - 1 - step if rev else step
+        base = off + p * kg * P
+        ncol = min(P, N - p * P)
+        so = scoff + p * P
+        ko = koff + p * P
+        for i in range(nv):
+            q0 = qb0 + i * K4
+            a0 = izero(0)
+            a1 = izero(0)
+            a2 = izero(0)
+            a3 = izero(0)
+            for k in range(kg):
+                q = base + k * P
+                x = dsplat(qb, q0 + 4 * k)
+                a0 = vdot(a0, x, dload(wi, q))
+                a1 = vdot(a1, x, dload(wi, q + L))
+                a2 = vdot(a2, x, dload(wi, q + 2 * L))
+                a3 = vdot(a3, x, dload(wi, q + 3 * L))
+            sr = vsplat(dst[qv + i])
+            _emit(dst, doff + i * dstride + p * P, L,
+                  itof(isub(a0, dload(wf, ko))) * (sr * vload(wf, so)),
+                  itof(isub(a1, dload(wf, ko + L))) * (sr * vload(wf, so + L)),
+                  itof(isub(a2, dload(wf, ko + 2 * L))) * (sr * vload(wf, so + 2 * L)),
+                  itof(isub(a3, dload(wf, ko + 3 * L))) * (sr * vload(wf, so + 3 * L)),
+                  ncol, dst, scr, wf, -1)
+
+
 @njit(fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
-def _layer(ws, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, scr):
+def _layer(ws, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, scr, qv):
     """Run layer ``l`` over ``xin`` (flat ``(B, T, D)``), writing ``y`` (flat
     ``(B, T, H)``); ``ws``: the packed weights in each format's view."""
     w = ws[0]
@@ -272,16 +332,17 @@ def _layer(ws, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, 
         # Input projection for every step of the chunk: zx[b, t] = x[b, t] W + b_x.
         _fill_bias(w, bx, N, work, zx_off, B * T)
         _product(ws, fmt, wx, D, N, xin, 0, D, B * T, work, zx_off, N, scr, par % 2 == 1,
-                 cfg[l, _SX])
+                 cfg[l, _SX], cfg[l, _KX], qv)
     for t in range(T):
         rev = (par + t) % 2 == 1
         # Recurrent products: zh[b] = h[b] U + b_h (b_h is zero but for a GRU).
         _fill_bias(w, bh, N, work, zh_off, B)
         _product(ws, fmt, wh, H, 2 * H if (kind == GRU and not ra) else N, s, sh, H, B, work,
-                 zh_off, N, scr, rev, cfg[l, _SU])
+                 zh_off, N, scr, rev, cfg[l, _SU], cfg[l, _KU], qv)
         if rec_first:
             _fill_bias(w, bx, N, work, zx_off, B)
-            _product(ws, fmt, wx, D, N, xin, 0, D, B, work, zx_off, N, scr, rev, cfg[l, _SX])
+            _product(ws, fmt, wx, D, N, xin, 0, D, B, work, zx_off, N, scr, rev, cfg[l, _SX],
+                     cfg[l, _KX], qv)
         if kind == GRU and not ra:
             # r multiplies h before the candidate's product (Keras 2 / TF1)
             for b in range(B):
@@ -290,7 +351,7 @@ def _layer(ws, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, 
                 _gru_reset_before(zx, g, s[sh + b * H : sh + (b + 1) * H],
                                   work[tmp_off + b * H : tmp_off + (b + 1) * H], H, ract)
             _product(ws, fmt, cfg[l, _WH2], H, H, work, tmp_off, H, B, work, zh_off + 2 * H, N,
-                     scr, rev, cfg[l, _SU2])
+                     scr, rev, cfg[l, _SU2], -1, qv)
         for b in range(B):
             zx = work[zx_off + (b * T + t) * N : zx_off + (b * T + t + 1) * N]
             g = work[zh_off + b * N : zh_off + (b + 1) * N]
@@ -393,24 +454,27 @@ def _stack(xf, ws, s, work, cfg, B, T, yf, write_last):
     seq_b = seq_a + B * T * hmax
     tmp_off = seq_b + B * T * hmax
     scr = tmp_off + B * hmax
+    qv = scr + 64  # int8_dynamic: row scales, then the quantized rows' bytes
     xin = xf
     for l in range(L):
         if l == L - 1:
-            _layer(ws, s, work, cfg, l, xin, B, T, yf, write_last, zx_off, zh_off, tmp_off, scr)
+            _layer(ws, s, work, cfg, l, xin, B, T, yf, write_last, zx_off, zh_off, tmp_off, scr,
+                   qv)
         else:
             seq = seq_a if l % 2 == 0 else seq_b
             H = cfg[l, _H]
             y = work[seq : seq + B * T * H]
-            _layer(ws, s, work, cfg, l, xin, B, T, y, True, zx_off, zh_off, tmp_off, scr)
+            _layer(ws, s, work, cfg, l, xin, B, T, y, True, zx_off, zh_off, tmp_off, scr, qv)
             xin = y
     cfg[0, _PAR] += T
 
 
 @njit(inline="always")
-def _views(w):
-    """``(w, w as uint16, w as int8)``: the packed weights of every format
-    (bfloat16 and int8 panels are stored in ``w``'s bytes)."""
-    return w, w.view(np.uint16), w.view(np.int8)
+def _views(w, work):
+    """``(w, w as uint16, w as int8, w as int32, work as uint8)``: the packed
+    weights of every format (narrow panels are stored in ``w``'s bytes) and
+    the bytes of the work array (int8_dynamic's quantized rows)."""
+    return w, w.view(np.uint16), w.view(np.int8), w.view(np.int32), work.view(np.uint8)
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
@@ -420,7 +484,7 @@ def frame(x, w, s, work, out, cfg):
     xf = x.reshape(x.size)
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
-    _stack(xf, _views(w), s, work, cfg, B, 1, out.reshape(out.size), True)
+    _stack(xf, _views(w, work), s, work, cfg, B, 1, out.reshape(out.size), True)
     return 0
 
 
@@ -431,7 +495,7 @@ def chunk_seq(x, w, s, work, out, cfg):
     xf = x.reshape(x.size)
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
-    _stack(xf, _views(w), s, work, cfg, B, T, out.reshape(out.size), True)
+    _stack(xf, _views(w, work), s, work, cfg, B, T, out.reshape(out.size), True)
     return 0
 
 
@@ -443,7 +507,7 @@ def chunk_last(x, w, s, work, out, cfg):
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
     L = cfg.shape[0]
-    _stack(xf, _views(w), s, work, cfg, B, T, out.reshape(out.size), False)
+    _stack(xf, _views(w, work), s, work, cfg, B, T, out.reshape(out.size), False)
     H = cfg[L - 1, _H]
     sh = cfg[L - 1, _SH]
     for b in range(B):
@@ -499,6 +563,20 @@ def _panels(W, L):
     return padded.reshape(K, npan, P).transpose(1, 0, 2).ravel()
 
 
+def _dot_panels(W, L):
+    """int8 ``W (K, N)`` as int8_dynamic panels of ``4 L`` columns: int32,
+    ``[panel, k4, column]``, each element the 4 weights of ``k = 4 k4 ..
+    4 k4 + 3`` of one column (``K`` padded with zero rows to a multiple of 4)."""
+    K, N = W.shape
+    P = 4 * L
+    npan = -(-N // P)
+    K4 = (K + 3) // 4 * 4
+    padded = np.zeros((K4, npan * P), np.int8)
+    padded[:K, :N] = W
+    grouped = padded.reshape(K4 // 4, 4, npan, P).transpose(2, 0, 3, 1)
+    return np.ascontiguousarray(grouped).view(np.int32).ravel()
+
+
 def _block(a, dt):
     """``a`` stored in ``dt`` elements from a 64-byte boundary: floats
     converted, packed bfloat16 / int8 weights as their bytes."""
@@ -534,6 +612,7 @@ def pack(params_list, batch_size, nan_raise):
         D, N = p.kernel.shape
         H = N // _GATES[kind]
         q = p.quantized
+        kx = ku = None
         if q is None:
             kernel = np.asarray(p.kernel, np.float64)
             rec = np.asarray(p.recurrent_kernel, np.float64)
@@ -541,6 +620,9 @@ def pack(params_list, batch_size, nan_raise):
         else:
             kernel, rec = q.kernel, q.recurrent_kernel
             sx, su = q.kernel_scale, q.recurrent_scale
+            if q.mode == "int8_dynamic":  # 128 x column sums, as float32 bits
+                kx, ku = (_scales(128 * np.asarray(m, np.int32).sum(axis=0), L).astype(np.int32)
+                          .view(np.float32) for m in (kernel, rec))
         su2 = None
         bias = np.asarray(p.bias, np.float64)
         wh2 = None
@@ -564,12 +646,15 @@ def pack(params_list, batch_size, nan_raise):
         row[_ACT], row[_RACT], row[_RA] = int(p.activation), ract, int(ra)
         row[_NAN] = row[_PAR] = 0
         row[_FMT] = _FORMATS[p.precision]
-        parts = [(_WX, _panels(kernel, L)), (_WH, _panels(rec, L)), (_BX, bx), (_BH, bh)]
+        panels = _dot_panels if kx is not None else _panels
+        parts = [(_WX, panels(kernel, L)), (_WH, panels(rec, L)), (_BX, bx), (_BH, bh)]
         if wh2 is not None:
             parts.append((_WH2, _panels(wh2, L)))
         for col, scale in ((_SX, sx), (_SU, su), (_SU2, su2)):
             if scale is not None:
                 parts.append((col, _scales(scale, L)))
+        if kx is not None:
+            parts += [(_KX, kx), (_KU, ku)]
         for col, block in parts:
             stored = _block(block, dt)
             # offsets count elements of the view the kernels read the block with
@@ -604,7 +689,11 @@ def work_size(cfg, batch_size, time):
     B, T = int(batch_size), int(time)
     nmax = max(int(r[_H]) * _GATES[int(r[_KIND])] for r in cfg)
     hmax = max(int(r[_H]) for r in cfg)
-    return B * T * nmax + B * nmax + 2 * B * T * hmax + B * hmax + 64
+    size = B * T * nmax + B * nmax + 2 * B * T * hmax + B * hmax + 64
+    if any(int(r[_FMT]) == INT8DYN for r in cfg):  # row scales and quantized rows
+        kmax = max(max(int(r[_D]), int(r[_H])) for r in cfg)
+        size += B * T + -(-B * T * ((kmax + 3) // 4 * 4) // 4) + 16
+    return size
 
 
 def warmup(params):

@@ -1,4 +1,11 @@
-"""The register-blocked tiles of the packed float32 kernels, generated from one template.
+"""The register-blocked tiles of the packed kernels, generated from one template.
+
+The template takes the weight format (:data:`FORMATS`): float32, bfloat16
+and int8 panels are loaded through :func:`.simd.wload` (widened to float32
+in registers; int8 sums scaled per column after each ``k`` loop, see
+``_float_sums``), int8_dynamic panels through integer dot products of
+quantized activations (``_dot_sums``). One name per tile (``lstm_tile_6``
+...) picks the version for the panels' dtype when Numba types the call.
 
 A tile computes one panel (16 units x every gate, see :mod:`.packed`) for
 ``R`` batch rows at one step: ``4 R`` vector accumulators (LSTM gates
@@ -32,15 +39,18 @@ the input rows, stored to a buffer instead of going through the gates.
 Arguments of a tile (tuples keep the signature short; Numba passes their
 fields as separate arguments):
 
-``W = (Wp, wbase, pf)``
+``W = (Wp, wbase, pf, sp, so)``
     The packed panels, where this panel starts, where its prefetch share
-    of the next panel starts.
+    of the next panel starts, the scale panels and this panel's offset in
+    them (int8, int8_dynamic).
 ``bias = (bp, pb)``
     The array and offset of the accumulators' start values: the bias
     panel, or the hoisted input sums.
-``x = (xf, D, xo)``
+``x = (xf, D, xo, qa)``
     The flat input, the input rows to sum (0 when hoisted), the offset of
-    each row's input at this step.
+    each row's input at this step; int8_dynamic: ``xf`` is the quantized
+    input, ``D`` counts groups of 4, ``qa = (xs, hq, hs)`` holds the input's
+    row scales and the quantized state with its row scales.
 ``state = (hf, cb, cur, nxt)``
     The double-buffered ``h`` (read half ``cur``, write half ``nxt``) and
     the cell state (LSTM).
