@@ -457,6 +457,8 @@ def parse(argv):
     p.add_argument("--streaming", action="store_true", help="per-call latency of streams (batch 1, state carried)")
     p.add_argument("--hs", type=lambda s: tuple(int(v) for v in s.split(",")), default=None,
                    help="--streaming: the unit counts (default 64,128,256,512)")
+    p.add_argument("--calls", type=int, default=None,
+                   help="--streaming: timed calls per engine (default 2000; --quick 300)")
     p.add_argument("--cells", default="lstm,gru", type=lambda s: s.split(","))
     p.add_argument("--shapes", nargs="*", metavar="B,T,D,H", help="override the grid")
     p.add_argument("--backends", type=lambda s: s.split(","), default=None,
