@@ -58,7 +58,8 @@ def _layer(cell, H, T, rng):
     cls = LSTM if cell == "lstm" else GRU
     layer = cls(H, return_sequences=T > 1)
     layer.build((1, None, H))
-    layer.set_weights([rng.uniform(-0.3, 0.3, w.shape).astype(np.float32)
+    s = 1.0 / np.sqrt(H)  # PyTorch's initialisation: outputs not saturated, errors not amplified
+    layer.set_weights([rng.uniform(-s, s, w.shape).astype(np.float32)
                        for w in layer.get_weights()])
     return layer
 
