@@ -444,7 +444,10 @@ def test_stream_mixes_formats():
 # ------------------------------------------------------------------ accuracy
 
 
-BOUND = {"bfloat16": 5e-3, "int8": 1.5e-2, "int8_dynamic": 1.5e-2}
+# int8_dynamic also rounds every activation: about twice int8's error (at
+# B=64, T=50, H=1024: 2.0e-2 for a GRU, where ONNX Runtime's int8 LSTM gives
+# 1.9e-2 and PyTorch's 3.6e-2; python -m fastrnn bench --precision ...)
+BOUND = {"bfloat16": 5e-3, "int8": 1.5e-2, "int8_dynamic": 2.5e-2}
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)
