@@ -22,7 +22,7 @@ from fastrnn.kernels import (GRUParams, LSTMParams, QuantizedWeights, SimpleRNNP
 from fastrnn.kernels.cpu import packed as packed_kernels
 from fastrnn.kernels.cpu import stream as stream_kernels
 
-from test_kernels import _force_parallel, backend, compare, make_params, ragged_mask  # noqa: F401
+from test_kernels import BACKENDS, _force_parallel, compare, make_params, ragged_mask
 
 MODES = ("bfloat16", "int8")  # weights only: every configuration
 ALL_MODES = MODES + ("int8_dynamic",)  # activations too: LSTM and GRU (reset_after)
@@ -31,6 +31,15 @@ ALL_MODES = MODES + ("int8_dynamic",)  # activations too: LSTM and GRU (reset_af
 @pytest.fixture
 def cpu():
     return dispatch.backend_module("cpu")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Each backend of ``FASTRNN_TEST_BACKENDS`` (see test_kernels)."""
+    ok, why = dispatch.available(request.param)
+    if not ok:
+        pytest.skip(f"backend {request.param!r} not available: {why}")
+    return dispatch.backend_module(request.param)
 
 
 # ------------------------------------------------------------------ the scheme
