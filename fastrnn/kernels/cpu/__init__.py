@@ -18,7 +18,11 @@ OpenBLAS thread spins beside them. :mod:`.stream` holds the per-frame
 kernels of :class:`fastrnn.streaming.Stream`; :func:`warmup` compiles both.
 
 Every kernel's gate math is :mod:`fastrnn.kernels._math`'s, built for the
-CPU's scalars and vectors by :mod:`.gates`. The compiled kernels are cached
+CPU's scalars and vectors by :mod:`.gates`. While a kernel runs, subnormal
+numbers read and are written as zero on each of its threads, and the
+caller's floating-point control register is restored before it returns
+(:mod:`.fpenv`). Read-only inputs reach the kernels as writable views of the
+same memory (:mod:`.inputs`), so they run the same compiled code. The compiled kernels are cached
 on disk, stamped with every kernel source (:mod:`fastrnn.kernels._cache`).
 """
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .fpenv import flush_denormals, restore_fp
 from .simd import LANES, aligned64, vload, vstore, vzero
 from .tiles import (gru_proj_1, gru_proj_6, gru_tile_1, gru_tile_2, gru_tile_4, gru_tile_6,
                     lstm_proj_1, lstm_proj_6, lstm_tile_1, lstm_tile_2, lstm_tile_4, lstm_tile_6)
@@ -256,7 +257,7 @@ def hoist_size(H, hoist, rows):
 @njit(cache=True, nogil=True)
 def run_rows(r0, r1, gru, H, weights, gates, io, opts):
     """Rows ``r0 .. r1-1`` for the whole sequence on the calling thread
-    (``gru``: GRU with reset_after, else LSTM)."""
+    (``gru``: GRU with reset_after, else LSTM), subnormals flushed (:mod:`.fpenv`)."""
     x, h0, c0, mask, has_mask, out, has_out, h_out, c_out = io
     reverse, zero_output, hoist = opts
     T = x.shape[1]
@@ -270,6 +271,7 @@ def run_rows(r0, r1, gru, H, weights, gates, io, opts):
     hoist = hoist and n == 1
     P = np.empty(hoist_size(H, hoist, n), dtype=np.float32)
     call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist), P)
+    fpu = flush_denormals()  # this thread, until the end (see .fpenv)
     load_state(gru, r0, n, H, Hp, h0, c0, hf, cb)
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -281,6 +283,7 @@ def run_rows(r0, r1, gru, H, weights, gates, io, opts):
         for r in range(n):
             started[r] = started[r] or valid[r]
     store_state(gru, r0, n, T, H, Hp, hf, cb, h_out, c_out)
+    restore_fp(fpu)
 
 
 @njit(cache=True, nogil=True, parallel=True)

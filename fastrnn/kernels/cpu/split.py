@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .fpenv import flush_denormals, restore_fp
 from .packed import call_record, hoist_size, load_state, panel, step_flags, store_state
 from .simd import LANES, prefetch_l1
 from .sync import atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake
@@ -168,6 +169,7 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
     call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist and B == 1), P)
     did = 0
     joined = False
+    fpu = flush_denormals()  # this thread, until the end (see .fpenv)
     for s in range(T):
         if _left_out(sync, w):
             break
@@ -191,6 +193,7 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
             break
         for r in range(B):
             started[r] = started[r] or valid[r]
+    restore_fp(fpu)
     if w == 0:
         atomic_add(sync, FINISHED, 1)
 

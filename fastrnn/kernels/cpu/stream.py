@@ -40,6 +40,8 @@ helpers are compiled with ``_nrt=False`` so that a call passes its arrays
 without reference counting (see :mod:`.packed`).
 The functions return 0, or 1 when NaN was found in the input and the
 layer's ``nan_policy`` is ``"raise"`` (checked before any state is written).
+While they run, subnormal numbers read and are written as zero on the
+calling thread (:mod:`.fpenv`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .fpenv import flush_denormals, restore_fp
 from .gates import activate, gru_reset, gru_update, lstm_update
 from .simd import aligned64, lanes, vfma, vload, vload_part, vsplat, vstore, vstore_part, vzero
 
@@ -366,7 +369,9 @@ def frame(x, w, s, work, out, cfg):
     xf = x.reshape(x.size)
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
+    fpu = flush_denormals()  # until the return (see .fpenv)
     _stack(xf, w, s, work, cfg, B, 1, out.reshape(out.size), True)
+    restore_fp(fpu)
     return 0
 
 
@@ -377,7 +382,9 @@ def chunk_seq(x, w, s, work, out, cfg):
     xf = x.reshape(x.size)
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
+    fpu = flush_denormals()
     _stack(xf, w, s, work, cfg, B, T, out.reshape(out.size), True)
+    restore_fp(fpu)
     return 0
 
 
@@ -389,7 +396,9 @@ def chunk_last(x, w, s, work, out, cfg):
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
     L = cfg.shape[0]
+    fpu = flush_denormals()
     _stack(xf, w, s, work, cfg, B, T, out.reshape(out.size), False)
+    restore_fp(fpu)
     H = cfg[L - 1, _H]
     sh = cfg[L - 1, _SH]
     for b in range(B):
