@@ -286,3 +286,46 @@ def test_bench_streaming_precision_rows(capsys):
                                  "--precision", "float32,int8", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "fastrnn int8" in text and "ORT int8 [thr]" in text and "err fastrnn int8" in text
+def test_bench_accuracy_tiny_grid(tmp_path, capsys, monkeypatch):
+    """``--accuracy``: every path's error against float64 in a table and the
+    JSON, with PyTorch's beside them where it is installed."""
+    from fastrnn.cli import bench, bench_accuracy
+
+    monkeypatch.setattr(bench_accuracy, "QUICK_GRID", [(17, 6, 3)])
+    monkeypatch.setattr(bench_accuracy, "SEEDS", 1)
+    out = tmp_path / "a.json"
+    assert bench.main(["--accuracy", "--quick", "--no-progress", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| cell | H | T | weights |" in text and "fastrnn stream error" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["cell"], r["H"], r["weights"]) for r in rows] == [
+        (c, 17, k) for c in ("lstm", "gru") for k in ("random", "saturating")]
+    for r in rows:
+        e = r["errors"]
+        for path in ("batch", "stream", "cell"):
+            assert 0 < e[f"fastrnn {path}"] < 1e-5, (r, path)
+        if "torch sequence" in e:
+            assert set(r["ratios"]) == {"batch", "stream", "cell"}
+
+
+def test_bench_accuracy_float64_truth_is_the_reference():
+    """The benchmark's float64 loop agrees with the NumPy oracle."""
+    import numpy as np
+
+    from fastrnn.cli import bench_accuracy
+    from fastrnn.kernels import GRUParams, LSTMParams, reference, run
+
+    rng = np.random.default_rng(3)
+    for cell in ("lstm", "gru"):
+        w = bench_accuracy.weights(cell, 9, "saturating", rng)
+        x = bench_accuracy.inputs(2, 7, "saturating", rng)
+        y, states = bench_accuracy.float64_run(cell, w, x)
+        w64 = [a.astype(np.float64) for a in w]
+        params = LSTMParams(*w64) if cell == "lstm" else GRUParams(*w64)
+        out = np.empty((2, 7, 9))
+        outs = [np.empty((2, 9)) for _ in states]
+        run(reference, reference.pack(params), x.astype(np.float64),
+            [np.zeros((2, 9)) for _ in states], None, False, False, out, outs)
+        np.testing.assert_allclose(y, out, rtol=1e-12, atol=1e-12)
+        for a, b in zip(states, outs):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -381,8 +381,11 @@ def test_unbatched_frames_in_a_stream_of_one(rng):
         layer.stream(batch_size=2)(x[0, 0])
 
 
-def test_rational_tanh_accuracy():
-    """The float32 vector tanh and sigmoid every CPU kernel uses."""
+def test_vector_tanh_sigmoid_accuracy():
+    """The float32 vector tanh and sigmoid of the packed and stream kernels:
+    within float32 rounding (a few ulp) of the exact values, for the gate and
+    for ``1 - gate`` (floats under 1 are 2**-24 apart), so saturated gates
+    are exactly 0 or 1; NaN propagates, -0 stays -0."""
     from numba import njit
 
     from fastrnn.kernels.cpu.simd import vload, vsigmoid, vstore, vtanh
@@ -395,23 +398,45 @@ def test_rational_tanh_accuracy():
             vstore(out, i, vsigmoid(v) if sigmoid else vtanh(v))
         return out
 
-    xs = np.concatenate([np.linspace(-12, 12, 20001), np.geomspace(1e-8, 1, 200),
-                         -np.geomspace(1e-8, 1, 200)]).astype(np.float32)
+    rng = np.random.default_rng(5)
+    xs = np.concatenate([np.linspace(-30, 30, 60001), rng.uniform(-90, 90, 20000),
+                         np.geomspace(1e-30, 1, 2000), -np.geomspace(1e-30, 1, 2000)])
+    xs = xs.astype(np.float32)
     xs = np.concatenate([xs, np.zeros(-xs.size % 16, np.float32)])
-    got = apply(xs, False)
-    want = np.tanh(xs.astype(np.float64))
-    assert (np.abs(got - want) / np.maximum(np.abs(want), 1e-30)).max() < 1e-6
-    sig = apply(xs, True)
-    want_sig = 1 / (1 + np.exp(-xs.astype(np.float64)))
-    # 0.5 * (tanh(x/2) + 1) cancels for x << 0: bounded in absolute terms, like float32.
-    assert np.abs(sig - want_sig).max() < 3e-7
+    x64 = xs.astype(np.float64)
+
+    def ulps(got, want):
+        return np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+
+    t = apply(xs, False).astype(np.float64)
+    assert ulps(t, np.tanh(x64)).max() <= 3
+    one_minus = 2 / (np.exp(2 * np.abs(x64)) + 1)  # 1 - |tanh|, exact
+    err = np.abs((1 - np.abs(t)) - one_minus)
+    # (near 1, floats are 2**-24 apart: that is the rounding of 1 - gate there)
+    assert (err <= 3 * np.maximum(2.0**-24, np.spacing(one_minus.astype(np.float32)))).all()
+
+    s = apply(xs, True).astype(np.float64)
+    with np.errstate(over="ignore"):
+        want, want_c = 1 / (1 + np.exp(-x64)), 1 / (1 + np.exp(x64))  # sigmoid, 1 - sigmoid
+    normal = want >= np.finfo(np.float32).tiny
+    assert ulps(s[normal], want[normal]).max() <= 3
+    err = np.abs((1 - s) - want_c)
+    assert (err <= 3 * np.maximum(2.0**-24, np.spacing(want_c.astype(np.float32)))).all()
+
+    # saturation is exact: float32 1 / (1 + exp(-x)) is 1 above x = 17.33
+    # (1 - sigmoid < 2**-25) and tanh is +-1 past |x| = 9.02
+    # and 0 below x = -87.7, where the exact value is subnormal
+    big = np.array([17.4, 17.5, 20, 40, 88, 89, 1e4, 3e38, np.inf] + [30] * 7, np.float32)
+    assert (apply(big, True) == 1).all()
+    assert (apply(-big - np.float32(70.4), True) == 0).all()
+    assert (apply(big - np.float32(8.3), False) == 1).all()
+    assert (apply(-big + np.float32(8.3), False) == -1).all()
     special = np.zeros(16, np.float32)
-    special[:3] = [np.nan, np.inf, -np.inf]
+    special[:5] = [np.nan, np.inf, -np.inf, -0.0, -1e-30]
     t, sg = apply(special, False), apply(special, True)
     assert np.isnan(t[0]) and np.isnan(sg[0])
-    # the rational form saturates within 4 ulp of +-1
-    assert abs(t[1] - 1) < 3e-7 and abs(t[2] + 1) < 3e-7
-    assert abs(sg[1] - 1) < 2e-7 and 0 <= sg[2] < 2e-7
+    assert t[1] == 1 and t[2] == -1 and sg[1] == 1 and sg[2] == 0
+    assert np.signbit(t[3]) and t[3] == 0 and t[4] == np.float32(-1e-30) and sg[3] == 0.5
 
 
 def test_bench_streaming_runs(capsys):

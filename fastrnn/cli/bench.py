@@ -32,7 +32,9 @@ Options: ``--quick`` (a shorter grid, < 30 s on 2 cores once compiled), ``--json
 ``--contention`` (a busy process competes for the cores while timing),
 ``--runs N`` (the whole grid N times, one table per run, then the spread of
 each ratio over the runs: on a shared machine a single run's ratio moves),
-``--streaming`` (per-call latency of streams; see :mod:`fastrnn.cli.bench_streaming`).
+``--streaming`` (per-call latency of streams; see :mod:`fastrnn.cli.bench_streaming`),
+``--accuracy`` (float32 error against float64, fastrnn beside PyTorch; see
+:mod:`fastrnn.cli.bench_accuracy`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from .. import dispatch
 from ..kernels import GRUParams, LSTMParams
 from ..kernels import run as run_kernel
 from . import bench_quantized as bq
+from . import bench_accuracy
 from ._progress import Progress, warm
 from .bench_gpu import bench_gpu, format_gpu_table
 from .bench_streaming import run as run_streaming
@@ -459,6 +462,8 @@ def parse(argv):
                    help="--streaming: the unit counts (default 64,128,256,512)")
     p.add_argument("--calls", type=int, default=None,
                    help="--streaming: timed calls per engine (default 2000; --quick 300)")
+    p.add_argument("--accuracy", action="store_true",
+                   help="float32 error against float64 (LSTM, GRU; batch, stream, cell), beside PyTorch")
     p.add_argument("--cells", default="lstm,gru", type=lambda s: s.split(","))
     p.add_argument("--shapes", nargs="*", metavar="B,T,D,H", help="override the grid")
     p.add_argument("--backends", type=lambda s: s.split(","), default=None,
@@ -477,8 +482,13 @@ def parse(argv):
     opts = p.parse_args(argv)
     if opts.runs < 1:
         p.error(f"--runs: expected a positive number of runs, got {opts.runs}")
-    if opts.runs > 1 and opts.streaming:
-        p.error("--runs: only for the batch grid, not with --streaming")
+    if opts.runs > 1 and (opts.streaming or opts.accuracy):
+        p.error("--runs: only for the batch grid, not with --streaming or --accuracy")
+    if opts.streaming and opts.accuracy:
+        p.error("--streaming and --accuracy: one at a time")
+    unknown = [c for c in opts.cells if c not in CELLS]
+    if unknown:
+        p.error(f"--cells: expected a comma-separated subset of {','.join(CELLS)}, got {unknown}")
     try:
         opts.precision = bq.parse_precisions(opts.precision)
     except ValueError as exc:
@@ -510,8 +520,29 @@ def format_spread(runs):
     return markdown_table(head, body)
 
 
+def main_accuracy(opts, argv):
+    """``--accuracy``: the table of :mod:`fastrnn.cli.bench_accuracy`."""
+    t0 = time.time()
+    progress = Progress(len(opts.cells) * len(bench_accuracy.grid(opts)) * len(bench_accuracy.KINDS),
+                        not opts.no_progress)
+    rows, notes = bench_accuracy.run(opts, progress)
+    progress.close()
+    print(f"float32 error against float64 ({time.time() - t0:.0f} s): max over outputs and "
+          "final states of |y - y64| / max(1, |y64|); ratios: fastrnn / PyTorch, same kind")
+    print(bench_accuracy.format_table(rows))
+    for note in notes:
+        print(f"note: {note}")
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(dict(environment=environment(), quick=opts.quick, rows=rows, notes=notes,
+                           argv=list(argv or [])), f, indent=1)
+    return 0
+
+
 def main(argv=None):
     opts = parse(sys.argv[1:] if argv is None else argv)
+    if opts.accuracy:
+        return main_accuracy(opts, argv)
     t0 = time.time()
     title = "float32 batch inference, median ms per call"
     if opts.precision != ["float32"]:

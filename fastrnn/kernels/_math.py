@@ -26,8 +26,11 @@ INV_SQRT2 = 0.7071067811865476
 
 
 def sigmoid(x):
-    # 0.5 * (tanh(x/2) + 1) never overflows and stays accurate for x << 0.
-    return 0.5 * (math.tanh(0.5 * x) + 1.0)
+    # Relative accuracy of exp on both sides: for x << 0 the value is
+    # exp(x) / (1 + exp(x)) to a rounding (0.5 * (tanh(x/2) + 1) would cancel
+    # to 0 there), for x >> 0 it rounds to 1 exactly where 1 - sigmoid(x) is
+    # below half an ulp of 1; exp(-x) overflowing to inf gives 0. NaN stays NaN.
+    return 1.0 / (1.0 + math.exp(-x))
 
 
 def activate(code, x):

@@ -18,7 +18,11 @@ OpenBLAS thread spins beside them. :mod:`.stream` holds the per-frame
 kernels of :class:`fastrnn.streaming.Stream`; :func:`warmup` compiles both.
 
 Every kernel's gate math is :mod:`fastrnn.kernels._math`'s, built for the
-CPU's scalars and vectors by :mod:`.gates`. The compiled kernels are cached
+CPU's scalars and vectors by :mod:`.gates`. While a kernel runs, subnormal
+numbers read and are written as zero on each of its threads, and the
+caller's floating-point control register is restored before it returns
+(:mod:`.fpenv`). Read-only inputs reach the kernels as writable views of the
+same memory (:mod:`.inputs`), so they run the same compiled code. The compiled kernels are cached
 on disk, stamped with every kernel source (:mod:`fastrnn.kernels._cache`).
 """
 
@@ -36,6 +40,7 @@ _cache.install()  # before any cached kernel is defined
 
 from .. import GRUParams, LSTMParams, SimpleRNNParams, quantize, run, state_sizes  # noqa: E402
 from . import generic, stream, threads  # noqa: E402
+from .inputs import writable  # noqa: E402,F401
 from . import packed as _packed  # noqa: E402
 from .threads import get_num_threads, set_num_threads, threading_layer, tuned_splits  # noqa: E402,F401
 
@@ -95,7 +100,9 @@ def _packed_path_enabled():
 
 
 def _c(a, dtype):
-    return np.ascontiguousarray(a, dtype=dtype)
+    # C-contiguous, of ``dtype``, and writable: a read-only input runs the
+    # same compiled kernels through a view of its memory (see .inputs)
+    return writable(np.ascontiguousarray(a, dtype=dtype))
 
 
 def pack(params):
@@ -150,7 +157,7 @@ _DUMMY_MASK = np.ones((1, 1), dtype=np.bool_)
 def _mask(mask):
     if mask is None:
         return _DUMMY_MASK, False
-    return np.ascontiguousarray(mask, dtype=np.bool_), True
+    return writable(np.ascontiguousarray(mask, dtype=np.bool_)), True
 
 
 class _Out:
@@ -162,7 +169,7 @@ class _Out:
         self.dst = dst
         if dst is None:
             self.buf = np.empty(shape, dtype=dtype)
-        elif dst.flags.c_contiguous and dst.dtype == dtype:
+        elif dst.flags.c_contiguous and dst.dtype == dtype and dst.flags.writeable:
             self.buf = dst
         else:
             self.buf = np.empty(dst.shape, dtype=dtype)

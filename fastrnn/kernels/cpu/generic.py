@@ -9,7 +9,9 @@ the parallel wrappers split the batch between threads and never meet.
 The input projection is folded into each step (``k`` over the input
 features, then over the state), so no buffer grows with ``T``.
 
-Gate orders are Keras's: LSTM i, f, c, o; GRU z, r, h. Optional arguments
+Gate orders are Keras's: LSTM i, f, c, o; GRU z, r, h. Each ``*_rows``
+flushes subnormals to zero on its thread for its duration (:mod:`.fpenv`),
+so the parallel wrappers' threads do too. Optional arguments
 arrive as dummies plus a flag (``has_mask``, ``has_out``...), so one compiled
 kernel serves every call of one dtype. Clip limits below zero mean no clip.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .fpenv import flush_denormals, restore_fp
 from .gates import scalar_activate as activate
 from .gates import scalar_clip as clip
 from .gates import scalar_gru_reset as gru_reset
@@ -54,6 +57,7 @@ def simple_rnn_rows(r0, r1, W, U, bias, act, x, h0, mask, has_mask, reverse,
     H = U.shape[1]
     acc = np.empty(H, dtype=W.dtype)
     h = np.empty(H, dtype=W.dtype)
+    fpu = flush_denormals()  # this thread, until the end (see .fpenv)
     for b in range(r0, r1):
         h[:] = h0[b]
         started = False
@@ -70,6 +74,7 @@ def simple_rnn_rows(r0, r1, W, U, bias, act, x, h0, mask, has_mask, reverse,
                 _emit(out, b, t, h, H, masked, zero_output, started)
             started = started or not masked
         h_out[b] = h
+    restore_fp(fpu)
 
 
 @njit(cache=True, nogil=True)
@@ -83,6 +88,7 @@ def gru_rows(r0, r1, W, U, bias, act, ract, reset_after, x, h0, mask, has_mask,
     rh = np.empty(H, dtype=W.dtype)
     b_in = bias[0]
     b_rec = bias[1]
+    fpu = flush_denormals()
     for b in range(r0, r1):
         h[:] = h0[b]
         started = False
@@ -118,6 +124,7 @@ def gru_rows(r0, r1, W, U, bias, act, ract, reset_after, x, h0, mask, has_mask,
                 _emit(out, b, t, h, H, masked, zero_output, started)
             started = started or not masked
         h_out[b] = h
+    restore_fp(fpu)
 
 
 @njit(cache=True, nogil=True)
@@ -131,6 +138,7 @@ def lstm_rows(r0, r1, W, U, bias, act, ract, forget_bias, peep, has_peep,
     h = np.empty(P, dtype=W.dtype)
     c = np.empty(H, dtype=W.dtype)
     hu = np.empty(H, dtype=W.dtype)
+    fpu = flush_denormals()
     for b in range(r0, r1):
         h[:] = h0[b]
         c[:] = c0[b]
@@ -158,6 +166,7 @@ def lstm_rows(r0, r1, W, U, bias, act, ract, forget_bias, peep, has_peep,
             started = started or not masked
         h_out[b] = h
         c_out[b] = c
+    restore_fp(fpu)
 
 
 # Parallel wrappers: chunk c of n runs rows bounds[c] .. bounds[c+1]-1 for the

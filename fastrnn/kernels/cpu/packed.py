@@ -68,6 +68,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from .fpenv import flush_denormals, restore_fp
 from .simd import LANES, aligned64, vload, vstore, vzero
 from .tiles import (gru_proj_1, gru_proj_6, gru_tile_1, gru_tile_2, gru_tile_4, gru_tile_6,
                     lstm_proj_1, lstm_proj_6, lstm_tile_1, lstm_tile_2, lstm_tile_4, lstm_tile_6)
@@ -361,7 +362,7 @@ def hoist_size(H, hoist, rows):
 @njit(cache=True, nogil=True)
 def run_rows(r0, r1, gru, H, weights, gates, io, opts):
     """Rows ``r0 .. r1-1`` for the whole sequence on the calling thread
-    (``gru``: GRU with reset_after, else LSTM)."""
+    (``gru``: GRU with reset_after, else LSTM), subnormals flushed (:mod:`.fpenv`)."""
     x, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs = io
     reverse, zero_output, hoist = opts
     T = x.shape[1]
@@ -377,6 +378,7 @@ def run_rows(r0, r1, gru, H, weights, gates, io, opts):
     dot = is_dot(weights[0])
     hq, hs = state_buffers(dot, n, Hp)
     call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist), P, (xs, hq, hs))
+    fpu = flush_denormals()  # this thread, until the end (see .fpenv)
     load_state(gru, r0, n, H, Hp, h0, c0, hf, cb)
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -390,6 +392,7 @@ def run_rows(r0, r1, gru, H, weights, gates, io, opts):
         for r in range(n):
             started[r] = started[r] or valid[r]
     store_state(gru, r0, n, T, H, Hp, hf, cb, h_out, c_out)
+    restore_fp(fpu)
 
 
 @njit(cache=True, nogil=True, parallel=True)

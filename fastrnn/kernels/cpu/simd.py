@@ -614,46 +614,150 @@ def vrelu(typingctx, x):
 
 
 # ---- activations ----
+#
+# float32 sigmoid and tanh on vectors (Numba has no vector math library
+# here; math.exp and math.tanh would run lane by lane), within float32
+# rounding over the whole line: a gate that saturates reaches exactly 0 or
+# 1, as float32 ``1 / (1 + exp(-x))`` does, so a unit that holds its memory
+# holds it over any number of steps. Other activations, and every float64
+# one, run lane by lane (fastrnn.kernels.cpu.gates).
+#
+# They are generated as LLVM IR in which every floating-point instruction
+# carries its own fast-math flags ("afn", which changes no arithmetic):
+# Numba adds a kernel's fastmath flags only to instructions that have none,
+# and reassociation (the stream kernels allow it) would fold the range
+# reduction's rounding away. NaN propagates through every step (no lane
+# takes a poison value: the integer conversion is a bit pattern).
+#
+# Both rest on exp(x) = 2**n * (1 + q), x in [-88, 20]: n = round(x / ln 2)
+# by adding and subtracting 1.5 * 2**23 (round to nearest even, no SSE4.1
+# needed), r = x - n ln 2 in two fused steps (Cody-Waite,
+# ln 2 = _LN2_HI + _LN2_LO), q = exp(r) - 1 = r + r**2 p(r) on
+# |r| <= ln 2 / 2 with p of degree 4 fitted for relative error (0.05 ulp of
+# exp(r)), 2**n put into the exponent field with integer shifts. A result
+# below 2**-126 (subnormal) comes out as 0, as it would anyway under the
+# kernels' flush-to-zero (see .fpenv).
+#
+# sigmoid: e = exp(-|x|), then 1 / (1 + e) or e / (1 + e) by the sign of x
+# (max error 2.4 ulp, of the gate and of 1 - gate alike).
+# tanh: u = exp(2|x|) - 1 = 2**n (1 + q) - 1 in one fused step (q itself
+# where n = 0: no cancellation near 0), tanh|x| = u / (u + 2) (max error
+# 2.6 ulp), the sign of x put back; |x| is capped
+# at 10, past which tanh is 1 in float32 (1 - tanh(9.02) < 2**-25).
 
-# float32 tanh: a rational approximation (the one Eigen uses for float),
-# exact to a few ulp on [-9, 9] and saturating outside; it vectorises where
-# math.tanh does not (Numba has no vector math library here). Other
-# activations, and every float64 one, run lane by lane (fastrnn.kernels.cpu.gates).
-_TANH_CLAMP = 7.90531110763549805
-_A1 = 4.89352455891786e-03
-_A3 = 6.37261928875436e-04
-_A5 = 1.48572235717979e-05
-_A7 = 5.12229709037114e-08
-_A9 = -8.60467152213735e-11
-_A11 = 2.00018790482477e-13
-_A13 = -2.76076847742355e-16
-_B0 = 4.89352518554385e-03
-_B2 = 2.26843463243900e-03
-_B4 = 1.18534705686654e-04
-_B6 = 1.19825839466702e-06
+_FLAGS = ("afn",)
+_LOG2E = 1.44269504088896341
+_ROUND = 12582912.0  # 1.5 * 2**23
+_ROUND_BITS = 0x4B400000
+_LN2_HI = 0.693145751953125  # 15 significant bits: n * _LN2_HI is exact
+_LN2_LO = 1.42860682030941723212e-6
+_EXP_P = (1.3814515817218748e-3, 8.368746632663087e-3, 4.166839120946138e-2,
+          0.1666652038721329, 0.4999999343062348)
+_TANH_BIG = 10.0
 
 
-@njit(inline="always")
-def vtanh(x):
-    """tanh on every lane of a float32 vector (the rational approximation above)."""
-    x = vclamp(x, vfill(x, -_TANH_CLAMP), vfill(x, _TANH_CLAMP))
-    x2 = vmul(x, x)
-    p = vfma(x2, vfill(x, _A13), vfill(x, _A11))
-    p = vfma(x2, p, vfill(x, _A9))
-    p = vfma(x2, p, vfill(x, _A7))
-    p = vfma(x2, p, vfill(x, _A5))
-    p = vfma(x2, p, vfill(x, _A3))
-    p = vfma(x2, p, vfill(x, _A1))
-    p = vmul(p, x)
-    q = vfma(x2, vfill(x, _B6), vfill(x, _B4))
-    q = vfma(x2, q, vfill(x, _B2))
-    q = vfma(x2, q, vfill(x, _B0))
-    return vdiv(p, q)
+class _IR:
+    """IR helpers for one float32 vector type, every FP instruction flagged."""
+
+    def __init__(self, context, builder, vty):
+        self.b = builder
+        self.lt = _llvm_vec(context, vty)
+        self.it = ir.VectorType(_i32, vty.lanes)
+        self.lanes = vty.lanes
+
+    def c(self, v):
+        return ir.Constant(self.lt, [float(v)] * self.lanes)
+
+    def ic(self, v):
+        return ir.Constant(self.it, [int(v)] * self.lanes)
+
+    def add(self, a, b):
+        return self.b.fadd(a, b, flags=_FLAGS)
+
+    def sub(self, a, b):
+        return self.b.fsub(a, b, flags=_FLAGS)
+
+    def mul(self, a, b):
+        return self.b.fmul(a, b, flags=_FLAGS)
+
+    def div(self, a, b):
+        return self.b.fdiv(a, b, flags=_FLAGS)
+
+    def call(self, name, args):
+        fn = cgutils.get_or_insert_function(
+            self.b.module, ir.FunctionType(self.lt, [self.lt] * len(args)),
+            f"llvm.{name}.v{self.lanes}f32")
+        return self.b.call(fn, args)
+
+    def fma(self, a, b, c):
+        return self.call("fma", [a, b, c])
+
+    def horner(self, x, coefs):
+        p = self.c(coefs[0])
+        for k in coefs[1:]:
+            p = self.fma(p, x, self.c(k))
+        return p
+
+    def less(self, x, y):
+        """``x < y`` lane by lane, false where either is NaN."""
+        return self.b.fcmp_ordered("<", x, y, flags=_FLAGS)
+
+    def pow2(self, n):
+        """2**n for integer lanes n in [-126, 127]."""
+        bits = self.b.shl(self.b.add(n, self.ic(127)), self.ic(23))
+        return self.b.bitcast(bits, self.lt)
+
+    def exp_parts(self, x):
+        """``(q, s)`` with ``exp(x) = s * (1 + q)``, ``s = 2**n``, for x in
+        [-88, 88]: ``fma(q, s, s)`` is exp(x), ``fma(q, s, s - 1)`` exp(x) - 1
+        (with no cancellation where n = 0: q itself)."""
+        t = self.fma(x, self.c(_LOG2E), self.c(_ROUND))
+        n = self.sub(t, self.c(_ROUND))
+        ni = self.b.sub(self.b.bitcast(t, self.it), self.ic(_ROUND_BITS))
+        r = self.fma(n, self.c(-_LN2_HI), x)
+        r = self.fma(n, self.c(-_LN2_LO), r)
+        q = self.fma(self.horner(r, _EXP_P), self.mul(r, r), r)
+        return q, self.pow2(ni)
 
 
-@njit(inline="always")
-def vsigmoid(x):
-    """``0.5 * tanh(x / 2) + 0.5`` on every lane of a float32 vector (the
-    form of the scalar sigmoid in :mod:`fastrnn.kernels._math`)."""
-    half = vfill(x, 0.5)
-    return vfma(vtanh(vmul(x, half)), half, half)
+def _f32_unary(doc, body):
+    @intrinsic
+    def fn(typingctx, x):
+        if x != VEC[types.float32]:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return body(_IR(context, builder, x), args[0])
+
+        return x(x), codegen
+
+    fn.__doc__ = doc
+    return fn
+
+
+def _sigmoid_body(m, x):
+    # the value of 1 / (1 + exp(-x)) with the relative accuracy of exp on
+    # both sides (1 - sigmoid(x) = sigmoid(-x)), and no overflow
+    b = m.b
+    neg = b.fneg(m.call("fabs", [x]), flags=_FLAGS)
+    q, s = m.exp_parts(b.select(m.less(neg, m.c(-88.0)), m.c(-88.0), neg))
+    e = m.fma(q, s, s)
+    return m.div(b.select(m.less(x, m.c(0.0)), e, m.c(1.0)), m.add(m.c(1.0), e))
+
+
+def _tanh_body(m, x):
+    b = m.b
+    a = m.call("fabs", [x])
+    a = b.select(m.less(m.c(_TANH_BIG), a), m.c(_TANH_BIG), a)
+    q, s = m.exp_parts(m.add(a, a))
+    u = m.fma(q, s, m.sub(s, m.c(1.0)))
+    return m.call("copysign", [m.div(u, m.add(u, m.c(2.0))), x])
+
+
+vsigmoid = _f32_unary("""``1 / (1 + exp(-x))`` on every lane of a float32 vector: within
+    2.4 ulp of the exact sigmoid, and ``1 - sigmoid`` within 2.4 ulp or
+    2**-24, so exactly 1 above x = 17.33 and 0 below x = -87.7 (where the
+    exact value is subnormal); NaN propagates.""", _sigmoid_body)
+vtanh = _f32_unary("""tanh on every lane of a float32 vector: within 2.6 ulp of the exact
+    tanh and ``1 - |tanh|`` within 2**-24, so exactly +-1 past |x| = 9.02;
+    odd (-0 stays -0); NaN propagates.""", _tanh_body)

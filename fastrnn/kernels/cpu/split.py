@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .fpenv import flush_denormals, restore_fp
 from .packed import (call_record, hoist_size, is_dot, load_state, panel, quantize_state,
                      state_buffers, step_flags, store_state)
 from .simd import LANES, prefetch_l1
@@ -173,6 +174,7 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
                        (xs, hq, hs))
     did = 0
     joined = False
+    fpu = flush_denormals()  # this thread, until the end (see .fpenv)
     for s in range(T):
         if _left_out(sync, w):
             break
@@ -198,6 +200,7 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
             break
         for r in range(B):
             started[r] = started[r] or valid[r]
+    restore_fp(fpu)
     if w == 0:
         atomic_add(sync, FINISHED, 1)
 

@@ -44,6 +44,8 @@ helpers are compiled with ``_nrt=False`` so that a call passes its arrays
 without reference counting (see :mod:`.packed`).
 The functions return 0, or 1 when NaN was found in the input and the
 layer's ``nan_policy`` is ``"raise"`` (checked before any state is written).
+While they run, subnormal numbers read and are written as zero on the
+calling thread (:mod:`.fpenv`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from .fpenv import flush_denormals, restore_fp
 from .gates import activate, gru_reset, gru_update, lstm_update
 from .packed import _quantize_row
 from .simd import (aligned64, dload, dsplat, isub, itof, izero, lanes, vdot, vfma, vload,
@@ -484,7 +487,9 @@ def frame(x, w, s, work, out, cfg):
     xf = x.reshape(x.size)
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
+    fpu = flush_denormals()  # until the return (see .fpenv)
     _stack(xf, _views(w, work), s, work, cfg, B, 1, out.reshape(out.size), True)
+    restore_fp(fpu)
     return 0
 
 
@@ -495,7 +500,9 @@ def chunk_seq(x, w, s, work, out, cfg):
     xf = x.reshape(x.size)
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
+    fpu = flush_denormals()
     _stack(xf, _views(w, work), s, work, cfg, B, T, out.reshape(out.size), True)
+    restore_fp(fpu)
     return 0
 
 
@@ -507,7 +514,9 @@ def chunk_last(x, w, s, work, out, cfg):
     if cfg[0, _NAN] and _has_nan(xf):
         return 1
     L = cfg.shape[0]
+    fpu = flush_denormals()
     _stack(xf, _views(w, work), s, work, cfg, B, T, out.reshape(out.size), False)
+    restore_fp(fpu)
     H = cfg[L - 1, _H]
     sh = cfg[L - 1, _SH]
     for b in range(B):

@@ -10,10 +10,12 @@ quantized activations (``_dot_sums``). One name per tile (``lstm_tile_6``
 A tile computes one panel (16 units x every gate, see :mod:`.packed`) for
 ``R`` batch rows at one step: ``4 R`` vector accumulators (LSTM gates
 **i, f, c, o**; GRU **z, r**, the candidate's input part **x** and its
-recurrent part **h**, which ``reset_after=True`` needs apart) start from the
-bias, take one multiply-add per gate vector, row and ``k`` over the panel's
-input rows (``D``) and then its recurrent rows (``H``), and go straight
-into the gate math of :mod:`.gates` while still in registers.
+recurrent part **h**, which ``reset_after=True`` needs apart) take one
+multiply-add per gate vector, row and ``k`` over the panel's input rows
+(``D``) from zero, then the bias, then, apart and from zero, over its
+recurrent rows (``H``), and add the two parts (:func:`_sums`,
+:func:`_split_recurrent`: PyTorch's rounding, not a longer one); the sums
+go straight into the gate math of :mod:`.gates` while still in registers.
 
 The accumulators must be plain local variables for LLVM to keep them in
 registers, so each tile height is its own function with its loops unrolled
@@ -22,7 +24,7 @@ below and this module compiles it. Heights 6 and 4 carry the main work
 (24 and 16 accumulators: 4 weight loads, ``R`` broadcasts and ``4 R`` FMAs
 per ``k``); 2 and 1 take the rows left over. Every tile sums a row's
 products in the same order (``k`` ascending, one accumulator per gate
-vector), so a row's result does not depend on the rows beside it: the same
+vector and part), so a row's result does not depend on the rows beside it: the same
 sequence gives the same bits in any batch, at any position, split between
 threads or not.
 
@@ -161,21 +163,25 @@ def _sums(lines, kind, rows, prefetch, recurrent, fmt):
 
 
 def _float_sums(lines, kind, rows, prefetch, recurrent, fmt):
-    """Accumulators from the bias, then the input (and recurrent) ``k`` loops.
+    """The input rows' products from zero, then the bias (then, in a tile, the
+    recurrent rows, summed apart: :func:`_split_recurrent`).
 
-    int8: the sums start from zero and each ``k`` loop's sums are scaled by
-    their matrix's column scales after it: ``t = sum_x * s_x + bias`` after
-    the input rows (held across the recurrent loop), then ``sum_h * s_h +
-    t``; a GRU's candidate keeps its two parts apart (``x = sum_x * s_x +
-    b_x``, ``h = sum_h * s_h + b_h``)."""
+    Adding the bias last, as a matrix product then a bias add does: summed
+    from the bias, every product would round at the bias's magnitude (a
+    forget bias of 20 costs each term up to 1e-6).
+
+    int8: each ``k`` loop's sums are scaled by their matrix's column scales
+    after it: ``t = sum_x * s_x + bias`` after the input rows (held across
+    the recurrent loop), then ``sum_h * s_h + t``; a GRU's candidate keeps
+    its two parts apart (``x = sum_x * s_x + b_x``, ``h = sum_h * s_h +
+    b_h``)."""
     acc = ("i", "f", "c", "o") if kind == "lstm" else ("z", "r", "x", "h")
     if not recurrent and kind == "gru":
         acc = acc[:3]
     lines += [f"    b{a} = vload(bp, pb{' + ' + str(16 * g) if g else ''})" for g, a in enumerate(acc)]
     scaled = fmt == "int8"
-    if scaled:
-        lines.append("    zero = vzero(bp)")
-    lines += [f"    {a}{r} = {'zero' if scaled else 'b' + a}" for r in range(rows) for a in acc]
+    lines.append("    zero = vzero(bp)")
+    lines += [f"    {a}{r} = zero" for r in range(rows) for a in acc]
     lines.append("    w = wbase")
     if prefetch:
         lines.append("    q = pf")
@@ -194,12 +200,39 @@ def _float_sums(lines, kind, rows, prefetch, recurrent, fmt):
         else:
             lines += [f"    {a}{r} = vfma({a}{r}, sw{a}, b{a})" for r in range(rows) for a in inp]
     if recurrent:
-        lines.append("    for k in range(H):")
-        _k_loop(lines, kind, rows, "hf, cur + ro{r} + k", prefetch, rec, fmt)
         if scaled:
+            lines.append("    for k in range(H):")
+            _k_loop(lines, kind, rows, "hf, cur + ro{r} + k", prefetch, rec, fmt)
             lines += [f"    su{a} = vload(sp, so + {64 + 16 * g})" for g, a in enumerate(rec)]
             lines += [f"    {a}{r} = vfma({a}{r}, su{a}, {'bh' if a == 'h' else f't{a}{r}'})"
                       for r in range(rows) for a in rec]
+        else:
+            _split_recurrent(lines, rows, inp, rec, prefetch, kind, fmt)
+    elif not scaled:
+        lines += [f"    {a}{r} = {a}{r} + b{a}" for r in range(rows) for a in inp]
+
+
+def _split_recurrent(lines, rows, inp, rec, prefetch, kind, fmt):
+    """After the input rows: the recurrent ``k`` loop, summed apart.
+
+    The gates that take both parts (LSTM i, f, c, o; GRU z, r) hold their
+    input part (bias added) in ``t`` while the recurrent products sum from
+    zero; the two are added at the end (a GRU's candidate keeps its parts
+    apart anyway: ``x`` and ``h``, each with its own bias). Summed in one
+    run, every recurrent product would round at the magnitude of the input
+    part; apart, each part rounds at its own (PyTorch adds its two matrix
+    products the same way). LLVM keeps ``t`` on the stack where registers
+    run out. The hoisted input sums (``P``, made by the same code: products
+    from zero, then the bias) come in as ``bias`` with ``D = 0``, so a row
+    gets the same bits hoisted or not."""
+    both = [a for a in inp if a in rec]
+    lines += [f"    t{a}{r} = {a}{r} + b{a}" for r in range(rows) for a in both]
+    lines += [f"    {a}{r} = {a}{r} + b{a}" for r in range(rows) for a in inp if a not in rec]
+    lines += [f"    {a}{r} = zero" for r in range(rows) for a in both]
+    lines.append("    for k in range(H):")
+    _k_loop(lines, kind, rows, "hf, cur + ro{r} + k", prefetch, rec, fmt)
+    lines += [f"    {a}{r} = {a}{r} + t{a}{r}" for r in range(rows) for a in both]
+    lines += [f"    {a}{r} = {a}{r} + b{a}" for r in range(rows) for a in rec if a not in inp]
 
 
 def tile_source(kind, rows, fmt="float32"):
