@@ -7,7 +7,8 @@ import numpy as np
 from . import _device, _engine, dispatch, serialization
 from ._engine import WEIGHTS_LOCK
 from ._nest import flatten
-from .cells import _pop_common, _weight_list, stage_weights
+from .cells import (_pop_common, _weight_list, quantization_mode_of, quantize_cells,
+                    stage_weights)
 from .layers import RNN
 
 
@@ -100,6 +101,20 @@ class Bidirectional:
                 backward()
 
         return commit
+
+    def quantize(self, mode):
+        """Quantize both directions' weights to ``mode``, together (see
+        :meth:`fastrnn.LSTM.quantize`); returns the layer."""
+        quantize_cells("Bidirectional", self._quantizable(), mode)
+        return self
+
+    @property
+    def quantization_mode(self):
+        """None, the mode of :meth:`quantize`, or ``"mixed"``."""
+        return quantization_mode_of(self._quantizable())
+
+    def _quantizable(self):
+        return self.forward_layer._quantizable() + self.backward_layer._quantizable()
 
     def reset_states(self):
         self.forward_layer.reset_states()

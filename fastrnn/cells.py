@@ -6,8 +6,8 @@ describes it to the kernels (:mod:`fastrnn.kernels`), and a one-step call
 ``cell(x_t, states)`` runs through the engine (:mod:`fastrnn._engine`): on
 the ``cpu`` backend, the per-frame kernels that streams use.
 
-Weights change only through ``build`` and ``set_weights``, which swap a
-complete new set in at once (see :mod:`fastrnn._engine`): a call running
+Weights change only through ``build``, ``set_weights`` and ``quantize``,
+which swap a complete new set in at once (see :mod:`fastrnn._engine`): a call running
 in another thread computes with the old set or the new one, never a mix.
 
 Arguments that only matter for training are accepted so that Keras
@@ -20,12 +20,15 @@ not train), and ``implementation`` (numerically identical). ``dropout`` and
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from . import _device, _engine, activations, dispatch, initializers, serialization
 from ._engine import WEIGHTS_LOCK, Weights
 from ._nest import flatten
-from .kernels import GRUParams, LSTMParams, SimpleRNNParams
+from .kernels import PRECISIONS, GRUParams, LSTMParams, QuantizedWeights, SimpleRNNParams
+from .kernels import quantize as quantize_params
 
 _TRAINING_ONLY = (
     "kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
@@ -102,6 +105,8 @@ class _Cell:
         self._kernel_weights = None  # an _engine.Weights once built
         self._frames = None  # (key, _engine.frames_for(...)) of the last one-step call
         self.version = 0  # bumped whenever the weights change
+        self.quantization_mode = None  # or a mode of quantize()
+        self._quantized = None  # the compact weights (kernels.QuantizedWeights) when quantized
 
     # ----- shapes -----
     @property
@@ -172,10 +177,94 @@ class _Cell:
         if not self.use_bias:
             self.bias = None
         self.input_dim = input_dim
-        self._kernel_weights = Weights(self._make_params())
+        params = self._make_params()
+        if self.quantization_mode is not None:  # new weights of a quantized cell: re-quantized
+            params = quantize_params(params, self.quantization_mode)
+            self._hold_quantized(params)
+        self._kernel_weights = Weights(params)
         self.built = True
         self.version += 1
         _engine.weights_changed()
+
+    def _hold_quantized(self, params):
+        """Keep a quantized record's weights: ``kernel`` / ``recurrent_kernel``
+        become the float32 values the compact ones stand for."""
+        for name in ("kernel", "recurrent_kernel"):
+            w = np.array(getattr(params, name))
+            w.setflags(write=False)
+            setattr(self, name, w)
+        self._quantized = params.quantized
+
+    def _params(self):
+        """The kernel parameter record of the current weights, with the
+        compact weights of a quantized cell."""
+        params = self._make_params()
+        if self._quantized is not None:
+            params = replace(params, quantized=self._quantized)
+        return params
+
+    # ----- reduced precision -----
+    def quantize(self, mode):
+        """Round this cell's ``kernel`` and ``recurrent_kernel`` to ``mode``, in
+        place (Keras 3 ``Layer.quantize``); returns the cell.
+
+        Parameters
+        ----------
+        mode : {"bfloat16", "int8", "int8_dynamic"}
+            The weight format (:func:`fastrnn.kernels.quantize` gives the
+            scheme). Biases, states, outputs and every sum stay float32.
+
+        Raises
+        ------
+        ValueError
+            For an unknown ``mode``, a cell that is not built, a float64 cell,
+            one already quantized, or ``"int8_dynamic"`` on a cell it does not
+            cover (SimpleRNN, GRU with ``reset_after=False``).
+        """
+        quantize_cells(type(self).__name__, [self], mode)
+        return self
+
+    def _load_quantized(self, mode, arrays, where):
+        """Put in the compact weights ``arrays`` of ``mode`` (from a file:
+        ``[kernel, recurrent_kernel]`` as bfloat16 bits, or those as int8
+        and their two scale vectors) exactly; every shape and dtype checked."""
+        if mode not in PRECISIONS:
+            raise ValueError(f"{where}: unknown quantization mode {mode!r}; expected one of "
+                             f"{', '.join(PRECISIONS)}")
+        shapes = [self.kernel.shape, self.recurrent_kernel.shape]
+        if mode == "bfloat16":
+            want = [(np.uint16, shapes[0]), (np.uint16, shapes[1])]
+        else:
+            cols = (shapes[0][1],)
+            want = [(np.int8, shapes[0]), (np.int8, shapes[1]), (np.float32, cols),
+                    (np.float32, cols)]
+        if len(arrays) != len(want):
+            raise ValueError(f"{where}: {mode} weights expected {len(want)} arrays, "
+                             f"got {len(arrays)}")
+        arrays = [np.asarray(a) for a in arrays]
+        for a, (dtype, shape) in zip(arrays, want):
+            if a.dtype != dtype or a.shape != tuple(shape):
+                raise ValueError(f"{where}: {mode} weights expected {np.dtype(dtype).name} "
+                                 f"{tuple(shape)}, got {a.dtype} {a.shape}")
+        if mode != "bfloat16" and not all(np.isfinite(s).all() and (s >= 0).all()
+                                          for s in arrays[2:]):
+            raise ValueError(f"{where}: int8 scales must be finite and non-negative")
+        with WEIGHTS_LOCK:
+            if self.quantization_mode is not None or self.dtype != np.float32:
+                raise ValueError(f"{where}: the {type(self).__name__} must be a float32 cell "
+                                 "that is not quantized yet")
+            try:  # (raises where mode does not cover this cell)
+                check = quantize_params(self._make_params(), mode)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            q = QuantizedWeights(mode, *[np.array(a) for a in arrays])
+            kernel, recurrent = q.dequantize()
+            self._hold_quantized(replace(check, kernel=kernel, recurrent_kernel=recurrent,
+                                         quantized=q))
+            self.quantization_mode = mode
+            self._kernel_weights = Weights(self._params())
+            self.version += 1
+            _engine.weights_changed()
 
     def _weights_for(self, dtype=None):
         """The weights the kernels run (an ``_engine.Weights``); a cell's
@@ -285,7 +374,7 @@ class _Cell:
         self.__dict__.update(state)
         self._frames = None
         if self.built:
-            self._kernel_weights = Weights(self._make_params())
+            self._kernel_weights = Weights(self._params())
 
     # ----- config -----
     def get_config(self):
@@ -512,6 +601,17 @@ class StackedRNNCells:
 
         return commit
 
+    def quantize(self, mode):
+        """Quantize every cell's weights to ``mode``, together (see
+        :meth:`LSTMCell.quantize`); returns the stack."""
+        quantize_cells("StackedRNNCells", self.cells, mode)
+        return self
+
+    @property
+    def quantization_mode(self):
+        """None, the cells' mode, or ``"mixed"`` where they differ."""
+        return quantization_mode_of(self.cells)
+
     def get_initial_state(self, batch_size):
         return [c.get_initial_state(batch_size) if isinstance(c.state_size, list)
                 else c.get_initial_state(batch_size)[0] for c in self.cells]
@@ -546,6 +646,52 @@ class StackedRNNCells:
         config = dict(config)
         cells = [deserialize_cell(c) for c in config.pop("cells")]
         return cls(cells, **config)
+
+
+def quantize_cells(owner, cells, mode):
+    """Quantize ``cells`` (the built-in cells of ``owner``, a class name for
+    messages) to ``mode``: every cell checked and quantized before any
+    changes, and the new weights swapped in together."""
+    if not isinstance(mode, str) or mode not in PRECISIONS:
+        raise ValueError(f"{owner}.quantize: mode expected one of "
+                         f"{', '.join(map(repr, PRECISIONS))}, got {mode!r}")
+    for c in cells:
+        if not is_builtin(c):
+            raise TypeError(f"{owner}.quantize: {type(c).__name__} is not a built-in fastrnn "
+                            "cell; only LSTMCell, GRUCell and SimpleRNNCell weights can be "
+                            "quantized")
+    with WEIGHTS_LOCK:
+        for c in cells:
+            name = type(c).__name__
+            if not c.built:
+                raise ValueError(f"{owner}.quantize: the {name} is not built; build it or set "
+                                 "its weights first")
+            if c.quantization_mode is not None:
+                raise ValueError(f"{owner}.quantize: the {name} is already quantized to "
+                                 f"{c.quantization_mode!r}; weights are quantized once, from "
+                                 "float32 (set float32 weights on a fresh layer to change mode)")
+            if c.dtype != np.float32:
+                raise ValueError(f"{owner}.quantize: only float32 weights can be quantized; "
+                                 f"the {name} is {c.dtype.name} (make the layer with "
+                                 "dtype='float32')")
+        try:
+            made = [quantize_params(c._make_params(), mode) for c in cells]
+        except ValueError as exc:
+            raise ValueError(f"{owner}.quantize: {exc}") from None
+        for c, params in zip(cells, made):
+            c._hold_quantized(params)
+            c.quantization_mode = mode
+            c._kernel_weights = Weights(params)
+            c.version += 1
+        _engine.weights_changed()
+
+
+def quantization_mode_of(cells):
+    """None (no cell quantized), the mode all of ``cells`` share, or ``"mixed"``."""
+    modes = {getattr(c, "quantization_mode", None) for c in cells}
+    if len(modes) == 1:
+        return modes.pop()
+    return "mixed"
 
 
 def _plain_states(states, batch, sizes, dtype):

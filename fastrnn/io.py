@@ -80,6 +80,38 @@ _KINDS = ("rnn", "cell", "layer", "model", "torch")
 
 def _describe(obj, writer):
     """``{"class_name", "config", "weights", ...}`` for ``obj``; arrays go to ``writer``."""
+    spec = _describe_plain(obj, writer)
+    cells = obj._quantizable() if hasattr(obj, "_quantizable") else []
+    if any(c.quantization_mode is not None for c in cells):
+        # the compact weights, exactly, one entry per cell (None: float)
+        spec["quantized"] = [None if c.quantization_mode is None else
+                             {"mode": c.quantization_mode,
+                              "arrays": writer.add(_compact(c._quantized))} for c in cells]
+    return spec
+
+
+def _compact(q):
+    """The arrays of a cell's ``QuantizedWeights``, in ``_load_quantized`` order."""
+    if q.mode == "bfloat16":
+        return [q.kernel, q.recurrent_kernel]
+    return [q.kernel, q.recurrent_kernel, q.kernel_scale, q.recurrent_scale]
+
+
+def _load_compact(obj, entries, get, path):
+    """Put a file's compact weights (``spec["quantized"]``) into ``obj``'s cells."""
+    cells = obj._quantizable() if hasattr(obj, "_quantizable") else []
+    if not isinstance(entries, list) or len(entries) != len(cells):
+        raise ValueError(f"{path}: quantized must list one entry per cell ({len(cells)})")
+    for i, (cell, entry) in enumerate(zip(cells, entries)):
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("mode"), str):
+            raise ValueError(f"{path}: quantized[{i}] must be null or {{mode, arrays}}")
+        cell._load_quantized(entry["mode"], get(entry.get("arrays"), f"quantized[{i}]"),
+                             f"{path}: quantized[{i}]")
+
+
+def _describe_plain(obj, writer):
     cls_name = type(obj).__name__
     kind = serialization.kind_of(obj)
     if kind == "torch":
@@ -139,7 +171,10 @@ def _build(spec, arrays, path="object"):
             raise ValueError(f"{path}: num_layers={layers} but the file holds "
                              f"{len(weights)} arrays")
         state = dict(zip(weights, get(list(weights.values()), "weights")))
-        return cls.from_config(config, state_dict=state)
+        obj = cls.from_config(config, state_dict=state)
+        if "quantized" in spec:
+            _load_compact(obj, spec["quantized"], get, path)
+        return obj
     if kind == "model":
         layers = spec.get("layers")
         if not isinstance(layers, list):
@@ -162,6 +197,8 @@ def _build(spec, arrays, path="object"):
         raise ValueError(f"{path}: the {name} has no weights in the file (a recurrent layer "
                          "or cell is saved built; an unbuilt one would start from random "
                          "weights)")
+    if "quantized" in spec:
+        _load_compact(obj, spec["quantized"], get, path)
     for sub in (obj.forward_layer, obj.backward_layer) if name == "Bidirectional" else [obj]:
         if declared:
             _safe_io.check_features(declared, sub.cells[0].input_dim, path)

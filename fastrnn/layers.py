@@ -30,7 +30,7 @@ from . import _device, _engine, dispatch, serialization
 from ._nest import flatten, pack_as
 from .cells import (
     GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _batch_arg, _first, _pop_common,
-    deserialize_cell, is_builtin, stage_weights,
+    deserialize_cell, is_builtin, quantization_mode_of, quantize_cells, stage_weights,
 )
 from .streaming import Stream
 
@@ -263,6 +263,47 @@ class RNN:
     @property
     def weights(self):
         return self.get_weights()
+
+    # ----- reduced precision -----
+    def quantize(self, mode):
+        """Round the recurrent weights to ``mode``, in place (Keras 3
+        ``Layer.quantize``); returns the layer.
+
+        Parameters
+        ----------
+        mode : {"bfloat16", "int8", "int8_dynamic"}
+            ``"bfloat16"``: each weight rounded to bfloat16. ``"int8"``:
+            symmetric int8 with one float32 scale per output column.
+            ``"int8_dynamic"``: those int8 weights, and each row's input and
+            state quantized per step for integer dot products (LSTM and GRU
+            with ``reset_after=True``). Only ``kernel`` and
+            ``recurrent_kernel`` are quantized; biases, states, outputs and
+            every sum stay float32 (the scheme: :func:`fastrnn.kernels.quantize`).
+
+        Every cell of a stack is quantized, together. ``get_weights()`` then
+        returns the float32 values the kernels compute with, and
+        ``set_weights()`` quantizes the new weights the same way.
+
+        Raises
+        ------
+        ValueError
+            Unknown ``mode``; a layer not built, float64, or already quantized;
+            ``"int8_dynamic"`` on a cell it does not cover.
+        TypeError
+            The layer runs a cell of the user's (not a built-in cell).
+        """
+        quantize_cells(type(self).__name__, self._quantizable(), mode)
+        return self
+
+    @property
+    def quantization_mode(self):
+        """None (float weights), the mode of :meth:`quantize`, or ``"mixed"``
+        (stacked cells quantized apart)."""
+        return quantization_mode_of(self.cells)
+
+    def _quantizable(self):
+        """The cells :meth:`quantize` rounds (all; the user's are refused there)."""
+        return list(self.cells)
 
     # ----- backend -----
     def to(self, device):

@@ -31,7 +31,7 @@ from . import activations as _act
 from . import serialization
 from ._engine import WEIGHTS_LOCK
 from .bidirectional import Bidirectional
-from .cells import resolve_dtype
+from .cells import quantization_mode_of, quantize_cells, resolve_dtype
 from .layers import RNN
 
 # ----------------------------------------------------------------- activations
@@ -539,6 +539,35 @@ class Sequential:
         with WEIGHTS_LOCK:
             for stage in stages:
                 stage()
+
+    def quantize(self, mode):
+        """Quantize the recurrent layers' weights to ``mode``, together (see
+        :meth:`fastrnn.LSTM.quantize`); returns the model. ``Dense``,
+        ``Embedding`` and the other per-step layers keep their float32
+        weights: a recurrent layer reads its whole recurrent matrix at every
+        step, the others once per call.
+
+        Raises
+        ------
+        ValueError
+            As :meth:`fastrnn.LSTM.quantize`, and for a model without a
+            recurrent layer.
+        """
+        cells = self._quantizable()
+        if not cells:
+            raise ValueError(f"{type(self).__name__}.quantize: the model has no recurrent "
+                             "layer to quantize")
+        quantize_cells(type(self).__name__, cells, mode)
+        return self
+
+    @property
+    def quantization_mode(self):
+        """None, the recurrent layers' mode, or ``"mixed"``."""
+        return quantization_mode_of(self._quantizable())
+
+    def _quantizable(self):
+        return [c for layer in self.layers if hasattr(layer, "_quantizable")
+                for c in layer._quantizable()]
 
     def __call__(self, x, mask=None, training=False):
         """Run the layers on ``x`` (a batch); ``mask (batch, time)`` optional.

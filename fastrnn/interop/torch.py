@@ -42,7 +42,8 @@ import numpy as np
 from .. import _engine, serialization
 from .._engine import WEIGHTS_LOCK
 from .._nest import flatten
-from ..cells import GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells
+from ..cells import (GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, quantization_mode_of,
+                     quantize_cells)
 from ..layers import RNN
 from ._torch_cells import _ProjLSTMCell
 
@@ -166,12 +167,50 @@ class _TorchConverted:
                                  f"{self._arrays[n].shape}")
 
     def state_dict(self):
-        """The weights as ``{PyTorch name: array}`` (copies), ``named_parameters`` order."""
-        return {n: self._arrays[n].copy() for n in self.parameter_names}
+        """The weights as ``{PyTorch name: array}`` (copies), ``named_parameters``
+        order; a quantized module's ``weight_ih`` / ``weight_hh`` are the
+        float values its kernels compute with."""
+        arrays = self._current_arrays()
+        return {n: arrays[n].copy() for n in self.parameter_names}
 
     def get_weights(self):
-        """The weights in ``named_parameters()`` order (PyTorch layout)."""
-        return [self._arrays[n].copy() for n in self.parameter_names]
+        """The weights in ``named_parameters()`` order (PyTorch layout; see
+        :meth:`state_dict`)."""
+        arrays = self._current_arrays()
+        return [arrays[n].copy() for n in self.parameter_names]
+
+    # ----- reduced precision -----
+    def quantize(self, mode):
+        """Quantize every layer's ``weight_ih`` / ``weight_hh`` to ``mode``
+        (``"bfloat16"``, ``"int8"``: one scale per output row, as PyTorch's
+        ``quantize_dynamic``, or ``"int8_dynamic"``), in place and together;
+        returns the module. Biases and ``weight_hr`` stay float32. See
+        :meth:`fastrnn.LSTM.quantize` for the scheme and the errors;
+        ``load_state_dict`` / ``set_weights`` then quantize the new weights."""
+        quantize_cells(type(self).__name__, self._quantizable(), mode)
+        return self
+
+    @property
+    def quantization_mode(self):
+        """None, the mode of :meth:`quantize`, or ``"mixed"``."""
+        return quantization_mode_of(self._quantizable())
+
+    def _quantizable(self):
+        return [layer.cells[0] for layer, _ in self._suffixed_layers()]
+
+    def _current_arrays(self):
+        """The PyTorch-named arrays, with a quantized cell's matrices as the
+        float values it computes with (the Keras layout turned back)."""
+        if self.quantization_mode is None:
+            return self._arrays
+        arrays = dict(self._arrays)
+        for layer, suffix in self._suffixed_layers():
+            cell = layer.cells[0]
+            for name, w in (("weight_ih", cell.kernel), ("weight_hh", cell.recurrent_kernel)):
+                t = np.asarray(w).T  # (gates, inputs); a GRU's z, r, h back to r, z, n
+                arrays[name + suffix] = np.ascontiguousarray(
+                    _gru_reorder(t) if self.mode == "GRU" else t, dtype=self.dtype)
+        return arrays
 
     def set_weights(self, weights):
         """Load weights in ``named_parameters()`` order (PyTorch layout)."""
@@ -272,10 +311,14 @@ class TorchRecurrent(_TorchConverted):
         k = 1.0 / np.sqrt(self.hidden_size)
         return {n: rng.uniform(-k, k, self._expected_shape(n)) for n in self.parameter_names}
 
-    def _load_cells(self):
+    def _suffixed_layers(self):
+        """``(layer, parameter-name suffix)`` of each layer and direction."""
         dirs = self.num_directions
-        for i, layer in enumerate(self._layers):
-            suffix = f"_l{i // dirs}" + ("_reverse" if i % dirs else "")
+        return [(layer, f"_l{i // dirs}" + ("_reverse" if i % dirs else ""))
+                for i, layer in enumerate(self._layers)]
+
+    def _load_cells(self):
+        for layer, suffix in self._suffixed_layers():
             layer.set_weights(_keras_weights(self.mode, self._arrays, suffix, self.bias,
                                              self.proj_size))
 
@@ -500,6 +543,9 @@ class TorchCell(_TorchConverted):
     @property
     def parameter_names(self):
         return _param_names(self.mode, 1, False, self.bias, 0, cell=True)
+
+    def _suffixed_layers(self):
+        return [(self._layer, "")]
 
     def _load_cells(self):
         self._layer.set_weights(_keras_weights(self.mode, self._arrays, "", self.bias, 0))
