@@ -29,7 +29,7 @@ the stream's Python overhead, the median of ``stream(x, out=out)`` minus
 the median of the bare compiled kernel call on the same buffers (T = 1,
 H = 64).
 
-``OPENBLAS_NUM_THREADS=1 python -m fastrnn.bench_streaming --matvec`` times
+``OPENBLAS_NUM_THREADS=1 python -m fastrnn.cli.bench_streaming --matvec`` times
 the recurrent matrix-vector product alone against OpenBLAS ``sgemv``.
 """
 
@@ -78,7 +78,7 @@ def _fastrnn(layer, x):
 def _fastrnn_kernel(layer, x, mode):
     """The stream kernels called directly (no ``Stream`` wrapper, output
     preallocated) on ``mode`` weights: ``quantize`` of the layer's params."""
-    params = layer._params_list()
+    params = [c.params() for c in layer.cells]
     if mode != "float32":
         params = [quantize(p, mode) for p in params]
     w, cfg, n = _stream.pack(params, 1, False)
