@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import zipfile
 
 import numpy as np
@@ -103,6 +104,56 @@ class _EngineRunner:
         return 0
 
 
+#: Streams whose recurrent and input weights pass this many bytes (one
+#: core's L2 no longer holds them) time their first frames on both engines.
+TUNE_MIN_BYTES = 4 << 20
+#: Timed frames per engine (after one untimed each) before a stream keeps one.
+TUNE_SAMPLES = 8
+# Batches this large split rows between threads, not panels (the stream
+# kernels' rows are already independent): not tuned.
+_ROWS_SPLIT = 8
+
+
+def _weight_bytes(params):
+    """Bytes of a layer's kernel and recurrent kernel as the kernels hold them."""
+    q = params.quantized
+    if q is not None:
+        return q.kernel.nbytes + q.recurrent_kernel.nbytes
+    return np.asarray(params.kernel).nbytes + np.asarray(params.recurrent_kernel).nbytes
+
+
+class _FrameTuner:
+    """The first frames of a stream with large weights: alternately the
+    one-core stream kernel and the batch engine on both cores (each step's
+    weight panels split between them, :mod:`fastrnn.kernels.cpu.split`),
+    timed; then the stream keeps the faster for its frames and chunks.
+
+    Both write the same state arrays (views of the stream kernel's state),
+    so the state carries across the switch. Which wins depends on the
+    machine: the engine pays a thread wake-up per call and gains a second
+    core's cache and bandwidth.
+    """
+
+    def __init__(self, stream, kernel, runner):
+        self.stream = stream
+        self.fns = (kernel, runner.run)
+        self.times = ([], [])
+        self.calls = 0
+
+    def run(self, x, w, s, work, out, cfg):
+        k = self.calls % 2
+        self.calls += 1
+        t0 = time.perf_counter()
+        failed = self.fns[k](x, w, s, work, out, cfg)
+        elapsed = time.perf_counter() - t0
+        if self.calls > 2 and not failed:  # each engine's first call is not counted
+            self.times[k].append(elapsed)
+        if len(self.times[1]) >= TUNE_SAMPLES and len(self.times[0]) >= TUNE_SAMPLES:
+            self.stream._keep(int(np.median(self.times[1]) < np.median(self.times[0])),
+                              [float(np.median(t)) for t in self.times])
+        return failed
+
+
 class Stream:
     """Stateful frame-by-frame inference for a unidirectional recurrent layer.
 
@@ -147,6 +198,18 @@ class Stream:
         copies in.
     backend, backend_reason : str
         The engine that runs the calls, and why.
+    threads : int or None
+        How many threads a call may use: 1 on the stream kernels; the cpu
+        backend's thread count on the batch engine; None while a stream
+        with large weights is still timing both (below).
+
+    A stream whose weights pass :data:`TUNE_MIN_BYTES` (float32, batch
+    below 8, two threads or more) times its first frames alternately on the
+    one-core stream kernels and on the batch engine, whose two threads each
+    keep half of every step's weight panels in their own cache, and keeps
+    the faster (``backend`` ``"stream"`` or ``"cpu"``). On the batch engine
+    a helper thread that is late or descheduled never holds a frame back:
+    the calling thread takes its panels over.
     """
 
     def __init__(self, layer, batch_size=1, backend=None):
@@ -215,14 +278,16 @@ class Stream:
             self._w, self._cfg, state_len = kernels.pack(params, B, self._nan_raise)
             self._s = np.zeros(state_len, dt)
             self._states = kernels.state_views(self._s, self._cfg, B)
-            self._frame_fn = kernels.frame
+            self._frame_fn = self._kernel_frame = kernels.frame
             self._chunk_fn = kernels.chunk_seq if self._return_sequences else kernels.chunk_last
             self._work_size = kernels.work_size
             self._work = np.zeros(self._work_size(self._cfg, B, 1), dt)
             self._work_T = 1
             self.backend = "stream"
+            self.threads = 1
             self.backend_reason = ("stream: single-thread small-batch kernels "
                                    "(fastrnn.kernels.cpu.stream) support this configuration")
+            self._tune(weights, params)
         else:
             self._states = [np.zeros((B, s), dt) for s in self._sizes]
             if layer.compiled:
@@ -237,10 +302,49 @@ class Stream:
             self._w = self._s = self._work = self._cfg = None
             self._work_T = 1 << 62
             self.backend = choice.name
+            self.threads = dispatch.get_num_threads() if choice.name == "cpu" else 1
             self.backend_reason = f"{choice.name} through the kernel contract: {why}"
         self._fshape = (B, self.input_dim)
         self._foshape = (B, self.units)
         self._ready = True
+
+    def _tune(self, weights, params):
+        """Large weights on a machine with two threads or more: time the
+        first frames on both engines (:class:`_FrameTuner`)."""
+        nbytes = sum(_weight_bytes(p) for p in params)
+        if (nbytes < TUNE_MIN_BYTES or self._dt != np.float32
+                or self.batch_size >= _ROWS_SPLIT or dispatch.get_num_threads() < 2):
+            return
+        choice = _engine.select_for(weights, "cpu")
+        if choice.name != "cpu":
+            return
+        self._runner = _EngineRunner(self.layer, weights, choice, self._states)
+        self._frame_fn = _FrameTuner(self, self._frame_fn, self._runner).run
+        self.threads = None
+        self.backend_reason = (f"stream: timing its first frames on the single-thread stream "
+                               f"kernels and on the cpu batch engine with {dispatch.get_num_threads()} "
+                               f"threads ({nbytes / 2**20:.1f} MiB of weights pass one core's "
+                               "cache); it keeps the faster")
+
+    def _keep(self, engine, medians):
+        """The tuner's decision: ``engine`` 1 (batch engine on both cores) or 0."""
+        nbytes = sum(_weight_bytes(w.params) for w in self._weights)
+        timing = (f"median frame {medians[0] * 1e6:.0f} us on one thread, "
+                  f"{medians[1] * 1e6:.0f} us on the batch engine")
+        if engine:
+            self._frame_fn = self._chunk_fn = self._runner.run
+            self._work_T = 1 << 62
+            self.backend = "cpu"
+            self.threads = dispatch.get_num_threads()
+            self.backend_reason = (f"cpu batch engine, up to {self.threads} threads sharing each "
+                                   f"step's weight panels ({nbytes / 2**20:.1f} MiB of weights): "
+                                   f"faster than the stream kernels here ({timing})")
+        else:
+            self._frame_fn = self._kernel_frame
+            self.threads = 1
+            self.backend_reason = ("stream: single-thread small-batch kernels "
+                                   f"(fastrnn.kernels.cpu.stream), faster here ({timing})")
+        self._runner = None
 
     def _check_weights(self):
         """Pack the layer's weights again if they changed since the last call
