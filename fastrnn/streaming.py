@@ -122,6 +122,15 @@ def _weight_bytes(params):
     return np.asarray(params.kernel).nbytes + np.asarray(params.recurrent_kernel).nbytes
 
 
+def _readable(x):
+    """``x``, or for a read-only array a writable view of its memory, which
+    the kernels only read: the compiled kernels are typed by writability,
+    and a read-only frame would compile a second copy of them."""
+    if x.flags.writeable:
+        return x
+    return dispatch.backend_module("cpu").writable(x)
+
+
 class _FrameTuner:
     """The first frames of a stream with large weights: alternately the
     one-core stream kernel and the batch engine on both cores (each step's
@@ -378,8 +387,8 @@ class Stream:
                 fn, oshape = self._chunk_fn, self._coshape
             else:
                 return self._slow(x, out)
-            if not x.flags.c_contiguous:  # (a size-1 axis may have any stride)
-                return self._slow(x, out)
+            if not (flags := x.flags).c_contiguous or not flags.writeable:
+                return self._slow(x, out)  # (a size-1 axis may have any stride)
             if out is None:
                 out = _empty(oshape, self._dt)
             elif out.__class__ is not _ndarray or out.dtype is not self._dt or \
@@ -420,7 +429,7 @@ class Stream:
         if x.ndim == 2:
             if x.shape != (B, D):
                 raise ValueError(self._shape_message(x, "a frame (batch, features)", (B, D)))
-            x = np.ascontiguousarray(x)
+            x = _readable(np.ascontiguousarray(x))
             if out is None:
                 out = _empty(self._foshape, self._dt)
             else:
@@ -443,7 +452,7 @@ class Stream:
             if x.shape[0] != B or x.shape[2] != D:
                 raise ValueError(self._shape_message(x, "a chunk (batch, time, features)",
                                                      (B, T, D)))
-        x = np.ascontiguousarray(x)
+        x = _readable(np.ascontiguousarray(x))
         oshape = (B, T, self.units) if self._return_sequences else (B, self.units)
         flip = self._return_sequences and self._time_major
         user_shape = (T, B, self.units) if flip else oshape

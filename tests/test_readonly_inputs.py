@@ -142,6 +142,24 @@ def test_writable_view_for_the_stream_kernels(rng, dtype):
         np.testing.assert_array_equal(g, wnt)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_readonly_frames_and_chunks_of_a_stream(rng, dtype):
+    """A Stream given read-only frames and chunks runs the kernels its
+    writable frames compiled, with the same results."""
+    import fastrnn
+
+    layer = fastrnn.GRU(13, return_sequences=True, dtype=dtype)
+    layer.build((1, None, 7))
+    x = rng.standard_normal((1, 6, 7)).astype(dtype)
+    a, b = layer.stream(), layer.stream()
+    want = [a(x[:, 0]), a(x[:, 1:4]), a(x[:, 4:])]
+    before = _signatures()
+    got = [b(_readonly(x[:, 0])), b(_readonly(x[:, 1:4])), b(_readonly(x[:, 4:]))]
+    assert _signatures() == before
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_writable_keeps_the_memory_alive():
     import gc
     import weakref
