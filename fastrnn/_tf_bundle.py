@@ -29,7 +29,9 @@ TensorFlow has written its index blocks uncompressed since release 1.2
 a snappy-compressed block (from an older TensorFlow) is refused with a
 ``ValueError`` saying so.
 
-This module imports nothing from fastrnn.
+This module imports nothing from fastrnn. It is long because it is one
+file format end to end: the table reader, the protobuf fields, the CRC and
+the checks of every size a file declares.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ unused: the ``*_regularizer`` and ``*_constraint`` arguments (fastrnn does
 not train), and ``implementation`` (numerically identical). ``dropout`` and
 ``recurrent_dropout`` apply only when a layer is called with
 ``training=True``.
+
+The module is long because the three cells and their stack share one weight
+machinery (build, ``set_weights``, ``quantize``, the one-step call); kept
+together, it is written once.
 """
 
 from __future__ import annotations

@@ -33,6 +33,11 @@ through the kernel contract on the backend the layer itself picks;
 
 A stream packs the layer's weights when it is made, and again at its first
 call after ``layer.set_weights`` (the carried state stays).
+
+Weights too large for one core's cache: see :class:`Stream` (a stream times
+the stream kernels against the batch engine on two threads and keeps the
+faster). The module is long because the stream file format (``save`` /
+:func:`load_stream`) and its checks live beside the class they restore.
 """
 
 from __future__ import annotations

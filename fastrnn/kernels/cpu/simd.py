@@ -18,6 +18,10 @@ forms, lane access and prefetches.
 
 NaN handling: comparisons are written so that a NaN input propagates (the
 clamps keep NaN; ``llvm.minnum`` would not).
+
+The module is long because it is the one vector type of the CPU kernels:
+every intrinsic the tiles and the stream kernels use (float, bfloat16 and
+int8 loads, integer dot products, the activations) lives beside the type.
 """
 
 from __future__ import annotations

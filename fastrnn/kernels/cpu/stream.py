@@ -46,6 +46,10 @@ The functions return 0, or 1 when NaN was found in the input and the
 layer's ``nan_policy`` is ``"raise"`` (checked before any state is written).
 While they run, subnormal numbers read and are written as zero on the
 calling thread (:mod:`.fpenv`).
+
+The module is long because each weight format (float32, bfloat16, int8,
+int8_dynamic) has its panel product here, beside the one stack driver that
+uses them.
 """
 
 from __future__ import annotations
