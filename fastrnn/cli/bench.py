@@ -51,8 +51,6 @@ import time
 import numpy as np
 
 from .. import dispatch
-from ..kernels import GRUParams, LSTMParams
-from ..kernels import run as run_kernel
 from . import bench_quantized as bq
 from . import bench_accuracy
 from ._progress import Progress, warm
@@ -99,21 +97,7 @@ def _weights(cell, D, H, seed=0):
 
 
 def fastrnn_engine(backend_name, cell, w, x):
-    mod = dispatch.backend_module(backend_name)
-    kernel, rec, bias = w
-    params = LSTMParams(kernel, rec, bias) if cell == "lstm" else GRUParams(kernel, rec, bias)
-    packed = mod.pack(params)
-    B, T, _ = x.shape
-    H = params.units
-    states = [np.zeros((B, H), np.float32) for _ in range(params.n_states)]
-
-    def call():
-        out = np.empty((B, T, H), np.float32)
-        outs = [np.empty((B, H), np.float32) for _ in states]
-        run_kernel(mod, packed, x, states, None, False, False, out, outs)
-        return out
-
-    return call
+    return bq.fastrnn_engine(cell, w, x, "float32", backend_name)
 
 
 def ort_engine(cell, w, x, threads=THREADS):

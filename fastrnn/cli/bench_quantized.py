@@ -50,11 +50,14 @@ def _params(cell, w):
     return LSTMParams(kernel, rec, bias) if cell == "lstm" else GRUParams(kernel, rec, bias)
 
 
-def fastrnn_engine(cell, w, x, mode):
-    """fastrnn's cpu backend on ``mode`` weights (a zero-argument callable
-    returning the ``(B, T, H)`` output sequence)."""
-    mod = dispatch.backend_module("cpu")
-    params = quantize(_params(cell, w), mode)
+def fastrnn_engine(cell, w, x, mode, backend_name="cpu"):
+    """fastrnn's ``backend_name`` backend on ``mode`` weights (``"float32"``:
+    as given): a zero-argument callable returning the ``(B, T, H)`` output
+    sequence."""
+    mod = dispatch.backend_module(backend_name)
+    params = _params(cell, w)
+    if mode != "float32":
+        params = quantize(params, mode)
     packed = mod.pack(params)
     B, T, _ = x.shape
     H = params.units
