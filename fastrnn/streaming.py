@@ -136,20 +136,21 @@ def _readable(x):
     return dispatch.backend_module("cpu").writable(x)
 
 
-class _FrameTuner:
-    """The first frames of a stream with large weights: alternately the
-    one-core stream kernel and the batch engine on both cores (each step's
-    weight panels split between them, :mod:`fastrnn.kernels.cpu.split`),
-    timed; then the stream keeps the faster for its frames and chunks.
+class _Tuner:
+    """The first frames (or chunks) of a stream with large weights:
+    alternately the one-core stream kernel and the batch engine on both
+    cores (each step's weight panels split between them,
+    :mod:`fastrnn.kernels.cpu.split`), timed per step; then the stream keeps
+    the faster for that kind of call. Frames and chunks are timed apart:
+    a chunk pays the engine's thread wake-up once for all its steps.
 
-    Both write the same state arrays (views of the stream kernel's state),
-    so the state carries across the switch. Which wins depends on the
-    machine: the engine pays a thread wake-up per call and gains a second
-    core's cache and bandwidth.
+    Both engines write the same state arrays (views of the stream kernel's
+    state), so the state carries across the switch.
     """
 
-    def __init__(self, stream, kernel, runner):
+    def __init__(self, stream, which, kernel, runner):
         self.stream = stream
+        self.which = which  # "frame" or "chunk"
         self.fns = (kernel, runner.run)
         self.times = ([], [])
         self.calls = 0
@@ -161,10 +162,10 @@ class _FrameTuner:
         failed = self.fns[k](x, w, s, work, out, cfg)
         elapsed = time.perf_counter() - t0
         if self.calls > 2 and not failed:  # each engine's first call is not counted
-            self.times[k].append(elapsed)
+            self.times[k].append(elapsed / (1 if x.ndim == 2 else x.shape[1]))
         if len(self.times[1]) >= TUNE_SAMPLES and len(self.times[0]) >= TUNE_SAMPLES:
-            self.stream._keep(int(np.median(self.times[1]) < np.median(self.times[0])),
-                              [float(np.median(t)) for t in self.times])
+            medians = [float(np.median(t)) for t in self.times]
+            self.stream._keep(self.which, int(medians[1] < medians[0]), medians)
         return failed
 
 
@@ -213,17 +214,19 @@ class Stream:
     backend, backend_reason : str
         The engine that runs the calls, and why.
     threads : int or None
-        How many threads a call may use: 1 on the stream kernels; the cpu
-        backend's thread count on the batch engine; None while a stream
+        How many threads a frame call may use: 1 on the stream kernels; the
+        cpu backend's thread count on the batch engine; None while a stream
         with large weights is still timing both (below).
 
     A stream whose weights pass :data:`TUNE_MIN_BYTES` (float32, batch
     below 8, two threads or more) times its first frames alternately on the
     one-core stream kernels and on the batch engine, whose two threads each
     keep half of every step's weight panels in their own cache, and keeps
-    the faster (``backend`` ``"stream"`` or ``"cpu"``). On the batch engine
-    a helper thread that is late or descheduled never holds a frame back:
-    the calling thread takes its panels over.
+    the faster (``backend`` ``"stream"`` or ``"cpu"``, for frames); its
+    first chunks are timed the same way, apart (``backend_reason`` says
+    what each kind of call runs). On the batch engine a helper thread that
+    is late or descheduled never holds a frame back: the calling thread
+    takes its panels over.
     """
 
     def __init__(self, layer, batch_size=1, backend=None):
@@ -292,7 +295,7 @@ class Stream:
             self._w, self._cfg, state_len = kernels.pack(params, B, self._nan_raise)
             self._s = np.zeros(state_len, dt)
             self._states = kernels.state_views(self._s, self._cfg, B)
-            self._frame_fn = self._kernel_frame = kernels.frame
+            self._frame_fn = kernels.frame
             self._chunk_fn = kernels.chunk_seq if self._return_sequences else kernels.chunk_last
             self._work_size = kernels.work_size
             self._work = np.zeros(self._work_size(self._cfg, B, 1), dt)
@@ -324,7 +327,8 @@ class Stream:
 
     def _tune(self, weights, params):
         """Large weights on a machine with two threads or more: time the
-        first frames on both engines (:class:`_FrameTuner`)."""
+        first frames, and apart the first chunks, on both engines
+        (:class:`_Tuner`)."""
         nbytes = sum(_weight_bytes(p) for p in params)
         if (nbytes < TUNE_MIN_BYTES or self._dt != np.float32
                 or self.batch_size >= _ROWS_SPLIT or dispatch.get_num_threads() < 2):
@@ -332,33 +336,48 @@ class Stream:
         choice = _engine.select_for(weights, "cpu")
         if choice.name != "cpu":
             return
-        self._runner = _EngineRunner(self.layer, weights, choice, self._states)
-        self._frame_fn = _FrameTuner(self, self._frame_fn, self._runner).run
-        self.threads = None
-        self.backend_reason = (f"stream: timing its first frames on the single-thread stream "
-                               f"kernels and on the cpu batch engine with {dispatch.get_num_threads()} "
-                               f"threads ({nbytes / 2**20:.1f} MiB of weights pass one core's "
-                               "cache); it keeps the faster")
+        runner = _EngineRunner(self.layer, weights, choice, self._states)
+        self._kernel_fns = {"frame": self._frame_fn, "chunk": self._chunk_fn}
+        self._runner_fn = runner.run
+        self._frame_fn = _Tuner(self, "frame", self._frame_fn, runner).run
+        self._chunk_fn = _Tuner(self, "chunk", self._chunk_fn, runner).run
+        self._chosen = {}
+        self._nbytes = nbytes
+        self._describe_tuning()
 
-    def _keep(self, engine, medians):
-        """The tuner's decision: ``engine`` 1 (batch engine on both cores) or 0."""
-        nbytes = sum(_weight_bytes(w.params) for w in self._weights)
-        timing = (f"median frame {medians[0] * 1e6:.0f} us on one thread, "
-                  f"{medians[1] * 1e6:.0f} us on the batch engine")
-        if engine:
-            self._frame_fn = self._chunk_fn = self._runner.run
-            self._work_T = 1 << 62
-            self.backend = "cpu"
-            self.threads = dispatch.get_num_threads()
-            self.backend_reason = (f"cpu batch engine, up to {self.threads} threads sharing each "
-                                   f"step's weight panels ({nbytes / 2**20:.1f} MiB of weights): "
-                                   f"faster than the stream kernels here ({timing})")
+    def _keep(self, which, engine, medians):
+        """A tuner's decision for ``which`` calls: ``engine`` 1 (the batch
+        engine on two threads or more) or 0 (the stream kernels)."""
+        fn = self._runner_fn if engine else self._kernel_fns[which]
+        if which == "frame":
+            self._frame_fn = fn
         else:
-            self._frame_fn = self._kernel_frame
-            self.threads = 1
-            self.backend_reason = ("stream: single-thread small-batch kernels "
-                                   f"(fastrnn.kernels.cpu.stream), faster here ({timing})")
-        self._runner = None
+            self._chunk_fn = fn
+            if engine:
+                self._work_T = 1 << 62  # (the stream kernels' work array is not used)
+        self._chosen[which] = (engine, medians)
+        self._describe_tuning()
+
+    def _describe_tuning(self):
+        """``backend``, ``threads`` (of frame calls) and ``backend_reason``
+        while and after the tuners time both engines."""
+        n = dispatch.get_num_threads()
+        parts = []
+        for which in ("frame", "chunk"):
+            got = self._chosen.get(which)
+            if got is None:
+                parts.append(f"{which}s: timing the stream kernels and the cpu batch engine "
+                             f"with {n} threads")
+                continue
+            engine, (one, two) = got
+            what = f"the cpu batch engine with {n} threads" if engine else "the stream kernels"
+            parts.append(f"{which}s: {what} (median per step {one * 1e6:.0f} us on the stream "
+                         f"kernels, {two * 1e6:.0f} us on the batch engine)")
+        frame = self._chosen.get("frame")
+        self.backend = "cpu" if frame is not None and frame[0] else "stream"
+        self.threads = None if frame is None else (n if frame[0] else 1)
+        self.backend_reason = (f"{self._nbytes / 2**20:.1f} MiB of weights pass one core's "
+                               f"cache, so the faster engine is kept; " + "; ".join(parts))
 
     def _check_weights(self):
         """Pack the layer's weights again if they changed since the last call

@@ -38,43 +38,46 @@ def _stream_with_costs(monkeypatch, layer, kernel_cost, engine_cost):
     clock = _Clock()
     monkeypatch.setattr(streaming, "time", clock)
     monkeypatch.setattr(streaming, "TUNE_MIN_BYTES", 0)
-    real = streaming._FrameTuner.__init__
+    real = streaming._Tuner.__init__
 
-    def init(self, stream, kernel, runner):
-        real(self, stream, kernel, runner)
+    def init(self, stream, which, kernel, runner):
+        real(self, stream, which, kernel, runner)
         self.fns = (_timed(self.fns[0], clock, kernel_cost),
                     _timed(self.fns[1], clock, engine_cost))
 
-    monkeypatch.setattr(streaming._FrameTuner, "__init__", init)
+    monkeypatch.setattr(streaming._Tuner, "__init__", init)
     return layer.stream()
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("engine_wins", [True, False])
 def test_stream_keeps_the_faster_engine(monkeypatch, rng, kind, engine_wins):
-    T, D, H = 2 * streaming.TUNE_SAMPLES + 9, 11, 37
+    S = streaming.TUNE_SAMPLES
+    n_frames, n_chunks, C = 2 * S + 5, 2 * S + 4, 3
+    T, D, H = n_frames + n_chunks * C, 11, 37
     layer = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(H, return_sequences=True)
     layer.build((1, None, D))
     layer.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
                        for w in layer.get_weights()])
     stream = _stream_with_costs(monkeypatch, layer, 1.0, 0.5 if engine_wins else 2.0)
-    assert stream.threads is None and "timing its first frames" in stream.backend_reason
+    assert stream.threads is None and "frames: timing" in stream.backend_reason
     x = rng.standard_normal((1, T, D)).astype(np.float32)
-    split = T - 5
-    frames = [stream(x[:, t]) for t in range(split)]
+    frames = [stream(x[:, t]) for t in range(n_frames)]
+    winner = "the cpu batch engine" if engine_wins else "the stream kernels"
     if engine_wins:
         assert stream.backend == "cpu" and stream.threads == dispatch.get_num_threads()
-        assert "faster than the stream kernels" in stream.backend_reason
     else:
         assert stream.backend == "stream" and stream.threads == 1
-        assert "faster here" in stream.backend_reason
-    chunk = stream(x[:, split:])  # a chunk after the decision
+    assert f"frames: {winner}" in stream.backend_reason
+    assert "chunks: timing" in stream.backend_reason
+    chunks = [stream(x[:, t:t + C]) for t in range(n_frames, T, C)]
+    assert f"chunks: {winner}" in stream.backend_reason
     ref = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(
         H, return_sequences=True, backend="reference", dtype="float64")
     ref.set_weights([w.astype(np.float64) for w in layer.get_weights()])
     want = ref(x.astype(np.float64))
-    np.testing.assert_allclose(np.stack(frames, axis=1), want[:, :split], atol=2e-5)
-    np.testing.assert_allclose(chunk, want[:, split:], atol=2e-5)
+    got = np.concatenate([np.stack(frames, axis=1)] + chunks, axis=1)
+    np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_small_weights_and_float64_are_not_timed(rng):
