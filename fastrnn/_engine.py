@@ -242,6 +242,18 @@ def frames_for(weights, batch):
     return _for_stack(weights, ("frames", batch, dispatch.default_key()), make)
 
 
+def plain_states(states, batch, sizes, dtype):
+    """Whether ``states`` need no conversion: ``(batch, size)`` arrays of
+    ``dtype``, as many as ``sizes`` (they are copied into the kernel's own
+    buffer, so any strides do)."""
+    if len(states) != len(sizes):
+        return False
+    for st, n in zip(states, sizes):
+        if type(st) is not np.ndarray or st.dtype is not dtype or st.shape != (batch, n):
+            return False
+    return True
+
+
 def step(frames, x, states):
     """One step of a stack on the ``cpu`` backend's per-frame kernels.
 

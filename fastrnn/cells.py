@@ -359,7 +359,7 @@ class _Cell:
                 and inputs.dtype is self.dtype and inputs.flags.c_contiguous
                 and inputs.shape[1] == self.input_dim
                 and not (training and (self.dropout or self.recurrent_dropout))
-                and _plain_states(states, inputs.shape[0], self._sizes, self.dtype)):
+                and _engine.plain_states(states, inputs.shape[0], self._sizes, self.dtype)):
             key = (w, inputs.shape[0], dispatch.default_key())
             hit = self._frames
             if hit is None or hit[0] != key:
@@ -696,18 +696,6 @@ def quantization_mode_of(cells):
     if len(modes) == 1:
         return modes.pop()
     return "mixed"
-
-
-def _plain_states(states, batch, sizes, dtype):
-    """Whether ``states`` need no conversion: ``(batch, size)`` arrays of
-    ``dtype``, as many as ``sizes`` (they are copied into the kernel's own
-    buffer, so any strides do)."""
-    if len(states) != len(sizes):
-        return False
-    for st, n in zip(states, sizes):
-        if type(st) is not np.ndarray or st.dtype is not dtype or st.shape != (batch, n):
-            return False
-    return True
 
 
 def is_builtin(cell):

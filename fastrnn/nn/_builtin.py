@@ -256,12 +256,7 @@ class _FusedCell(RNNCell):
         elif type(state) is not np.ndarray:
             return None
         states = self._to_keras(state)
-        if len(states) != len(sizes):
-            return None
-        for a, n in zip(states, sizes):
-            if type(a) is not np.ndarray or a.dtype is not dtype or a.shape != (batch, n):
-                return None
-        return states
+        return states if _engine.plain_states(states, batch, sizes, dtype) else None
 
     # TF1 state <-> the kernels' Keras-order list
     _state_is_tuple = False
