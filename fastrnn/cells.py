@@ -229,9 +229,10 @@ class _Cell:
         return self
 
     def _load_quantized(self, mode, arrays, where):
-        """Put in the compact weights ``arrays`` of ``mode`` (from a file:
-        ``[kernel, recurrent_kernel]`` as bfloat16 bits, or those as int8
-        and their two scale vectors) exactly; every shape and dtype checked."""
+        """Put in the compact weights ``arrays`` of ``mode`` (from a file, in
+        ``QuantizedWeights.arrays()`` order: ``[kernel, recurrent_kernel]`` as
+        bfloat16 bits, or those as int8 and their two scale vectors) exactly;
+        every shape and dtype checked."""
         if mode not in PRECISIONS:
             raise ValueError(f"{where}: unknown quantization mode {mode!r}; expected one of "
                              f"{', '.join(PRECISIONS)}")

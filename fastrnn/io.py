@@ -86,15 +86,8 @@ def _describe(obj, writer):
         # the compact weights, exactly, one entry per cell (None: float)
         spec["quantized"] = [None if c.quantization_mode is None else
                              {"mode": c.quantization_mode,
-                              "arrays": writer.add(_compact(c._quantized))} for c in cells]
+                              "arrays": writer.add(c._quantized.arrays())} for c in cells]
     return spec
-
-
-def _compact(q):
-    """The arrays of a cell's ``QuantizedWeights``, in ``_load_quantized`` order."""
-    if q.mode == "bfloat16":
-        return [q.kernel, q.recurrent_kernel]
-    return [q.kernel, q.recurrent_kernel, q.kernel_scale, q.recurrent_scale]
 
 
 def _load_compact(obj, entries, get, path):

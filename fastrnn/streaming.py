@@ -627,11 +627,23 @@ class Stream:
         meta = {"format": _FORMAT, "layer": config,
                 "batch_size": self.batch_size, "backend": self._backend_arg,
                 "n_weights": len(self.layer.get_weights()), "n_states": len(self._states)}
-        arrays = {"meta": np.array(json.dumps(meta))}
+        arrays = {}
         for i, w in enumerate(self.layer.get_weights()):
             arrays[f"w{i}"] = np.asarray(w)
         for i, s in enumerate(self._snapshot()):
             arrays[f"s{i}"] = s
+        cells = self.layer.cells
+        if any(getattr(c, "quantization_mode", None) for c in cells):
+            # a quantized cell's compact weights, exactly (None: float)
+            meta["quantized"] = []
+            for i, c in enumerate(cells):
+                if getattr(c, "quantization_mode", None) is None:
+                    meta["quantized"].append(None)
+                    continue
+                names = [f"q{i}_{j}" for j in range(len(c._quantized.arrays()))]
+                arrays.update(zip(names, c._quantized.arrays()))
+                meta["quantized"].append({"mode": c.quantization_mode, "arrays": names})
+        arrays["meta"] = np.array(json.dumps(meta))
         if isinstance(path, (str, os.PathLike)):
             path = os.fspath(path)
             if not path.endswith(".npz"):
@@ -743,6 +755,28 @@ def _restore_stream(data, where):
         data.shape(f"w{i}")  # every name present before any array is read
     layer.set_weights([data.read(f"w{i}") for i in range(counts["n_weights"])])
     _safe_io.check_features(declared, layer.cells[0].input_dim, "the layer")
+    _restore_quantized(layer, meta.get("quantized"), data)
     stream = Stream(layer, batch_size=B, backend=meta.get("backend"))
     stream.states = [data.read(f"s{i}") for i in range(len(sizes))]
     return stream
+
+
+def _restore_quantized(layer, entries, data):
+    """Put a stream file's compact weights (``meta["quantized"]``) into the
+    layer's cells, exactly (see :meth:`Stream.save`)."""
+    if entries is None:
+        return
+    cells = layer.cells
+    if not isinstance(entries, list) or len(entries) != len(cells):
+        raise ValueError(f"meta: quantized expected one entry per cell ({len(cells)})")
+    for i, (cell, entry) in enumerate(zip(cells, entries)):
+        if entry is None:
+            continue
+        names = entry.get("arrays") if isinstance(entry, dict) else None
+        if (not isinstance(entry.get("mode") if isinstance(entry, dict) else None, str)
+                or not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            raise ValueError(f"meta: quantized[{i}] expected null or {{mode, arrays}}")
+        for n in names:
+            data.shape(n)  # present before any is read
+        cell._load_quantized(entry["mode"], [data.read(n) for n in names],
+                             f"meta: quantized[{i}]")

@@ -383,3 +383,20 @@ def test_trained_classifier_keeps_its_predictions():
         q = fastrnn.from_torch(lstm).quantize(mode)
         same = ((q(x)[0][:, -1] @ w + b).argmax(axis=1) == float_class).mean()
         assert same >= 0.995, f"{mode}: {same:.4f} of predictions unchanged"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stream_files_keep_the_compact_weights(tmp_path, mode, rng):
+    layer = fastrnn.GRU(14)
+    layer.build((1, None, 6))
+    layer.quantize(mode)
+    stream = layer.stream()
+    x = rng.standard_normal((1, 9, 6)).astype(np.float32)
+    stream(x[:, :4])
+    path = stream.save(str(tmp_path / "s.npz"))
+    back = fastrnn.streaming.load_stream(path)
+    assert back.layer.quantization_mode == mode
+    for u, v in zip(layer.cell._quantized.arrays(), back.layer.cell._quantized.arrays()):
+        assert u.dtype == v.dtype
+        np.testing.assert_array_equal(u, v)
+    np.testing.assert_array_equal(back(x[:, 4:]), stream(x[:, 4:]))

@@ -151,6 +151,14 @@ class QuantizedWeights:
     kernel_scale: Optional[np.ndarray] = None
     recurrent_scale: Optional[np.ndarray] = None
 
+    def arrays(self):
+        """The compact arrays, in the order a file keeps them: ``[kernel,
+        recurrent_kernel]`` (bfloat16) or those and ``[kernel_scale,
+        recurrent_scale]`` (int8 modes)."""
+        if self.mode == "bfloat16":
+            return [self.kernel, self.recurrent_kernel]
+        return [self.kernel, self.recurrent_kernel, self.kernel_scale, self.recurrent_scale]
+
     def dequantize(self):
         """``(kernel, recurrent_kernel)``: the float32 values the compact
         arrays stand for (exact: no rounding happens here)."""
