@@ -140,10 +140,21 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
                 b1 = vfma(wload(w, r + L), x0, b1)
                 b2 = vfma(wload(w, r + 2 * L), x0, b2)
                 b3 = vfma(wload(w, r + 3 * L), x0, b3)
-            so = scoff + p * P if scoff >= 0 else -1
+            if scoff < 0:  # unscaled whole panels: straight into dst
+                d = doff + p * P
+                vstore(dst, d, vload(dst, d) + a0)
+                vstore(dst, d + L, vload(dst, d + L) + a1)
+                vstore(dst, d + 2 * L, vload(dst, d + 2 * L) + a2)
+                vstore(dst, d + 3 * L, vload(dst, d + 3 * L) + a3)
+                d += P
+                vstore(dst, d, vload(dst, d) + b0)
+                vstore(dst, d + L, vload(dst, d + L) + b1)
+                vstore(dst, d + 2 * L, vload(dst, d + 2 * L) + b2)
+                vstore(dst, d + 3 * L, vload(dst, d + 3 * L) + b3)
+                continue
+            so = scoff + p * P
             _emit(dst, doff + p * P, L, a0, a1, a2, a3, P, scratch, soff, sc, so)
-            _emit(dst, doff + p * P + P, L, b0, b1, b2, b3, P, scratch, soff, sc,
-                  so + P if so >= 0 else -1)
+            _emit(dst, doff + p * P + P, L, b0, b1, b2, b3, P, scratch, soff, sc, so + P)
             continue
         p = idx + npair
         base = off + p * K * P
@@ -244,7 +255,7 @@ def _product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, 
 @overload(_product, inline="always")
 def _ov_product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff,
                 koff, qv):
-    if ws.types[0].dtype != types.float32:  # float64 streams: no narrow formats
+    if len(ws.types) == 1:  # a stack of float weights (see _views): no format dispatch
         def plain(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev,
                   scoff, koff, qv):
             _pgemv(ws[0], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
@@ -476,12 +487,27 @@ def _stack(xf, ws, s, work, cfg, B, T, yf, write_last):
     cfg[0, _PAR] += T
 
 
-@njit(inline="always")
 def _views(w, work):
-    """``(w, w as uint16, w as int8, w as int32, work as uint8)``: the packed
-    weights of every format (narrow panels are stored in ``w``'s bytes) and
-    the bytes of the work array (int8_dynamic's quantized rows)."""
-    return w, w.view(np.uint16), w.view(np.int8), w.view(np.int32), work.view(np.uint8)
+    """The packed weights as the products read them: ``(w,)`` for a stack of
+    float weights; for a stack with quantized layers (``w`` is then the
+    bytes, :func:`pack`) ``(w as float32, as uint16, as int8, as int32, work
+    as uint8)``: every format's view and int8_dynamic's scratch bytes. The
+    two kinds compile apart, so a float stack's products carry no format
+    dispatch."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(_views, inline="always")
+def _ov_views(w, work):
+    if w.dtype == types.uint8:
+        def every(w, work):
+            return (w.view(np.float32), w.view(np.uint16), w.view(np.int8), w.view(np.int32),
+                    work.view(np.uint8))
+        return every
+
+    def plain(w, work):
+        return (w,)
+    return plain
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
@@ -615,7 +641,8 @@ def pack(params_list, batch_size, nan_raise):
 
     Quantized records (:func:`fastrnn.kernels.quantize`) keep their compact
     weights: bfloat16 bit patterns or int8 values in ``w``'s bytes, int8
-    column scales beside them."""
+    column scales beside them; ``w`` is then returned as its bytes (uint8),
+    which selects the kernels' format dispatch (:func:`_views`)."""
     dt = np.dtype(params_list[0].kernel.dtype)
     L = lanes(dt)
     B = int(batch_size)
@@ -682,7 +709,10 @@ def pack(params_list, batch_size, nan_raise):
         cfg.append(row)
     cfg = np.array(cfg, dtype=np.int64)
     cfg[0, _NAN] = int(bool(nan_raise))
-    return aligned64(np.concatenate(blocks)), cfg, soff
+    w = aligned64(np.concatenate(blocks))
+    if any(p.quantized is not None for p in params_list):
+        w = w.view(np.uint8)  # its bytes: the kernels compile the format dispatch (_views)
+    return w, cfg, soff
 
 
 def state_views(s, cfg, batch_size):
