@@ -40,3 +40,21 @@ def load_golden(name):
     d = np.load(os.path.join(DATA, name + ".npz"))
     arrays = {k: d[k] for k in d.files if k != "config"}
     return json.loads(str(d["config"])), arrays
+
+
+@pytest.fixture(params=["one thread", "rows split", "panels split"])
+def threading(request, monkeypatch):
+    """The three ways a ``cpu`` call uses the cores (thresholds lowered so
+    that a small call takes each): rows split from
+    ``threads._BATCH_SPLIT_MIN`` rows up, panels split below."""
+    from fastrnn.kernels.cpu import threads
+
+    cpu = dispatch.backend_module("cpu")
+    if request.param == "one thread":
+        cpu.set_num_threads(1)
+    else:
+        monkeypatch.setattr(threads, "_MIN_PARALLEL_WORK", 0)
+        monkeypatch.setattr(threads, "_MIN_SPLIT_STEP_WORK", 0)
+        cpu.set_num_threads(2)
+    yield request.param
+    cpu.set_num_threads(None)

@@ -51,21 +51,6 @@ def _call(packed_w, params, x, states, mask):
     return [out] + outs
 
 
-@pytest.fixture(params=["one thread", "rows split", "panels split"])
-def threading(request, monkeypatch):
-    """The three ways a call uses the cores (thresholds lowered so that a
-    small call takes each)."""
-    if request.param == "one thread":
-        cpu.set_num_threads(1)
-    else:
-        monkeypatch.setattr(threads, "_MIN_PARALLEL_WORK", 0)
-        monkeypatch.setattr(threads, "_MIN_SPLIT_STEP_WORK", 0)
-        # rows split from _BATCH_SPLIT_MIN rows up, panels split below
-        cpu.set_num_threads(2)
-    yield request.param
-    cpu.set_num_threads(None)
-
-
 @pytest.mark.parametrize("kind,dtype", [("lstm", np.float32), ("gru", np.float32),
                                         ("gru", np.float64), ("simple_rnn", np.float32)])
 def test_readonly_inputs_add_no_specialization(rng, threading, kind, dtype):

@@ -67,18 +67,6 @@ def _params(kind, rng, D, H, dtype, zero_bias):
     return SimpleRNNParams(r(D, H), r(H, H), b(H))
 
 
-@pytest.fixture(params=["one thread", "rows split", "panels split"])
-def threading(request, monkeypatch):
-    if request.param == "one thread":
-        cpu.set_num_threads(1)
-    else:
-        monkeypatch.setattr(threads, "_MIN_PARALLEL_WORK", 0)
-        monkeypatch.setattr(threads, "_MIN_SPLIT_STEP_WORK", 0)
-        cpu.set_num_threads(2)
-    yield request.param
-    cpu.set_num_threads(None)
-
-
 def _call(backend, params, x, states, mask=None):
     B, T, _ = x.shape
     out = np.full((B, T, params.output_size), np.nan, x.dtype)
