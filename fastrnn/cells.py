@@ -214,7 +214,7 @@ class _Cell:
 
         Parameters
         ----------
-        mode : {"bfloat16", "int8", "int8_dynamic"}
+        mode : {"bfloat16", "int8", "int8_dynamic", "bfloat16_dynamic"}
             The weight format (:func:`fastrnn.kernels.quantize` gives the
             scheme). Biases, states, outputs and every sum stay float32.
 
@@ -222,8 +222,8 @@ class _Cell:
         ------
         ValueError
             For an unknown ``mode``, a cell that is not built, a float64 cell,
-            one already quantized, or ``"int8_dynamic"`` on a cell it does not
-            cover (SimpleRNN, GRU with ``reset_after=False``).
+            one already quantized, or a ``_dynamic`` mode on a cell it does
+            not cover (SimpleRNN, GRU with ``reset_after=False``).
         """
         quantize_cells(type(self).__name__, [self], mode)
         return self
@@ -231,13 +231,15 @@ class _Cell:
     def _load_quantized(self, mode, arrays, where):
         """Put in the compact weights ``arrays`` of ``mode`` (from a file, in
         ``QuantizedWeights.arrays()`` order: ``[kernel, recurrent_kernel]`` as
-        bfloat16 bits, or those as int8 and their two scale vectors) exactly;
+        bfloat16 bits (both bfloat16 modes), or those as int8 and their two
+        scale vectors) exactly;
         every shape and dtype checked."""
         if mode not in PRECISIONS:
             raise ValueError(f"{where}: unknown quantization mode {mode!r}; expected one of "
                              f"{', '.join(PRECISIONS)}")
         shapes = [self.kernel.shape, self.recurrent_kernel.shape]
-        if mode == "bfloat16":
+        bf16 = mode.startswith("bfloat16")
+        if bf16:
             want = [(np.uint16, shapes[0]), (np.uint16, shapes[1])]
         else:
             cols = (shapes[0][1],)
@@ -251,7 +253,7 @@ class _Cell:
             if a.dtype != dtype or a.shape != tuple(shape):
                 raise ValueError(f"{where}: {mode} weights expected {np.dtype(dtype).name} "
                                  f"{tuple(shape)}, got {a.dtype} {a.shape}")
-        if mode != "bfloat16" and not all(np.isfinite(s).all() and (s >= 0).all()
+        if not bf16 and not all(np.isfinite(s).all() and (s >= 0).all()
                                           for s in arrays[2:]):
             raise ValueError(f"{where}: int8 scales must be finite and non-negative")
         with WEIGHTS_LOCK:

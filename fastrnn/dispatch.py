@@ -219,7 +219,8 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=Fal
         Print a line to stderr after each kernel family.
     precisions : sequence of str
         Reduced-precision weight formats (``"bfloat16"``, ``"int8"``,
-        ``"int8_dynamic"``) whose packed LSTM and GRU kernels to compile too.
+        ``"int8_dynamic"``, ``"bfloat16_dynamic"``) whose packed LSTM and GRU
+        kernels to compile too.
 
     Returns
     -------

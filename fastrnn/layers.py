@@ -271,14 +271,17 @@ class RNN:
 
         Parameters
         ----------
-        mode : {"bfloat16", "int8", "int8_dynamic"}
+        mode : {"bfloat16", "int8", "int8_dynamic", "bfloat16_dynamic"}
             ``"bfloat16"``: each weight rounded to bfloat16. ``"int8"``:
             symmetric int8 with one float32 scale per output column.
             ``"int8_dynamic"``: those int8 weights, and each row's input and
-            state quantized per step for integer dot products (LSTM and GRU
-            with ``reset_after=True``). Only ``kernel`` and
-            ``recurrent_kernel`` are quantized; biases, states, outputs and
-            every sum stay float32 (the scheme: :func:`fastrnn.kernels.quantize`).
+            state quantized per step for integer dot products.
+            ``"bfloat16_dynamic"``: bfloat16 weights, and the input and state
+            rounded to bfloat16 per step for bfloat16 dot products. (The two
+            ``_dynamic`` modes: LSTM and GRU with ``reset_after=True``.)
+            Only ``kernel`` and ``recurrent_kernel`` are stored quantized;
+            biases, the states kept between steps, outputs and every sum stay
+            float32 (the scheme: :func:`fastrnn.kernels.quantize`).
 
         Every cell of a stack is quantized, together. ``get_weights()`` then
         returns the float32 values the kernels compute with, and
@@ -288,7 +291,7 @@ class RNN:
         ------
         ValueError
             Unknown ``mode``; a layer not built, float64, or already quantized;
-            ``"int8_dynamic"`` on a cell it does not cover.
+            a ``_dynamic`` mode on a cell it does not cover.
         TypeError
             The layer runs a cell of the user's (not a built-in cell).
         """

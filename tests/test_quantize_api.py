@@ -17,7 +17,8 @@ import fastrnn
 from fastrnn import models
 from conftest import layer_backends
 
-MODES = ("bfloat16", "int8", "int8_dynamic")
+MODES = ("bfloat16", "int8", "int8_dynamic", "bfloat16_dynamic")
+DYNAMIC = ("int8_dynamic", "bfloat16_dynamic")  # activations rounded too
 
 
 def _bf16(w):
@@ -98,9 +99,10 @@ def test_layer_quantize_runs_the_rounded_weights(backend, mode, kind, kw, rng):
 
 @pytest.mark.parametrize("backend", layer_backends())
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_int8_dynamic_layer_against_reference(backend, kind, rng):
-    """int8_dynamic quantizes activations too: against the reference
-    backend's dynamic quantization, and within its bound of float64."""
+@pytest.mark.parametrize("mode", DYNAMIC)
+def test_dynamic_layer_against_reference(backend, kind, mode, rng):
+    """The dynamic modes round activations too: against the reference
+    backend's rounding, and within their bound of float64."""
     B, T, D, H = 2, 9, 13, 19
     x = rng.standard_normal((B, T, D)).astype(np.float32)
     layer = _layer(kind, H, return_sequences=True, backend=backend)
@@ -108,16 +110,17 @@ def test_int8_dynamic_layer_against_reference(backend, kind, rng):
     weights = _random_weights(layer, rng)
     layer.set_weights(weights)
     if backend == "cuda":
-        layer.quantize("int8_dynamic")
-        assert "int8_dynamic" in layer.backend_reason or layer.backend != "cuda"
+        layer.quantize(mode)
+        assert mode in layer.backend_reason or layer.backend != "cuda"
         return
     ref = _layer(kind, H, return_sequences=True, backend="reference")
     ref.set_weights(weights)
-    ref.quantize("int8_dynamic")
-    layer.quantize("int8_dynamic")
+    ref.quantize(mode)
+    layer.quantize(mode)
     y = layer(x)
     np.testing.assert_allclose(y, ref(x), atol=2e-5)
-    assert np.abs(y - _expected(kind, H, weights, x, return_sequences=True)).max() < 2.5e-2
+    bound = 2.5e-2 if mode == "int8_dynamic" else 1e-2
+    assert np.abs(y - _expected(kind, H, weights, x, return_sequences=True)).max() < bound
 
 
 def test_set_weights_on_a_quantized_layer_quantizes_again(rng):
@@ -152,7 +155,7 @@ def test_stacked_cells_and_bidirectional(mode, rng):
         assert all(c.quantization_mode == mode for c in cells)
         after = obj(x)
         assert 1e-5 < np.abs(after - before).max() < 5e-2
-        if mode != "int8_dynamic":  # weights only: every kernel matrix rounded
+        if mode not in DYNAMIC:  # weights only: every kernel matrix rounded
             n = 3  # kernel, recurrent_kernel, bias per cell
             for i, (got, w) in enumerate(zip(obj.get_weights(), ref_weights)):
                 want = _rounded(w, mode) if i % n < 2 else w
@@ -315,7 +318,7 @@ def test_bad_calls_are_clear_errors():
     with pytest.raises(ValueError, match="LSTM.quantize: the LSTMCell is not built"):
         layer.quantize("int8")
     layer.build((1, 2, 3))
-    with pytest.raises(ValueError, match=r"mode expected one of 'bfloat16', 'int8', 'int8_dynamic', got 'int4'"):
+    with pytest.raises(ValueError, match=r"mode expected one of 'bfloat16', 'int8', 'int8_dynamic', 'bfloat16_dynamic', got 'int4'"):
         layer.quantize("int4")
     with pytest.raises(ValueError, match="mode expected one of"):
         layer.quantize(8)
@@ -330,6 +333,9 @@ def test_bad_calls_are_clear_errors():
     simple.build((1, 2, 3))
     with pytest.raises(ValueError, match="int8_dynamic.*not a SimpleRNN"):
         simple.quantize("int8_dynamic")
+    with pytest.raises(ValueError, match="'bfloat16_dynamic' covers LSTM .*not a SimpleRNN; "
+                                         "use 'bfloat16'"):
+        simple.quantize("bfloat16_dynamic")
     assert simple.quantization_mode is None  # nothing changed
 
     class MyCell:

@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 
 from fastrnn import dispatch
-from fastrnn.kernels import (GRUParams, LSTMParams, QuantizedWeights, SimpleRNNParams, quantize,
-                             quantize_rows, reference, run, state_sizes)
+from fastrnn.kernels import (DYNAMIC, GRUParams, LSTMParams, QuantizedWeights, SimpleRNNParams,
+                             bfloat16_values, quantize, quantize_rows, reference, run,
+                             state_sizes)
 from fastrnn.kernels.cpu import packed as packed_kernels
 from fastrnn.kernels.cpu import stream as stream_kernels
 
 from test_kernels import BACKENDS, _force_parallel, compare, make_params, ragged_mask
 
 MODES = ("bfloat16", "int8")  # weights only: every configuration
-ALL_MODES = MODES + ("int8_dynamic",)  # activations too: LSTM and GRU (reset_after)
+ALL_MODES = MODES + DYNAMIC  # activations too: LSTM and GRU (reset_after)
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_bad_calls_are_clear_errors():
     p = make_params("lstm", rng, 3, 5, np.float32)
     for bad in ("fp8", "BFLOAT16", None, 8):
         with pytest.raises(ValueError, match=r"mode: expected one of 'bfloat16', 'int8', "
-                                             r"'int8_dynamic', got"):
+                                             r"'int8_dynamic', 'bfloat16_dynamic', got"):
             quantize(p, bad)
     for cell, what in ((make_params("simple_rnn", rng, 3, 5, np.float32), "a SimpleRNN"),
                        (make_params("gru", rng, 3, 5, np.float32, reset_after=False),
@@ -194,19 +195,22 @@ def test_batch_kernels_against_reference(cpu, mode, kind, opts, H):
 @pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
 def test_every_backend_runs_the_quantized_semantics(backend, mode, kind):
     """Every backend of ``FASTRNN_TEST_BACKENDS`` (see test_kernels; cuda
-    runs the dequantized float32 values and refuses int8_dynamic) against
-    the quantized reference."""
-    if mode == "int8_dynamic" and kind == "simple_rnn":
-        pytest.skip("int8_dynamic: LSTM and GRU only (test_bad_calls_are_clear_errors)")
+    runs the dequantized float32 values and refuses the dynamic modes)
+    against the quantized reference."""
+    if mode in DYNAMIC and kind == "simple_rnn":
+        pytest.skip("dynamic modes: LSTM and GRU only (test_bad_calls_are_clear_errors)")
     rng = np.random.default_rng(14)
     params = quantize(make_params(kind, rng, 7, 19, np.float32), mode)
     ok, why = backend.supports(params)
-    if mode == "int8_dynamic" and backend.NAME == "cuda":
-        assert not ok and "int8_dynamic" in why
+    if mode in DYNAMIC and backend.NAME == "cuda":
+        assert not ok and mode in why
         return
     assert ok, why
     x = rng.standard_normal((3, 4, 7)).astype(np.float32)
-    compare(backend, params, x, mask=ragged_mask(rng, 3, 4), rng=rng)
+    if mode in DYNAMIC:
+        _compare_dynamic(backend, params, x, mask=ragged_mask(rng, 3, 4), rng=rng)
+    else:
+        compare(backend, params, x, mask=ragged_mask(rng, 3, 4), rng=rng)
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)
@@ -215,7 +219,8 @@ def test_packed_panels_hold_the_compact_weights(cpu, mode, kind):
     rng = np.random.default_rng(9)
     q = quantize(make_params(kind, rng, 6, 20, np.float32), mode)
     packed = cpu.pack(q)
-    want = {"bfloat16": np.uint16, "int8": np.int8, "int8_dynamic": np.int32}[mode]
+    want = {"bfloat16": np.uint16, "int8": np.int8, "int8_dynamic": np.int32,
+            "bfloat16_dynamic": np.uint32}[mode]
     assert packed.packed and packed.arrays[0].dtype == want
     assert mode in repr(packed)
 
@@ -234,14 +239,14 @@ def test_thread_splits_against_reference(cpu, monkeypatch, mode, kind, split):
     for B in (1, 3, 9):
         monkeypatch.setattr(cpu.threads, "_contended_until", 0.0)
         x = rng.standard_normal((B, 6, 9)).astype(np.float32)
-        if mode == "int8_dynamic":
+        if mode in DYNAMIC:
             _compare_dynamic(cpu, params, x, mask=ragged_mask(rng, B, 6), reverse=B == 3,
                              rng=rng)
         else:
             compare(cpu, params, x, mask=ragged_mask(rng, B, 6), reverse=B == 3, rng=rng)
 
 
-# ------------------------------------------------------------------ int8_dynamic
+# ------------------------------------------------------------------ dynamic modes
 
 
 def test_activation_quantization_scheme():
@@ -260,6 +265,33 @@ def test_activation_quantization_scheme():
         assert np.abs(q[r]).max() == 127
         # nearest step (float32 arithmetic: within half a step and a hair)
         assert (np.abs(q[r] - a[r].astype(np.float64) * 127 / m) <= 0.5 + 1e-4).all()
+
+
+def test_bfloat16_activation_rounding():
+    """bfloat16_dynamic's activations: the compiled rounding of inputs and
+    states gives the bits of ``bfloat16_values`` (NumPy), which are
+    PyTorch's float32 -> bfloat16 conversion (ties to even, NaN kept)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal((4, 5, 21)) * rng.choice([1e-3, 1.0, 300.0], (4, 5, 1)))
+    x = x.astype(np.float32)
+    x[0, 0, :3] = [1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8)]  # ties
+    x[1, 2, 4] = np.nan
+    x[2, 3, 0] = -np.inf
+    want = torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(bfloat16_values(x), want)
+    assert list(bfloat16_values(x)[0, 0, :3]) == [1.0, 1 + 2 ** -6, -1.0]
+    xq, _ = packed_kernels.bfloat16_inputs(x)
+    assert xq.shape == (4, 5, 22) and xq.dtype == np.uint16 and (xq[..., 21] == 0).all()
+    got = (xq[..., :21].astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(got, want)
+    hq = np.ones(20 * 32, np.uint16)
+    hf = np.zeros(20 * 32 + 7, np.float32)
+    for r in range(20):
+        hf[7 + r * 32:7 + r * 32 + 21] = x.reshape(20, 21)[r]
+    packed_kernels.quantize_state(hf, 7, 20, 21, 32, hq, np.zeros(1, np.float32))
+    got = (hq.reshape(20, 32)[:, :21].astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(got, want.reshape(20, 21))
 
 
 def test_kernel_quantization_is_the_reference_quantization():
@@ -287,12 +319,12 @@ def test_kernel_quantization_is_the_reference_quantization():
 
 
 def _compare_dynamic(backend, params, x, mask=None, reverse=False, zero_output=False, rng=None):
-    """int8_dynamic against the reference. At the first step both quantize
-    the same float32 values (the same integers); later the state differs in
-    its last bits between a float32 kernel and the float64 reference, and a
-    value on a rounding edge may land one step apart (about 1e-4 here): the
-    first step to float32 rounding, the sequence to 2e-3 and on average far
-    closer."""
+    """A dynamic mode against the reference. At the first step both round
+    the same float32 values (the same integers, or bfloat16); later the
+    state differs in its last bits between a float32 kernel and the float64
+    reference, and a value on a rounding edge may land one step apart (about
+    1e-4 here): the first step to float32 rounding, the sequence to 2e-3 and
+    on average far closer."""
     B, T, _ = x.shape
     rng = rng or np.random.default_rng(0)
     states = [(rng.standard_normal((B, n)) * 0.5).astype(np.float32) for n in state_sizes(params)]
@@ -313,11 +345,12 @@ def _compare_dynamic(backend, params, x, mask=None, reverse=False, zero_output=F
         assert np.abs(g - w_).max() < 2e-3
 
 
+@pytest.mark.parametrize("mode", DYNAMIC)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("H", [1, 17, 37, 70])
-def test_int8_dynamic_batch_against_reference(cpu, kind, H):
+def test_dynamic_batch_against_reference(cpu, mode, kind, H):
     rng = np.random.default_rng(100 + H)
-    params = quantize(make_params(kind, rng, 11, H, np.float32), "int8_dynamic")
+    params = quantize(make_params(kind, rng, 11, H, np.float32), mode)
     for B, T in ((1, 1), (1, 9), (2, 5), (5, 4), (13, 3)):
         x = rng.standard_normal((B, T, 11)).astype(np.float32)
         _compare_dynamic(cpu, params, x, rng=rng)
@@ -325,9 +358,10 @@ def test_int8_dynamic_batch_against_reference(cpu, kind, H):
                          zero_output=B % 2 == 1, rng=rng)
 
 
-def test_int8_dynamic_nan_and_zero_rows(cpu):
+@pytest.mark.parametrize("mode", DYNAMIC)
+def test_dynamic_nan_and_zero_rows(cpu, mode):
     rng = np.random.default_rng(17)
-    params = quantize(make_params("lstm", rng, 6, 19, np.float32), "int8_dynamic")
+    params = quantize(make_params("lstm", rng, 6, 19, np.float32), mode)
     x = rng.standard_normal((3, 4, 6)).astype(np.float32)
     x[1, 2, 3] = np.nan  # row 1 turns NaN from step 2 on (as in float32)
     x[2] = 0.0  # a zero input row: the input part is zero, the bias and state remain
@@ -343,11 +377,13 @@ def test_int8_dynamic_nan_and_zero_rows(cpu):
     np.testing.assert_allclose(got[2], want[2], rtol=1e-4, atol=3e-5)
 
 
-def test_int8_dynamic_hoisted_input_sums(cpu, monkeypatch):
+@pytest.mark.parametrize("mode", DYNAMIC)
+def test_dynamic_hoisted_input_sums(cpu, monkeypatch, mode):
     """One row with its input sums hoisted (6 steps per weight load) and
-    without: the same bits (the sums are exact integers either way)."""
+    without: the same bits (int8: exact integers; bfloat16: the same sums in
+    the same order either way)."""
     rng = np.random.default_rng(18)
-    params = quantize(make_params("gru", rng, 13, 40, np.float32), "int8_dynamic")
+    params = quantize(make_params("gru", rng, 13, 40, np.float32), mode)
     x = rng.standard_normal((1, 31, 13)).astype(np.float32)
     outs = []
     for hoist in (True, False):
@@ -416,14 +452,15 @@ def test_stream_kernels_against_reference(mode, kind, opts):
             np.testing.assert_allclose(g, w_, rtol=1e-4, atol=3e-5)
 
 
+@pytest.mark.parametrize("mode", DYNAMIC)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_stream_kernels_int8_dynamic(kind):
-    """The stream kernels quantize each row of the chunk's input and each
+def test_stream_kernels_dynamic(mode, kind):
+    """The stream kernels round each row of the chunk's input and each
     step's state; the first step exactly as the reference, the rest to the
     tolerance of :func:`_compare_dynamic`."""
     rng = np.random.default_rng(19)
-    bottom = quantize(make_params(kind, rng, 13, 37, np.float32), "int8_dynamic")
-    top = quantize(make_params("lstm", rng, 37, 70, np.float32), "int8_dynamic")
+    bottom = quantize(make_params(kind, rng, 13, 37, np.float32), mode)
+    top = quantize(make_params("lstm", rng, 37, 70, np.float32), mode)
     for B, T in ((1, 1), (1, 9), (3, 4)):
         states = [(rng.standard_normal((B, s)) * 0.3).astype(np.float32)
                   for p in (bottom, top) for s in state_sizes(p)]
@@ -442,7 +479,8 @@ def test_stream_mixes_formats():
     layers = [quantize(make_params("gru", rng, 8, 33, np.float32), "int8"),
               make_params("lstm", rng, 33, 21, np.float32),
               quantize(make_params("lstm", rng, 21, 19, np.float32), "bfloat16"),
-              quantize(make_params("gru", rng, 19, 17, np.float32), "int8_dynamic")]
+              quantize(make_params("gru", rng, 19, 17, np.float32), "int8_dynamic"),
+              quantize(make_params("lstm", rng, 17, 23, np.float32), "bfloat16_dynamic")]
     states = [np.zeros((2, s), np.float32) for p in layers for s in state_sizes(p)]
     x = rng.standard_normal((2, 5, 8)).astype(np.float32)
     got, _ = _stream_run(layers, x, states)
@@ -456,7 +494,7 @@ def test_stream_mixes_formats():
 # int8_dynamic also rounds every activation: about twice int8's error (at
 # B=64, T=50, H=1024: 2.0e-2 for a GRU, where ONNX Runtime's int8 LSTM gives
 # 1.9e-2 and PyTorch's 3.6e-2; python -m fastrnn bench --precision ...)
-BOUND = {"bfloat16": 5e-3, "int8": 1.5e-2, "int8_dynamic": 2.5e-2}
+BOUND = {"bfloat16": 5e-3, "int8": 1.5e-2, "int8_dynamic": 2.5e-2, "bfloat16_dynamic": 1e-2}
 
 
 @pytest.mark.parametrize("mode", ALL_MODES)

@@ -457,7 +457,7 @@ def parse(argv):
     p.add_argument("--repeats", type=int, default=0, help="timed samples per engine and shape")
     p.add_argument("--precision", default="float32",
                    help="weight formats to time, comma-separated: float32,bfloat16,int8,"
-                        "int8_dynamic (int8 adds ONNX Runtime's DynamicQuantizeLSTM and "
+                        "int8_dynamic,bfloat16_dynamic (int8 adds ONNX Runtime's DynamicQuantizeLSTM and "
                         "PyTorch's quantize_dynamic; every row then gets its max abs error vs "
                         "float64)")
     p.add_argument("--runs", type=int, default=1,

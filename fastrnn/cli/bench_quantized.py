@@ -2,11 +2,12 @@
 
 Engines, all built from the same float32 weights as the float32 rows:
 
-* **fastrnn** ``bfloat16`` / ``int8`` / ``int8_dynamic``:
+* **fastrnn** ``bfloat16`` / ``int8`` / ``int8_dynamic`` / ``bfloat16_dynamic``:
   :func:`fastrnn.kernels.quantize`, then the cpu backend through the kernel
   contract (bfloat16 and int8: weights only, inputs, states and sums stay
   float32; int8_dynamic: activations quantized per row and step too, as
-  ONNX Runtime and PyTorch do).
+  ONNX Runtime and PyTorch do; bfloat16_dynamic: activations rounded to
+  bfloat16 for the products).
 * **ONNX Runtime int8** (LSTM only: ONNX Runtime has no quantized GRU): one
   ``com.microsoft`` ``DynamicQuantizeLSTM`` node, ``W (1, D, 4H)`` and ``R
   (1, H, 4H)`` int8 with per-column scales (fastrnn's int8 weights, zero
@@ -32,7 +33,7 @@ from .. import dispatch
 from ..kernels import GRUParams, LSTMParams, quantize, reference, run
 
 #: The weight formats ``--precision`` takes.
-PRECISIONS = ("float32", "bfloat16", "int8", "int8_dynamic")
+PRECISIONS = ("float32", "bfloat16", "int8", "int8_dynamic", "bfloat16_dynamic")
 
 
 def parse_precisions(text):
@@ -189,6 +190,7 @@ def float64_output(cell, w, x):
 #: Ratio columns of the precision table: (key, header, numerator, denominator).
 RATIOS = (
     ("bf16_vs_f32", "bf16/f32", "fastrnn-cpu-bfloat16", "fastrnn-cpu"),
+    ("bf16dyn_vs_f32", "bf16dyn/f32", "fastrnn-cpu-bfloat16_dynamic", "fastrnn-cpu"),
     ("int8_vs_f32", "int8/f32", "fastrnn-cpu-int8", "fastrnn-cpu"),
     ("int8_vs_ort_int8", "int8/ORT-int8", "fastrnn-cpu-int8", "onnxruntime-int8"),
     ("int8_vs_torch_int8", "int8/torch-int8", "fastrnn-cpu-int8", "pytorch-int8"),

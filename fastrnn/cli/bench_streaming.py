@@ -455,6 +455,7 @@ def run(opts):
 
 _PRECISION_COLUMNS = (("kernel_float32", "fastrnn f32"), ("kernel_bfloat16", "fastrnn bf16"),
                       ("kernel_int8", "fastrnn int8"), ("kernel_int8_dynamic", "fastrnn int8dyn"),
+                      ("kernel_bfloat16_dynamic", "fastrnn bf16dyn"),
                       ("ort", "ORT f32 [thr]"),
                       ("ort_int8", "ORT int8 [thr]"), ("torch_int8", "PyTorch int8 module"))
 _PRECISION_RATIOS = (("kernel_bfloat16", "kernel_float32", "bf16/f32"),
@@ -467,7 +468,9 @@ _PRECISION_RATIOS = (("kernel_bfloat16", "kernel_float32", "bf16/f32"),
                      ("kernel_int8_dynamic", "kernel_float32", "int8dyn/f32"),
                      ("kernel_int8_dynamic", "ort", "int8dyn/ORT f32"),
                      ("kernel_int8_dynamic", "ort_int8", "int8dyn/ORT int8"),
-                     ("kernel_int8_dynamic", "torch_int8", "int8dyn/PyTorch int8"))
+                     ("kernel_int8_dynamic", "torch_int8", "int8dyn/PyTorch int8"),
+                     ("kernel_bfloat16_dynamic", "kernel_float32", "bf16dyn/f32"),
+                     ("kernel_bfloat16_dynamic", "ort", "bf16dyn/ORT f32"))
 
 
 def format_precision(rows):
@@ -532,7 +535,7 @@ def main(argv=None):
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="engines to leave out: onnxruntime,pytorch")
     p.add_argument("--precision", default="float32",
-                   help="weight formats, comma-separated: float32,bfloat16,int8,int8_dynamic")
+                   help="weight formats, comma-separated: " + ",".join(bq.PRECISIONS))
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--matvec", action="store_true",
                    help="only the mat-vec against OpenBLAS sgemv (run with "

@@ -120,6 +120,8 @@ def lines():
                          "float32")
         add("quantized", f"int8_dynamic (activations quantized per row and step): "
                          f"{simd.dot_instruction()} for the integer dot products")
+        add("quantized", f"bfloat16_dynamic (activations rounded to bfloat16 per step): "
+                         f"{simd.bf16_dot_instruction()} for the bfloat16 dot products")
     except Exception as exc:
         add("quantized", f"error: {type(exc).__name__}: {exc}")
 

@@ -8,6 +8,7 @@ import time
 import numba
 
 from .. import dispatch
+from ..kernels import PRECISIONS
 
 
 def main(argv=None):
@@ -16,12 +17,12 @@ def main(argv=None):
     parser.add_argument("-q", "--quiet", action="store_true", help="no line per kernel family")
     parser.add_argument("--precision", default="", metavar="FORMATS",
                         help="also the kernels of reduced-precision weights: "
-                             "bfloat16,int8,int8_dynamic")
+                             f"{','.join(PRECISIONS)}")
     opts = parser.parse_args(argv)
     precisions = [p for p in opts.precision.split(",") if p]
-    bad = [p for p in precisions if p not in ("bfloat16", "int8", "int8_dynamic")]
+    bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
-        parser.error(f"--precision: expected some of bfloat16, int8, int8_dynamic, got "
+        parser.error(f"--precision: expected some of {', '.join(PRECISIONS)}, got "
                      f"{opts.precision!r}")
     t0 = time.perf_counter()
     done = dispatch.warmup(verbose=not opts.quiet, precisions=precisions)

@@ -183,7 +183,8 @@ class _TorchConverted:
     def quantize(self, mode):
         """Quantize every layer's ``weight_ih`` / ``weight_hh`` to ``mode``
         (``"bfloat16"``, ``"int8"``: one scale per output row, as PyTorch's
-        ``quantize_dynamic``, or ``"int8_dynamic"``), in place and together;
+        ``quantize_dynamic``, ``"int8_dynamic"`` or ``"bfloat16_dynamic"``),
+        in place and together;
         returns the module. Biases and ``weight_hr`` stay float32. See
         :meth:`fastrnn.LSTM.quantize` for the scheme and the errors;
         ``load_state_dict`` / ``set_weights`` then quantize the new weights."""

@@ -63,6 +63,15 @@ the states, the outputs and every sum (weights-only quantization).
   the sum exact in integers. A zero row gives zeros; a row holding NaN or
   inf gives NaN. Biases, the cell state and the gate math stay float32.
   LSTM (no projection) and GRU with ``reset_after=True`` only.
+* ``"bfloat16_dynamic"``: the bfloat16 weights above, and the activations
+  rounded to bfloat16 too (ties to even; NaN stays NaN) for the products
+  only, so that they are bfloat16 dot products (``vdpbf16ps`` where the CPU
+  has AVX512_BF16: twice the multiply-adds of a float32 FMA per
+  instruction, half the weight bytes). At every step, each row's input
+  ``x_t`` and previous state ``h`` are rounded; a product of two bfloat16 is
+  exact in float32 and the sums are float32. The state kept from step to
+  step, the biases and the gate math stay float32. LSTM (no projection) and
+  GRU with ``reset_after=True`` only.
 
 The record keeps both forms: ``params.quantized`` (:class:`QuantizedWeights`:
 the bfloat16 bit patterns as uint16, or the int8 values and their float32
@@ -71,8 +80,8 @@ stand for (``float32(q) * scale``; a bfloat16 is exactly a float32). For
 ``"bfloat16"`` and ``"int8"`` those values *are* the quantized layer: a
 backend that reads only the float32 arrays (``cuda``) computes exactly its
 semantics, and a backend with narrow kernels (``cpu``) packs
-``params.quantized`` instead. ``"int8_dynamic"`` also quantizes the
-activations: ``reference`` implements it, ``cuda`` does not run it.
+``params.quantized`` instead. The two ``_dynamic`` modes also round the
+activations: ``reference`` implements them, ``cuda`` does not run them.
 
 Backend module interface
 ------------------------
@@ -130,14 +139,16 @@ import numpy as np
 
 
 #: The reduced-precision formats of :func:`quantize`.
-PRECISIONS = ("bfloat16", "int8", "int8_dynamic")
+PRECISIONS = ("bfloat16", "int8", "int8_dynamic", "bfloat16_dynamic")
+#: The modes that round the activations too (LSTM and GRU(reset_after) only).
+DYNAMIC = ("int8_dynamic", "bfloat16_dynamic")
 
 
 @dataclass(frozen=True, eq=False)
 class QuantizedWeights:
     """The compact form of a layer's ``kernel`` and ``recurrent_kernel``.
 
-    ``mode`` is ``"bfloat16"`` (``kernel`` and ``recurrent_kernel`` hold
+    ``mode`` is ``"bfloat16"`` or ``"bfloat16_dynamic"`` (``kernel`` and ``recurrent_kernel`` hold
     bfloat16 bit patterns, uint16, the Keras shapes ``(D, G*H)`` and
     ``(P, G*H)``; no scales) or ``"int8"`` / ``"int8_dynamic"`` (int8 arrays
     of those shapes, and ``kernel_scale`` / ``recurrent_scale``, float32
@@ -153,16 +164,16 @@ class QuantizedWeights:
 
     def arrays(self):
         """The compact arrays, in the order a file keeps them: ``[kernel,
-        recurrent_kernel]`` (bfloat16) or those and ``[kernel_scale,
+        recurrent_kernel]`` (bfloat16 modes) or those and ``[kernel_scale,
         recurrent_scale]`` (int8 modes)."""
-        if self.mode == "bfloat16":
+        if self.mode.startswith("bfloat16"):
             return [self.kernel, self.recurrent_kernel]
         return [self.kernel, self.recurrent_kernel, self.kernel_scale, self.recurrent_scale]
 
     def dequantize(self):
         """``(kernel, recurrent_kernel)``: the float32 values the compact
         arrays stand for (exact: no rounding happens here)."""
-        if self.mode == "bfloat16":
+        if self.mode.startswith("bfloat16"):
             return tuple((np.asarray(a, np.uint32) << 16).view(np.float32)
                          for a in (self.kernel, self.recurrent_kernel))
         return (np.asarray(self.kernel, np.float32) * self.kernel_scale,
@@ -184,6 +195,12 @@ def quantize_rows(a):
     q = np.where(finite[:, None] & (m[:, None] > 0), q, 0).astype(np.int32)
     scale = np.where(finite, m / np.float32(127), np.float32(np.nan)).astype(np.float32)
     return q, scale
+
+
+def bfloat16_values(a):
+    """``a`` rounded to the nearest bfloat16 (``"bfloat16_dynamic"``
+    activations, as the kernels round them), as float32 values."""
+    return (_bfloat16_bits(np.asarray(a, np.float32)).astype(np.uint32) << 16).view(np.float32)
 
 
 class _Precision:
@@ -320,7 +337,7 @@ def quantize(params, mode):
     ----------
     params : SimpleRNNParams, GRUParams or LSTMParams
         float32 weights, not yet quantized.
-    mode : {"bfloat16", "int8", "int8_dynamic"}
+    mode : {"bfloat16", "int8", "int8_dynamic", "bfloat16_dynamic"}
         The format (the scheme is in the module docstring, "Reduced-precision
         weights").
 
@@ -336,7 +353,7 @@ def quantize(params, mode):
     ------
     ValueError
         For an unknown ``mode``, float64 weights, a record that is already
-        quantized, (int8) a kernel holding NaN or inf, or ``"int8_dynamic"``
+        quantized, (int8) a kernel holding NaN or inf, or a ``_dynamic`` mode
         on a cell it does not cover (SimpleRNN, GRU with ``reset_after=False``,
         LSTM with a projection).
     """
@@ -350,7 +367,7 @@ def quantize(params, mode):
     if dtype != np.float32:
         raise ValueError(f"params: only float32 weights can be quantized, got {dtype} "
                          "(convert the layer to float32 first)")
-    if mode == "int8_dynamic":
+    if mode in DYNAMIC:
         why = None
         if params.kind == "simple_rnn":
             why = "a SimpleRNN"
@@ -359,11 +376,11 @@ def quantize(params, mode):
         elif params.kind == "lstm" and params.projection is not None:
             why = "an LSTM with a projection"
         if why:
-            raise ValueError(f"mode: 'int8_dynamic' covers LSTM (no projection) and GRU with "
-                             f"reset_after=True, not {why}; use 'int8'")
+            raise ValueError(f"mode: {mode!r} covers LSTM (no projection) and GRU with "
+                             f"reset_after=True, not {why}; use {mode[:-8]!r}")
     kernel = np.asarray(params.kernel)
     rec = np.asarray(params.recurrent_kernel)
-    if mode == "bfloat16":
+    if mode.startswith("bfloat16"):
         q = QuantizedWeights(mode, _bfloat16_bits(kernel), _bfloat16_bits(rec))
     else:
         qk, sk = _int8_columns(kernel, "kernel")

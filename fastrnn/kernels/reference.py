@@ -8,8 +8,9 @@ installed). It implements the contract written in
 input dtype and rounds once when writing the outputs, so it is the most
 accurate of the backends, and it accepts any Python callable as an
 activation. Quantized weights run as the float32 values they stand for;
-``"int8_dynamic"`` records also quantize each row's activations before each
-product, as :func:`fastrnn.kernels.quantize` describes.
+``"int8_dynamic"`` and ``"bfloat16_dynamic"`` records also round each row's
+activations before each product, as :func:`fastrnn.kernels.quantize`
+describes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..activations import apply
-from . import _math, quantize_rows
+from . import _math, bfloat16_values, quantize_rows
 
 NAME = "reference"
 
@@ -101,8 +102,11 @@ def _recurrent_input(packed, h):
 def _product(packed, a, which):
     """``a @ W`` for ``which`` (``"kernel"`` or ``"recurrent_kernel"``); with
     ``"int8_dynamic"`` weights, each row of ``a`` quantized first and the
-    sum taken in integers (:func:`fastrnn.kernels.quantize`)."""
+    sum taken in integers; with ``"bfloat16_dynamic"``, ``a`` rounded to
+    bfloat16 first (:func:`fastrnn.kernels.quantize`)."""
     q = packed.params.quantized
+    if q is not None and q.mode == "bfloat16_dynamic":
+        return bfloat16_values(a).astype(np.float64) @ packed.w[which]
     if q is None or q.mode != "int8_dynamic":
         return a @ packed.w[which]
     if which == "kernel":

@@ -60,8 +60,8 @@ def available():
 
 
 def supports(params):
-    if params.precision == "int8_dynamic" and not _packed_path_enabled():
-        return False, ("int8_dynamic weights run on the packed kernels, switched off by "
+    if params.precision in ("int8_dynamic", "bfloat16_dynamic") and not _packed_path_enabled():
+        return False, (f"{params.precision} weights run on the packed kernels, switched off by "
                        "FASTRNN_CPU_GENERIC")
     for name in ("activation", "recurrent_activation"):
         code = getattr(params, name, 0)
@@ -188,9 +188,13 @@ _NO_XS = np.zeros(1, dtype=np.float32)
 
 def _inputs(packed, x):
     """The input of the packed drivers and its row scales: ``x`` itself, or
-    for int8_dynamic weights each row of each step quantized."""
-    if packed.params.precision == "int8_dynamic":
+    for int8_dynamic weights each row of each step quantized, for
+    bfloat16_dynamic weights each value rounded to bfloat16."""
+    precision = packed.params.precision
+    if precision == "int8_dynamic":
         return _packed.quantize_inputs(x)
+    if precision == "bfloat16_dynamic":
+        return _packed.bfloat16_inputs(x)
     return x, _NO_XS
 
 

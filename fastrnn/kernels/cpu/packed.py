@@ -86,12 +86,13 @@ def is_dot(Wp):
 
 @overload(is_dot, inline="always")
 def _ov_is_dot(Wp):
-    dot = isinstance(Wp, types.Array) and Wp.dtype == types.int32
+    dot = isinstance(Wp, types.Array) and Wp.dtype in (types.int32, types.uint32)
     return lambda Wp: dot
 
 
 def weight_rows(Wp, n):
-    """Panel rows of ``n`` k: ``n``, or groups of 4 for int8_dynamic panels."""
+    """Panel rows of ``n`` k: ``n``, or groups of 4 for int8_dynamic panels,
+    pairs for bfloat16_dynamic panels."""
     raise NotImplementedError  # typed by the overload below
 
 
@@ -99,6 +100,8 @@ def weight_rows(Wp, n):
 def _ov_weight_rows(Wp, n):
     if isinstance(Wp, types.Array) and Wp.dtype == types.int32:
         return lambda Wp, n: (n + 3) // 4
+    if isinstance(Wp, types.Array) and Wp.dtype == types.uint32:
+        return lambda Wp, n: (n + 1) // 2
     return lambda Wp, n: n
 
 
@@ -334,19 +337,75 @@ def quantize_inputs(x):
 
 
 @njit(inline="always")
-def state_buffers(dot, n, Hp):
-    """A driver's quantized state ``hq`` (uint8, ``n`` rows of ``Hp``) and
-    its row scales ``hs``; one-element dummies unless ``dot``."""
-    if dot:
-        return np.full(n * Hp, 128, dtype=np.uint8), np.zeros(n, dtype=np.float32)
-    return np.full(1, 128, dtype=np.uint8), np.zeros(1, dtype=np.float32)
+def _bfloat16_row(src, s0, K, dst, d0):
+    """``src[s0 : s0 + K]`` (float32, viewed as uint32 bits) rounded to
+    bfloat16 (ties to even, NaN kept) into ``dst[d0 : d0 + K]`` (uint16), as
+    :func:`fastrnn.kernels.bfloat16_values`."""
+    for k in range(K):
+        u = np.int64(src[s0 + k])
+        r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        if (u & 0x7FFFFFFF) > 0x7F800000:  # NaN: keep it (quiet)
+            r = (u >> 16) | 0x40
+        dst[d0 + k] = np.uint16(r & 0xFFFF)
+
+
+def state_buffers(Wp, n, Hp):
+    """A driver's rounded state ``hq`` and its row scales ``hs``: for
+    int8_dynamic panels uint8 (``n`` rows of ``Hp``) and ``n`` scales; for
+    bfloat16_dynamic panels uint16 (``n`` rows of ``Hp``) and a dummy;
+    one-element dummies otherwise."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(state_buffers, inline="always")
+def _ov_state_buffers(Wp, n, Hp):
+    if Wp.dtype == types.int32:
+        return lambda Wp, n, Hp: (np.full(n * Hp, 128, dtype=np.uint8),
+                                  np.zeros(n, dtype=np.float32))
+    if Wp.dtype == types.uint32:
+        return lambda Wp, n, Hp: (np.zeros(n * Hp, dtype=np.uint16),
+                                  np.zeros(1, dtype=np.float32))
+    return lambda Wp, n, Hp: (np.full(1, 128, dtype=np.uint8), np.zeros(1, dtype=np.float32))
 
 
 @njit(nogil=True, _nrt=False)
 def quantize_state(hf, cur, n, H, Hp, hq, hs):
-    """Each row's state ``hf[cur + r*Hp :][:H]`` quantized into ``hq[r*Hp:]``, scale ``hs[r]``."""
-    for r in range(n):
-        hs[r] = _quantize_row(hf, cur + r * Hp, H, hq, r * Hp)
+    """Each row's state ``hf[cur + r*Hp :][:H]`` rounded into ``hq[r*Hp:]``:
+    int8 (uint8 ``hq``, scale ``hs[r]``) or bfloat16 (uint16 ``hq``)."""
+    _round_state(hf, cur, n, H, Hp, hq, hs)
+
+
+def _round_state(hf, cur, n, H, Hp, hq, hs):
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(_round_state, inline="always")
+def _ov_round_state(hf, cur, n, H, Hp, hq, hs):
+    if hq.dtype == types.uint16:
+        def rounded(hf, cur, n, H, Hp, hq, hs):
+            hu = hf.view(np.uint32)
+            for r in range(n):
+                _bfloat16_row(hu, cur + r * Hp, H, hq, r * Hp)
+        return rounded
+
+    def quantized(hf, cur, n, H, Hp, hq, hs):
+        for r in range(n):
+            hs[r] = _quantize_row(hf, cur + r * Hp, H, hq, r * Hp)
+    return quantized
+
+
+@njit(cache=True, nogil=True)
+def bfloat16_inputs(x):
+    """``x (B, T, D)`` float32 -> ``(xq uint16 (B, T, D2), dummy scales)``:
+    each value rounded to bfloat16 (D2: D rounded up to even, padded with 0)."""
+    B, T, D = x.shape
+    D2 = D + (D & 1)
+    xq = np.zeros((B, T, D2), dtype=np.uint16)
+    xu = np.ascontiguousarray(x).reshape(x.size).view(np.uint32)
+    qf = xq.reshape(xq.size)
+    for i in range(B * T):
+        _bfloat16_row(xu, i * D, D, qf, i * D2)
+    return xq, np.zeros(1, dtype=np.float32)
 
 
 @njit(inline="always")
@@ -376,7 +435,7 @@ def run_rows(r0, r1, gru, H, weights, gates, io, opts):
     hoist = hoist and n == 1
     P = np.empty(hoist_size(H, hoist, n), dtype=np.float32)
     dot = is_dot(weights[0])
-    hq, hs = state_buffers(dot, n, Hp)
+    hq, hs = state_buffers(weights[0], n, Hp)
     call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist), P, (xs, hq, hs))
     fpu = flush_denormals()  # this thread, until the end (see .fpenv)
     load_state(gru, r0, n, H, Hp, h0, c0, hf, cb)
@@ -441,7 +500,7 @@ NO_SCALES = aligned64(np.zeros(LANES, dtype=np.float32))
 def _scale_panels(quantized, H, G):
     """int8 column scales -> flat (NP, 2, 64) float32: per panel the input
     kernel's scales of its ``G`` gate vectors, then the recurrent kernel's."""
-    if quantized is None or quantized.mode == "bfloat16":
+    if quantized is None or quantized.mode.startswith("bfloat16"):
         return NO_SCALES
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
@@ -470,6 +529,26 @@ def _dot_panels(blocks, H, G):
     return aligned64(np.concatenate(parts, axis=1).reshape(-1))
 
 
+def _pair_panels(blocks, H, G):
+    """bfloat16 ``blocks`` (uint16 bit patterns, each (K_i, G*H)) -> uint32
+    panels indexed ``[p, k2, g, lane]``: each element the 2 bfloat16 weights
+    of ``k = 2 k2, 2 k2 + 1`` of one column (low half: the even ``k``;
+    ``K_i`` padded with a zero row to even); a block's pairs follow the
+    previous block's."""
+    NP = (H + LANES - 1) // LANES
+    Hp = NP * LANES
+    parts = []
+    for b in blocks:
+        K = b.shape[0]
+        K2 = K + (K & 1)
+        padded = np.zeros((K2, G, Hp), dtype=np.uint16)
+        padded[:K, :, :H] = np.asarray(b, np.uint16).reshape(K, G, H)
+        # (K2/2, 2, G, NP, 16) -> (NP, K2/2, G, 16, 2): 2 k per lane
+        paired = padded.reshape(K2 // 2, 2, G, NP, LANES).transpose(3, 0, 2, 4, 1)
+        parts.append(np.ascontiguousarray(paired).view(np.uint32)[..., 0])
+    return aligned64(np.concatenate(parts, axis=1).reshape(-1))
+
+
 def _dot_scale_panels(quantized, H, G):
     """int8_dynamic scale panels: flat (NP, 256) float32: per panel the input
     and the recurrent column scales (64 each), then, as int32 bits, 128 x
@@ -495,15 +574,25 @@ def _matrices(kernel, recurrent_kernel, quantized):
     return quantized.kernel, quantized.recurrent_kernel
 
 
+def _layout(mats, H, G, mode):
+    """The panels of ``mats`` for weights of ``mode`` (None: float32)."""
+    if mode == "int8_dynamic":
+        return _dot_panels(mats, H, G)
+    if mode == "bfloat16_dynamic":
+        return _pair_panels(mats, H, G)
+    return _panels(mats, H, G)
+
+
 def pack_lstm(kernel, recurrent_kernel, bias, forget_bias, peepholes, quantized=None):
     """``(Wp, bp, peep, sp)``: panels (float32, or the compact arrays of
     ``quantized``, :class:`fastrnn.kernels.QuantizedWeights`), bias panels,
     peepholes, int8 scale panels."""
     H = recurrent_kernel.shape[1] // 4
     Hp = (H + LANES - 1) // LANES * LANES
-    dot = quantized is not None and quantized.mode == "int8_dynamic"
+    mode = quantized.mode if quantized is not None else None
+    dot = mode == "int8_dynamic"
     mats = _matrices(kernel, recurrent_kernel, quantized)
-    Wp = _dot_panels(mats, H, 4) if dot else _panels(mats, H, 4)
+    Wp = _layout(mats, H, 4, mode)
     b = np.asarray(bias, dtype=np.float64)
     bp = _bias_panels([b[:H], b[H:2 * H] + forget_bias, b[2 * H:3 * H], b[3 * H:]], H)
     peep = np.zeros(3 * Hp, dtype=np.float32)
@@ -517,9 +606,10 @@ def pack_lstm(kernel, recurrent_kernel, bias, forget_bias, peepholes, quantized=
 def pack_gru(kernel, recurrent_kernel, bias, quantized=None):
     """``(Wp, bp, sp)``: as :func:`pack_lstm`, for a GRU with ``reset_after``."""
     H = recurrent_kernel.shape[0]
-    dot = quantized is not None and quantized.mode == "int8_dynamic"
+    mode = quantized.mode if quantized is not None else None
+    dot = mode == "int8_dynamic"
     mats = _matrices(kernel, recurrent_kernel, quantized)
-    Wp = _dot_panels(mats, H, 3) if dot else _panels(mats, H, 3)
+    Wp = _layout(mats, H, 3, mode)
     bias = np.asarray(bias, dtype=np.float64)
     b_in, b_rec = bias[0], bias[1]
     bp = _bias_panels([b_in[:H] + b_rec[:H], b_in[H:2 * H] + b_rec[H:2 * H],

@@ -286,10 +286,11 @@ def izero(typingctx, like):
 @intrinsic
 def dload(typingctx, arr, idx):
     """16 int32 lanes from flat element ``idx`` of a contiguous array (the
-    packed int8 weights of a dot-product panel, stored as int32; or, from a
-    float32 array, int32 bit patterns kept beside the scales)."""
-    if not isinstance(arr, types.Array) or arr.dtype not in (types.int32, types.float32) \
-            or not isinstance(idx, types.Integer):
+    packed int8 weights of a dot-product panel, stored as int32; the bfloat16
+    pairs of a :func:`bdot` panel, stored as uint32; or, from a float32
+    array, int32 bit patterns kept beside the scales)."""
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer) \
+            or arr.dtype not in (types.int32, types.uint32, types.float32):
         return None
 
     def codegen(context, builder, sig, args):
@@ -301,9 +302,10 @@ def dload(typingctx, arr, idx):
 
 @intrinsic
 def dsplat(typingctx, arr, idx):
-    """The 4 bytes from flat element ``idx`` of a uint8 array, as one int32
-    broadcast to all 16 lanes (4 activations for vdot)."""
-    if not isinstance(arr, types.Array) or arr.dtype != types.uint8 \
+    """The 4 bytes from flat element ``idx`` of a uint8 array (4 activations
+    for :func:`vdot`), or of a uint16 array (2 bfloat16 activations for
+    :func:`bdot`), as one int32 broadcast to all 16 lanes."""
+    if not isinstance(arr, types.Array) or arr.dtype not in (types.uint8, types.uint16) \
             or not isinstance(idx, types.Integer):
         return None
 
@@ -355,6 +357,65 @@ def vdot(typingctx, acc, a, b):
     return IVEC(acc, a, b), codegen
 
 
+class _BFloat(ir.Type):
+    """LLVM's ``bfloat`` scalar type (llvmlite has no class for it): the
+    operand type of the bfloat16 dot-product intrinsic."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+def _has_bf16(context):
+    features = getattr(context.codegen(), "_tm_features", "") or ""
+    return "+avx512bf16" in features.split(",")
+
+
+@intrinsic
+def bdot(typingctx, acc, a, b):
+    """``acc[i] + a.bf16[2i+1] * b.bf16[2i+1] + a.bf16[2i] * b.bf16[2i]`` for
+    each of the 16 float32 lanes (``a``, ``b``: int32 vectors of bfloat16
+    pairs, :func:`dload` / :func:`dsplat`). A product of two bfloat16 is exact
+    in float32; each addition rounds to float32, the odd pair's first. One
+    ``vdpbf16ps`` where the target has AVX512_BF16 (which also reads and
+    writes subnormals as zero, as the kernels' :mod:`.fpenv` setting does),
+    and the same arithmetic in plain vector code (two multiply-adds)
+    everywhere else."""
+    vty = VEC[types.float32]
+    if acc != vty or a != IVEC or b != IVEC:
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc_, a_, b_ = args
+        fty = _llvm_vec(context, vty)
+        if _has_bf16(context):
+            bv = ir.VectorType(_BFloat(), 32)
+            fnty = ir.FunctionType(fty, [fty, bv, bv])
+            fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                                "llvm.x86.avx512bf16.dpbf16ps.512")
+            return builder.call(fn, [acc_, builder.bitcast(a_, bv), builder.bitcast(b_, bv)])
+        iv = _ivec(context)
+        hi = ir.Constant(iv, [-65536] * 16)  # 0xFFFF0000
+        sixteen = ir.Constant(iv, [16] * 16)
+
+        def fma(x, y, z):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(fty, [fty, fty, fty]), "llvm.fma.v16f32")
+            return builder.call(fn, [x, y, z])
+
+        odd = fma(builder.bitcast(builder.and_(a_, hi), fty),
+                  builder.bitcast(builder.and_(b_, hi), fty), acc_)
+        return fma(builder.bitcast(builder.shl(a_, sixteen), fty),
+                   builder.bitcast(builder.shl(b_, sixteen), fty), odd)
+
+    return vty(acc, a, b), codegen
+
+
 @intrinsic
 def isub(typingctx, a, b):
     """``a - b`` on int32 lanes."""
@@ -386,6 +447,14 @@ def dot_instruction():
     from numba.core.registry import cpu_target
 
     return "vpdpbusd" if _has_vnni(cpu_target.target_context) else "portable integer code"
+
+
+def bf16_dot_instruction():
+    """What :func:`bdot` compiles to on this target: ``"vdpbf16ps"`` with
+    AVX512_BF16, else ``"vector multiply-adds"``."""
+    from numba.core.registry import cpu_target
+
+    return "vdpbf16ps" if _has_bf16(cpu_target.target_context) else "vector multiply-adds"
 
 
 def load_instructions(fmt):

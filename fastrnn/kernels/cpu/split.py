@@ -169,7 +169,7 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
     # P: shared by both workers (see split_prepare)
     # int8_dynamic: each worker quantizes the state into its own buffers
     dot = is_dot(weights[0])
-    hq, hs = state_buffers(dot, B, Hp)
+    hq, hs = state_buffers(weights[0], B, Hp)
     call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist and B == 1), P,
                        (xs, hq, hs))
     did = 0

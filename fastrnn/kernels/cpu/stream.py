@@ -14,8 +14,9 @@ lives in four flat arrays prepared once by :func:`pack`:
     the recurrent-side bias ``(N,)``. Gate order inside ``N`` is Keras's:
     LSTM **i, f, c, o**; GRU **z, r, h**. Quantized layers
     (:func:`fastrnn.kernels.quantize`) keep their compact panels in ``w``'s
-    bytes (bfloat16 bit patterns, int8, or int8_dynamic's int32 groups of 4
-    k, :func:`_pdot`) with their column scales (and int8_dynamic's column
+    bytes (bfloat16 bit patterns, int8, int8_dynamic's int32 groups of 4
+    k, :func:`_pdot`, or bfloat16_dynamic's uint32 pairs of k,
+    :func:`_pbdot`) with their column scales (and int8_dynamic's column
     sums) beside them; ``cfg`` names each layer's format.
 ``s``
     The states, per layer ``h (B, H)`` then (LSTM) ``c (B, H)``, updated in
@@ -48,7 +49,7 @@ While they run, subnormal numbers read and are written as zero on the
 calling thread (:mod:`.fpenv`).
 
 The module is long because each weight format (float32, bfloat16, int8,
-int8_dynamic) has its panel product here, beside the one stack driver that
+int8_dynamic, bfloat16_dynamic) has its panel product here, beside the one stack driver that
 uses them.
 """
 
@@ -60,8 +61,8 @@ from numba.extending import overload
 
 from .fpenv import flush_denormals, restore_fp
 from .gates import activate, gru_reset, gru_update, lstm_update
-from .packed import _quantize_row
-from .simd import (aligned64, dload, dsplat, isub, itof, izero, lanes, vdot, vfma, vload,
+from .packed import _bfloat16_row, _quantize_row
+from .simd import (aligned64, bdot, dload, dsplat, isub, itof, izero, lanes, vdot, vfma, vload,
                    vload_part, vsplat, vstore, vstore_part, vzero, wload)
 
 # cfg columns
@@ -70,9 +71,9 @@ from .simd import (aligned64, dload, dsplat, isub, itof, izero, lanes, vdot, vfm
 _NCFG = 21
 SIMPLE, GRU, LSTM = 0, 1, 2
 # weight formats (cfg[l, _FMT])
-F32, BF16, INT8, INT8DYN = 0, 1, 2, 3
+F32, BF16, INT8, INT8DYN, BF16DYN = 0, 1, 2, 3, 4
 _FORMATS = {"float32": F32, "float64": F32, "bfloat16": BF16, "int8": INT8,
-            "int8_dynamic": INT8DYN}
+            "int8_dynamic": INT8DYN, "bfloat16_dynamic": BF16DYN}
 _KINDS = {"simple_rnn": SIMPLE, "gru": GRU, "lstm": LSTM}
 _GATES = {SIMPLE: 1, GRU: 3, LSTM: 4}
 
@@ -267,6 +268,9 @@ def _ov_product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, sc
         if fmt == INT8DYN:
             _pdot(ws[3], off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, ws[0],
                   scoff, koff, ws[4], qv)
+        elif fmt == BF16DYN:
+            _pbdot(ws[5], off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, ws[0],
+                   ws[6], qv)
         elif fmt == BF16:
             _pgemv(ws[1], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
                    ws[0], -1)
@@ -324,6 +328,75 @@ def _pdot(wi, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf,
                   itof(isub(a2, dload(wf, ko + 2 * L))) * (sr * vload(wf, so + 2 * L)),
                   itof(isub(a3, dload(wf, ko + 3 * L))) * (sr * vload(wf, so + 3 * L)),
                   ncol, dst, scr, wf, -1)
+
+
+@njit(error_model="numpy", _nrt=False)
+def _pbdot(wu, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf, qh, qv):
+    """bfloat16_dynamic: ``dst[doff + i*dstride + j] += (v_i W)[j]`` with each
+    row ``v_i`` (``v[voff + i*vstride :][:K]``) rounded to bfloat16 first
+    (uint16 at element ``2 * (qv + nv) + i * K2`` of ``qh``, the work array
+    as uint16) and ``W`` bfloat16 in panels of 64 columns of uint32 pairs of
+    k (``wu[off:]``, :func:`_pair_panels`). At batch 1 two panels at a time:
+    eight independent dot-product chains hide the instruction's latency."""
+    L = 16
+    P = 64
+    K2 = K + (K & 1)
+    kg = K2 // 2
+    npan = (N + P - 1) // P
+    q0 = 2 * (qv + nv)
+    vu = v.view(np.uint32)
+    for i in range(nv):
+        _bfloat16_row(vu, voff + i * vstride, K, qh, q0 + i * K2)
+        if K2 > K:
+            qh[q0 + i * K2 + K] = 0
+    npair = (N // P) // 2 if nv == 1 else 0
+    nsteps = npair + npan - 2 * npair
+    for step in range(nsteps):
+        idx = nsteps - 1 - step if rev else step
+        if idx < npair:
+            p = 2 * idx
+            base = off + p * kg * P
+            base2 = base + kg * P
+            a0 = vzero(dst)
+            a1 = vzero(dst)
+            a2 = vzero(dst)
+            a3 = vzero(dst)
+            b0 = vzero(dst)
+            b1 = vzero(dst)
+            b2 = vzero(dst)
+            b3 = vzero(dst)
+            for k in range(kg):
+                q = base + k * P
+                r = base2 + k * P
+                x = dsplat(qh, q0 + 2 * k)
+                a0 = bdot(a0, x, dload(wu, q))
+                a1 = bdot(a1, x, dload(wu, q + L))
+                a2 = bdot(a2, x, dload(wu, q + 2 * L))
+                a3 = bdot(a3, x, dload(wu, q + 3 * L))
+                b0 = bdot(b0, x, dload(wu, r))
+                b1 = bdot(b1, x, dload(wu, r + L))
+                b2 = bdot(b2, x, dload(wu, r + 2 * L))
+                b3 = bdot(b3, x, dload(wu, r + 3 * L))
+            _emit(dst, doff + p * P, L, a0, a1, a2, a3, P, dst, scr, wf, -1)
+            _emit(dst, doff + p * P + P, L, b0, b1, b2, b3, P, dst, scr, wf, -1)
+            continue
+        p = idx + npair
+        base = off + p * kg * P
+        ncol = min(P, N - p * P)
+        for i in range(nv):
+            qi = q0 + i * K2
+            a0 = vzero(dst)
+            a1 = vzero(dst)
+            a2 = vzero(dst)
+            a3 = vzero(dst)
+            for k in range(kg):
+                q = base + k * P
+                x = dsplat(qh, qi + 2 * k)
+                a0 = bdot(a0, x, dload(wu, q))
+                a1 = bdot(a1, x, dload(wu, q + L))
+                a2 = bdot(a2, x, dload(wu, q + 2 * L))
+                a3 = bdot(a3, x, dload(wu, q + 3 * L))
+            _emit(dst, doff + i * dstride + p * P, L, a0, a1, a2, a3, ncol, dst, scr, wf, -1)
 
 
 @njit(fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
@@ -491,7 +564,8 @@ def _views(w, work):
     """The packed weights as the products read them: ``(w,)`` for a stack of
     float weights; for a stack with quantized layers (``w`` is then the
     bytes, :func:`pack`) ``(w as float32, as uint16, as int8, as int32, work
-    as uint8)``: every format's view and int8_dynamic's scratch bytes. The
+    as uint8, w as uint32, work as uint16)``: every format's view and the
+    dynamic formats' scratch. The
     two kinds compile apart, so a float stack's products carry no format
     dispatch."""
     raise NotImplementedError  # typed by the overload below
@@ -502,7 +576,7 @@ def _ov_views(w, work):
     if w.dtype == types.uint8:
         def every(w, work):
             return (w.view(np.float32), w.view(np.uint16), w.view(np.int8), w.view(np.int32),
-                    work.view(np.uint8))
+                    work.view(np.uint8), w.view(np.uint32), work.view(np.uint16))
         return every
 
     def plain(w, work):
@@ -616,6 +690,21 @@ def _dot_panels(W, L):
     return np.ascontiguousarray(grouped).view(np.int32).ravel()
 
 
+def _pair_panels(W, L):
+    """bfloat16 ``W (K, N)`` (uint16 bits) as bfloat16_dynamic panels of
+    ``4 L`` columns: uint32, ``[panel, k2, column]``, each element the 2
+    weights of ``k = 2 k2`` (low half) and ``2 k2 + 1`` of one column (``K``
+    padded with a zero row to even)."""
+    K, N = W.shape
+    P = 4 * L
+    npan = -(-N // P)
+    K2 = K + (K & 1)
+    padded = np.zeros((K2, npan * P), np.uint16)
+    padded[:K, :N] = W
+    paired = padded.reshape(K2 // 2, 2, npan, P).transpose(2, 0, 3, 1)
+    return np.ascontiguousarray(paired).view(np.uint32).ravel()
+
+
 def _block(a, dt):
     """``a`` stored in ``dt`` elements from a 64-byte boundary: floats
     converted, packed bfloat16 / int8 weights as their bytes."""
@@ -686,7 +775,8 @@ def pack(params_list, batch_size, nan_raise):
         row[_ACT], row[_RACT], row[_RA] = int(p.activation), ract, int(ra)
         row[_NAN] = row[_PAR] = 0
         row[_FMT] = _FORMATS[p.precision]
-        panels = _dot_panels if kx is not None else _panels
+        panels = (_dot_panels if kx is not None else
+                  _pair_panels if p.precision == "bfloat16_dynamic" else _panels)
         parts = [(_WX, panels(kernel, L)), (_WH, panels(rec, L)), (_BX, bx), (_BH, bh)]
         if wh2 is not None:
             parts.append((_WH2, _panels(wh2, L)))
@@ -733,9 +823,13 @@ def work_size(cfg, batch_size, time):
     nmax = max(int(r[_H]) * _GATES[int(r[_KIND])] for r in cfg)
     hmax = max(int(r[_H]) for r in cfg)
     size = B * T * nmax + B * nmax + 2 * B * T * hmax + B * hmax + 64
-    if any(int(r[_FMT]) == INT8DYN for r in cfg):  # row scales and quantized rows
-        kmax = max(max(int(r[_D]), int(r[_H])) for r in cfg)
-        size += B * T + -(-B * T * ((kmax + 3) // 4 * 4) // 4) + 16
+    kmax = max(max(int(r[_D]), int(r[_H])) for r in cfg)
+    fmts = {int(r[_FMT]) for r in cfg}
+    # the dynamic formats' rounded rows (after int8_dynamic's row scales)
+    rows = max(-(-B * T * ((kmax + 3) // 4 * 4) // 4) if INT8DYN in fmts else 0,
+               -(-B * T * (kmax + 1) // 2) if BF16DYN in fmts else 0)
+    if rows:
+        size += B * T + rows + 16
     return size
 
 

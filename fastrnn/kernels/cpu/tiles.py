@@ -70,8 +70,8 @@ from numba.extending import overload
 
 from .gates import gru_reset, gru_update, lstm_update
 # (the generated tiles use these names)
-from .simd import (dload, dsplat, isub, itof, izero, prefetch_l1, prefetch_l2, sload,  # noqa: F401
-                   vdot, vfma, vload, vsplat, vstore, vzero, wload)
+from .simd import (bdot, dload, dsplat, isub, itof, izero, prefetch_l1,  # noqa: F401
+                   prefetch_l2, sload, vdot, vfma, vload, vsplat, vstore, vzero, wload)
 
 # accumulator names: what each of the panel's 4 vectors sums into, for the
 # input rows and for the recurrent rows
@@ -81,8 +81,9 @@ _NAMES = {
 }
 _STRIDE = {"lstm": 64, "gru": 48}  # weights per k of one panel
 #: Bytes of one element of the packed panels of each format (int8_dynamic
-#: panels hold int32 elements of 4 int8 weights: one row per 4 k).
-_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1, "int8_dynamic": 4}
+#: panels hold int32 elements of 4 int8 weights: one row per 4 k;
+#: bfloat16_dynamic panels uint32 elements of 2 bfloat16: one row per 2 k).
+_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1, "int8_dynamic": 4, "bfloat16_dynamic": 4}
 FORMATS = tuple(_BYTES)
 
 
@@ -90,7 +91,9 @@ def _k_loop(lines, kind, rows, src, prefetch, names, fmt):
     """The body of one ``k`` loop: loads of the panel's gate vectors (widened
     to float32), then ``rows`` broadcasts with their multiply-adds; for
     int8_dynamic, one group of 4 k: int32 weight vectors, 4 uint8
-    activations broadcast, integer dot products."""
+    activations broadcast, integer dot products; for bfloat16_dynamic, one
+    pair of k: vectors of bfloat16 pairs, 2 bfloat16 activations broadcast,
+    bfloat16 dot products into float32 sums."""
     stride = _STRIDE[kind]
     n = len(names)
     per_line = 64 // _BYTES[fmt]  # elements per cache line
@@ -98,12 +101,13 @@ def _k_loop(lines, kind, rows, src, prefetch, names, fmt):
         lines += ["        prefetch_l2(Wp, q)", f"        q += {per_line}"]
         lines += [f"        prefetch_l1(Wp, w + {8 * stride + per_line * j})"
                   for j in range(-(-stride // per_line))]
-    dot = fmt == "int8_dynamic"
+    dot = fmt in ("int8_dynamic", "bfloat16_dynamic")
     load = "dload" if dot else "wload"
     lines += [f"        w{g} = {load}(Wp, w{' + ' + str(16 * g) if g else ''})" for g in range(n)]
     for r in range(rows):
         lines.append(f"        s = {'dsplat' if dot else 'vsplat(sload'}({src.format(r=r)}){'' if dot else ')'}")
-        op = "vdot({acc}, s, w{g})" if dot else "vfma(s, w{g}, {acc})"
+        op = {"int8_dynamic": "vdot({acc}, s, w{g})",
+              "bfloat16_dynamic": "bdot({acc}, s, w{g})"}.get(fmt, "vfma(s, w{g}, {acc})")
         lines += [f"        {names[g]}{r} = " + op.format(acc=f"{names[g]}{r}", g=g) for g in range(n)]
     lines.append(f"        w += {stride}")
 
@@ -180,6 +184,9 @@ def _float_sums(lines, kind, rows, prefetch, recurrent, fmt):
         acc = acc[:3]
     lines += [f"    b{a} = vload(bp, pb{' + ' + str(16 * g) if g else ''})" for g, a in enumerate(acc)]
     scaled = fmt == "int8"
+    pairs = fmt == "bfloat16_dynamic"
+    if pairs:
+        lines.append("    xs, hq, hs = qa")
     lines.append("    zero = vzero(bp)")
     lines += [f"    {a}{r} = zero" for r in range(rows) for a in acc]
     lines.append("    w = wbase")
@@ -187,7 +194,8 @@ def _float_sums(lines, kind, rows, prefetch, recurrent, fmt):
         lines.append("    q = pf")
     inp, rec = _NAMES[kind]
     lines.append("    for k in range(D):")
-    _k_loop(lines, kind, rows, "xf, xo{r} + k", prefetch, inp, fmt)
+    _k_loop(lines, kind, rows, "xf, 2 * (xo{r} + k)" if pairs else "xf, xo{r} + k", prefetch,
+            inp, fmt)
     if scaled:
         lines += [f"    sw{a} = vload(sp, so{' + ' + str(16 * g) if g else ''})"
                   for g, a in enumerate(inp)]
@@ -229,8 +237,12 @@ def _split_recurrent(lines, rows, inp, rec, prefetch, kind, fmt):
     lines += [f"    t{a}{r} = {a}{r} + b{a}" for r in range(rows) for a in both]
     lines += [f"    {a}{r} = {a}{r} + b{a}" for r in range(rows) for a in inp if a not in rec]
     lines += [f"    {a}{r} = zero" for r in range(rows) for a in both]
-    lines.append("    for k in range(H):")
-    _k_loop(lines, kind, rows, "hf, cur + ro{r} + k", prefetch, rec, fmt)
+    if fmt == "bfloat16_dynamic":  # pairs of the state rounded to bfloat16 (hq)
+        lines.append("    for k in range((H + 1) // 2):")
+        _k_loop(lines, kind, rows, "hq, ro{r} + 2 * k", prefetch, rec, fmt)
+    else:
+        lines.append("    for k in range(H):")
+        _k_loop(lines, kind, rows, "hf, cur + ro{r} + k", prefetch, rec, fmt)
     lines += [f"    {a}{r} = {a}{r} + t{a}{r}" for r in range(rows) for a in both]
     lines += [f"    {a}{r} = {a}{r} + b{a}" for r in range(rows) for a in rec if a not in inp]
 
@@ -360,7 +372,7 @@ def _compile(source, name):
 
 
 _FORMAT_OF = {types.float32: "float32", types.uint16: "bfloat16", types.int8: "int8",
-              types.int32: "int8_dynamic"}
+              types.int32: "int8_dynamic", types.uint32: "bfloat16_dynamic"}
 
 
 def _by_format(name, make, proj=False):

@@ -177,9 +177,10 @@ def supports(params):
     for code in codes:
         if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or code not in _ACT_NAMES:
             return False, f"the cuda backend runs built-in activations only, not {code!r}"
-    if params.quantized is not None and params.quantized.mode == "int8_dynamic":
-        return False, ("the cuda backend does not quantize activations (int8_dynamic); "
-                       "use 'int8' weights on the GPU")
+    if params.quantized is not None and params.quantized.mode.endswith("_dynamic"):
+        mode = params.quantized.mode
+        return False, (f"the cuda backend does not round activations ({mode}); "
+                       f"use {mode[:-8]!r} weights on the GPU")
     if params.quantized is not None:
         return True, (f"the cuda backend runs this configuration, its {params.quantized.mode} "
                       "weights as the float32 values they stand for (dequantized: same results, "
@@ -213,8 +214,8 @@ def describe():
                 except Exception as exc:  # pragma: no cover
                     lines.append(f"GPU {dev.id}: not usable ({exc})")
     lines.append("reduced precision: bfloat16 and int8 layers run their dequantized float32 "
-                 "weights (same results; no narrow kernels on the GPU); int8_dynamic runs on "
-                 "the CPU")
+                 "weights (same results; no narrow kernels on the GPU); int8_dynamic and "
+                 "bfloat16_dynamic run on the CPU")
     if _SIM or not real_gpu()[0]:
         # Importing CuPy without a GPU is pointless (and slow): look it up only.
         import importlib.util
