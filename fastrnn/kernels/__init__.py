@@ -38,10 +38,11 @@ Reduced-precision weights
 -------------------------
 :func:`quantize` turns a float32 record into one whose ``kernel`` and
 ``recurrent_kernel`` are rounded to a narrower format, ``params.precision``
-(``"float32"``/``"float64"`` for plain records, ``"bfloat16"`` or
-``"int8"``). Only those two matrices are quantized, each on its own; the
+(``"float32"``/``"float64"`` for plain records, else the mode below). Only
+those two matrices are quantized, each on its own; the
 biases, peepholes and the projection stay float32, and so do the inputs,
-the states, the outputs and every sum (weights-only quantization).
+the states, the outputs and every sum (weights-only quantization; the two
+``_dynamic`` modes also round the activations for the products).
 
 * ``"bfloat16"``: each weight rounded to the nearest bfloat16 (8 bits of
   significand, float32's exponent range), ties to even; NaN stays NaN.

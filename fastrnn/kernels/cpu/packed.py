@@ -4,7 +4,8 @@ Used by the CPU backend for float32 LSTM (no projection) and GRU with
 ``reset_after=True``, the configurations that carry nearly all real traffic;
 everything else runs :mod:`.generic`. The panels hold float32 weights, or
 the compact weights of :func:`fastrnn.kernels.quantize` (bfloat16 bit
-patterns, int8 with column scales, or int8_dynamic's groups of 4 int8): the
+patterns, int8 with column scales, int8_dynamic's groups of 4 int8, or
+bfloat16_dynamic's pairs of bfloat16): the
 format is the panels' dtype, and the tiles of :mod:`.tiles` are compiled for
 it; everything here is written once for all of them.
 
@@ -58,7 +59,10 @@ weights) are int32 arrays: one row per group of 4 ``k``, each element the 4
 int8 weights of one column (see :mod:`.simd`, ``vdot``); the calls' record
 then counts input and recurrent rows in groups (:func:`weight_rows`). Each
 driver quantizes its rows' state at every step (:func:`quantize_state`) into
-its own buffers ``hq`` / ``hs``.
+its own buffers ``hq`` / ``hs``. bfloat16_dynamic panels are uint32 arrays
+the same way, one row per pair of ``k`` (see ``simd.bdot``); its input is
+rounded to bfloat16 before the call (:func:`bfloat16_inputs`, uint16 ``(B,
+T, D2)``, no scales) and the state at every step into a uint16 ``hq``.
 ``opts = (reverse, zero_output, hoist)``
 """
 
