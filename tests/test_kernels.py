@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastrnn import activations, dispatch
-from fastrnn.kernels import GRUParams, LSTMParams, SimpleRNNParams, reference, run, state_sizes
+from fastrnn.kernels import (GRUParams, LSTMParams, SimpleRNNParams, quantize, reference, run,
+                             state_sizes)
 
 BACKENDS = [b.strip() for b in os.environ.get("FASTRNN_TEST_BACKENDS", "cpu").split(",") if b.strip()]
 TINY = os.environ.get("FASTRNN_TEST_SIZE", "") == "tiny"
@@ -592,7 +593,12 @@ def test_cpu_split_tuning_picks_the_faster(backend, monkeypatch, faster):
         assert used[:n] == ["rows", "panels", "panels", "rows"] * (n // 4)
         assert used[n:] == [faster, faster]
         lo = 1 << (T_LONG.bit_length() - 1)
-        assert backend.tuned_splits()[(kind, 9, 7, 35, lo, 2 * lo - 1)] == faster
+        assert backend.tuned_splits()[(kind, 9, 7, 35, lo, 2 * lo - 1, "float32")] == faster
+        # the same shape with narrower weights is timed on its own
+        q = quantize(params, "bfloat16")
+        compare(backend, q, rand(rng, (9, T_LONG, 7), np.float32), None, False, False, rng=rng)
+        assert used[-1] == "rows" and (kind == "gru", 9, 7, 35, T_LONG.bit_length(),
+                                       "bfloat16") in backend.threads._tuning
     # below the band (or one thread, or a busy machine) nothing is timed
     monkeypatch.setattr(backend.threads, "_TUNE_MIN_BYTES", 1 << 40)
     monkeypatch.setattr(backend.threads, "_tuning", {})

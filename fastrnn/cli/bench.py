@@ -351,8 +351,9 @@ def bench_batch(opts):
     progress.close()
     if any("fastrnn-cpu" in r["engines"] for r in rows):
         cpu = dispatch.backend_module("cpu")
-        for (cell, B, D, H, t0, t1), split in sorted(cpu.tuned_splits().items()):
-            notes.append(f"fastrnn-cpu {cell} B={B} D={D} H={H} T={t0}-{t1}: {split} split, "
+        for (cell, B, D, H, t0, t1, fmt), split in sorted(cpu.tuned_splits().items()):
+            engine = "fastrnn-cpu" + ("" if fmt == "float32" else f"-{fmt}")
+            notes.append(f"{engine} {cell} B={B} D={D} H={H} T={t0}-{t1}: {split} split, "
                          "chosen by timing both on its first calls")
     return rows, notes
 

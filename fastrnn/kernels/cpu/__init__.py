@@ -232,7 +232,7 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
                 int(p.recurrent_activation)), (xin, _c(h0, dt), _NO_C, m, has_mask, o.buf,
                 out is not None, ho.buf, _NO_C, xs), (bool(reverse), bool(zero_output),
                 Wp.nbytes > threads._HOIST_MIN_BYTES))
-        threads.run_packed(B, T, H, work, args)
+        threads.run_packed(B, T, D, H, work, args)
     else:
         W, U, bias = packed.arrays
         args = (W, U, bias, int(p.activation), int(p.recurrent_activation),
@@ -261,7 +261,7 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
                 int(p.activation), int(p.recurrent_activation)), (xin, _c(h0, dt), _c(c0, dt),
                 m, has_mask, o.buf, out is not None, ho.buf, co.buf, xs), (bool(reverse),
                 bool(zero_output), Wp.nbytes > threads._HOIST_MIN_BYTES))
-        threads.run_packed(B, T, H, work, args)
+        threads.run_packed(B, T, D, H, work, args)
     else:
         W, U, bias, peep, proj = packed.arrays
         args = (W, U, bias, int(p.activation), int(p.recurrent_activation),

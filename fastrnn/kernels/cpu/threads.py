@@ -328,15 +328,24 @@ def _tune_record(key, split_name, per_step):
 
 def tuned_splits():
     """The splits chosen so far for shapes in the band where neither always
-    wins: ``{(cell, B, D, H, T_min, T_max): "rows" | "panels"}``; sequence
-    lengths are timed in ranges ``2**k .. 2**(k+1) - 1`` (a short call
-    spends more of its time starting threads). Shapes still being timed are
-    left out."""
-    return {("gru" if k[0] else "lstm", k[1], k[2], k[3], 1 << (k[4] - 1), (1 << k[4]) - 1): v
+    wins: ``{(cell, B, D, H, T_min, T_max, weights): "rows" | "panels"}``
+    (``weights``: the packed format, ``"float32"`` or a mode of
+    :func:`fastrnn.kernels.quantize`: each format is timed on its own, since
+    narrower weights move the balance between the splits); sequence lengths
+    are timed in ranges ``2**k .. 2**(k+1) - 1`` (a short call spends more of
+    its time starting threads). Shapes still being timed are left out."""
+    return {("gru" if k[0] else "lstm", k[1], k[2], k[3], 1 << (k[4] - 1), (1 << k[4]) - 1,
+             k[5]): v
             for k, v in _tuning.items() if isinstance(v, str)}
 
 
-def run_packed(B, T, H, work, args):
+# The weight format of packed panels, by their dtype (see .packed).
+_PANEL_FORMATS = {np.dtype(np.float32): "float32", np.dtype(np.uint16): "bfloat16",
+                  np.dtype(np.int8): "int8", np.dtype(np.int32): "int8_dynamic",
+                  np.dtype(np.uint32): "bfloat16_dynamic"}
+
+
+def run_packed(B, T, D, H, work, args):
     """Run a packed (float32 LSTM/GRU) call: rows split between threads for
     large batches, panels split for small ones and for weights too large to
     stay in cache, or one thread; in between, whichever measured faster.
@@ -345,7 +354,7 @@ def run_packed(B, T, H, work, args):
     (:mod:`.packed`).
     """
     threads = get_num_threads()
-    gru, weights, x = args[0], args[2], args[4][0]
+    gru, weights = args[0], args[2]
     if threads >= 2 and work >= _MIN_PARALLEL_WORK:
         NP = (H + packed.LANES - 1) // packed.LANES
         can_split = (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30
@@ -360,7 +369,7 @@ def run_packed(B, T, H, work, args):
         tune = None
         if (rows and can_split and not contended and threads == 2 and B < _TUNE_MAX_B
                 and nbytes > _TUNE_MIN_BYTES):
-            tune = (bool(gru), B, x.shape[2], H, T.bit_length())
+            tune = (bool(gru), B, D, H, T.bit_length(), _PANEL_FORMATS[weights[0].dtype])
             split_name, timing = _tune_pick(tune)
             rows = split_name == "rows"
             if not timing:
