@@ -308,26 +308,64 @@ def _pdot(wi, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf,
         ncol = min(P, N - p * P)
         so = scoff + p * P
         ko = koff + p * P
-        for i in range(nv):
+        i = 0
+        while i < nv:  # two rows at a time: each weight vector loaded once for both
+            two = i + 1 < nv
             q0 = qb0 + i * K4
+            q1 = q0 + K4 if two else q0
             a0 = izero(0)
             a1 = izero(0)
             a2 = izero(0)
             a3 = izero(0)
-            for k in range(kg):
-                q = base + k * P
-                x = dsplat(qb, q0 + 4 * k)
-                a0 = vdot(a0, x, dload(wi, q))
-                a1 = vdot(a1, x, dload(wi, q + L))
-                a2 = vdot(a2, x, dload(wi, q + 2 * L))
-                a3 = vdot(a3, x, dload(wi, q + 3 * L))
-            sr = vsplat(dst[qv + i])
-            _emit(dst, doff + i * dstride + p * P, L,
-                  itof(isub(a0, dload(wf, ko))) * (sr * vload(wf, so)),
-                  itof(isub(a1, dload(wf, ko + L))) * (sr * vload(wf, so + L)),
-                  itof(isub(a2, dload(wf, ko + 2 * L))) * (sr * vload(wf, so + 2 * L)),
-                  itof(isub(a3, dload(wf, ko + 3 * L))) * (sr * vload(wf, so + 3 * L)),
-                  ncol, dst, scr, wf, -1)
+            b0 = izero(0)
+            b1 = izero(0)
+            b2 = izero(0)
+            b3 = izero(0)
+            if two:
+                for k in range(kg):
+                    q = base + k * P
+                    w0 = dload(wi, q)
+                    w1 = dload(wi, q + L)
+                    w2 = dload(wi, q + 2 * L)
+                    w3 = dload(wi, q + 3 * L)
+                    x = dsplat(qb, q0 + 4 * k)
+                    y = dsplat(qb, q1 + 4 * k)
+                    a0 = vdot(a0, x, w0)
+                    a1 = vdot(a1, x, w1)
+                    a2 = vdot(a2, x, w2)
+                    a3 = vdot(a3, x, w3)
+                    b0 = vdot(b0, y, w0)
+                    b1 = vdot(b1, y, w1)
+                    b2 = vdot(b2, y, w2)
+                    b3 = vdot(b3, y, w3)
+            else:
+                for k in range(kg):
+                    q = base + k * P
+                    x = dsplat(qb, q0 + 4 * k)
+                    a0 = vdot(a0, x, dload(wi, q))
+                    a1 = vdot(a1, x, dload(wi, q + L))
+                    a2 = vdot(a2, x, dload(wi, q + 2 * L))
+                    a3 = vdot(a3, x, dload(wi, q + 3 * L))
+            _dot_emit(dst, doff + i * dstride + p * P, L, a0, a1, a2, a3, dst[qv + i], ncol,
+                      scr, wf, so, ko)
+            if two:
+                _dot_emit(dst, doff + (i + 1) * dstride + p * P, L, b0, b1, b2, b3,
+                          dst[qv + i + 1], ncol, scr, wf, so, ko)
+            i += 2
+
+
+@njit(error_model="numpy", _nrt=False)
+def _dot_emit(dst, d, L, a0, a1, a2, a3, rs, ncol, scr, wf, so, ko):
+    """int8_dynamic: one row's int32 sums of a panel to float32 (less the
+    zero point's column sums ``wf[ko:]``, times the row scale ``rs`` and the
+    column scales ``wf[so:]``), added to ``dst[d:]`` (:func:`_emit`)."""
+    sr = vsplat(rs)
+    _emit(dst, d, L,
+          itof(isub(a0, dload(wf, ko))) * (sr * vload(wf, so)),
+          itof(isub(a1, dload(wf, ko + L))) * (sr * vload(wf, so + L)),
+          itof(isub(a2, dload(wf, ko + 2 * L))) * (sr * vload(wf, so + 2 * L)),
+          itof(isub(a3, dload(wf, ko + 3 * L))) * (sr * vload(wf, so + 3 * L)),
+          ncol, dst, scr, wf, -1)
 
 
 @njit(error_model="numpy", _nrt=False)
@@ -336,8 +374,9 @@ def _pbdot(wu, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf
     row ``v_i`` (``v[voff + i*vstride :][:K]``) rounded to bfloat16 first
     (uint16 at element ``2 * (qv + nv) + i * K2`` of ``qh``, the work array
     as uint16) and ``W`` bfloat16 in panels of 64 columns of uint32 pairs of
-    k (``wu[off:]``, :func:`_pair_panels`). At batch 1 two panels at a time:
-    eight independent dot-product chains hide the instruction's latency."""
+    k (``wu[off:]``, :func:`_pair_panels`). Eight independent dot-product
+    chains hide the instruction's latency: one row, two panels at a time;
+    several rows (a chunk's input, a batch), two rows at a time."""
     L = 16
     P = 64
     K2 = K + (K & 1)
@@ -383,20 +422,49 @@ def _pbdot(wu, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf
         p = idx + npair
         base = off + p * kg * P
         ncol = min(P, N - p * P)
-        for i in range(nv):
+        i = 0
+        while i < nv:  # two rows at a time: each weight vector loaded once for both
+            two = i + 1 < nv
             qi = q0 + i * K2
+            qj = qi + K2 if two else qi
             a0 = vzero(dst)
             a1 = vzero(dst)
             a2 = vzero(dst)
             a3 = vzero(dst)
-            for k in range(kg):
-                q = base + k * P
-                x = dsplat(qh, qi + 2 * k)
-                a0 = bdot(a0, x, dload(wu, q))
-                a1 = bdot(a1, x, dload(wu, q + L))
-                a2 = bdot(a2, x, dload(wu, q + 2 * L))
-                a3 = bdot(a3, x, dload(wu, q + 3 * L))
+            b0 = vzero(dst)
+            b1 = vzero(dst)
+            b2 = vzero(dst)
+            b3 = vzero(dst)
+            if two:
+                for k in range(kg):
+                    q = base + k * P
+                    w0 = dload(wu, q)
+                    w1 = dload(wu, q + L)
+                    w2 = dload(wu, q + 2 * L)
+                    w3 = dload(wu, q + 3 * L)
+                    x = dsplat(qh, qi + 2 * k)
+                    y = dsplat(qh, qj + 2 * k)
+                    a0 = bdot(a0, x, w0)
+                    a1 = bdot(a1, x, w1)
+                    a2 = bdot(a2, x, w2)
+                    a3 = bdot(a3, x, w3)
+                    b0 = bdot(b0, y, w0)
+                    b1 = bdot(b1, y, w1)
+                    b2 = bdot(b2, y, w2)
+                    b3 = bdot(b3, y, w3)
+            else:
+                for k in range(kg):
+                    q = base + k * P
+                    x = dsplat(qh, qi + 2 * k)
+                    a0 = bdot(a0, x, dload(wu, q))
+                    a1 = bdot(a1, x, dload(wu, q + L))
+                    a2 = bdot(a2, x, dload(wu, q + 2 * L))
+                    a3 = bdot(a3, x, dload(wu, q + 3 * L))
             _emit(dst, doff + i * dstride + p * P, L, a0, a1, a2, a3, ncol, dst, scr, wf, -1)
+            if two:
+                _emit(dst, doff + (i + 1) * dstride + p * P, L, b0, b1, b2, b3, ncol, dst, scr,
+                      wf, -1)
+            i += 2
 
 
 @njit(fastmath=_FM, nogil=True, error_model="numpy", _nrt=False)
