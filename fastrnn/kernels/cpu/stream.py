@@ -291,7 +291,9 @@ def _pdot(wi, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf,
     byte ``4 * (qv + nv) + i * K4`` of ``qb``, the work array's bytes; scale
     at ``dst[qv + i]``) and ``W`` int8 in panels of 64 columns of int32
     groups of 4 k (``wi[off:]``); column scales ``wf[scoff:]``, 128 x column
-    sums ``wf[koff:]`` (int32 bits), both padded to whole panels."""
+    sums ``wf[koff:]`` (int32 bits), both padded to whole panels. As
+    :func:`_pbdot`: one row two panels at a time, several rows two rows at a
+    time."""
     L = 16
     P = 64
     K4 = (K + 3) // 4 * 4
@@ -302,8 +304,40 @@ def _pdot(wi, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf,
         dst[qv + i] = _quantize_row(v, voff + i * vstride, K, qb, qb0 + i * K4)
         for k in range(K, K4):
             qb[qb0 + i * K4 + k] = 128
-    for step in range(npan):
-        p = npan - 1 - step if rev else step
+    npair = (N // P) // 2 if nv == 1 else 0
+    nsteps = npair + npan - 2 * npair
+    for step in range(nsteps):
+        idx = nsteps - 1 - step if rev else step
+        if idx < npair:  # one row: two whole panels at a time
+            p = 2 * idx
+            base = off + p * kg * P
+            base2 = base + kg * P
+            a0 = izero(0)
+            a1 = izero(0)
+            a2 = izero(0)
+            a3 = izero(0)
+            b0 = izero(0)
+            b1 = izero(0)
+            b2 = izero(0)
+            b3 = izero(0)
+            for k in range(kg):
+                q = base + k * P
+                r = base2 + k * P
+                x = dsplat(qb, qb0 + 4 * k)
+                a0 = vdot(a0, x, dload(wi, q))
+                a1 = vdot(a1, x, dload(wi, q + L))
+                a2 = vdot(a2, x, dload(wi, q + 2 * L))
+                a3 = vdot(a3, x, dload(wi, q + 3 * L))
+                b0 = vdot(b0, x, dload(wi, r))
+                b1 = vdot(b1, x, dload(wi, r + L))
+                b2 = vdot(b2, x, dload(wi, r + 2 * L))
+                b3 = vdot(b3, x, dload(wi, r + 3 * L))
+            _dot_emit(dst, doff + p * P, L, a0, a1, a2, a3, dst[qv], P, scr, wf, scoff + p * P,
+                      koff + p * P)
+            _dot_emit(dst, doff + p * P + P, L, b0, b1, b2, b3, dst[qv], P, scr, wf,
+                      scoff + p * P + P, koff + p * P + P)
+            continue
+        p = idx + npair
         base = off + p * kg * P
         ncol = min(P, N - p * P)
         so = scoff + p * P
