@@ -15,8 +15,7 @@ lives in four flat arrays prepared once by :func:`pack`:
     LSTM **i, f, c, o**; GRU **z, r, h**. Quantized layers
     (:func:`fastrnn.kernels.quantize`) keep their compact panels in ``w``'s
     bytes (bfloat16 bit patterns, int8, int8_dynamic's int32 groups of 4
-    k, :func:`_pdot`, or bfloat16_dynamic's uint32 pairs of k,
-    :func:`_pbdot`) with their column scales (and int8_dynamic's column
+    k, :func:`_pdyn`, or bfloat16_dynamic's uint32 pairs of k) with their column scales (and int8_dynamic's column
     sums) beside them; ``cfg`` names each layer's format.
 ``s``
     The states, per layer ``h (B, H)`` then (LSTM) ``c (B, H)``, updated in
@@ -62,8 +61,8 @@ from numba.extending import overload
 from .fpenv import flush_denormals, restore_fp
 from .gates import activate, gru_reset, gru_update, lstm_update
 from .packed import _bfloat16_row, _quantize_row
-from .simd import (aligned64, bdot, dload, dsplat, isub, itof, izero, lanes, vdot, vfma, vload,
-                   vload_part, vsplat, vstore, vstore_part, vzero, wload)
+from .simd import (IVEC, aligned64, bdot, dload, dsplat, isub, itof, izero, lanes, vdot, vfma,
+                   vload, vload_part, vsplat, vstore, vstore_part, vzero, wload)
 
 # cfg columns
 (_KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _WH2, _BX, _BH, _SH, _SC, _NAN, _PAR, _FMT, _SX,
@@ -246,7 +245,7 @@ def _fill_bias(w, boff, N, dst, doff, n):
 
 def _product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff,
              koff, qv):
-    """:func:`_pgemv` (or :func:`_pdot`) on the weights at ``off`` in format
+    """:func:`_pgemv` (or :func:`_pdyn`) on the weights at ``off`` in format
     ``fmt`` of ``ws`` (:func:`_views`); ``scoff``: int8 column scales in
     ``w``, ``koff``: int8_dynamic column corrections, ``qv``: its scratch
     (``dst`` is also the scratch array)."""
@@ -266,11 +265,11 @@ def _ov_product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, sc
     def impl(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, scoff,
              koff, qv):
         if fmt == INT8DYN:
-            _pdot(ws[3], off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, ws[0],
+            _pdyn(ws[3], off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, ws[0],
                   scoff, koff, ws[4], qv)
         elif fmt == BF16DYN:
-            _pbdot(ws[5], off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, ws[0],
-                   ws[6], qv)
+            _pdyn(ws[5], off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, ws[0],
+                  scoff, koff, ws[6], qv)
         elif fmt == BF16:
             _pgemv(ws[1], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
                    ws[0], -1)
@@ -283,27 +282,121 @@ def _ov_product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, sc
     return impl
 
 
+# ----- the dynamic formats' products (one source, typed by the panels) -----
+#
+# int8_dynamic panels are int32 (4 int8 weights of 4 k per lane, integer
+# sums, vdot), bfloat16_dynamic panels uint32 (2 bfloat16 weights of 2 k per
+# lane, float32 sums, bdot); the helpers below pick their form by those
+# types when Numba compiles _pdyn, once per format.
+
+def _group(wv):
+    """k per panel element: 4 (int8_dynamic) or 2 (bfloat16_dynamic)."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(_group, inline="always")
+def _ov_group(wv):
+    g = 4 if wv.dtype == types.int32 else 2
+    return lambda wv: g
+
+
+def _acc_zero(wv, wf):
+    """A zero accumulator: int32 lanes (int8_dynamic) or float32 lanes."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(_acc_zero, inline="always")
+def _ov_acc_zero(wv, wf):
+    if wv.dtype == types.int32:
+        return lambda wv, wf: izero(0)
+    return lambda wv, wf: vzero(wf)
+
+
+def _dyn_dot(acc, x, w):
+    """:func:`.simd.vdot` on int32 accumulators, :func:`.simd.bdot` on float32 ones."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(_dyn_dot, inline="always")
+def _ov_dyn_dot(acc, x, w):
+    if acc == IVEC:
+        return lambda acc, x, w: vdot(acc, x, w)
+    return lambda acc, x, w: bdot(acc, x, w)
+
+
+def _dyn_rows(wv, v, voff, vstride, nv, K, Kp, qa, q0, dst, qv):
+    """Round the ``nv`` rows ``v[voff + i*vstride :][:K]`` into ``qa[q0 +
+    i*Kp :]``: int8 (uint8, value + 128, padded with 128; scale at
+    ``dst[qv + i]``) or bfloat16 (uint16 bits, padded with 0)."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(_dyn_rows, inline="always")
+def _ov_dyn_rows(wv, v, voff, vstride, nv, K, Kp, qa, q0, dst, qv):
+    if wv.dtype == types.int32:
+        def quantized(wv, v, voff, vstride, nv, K, Kp, qa, q0, dst, qv):
+            for i in range(nv):
+                dst[qv + i] = _quantize_row(v, voff + i * vstride, K, qa, q0 + i * Kp)
+                for k in range(K, Kp):
+                    qa[q0 + i * Kp + k] = 128
+        return quantized
+
+    def rounded(wv, v, voff, vstride, nv, K, Kp, qa, q0, dst, qv):
+        vu = v.view(np.uint32)
+        for i in range(nv):
+            _bfloat16_row(vu, voff + i * vstride, K, qa, q0 + i * Kp)
+            for k in range(K, Kp):
+                qa[q0 + i * Kp + k] = 0
+    return rounded
+
+
+def _dyn_emit(dst, d, L, a0, a1, a2, a3, rs, ncol, scr, wf, so, ko):
+    """``dst[d : d + ncol] +=`` one row's sums of a panel (:func:`_emit`):
+    int32 sums less the zero point's column sums ``wf[ko:]``, times the row
+    scale ``rs`` and the column scales ``wf[so:]``; float32 sums as they are."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(_dyn_emit, inline="always")
+def _ov_dyn_emit(dst, d, L, a0, a1, a2, a3, rs, ncol, scr, wf, so, ko):
+    if a0 == IVEC:
+        def scaled(dst, d, L, a0, a1, a2, a3, rs, ncol, scr, wf, so, ko):
+            sr = vsplat(rs)
+            _emit(dst, d, L,
+                  itof(isub(a0, dload(wf, ko))) * (sr * vload(wf, so)),
+                  itof(isub(a1, dload(wf, ko + L))) * (sr * vload(wf, so + L)),
+                  itof(isub(a2, dload(wf, ko + 2 * L))) * (sr * vload(wf, so + 2 * L)),
+                  itof(isub(a3, dload(wf, ko + 3 * L))) * (sr * vload(wf, so + 3 * L)),
+                  ncol, dst, scr, wf, -1)
+        return scaled
+
+    def plain(dst, d, L, a0, a1, a2, a3, rs, ncol, scr, wf, so, ko):
+        _emit(dst, d, L, a0, a1, a2, a3, ncol, dst, scr, wf, -1)
+    return plain
+
+
 @njit(error_model="numpy", _nrt=False)
-def _pdot(wi, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf, scoff, koff, qb,
+def _pdyn(wv, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf, scoff, koff, qa,
           qv):
-    """int8_dynamic: ``dst[doff + i*dstride + j] += (v_i W)[j]`` with each
-    row ``v_i`` (``v[voff + i*vstride :][:K]``) quantized first (uint8 at
-    byte ``4 * (qv + nv) + i * K4`` of ``qb``, the work array's bytes; scale
-    at ``dst[qv + i]``) and ``W`` int8 in panels of 64 columns of int32
-    groups of 4 k (``wi[off:]``); column scales ``wf[scoff:]``, 128 x column
-    sums ``wf[koff:]`` (int32 bits), both padded to whole panels. As
-    :func:`_pbdot`: one row two panels at a time, several rows two rows at a
-    time."""
+    """The dynamic formats: ``dst[doff + i*dstride + j] += (v_i W)[j]`` with
+    each row ``v_i`` (``v[voff + i*vstride :][:K]``) rounded first
+    (:func:`_dyn_rows`: at element ``g * (qv + nv) + i * Kp`` of ``qa``, the
+    work array as uint8 or uint16, ``g`` k per panel element, ``Kp`` = ``K``
+    padded to ``g``) and ``W`` in panels of 64 columns of groups of ``g`` k
+    (``wv[off:]``: int32, :func:`_dot_panels`, or uint32,
+    :func:`_pair_panels`). int8_dynamic: row scales at ``dst[qv + i]``,
+    column scales ``wf[scoff:]``, 128 x column sums ``wf[koff:]`` (int32
+    bits), both padded to whole panels. Eight independent dot-product chains
+    hide the instructions' latency: one row, two panels at a time; several
+    rows (a chunk's input, a batch), two rows at a time."""
     L = 16
     P = 64
-    K4 = (K + 3) // 4 * 4
-    kg = K4 // 4
+    g = _group(wv)
+    Kp = (K + g - 1) // g * g
+    kg = Kp // g
     npan = (N + P - 1) // P
-    qb0 = 4 * (qv + nv)
-    for i in range(nv):
-        dst[qv + i] = _quantize_row(v, voff + i * vstride, K, qb, qb0 + i * K4)
-        for k in range(K, K4):
-            qb[qb0 + i * K4 + k] = 128
+    q0 = g * (qv + nv)
+    _dyn_rows(wv, v, voff, vstride, nv, K, Kp, qa, q0, dst, qv)
     npair = (N // P) // 2 if nv == 1 else 0
     nsteps = npair + npan - 2 * npair
     for step in range(nsteps):
@@ -312,30 +405,31 @@ def _pdot(wi, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf,
             p = 2 * idx
             base = off + p * kg * P
             base2 = base + kg * P
-            a0 = izero(0)
-            a1 = izero(0)
-            a2 = izero(0)
-            a3 = izero(0)
-            b0 = izero(0)
-            b1 = izero(0)
-            b2 = izero(0)
-            b3 = izero(0)
+            a0 = _acc_zero(wv, wf)
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            b0 = a0
+            b1 = a0
+            b2 = a0
+            b3 = a0
             for k in range(kg):
                 q = base + k * P
                 r = base2 + k * P
-                x = dsplat(qb, qb0 + 4 * k)
-                a0 = vdot(a0, x, dload(wi, q))
-                a1 = vdot(a1, x, dload(wi, q + L))
-                a2 = vdot(a2, x, dload(wi, q + 2 * L))
-                a3 = vdot(a3, x, dload(wi, q + 3 * L))
-                b0 = vdot(b0, x, dload(wi, r))
-                b1 = vdot(b1, x, dload(wi, r + L))
-                b2 = vdot(b2, x, dload(wi, r + 2 * L))
-                b3 = vdot(b3, x, dload(wi, r + 3 * L))
-            _dot_emit(dst, doff + p * P, L, a0, a1, a2, a3, dst[qv], P, scr, wf, scoff + p * P,
-                      koff + p * P)
-            _dot_emit(dst, doff + p * P + P, L, b0, b1, b2, b3, dst[qv], P, scr, wf,
-                      scoff + p * P + P, koff + p * P + P)
+                x = dsplat(qa, q0 + g * k)
+                a0 = _dyn_dot(a0, x, dload(wv, q))
+                a1 = _dyn_dot(a1, x, dload(wv, q + L))
+                a2 = _dyn_dot(a2, x, dload(wv, q + 2 * L))
+                a3 = _dyn_dot(a3, x, dload(wv, q + 3 * L))
+                b0 = _dyn_dot(b0, x, dload(wv, r))
+                b1 = _dyn_dot(b1, x, dload(wv, r + L))
+                b2 = _dyn_dot(b2, x, dload(wv, r + 2 * L))
+                b3 = _dyn_dot(b3, x, dload(wv, r + 3 * L))
+            c = scoff + p * P
+            z = koff + p * P
+            _dyn_emit(dst, doff + p * P, L, a0, a1, a2, a3, dst[qv], P, scr, wf, c, z)
+            _dyn_emit(dst, doff + p * P + P, L, b0, b1, b2, b3, dst[qv], P, scr, wf, c + P,
+                      z + P)
             continue
         p = idx + npair
         base = off + p * kg * P
@@ -345,159 +439,45 @@ def _pdot(wi, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf,
         i = 0
         while i < nv:  # two rows at a time: each weight vector loaded once for both
             two = i + 1 < nv
-            q0 = qb0 + i * K4
-            q1 = q0 + K4 if two else q0
-            a0 = izero(0)
-            a1 = izero(0)
-            a2 = izero(0)
-            a3 = izero(0)
-            b0 = izero(0)
-            b1 = izero(0)
-            b2 = izero(0)
-            b3 = izero(0)
+            qi = q0 + i * Kp
+            a0 = _acc_zero(wv, wf)
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            b0 = a0
+            b1 = a0
+            b2 = a0
+            b3 = a0
             if two:
                 for k in range(kg):
                     q = base + k * P
-                    w0 = dload(wi, q)
-                    w1 = dload(wi, q + L)
-                    w2 = dload(wi, q + 2 * L)
-                    w3 = dload(wi, q + 3 * L)
-                    x = dsplat(qb, q0 + 4 * k)
-                    y = dsplat(qb, q1 + 4 * k)
-                    a0 = vdot(a0, x, w0)
-                    a1 = vdot(a1, x, w1)
-                    a2 = vdot(a2, x, w2)
-                    a3 = vdot(a3, x, w3)
-                    b0 = vdot(b0, y, w0)
-                    b1 = vdot(b1, y, w1)
-                    b2 = vdot(b2, y, w2)
-                    b3 = vdot(b3, y, w3)
+                    w0 = dload(wv, q)
+                    w1 = dload(wv, q + L)
+                    w2 = dload(wv, q + 2 * L)
+                    w3 = dload(wv, q + 3 * L)
+                    x = dsplat(qa, qi + g * k)
+                    y = dsplat(qa, qi + Kp + g * k)
+                    a0 = _dyn_dot(a0, x, w0)
+                    a1 = _dyn_dot(a1, x, w1)
+                    a2 = _dyn_dot(a2, x, w2)
+                    a3 = _dyn_dot(a3, x, w3)
+                    b0 = _dyn_dot(b0, y, w0)
+                    b1 = _dyn_dot(b1, y, w1)
+                    b2 = _dyn_dot(b2, y, w2)
+                    b3 = _dyn_dot(b3, y, w3)
             else:
                 for k in range(kg):
                     q = base + k * P
-                    x = dsplat(qb, q0 + 4 * k)
-                    a0 = vdot(a0, x, dload(wi, q))
-                    a1 = vdot(a1, x, dload(wi, q + L))
-                    a2 = vdot(a2, x, dload(wi, q + 2 * L))
-                    a3 = vdot(a3, x, dload(wi, q + 3 * L))
-            _dot_emit(dst, doff + i * dstride + p * P, L, a0, a1, a2, a3, dst[qv + i], ncol,
+                    x = dsplat(qa, qi + g * k)
+                    a0 = _dyn_dot(a0, x, dload(wv, q))
+                    a1 = _dyn_dot(a1, x, dload(wv, q + L))
+                    a2 = _dyn_dot(a2, x, dload(wv, q + 2 * L))
+                    a3 = _dyn_dot(a3, x, dload(wv, q + 3 * L))
+            _dyn_emit(dst, doff + i * dstride + p * P, L, a0, a1, a2, a3, dst[qv + i], ncol,
                       scr, wf, so, ko)
             if two:
-                _dot_emit(dst, doff + (i + 1) * dstride + p * P, L, b0, b1, b2, b3,
+                _dyn_emit(dst, doff + (i + 1) * dstride + p * P, L, b0, b1, b2, b3,
                           dst[qv + i + 1], ncol, scr, wf, so, ko)
-            i += 2
-
-
-@njit(error_model="numpy", _nrt=False)
-def _dot_emit(dst, d, L, a0, a1, a2, a3, rs, ncol, scr, wf, so, ko):
-    """int8_dynamic: one row's int32 sums of a panel to float32 (less the
-    zero point's column sums ``wf[ko:]``, times the row scale ``rs`` and the
-    column scales ``wf[so:]``), added to ``dst[d:]`` (:func:`_emit`)."""
-    sr = vsplat(rs)
-    _emit(dst, d, L,
-          itof(isub(a0, dload(wf, ko))) * (sr * vload(wf, so)),
-          itof(isub(a1, dload(wf, ko + L))) * (sr * vload(wf, so + L)),
-          itof(isub(a2, dload(wf, ko + 2 * L))) * (sr * vload(wf, so + 2 * L)),
-          itof(isub(a3, dload(wf, ko + 3 * L))) * (sr * vload(wf, so + 3 * L)),
-          ncol, dst, scr, wf, -1)
-
-
-@njit(error_model="numpy", _nrt=False)
-def _pbdot(wu, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf, qh, qv):
-    """bfloat16_dynamic: ``dst[doff + i*dstride + j] += (v_i W)[j]`` with each
-    row ``v_i`` (``v[voff + i*vstride :][:K]``) rounded to bfloat16 first
-    (uint16 at element ``2 * (qv + nv) + i * K2`` of ``qh``, the work array
-    as uint16) and ``W`` bfloat16 in panels of 64 columns of uint32 pairs of
-    k (``wu[off:]``, :func:`_pair_panels`). Eight independent dot-product
-    chains hide the instruction's latency: one row, two panels at a time;
-    several rows (a chunk's input, a batch), two rows at a time."""
-    L = 16
-    P = 64
-    K2 = K + (K & 1)
-    kg = K2 // 2
-    npan = (N + P - 1) // P
-    q0 = 2 * (qv + nv)
-    vu = v.view(np.uint32)
-    for i in range(nv):
-        _bfloat16_row(vu, voff + i * vstride, K, qh, q0 + i * K2)
-        if K2 > K:
-            qh[q0 + i * K2 + K] = 0
-    npair = (N // P) // 2 if nv == 1 else 0
-    nsteps = npair + npan - 2 * npair
-    for step in range(nsteps):
-        idx = nsteps - 1 - step if rev else step
-        if idx < npair:
-            p = 2 * idx
-            base = off + p * kg * P
-            base2 = base + kg * P
-            a0 = vzero(dst)
-            a1 = vzero(dst)
-            a2 = vzero(dst)
-            a3 = vzero(dst)
-            b0 = vzero(dst)
-            b1 = vzero(dst)
-            b2 = vzero(dst)
-            b3 = vzero(dst)
-            for k in range(kg):
-                q = base + k * P
-                r = base2 + k * P
-                x = dsplat(qh, q0 + 2 * k)
-                a0 = bdot(a0, x, dload(wu, q))
-                a1 = bdot(a1, x, dload(wu, q + L))
-                a2 = bdot(a2, x, dload(wu, q + 2 * L))
-                a3 = bdot(a3, x, dload(wu, q + 3 * L))
-                b0 = bdot(b0, x, dload(wu, r))
-                b1 = bdot(b1, x, dload(wu, r + L))
-                b2 = bdot(b2, x, dload(wu, r + 2 * L))
-                b3 = bdot(b3, x, dload(wu, r + 3 * L))
-            _emit(dst, doff + p * P, L, a0, a1, a2, a3, P, dst, scr, wf, -1)
-            _emit(dst, doff + p * P + P, L, b0, b1, b2, b3, P, dst, scr, wf, -1)
-            continue
-        p = idx + npair
-        base = off + p * kg * P
-        ncol = min(P, N - p * P)
-        i = 0
-        while i < nv:  # two rows at a time: each weight vector loaded once for both
-            two = i + 1 < nv
-            qi = q0 + i * K2
-            qj = qi + K2 if two else qi
-            a0 = vzero(dst)
-            a1 = vzero(dst)
-            a2 = vzero(dst)
-            a3 = vzero(dst)
-            b0 = vzero(dst)
-            b1 = vzero(dst)
-            b2 = vzero(dst)
-            b3 = vzero(dst)
-            if two:
-                for k in range(kg):
-                    q = base + k * P
-                    w0 = dload(wu, q)
-                    w1 = dload(wu, q + L)
-                    w2 = dload(wu, q + 2 * L)
-                    w3 = dload(wu, q + 3 * L)
-                    x = dsplat(qh, qi + 2 * k)
-                    y = dsplat(qh, qj + 2 * k)
-                    a0 = bdot(a0, x, w0)
-                    a1 = bdot(a1, x, w1)
-                    a2 = bdot(a2, x, w2)
-                    a3 = bdot(a3, x, w3)
-                    b0 = bdot(b0, y, w0)
-                    b1 = bdot(b1, y, w1)
-                    b2 = bdot(b2, y, w2)
-                    b3 = bdot(b3, y, w3)
-            else:
-                for k in range(kg):
-                    q = base + k * P
-                    x = dsplat(qh, qi + 2 * k)
-                    a0 = bdot(a0, x, dload(wu, q))
-                    a1 = bdot(a1, x, dload(wu, q + L))
-                    a2 = bdot(a2, x, dload(wu, q + 2 * L))
-                    a3 = bdot(a3, x, dload(wu, q + 3 * L))
-            _emit(dst, doff + i * dstride + p * P, L, a0, a1, a2, a3, ncol, dst, scr, wf, -1)
-            if two:
-                _emit(dst, doff + (i + 1) * dstride + p * P, L, b0, b1, b2, b3, ncol, dst, scr,
-                      wf, -1)
             i += 2
 
 
