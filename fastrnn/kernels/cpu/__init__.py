@@ -190,10 +190,10 @@ def _inputs(packed, x):
     """The input of the packed drivers and its row scales: ``x`` itself, or
     for int8_dynamic weights each row of each step quantized, for
     bfloat16_dynamic weights each value rounded to bfloat16."""
-    precision = packed.params.precision
-    if precision == "int8_dynamic":
+    q = packed.params.quantized  # (not .precision: a dtype's name costs a microsecond a call)
+    if q is not None and q.mode == "int8_dynamic":
         return _packed.quantize_inputs(x)
-    if precision == "bfloat16_dynamic":
+    if q is not None and q.mode == "bfloat16_dynamic":
         return _packed.bfloat16_inputs(x)
     return x, _NO_XS
 
