@@ -514,42 +514,26 @@ def _scale_panels(quantized, H, G):
     return aligned64(s.reshape(2, 4, NP, LANES).transpose(2, 0, 1, 3).reshape(-1))
 
 
-def _dot_panels(blocks, H, G):
-    """int8 ``blocks`` (each (K_i, G*H)) -> int32 panels indexed ``[p, k4, g,
-    lane]``: each element the 4 int8 weights of ``k = 4 k4 .. 4 k4 + 3``
-    (byte j: ``k = 4 k4 + j``; ``K_i`` padded with zero rows to a multiple of
-    4) of one column; a block's groups follow the previous block's."""
+def _grouped_panels(blocks, H, G, narrow, wide):
+    """Narrow ``blocks`` (each (K_i, G*H), dtype ``narrow``) -> panels of
+    ``wide`` elements indexed ``[p, kg, g, lane]``, each element the ``n =
+    wide.itemsize // narrow.itemsize`` weights of ``k = n kg .. n kg + n - 1``
+    of one column, lowest ``k`` in the lowest bits (``K_i`` padded with zero
+    rows to a multiple of ``n``); a block's groups follow the previous
+    block's. int8_dynamic: int8 in int32 (4 k); bfloat16_dynamic: bfloat16
+    bits (uint16) in uint32 (2 k)."""
+    n = np.dtype(wide).itemsize // np.dtype(narrow).itemsize
     NP = (H + LANES - 1) // LANES
     Hp = NP * LANES
     parts = []
     for b in blocks:
         K = b.shape[0]
-        K4 = (K + 3) // 4 * 4
-        padded = np.zeros((K4, G, Hp), dtype=np.int8)
-        padded[:K, :, :H] = np.asarray(b, np.int8).reshape(K, G, H)
-        # (K4/4, 4, G, NP, 16) -> (NP, K4/4, G, 16, 4): 4 bytes of k per lane
-        grouped = padded.reshape(K4 // 4, 4, G, NP, LANES).transpose(3, 0, 2, 4, 1)
-        parts.append(np.ascontiguousarray(grouped).view(np.int32)[..., 0])
-    return aligned64(np.concatenate(parts, axis=1).reshape(-1))
-
-
-def _pair_panels(blocks, H, G):
-    """bfloat16 ``blocks`` (uint16 bit patterns, each (K_i, G*H)) -> uint32
-    panels indexed ``[p, k2, g, lane]``: each element the 2 bfloat16 weights
-    of ``k = 2 k2, 2 k2 + 1`` of one column (low half: the even ``k``;
-    ``K_i`` padded with a zero row to even); a block's pairs follow the
-    previous block's."""
-    NP = (H + LANES - 1) // LANES
-    Hp = NP * LANES
-    parts = []
-    for b in blocks:
-        K = b.shape[0]
-        K2 = K + (K & 1)
-        padded = np.zeros((K2, G, Hp), dtype=np.uint16)
-        padded[:K, :, :H] = np.asarray(b, np.uint16).reshape(K, G, H)
-        # (K2/2, 2, G, NP, 16) -> (NP, K2/2, G, 16, 2): 2 k per lane
-        paired = padded.reshape(K2 // 2, 2, G, NP, LANES).transpose(3, 0, 2, 4, 1)
-        parts.append(np.ascontiguousarray(paired).view(np.uint32)[..., 0])
+        Kn = (K + n - 1) // n * n
+        padded = np.zeros((Kn, G, Hp), dtype=narrow)
+        padded[:K, :, :H] = np.asarray(b, narrow).reshape(K, G, H)
+        # (Kn/n, n, G, NP, 16) -> (NP, Kn/n, G, 16, n): n k per lane
+        grouped = padded.reshape(Kn // n, n, G, NP, LANES).transpose(3, 0, 2, 4, 1)
+        parts.append(np.ascontiguousarray(grouped).view(wide)[..., 0])
     return aligned64(np.concatenate(parts, axis=1).reshape(-1))
 
 
@@ -581,9 +565,9 @@ def _matrices(kernel, recurrent_kernel, quantized):
 def _layout(mats, H, G, mode):
     """The panels of ``mats`` for weights of ``mode`` (None: float32)."""
     if mode == "int8_dynamic":
-        return _dot_panels(mats, H, G)
+        return _grouped_panels(mats, H, G, np.int8, np.int32)
     if mode == "bfloat16_dynamic":
-        return _pair_panels(mats, H, G)
+        return _grouped_panels(mats, H, G, np.uint16, np.uint32)
     return _panels(mats, H, G)
 
 

@@ -383,8 +383,7 @@ def _pdyn(wv, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, wf,
     (:func:`_dyn_rows`: at element ``g * (qv + nv) + i * Kp`` of ``qa``, the
     work array as uint8 or uint16, ``g`` k per panel element, ``Kp`` = ``K``
     padded to ``g``) and ``W`` in panels of 64 columns of groups of ``g`` k
-    (``wv[off:]``: int32, :func:`_dot_panels`, or uint32,
-    :func:`_pair_panels`). int8_dynamic: row scales at ``dst[qv + i]``,
+    (``wv[off:]``: int32 or uint32, :func:`_grouped_panels`). int8_dynamic: row scales at ``dst[qv + i]``,
     column scales ``wf[scoff:]``, 128 x column sums ``wf[koff:]`` (int32
     bits), both padded to whole panels. Eight independent dot-product chains
     hide the instructions' latency: one row, two panels at a time; several
@@ -758,33 +757,26 @@ def _panels(W, L):
     return padded.reshape(K, npan, P).transpose(1, 0, 2).ravel()
 
 
-def _dot_panels(W, L):
-    """int8 ``W (K, N)`` as int8_dynamic panels of ``4 L`` columns: int32,
-    ``[panel, k4, column]``, each element the 4 weights of ``k = 4 k4 ..
-    4 k4 + 3`` of one column (``K`` padded with zero rows to a multiple of 4)."""
-    K, N = W.shape
-    P = 4 * L
-    npan = -(-N // P)
-    K4 = (K + 3) // 4 * 4
-    padded = np.zeros((K4, npan * P), np.int8)
-    padded[:K, :N] = W
-    grouped = padded.reshape(K4 // 4, 4, npan, P).transpose(2, 0, 3, 1)
-    return np.ascontiguousarray(grouped).view(np.int32).ravel()
+#: The panel element of each dynamic format (see :func:`_grouped_panels`).
+_GROUPED = {"int8_dynamic": np.int32, "bfloat16_dynamic": np.uint32}
 
 
-def _pair_panels(W, L):
-    """bfloat16 ``W (K, N)`` (uint16 bits) as bfloat16_dynamic panels of
-    ``4 L`` columns: uint32, ``[panel, k2, column]``, each element the 2
-    weights of ``k = 2 k2`` (low half) and ``2 k2 + 1`` of one column (``K``
-    padded with a zero row to even)."""
+def _grouped_panels(W, L, wide):
+    """Narrow ``W (K, N)`` (int8, or bfloat16 bits as uint16) as the dynamic
+    formats' panels of ``4 L`` columns: ``wide`` elements (int32: 4 k,
+    int8_dynamic; uint32: 2 k, bfloat16_dynamic), ``[panel, kg, column]``,
+    each element the ``n`` weights of ``k = n kg .. n kg + n - 1`` of one
+    column, lowest ``k`` in the lowest bits (``K`` padded with zero rows to a
+    multiple of ``n``)."""
     K, N = W.shape
+    n = np.dtype(wide).itemsize // W.dtype.itemsize
     P = 4 * L
     npan = -(-N // P)
-    K2 = K + (K & 1)
-    padded = np.zeros((K2, npan * P), np.uint16)
+    Kn = (K + n - 1) // n * n
+    padded = np.zeros((Kn, npan * P), W.dtype)
     padded[:K, :N] = W
-    paired = padded.reshape(K2 // 2, 2, npan, P).transpose(2, 0, 3, 1)
-    return np.ascontiguousarray(paired).view(np.uint32).ravel()
+    grouped = padded.reshape(Kn // n, n, npan, P).transpose(2, 0, 3, 1)
+    return np.ascontiguousarray(grouped).view(wide).ravel()
 
 
 def _block(a, dt):
@@ -857,9 +849,10 @@ def pack(params_list, batch_size, nan_raise):
         row[_ACT], row[_RACT], row[_RA] = int(p.activation), ract, int(ra)
         row[_NAN] = row[_PAR] = 0
         row[_FMT] = _FORMATS[p.precision]
-        panels = (_dot_panels if kx is not None else
-                  _pair_panels if p.precision == "bfloat16_dynamic" else _panels)
-        parts = [(_WX, panels(kernel, L)), (_WH, panels(rec, L)), (_BX, bx), (_BH, bh)]
+        wide = _GROUPED.get(p.precision)
+        parts = [(_WX, _panels(kernel, L) if wide is None else _grouped_panels(kernel, L, wide)),
+                 (_WH, _panels(rec, L) if wide is None else _grouped_panels(rec, L, wide)),
+                 (_BX, bx), (_BH, bh)]
         if wh2 is not None:
             parts.append((_WH2, _panels(wh2, L)))
         for col, scale in ((_SX, sx), (_SU, su), (_SU2, su2)):
