@@ -637,12 +637,14 @@ class Stream:
             # a quantized cell's compact weights, exactly (None: float)
             meta["quantized"] = []
             for i, c in enumerate(cells):
-                if getattr(c, "quantization_mode", None) is None:
+                mode = getattr(c, "quantization_mode", None)
+                if mode is None:
                     meta["quantized"].append(None)
                     continue
-                names = [f"q{i}_{j}" for j in range(len(c._quantized.arrays()))]
-                arrays.update(zip(names, c._quantized.arrays()))
-                meta["quantized"].append({"mode": c.quantization_mode, "arrays": names})
+                compact = c._quantized.arrays()
+                names = [f"q{i}_{j}" for j in range(len(compact))]
+                arrays.update(zip(names, compact))
+                meta["quantized"].append({"mode": mode, "arrays": names})
         arrays["meta"] = np.array(json.dumps(meta))
         if isinstance(path, (str, os.PathLike)):
             path = os.fspath(path)

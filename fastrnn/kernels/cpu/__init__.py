@@ -190,7 +190,7 @@ def _inputs(packed, x):
     """The input of the packed drivers and its row scales: ``x`` itself, or
     for int8_dynamic weights each row of each step quantized, for
     bfloat16_dynamic weights each value rounded to bfloat16."""
-    q = packed.params.quantized  # (not .precision: a dtype's name costs a microsecond a call)
+    q = packed.params.quantized  # (not .precision, whose dtype name costs microseconds a call)
     if q is not None and q.mode == "int8_dynamic":
         return _packed.quantize_inputs(x)
     if q is not None and q.mode == "bfloat16_dynamic":
