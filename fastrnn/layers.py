@@ -29,7 +29,7 @@ import numpy as np
 from . import _device, _engine, dispatch, serialization
 from ._nest import flatten, pack_as
 from .cells import (
-    GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _batch_arg, _first, _pop_common,
+    GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _batch_arg, _Cell, _first, _pop_common,
     deserialize_cell, is_builtin, quantization_mode_of, quantize_cells, stage_weights,
 )
 from .streaming import Stream
@@ -46,6 +46,9 @@ def _flag(value, argument):
     raise TypeError(f"{argument}: expected True or False, got {value!r}")
 
 
+# The choice of a layer whose cells are not all fastrnn's own.
+_HOST_LOOP = dispatch.Choice("custom", None,
+                             "host step loop: the cell is not a built-in fastrnn cell")
 _SHAPE_KW = ("input_dim", "input_shape", "batch_input_shape", "batch_size")
 
 
@@ -215,6 +218,8 @@ class RNN:
     @property
     def state_sizes(self):
         """The size of each state, flat, Keras order (``[h]`` or ``[h, c]`` per cell)."""
+        if isinstance(self.cell, _Cell):  # a fastrnn cell keeps them (read on every call)
+            return list(self.cell._sizes)
         return [int(s) for s in flatten(self.cell.state_size)]
 
     @property
@@ -324,8 +329,7 @@ class RNN:
         """The backend for host inputs (or GPU inputs with ``on_device``),
         remembered for ``backend`` / ``backend_reason``."""
         if not self.compiled:
-            self._choice = dispatch.Choice(
-                "custom", None, "host step loop: the cell is not a built-in fastrnn cell")
+            self._choice = _HOST_LOOP
             return self._choice
         if not self.built:
             raise ValueError(f"{type(self).__name__} is not built: call build() or set_weights()")
@@ -362,7 +366,7 @@ class RNN:
     reset_state = reset_states
 
     def _initial_states(self, initial_state, batch, xp):
-        sizes = self.state_sizes
+        sizes = self.state_sizes  # (read once: a stack's sizes are a nested walk)
         fixed, by = None, None
         if self.stateful and self.states is not None:
             fixed, by = self.states[0].shape[0], "its first call"
@@ -378,7 +382,7 @@ class RNN:
         if initial_state is None:
             if self.stateful and self.states is not None:
                 return [s.copy() for s in self.states]
-            return self.get_initial_state(batch, xp)
+            return [xp.zeros((batch, s), self.dtype) for s in sizes]
         flat = flatten(initial_state)
         if len(flat) != len(sizes):
             raise ValueError(
@@ -467,7 +471,7 @@ class RNN:
             return xp.zeros(shape, self.dtype), [s.copy() for s in states]
         reverse, zero = self.go_backwards, self.zero_output_for_mask
         if not self.compiled:
-            self._select()
+            self._choice = _HOST_LOOP
             return _engine.host_loop(self.cell, x, mask, states, self.state_structure, reverse,
                                      zero, self.return_sequences, training, self.output_size,
                                      self.state_sizes, self.dtype)
@@ -479,7 +483,9 @@ class RNN:
                 "with dropout (the fast backends run inference only)")
             out, out_states, packs = self._dropout_run(weights, x, mask, states, reverse, zero)
         else:
-            choice = self._select(weights, on_device=xp is not np)
+            # (the cells are built-in and built: the weights were read)
+            choice = self._choice = _engine.select_for(weights, self.backend_arg, xp is not np,
+                                                       self._placed)
             packs = [w.packed(choice.module) for w in weights]
             out, out_states = _engine.run_cells(choice.module, packs, x, states, mask, reverse,
                                                 zero, self.return_sequences, xp)
