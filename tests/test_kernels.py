@@ -629,32 +629,38 @@ def test_cpu_split_tuning_bookkeeping(backend, monkeypatch):
 def test_cpu_row_results_do_not_depend_on_the_batch(backend, monkeypatch, threads):
     """A sequence gives the same bits alone, or at any position of a batch:
     every tile height (6, 4, 2, 1 rows), the row split and the panel split
-    sum a row's products in one order. Packed float32 and generic float64."""
+    sum a row's products in one order. Packed float32 (and bfloat16 weights,
+    whose tiles take k two at a time, with an odd input size and unit count)
+    and generic float64."""
     if backend.NAME != "cpu":
         pytest.skip("a cpu backend property (the reference and cuda backends use BLAS)")
     _use_threads(backend, monkeypatch, threads)
     rng = np.random.default_rng(53)
     D, H, T = 17, 37, T_LONG
-    for dtype in DTYPES:
-        for kind, opts in (("lstm", {}), ("gru", {}), ("lstm", {"peep": True}), ("simple", {})):
-            params = make_params(kind, rng, D, H, dtype, **opts)
-            packed = backend.pack(params)
-            for B in (13, 20):
-                monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
-                x = rand(rng, (B, T, D), dtype, 1.0)
-                mask = ragged_mask(rng, B, T)
-                states = [rand(rng, (B, n), dtype) for n in state_sizes(params)]
-                out = np.empty((B, T, params.output_size), dtype)
-                outs = [np.empty_like(s) for s in states]
-                run(backend, packed, x, states, mask, False, False, out, outs)
-                for b in range(B):
-                    o1 = np.empty((1, T, params.output_size), dtype)
-                    s1 = [np.empty((1, n), dtype) for n in state_sizes(params)]
-                    run(backend, packed, x[b:b + 1], [s[b:b + 1] for s in states],
-                        mask[b:b + 1], False, False, o1, s1)
-                    np.testing.assert_array_equal(o1[0], out[b], err_msg=f"{kind} {dtype} B={B} row {b}")
-                    for got, want in zip(s1, outs):
-                        np.testing.assert_array_equal(got[0], want[b])
+    cases = [(make_params(kind, rng, D, H, dtype, **opts), dtype) for dtype in DTYPES
+             for kind, opts in (("lstm", {}), ("gru", {}), ("lstm", {"peep": True}),
+                                ("simple", {}))]
+    cases += [(quantize(make_params(kind, rng, D, H, np.float32), "bfloat16"), np.float32)
+              for kind in ("lstm", "gru")]
+    for params, dtype in cases:
+        packed = backend.pack(params)
+        for B in (13, 20):
+            monkeypatch.setattr(backend.threads, "_contended_until", 0.0)
+            x = rand(rng, (B, T, D), dtype, 1.0)
+            mask = ragged_mask(rng, B, T)
+            states = [rand(rng, (B, n), dtype) for n in state_sizes(params)]
+            out = np.empty((B, T, params.output_size), dtype)
+            outs = [np.empty_like(s) for s in states]
+            run(backend, packed, x, states, mask, False, False, out, outs)
+            for b in range(B):
+                o1 = np.empty((1, T, params.output_size), dtype)
+                s1 = [np.empty((1, n), dtype) for n in state_sizes(params)]
+                run(backend, packed, x[b:b + 1], [s[b:b + 1] for s in states],
+                    mask[b:b + 1], False, False, o1, s1)
+                np.testing.assert_array_equal(o1[0], out[b],
+                                              err_msg=f"{params.kind} {dtype} B={B} row {b}")
+                for got, want in zip(s1, outs):
+                    np.testing.assert_array_equal(got[0], want[b])
 
 
 def test_many_threads_one_weight_set(backend, monkeypatch):

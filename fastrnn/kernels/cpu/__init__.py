@@ -195,6 +195,8 @@ def _inputs(packed, x):
         return _packed.quantize_inputs(x)
     if q is not None and q.mode == "bfloat16_dynamic":
         return _packed.bfloat16_inputs(x)
+    if q is not None and q.mode == "bfloat16":
+        return _packed.even_inputs(x), _NO_XS
     return x, _NO_XS
 
 

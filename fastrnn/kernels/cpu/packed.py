@@ -63,6 +63,12 @@ its own buffers ``hq`` / ``hs``. bfloat16_dynamic panels are uint32 arrays
 the same way, one row per pair of ``k`` (see ``simd.bdot``); its input is
 rounded to bfloat16 before the call (:func:`bfloat16_inputs`, uint16 ``(B,
 T, D2)``, no scales) and the state at every step into a uint16 ``hq``.
+Weights-only bfloat16 panels hold the same pairs as uint16 (two uint16 per
+column and pair of ``k``, the lower ``k`` first): the tiles widen each pair
+with one shift or mask (``simd.pair_lo`` / ``pair_hi``) where widening 16
+bfloat16 at a time takes a shuffle and a shift, which is what bounds a
+single row's ``k`` loop; the calls' record counts their rows padded to even, and
+an odd input size gets a zero feature before the call (:func:`even_inputs`).
 ``opts = (reverse, zero_output, hoist)``
 """
 
@@ -96,7 +102,8 @@ def _ov_is_dot(Wp):
 
 def weight_rows(Wp, n):
     """Panel rows of ``n`` k: ``n``, or groups of 4 for int8_dynamic panels,
-    pairs for bfloat16_dynamic panels."""
+    pairs for bfloat16_dynamic panels, ``n`` padded to even for weights-only
+    bfloat16 panels (pairs of uint16 rows)."""
     raise NotImplementedError  # typed by the overload below
 
 
@@ -106,6 +113,8 @@ def _ov_weight_rows(Wp, n):
         return lambda Wp, n: (n + 3) // 4
     if isinstance(Wp, types.Array) and Wp.dtype == types.uint32:
         return lambda Wp, n: (n + 1) // 2
+    if isinstance(Wp, types.Array) and Wp.dtype == types.uint16:
+        return lambda Wp, n: n + (n & 1)  # in pairs: padded to even
     return lambda Wp, n: n
 
 
@@ -568,7 +577,17 @@ def _layout(mats, H, G, mode):
         return _grouped_panels(mats, H, G, np.int8, np.int32)
     if mode == "bfloat16_dynamic":
         return _grouped_panels(mats, H, G, np.uint16, np.uint32)
+    if mode == "bfloat16":  # the same pairs, as uint16 (the tiles widen them in registers)
+        return _grouped_panels(mats, H, G, np.uint16, np.uint32).view(np.uint16)
     return _panels(mats, H, G)
+
+
+def even_inputs(x):
+    """``x (B, T, D)`` with a zero feature added when ``D`` is odd: weights-only
+    bfloat16 panels take the input k two at a time."""
+    if x.shape[2] % 2 == 0:
+        return x
+    return np.concatenate([x, np.zeros(x.shape[:2] + (1,), x.dtype)], axis=2)
 
 
 def pack_lstm(kernel, recurrent_kernel, bias, forget_bias, peepholes, quantized=None):

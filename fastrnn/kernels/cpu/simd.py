@@ -287,10 +287,12 @@ def izero(typingctx, like):
 def dload(typingctx, arr, idx):
     """16 int32 lanes from flat element ``idx`` of a contiguous array (the
     packed int8 weights of a dot-product panel, stored as int32; the bfloat16
-    pairs of a :func:`bdot` panel, stored as uint32; or, from a float32
-    array, int32 bit patterns kept beside the scales)."""
+    pairs of a :func:`bdot` panel, stored as uint32; the bfloat16 pairs of a
+    weights-only bfloat16 panel, stored as uint16, ``idx`` counting uint16
+    elements (see :func:`pair_lo`); or, from a float32 array, int32 bit
+    patterns kept beside the scales)."""
     if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer) \
-            or arr.dtype not in (types.int32, types.uint32, types.float32):
+            or arr.dtype not in (types.int32, types.uint32, types.uint16, types.float32):
         return None
 
     def codegen(context, builder, sig, args):
@@ -317,6 +319,34 @@ def dsplat(typingctx, arr, idx):
         return builder.shuffle_vector(v0, v0, ir.Constant(vt, [0] * 16))
 
     return IVEC(arr, idx), codegen
+
+
+def _pair_half(high, doc):
+    @intrinsic
+    def half(typingctx, v):
+        if v != IVEC:
+            return None
+        vty = VEC[types.float32]
+
+        def codegen(context, builder, sig, args):
+            wide = _ivec(context)
+            if high:  # already the upper half of a float32: clear the lower
+                bits = builder.and_(args[0], ir.Constant(wide, [-65536] * 16))
+            else:
+                bits = builder.shl(args[0], ir.Constant(wide, [16] * 16))
+            return builder.bitcast(bits, _llvm_vec(context, vty))
+
+        return vty(v), codegen
+
+    half.__doc__ = doc
+    return half
+
+
+# Two bfloat16 weights per int32 lane (one column, two consecutive k, the
+# lower k in the lower half) widen with one shift or one mask each: no
+# shuffle, as a zero-extending load of 16 bfloat16 would take.
+pair_lo = _pair_half(False, "The lower bfloat16 of each int32 lane of ``v`` as float32 (exact).")
+pair_hi = _pair_half(True, "The upper bfloat16 of each int32 lane of ``v`` as float32 (exact).")
 
 
 def _has_vnni(context):

@@ -1,9 +1,10 @@
 """The register-blocked tiles of the packed kernels, generated from one template.
 
-The template takes the weight format (:data:`FORMATS`): float32, bfloat16
-and int8 panels are loaded through :func:`.simd.wload` (widened to float32
-in registers; int8 sums scaled per column after each ``k`` loop, see
-``_float_sums``), int8_dynamic panels through integer dot products of
+The template takes the weight format (:data:`FORMATS`): float32 and int8
+panels are loaded through :func:`.simd.wload` (widened to float32 in
+registers; int8 sums scaled per column after each ``k`` loop, see
+``_float_sums``), bfloat16 panels two ``k`` at a time from pairs
+(:func:`_pair_loop`, widened by ``pair_lo`` / ``pair_hi``), int8_dynamic panels through integer dot products of
 quantized activations (``_dot_sums``), bfloat16_dynamic panels through
 bfloat16 dot products of rounded activations into float32 sums (the float
 path, ``_float_sums``, over pairs of ``k``). One name per tile (``lstm_tile_6``
@@ -72,8 +73,9 @@ from numba.extending import overload
 
 from .gates import gru_reset, gru_update, lstm_update
 # (the generated tiles use these names)
-from .simd import (bdot, dload, dsplat, isub, itof, izero, prefetch_l1,  # noqa: F401
-                   prefetch_l2, sload, vdot, vfma, vload, vsplat, vstore, vzero, wload)
+from .simd import (bdot, dload, dsplat, isub, itof, izero, pair_hi, pair_lo,  # noqa: F401
+                   prefetch_l1, prefetch_l2, sload, vdot, vfma, vload, vsplat, vstore, vzero,
+                   wload)
 
 # accumulator names: what each of the panel's 4 vectors sums into, for the
 # input rows and for the recurrent rows
@@ -99,6 +101,9 @@ def _k_loop(lines, kind, rows, src, prefetch, names, fmt):
     stride = _STRIDE[kind]
     n = len(names)
     per_line = 64 // _BYTES[fmt]  # elements per cache line
+    if fmt == "bfloat16":
+        _pair_loop(lines, rows, src, prefetch, names, stride, per_line)
+        return
     if prefetch:
         lines += ["        prefetch_l2(Wp, q)", f"        q += {per_line}"]
         lines += [f"        prefetch_l1(Wp, w + {8 * stride + per_line * j})"
@@ -112,6 +117,30 @@ def _k_loop(lines, kind, rows, src, prefetch, names, fmt):
               "bfloat16_dynamic": "bdot({acc}, s, w{g})"}.get(fmt, "vfma(s, w{g}, {acc})")
         lines += [f"        {names[g]}{r} = " + op.format(acc=f"{names[g]}{r}", g=g) for g in range(n)]
     lines.append(f"        w += {stride}")
+
+
+def _pair_loop(lines, rows, src, prefetch, names, stride, per_line):
+    """The body of one ``k`` loop over bfloat16 pairs (weights-only
+    bfloat16 panels: two consecutive k per int32 lane, see :mod:`.packed`):
+    each gate vector widened from its pair with one shift (k) or one mask
+    (k + 1), every row's products of k and then of k + 1, so each sum runs
+    over k in the same order as one k per iteration. Weight vectors are
+    loaded again for k + 1 (from L1) rather than held: a 6-row tile has no
+    registers left for them."""
+    src1 = src + " + 1"
+    if prefetch:  # this pair spans two k: two lines of the next panel
+        lines += ["        prefetch_l2(Wp, q)", f"        prefetch_l2(Wp, q + {per_line})",
+                  f"        q += {2 * per_line}"]
+        lines += [f"        prefetch_l1(Wp, w + {16 * stride + per_line * j})"
+                  for j in range(-(-2 * stride // per_line))]
+    for half, at in (("pair_lo", src), ("pair_hi", src1)):
+        lines += [f"        w{g} = {half}(dload(Wp, w{' + ' + str(32 * g) if g else ''}))"
+                  for g in range(len(names))]
+        for r in range(rows):
+            lines.append(f"        s = vsplat(sload({at.format(r=r)}))")
+            lines += [f"        {names[g]}{r} = vfma(s, w{g}, {names[g]}{r})"
+                      for g in range(len(names))]
+    lines.append(f"        w += {2 * stride}")
 
 
 def _dot_sums(lines, kind, rows, prefetch, recurrent):
@@ -195,7 +224,8 @@ def _float_sums(lines, kind, rows, prefetch, recurrent, fmt):
     if prefetch:
         lines.append("    q = pf")
     inp, rec = _NAMES[kind]
-    lines.append("    for k in range(D):")
+    # (weights-only bfloat16: D, padded to even, counts k two at a time)
+    lines.append("    for k in range(0, D, 2):" if fmt == "bfloat16" else "    for k in range(D):")
     _k_loop(lines, kind, rows, "xf, 2 * (xo{r} + k)" if pairs else "xf, xo{r} + k", prefetch,
             inp, fmt)
     if scaled:
@@ -242,6 +272,9 @@ def _split_recurrent(lines, rows, inp, rec, prefetch, kind, fmt):
     if fmt == "bfloat16_dynamic":  # pairs of the state rounded to bfloat16 (hq)
         lines.append("    for k in range((H + 1) // 2):")
         _k_loop(lines, kind, rows, "hq, ro{r} + 2 * k", prefetch, rec, fmt)
+    elif fmt == "bfloat16":  # pairs of k (an odd H reads one padded lane of the state)
+        lines.append("    for k in range(0, H + (H & 1), 2):")
+        _k_loop(lines, kind, rows, "hf, cur + ro{r} + k", prefetch, rec, fmt)
     else:
         lines.append("    for k in range(H):")
         _k_loop(lines, kind, rows, "hf, cur + ro{r} + k", prefetch, rec, fmt)
