@@ -14,8 +14,9 @@ lives in four flat arrays prepared once by :func:`pack`:
     the recurrent-side bias ``(N,)``. Gate order inside ``N`` is Keras's:
     LSTM **i, f, c, o**; GRU **z, r, h**. Quantized layers
     (:func:`fastrnn.kernels.quantize`) keep their compact panels in ``w``'s
-    bytes (bfloat16 bit patterns, int8, int8_dynamic's int32 groups of 4
-    k, :func:`_pdyn`, or bfloat16_dynamic's uint32 pairs of k) with their column scales (and int8_dynamic's column
+    bytes (bfloat16 bit patterns in pairs of k, :func:`_ppair`; int8;
+    int8_dynamic's int32 groups of 4 k, :func:`_pdyn`; or bfloat16_dynamic's
+    uint32 pairs of k) with their column scales (and int8_dynamic's column
     sums) beside them; ``cfg`` names each layer's format.
 ``s``
     The states, per layer ``h (B, H)`` then (LSTM) ``c (B, H)``, updated in
@@ -61,8 +62,9 @@ from numba.extending import overload
 from .fpenv import flush_denormals, restore_fp
 from .gates import activate, gru_reset, gru_update, lstm_update
 from .packed import _bfloat16_row, _quantize_row
-from .simd import (IVEC, aligned64, bdot, dload, dsplat, isub, itof, izero, lanes, vdot, vfma,
-                   vload, vload_part, vsplat, vstore, vstore_part, vzero, wload)
+from .simd import (IVEC, aligned64, bdot, dload, dsplat, isub, itof, izero, lanes, pair_hi,
+                   pair_lo, vdot, vfma, vload, vload_part, vsplat, vstore, vstore_part, vzero,
+                   wload)
 
 # cfg columns
 (_KIND, _D, _H, _ACT, _RACT, _RA, _WX, _WH, _WH2, _BX, _BH, _SH, _SC, _NAN, _PAR, _FMT, _SX,
@@ -88,8 +90,8 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
            scoff):
     """``dst[doff + i*dstride + j] += sum_k v[voff + i*vstride + k] * W[k, j]``.
 
-    ``w`` holds floats of ``dst``'s dtype, or bfloat16 bit patterns (uint16)
-    or int8 values, widened to float32 as they are loaded; with ``scoff >=
+    ``w`` holds floats of ``dst``'s dtype, or int8 values widened to float32
+    as they are loaded (bfloat16 panels go through :func:`_ppair`); with ``scoff >=
     0`` each column's sum is multiplied by its scale ``sc[scoff + j]`` (int8
     column scales, padded with zeros to whole panels) before it is added.
 
@@ -206,6 +208,116 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
 
 
 @njit(error_model="numpy", _nrt=False)
+def _ppair(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff, rev):
+    """:func:`_pgemv` for weights-only bfloat16 panels in pairs (two
+    consecutive k of one column per 32-bit lane, lower k first; ``K`` padded
+    to even: :func:`_pair_panels`), ``w`` as uint16: each vector of pairs
+    widens with one shift (k) or one mask (k + 1), where 16 bfloat16 at a
+    time take a shuffle and a shift. Every sum still runs over k in order
+    (same bits as :func:`_pgemv`); an odd ``K`` ends with its last k alone."""
+    L = 16
+    P = 64
+    npan = (N + P - 1) // P
+    Kn = K + (K & 1)
+    kp = K // 2
+    npair = (N // P) // 2 if nv == 1 else 0
+    vone = v[voff : voff + K]
+    nsteps = npair + npan - 2 * npair
+    for step in range(nsteps):
+        idx = nsteps - 1 - step if rev else step
+        if idx < npair:  # one row: two panels at a time (eight chains)
+            p = 2 * idx
+            base = off + p * Kn * P
+            base2 = base + Kn * P
+            a0 = vzero(dst)
+            a1 = vzero(dst)
+            a2 = vzero(dst)
+            a3 = vzero(dst)
+            b0 = vzero(dst)
+            b1 = vzero(dst)
+            b2 = vzero(dst)
+            b3 = vzero(dst)
+            for j in range(kp + (K & 1)):
+                q = base + j * 2 * P
+                r = base2 + j * 2 * P
+                x0 = vsplat(vone[2 * j])
+                a0 = vfma(pair_lo(dload(w, q)), x0, a0)
+                a1 = vfma(pair_lo(dload(w, q + 2 * L)), x0, a1)
+                a2 = vfma(pair_lo(dload(w, q + 4 * L)), x0, a2)
+                a3 = vfma(pair_lo(dload(w, q + 6 * L)), x0, a3)
+                b0 = vfma(pair_lo(dload(w, r)), x0, b0)
+                b1 = vfma(pair_lo(dload(w, r + 2 * L)), x0, b1)
+                b2 = vfma(pair_lo(dload(w, r + 4 * L)), x0, b2)
+                b3 = vfma(pair_lo(dload(w, r + 6 * L)), x0, b3)
+                if j < kp:
+                    x1 = vsplat(vone[2 * j + 1])
+                    a0 = vfma(pair_hi(dload(w, q)), x1, a0)
+                    a1 = vfma(pair_hi(dload(w, q + 2 * L)), x1, a1)
+                    a2 = vfma(pair_hi(dload(w, q + 4 * L)), x1, a2)
+                    a3 = vfma(pair_hi(dload(w, q + 6 * L)), x1, a3)
+                    b0 = vfma(pair_hi(dload(w, r)), x1, b0)
+                    b1 = vfma(pair_hi(dload(w, r + 2 * L)), x1, b1)
+                    b2 = vfma(pair_hi(dload(w, r + 4 * L)), x1, b2)
+                    b3 = vfma(pair_hi(dload(w, r + 6 * L)), x1, b3)
+            _emit(dst, doff + p * P, L, a0, a1, a2, a3, P, scratch, soff, dst, -1)
+            _emit(dst, doff + p * P + P, L, b0, b1, b2, b3, P, scratch, soff, dst, -1)
+            continue
+        p = idx + npair
+        base = off + p * Kn * P
+        c = doff + p * P
+        ncol = min(P, N - p * P)
+        i = 0
+        while i < nv:  # two rows at a time (a chunk's input, a batch)
+            two = i + 1 < nv
+            v0 = voff + i * vstride
+            va = v[v0 : v0 + K]
+            vb = v[v0 + vstride : v0 + vstride + K] if two else va
+            a0 = vzero(dst)
+            a1 = vzero(dst)
+            a2 = vzero(dst)
+            a3 = vzero(dst)
+            b0 = vzero(dst)
+            b1 = vzero(dst)
+            b2 = vzero(dst)
+            b3 = vzero(dst)
+            for j in range(kp + (K & 1)):
+                q = base + j * 2 * P
+                w0 = pair_lo(dload(w, q))
+                w1 = pair_lo(dload(w, q + 2 * L))
+                w2 = pair_lo(dload(w, q + 4 * L))
+                w3 = pair_lo(dload(w, q + 6 * L))
+                x0 = vsplat(va[2 * j])
+                x1 = vsplat(vb[2 * j])
+                a0 = vfma(w0, x0, a0)
+                a1 = vfma(w1, x0, a1)
+                a2 = vfma(w2, x0, a2)
+                a3 = vfma(w3, x0, a3)
+                b0 = vfma(w0, x1, b0)
+                b1 = vfma(w1, x1, b1)
+                b2 = vfma(w2, x1, b2)
+                b3 = vfma(w3, x1, b3)
+                if j < kp:
+                    w0 = pair_hi(dload(w, q))
+                    w1 = pair_hi(dload(w, q + 2 * L))
+                    w2 = pair_hi(dload(w, q + 4 * L))
+                    w3 = pair_hi(dload(w, q + 6 * L))
+                    x0 = vsplat(va[2 * j + 1])
+                    x1 = vsplat(vb[2 * j + 1])
+                    a0 = vfma(w0, x0, a0)
+                    a1 = vfma(w1, x0, a1)
+                    a2 = vfma(w2, x0, a2)
+                    a3 = vfma(w3, x0, a3)
+                    b0 = vfma(w0, x1, b0)
+                    b1 = vfma(w1, x1, b1)
+                    b2 = vfma(w2, x1, b2)
+                    b3 = vfma(w3, x1, b3)
+            if two:
+                _emit(dst, c + (i + 1) * dstride, L, b0, b1, b2, b3, ncol, scratch, soff, dst, -1)
+            _emit(dst, c + i * dstride, L, a0, a1, a2, a3, ncol, scratch, soff, dst, -1)
+            i += 2 if two else 1
+
+
+@njit(error_model="numpy", _nrt=False)
 def _emit(dst, d, L, a0, a1, a2, a3, ncol, scratch, soff, sc, so):
     """``dst[d : d + ncol] += [a0 a1 a2 a3][:ncol]`` (a partial panel via
     ``scratch``), each lane first multiplied by its scale ``sc[so + j]``
@@ -271,8 +383,7 @@ def _ov_product(ws, fmt, off, K, N, v, voff, vstride, nv, dst, doff, dstride, sc
             _pdyn(ws[5], off, K, N, v, voff, vstride, nv, dst, doff, dstride, scr, rev, ws[0],
                   scoff, koff, ws[6], qv)
         elif fmt == BF16:
-            _pgemv(ws[1], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
-                   ws[0], -1)
+            _ppair(ws[1], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev)
         elif fmt == INT8:
             _pgemv(ws[2], off, K, N, v, voff, vstride, nv, dst, doff, dstride, dst, scr, rev,
                    ws[0], scoff)
@@ -761,6 +872,12 @@ def _panels(W, L):
 _GROUPED = {"int8_dynamic": np.int32, "bfloat16_dynamic": np.uint32}
 
 
+def _pair_panels(W, L):
+    """Weights-only bfloat16 bits ``W (K, N)`` (uint16) in pairs of k, as
+    :func:`_ppair` reads them: bfloat16_dynamic's panels, as uint16."""
+    return _grouped_panels(W, L, np.uint32).view(np.uint16)
+
+
 def _grouped_panels(W, L, wide):
     """Narrow ``W (K, N)`` (int8, or bfloat16 bits as uint16) as the dynamic
     formats' panels of ``4 L`` columns: ``wide`` elements (int32: 4 k,
@@ -850,11 +967,15 @@ def pack(params_list, batch_size, nan_raise):
         row[_NAN] = row[_PAR] = 0
         row[_FMT] = _FORMATS[p.precision]
         wide = _GROUPED.get(p.precision)
-        parts = [(_WX, _panels(kernel, L) if wide is None else _grouped_panels(kernel, L, wide)),
-                 (_WH, _panels(rec, L) if wide is None else _grouped_panels(rec, L, wide)),
-                 (_BX, bx), (_BH, bh)]
+        if p.precision == "bfloat16":
+            panels = _pair_panels
+        elif wide is not None:
+            panels = lambda m, L: _grouped_panels(m, L, wide)  # noqa: E731
+        else:
+            panels = _panels
+        parts = [(_WX, panels(kernel, L)), (_WH, panels(rec, L)), (_BX, bx), (_BH, bh)]
         if wh2 is not None:
-            parts.append((_WH2, _panels(wh2, L)))
+            parts.append((_WH2, panels(wh2, L)))
         for col, scale in ((_SX, sx), (_SU, su), (_SU2, su2)):
             if scale is not None:
                 parts.append((col, _scales(scale, L)))
