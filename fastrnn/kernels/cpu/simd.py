@@ -491,7 +491,8 @@ def load_instructions(fmt):
     """The instructions this machine's kernels use to widen and apply one
     vector of ``fmt`` weights (``"float32"``, ``"bfloat16"`` or ``"int8"``),
     read from the assembly of a probe compiled for this target, e.g.
-    ``"vpmovsxbd + vcvtdq2ps + vfmadd213ps (zmm)"``. For ``python -m fastrnn
+    ``"vpmovsxbd + vcvtdq2ps + vfmadd213ps (zmm)"`` (bfloat16: a vector of
+    pairs, :func:`pair_lo` / :func:`pair_hi`). For ``python -m fastrnn
     info``; compiles on first call."""
     import re
 
@@ -499,9 +500,12 @@ def load_instructions(fmt):
 
     w = np.zeros(64, WEIGHT_DTYPES[fmt])
     out = np.zeros(64, np.float32)
-    _probe(w, out)
-    asm = _probe.inspect_asm((typeof(w), typeof(out)))
-    wanted = ("pmovzx", "pmovsx", "punpck", "psll", "psra", "cvtdq2ps", "fmadd", "mulps", "addps")
+    # bfloat16 panels hold pairs of k (see pair_lo): the kernels widen those
+    probe = _probe_pairs if fmt == "bfloat16" else _probe
+    probe(w, out)
+    asm = probe.inspect_asm((typeof(w), typeof(out)))
+    wanted = ("pmovzx", "pmovsx", "punpck", "psll", "psra", "pand", "cvtdq2ps", "fmadd", "mulps",
+              "addps")
     names, regs = [], set()
     for m in re.finditer(r"^\s+([a-z][a-z0-9]*)\s+([^\n]*)", asm, re.M):
         name, ops = m.group(1), m.group(2)
@@ -519,6 +523,13 @@ def load_instructions(fmt):
 @njit(nogil=True)
 def _probe(w, out):
     vstore(out, 0, vfma(wload(w, 0), vload(out, 16), vload(out, 32)))
+
+
+@njit(nogil=True)
+def _probe_pairs(w, out):
+    v = dload(w, 0)
+    vstore(out, 0, vfma(pair_hi(v), vload(out, 16), vfma(pair_lo(v), vload(out, 32),
+                                                          vload(out, 48))))
 
 
 # ---- making vectors ----
