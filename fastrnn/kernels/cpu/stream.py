@@ -207,6 +207,18 @@ def _pgemv(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
             i += 2 if two else 1
 
 
+@njit(inline="always")
+def _pair_fma(w, q, L, x, a0, a1, a2, a3, hi):
+    """``a_g += x * W_g`` for the 4 gate vectors of one pair-row of a panel at
+    ``w[q:]`` (:func:`_ppair`): its upper k when ``hi``, else its lower k."""
+    if hi:
+        return (vfma(pair_hi(dload(w, q)), x, a0), vfma(pair_hi(dload(w, q + 2 * L)), x, a1),
+                vfma(pair_hi(dload(w, q + 4 * L)), x, a2),
+                vfma(pair_hi(dload(w, q + 6 * L)), x, a3))
+    return (vfma(pair_lo(dload(w, q)), x, a0), vfma(pair_lo(dload(w, q + 2 * L)), x, a1),
+            vfma(pair_lo(dload(w, q + 4 * L)), x, a2), vfma(pair_lo(dload(w, q + 6 * L)), x, a3))
+
+
 @njit(error_model="numpy", _nrt=False)
 def _ppair(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff, rev):
     """:func:`_pgemv` for weights-only bfloat16 panels in pairs (two
@@ -214,7 +226,9 @@ def _ppair(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
     to even: :func:`_pair_panels`), ``w`` as uint16: each vector of pairs
     widens with one shift (k) or one mask (k + 1), where 16 bfloat16 at a
     time take a shuffle and a shift. Every sum still runs over k in order
-    (same bits as :func:`_pgemv`); an odd ``K`` ends with its last k alone."""
+    (same bits as :func:`_pgemv`); an odd ``K`` ends with its last k alone.
+    The same blocking as :func:`_pgemv`: one row, two panels at a time;
+    several rows, two at a time, and a last row alone."""
     L = 16
     P = 64
     npan = (N + P - 1) // P
@@ -225,40 +239,21 @@ def _ppair(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
     nsteps = npair + npan - 2 * npair
     for step in range(nsteps):
         idx = nsteps - 1 - step if rev else step
-        if idx < npair:  # one row: two panels at a time (eight chains)
+        if idx < npair:
             p = 2 * idx
             base = off + p * Kn * P
             base2 = base + Kn * P
-            a0 = vzero(dst)
-            a1 = vzero(dst)
-            a2 = vzero(dst)
-            a3 = vzero(dst)
-            b0 = vzero(dst)
-            b1 = vzero(dst)
-            b2 = vzero(dst)
-            b3 = vzero(dst)
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = vzero(dst)
             for j in range(kp + (K & 1)):
                 q = base + j * 2 * P
                 r = base2 + j * 2 * P
-                x0 = vsplat(vone[2 * j])
-                a0 = vfma(pair_lo(dload(w, q)), x0, a0)
-                a1 = vfma(pair_lo(dload(w, q + 2 * L)), x0, a1)
-                a2 = vfma(pair_lo(dload(w, q + 4 * L)), x0, a2)
-                a3 = vfma(pair_lo(dload(w, q + 6 * L)), x0, a3)
-                b0 = vfma(pair_lo(dload(w, r)), x0, b0)
-                b1 = vfma(pair_lo(dload(w, r + 2 * L)), x0, b1)
-                b2 = vfma(pair_lo(dload(w, r + 4 * L)), x0, b2)
-                b3 = vfma(pair_lo(dload(w, r + 6 * L)), x0, b3)
+                x = vsplat(vone[2 * j])
+                a0, a1, a2, a3 = _pair_fma(w, q, L, x, a0, a1, a2, a3, False)
+                b0, b1, b2, b3 = _pair_fma(w, r, L, x, b0, b1, b2, b3, False)
                 if j < kp:
-                    x1 = vsplat(vone[2 * j + 1])
-                    a0 = vfma(pair_hi(dload(w, q)), x1, a0)
-                    a1 = vfma(pair_hi(dload(w, q + 2 * L)), x1, a1)
-                    a2 = vfma(pair_hi(dload(w, q + 4 * L)), x1, a2)
-                    a3 = vfma(pair_hi(dload(w, q + 6 * L)), x1, a3)
-                    b0 = vfma(pair_hi(dload(w, r)), x1, b0)
-                    b1 = vfma(pair_hi(dload(w, r + 2 * L)), x1, b1)
-                    b2 = vfma(pair_hi(dload(w, r + 4 * L)), x1, b2)
-                    b3 = vfma(pair_hi(dload(w, r + 6 * L)), x1, b3)
+                    x = vsplat(vone[2 * j + 1])
+                    a0, a1, a2, a3 = _pair_fma(w, q, L, x, a0, a1, a2, a3, True)
+                    b0, b1, b2, b3 = _pair_fma(w, r, L, x, b0, b1, b2, b3, True)
             _emit(dst, doff + p * P, L, a0, a1, a2, a3, P, scratch, soff, dst, -1)
             _emit(dst, doff + p * P + P, L, b0, b1, b2, b3, P, scratch, soff, dst, -1)
             continue
@@ -267,50 +262,24 @@ def _ppair(w, off, K, N, v, voff, vstride, nv, dst, doff, dstride, scratch, soff
         c = doff + p * P
         ncol = min(P, N - p * P)
         i = 0
-        while i < nv:  # two rows at a time (a chunk's input, a batch)
+        while i < nv:
             two = i + 1 < nv
             v0 = voff + i * vstride
             va = v[v0 : v0 + K]
             vb = v[v0 + vstride : v0 + vstride + K] if two else va
-            a0 = vzero(dst)
-            a1 = vzero(dst)
-            a2 = vzero(dst)
-            a3 = vzero(dst)
-            b0 = vzero(dst)
-            b1 = vzero(dst)
-            b2 = vzero(dst)
-            b3 = vzero(dst)
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = vzero(dst)
             for j in range(kp + (K & 1)):
                 q = base + j * 2 * P
-                w0 = pair_lo(dload(w, q))
-                w1 = pair_lo(dload(w, q + 2 * L))
-                w2 = pair_lo(dload(w, q + 4 * L))
-                w3 = pair_lo(dload(w, q + 6 * L))
-                x0 = vsplat(va[2 * j])
-                x1 = vsplat(vb[2 * j])
-                a0 = vfma(w0, x0, a0)
-                a1 = vfma(w1, x0, a1)
-                a2 = vfma(w2, x0, a2)
-                a3 = vfma(w3, x0, a3)
-                b0 = vfma(w0, x1, b0)
-                b1 = vfma(w1, x1, b1)
-                b2 = vfma(w2, x1, b2)
-                b3 = vfma(w3, x1, b3)
+                a0, a1, a2, a3 = _pair_fma(w, q, L, vsplat(va[2 * j]), a0, a1, a2, a3, False)
+                if two:
+                    b0, b1, b2, b3 = _pair_fma(w, q, L, vsplat(vb[2 * j]), b0, b1, b2, b3,
+                                               False)
                 if j < kp:
-                    w0 = pair_hi(dload(w, q))
-                    w1 = pair_hi(dload(w, q + 2 * L))
-                    w2 = pair_hi(dload(w, q + 4 * L))
-                    w3 = pair_hi(dload(w, q + 6 * L))
-                    x0 = vsplat(va[2 * j + 1])
-                    x1 = vsplat(vb[2 * j + 1])
-                    a0 = vfma(w0, x0, a0)
-                    a1 = vfma(w1, x0, a1)
-                    a2 = vfma(w2, x0, a2)
-                    a3 = vfma(w3, x0, a3)
-                    b0 = vfma(w0, x1, b0)
-                    b1 = vfma(w1, x1, b1)
-                    b2 = vfma(w2, x1, b2)
-                    b3 = vfma(w3, x1, b3)
+                    a0, a1, a2, a3 = _pair_fma(w, q, L, vsplat(va[2 * j + 1]), a0, a1, a2, a3,
+                                               True)
+                    if two:
+                        b0, b1, b2, b3 = _pair_fma(w, q, L, vsplat(vb[2 * j + 1]), b0, b1, b2,
+                                                   b3, True)
             if two:
                 _emit(dst, c + (i + 1) * dstride, L, b0, b1, b2, b3, ncol, scratch, soff, dst, -1)
             _emit(dst, c + i * dstride, L, a0, a1, a2, a3, ncol, scratch, soff, dst, -1)
