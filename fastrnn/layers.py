@@ -366,7 +366,7 @@ class RNN:
     reset_state = reset_states
 
     def _initial_states(self, initial_state, batch, xp):
-        sizes = self.state_sizes  # (read once: a stack's sizes are a nested walk)
+        sizes = self.state_sizes
         fixed, by = None, None
         if self.stateful and self.states is not None:
             fixed, by = self.states[0].shape[0], "its first call"
@@ -382,7 +382,7 @@ class RNN:
         if initial_state is None:
             if self.stateful and self.states is not None:
                 return [s.copy() for s in self.states]
-            return [xp.zeros((batch, s), self.dtype) for s in sizes]
+            return self.get_initial_state(batch, xp)
         flat = flatten(initial_state)
         if len(flat) != len(sizes):
             raise ValueError(

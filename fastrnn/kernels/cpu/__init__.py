@@ -189,13 +189,15 @@ _NO_XS = np.zeros(1, dtype=np.float32)
 def _inputs(packed, x):
     """The input of the packed drivers and its row scales: ``x`` itself, or
     for int8_dynamic weights each row of each step quantized, for
-    bfloat16_dynamic weights each value rounded to bfloat16."""
+    bfloat16_dynamic weights each value rounded to bfloat16, for weights-only
+    bfloat16 ``x`` with a zero feature added when its size is odd."""
     q = packed.params.quantized  # (not .precision, whose dtype name costs microseconds a call)
-    if q is not None and q.mode == "int8_dynamic":
+    mode = None if q is None else q.mode
+    if mode == "int8_dynamic":
         return _packed.quantize_inputs(x)
-    if q is not None and q.mode == "bfloat16_dynamic":
+    if mode == "bfloat16_dynamic":
         return _packed.bfloat16_inputs(x)
-    if q is not None and q.mode == "bfloat16":
+    if mode == "bfloat16":
         return _packed.even_inputs(x), _NO_XS
     return x, _NO_XS
 

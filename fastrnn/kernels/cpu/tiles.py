@@ -4,8 +4,8 @@ The template takes the weight format (:data:`FORMATS`): float32 and int8
 panels are loaded through :func:`.simd.wload` (widened to float32 in
 registers; int8 sums scaled per column after each ``k`` loop, see
 ``_float_sums``), bfloat16 panels two ``k`` at a time from pairs
-(:func:`_pair_loop`, widened by ``pair_lo`` / ``pair_hi``), int8_dynamic panels through integer dot products of
-quantized activations (``_dot_sums``), bfloat16_dynamic panels through
+(:func:`_pair_loop`, widened by ``pair_lo`` / ``pair_hi``), int8_dynamic
+panels through integer dot products of quantized activations (``_dot_sums``), bfloat16_dynamic panels through
 bfloat16 dot products of rounded activations into float32 sums (the float
 path, ``_float_sums``, over pairs of ``k``). One name per tile (``lstm_tile_6``
 ...) picks the version for the panels' dtype when Numba types the call.
