@@ -109,11 +109,34 @@ class _EngineRunner:
         return 0
 
 
+class _SplitFrames:
+    """Frames of a one-layer stream on two cores: the batch engine's panel
+    split with a helper thread of the stream's own, awake between frames
+    (:class:`fastrnn.kernels.cpu.threads.FrameSplit`), on the stream's state
+    arrays. ``run`` has the stream kernels' signature, as
+    :meth:`_EngineRunner.run`."""
+
+    def __init__(self, split, h, nan_raise):
+        self.split = split
+        self.h = h
+        self.nan_raise = nan_raise
+
+    def run(self, x, w, s, work, out, cfg):
+        if self.nan_raise and np.isnan(x).any():
+            return 1
+        self.split.run(x)
+        out[...] = self.h
+        return 0
+
+
 #: Streams whose recurrent and input weights pass this many bytes (one
 #: core's L2 no longer holds them) time their first frames on both engines.
 TUNE_MIN_BYTES = 4 << 20
-#: Timed frames per engine (after one untimed each) before a stream keeps one.
+#: Timed frames per engine before a stream keeps one.
 TUNE_SAMPLES = 8
+#: The engines take turns in blocks of this many calls (the first of each
+#: block is not timed).
+TUNE_BLOCK = 4
 # Batches this large split rows between threads, not panels (the stream
 # kernels' rows are already independent): not tuned.
 _ROWS_SPLIT = 8
@@ -137,31 +160,37 @@ def _readable(x):
 
 
 class _Tuner:
-    """The first frames (or chunks) of a stream with large weights:
-    alternately the one-core stream kernel and the batch engine on both
-    cores (each step's weight panels split between them,
-    :mod:`fastrnn.kernels.cpu.split`), timed per step; then the stream keeps
-    the faster for that kind of call. Frames and chunks are timed apart:
-    a chunk pays the engine's thread wake-up once for all its steps.
+    """The first frames (or chunks) of a stream with large weights: the
+    one-core stream kernel and the batch engine on both cores (each step's
+    weight panels split between them, :mod:`fastrnn.kernels.cpu.split`)
+    take turns in blocks of :data:`TUNE_BLOCK` calls, timed per step; then
+    the stream keeps the faster for that kind of call. Frames and chunks
+    are timed apart: a chunk pays the engine's thread wake-up once for all
+    its steps, and a one-layer stream's frames run the split with a helper
+    thread of their own (:class:`_SplitFrames`).
 
     Both engines write the same state arrays (views of the stream kernel's
     state), so the state carries across the switch.
     """
 
-    def __init__(self, stream, which, kernel, runner):
+    def __init__(self, stream, which, kernel, engine):
         self.stream = stream
         self.which = which  # "frame" or "chunk"
-        self.fns = (kernel, runner.run)
+        self.fns = (kernel, engine)
         self.times = ([], [])
         self.calls = 0
 
     def run(self, x, w, s, work, out, cfg):
-        k = self.calls % 2
+        # blocks of TUNE_BLOCK calls per engine; the first call of each block
+        # is not counted: the other engine's weights have just evicted its own
+        # from cache (or it compiled, or started its thread)
+        k = (self.calls // TUNE_BLOCK) % 2
+        first = self.calls % TUNE_BLOCK == 0
         self.calls += 1
         t0 = time.perf_counter()
         failed = self.fns[k](x, w, s, work, out, cfg)
         elapsed = time.perf_counter() - t0
-        if self.calls > 2 and not failed:  # each engine's first call is not counted
+        if not first and not failed:
             self.times[k].append(elapsed / (1 if x.ndim == 2 else x.shape[1]))
         if len(self.times[1]) >= TUNE_SAMPLES and len(self.times[0]) >= TUNE_SAMPLES:
             medians = [float(np.median(t)) for t in self.times]
@@ -214,19 +243,24 @@ class Stream:
     backend, backend_reason : str
         The engine that runs the calls, and why.
     threads : int or None
-        How many threads a frame call may use: 1 on the stream kernels; the
-        cpu backend's thread count on the batch engine; None while a stream
+        How many threads a frame call may use: 1 on the stream kernels; on
+        the batch engine 2 for a one-layer stream (the panel split, below),
+        the cpu backend's thread count for a stack; None while a stream
         with large weights is still timing both (below).
 
     A stream whose weights pass :data:`TUNE_MIN_BYTES` (float32, batch
-    below 8, two threads or more) times its first frames alternately on the
-    one-core stream kernels and on the batch engine, whose two threads each
-    keep half of every step's weight panels in their own cache, and keeps
-    the faster (``backend`` ``"stream"`` or ``"cpu"``, for frames); its
-    first chunks are timed the same way, apart (``backend_reason`` says
-    what each kind of call runs). On the batch engine a helper thread that
-    is late or descheduled never holds a frame back: the calling thread
-    takes its panels over.
+    below 8, two threads or more) times its first frames on the one-core
+    stream kernels and on the batch engine, whose two threads each keep
+    half of every step's weight panels in their own cache, and keeps the
+    faster (``backend`` ``"stream"`` or ``"cpu"``, for frames); its first
+    chunks are timed the same way, apart (``backend_reason`` says what each
+    kind of call runs). A one-layer LSTM or GRU (float32, int8 or bfloat16
+    weights) that keeps the batch engine for frames runs them with a helper
+    thread of the stream's own, which spins a fraction of a millisecond
+    after each frame for the next, then sleeps; it stops when the stream is
+    collected. On the batch engine a helper thread that is late or
+    descheduled never holds a frame back: the calling thread takes its
+    panels over.
     """
 
     def __init__(self, layer, batch_size=1, backend=None):
@@ -338,9 +372,17 @@ class Stream:
             return
         runner = _EngineRunner(self.layer, weights, choice, self._states)
         self._kernel_fns = {"frame": self._frame_fn, "chunk": self._chunk_fn}
-        self._runner_fn = runner.run
-        self._frame_fn = _Tuner(self, "frame", self._frame_fn, runner).run
-        self._chunk_fn = _Tuner(self, "chunk", self._chunk_fn, runner).run
+        self._engine_fns = {"frame": runner.run, "chunk": runner.run}
+        self._frame_split = None
+        if len(weights) == 1:
+            cpu = choice.module
+            self._frame_split = cpu.frame_split(weights[0].packed(cpu), self.batch_size,
+                                                *self._states)
+        if self._frame_split is not None:
+            self._engine_fns["frame"] = _SplitFrames(self._frame_split, self._states[0],
+                                                     self._nan_raise).run
+        self._frame_fn = _Tuner(self, "frame", self._frame_fn, self._engine_fns["frame"]).run
+        self._chunk_fn = _Tuner(self, "chunk", self._chunk_fn, self._engine_fns["chunk"]).run
         self._chosen = {}
         self._nbytes = nbytes
         self._describe_tuning()
@@ -348,9 +390,11 @@ class Stream:
     def _keep(self, which, engine, medians):
         """A tuner's decision for ``which`` calls: ``engine`` 1 (the batch
         engine on two threads or more) or 0 (the stream kernels)."""
-        fn = self._runner_fn if engine else self._kernel_fns[which]
+        fn = self._engine_fns[which] if engine else self._kernel_fns[which]
         if which == "frame":
             self._frame_fn = fn
+            if not engine and self._frame_split is not None:
+                self._frame_split.close()  # its helper thread is not needed
         else:
             self._chunk_fn = fn
             if engine:
@@ -362,20 +406,24 @@ class Stream:
         """``backend``, ``threads`` (of frame calls) and ``backend_reason``
         while and after the tuners time both engines."""
         n = dispatch.get_num_threads()
+        split = self._frame_split is not None
+        engines = {"frame": ("the cpu batch engine's panel split on 2 threads (the stream's "
+                             "own helper thread waits between frames)") if split
+                   else f"the cpu batch engine with {n} threads",
+                   "chunk": f"the cpu batch engine with {n} threads"}
         parts = []
         for which in ("frame", "chunk"):
             got = self._chosen.get(which)
             if got is None:
-                parts.append(f"{which}s: timing the stream kernels and the cpu batch engine "
-                             f"with {n} threads")
+                parts.append(f"{which}s: timing the stream kernels and {engines[which]}")
                 continue
             engine, (one, two) = got
-            what = f"the cpu batch engine with {n} threads" if engine else "the stream kernels"
+            what = engines[which] if engine else "the stream kernels"
             parts.append(f"{which}s: {what} (median per step {one * 1e6:.0f} us on the stream "
                          f"kernels, {two * 1e6:.0f} us on the batch engine)")
         frame = self._chosen.get("frame")
         self.backend = "cpu" if frame is not None and frame[0] else "stream"
-        self.threads = None if frame is None else (n if frame[0] else 1)
+        self.threads = None if frame is None else ((2 if split else n) if frame[0] else 1)
         self.backend_reason = (f"{self._nbytes / 2**20:.1f} MiB of weights pass one core's "
                                f"cache, so the faster engine is kept; " + "; ".join(parts))
 

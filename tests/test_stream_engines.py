@@ -49,31 +49,51 @@ def _stream_with_costs(monkeypatch, layer, kernel_cost, engine_cost):
     return layer.stream()
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def _calls_to_decide():
+    """Calls a tuner takes to keep an engine: blocks of TUNE_BLOCK per
+    engine in turn, the first call of each not timed."""
+    per_engine = -(-streaming.TUNE_SAMPLES // (streaming.TUNE_BLOCK - 1))
+    return 2 * per_engine * streaming.TUNE_BLOCK - (streaming.TUNE_BLOCK - 1) + \
+        (streaming.TUNE_SAMPLES - 1) % (streaming.TUNE_BLOCK - 1)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
 @pytest.mark.parametrize("engine_wins", [True, False])
 def test_stream_keeps_the_faster_engine(monkeypatch, rng, kind, engine_wins):
-    S = streaming.TUNE_SAMPLES
-    n_frames, n_chunks, C = 2 * S + 5, 2 * S + 4, 3
+    n = _calls_to_decide()
+    n_frames, n_chunks, C = n + 3, n + 2, 3
     T, D, H = n_frames + n_chunks * C, 11, 37
-    layer = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(H, return_sequences=True)
+    if kind == "stack":  # the batch engine's frames: a pool launch per frame
+        layer = fastrnn.RNN([fastrnn.LSTMCell(H), fastrnn.GRUCell(H)], return_sequences=True)
+    else:  # one layer: the frame split with the stream's own helper thread
+        layer = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(H, return_sequences=True)
     layer.build((1, None, D))
     layer.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
                        for w in layer.get_weights()])
     stream = _stream_with_costs(monkeypatch, layer, 1.0, 0.5 if engine_wins else 2.0)
     assert stream.threads is None and "frames: timing" in stream.backend_reason
     x = rng.standard_normal((1, T, D)).astype(np.float32)
-    frames = [stream(x[:, t]) for t in range(n_frames)]
+    frames = [stream(x[:, t]) for t in range(n - 1)]
+    assert stream.threads is None
+    frames += [stream(x[:, t]) for t in range(n - 1, n_frames)]
     winner = "the cpu batch engine" if engine_wins else "the stream kernels"
     if engine_wins:
-        assert stream.backend == "cpu" and stream.threads == dispatch.get_num_threads()
+        threads = dispatch.get_num_threads() if kind == "stack" else 2
+        assert stream.backend == "cpu" and stream.threads == threads
+        assert ("panel split on 2 threads" in stream.backend_reason) == (kind != "stack")
     else:
         assert stream.backend == "stream" and stream.threads == 1
     assert f"frames: {winner}" in stream.backend_reason
     assert "chunks: timing" in stream.backend_reason
     chunks = [stream(x[:, t:t + C]) for t in range(n_frames, T, C)]
     assert f"chunks: {winner}" in stream.backend_reason
-    ref = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(
-        H, return_sequences=True, backend="reference", dtype="float64")
+    if kind == "stack":
+        ref = fastrnn.RNN([fastrnn.LSTMCell(H), fastrnn.GRUCell(H)], return_sequences=True,
+                          backend="reference", dtype="float64")
+        ref.build((1, None, D))
+    else:
+        ref = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(
+            H, return_sequences=True, backend="reference", dtype="float64")
     ref.set_weights([w.astype(np.float64) for w in layer.get_weights()])
     want = ref(x.astype(np.float64))
     got = np.concatenate([np.stack(frames, axis=1)] + chunks, axis=1)
@@ -104,3 +124,154 @@ def test_a_nan_frame_during_timing_leaves_the_state(monkeypatch, rng):
             stream(bad)
         for a, b in zip(stream.states, before):
             np.testing.assert_array_equal(a, b)
+
+
+# ----- a one-layer stream's frames on two cores (cpu.frame_split) -----
+
+def _frame_layer(rng, kind, D, H, mode=None):
+    layer = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(H)
+    layer.build((1, None, D))
+    layer.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
+                       for w in layer.get_weights()])
+    if mode is not None:
+        layer.quantize(mode)
+    return layer
+
+
+def _reference_frames(layer, x, states):
+    """The ``reference`` backend's outputs for frames ``x (B, T, D)`` from
+    ``states``, with the layer's (dequantized) weights."""
+    ref = type(layer)(layer.units, return_sequences=True, backend="reference",
+                      dtype="float64")
+    ref.set_weights([w.astype(np.float64) for w in layer.get_weights()])
+    return ref(x.astype(np.float64), initial_state=[s.astype(np.float64) for s in states])
+
+
+def _split_of(layer, B, rng):
+    from fastrnn import _engine
+    cpu = dispatch.backend_module("cpu")
+    w = _engine.snapshot(layer.cells)[0]
+    states = [rng.standard_normal((B, layer.units)).astype(np.float32)
+              for _ in range(2 if isinstance(layer, fastrnn.LSTM) else 1)]
+    split = cpu.frame_split(w.packed(cpu), B, *states)
+    assert split is not None
+    return split, states
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("mode", [None, "int8", "bfloat16"])
+def test_frame_split_matches_the_reference(rng, kind, mode):
+    """Frames through the split, helper thread rung or not (whichever the
+    machine gives), at odd sizes and batch 3: the reference's numbers."""
+    B, T, D, H = 3, 9, 12, 37
+    layer = _frame_layer(rng, kind, D, H, mode)
+    split, states = _split_of(layer, B, rng)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    want = _reference_frames(layer, x, states)
+    got = []
+    for t in range(T):
+        split.run(np.ascontiguousarray(x[:, t]))
+        got.append(states[0].copy())
+    split.close()
+    tol = 2e-5 if mode is None else 1e-4
+    np.testing.assert_allclose(np.stack(got, axis=1), want, atol=tol)
+
+
+def test_frame_helper_runs_a_whole_frame_and_stops(rng):
+    """The helper thread wakes on the bell, runs every panel of a frame the
+    caller has not claimed (here: all of them, the caller starting after it
+    finished), says so, and leaves when told to stop."""
+    import threading
+
+    from fastrnn.kernels.cpu import split as sp
+    from fastrnn.kernels.cpu import threads as th
+
+    B, D, H = 1, 6, 40
+    layer = _frame_layer(rng, "lstm", D, H)
+    fs, states = _split_of(layer, B, rng)
+    x = rng.standard_normal((B, 1, D)).astype(np.float32)
+    want = _reference_frames(layer, x, states)[:, 0]
+    gru, H_, weights, gates, io, opts = fs.args
+    io[0][...] = x
+    sp.load_state(gru, 0, B, H, fs.hf.size // (2 * B), io[1], io[2], fs.hf, fs.cb)
+    sync = fs.sync
+    sync[:] = 0
+    sync[sp.SPINS], sync[sp.CHUNK], sync[sp.JOIN] = fs.spins, fs.chunk, -1
+    bell = np.zeros(sp.BELL_SIZE, np.int64)
+    frames = np.zeros(8, np.int64)
+    helper = threading.Thread(target=sp.frame_helper, args=(bell, frames, 0, sync) + fs.args
+                              + (fs.hf, fs.cb, fs.P))
+    helper.start()
+    bell[sp.BELL_GEN] = 1  # ring (the helper sleeps: spins=0)
+    sp.wake(bell)
+    helper.join(timeout=0.05)
+    for _ in range(2000):  # until the helper says it finished frame 1
+        if bell[sp.BELL_ACK] == 1:
+            break
+        helper.join(timeout=0.005)
+    assert bell[sp.BELL_ACK] == 1
+    NP = (H + 15) // 16
+    assert sync[sp.COUNT + 8] == NP and sync[sp.COUNT] == 0
+    sp.split_work(0, sync, *fs.args, fs.hf, fs.cb, fs.P)  # nothing left to claim
+    sp.store_state(gru, 0, B, 1, H, fs.hf.size // (2 * B), fs.hf, fs.cb, io[7], io[8])
+    np.testing.assert_allclose(states[0], want, atol=2e-5)
+    th._stop_helper(bell, helper)
+    assert not helper.is_alive()
+
+
+def test_frame_split_runs_alone_while_the_helper_is_busy_or_the_machine_is(rng, monkeypatch):
+    """A helper still inside its last frame (it has not said it finished) is
+    not rung: the frame runs alone on the second sync array, and the first
+    one is left as the helper sees it. Likewise while the machine looks
+    busy, or with one thread allowed."""
+    import os
+
+    from fastrnn.kernels.cpu import split as sp
+    from fastrnn.kernels.cpu import threads as th
+
+    B, T, D, H = 2, 5, 7, 33
+    layer = _frame_layer(rng, "gru", D, H)
+    fs, states = _split_of(layer, B, rng)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    want = _reference_frames(layer, x, states)
+    fs._pid = os.getpid()  # no helper thread is started
+    fs.bell[sp.BELL_GEN] = 5  # ... and the one that "is" has finished frame 4 only
+    fs.bell[sp.BELL_ACK] = 4
+    fs.sync[:] = 7
+    got = [fs.run(np.ascontiguousarray(x[:, 0]))]
+    assert (fs.sync == 7).all() and fs.bell[sp.BELL_GEN] == 5
+    fs.bell[sp.BELL_ACK] = 5
+    monkeypatch.setattr(th, "_contended_until", float("inf"))
+    got.append(fs.run(np.ascontiguousarray(x[:, 1])))
+    monkeypatch.setattr(th, "_contended_until", 0.0)
+    dispatch.set_num_threads(1)
+    try:
+        got.append(fs.run(np.ascontiguousarray(x[:, 2])))
+    finally:
+        dispatch.set_num_threads(None)
+    assert got == [-1, -1, -1] and fs.bell[sp.BELL_GEN] == 5
+    # rung now (no thread: the caller does all), and not again, since no
+    # helper says it finished that frame
+    assert [fs.run(np.ascontiguousarray(x[:, t])) for t in range(3, T)] == [0] + [-1] * (T - 4)
+    assert fs.bell[sp.BELL_GEN] == 6
+    np.testing.assert_allclose(states[0], want[:, -1], atol=2e-5)
+
+
+def test_frame_split_is_not_offered_where_it_cannot_run(rng):
+    cpu = dispatch.backend_module("cpu")
+    from fastrnn import _engine
+
+    def offered(layer, B=1):
+        w = _engine.snapshot(layer.cells)[0]
+        n = 2 if isinstance(layer, fastrnn.LSTM) else 1
+        return cpu.frame_split(w.packed(cpu), B, *[np.zeros((B, layer.units), np.float32)
+                                                   for _ in range(n)]) is not None
+
+    assert offered(_frame_layer(rng, "lstm", 8, 40))
+    assert not offered(_frame_layer(rng, "lstm", 8, 40), B=8)  # rows split instead
+    assert not offered(_frame_layer(rng, "lstm", 8, 16))  # one panel
+    assert not offered(_frame_layer(rng, "gru", 8, 40, "int8_dynamic"))  # input transformed
+    assert not offered(_frame_layer(rng, "gru", 9, 40, "bfloat16"))  # odd input size
+    g = fastrnn.GRU(40, reset_after=False)
+    g.build((1, None, 8))
+    assert not offered(g)  # generic kernels

@@ -50,6 +50,7 @@ NAME = "cpu"
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _NO_C = np.zeros((1, 1), dtype=np.float32)
 _NO_PEEP = np.zeros(16, dtype=np.float32)
+_NO_OUT = np.zeros((1, 1, 1), dtype=np.float32)
 
 
 # ---------------------------------------------------------------- contract
@@ -279,6 +280,47 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     co.finish()
 
 
+def frame_split(packed, batch_size, h, c=None):
+    """Frames of ``packed`` (one layer, one step per call) on two cores,
+    or ``None`` where the panel split cannot run them.
+
+    Returns a :class:`.threads.FrameSplit` whose ``run(x)`` reads a frame
+    ``x (batch_size, D)`` and updates the states ``h`` (and, for an LSTM,
+    ``c``) in place: C-contiguous float32 ``(batch_size, units)`` arrays
+    kept for the object's life. Runs the packed float32 LSTM (no
+    projection) and GRU (``reset_after``) and their int8 and bfloat16
+    weights (bfloat16 with an even input size): the formats whose kernels
+    read the frame as it is.
+    """
+    p = packed.params
+    H, B = p.units, int(batch_size)
+    mode = None if p.quantized is None else p.quantized.mode
+    D = np.asarray(p.kernel).shape[0]
+    gru_cell = p.kind == "gru"
+    states_ok = all(a is not None and a.dtype == np.float32 and a.flags.c_contiguous
+                    and a.flags.writeable and a.shape == (B, H)
+                    for a in ((h,) if gru_cell else (h, c)))
+    if (not packed.packed or not threads._HAVE_FUTEX or B >= threads._BATCH_SPLIT_MIN
+            or H <= _packed.LANES or not states_ok
+            or mode not in (None, "int8", "bfloat16") or (mode == "bfloat16" and D % 2)):
+        return None
+    xb = np.zeros((B, 1, D), dtype=np.float32)
+    io_tail = (_DUMMY_MASK, False, _NO_OUT, False)
+    hoist = packed.arrays[0].nbytes > threads._HOIST_MIN_BYTES
+    if gru_cell:
+        Wp, bp, sp = packed.arrays
+        args = (True, H, (Wp, bp, _NO_PEEP, sp),
+                (False, -1.0, int(p.activation), int(p.recurrent_activation)),
+                (xb, h, _NO_C) + io_tail + (h, _NO_C, _NO_XS), (False, False, hoist))
+    else:
+        Wp, bp, peep, sp = packed.arrays
+        args = (False, H, (Wp, bp, peep, sp),
+                (p.peepholes is not None, _limit(p.cell_clip), int(p.activation),
+                 int(p.recurrent_activation)),
+                (xb, h, c) + io_tail + (h, c, _NO_XS), (False, False, hoist))
+    return threads.FrameSplit(args)
+
+
 # ---------------------------------------------------------------- warmup
 
 #: What :func:`warmup` can compile, by name: the batch kernels of each layer
@@ -349,6 +391,11 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
                         outs = [np.empty_like(s) for s in states]
                         run(sys.modules[__name__], pk, x, states, None, False, False,
                             np.empty((B, T, params.output_size), dt), outs)
+                    if parallel:  # a one-layer stream's frames on two cores
+                        fs = frame_split(pk, 1, *[np.zeros((1, s), dt)
+                                                  for s in state_sizes(params)])
+                        if fs is not None:
+                            fs.compile()
                     done.append(f"{kind} {name}"
                                 + (f" ({params.precision} weights)" if params.quantized else ""))
                     if verbose:

@@ -224,3 +224,93 @@ def split_finish(gru, H, T, hf, cb, h_out, c_out):
     B = h_out.shape[0]
     Hp = (H + LANES - 1) // LANES * LANES
     store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
+
+
+# ----- a stream's frames: the same split, with a helper that stays awake -----
+#
+# A stream calls one step at a time, thousands of times a second. A parallel
+# launch per frame finds the pool's thread asleep (it spins only briefly after
+# a launch, see .threads) and the frame is half over before it helps. A
+# stream's frame split therefore keeps its own helper thread inside
+# :func:`frame_helper` for the stream's lifetime, on buffers fixed once, and
+# rings it per frame through the ``bell`` array (int64, one cache line apart):
+# the frame count, the last frame the helper finished, the stop flag, and
+# the number of helpers asleep on it. The helper spins a while after each
+# frame, then sleeps on a futex; it goes to sleep at once when another
+# stream starts a frame (``frames[0]`` counts the frames of every stream of
+# the process), so that a server interleaving streams does not keep idle
+# helpers spinning beside the working ones. The caller rings only a helper
+# that has finished its last frame (one late helper never sees two frames'
+# counters), and otherwise runs the frame alone on a second sync array.
+BELL_GEN, BELL_ACK, BELL_STOP, BELL_SLEEPERS, BELL_SIZE = 0, 8, 16, 24, 32
+# a sleeping helper also looks at the stop flag this often
+_IDLE_NS = 1_000_000_000
+
+
+@njit(cache=True, nogil=True)
+def frame_helper(bell, frames, spins, sync, gru, H, weights, gates, io, opts, hf, cb, P):
+    """The helper of a stream's frame split: worker 1 of every frame rung on
+    ``bell``, until ``bell[BELL_STOP]`` is set. Between frames it spins
+    ``spins`` pause-spins (unless another stream starts a frame), then
+    sleeps until rung."""
+    seen = atomic_load(bell, BELL_GEN)
+    while True:
+        n = 0
+        others = atomic_load(frames, 0)
+        while True:
+            if atomic_load(bell, BELL_STOP) != 0:
+                return
+            g = atomic_load(bell, BELL_GEN)
+            if g != seen:
+                break
+            if n < spins and atomic_load(frames, 0) == others:
+                cpu_relax()
+                n += 1
+                continue
+            atomic_add(bell, BELL_SLEEPERS, 1)
+            if atomic_load(bell, BELL_GEN) == seen and atomic_load(bell, BELL_STOP) == 0:
+                futex_wait(bell, BELL_GEN, seen, _IDLE_NS)
+            atomic_add(bell, BELL_SLEEPERS, -1)
+        seen = g
+        split_work(np.int64(1), sync, gru, H, weights, gates, io, opts, hf, cb, P)
+        atomic_add(bell, BELL_ACK, g - atomic_load(bell, BELL_ACK))  # only the helper writes it
+
+
+@njit(cache=True, nogil=True)
+def frame_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, weights, gates, io,
+              opts, hf, cb, P):
+    """One frame ``x (B, D)`` of a stream's frame split, from and into the
+    states ``io`` names (``h0`` is ``h_out``, ``c0`` is ``c_out``). With
+    ``ring`` and the helper done with its last frame, rings it and shares
+    the panels; otherwise runs them alone (on ``solo``). Returns whether the
+    helper was rung (then ``sync`` tells what it did)."""
+    xb, h0, c0 = io[0], io[1], io[2]
+    h_out, c_out = io[7], io[8]
+    B, D = x.shape
+    for r in range(B):
+        for k in range(D):
+            xb[r, 0, k] = x[r, k]
+    Hp = (H + LANES - 1) // LANES * LANES
+    load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
+    atomic_add(frames, 0, 1)
+    rung = ring and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN)
+    s = sync if rung else solo
+    for i in range(SYNC_SIZE):
+        s[i] = 0
+    s[SPINS] = spins
+    s[CHUNK] = chunk
+    s[JOIN] = -1
+    if rung:
+        atomic_add(bell, BELL_GEN, 1)
+        if atomic_load(bell, BELL_SLEEPERS) > 0:
+            futex_wake(bell, BELL_GEN)
+    split_work(np.int64(0), s, gru, H, weights, gates, io, opts, hf, cb, P)
+    store_state(gru, 0, B, 1, H, Hp, hf, cb, h_out, c_out)
+    return rung
+
+
+@njit(cache=True, nogil=True)
+def wake(bell):
+    """Wake a stream's sleeping frame helper (to see the stop flag)."""
+    atomic_add(bell, BELL_GEN, 0)
+    futex_wake(bell, BELL_GEN)

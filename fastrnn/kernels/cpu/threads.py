@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 
 import numpy as np
 import numba
@@ -413,3 +414,95 @@ def run_packed(B, T, D, H, work, args):
                 _tune_record(tune, "panels", wall / T)
             return
     packed.run_rows(0, B, *args)
+
+
+# A stream's frame split: pause-spins its helper waits for the next frame
+# before it sleeps (~0.2-0.3 ms; frames called back to back find it awake).
+FRAME_SPINS = 8000
+# frames started by every stream of the process (see split.frame_helper)
+_FRAMES = np.zeros(8, dtype=np.int64)
+
+
+class FrameSplit:
+    """A stream's frames (one step per call, ``batch_size`` rows below
+    :data:`_BATCH_SPLIT_MIN`) on two cores: the panel split of
+    :mod:`.split`, with its helper in a thread of its own that waits for the
+    next frame instead of a pool launch per frame (:func:`split.frame_run`).
+
+    ``args`` are the packed drivers' arguments for a ``(B, 1, D)`` call
+    whose input is ``args[4][0]`` and whose states are read from and
+    written to the same arrays; they are fixed for the object's life.
+    The helper thread starts at the first frame (again in a forked child)
+    and stops when the object is collected or the process exits. Frames
+    run alone while :func:`get_num_threads` is 1 and while the machine
+    looks busy (the contention rule of the batch split), and a frame never
+    waits for the helper to arrive.
+    """
+
+    def __init__(self, args):
+        gru, H, weights, gates, io, opts = args
+        x, h0, c0 = io[0], io[1], io[2]
+        B, _, D = x.shape
+        self.args = args
+        self.NP = (H + packed.LANES - 1) // packed.LANES
+        self.hf, self.cb, self.P = split.split_prepare(gru, H, h0, c0, opts[2])
+        self.sync = np.zeros(split.SYNC_SIZE, dtype=np.int64)
+        self.solo = np.zeros(split.SYNC_SIZE, dtype=np.int64)
+        self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
+        panel_work = B * (D + H) * (48 if gru else 64)
+        self.spins = max(_SPINS, panel_work // 230)
+        self.chunk = max(1, _CLAIM_WORK // panel_work)
+        self._pid = None
+        self._finalizer = None
+
+    def _start(self):
+        if self._finalizer is not None:
+            self._finalizer.detach()  # (a forked child: the parent's thread is not here)
+        self._pid = os.getpid()
+        bell = self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
+        job = (bell, _FRAMES, FRAME_SPINS, self.sync) + self.args + (self.hf, self.cb, self.P)
+        thread = threading.Thread(target=split.frame_helper, args=job,
+                                  name="fastrnn-frames", daemon=True)
+        thread.start()
+        self._finalizer = weakref.finalize(self, _stop_helper, bell, thread)
+
+    def run(self, x):
+        """One frame ``x (B, D)`` (float32, C-contiguous); the states named
+        in ``args`` hold the new state. Returns the helper's panel count
+        (``-1``: it was not rung)."""
+        ring = get_num_threads() >= 2 and not _contended()
+        if ring and self._pid != os.getpid():
+            self._start()
+        gru, H, weights, gates, io, opts = self.args
+        rung = split.frame_run(self.bell, _FRAMES, ring, x, self.sync, self.solo, self.spins,
+                               self.chunk, gru, H, weights, gates, io, opts, self.hf, self.cb,
+                               self.P)
+        if not rung:
+            return -1
+        sync = self.sync
+        helper, joined = int(sync[split.COUNT + 8]), int(sync[split.JOIN])
+        share = self.NP - (self.NP + 1) // 2
+        _note_contention(bool(sync[split.ABANDON]) or (joined >= 0 and helper < _STARVED * share))
+        return helper
+
+    def compile(self):
+        """Compile (or load from Numba's cache) both sides' kernels: runs one
+        zero frame alone and a helper that finds itself stopped."""
+        stopped = np.zeros(split.BELL_SIZE, dtype=np.int64)
+        stopped[split.BELL_STOP] = 1
+        split.frame_helper(stopped, _FRAMES, 0, self.sync, *self.args, self.hf, self.cb, self.P)
+        x = np.zeros(self.args[4][0].shape[::2], dtype=np.float32)
+        split.frame_run(self.bell, _FRAMES, False, x, self.sync, self.solo, self.spins,
+                        self.chunk, *self.args, self.hf, self.cb, self.P)
+
+    def close(self):
+        """Stop the helper thread now (a later frame starts a new one)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._pid = None
+
+
+def _stop_helper(bell, thread):
+    bell[split.BELL_STOP] = 1
+    split.wake(bell)
+    thread.join(timeout=1.0)
