@@ -113,15 +113,20 @@ class _SplitFrames:
     """Frames of a one-layer stream on two cores: the batch engine's panel
     split with a helper thread of the stream's own, awake between frames
     (:class:`fastrnn.kernels.cpu.threads.FrameSplit`), on the stream's state
-    arrays. ``run`` has the stream kernels' signature, as
-    :meth:`_EngineRunner.run`."""
+    arrays. A frame the helper cannot share (the machine looks busy, one
+    thread allowed, the helper still on its last frame) runs on the stream
+    kernel ``kernel`` instead, which is faster on one core. ``run`` has the
+    stream kernels' signature, as :meth:`_EngineRunner.run`."""
 
-    def __init__(self, split, h, nan_raise):
+    def __init__(self, split, kernel, h, nan_raise):
         self.split = split
+        self.kernel = kernel
         self.h = h
         self.nan_raise = nan_raise
 
     def run(self, x, w, s, work, out, cfg):
+        if not self.split.ready():
+            return self.kernel(x, w, s, work, out, cfg)
         if self.nan_raise and np.isnan(x).any():
             return 1
         self.split.run(x)
@@ -379,8 +384,8 @@ class Stream:
             self._frame_split = cpu.frame_split(weights[0].packed(cpu), self.batch_size,
                                                 *self._states)
         if self._frame_split is not None:
-            self._engine_fns["frame"] = _SplitFrames(self._frame_split, self._states[0],
-                                                     self._nan_raise).run
+            self._engine_fns["frame"] = _SplitFrames(self._frame_split, self._frame_fn,
+                                                     self._states[0], self._nan_raise).run
         self._frame_fn = _Tuner(self, "frame", self._frame_fn, self._engine_fns["frame"]).run
         self._chunk_fn = _Tuner(self, "chunk", self._chunk_fn, self._engine_fns["chunk"]).run
         self._chosen = {}

@@ -275,3 +275,30 @@ def test_frame_split_is_not_offered_where_it_cannot_run(rng):
     g = fastrnn.GRU(40, reset_after=False)
     g.build((1, None, 8))
     assert not offered(g)  # generic kernels
+
+
+def test_split_frames_fall_back_to_the_stream_kernel(rng, monkeypatch):
+    """A stream that kept the frame split runs a frame the helper cannot
+    share (the machine looks busy) on its one-core stream kernel: the state
+    carries across both, and the helper is not rung."""
+    from fastrnn.kernels.cpu import split as sp
+    from fastrnn.kernels.cpu import threads as th
+
+    T, D, H = 8, 10, 35
+    layer = _frame_layer(rng, "lstm", D, H)
+    stream = _stream_with_costs(monkeypatch, layer, 1.0, 0.5)
+    stream._keep("frame", 1, (1.0, 0.5))
+    fs = stream._frame_split
+    x = rng.standard_normal((1, T, D)).astype(np.float32)
+    want = _reference_frames(layer, x, [np.zeros((1, H), np.float32)] * 2)
+    got = []
+    for t in range(T):
+        busy = t % 3 == 1
+        monkeypatch.setattr(th, "_contended_until", float("inf") if busy else 0.0)
+        gen = int(fs.bell[sp.BELL_GEN])
+        got.append(stream(np.ascontiguousarray(x[:, t])))
+        if busy:
+            assert fs.bell[sp.BELL_GEN] == gen
+        else:  # rung, unless the helper was still leaving its last frame
+            assert fs.bell[sp.BELL_GEN] in (gen, gen + 1)
+    np.testing.assert_allclose(np.stack(got, axis=1), want, atol=2e-5)

@@ -43,6 +43,7 @@ import time
 import numpy as np
 from numba import njit
 
+from .. import dispatch
 from ..kernels import quantize, reference, run as run_kernel
 from ..kernels.cpu import stream as _stream
 from ..layers import GRU, LSTM
@@ -72,6 +73,7 @@ def _fastrnn(layer, x):
     def call():
         return stream(x)
 
+    call.stream = stream  # (its threads are reported)
     return call, lambda: stream(x)
 
 
@@ -424,6 +426,13 @@ def run(opts):
                 for name, v in t.items():
                     row[name] = {"median_us": float(np.median(v)),
                                  "p99_us": float(np.percentile(v, 99))}
+                # the engine the stream kept for this kind of call (see Stream)
+                stream = engines["fastrnn"].stream
+                kept = stream._chosen.get("frame" if T == 1 else "chunk") \
+                    if hasattr(stream, "_chosen") else None
+                row["fastrnn"]["threads"] = 1 if kept is None or not kept[0] else (
+                    2 if T == 1 and stream._frame_split is not None
+                    else dispatch.get_num_threads())
                 for prefix, key in (("ort", "ort"), ("ort_int8_", "ort_int8")):
                     if f"{prefix}1" in row:
                         best = min((f"{prefix}1", f"{prefix}2"), key=lambda k: row[k]["median_us"])
@@ -510,12 +519,14 @@ def format_table(rows):
         "float32, batch 1, D = H, state carried; µs per call: median (p99); "
         "ratios = fastrnn median / engine median",
         "",
-        "| cell | T | H | fastrnn | ONNX Runtime io_binding [threads] | PyTorch cell "
+        "| cell | T | H | fastrnn [threads] | ONNX Runtime io_binding [threads] | PyTorch cell "
         "| PyTorch module | vs ORT | vs cell | vs module |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [r["cell"].upper(), str(r["T"]), str(r["H"]), _cell_text(r["fastrnn"])]
+        f = r["fastrnn"]
+        cells = [r["cell"].upper(), str(r["T"]), str(r["H"]),
+                 _cell_text(f) + (f" [{f['threads']}]" if "threads" in f else "")]
         cells.append(f"{_cell_text(r['ort'])} [{r['ort']['threads']}]" if "ort" in r else "")
         cells.append(_cell_text(r["torch_cell"]) if "torch_cell" in r else "")
         cells.append(_cell_text(r["torch_module"]) if "torch_module" in r else "")

@@ -419,6 +419,10 @@ def run_packed(B, T, D, H, work, args):
 # A stream's frame split: pause-spins its helper waits for the next frame
 # before it sleeps (~0.2-0.3 ms; frames called back to back find it awake).
 FRAME_SPINS = 8000
+# ... and claims at most this much work at a time (multiply-adds, ~2 us of
+# one core): a frame is short, and a helper on a slow or shared core must
+# leave most of its half to the caller
+_FRAME_CLAIM_WORK = 150_000
 # frames started by every stream of the process (see split.frame_helper)
 _FRAMES = np.zeros(8, dtype=np.int64)
 
@@ -451,7 +455,7 @@ class FrameSplit:
         self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
         panel_work = B * (D + H) * (48 if gru else 64)
         self.spins = max(_SPINS, panel_work // 230)
-        self.chunk = max(1, _CLAIM_WORK // panel_work)
+        self.chunk = max(1, _FRAME_CLAIM_WORK // panel_work)
         self._pid = None
         self._finalizer = None
 
@@ -465,6 +469,15 @@ class FrameSplit:
                                   name="fastrnn-frames", daemon=True)
         thread.start()
         self._finalizer = weakref.finalize(self, _stop_helper, bell, thread)
+
+    def ready(self):
+        """Whether the next frame would share its panels with the helper: two
+        threads allowed, the machine not busy, and the helper (if started)
+        done with its last frame. A caller with a faster one-core kernel
+        runs that instead when not."""
+        bell = self.bell
+        return (get_num_threads() >= 2 and not _contended()
+                and (self._pid != os.getpid() or bell[split.BELL_ACK] == bell[split.BELL_GEN]))
 
     def run(self, x):
         """One frame ``x (B, D)`` (float32, C-contiguous); the states named
