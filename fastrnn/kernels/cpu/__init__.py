@@ -306,7 +306,7 @@ def frame_split(packed, batch_size, h, c=None):
         return None
     xb = np.zeros((B, 1, D), dtype=np.float32)
     io_tail = (_DUMMY_MASK, False, _NO_OUT, False)
-    hoist = packed.arrays[0].nbytes > threads._HOIST_MIN_BYTES
+    hoist = False  # one step per call: the input rows in the same k loop
     if gru_cell:
         Wp, bp, sp = packed.arrays
         args = (True, H, (Wp, bp, _NO_PEEP, sp),
