@@ -109,29 +109,61 @@ class _EngineRunner:
         return 0
 
 
-class _SplitFrames:
-    """Frames of a one-layer stream on two cores: the batch engine's panel
-    split with a helper thread of the stream's own, awake between frames
-    (:class:`fastrnn.kernels.cpu.threads.FrameSplit`), on the stream's state
-    arrays. A frame the helper cannot share (the machine looks busy, one
-    thread allowed, the helper still on its last frame) runs on the stream
-    kernel ``kernel`` instead, which is faster on one core. ``run`` has the
-    stream kernels' signature, as :meth:`_EngineRunner.run`."""
+class _SplitCalls:
+    """Frames or chunks of a one-layer stream on two cores: the batch
+    engine's panel split with a helper thread of the stream's own, awake
+    between calls (:class:`fastrnn.kernels.cpu.threads.StreamSplit`, one
+    per chunk length, the last two kept), on the stream's state arrays. A
+    call the helper cannot share (the machine looks busy, one thread
+    allowed, the helper still on its last call) runs on the stream kernel
+    ``kernel`` instead, which is faster on one core. ``run`` has the stream
+    kernels' signature, as :meth:`_EngineRunner.run`.
 
-    def __init__(self, split, kernel, h, nan_raise):
-        self.split = split
+    ``make(T)`` builds the split for calls of ``T`` steps (``None`` where it
+    cannot run them); ``sequences``: chunks return every step's output.
+    """
+
+    _KEEP = 2
+
+    def __init__(self, make, kernel, h, nan_raise, sequences):
+        self.make = make
         self.kernel = kernel
         self.h = h
         self.nan_raise = nan_raise
+        self.sequences = sequences
+        self.splits = {}
+
+    def _split(self, T):
+        got = self.splits.get(T, False)
+        if got is False:
+            if len(self.splits) >= self._KEEP:  # a stream cycling through chunk lengths
+                old = next(iter(self.splits))
+                if self.splits[old] is not None:
+                    self.splits[old].close()
+                del self.splits[old]
+            got = self.splits[T] = self.make(T)
+        return got
 
     def run(self, x, w, s, work, out, cfg):
-        if not self.split.ready():
+        frame = x.ndim == 2
+        split = self._split(1 if frame else x.shape[1])
+        if split is None or not split.ready():
             return self.kernel(x, w, s, work, out, cfg)
         if self.nan_raise and np.isnan(x).any():
             return 1
-        self.split.run(x)
-        out[...] = self.h
+        if frame:
+            split.run(x.reshape(x.shape[0], 1, x.shape[1]))
+            out[...] = self.h
+        else:
+            split.run(x)
+            out[...] = split.args[4][5] if self.sequences else self.h
         return 0
+
+    def close(self):
+        """Stop the helper threads (a later call starts them again)."""
+        for split in self.splits.values():
+            if split is not None:
+                split.close()
 
 
 #: Streams whose recurrent and input weights pass this many bytes (one
@@ -172,7 +204,7 @@ class _Tuner:
     the stream keeps the faster for that kind of call. Frames and chunks
     are timed apart: a chunk pays the engine's thread wake-up once for all
     its steps, and a one-layer stream's frames run the split with a helper
-    thread of their own (:class:`_SplitFrames`).
+    thread of their own (:class:`_SplitCalls`).
 
     Both engines write the same state arrays (views of the stream kernel's
     state), so the state carries across the switch.
@@ -198,8 +230,11 @@ class _Tuner:
         if not first and not failed:
             self.times[k].append(elapsed / (1 if x.ndim == 2 else x.shape[1]))
         if len(self.times[1]) >= TUNE_SAMPLES and len(self.times[0]) >= TUNE_SAMPLES:
-            medians = [float(np.median(t)) for t in self.times]
-            self.stream._keep(self.which, int(medians[1] < medians[0]), medians)
+            # the fastest call of each: noise (another process, a vCPU the host
+            # took away) only ever adds time, and a split that finds the
+            # machine busy later runs its frames on the stream kernel anyway
+            fastest = [float(np.min(t)) for t in self.times]
+            self.stream._keep(self.which, int(fastest[1] < fastest[0]), fastest)
         return failed
 
 
@@ -378,44 +413,47 @@ class Stream:
         runner = _EngineRunner(self.layer, weights, choice, self._states)
         self._kernel_fns = {"frame": self._frame_fn, "chunk": self._chunk_fn}
         self._engine_fns = {"frame": runner.run, "chunk": runner.run}
-        self._frame_split = None
-        if len(weights) == 1:
-            cpu = choice.module
-            self._frame_split = cpu.frame_split(weights[0].packed(cpu), self.batch_size,
-                                                *self._states)
-        if self._frame_split is not None:
-            self._engine_fns["frame"] = _SplitFrames(self._frame_split, self._frame_fn,
-                                                     self._states[0], self._nan_raise).run
+        self._splits = {}
+        cpu = choice.module
+        if len(weights) == 1 and cpu.stream_split(weights[0].packed(cpu), self.batch_size,
+                                                  *self._states) is not None:
+            packed, B, states = weights[0].packed(cpu), self.batch_size, self._states
+            seq = self._return_sequences
+            for which in ("frame", "chunk"):
+                self._splits[which] = _SplitCalls(
+                    lambda T: cpu.stream_split(packed, B, *states, steps=T, sequences=seq),
+                    self._kernel_fns[which], states[0], self._nan_raise, seq)
+                self._engine_fns[which] = self._splits[which].run
         self._frame_fn = _Tuner(self, "frame", self._frame_fn, self._engine_fns["frame"]).run
         self._chunk_fn = _Tuner(self, "chunk", self._chunk_fn, self._engine_fns["chunk"]).run
         self._chosen = {}
         self._nbytes = nbytes
         self._describe_tuning()
 
-    def _keep(self, which, engine, medians):
+    def _keep(self, which, engine, fastest):
         """A tuner's decision for ``which`` calls: ``engine`` 1 (the batch
         engine on two threads or more) or 0 (the stream kernels)."""
         fn = self._engine_fns[which] if engine else self._kernel_fns[which]
+        split = self._splits.get(which)
+        if not engine and split is not None:
+            split.close()  # its helper threads are not needed
         if which == "frame":
             self._frame_fn = fn
-            if not engine and self._frame_split is not None:
-                self._frame_split.close()  # its helper thread is not needed
         else:
             self._chunk_fn = fn
-            if engine:
+            if engine and split is None:
                 self._work_T = 1 << 62  # (the stream kernels' work array is not used)
-        self._chosen[which] = (engine, medians)
+        self._chosen[which] = (engine, fastest)
         self._describe_tuning()
 
     def _describe_tuning(self):
         """``backend``, ``threads`` (of frame calls) and ``backend_reason``
         while and after the tuners time both engines."""
         n = dispatch.get_num_threads()
-        split = self._frame_split is not None
-        engines = {"frame": ("the cpu batch engine's panel split on 2 threads (the stream's "
-                             "own helper thread waits between frames)") if split
-                   else f"the cpu batch engine with {n} threads",
-                   "chunk": f"the cpu batch engine with {n} threads"}
+        split = bool(self._splits)
+        engines = {which: ("the cpu batch engine's panel split on 2 threads (the stream's "
+                           "own helper thread waits between calls)") if split
+                   else f"the cpu batch engine with {n} threads" for which in ("frame", "chunk")}
         parts = []
         for which in ("frame", "chunk"):
             got = self._chosen.get(which)
@@ -424,7 +462,7 @@ class Stream:
                 continue
             engine, (one, two) = got
             what = engines[which] if engine else "the stream kernels"
-            parts.append(f"{which}s: {what} (median per step {one * 1e6:.0f} us on the stream "
+            parts.append(f"{which}s: {what} (fastest step {one * 1e6:.0f} us on the stream "
                          f"kernels, {two * 1e6:.0f} us on the batch engine)")
         frame = self._chosen.get("frame")
         self.backend = "cpu" if frame is not None and frame[0] else "stream"

@@ -126,7 +126,7 @@ def test_a_nan_frame_during_timing_leaves_the_state(monkeypatch, rng):
             np.testing.assert_array_equal(a, b)
 
 
-# ----- a one-layer stream's frames on two cores (cpu.frame_split) -----
+# ----- a one-layer stream's frames on two cores (cpu.stream_split) -----
 
 def _frame_layer(rng, kind, D, H, mode=None):
     layer = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(H)
@@ -147,37 +147,41 @@ def _reference_frames(layer, x, states):
     return ref(x.astype(np.float64), initial_state=[s.astype(np.float64) for s in states])
 
 
-def _split_of(layer, B, rng):
+def _split_of(layer, B, rng, steps=1, sequences=False):
     from fastrnn import _engine
     cpu = dispatch.backend_module("cpu")
     w = _engine.snapshot(layer.cells)[0]
     states = [rng.standard_normal((B, layer.units)).astype(np.float32)
               for _ in range(2 if isinstance(layer, fastrnn.LSTM) else 1)]
-    split = cpu.frame_split(w.packed(cpu), B, *states)
+    split = cpu.stream_split(w.packed(cpu), B, *states, steps=steps, sequences=sequences)
     assert split is not None
     return split, states
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("mode", [None, "int8", "bfloat16"])
-def test_frame_split_matches_the_reference(rng, kind, mode):
-    """Frames through the split, helper thread rung or not (whichever the
-    machine gives), at odd sizes and batch 3: the reference's numbers."""
-    B, T, D, H = 3, 9, 12, 37
+@pytest.mark.parametrize("steps", [1, 4])
+def test_stream_split_matches_the_reference(rng, kind, mode, steps):
+    """Frames, and chunks of 4 steps (every step's output kept), through
+    the split, helper thread rung or not (whichever the machine gives), at
+    odd sizes and batch 3 (batch 1 for chunks: input sums hoisted): the
+    reference's numbers."""
+    B, T, D, H = (3, 9, 12, 37) if steps == 1 else (1, 12, 12, 37)
     layer = _frame_layer(rng, kind, D, H, mode)
-    split, states = _split_of(layer, B, rng)
+    split, states = _split_of(layer, B, rng, steps, sequences=steps > 1)
     x = rng.standard_normal((B, T, D)).astype(np.float32)
     want = _reference_frames(layer, x, states)
     got = []
-    for t in range(T):
-        split.run(np.ascontiguousarray(x[:, t]))
-        got.append(states[0].copy())
+    for t in range(0, T, steps):
+        split.run(np.ascontiguousarray(x[:, t:t + steps]))
+        got.append(split.args[4][5].copy() if steps > 1 else states[0][:, None].copy())
+        np.testing.assert_allclose(got[-1][:, -1], states[0])
     split.close()
     tol = 2e-5 if mode is None else 1e-4
-    np.testing.assert_allclose(np.stack(got, axis=1), want, atol=tol)
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=tol)
 
 
-def test_frame_helper_runs_a_whole_frame_and_stops(rng):
+def test_stream_helper_runs_a_whole_frame_and_stops(rng):
     """The helper thread wakes on the bell, runs every panel of a frame the
     caller has not claimed (here: all of them, the caller starting after it
     finished), says so, and leaves when told to stop."""
@@ -199,7 +203,7 @@ def test_frame_helper_runs_a_whole_frame_and_stops(rng):
     sync[sp.SPINS], sync[sp.CHUNK], sync[sp.JOIN] = fs.spins, fs.chunk, -1
     bell = np.zeros(sp.BELL_SIZE, np.int64)
     frames = np.zeros(8, np.int64)
-    helper = threading.Thread(target=sp.frame_helper, args=(bell, frames, 0, sync) + fs.args
+    helper = threading.Thread(target=sp.stream_helper, args=(bell, frames, 0, sync) + fs.args
                               + (fs.hf, fs.cb, fs.P))
     helper.start()
     bell[sp.BELL_GEN] = 1  # ring (the helper sleeps: spins=0)
@@ -219,7 +223,7 @@ def test_frame_helper_runs_a_whole_frame_and_stops(rng):
     assert not helper.is_alive()
 
 
-def test_frame_split_runs_alone_while_the_helper_is_busy_or_the_machine_is(rng, monkeypatch):
+def test_stream_split_runs_alone_while_the_helper_is_busy_or_the_machine_is(rng, monkeypatch):
     """A helper still inside its last frame (it has not said it finished) is
     not rung: the frame runs alone on the second sync array, and the first
     one is left as the helper sees it. Likewise while the machine looks
@@ -238,33 +242,34 @@ def test_frame_split_runs_alone_while_the_helper_is_busy_or_the_machine_is(rng, 
     fs.bell[sp.BELL_GEN] = 5  # ... and the one that "is" has finished frame 4 only
     fs.bell[sp.BELL_ACK] = 4
     fs.sync[:] = 7
-    got = [fs.run(np.ascontiguousarray(x[:, 0]))]
+    got = [fs.run(np.ascontiguousarray(x[:, 0:1]))]
     assert (fs.sync == 7).all() and fs.bell[sp.BELL_GEN] == 5
     fs.bell[sp.BELL_ACK] = 5
     monkeypatch.setattr(th, "_contended_until", float("inf"))
-    got.append(fs.run(np.ascontiguousarray(x[:, 1])))
+    got.append(fs.run(np.ascontiguousarray(x[:, 1:2])))
     monkeypatch.setattr(th, "_contended_until", 0.0)
     dispatch.set_num_threads(1)
     try:
-        got.append(fs.run(np.ascontiguousarray(x[:, 2])))
+        got.append(fs.run(np.ascontiguousarray(x[:, 2:3])))
     finally:
         dispatch.set_num_threads(None)
     assert got == [-1, -1, -1] and fs.bell[sp.BELL_GEN] == 5
     # rung now (no thread: the caller does all), and not again, since no
     # helper says it finished that frame
-    assert [fs.run(np.ascontiguousarray(x[:, t])) for t in range(3, T)] == [0] + [-1] * (T - 4)
+    assert [fs.run(np.ascontiguousarray(x[:, t:t + 1])) for t in range(3, T)] == \
+        [0] + [-1] * (T - 4)
     assert fs.bell[sp.BELL_GEN] == 6
     np.testing.assert_allclose(states[0], want[:, -1], atol=2e-5)
 
 
-def test_frame_split_is_not_offered_where_it_cannot_run(rng):
+def test_stream_split_is_not_offered_where_it_cannot_run(rng):
     cpu = dispatch.backend_module("cpu")
     from fastrnn import _engine
 
     def offered(layer, B=1):
         w = _engine.snapshot(layer.cells)[0]
         n = 2 if isinstance(layer, fastrnn.LSTM) else 1
-        return cpu.frame_split(w.packed(cpu), B, *[np.zeros((B, layer.units), np.float32)
+        return cpu.stream_split(w.packed(cpu), B, *[np.zeros((B, layer.units), np.float32)
                                                    for _ in range(n)]) is not None
 
     assert offered(_frame_layer(rng, "lstm", 8, 40))
@@ -288,7 +293,7 @@ def test_split_frames_fall_back_to_the_stream_kernel(rng, monkeypatch):
     layer = _frame_layer(rng, "lstm", D, H)
     stream = _stream_with_costs(monkeypatch, layer, 1.0, 0.5)
     stream._keep("frame", 1, (1.0, 0.5))
-    fs = stream._frame_split
+    fs = stream._splits["frame"]._split(1)
     x = rng.standard_normal((1, T, D)).astype(np.float32)
     want = _reference_frames(layer, x, [np.zeros((1, H), np.float32)] * 2)
     got = []
@@ -302,3 +307,51 @@ def test_split_frames_fall_back_to_the_stream_kernel(rng, monkeypatch):
         else:  # rung, unless the helper was still leaving its last frame
             assert fs.bell[sp.BELL_GEN] in (gen, gen + 1)
     np.testing.assert_allclose(np.stack(got, axis=1), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("sequences", [True, False])
+def test_split_chunks_of_changing_lengths(rng, monkeypatch, sequences):
+    """Chunks of a one-layer stream that kept the split: each length gets a
+    split of its own, the last two kept (the others' helpers stopped), and
+    frames and chunks carry one state: the reference's numbers."""
+    D, H = 6, 33
+    lengths = [2, 3, 5, 2, 1, 3, 3]
+    T = sum(lengths)
+    layer = fastrnn.GRU(H, return_sequences=sequences)
+    layer.build((1, None, D))
+    layer.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
+                       for w in layer.get_weights()])
+    stream = _stream_with_costs(monkeypatch, layer, 1.0, 0.5)
+    stream._keep("frame", 1, (1.0, 0.5))
+    stream._keep("chunk", 1, (1.0, 0.5))
+    x = rng.standard_normal((1, T, D)).astype(np.float32)
+    want = _reference_frames(layer, x, [np.zeros((1, H), np.float32)])
+    got, t = [], 0
+    for n in lengths:
+        y = stream(x[:, t] if n == 1 else x[:, t:t + n])
+        got.append(y[:, None] if n == 1 or not sequences else y)
+        if not sequences:
+            np.testing.assert_allclose(y, want[:, t + n - 1], atol=2e-5)
+        t += n
+    chunks = stream._splits["chunk"].splits
+    assert sorted(chunks) == [2, 3]  # 2, 3; 5 evicts 2; 2 evicts 3; 3 evicts 5
+    if sequences:
+        np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=2e-5)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"),
+                    reason="thread affinity is Linux's")
+def test_stream_split_helper_starts_off_the_callers_cpu(rng):
+    """The helper thread may use every CPU the process may but the one its
+    caller was on (a new thread may start beside its creator and stay)."""
+    import os
+
+    layer = _frame_layer(rng, "lstm", 8, 40)
+    fs, _ = _split_of(layer, 1, rng)
+    allowed = os.sched_getaffinity(0)
+    fs.run(rng.standard_normal((1, 1, 8)).astype(np.float32))
+    if fs._tid is None:
+        pytest.skip("the helper was not started (the machine looked busy)")
+    assert len(fs._placed) == len(allowed) - 1 and fs._placed < allowed
+    assert os.sched_getaffinity(fs._tid) == fs._placed
+    fs.close()

@@ -431,8 +431,7 @@ def run(opts):
                 kept = stream._chosen.get("frame" if T == 1 else "chunk") \
                     if hasattr(stream, "_chosen") else None
                 row["fastrnn"]["threads"] = 1 if kept is None or not kept[0] else (
-                    2 if T == 1 and stream._frame_split is not None
-                    else dispatch.get_num_threads())
+                    2 if stream._splits else dispatch.get_num_threads())
                 for prefix, key in (("ort", "ort"), ("ort_int8_", "ort_int8")):
                     if f"{prefix}1" in row:
                         best = min((f"{prefix}1", f"{prefix}2"), key=lambda k: row[k]["median_us"])

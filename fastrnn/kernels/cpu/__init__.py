@@ -280,20 +280,22 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     co.finish()
 
 
-def frame_split(packed, batch_size, h, c=None):
-    """Frames of ``packed`` (one layer, one step per call) on two cores,
-    or ``None`` where the panel split cannot run them.
+def stream_split(packed, batch_size, h, c=None, steps=1, sequences=False):
+    """A stream's calls of ``steps`` steps (a frame, or a chunk) of
+    ``packed`` (one layer) on two cores, or ``None`` where the panel split
+    cannot run them.
 
-    Returns a :class:`.threads.FrameSplit` whose ``run(x)`` reads a frame
-    ``x (batch_size, D)`` and updates the states ``h`` (and, for an LSTM,
-    ``c``) in place: C-contiguous float32 ``(batch_size, units)`` arrays
-    kept for the object's life. Runs the packed float32 LSTM (no
-    projection) and GRU (``reset_after``) and their int8 and bfloat16
-    weights (bfloat16 with an even input size): the formats whose kernels
-    read the frame as it is.
+    Returns a :class:`.threads.StreamSplit` whose ``run(x)`` reads
+    ``x (batch_size, steps, D)`` and updates the states ``h`` (and, for an
+    LSTM, ``c``) in place: C-contiguous float32 ``(batch_size, units)``
+    arrays kept for the object's life; with ``sequences`` every step's
+    output goes to its buffer ``out (batch_size, steps, units)``. Runs the
+    packed float32 LSTM (no projection) and GRU (``reset_after``) and their
+    int8 and bfloat16 weights (bfloat16 with an even input size): the
+    formats whose kernels read the input as it is.
     """
     p = packed.params
-    H, B = p.units, int(batch_size)
+    H, B, T = p.units, int(batch_size), int(steps)
     mode = None if p.quantized is None else p.quantized.mode
     D = np.asarray(p.kernel).shape[0]
     gru_cell = p.kind == "gru"
@@ -304,9 +306,12 @@ def frame_split(packed, batch_size, h, c=None):
             or H <= _packed.LANES or not states_ok
             or mode not in (None, "int8", "bfloat16") or (mode == "bfloat16" and D % 2)):
         return None
-    xb = np.zeros((B, 1, D), dtype=np.float32)
-    io_tail = (_DUMMY_MASK, False, _NO_OUT, False)
-    hoist = False  # one step per call: the input rows in the same k loop
+    xb = np.zeros((B, T, D), dtype=np.float32)
+    out = np.zeros((B, T, H), dtype=np.float32) if sequences else _NO_OUT
+    io_tail = (_DUMMY_MASK, False, out, bool(sequences))
+    # a frame takes its input rows in the same k loop; a chunk of one row
+    # takes its input sums for several steps per weight load (.packed)
+    hoist = T > 1
     if gru_cell:
         Wp, bp, sp = packed.arrays
         args = (True, H, (Wp, bp, _NO_PEEP, sp),
@@ -318,7 +323,7 @@ def frame_split(packed, batch_size, h, c=None):
                 (p.peepholes is not None, _limit(p.cell_clip), int(p.activation),
                  int(p.recurrent_activation)),
                 (xb, h, c) + io_tail + (h, c, _NO_XS), (False, False, hoist))
-    return threads.FrameSplit(args)
+    return threads.StreamSplit(args)
 
 
 # ---------------------------------------------------------------- warmup
@@ -392,7 +397,7 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
                         run(sys.modules[__name__], pk, x, states, None, False, False,
                             np.empty((B, T, params.output_size), dt), outs)
                     if parallel:  # a one-layer stream's frames on two cores
-                        fs = frame_split(pk, 1, *[np.zeros((1, s), dt)
+                        fs = stream_split(pk, 1, *[np.zeros((1, s), dt)
                                                   for s in state_sizes(params)])
                         if fs is not None:
                             fs.compile()

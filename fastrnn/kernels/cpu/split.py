@@ -226,32 +226,32 @@ def split_finish(gru, H, T, hf, cb, h_out, c_out):
     store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
 
 
-# ----- a stream's frames: the same split, with a helper that stays awake -----
+# ----- a stream's calls: the same split, with a helper that stays awake -----
 #
-# A stream calls one step at a time, thousands of times a second. A parallel
-# launch per frame finds the pool's thread asleep (it spins only briefly after
-# a launch, see .threads) and the frame is half over before it helps. A
-# stream's frame split therefore keeps its own helper thread inside
-# :func:`frame_helper` for the stream's lifetime, on buffers fixed once, and
-# rings it per frame through the ``bell`` array (int64, one cache line apart):
-# the frame count, the last frame the helper finished, the stop flag, and
-# the number of helpers asleep on it. The helper spins a while after each
-# frame, then sleeps on a futex; it goes to sleep at once when another
-# stream starts a frame (``frames[0]`` counts the frames of every stream of
-# the process), so that a server interleaving streams does not keep idle
-# helpers spinning beside the working ones. The caller rings only a helper
-# that has finished its last frame (one late helper never sees two frames'
-# counters), and otherwise runs the frame alone on a second sync array.
+# A stream calls one step (a frame) or a few (a chunk) at a time, thousands
+# of times a second. A parallel launch per call finds the pool's thread
+# asleep (it spins only briefly after a launch, see .threads) and a frame is
+# half over before it helps. A stream's split therefore keeps its own helper
+# thread inside :func:`stream_helper`, on buffers fixed once for one call
+# shape, and rings it per call through the ``bell`` array (int64, one cache
+# line apart): the call count, the last call the helper finished, the stop
+# flag, and the number of helpers asleep on it. The helper spins a while
+# after each call, then sleeps on a futex; it goes to sleep at once when
+# another stream split starts a call (``frames[0]`` counts the calls of
+# every one in the process), so that a server interleaving streams does not
+# keep idle helpers spinning beside the working ones. The caller rings only
+# a helper that has finished its last call (one late helper never sees two
+# calls' counters), and otherwise runs the call alone on a second sync array.
 BELL_GEN, BELL_ACK, BELL_STOP, BELL_SLEEPERS, BELL_SIZE = 0, 8, 16, 24, 32
 # a sleeping helper also looks at the stop flag this often
 _IDLE_NS = 1_000_000_000
 
 
 @njit(cache=True, nogil=True)
-def frame_helper(bell, frames, spins, sync, gru, H, weights, gates, io, opts, hf, cb, P):
-    """The helper of a stream's frame split: worker 1 of every frame rung on
-    ``bell``, until ``bell[BELL_STOP]`` is set. Between frames it spins
-    ``spins`` pause-spins (unless another stream starts a frame), then
+def stream_helper(bell, frames, spins, sync, gru, H, weights, gates, io, opts, hf, cb, P):
+    """The helper of a stream's split: worker 1 of every call rung on
+    ``bell``, until ``bell[BELL_STOP]`` is set. Between calls it spins
+    ``spins`` pause-spins (unless another stream split starts a call), then
     sleeps until rung."""
     seen = atomic_load(bell, BELL_GEN)
     while True:
@@ -277,19 +277,22 @@ def frame_helper(bell, frames, spins, sync, gru, H, weights, gates, io, opts, hf
 
 
 @njit(cache=True, nogil=True)
-def frame_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, weights, gates, io,
-              opts, hf, cb, P):
-    """One frame ``x (B, D)`` of a stream's frame split, from and into the
-    states ``io`` names (``h0`` is ``h_out``, ``c0`` is ``c_out``). With
-    ``ring`` and the helper done with its last frame, rings it and shares
-    the panels; otherwise runs them alone (on ``solo``). Returns whether the
-    helper was rung (then ``sync`` tells what it did)."""
+def stream_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, weights, gates, io,
+               opts, hf, cb, P):
+    """One call ``x (B, T, D)`` of a stream's split (``T`` fixed by the input
+    buffer ``io[0]``), from and into the states ``io`` names (``h0`` is
+    ``h_out``, ``c0`` is ``c_out``; the outputs of every step go to ``io[5]``
+    when ``io[6]``). With ``ring`` and the helper done with its last call,
+    rings it and shares the panels; otherwise runs them alone (on
+    ``solo``). Returns whether the helper was rung (then ``sync`` tells what
+    it did)."""
     xb, h0, c0 = io[0], io[1], io[2]
     h_out, c_out = io[7], io[8]
-    B, D = x.shape
+    B, T, D = xb.shape
     for r in range(B):
-        for k in range(D):
-            xb[r, 0, k] = x[r, k]
+        for t in range(T):
+            for k in range(D):
+                xb[r, t, k] = x[r, t, k]
     Hp = (H + LANES - 1) // LANES * LANES
     load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
     atomic_add(frames, 0, 1)
@@ -305,7 +308,7 @@ def frame_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, weights, 
         if atomic_load(bell, BELL_SLEEPERS) > 0:
             futex_wake(bell, BELL_GEN)
     split_work(np.int64(0), s, gru, H, weights, gates, io, opts, hf, cb, P)
-    store_state(gru, 0, B, 1, H, Hp, hf, cb, h_out, c_out)
+    store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
     return rung
 
 

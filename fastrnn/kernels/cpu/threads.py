@@ -416,37 +416,40 @@ def run_packed(B, T, D, H, work, args):
     packed.run_rows(0, B, *args)
 
 
-# A stream's frame split: pause-spins its helper waits for the next frame
-# before it sleeps (~0.2-0.3 ms; frames called back to back find it awake).
-FRAME_SPINS = 8000
+# A stream's split: pause-spins its helper waits for the next call before it
+# sleeps (~0.2-0.3 ms; calls made back to back find it awake) ...
+STREAM_SPINS = 8000
 # ... and claims at most this much work at a time (multiply-adds, ~2 us of
 # one core): a frame is short, and a helper on a slow or shared core must
 # leave most of its half to the caller
-_FRAME_CLAIM_WORK = 150_000
-# frames started by every stream of the process (see split.frame_helper)
+_STREAM_CLAIM_WORK = 150_000
+# rung calls between two checks that the helper is not on the caller's CPU
+_PLACE_EVERY = 1024
+# calls started by every stream split of the process (see split.stream_helper)
 _FRAMES = np.zeros(8, dtype=np.int64)
 
 
-class FrameSplit:
-    """A stream's frames (one step per call, ``batch_size`` rows below
-    :data:`_BATCH_SPLIT_MIN`) on two cores: the panel split of
-    :mod:`.split`, with its helper in a thread of its own that waits for the
-    next frame instead of a pool launch per frame (:func:`split.frame_run`).
+class StreamSplit:
+    """A stream's calls of one shape (a frame, or a chunk of ``T`` steps;
+    ``batch_size`` rows below :data:`_BATCH_SPLIT_MIN`) on two cores: the
+    panel split of :mod:`.split`, with its helper in a thread of its own
+    that waits for the next call instead of a pool launch per call
+    (:func:`split.stream_run`).
 
-    ``args`` are the packed drivers' arguments for a ``(B, 1, D)`` call
-    whose input is ``args[4][0]`` and whose states are read from and
+    ``args`` are the packed drivers' arguments for a ``(B, T, D)`` call
+    whose input buffer is ``args[4][0]`` and whose states are read from and
     written to the same arrays; they are fixed for the object's life.
-    The helper thread starts at the first frame (again in a forked child)
-    and stops when the object is collected or the process exits. Frames
+    The helper thread starts at the first call (again in a forked child)
+    and stops when the object is collected or the process exits. Calls
     run alone while :func:`get_num_threads` is 1 and while the machine
-    looks busy (the contention rule of the batch split), and a frame never
+    looks busy (the contention rule of the batch split), and a call never
     waits for the helper to arrive.
     """
 
     def __init__(self, args):
         gru, H, weights, gates, io, opts = args
         x, h0, c0 = io[0], io[1], io[2]
-        B, _, D = x.shape
+        B, self.T, D = x.shape
         self.args = args
         self.NP = (H + packed.LANES - 1) // packed.LANES
         self.hf, self.cb, self.P = split.split_prepare(gru, H, h0, c0, opts[2])
@@ -455,61 +458,91 @@ class FrameSplit:
         self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
         panel_work = B * (D + H) * (48 if gru else 64)
         self.spins = max(_SPINS, panel_work // 230)
-        self.chunk = max(1, _FRAME_CLAIM_WORK // panel_work)
+        self.chunk = max(1, _STREAM_CLAIM_WORK // panel_work)
         self._pid = None
         self._finalizer = None
+        self._tid, self._placed, self._calls = None, None, 0
 
     def _start(self):
         if self._finalizer is not None:
             self._finalizer.detach()  # (a forked child: the parent's thread is not here)
         self._pid = os.getpid()
         bell = self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
-        job = (bell, _FRAMES, FRAME_SPINS, self.sync) + self.args + (self.hf, self.cb, self.P)
-        thread = threading.Thread(target=split.frame_helper, args=job,
-                                  name="fastrnn-frames", daemon=True)
+        job = (bell, _FRAMES, STREAM_SPINS, self.sync) + self.args + (self.hf, self.cb, self.P)
+        thread = threading.Thread(target=split.stream_helper, args=job,
+                                  name="fastrnn-stream", daemon=True)
         thread.start()
         self._finalizer = weakref.finalize(self, _stop_helper, bell, thread)
+        self._tid, self._placed, self._calls = thread.native_id, None, 0
+        self._place()
+
+    def _place(self):
+        """Keep the helper off the calling thread's CPU (Linux).
+
+        A new thread may start on its creator's CPU, and a helper that
+        spins beside the caller on one CPU (the other idle) halves both; on
+        the 2-vCPU machines measured, the scheduler left such a pair
+        together for seconds, and put a freed helper back beside the caller.
+        So the helper may use every CPU the process may but the caller's,
+        checked again every :data:`_PLACE_EVERY` calls (the caller may
+        move)."""
+        if self._tid is None:
+            return
+        try:
+            allowed = os.sched_getaffinity(0)
+            with open("/proc/thread-self/stat") as f:
+                here = int(f.read().rsplit(")", 1)[1].split()[36])
+            others = allowed - {here}
+            if others and here in allowed and others != self._placed:
+                os.sched_setaffinity(self._tid, others)
+                self._placed = others
+        except (AttributeError, OSError, ValueError, IndexError):
+            self._tid = None  # no affinity here, or the thread has ended: leave it be
 
     def ready(self):
-        """Whether the next frame would share its panels with the helper: two
+        """Whether the next call would share its panels with the helper: two
         threads allowed, the machine not busy, and the helper (if started)
-        done with its last frame. A caller with a faster one-core kernel
+        done with its last call. A caller with a faster one-core kernel
         runs that instead when not."""
         bell = self.bell
         return (get_num_threads() >= 2 and not _contended()
                 and (self._pid != os.getpid() or bell[split.BELL_ACK] == bell[split.BELL_GEN]))
 
     def run(self, x):
-        """One frame ``x (B, D)`` (float32, C-contiguous); the states named
-        in ``args`` hold the new state. Returns the helper's panel count
-        (``-1``: it was not rung)."""
+        """One call ``x (B, T, D)`` (float32, C-contiguous); the states named
+        in ``args`` hold the new state (and its output buffer every step's
+        output, if it has one). Returns the helper's panel count (``-1``: it
+        was not rung)."""
         ring = get_num_threads() >= 2 and not _contended()
         if ring and self._pid != os.getpid():
             self._start()
         gru, H, weights, gates, io, opts = self.args
-        rung = split.frame_run(self.bell, _FRAMES, ring, x, self.sync, self.solo, self.spins,
-                               self.chunk, gru, H, weights, gates, io, opts, self.hf, self.cb,
-                               self.P)
+        rung = split.stream_run(self.bell, _FRAMES, ring, x, self.sync, self.solo, self.spins,
+                                self.chunk, gru, H, weights, gates, io, opts, self.hf, self.cb,
+                                self.P)
         if not rung:
             return -1
+        self._calls += 1
+        if self._calls % _PLACE_EVERY == 0:
+            self._place()
         sync = self.sync
         helper, joined = int(sync[split.COUNT + 8]), int(sync[split.JOIN])
-        share = self.NP - (self.NP + 1) // 2
+        share = (self.NP - (self.NP + 1) // 2) * (self.T - joined)
         _note_contention(bool(sync[split.ABANDON]) or (joined >= 0 and helper < _STARVED * share))
         return helper
 
     def compile(self):
         """Compile (or load from Numba's cache) both sides' kernels: runs one
-        zero frame alone and a helper that finds itself stopped."""
+        zero call alone and a helper that finds itself stopped."""
         stopped = np.zeros(split.BELL_SIZE, dtype=np.int64)
         stopped[split.BELL_STOP] = 1
-        split.frame_helper(stopped, _FRAMES, 0, self.sync, *self.args, self.hf, self.cb, self.P)
-        x = np.zeros(self.args[4][0].shape[::2], dtype=np.float32)
-        split.frame_run(self.bell, _FRAMES, False, x, self.sync, self.solo, self.spins,
-                        self.chunk, *self.args, self.hf, self.cb, self.P)
+        split.stream_helper(stopped, _FRAMES, 0, self.sync, *self.args, self.hf, self.cb, self.P)
+        x = np.zeros(self.args[4][0].shape, dtype=np.float32)
+        split.stream_run(self.bell, _FRAMES, False, x, self.sync, self.solo, self.spins,
+                         self.chunk, *self.args, self.hf, self.cb, self.P)
 
     def close(self):
-        """Stop the helper thread now (a later frame starts a new one)."""
+        """Stop the helper thread now (a later call starts a new one)."""
         if self._finalizer is not None:
             self._finalizer()
         self._pid = None
