@@ -166,9 +166,12 @@ class _SplitCalls:
                 split.close()
 
 
-#: Streams whose recurrent and input weights pass this many bytes (one
-#: core's L2 no longer holds them) time their first frames on both engines.
-TUNE_MIN_BYTES = 4 << 20
+#: Streams whose recurrent and input weights pass this many bytes (about
+#: one core's L2) time their first frames on both engines. (Measured on a
+#: 2-vCPU machine with 1 MiB of L2 per core: the split won chunks from
+#: 1.5 MiB of weights up and frames from 6 MiB; the stream kernels won
+#: everything below 1 MiB.)
+TUNE_MIN_BYTES = 1 << 20
 #: Timed frames per engine before a stream keeps one.
 TUNE_SAMPLES = 8
 #: The engines take turns in blocks of this many calls (the first of each
