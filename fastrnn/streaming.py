@@ -132,6 +132,7 @@ class _SplitCalls:
         self.nan_raise = nan_raise
         self.sequences = sequences
         self.splits = {}
+        self.ran = False  # whether the last call shared its panels with the helper
 
     def _split(self, T):
         got = self.splits.get(T, False)
@@ -147,15 +148,16 @@ class _SplitCalls:
     def run(self, x, w, s, work, out, cfg):
         frame = x.ndim == 2
         split = self._split(1 if frame else x.shape[1])
+        self.ran = False
         if split is None or not split.ready():
             return self.kernel(x, w, s, work, out, cfg)
         if self.nan_raise and np.isnan(x).any():
             return 1
         if frame:
-            split.run(x.reshape(x.shape[0], 1, x.shape[1]))
+            self.ran = split.run(x.reshape(x.shape[0], 1, x.shape[1])) >= 0
             out[...] = self.h
         else:
-            split.run(x)
+            self.ran = split.run(x) >= 0
             out[...] = split.args[4][5] if self.sequences else self.h
         return 0
 
@@ -177,6 +179,8 @@ TUNE_SAMPLES = 8
 #: The engines take turns in blocks of this many calls (the first of each
 #: block is not timed).
 TUNE_BLOCK = 4
+#: ... and a stream keeps one after this many calls at most.
+TUNE_MAX_CALLS = 200
 # Batches this large split rows between threads, not panels (the stream
 # kernels' rows are already independent): not tuned.
 _ROWS_SPLIT = 8
@@ -211,12 +215,19 @@ class _Tuner:
 
     Both engines write the same state arrays (views of the stream kernel's
     state), so the state carries across the switch.
+
+    ``ran()`` (optional) tells whether the engine's last call really ran
+    on both cores: a stream split runs a call on the stream kernel while
+    the machine looks busy, and such calls are not counted. If the engine
+    has not had :data:`TUNE_SAMPLES` such calls after :data:`TUNE_MAX_CALLS`,
+    the stream keeps what it has timed (the stream kernels if nothing).
     """
 
-    def __init__(self, stream, which, kernel, engine):
+    def __init__(self, stream, which, kernel, engine, ran=None):
         self.stream = stream
         self.which = which  # "frame" or "chunk"
         self.fns = (kernel, engine)
+        self.ran = ran
         self.times = ([], [])
         self.calls = 0
 
@@ -230,13 +241,14 @@ class _Tuner:
         t0 = time.perf_counter()
         failed = self.fns[k](x, w, s, work, out, cfg)
         elapsed = time.perf_counter() - t0
-        if not first and not failed:
+        if not first and not failed and (k == 0 or self.ran is None or self.ran()):
             self.times[k].append(elapsed / (1 if x.ndim == 2 else x.shape[1]))
-        if len(self.times[1]) >= TUNE_SAMPLES and len(self.times[0]) >= TUNE_SAMPLES:
+        done = len(self.times[1]) >= TUNE_SAMPLES and len(self.times[0]) >= TUNE_SAMPLES
+        if done or self.calls >= TUNE_MAX_CALLS:
             # the fastest call of each: noise (another process, a vCPU the host
             # took away) only ever adds time, and a split that finds the
-            # machine busy later runs its frames on the stream kernel anyway
-            fastest = [float(np.min(t)) for t in self.times]
+            # machine busy later runs its calls on the stream kernel anyway
+            fastest = [float(np.min(t)) if t else float("inf") for t in self.times]
             self.stream._keep(self.which, int(fastest[1] < fastest[0]), fastest)
         return failed
 
@@ -427,8 +439,11 @@ class Stream:
                     lambda T: cpu.stream_split(packed, B, *states, steps=T, sequences=seq),
                     self._kernel_fns[which], states[0], self._nan_raise, seq)
                 self._engine_fns[which] = self._splits[which].run
-        self._frame_fn = _Tuner(self, "frame", self._frame_fn, self._engine_fns["frame"]).run
-        self._chunk_fn = _Tuner(self, "chunk", self._chunk_fn, self._engine_fns["chunk"]).run
+        ran = {which: (lambda c=calls: c.ran) for which, calls in self._splits.items()}
+        self._frame_fn = _Tuner(self, "frame", self._frame_fn, self._engine_fns["frame"],
+                                ran.get("frame")).run
+        self._chunk_fn = _Tuner(self, "chunk", self._chunk_fn, self._engine_fns["chunk"],
+                                ran.get("chunk")).run
         self._chosen = {}
         self._nbytes = nbytes
         self._describe_tuning()
@@ -465,6 +480,10 @@ class Stream:
                 continue
             engine, (one, two) = got
             what = engines[which] if engine else "the stream kernels"
+            if two == float("inf"):
+                parts.append(f"{which}s: {what} (fastest step {one * 1e6:.0f} us; no call "
+                             "ran on two cores while timing: the machine looked busy)")
+                continue
             parts.append(f"{which}s: {what} (fastest step {one * 1e6:.0f} us on the stream "
                          f"kernels, {two * 1e6:.0f} us on the batch engine)")
         frame = self._chosen.get("frame")

@@ -40,10 +40,11 @@ def _stream_with_costs(monkeypatch, layer, kernel_cost, engine_cost):
     monkeypatch.setattr(streaming, "TUNE_MIN_BYTES", 0)
     real = streaming._Tuner.__init__
 
-    def init(self, stream, which, kernel, runner):
-        real(self, stream, which, kernel, runner)
+    def init(self, stream, which, kernel, runner, ran=None):
+        real(self, stream, which, kernel, runner, ran)
         self.fns = (_timed(self.fns[0], clock, kernel_cost),
                     _timed(self.fns[1], clock, engine_cost))
+        self.ran = None  # every engine call counts (whether the helper was free or not)
 
     monkeypatch.setattr(streaming._Tuner, "__init__", init)
     return layer.stream()
@@ -355,3 +356,64 @@ def test_stream_split_helper_starts_off_the_callers_cpu(rng):
     assert len(fs._placed) == len(allowed) - 1 and fs._placed < allowed
     assert os.sched_getaffinity(fs._tid) == fs._placed
     fs.close()
+
+
+def test_tuning_counts_only_calls_that_ran_on_two_cores(monkeypatch, rng):
+    """Calls a stream split ran on the stream kernel (the machine looked
+    busy) are not timed as the split's; when none ran on two cores, the
+    stream keeps the stream kernels after TUNE_MAX_CALLS calls and says
+    why."""
+    from fastrnn.kernels.cpu import threads as th
+
+    D, H = 7, 40
+    layer = _frame_layer(rng, "gru", D, H)
+    clock = _Clock()
+    monkeypatch.setattr(streaming, "time", clock)
+    monkeypatch.setattr(streaming, "TUNE_MIN_BYTES", 0)
+    stream = layer.stream()
+    tuner = stream._frame_fn.__self__
+    tuner.fns = (_timed(tuner.fns[0], clock, 1.0), _timed(tuner.fns[1], clock, 0.5))
+    monkeypatch.setattr(th, "_contended_until", float("inf"))  # every split call: the kernel
+    x = rng.standard_normal((1, streaming.TUNE_MAX_CALLS, D)).astype(np.float32)
+    want = _reference_frames(layer, x, [np.zeros((1, H), np.float32)])
+    got = [stream(np.ascontiguousarray(x[:, t])) for t in range(streaming.TUNE_MAX_CALLS)]
+    assert tuner.times[1] == [] and len(tuner.times[0]) >= streaming.TUNE_SAMPLES
+    assert stream.backend == "stream" and stream.threads == 1
+    assert "no call ran on two cores" in stream.backend_reason
+    np.testing.assert_allclose(np.stack(got, axis=1), want, atol=2e-5)
+
+
+def test_stream_split_contention_rule(rng, monkeypatch):
+    """Only a run of starved calls (helper awake, under half its share), or
+    one the caller had to take over, makes the machine look busy to a
+    stream split, for a pause that doubles while it lasts; a woken
+    helper's late start tells nothing; a clean call ends the run."""
+    from fastrnn.kernels.cpu import threads as th
+
+    class Clock:
+        now = 100.0
+
+        def monotonic(self):
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(th, "time", clock)
+    layer = _frame_layer(rng, "lstm", 8, 64)  # 4 panels: the helper's share is 2
+    fs, _ = _split_of(layer, 1, rng)
+    run, pause = th._STREAM_STARVED_RUN, th._STREAM_PAUSE
+    for _ in range(run - 1):
+        fs._judge(1, 0, 0, False)
+    assert fs.ready()
+    fs._judge(2, 0, 0, False)  # woken: not judged
+    fs._judge(1, 0, 0, False)
+    assert not fs.ready() and fs._busy_until == 100.0 + pause
+    clock.now += pause
+    assert fs.ready()
+    for _ in range(run):
+        fs._judge(1, 0, 0, False)
+    assert fs._busy_until == clock.now + 2 * pause  # doubled: still busy
+    clock.now += 2 * pause
+    fs._judge(1, 2, 0, False)  # clean: the pause starts again from the shortest
+    fs._judge(1, 2, 0, True)  # the caller took over: busy at once
+    assert fs._busy_until == clock.now + pause and not fs.ready()
+    assert not th._contended()  # the batch engine's rule is not touched

@@ -284,8 +284,9 @@ def stream_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, weights,
     ``h_out``, ``c0`` is ``c_out``; the outputs of every step go to ``io[5]``
     when ``io[6]``). With ``ring`` and the helper done with its last call,
     rings it and shares the panels; otherwise runs them alone (on
-    ``solo``). Returns whether the helper was rung (then ``sync`` tells what
-    it did)."""
+    ``solo``). Returns 0 when the helper was not rung, 1 when it was rung
+    awake (spinning), 2 when it had to be woken (then ``sync`` tells what it
+    did)."""
     xb, h0, c0 = io[0], io[1], io[2]
     h_out, c_out = io[7], io[8]
     B, T, D = xb.shape
@@ -295,8 +296,9 @@ def stream_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, weights,
                 xb[r, t, k] = x[r, t, k]
     Hp = (H + LANES - 1) // LANES * LANES
     load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
-    atomic_add(frames, 0, 1)
-    rung = ring and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN)
+    rung = 0
+    if ring and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN):
+        rung = 1
     s = sync if rung else solo
     for i in range(SYNC_SIZE):
         s[i] = 0
@@ -307,6 +309,9 @@ def stream_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, weights,
         atomic_add(bell, BELL_GEN, 1)
         if atomic_load(bell, BELL_SLEEPERS) > 0:
             futex_wake(bell, BELL_GEN)
+            rung = 2
+    # (after the ring: our own helper sees its bell before this count)
+    atomic_add(frames, 0, 1)
     split_work(np.int64(0), s, gru, H, weights, gates, io, opts, hf, cb, P)
     store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
     return rung

@@ -423,6 +423,10 @@ STREAM_SPINS = 8000
 # one core): a frame is short, and a helper on a slow or shared core must
 # leave most of its half to the caller
 _STREAM_CLAIM_WORK = 150_000
+# starved calls in a row (see StreamSplit._judge) that make the machine look
+# busy, and for how long at first (seconds)
+_STREAM_STARVED_RUN = 3
+_STREAM_PAUSE = 0.0005
 # rung calls between two checks that the helper is not on the caller's CPU
 _PLACE_EVERY = 1024
 # calls started by every stream split of the process (see split.stream_helper)
@@ -462,6 +466,7 @@ class StreamSplit:
         self._pid = None
         self._finalizer = None
         self._tid, self._placed, self._calls = None, None, 0
+        self._starved, self._busy_until, self._pause = 0, 0.0, _STREAM_PAUSE
 
     def _start(self):
         if self._finalizer is not None:
@@ -506,6 +511,7 @@ class StreamSplit:
         runs that instead when not."""
         bell = self.bell
         return (get_num_threads() >= 2 and not _contended()
+                and time.monotonic() >= self._busy_until
                 and (self._pid != os.getpid() or bell[split.BELL_ACK] == bell[split.BELL_GEN]))
 
     def run(self, x):
@@ -513,7 +519,8 @@ class StreamSplit:
         in ``args`` hold the new state (and its output buffer every step's
         output, if it has one). Returns the helper's panel count (``-1``: it
         was not rung)."""
-        ring = get_num_threads() >= 2 and not _contended()
+        ring = (get_num_threads() >= 2 and not _contended()
+                and time.monotonic() >= self._busy_until)
         if ring and self._pid != os.getpid():
             self._start()
         gru, H, weights, gates, io, opts = self.args
@@ -526,10 +533,32 @@ class StreamSplit:
         if self._calls % _PLACE_EVERY == 0:
             self._place()
         sync = self.sync
-        helper, joined = int(sync[split.COUNT + 8]), int(sync[split.JOIN])
-        share = (self.NP - (self.NP + 1) // 2) * (self.T - joined)
-        _note_contention(bool(sync[split.ABANDON]) or (joined >= 0 and helper < _STARVED * share))
+        helper = int(sync[split.COUNT + 8])
+        self._judge(rung, helper, int(sync[split.JOIN]), bool(sync[split.ABANDON]))
         return helper
+
+    def _judge(self, rung, helper, joined, abandoned):
+        """The contention rule of the batch split, for a call that rang the
+        helper, kept per split: one call is short, so only
+        :data:`_STREAM_STARVED_RUN` starved calls in a row (or one the
+        caller had to take over) make the machine look busy, and then for
+        :data:`_STREAM_PAUSE` (doubling while it lasts, up to
+        :data:`_CONTENDED_PAUSE_MAX`): another program's threads that spin
+        for a moment after their own work should not cost a stream many
+        calls on one core. A helper that had to be woken joins late and
+        tells nothing."""
+        if rung != 1:
+            return
+        share = (self.NP - (self.NP + 1) // 2) * (self.T - joined)
+        if abandoned or (joined >= 0 and helper < _STARVED * share):
+            self._starved += 1
+            if abandoned or self._starved >= _STREAM_STARVED_RUN:
+                self._starved = 0
+                self._busy_until = time.monotonic() + self._pause
+                self._pause = min(2 * self._pause, _CONTENDED_PAUSE_MAX)
+        else:
+            self._starved = 0
+            self._pause = _STREAM_PAUSE
 
     def compile(self):
         """Compile (or load from Numba's cache) both sides' kernels: runs one

@@ -1,0 +1,49 @@
+"""Streams with weights past one core's L2 (batch 1, D = H): one call (a
+frame, or a chunk of 10 frames) on the one-core stream kernels and on the
+two-core stream split (the engine a stream keeps after timing both)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import inputs, require_layers, skip
+
+ENGINES = {"stream kernels": 0, "two-core split": 1}
+
+
+class StreamEngines:
+    params = [["lstm", "gru"], [256, 512], [1, 10], list(ENGINES)]
+    param_names = ["cell", "units", "steps", "engine"]
+
+    def setup(self, cell, H, steps, engine):
+        require_layers()
+        import fastrnn
+        from fastrnn import dispatch, streaming
+
+        if dispatch.get_num_threads() < 2:
+            skip("one thread")
+        layer = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(
+            H, return_sequences=steps > 1)
+        layer.build((1, None, H))
+        rng = np.random.default_rng(0)
+        s = 1.0 / np.sqrt(H)
+        layer.set_weights([rng.uniform(-s, s, w.shape).astype(np.float32)
+                           for w in layer.get_weights()])
+        saved = getattr(streaming, "TUNE_MIN_BYTES", None)
+        if saved is None or not hasattr(streaming, "_SplitCalls"):
+            skip("this version has no stream split")
+        streaming.TUNE_MIN_BYTES = 0
+        try:
+            self.stream = layer.stream()
+        finally:
+            streaming.TUNE_MIN_BYTES = saved
+        x = inputs(1, steps, H)
+        self.x = np.ascontiguousarray(x[:, 0] if steps == 1 else x)
+        self.stream(self.x)  # builds, compiles
+        which = "frame" if steps == 1 else "chunk"
+        self.stream._keep(which, ENGINES[engine], (0.0, 0.0))
+        for _ in range(20):
+            self.stream(self.x)
+
+    def time_call(self, *args):
+        self.stream(self.x)
