@@ -379,6 +379,7 @@ class Stream:
             else:
                 why = f"backend={self._backend_arg!r} was requested"
         self._weights = weights
+        self._splits = {}  # (one-layer streams with large weights: see _tune)
         if fast_ok:
             kernels = dispatch.backend_module("cpu").stream
             self._w, self._cfg, state_len = kernels.pack(params, B, self._nan_raise)
@@ -428,7 +429,6 @@ class Stream:
         runner = _EngineRunner(self.layer, weights, choice, self._states)
         self._kernel_fns = {"frame": self._frame_fn, "chunk": self._chunk_fn}
         self._engine_fns = {"frame": runner.run, "chunk": runner.run}
-        self._splits = {}
         cpu = choice.module
         if len(weights) == 1 and cpu.stream_split(weights[0].packed(cpu), self.batch_size,
                                                   *self._states) is not None:
@@ -502,6 +502,8 @@ class Stream:
             return  # another object's weights changed
         states = [s.copy() for s in self._states]
         self._cshape = self._coshape = None
+        for calls in self._splits.values():
+            calls.close()  # (their helpers hold the old weights)
         self._setup()
         for dst, v in zip(self._states, states):
             dst[...] = v

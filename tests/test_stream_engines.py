@@ -183,9 +183,10 @@ def test_stream_split_matches_the_reference(rng, kind, mode, steps):
 
 
 def test_stream_helper_runs_a_whole_frame_and_stops(rng):
-    """The helper thread wakes on the bell, runs every panel of a frame the
-    caller has not claimed (here: all of them, the caller starting after it
-    finished), says so, and leaves when told to stop."""
+    """The helper thread answers a ring made before it first ran, runs every
+    panel of a frame the caller has not claimed (here: all of them, the
+    caller starting after it finished), says so, and leaves when told to
+    stop."""
     import threading
 
     from fastrnn.kernels.cpu import split as sp
@@ -206,9 +207,8 @@ def test_stream_helper_runs_a_whole_frame_and_stops(rng):
     frames = np.zeros(8, np.int64)
     helper = threading.Thread(target=sp.stream_helper, args=(bell, frames, 0, sync) + fs.args
                               + (fs.hf, fs.cb, fs.P))
+    bell[sp.BELL_GEN] = 1  # rung before its thread first runs: it must still answer
     helper.start()
-    bell[sp.BELL_GEN] = 1  # ring (the helper sleeps: spins=0)
-    sp.wake(bell)
     helper.join(timeout=0.05)
     for _ in range(2000):  # until the helper says it finished frame 1
         if bell[sp.BELL_ACK] == 1:
@@ -220,6 +220,21 @@ def test_stream_helper_runs_a_whole_frame_and_stops(rng):
     sp.split_work(0, sync, *fs.args, fs.hf, fs.cb, fs.P)  # nothing left to claim
     sp.store_state(gru, 0, B, 1, H, fs.hf.size // (2 * B), fs.hf, fs.cb, io[7], io[8])
     np.testing.assert_allclose(states[0], want, atol=2e-5)
+    # asleep now (spins=0): a second ring wakes it, and it runs that frame
+    for _ in range(2000):
+        if bell[sp.BELL_SLEEPERS] == 1:
+            break
+        helper.join(timeout=0.005)
+    assert bell[sp.BELL_SLEEPERS] == 1
+    sync[:] = 0
+    sync[sp.SPINS], sync[sp.CHUNK], sync[sp.JOIN] = fs.spins, fs.chunk, -1
+    bell[sp.BELL_GEN] = 2
+    sp.wake(bell)
+    for _ in range(2000):
+        if bell[sp.BELL_ACK] == 2:
+            break
+        helper.join(timeout=0.005)
+    assert bell[sp.BELL_ACK] == 2 and sync[sp.COUNT + 8] == NP
     th._stop_helper(bell, helper)
     assert not helper.is_alive()
 
@@ -417,3 +432,27 @@ def test_stream_split_contention_rule(rng, monkeypatch):
     fs._judge(1, 2, 0, True)  # the caller took over: busy at once
     assert fs._busy_until == clock.now + pause and not fs.ready()
     assert not th._contended()  # the batch engine's rule is not touched
+
+
+def test_split_stream_takes_new_weights(rng, monkeypatch):
+    """set_weights on a stream that kept the split: its helpers (on the old
+    weights) stop, the next frames use the new weights from the carried
+    state."""
+    D, H = 9, 36
+    layer = _frame_layer(rng, "lstm", D, H)
+    stream = _stream_with_costs(monkeypatch, layer, 1.0, 0.5)
+    stream._keep("frame", 1, (1.0, 0.5))
+    old_split = stream._splits["frame"]._split(1)
+    x = rng.standard_normal((1, 6, D)).astype(np.float32)
+    first = [stream(np.ascontiguousarray(x[:, t])) for t in range(3)]
+    states = [s.copy() for s in stream.states]
+    want_first = _reference_frames(layer, x[:, :3], [np.zeros((1, H), np.float32)] * 2)
+    layer.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
+                       for w in layer.get_weights()])
+    stream._keep = lambda which, engine, fastest: None  # (keep timing out of the way)
+    second = [stream(np.ascontiguousarray(x[:, t])) for t in range(3, 6)]
+    assert old_split._tid is None or old_split._finalizer is None or \
+        not old_split._finalizer.alive
+    want_second = _reference_frames(layer, x[:, 3:], states)
+    np.testing.assert_allclose(np.stack(first, axis=1), want_first, atol=2e-5)
+    np.testing.assert_allclose(np.stack(second, axis=1), want_second, atol=2e-5)

@@ -253,7 +253,9 @@ def stream_helper(bell, frames, spins, sync, gru, H, weights, gates, io, opts, h
     ``bell``, until ``bell[BELL_STOP]`` is set. Between calls it spins
     ``spins`` pause-spins (unless another stream split starts a call), then
     sleeps until rung."""
-    seen = atomic_load(bell, BELL_GEN)
+    # the last call it finished (not the count: the caller may ring before
+    # this thread first runs, and that call must still be answered)
+    seen = atomic_load(bell, BELL_ACK)
     while True:
         n = 0
         others = atomic_load(frames, 0)
