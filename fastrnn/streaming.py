@@ -169,10 +169,9 @@ class _SplitCalls:
 
 
 #: Streams whose recurrent and input weights pass this many bytes (about
-#: one core's L2) time their first frames on both engines. (Measured on a
-#: 2-vCPU machine with 1 MiB of L2 per core: the split won chunks from
-#: 1.5 MiB of weights up and frames from 6 MiB; the stream kernels won
-#: everything below 1 MiB.)
+#: one core's L2) time their first frames on both engines (below it, on the
+#: 2-vCPU machines measured, with 1 MiB of L2 per core, the stream kernels
+#: won every call).
 TUNE_MIN_BYTES = 1 << 20
 #: Timed frames per engine before a stream keeps one.
 TUNE_SAMPLES = 8

@@ -418,7 +418,7 @@ def run_packed(B, T, D, H, work, args):
 
 # A stream's split: pause-spins its helper waits for the next call before it
 # sleeps (~0.2-0.3 ms; calls made back to back find it awake) ...
-STREAM_SPINS = 8000
+_STREAM_SPINS = 8000
 # ... and claims at most this much work at a time (multiply-adds, ~2 us of
 # one core): a frame is short, and a helper on a slow or shared core must
 # leave most of its half to the caller
@@ -443,11 +443,12 @@ class StreamSplit:
     ``args`` are the packed drivers' arguments for a ``(B, T, D)`` call
     whose input buffer is ``args[4][0]`` and whose states are read from and
     written to the same arrays; they are fixed for the object's life.
-    The helper thread starts at the first call (again in a forked child)
-    and stops when the object is collected or the process exits. Calls
-    run alone while :func:`get_num_threads` is 1 and while the machine
-    looks busy (the contention rule of the batch split), and a call never
-    waits for the helper to arrive.
+    The helper thread starts at the first call (again in a forked child),
+    kept off the caller's CPU (:meth:`_place`), and stops when the object
+    is collected or the process exits. Calls run alone while
+    :func:`get_num_threads` is 1 and while the machine looks busy (the
+    batch engine's contention period, or this split's own: :meth:`_judge`),
+    and a call never waits for the helper to arrive.
     """
 
     def __init__(self, args):
@@ -473,7 +474,7 @@ class StreamSplit:
             self._finalizer.detach()  # (a forked child: the parent's thread is not here)
         self._pid = os.getpid()
         bell = self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
-        job = (bell, _FRAMES, STREAM_SPINS, self.sync) + self.args + (self.hf, self.cb, self.P)
+        job = (bell, _FRAMES, _STREAM_SPINS, self.sync) + self.args + (self.hf, self.cb, self.P)
         thread = threading.Thread(target=split.stream_helper, args=job,
                                   name="fastrnn-stream", daemon=True)
         thread.start()
