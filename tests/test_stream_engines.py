@@ -413,6 +413,7 @@ def test_stream_split_contention_rule(rng, monkeypatch):
 
     clock = Clock()
     monkeypatch.setattr(th, "time", clock)
+    monkeypatch.setattr(th, "_contended_until", 0.0)  # (the batch engine's, on this clock)
     layer = _frame_layer(rng, "lstm", 8, 64)  # 4 panels: the helper's share is 2
     fs, _ = _split_of(layer, 1, rng)
     run, pause = th._STREAM_STARVED_RUN, th._STREAM_PAUSE
