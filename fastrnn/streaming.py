@@ -429,15 +429,16 @@ class Stream:
         self._kernel_fns = {"frame": self._frame_fn, "chunk": self._chunk_fn}
         self._engine_fns = {"frame": runner.run, "chunk": runner.run}
         cpu = choice.module
-        if len(weights) == 1 and cpu.stream_split(weights[0].packed(cpu), self.batch_size,
-                                                  *self._states) is not None:
-            packed, B, states = weights[0].packed(cpu), self.batch_size, self._states
+        packed, B, states = weights[0].packed(cpu), self.batch_size, self._states
+        first = cpu.stream_split(packed, B, *states) if len(weights) == 1 else None
+        if first is not None:
             seq = self._return_sequences
             for which in ("frame", "chunk"):
                 self._splits[which] = _SplitCalls(
                     lambda T: cpu.stream_split(packed, B, *states, steps=T, sequences=seq),
                     self._kernel_fns[which], states[0], self._nan_raise, seq)
                 self._engine_fns[which] = self._splits[which].run
+            self._splits["frame"].splits[1] = first  # (built to see whether it can run)
         ran = {which: (lambda c=calls: c.ran) for which, calls in self._splits.items()}
         self._frame_fn = _Tuner(self, "frame", self._frame_fn, self._engine_fns["frame"],
                                 ran.get("frame")).run
