@@ -113,7 +113,7 @@ class _SplitCalls:
     """Frames or chunks of a one-layer stream on two cores: the batch
     engine's panel split with a helper thread of the stream's own, awake
     between calls (:class:`fastrnn.kernels.cpu.threads.StreamSplit`, one
-    per chunk length, the last two kept), on the stream's state arrays. A
+    per chunk length, the two used last kept), on the stream's state arrays. A
     call the helper cannot share (the machine looks busy, one thread
     allowed, the helper still on its last call) runs on the stream kernel
     ``kernel`` instead, which is faster on one core. ``run`` has the stream
@@ -135,14 +135,18 @@ class _SplitCalls:
         self.ran = False  # whether the last call shared its panels with the helper
 
     def _split(self, T):
-        got = self.splits.get(T, False)
-        if got is False:
-            if len(self.splits) >= self._KEEP:  # a stream cycling through chunk lengths
-                old = next(iter(self.splits))
-                if self.splits[old] is not None:
-                    self.splits[old].close()
-                del self.splits[old]
-            got = self.splits[T] = self.make(T)
+        splits = self.splits
+        got = splits.get(T, False)
+        if got is not False:
+            if len(splits) > 1 and next(reversed(splits)) != T:
+                splits[T] = splits.pop(T)  # the most recently used last
+            return got
+        if len(splits) >= self._KEEP:  # a stream cycling through chunk lengths
+            old = next(iter(splits))  # the least recently used
+            if splits[old] is not None:
+                splits[old].close()
+            del splits[old]
+        got = splits[T] = self.make(T)
         return got
 
     def run(self, x, w, s, work, out, cfg):

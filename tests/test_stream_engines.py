@@ -328,10 +328,10 @@ def test_split_frames_fall_back_to_the_stream_kernel(rng, monkeypatch):
 @pytest.mark.parametrize("sequences", [True, False])
 def test_split_chunks_of_changing_lengths(rng, monkeypatch, sequences):
     """Chunks of a one-layer stream that kept the split: each length gets a
-    split of its own, the last two kept (the others' helpers stopped), and
-    frames and chunks carry one state: the reference's numbers."""
+    split of its own, the two used last kept (the others' helpers stopped),
+    and frames and chunks carry one state: the reference's numbers."""
     D, H = 6, 33
-    lengths = [2, 3, 5, 2, 1, 3, 3]
+    lengths = [2, 3, 2, 5, 2, 1, 3, 3]
     T = sum(lengths)
     layer = fastrnn.GRU(H, return_sequences=sequences)
     layer.build((1, None, D))
@@ -343,14 +343,18 @@ def test_split_chunks_of_changing_lengths(rng, monkeypatch, sequences):
     x = rng.standard_normal((1, T, D)).astype(np.float32)
     want = _reference_frames(layer, x, [np.zeros((1, H), np.float32)])
     got, t = [], 0
-    for n in lengths:
+    for i, n in enumerate(lengths):
         y = stream(x[:, t] if n == 1 else x[:, t:t + n])
+        if i == 0:
+            first_two = stream._splits["chunk"].splits[2]
         got.append(y[:, None] if n == 1 or not sequences else y)
         if not sequences:
             np.testing.assert_allclose(y, want[:, t + n - 1], atol=2e-5)
         t += n
     chunks = stream._splits["chunk"].splits
-    assert sorted(chunks) == [2, 3]  # 2, 3; 5 evicts 2; 2 evicts 3; 3 evicts 5
+    # 2, 3; 2 used again; 5 evicts 3 (not 2, added first); 3 evicts 5
+    assert sorted(chunks) == [2, 3]
+    assert chunks[2] is first_two
     if sequences:
         np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=2e-5)
 
