@@ -158,10 +158,10 @@ class _SplitCalls:
         if self.nan_raise and np.isnan(x).any():
             return 1
         if frame:
-            self.ran = split.run(x.reshape(x.shape[0], 1, x.shape[1])) >= 0
+            self.ran = split.run(x.reshape(x.shape[0], 1, x.shape[1]), True) >= 0
             out[...] = self.h
         else:
-            self.ran = split.run(x) >= 0
+            self.ran = split.run(x, True) >= 0
             out[...] = split.args[4][5] if self.sequences else self.h
         return 0
 

@@ -278,19 +278,32 @@ def stream_helper(bell, frames, spins, sync, gru, H, weights, gates, io, opts, h
         atomic_add(bell, BELL_ACK, g - atomic_load(bell, BELL_ACK))  # only the helper writes it
 
 
+def flat_args(spins, chunk, gru, H, weights, gates, io, opts, hf, cb, P):
+    """The arguments of :func:`stream_run` after ``sync, solo``, flat: the
+    packed drivers' tuples spread out."""
+    return (spins, chunk, gru, H) + tuple(weights) + tuple(gates) + tuple(io) + tuple(opts) \
+        + (hf, cb, P)
+
+
 @njit(cache=True, nogil=True)
-def stream_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, weights, gates, io,
-               opts, hf, cb, P):
+def stream_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, w0, w1, w2, w3, g0, g1,
+               g2, g3, xb, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs, reverse,
+               zero_output, hoist, hf, cb, P):
     """One call ``x (B, T, D)`` of a stream's split (``T`` fixed by the input
-    buffer ``io[0]``), from and into the states ``io`` names (``h0`` is
-    ``h_out``, ``c0`` is ``c_out``; the outputs of every step go to ``io[5]``
-    when ``io[6]``). With ``ring`` and the helper done with its last call,
-    rings it and shares the panels; otherwise runs them alone (on
-    ``solo``). Returns 0 when the helper was not rung, 1 when it was rung
-    awake (spinning), 2 when it had to be woken (then ``sync`` tells what it
-    did)."""
-    xb, h0, c0 = io[0], io[1], io[2]
-    h_out, c_out = io[7], io[8]
+    buffer ``xb``), from and into the states ``h_out`` / ``c_out`` (``h0``
+    is ``h_out``, ``c0`` is ``c_out``; the outputs of every step go to
+    ``out`` when ``has_out``). With ``ring`` and the helper done with its
+    last call, rings it and shares the panels; otherwise runs them alone
+    (on ``solo``). Returns 0 when the helper was not rung, 1 when it was
+    rung awake (spinning), 2 when it had to be woken (then ``sync`` tells
+    what it did).
+
+    The packed drivers' tuples (``weights``, ``gates``, ``io``, ``opts``)
+    come spread out (:func:`flat_args`): Numba's dispatcher types the
+    elements of a tuple in Python but arrays passed one by one in C, and
+    this call is made once per frame."""
+    weights, gates, opts = (w0, w1, w2, w3), (g0, g1, g2, g3), (reverse, zero_output, hoist)
+    io = (xb, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs)
     B, T, D = xb.shape
     for r in range(B):
         for t in range(T):

@@ -468,6 +468,7 @@ class StreamSplit:
         self._finalizer = None
         self._tid, self._placed, self._calls = None, None, 0
         self._starved, self._busy_until, self._pause = 0, 0.0, _STREAM_PAUSE
+        self._flat = split.flat_args(self.spins, self.chunk, *args, self.hf, self.cb, self.P)
 
     def _start(self):
         if self._finalizer is not None:
@@ -515,19 +516,17 @@ class StreamSplit:
                 and time.monotonic() >= self._busy_until
                 and (self._pid != os.getpid() or bell[split.BELL_ACK] == bell[split.BELL_GEN]))
 
-    def run(self, x):
+    def run(self, x, ready=False):
         """One call ``x (B, T, D)`` (float32, C-contiguous); the states named
         in ``args`` hold the new state (and its output buffer every step's
         output, if it has one). Returns the helper's panel count (``-1``: it
-        was not rung)."""
-        ring = (get_num_threads() >= 2 and not _contended()
-                and time.monotonic() >= self._busy_until)
+        was not rung). ``ready``: the caller has just seen :meth:`ready`
+        true (its checks are not made again)."""
+        ring = ready or (get_num_threads() >= 2 and not _contended()
+                         and time.monotonic() >= self._busy_until)
         if ring and self._pid != os.getpid():
             self._start()
-        gru, H, weights, gates, io, opts = self.args
-        rung = split.stream_run(self.bell, _FRAMES, ring, x, self.sync, self.solo, self.spins,
-                                self.chunk, gru, H, weights, gates, io, opts, self.hf, self.cb,
-                                self.P)
+        rung = split.stream_run(self.bell, _FRAMES, ring, x, self.sync, self.solo, *self._flat)
         if not rung:
             return -1
         self._calls += 1
@@ -568,8 +567,7 @@ class StreamSplit:
         stopped[split.BELL_STOP] = 1
         split.stream_helper(stopped, _FRAMES, 0, self.sync, *self.args, self.hf, self.cb, self.P)
         x = np.zeros(self.args[4][0].shape, dtype=np.float32)
-        split.stream_run(self.bell, _FRAMES, False, x, self.sync, self.solo, self.spins,
-                         self.chunk, *self.args, self.hf, self.cb, self.P)
+        split.stream_run(self.bell, _FRAMES, False, x, self.sync, self.solo, *self._flat)
 
     def close(self):
         """Stop the helper thread now (a later call starts a new one)."""
