@@ -45,6 +45,35 @@ def test_fma_peak_is_positive():
     assert one > 1.0  # GFLOP/s: any machine that runs the tests does more
 
 
+def test_dot_peaks_are_positive():
+    import pytest
+
+    from fastrnn.cli.peak import dot_peak
+
+    for fmt in ("int8", "bfloat16"):
+        assert dot_peak(fmt, 1, seconds=0.02, repeats=1) > 1.0
+    with pytest.raises(ValueError, match="fmt: expected 'int8' or 'bfloat16', got 'fp8'"):
+        dot_peak("fp8")
+
+
+def test_format_peaks_compares_each_format_with_its_instructions():
+    """Weights-only formats against the float32 FMA peak, the _dynamic ones
+    against their dot products' peaks."""
+    from fastrnn.cli import bench_quantized as bq
+    from fastrnn.cli.bench import markdown_table
+
+    engines = {"fastrnn-cpu": 60.0, "fastrnn-cpu-int8": 30.0, "fastrnn-cpu-int8_dynamic": 300.0,
+               "fastrnn-cpu-bfloat16_dynamic": 100.0, "onnxruntime-int8": 500.0}
+    row = dict(cell="lstm", B=8, T=5, D=7, H=9,
+               engines={n: dict(gflops=g, ms=1.0) for n, g in engines.items()})
+    text = bq.format_peaks([row], {"float32": 120.0, "int8": 400.0, "bfloat16": 250.0},
+                           markdown_table)
+    head, _, body = text.splitlines()
+    assert head == ("| cell | B,T,D,H | fastrnn % | fastrnn-int8 % | fastrnn-int8_dynamic % | "
+                    "fastrnn-bfloat16_dynamic % |")
+    assert body == "| lstm | 8,5,7,9 | 50 | 25 | 75 | 40 |"
+
+
 def test_bench_runs_spread(tmp_path, capsys):
     """``--runs 2``: one table per run, then each ratio of both runs with
     their min / median / max, and every run in the JSON."""
@@ -252,7 +281,11 @@ def test_bench_precision_rows(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "int8/ORT-int8" in text and "max abs error of each engine" in text
     assert "onnxruntime-int8: no quantized GRU" in text
-    rows = json.loads(out.read_text())["rows"]
+    assert "% of the peak of the instructions each format multiplies with" in text
+    data = json.loads(out.read_text())
+    assert set(data["environment"]["dot_peak_gops"]) == {"int8", "bfloat16"}
+    assert all(v > 0 for v in data["environment"]["dot_peak_gops"].values())
+    rows = data["rows"]
     lstm, gru = rows
     for r in rows:
         e = r["engines"]

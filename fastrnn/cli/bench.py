@@ -56,7 +56,7 @@ from . import bench_accuracy
 from ._progress import Progress, warm
 from .bench_gpu import bench_gpu, format_gpu_table
 from .bench_streaming import run as run_streaming
-from .peak import fma_peak
+from .peak import dot_peak, fma_peak
 
 SHAPES = [(1, 100, 64, 128), (8, 100, 128, 256), (32, 100, 256, 512),
           (64, 50, 512, 1024), (256, 50, 128, 128)]
@@ -374,6 +374,14 @@ def fma_peaks():
     return peaks
 
 
+def dot_peaks():
+    """The int8 and bfloat16 dot-product peaks on fastrnn's threads (GOP/s,
+    register-only loops: :mod:`fastrnn.cli.peak`), for the ``_dynamic``
+    weight formats."""
+    n = dispatch.get_num_threads()
+    return {fmt: dot_peak(fmt, n) for fmt in ("int8", "bfloat16")}
+
+
 def markdown_table(head, body):
     """``head`` (column names) and ``body`` (rows of cell strings) as a Markdown table."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -548,11 +556,14 @@ def main(argv=None):
             t_run = time.time()
             # the machine's peak, before any competing process starts
             peaks = fma_peaks()
+            dpeaks = dot_peaks() if opts.precision != ["float32"] else None
             with Contention(opts.contention):
                 rows, run_notes = bench_batch(opts)
             env = env or environment()
             peak = peaks[str(env["fastrnn_threads"])] if peaks else None
             runs.append(dict(rows=rows, fma_peak_gflops=peaks))
+            if dpeaks:
+                runs[-1]["dot_peak_gops"] = dpeaks
             notes += [n for n in run_notes if n not in notes]
             which = f"run {run + 1} of {opts.runs}, " if opts.runs > 1 else ""
             print(f"{title} ({which}{time.time() - t_run:.0f} s; threads: fastrnn "
@@ -568,10 +579,19 @@ def main(argv=None):
                     print(ratios)
                 print("\nmax abs error of each engine's output vs the same layer in float64")
                 print(bq.format_errors(rows, markdown_table))
+                if peak and dpeaks:
+                    print(f"\n% of the peak of the instructions each format multiplies with, on "
+                          f"{env['fastrnn_threads']} threads: float32 FMA {peak:.0f} GFLOP/s "
+                          f"(float32, bfloat16, int8: widened weights), int8 dot products "
+                          f"{dpeaks['int8']:.0f} GOP/s (int8_dynamic), bfloat16 dot products "
+                          f"{dpeaks['bfloat16']:.0f} GOP/s (bfloat16_dynamic)")
+                    print(bq.format_peaks(rows, dict(dpeaks, float32=peak), markdown_table))
             if opts.runs > 1:
                 print()
         rows = runs[0]["rows"]
         env["fma_peak_gflops"] = runs[0]["fma_peak_gflops"]
+        if "dot_peak_gops" in runs[0]:
+            env["dot_peak_gops"] = runs[0]["dot_peak_gops"]
         if opts.runs > 1:
             spread = format_spread([r["rows"] for r in runs])
             if spread:

@@ -231,3 +231,28 @@ def format_errors(rows, table):
         cells += [f"{e[n]['err_f64']:.1e}" if n in e and "err_f64" in e[n] else "" for n in names]
         body.append(cells)
     return table(head, body)
+
+
+#: The peak each fastrnn format's arithmetic is compared with: float32 FMAs
+#: for the weights-only formats (their weights are widened to float32), the
+#: int8 or bfloat16 dot products for the ``_dynamic`` ones
+#: (:mod:`fastrnn.cli.peak`).
+PEAK_OF = {"fastrnn-cpu": "float32", "fastrnn-cpu-bfloat16": "float32",
+           "fastrnn-cpu-int8": "float32", "fastrnn-cpu-int8_dynamic": "int8",
+           "fastrnn-cpu-bfloat16_dynamic": "bfloat16"}
+
+
+def format_peaks(rows, peaks, table):
+    """Each fastrnn format's rate (multiplies and adds of the gate products
+    per second, from its median time) as a percentage of ``peaks[...]``
+    (``"float32"``, ``"int8"``, ``"bfloat16"``), one row per shape."""
+    names = [n for n in PEAK_OF if any(n in row["engines"] for row in rows)]
+    head = ["cell", "B,T,D,H"] + [n.replace("fastrnn-cpu", "fastrnn") + " %" for n in names]
+    body = []
+    for row in rows:
+        e = row["engines"]
+        cells = [row["cell"], f"{row['B']},{row['T']},{row['D']},{row['H']}"]
+        cells += [f"{100 * e[n]['gflops'] / peaks[PEAK_OF[n]]:.0f}" if n in e else ""
+                  for n in names]
+        body.append(cells)
+    return table(head, body)

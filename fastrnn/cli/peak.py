@@ -5,6 +5,11 @@ the FMA latency on two FMA ports) with no memory traffic: what the packed
 kernels' arithmetic could reach if loads and gate math were free.
 ``python -m fastrnn bench`` reports it beside the engines' GFLOP/s (``out``
 is float32, so are the vectors).
+
+:func:`dot_peak` does the same for the dot-product instructions of the
+``_dynamic`` weight formats (``simd.vdot``: 64 int8 products per vector,
+``simd.bdot``: 32 bfloat16 products), which ``bench --precision`` compares
+those formats with; the weights-only formats multiply in float32 (FMA peak).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
-from ..kernels.cpu.simd import vfill, vfma, vstore
+from ..kernels.cpu.simd import bdot, dload, itof, vdot, vfill, vfma, vstore
 
 
 @njit(cache=True, nogil=True)
@@ -88,6 +93,12 @@ def fma_peak(threads=1, seconds=0.1, repeats=3):
     about ``seconds`` each."""
     out = np.zeros((max(1, threads), 256), dtype=np.float32)
     run = (lambda n: _chains(n, out[0])) if threads <= 1 else (lambda n: _chains_par(n, out))
+    return _best(run, threads, FLOP_PER_ITER, seconds, repeats)
+
+
+def _best(run, threads, per_iter, seconds, repeats):
+    """Best rate (G per second) of ``run(n)``, ``per_iter`` operations per
+    iteration per thread, over ``repeats`` runs of about ``seconds``."""
     run(1000)
     t0 = time.perf_counter()
     run(100_000)
@@ -97,4 +108,70 @@ def fma_peak(threads=1, seconds=0.1, repeats=3):
         t0 = time.perf_counter()
         run(n)
         best = min(best, time.perf_counter() - t0)
-    return max(1, threads) * n * FLOP_PER_ITER / best / 1e9
+    return max(1, threads) * n * per_iter / best / 1e9
+
+
+@njit(cache=True, nogil=True)
+def _int8_chains(n, w, out):
+    """8 chains of int8 dot products (``w``: 32 int32 of packed bytes)."""
+    a, b = dload(w, 0), dload(w, 16)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = dload(w, 0)
+    for _ in range(n):
+        a0 = vdot(a0, a, b)
+        a1 = vdot(a1, a, b)
+        a2 = vdot(a2, a, b)
+        a3 = vdot(a3, a, b)
+        a4 = vdot(a4, a, b)
+        a5 = vdot(a5, a, b)
+        a6 = vdot(a6, a, b)
+        a7 = vdot(a7, a, b)
+    vstore(out, 0, itof(a0) + itof(a1) + itof(a2) + itof(a3) + itof(a4) + itof(a5)
+           + itof(a6) + itof(a7))
+
+
+@njit(cache=True, nogil=True)
+def _bf16_chains(n, w, out):
+    """8 chains of bfloat16 dot products (``w``: 32 int32 of bfloat16 pairs)."""
+    a, b = dload(w, 0), dload(w, 16)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vfill(out, 0.0)
+    for _ in range(n):
+        a0 = bdot(a0, a, b)
+        a1 = bdot(a1, a, b)
+        a2 = bdot(a2, a, b)
+        a3 = bdot(a3, a, b)
+        a4 = bdot(a4, a, b)
+        a5 = bdot(a5, a, b)
+        a6 = bdot(a6, a, b)
+        a7 = bdot(a7, a, b)
+    vstore(out, 0, a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _int8_par(n, w, out):
+    for t in prange(out.shape[0]):
+        _int8_chains(n, w, out[t])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _bf16_par(n, w, out):
+    for t in prange(out.shape[0]):
+        _bf16_chains(n, w, out[t])
+
+
+#: Operations (multiplies + adds) of one loop iteration: 8 vectors x 16 lanes
+#: x products per lane x 2.
+DOT_OPS_PER_ITER = {"int8": 8 * 16 * 4 * 2, "bfloat16": 8 * 16 * 2 * 2}
+
+
+def dot_peak(fmt, threads=1, seconds=0.1, repeats=3):
+    """Best GOP/s (multiplies and adds) of the ``fmt`` (``"int8"`` or
+    ``"bfloat16"``) dot-product loop on ``threads`` threads, as
+    :func:`fma_peak`."""
+    if fmt not in DOT_OPS_PER_ITER:
+        raise ValueError(f"fmt: expected 'int8' or 'bfloat16', got {fmt!r}")
+    # small values, so that no sum overflows or loses its integers
+    w = np.full(32, 0x00010001 if fmt == "int8" else 0x3C003C00, dtype=np.int32)
+    out = np.zeros((max(1, threads), 16), dtype=np.float32)
+    one, par = (_int8_chains, _int8_par) if fmt == "int8" else (_bf16_chains, _bf16_par)
+    run = (lambda n: one(n, w, out[0])) if threads <= 1 else (lambda n: par(n, w, out))
+    return _best(run, threads, DOT_OPS_PER_ITER[fmt], seconds, repeats)
