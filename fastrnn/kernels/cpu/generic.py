@@ -19,9 +19,10 @@ kernel serves every call of one dtype. Clip limits below zero mean no clip.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
 from .fpenv import flush_denormals, restore_fp
+from .sync import current_cpu, thread_id
 from .gates import scalar_activate as activate
 from .gates import scalar_clip as clip
 from .gates import scalar_gru_reset as gru_reset
@@ -206,3 +207,19 @@ def touch_pool(a):
     """Start Numba's thread pool (so that its threading layer is known)."""
     for i in prange(a.shape[0]):
         a[i] += 1.0
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pool_threads(ids):
+    """``ids[i]``: the kernel thread id of the pool's thread ``i`` (``ids``
+    as long as the pool; -1 where a thread ran no iteration): many small
+    iterations, so that every thread takes some."""
+    n = ids.shape[0]
+    for i in prange(64 * n):
+        ids[get_thread_id()] = thread_id()
+
+
+@njit(cache=True, nogil=True)
+def here():
+    """The CPU the calling thread runs on (-1 where unknown)."""
+    return current_cpu()

@@ -18,6 +18,8 @@ from numba.extending import intrinsic
 
 _i64 = ir.IntType(64)
 _SYS_FUTEX = {"x86_64": 202, "AMD64": 202, "aarch64": 98, "arm64": 98}.get(platform.machine())
+_SYS_GETTID = {"x86_64": 186, "AMD64": 186, "aarch64": 178, "arm64": 178}.get(platform.machine())
+_SYS_GETCPU = {"x86_64": 309, "AMD64": 309, "aarch64": 168, "arm64": 168}.get(platform.machine())
 HAVE_FUTEX = sys.platform.startswith("linux") and _SYS_FUTEX is not None
 _IS_X86 = platform.machine() in ("x86_64", "AMD64", "i686", "i386")
 
@@ -135,3 +137,32 @@ def futex_wake(typingctx, arr, idx):
         return _syscall(builder, [c(_SYS_FUTEX), ptr, c(129), c(2**31 - 1), c(0), c(0), c(0)])
 
     return types.int64(arr, idx), codegen
+
+
+_HAVE_IDS = HAVE_FUTEX and _SYS_GETTID is not None and _SYS_GETCPU is not None
+
+
+@intrinsic
+def thread_id(typingctx):
+    """The calling thread's kernel id (Linux's ``gettid``, as
+    ``threading.get_native_id``); -1 elsewhere."""
+    def codegen(context, builder, sig, args):
+        if not _HAVE_IDS:
+            return ir.Constant(_i64, -1)
+        return _syscall(builder, [ir.Constant(_i64, _SYS_GETTID)])
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def current_cpu(typingctx):
+    """The CPU the calling thread runs on now (Linux's ``getcpu``); -1 elsewhere."""
+    def codegen(context, builder, sig, args):
+        if not _HAVE_IDS:
+            return ir.Constant(_i64, -1)
+        cpu = cgutils.alloca_once_value(builder, ir.Constant(ir.IntType(32), -1))
+        c = lambda v: ir.Constant(_i64, v)  # noqa: E731
+        _syscall(builder, [c(_SYS_GETCPU), builder.ptrtoint(cpu, _i64), c(0), c(0)])
+        return builder.sext(builder.load(cpu), _i64)
+
+    return types.int64(), codegen

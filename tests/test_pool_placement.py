@@ -1,0 +1,68 @@
+"""Numba's pool threads are kept off the calling thread's CPU
+(``kernels.cpu.threads._place_pool``): woken beside the caller, a pool
+thread can stay there, and a call on two threads then runs at one's speed."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numba
+import numpy as np
+import pytest
+
+import fastrnn
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
+                                reason="thread affinity is Linux's")
+
+
+@pytest.fixture
+def two_cpus():
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2 or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("the process may use one CPU only")
+    before = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(2)
+    yield allowed
+    fastrnn.set_num_threads(before)
+
+
+def test_pool_threads_leave_the_callers_cpu_and_follow_it(two_cpus, monkeypatch):
+    from fastrnn.kernels.cpu import generic
+    from fastrnn.kernels.cpu import threads as th
+
+    allowed = two_cpus
+    th._start_pool()
+    th._place_pool()
+    tids = th._pool["tids"]
+    assert tids and threading.get_native_id() not in tids
+    here = th._pool["placed"]
+    assert here in allowed
+    for tid in tids:
+        assert os.sched_getaffinity(tid) == allowed - {here}
+    # the caller moved: the pool moves away from its new CPU
+    moved = min(allowed - {here})
+    monkeypatch.setattr(generic, "here", lambda: moved)
+    th._place_pool()
+    assert th._pool["placed"] == moved
+    for tid in tids:
+        assert os.sched_getaffinity(tid) == allowed - {moved}
+
+
+def test_a_two_thread_call_places_the_pool(two_cpus, monkeypatch, rng):
+    """A row-split call (batch 8) places the pool before it runs, and gives
+    the reference's numbers."""
+    from fastrnn.kernels.cpu import threads as th
+
+    monkeypatch.setattr(th, "_contended", lambda: False)
+    monkeypatch.setitem(th._pool, "placed", None)
+    layer = fastrnn.LSTM(33, return_sequences=True)
+    layer.build((None, None, 70))
+    x = rng.standard_normal((8, 30, 70)).astype(np.float32)
+    got = layer(x)
+    assert th._pool["placed"] is not None  # 4 * 8 * 30 * 33 * 103 multiply-adds: the pool ran
+    want = fastrnn.LSTM(33, return_sequences=True, backend="reference")
+    want.build((None, None, 70))
+    want.set_weights(layer.get_weights())
+    np.testing.assert_allclose(got, want(x), atol=2e-5)
