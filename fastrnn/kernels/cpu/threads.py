@@ -197,11 +197,11 @@ def _place_pool():
     A pool thread that sleeps between calls is woken by the caller, and the
     scheduler may wake it on the caller's CPU and leave it there: the two
     threads then take turns on one CPU while the other idles, and a call
-    on two threads takes as long as on one (seen on 2-vCPU machines: an
-    int8_dynamic LSTM B=8 H=512 call took 3.2 ms with both threads on one
-    CPU, 1.65 ms apart). So the pool's other threads may use every CPU the
-    caller may but its own, set again whenever the caller has moved. (The
-    stream splits place their helpers the same way: ``StreamSplit._place``.)
+    on two threads takes as long as on one (the contention rule does not
+    see it: the caller never leaves its core). So the pool's other threads
+    may use every CPU the caller may but its own, set again whenever the
+    caller has moved. (The stream splits place their helpers the same way:
+    ``StreamSplit._place``.)
     """
     pool = _pool
     if pool["pid"] != os.getpid():  # (a forked child has a new pool)
