@@ -35,9 +35,9 @@ def test_pool_threads_leave_the_callers_cpu_and_follow_it(two_cpus, monkeypatch)
     allowed = two_cpus
     th._start_pool()
     th._place_pool()
-    tids = th._pool["tids"]
-    assert tids and threading.get_native_id() not in tids
-    here = th._pool["placed"]
+    me = threading.get_native_id()
+    tids, here = th._pools[(os.getpid(), me)]
+    assert tids and me not in tids
     assert here in allowed
     for tid in tids:
         assert os.sched_getaffinity(tid) == allowed - {here}
@@ -45,7 +45,7 @@ def test_pool_threads_leave_the_callers_cpu_and_follow_it(two_cpus, monkeypatch)
     moved = min(allowed - {here})
     monkeypatch.setattr(generic, "here", lambda: moved)
     th._place_pool()
-    assert th._pool["placed"] == moved
+    assert th._pools[(os.getpid(), me)][1] == moved
     for tid in tids:
         assert os.sched_getaffinity(tid) == allowed - {moved}
 
@@ -56,13 +56,36 @@ def test_a_two_thread_call_places_the_pool(two_cpus, monkeypatch, rng):
     from fastrnn.kernels.cpu import threads as th
 
     monkeypatch.setattr(th, "_contended", lambda: False)
-    monkeypatch.setitem(th._pool, "placed", None)
+    monkeypatch.setattr(th, "_pools", {})
     layer = fastrnn.LSTM(33, return_sequences=True)
     layer.build((None, None, 70))
     x = rng.standard_normal((8, 30, 70)).astype(np.float32)
     got = layer(x)
-    assert th._pool["placed"] is not None  # 4 * 8 * 30 * 33 * 103 multiply-adds: the pool ran
+    # 4 * 8 * 30 * 33 * 103 multiply-adds: the pool ran, placed first
+    assert th._pools[(os.getpid(), threading.get_native_id())][1] is not None
     want = fastrnn.LSTM(33, return_sequences=True, backend="reference")
     want.build((None, None, 70))
     want.set_weights(layer.get_weights())
     np.testing.assert_allclose(got, want(x), atol=2e-5)
+
+
+def test_each_calling_thread_places_its_own_pool(two_cpus):
+    """Under the omp layer a second calling thread launches on a team of its
+    own: its pool is found and placed apart from the first one's."""
+    from fastrnn.kernels.cpu import threads as th
+
+    th._start_pool()
+    th._place_pool()
+    seen = {}
+
+    def other():
+        th._place_pool()
+        seen["key"] = (os.getpid(), threading.get_native_id())
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    tids, placed = th._pools[seen["key"]]
+    assert seen["key"][1] not in tids and placed in two_cpus
+    if th.threading_layer() == "omp":
+        assert set(tids).isdisjoint(th._pools[(os.getpid(), threading.get_native_id())][0])

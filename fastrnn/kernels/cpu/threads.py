@@ -188,7 +188,9 @@ def _start_pool():
     return _LAYER
 
 
-_pool = {"pid": None, "tids": (), "placed": None}
+#: (process id, calling thread's id) -> [the other threads of the pool it
+#: launches on, the CPU they were last placed away from]
+_pools = {}
 
 
 def _place_pool():
@@ -200,30 +202,34 @@ def _place_pool():
     on two threads takes as long as on one (the contention rule does not
     see it: the caller never leaves its core). So the pool's other threads
     may use every CPU the caller may but its own, set again whenever the
-    caller has moved. (The stream splits place their helpers the same way:
-    ``StreamSplit._place``.)
+    caller has moved. Under the ``omp`` layer each calling thread has a
+    team of its own, so the pool is found per calling thread. (The stream
+    splits place their helpers the same way: ``StreamSplit._place``.)
     """
-    pool = _pool
-    if pool["pid"] != os.getpid():  # (a forked child has a new pool)
-        pool["pid"], pool["tids"], pool["placed"] = os.getpid(), (), None
+    me = threading.get_native_id()
+    key = (os.getpid(), me)  # (a forked child has a new pool)
+    pool = _pools.get(key)
+    if pool is None:
+        if len(_pools) >= 64:  # (callers come and go: forget them all)
+            _pools.clear()
         ids = np.full(numba.config.NUMBA_NUM_THREADS, -1, dtype=np.int64)
         generic.pool_threads(ids)
-        me = threading.get_native_id()
-        pool["tids"] = tuple(int(t) for t in ids if t > 0 and t != me)
-    if not pool["tids"]:
+        pool = _pools[key] = [tuple(int(t) for t in ids if t > 0 and t != me), None]
+    tids, placed = pool
+    if not tids:
         return
     here = generic.here()
-    if here == pool["placed"]:
+    if here == placed:
         return
     try:
         allowed = os.sched_getaffinity(0)
         others = allowed - {here}
         if here in allowed and others:
-            for tid in pool["tids"]:
+            for tid in tids:
                 os.sched_setaffinity(tid, others)
-        pool["placed"] = here
+        pool[1] = here
     except (AttributeError, OSError):
-        pool["tids"] = ()  # no affinity here, or a pool thread has ended: leave them be
+        pool[0] = ()  # no affinity here, or a pool thread has ended: leave them be
 
 
 def _bounds(B, work):
