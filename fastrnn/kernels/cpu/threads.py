@@ -222,14 +222,25 @@ def _place_pool():
     if here == placed:
         return
     try:
-        allowed = os.sched_getaffinity(0)
-        others = allowed - {here}
-        if here in allowed and others:
-            for tid in tids:
-                os.sched_setaffinity(tid, others)
+        _keep_off(tids, here, None)
         pool[1] = here
     except (AttributeError, OSError):
         pool[0] = ()  # no affinity here, or a pool thread has ended: leave them be
+
+
+def _keep_off(tids, here, placed):
+    """Let the threads ``tids`` use every CPU the calling thread may but
+    ``here`` (the one it runs on), unless that is ``placed`` (the set they
+    were given last). Returns the set they have now (``placed`` where the
+    caller has no other CPU). Raises OSError where a thread has ended, or
+    AttributeError without affinity (not Linux)."""
+    allowed = os.sched_getaffinity(0)
+    others = allowed - {here}
+    if here not in allowed or not others or others == placed:
+        return placed
+    for tid in tids:
+        os.sched_setaffinity(tid, others)
+    return others
 
 
 def _bounds(B, work):
@@ -324,6 +335,15 @@ def _run_split(T, args):
 
 def _contended():
     return time.monotonic() < _contended_until
+
+
+def _helper_starved(NP, T, helper, joined, abandoned):
+    """Whether a panel split's helper lost its core: the caller had to take
+    a panel over from it, or, once it joined (at step ``joined``), it ran
+    fewer than :data:`_STARVED` of its half's panels (``NP`` panels a step,
+    ``T`` steps). A helper that joined late, or never, is no sign of it."""
+    share = (NP - (NP + 1) // 2) * (T - joined)
+    return abandoned or (joined >= 0 and helper < _STARVED * share)
 
 
 def _stalled(wall, cpu_t):
@@ -453,9 +473,7 @@ def run_packed(B, T, D, H, work, args):
             # core). Run on one thread for a while instead. (A helper that
             # joined late, or never in a short call, because its thread was
             # asleep is no sign of contention.)
-            share = (NP - (NP + 1) // 2) * (T - joined)
-            starved = (abandoned or _stalled(wall, cpu_t)
-                       or (joined >= 0 and helper < _STARVED * share))
+            starved = _stalled(wall, cpu_t) or _helper_starved(NP, T, helper, joined, abandoned)
             _note_contention(starved)
             if tune is not None and not starved:
                 _tune_record(tune, "panels", wall / T)
@@ -543,14 +561,8 @@ class StreamSplit:
         if self._tid is None:
             return
         try:
-            allowed = os.sched_getaffinity(0)
-            with open("/proc/thread-self/stat") as f:
-                here = int(f.read().rsplit(")", 1)[1].split()[36])
-            others = allowed - {here}
-            if others and here in allowed and others != self._placed:
-                os.sched_setaffinity(self._tid, others)
-                self._placed = others
-        except (AttributeError, OSError, ValueError, IndexError):
+            self._placed = _keep_off((self._tid,), generic.here(), self._placed)
+        except (AttributeError, OSError):
             self._tid = None  # no affinity here, or the thread has ended: leave it be
 
     def ready(self):
@@ -596,8 +608,7 @@ class StreamSplit:
         tells nothing."""
         if rung != 1:
             return
-        share = (self.NP - (self.NP + 1) // 2) * (self.T - joined)
-        if abandoned or (joined >= 0 and helper < _STARVED * share):
+        if _helper_starved(self.NP, self.T, helper, joined, abandoned):
             self._starved += 1
             if abandoned or self._starved >= _STREAM_STARVED_RUN:
                 self._starved = 0
