@@ -46,6 +46,7 @@ import json
 import os
 import threading
 import time
+import weakref
 import zipfile
 
 import numpy as np
@@ -184,6 +185,16 @@ TUNE_SAMPLES = 8
 TUNE_BLOCK = 4
 #: ... and a stream keeps one after this many calls at most.
 TUNE_MAX_CALLS = 200
+#: Calls of a kind (frames or chunks) after which a stream times both
+#: engines again: another process, or a library's threads that spin after
+#: their own calls, may have held a core while the first calls were timed,
+#: and the machine may be quiet now (or busy now). The interval doubles
+#: each time the same engine wins, up to :data:`RETUNE_MAX_CALLS`, and
+#: starts over when the other wins. A timing round costs about
+#: ``2 * TUNE_BLOCK * ceil(TUNE_SAMPLES / (TUNE_BLOCK - 1))`` calls, half of
+#: them on the slower engine.
+RETUNE_CALLS = 500
+RETUNE_MAX_CALLS = 64_000
 # Batches this large split rows between threads, not panels (the stream
 # kernels' rows are already independent): not tuned.
 _ROWS_SPLIT = 8
@@ -227,7 +238,7 @@ class _Tuner:
     """
 
     def __init__(self, stream, which, kernel, engine, ran=None):
-        self.stream = stream
+        self.stream = weakref.ref(stream)  # (the stream holds this tuner's run)
         self.which = which  # "frame" or "chunk"
         self.fns = (kernel, engine)
         self.ran = ran
@@ -252,7 +263,9 @@ class _Tuner:
             # took away) only ever adds time, and a split that finds the
             # machine busy later runs its calls on the stream kernel anyway
             fastest = [float(np.min(t)) if t else float("inf") for t in self.times]
-            self.stream._keep(self.which, int(fastest[1] < fastest[0]), fastest)
+            stream = self.stream()
+            if stream is not None:
+                stream._keep(self.which, int(fastest[1] < fastest[0]), fastest)
         return failed
 
 
@@ -312,7 +325,11 @@ class Stream:
     half of every step's weight panels in their own cache, and keeps the
     faster (``backend`` ``"stream"`` or ``"cpu"``, for frames); its first
     chunks are timed the same way, apart (``backend_reason`` says what each
-    kind of call runs). A one-layer LSTM or GRU (float32, int8 or bfloat16
+    kind of call runs). The choice is timed again after
+    :data:`RETUNE_CALLS` calls of its kind, then at doubling intervals up to
+    :data:`RETUNE_MAX_CALLS` while it holds: a machine that was busy while
+    the first calls were timed does not keep a stream on the slower engine
+    for good. A one-layer LSTM or GRU (float32, int8 or bfloat16
     weights) that keeps the batch engine for frames runs them with a helper
     thread of the stream's own, which spins a fraction of a millisecond
     after each frame for the next, then sleeps; it stops when the stream is
@@ -443,14 +460,42 @@ class Stream:
                     self._kernel_fns[which], states[0], self._nan_raise, seq)
                 self._engine_fns[which] = self._splits[which].run
             self._splits["frame"].splits[1] = first  # (built to see whether it can run)
-        ran = {which: (lambda c=calls: c.ran) for which, calls in self._splits.items()}
-        self._frame_fn = _Tuner(self, "frame", self._frame_fn, self._engine_fns["frame"],
-                                ran.get("frame")).run
-        self._chunk_fn = _Tuner(self, "chunk", self._chunk_fn, self._engine_fns["chunk"],
-                                ran.get("chunk")).run
+        self._ran = {which: (lambda c=calls: c.ran) for which, calls in self._splits.items()}
         self._chosen = {}
+        self._retune_every = {}
+        self._kernel_T = self._work_T
         self._nbytes = nbytes
+        self._time_engines("frame")
+        self._time_engines("chunk")
         self._describe_tuning()
+
+    def _time_engines(self, which):
+        """Time both engines for the next ``which`` calls (:class:`_Tuner`)."""
+        if which == "chunk" and self._work_T == 1 << 62:
+            # the batch engine ran the chunks, so the stream kernels' work
+            # array was not grown with them: the next chunk sizes it again
+            # (through _slow)
+            self._work_T = self._kernel_T
+            self._cshape = self._coshape = None
+        fn = _Tuner(self, which, self._kernel_fns[which], self._engine_fns[which],
+                    self._ran.get(which)).run
+        if which == "frame":
+            self._frame_fn = fn
+        else:
+            self._chunk_fn = fn
+
+    def _counted(self, which, fn, calls):
+        """``fn``, which times both engines again after ``calls`` calls."""
+        left = [calls]
+        stream = weakref.ref(self)  # (the stream holds this function)
+
+        def run(x, w, s, work, out, cfg):
+            left[0] -= 1
+            if left[0] == 0 and (me := stream()) is not None:
+                me._time_engines(which)  # (from the next call on)
+            return fn(x, w, s, work, out, cfg)
+
+        return run
 
     def _keep(self, which, engine, fastest):
         """A tuner's decision for ``which`` calls: ``engine`` 1 (the batch
@@ -458,12 +503,19 @@ class Stream:
         fn = self._engine_fns[which] if engine else self._kernel_fns[which]
         split = self._splits.get(which)
         if not engine and split is not None:
-            split.close()  # its helper threads are not needed
+            split.close()  # its helper threads are not needed (a later timing restarts them)
+        before = self._chosen.get(which)
+        every = self._retune_every.get(which)
+        every = RETUNE_CALLS if every is None or before[0] != engine else \
+            min(2 * every, RETUNE_MAX_CALLS)
+        self._retune_every[which] = every
+        fn = self._counted(which, fn, every)
         if which == "frame":
             self._frame_fn = fn
         else:
             self._chunk_fn = fn
             if engine and split is None:
+                self._kernel_T = self._work_T
                 self._work_T = 1 << 62  # (the stream kernels' work array is not used)
         self._chosen[which] = (engine, fastest)
         self._describe_tuning()

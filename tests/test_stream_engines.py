@@ -7,6 +7,8 @@ against the ``reference`` backend over the whole sequence, across the
 switch from one engine to the other.
 """
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -53,9 +55,9 @@ def _stream_with_costs(monkeypatch, layer, kernel_cost, engine_cost):
 def _calls_to_decide():
     """Calls a tuner takes to keep an engine: blocks of TUNE_BLOCK per
     engine in turn, the first call of each not timed."""
-    per_engine = -(-streaming.TUNE_SAMPLES // (streaming.TUNE_BLOCK - 1))
-    return 2 * per_engine * streaming.TUNE_BLOCK - (streaming.TUNE_BLOCK - 1) + \
-        (streaming.TUNE_SAMPLES - 1) % (streaming.TUNE_BLOCK - 1)
+    # the batch engine's last sample: block 2b + 1, after the untimed first
+    b, r = divmod(streaming.TUNE_SAMPLES - 1, streaming.TUNE_BLOCK - 1)
+    return (2 * b + 1) * streaming.TUNE_BLOCK + 2 + r
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
@@ -99,6 +101,94 @@ def test_stream_keeps_the_faster_engine(monkeypatch, rng, kind, engine_wins):
     want = ref(x.astype(np.float64))
     got = np.concatenate([np.stack(frames, axis=1)] + chunks, axis=1)
     np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["gru", "stack"])
+def test_streams_time_their_engines_again(monkeypatch, rng, kind):
+    """A stream times both engines again RETUNE_CALLS calls after keeping
+    one: a stream whose first calls found the stream kernels faster (a
+    busy machine) moves to the batch engine once that is faster, and back;
+    the interval starts over when the other engine wins and doubles when
+    the same one does. A stack whose chunks ran on the batch engine (which
+    leaves the stream kernels' work array as it was) sizes it again for
+    chunks longer than any the stream kernels ran. The outputs follow the
+    reference across every switch."""
+    every = 30
+    monkeypatch.setattr(streaming, "RETUNE_CALLS", every)
+    clock = _Clock()
+    monkeypatch.setattr(streaming, "time", clock)
+    monkeypatch.setattr(streaming, "TUNE_MIN_BYTES", 0)
+    costs = [1.0, 2.0]  # per call: the stream kernels, the batch engine
+    real = streaming._Tuner.__init__
+
+    def init(self, stream, which, kernel, runner, ran=None):
+        real(self, stream, which, kernel, runner, ran)
+        fns = self.fns
+
+        def timed(k):
+            def run(*args):
+                clock.now += costs[k]
+                return fns[k](*args)
+            return run
+
+        self.fns = (timed(0), timed(1))
+        self.ran = None
+
+    monkeypatch.setattr(streaming._Tuner, "__init__", init)
+    D, H = 11, 37
+    if kind == "stack":
+        layer = fastrnn.RNN([fastrnn.LSTMCell(H), fastrnn.GRUCell(H)], return_sequences=True)
+    else:
+        layer = fastrnn.GRU(H, return_sequences=True)
+    layer.build((1, None, D))
+    layer.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
+                       for w in layer.get_weights()])
+    stream = layer.stream()
+    n = _calls_to_decide()
+    x = rng.standard_normal((1, 3 * n + 2 * every + 3 * n + 5 * (every + n), D)) \
+        .astype(np.float32)
+    got, t = [], 0
+
+    def frames(count):
+        nonlocal t
+        got.extend(stream(np.ascontiguousarray(x[:, t + i]))[:, None] for i in range(count))
+        t += count
+
+    def chunks(count, C):
+        nonlocal t
+        got.extend(stream(x[:, t + C * i:t + C * (i + 1)]) for i in range(count))
+        t += count * C
+
+    frames(n - 1)
+    assert stream.threads is None
+    frames(1)
+    assert stream.backend == "stream" and stream._retune_every["frame"] == every
+    costs[1] = 0.5  # the machine is quiet now: the batch engine is faster
+    frames(every - 1)
+    assert stream.backend == "stream"
+    frames(1 + n)  # the last call of the interval, then a timing round
+    assert stream.backend == "cpu" and stream._retune_every["frame"] == every
+    frames(every + n)  # the same engine wins again: the interval doubles
+    assert stream.backend == "cpu" and stream._retune_every["frame"] == 2 * every
+    chunks(n, 3)
+    assert "chunks: the cpu batch engine" in stream.backend_reason
+    chunks(every, 5)  # a longer chunk than the stream kernels have run
+    costs[1] = 2.0
+    chunks(n, 5)
+    assert "chunks: the stream kernels" in stream.backend_reason
+    assert stream._retune_every["chunk"] == every
+    if kind == "stack":
+        ref = fastrnn.RNN([fastrnn.LSTMCell(H), fastrnn.GRUCell(H)], return_sequences=True,
+                          backend="reference", dtype="float64")
+        ref.build((1, None, D))
+    else:
+        ref = fastrnn.GRU(H, return_sequences=True, backend="reference", dtype="float64")
+    ref.set_weights([w.astype(np.float64) for w in layer.get_weights()])
+    want = ref(x[:, :t].astype(np.float64))
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=5e-5)
+    gone = weakref.ref(stream)
+    del stream
+    assert gone() is None  # nothing it holds refers back to it (its helper stops with it)
 
 
 def test_small_weights_and_float64_are_not_timed(rng):
