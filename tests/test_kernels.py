@@ -625,6 +625,49 @@ def test_cpu_split_tuning_bookkeeping(backend, monkeypatch):
     assert len(backend.threads._tuning) <= 3
 
 
+def test_cpu_split_tuning_times_again(backend, monkeypatch):
+    """A kept split is timed again after _RETUNE_CALLS calls of its shape
+    (tuned_splits() shows it meanwhile); the interval starts over when the
+    other split wins, doubles when the same one does, up to
+    _RETUNE_MAX_CALLS."""
+    if backend.NAME != "cpu":
+        pytest.skip("cpu backend internals")
+    th = backend.threads
+    monkeypatch.setattr(th, "_tuning", {})
+    monkeypatch.setattr(th, "_RETUNE_CALLS", 5)
+    monkeypatch.setattr(th, "_RETUNE_MAX_CALLS", 15)
+    key = (False, 8, 128, 256, 7, "float32")
+    shown = ("lstm", 8, 128, 256, 64, 127, "float32")
+
+    def timing_round(faster):
+        calls = 0
+        while calls == 0 or not isinstance(th._tuning.get(key), th._Kept):
+            split, timing = th._tune_pick(key)
+            assert timing
+            th._tune_record(key, split, 1.0 if split == faster else 2.0)
+            calls += 1
+        return calls
+
+    def kept(split, every):
+        for _ in range(every):
+            assert th._tune_pick(key) == (split, False)
+            assert backend.tuned_splits()[shown] == split
+
+    assert timing_round("rows") == 2 * (th._TUNE_SAMPLES + 1)
+    kept("rows", 5)
+    assert th._tune_pick(key) == ("rows", True)  # timed again: the next round has begun
+    assert backend.tuned_splits()[shown] == "rows"  # (still the split kept)
+    th._tune_record(key, "rows", 2.0)
+    assert timing_round("panels") == 2 * (th._TUNE_SAMPLES + 1) - 1
+    kept("panels", 5)  # the other split won: the first interval again
+    timing_round("panels")
+    kept("panels", 10)  # the same split: twice as long
+    timing_round("panels")
+    kept("panels", 15)  # ... up to the longest
+    timing_round("panels")
+    kept("panels", 15)
+
+
 @pytest.mark.parametrize("threads", ["one", "split"])
 def test_cpu_row_results_do_not_depend_on_the_batch(backend, monkeypatch, threads):
     """A sequence gives the same bits alone, or at any position of a batch:

@@ -354,7 +354,7 @@ def bench_batch(opts):
         for (cell, B, D, H, t0, t1, fmt), split in sorted(cpu.tuned_splits().items()):
             engine = "fastrnn-cpu" + ("" if fmt == "float32" else f"-{fmt}")
             notes.append(f"{engine} {cell} B={B} D={D} H={H} T={t0}-{t1}: {split} split, "
-                         "chosen by timing both on its first calls")
+                         "chosen by timing both")
     return rows, notes
 
 

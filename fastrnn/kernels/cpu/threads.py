@@ -12,7 +12,7 @@ the ``workqueue`` layer, by :class:`_Helper`; the calling thread never
 waits for the other to arrive and takes its panels over when it lags. For
 8-31 rows with weights past :data:`_TUNE_MIN_BYTES`, where neither split
 wins on every machine, a shape's first calls time both and keep the
-faster. Small calls (and calls made while another thread of the process is
+faster, and time them again now and then (:data:`_RETUNE_CALLS`). Small calls (and calls made while another thread of the process is
 already inside a parallel kernel) run on the calling thread alone. Both
 splits give the same bits: every tile sums a row's products in one order.
 
@@ -84,7 +84,37 @@ _TUNE_MIN_BYTES = 640 << 10
 _TUNE_MAX_B = 32
 _TUNE_SAMPLES = 3
 _TUNE_MAX_SHAPES = 256
+# A shape's kept split is timed again after this many calls of the shape
+# (a machine busy while its first calls were timed must not keep it on the
+# slower split for good), then after twice as many while the same split
+# wins, up to _RETUNE_MAX_CALLS; back to the first interval when the other
+# wins. A round is 2 x (_TUNE_SAMPLES + 1) calls, half of them on the
+# slower split.
+_RETUNE_CALLS = 200
+_RETUNE_MAX_CALLS = 12_800
+#: shape key -> _Timing (its splits being timed) or _Kept (the split chosen)
 _tuning = {}
+
+
+class _Timing:
+    """A shape's splits being timed: each one's per-step times, and the
+    split kept before this round with its interval (None in the first)."""
+
+    __slots__ = ("times", "before", "every")
+
+    def __init__(self, before=None, every=None):
+        self.times = {"rows": [], "panels": []}
+        self.before, self.every = before, every
+
+
+class _Kept:
+    """A shape's chosen split, the calls left before it is timed again,
+    and the interval that set them."""
+
+    __slots__ = ("split", "left", "every")
+
+    def __init__(self, split, every):
+        self.split, self.left, self.every = split, every, every
 # Panel split only when a step has this much work (multiply-adds): below,
 # meeting the other thread every step costs more than it saves.
 _MIN_SPLIT_STEP_WORK = 20_000
@@ -364,33 +394,40 @@ def _note_contention(starved):
 
 
 def _tune_pick(key):
-    """The split a call of shape ``key`` takes: while it is being tuned,
-    whichever has fewer timings; then the one with the lower median."""
+    """The split a call of shape ``key`` takes and whether it is timed:
+    while the shape is being timed, whichever has fewer timings; then the
+    one with the lower time, until it is timed again (``_RETUNE_CALLS``)."""
     got = _tuning.get(key)
     if got is None:
         if len(_tuning) >= _TUNE_MAX_SHAPES:  # a server cycling through shapes
             _tuning.clear()
-        got = _tuning[key] = {"rows": [], "panels": []}
-    if isinstance(got, str):
-        return got, False
+        got = _tuning[key] = _Timing()
+    elif isinstance(got, _Kept):
+        got.left -= 1
+        if got.left >= 0:
+            return got.split, False
+        got = _tuning[key] = _Timing(got.split, got.every)
     # rows, panels, panels, rows, rows, ...: each split runs as often first
     # as second of a pair (a call right after a pause, or after other work
     # evicted the weights from cache, is slower than the next one)
-    n = len(got["rows"]) + len(got["panels"])
+    n = len(got.times["rows"]) + len(got.times["panels"])
     return ("rows" if n % 4 in (0, 3) else "panels"), True
 
 
 def _tune_record(key, split_name, per_step):
     got = _tuning.get(key)
-    if not isinstance(got, dict):
+    if not isinstance(got, _Timing):
         return
-    got[split_name].append(per_step)
+    times = got.times
+    times[split_name].append(per_step)
     # each split's first call is left out: it may have compiled or loaded
     # the kernel, started the pool, or brought the weights into cache
-    if min(len(v) for v in got.values()) > _TUNE_SAMPLES:
+    if min(len(v) for v in times.values()) > _TUNE_SAMPLES:
         # the fastest call of each: noise (interrupts, a preempted thread)
         # only ever adds time
-        _tuning[key] = min(got, key=lambda k: min(got[k][1:]))
+        best = min(times, key=lambda k: min(times[k][1:]))
+        every = _RETUNE_CALLS if got.before != best else min(2 * got.every, _RETUNE_MAX_CALLS)
+        _tuning[key] = _Kept(best, every)
 
 
 def tuned_splits():
@@ -400,10 +437,13 @@ def tuned_splits():
     :func:`fastrnn.kernels.quantize`: each format is timed on its own, since
     narrower weights move the balance between the splits); sequence lengths
     are timed in ranges ``2**k .. 2**(k+1) - 1`` (a short call spends more of
-    its time starting threads). Shapes still being timed are left out."""
+    its time starting threads). A shape timed again (see ``_RETUNE_CALLS``)
+    shows the split it keeps until then; shapes timed for the first time
+    are left out."""
+    chosen = {k: v.split if isinstance(v, _Kept) else v.before for k, v in _tuning.items()}
     return {("gru" if k[0] else "lstm", k[1], k[2], k[3], 1 << (k[4] - 1), (1 << k[4]) - 1,
              k[5]): v
-            for k, v in _tuning.items() if isinstance(v, str)}
+            for k, v in chosen.items() if v is not None}
 
 
 # The weight format of packed panels, by their dtype (see .packed).
