@@ -111,10 +111,12 @@ class _EngineRunner:
 
 
 class _SplitCalls:
-    """Frames or chunks of a one-layer stream on two cores: the batch
-    engine's panel split with a helper thread of the stream's own, awake
-    between calls (:class:`fastrnn.kernels.cpu.threads.StreamSplit`, one
-    per chunk length, the two used last kept), on the stream's state arrays. A
+    """Frames or chunks of a stream on two cores: the batch engine's panel
+    split with a helper thread of the stream's own, awake between calls
+    (:class:`fastrnn.kernels.cpu.threads.StreamSplit`, or for a stack
+    :class:`~fastrnn.kernels.cpu.threads.StackSplit`, one per chunk length,
+    the two used last kept), on the stream's state arrays (``h``: the last
+    layer's). A
     call the helper cannot share (the machine looks busy, one thread
     allowed, the helper still on its last call) runs on the stream kernel
     ``kernel`` instead, which is faster on one core. ``run`` has the stream
@@ -224,8 +226,8 @@ class _Tuner:
     take turns in blocks of :data:`TUNE_BLOCK` calls, timed per step; then
     the stream keeps the faster for that kind of call. Frames and chunks
     are timed apart: a chunk pays the engine's thread wake-up once for all
-    its steps, and a one-layer stream's frames run the split with a helper
-    thread of their own (:class:`_SplitCalls`).
+    its steps, and the frames of a stream the panel split runs (a layer
+    or a stack) have a helper thread of their own (:class:`_SplitCalls`).
 
     Both engines write the same state arrays (views of the stream kernel's
     state), so the state carries across the switch.
@@ -315,9 +317,9 @@ class Stream:
         The engine that runs the calls, and why.
     threads : int or None
         How many threads a frame call may use: 1 on the stream kernels; on
-        the batch engine 2 for a one-layer stream (the panel split, below),
-        the cpu backend's thread count for a stack; None while a stream
-        with large weights is still timing both (below).
+        the batch engine 2 where the panel split runs it (below), else the
+        cpu backend's thread count; None while a stream with large weights
+        is still timing both (below).
 
     A stream whose weights pass :data:`TUNE_MIN_BYTES` (float32, batch
     below 8, two threads or more) times its first frames on the one-core
@@ -329,11 +331,12 @@ class Stream:
     :data:`RETUNE_CALLS` calls of its kind, then at doubling intervals up to
     :data:`RETUNE_MAX_CALLS` while it holds: a machine that was busy while
     the first calls were timed does not keep a stream on the slower engine
-    for good. A one-layer LSTM or GRU (float32, int8 or bfloat16
-    weights) that keeps the batch engine for frames runs them with a helper
-    thread of the stream's own, which spins a fraction of a millisecond
-    after each frame for the next, then sleeps; it stops when the stream is
-    collected. On the batch engine a helper thread that is late or
+    for good. An LSTM or GRU layer, or a stack of them, that the batch
+    engine's panel split runs (one weight format: float32, int8 or
+    bfloat16) and that keeps the batch engine runs its calls with a helper
+    thread of the stream's own, which shares each layer's panels in turn,
+    spins a fraction of a millisecond after each call for the next, then
+    sleeps; it stops when the stream is collected. On the batch engine a helper thread that is late or
     descheduled never holds a frame back: the calling thread takes its
     panels over.
     """
@@ -399,7 +402,7 @@ class Stream:
             else:
                 why = f"backend={self._backend_arg!r} was requested"
         self._weights = weights
-        self._splits = {}  # (one-layer streams with large weights: see _tune)
+        self._splits = {}  # (streams with large weights: see _tune)
         if fast_ok:
             kernels = dispatch.backend_module("cpu").stream
             self._w, self._cfg, state_len = kernels.pack(params, B, self._nan_raise)
@@ -450,14 +453,28 @@ class Stream:
         self._kernel_fns = {"frame": self._frame_fn, "chunk": self._chunk_fn}
         self._engine_fns = {"frame": runner.run, "chunk": runner.run}
         cpu = choice.module
-        packed, B, states = weights[0].packed(cpu), self.batch_size, self._states
-        first = cpu.stream_split(packed, B, *states) if len(weights) == 1 else None
+        packs, B = [w.packed(cpu) for w in weights], self.batch_size
+        seq = self._return_sequences
+        if len(packs) == 1:
+            states = self._states
+            make = lambda T: cpu.stream_split(packs[0], B, *states, steps=T,  # noqa: E731
+                                              sequences=seq)
+        else:  # a stack: every layer split in turn, one helper thread for all
+            states, at = [], 0
+            for p in params:
+                n = p.n_states
+                states.append((self._states[at], self._states[at + 1] if n > 1 else None))
+                at += n
+            make = lambda T: cpu.stack_split(packs, B, states, steps=T,  # noqa: E731
+                                             sequences=seq)
+        first = make(1)
         if first is not None:
-            seq = self._return_sequences
             for which in ("frame", "chunk"):
-                self._splits[which] = _SplitCalls(
-                    lambda T: cpu.stream_split(packed, B, *states, steps=T, sequences=seq),
-                    self._kernel_fns[which], states[0], self._nan_raise, seq)
+                # (a frame's output is the last layer's h)
+                self._splits[which] = _SplitCalls(make, self._kernel_fns[which],
+                                                  self._states[len(self._states)
+                                                               - params[-1].n_states],
+                                                  self._nan_raise, seq)
                 self._engine_fns[which] = self._splits[which].run
             self._splits["frame"].splits[1] = first  # (built to see whether it can run)
         self._ran = {which: (lambda c=calls: c.ran) for which, calls in self._splits.items()}

@@ -60,14 +60,21 @@ def _calls_to_decide():
     return (2 * b + 1) * streaming.TUNE_BLOCK + 2 + r
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "stack"])
+def _stack_cells(kind, H):
+    """A stack's cells: every layer split (``"stack"``), or one the panel
+    split does not run (``"stack_generic"``: the batch engine's frames are
+    then a pool launch each)."""
+    return [fastrnn.LSTMCell(H), fastrnn.GRUCell(H, reset_after=kind == "stack")]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "stack", "stack_generic"])
 @pytest.mark.parametrize("engine_wins", [True, False])
 def test_stream_keeps_the_faster_engine(monkeypatch, rng, kind, engine_wins):
     n = _calls_to_decide()
     n_frames, n_chunks, C = n + 3, n + 2, 3
     T, D, H = n_frames + n_chunks * C, 11, 37
-    if kind == "stack":  # the batch engine's frames: a pool launch per frame
-        layer = fastrnn.RNN([fastrnn.LSTMCell(H), fastrnn.GRUCell(H)], return_sequences=True)
+    if kind.startswith("stack"):  # every layer split in turn, one helper thread
+        layer = fastrnn.RNN(_stack_cells(kind, H), return_sequences=True)
     else:  # one layer: the frame split with the stream's own helper thread
         layer = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(H, return_sequences=True)
     layer.build((1, None, D))
@@ -81,18 +88,18 @@ def test_stream_keeps_the_faster_engine(monkeypatch, rng, kind, engine_wins):
     frames += [stream(x[:, t]) for t in range(n - 1, n_frames)]
     winner = "the cpu batch engine" if engine_wins else "the stream kernels"
     if engine_wins:
-        threads = dispatch.get_num_threads() if kind == "stack" else 2
+        threads = dispatch.get_num_threads() if kind == "stack_generic" else 2
         assert stream.backend == "cpu" and stream.threads == threads
-        assert ("panel split on 2 threads" in stream.backend_reason) == (kind != "stack")
+        assert ("panel split on 2 threads" in stream.backend_reason) == (kind != "stack_generic")
     else:
         assert stream.backend == "stream" and stream.threads == 1
     assert f"frames: {winner}" in stream.backend_reason
     assert "chunks: timing" in stream.backend_reason
     chunks = [stream(x[:, t:t + C]) for t in range(n_frames, T, C)]
     assert f"chunks: {winner}" in stream.backend_reason
-    if kind == "stack":
-        ref = fastrnn.RNN([fastrnn.LSTMCell(H), fastrnn.GRUCell(H)], return_sequences=True,
-                          backend="reference", dtype="float64")
+    if kind.startswith("stack"):
+        ref = fastrnn.RNN(_stack_cells(kind, H), return_sequences=True, backend="reference",
+                          dtype="float64")
         ref.build((1, None, D))
     else:
         ref = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(
@@ -103,14 +110,15 @@ def test_stream_keeps_the_faster_engine(monkeypatch, rng, kind, engine_wins):
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
-@pytest.mark.parametrize("kind", ["gru", "stack"])
+@pytest.mark.parametrize("kind", ["gru", "stack", "stack_generic"])
 def test_streams_time_their_engines_again(monkeypatch, rng, kind):
     """A stream times both engines again RETUNE_CALLS calls after keeping
     one: a stream whose first calls found the stream kernels faster (a
     busy machine) moves to the batch engine once that is faster, and back;
     the interval starts over when the other engine wins and doubles when
-    the same one does. A stack whose chunks ran on the batch engine (which
-    leaves the stream kernels' work array as it was) sizes it again for
+    the same one does. A stack the panel split does not run, whose chunks
+    ran on the batch engine (which leaves the stream kernels' work array as
+    it was), sizes it again for
     chunks longer than any the stream kernels ran. The outputs follow the
     reference across every switch."""
     every = 30
@@ -136,8 +144,8 @@ def test_streams_time_their_engines_again(monkeypatch, rng, kind):
 
     monkeypatch.setattr(streaming._Tuner, "__init__", init)
     D, H = 11, 37
-    if kind == "stack":
-        layer = fastrnn.RNN([fastrnn.LSTMCell(H), fastrnn.GRUCell(H)], return_sequences=True)
+    if kind.startswith("stack"):
+        layer = fastrnn.RNN(_stack_cells(kind, H), return_sequences=True)
     else:
         layer = fastrnn.GRU(H, return_sequences=True)
     layer.build((1, None, D))
@@ -177,9 +185,9 @@ def test_streams_time_their_engines_again(monkeypatch, rng, kind):
     chunks(n, 5)
     assert "chunks: the stream kernels" in stream.backend_reason
     assert stream._retune_every["chunk"] == every
-    if kind == "stack":
-        ref = fastrnn.RNN([fastrnn.LSTMCell(H), fastrnn.GRUCell(H)], return_sequences=True,
-                          backend="reference", dtype="float64")
+    if kind.startswith("stack"):
+        ref = fastrnn.RNN(_stack_cells(kind, H), return_sequences=True, backend="reference",
+                          dtype="float64")
         ref.build((1, None, D))
     else:
         ref = fastrnn.GRU(H, return_sequences=True, backend="reference", dtype="float64")
@@ -187,7 +195,7 @@ def test_streams_time_their_engines_again(monkeypatch, rng, kind):
     want = ref(x[:, :t].astype(np.float64))
     np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=5e-5)
     gone = weakref.ref(stream)
-    del stream
+    stream = None
     assert gone() is None  # nothing it holds refers back to it (its helper stops with it)
 
 
@@ -553,3 +561,186 @@ def test_split_stream_takes_new_weights(rng, monkeypatch):
     want_second = _reference_frames(layer, x[:, 3:], states)
     np.testing.assert_allclose(np.stack(first, axis=1), want_first, atol=2e-5)
     np.testing.assert_allclose(np.stack(second, axis=1), want_second, atol=2e-5)
+
+
+# ----- a stack's calls on two cores (cpu.stack_split) -----
+
+def _stack(rng, D, sizes=(37, 45, 33), mode=None):
+    """LSTM, GRU, LSTM: random weights (``mode``: every layer quantized)."""
+    cells = [fastrnn.LSTMCell(sizes[0]), fastrnn.GRUCell(sizes[1]), fastrnn.LSTMCell(sizes[2])]
+    layer = fastrnn.RNN(cells, return_sequences=True)
+    layer.build((1, None, D))
+    layer.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
+                       for w in layer.get_weights()])
+    if mode is not None:
+        layer.quantize(mode)
+    return layer
+
+
+def _stack_split_of(layer, B, rng, steps=1, sequences=False):
+    """The layer's stack split and its per-layer ``(h, c)`` states (random)."""
+    from fastrnn import _engine
+    cpu = dispatch.backend_module("cpu")
+    packs = [w.packed(cpu) for w in _engine.snapshot(layer.cells)]
+    states = [(rng.standard_normal((B, c.units)).astype(np.float32),
+               rng.standard_normal((B, c.units)).astype(np.float32)
+               if isinstance(c, fastrnn.LSTMCell) else None) for c in layer.cells]
+    split = cpu.stack_split(packs, B, states, steps=steps, sequences=sequences)
+    assert split is not None
+    return split, states
+
+
+def _reference_stack(layer, x, states):
+    """The ``reference`` backend's outputs of the stack for ``x`` from ``states``."""
+    ref = fastrnn.RNN([type(c)(c.units) for c in layer.cells], return_sequences=True,
+                      backend="reference", dtype="float64")
+    ref.build((1, None, x.shape[2]))
+    ref.set_weights([w.astype(np.float64) for w in layer.get_weights()])
+    flat = [np.asarray(a, np.float64) for pair in states for a in pair if a is not None]
+    return ref(x.astype(np.float64), initial_state=flat)
+
+
+@pytest.mark.parametrize("mode", [None, "bfloat16"])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_stack_split_matches_the_reference(rng, mode, steps):
+    """A stack's frames (and chunks, every step's output) through the stack
+    split: each layer's output feeds the next; the states carry between
+    calls; LSTM and GRU layers of different sizes, random initial states
+    (bfloat16 weights take an even input size: the inner layers' units)."""
+    B, T, D = (3, 7, 12) if steps == 1 else (1, 12, 12)
+    layer = _stack(rng, D, sizes=(37, 45, 33) if mode is None else (38, 46, 33), mode=mode)
+    split, states = _stack_split_of(layer, B, rng, steps, sequences=steps > 1)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    want = _reference_stack(layer, x, states)
+    got, helped = [], 0
+    for t in range(0, T, steps):
+        helped = max(helped, split.run(np.ascontiguousarray(x[:, t:t + steps])))
+        got.append(split.args[4][5].copy() if steps > 1 else states[-1][0][:, None].copy())
+    split.close()
+    tol = 2e-5 if mode is None else 1e-4
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=tol)
+    h, c = states[-1]
+    np.testing.assert_allclose(h, want[:, -1], atol=tol)
+    assert helped >= -1
+
+
+def test_stack_helper_waits_for_the_layer_before(rng):
+    """The helper runs layer l only once the caller has finished layer l - 1:
+    with a caller that has not started, it runs every panel of the first
+    layer and waits; each layer marked finished lets it run the next one
+    whole; it says it finished the call once it has run the last. The
+    caller then finds nothing left to claim, and the result is the
+    reference's."""
+    import threading
+
+    from fastrnn.kernels.cpu import split as sp
+    from fastrnn.kernels.cpu import threads as th
+
+    B, D = 1, 6
+    layer = _stack(rng, D, sizes=(40, 36, 33))
+    ss, states = _stack_split_of(layer, B, rng)
+    x = rng.standard_normal((B, 1, D)).astype(np.float32)
+    want = _reference_stack(layer, x, states)[:, 0]
+    ss.parts[0]["xb"][...] = x
+    for p in ss.parts:
+        sync, gru, H, weights, gates, io, opts, hf, cb, P = p["job"]
+        sp.load_state(gru, 0, B, H, hf.size // (2 * B), io[1], io[2], hf, cb)
+        _, spins, chunk = p["next"][:3]
+        sync[:] = 0
+        sync[sp.SPINS], sync[sp.CHUNK], sync[sp.JOIN] = spins, chunk, -1
+    bell = np.zeros(sp.BELL_SIZE, np.int64)
+    layers = tuple(p["job"] for p in ss.parts)
+    helper = threading.Thread(target=sp.stack_helper, daemon=True,
+                              args=(bell, np.zeros(8, np.int64), 0, layers))
+    bell[sp.BELL_GEN] = 1
+    helper.start()
+    try:
+        _stack_call_in_steps(ss, bell, B)
+    finally:
+        for p in ss.parts:  # (a failed check must not leave it waiting)
+            p["sync"][sp.FINISHED] = 1
+        th._stop_helper(bell, helper)
+    assert not helper.is_alive()
+    np.testing.assert_allclose(states[-1][0], want, atol=2e-5)
+
+
+def _stack_call_in_steps(ss, bell, B):
+    """test_stack_helper_waits_for_the_layer_before: the caller's side."""
+    import time
+
+    from fastrnn.kernels.cpu import split as sp
+
+    def helper_panels(k):
+        return int(ss.parts[k]["sync"][sp.COUNT + 8])
+
+    for k, p in enumerate(ss.parts):
+        for _ in range(2000):  # until the helper has run all of layer k
+            if helper_panels(k) == p["NP"]:
+                break
+            time.sleep(0.002)
+        assert helper_panels(k) == p["NP"]
+        time.sleep(0.02)  # ... and it does not go on: the caller has not finished layer k
+        assert all(helper_panels(j) == 0 for j in range(k + 1, len(ss.parts)))
+        assert bell[sp.BELL_ACK] == (k == len(ss.parts) - 1)  # (all its work done after the last)
+        sync, gru, H, weights, gates, io, opts, hf, cb, P = p["job"]
+        sp.split_work(0, sync, gru, H, weights, gates, io, opts, hf, cb, P)  # nothing left
+        assert int(sync[sp.COUNT]) == 0 and int(sync[sp.FINISHED]) == 1
+        sp.store_state(gru, 0, B, 1, H, hf.size // (2 * B), hf, cb, io[7], io[8])
+    assert bell[sp.BELL_ACK] == 1
+
+
+def test_stack_split_runs_alone_while_the_helper_is_busy(rng, monkeypatch):
+    """A stack call the helper cannot share (still inside its last call, the
+    machine busy, one thread allowed) runs every layer alone on the solo
+    array and leaves the layers' sync arrays as the helper sees them."""
+    import os
+
+    from fastrnn.kernels.cpu import split as sp
+    from fastrnn.kernels.cpu import threads as th
+
+    B, T, D = 2, 4, 7
+    layer = _stack(rng, D)
+    ss, states = _stack_split_of(layer, B, rng)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    want = _reference_stack(layer, x, states)
+    ss._pid = os.getpid()  # no helper thread is started
+    ss.bell[sp.BELL_GEN], ss.bell[sp.BELL_ACK] = 5, 4  # the "helper" is on call 5
+    for p in ss.parts:
+        p["sync"][:] = 7
+    got = [ss.run(np.ascontiguousarray(x[:, 0:1]))]
+    ss.bell[sp.BELL_ACK] = 5
+    monkeypatch.setattr(th, "_contended_until", float("inf"))
+    got.append(ss.run(np.ascontiguousarray(x[:, 1:2])))
+    monkeypatch.setattr(th, "_contended_until", 0.0)
+    dispatch.set_num_threads(1)
+    try:
+        got.append(ss.run(np.ascontiguousarray(x[:, 2:3])))
+    finally:
+        dispatch.set_num_threads(None)
+    assert got == [-1, -1, -1] and ss.bell[sp.BELL_GEN] == 5
+    assert all((p["sync"] == 7).all() for p in ss.parts)
+    assert ss.run(np.ascontiguousarray(x[:, 3:4])) == 0  # rung (no thread: the caller does all)
+    assert ss.bell[sp.BELL_GEN] == 6
+    np.testing.assert_allclose(states[-1][0], want[:, -1], atol=2e-5)
+
+
+def test_stack_split_is_not_offered_where_it_cannot_run(rng):
+    from fastrnn import _engine
+    cpu = dispatch.backend_module("cpu")
+
+    def offered(layer, B=1):
+        packs = [w.packed(cpu) for w in _engine.snapshot(layer.cells)]
+        states = [(np.zeros((B, c.units), np.float32), np.zeros((B, c.units), np.float32))
+                  for c in layer.cells]
+        states = [(h, c if isinstance(cell, fastrnn.LSTMCell) else None)
+                  for (h, c), cell in zip(states, layer.cells)]
+        return cpu.stack_split(packs, B, states) is not None
+
+    assert offered(_stack(rng, 8))
+    assert not offered(_stack(rng, 8), B=8)  # rows split instead
+    mixed = _stack(rng, 8)
+    mixed.cells[1].quantize("int8")
+    assert not offered(mixed)  # one weight format for every layer
+    generic = fastrnn.RNN([fastrnn.LSTMCell(40), fastrnn.GRUCell(40, reset_after=False)])
+    generic.build((1, None, 8))
+    assert not offered(generic)

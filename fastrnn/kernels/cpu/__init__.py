@@ -294,36 +294,71 @@ def stream_split(packed, batch_size, h, c=None, steps=1, sequences=False):
     int8 and bfloat16 weights (bfloat16 with an even input size): the
     formats whose kernels read the input as it is.
     """
+    B, T = int(batch_size), int(steps)
+    if not _splittable(packed, B, h, c):
+        return None
+    xb = np.zeros((B, T, np.asarray(packed.params.kernel).shape[0]), dtype=np.float32)
+    out = np.zeros((B, T, packed.params.units), dtype=np.float32) if sequences else _NO_OUT
+    return threads.StreamSplit(_split_args(packed, h, c, xb, out, bool(sequences)))
+
+
+def stack_split(packs, batch_size, states, steps=1, sequences=False):
+    """:func:`stream_split` for a stack: ``packs`` (two layers or more, one
+    weight format), ``states`` a ``(h, c)`` pair per layer (``c`` ``None``
+    for a GRU). Returns a :class:`.threads.StackSplit` (each layer's output
+    buffer is the next one's input; the last layer's ``out`` buffer, with
+    ``sequences``, holds every step's output), or ``None``."""
+    B, T = int(batch_size), int(steps)
+    modes = {None if p.params.quantized is None else p.params.quantized.mode for p in packs}
+    if len(packs) < 2 or len(modes) != 1 or not all(
+            _splittable(p, B, h, c) for p, (h, c) in zip(packs, states)):
+        return None
+    xb = np.zeros((B, T, np.asarray(packs[0].params.kernel).shape[0]), dtype=np.float32)
+    layer_args = []
+    for k, (p, (h, c)) in enumerate(zip(packs, states)):
+        last = k == len(packs) - 1
+        has_out = not last or bool(sequences)
+        out = np.zeros((B, T, p.params.units), dtype=np.float32) if has_out else _NO_OUT
+        layer_args.append(_split_args(p, h, c, xb, out, has_out))
+        xb = out
+    return threads.StackSplit(layer_args)
+
+
+def _splittable(packed, B, h, c):
+    """Whether the panel split runs a stream's calls of ``packed`` (see
+    :func:`stream_split`) on the states ``h`` (and ``c``)."""
     p = packed.params
-    H, B, T = p.units, int(batch_size), int(steps)
+    H = p.units
     mode = None if p.quantized is None else p.quantized.mode
     D = np.asarray(p.kernel).shape[0]
-    gru_cell = p.kind == "gru"
     states_ok = all(a is not None and a.dtype == np.float32 and a.flags.c_contiguous
                     and a.flags.writeable and a.shape == (B, H)
-                    for a in ((h,) if gru_cell else (h, c)))
-    if (not packed.packed or not threads._HAVE_FUTEX or B >= threads._BATCH_SPLIT_MIN
-            or H <= _packed.LANES or not states_ok
-            or mode not in (None, "int8", "bfloat16") or (mode == "bfloat16" and D % 2)):
-        return None
-    xb = np.zeros((B, T, D), dtype=np.float32)
-    out = np.zeros((B, T, H), dtype=np.float32) if sequences else _NO_OUT
-    io_tail = (_DUMMY_MASK, False, out, bool(sequences))
+                    for a in ((h,) if p.kind == "gru" else (h, c)))
+    return (packed.packed and threads._HAVE_FUTEX and B < threads._BATCH_SPLIT_MIN
+            and H > _packed.LANES and states_ok
+            and mode in (None, "int8", "bfloat16") and not (mode == "bfloat16" and D % 2))
+
+
+def _split_args(packed, h, c, xb, out, has_out):
+    """The packed drivers' arguments of a split's calls: input buffer
+    ``xb (B, T, D)``, states ``h``/``c`` read and written in place, every
+    step's output to ``out`` when ``has_out``."""
+    p = packed.params
+    H, T = p.units, xb.shape[1]
+    io_tail = (_DUMMY_MASK, False, out, has_out)
     # a frame takes its input rows in the same k loop; a chunk of one row
     # takes its input sums for several steps per weight load (.packed)
     hoist = T > 1
-    if gru_cell:
+    if p.kind == "gru":
         Wp, bp, sp = packed.arrays
-        args = (True, H, (Wp, bp, _NO_PEEP, sp),
+        return (True, H, (Wp, bp, _NO_PEEP, sp),
                 (False, -1.0, int(p.activation), int(p.recurrent_activation)),
                 (xb, h, _NO_C) + io_tail + (h, _NO_C, _NO_XS), (False, False, hoist))
-    else:
-        Wp, bp, peep, sp = packed.arrays
-        args = (False, H, (Wp, bp, peep, sp),
-                (p.peepholes is not None, _limit(p.cell_clip), int(p.activation),
-                 int(p.recurrent_activation)),
-                (xb, h, c) + io_tail + (h, c, _NO_XS), (False, False, hoist))
-    return threads.StreamSplit(args)
+    Wp, bp, peep, sp = packed.arrays
+    return (False, H, (Wp, bp, peep, sp),
+            (p.peepholes is not None, _limit(p.cell_clip), int(p.activation),
+             int(p.recurrent_activation)),
+            (xb, h, c) + io_tail + (h, c, _NO_XS), (False, False, hoist))
 
 
 # ---------------------------------------------------------------- warmup
@@ -401,6 +436,17 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
                                                   for s in state_sizes(params)])
                         if fs is not None:
                             fs.compile()
+                        if fs is not None and kind == "lstm":
+                            # ... and a stack's (one build per weight format)
+                            top = _warm_params(kind, r, H, H)
+                            if params.quantized is not None:
+                                top = quantize(top, params.quantized.mode)
+                            layers = [(pk, params), (pack(top), top)]
+                            ss = stack_split([p for p, _ in layers], 1, [
+                                (np.zeros((1, q.units), dt), np.zeros((1, q.units), dt))
+                                for _, q in layers])
+                            if ss is not None:
+                                ss.compile()
                     done.append(f"{kind} {name}"
                                 + (f" ({params.precision} weights)" if params.quantized else ""))
                     if verbose:

@@ -337,3 +337,119 @@ def wake(bell):
     """Wake a stream's sleeping frame helper (to see the stop flag)."""
     atomic_add(bell, BELL_GEN, 0)
     futex_wake(bell, BELL_GEN)
+
+
+# ----- a stack's calls: every layer split, one helper for all of them -----
+#
+# A stack runs its layers in order, each split as above: the caller is
+# worker 0 of every layer and one helper thread, rung once per stack call,
+# worker 1 of every layer in turn. The caller makes one call per layer
+# (stack_run, flat arguments); the helper starts on layer l only once the
+# caller has finished layer l - 1 (its sync[FINISHED]): the layer's input is
+# the output buffer the layer before wrote, complete then. Before it
+# finishes layer l - 1 (before it rings, for the first two), the caller has
+# loaded layer l's state and cleared its sync array, so the helper never
+# finds a layer that is not ready. A call the helper is not rung for runs
+# every layer alone on ``solo``; a helper still on its last call then finds
+# every layer of that call finished and touches nothing.
+
+@njit(inline="always")
+def _wait_finished(sync):
+    """Wait until the caller has finished the layer of ``sync``."""
+    spins = 0
+    while atomic_load(sync, FINISHED) == 0:
+        if spins < DEFAULT_SPINS:
+            cpu_relax()
+            spins += 1
+        else:  # (the caller lost its core: nap; nothing wakes this wait)
+            futex_wait(sync, FINISHED, 0, _SLEEP_NS)
+
+
+@njit(cache=True, nogil=True)
+def stack_helper(bell, frames, spins, layers):
+    """The helper of a stack's split: worker 1 of each layer of ``layers``
+    (per layer ``(sync, gru, H, weights, gates, io, opts, hf, cb, P)``, one
+    type for all) in turn, for every call rung on ``bell``, until
+    ``bell[BELL_STOP]`` is set; between calls as :func:`stream_helper`."""
+    seen = atomic_load(bell, BELL_ACK)
+    while True:
+        n = 0
+        others = atomic_load(frames, 0)
+        while True:
+            if atomic_load(bell, BELL_STOP) != 0:
+                return
+            g = atomic_load(bell, BELL_GEN)
+            if g != seen:
+                break
+            if n < spins and atomic_load(frames, 0) == others:
+                cpu_relax()
+                n += 1
+                continue
+            atomic_add(bell, BELL_SLEEPERS, 1)
+            if atomic_load(bell, BELL_GEN) == seen and atomic_load(bell, BELL_STOP) == 0:
+                futex_wait(bell, BELL_GEN, seen, _IDLE_NS)
+            atomic_add(bell, BELL_SLEEPERS, -1)
+        seen = g
+        for i in range(len(layers)):
+            if i > 0:
+                _wait_finished(layers[i - 1][0])
+            sync, gru, H, weights, gates, io, opts, hf, cb, P = layers[i]
+            split_work(np.int64(1), sync, gru, H, weights, gates, io, opts, hf, cb, P)
+        atomic_add(bell, BELL_ACK, g - atomic_load(bell, BELL_ACK))
+
+
+@njit(cache=True, nogil=True)
+def stack_run(bell, frames, ring, first, x, sync, solo, nsync, nspins, nchunk, ngru, nH, nhf,
+              ncb, nh, nc, has_next, spins, chunk, gru, H, w0, w1, w2, w3, g0, g1, g2, g3, xb,
+              h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs, reverse, zero_output,
+              hoist, hf, cb, P):
+    """One layer of a stack's call (the layer's flat arguments as
+    :func:`stream_run`'s; ``n*``: the next layer's sync array, spins, claim
+    size, cell, units, state buffers and states, when ``has_next``).
+
+    The ``first`` layer copies ``x`` into its input buffer, loads its state
+    and, with ``ring`` and the helper done with its last call, rings it;
+    it returns 0 (not rung), 1 (rung awake) or 2 (woken). A later layer
+    gets that value as ``ring`` and returns it. Every layer loads the next
+    layer's state (and, rung, clears its sync array) before it runs, runs
+    its panels (on ``sync`` when rung, else alone on ``solo``) and stores
+    its own state."""
+    weights, gates, opts = (w0, w1, w2, w3), (g0, g1, g2, g3), (reverse, zero_output, hoist)
+    io = (xb, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs)
+    B, T, D = xb.shape
+    Hp = (H + LANES - 1) // LANES * LANES
+    rung = ring
+    if first:
+        for r in range(B):
+            for t in range(T):
+                for k in range(D):
+                    xb[r, t, k] = x[r, t, k]
+        load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
+        rung = 0
+        if ring != 0 and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN):
+            rung = 1
+    if has_next:
+        load_state(ngru, 0, B, nH, (nH + LANES - 1) // LANES * LANES, nh, nc, nhf, ncb)
+        if rung:
+            for i in range(SYNC_SIZE):
+                nsync[i] = 0
+            nsync[SPINS] = nspins
+            nsync[CHUNK] = nchunk
+            nsync[JOIN] = -1
+    s = sync if rung else solo
+    if first or not rung:
+        for i in range(SYNC_SIZE):
+            s[i] = 0
+        s[SPINS] = spins
+        s[CHUNK] = chunk
+        s[JOIN] = -1
+    if first:
+        if rung:
+            atomic_add(bell, BELL_GEN, 1)
+            if atomic_load(bell, BELL_SLEEPERS) > 0:
+                futex_wake(bell, BELL_GEN)
+                rung = 2
+        atomic_add(frames, 0, 1)
+    split_work(np.int64(0), s, gru, H, weights, gates, io, opts, hf, cb, P)
+    store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
+    return rung

@@ -646,9 +646,13 @@ class StreamSplit:
         for a moment after their own work should not cost a stream many
         calls on one core. A helper that had to be woken joins late and
         tells nothing."""
+        self._judge_starved(rung, _helper_starved(self.NP, self.T, helper, joined, abandoned),
+                            abandoned)
+
+    def _judge_starved(self, rung, starved, abandoned):
         if rung != 1:
             return
-        if _helper_starved(self.NP, self.T, helper, joined, abandoned):
+        if starved:
             self._starved += 1
             if abandoned or self._starved >= _STREAM_STARVED_RUN:
                 self._starved = 0
@@ -678,3 +682,96 @@ def _stop_helper(bell, thread):
     bell[split.BELL_STOP] = 1
     split.wake(bell)
     thread.join(timeout=1.0)
+
+
+class StackSplit(StreamSplit):
+    """A stacked stream's calls of one shape on two cores: each layer's
+    panel split in turn (the layers' packed drivers' arguments
+    ``layer_args``, one weight format for all), every layer's input buffer
+    the output buffer of the layer before, with one helper thread for all
+    layers (:func:`split.stack_helper`): it runs its share of a layer as
+    soon as the caller has finished the layer before. Otherwise as
+    :class:`StreamSplit` (the same contention rule, judged over the
+    layers, and the same placement)."""
+
+    def __init__(self, layer_args):
+        self.layer_args = layer_args
+        self.args = layer_args[-1]  # (the last layer's: the stack's output)
+        self.T = layer_args[0][4][0].shape[1]
+        self.solo = np.zeros(split.SYNC_SIZE, dtype=np.int64)
+        self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
+        self.parts = []
+        for gru, H, weights, gates, io, opts in layer_args:
+            B, _, D = io[0].shape
+            hf, cb, P = split.split_prepare(gru, H, io[1], io[2], opts[2])
+            panel_work = B * (D + H) * (48 if gru else 64)
+            spins = max(_SPINS, panel_work // 230)
+            chunk = max(1, _STREAM_CLAIM_WORK // panel_work)
+            sync = np.zeros(split.SYNC_SIZE, dtype=np.int64)
+            self.parts.append({
+                "NP": (H + packed.LANES - 1) // packed.LANES, "sync": sync, "xb": io[0],
+                "job": (sync, gru, H, weights, gates, io, opts, hf, cb, P),
+                "next": (sync, spins, chunk, gru, H, hf, cb, io[1], io[2]),
+                "flat": split.flat_args(spins, chunk, gru, H, weights, gates, io, opts, hf, cb,
+                                        P)})
+        # per layer, stack_run's arguments after (bell, frames, ring, first, x):
+        # its sync array, the solo one, the next layer's (the last: its own,
+        # unused), and its own flat arguments
+        n = len(self.parts)
+        self._calls_args = [(p["sync"], self.solo) + self.parts[min(k + 1, n - 1)]["next"]
+                            + (k + 1 < n,) + p["flat"] for k, p in enumerate(self.parts)]
+        self._pid = None
+        self._finalizer = None
+        self._tid, self._placed, self._calls = None, None, 0
+        self._starved, self._busy_until, self._pause = 0, 0.0, _STREAM_PAUSE
+
+    def _start(self):
+        if self._finalizer is not None:
+            self._finalizer.detach()  # (a forked child: the parent's thread is not here)
+        self._pid = os.getpid()
+        bell = self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
+        layers = tuple(p["job"] for p in self.parts)
+        thread = threading.Thread(target=split.stack_helper,
+                                  args=(bell, _FRAMES, _STREAM_SPINS, layers),
+                                  name="fastrnn-stream", daemon=True)
+        thread.start()
+        self._finalizer = weakref.finalize(self, _stop_helper, bell, thread)
+        self._tid, self._placed, self._calls = thread.native_id, None, 0
+        self._place()
+
+    def run(self, x, ready=False):
+        """As :meth:`StreamSplit.run`: one call ``x (B, T, D)`` through every
+        layer; the last layer's states (and output buffer) hold its result."""
+        ring = ready or (get_num_threads() >= 2 and not _contended()
+                         and time.monotonic() >= self._busy_until)
+        if ring and self._pid != os.getpid():
+            self._start()
+        bell = self.bell
+        rung = split.stack_run(bell, _FRAMES, int(ring), True, x, *self._calls_args[0])
+        for k in range(1, len(self.parts)):
+            split.stack_run(bell, _FRAMES, rung, False, self.parts[k]["xb"], *self._calls_args[k])
+        if not rung:
+            return -1
+        self._calls += 1
+        if self._calls % _PLACE_EVERY == 0:
+            self._place()
+        helper, starved, abandoned = 0, False, False
+        for p in self.parts:
+            sync = p["sync"]
+            did, joined, left = (int(sync[split.COUNT + 8]), int(sync[split.JOIN]),
+                                 bool(sync[split.ABANDON]))
+            helper += did
+            starved = starved or _helper_starved(p["NP"], self.T, did, joined, left)
+            abandoned = abandoned or left
+        self._judge_starved(rung, starved, abandoned)
+        return helper
+
+    def compile(self):
+        """Compile (or load from Numba's cache) both sides' kernels."""
+        stopped = np.zeros(split.BELL_SIZE, dtype=np.int64)
+        stopped[split.BELL_STOP] = 1
+        split.stack_helper(stopped, _FRAMES, 0, tuple(p["job"] for p in self.parts))
+        x = np.zeros(self.parts[0]["xb"].shape, dtype=np.float32)
+        for k, args in enumerate(self._calls_args):
+            split.stack_run(self.bell, _FRAMES, 0, k == 0, x if k == 0 else self.parts[k]["xb"],
+                            *args)
