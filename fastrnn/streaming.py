@@ -188,9 +188,9 @@ TUNE_BLOCK = 4
 #: ... and a stream keeps one after this many calls at most.
 TUNE_MAX_CALLS = 200
 #: Calls of a kind (frames or chunks) after which a stream times both
-#: engines again: another process, or a library's threads that spin after
-#: their own calls, may have held a core while the first calls were timed,
-#: and the machine may be quiet now (or busy now). The interval doubles
+#: engines again: another process may have held a core while the first
+#: calls were timed, and the machine may be quiet now (or busy now). The
+#: interval doubles
 #: each time the same engine wins, up to :data:`RETUNE_MAX_CALLS`, and
 #: starts over when the other wins. A timing round costs about
 #: ``2 * TUNE_BLOCK * ceil(TUNE_SAMPLES / (TUNE_BLOCK - 1))`` calls, half of
@@ -336,9 +336,9 @@ class Stream:
     bfloat16) and that keeps the batch engine runs its calls with a helper
     thread of the stream's own, which shares each layer's panels in turn,
     spins a fraction of a millisecond after each call for the next, then
-    sleeps; it stops when the stream is collected. On the batch engine a helper thread that is late or
-    descheduled never holds a frame back: the calling thread takes its
-    panels over.
+    sleeps; it stops when the stream is collected. On the batch engine a
+    helper thread that is late or descheduled never holds a frame back:
+    the calling thread takes its panels over.
     """
 
     def __init__(self, layer, batch_size=1, backend=None):

@@ -12,9 +12,10 @@ the ``workqueue`` layer, by :class:`_Helper`; the calling thread never
 waits for the other to arrive and takes its panels over when it lags. For
 8-31 rows with weights past :data:`_TUNE_MIN_BYTES`, where neither split
 wins on every machine, a shape's first calls time both and keep the
-faster, and time them again now and then (:data:`_RETUNE_CALLS`). Small calls (and calls made while another thread of the process is
-already inside a parallel kernel) run on the calling thread alone. Both
-splits give the same bits: every tile sums a row's products in one order.
+faster, and time them again now and then (:data:`_RETUNE_CALLS`). Small
+calls (and calls made while another thread of the process is already
+inside a parallel kernel) run on the calling thread alone. Both splits
+give the same bits: every tile sums a row's products in one order.
 
 Contention: a two-thread call whose helper ran far less than its share, or
 whose calling thread spent long off its core, is a sign that another
