@@ -689,6 +689,36 @@ def _stack_call_in_steps(ss, bell, B):
     assert bell[sp.BELL_ACK] == 1
 
 
+def test_stack_helper_stops_while_waiting_for_a_layer(rng):
+    """A helper waiting for a layer the caller never finishes (a call
+    interrupted between two layers) still stops when told to."""
+    import threading
+    import time
+
+    from fastrnn.kernels.cpu import split as sp
+    from fastrnn.kernels.cpu import threads as th
+
+    layer = _stack(rng, 6, sizes=(40, 36, 33))
+    ss, _ = _stack_split_of(layer, 1, rng)
+    for p in ss.parts:
+        _, spins, chunk = p["next"][:3]
+        p["sync"][:] = 0
+        p["sync"][sp.SPINS], p["sync"][sp.CHUNK], p["sync"][sp.JOIN] = spins, chunk, -1
+    bell = np.zeros(sp.BELL_SIZE, np.int64)
+    helper = threading.Thread(target=sp.stack_helper, daemon=True,
+                              args=(bell, np.zeros(8, np.int64), 0,
+                                    tuple(p["job"] for p in ss.parts)))
+    bell[sp.BELL_GEN] = 1
+    helper.start()
+    for _ in range(2000):  # it runs the first layer, then waits for the caller
+        if ss.parts[0]["sync"][sp.COUNT + 8] == ss.parts[0]["NP"]:
+            break
+        time.sleep(0.002)
+    assert ss.parts[0]["sync"][sp.COUNT + 8] == ss.parts[0]["NP"]
+    th._stop_helper(bell, helper)
+    assert not helper.is_alive() and bell[sp.BELL_ACK] == 0
+
+
 def test_stack_split_runs_alone_while_the_helper_is_busy(rng, monkeypatch):
     """A stack call the helper cannot share (still inside its last call, the
     machine busy, one thread allowed) runs every layer alone on the solo

@@ -354,15 +354,20 @@ def wake(bell):
 # every layer of that call finished and touches nothing.
 
 @njit(inline="always")
-def _wait_finished(sync):
-    """Wait until the caller has finished the layer of ``sync``."""
+def _wait_finished(sync, bell):
+    """Wait until the caller has finished the layer of ``sync``; False when
+    told to stop first (a call interrupted between two layers never
+    finishes the next one)."""
     spins = 0
     while atomic_load(sync, FINISHED) == 0:
+        if atomic_load(bell, BELL_STOP) != 0:
+            return False
         if spins < DEFAULT_SPINS:
             cpu_relax()
             spins += 1
         else:  # (the caller lost its core: nap; nothing wakes this wait)
             futex_wait(sync, FINISHED, 0, _SLEEP_NS)
+    return True
 
 
 @njit(cache=True, nogil=True)
@@ -391,8 +396,8 @@ def stack_helper(bell, frames, spins, layers):
             atomic_add(bell, BELL_SLEEPERS, -1)
         seen = g
         for i in range(len(layers)):
-            if i > 0:
-                _wait_finished(layers[i - 1][0])
+            if i > 0 and not _wait_finished(layers[i - 1][0], bell):
+                return
             sync, gru, H, weights, gates, io, opts, hf, cb, P = layers[i]
             split_work(np.int64(1), sync, gru, H, weights, gates, io, opts, hf, cb, P)
         atomic_add(bell, BELL_ACK, g - atomic_load(bell, BELL_ACK))
