@@ -228,7 +228,12 @@ def test_a_nan_frame_during_timing_leaves_the_state(monkeypatch, rng):
 # ----- a one-layer stream's frames on two cores (cpu.stream_split) -----
 
 def _frame_layer(rng, kind, D, H, mode=None):
-    layer = (fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(H)
+    return _random_weights((fastrnn.LSTM if kind == "lstm" else fastrnn.GRU)(H), D, rng, mode)
+
+
+def _random_weights(layer, D, rng, mode=None):
+    """``layer`` built for ``D`` features, with random weights (``mode``:
+    then quantized)."""
     layer.build((1, None, D))
     layer.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
                        for w in layer.get_weights()])
@@ -337,37 +342,46 @@ def test_stream_helper_runs_a_whole_frame_and_stops(rng):
     assert not helper.is_alive()
 
 
+def _calls_not_shared(split, x, monkeypatch):
+    """Steps 0-2 of ``x`` through ``split`` (a stream or stack split, no
+    helper thread started) while its "helper" is still on call 5, then
+    while the machine looks busy, then with one thread allowed: none is
+    rung (the bell stays at call 5)."""
+    import os
+
+    from fastrnn.kernels.cpu import split as sp
+    from fastrnn.kernels.cpu import threads as th
+
+    split._pid = os.getpid()  # no helper thread is started
+    split.bell[sp.BELL_GEN], split.bell[sp.BELL_ACK] = 5, 4  # it has finished call 4 only
+    got = [split.run(np.ascontiguousarray(x[:, 0:1]))]
+    split.bell[sp.BELL_ACK] = 5
+    monkeypatch.setattr(th, "_contended_until", float("inf"))
+    got.append(split.run(np.ascontiguousarray(x[:, 1:2])))
+    monkeypatch.setattr(th, "_contended_until", 0.0)
+    dispatch.set_num_threads(1)
+    try:
+        got.append(split.run(np.ascontiguousarray(x[:, 2:3])))
+    finally:
+        dispatch.set_num_threads(None)
+    assert got == [-1, -1, -1] and split.bell[sp.BELL_GEN] == 5
+
+
 def test_stream_split_runs_alone_while_the_helper_is_busy_or_the_machine_is(rng, monkeypatch):
     """A helper still inside its last frame (it has not said it finished) is
     not rung: the frame runs alone on the second sync array, and the first
     one is left as the helper sees it. Likewise while the machine looks
     busy, or with one thread allowed."""
-    import os
-
     from fastrnn.kernels.cpu import split as sp
-    from fastrnn.kernels.cpu import threads as th
 
     B, T, D, H = 2, 5, 7, 33
     layer = _frame_layer(rng, "gru", D, H)
     fs, states = _split_of(layer, B, rng)
     x = rng.standard_normal((B, T, D)).astype(np.float32)
     want = _reference_frames(layer, x, states)
-    fs._pid = os.getpid()  # no helper thread is started
-    fs.bell[sp.BELL_GEN] = 5  # ... and the one that "is" has finished frame 4 only
-    fs.bell[sp.BELL_ACK] = 4
     fs.sync[:] = 7
-    got = [fs.run(np.ascontiguousarray(x[:, 0:1]))]
-    assert (fs.sync == 7).all() and fs.bell[sp.BELL_GEN] == 5
-    fs.bell[sp.BELL_ACK] = 5
-    monkeypatch.setattr(th, "_contended_until", float("inf"))
-    got.append(fs.run(np.ascontiguousarray(x[:, 1:2])))
-    monkeypatch.setattr(th, "_contended_until", 0.0)
-    dispatch.set_num_threads(1)
-    try:
-        got.append(fs.run(np.ascontiguousarray(x[:, 2:3])))
-    finally:
-        dispatch.set_num_threads(None)
-    assert got == [-1, -1, -1] and fs.bell[sp.BELL_GEN] == 5
+    _calls_not_shared(fs, x, monkeypatch)
+    assert (fs.sync == 7).all()
     # rung now (no thread: the caller does all), and not again, since no
     # helper says it finished that frame
     assert [fs.run(np.ascontiguousarray(x[:, t:t + 1])) for t in range(3, T)] == \
@@ -568,13 +582,7 @@ def test_split_stream_takes_new_weights(rng, monkeypatch):
 def _stack(rng, D, sizes=(37, 45, 33), mode=None):
     """LSTM, GRU, LSTM: random weights (``mode``: every layer quantized)."""
     cells = [fastrnn.LSTMCell(sizes[0]), fastrnn.GRUCell(sizes[1]), fastrnn.LSTMCell(sizes[2])]
-    layer = fastrnn.RNN(cells, return_sequences=True)
-    layer.build((1, None, D))
-    layer.set_weights([rng.uniform(-0.4, 0.4, w.shape).astype(np.float32)
-                       for w in layer.get_weights()])
-    if mode is not None:
-        layer.quantize(mode)
-    return layer
+    return _random_weights(fastrnn.RNN(cells, return_sequences=True), D, rng, mode)
 
 
 def _stack_split_of(layer, B, rng, steps=1, sequences=False):
@@ -723,31 +731,16 @@ def test_stack_split_runs_alone_while_the_helper_is_busy(rng, monkeypatch):
     """A stack call the helper cannot share (still inside its last call, the
     machine busy, one thread allowed) runs every layer alone on the solo
     array and leaves the layers' sync arrays as the helper sees them."""
-    import os
-
     from fastrnn.kernels.cpu import split as sp
-    from fastrnn.kernels.cpu import threads as th
 
     B, T, D = 2, 4, 7
     layer = _stack(rng, D)
     ss, states = _stack_split_of(layer, B, rng)
     x = rng.standard_normal((B, T, D)).astype(np.float32)
     want = _reference_stack(layer, x, states)
-    ss._pid = os.getpid()  # no helper thread is started
-    ss.bell[sp.BELL_GEN], ss.bell[sp.BELL_ACK] = 5, 4  # the "helper" is on call 5
     for p in ss.parts:
         p["sync"][:] = 7
-    got = [ss.run(np.ascontiguousarray(x[:, 0:1]))]
-    ss.bell[sp.BELL_ACK] = 5
-    monkeypatch.setattr(th, "_contended_until", float("inf"))
-    got.append(ss.run(np.ascontiguousarray(x[:, 1:2])))
-    monkeypatch.setattr(th, "_contended_until", 0.0)
-    dispatch.set_num_threads(1)
-    try:
-        got.append(ss.run(np.ascontiguousarray(x[:, 2:3])))
-    finally:
-        dispatch.set_num_threads(None)
-    assert got == [-1, -1, -1] and ss.bell[sp.BELL_GEN] == 5
+    _calls_not_shared(ss, x, monkeypatch)
     assert all((p["sync"] == 7).all() for p in ss.parts)
     assert ss.run(np.ascontiguousarray(x[:, 3:4])) == 0  # rung (no thread: the caller does all)
     assert ss.bell[sp.BELL_GEN] == 6

@@ -257,25 +257,35 @@ def stream_helper(bell, frames, spins, sync, gru, H, weights, gates, io, opts, h
     # this thread first runs, and that call must still be answered)
     seen = atomic_load(bell, BELL_ACK)
     while True:
-        n = 0
-        others = atomic_load(frames, 0)
-        while True:
-            if atomic_load(bell, BELL_STOP) != 0:
-                return
-            g = atomic_load(bell, BELL_GEN)
-            if g != seen:
-                break
-            if n < spins and atomic_load(frames, 0) == others:
-                cpu_relax()
-                n += 1
-                continue
-            atomic_add(bell, BELL_SLEEPERS, 1)
-            if atomic_load(bell, BELL_GEN) == seen and atomic_load(bell, BELL_STOP) == 0:
-                futex_wait(bell, BELL_GEN, seen, _IDLE_NS)
-            atomic_add(bell, BELL_SLEEPERS, -1)
+        g = _await_ring(bell, frames, spins, seen)
+        if g < 0:
+            return
         seen = g
         split_work(np.int64(1), sync, gru, H, weights, gates, io, opts, hf, cb, P)
         atomic_add(bell, BELL_ACK, g - atomic_load(bell, BELL_ACK))  # only the helper writes it
+
+
+@njit(inline="always")
+def _await_ring(bell, frames, spins, seen):
+    """A helper's wait for the call after call ``seen`` on ``bell``: ``spins``
+    pause-spins (fewer if another stream split starts a call), then sleep
+    until rung. Returns the call's number, or -1 once told to stop."""
+    n = 0
+    others = atomic_load(frames, 0)
+    while True:
+        if atomic_load(bell, BELL_STOP) != 0:
+            return -1
+        g = atomic_load(bell, BELL_GEN)
+        if g != seen:
+            return g
+        if n < spins and atomic_load(frames, 0) == others:
+            cpu_relax()
+            n += 1
+            continue
+        atomic_add(bell, BELL_SLEEPERS, 1)
+        if atomic_load(bell, BELL_GEN) == seen and atomic_load(bell, BELL_STOP) == 0:
+            futex_wait(bell, BELL_GEN, seen, _IDLE_NS)
+        atomic_add(bell, BELL_SLEEPERS, -1)
 
 
 def flat_args(spins, chunk, gru, H, weights, gates, io, opts, hf, cb, P):
@@ -283,6 +293,27 @@ def flat_args(spins, chunk, gru, H, weights, gates, io, opts, hf, cb, P):
     packed drivers' tuples spread out."""
     return (spins, chunk, gru, H) + tuple(weights) + tuple(gates) + tuple(io) + tuple(opts) \
         + (hf, cb, P)
+
+
+@njit(inline="always")
+def _clear(s, spins, chunk):
+    """A sync array ready for a call: counters at zero, the spin limit and
+    claim size set, the helper not joined."""
+    for i in range(SYNC_SIZE):
+        s[i] = 0
+    s[SPINS] = spins
+    s[CHUNK] = chunk
+    s[JOIN] = -1
+
+
+@njit(inline="always")
+def _ring(bell):
+    """Ring a waiting helper: 1, or 2 when it was asleep and had to be woken."""
+    atomic_add(bell, BELL_GEN, 1)
+    if atomic_load(bell, BELL_SLEEPERS) > 0:
+        futex_wake(bell, BELL_GEN)
+        return 2
+    return 1
 
 
 @njit(cache=True, nogil=True)
@@ -311,20 +342,10 @@ def stream_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, w0, w1, 
                 xb[r, t, k] = x[r, t, k]
     Hp = (H + LANES - 1) // LANES * LANES
     load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
-    rung = 0
-    if ring and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN):
-        rung = 1
-    s = sync if rung else solo
-    for i in range(SYNC_SIZE):
-        s[i] = 0
-    s[SPINS] = spins
-    s[CHUNK] = chunk
-    s[JOIN] = -1
-    if rung:
-        atomic_add(bell, BELL_GEN, 1)
-        if atomic_load(bell, BELL_SLEEPERS) > 0:
-            futex_wake(bell, BELL_GEN)
-            rung = 2
+    free = ring and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN)
+    s = sync if free else solo
+    _clear(s, spins, chunk)
+    rung = _ring(bell) if free else 0
     # (after the ring: our own helper sees its bell before this count)
     atomic_add(frames, 0, 1)
     split_work(np.int64(0), s, gru, H, weights, gates, io, opts, hf, cb, P)
@@ -378,22 +399,9 @@ def stack_helper(bell, frames, spins, layers):
     ``bell[BELL_STOP]`` is set; between calls as :func:`stream_helper`."""
     seen = atomic_load(bell, BELL_ACK)
     while True:
-        n = 0
-        others = atomic_load(frames, 0)
-        while True:
-            if atomic_load(bell, BELL_STOP) != 0:
-                return
-            g = atomic_load(bell, BELL_GEN)
-            if g != seen:
-                break
-            if n < spins and atomic_load(frames, 0) == others:
-                cpu_relax()
-                n += 1
-                continue
-            atomic_add(bell, BELL_SLEEPERS, 1)
-            if atomic_load(bell, BELL_GEN) == seen and atomic_load(bell, BELL_STOP) == 0:
-                futex_wait(bell, BELL_GEN, seen, _IDLE_NS)
-            atomic_add(bell, BELL_SLEEPERS, -1)
+        g = _await_ring(bell, frames, spins, seen)
+        if g < 0:
+            return
         seen = g
         for i in range(len(layers)):
             if i > 0 and not _wait_finished(layers[i - 1][0], bell):
@@ -436,24 +444,13 @@ def stack_run(bell, frames, ring, first, x, sync, solo, nsync, nspins, nchunk, n
     if has_next:
         load_state(ngru, 0, B, nH, (nH + LANES - 1) // LANES * LANES, nh, nc, nhf, ncb)
         if rung:
-            for i in range(SYNC_SIZE):
-                nsync[i] = 0
-            nsync[SPINS] = nspins
-            nsync[CHUNK] = nchunk
-            nsync[JOIN] = -1
+            _clear(nsync, nspins, nchunk)
     s = sync if rung else solo
     if first or not rung:
-        for i in range(SYNC_SIZE):
-            s[i] = 0
-        s[SPINS] = spins
-        s[CHUNK] = chunk
-        s[JOIN] = -1
+        _clear(s, spins, chunk)
     if first:
         if rung:
-            atomic_add(bell, BELL_GEN, 1)
-            if atomic_load(bell, BELL_SLEEPERS) > 0:
-                futex_wake(bell, BELL_GEN)
-                rung = 2
+            rung = _ring(bell)
         atomic_add(frames, 0, 1)
     split_work(np.int64(0), s, gru, H, weights, gates, io, opts, hf, cb, P)
     store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
