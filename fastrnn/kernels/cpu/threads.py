@@ -345,11 +345,7 @@ def _run_split(T, args):
     h_out, c_out = io[7], io[8]
     hf, cb, P = split.split_prepare(gru, H, h0, c0, opts[2])
     sync = np.zeros(split.SYNC_SIZE, dtype=np.int64)
-    # a waiting thread spins for about ten panels' time (a pause-spin takes
-    # ~20-40 ns; a core does ~10^5 multiply-adds per us)
-    panel_work = x.shape[0] * (x.shape[2] + H) * (48 if gru else 64)
-    sync[split.SPINS] = max(_SPINS, panel_work // 230)
-    sync[split.CHUNK] = max(1, _CLAIM_WORK // panel_work)
+    sync[split.SPINS], sync[split.CHUNK] = _claims(x.shape, H, gru, _CLAIM_WORK)
     sync[split.JOIN] = -1
     work = (sync, gru, H, weights, gates, io, opts, hf, cb, P)
     if _start_pool() in ("omp", "tbb"):
@@ -362,6 +358,15 @@ def _run_split(T, args):
     # the sync counters are complete once every panel is done (the helper
     # may still be on its way out under workqueue)
     return int(sync[split.COUNT + 8]), int(sync[split.JOIN]), bool(sync[split.ABANDON])
+
+
+def _claims(shape, H, gru, claim_work):
+    """The panel split's spin limit and claim size for calls of input
+    ``shape`` ``(B, T, D)``: a waiting thread spins for about ten panels'
+    time (a pause-spin takes ~20-40 ns; a core does ~10^5 multiply-adds per
+    us), and one claim takes at most ``claim_work`` multiply-adds."""
+    panel_work = shape[0] * (shape[2] + H) * (48 if gru else 64)
+    return max(_SPINS, panel_work // 230), max(1, claim_work // panel_work)
 
 
 def _contended():
@@ -560,30 +565,36 @@ class StreamSplit:
     def __init__(self, args):
         gru, H, weights, gates, io, opts = args
         x, h0, c0 = io[0], io[1], io[2]
-        B, self.T, D = x.shape
+        self.T = x.shape[1]
         self.args = args
         self.NP = (H + packed.LANES - 1) // packed.LANES
         self.hf, self.cb, self.P = split.split_prepare(gru, H, h0, c0, opts[2])
         self.sync = np.zeros(split.SYNC_SIZE, dtype=np.int64)
+        self.spins, self.chunk = _claims(x.shape, H, gru, _STREAM_CLAIM_WORK)
+        self._flat = split.flat_args(self.spins, self.chunk, *args, self.hf, self.cb, self.P)
+        self._init_helper()
+
+    def _init_helper(self):
+        """The helper's bookkeeping, before its thread first starts."""
         self.solo = np.zeros(split.SYNC_SIZE, dtype=np.int64)
         self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
-        panel_work = B * (D + H) * (48 if gru else 64)
-        self.spins = max(_SPINS, panel_work // 230)
-        self.chunk = max(1, _STREAM_CLAIM_WORK // panel_work)
         self._pid = None
         self._finalizer = None
         self._tid, self._placed, self._calls = None, None, 0
         self._starved, self._busy_until, self._pause = 0, 0.0, _STREAM_PAUSE
-        self._flat = split.flat_args(self.spins, self.chunk, *args, self.hf, self.cb, self.P)
+
+    def _helper_job(self, bell):
+        """The helper thread's function and arguments, rung on ``bell``."""
+        return split.stream_helper, (bell, _FRAMES, _STREAM_SPINS, self.sync) + self.args + (
+            self.hf, self.cb, self.P)
 
     def _start(self):
         if self._finalizer is not None:
             self._finalizer.detach()  # (a forked child: the parent's thread is not here)
         self._pid = os.getpid()
         bell = self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
-        job = (bell, _FRAMES, _STREAM_SPINS, self.sync) + self.args + (self.hf, self.cb, self.P)
-        thread = threading.Thread(target=split.stream_helper, args=job,
-                                  name="fastrnn-stream", daemon=True)
+        target, job = self._helper_job(bell)
+        thread = threading.Thread(target=target, args=job, name="fastrnn-stream", daemon=True)
         thread.start()
         self._finalizer = weakref.finalize(self, _stop_helper, bell, thread)
         self._tid, self._placed, self._calls = thread.native_id, None, 0
@@ -668,7 +679,8 @@ class StreamSplit:
         zero call alone and a helper that finds itself stopped."""
         stopped = np.zeros(split.BELL_SIZE, dtype=np.int64)
         stopped[split.BELL_STOP] = 1
-        split.stream_helper(stopped, _FRAMES, 0, self.sync, *self.args, self.hf, self.cb, self.P)
+        target, job = self._helper_job(stopped)
+        target(*job)
         x = np.zeros(self.args[4][0].shape, dtype=np.float32)
         split.stream_run(self.bell, _FRAMES, False, x, self.sync, self.solo, *self._flat)
 
@@ -699,15 +711,11 @@ class StackSplit(StreamSplit):
         self.layer_args = layer_args
         self.args = layer_args[-1]  # (the last layer's: the stack's output)
         self.T = layer_args[0][4][0].shape[1]
-        self.solo = np.zeros(split.SYNC_SIZE, dtype=np.int64)
-        self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
+        self._init_helper()
         self.parts = []
         for gru, H, weights, gates, io, opts in layer_args:
-            B, _, D = io[0].shape
             hf, cb, P = split.split_prepare(gru, H, io[1], io[2], opts[2])
-            panel_work = B * (D + H) * (48 if gru else 64)
-            spins = max(_SPINS, panel_work // 230)
-            chunk = max(1, _STREAM_CLAIM_WORK // panel_work)
+            spins, chunk = _claims(io[0].shape, H, gru, _STREAM_CLAIM_WORK)
             sync = np.zeros(split.SYNC_SIZE, dtype=np.int64)
             self.parts.append({
                 "NP": (H + packed.LANES - 1) // packed.LANES, "sync": sync, "xb": io[0],
@@ -721,24 +729,10 @@ class StackSplit(StreamSplit):
         n = len(self.parts)
         self._calls_args = [(p["sync"], self.solo) + self.parts[min(k + 1, n - 1)]["next"]
                             + (k + 1 < n,) + p["flat"] for k, p in enumerate(self.parts)]
-        self._pid = None
-        self._finalizer = None
-        self._tid, self._placed, self._calls = None, None, 0
-        self._starved, self._busy_until, self._pause = 0, 0.0, _STREAM_PAUSE
 
-    def _start(self):
-        if self._finalizer is not None:
-            self._finalizer.detach()  # (a forked child: the parent's thread is not here)
-        self._pid = os.getpid()
-        bell = self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
-        layers = tuple(p["job"] for p in self.parts)
-        thread = threading.Thread(target=split.stack_helper,
-                                  args=(bell, _FRAMES, _STREAM_SPINS, layers),
-                                  name="fastrnn-stream", daemon=True)
-        thread.start()
-        self._finalizer = weakref.finalize(self, _stop_helper, bell, thread)
-        self._tid, self._placed, self._calls = thread.native_id, None, 0
-        self._place()
+    def _helper_job(self, bell):
+        return split.stack_helper, (bell, _FRAMES, _STREAM_SPINS,
+                                    tuple(p["job"] for p in self.parts))
 
     def run(self, x, ready=False):
         """As :meth:`StreamSplit.run`: one call ``x (B, T, D)`` through every
@@ -771,7 +765,8 @@ class StackSplit(StreamSplit):
         """Compile (or load from Numba's cache) both sides' kernels."""
         stopped = np.zeros(split.BELL_SIZE, dtype=np.int64)
         stopped[split.BELL_STOP] = 1
-        split.stack_helper(stopped, _FRAMES, 0, tuple(p["job"] for p in self.parts))
+        target, job = self._helper_job(stopped)
+        target(*job)
         x = np.zeros(self.parts[0]["xb"].shape, dtype=np.float32)
         for k, args in enumerate(self._calls_args):
             split.stack_run(self.bell, _FRAMES, 0, k == 0, x if k == 0 else self.parts[k]["xb"],
