@@ -115,9 +115,9 @@ class _SplitCalls:
     split with a helper thread of the stream's own, awake between calls
     (:class:`fastrnn.kernels.cpu.threads.StreamSplit`, or for a stack
     :class:`~fastrnn.kernels.cpu.threads.StackSplit`, one per chunk length,
-    the two used last kept), on the stream's state arrays (``h``: the last
-    layer's). A
-    call the helper cannot share (the machine looks busy, one thread
+    the two used last kept), on the stream's state arrays (the output: the
+    last layer's ``h``, or the buffer of every step's). A call the helper
+    cannot share (the machine looks busy, one thread
     allowed, the helper still on its last call) runs on the stream kernel
     ``kernel`` instead, which is faster on one core. ``run`` has the stream
     kernels' signature, as :meth:`_EngineRunner.run`.
@@ -128,10 +128,9 @@ class _SplitCalls:
 
     _KEEP = 2
 
-    def __init__(self, make, kernel, h, nan_raise, sequences):
+    def __init__(self, make, kernel, nan_raise, sequences):
         self.make = make
         self.kernel = kernel
-        self.h = h
         self.nan_raise = nan_raise
         self.sequences = sequences
         self.splits = {}
@@ -161,11 +160,12 @@ class _SplitCalls:
         if self.nan_raise and np.isnan(x).any():
             return 1
         if frame:
-            self.ran = split.run(x.reshape(x.shape[0], 1, x.shape[1]), True) >= 0
-            out[...] = self.h
-        else:
+            self.ran = split.run(x.reshape(x.shape[0], 1, x.shape[1]), True, out) >= 0
+        elif self.sequences:
             self.ran = split.run(x, True) >= 0
-            out[...] = split.args[4][5] if self.sequences else self.h
+            out[...] = split.args[4][5]
+        else:
+            self.ran = split.run(x, True, out) >= 0
         return 0
 
     def close(self):
@@ -470,10 +470,7 @@ class Stream:
         first = make(1)
         if first is not None:
             for which in ("frame", "chunk"):
-                # (a frame's output is the last layer's h)
                 self._splits[which] = _SplitCalls(make, self._kernel_fns[which],
-                                                  self._states[len(self._states)
-                                                               - params[-1].n_states],
                                                   self._nan_raise, seq)
                 self._engine_fns[which] = self._splits[which].run
             self._splits["frame"].splits[1] = first  # (built to see whether it can run)

@@ -7,6 +7,7 @@ against the ``reference`` backend over the whole sequence, across the
 switch from one engine to the other.
 """
 
+import os
 import weakref
 
 import numpy as np
@@ -276,13 +277,55 @@ def test_stream_split_matches_the_reference(rng, kind, mode, steps):
     x = rng.standard_normal((B, T, D)).astype(np.float32)
     want = _reference_frames(layer, x, states)
     got = []
+    y = np.full((B, H), np.nan, np.float32)  # (frames: the new h goes here too)
     for t in range(0, T, steps):
-        split.run(np.ascontiguousarray(x[:, t:t + steps]))
+        split.run(np.ascontiguousarray(x[:, t:t + steps]), y=y if steps == 1 else None)
         got.append(split.args[4][5].copy() if steps > 1 else states[0][:, None].copy())
         np.testing.assert_allclose(got[-1][:, -1], states[0])
+        if steps == 1:
+            np.testing.assert_array_equal(y, states[0])
     split.close()
     tol = 2e-5 if mode is None else 1e-4
     np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=tol)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_stream_split_in_a_forked_child(rng):
+    """A split whose helper thread runs in the parent starts a helper of its
+    own in a forked child (the parent's thread is not there), which shares
+    the child's frames: the reference's numbers on both sides."""
+    import signal
+
+    from fastrnn.kernels.cpu import threads as th
+
+    B, T, D, H = 1, 8, 10, 40
+    layer = _frame_layer(rng, "gru", D, H)
+    split, states = _split_of(layer, B, rng)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    want = _reference_frames(layer, x, states)
+    for t in range(3):
+        split.run(np.ascontiguousarray(x[:, t:t + 1]))
+    assert split._pid == os.getpid()  # (the helper started here)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when every check holds, 1 otherwise
+        ok = False
+        try:
+            signal.alarm(60)
+            helped = []
+            for t in range(3, T):
+                while not split.ready():  # (a new helper, not yet there)
+                    pass
+                helped.append(split.run(np.ascontiguousarray(x[:, t:t + 1]), True))
+                np.testing.assert_allclose(states[0], want[:, t], atol=2e-5)
+            ok = split._pid == os.getpid() == th._PID and min(helped) >= 0
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    for t in range(3, T):  # the parent's helper carries on
+        split.run(np.ascontiguousarray(x[:, t:t + 1]))
+    split.close()
+    np.testing.assert_allclose(states[0], want[:, -1], atol=2e-5)
 
 
 def test_stream_helper_runs_a_whole_frame_and_stops(rng):
@@ -520,7 +563,9 @@ def test_stream_split_contention_rule(rng, monkeypatch):
     """Only a run of starved calls (helper awake, under half its share), or
     one the caller had to take over, makes the machine look busy to a
     stream split, for a pause that doubles while it lasts; a woken
-    helper's late start tells nothing; a clean call ends the run."""
+    helper's late start tells nothing; a clean call ends the run. (Each
+    call's counters go through the kernels' own summary, split.outcome.)"""
+    from fastrnn.kernels.cpu import split as sp
     from fastrnn.kernels.cpu import threads as th
 
     class Clock:
@@ -534,22 +579,29 @@ def test_stream_split_contention_rule(rng, monkeypatch):
     monkeypatch.setattr(th, "_contended_until", 0.0)  # (the batch engine's, on this clock)
     layer = _frame_layer(rng, "lstm", 8, 64)  # 4 panels: the helper's share is 2
     fs, _ = _split_of(layer, 1, rng)
+
+    def judge(rung, helper, joined, abandoned):
+        sync = np.zeros(sp.SYNC_SIZE, np.int64)
+        sync[sp.COUNT + 8], sync[sp.JOIN], sync[sp.ABANDON] = helper, joined, abandoned
+        return fs._judge(sp.outcome(rung, sync, fs.NP, 1, th._STARVED))
+
     run, pause = th._STREAM_STARVED_RUN, th._STREAM_PAUSE
     for _ in range(run - 1):
-        fs._judge(1, 0, 0, False)
+        assert judge(1, 0, 0, False) == 0
     assert fs.ready()
-    fs._judge(2, 0, 0, False)  # woken: not judged
-    fs._judge(1, 0, 0, False)
+    judge(2, 0, 0, False)  # woken: not judged
+    judge(1, 0, 0, False)
     assert not fs.ready() and fs._busy_until == 100.0 + pause
     clock.now += pause
     assert fs.ready()
     for _ in range(run):
-        fs._judge(1, 0, 0, False)
+        judge(1, 0, 0, False)
     assert fs._busy_until == clock.now + 2 * pause  # doubled: still busy
     clock.now += 2 * pause
-    fs._judge(1, 2, 0, False)  # clean: the pause starts again from the shortest
-    fs._judge(1, 2, 0, True)  # the caller took over: busy at once
+    assert judge(1, 2, 0, False) == 2  # clean: the pause starts again from the shortest
+    assert judge(1, 2, 0, True) == 2  # the caller took over: busy at once
     assert fs._busy_until == clock.now + pause and not fs.ready()
+    assert judge(0, 2, 0, False) == -1  # not rung
     assert not th._contended()  # the batch engine's rule is not touched
 
 

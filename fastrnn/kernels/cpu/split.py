@@ -289,10 +289,14 @@ def _await_ring(bell, frames, spins, seen):
 
 
 def flat_args(spins, chunk, gru, H, weights, gates, io, opts, hf, cb, P):
-    """The arguments of :func:`stream_run` after ``sync, solo``, flat: the
-    packed drivers' tuples spread out."""
-    return (spins, chunk, gru, H) + tuple(weights) + tuple(gates) + tuple(io) + tuple(opts) \
-        + (hf, cb, P)
+    """The arguments of :func:`stream_run` after ``sync, solo, starved``,
+    flat: the packed drivers' tuples spread out, less ``io``'s initial
+    states (a stream's calls start from their final states, the same
+    arrays)."""
+    if io[1] is not io[7] or io[2] is not io[8]:
+        raise ValueError("a stream split reads its states from the arrays it writes them to")
+    return (spins, chunk, gru, H) + tuple(weights) + tuple(gates) + (io[0],) + tuple(io[3:]) \
+        + tuple(opts) + (hf, cb, P)
 
 
 @njit(inline="always")
@@ -316,32 +320,66 @@ def _ring(bell):
     return 1
 
 
+@njit(cache=True)
+def helper_starved(NP, T, helper, joined, abandoned, starved):
+    """Whether a panel split's helper lost its core: the caller had to take
+    a panel over from it (``abandoned``), or, once it joined (at step
+    ``joined``), it ran fewer than ``starved`` (a fraction) of its half's
+    panels (``NP`` panels a step, ``T`` steps). A helper that joined late,
+    or never, is no sign of it."""
+    share = (NP - (NP + 1) // 2) * (T - joined)
+    return abandoned or (joined >= 0 and helper < starved * share)
+
+
+@njit(cache=True)
+def outcome(rung, sync, NP, T, starved):
+    """What a stream call tells its caller, in one integer (0: the helper
+    was not rung): ``rung`` (1 rung awake, 2 woken) in bits 0-1; bit 2 the
+    helper looked starved (:func:`helper_starved` with the fraction
+    ``starved``), bit 3 the caller took a panel over from it; from bit 4
+    the panels it ran (``sync``'s counters, complete once the caller has
+    finished: the helper may still be on its way out)."""
+    if rung == 0:
+        return 0
+    helper = atomic_load(sync, COUNT + 8)
+    abandoned = atomic_load(sync, ABANDON) != 0
+    hungry = helper_starved(NP, T, helper, atomic_load(sync, JOIN), abandoned, starved)
+    return rung | (np.int64(hungry) << 2) | (np.int64(abandoned) << 3) | (helper << 4)
+
+
+@njit(inline="always")
+def _copy_rows(dst, src):
+    for r in range(src.shape[0]):
+        for k in range(src.shape[1]):
+            dst[r, k] = src[r, k]
+
+
 @njit(cache=True, nogil=True)
-def stream_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, w0, w1, w2, w3, g0, g1,
-               g2, g3, xb, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs, reverse,
+def stream_run(bell, frames, ring, x, y, sync, solo, starved, spins, chunk, gru, H, w0, w1, w2,
+               w3, g0, g1, g2, g3, xb, mask, has_mask, out, has_out, h, c, xs, reverse,
                zero_output, hoist, hf, cb, P):
     """One call ``x (B, T, D)`` of a stream's split (``T`` fixed by the input
-    buffer ``xb``), from and into the states ``h_out`` / ``c_out`` (``h0``
-    is ``h_out``, ``c0`` is ``c_out``; the outputs of every step go to
+    buffer ``xb``), from and into the states ``h`` / ``c``, whose final
+    ``h`` is copied to ``y (B, units)`` too (the outputs of every step go to
     ``out`` when ``has_out``). With ``ring`` and the helper done with its
     last call, rings it and shares the panels; otherwise runs them alone
-    (on ``solo``). Returns 0 when the helper was not rung, 1 when it was
-    rung awake (spinning), 2 when it had to be woken (then ``sync`` tells
-    what it did).
+    (on ``solo``). Returns :func:`outcome` (``starved``: the fraction of
+    its share below which the helper looks starved).
 
-    The packed drivers' tuples (``weights``, ``gates``, ``io``, ``opts``)
-    come spread out (:func:`flat_args`): Numba's dispatcher types the
-    elements of a tuple in Python but arrays passed one by one in C, and
-    this call is made once per frame."""
+    The packed drivers' tuples (``weights``, ``gates``, ``io`` less its
+    initial states, which are the final ones, ``opts``) come spread out
+    (:func:`flat_args`): Numba's dispatcher types the elements of a tuple in
+    Python but arrays passed one by one in C, and this call is made once
+    per frame."""
     weights, gates, opts = (w0, w1, w2, w3), (g0, g1, g2, g3), (reverse, zero_output, hoist)
-    io = (xb, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs)
+    io = (xb, h, c, mask, has_mask, out, has_out, h, c, xs)
     B, T, D = xb.shape
     for r in range(B):
         for t in range(T):
             for k in range(D):
                 xb[r, t, k] = x[r, t, k]
     Hp = (H + LANES - 1) // LANES * LANES
-    load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
+    load_state(gru, 0, B, H, Hp, h, c, hf, cb)
     free = ring and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN)
     s = sync if free else solo
     _clear(s, spins, chunk)
@@ -349,8 +387,9 @@ def stream_run(bell, frames, ring, x, sync, solo, spins, chunk, gru, H, w0, w1, 
     # (after the ring: our own helper sees its bell before this count)
     atomic_add(frames, 0, 1)
     split_work(np.int64(0), s, gru, H, weights, gates, io, opts, hf, cb, P)
-    store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
-    return rung
+    store_state(gru, 0, B, T, H, Hp, hf, cb, h, c)
+    _copy_rows(y, h)
+    return outcome(rung, sync, (H + LANES - 1) // LANES, T, starved)
 
 
 @njit(cache=True, nogil=True)
@@ -412,23 +451,24 @@ def stack_helper(bell, frames, spins, layers):
 
 
 @njit(cache=True, nogil=True)
-def stack_run(bell, frames, ring, first, x, sync, solo, nsync, nspins, nchunk, ngru, nH, nhf,
-              ncb, nh, nc, has_next, spins, chunk, gru, H, w0, w1, w2, w3, g0, g1, g2, g3, xb,
-              h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs, reverse, zero_output,
-              hoist, hf, cb, P):
+def stack_run(bell, frames, ring, first, x, y, sync, solo, starved, nsync, nspins, nchunk, ngru,
+              nH, nhf, ncb, nh, nc, has_next, spins, chunk, gru, H, w0, w1, w2, w3, g0, g1, g2,
+              g3, xb, mask, has_mask, out, has_out, h, c, xs, reverse, zero_output, hoist, hf,
+              cb, P):
     """One layer of a stack's call (the layer's flat arguments as
     :func:`stream_run`'s; ``n*``: the next layer's sync array, spins, claim
-    size, cell, units, state buffers and states, when ``has_next``).
+    size, cell, units, state buffers and states, when ``has_next``; the
+    last layer copies its final ``h`` to ``y``).
 
     The ``first`` layer copies ``x`` into its input buffer, loads its state
-    and, with ``ring`` and the helper done with its last call, rings it;
-    it returns 0 (not rung), 1 (rung awake) or 2 (woken). A later layer
-    gets that value as ``ring`` and returns it. Every layer loads the next
-    layer's state (and, rung, clears its sync array) before it runs, runs
-    its panels (on ``sync`` when rung, else alone on ``solo``) and stores
-    its own state."""
+    and, with ``ring`` and the helper done with its last call, rings it. A
+    later layer gets the first one's rung value (its result's bits 0-1) as
+    ``ring``. Every layer loads the next layer's state (and, rung, clears
+    its sync array) before it runs, runs its panels (on ``sync`` when rung,
+    else alone on ``solo``), stores its own state and returns
+    :func:`outcome` for its own panels."""
     weights, gates, opts = (w0, w1, w2, w3), (g0, g1, g2, g3), (reverse, zero_output, hoist)
-    io = (xb, h0, c0, mask, has_mask, out, has_out, h_out, c_out, xs)
+    io = (xb, h, c, mask, has_mask, out, has_out, h, c, xs)
     B, T, D = xb.shape
     Hp = (H + LANES - 1) // LANES * LANES
     rung = ring
@@ -437,7 +477,7 @@ def stack_run(bell, frames, ring, first, x, sync, solo, nsync, nspins, nchunk, n
             for t in range(T):
                 for k in range(D):
                     xb[r, t, k] = x[r, t, k]
-        load_state(gru, 0, B, H, Hp, h0, c0, hf, cb)
+        load_state(gru, 0, B, H, Hp, h, c, hf, cb)
         rung = 0
         if ring != 0 and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN):
             rung = 1
@@ -453,5 +493,7 @@ def stack_run(bell, frames, ring, first, x, sync, solo, nsync, nspins, nchunk, n
             rung = _ring(bell)
         atomic_add(frames, 0, 1)
     split_work(np.int64(0), s, gru, H, weights, gates, io, opts, hf, cb, P)
-    store_state(gru, 0, B, T, H, Hp, hf, cb, h_out, c_out)
-    return rung
+    store_state(gru, 0, B, T, H, Hp, hf, cb, h, c)
+    if not has_next:
+        _copy_rows(y, h)
+    return outcome(rung, sync, (H + LANES - 1) // LANES, T, starved)

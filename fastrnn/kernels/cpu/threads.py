@@ -373,15 +373,6 @@ def _contended():
     return time.monotonic() < _contended_until
 
 
-def _helper_starved(NP, T, helper, joined, abandoned):
-    """Whether a panel split's helper lost its core: the caller had to take
-    a panel over from it, or, once it joined (at step ``joined``), it ran
-    fewer than :data:`_STARVED` of its half's panels (``NP`` panels a step,
-    ``T`` steps). A helper that joined late, or never, is no sign of it."""
-    share = (NP - (NP + 1) // 2) * (T - joined)
-    return abandoned or (joined >= 0 and helper < _STARVED * share)
-
-
 def _stalled(wall, cpu_t):
     """Whether the calling thread spent long off its core during a call of
     ``wall`` seconds that took it ``cpu_t`` seconds of CPU."""
@@ -519,7 +510,8 @@ def run_packed(B, T, D, H, work, args):
             # core). Run on one thread for a while instead. (A helper that
             # joined late, or never in a short call, because its thread was
             # asleep is no sign of contention.)
-            starved = _stalled(wall, cpu_t) or _helper_starved(NP, T, helper, joined, abandoned)
+            starved = _stalled(wall, cpu_t) or split.helper_starved(NP, T, helper, joined,
+                                                                     abandoned, _STARVED)
             _note_contention(starved)
             if tune is not None and not starved:
                 _tune_record(tune, "panels", wall / T)
@@ -542,6 +534,18 @@ _STREAM_PAUSE = 0.0005
 _PLACE_EVERY = 1024
 # calls started by every stream split of the process (see split.stream_helper)
 _FRAMES = np.zeros(8, dtype=np.int64)
+# this process's id, kept by a fork hook: a stream split compares it with its
+# helper's on every call, and os.getpid() costs a system call
+_PID = os.getpid()
+
+
+def _forked():
+    global _PID
+    _PID = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class StreamSplit:
@@ -572,6 +576,7 @@ class StreamSplit:
         self.sync = np.zeros(split.SYNC_SIZE, dtype=np.int64)
         self.spins, self.chunk = _claims(x.shape, H, gru, _STREAM_CLAIM_WORK)
         self._flat = split.flat_args(self.spins, self.chunk, *args, self.hf, self.cb, self.P)
+        self._h = io[7]
         self._init_helper()
 
     def _init_helper(self):
@@ -591,7 +596,7 @@ class StreamSplit:
     def _start(self):
         if self._finalizer is not None:
             self._finalizer.detach()  # (a forked child: the parent's thread is not here)
-        self._pid = os.getpid()
+        self._pid = _PID
         bell = self.bell = np.zeros(split.BELL_SIZE, dtype=np.int64)
         target, job = self._helper_job(bell)
         thread = threading.Thread(target=target, args=job, name="fastrnn-stream", daemon=True)
@@ -617,62 +622,60 @@ class StreamSplit:
         except (AttributeError, OSError):
             self._tid = None  # no affinity here, or the thread has ended: leave it be
 
-    def ready(self):
-        """Whether the next call would share its panels with the helper: two
-        threads allowed, the machine not busy, and the helper (if started)
-        done with its last call. A caller with a faster one-core kernel
-        runs that instead when not."""
-        bell = self.bell
-        return (get_num_threads() >= 2 and not _contended()
-                and time.monotonic() >= self._busy_until
-                and (self._pid != os.getpid() or bell[split.BELL_ACK] == bell[split.BELL_GEN]))
+    def _free(self):
+        """Two threads allowed, and the machine not busy (for the batch
+        engine, or for this split: :meth:`_judge`)."""
+        now = time.monotonic()
+        return get_num_threads() >= 2 and now >= _contended_until and now >= self._busy_until
 
-    def run(self, x, ready=False):
+    def ready(self):
+        """Whether the next call would share its panels with the helper:
+        :meth:`_free`, and the helper (if started) done with its last call. A
+        caller with a faster one-core kernel runs that instead when not."""
+        bell = self.bell
+        return self._free() and (self._pid != _PID
+                                 or bell[split.BELL_ACK] == bell[split.BELL_GEN])
+
+    def run(self, x, ready=False, y=None):
         """One call ``x (B, T, D)`` (float32, C-contiguous); the states named
         in ``args`` hold the new state (and its output buffer every step's
-        output, if it has one). Returns the helper's panel count (``-1``: it
-        was not rung). ``ready``: the caller has just seen :meth:`ready`
-        true (its checks are not made again)."""
-        ring = ready or (get_num_threads() >= 2 and not _contended()
-                         and time.monotonic() >= self._busy_until)
-        if ring and self._pid != os.getpid():
+        output, if it has one), and ``y (B, units)``, if given, the new
+        ``h``. Returns the helper's panel count (``-1``: it was not rung).
+        ``ready``: the caller has just seen :meth:`ready` true (its checks
+        are not made again)."""
+        ring = ready or self._free()
+        if ring and self._pid != _PID:
             self._start()
-        rung = split.stream_run(self.bell, _FRAMES, ring, x, self.sync, self.solo, *self._flat)
-        if not rung:
+        return self._judge(split.stream_run(self.bell, _FRAMES, ring, x,
+                                            self._h if y is None else y, self.sync, self.solo,
+                                            _STARVED, *self._flat))
+
+    def _judge(self, told):
+        """The contention rule of the batch split, for a call that rang the
+        helper (``told``: :func:`split.outcome`), kept per split: one call
+        is short, so only :data:`_STREAM_STARVED_RUN` starved calls in a
+        row (or one the caller had to take over) make the machine look
+        busy, and then for :data:`_STREAM_PAUSE` (doubling while it lasts,
+        up to :data:`_CONTENDED_PAUSE_MAX`): another program's threads that
+        spin for a moment after their own work should not cost a stream
+        many calls on one core. A helper that had to be woken joins late
+        and tells nothing. Returns the helper's panel count (-1: not
+        rung)."""
+        if not told:
             return -1
         self._calls += 1
         if self._calls % _PLACE_EVERY == 0:
             self._place()
-        sync = self.sync
-        helper = int(sync[split.COUNT + 8])
-        self._judge(rung, helper, int(sync[split.JOIN]), bool(sync[split.ABANDON]))
-        return helper
-
-    def _judge(self, rung, helper, joined, abandoned):
-        """The contention rule of the batch split, for a call that rang the
-        helper, kept per split: one call is short, so only
-        :data:`_STREAM_STARVED_RUN` starved calls in a row (or one the
-        caller had to take over) make the machine look busy, and then for
-        :data:`_STREAM_PAUSE` (doubling while it lasts, up to
-        :data:`_CONTENDED_PAUSE_MAX`): another program's threads that spin
-        for a moment after their own work should not cost a stream many
-        calls on one core. A helper that had to be woken joins late and
-        tells nothing."""
-        self._judge_starved(rung, _helper_starved(self.NP, self.T, helper, joined, abandoned),
-                            abandoned)
-
-    def _judge_starved(self, rung, starved, abandoned):
-        if rung != 1:
-            return
-        if starved:
+        if told & 15 == 1:  # rung awake, not starved: the common case
+            self._starved = 0
+            self._pause = _STREAM_PAUSE
+        elif told & 3 == 1:
             self._starved += 1
-            if abandoned or self._starved >= _STREAM_STARVED_RUN:
+            if told & 8 or self._starved >= _STREAM_STARVED_RUN:
                 self._starved = 0
                 self._busy_until = time.monotonic() + self._pause
                 self._pause = min(2 * self._pause, _CONTENDED_PAUSE_MAX)
-        else:
-            self._starved = 0
-            self._pause = _STREAM_PAUSE
+        return told >> 4
 
     def compile(self):
         """Compile (or load from Numba's cache) both sides' kernels: runs one
@@ -682,7 +685,8 @@ class StreamSplit:
         target, job = self._helper_job(stopped)
         target(*job)
         x = np.zeros(self.args[4][0].shape, dtype=np.float32)
-        split.stream_run(self.bell, _FRAMES, False, x, self.sync, self.solo, *self._flat)
+        split.stream_run(self.bell, _FRAMES, False, x, self._h, self.sync, self.solo, _STARVED,
+                         *self._flat)
 
     def close(self):
         """Stop the helper thread now (a later call starts a new one)."""
@@ -710,6 +714,7 @@ class StackSplit(StreamSplit):
     def __init__(self, layer_args):
         self.layer_args = layer_args
         self.args = layer_args[-1]  # (the last layer's: the stack's output)
+        self._h = self.args[4][7]
         self.T = layer_args[0][4][0].shape[1]
         self._init_helper()
         self.parts = []
@@ -723,43 +728,36 @@ class StackSplit(StreamSplit):
                 "next": (sync, spins, chunk, gru, H, hf, cb, io[1], io[2]),
                 "flat": split.flat_args(spins, chunk, gru, H, weights, gates, io, opts, hf, cb,
                                         P)})
-        # per layer, stack_run's arguments after (bell, frames, ring, first, x):
-        # its sync array, the solo one, the next layer's (the last: its own,
-        # unused), and its own flat arguments
+        # per layer, stack_run's arguments after (bell, frames, ring, first, x,
+        # y): its sync array and the solo one, then (after starved) the next
+        # layer's (the last: its own, unused) and its own flat arguments
         n = len(self.parts)
-        self._calls_args = [(p["sync"], self.solo) + self.parts[min(k + 1, n - 1)]["next"]
-                            + (k + 1 < n,) + p["flat"] for k, p in enumerate(self.parts)]
+        self._calls_args = [((p["sync"], self.solo), self.parts[min(k + 1, n - 1)]["next"]
+                             + (k + 1 < n,) + p["flat"]) for k, p in enumerate(self.parts)]
 
     def _helper_job(self, bell):
         return split.stack_helper, (bell, _FRAMES, _STREAM_SPINS,
                                     tuple(p["job"] for p in self.parts))
 
-    def run(self, x, ready=False):
+    def run(self, x, ready=False, y=None):
         """As :meth:`StreamSplit.run`: one call ``x (B, T, D)`` through every
-        layer; the last layer's states (and output buffer) hold its result."""
-        ring = ready or (get_num_threads() >= 2 and not _contended()
-                         and time.monotonic() >= self._busy_until)
-        if ring and self._pid != os.getpid():
+        layer; the last layer's states (and output buffer) hold its result,
+        and ``y``, if given, its new ``h``. The contention rule judges the
+        call over its layers: the panels the helper ran in all of them, and
+        starved in any."""
+        ring = ready or self._free()
+        if ring and self._pid != _PID:
             self._start()
-        bell = self.bell
-        rung = split.stack_run(bell, _FRAMES, int(ring), True, x, *self._calls_args[0])
+        bell, y = self.bell, self._h if y is None else y
+        head, rest = self._calls_args[0]
+        told = split.stack_run(bell, _FRAMES, int(ring), True, x, y, *head, _STARVED, *rest)
+        rung = told & 3
         for k in range(1, len(self.parts)):
-            split.stack_run(bell, _FRAMES, rung, False, self.parts[k]["xb"], *self._calls_args[k])
-        if not rung:
-            return -1
-        self._calls += 1
-        if self._calls % _PLACE_EVERY == 0:
-            self._place()
-        helper, starved, abandoned = 0, False, False
-        for p in self.parts:
-            sync = p["sync"]
-            did, joined, left = (int(sync[split.COUNT + 8]), int(sync[split.JOIN]),
-                                 bool(sync[split.ABANDON]))
-            helper += did
-            starved = starved or _helper_starved(p["NP"], self.T, did, joined, left)
-            abandoned = abandoned or left
-        self._judge_starved(rung, starved, abandoned)
-        return helper
+            head, rest = self._calls_args[k]
+            got = split.stack_run(bell, _FRAMES, rung, False, self.parts[k]["xb"], y, *head,
+                                  _STARVED, *rest)
+            told = (told | (got & 12)) + ((got >> 4) << 4)
+        return self._judge(told)
 
     def compile(self):
         """Compile (or load from Numba's cache) both sides' kernels."""
@@ -768,6 +766,6 @@ class StackSplit(StreamSplit):
         target, job = self._helper_job(stopped)
         target(*job)
         x = np.zeros(self.parts[0]["xb"].shape, dtype=np.float32)
-        for k, args in enumerate(self._calls_args):
+        for k, (head, rest) in enumerate(self._calls_args):
             split.stack_run(self.bell, _FRAMES, 0, k == 0, x if k == 0 else self.parts[k]["xb"],
-                            *args)
+                            self._h, *head, _STARVED, *rest)
