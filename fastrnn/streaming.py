@@ -286,6 +286,20 @@ class Stream:
         ``None``: the stream kernels when they support the configuration,
         else the layer's own backend through the kernel contract. A name
         forces the contract path on that backend.
+    threads : None, 1 or 2
+        How many cores the calls may use, where the stream kernels run the
+        layer (``backend=None``). ``None``: as below (one core for small
+        weights; for large ones the faster engine, timed now and again).
+        ``1``: every call on the one-core stream kernels, no helper thread,
+        never timed. ``2`` (float32, int8 or bfloat16 weights): every call
+        on the batch engine on two threads (the panel split with the
+        stream's own helper thread where it runs the layer), never timed:
+        no call runs on the slower engine for a timing round, which a
+        server that counts its slowest calls may prefer; a call the helper
+        cannot share still runs on the stream kernels. Anything else, or a
+        value the layer cannot run (see :attr:`backend_reason` of a stream
+        made with ``None``), is a ``ValueError``; for an unbuilt layer, at
+        its first call.
 
     Call
     ----
@@ -341,7 +355,7 @@ class Stream:
     the calling thread takes its panels over.
     """
 
-    def __init__(self, layer, batch_size=1, backend=None):
+    def __init__(self, layer, batch_size=1, backend=None, threads=None):
         if hasattr(layer, "forward_layer"):  # Bidirectional
             layer.stream()  # raises the TypeError that explains why
         if serialization.kind_of(layer) != "rnn" or not hasattr(layer, "cells"):
@@ -363,9 +377,12 @@ class Stream:
             elif backend == "cuda":
                 raise ValueError("backend: streams run on the host; expected None, 'cpu' or "
                                  "'reference', got 'cuda'")
+        if threads is not None and (isinstance(threads, bool) or threads not in (1, 2)):
+            raise ValueError(f"threads: expected None, 1 or 2, got {threads!r}")
         self.layer = layer
         self.batch_size = int(batch_size)
         self._backend_arg = backend
+        self._threads_arg = None if threads is None else int(threads)
         self._dt = np.dtype(layer.dtype)
         self._busy = threading.Lock()
         self._structure = layer.state_structure
@@ -417,8 +434,16 @@ class Stream:
             self.threads = 1
             self.backend_reason = ("stream: single-thread small-batch kernels "
                                    "(fastrnn.kernels.cpu.stream) support this configuration")
-            self._tune(weights, params)
+            if self._threads_arg == 1:
+                self.backend_reason += " (threads=1 was requested)"
+            else:
+                self._tune(weights, params)
         else:
+            if self._threads_arg is not None:
+                raise ValueError(f"threads={self._threads_arg}: the stream kernels do not run "
+                                 f"this layer ({why}), so its calls run through the kernel "
+                                 "contract, on the backend's own threads; expected "
+                                 "threads=None")
             self._states = [np.zeros((B, s), dt) for s in self._sizes]
             if layer.compiled:
                 requested = self._backend_arg or layer.backend_arg
@@ -441,10 +466,16 @@ class Stream:
     def _tune(self, weights, params):
         """Large weights on a machine with two threads or more: time the
         first frames, and apart the first chunks, on both engines
-        (:class:`_Tuner`)."""
+        (:class:`_Tuner`); with ``threads=2``, keep the batch engine for
+        good, untimed."""
         nbytes = sum(_weight_bytes(p) for p in params)
-        if (nbytes < TUNE_MIN_BYTES or self._dt != np.float32
-                or self.batch_size >= _ROWS_SPLIT or dispatch.get_num_threads() < 2):
+        pinned = self._threads_arg == 2
+        if pinned:
+            why = self._why_not_two(weights)
+            if why:
+                raise ValueError(f"threads=2: {why}; expected threads=None or 1")
+        elif (nbytes < TUNE_MIN_BYTES or self._dt != np.float32
+              or self.batch_size >= _ROWS_SPLIT or dispatch.get_num_threads() < 2):
             return
         choice = _engine.select_for(weights, "cpu")
         if choice.name != "cpu":
@@ -479,9 +510,22 @@ class Stream:
         self._retune_every = {}
         self._kernel_T = self._work_T
         self._nbytes = nbytes
-        self._time_engines("frame")
-        self._time_engines("chunk")
+        for which in ("frame", "chunk"):
+            if pinned:
+                self._keep(which, 1, None)
+            else:
+                self._time_engines(which)
         self._describe_tuning()
+
+    def _why_not_two(self, weights):
+        """Why ``threads=2`` cannot run this stream ("" when it can)."""
+        if self._dt != np.float32:
+            return (f"the two-core engines run float32 layers (int8 or bfloat16 weights "
+                    f"included), and this one is {self._dt.name}")
+        choice = _engine.select_for(weights, "cpu")
+        if choice.name != "cpu":
+            return f"the cpu backend does not run this layer ({choice.reason})"
+        return ""
 
     def _time_engines(self, which):
         """Time both engines for the next ``which`` calls (:class:`_Tuner`)."""
@@ -513,17 +557,20 @@ class Stream:
 
     def _keep(self, which, engine, fastest):
         """A tuner's decision for ``which`` calls: ``engine`` 1 (the batch
-        engine on two threads or more) or 0 (the stream kernels)."""
+        engine on two threads or more) or 0 (the stream kernels), with the
+        fastest step each took; ``fastest`` None (``threads=2``): kept for
+        good, never timed again."""
         fn = self._engine_fns[which] if engine else self._kernel_fns[which]
         split = self._splits.get(which)
         if not engine and split is not None:
             split.close()  # its helper threads are not needed (a later timing restarts them)
-        before = self._chosen.get(which)
-        every = self._retune_every.get(which)
-        every = RETUNE_CALLS if every is None or before[0] != engine else \
-            min(2 * every, RETUNE_MAX_CALLS)
-        self._retune_every[which] = every
-        fn = self._counted(which, fn, every)
+        if fastest is not None:  # (None: threads=2, kept for good)
+            before = self._chosen.get(which)
+            every = self._retune_every.get(which)
+            every = RETUNE_CALLS if every is None or before[0] != engine else \
+                min(2 * every, RETUNE_MAX_CALLS)
+            self._retune_every[which] = every
+            fn = self._counted(which, fn, every)
         if which == "frame":
             self._frame_fn = fn
         else:
@@ -548,8 +595,12 @@ class Stream:
             if got is None:
                 parts.append(f"{which}s: timing the stream kernels and {engines[which]}")
                 continue
-            engine, (one, two) = got
+            engine, fastest = got
             what = engines[which] if engine else "the stream kernels"
+            if fastest is None:
+                parts.append(f"{which}s: {what}")
+                continue
+            one, two = fastest
             if two == float("inf"):
                 parts.append(f"{which}s: {what} (fastest step {one * 1e6:.0f} us; no call "
                              "ran on two cores while timing: the machine looked busy)")
@@ -559,8 +610,10 @@ class Stream:
         frame = self._chosen.get("frame")
         self.backend = "cpu" if frame is not None and frame[0] else "stream"
         self.threads = None if frame is None else ((2 if split else n) if frame[0] else 1)
-        self.backend_reason = (f"{self._nbytes / 2**20:.1f} MiB of weights pass one core's "
-                               f"cache, so the faster engine is kept; " + "; ".join(parts))
+        why = ("threads=2 was requested" if self._threads_arg == 2 else
+               f"{self._nbytes / 2**20:.1f} MiB of weights pass one core's cache, so the "
+               "faster engine is kept")
+        self.backend_reason = f"{why}; " + "; ".join(parts)
 
     def _check_weights(self):
         """Pack the layer's weights again if they changed since the last call
@@ -811,6 +864,7 @@ class Stream:
                              f"({exc}); save the model with its own format instead") from exc
         meta = {"format": _FORMAT, "layer": config,
                 "batch_size": self.batch_size, "backend": self._backend_arg,
+                "threads": self._threads_arg,
                 "n_weights": len(self.layer.get_weights()), "n_states": len(self._states)}
         arrays = {}
         for i, w in enumerate(self.layer.get_weights()):
@@ -943,7 +997,10 @@ def _restore_stream(data, where):
     layer.set_weights([data.read(f"w{i}") for i in range(counts["n_weights"])])
     _safe_io.check_features(declared, layer.cells[0].input_dim, "the layer")
     _restore_quantized(layer, meta.get("quantized"), data)
-    stream = Stream(layer, batch_size=B, backend=meta.get("backend"))
+    threads = meta.get("threads")  # (files written before it existed: None)
+    if threads is not None and (isinstance(threads, bool) or threads not in (1, 2)):
+        raise ValueError(f"meta: threads expected null, 1 or 2, got {threads!r}")
+    stream = Stream(layer, batch_size=B, backend=meta.get("backend"), threads=threads)
     stream.states = [data.read(f"s{i}") for i in range(len(sizes))]
     return stream
 

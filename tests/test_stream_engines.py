@@ -210,6 +210,64 @@ def test_small_weights_and_float64_are_not_timed(rng):
     assert wide.stream().threads == 1
 
 
+@pytest.mark.parametrize("kind", ["lstm", "stack", "stack_generic"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_stream_keeps_the_engine_named_by_threads(monkeypatch, rng, kind, threads):
+    """threads=1 keeps every call on the one-core stream kernels, threads=2
+    on the batch engine (the stream's own split where it runs the layer),
+    whatever the weights' size, and neither is ever timed: frames and
+    chunks across many more calls than a timing round waits for give the
+    reference's numbers, on the engine named."""
+    monkeypatch.setattr(streaming, "RETUNE_CALLS", 2)
+    timed = []
+    monkeypatch.setattr(streaming._Tuner, "__init__",
+                        lambda *a, **k: timed.append(1) or pytest.fail("timed"))
+    D, H = 7, 35
+    layer = (fastrnn.LSTM(H, return_sequences=True) if kind == "lstm" else
+             fastrnn.RNN(_stack_cells(kind, H), return_sequences=True))
+    _random_weights(layer, D, rng)  # (small: a stream made with None would not time them)
+    stream = layer.stream(threads=threads)
+    assert stream.backend == ("stream" if threads == 1 else "cpu")
+    assert f"threads={threads} was requested" in stream.backend_reason
+    split = kind != "stack_generic" and threads == 2
+    assert stream.threads == (1 if threads == 1 else 2 if split
+                              else dispatch.get_num_threads())
+    assert bool(stream._splits) == split
+    x = rng.standard_normal((1, 40, D)).astype(np.float32)
+    if kind == "lstm":
+        ref = fastrnn.LSTM(H, return_sequences=True, backend="reference", dtype="float64")
+    else:
+        ref = fastrnn.RNN(_stack_cells(kind, H), return_sequences=True, backend="reference",
+                          dtype="float64")
+        ref.build((1, None, D))
+    ref.set_weights([w.astype(np.float64) for w in layer.get_weights()])
+    want = ref(x.astype(np.float64))
+    got = [stream(np.ascontiguousarray(x[:, t])) for t in range(30)]
+    got.append(stream(x[:, 30:]))  # a chunk
+    got = np.concatenate([g[:, None] if g.ndim == 2 else g for g in got], axis=1)
+    np.testing.assert_allclose(got, want, atol=3e-5)
+    assert timed == [] and stream.backend == ("stream" if threads == 1 else "cpu")
+
+
+def test_threads_the_stream_cannot_use_is_an_error(rng):
+    layer = fastrnn.GRU(12)
+    layer.build((1, None, 5))
+    for bad in (0, 3, True, "2", 1.5):
+        with pytest.raises(ValueError, match="threads: expected None, 1 or 2"):
+            layer.stream(threads=bad)
+    wide = fastrnn.GRU(12, dtype="float64")
+    wide.build((1, None, 5))
+    assert wide.stream(threads=1).threads == 1
+    with pytest.raises(ValueError, match="threads=2: .*float32.*float64"):
+        wide.stream(threads=2)
+    for n in (1, 2):
+        with pytest.raises(ValueError, match=f"threads={n}: the stream kernels do not run"):
+            layer.stream(threads=n, backend="reference")
+    unbuilt = fastrnn.LSTM(6, dtype="float64").stream(threads=2)  # checked when built
+    with pytest.raises(ValueError, match="threads=2"):
+        unbuilt(np.zeros((1, 3)))
+
+
 def test_a_nan_frame_during_timing_leaves_the_state(monkeypatch, rng):
     layer = fastrnn.GRU(9, nan_policy="raise")
     layer.build((1, None, 5))

@@ -215,6 +215,9 @@ def test_save_and_load(tmp_path, rng):
     assert Stream.load(path).states is not None
     layer.set_weights(layer.get_weights())  # the stream packs them again: saving still works
     load_stream(stream.save(tmp_path / "t.npz"))
+    assert restored._threads_arg is None
+    one = load_stream(layer.stream(batch_size=2, threads=1).save(tmp_path / "one.npz"))
+    assert one._threads_arg == 1 and "threads=1 was requested" in one.backend_reason
 
 
 @pytest.mark.parametrize("config", ["lstm", "stack_gru_lstm"])
@@ -501,7 +504,9 @@ def test_load_stream_bad_files(tmp_path, rng):
             ("nometa", lambda e: e.pop("meta"), "no 'meta' entry"),
             ("badjson", lambda e: e.update(meta=np.array("{oops")), "not valid JSON"),
             ("now1", lambda e: e.pop("w1"), "incomplete: missing"),
-            ("badstate", lambda e: e.update(s0=np.ones((3, 7), np.float32)), r"states\[0\]")):
+            ("badstate", lambda e: e.update(s0=np.ones((3, 7), np.float32)), r"states\[0\]"),
+            ("badthreads", lambda e: e.update(meta=np.array(str(e["meta"]).replace(
+                '"threads": null', '"threads": 3'))), "threads expected null, 1 or 2")):
         bad = dict(entries)
         edit(bad)
         path = tmp_path / f"{name}.npz"

@@ -9,11 +9,35 @@ import numpy as np
 
 from .common import inputs, require_layers, skip
 
-ENGINES = {"stream kernels": 0, "two-core split": 1}
+THREADS = {"stream kernels": 1, "two-core split": 2}
+
+
+def _forced(streaming, layer, x, steps, engine):
+    """A stream on the engine named, for versions before ``threads=``."""
+    saved = getattr(streaming, "TUNE_MIN_BYTES", None)
+    if saved is None or not hasattr(streaming, "_SplitCalls"):
+        skip("this version has no stream split")
+    streaming.TUNE_MIN_BYTES = 0
+    try:
+        stream = layer.stream()
+    finally:
+        streaming.TUNE_MIN_BYTES = saved
+    stream(x)  # builds
+    which = "frame" if steps == 1 else "chunk"
+    # the engine stays the one named: no timing round later (RETUNE_CALLS)
+    retune = getattr(streaming, "RETUNE_CALLS", None)
+    if retune is not None:
+        streaming.RETUNE_CALLS = 1 << 62
+    try:
+        stream._keep(which, THREADS[engine] - 1, (0.0, 0.0))
+    finally:
+        if retune is not None:
+            streaming.RETUNE_CALLS = retune
+    return stream
 
 
 class StreamEngines:
-    params = [["lstm", "gru", "lstm x2"], [256, 512], [1, 10], list(ENGINES)]
+    params = [["lstm", "gru", "lstm x2"], [256, 512], [1, 10], list(THREADS)]
     param_names = ["cell", "units", "steps", "engine"]
 
     def setup(self, cell, H, steps, engine):
@@ -34,27 +58,13 @@ class StreamEngines:
         s = 1.0 / np.sqrt(H)
         layer.set_weights([rng.uniform(-s, s, w.shape).astype(np.float32)
                            for w in layer.get_weights()])
-        saved = getattr(streaming, "TUNE_MIN_BYTES", None)
-        if saved is None or not hasattr(streaming, "_SplitCalls"):
-            skip("this version has no stream split")
-        streaming.TUNE_MIN_BYTES = 0
-        try:
-            self.stream = layer.stream()
-        finally:
-            streaming.TUNE_MIN_BYTES = saved
         x = inputs(1, steps, H)
         self.x = np.ascontiguousarray(x[:, 0] if steps == 1 else x)
-        self.stream(self.x)  # builds, compiles
-        which = "frame" if steps == 1 else "chunk"
-        # the engine stays the one named: no timing round later (RETUNE_CALLS)
-        retune = getattr(streaming, "RETUNE_CALLS", None)
-        if retune is not None:
-            streaming.RETUNE_CALLS = 1 << 62
         try:
-            self.stream._keep(which, ENGINES[engine], (0.0, 0.0))
-        finally:
-            if retune is not None:
-                streaming.RETUNE_CALLS = retune
+            self.stream = layer.stream(threads=THREADS[engine])  # kept for good, untimed
+        except TypeError:  # a version without threads=
+            self.stream = _forced(streaming, layer, self.x, steps, engine)
+        self.stream(self.x)  # builds, compiles
         for _ in range(20):
             self.stream(self.x)
 
