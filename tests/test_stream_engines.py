@@ -409,8 +409,8 @@ def test_stream_helper_runs_a_whole_frame_and_stops(rng):
     sync[sp.SPINS], sync[sp.CHUNK], sync[sp.JOIN] = fs.spins, fs.chunk, -1
     bell = np.zeros(sp.BELL_SIZE, np.int64)
     frames = np.zeros(8, np.int64)
-    helper = threading.Thread(target=sp.stream_helper, args=(bell, frames, 0, sync) + fs.args
-                              + (fs.hf, fs.cb, fs.P))
+    helper = threading.Thread(target=sp.stream_helper,
+                              args=(bell, frames, 0, ((sync,) + fs.args + (fs.hf, fs.cb, fs.P),)))
     bell[sp.BELL_GEN] = 1  # rung before its thread first runs: it must still answer
     helper.start()
     helper.join(timeout=0.05)
@@ -767,7 +767,7 @@ def test_stack_helper_waits_for_the_layer_before(rng):
         sync[sp.SPINS], sync[sp.CHUNK], sync[sp.JOIN] = spins, chunk, -1
     bell = np.zeros(sp.BELL_SIZE, np.int64)
     layers = tuple(p["job"] for p in ss.parts)
-    helper = threading.Thread(target=sp.stack_helper, daemon=True,
+    helper = threading.Thread(target=sp.stream_helper, daemon=True,
                               args=(bell, np.zeros(8, np.int64), 0, layers))
     bell[sp.BELL_GEN] = 1
     helper.start()
@@ -822,7 +822,7 @@ def test_stack_helper_stops_while_waiting_for_a_layer(rng):
         p["sync"][:] = 0
         p["sync"][sp.SPINS], p["sync"][sp.CHUNK], p["sync"][sp.JOIN] = spins, chunk, -1
     bell = np.zeros(sp.BELL_SIZE, np.int64)
-    helper = threading.Thread(target=sp.stack_helper, daemon=True,
+    helper = threading.Thread(target=sp.stream_helper, daemon=True,
                               args=(bell, np.zeros(8, np.int64), 0,
                                     tuple(p["job"] for p in ss.parts)))
     bell[sp.BELL_GEN] = 1

@@ -247,24 +247,6 @@ BELL_GEN, BELL_ACK, BELL_STOP, BELL_SLEEPERS, BELL_SIZE = 0, 8, 16, 24, 32
 _IDLE_NS = 1_000_000_000
 
 
-@njit(cache=True, nogil=True)
-def stream_helper(bell, frames, spins, sync, gru, H, weights, gates, io, opts, hf, cb, P):
-    """The helper of a stream's split: worker 1 of every call rung on
-    ``bell``, until ``bell[BELL_STOP]`` is set. Between calls it spins
-    ``spins`` pause-spins (unless another stream split starts a call), then
-    sleeps until rung."""
-    # the last call it finished (not the count: the caller may ring before
-    # this thread first runs, and that call must still be answered)
-    seen = atomic_load(bell, BELL_ACK)
-    while True:
-        g = _await_ring(bell, frames, spins, seen)
-        if g < 0:
-            return
-        seen = g
-        split_work(np.int64(1), sync, gru, H, weights, gates, io, opts, hf, cb, P)
-        atomic_add(bell, BELL_ACK, g - atomic_load(bell, BELL_ACK))  # only the helper writes it
-
-
 @njit(inline="always")
 def _await_ring(bell, frames, spins, seen):
     """A helper's wait for the call after call ``seen`` on ``bell``: ``spins``
@@ -402,9 +384,9 @@ def wake(bell):
 # ----- a stack's calls: every layer split, one helper for all of them -----
 #
 # A stack runs its layers in order, each split as above: the caller is
-# worker 0 of every layer and one helper thread, rung once per stack call,
-# worker 1 of every layer in turn. The caller makes one call per layer
-# (stack_run, flat arguments); the helper starts on layer l only once the
+# worker 0 of every layer and one helper thread (stream_helper with every
+# layer), rung once per stack call, worker 1 of every layer in turn. The
+# caller makes one call per layer (stack_run, flat arguments); the helper starts on layer l only once the
 # caller has finished layer l - 1 (its sync[FINISHED]): the layer's input is
 # the output buffer the layer before wrote, complete then. Before it
 # finishes layer l - 1 (before it rings, for the first two), the caller has
@@ -431,11 +413,15 @@ def _wait_finished(sync, bell):
 
 
 @njit(cache=True, nogil=True)
-def stack_helper(bell, frames, spins, layers):
-    """The helper of a stack's split: worker 1 of each layer of ``layers``
+def stream_helper(bell, frames, spins, layers):
+    """The helper of a stream's split: worker 1 of each layer of ``layers``
     (per layer ``(sync, gru, H, weights, gates, io, opts, hf, cb, P)``, one
-    type for all) in turn, for every call rung on ``bell``, until
-    ``bell[BELL_STOP]`` is set; between calls as :func:`stream_helper`."""
+    type for all; one layer for a one-layer stream) in turn, for every
+    call rung on ``bell``, until ``bell[BELL_STOP]`` is set. Between calls
+    it spins ``spins`` pause-spins (unless another stream split starts a
+    call), then sleeps until rung."""
+    # the last call it finished (not the count: the caller may ring before
+    # this thread first runs, and that call must still be answered)
     seen = atomic_load(bell, BELL_ACK)
     while True:
         g = _await_ring(bell, frames, spins, seen)
@@ -447,7 +433,7 @@ def stack_helper(bell, frames, spins, layers):
                 return
             sync, gru, H, weights, gates, io, opts, hf, cb, P = layers[i]
             split_work(np.int64(1), sync, gru, H, weights, gates, io, opts, hf, cb, P)
-        atomic_add(bell, BELL_ACK, g - atomic_load(bell, BELL_ACK))
+        atomic_add(bell, BELL_ACK, g - atomic_load(bell, BELL_ACK))  # only the helper writes it
 
 
 @njit(cache=True, nogil=True)

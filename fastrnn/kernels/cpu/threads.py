@@ -590,8 +590,8 @@ class StreamSplit:
 
     def _helper_job(self, bell):
         """The helper thread's function and arguments, rung on ``bell``."""
-        return split.stream_helper, (bell, _FRAMES, _STREAM_SPINS, self.sync) + self.args + (
-            self.hf, self.cb, self.P)
+        return split.stream_helper, (bell, _FRAMES, _STREAM_SPINS, (
+            (self.sync,) + self.args + (self.hf, self.cb, self.P),))
 
     def _start(self):
         if self._finalizer is not None:
@@ -706,7 +706,7 @@ class StackSplit(StreamSplit):
     panel split in turn (the layers' packed drivers' arguments
     ``layer_args``, one weight format for all), every layer's input buffer
     the output buffer of the layer before, with one helper thread for all
-    layers (:func:`split.stack_helper`): it runs its share of a layer as
+    layers (:func:`split.stream_helper`): it runs its share of a layer as
     soon as the caller has finished the layer before. Otherwise as
     :class:`StreamSplit` (the same contention rule, judged over the
     layers, and the same placement)."""
@@ -736,7 +736,7 @@ class StackSplit(StreamSplit):
                              + (k + 1 < n,) + p["flat"]) for k, p in enumerate(self.parts)]
 
     def _helper_job(self, bell):
-        return split.stack_helper, (bell, _FRAMES, _STREAM_SPINS,
+        return split.stream_helper, (bell, _FRAMES, _STREAM_SPINS,
                                     tuple(p["job"] for p in self.parts))
 
     def run(self, x, ready=False, y=None):
