@@ -47,7 +47,8 @@ from . import dispatch
 from .bidirectional import Bidirectional
 from .layers import RNN
 
-__all__ = ["predict", "predict_partitions", "FastrnnPlugin"]
+# (FastrnnPlugin comes from the module __getattr__, below)
+__all__ = ["predict", "predict_partitions", "FastrnnPlugin"]  # noqa: F822
 
 # Threads each task may give fastrnn's kernels in this process: set by
 # FastrnnPlugin on a worker (the worker's nthreads) and by the CLI's local

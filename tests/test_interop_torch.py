@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 import fastrnn  # noqa: E402
 from conftest import DATA, layer_backends, load_golden  # noqa: E402
-from fastrnn.interop import from_torch, from_torch_state_dict, from_torch_weights  # noqa: E402
+from fastrnn.interop import from_torch, from_torch_state_dict  # noqa: E402
 
 CASES = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(DATA, "torch_*.npz")))
 ATOL = 2e-5

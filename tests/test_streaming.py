@@ -11,8 +11,6 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import fastrnn
 from fastrnn.kernels.cpu import stream as _stream

@@ -101,7 +101,6 @@ def fastrnn_engine(backend_name, cell, w, x):
 
 
 def ort_engine(cell, w, x, threads=THREADS):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
