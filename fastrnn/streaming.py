@@ -291,7 +291,7 @@ class Stream:
         layer (``backend=None``). ``None``: as below (one core for small
         weights; for large ones the faster engine, timed now and again).
         ``1``: every call on the one-core stream kernels, no helper thread,
-        never timed. ``2`` (float32, int8 or bfloat16 weights): every call
+        never timed. ``2`` (a float32 layer, quantized or not): every call
         on the batch engine on two threads (the panel split with the
         stream's own helper thread where it runs the layer), never timed:
         no call runs on the slower engine for a timing round, which a
