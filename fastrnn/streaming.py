@@ -117,10 +117,10 @@ class _SplitCalls:
     :class:`~fastrnn.kernels.cpu.threads.StackSplit`, one per chunk length,
     the two used last kept), on the stream's state arrays (the output: the
     last layer's ``h``, or the buffer of every step's). A call the helper
-    cannot share (the machine looks busy, one thread
-    allowed, the helper still on its last call) runs on the stream kernel
-    ``kernel`` instead, which is faster on one core. ``run`` has the stream
-    kernels' signature, as :meth:`_EngineRunner.run`.
+    cannot share (the machine looks busy, one thread allowed, the helper
+    still on its last call) runs on the stream kernel ``kernel`` instead,
+    which is faster on one core. ``run`` has the stream kernels'
+    signature, as :meth:`_EngineRunner.run`.
 
     ``make(T)`` builds the split for calls of ``T`` steps (``None`` where it
     cannot run them); ``sequences``: chunks return every step's output.
@@ -200,6 +200,11 @@ RETUNE_MAX_CALLS = 64_000
 # Batches this large split rows between threads, not panels (the stream
 # kernels' rows are already independent): not tuned.
 _ROWS_SPLIT = 8
+
+
+def _is_one_or_two(n):
+    """``threads`` of a stream: an integer (not a bool), 1 or 2."""
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n in (1, 2)
 
 
 def _weight_bytes(params):
@@ -377,7 +382,7 @@ class Stream:
             elif backend == "cuda":
                 raise ValueError("backend: streams run on the host; expected None, 'cpu' or "
                                  "'reference', got 'cuda'")
-        if threads is not None and (isinstance(threads, bool) or threads not in (1, 2)):
+        if threads is not None and not _is_one_or_two(threads):
             raise ValueError(f"threads: expected None, 1 or 2, got {threads!r}")
         self.layer = layer
         self.batch_size = int(batch_size)
@@ -998,7 +1003,7 @@ def _restore_stream(data, where):
     _safe_io.check_features(declared, layer.cells[0].input_dim, "the layer")
     _restore_quantized(layer, meta.get("quantized"), data)
     threads = meta.get("threads")  # (files written before it existed: None)
-    if threads is not None and (isinstance(threads, bool) or threads not in (1, 2)):
+    if threads is not None and not _is_one_or_two(threads):
         raise ValueError(f"meta: threads expected null, 1 or 2, got {threads!r}")
     stream = Stream(layer, batch_size=B, backend=meta.get("backend"), threads=threads)
     stream.states = [data.read(f"s{i}") for i in range(len(sizes))]

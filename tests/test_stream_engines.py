@@ -252,7 +252,7 @@ def test_a_stream_keeps_the_engine_named_by_threads(monkeypatch, rng, kind, thre
 def test_threads_the_stream_cannot_use_is_an_error(rng):
     layer = fastrnn.GRU(12)
     layer.build((1, None, 5))
-    for bad in (0, 3, True, "2", 1.5):
+    for bad in (0, 3, True, "2", 2.0):
         with pytest.raises(ValueError, match="threads: expected None, 1 or 2"):
             layer.stream(threads=bad)
     wide = fastrnn.GRU(12, dtype="float64")

@@ -737,7 +737,7 @@ class StackSplit(StreamSplit):
 
     def _helper_job(self, bell):
         return split.stream_helper, (bell, _FRAMES, _STREAM_SPINS,
-                                    tuple(p["job"] for p in self.parts))
+                                     tuple(p["job"] for p in self.parts))
 
     def run(self, x, ready=False, y=None):
         """As :meth:`StreamSplit.run`: one call ``x (B, T, D)`` through every
