@@ -386,9 +386,10 @@ def wake(bell):
 # A stack runs its layers in order, each split as above: the caller is
 # worker 0 of every layer and one helper thread (stream_helper with every
 # layer), rung once per stack call, worker 1 of every layer in turn. The
-# caller makes one call per layer (stack_run, flat arguments); the helper starts on layer l only once the
-# caller has finished layer l - 1 (its sync[FINISHED]): the layer's input is
-# the output buffer the layer before wrote, complete then. Before it
+# caller makes one call per layer (stack_run, flat arguments); the helper
+# starts on layer l only once the caller has finished layer l - 1 (its
+# sync[FINISHED]): the layer's input is the output buffer the layer before
+# wrote, complete then. Before it
 # finishes layer l - 1 (before it rings, for the first two), the caller has
 # loaded layer l's state and cleared its sync array, so the helper never
 # finds a layer that is not ready. A call the helper is not rung for runs
