@@ -389,12 +389,12 @@ def wake(bell):
 # caller makes one call per layer (stack_run, flat arguments); the helper
 # starts on layer l only once the caller has finished layer l - 1 (its
 # sync[FINISHED]): the layer's input is the output buffer the layer before
-# wrote, complete then. Before it
-# finishes layer l - 1 (before it rings, for the first two), the caller has
-# loaded layer l's state and cleared its sync array, so the helper never
-# finds a layer that is not ready. A call the helper is not rung for runs
-# every layer alone on ``solo``; a helper still on its last call then finds
-# every layer of that call finished and touches nothing.
+# wrote, complete then. Before it finishes layer l - 1 (before it rings, for
+# the first two), the caller has loaded layer l's state and cleared its sync
+# array, so the helper never finds a layer that is not ready. A call the
+# helper is not rung for runs every layer alone on ``solo``; a helper still
+# on its last call then finds every layer of that call finished and touches
+# nothing.
 
 @njit(inline="always")
 def _wait_finished(sync, bell):
