@@ -123,6 +123,10 @@ def _claim_run(w, sync, slot, s, lo, cnt, call, t, hf, cb, cur, nxt, valid, star
             return did
         c1 = min(end, c + chunk)
         if atomic_cas(sync, slot, c, c1):
+            if w != 0 and did == 0 and atomic_load(sync, JOIN) < 0:
+                # the step the helper joined at, set before any of its
+                # panels counts as done (the caller reads it once all are)
+                atomic_cas(sync, JOIN, -1, s)
             for q in range(c, c1):
                 # (row 0 typed int64, as run_rows passes it: a literal 0
                 # would compile a second copy of panel)
@@ -172,8 +176,6 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
     hq, hs = state_buffers(weights[0], B, Hp)
     call = call_record(gru, H, weights, gates, io, (reverse, zero_output, hoist and B == 1), P,
                        (xs, hq, hs))
-    did = 0
-    joined = False
     fpu = flush_denormals()  # this thread, until the end (see .fpenv)
     for s in range(T):
         if _left_out(sync, w):
@@ -189,13 +191,10 @@ def split_work(w, sync, gru, H, weights, gates, io, opts, hf, cb, P):
             quantize_state(hf, cur, B, H, Hp, hq, hs)
         # own half first (its weights stay in this core's cache), then
         # whatever the other thread has not claimed yet
-        did += _claim_run(w, sync, my_slot, s, my_lo, my_cnt, call, t, hf, cb, cur, nxt,
-                          valid, started)
-        did += _claim_run(w, sync, ot_slot, s, ot_lo, ot_cnt, call, t, hf, cb, cur, nxt,
-                          valid, started)
-        if w != 0 and did > 0 and not joined:
-            joined = True
-            atomic_cas(sync, JOIN, -1, s)
+        _claim_run(w, sync, my_slot, s, my_lo, my_cnt, call, t, hf, cb, cur, nxt, valid,
+                   started)
+        _claim_run(w, sync, ot_slot, s, ot_lo, ot_cnt, call, t, hf, cb, cur, nxt, valid,
+                   started)
         if not _wait_done(sync, (s + 1) * NP, w):
             break
         for r in range(B):
