@@ -15,9 +15,10 @@ The sync array (int64) holds, one cache line apart: the claim counters of
 the two halves (cumulative over steps), the count of panels done
 (cumulative), the number of threads asleep on it, the flag telling the
 helper to leave, the spin limit (set by the caller), the "finished" flag,
-the panels each worker ran, the step at which the helper ran its first
-panel (-1 until then; the caller sets it), and the most panels one claim
-may take (set by the caller).
+the panels each worker ran, the step at which the helper claimed its
+first panel (-1 until then, as the caller sets it; set before any of the
+helper's panels counts as done, so a caller that has seen every panel done
+sees it), and the most panels one claim may take (set by the caller).
 """
 
 from __future__ import annotations
