@@ -577,6 +577,7 @@ class StreamSplit:
         self.spins, self.chunk = _claims(x.shape, H, gru, _STREAM_CLAIM_WORK)
         self._flat = split.flat_args(self.spins, self.chunk, *args, self.hf, self.cb, self.P)
         self._h = io[7]
+        self._jobs = ((self.sync,) + args + (self.hf, self.cb, self.P),)
         self._init_helper()
 
     def _init_helper(self):
@@ -589,9 +590,9 @@ class StreamSplit:
         self._starved, self._busy_until, self._pause = 0, 0.0, _STREAM_PAUSE
 
     def _helper_job(self, bell):
-        """The helper thread's function and arguments, rung on ``bell``."""
-        return split.stream_helper, (bell, _FRAMES, _STREAM_SPINS, (
-            (self.sync,) + self.args + (self.hf, self.cb, self.P),))
+        """The helper thread's function and arguments, rung on ``bell``
+        (``_jobs``: per layer, the helper's share of its split)."""
+        return split.stream_helper, (bell, _FRAMES, _STREAM_SPINS, self._jobs)
 
     def _start(self):
         if self._finalizer is not None:
@@ -731,13 +732,10 @@ class StackSplit(StreamSplit):
         # per layer, stack_run's arguments after (bell, frames, ring, first, x,
         # y): its sync array and the solo one, then (after starved) the next
         # layer's (the last: its own, unused) and its own flat arguments
+        self._jobs = tuple(p["job"] for p in self.parts)
         n = len(self.parts)
         self._calls_args = [((p["sync"], self.solo), self.parts[min(k + 1, n - 1)]["next"]
                              + (k + 1 < n,) + p["flat"]) for k, p in enumerate(self.parts)]
-
-    def _helper_job(self, bell):
-        return split.stream_helper, (bell, _FRAMES, _STREAM_SPINS,
-                                     tuple(p["job"] for p in self.parts))
 
     def run(self, x, ready=False, y=None):
         """As :meth:`StreamSplit.run`: one call ``x (B, T, D)`` through every
