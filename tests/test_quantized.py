@@ -331,6 +331,9 @@ def test_kernel_quantization_is_the_reference_quantization():
     x[0, 1] = 0.0
     x[2, 3, 5] = np.nan
     x[4, 6] = np.float32(0.5) + np.arange(22, dtype=np.float32) / 2  # ties in a * 127 / m
+    x[1, 4, 7] = -np.inf
+    x[3, 2] = rng.standard_normal(22).astype(np.float32) * np.float32(1e-40)  # subnormal
+    x[0, 5, 21] = np.float32(-3.4028235e38)  # the largest magnitude, negative, last
     xq, xs = packed_kernels.quantize_inputs(x)
     q, s = quantize_rows(x.reshape(35, 22))
     assert xq.shape == (5, 7, 24) and (xq[..., 22:] == 128).all()

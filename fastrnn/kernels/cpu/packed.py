@@ -79,7 +79,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from .fpenv import flush_denormals, restore_fp
-from .simd import LANES, aligned64, vload, vstore, vzero
+from .simd import LANES, aligned64, f32_from_bits, vload, vstore, vzero
 from .tiles import (gru_proj_1, gru_proj_6, gru_tile_1, gru_tile_2, gru_tile_4, gru_tile_6,
                     lstm_proj_1, lstm_proj_6, lstm_tile_1, lstm_tile_2, lstm_tile_4, lstm_tile_6)
 
@@ -312,19 +312,22 @@ def _quantize_row(src, s0, K, dst, d0):
     """Quantize ``src[s0 : s0 + K]`` (float32) into ``dst[d0 : d0 + K]``
     (uint8, value + 128); returns the row's scale (0 for a zero row, NaN
     for one holding NaN or inf). float32 arithmetic, ties to even, as
-    :func:`fastrnn.kernels.quantize_rows`."""
-    m = np.float32(0.0)
-    finite = True
+    :func:`fastrnn.kernels.quantize_rows`.
+
+    The largest magnitude is found as the largest of the values' bit
+    patterns with the sign cleared (they order as the magnitudes do, and
+    inf's and NaN's lie above every finite one's): an integer maximum,
+    which LLVM turns into vector code, where a float maximum that must
+    notice NaN stays one value at a time."""
+    su = src.view(np.uint32)
+    mb = np.uint32(0)
     for k in range(K):
-        v = abs(src[s0 + k])
-        if not v <= np.float32(3.4028235e38):  # NaN or inf
-            finite = False
-        elif v > m:
-            m = v
-    if not finite or m == 0.0:
+        mb = max(mb, np.uint32(su[s0 + k] & np.uint32(0x7FFFFFFF)))
+    if mb == 0 or mb >= np.uint32(0x7F800000):  # all zero; or NaN or inf
         for k in range(K):
             dst[d0 + k] = 128
-        return np.float32(np.nan) if not finite else np.float32(0.0)
+        return np.float32(0.0) if mb == 0 else np.float32(np.nan)
+    m = f32_from_bits(mb)
     inv = np.float32(127.0) / m
     for k in range(K):
         q = np.rint(src[s0 + k] * inv)

@@ -532,6 +532,21 @@ def _probe_pairs(w, out):
                                                           vload(out, 48))))
 
 
+@intrinsic
+def f32_from_bits(typingctx, x):
+    """The float32 whose bit pattern is the low 32 bits of the integer ``x``."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if x.bitwidth > 32:
+            v = builder.trunc(v, _i32)
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(x), codegen
+
+
 # ---- making vectors ----
 
 @intrinsic
