@@ -1,4 +1,5 @@
-"""Progress of the benchmarks on stderr, and their kernel warm-up.
+"""Progress of the benchmarks on stderr, their kernel warm-up, and the
+pause before each timed sample.
 
 On a terminal, one status line is redrawn in place (carriage return and an
 erase-line escape). Anywhere else (stderr sent to a file or a pipe) those
@@ -14,6 +15,13 @@ import time
 from .. import dispatch
 
 _CLEAR = "\r\x1b[K"  # back to the start of the line, erase it
+
+# Pause before each sample: thread pools (OpenMP in PyTorch and Numba, ONNX
+# Runtime's) keep spinning for tens of milliseconds after a call, and would
+# otherwise steal the cores from the next engine timed. 50 ms leaves every
+# pool asleep; each sample then starts with one untimed call that wakes the
+# engine's own threads, so every engine is timed warm, as in a serving loop.
+PAUSE = 0.05
 
 
 def is_terminal(stream):

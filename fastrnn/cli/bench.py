@@ -53,7 +53,7 @@ import numpy as np
 from .. import dispatch
 from . import bench_quantized as bq
 from . import bench_accuracy
-from ._progress import Progress, warm
+from ._progress import PAUSE, Progress, warm
 from .bench_gpu import bench_gpu, format_gpu_table
 from .bench_streaming import run as run_streaming
 from .peak import dot_peak, fma_peak
@@ -191,12 +191,6 @@ def _time(fn, reps_inner):
     return (time.perf_counter() - t0) / reps_inner
 
 
-# Pause before each sample: thread pools (OpenMP in PyTorch and Numba, ONNX
-# Runtime's) keep spinning for tens of milliseconds after a call, and would
-# otherwise steal the cores from the next engine timed. 50 ms leaves every
-# pool asleep; each sample then starts with one untimed call that wakes the
-# engine's own threads, so every engine is timed warm, as in a serving loop.
-PAUSE = 0.05
 # Each sample runs the engine for at least this long (back-to-back calls):
 # after the pause a core takes a few milliseconds to come back to full
 # speed, and 50 ms keeps that ramp to a small share of every sample.

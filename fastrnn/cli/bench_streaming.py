@@ -48,7 +48,7 @@ from ..kernels import quantize, reference, run as run_kernel
 from ..kernels.cpu import stream as _stream
 from ..layers import GRU, LSTM
 from . import bench_quantized as bq
-from ._progress import warm
+from ._progress import PAUSE, warm
 
 HS = (64, 128, 256, 512)
 TS = (1, 10)
@@ -277,8 +277,13 @@ def _torch_module(cell, H, T, weights, x, int8=False):
 
 # ----- timing ------------------------------------------------------------------
 
-def _time_interleaved(calls, n_calls, block=100, warmup=200):
-    """Per-call ns of each callable, run in interleaved blocks of ``block`` calls."""
+def _time_interleaved(calls, n_calls, block=100, warmup=200, pause=PAUSE):
+    """Per-call µs of each callable, run in interleaved blocks of ``block``
+    calls, each block after a pause of ``pause`` seconds and one untimed
+    call (as :func:`.bench.sample`: the engine timed before may leave its
+    thread pool spinning on both cores for milliseconds, and a two-thread
+    stream sharing a core with it gives up its helper for a while, see
+    :class:`fastrnn.streaming.Stream`)."""
     pc = time.perf_counter_ns
     for f in calls.values():
         for _ in range(warmup):
@@ -288,6 +293,8 @@ def _time_interleaved(calls, n_calls, block=100, warmup=200):
     for _ in range(rounds):
         for k, f in calls.items():
             out = samples[k]
+            time.sleep(pause)
+            f()
             for _ in range(block):
                 t0 = pc()
                 f()
