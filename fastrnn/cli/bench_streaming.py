@@ -50,6 +50,9 @@ from ..layers import GRU, LSTM
 from . import bench_quantized as bq
 from ._progress import PAUSE, warm
 
+# untimed calls after each pause before a block is timed (seconds)
+RAMP = 0.01
+
 HS = (64, 128, 256, 512)
 TS = (1, 10)
 CELLS = ("lstm", "gru")
@@ -277,24 +280,31 @@ def _torch_module(cell, H, T, weights, x, int8=False):
 
 # ----- timing ------------------------------------------------------------------
 
-def _time_interleaved(calls, n_calls, block=100, warmup=200, pause=PAUSE):
+def _time_interleaved(calls, n_calls, block=100, warmup=200, pause=PAUSE, ramp=RAMP):
     """Per-call µs of each callable, run in interleaved blocks of ``block``
-    calls, each block after a pause of ``pause`` seconds and one untimed
-    call (as :func:`.bench.sample`: the engine timed before may leave its
+    calls. Before each block: a pause of ``pause`` seconds, as
+    :func:`.bench.sample` makes (the engine timed before may leave its
     thread pool spinning on both cores for milliseconds, and a two-thread
     stream sharing a core with it gives up its helper for a while, see
-    :class:`fastrnn.streaming.Stream`)."""
+    :class:`fastrnn.streaming.Stream`), then untimed calls for ``ramp``
+    seconds (at least one): they wake the engine's threads, and the cores
+    come back to full speed after the pause, which a block of short calls
+    would otherwise spend ramping up."""
     pc = time.perf_counter_ns
     for f in calls.values():
         for _ in range(warmup):
             f()
     samples = {k: [] for k in calls}
     rounds = max(1, -(-n_calls // block))
+    ramp_ns = int(ramp * 1e9)
     for _ in range(rounds):
         for k, f in calls.items():
             out = samples[k]
             time.sleep(pause)
+            t_end = pc() + ramp_ns
             f()
+            while pc() < t_end:
+                f()
             for _ in range(block):
                 t0 = pc()
                 f()
