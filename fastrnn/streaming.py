@@ -208,9 +208,18 @@ def _is_one_or_two(n):
 
 
 def _weight_bytes(params):
-    """Bytes of a layer's kernel and recurrent kernel as the kernels hold them."""
+    """Bytes of a layer's kernel and recurrent kernel as they count against
+    :data:`TUNE_MIN_BYTES`: as the kernels hold them, except weights-only
+    int8, counted as the float32 it is widened to. The stream kernels widen
+    int8 weights one vector at a time (a sign extension and a convert
+    each), and that arithmetic, not the cache, sets their pace well before
+    the weights fill one core's L2: the two-core split, which halves it,
+    won LSTM and GRU streams of H = 256 (D = H, 384-512 KiB of int8) on the
+    2-vCPU machines measured."""
     q = params.quantized
     if q is not None:
+        if q.mode == "int8":
+            return 4 * (q.kernel.size + q.recurrent_kernel.size)
         return q.kernel.nbytes + q.recurrent_kernel.nbytes
     return np.asarray(params.kernel).nbytes + np.asarray(params.recurrent_kernel).nbytes
 
@@ -515,6 +524,7 @@ class Stream:
         self._retune_every = {}
         self._kernel_T = self._work_T
         self._nbytes = nbytes
+        self._int8 = any(p.quantized is not None and p.quantized.mode == "int8" for p in params)
         for which in ("frame", "chunk"):
             if pinned:
                 self._keep(which, 1, None)
@@ -615,9 +625,10 @@ class Stream:
         frame = self._chosen.get("frame")
         self.backend = "cpu" if frame is not None and frame[0] else "stream"
         self.threads = None if frame is None else ((2 if split else n) if frame[0] else 1)
+        int8 = " (int8, counted as the float32 it widens to)" if self._int8 else ""
         why = ("threads=2 was requested" if self._threads_arg == 2 else
-               f"{self._nbytes / 2**20:.1f} MiB of weights pass one core's cache, so the "
-               "faster engine is kept")
+               f"{self._nbytes / 2**20:.1f} MiB of weights{int8} pass one core's cache, so "
+               "the faster engine is kept")
         self.backend_reason = f"{why}; " + "; ".join(parts)
 
     def _check_weights(self):

@@ -876,3 +876,31 @@ def test_stack_split_is_not_offered_where_it_cannot_run(rng):
     generic = fastrnn.RNN([fastrnn.LSTMCell(40), fastrnn.GRUCell(40, reset_after=False)])
     generic.build((1, None, 8))
     assert not offered(generic)
+
+
+@pytest.mark.skipif(dispatch.get_num_threads() < 2, reason="one thread: no engine to time")
+def test_int8_weights_count_as_the_float32_they_widen_to(monkeypatch, rng):
+    """Against TUNE_MIN_BYTES, weights-only int8 counts at float32's size
+    (the stream kernels widen each weight, and that arithmetic, not the
+    cache, limits them), every other format as stored: with the threshold
+    between bfloat16's bytes and float32's, the float32 and int8 streams
+    time both engines and the bfloat16 and int8_dynamic ones do not."""
+    x = rng.standard_normal((1, 3, 20)).astype(np.float32)
+    layer = fastrnn.LSTM(24)
+    layer(x)
+    n = layer.cell.kernel.size + layer.cell.recurrent_kernel.size
+    monkeypatch.setattr(streaming, "TUNE_MIN_BYTES", 3 * n)  # bfloat16: 2n, float32: 4n
+    timed = {}
+    for mode in ("float32", "int8", "bfloat16", "int8_dynamic"):
+        copy = fastrnn.LSTM(24)
+        copy(x)
+        copy.set_weights(layer.get_weights())
+        if mode != "float32":
+            copy.quantize(mode)
+        stream = copy.stream()
+        timed[mode] = stream.threads is None  # None while the first frames are timed
+        for t in range(3):
+            stream(x[:, t])
+        if mode == "int8":
+            assert "(int8, counted as the float32 it widens to)" in stream.backend_reason
+    assert timed == {"float32": True, "int8": True, "bfloat16": False, "int8_dynamic": False}
