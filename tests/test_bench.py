@@ -319,6 +319,13 @@ def test_bench_streaming_precision_rows(capsys):
                                  "--precision", "float32,int8", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "fastrnn int8" in text and "ORT int8 [thr]" in text and "err fastrnn int8" in text
+    # ... and the same formats through layer.stream(), with the engine each kept
+    tail = text[text.index("reduced precision through layer.stream()"):]
+    row = next(line for line in tail.splitlines() if line.startswith("| LSTM | 1 | 19 |"))
+    assert "stream int8 [thr]" in tail and "int8/f32" in tail and "err stream int8" in tail
+    assert row.count("[1]") + row.count("[2]") >= 3  # f32, int8 and ORT f32: threads shown
+
+
 def test_bench_accuracy_tiny_grid(tmp_path, capsys, monkeypatch):
     """``--accuracy``: every path's error against float64 in a table and the
     JSON, with PyTorch's beside them where it is installed."""

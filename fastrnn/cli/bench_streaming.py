@@ -89,6 +89,23 @@ def _fastrnn(layer, x):
     return call, lambda: stream(x)
 
 
+def _quantized(layer, mode):
+    """A copy of ``layer`` (D = H) with its weights quantized to ``mode``."""
+    copy = type(layer)(layer.units, return_sequences=layer.return_sequences)
+    copy.build((1, None, layer.units))
+    copy.set_weights(layer.get_weights())
+    return copy.quantize(mode)
+
+
+def _kept_threads(stream, T):
+    """The threads of the engine ``stream`` kept for calls of ``T`` steps
+    (see Stream): 1 for the stream kernels."""
+    kept = stream._chosen.get("frame" if T == 1 else "chunk") \
+        if hasattr(stream, "_chosen") else None
+    return 1 if kept is None or not kept[0] else (
+        2 if stream._splits else dispatch.get_num_threads())
+
+
 def _fastrnn_kernel(layer, x, mode):
     """The stream kernels called directly (no ``Stream`` wrapper, output
     preallocated) on ``mode`` weights: ``quantize`` of the layer's params."""
@@ -415,6 +432,10 @@ def run(opts):
                     for mode in ["float32"] + reduced:
                         engines[f"kernel_{mode}"], outputs[f"kernel_{mode}"] = _fastrnn_kernel(
                             layer, xf, mode)
+                    # ... and through layer.stream(), on the engine each stream keeps
+                    for mode in reduced:
+                        engines[f"stream_{mode}"], outputs[f"stream_{mode}"] = _fastrnn(
+                            _quantized(layer, mode), xf)
                 if "int8" in reduced or "int8_dynamic" in reduced:
                     if "onnxruntime" not in skip and cell == "lstm":
                         for threads in (1, 2):
@@ -452,12 +473,9 @@ def run(opts):
                 for name, v in t.items():
                     row[name] = {"median_us": float(np.median(v)),
                                  "p99_us": float(np.percentile(v, 99))}
-                # the engine the stream kept for this kind of call (see Stream)
-                stream = engines["fastrnn"].stream
-                kept = stream._chosen.get("frame" if T == 1 else "chunk") \
-                    if hasattr(stream, "_chosen") else None
-                row["fastrnn"]["threads"] = 1 if kept is None or not kept[0] else (
-                    2 if stream._splits else dispatch.get_num_threads())
+                # the engine each stream kept for this kind of call (see Stream)
+                for name in ["fastrnn"] + [f"stream_{mode}" for mode in reduced]:
+                    row[name]["threads"] = _kept_threads(engines[name].stream, T)
                 for prefix, key in (("ort", "ort"), ("ort_int8_", "ort_int8")):
                     if f"{prefix}1" in row:
                         best = min((f"{prefix}1", f"{prefix}2"), key=lambda k: row[k]["median_us"])
@@ -484,6 +502,10 @@ def run(opts):
                      "float32 included, so their ratios compare like with like")
         print()
         print(format_precision(rows))
+        notes.append("reduced precision through layer.stream(): each format's stream on the "
+                     "engine it kept [threads], as the float32 table's fastrnn column")
+        print()
+        print(format_precision(rows, _STREAM_COLUMNS, _STREAM_RATIOS, _STREAM_TITLE))
     return rows, notes
 
 
@@ -507,17 +529,31 @@ _PRECISION_RATIOS = (("kernel_bfloat16", "kernel_float32", "bf16/f32"),
                      ("kernel_bfloat16_dynamic", "ort", "bf16dyn/ORT f32"))
 
 
-def format_precision(rows):
-    """The reduced-precision table: µs per call (median), ratios, and each
+_PRECISION_TITLE = ("reduced precision, batch 1, D = H, state carried; µs per call (median); "
+                    "err = max abs error vs float64 over three calls")
+_STREAM_COLUMNS = (("fastrnn", "stream f32 [thr]"), ("stream_bfloat16", "stream bf16 [thr]"),
+                   ("stream_int8", "stream int8 [thr]"),
+                   ("stream_int8_dynamic", "stream int8dyn [thr]"),
+                   ("stream_bfloat16_dynamic", "stream bf16dyn [thr]"), ("ort", "ORT f32 [thr]"))
+_STREAM_RATIOS = tuple((f"stream_{m}", b, f"{short}/{bn}")
+                       for b, bn in (("fastrnn", "f32"), ("ort", "ORT f32"))
+                       for m, short in (("bfloat16", "bf16"), ("int8", "int8"),
+                                        ("int8_dynamic", "int8dyn"),
+                                        ("bfloat16_dynamic", "bf16dyn")))
+_STREAM_TITLE = ("reduced precision through layer.stream() (each on the engine it kept), "
+                 "batch 1, D = H; µs per call (median); err = max abs error vs float64")
+
+
+def format_precision(rows, columns=_PRECISION_COLUMNS, ratios=_PRECISION_RATIOS,
+                     title=_PRECISION_TITLE):
+    """A reduced-precision table: µs per call (median), ratios, and each
     engine's max abs error against float64 over three successive calls."""
-    cols = [(k, h) for k, h in _PRECISION_COLUMNS if any(k in r for r in rows)]
-    ratios = [(a, b, h) for a, b, h in _PRECISION_RATIOS if any(a in r and b in r for r in rows)]
+    cols = [(k, h) for k, h in columns if any(k in r for r in rows)]
+    ratios = [(a, b, h) for a, b, h in ratios if any(a in r and b in r for r in rows)]
     errs = [(k, h) for k, h in cols if any(k in r.get("err_f64", {}) for r in rows)]
     head = ["cell", "T", "H"] + [h for _, h in cols] + [h for _, _, h in ratios] + \
         [f"err {h.split(' [')[0]}" for _, h in errs]
-    lines = ["reduced precision, batch 1, D = H, state carried; µs per call (median); "
-             "err = max abs error vs float64 over three calls",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["cell"].upper(), str(r["T"]), str(r["H"])]
         for k, _ in cols:
