@@ -535,7 +535,7 @@ class Stream:
     def _why_not_two(self, weights):
         """Why ``threads=2`` cannot run this stream ("" when it can)."""
         if self._dt != np.float32:
-            return (f"the two-core engines run float32 layers (int8 or bfloat16 weights "
+            return (f"the two-core engines run float32 layers (quantized weights "
                     f"included), and this one is {self._dt.name}")
         choice = _engine.select_for(weights, "cpu")
         if choice.name != "cpu":

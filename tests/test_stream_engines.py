@@ -347,6 +347,40 @@ def test_stream_split_matches_the_reference(rng, kind, mode, steps):
     np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=tol)
 
 
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("mode", ["int8_dynamic", "bfloat16_dynamic"])
+@pytest.mark.parametrize("steps", [1, 4])
+def test_stream_split_dynamic_formats_match_the_reference(rng, kind, mode, steps):
+    """The dynamic formats through the split: each call's input quantized
+    (or rounded) into the split's buffer, at an odd input size (padded to
+    4, or to 2), against the reference run on the same quantized weights
+    over the whole sequence. Bounds as the dynamic batch kernels'
+    (test_quantized): the first step to float32 rounding; later a value on
+    a rounding edge of the state may round one step apart."""
+    from fastrnn import _engine
+    from fastrnn.kernels import reference, run as run_kernel
+
+    B, T, D, H = (3, 9, 13, 37) if steps == 1 else (1, 12, 13, 37)
+    layer = _frame_layer(rng, kind, D, H, mode)
+    split, states = _split_of(layer, B, rng, steps, sequences=steps > 1)
+    params = _engine.snapshot(layer.cells)[0].params
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    x[0, 2] = 0.0  # a zero input row: scale 0
+    want = np.empty((B, T, H), np.float32)
+    run_kernel(reference, reference.pack(params), x, [s.copy() for s in states], None, False,
+               False, want, [np.empty_like(s) for s in states])
+    got = []
+    y = np.full((B, H), np.nan, np.float32)
+    for t in range(0, T, steps):
+        split.run(np.ascontiguousarray(x[:, t:t + steps]), y=y if steps == 1 else None)
+        got.append(split.args[4][5].copy() if steps > 1 else y[:, None].copy())
+    split.close()
+    got = np.concatenate(got, axis=1)
+    np.testing.assert_allclose(got[:, 0], want[:, 0], rtol=1e-4, atol=3e-5)
+    err = np.abs(got - want)
+    assert err.max() < 2e-3 and err.mean() < 2e-5, (err.max(), err.mean())
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_stream_split_in_a_forked_child(rng):
     """A split whose helper thread runs in the parent starts a helper of its
@@ -504,7 +538,7 @@ def test_stream_split_is_not_offered_where_it_cannot_run(rng):
     assert offered(_frame_layer(rng, "lstm", 8, 40))
     assert not offered(_frame_layer(rng, "lstm", 8, 40), B=8)  # rows split instead
     assert not offered(_frame_layer(rng, "lstm", 8, 16))  # one panel
-    assert not offered(_frame_layer(rng, "gru", 8, 40, "int8_dynamic"))  # input transformed
+    assert offered(_frame_layer(rng, "gru", 8, 40, "int8_dynamic"))  # input quantized per call
     assert not offered(_frame_layer(rng, "gru", 9, 40, "bfloat16"))  # odd input size
     g = fastrnn.GRU(40, reset_after=False)
     g.build((1, None, 8))

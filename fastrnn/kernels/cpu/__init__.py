@@ -38,7 +38,7 @@ from .. import _cache
 
 _cache.install()  # before any cached kernel is defined
 
-from .. import GRUParams, LSTMParams, SimpleRNNParams, quantize, run, state_sizes  # noqa: E402
+from .. import DYNAMIC, GRUParams, LSTMParams, SimpleRNNParams, quantize, run, state_sizes  # noqa: E402,E501
 from . import generic, stream, threads  # noqa: E402
 from .inputs import writable  # noqa: E402,F401
 from . import packed as _packed  # noqa: E402
@@ -290,16 +290,27 @@ def stream_split(packed, batch_size, h, c=None, steps=1, sequences=False):
     LSTM, ``c``) in place: C-contiguous float32 ``(batch_size, units)``
     arrays kept for the object's life; with ``sequences`` every step's
     output goes to its buffer ``out (batch_size, steps, units)``. Runs the
-    packed float32 LSTM (no projection) and GRU (``reset_after``) and their
-    int8 and bfloat16 weights (bfloat16 with an even input size): the
-    formats whose kernels read the input as it is.
+    packed float32 LSTM (no projection) and GRU (``reset_after``) and every
+    weight format of theirs (weights-only bfloat16 with an even input
+    size); the dynamic formats' input is quantized, or rounded, into the
+    split's input buffer at each call (:func:`._packed.load_inputs`).
     """
     B, T = int(batch_size), int(steps)
-    if not _splittable(packed, B, h, c):
+    if not _splittable(packed, B, h, c, dynamic=True):
         return None
-    xb = np.zeros((B, T, np.asarray(packed.params.kernel).shape[0]), dtype=np.float32)
+    q = packed.params.quantized
+    mode = None if q is None else q.mode
+    D = np.asarray(packed.params.kernel).shape[0]
+    xs = _NO_XS
+    if mode == "int8_dynamic":  # as _packed.quantize_inputs: D padded to 4, zero point 128
+        xb = np.full((B, T, (D + 3) // 4 * 4), 128, dtype=np.uint8)
+        xs = np.zeros(B * T, dtype=np.float32)
+    elif mode == "bfloat16_dynamic":  # as _packed.bfloat16_inputs: D padded to even
+        xb = np.zeros((B, T, D + (D & 1)), dtype=np.uint16)
+    else:
+        xb = np.zeros((B, T, D), dtype=np.float32)
     out = np.zeros((B, T, packed.params.units), dtype=np.float32) if sequences else _NO_OUT
-    return threads.StreamSplit(_split_args(packed, h, c, xb, out, bool(sequences)))
+    return threads.StreamSplit(_split_args(packed, h, c, xb, out, bool(sequences), xs), D)
 
 
 def stack_split(packs, batch_size, states, steps=1, sequences=False):
@@ -324,9 +335,11 @@ def stack_split(packs, batch_size, states, steps=1, sequences=False):
     return threads.StackSplit(layer_args)
 
 
-def _splittable(packed, B, h, c):
+def _splittable(packed, B, h, c, dynamic=False):
     """Whether the panel split runs a stream's calls of ``packed`` (see
-    :func:`stream_split`) on the states ``h`` (and ``c``)."""
+    :func:`stream_split`) on the states ``h`` (and ``c``); the dynamic
+    formats only with ``dynamic`` (a stack's later layers read the layer
+    before's float32 output as it is)."""
     p = packed.params
     H = p.units
     mode = None if p.quantized is None else p.quantized.mode
@@ -336,13 +349,15 @@ def _splittable(packed, B, h, c):
                     for a in ((h,) if p.kind == "gru" else (h, c)))
     return (packed.packed and threads._HAVE_FUTEX and B < threads._BATCH_SPLIT_MIN
             and H > _packed.LANES and states_ok
-            and mode in (None, "int8", "bfloat16") and not (mode == "bfloat16" and D % 2))
+            and (mode in (None, "int8", "bfloat16") or dynamic and mode in DYNAMIC)
+            and not (mode == "bfloat16" and D % 2))
 
 
-def _split_args(packed, h, c, xb, out, has_out):
+def _split_args(packed, h, c, xb, out, has_out, xs=_NO_XS):
     """The packed drivers' arguments of a split's calls: input buffer
-    ``xb (B, T, D)``, states ``h``/``c`` read and written in place, every
-    step's output to ``out`` when ``has_out``."""
+    ``xb (B, T, D)`` (and its row scales ``xs``, int8_dynamic), states
+    ``h``/``c`` read and written in place, every step's output to ``out``
+    when ``has_out``."""
     p = packed.params
     H, T = p.units, xb.shape[1]
     io_tail = (_DUMMY_MASK, False, out, has_out)
@@ -353,12 +368,12 @@ def _split_args(packed, h, c, xb, out, has_out):
         Wp, bp, sp = packed.arrays
         return (True, H, (Wp, bp, _NO_PEEP, sp),
                 (False, -1.0, int(p.activation), int(p.recurrent_activation)),
-                (xb, h, _NO_C) + io_tail + (h, _NO_C, _NO_XS), (False, False, hoist))
+                (xb, h, _NO_C) + io_tail + (h, _NO_C, xs), (False, False, hoist))
     Wp, bp, peep, sp = packed.arrays
     return (False, H, (Wp, bp, peep, sp),
             (p.peepholes is not None, _limit(p.cell_clip), int(p.activation),
              int(p.recurrent_activation)),
-            (xb, h, c) + io_tail + (h, c, _NO_XS), (False, False, hoist))
+            (xb, h, c) + io_tail + (h, c, xs), (False, False, hoist))
 
 
 # ---------------------------------------------------------------- warmup

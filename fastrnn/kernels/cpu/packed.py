@@ -365,6 +365,46 @@ def _bfloat16_row(src, s0, K, dst, d0):
         dst[d0 + k] = np.uint16(r & 0xFFFF)
 
 
+def load_inputs(x, xb, xs):
+    """A call's input ``x (B, T, D)`` (float32, C-contiguous) into a split's
+    input buffer ``xb (B, T, Dp)``, as the drivers read it: float32, copied
+    (``Dp == D``); uint8, each row of each step quantized as
+    :func:`quantize_inputs` (int8_dynamic; scales to ``xs[b * T + t]``,
+    the padding left at 128); uint16, rounded to bfloat16 as
+    :func:`bfloat16_inputs` (bfloat16_dynamic; the padding left at 0)."""
+    raise NotImplementedError  # typed by the overload below
+
+
+@overload(load_inputs, inline="always")
+def _ov_load_inputs(x, xb, xs):
+    if xb.dtype == types.uint8:
+        def quantized(x, xb, xs):
+            B, T, D = x.shape
+            Dp = xb.shape[2]
+            xf = x.reshape(x.size)
+            qf = xb.reshape(xb.size)
+            for i in range(B * T):
+                xs[i] = _quantize_row(xf, i * D, D, qf, i * Dp)
+        return quantized
+    if xb.dtype == types.uint16:
+        def rounded(x, xb, xs):
+            B, T, D = x.shape
+            Dp = xb.shape[2]
+            xu = x.reshape(x.size).view(np.uint32)
+            qf = xb.reshape(xb.size)
+            for i in range(B * T):
+                _bfloat16_row(xu, i * D, D, qf, i * Dp)
+        return rounded
+
+    def copied(x, xb, xs):
+        B, T, D = x.shape
+        for r in range(B):
+            for t in range(T):
+                for k in range(D):
+                    xb[r, t, k] = x[r, t, k]
+    return copied
+
+
 def state_buffers(Wp, n, Hp):
     """A driver's rounded state ``hq`` and its row scales ``hs``: for
     int8_dynamic panels uint8 (``n`` rows of ``Hp``) and ``n`` scales; for

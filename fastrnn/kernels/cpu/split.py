@@ -27,8 +27,8 @@ import numpy as np
 from numba import njit, prange
 
 from .fpenv import flush_denormals, restore_fp
-from .packed import (call_record, hoist_size, is_dot, load_state, panel, quantize_state,
-                     state_buffers, step_flags, store_state)
+from .packed import (call_record, hoist_size, is_dot, load_inputs, load_state, panel,
+                     quantize_state, state_buffers, step_flags, store_state)
 from .simd import LANES, prefetch_l1
 from .sync import atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake
 
@@ -341,7 +341,9 @@ def stream_run(bell, frames, ring, x, y, sync, solo, starved, spins, chunk, gru,
                w3, g0, g1, g2, g3, xb, mask, has_mask, out, has_out, h, c, xs, reverse,
                zero_output, hoist, hf, cb, P):
     """One call ``x (B, T, D)`` of a stream's split (``T`` fixed by the input
-    buffer ``xb``), from and into the states ``h`` / ``c``, whose final
+    buffer ``xb``, which takes ``x`` as the drivers read it: copied, or for
+    the dynamic formats quantized or rounded, see :func:`.packed.load_inputs`),
+    from and into the states ``h`` / ``c``, whose final
     ``h`` is copied to ``y (B, units)`` too (the outputs of every step go to
     ``out`` when ``has_out``). With ``ring`` and the helper done with its
     last call, rings it and shares the panels; otherwise runs them alone
@@ -355,11 +357,8 @@ def stream_run(bell, frames, ring, x, y, sync, solo, starved, spins, chunk, gru,
     per frame."""
     weights, gates, opts = (w0, w1, w2, w3), (g0, g1, g2, g3), (reverse, zero_output, hoist)
     io = (xb, h, c, mask, has_mask, out, has_out, h, c, xs)
-    B, T, D = xb.shape
-    for r in range(B):
-        for t in range(T):
-            for k in range(D):
-                xb[r, t, k] = x[r, t, k]
+    B, T = xb.shape[0], xb.shape[1]
+    load_inputs(x, xb, xs)
     Hp = (H + LANES - 1) // LANES * LANES
     load_state(gru, 0, B, H, Hp, h, c, hf, cb)
     free = ring and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN)
@@ -456,14 +455,11 @@ def stack_run(bell, frames, ring, first, x, y, sync, solo, starved, nsync, nspin
     :func:`outcome` for its own panels."""
     weights, gates, opts = (w0, w1, w2, w3), (g0, g1, g2, g3), (reverse, zero_output, hoist)
     io = (xb, h, c, mask, has_mask, out, has_out, h, c, xs)
-    B, T, D = xb.shape
+    B, T = xb.shape[0], xb.shape[1]
     Hp = (H + LANES - 1) // LANES * LANES
     rung = ring
     if first:
-        for r in range(B):
-            for t in range(T):
-                for k in range(D):
-                    xb[r, t, k] = x[r, t, k]
+        load_inputs(x, xb, xs)
         load_state(gru, 0, B, H, Hp, h, c, hf, cb)
         rung = 0
         if ring != 0 and atomic_load(bell, BELL_ACK) == atomic_load(bell, BELL_GEN):

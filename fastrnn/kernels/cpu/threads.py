@@ -556,8 +556,10 @@ class StreamSplit:
     (:func:`split.stream_run`).
 
     ``args`` are the packed drivers' arguments for a ``(B, T, D)`` call
-    whose input buffer is ``args[4][0]`` and whose states are read from and
-    written to the same arrays; they are fixed for the object's life.
+    whose input buffer is ``args[4][0]`` (``(B, T, Dp)``: ``x`` as the
+    drivers read it, ``D`` float32 inputs, see :func:`split.stream_run`)
+    and whose states are read from and written to the same arrays; they
+    are fixed for the object's life.
     The helper thread starts at the first call (again in a forked child),
     kept off the caller's CPU (:meth:`_place`), and stops when the object
     is collected or the process exits. Calls run alone while
@@ -566,10 +568,11 @@ class StreamSplit:
     and a call never waits for the helper to arrive.
     """
 
-    def __init__(self, args):
+    def __init__(self, args, D=None):
         gru, H, weights, gates, io, opts = args
         x, h0, c0 = io[0], io[1], io[2]
         self.T = x.shape[1]
+        self.x_shape = x.shape if D is None else x.shape[:2] + (D,)
         self.args = args
         self.NP = (H + packed.LANES - 1) // packed.LANES
         self.hf, self.cb, self.P = split.split_prepare(gru, H, h0, c0, opts[2])
@@ -685,7 +688,7 @@ class StreamSplit:
         stopped[split.BELL_STOP] = 1
         target, job = self._helper_job(stopped)
         target(*job)
-        x = np.zeros(self.args[4][0].shape, dtype=np.float32)
+        x = np.zeros(self.x_shape, dtype=np.float32)
         split.stream_run(self.bell, _FRAMES, False, x, self._h, self.sync, self.solo, _STARVED,
                          *self._flat)
 
