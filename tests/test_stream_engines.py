@@ -651,6 +651,30 @@ def test_tuning_counts_only_calls_that_ran_on_two_cores(monkeypatch, rng):
     np.testing.assert_allclose(np.stack(got, axis=1), want, atol=2e-5)
 
 
+def test_stream_split_places_a_woken_helper_again(rng, monkeypatch):
+    """A call that had to wake its helper checks the helper's placement
+    (the caller may have moved onto the helper's CPU, where the helper's
+    spinning after each call held it back); a call that found it awake
+    does not (that check waits for every _PLACE_EVERY-th call)."""
+    from fastrnn.kernels.cpu import split as sp
+    from fastrnn.kernels.cpu import threads as th
+
+    fs, _ = _split_of(_frame_layer(rng, "lstm", 8, 64), 1, rng)
+    placed = []
+    monkeypatch.setattr(fs, "_place", lambda: placed.append(fs._calls))
+    sync = np.zeros(sp.SYNC_SIZE, np.int64)
+    sync[sp.COUNT + 8], sync[sp.JOIN] = 2, 0  # the helper's whole share
+    awake, woken = (sp.outcome(r, sync, fs.NP, 1, th._STARVED) for r in (1, 2))
+    for _ in range(3):
+        assert fs._judge(awake) == 2
+    assert placed == []
+    assert fs._judge(woken) == 2
+    assert placed == [4]
+    fs._calls = th._PLACE_EVERY - 1
+    fs._judge(awake)
+    assert placed == [4, th._PLACE_EVERY]
+
+
 def test_stream_split_contention_rule(rng, monkeypatch):
     """Only a run of starved calls (helper awake, under half its share), or
     one the caller had to take over, makes the machine look busy to a

@@ -617,8 +617,8 @@ class StreamSplit:
         the 2-vCPU machines measured, the scheduler left such a pair
         together for seconds, and put a freed helper back beside the caller.
         So the helper may use every CPU the process may but the caller's,
-        checked again every :data:`_PLACE_EVERY` calls (the caller may
-        move)."""
+        checked again every :data:`_PLACE_EVERY` calls and at every call
+        that had to wake the helper (the caller may move)."""
         if self._tid is None:
             return
         try:
@@ -668,7 +668,10 @@ class StreamSplit:
         if not told:
             return -1
         self._calls += 1
-        if self._calls % _PLACE_EVERY == 0:
+        # (a helper that had to be woken may share the caller's CPU: the
+        # caller moved onto it, and the helper, spinning there after the
+        # last call, kept it from running until it slept; so look again)
+        if told & 3 == 2 or self._calls % _PLACE_EVERY == 0:
             self._place()
         if told & 15 == 1:  # rung awake, not starved: the common case
             self._starved = 0
