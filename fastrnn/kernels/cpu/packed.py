@@ -340,15 +340,11 @@ def _quantize_row(src, s0, K, dst, d0):
 def quantize_inputs(x):
     """``x (B, T, D)`` float32 -> ``(xq uint8 (B, T, D4), xs float32 (B*T,))``:
     each row of each step quantized (D4: D rounded up to 4, padded with the
-    zero point 128)."""
+    zero point 128), by :func:`load_inputs`."""
     B, T, D = x.shape
-    D4 = (D + 3) // 4 * 4
-    xq = np.full((B, T, D4), 128, dtype=np.uint8)
+    xq = np.full((B, T, (D + 3) // 4 * 4), 128, dtype=np.uint8)
     xs = np.empty(B * T, dtype=np.float32)
-    xf = x.reshape(x.size)
-    qf = xq.reshape(xq.size)
-    for i in range(B * T):
-        xs[i] = _quantize_row(xf, i * D, D, qf, i * D4)
+    load_inputs(x, xq, xs)
     return xq, xs
 
 
@@ -453,15 +449,13 @@ def _ov_round_state(hf, cur, n, H, Hp, hq, hs):
 @njit(cache=True, nogil=True)
 def bfloat16_inputs(x):
     """``x (B, T, D)`` float32 -> ``(xq uint16 (B, T, D2), dummy scales)``:
-    each value rounded to bfloat16 (D2: D rounded up to even, padded with 0)."""
+    each value rounded to bfloat16 (D2: D rounded up to even, padded with 0),
+    by :func:`load_inputs`."""
     B, T, D = x.shape
-    D2 = D + (D & 1)
-    xq = np.zeros((B, T, D2), dtype=np.uint16)
-    xu = np.ascontiguousarray(x).reshape(x.size).view(np.uint32)
-    qf = xq.reshape(xq.size)
-    for i in range(B * T):
-        _bfloat16_row(xu, i * D, D, qf, i * D2)
-    return xq, np.zeros(1, dtype=np.float32)
+    xq = np.zeros((B, T, D + (D & 1)), dtype=np.uint16)
+    xs = np.zeros(1, dtype=np.float32)
+    load_inputs(np.ascontiguousarray(x), xq, xs)
+    return xq, xs
 
 
 @njit(inline="always")
