@@ -776,34 +776,82 @@ def _reference_stack(layer, x, states):
     return ref(x.astype(np.float64), initial_state=flat)
 
 
-@pytest.mark.parametrize("mode", [None, "bfloat16"])
+@pytest.mark.parametrize("mode", [None, "bfloat16", "int8_dynamic", "bfloat16_dynamic"])
 @pytest.mark.parametrize("steps", [1, 4])
 def test_stack_split_matches_the_reference(rng, mode, steps):
     """A stack's frames (and chunks, every step's output) through the stack
     split: each layer's output feeds the next; the states carry between
     calls; LSTM and GRU layers of different sizes, random initial states
-    (bfloat16 weights take an even input size: the inner layers' units)."""
+    (bfloat16 weights take an even input size: the inner layers' units).
+    The dynamic formats quantize (or round) each layer's input, odd sizes
+    included, into that layer's buffer: against the reference run layer by
+    layer on the same quantized weights, within the dynamic batch kernels'
+    bounds (test_stream_split_dynamic_formats_match_the_reference)."""
+    dynamic = mode is not None and mode.endswith("_dynamic")
     B, T, D = (3, 7, 12) if steps == 1 else (1, 12, 12)
-    layer = _stack(rng, D, sizes=(37, 45, 33) if mode is None else (38, 46, 33), mode=mode)
+    D += dynamic
+    layer = _stack(rng, D, sizes=(38, 46, 33) if mode == "bfloat16" else (37, 45, 33),
+                   mode=mode)
     split, states = _stack_split_of(layer, B, rng, steps, sequences=steps > 1)
     x = rng.standard_normal((B, T, D)).astype(np.float32)
-    want = _reference_stack(layer, x, states)
+    want = (_reference_stack_quantized if dynamic else _reference_stack)(layer, x, states)
     got = []
     for t in range(0, T, steps):
         split.run(np.ascontiguousarray(x[:, t:t + steps]))
         got.append(split.args[4][5].copy() if steps > 1 else states[-1][0][:, None].copy())
     split.close()
+    got = np.concatenate(got, axis=1)
+    if dynamic:
+        err = np.abs(got - want)
+        assert err.max() < 2e-3 and err.mean() < 2e-5, (err.max(), err.mean())
+        return
     tol = 2e-5 if mode is None else 1e-4
-    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=tol)
+    np.testing.assert_allclose(got, want, atol=tol)
     h, c = states[-1]
     np.testing.assert_allclose(h, want[:, -1], atol=tol)
 
 
+@pytest.mark.parametrize("mode", ["int8_dynamic", "bfloat16_dynamic"])
+def test_stacked_dynamic_stream_runs_on_two_cores(rng, mode):
+    """``layer.stream(threads=2)`` of a stack in a dynamic format runs every
+    layer's panel split (it used to fall back to the batch engine's
+    threads), and its frames are the reference's."""
+    T, D = 6, 11
+    layer = _stack(rng, D, mode=mode)
+    stream = layer.stream(threads=2)
+    x = rng.standard_normal((1, T, D)).astype(np.float32)
+    got = np.stack([stream(np.ascontiguousarray(x[:, t])) for t in range(T)], axis=1)
+    assert "panel split on 2 threads" in stream.backend_reason, stream.backend_reason
+    zeros = [(np.zeros((1, c.units), np.float32),
+              np.zeros((1, c.units), np.float32) if isinstance(c, fastrnn.LSTMCell) else None)
+             for c in layer.cells]
+    err = np.abs(got - _reference_stack_quantized(layer, x, zeros))
+    assert err.max() < 2e-3 and err.mean() < 2e-5, (err.max(), err.mean())
+
+
+def _reference_stack_quantized(layer, x, states):
+    """The ``reference`` backend's outputs of a quantized stack: each layer
+    on its quantized weights (the dynamic formats: its input and state
+    quantized, or rounded, at every step), the next one fed its float32
+    output."""
+    from fastrnn import _engine
+    from fastrnn.kernels import reference, run as run_kernel
+
+    for w, pair in zip(_engine.snapshot(layer.cells), states):
+        st = [a.copy() for a in pair if a is not None]
+        out = np.empty(x.shape[:2] + (w.params.units,), np.float32)
+        run_kernel(reference, reference.pack(w.params), x, st, None, False, False, out,
+                   [np.empty_like(a) for a in st])
+        x = out
+    return x
+
+
 def test_stack_helper_waits_for_the_layer_before(rng):
-    """The helper runs layer l only once the caller has finished layer l - 1:
-    with a caller that has not started, it runs every panel of the first
-    layer and waits; each layer marked finished lets it run the next one
-    whole; it says it finished the call once it has run the last. The
+    """The helper runs layer l only once the caller has finished layer l - 1
+    and handed its output over: with a caller that has not started, it runs
+    every panel of the first layer and waits; each layer handed over lets
+    it run the next one whole; it says it finished the call once it has run
+    the last. The
     caller then finds nothing left to claim, and the result is the
     reference's."""
     import threading
@@ -833,7 +881,7 @@ def test_stack_helper_waits_for_the_layer_before(rng):
         _stack_call_in_steps(ss, bell, B)
     finally:
         for p in ss.parts:  # (a failed check must not leave it waiting)
-            p["sync"][sp.FINISHED] = 1
+            p["sync"][sp.FINISHED] = p["sync"][sp.HANDED] = 1
         th._stop_helper(bell, helper)
     assert not helper.is_alive()
     np.testing.assert_allclose(states[-1][0], want, atol=2e-5)
@@ -860,6 +908,10 @@ def _stack_call_in_steps(ss, bell, B):
         sync, gru, H, weights, gates, io, opts, hf, cb, P = p["job"]
         sp.split_work(0, sync, gru, H, weights, gates, io, opts, hf, cb, P)  # nothing left
         assert int(sync[sp.COUNT]) == 0 and int(sync[sp.FINISHED]) == 1
+        if k + 1 < len(ss.parts):  # finished, not yet handed over: the helper waits
+            time.sleep(0.02)
+            assert helper_panels(k + 1) == 0
+        sync[sp.HANDED] = 1  # (float32: the next layer reads this one's output buffer)
         sp.store_state(gru, 0, B, 1, H, hf.size // (2 * B), hf, cb, io[7], io[8])
     assert bell[sp.BELL_ACK] == 1
 

@@ -296,50 +296,61 @@ def stream_split(packed, batch_size, h, c=None, steps=1, sequences=False):
     split's input buffer at each call (:func:`._packed.load_inputs`).
     """
     B, T = int(batch_size), int(steps)
-    if not _splittable(packed, B, h, c, dynamic=True):
+    if not _splittable(packed, B, h, c):
         return None
-    q = packed.params.quantized
-    mode = None if q is None else q.mode
     D = np.asarray(packed.params.kernel).shape[0]
-    xs = _NO_XS
-    if mode == "int8_dynamic":  # as _packed.quantize_inputs: D padded to 4, zero point 128
-        xb = np.full((B, T, (D + 3) // 4 * 4), 128, dtype=np.uint8)
-        xs = np.zeros(B * T, dtype=np.float32)
-    elif mode == "bfloat16_dynamic":  # as _packed.bfloat16_inputs: D padded to even
-        xb = np.zeros((B, T, D + (D & 1)), dtype=np.uint16)
-    else:
-        xb = np.zeros((B, T, D), dtype=np.float32)
+    xb, xs = _input_buffer(packed, B, T, D)
     out = np.zeros((B, T, packed.params.units), dtype=np.float32) if sequences else _NO_OUT
     return threads.StreamSplit(_split_args(packed, h, c, xb, out, bool(sequences), xs), D)
+
+
+def _input_buffer(packed, B, T, D):
+    """A split's input buffer for calls ``(B, T, D)`` of ``packed``, as the
+    drivers read it, and its row scales: float32 ``(B, T, D)``; for
+    int8_dynamic uint8, ``D`` padded to 4 with the zero point 128 (as
+    ``_packed.quantize_inputs``); for bfloat16_dynamic uint16, ``D`` padded
+    to even (as ``_packed.bfloat16_inputs``)."""
+    q = packed.params.quantized
+    mode = None if q is None else q.mode
+    if mode == "int8_dynamic":
+        return (np.full((B, T, (D + 3) // 4 * 4), 128, dtype=np.uint8),
+                np.zeros(B * T, dtype=np.float32))
+    if mode == "bfloat16_dynamic":
+        return np.zeros((B, T, D + (D & 1)), dtype=np.uint16), _NO_XS
+    return np.zeros((B, T, D), dtype=np.float32), _NO_XS
 
 
 def stack_split(packs, batch_size, states, steps=1, sequences=False):
     """:func:`stream_split` for a stack: ``packs`` (two layers or more, one
     weight format), ``states`` a ``(h, c)`` pair per layer (``c`` ``None``
     for a GRU). Returns a :class:`.threads.StackSplit` (each layer's output
-    buffer is the next one's input; the last layer's ``out`` buffer, with
-    ``sequences``, holds every step's output), or ``None``."""
+    buffer is the next one's input, or for the dynamic formats is quantized,
+    or rounded, into the next one's input buffer; the last layer's ``out``
+    buffer, with ``sequences``, holds every step's output), or ``None``."""
     B, T = int(batch_size), int(steps)
     modes = {None if p.params.quantized is None else p.params.quantized.mode for p in packs}
     if len(packs) < 2 or len(modes) != 1 or not all(
             _splittable(p, B, h, c) for p, (h, c) in zip(packs, states)):
         return None
-    xb = np.zeros((B, T, np.asarray(packs[0].params.kernel).shape[0]), dtype=np.float32)
+    dynamic = modes <= set(DYNAMIC)
+    D = np.asarray(packs[0].params.kernel).shape[0]
+    xb, xs = _input_buffer(packs[0], B, T, D)
     layer_args = []
     for k, (p, (h, c)) in enumerate(zip(packs, states)):
         last = k == len(packs) - 1
         has_out = not last or bool(sequences)
         out = np.zeros((B, T, p.params.units), dtype=np.float32) if has_out else _NO_OUT
-        layer_args.append(_split_args(p, h, c, xb, out, has_out))
-        xb = out
-    return threads.StackSplit(layer_args)
+        layer_args.append(_split_args(p, h, c, xb, out, has_out, xs))
+        if not last:
+            xb, xs = _input_buffer(packs[k + 1], B, T, p.params.units) if dynamic else (out, xs)
+    return threads.StackSplit(layer_args, D)
 
 
-def _splittable(packed, B, h, c, dynamic=False):
+def _splittable(packed, B, h, c):
     """Whether the panel split runs a stream's calls of ``packed`` (see
-    :func:`stream_split`) on the states ``h`` (and ``c``); the dynamic
-    formats only with ``dynamic`` (a stack's later layers read the layer
-    before's float32 output as it is)."""
+    :func:`stream_split`) on the states ``h`` (and ``c``): every weight
+    format (the dynamic ones' input is quantized, or rounded, into the
+    split's input buffer at each call), bfloat16 with an even input size."""
     p = packed.params
     H = p.units
     mode = None if p.quantized is None else p.quantized.mode
@@ -349,7 +360,7 @@ def _splittable(packed, B, h, c, dynamic=False):
                     for a in ((h,) if p.kind == "gru" else (h, c)))
     return (packed.packed and threads._HAVE_FUTEX and B < threads._BATCH_SPLIT_MIN
             and H > _packed.LANES and states_ok
-            and (mode in (None, "int8", "bfloat16") or dynamic and mode in DYNAMIC)
+            and (mode in (None, "int8", "bfloat16") or mode in DYNAMIC)
             and not (mode == "bfloat16" and D % 2))
 
 

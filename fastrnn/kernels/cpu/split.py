@@ -18,7 +18,9 @@ helper to leave, the spin limit (set by the caller), the "finished" flag,
 the panels each worker ran, the step at which the helper claimed its
 first panel (-1 until then, as the caller sets it; set before any of the
 helper's panels counts as done, so a caller that has seen every panel done
-sees it), and the most panels one claim may take (set by the caller).
+sees it), the most panels one claim may take (set by the caller), and, in
+a stack's stream, the flag that hands the layer's output over to the next
+layer (:func:`stack_run`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from .packed import (call_record, hoist_size, is_dot, load_inputs, load_state, p
 from .simd import LANES, prefetch_l1
 from .sync import atomic_add, atomic_cas, atomic_load, cpu_relax, futex_wait, futex_wake
 
-_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, FINISHED, _COUNT0, JOIN, CHUNK, SYNC_SIZE = (
-    0, 8, 16, 24, 32, 40, 48, 56, 72, 80, 88)
+_CLAIM0, _CLAIM1, _DONE, _WAITERS, ABANDON, SPINS, FINISHED, _COUNT0, JOIN, CHUNK, HANDED, \
+    SYNC_SIZE = (0, 8, 16, 24, 32, 40, 48, 56, 72, 80, 88, 96)
 # panels run by worker w: sync[COUNT + 8 * w]
 COUNT = _COUNT0
 # pause-spins before a waiting thread stops waiting for the other (about
@@ -386,9 +388,10 @@ def wake(bell):
 # worker 0 of every layer and one helper thread (stream_helper with every
 # layer), rung once per stack call, worker 1 of every layer in turn. The
 # caller makes one call per layer (stack_run, flat arguments); the helper
-# starts on layer l only once the caller has finished layer l - 1 (its
-# sync[FINISHED]): the layer's input is the output buffer the layer before
-# wrote, complete then. Before it finishes layer l - 1 (before it rings, for
+# starts on layer l only once the caller has handed layer l - 1's output
+# over (its sync[HANDED], set after the layer finished, and for the dynamic
+# formats after that output was quantized, or rounded, into layer l's input
+# buffer): the layer's input is then complete. Before it finishes layer l - 1 (before it rings, for
 # the first two), the caller has loaded layer l's state and cleared its sync
 # array, so the helper never finds a layer that is not ready. A call the
 # helper is not rung for runs every layer alone on ``solo``; a helper still
@@ -396,19 +399,19 @@ def wake(bell):
 # nothing.
 
 @njit(inline="always")
-def _wait_finished(sync, bell):
-    """Wait until the caller has finished the layer of ``sync``; False when
-    told to stop first (a call interrupted between two layers never
-    finishes the next one)."""
+def _wait_handed(sync, bell):
+    """Wait until the caller has handed the output of the layer of ``sync``
+    over to the next layer; False when told to stop first (a call
+    interrupted between two layers never hands the next one over)."""
     spins = 0
-    while atomic_load(sync, FINISHED) == 0:
+    while atomic_load(sync, HANDED) == 0:
         if atomic_load(bell, BELL_STOP) != 0:
             return False
         if spins < DEFAULT_SPINS:
             cpu_relax()
             spins += 1
         else:  # (the caller lost its core: nap; nothing wakes this wait)
-            futex_wait(sync, FINISHED, 0, _SLEEP_NS)
+            futex_wait(sync, HANDED, 0, _SLEEP_NS)
     return True
 
 
@@ -429,30 +432,42 @@ def stream_helper(bell, frames, spins, layers):
             return
         seen = g
         for i in range(len(layers)):
-            if i > 0 and not _wait_finished(layers[i - 1][0], bell):
+            if i > 0 and not _wait_handed(layers[i - 1][0], bell):
                 return
             sync, gru, H, weights, gates, io, opts, hf, cb, P = layers[i]
             split_work(np.int64(1), sync, gru, H, weights, gates, io, opts, hf, cb, P)
         atomic_add(bell, BELL_ACK, g - atomic_load(bell, BELL_ACK))  # only the helper writes it
 
 
+@njit(nogil=True, _nrt=False)
+def _load_next(out, xb, xs):
+    """A layer's output loaded into the next layer's input buffer (a call,
+    not inlined: stack_run inlines :func:`.packed.load_inputs` once
+    already, for the first layer's input)."""
+    load_inputs(out, xb, xs)
+
+
 @njit(cache=True, nogil=True)
 def stack_run(bell, frames, ring, first, x, y, sync, solo, starved, nsync, nspins, nchunk, ngru,
-              nH, nhf, ncb, nh, nc, has_next, spins, chunk, gru, H, w0, w1, w2, w3, g0, g1, g2,
-              g3, xb, mask, has_mask, out, has_out, h, c, xs, reverse, zero_output, hoist, hf,
-              cb, P):
+              nH, nhf, ncb, nh, nc, nxb, nxs, nload, has_next, spins, chunk, gru, H, w0, w1, w2,
+              w3, g0, g1, g2, g3, xb, mask, has_mask, out, has_out, h, c, xs, reverse,
+              zero_output, hoist, hf, cb, P):
     """One layer of a stack's call (the layer's flat arguments as
     :func:`stream_run`'s; ``n*``: the next layer's sync array, spins, claim
-    size, cell, units, state buffers and states, when ``has_next``; the
-    last layer copies its final ``h`` to ``y``).
+    size, cell, units, state buffers, states, input buffer and its row
+    scales, and whether that buffer is loaded from this layer's output
+    ``out`` (the dynamic formats; otherwise it is ``out``), when
+    ``has_next``; the last layer copies its final ``h`` to ``y``).
 
     The ``first`` layer copies ``x`` into its input buffer, loads its state
     and, with ``ring`` and the helper done with its last call, rings it. A
     later layer gets the first one's rung value (its result's bits 0-1) as
     ``ring``. Every layer loads the next layer's state (and, rung, clears
     its sync array) before it runs, runs its panels (on ``sync`` when rung,
-    else alone on ``solo``), stores its own state and returns
-    :func:`outcome` for its own panels."""
+    else alone on ``solo``), hands its output over to the next layer
+    (loaded into its input buffer with :func:`.packed.load_inputs` where
+    ``nload``; then the flag the helper waits for, ``HANDED``), stores its
+    own state and returns :func:`outcome` for its own panels."""
     weights, gates, opts = (w0, w1, w2, w3), (g0, g1, g2, g3), (reverse, zero_output, hoist)
     io = (xb, h, c, mask, has_mask, out, has_out, h, c, xs)
     B, T = xb.shape[0], xb.shape[1]
@@ -476,6 +491,10 @@ def stack_run(bell, frames, ring, first, x, y, sync, solo, starved, nsync, nspin
             rung = _ring(bell)
         atomic_add(frames, 0, 1)
     split_work(np.int64(0), s, gru, H, weights, gates, io, opts, hf, cb, P)
+    if has_next:
+        if nload:
+            _load_next(out, nxb, nxs)
+        atomic_add(s, HANDED, 1)
     store_state(gru, 0, B, T, H, Hp, hf, cb, h, c)
     if not has_next:
         _copy_rows(y, h)

@@ -712,17 +712,21 @@ class StackSplit(StreamSplit):
     """A stacked stream's calls of one shape on two cores: each layer's
     panel split in turn (the layers' packed drivers' arguments
     ``layer_args``, one weight format for all), every layer's input buffer
-    the output buffer of the layer before, with one helper thread for all
-    layers (:func:`split.stream_helper`): it runs its share of a layer as
-    soon as the caller has finished the layer before. Otherwise as
+    the output buffer of the layer before (for the dynamic formats, a
+    buffer the caller quantizes, or rounds, that output into), with one
+    helper thread for all layers (:func:`split.stream_helper`): it runs its
+    share of a layer as soon as the caller has handed the layer before's
+    output over. Otherwise as
     :class:`StreamSplit` (the same contention rule, judged over the
     layers, and the same placement)."""
 
-    def __init__(self, layer_args):
+    def __init__(self, layer_args, D=None):
         self.layer_args = layer_args
         self.args = layer_args[-1]  # (the last layer's: the stack's output)
         self._h = self.args[4][7]
-        self.T = layer_args[0][4][0].shape[1]
+        x = layer_args[0][4][0]
+        self.T = x.shape[1]
+        self.x_shape = x.shape if D is None else x.shape[:2] + (D,)
         self._init_helper()
         self.parts = []
         for gru, H, weights, gates, io, opts in layer_args:
@@ -732,7 +736,10 @@ class StackSplit(StreamSplit):
             self.parts.append({
                 "NP": (H + packed.LANES - 1) // packed.LANES, "sync": sync, "xb": io[0],
                 "job": (sync, gru, H, weights, gates, io, opts, hf, cb, P),
-                "next": (sync, spins, chunk, gru, H, hf, cb, io[1], io[2]),
+                # (as the layer before's next: its input buffer is loaded from
+                # that layer's output where the format quantizes, or rounds, it)
+                "next": (sync, spins, chunk, gru, H, hf, cb, io[1], io[2], io[0], io[9],
+                         io[0].dtype != np.float32),
                 "flat": split.flat_args(spins, chunk, gru, H, weights, gates, io, opts, hf, cb,
                                         P)})
         # per layer, stack_run's arguments after (bell, frames, ring, first, x,
@@ -769,7 +776,7 @@ class StackSplit(StreamSplit):
         stopped[split.BELL_STOP] = 1
         target, job = self._helper_job(stopped)
         target(*job)
-        x = np.zeros(self.parts[0]["xb"].shape, dtype=np.float32)
+        x = np.zeros(self.x_shape, dtype=np.float32)
         for k, (head, rest) in enumerate(self._calls_args):
             split.stack_run(self.bell, _FRAMES, 0, k == 0, x if k == 0 else self.parts[k]["xb"],
                             self._h, *head, _STARVED, *rest)
