@@ -519,6 +519,7 @@ class Stream:
                                                   self._nan_raise, seq)
                 self._engine_fns[which] = self._splits[which].run
             self._splits["frame"].splits[1] = first  # (built to see whether it can run)
+            self._compile_kernels()
         self._ran = {which: (lambda c=calls: c.ran) for which, calls in self._splits.items()}
         self._chosen = {}
         self._retune_every = {}
@@ -531,6 +532,23 @@ class Stream:
             else:
                 self._time_engines(which)
         self._describe_tuning()
+
+    def _compile_kernels(self):
+        """Compile (or load from Numba's cache) the stream kernels for this
+        stream's frames and chunks now, without running them. A split runs
+        the calls its helper cannot share on them, and with ``threads=2``
+        nothing else ever calls them: the first such call (the machine
+        turned busy) would otherwise take several milliseconds."""
+        from numba import typeof
+
+        def arr(ndim):  # a C-contiguous array of the stream's dtype, as the fast path passes
+            return typeof(np.empty((1,) * ndim, self._dt))
+
+        common = (typeof(self._w), typeof(self._s), typeof(self._work))
+        cfg = typeof(self._cfg)
+        self._kernel_fns["frame"].compile((arr(2),) + common + (arr(2), cfg))
+        self._kernel_fns["chunk"].compile(
+            (arr(3),) + common + (arr(3 if self._return_sequences else 2), cfg))
 
     def _why_not_two(self, weights):
         """Why ``threads=2`` cannot run this stream ("" when it can)."""

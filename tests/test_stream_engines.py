@@ -545,6 +545,50 @@ def test_stream_split_is_not_offered_where_it_cannot_run(rng):
     assert not offered(g)  # generic kernels
 
 
+@pytest.mark.parametrize("sequences", [False, True])
+def test_split_stream_compiles_its_fallback_kernels_when_set_up(rng, monkeypatch, sequences):
+    """A stream that keeps the split (``threads=2``) compiles, when it is set
+    up, the one-core stream kernels that run the calls its helper cannot
+    share, for the argument types those calls pass: nothing else calls them,
+    and the first such call (the machine turned busy) would otherwise
+    compile or load them, several milliseconds."""
+    from numba import typeof
+
+    from fastrnn.kernels.cpu import threads as th
+
+    kernels = dispatch.backend_module("cpu").stream
+    compiled, called = [], []
+
+    class Recording:  # a kernel dispatcher that notes what is compiled and called
+        def __init__(self, name):
+            self.name, self.fn = name, getattr(kernels, name)
+
+        def compile(self, sig):
+            compiled.append((self.name, tuple(sig)))
+            return self.fn.compile(sig)
+
+        def __call__(self, *args):
+            called.append((self.name, tuple(typeof(a) for a in args)))
+            return self.fn(*args)
+
+    for name in ("frame", "chunk_seq", "chunk_last"):
+        monkeypatch.setattr(kernels, name, Recording(name))
+    T, D, H = 5, 10, 35
+    layer = _frame_layer(rng, "lstm", D, H)
+    layer.return_sequences = sequences
+    stream = layer.stream(threads=2)
+    x = rng.standard_normal((1, T, D)).astype(np.float32)
+    stream(np.ascontiguousarray(x[:, 0]))  # (set up, on the split)
+    assert called == []
+    chunk = "chunk_seq" if sequences else "chunk_last"
+    assert {n for n, _ in compiled} == {"frame", chunk}
+    monkeypatch.setattr(th, "get_num_threads", lambda: 1)  # no call can be shared now
+    stream(np.ascontiguousarray(x[:, 1]))
+    stream(np.ascontiguousarray(x[:, 2:]))
+    assert [n for n, _ in called] == ["frame", chunk]
+    assert all(c in compiled for c in called), (called, compiled)
+
+
 def test_split_frames_fall_back_to_the_stream_kernel(rng, monkeypatch):
     """A stream that kept the frame split runs a frame the helper cannot
     share (the machine looks busy) on its one-core stream kernel: the state
