@@ -391,9 +391,10 @@ def wake(bell):
 # starts on layer l only once the caller has handed layer l - 1's output
 # over (its sync[HANDED], set after the layer finished, and for the dynamic
 # formats after that output was quantized, or rounded, into layer l's input
-# buffer): the layer's input is then complete. Before it finishes layer l - 1 (before it rings, for
-# the first two), the caller has loaded layer l's state and cleared its sync
-# array, so the helper never finds a layer that is not ready. A call the
+# buffer): the layer's input is then complete. Before it finishes layer
+# l - 1 (before it rings, for the first two), the caller has loaded layer
+# l's state and cleared its sync array, so the helper never finds a layer
+# that is not ready. A call the
 # helper is not rung for runs every layer alone on ``solo``; a helper still
 # on its last call then finds every layer of that call finished and touches
 # nothing.
@@ -459,7 +460,8 @@ def stack_run(bell, frames, ring, first, x, y, sync, solo, starved, nsync, nspin
     ``out`` (the dynamic formats; otherwise it is ``out``), when
     ``has_next``; the last layer copies its final ``h`` to ``y``).
 
-    The ``first`` layer copies ``x`` into its input buffer, loads its state
+    The ``first`` layer loads ``x`` into its input buffer
+    (:func:`.packed.load_inputs`: copied, quantized or rounded), its state
     and, with ``ring`` and the helper done with its last call, rings it. A
     later layer gets the first one's rung value (its result's bits 0-1) as
     ``ring``. Every layer loads the next layer's state (and, rung, clears
