@@ -24,6 +24,7 @@ ignored. Dropout is the identity (inference).
 from __future__ import annotations
 
 import copy
+import threading
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from ._engine import WEIGHTS_LOCK
 from .bidirectional import Bidirectional
 from .cells import quantization_mode_of, quantize_cells, resolve_dtype
 from .layers import RNN
+from .streaming import Stream, StreamBusyError
 
 # ----------------------------------------------------------------- activations
 
@@ -495,7 +497,8 @@ class Sequential:
     Call
     ----
     ``model(x, mask=None)`` runs the whole batch; ``model.predict(x,
-    batch_size=32)`` runs it in batches and concatenates the results.
+    batch_size=32)`` runs it in batches and concatenates the results;
+    ``model.stream()`` runs it frame by frame (:class:`ModelStream`).
     Recurrent layers with ``return_state=True`` pass on their output only.
     """
 
@@ -612,6 +615,12 @@ class Sequential:
             if hasattr(layer, "reset_states"):
                 layer.reset_states()
 
+    def stream(self, batch_size=1, backend=None, threads=None):
+        """A :class:`ModelStream`: the model frame by frame, each recurrent
+        layer's state carried between calls (``backend`` and ``threads`` go
+        to every recurrent layer's :class:`fastrnn.streaming.Stream`)."""
+        return ModelStream(self, batch_size, backend=backend, threads=threads)
+
     def get_config(self):
         return {"name": self.name, "layers": [serialize_layer(layer) for layer in self.layers]}
 
@@ -630,3 +639,164 @@ class Sequential:
 
     def __repr__(self):
         return f"Sequential(name={self.name!r}, layers={len(self.layers)})"
+
+
+class ModelStream:
+    """Frame-by-frame inference through a :class:`Sequential` model.
+
+    Made by ``model.stream(batch_size=1, backend=None, threads=None)``. Each
+    recurrent layer runs in a :class:`fastrnn.streaming.Stream` of its own
+    (``backend`` and ``threads`` as there; each picks its engine and says
+    why in ``stream.streams[i].backend_reason``); the other layers run as
+    in a model call, on the frame.
+
+    Call
+    ----
+    ``stream(x)`` with ``x`` one frame ``(batch, features)`` (``(batch,)``
+    token ids when the model starts with an ``Embedding``) or a chunk
+    ``(batch, time, features)`` (``(batch, time)``) returns what the model
+    returns for the sequence seen so far at those steps: for a frame, the
+    model's output at that step with the time axis dropped (the last
+    recurrent layer's ``return_sequences`` does not matter); for a chunk,
+    the model's output on the chunk with every recurrent state carried
+    from the call before.
+
+    A stream has no padding: a frame that a ``Masking`` layer or an
+    ``Embedding(mask_zero=True)`` would mask is a ``ValueError``, before any
+    state changes (the model would skip it; a stream runs every frame it is
+    given, so leave padding out). A frame that fails the first recurrent
+    layer's checks (features, batch, dtype) leaves every state unchanged.
+    Calling one stream from two threads at once raises
+    :class:`fastrnn.streaming.StreamBusyError`.
+
+    Attributes
+    ----------
+    streams : list of fastrnn.streaming.Stream
+        One per recurrent layer, in order.
+    states : list
+        Each recurrent layer's ``Stream.states``, in order; reading returns
+        copies, assigning checks and copies in.
+    batch_size : int
+
+    ``Bidirectional`` layers (they need the future), ``go_backwards`` and
+    ``time_major`` recurrent layers, and masking layers after the first
+    recurrent layer are refused when the stream is made.
+    """
+
+    def __init__(self, model, batch_size=1, backend=None, threads=None):
+        self.model = model
+        self.batch_size = batch_size
+        self.streams = []
+        self._steps = []  # per layer: a Stream, or the layer itself
+        self._busy = threading.Lock()
+        recurrent = False
+        for layer in model.layers:
+            where = f"{type(model).__name__}.stream: layer {layer.name!r}"
+            if isinstance(layer, Bidirectional):
+                raise TypeError(f"{where} is Bidirectional: its backward half needs the whole "
+                                "sequence (future frames) first, so the model cannot stream")
+            if isinstance(layer, RNN):
+                if layer.time_major:
+                    raise ValueError(f"{where} is time_major; a model stream takes "
+                                     "batch-major frames and chunks")
+                stream = Stream(layer, batch_size=batch_size, backend=backend, threads=threads)
+                self.streams.append(stream)
+                self._steps.append(stream)
+                recurrent = True
+                continue
+            masks = isinstance(layer, Masking) or getattr(layer, "mask_zero", False)
+            if masks and recurrent:
+                raise ValueError(f"{where} masks steps after a recurrent layer; a model stream "
+                                 "checks masks before its first recurrent layer only")
+            self._steps.append(layer)
+        if not self.streams:
+            raise ValueError(f"{type(model).__name__}.stream: the model has no recurrent "
+                             "layer (nothing to carry from frame to frame)")
+        self.batch_size = self.streams[0].batch_size
+        # a frame has one axis less than the model's input (batch, time, ...)
+        first = next((s for s in self._steps if not isinstance(s, (InputLayer, Dropout))), None)
+        self._frame_ndim = 1 if isinstance(first, Embedding) else 2
+
+    def __call__(self, x):
+        x = np.asarray(x)
+        if x.ndim == self._frame_ndim:
+            frame, seq = True, x[:, None]
+        elif x.ndim == self._frame_ndim + 1:
+            frame, seq = False, x
+        else:
+            shape = "(batch,) token ids" if self._frame_ndim == 1 else "(batch, features)"
+            chunk = "(batch, time)" if self._frame_ndim == 1 else "(batch, time, features)"
+            raise ValueError(f"x: expected a frame {shape} or a chunk {chunk}, got shape "
+                             f"{x.shape}")
+        if not self._busy.acquire(False):
+            raise StreamBusyError("ModelStream: called while another call on the same stream "
+                                  "is running (two threads sharing one stream)")
+        try:
+            with WEIGHTS_LOCK:
+                snapshots = [None if isinstance(s, Stream) else s._snapshot()
+                             for s in self._steps]
+            timed = True  # x still has its time axis
+            mask = None
+            for step, snapshot in zip(self._steps, snapshots):
+                if isinstance(step, Stream):
+                    if not timed:  # (Sequential refuses this too, on a sequence)
+                        raise ValueError(f"layer {step.layer.name!r} needs a sequence; the "
+                                         "recurrent layer before it returns one step")
+                    y = step(seq[:, 0] if frame else seq)
+                    y = y[0] if step.layer.return_state else y
+                    if frame:
+                        y = y[:, None]
+                    timed = step.layer.return_sequences or frame
+                    seq = y
+                    continue
+                if isinstance(step, InputLayer):
+                    _check_features(step, seq, timed)
+                    continue
+                mask = step.compute_mask(seq, mask)
+                if mask is not None:
+                    if not np.all(mask):
+                        raise ValueError(f"x: layer {step.name!r} masks steps of this input "
+                                         "(a stream runs every frame it is given: leave "
+                                         "padding out)")
+                    mask = None
+                seq = step._with(snapshot).call(seq, None)
+            return seq[:, 0] if frame and timed else seq
+        finally:
+            self._busy.release()
+
+    @property
+    def states(self):
+        """Each recurrent layer's carried states (copies), in order."""
+        return [s.states for s in self.streams]
+
+    @states.setter
+    def states(self, values):
+        values = list(values)
+        if len(values) != len(self.streams):
+            raise ValueError(f"states: expected one entry per recurrent layer "
+                             f"({len(self.streams)}), got {len(values)}")
+        for s, v in zip(self.streams, values):
+            s.states = v
+
+    def reset(self):
+        """Zero every recurrent layer's state (a new utterance, a new client, ...)."""
+        for s in self.streams:
+            s.reset()
+
+    reset_states = reset
+
+    def __repr__(self):
+        return (f"ModelStream({type(self.model).__name__}(name={self.model.name!r}), "
+                f"batch_size={self.batch_size}, recurrent layers={len(self.streams)})")
+
+
+def _check_features(layer, x, timed):
+    """An ``InputLayer``'s declared shape against a stream's input, less the
+    time axis (a chunk may have any length)."""
+    if layer.batch_shape is None:
+        return
+    want = layer.batch_shape[2:]
+    got = np.shape(x)[2:] if timed else np.shape(x)[1:]
+    if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+        raise ValueError(f"x: {layer.name} expects features {tuple(want)}, got "
+                         f"{tuple(got)}")

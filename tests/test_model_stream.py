@@ -1,0 +1,182 @@
+"""Model streams (``Sequential.stream``) against whole-sequence model calls.
+
+Every expected value comes from ``model(x)`` with the recurrent layers on
+``backend="reference"``, never from a stream. Random weights and inputs,
+odd sizes.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.models import (Activation, Dense, Dropout, Embedding, InputLayer, Masking,
+                            ModelStream, TimeDistributed)
+from fastrnn.streaming import StreamBusyError
+
+TOL = {"float32": dict(rtol=2e-5, atol=2e-5), "float64": dict(rtol=1e-10, atol=1e-10)}
+
+
+def _randomize(model, rng, D):
+    """Build every layer (one reference call) and give it random weights."""
+    x = rng.uniform(-1, 1, (1, 2, D)) if D else rng.integers(0, 11, (1, 2))
+    for layer in model.layers:
+        if isinstance(layer, (Dense, TimeDistributed)):
+            inner = layer.layer if isinstance(layer, TimeDistributed) else layer
+            shapes = [(inner.input_dim, inner.units), (inner.units,)]
+            layer.set_weights([rng.uniform(-0.8, 0.8, s) for s in shapes])
+        elif isinstance(layer, Embedding):
+            layer.set_weights([rng.uniform(-1, 1, (layer.input_dim, layer.output_dim))])
+    model(x.astype(model.layers[-1].dtype) if D else x)  # builds the recurrent layers
+    for layer in model.layers:
+        if isinstance(layer, fastrnn.RNN):
+            layer.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()])
+    return model
+
+
+def _classifier(dtype, rng, D=5):
+    """Per-step layers before, between and after two recurrent layers; the
+    last one returns one step (and its states, which the model drops)."""
+    model = fastrnn.Sequential([
+        InputLayer(batch_shape=[None, None, D]),
+        Dense(6, activation="tanh", dtype=dtype, input_dim=D),
+        fastrnn.LSTM(7, return_sequences=True, backend="reference", dtype=dtype),
+        Dropout(0.3),
+        fastrnn.GRU(9, return_state=True, backend="reference", dtype=dtype),
+        Dense(3, activation="softmax", dtype=dtype, input_dim=9),
+    ])
+    return _randomize(model, rng, D)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_frames_give_the_model_output_on_the_sequence_so_far(dtype, rng):
+    model = _classifier(dtype, rng)
+    B, T = 3, 11
+    x = rng.uniform(-2, 2, (B, T, 5)).astype(dtype)
+    stream = model.stream(batch_size=B)
+    assert isinstance(stream, ModelStream) and len(stream.streams) == 2
+    for t in range(T):
+        y = stream(x[:, t])
+        assert y.shape == (B, 3) and y.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(y, model(x[:, :t + 1]), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_chunks_carry_the_state(dtype, rng):
+    model = fastrnn.Sequential([
+        fastrnn.GRU(6, return_sequences=True, backend="reference", dtype=dtype),
+        fastrnn.SimpleRNN(5, return_sequences=True, backend="reference", dtype=dtype),
+        TimeDistributed(Dense(4, dtype=dtype, input_dim=5)),
+        Activation("relu"),
+    ])
+    _randomize(model, rng, 3)
+    x = rng.uniform(-2, 2, (2, 10, 3)).astype(dtype)
+    full = model(x)
+    stream = model.stream(batch_size=2)
+    got = [stream(x[:, 0:3]), stream(x[:, 3]), stream(x[:, 4:10])]
+    assert got[0].shape == (2, 3, 4) and got[1].shape == (2, 4)
+    np.testing.assert_allclose(np.concatenate([got[0], got[1][:, None], got[2]], axis=1), full,
+                               **TOL[dtype])
+
+
+def test_token_ids_through_an_embedding(rng):
+    model = fastrnn.Sequential([
+        Embedding(11, 4),
+        fastrnn.LSTM(6, backend="reference"),
+        Dense(2, input_dim=6),
+    ])
+    _randomize(model, rng, 0)
+    ids = rng.integers(0, 11, (2, 7))
+    stream = model.stream(batch_size=2)
+    for t in range(7):
+        np.testing.assert_allclose(stream(ids[:, t]), model(ids[:, :t + 1]), **TOL["float32"])
+    with pytest.raises(ValueError, match="indices"):
+        stream(np.array([3, 11]))
+
+
+@pytest.mark.parametrize("mode", ["bfloat16", "int8"])
+def test_a_quantized_model_streams_its_quantized_weights(mode, rng):
+    model = _classifier("float32", rng, D=4).quantize(mode)
+    x = rng.uniform(-2, 2, (1, 6, 4)).astype(np.float32)
+    stream = model.stream()
+    for t in range(6):  # the reference runs the same quantized weights
+        np.testing.assert_allclose(stream(x[:, t]), model(x[:, :t + 1]), rtol=1e-4, atol=1e-5)
+
+
+def test_states_reset_and_assignment(rng):
+    model = _classifier("float32", rng)
+    x = rng.uniform(-2, 2, (2, 6, 5)).astype(np.float32)
+    stream = model.stream(batch_size=2)
+    stream(x[:, :3])
+    saved = stream.states
+    assert [len(s) for s in saved] == [2, 1]  # LSTM [h, c], GRU [h]
+    after = stream(x[:, 3:])
+    stream.states = saved
+    np.testing.assert_array_equal(stream(x[:, 3:]), after)
+    stream.reset()
+    np.testing.assert_allclose(stream(x[:, 3:]), model(x[:, 3:]), **TOL["float32"])
+    with pytest.raises(ValueError, match="one entry per recurrent layer"):
+        stream.states = saved[:1]
+
+
+def test_a_masked_frame_is_refused_before_any_state_changes(rng):
+    model = fastrnn.Sequential([Masking(0.0), fastrnn.LSTM(5, backend="reference")])
+    _randomize(model, rng, 3)
+    x = rng.uniform(-2, 2, (2, 4, 3)).astype(np.float32)
+    stream = model.stream(batch_size=2)
+    stream(x[:, 0])
+    before = stream.states
+    padded = x[:, 1].copy()
+    padded[1] = 0.0  # row 1 is padding
+    with pytest.raises(ValueError, match="masks steps"):
+        stream(padded)
+    for a, b in zip(before[0], stream.states[0]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(stream(x[:, 1]), model(x[:, :2]), **TOL["float32"])
+
+
+def test_models_that_cannot_stream_and_bad_input(rng):
+    bi = fastrnn.Sequential([fastrnn.Bidirectional(fastrnn.LSTM(3)), Dense(2)])
+    with pytest.raises(TypeError, match="Bidirectional"):
+        bi.stream()
+    with pytest.raises(ValueError, match="no recurrent layer"):
+        fastrnn.Sequential([Dense(2)]).stream()
+    with pytest.raises(ValueError, match="masks steps after a recurrent layer"):
+        fastrnn.Sequential([fastrnn.LSTM(3, return_sequences=True), Masking()]).stream()
+    with pytest.raises(ValueError, match="batch_size"):
+        fastrnn.Sequential([fastrnn.LSTM(3)]).stream(batch_size=0)
+    model = _classifier("float32", rng)
+    stream = model.stream(batch_size=2)
+    with pytest.raises(ValueError, match=r"x: expected a frame \(batch, features\)"):
+        stream(np.zeros((2, 1, 1, 5), np.float32))
+    with pytest.raises(ValueError, match=r"expects features \(5,\), got \(4,\)"):
+        stream(np.zeros((2, 4), np.float32))
+
+
+def test_two_threads_at_once_raise(rng):
+    model = _classifier("float32", rng)
+    stream = model.stream(batch_size=1)
+    x = rng.uniform(-1, 1, (1, 5)).astype(np.float32)
+    stream(x)
+    inside, release = threading.Event(), threading.Event()
+    dense = model.layers[1]
+    plain = type(dense).call
+
+    def paused(self, *args):  # the first call waits inside the model
+        inside.set()
+        release.wait(10)
+        return plain(self, *args)
+
+    dense.call = paused.__get__(dense)
+    worker = threading.Thread(target=stream, args=(x,))
+    worker.start()
+    try:
+        assert inside.wait(10)
+        with pytest.raises(StreamBusyError):
+            stream(x)
+    finally:
+        release.set()
+        worker.join(10)
+        del dense.call
+    stream(x)  # free again
