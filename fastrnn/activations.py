@@ -41,6 +41,10 @@ LOG_SIGMOID = 21
 SPARSE_SIGMOID = 22
 HARD_SILU = 23
 MISH = 24
+#: Over each row, not one value at a time: only for the compiled ``Dense`` of a
+#: model stream (fastrnn.kernels.cpu.dense), never for a recurrent cell.
+SOFTMAX = -1
+LOG_SOFTMAX = -2
 
 #: Keras name -> kernel code. ``None`` and ``"linear"`` are the identity.
 CODES = {

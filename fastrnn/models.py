@@ -29,7 +29,7 @@ import threading
 import numpy as np
 
 from . import activations as _act
-from . import serialization
+from . import dispatch, serialization
 from ._engine import WEIGHTS_LOCK
 from .bidirectional import Bidirectional
 from .cells import quantization_mode_of, quantize_cells, resolve_dtype
@@ -685,11 +685,10 @@ class ModelStream:
 
     def __init__(self, model, batch_size=1, backend=None, threads=None):
         self.model = model
-        self.batch_size = batch_size
         self.streams = []
-        self._steps = []  # per layer: a Stream, or the layer itself
+        self._steps = []  # per layer: (kind, the Stream or the layer, detail)
         self._busy = threading.Lock()
-        recurrent = False
+        sequence = True  # whether the layers so far give a sequence (on a chunk)
         for layer in model.layers:
             where = f"{type(model).__name__}.stream: layer {layer.name!r}"
             if isinstance(layer, Bidirectional):
@@ -699,31 +698,45 @@ class ModelStream:
                 if layer.time_major:
                     raise ValueError(f"{where} is time_major; a model stream takes "
                                      "batch-major frames and chunks")
+                if not sequence:
+                    raise ValueError(f"{where} follows a recurrent layer that returns one step "
+                                     "(return_sequences=False): it needs a sequence")
                 stream = Stream(layer, batch_size=batch_size, backend=backend, threads=threads)
                 self.streams.append(stream)
-                self._steps.append(stream)
-                recurrent = True
+                self._steps.append((_STREAM, stream, layer.return_state))
+                sequence = layer.return_sequences
                 continue
             masks = isinstance(layer, Masking) or getattr(layer, "mask_zero", False)
-            if masks and recurrent:
+            if masks and self.streams:
                 raise ValueError(f"{where} masks steps after a recurrent layer; a model stream "
                                  "checks masks before its first recurrent layer only")
-            self._steps.append(layer)
+            code = _compiled_dense(layer)
+            if isinstance(layer, InputLayer):
+                self._steps.append((_INPUT, layer, None))
+            elif masks:
+                self._steps.append((_MASK, layer, None))
+            elif code is not None:
+                self._steps.append((_DENSE, layer, code))
+            else:
+                self._steps.append((_LAYER, layer, None))
         if not self.streams:
             raise ValueError(f"{type(model).__name__}.stream: the model has no recurrent "
                              "layer (nothing to carry from frame to frame)")
         self.batch_size = self.streams[0].batch_size
+        self._reads = [None if kind in (_STREAM, _INPUT) else layer._snapshot
+                       for kind, layer, _ in self._steps]
+        self._twins = [None] * len(self._steps)
+        if any(kind == _DENSE for kind, _, _ in self._steps):
+            self._dense_rows = dispatch.backend_module("cpu").dense.dense_rows
         # a frame has one axis less than the model's input (batch, time, ...)
-        first = next((s for s in self._steps if not isinstance(s, (InputLayer, Dropout))), None)
+        first = next((layer for kind, layer, _ in self._steps
+                      if not isinstance(layer, (InputLayer, Dropout))), None)
         self._frame_ndim = 1 if isinstance(first, Embedding) else 2
 
     def __call__(self, x):
         x = np.asarray(x)
-        if x.ndim == self._frame_ndim:
-            frame, seq = True, x[:, None]
-        elif x.ndim == self._frame_ndim + 1:
-            frame, seq = False, x
-        else:
+        frame = x.ndim == self._frame_ndim
+        if not frame and x.ndim != self._frame_ndim + 1:
             shape = "(batch,) token ids" if self._frame_ndim == 1 else "(batch, features)"
             chunk = "(batch, time)" if self._frame_ndim == 1 else "(batch, time, features)"
             raise ValueError(f"x: expected a frame {shape} or a chunk {chunk}, got shape "
@@ -732,37 +745,59 @@ class ModelStream:
             raise StreamBusyError("ModelStream: called while another call on the same stream "
                                   "is running (two threads sharing one stream)")
         try:
-            with WEIGHTS_LOCK:
-                snapshots = [None if isinstance(s, Stream) else s._snapshot()
-                             for s in self._steps]
-            timed = True  # x still has its time axis
-            mask = None
-            for step, snapshot in zip(self._steps, snapshots):
-                if isinstance(step, Stream):
-                    if not timed:  # (Sequential refuses this too, on a sequence)
-                        raise ValueError(f"layer {step.layer.name!r} needs a sequence; the "
-                                         "recurrent layer before it returns one step")
-                    y = step(seq[:, 0] if frame else seq)
-                    y = y[0] if step.layer.return_state else y
-                    if frame:
-                        y = y[:, None]
-                    timed = step.layer.return_sequences or frame
-                    seq = y
-                    continue
-                if isinstance(step, InputLayer):
-                    _check_features(step, seq, timed)
-                    continue
-                mask = step.compute_mask(seq, mask)
-                if mask is not None:
-                    if not np.all(mask):
-                        raise ValueError(f"x: layer {step.name!r} masks steps of this input "
-                                         "(a stream runs every frame it is given: leave "
-                                         "padding out)")
-                    mask = None
-                seq = step._with(snapshot).call(seq, None)
-            return seq[:, 0] if frame and timed else seq
+            with WEIGHTS_LOCK:  # the per-step layers' weights, read together
+                snapshots = [None if read is None else read() for read in self._reads]
+            # A frame keeps no time axis from layer to layer (each of these
+            # layers works on the last axis); ``timed``: a chunk still has one.
+            timed = not frame
+            for i, (kind, step, detail) in enumerate(self._steps):
+                if kind == _STREAM:
+                    x = step(x)
+                    if detail:  # return_state: the model passes the output on
+                        x = x[0]
+                    timed = timed and step.layer.return_sequences
+                elif kind == _DENSE and (frame or timed or not isinstance(step, TimeDistributed)):
+                    x = self._dense(x, snapshots[i], detail, i)
+                elif kind == _INPUT:
+                    _check_features(step, x, timed)
+                else:
+                    if kind == _MASK:
+                        mask = step.compute_mask(x if timed else x[:, None], None)
+                        if not np.all(mask):
+                            raise ValueError(f"x: layer {step.name!r} masks steps of this "
+                                             "input (a stream runs every frame it is given: "
+                                             "leave padding out)")
+                    x = self._layer(i, x if timed or not frame else x[:, None], snapshots[i])
+                    x = x if timed or not frame else x[:, 0]
+            return x
         finally:
             self._busy.release()
+
+    def _dense(self, x, weights, code, i):
+        """A ``Dense`` (or one in ``TimeDistributed``) compiled: one call (see
+        :mod:`fastrnn.kernels.cpu.dense`); as in a model call where ``x``
+        does not have the layer's dtype and features."""
+        kernel, bias = weights
+        if kernel is None or x.dtype != kernel.dtype or x.shape[-1] != kernel.shape[0]:
+            return self._layer(i, x, weights)  # (which raises what a model call raises)
+        K, U = kernel.shape
+        rows = np.ascontiguousarray(x.reshape(-1, K))
+        if bias is None:
+            bias = np.zeros(U, kernel.dtype)
+        out = np.empty((rows.shape[0], U), kernel.dtype)
+        self._dense_rows(rows, kernel, bias, code, out)
+        return out.reshape(x.shape[:-1] + (U,))
+
+    def _layer(self, i, x, weights):
+        """Per-step layer ``i`` on ``x`` as in a model call, with ``weights``
+        (its copy holding them is kept while they stay the same arrays)."""
+        layer = self._steps[i][1]
+        if not weights:
+            return layer.call(x, None)
+        cached = self._twins[i]
+        if cached is None or any(a is not b for a, b in zip(cached[0], weights)):
+            cached = self._twins[i] = (weights, layer._with(weights))
+        return cached[1].call(x, None)
 
     @property
     def states(self):
@@ -788,6 +823,24 @@ class ModelStream:
     def __repr__(self):
         return (f"ModelStream({type(self.model).__name__}(name={self.model.name!r}), "
                 f"batch_size={self.batch_size}, recurrent layers={len(self.streams)})")
+
+
+# what a model stream does with each layer (ModelStream._steps)
+_STREAM, _DENSE, _INPUT, _MASK, _LAYER = range(5)
+
+
+def _compiled_dense(layer):
+    """The activation code with which a model stream runs ``layer`` (a
+    ``Dense``, or one in ``TimeDistributed``) compiled, or None."""
+    dense = layer.layer if isinstance(layer, TimeDistributed) else layer
+    if not isinstance(dense, Dense) or np.dtype(dense.dtype).kind != "f":
+        return None
+    name = dense.activation
+    if name in ("softmax", "log_softmax"):
+        return _act.SOFTMAX if name == "softmax" else _act.LOG_SOFTMAX
+    if name in _EXTRA_ACTIVATIONS or name not in _act.CODES:
+        return None
+    return _act.CODES[name]
 
 
 def _check_features(layer, x, timed):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from fastrnn import models
 from fastrnn.models import (Activation, Dense, Dropout, Embedding, InputLayer, Masking,
                             ModelStream, TimeDistributed)
 from fastrnn.streaming import StreamBusyError
@@ -24,7 +25,7 @@ def _randomize(model, rng, D):
     for layer in model.layers:
         if isinstance(layer, (Dense, TimeDistributed)):
             inner = layer.layer if isinstance(layer, TimeDistributed) else layer
-            shapes = [(inner.input_dim, inner.units), (inner.units,)]
+            shapes = [(inner.input_dim, inner.units)] + [(inner.units,)] * inner.use_bias
             layer.set_weights([rng.uniform(-0.8, 0.8, s) for s in shapes])
         elif isinstance(layer, Embedding):
             layer.set_weights([rng.uniform(-1, 1, (layer.input_dim, layer.output_dim))])
@@ -78,6 +79,28 @@ def test_chunks_carry_the_state(dtype, rng):
     assert got[0].shape == (2, 3, 4) and got[1].shape == (2, 4)
     np.testing.assert_allclose(np.concatenate([got[0], got[1][:, None], got[2]], axis=1), full,
                                **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "gelu", "softmax",
+                                        "log_softmax", "relu6", "leaky_relu"])
+def test_per_step_layers_on_frames(activation, dtype, rng):
+    """Dense layers run compiled where their activation has a compiled form
+    (relu6 and leaky_relu run in NumPy), in and out of TimeDistributed."""
+    model = fastrnn.Sequential([
+        fastrnn.SimpleRNN(7, return_sequences=True, backend="reference", dtype=dtype),
+        TimeDistributed(Dense(6, activation=activation, dtype=dtype, input_dim=7)),
+        Dense(5, activation=activation, use_bias=False, dtype=dtype, input_dim=6),
+    ])
+    _randomize(model, rng, 4)
+    x = rng.uniform(-2, 2, (2, 5, 4)).astype(dtype)
+    stream = model.stream(batch_size=2)
+    compiled = activation not in ("relu6", "leaky_relu")
+    assert [kind == models._DENSE for kind, _, _ in stream._steps] == [False] + [compiled] * 2
+    for t in range(5):
+        np.testing.assert_allclose(stream(x[:, t]), model(x[:, :t + 1])[:, t], **TOL[dtype])
+    stream.reset()
+    np.testing.assert_allclose(stream(x), model(x), **TOL[dtype])
 
 
 def test_token_ids_through_an_embedding(rng):
@@ -144,6 +167,8 @@ def test_models_that_cannot_stream_and_bad_input(rng):
         fastrnn.Sequential([Dense(2)]).stream()
     with pytest.raises(ValueError, match="masks steps after a recurrent layer"):
         fastrnn.Sequential([fastrnn.LSTM(3, return_sequences=True), Masking()]).stream()
+    with pytest.raises(ValueError, match="returns one step"):
+        fastrnn.Sequential([fastrnn.LSTM(3), fastrnn.GRU(2)]).stream()
     with pytest.raises(ValueError, match="batch_size"):
         fastrnn.Sequential([fastrnn.LSTM(3)]).stream(batch_size=0)
     model = _classifier("float32", rng)
@@ -160,15 +185,15 @@ def test_two_threads_at_once_raise(rng):
     x = rng.uniform(-1, 1, (1, 5)).astype(np.float32)
     stream(x)
     inside, release = threading.Event(), threading.Event()
-    dense = model.layers[1]
-    plain = type(dense).call
+    dropout = model.layers[3]
+    plain = type(dropout).call
 
     def paused(self, *args):  # the first call waits inside the model
         inside.set()
         release.wait(10)
         return plain(self, *args)
 
-    dense.call = paused.__get__(dense)
+    dropout.call = paused.__get__(dropout)
     worker = threading.Thread(target=stream, args=(x,))
     worker.start()
     try:
@@ -178,5 +203,5 @@ def test_two_threads_at_once_raise(rng):
     finally:
         release.set()
         worker.join(10)
-        del dense.call
+        del dropout.call
     stream(x)  # free again

@@ -39,7 +39,7 @@ from .. import _cache
 _cache.install()  # before any cached kernel is defined
 
 from .. import DYNAMIC, GRUParams, LSTMParams, SimpleRNNParams, quantize, run, state_sizes  # noqa: E402,E501
-from . import generic, stream, threads  # noqa: E402
+from . import dense, generic, stream, threads  # noqa: E402,F401
 from .inputs import writable  # noqa: E402,F401
 from . import packed as _packed  # noqa: E402
 from .threads import get_num_threads, set_num_threads, threading_layer, tuned_splits  # noqa: E402,F401
@@ -436,6 +436,8 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
                 params = _warm_params(kind, r, D, H)
                 if kind == "stream":
                     stream.warmup(params)
+                    x2 = r(2, D)  # a model stream's Dense layers
+                    dense.dense_rows(x2, r(D, H), r(H), np.int64(0), np.empty((2, H), dt))
                     done.append(f"{kind} {name}")
                     if verbose:
                         print(f"warmup: {done[-1]}", file=sys.stderr)
