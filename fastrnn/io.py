@@ -27,8 +27,9 @@ bit), same outputs.
 Supported: every fastrnn layer (``SimpleRNN``, ``GRU``, ``LSTM``, ``RNN``
 over built-in cells, ``Bidirectional``), the cells, the layers and the
 ``Sequential`` model of :mod:`fastrnn.models` (what ``load_keras`` and
-``from_keras`` return), and converted PyTorch modules
-(:mod:`fastrnn.interop.torch`). A layer with a Python-callable activation
+``from_keras`` return), converted PyTorch modules
+(:mod:`fastrnn.interop.torch`), and a model's stream
+(:class:`fastrnn.models.ModelStream`, with its carried states). A layer with a Python-callable activation
 cannot be saved (its code would have to be stored): ``save`` raises.
 
 :func:`read_tf_checkpoint` reads TensorFlow's own checkpoints (TF1
@@ -47,7 +48,7 @@ import zipfile
 
 import numpy as np
 
-from . import _safe_io, serialization
+from . import _nest, _safe_io, serialization
 from . import models  # noqa: F401  (registers the layers and models load builds)
 from ._tf_bundle import read_tf_checkpoint  # noqa: F401  (public: fastrnn.io.read_tf_checkpoint)
 from ._version import __version__
@@ -106,6 +107,10 @@ def _load_compact(obj, entries, get, path):
 
 def _describe_plain(obj, writer):
     cls_name = type(obj).__name__
+    if isinstance(obj, models.ModelStream):
+        return {"class_name": cls_name, "config": obj._config(),
+                "model": _describe(obj.model, writer),
+                "states": [writer.add(_nest.flatten(s.states)) for s in obj.streams]}
     kind = serialization.kind_of(obj)
     if kind == "torch":
         return {"class_name": cls_name, "config": obj.get_config(),
@@ -138,6 +143,8 @@ def _build(spec, arrays, path="object"):
     if not isinstance(spec, dict) or not isinstance(spec.get("class_name"), str):
         raise ValueError(f"{path}: expected an object description with a class_name")
     name = spec["class_name"]
+    if name == "ModelStream" and path == "object":
+        return _build_model_stream(spec, arrays, path)
     if name not in serialization.names(_KINDS):
         raise ValueError(f"{path}: unknown class {name!r}; this fastrnn reads "
                          f"{serialization.names(_KINDS)}")
@@ -212,8 +219,46 @@ def _build(spec, arrays, path="object"):
     return obj
 
 
+def _build_model_stream(spec, arrays, path):
+    """A :class:`fastrnn.models.ModelStream` from its spec: the model, then
+    the stream, then its states. The states' shapes are checked against the
+    batch size before the stream allocates anything for it."""
+    config = spec.get("config")
+    if not isinstance(config, dict) or set(config) != {"batch_size", "backend", "threads"}:
+        raise ValueError(f"{path}: config must hold batch_size, backend and threads")
+    B = config["batch_size"]
+    if isinstance(B, bool) or not isinstance(B, int) or B < 1:
+        raise ValueError(f"{path}: batch_size expected a positive integer, got {B!r}")
+    model = _build(spec.get("model"), arrays, f"{path}.model")
+    if not isinstance(model, models.Sequential):
+        raise ValueError(f"{path}.model: expected a Sequential model, got "
+                         f"{type(model).__name__}")
+    layers = [layer for layer in model.layers if isinstance(layer, models.RNN)]
+    states = spec.get("states")
+    if not isinstance(states, list) or len(states) != len(layers):
+        raise ValueError(f"{path}: states must list one entry per recurrent layer "
+                         f"({len(layers)})")
+    for i, (layer, names) in enumerate(zip(layers, states)):
+        sizes = layer.state_sizes
+        if not isinstance(names, list) or len(names) != len(sizes) \
+                or not all(isinstance(n, str) and n in arrays for n in names):
+            raise ValueError(f"{path}: states[{i}] must name {len(sizes)} arrays in "
+                             f"{_ARRAYS}")
+        for n, size in zip(names, sizes):  # (this bounds batch_size by the file)
+            shape = arrays.shape(n) if hasattr(arrays, "shape") else np.shape(arrays[n])
+            if shape != (B, size):
+                raise ValueError(f"{path}: states[{i}] array {n!r} has shape {shape}, "
+                                 f"expected {(B, size)} for batch_size={B}")
+    stream = model.stream(B, backend=config["backend"], threads=config["threads"])
+    for s, layer, names in zip(stream.streams, layers, states):
+        s.states = _nest.pack_as(layer.state_structure, [arrays[n] for n in names])
+    return stream
+
+
 def save(obj, path):
-    """Save a fastrnn layer, cell, model or converted PyTorch module to ``path``.
+    """Save a fastrnn layer, cell, model, converted PyTorch module or model
+    stream (:meth:`fastrnn.Sequential.stream`: the model and every carried
+    state) to ``path``.
 
     The file holds a JSON config and the weights as NumPy arrays (no
     pickle); see :mod:`fastrnn.io`. ``path`` may also be a writable binary
@@ -226,7 +271,10 @@ def save(obj, path):
         text = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
                            "fastrnn_version": __version__, "object": spec},
                           allow_nan=True, sort_keys=True)
-        _build(json.loads(text)["object"], writer.arrays)
+        rebuilt = json.loads(text)["object"]
+        if isinstance(obj, models.ModelStream):  # (its model: a stream would start threads)
+            rebuilt = rebuilt["model"]
+        _build(rebuilt, writer.arrays)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"save: {type(obj).__name__} cannot be saved in the native format "
                          f"(its config does not rebuild: {exc}). Python-callable "

@@ -685,6 +685,7 @@ class ModelStream:
 
     def __init__(self, model, batch_size=1, backend=None, threads=None):
         self.model = model
+        self._backend_arg, self._threads_arg = backend, threads
         self.streams = []
         self._steps = []  # per layer: (kind, the Stream or the layer, detail)
         self._busy = threading.Lock()
@@ -819,6 +820,15 @@ class ModelStream:
             s.reset()
 
     reset_states = reset
+
+    def _config(self):
+        """What :func:`fastrnn.save` records to make the stream again."""
+        return {"batch_size": self.batch_size, "backend": self._backend_arg,
+                "threads": self._threads_arg}
+
+    def __getstate__(self):
+        raise TypeError("ModelStream objects are not pickled: use fastrnn.save(stream, path) "
+                        "and fastrnn.load(path)")
 
     def __repr__(self):
         return (f"ModelStream({type(self.model).__name__}(name={self.model.name!r}), "

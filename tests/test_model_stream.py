@@ -5,13 +5,17 @@ Every expected value comes from ``model(x)`` with the recurrent layers on
 odd sizes.
 """
 
+import hashlib
+import json
+import pickle
 import threading
+import zipfile
 
 import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import models
+from fastrnn import _nest, models
 from fastrnn.models import (Activation, Dense, Dropout, Embedding, InputLayer, Masking,
                             ModelStream, TimeDistributed)
 from fastrnn.streaming import StreamBusyError
@@ -205,3 +209,42 @@ def test_two_threads_at_once_raise(rng):
         worker.join(10)
         del dropout.call
     stream(x)  # free again
+
+
+@pytest.mark.parametrize("mode", [None, "int8"])
+def test_save_and_load_keep_the_model_and_every_state(tmp_path, rng, mode):
+    model = _classifier("float32", rng)
+    if mode:
+        model.quantize(mode)
+    x = rng.uniform(-2, 2, (2, 7, 5)).astype(np.float32)
+    stream = model.stream(batch_size=2, threads=1)
+    stream(x[:, :3])
+    path = tmp_path / "live.fastrnn"
+    fastrnn.save(stream, path)
+    back = fastrnn.load(path)
+    assert isinstance(back, ModelStream) and back.batch_size == 2
+    assert back.streams[0].threads == 1 and back.model.quantization_mode == mode
+    for a, b in zip(_nest.flatten(stream.states), _nest.flatten(back.states)):
+        np.testing.assert_array_equal(a, b)
+    got = back(x[:, 3:])
+    np.testing.assert_array_equal(got, stream(x[:, 3:]))  # the round trip is exact
+    np.testing.assert_allclose(got, model(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="fastrnn.save"):
+        pickle.dumps(back)
+
+
+def test_a_file_whose_states_do_not_fit_its_batch_size_is_refused(tmp_path, rng):
+    stream = _classifier("float32", rng).stream(batch_size=1)
+    path = tmp_path / "live.fastrnn"
+    fastrnn.save(stream, path)
+    with zipfile.ZipFile(path) as z:
+        header, blob = json.loads(z.read("fastrnn.json")), z.read("arrays.npz")
+    obj = header["object"]
+    obj["config"]["batch_size"] = 10**6  # states for one row: the stream is never made
+    header["object_sha256"] = hashlib.sha256(
+        json.dumps(obj, sort_keys=True, allow_nan=True).encode()).hexdigest()
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("fastrnn.json", json.dumps(header))
+        z.writestr("arrays.npz", blob)
+    with pytest.raises(ValueError, match=r"expected \(1000000, 7\) for batch_size=1000000"):
+        fastrnn.load(path)
