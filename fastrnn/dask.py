@@ -46,6 +46,8 @@ import numpy as np
 from . import dispatch
 from .bidirectional import Bidirectional
 from .layers import RNN
+from .models import ModelStream
+from .streaming import Stream
 
 # (FastrnnPlugin comes from the module __getattr__, below)
 __all__ = ["predict", "predict_partitions", "FastrnnPlugin"]  # noqa: F822
@@ -110,6 +112,11 @@ def _is_recurrent_layer(model):
 
 def _check_model(model):
     """Reject, before any task exists, a model that cannot run per chunk."""
+    if isinstance(model, (Stream, ModelStream)):
+        what = "model" if isinstance(model, ModelStream) else "layer"
+        raise TypeError(f"model: a {type(model).__name__} carries state from one call to the "
+                        "next, which has no meaning across independent chunks; predict its "
+                        f"{what} (stream.{what}) instead")
     if not callable(model):
         raise TypeError(f"model: expected a fastrnn layer or model (callable as model(x, "
                         f"mask=...)), got {type(model).__name__}")

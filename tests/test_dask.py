@@ -431,6 +431,10 @@ def test_bad_inputs_fail_before_any_task():
             fdask.predict(_built(fastrnn.LSTM(3), (1, 6, 5)), _guarded())
         with pytest.raises(ValueError, match="return_state"):
             fdask.predict(_built(fastrnn.LSTM(3, return_state=True), (1, 6, 3)), _guarded())
+        with pytest.raises(TypeError, match=r"Stream carries state.*predict its layer"):
+            fdask.predict(layer.stream(), _guarded())
+        with pytest.raises(TypeError, match=r"ModelStream carries state.*predict its model"):
+            fdask.predict(fastrnn.Sequential([layer]).stream(), _guarded())
         with pytest.raises(ValueError, match="batch_size"):
             fdask.predict(layer, _guarded(), batch_size=0)
         unknown = da.zeros((40, 6, 3), chunks=(10, 6, 3))[da.arange(40, chunks=10) > 3]
