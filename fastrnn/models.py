@@ -654,7 +654,8 @@ class ModelStream:
     ----
     ``stream(x)`` with ``x`` one frame ``(batch, features)`` (``(batch,)``
     token ids when the model starts with an ``Embedding``) or a chunk
-    ``(batch, time, features)`` (``(batch, time)``) returns what the model
+    ``(batch, time, features)`` (``(batch, time)``), or in a stream of batch
+    1 an unbatched frame ``(features,)`` (one token id), returns what the model
     returns for the sequence seen so far at those steps: for a frame, the
     model's output at that step with the time axis dropped (the last
     recurrent layer's ``return_sequences`` does not matter); for a chunk,
@@ -736,6 +737,8 @@ class ModelStream:
 
     def __call__(self, x):
         x = np.asarray(x)
+        if x.ndim == self._frame_ndim - 1 and self.batch_size == 1:  # an unbatched frame
+            return self(x[None])[0]
         frame = x.ndim == self._frame_ndim
         if not frame and x.ndim != self._frame_ndim + 1:
             shape = "(batch,) token ids" if self._frame_ndim == 1 else "(batch, features)"

@@ -120,6 +120,11 @@ def test_token_ids_through_an_embedding(rng):
         np.testing.assert_allclose(stream(ids[:, t]), model(ids[:, :t + 1]), **TOL["float32"])
     with pytest.raises(ValueError, match="indices"):
         stream(np.array([3, 11]))
+    one = model.stream()  # batch 1: one token id at a time
+    for t in range(3):
+        y = one(ids[0, t])
+        assert y.shape == (2,)
+        np.testing.assert_allclose(y, model(ids[:1, :t + 1])[0], **TOL["float32"])
 
 
 @pytest.mark.parametrize("mode", ["bfloat16", "int8"])
