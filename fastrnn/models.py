@@ -785,12 +785,13 @@ class ModelStream:
         if kernel is None or x.dtype != kernel.dtype or x.shape[-1] != kernel.shape[0]:
             return self._layer(i, x, weights)  # (which raises what a model call raises)
         K, U = kernel.shape
-        rows = np.ascontiguousarray(x.reshape(-1, K))
+        flat = x.ndim == 2 and x.flags.c_contiguous  # a frame: the rows as they are
+        rows = x if flat else np.ascontiguousarray(x.reshape(-1, K))
         if bias is None:
             bias = np.zeros(U, kernel.dtype)
         out = np.empty((rows.shape[0], U), kernel.dtype)
         self._dense_rows(rows, kernel, bias, code, out)
-        return out.reshape(x.shape[:-1] + (U,))
+        return out if flat else out.reshape(x.shape[:-1] + (U,))
 
     def _layer(self, i, x, weights):
         """Per-step layer ``i`` on ``x`` as in a model call, with ``weights``

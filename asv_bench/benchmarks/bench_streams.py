@@ -1,7 +1,7 @@
 """Streams with weights past one core's L2 (batch 1, D = H): one call (a
 frame, or a chunk of 10 frames) on the one-core stream kernels and on the
 two-core stream split (the engine a stream keeps after timing both), for
-one layer and for a stack of two."""
+one layer and for a stack of two; and a model stream's frame."""
 
 from __future__ import annotations
 
@@ -69,4 +69,39 @@ class StreamEngines:
             self.stream(self.x)
 
     def time_call(self, *args):
+        self.stream(self.x)
+
+
+class ModelStreamFrame:
+    """One frame through a Keras-style model (LSTM, then a Dense softmax
+    head) beside the same LSTM's own stream: what the per-step layers add
+    to a frame."""
+
+    params = [[64, 256], ["layer", "model"]]
+    param_names = ["units", "what"]
+
+    def setup(self, H, what):
+        require_layers()
+        import fastrnn
+
+        if not hasattr(fastrnn.Sequential, "stream"):
+            skip("this version has no model streams")
+        from fastrnn.models import Dense
+
+        rng = np.random.default_rng(0)
+        layer = fastrnn.LSTM(H)
+        layer.build((1, None, 40))
+        s = 1.0 / np.sqrt(H)
+        layer.set_weights([rng.uniform(-s, s, w.shape).astype(np.float32)
+                           for w in layer.get_weights()])
+        head = Dense(12, activation="softmax", input_dim=H)
+        head.set_weights([rng.uniform(-s, s, (H, 12)).astype(np.float32),
+                          np.zeros(12, np.float32)])
+        model = fastrnn.Sequential([layer, head])
+        self.stream = layer.stream(threads=1) if what == "layer" else model.stream(threads=1)
+        self.x = np.ascontiguousarray(inputs(1, 1, 40)[:, 0])
+        for _ in range(20):
+            self.stream(self.x)
+
+    def time_frame(self, *args):
         self.stream(self.x)
