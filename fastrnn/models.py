@@ -676,7 +676,8 @@ class ModelStream:
         One per recurrent layer, in order.
     states : list
         Each recurrent layer's ``Stream.states``, in order; reading returns
-        copies, assigning checks and copies in.
+        copies, assigning checks and copies in (all layers' or, on an
+        error, none).
     batch_size : int
 
     ``Bidirectional`` layers (they need the future), ``go_backwards`` and
@@ -815,8 +816,14 @@ class ModelStream:
         if len(values) != len(self.streams):
             raise ValueError(f"states: expected one entry per recurrent layer "
                              f"({len(self.streams)}), got {len(values)}")
-        for s, v in zip(self.streams, values):
-            s.states = v
+        old = self.states
+        try:
+            for s, v in zip(self.streams, values):
+                s.states = v
+        except (TypeError, ValueError):  # all or nothing: put back the ones already set
+            for s, v in zip(self.streams, old):
+                s.states = v
+            raise
 
     def reset(self):
         """Zero every recurrent layer's state (a new utterance, a new client, ...)."""

@@ -150,6 +150,11 @@ def test_states_reset_and_assignment(rng):
     np.testing.assert_allclose(stream(x[:, 3:]), model(x[:, 3:]), **TOL["float32"])
     with pytest.raises(ValueError, match="one entry per recurrent layer"):
         stream.states = saved[:1]
+    before = stream.states
+    with pytest.raises(ValueError, match=r"expected shape \(2, 9\)"):  # the GRU's h
+        stream.states = [saved[0], [np.ones((2, 8))]]
+    for a, b in zip(_nest.flatten(before), _nest.flatten(stream.states)):
+        np.testing.assert_array_equal(a, b)  # the LSTM's states were put back
 
 
 def test_a_masked_frame_is_refused_before_any_state_changes(rng):
