@@ -258,3 +258,23 @@ def test_a_file_whose_states_do_not_fit_its_batch_size_is_refused(tmp_path, rng)
         z.writestr("arrays.npz", blob)
     with pytest.raises(ValueError, match=r"expected \(1000000, 7\) for batch_size=1000000"):
         fastrnn.load(path)
+
+
+def test_a_keras_model_streams_as_keras_runs_it(rng):
+    """Against live Keras 3: each frame's output is Keras's output on the
+    sequence up to that frame."""
+    keras = pytest.importorskip("keras")
+    kmodel = keras.Sequential([
+        keras.Input((None, 6)),
+        keras.layers.Dense(7, activation="relu"),
+        keras.layers.LSTM(9, return_sequences=True),
+        keras.layers.GRU(5),
+        keras.layers.Dense(4, activation="softmax"),
+    ])
+    kmodel.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype(np.float32)
+                        for w in kmodel.get_weights()])
+    stream = fastrnn.from_keras(kmodel).stream(batch_size=2)
+    x = rng.uniform(-2, 2, (2, 8, 6)).astype(np.float32)
+    for t in range(8):
+        want = keras.ops.convert_to_numpy(kmodel(x[:, :t + 1]))
+        np.testing.assert_allclose(stream(x[:, t]), want, atol=2e-5, rtol=1e-5)
