@@ -110,7 +110,7 @@ def _describe_plain(obj, writer):
     if isinstance(obj, models.ModelStream):
         return {"class_name": cls_name, "config": obj._config(),
                 "model": _describe(obj.model, writer),
-                "states": [writer.add(_nest.flatten(s.states)) for s in obj.streams]}
+                "states": [writer.add(_nest.flatten(s)) for s in obj.states]}
     kind = serialization.kind_of(obj)
     if kind == "torch":
         return {"class_name": cls_name, "config": obj.get_config(),
@@ -250,8 +250,8 @@ def _build_model_stream(spec, arrays, path):
                 raise ValueError(f"{path}: states[{i}] array {n!r} has shape {shape}, "
                                  f"expected {(B, size)} for batch_size={B}")
     stream = model.stream(B, backend=config["backend"], threads=config["threads"])
-    for s, layer, names in zip(stream.streams, layers, states):
-        s.states = _nest.pack_as(layer.state_structure, [arrays[n] for n in names])
+    stream.states = [_nest.pack_as(layer.state_structure, [arrays[n] for n in names])
+                     for layer, names in zip(layers, states)]
     return stream
 
 

@@ -644,11 +644,15 @@ class Sequential:
 class ModelStream:
     """Frame-by-frame inference through a :class:`Sequential` model.
 
-    Made by ``model.stream(batch_size=1, backend=None, threads=None)``. Each
-    recurrent layer runs in a :class:`fastrnn.streaming.Stream` of its own
+    Made by ``model.stream(batch_size=1, backend=None, threads=None)``. The
+    recurrent layers run in :class:`fastrnn.streaming.Stream` objects
     (``backend`` and ``threads`` as there; each picks its engine and says
-    why in ``stream.streams[i].backend_reason``); the other layers run as
-    in a model call, on the frame.
+    why in ``stream.streams[i].backend_reason``): consecutive ones that
+    can (built-in cells, the same dtype, backend and ``nan_policy``, each
+    giving its sequence to the next) in one stream of their cells stacked,
+    which runs a frame through all of them in one call (and on two cores,
+    one helper thread for the stack), the others one stream each. The
+    other layers run as in a model call, on the frame.
 
     Call
     ----
@@ -673,7 +677,8 @@ class ModelStream:
     Attributes
     ----------
     streams : list of fastrnn.streaming.Stream
-        One per recurrent layer, in order.
+        One per recurrent layer or run of stacked recurrent layers, in
+        order.
     states : list
         Each recurrent layer's ``Stream.states``, in order; reading returns
         copies, assigning checks and copies in (all layers' or, on an
@@ -691,6 +696,7 @@ class ModelStream:
         self.streams = []
         self._steps = []  # per layer: (kind, the Stream or the layer, detail)
         self._busy = threading.Lock()
+        self._groups = []  # (Stream, the model's recurrent layers it runs)
         sequence = True  # whether the layers so far give a sequence (on a chunk)
         for layer in model.layers:
             where = f"{type(model).__name__}.stream: layer {layer.name!r}"
@@ -704,13 +710,16 @@ class ModelStream:
                 if not sequence:
                     raise ValueError(f"{where} follows a recurrent layer that returns one step "
                                      "(return_sequences=False): it needs a sequence")
-                stream = Stream(layer, batch_size=batch_size, backend=backend, threads=threads)
-                self.streams.append(stream)
-                self._steps.append((_STREAM, stream, layer.return_state))
                 sequence = layer.return_sequences
+                if self._groups and self._steps[-1][0] == _STREAM \
+                        and _stackable(self._groups[-1][1][-1], layer):
+                    self._groups[-1][1].append(layer)  # streamed with the layers before
+                else:
+                    self._groups.append((None, [layer]))
+                    self._steps.append((_STREAM, len(self._groups) - 1, layer.return_state))
                 continue
             masks = isinstance(layer, Masking) or getattr(layer, "mask_zero", False)
-            if masks and self.streams:
+            if masks and self._groups:
                 raise ValueError(f"{where} masks steps after a recurrent layer; a model stream "
                                  "checks masks before its first recurrent layer only")
             code = _compiled_dense(layer)
@@ -722,9 +731,18 @@ class ModelStream:
                 self._steps.append((_DENSE, layer, code))
             else:
                 self._steps.append((_LAYER, layer, None))
-        if not self.streams:
+        if not self._groups:
             raise ValueError(f"{type(model).__name__}.stream: the model has no recurrent "
                              "layer (nothing to carry from frame to frame)")
+        for g, (_, group) in enumerate(self._groups):
+            layer = group[0] if len(group) == 1 else _stacked(group)
+            stream = Stream(layer, batch_size=batch_size, backend=backend, threads=threads)
+            self._groups[g] = (stream, group)
+            self.streams.append(stream)
+        for i, (kind, step, detail) in enumerate(self._steps):
+            if kind == _STREAM:  # the group's stream; a stack returns no states
+                stream, group = self._groups[step]
+                self._steps[i] = (kind, stream, detail and len(group) == 1)
         self.batch_size = self.streams[0].batch_size
         self._reads = [None if kind in (_STREAM, _INPUT) else layer._snapshot
                        for kind, layer, _ in self._steps]
@@ -808,17 +826,37 @@ class ModelStream:
     @property
     def states(self):
         """Each recurrent layer's carried states (copies), in order."""
-        return [s.states for s in self.streams]
+        out = []
+        for stream, group in self._groups:
+            states = stream.states
+            if len(group) == 1:
+                out.append(states)
+                continue
+            k = 0  # a stack's states: one entry per cell
+            for layer in group:
+                n = len(layer.cells)
+                out.append(states[k] if n == 1 else states[k:k + n])
+                k += n
+        return out
 
     @states.setter
     def states(self, values):
         values = list(values)
-        if len(values) != len(self.streams):
+        n_layers = sum(len(group) for _, group in self._groups)
+        if len(values) != n_layers:
             raise ValueError(f"states: expected one entry per recurrent layer "
-                             f"({len(self.streams)}), got {len(values)}")
-        old = self.states
+                             f"({n_layers}), got {len(values)}")
+        per_stream, k = [], 0
+        for _, group in self._groups:
+            if len(group) == 1:
+                per_stream.append(values[k])
+            else:  # the stack's states: one entry per cell
+                per_stream.append([v for layer, value in zip(group, values[k:k + len(group)])
+                                   for v in ([value] if len(layer.cells) == 1 else list(value))])
+            k += len(group)
+        old = [s.states for s in self.streams]
         try:
-            for s, v in zip(self.streams, values):
+            for s, v in zip(self.streams, per_stream):
                 s.states = v
         except (TypeError, ValueError):  # all or nothing: put back the ones already set
             for s, v in zip(self.streams, old):
@@ -848,6 +886,25 @@ class ModelStream:
 
 # what a model stream does with each layer (ModelStream._steps)
 _STREAM, _DENSE, _INPUT, _MASK, _LAYER = range(5)
+
+
+def _stackable(below, above):
+    """Whether recurrent layer ``above``, right after ``below``, streams in
+    one stack with it: ``below`` gives its sequence, both run built-in
+    cells forward with the same dtype, backend and NaN policy."""
+    return (below.return_sequences and below.compiled and above.compiled
+            and not below.go_backwards and not above.go_backwards
+            and below.dtype == above.dtype and below.backend_arg == above.backend_arg
+            and below.nan_policy == above.nan_policy)
+
+
+def _stacked(group):
+    """One ``RNN`` over the cells of ``group`` (consecutive recurrent layers
+    of a model, see :func:`_stackable`), which share them: set_weights or
+    quantize on a layer reaches the stack's stream."""
+    return RNN([c for layer in group for c in layer.cells],
+               return_sequences=group[-1].return_sequences, backend=group[0].backend_arg,
+               nan_policy=group[0].nan_policy, dtype=group[0].dtype.name)
 
 
 def _compiled_dense(layer):

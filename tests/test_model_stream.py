@@ -278,3 +278,43 @@ def test_a_keras_model_streams_as_keras_runs_it(rng):
     for t in range(8):
         want = keras.ops.convert_to_numpy(kmodel(x[:, :t + 1]))
         np.testing.assert_allclose(stream(x[:, t]), want, atol=2e-5, rtol=1e-5)
+
+
+def test_consecutive_recurrent_layers_stream_as_one_stack(rng):
+    stacked = fastrnn.RNN([fastrnn.GRUCell(4), fastrnn.SimpleRNNCell(6)],
+                          return_sequences=True, backend="reference")
+    model = fastrnn.Sequential([
+        fastrnn.LSTM(7, return_sequences=True, backend="reference"),
+        stacked,
+        fastrnn.GRU(5, return_state=True, backend="reference"),
+        Dense(3, activation="softmax", input_dim=5),
+        ])
+    _randomize(model, rng, 3)
+    x = rng.uniform(-2, 2, (2, 6, 3)).astype(np.float32)
+    stream = model.stream(batch_size=2)
+    assert len(stream.streams) == 1 and len(stream.streams[0].layer.cells) == 4
+    for t in range(3):
+        np.testing.assert_allclose(stream(x[:, t]), model(x[:, :t + 1]), **TOL["float32"])
+    states = stream.states  # per layer of the model, as each layer's own stream gives them
+    assert [np.shape(s) for s in _nest.flatten(states)] == [(2, 7)] * 2 + [(2, 4), (2, 6), (2, 5)]
+    assert len(states) == 3 and len(states[0]) == 2 and len(states[1]) == 2
+    after = stream(x[:, 3:])
+    stream.states = states
+    np.testing.assert_array_equal(stream(x[:, 3:]), after)
+    # the stack shares the layers' cells: new weights reach it
+    gru = model.layers[2]
+    gru.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in gru.get_weights()])
+    stream.reset()
+    np.testing.assert_allclose(stream(x), model(x), **TOL["float32"])
+
+
+def test_layers_that_differ_stream_apart(rng):
+    model = fastrnn.Sequential([
+        fastrnn.LSTM(4, return_sequences=True, backend="reference"),
+        fastrnn.GRU(3, backend="reference", nan_policy="raise"),
+    ])
+    _randomize(model, rng, 2)
+    stream = model.stream()
+    assert len(stream.streams) == 2
+    x = rng.uniform(-2, 2, (1, 4, 2)).astype(np.float32)
+    np.testing.assert_allclose(stream(x), model(x), **TOL["float32"])
