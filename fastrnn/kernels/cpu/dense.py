@@ -1,8 +1,9 @@
 """``activation(x @ kernel + bias)`` on a few rows: a model stream's
 per-frame ``Dense`` layers (:class:`fastrnn.models.ModelStream`).
 
-On one frame, NumPy's matmul, bias add and softmax are each a call of
-about a microsecond of overhead; compiled, the whole layer is one call.
+On one frame, NumPy's matmul, bias add and the several calls of a
+softmax each cost more in call overhead than in arithmetic; compiled, the
+whole layer is one call.
 Each output sums its products over ``k`` in ascending order, in the
 layer's dtype, from the bias; the activations are the kernels' scalar
 ones (:mod:`fastrnn.kernels._math`); softmax and log-softmax subtract
