@@ -109,7 +109,9 @@ def _left_out(sync, w):
 @njit(nogil=True, _nrt=False)
 def _claim_run(w, sync, slot, s, lo, cnt, call, t, hf, cb, cur, nxt, valid, started):
     """Claim and run the panels ``lo .. lo+cnt-1`` of step ``s`` one at a
-    time until none is left; returns how many this thread ran."""
+    time until none is left; returns how many this thread ran. Odd steps
+    take them last to first: the panels a step read last, still in this
+    core's L2 where a half's panels do not all fit, are read first again."""
     did = 0
     end = (s + 1) * cnt
     # claim a few panels at a time: one atomic per chunk, not per panel (the
@@ -131,10 +133,14 @@ def _claim_run(w, sync, slot, s, lo, cnt, call, t, hf, cb, cur, nxt, valid, star
                 # panels counts as done (the caller reads it once all are)
                 atomic_cas(sync, JOIN, -1, s)
             for q in range(c, c1):
+                j = q - s * cnt
+                jn = (j + 1) % cnt  # the panel to prefetch
+                if s & 1:
+                    j, jn = cnt - 1 - j, cnt - 1 - jn
                 # (row 0 typed int64, as run_rows passes it: a literal 0
                 # would compile a second copy of panel)
-                panel(call, lo + q - s * cnt, lo + (q + 1 - s * cnt) % cnt, np.int64(0), B, t,
-                      hf, cb, cur, nxt, valid, started)
+                panel(call, lo + j, lo + jn, np.int64(0), B, t, hf, cb, cur, nxt, valid,
+                      started)
             did += c1 - c
             atomic_add(sync, _COUNT0 + 8 * w, c1 - c)  # before _DONE: read once all is done
             atomic_add(sync, _DONE, c1 - c)
