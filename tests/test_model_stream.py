@@ -16,6 +16,7 @@ import pytest
 
 import fastrnn
 from fastrnn import _nest, models
+from fastrnn import activations as _act
 from fastrnn.models import (Activation, Dense, Dropout, Embedding, InputLayer, Masking,
                             ModelStream, TimeDistributed)
 from fastrnn.streaming import StreamBusyError
@@ -86,11 +87,11 @@ def test_chunks_carry_the_state(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("activation", ["linear", "relu", "sigmoid", "gelu", "softmax",
-                                        "log_softmax", "relu6", "leaky_relu"])
+@pytest.mark.parametrize("activation", sorted(set(_act.CODES) | set(models._EXTRA_ACTIVATIONS)))
 def test_per_step_layers_on_frames(activation, dtype, rng):
     """Dense layers run compiled where their activation has a compiled form
-    (relu6 and leaky_relu run in NumPy), in and out of TimeDistributed."""
+    (the model's own NumPy forms of relu6, leaky_relu, ... run as they are),
+    in and out of TimeDistributed."""
     model = fastrnn.Sequential([
         fastrnn.SimpleRNN(7, return_sequences=True, backend="reference", dtype=dtype),
         TimeDistributed(Dense(6, activation=activation, dtype=dtype, input_dim=7)),
@@ -99,7 +100,8 @@ def test_per_step_layers_on_frames(activation, dtype, rng):
     _randomize(model, rng, 4)
     x = rng.uniform(-2, 2, (2, 5, 4)).astype(dtype)
     stream = model.stream(batch_size=2)
-    compiled = activation not in ("relu6", "leaky_relu")
+    compiled = activation in ("softmax", "log_softmax") \
+        or activation not in models._EXTRA_ACTIVATIONS
     assert [kind == models._DENSE for kind, _, _ in stream._steps] == [False] + [compiled] * 2
     for t in range(5):
         np.testing.assert_allclose(stream(x[:, t]), model(x[:, :t + 1])[:, t], **TOL[dtype])
