@@ -1,8 +1,10 @@
 """Model streams (``Sequential.stream``) against whole-sequence model calls.
 
 Every expected value comes from ``model(x)`` with the recurrent layers on
-``backend="reference"``, never from a stream. Random weights and inputs,
-odd sizes.
+``backend="reference"``, or from live Keras, never from a stream; only the
+round trips (states assigned back, a saved file loaded) also compare a
+stream's output after the trip with its output before it, bit for bit.
+Random weights and inputs, odd sizes.
 """
 
 import hashlib
