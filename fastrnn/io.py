@@ -245,7 +245,7 @@ def _build_model_stream(spec, arrays, path):
             raise ValueError(f"{path}: states[{i}] must name {len(sizes)} arrays in "
                              f"{_ARRAYS}")
         for n, size in zip(names, sizes):  # (this bounds batch_size by the file)
-            shape = arrays.shape(n) if hasattr(arrays, "shape") else np.shape(arrays[n])
+            shape = arrays.shape(n)
             if shape != (B, size):
                 raise ValueError(f"{path}: states[{i}] array {n!r} has shape {shape}, "
                                  f"expected {(B, size)} for batch_size={B}")

@@ -182,6 +182,11 @@ class Layer:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+def _fits(want, got):
+    """Whether shape ``got`` matches ``want`` (``None``: any size)."""
+    return len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
+
+
 def _snake(name):
     import re
 
@@ -208,12 +213,9 @@ class InputLayer(Layer):
             dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype)
 
     def call(self, x, mask=None):
-        if self.batch_shape is not None:
-            want = self.batch_shape[1:]
-            got = np.shape(x)[1:]
-            if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
-                raise ValueError(f"{self.name}: expected inputs of shape "
-                                 f"{tuple(self.batch_shape)}, got {np.shape(x)}")
+        if self.batch_shape is not None and not _fits(self.batch_shape[1:], np.shape(x)[1:]):
+            raise ValueError(f"{self.name}: expected inputs of shape "
+                             f"{tuple(self.batch_shape)}, got {np.shape(x)}")
         return x
 
     def get_config(self):
@@ -693,7 +695,6 @@ class ModelStream:
     def __init__(self, model, batch_size=1, backend=None, threads=None):
         self.model = model
         self._backend_arg, self._threads_arg = backend, threads
-        self.streams = []
         self._steps = []  # per layer: (kind, the Stream or the layer, detail)
         self._busy = threading.Lock()
         self._groups = []  # (Stream, the model's recurrent layers it runs)
@@ -738,7 +739,6 @@ class ModelStream:
             layer = group[0] if len(group) == 1 else _stacked(group)
             stream = Stream(layer, batch_size=batch_size, backend=backend, threads=threads)
             self._groups[g] = (stream, group)
-            self.streams.append(stream)
         for i, (kind, step, detail) in enumerate(self._steps):
             if kind == _STREAM:  # the group's stream; a stack returns no states
                 stream, group = self._groups[step]
@@ -870,6 +870,10 @@ class ModelStream:
 
     reset_states = reset
 
+    @property
+    def streams(self):
+        return [stream for stream, _ in self._groups]
+
     def _config(self):
         """What :func:`fastrnn.save` records to make the stream again."""
         return {"batch_size": self.batch_size, "backend": self._backend_arg,
@@ -928,6 +932,6 @@ def _check_features(layer, x, timed):
         return
     want = layer.batch_shape[2:]
     got = np.shape(x)[2:] if timed else np.shape(x)[1:]
-    if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
+    if not _fits(want, got):
         raise ValueError(f"x: {layer.name} expects features {tuple(want)}, got "
                          f"{tuple(got)}")
