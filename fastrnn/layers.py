@@ -195,6 +195,7 @@ class RNN:
         self.states = None
         self._placed = None
         self._choice = None
+        self._plan = None  # see _plan_now
         self._declared_batch = batch  # a stateful layer's batch, from batch_size=
         if features is not None:
             self.build((batch, None, features))
@@ -365,6 +366,16 @@ class RNN:
 
     reset_state = reset_states
 
+    def _zero_states(self, batch, sizes):
+        """Zero initial states for ``batch`` rows, the same arrays from call to
+        call while the batch and sizes stay (the kernels never write their
+        inputs, and no call returns them)."""
+        kept = getattr(self, "_zeros", None)
+        key = (batch, self.dtype, sizes)
+        if kept is None or kept[0] != key:
+            kept = self._zeros = (key, [np.zeros((batch, n), self.dtype) for n in sizes])
+        return list(kept[1])
+
     def _initial_states(self, initial_state, batch, xp):
         sizes = self.state_sizes
         fixed, by = None, None
@@ -382,6 +393,8 @@ class RNN:
         if initial_state is None:
             if self.stateful and self.states is not None:
                 return [s.copy() for s in self.states]
+            if xp is np and self.compiled:  # (a user's cell may write its states)
+                return self._zero_states(batch, sizes)
             return self.get_initial_state(batch, xp)
         flat = flatten(initial_state)
         if len(flat) != len(sizes):
@@ -475,8 +488,10 @@ class RNN:
             return _engine.host_loop(self.cell, x, mask, states, self.state_structure, reverse,
                                      zero, self.return_sequences, training, self.output_size,
                                      self.state_sizes, self.dtype)
+        plan = None
         if weights is None:
-            weights = _engine.snapshot(self.cells)
+            plan = self._plan_now(xp is not np)
+            weights = plan[1]
         if training and any(c.dropout or c.recurrent_dropout for c in self.cells):
             self._choice = dispatch.Choice(
                 "reference", dispatch.backend_module("reference"), "reference: training=True "
@@ -484,14 +499,33 @@ class RNN:
             out, out_states, packs = self._dropout_run(weights, x, mask, states, reverse, zero)
         else:
             # (the cells are built-in and built: the weights were read)
-            choice = self._choice = _engine.select_for(weights, self.backend_arg, xp is not np,
-                                                       self._placed)
-            packs = [w.packed(choice.module) for w in weights]
+            if plan is not None:
+                choice, packs = plan[2], plan[3]
+            else:
+                choice = _engine.select_for(weights, self.backend_arg, xp is not np,
+                                            self._placed)
+                packs = [w.packed(choice.module) for w in weights]
+            self._choice = choice
             out, out_states = _engine.run_cells(choice.module, packs, x, states, mask, reverse,
                                                 zero, self.return_sequences, xp)
         if self.return_sequences:
             return xp.ascontiguousarray(out[:, ::-1] if reverse else out), out_states
         return _engine.last_output(packs, out_states, mask, reverse, zero, xp), out_states
+
+    def _plan_now(self, on_device):
+        """``(key, weights, choice, packs)`` for a call that starts now: the
+        cells' weights (:func:`_engine.snapshot`), the backend and the weights
+        packed for it, read again only when any weights changed
+        (``_engine.generation``) or what the choice depends on did (at
+        batch 1 reading them costs as much as a short sequence's steps)."""
+        key = (_engine.generation, self.cell, self.backend_arg, self._placed,
+               dispatch.default_key(), on_device)
+        plan = getattr(self, "_plan", None)  # (None in a layer unpickled from an older version)
+        if plan is None or plan[0] != key:
+            weights = _engine.snapshot(self.cells)
+            choice = _engine.select_for(weights, self.backend_arg, on_device, self._placed)
+            plan = self._plan = (key, weights, choice, [w.packed(choice.module) for w in weights])
+        return plan
 
     def _dropout_run(self, weights, x, mask, states, reverse, zero):
         """Keras training-mode dropout, cell by cell on the reference backend."""
@@ -517,7 +551,7 @@ class RNN:
     def __getstate__(self):
         # The backend choice holds a module: per process, made again on demand.
         state = dict(self.__dict__)
-        state["_choice"] = None
+        state["_choice"] = state["_plan"] = None
         return state
 
     # ----- shapes and config -----

@@ -747,6 +747,7 @@ class ModelStream:
         self._reads = [None if kind in (_STREAM, _INPUT) else layer._snapshot
                        for kind, layer, _ in self._steps]
         self._twins = [None] * len(self._steps)
+        self._zero_bias = {}  # step -> zeros standing in for a bias-less Dense's bias
         if any(kind == _DENSE for kind, _, _ in self._steps):
             self._dense_rows = dispatch.backend_module("cpu").dense.dense_rows
         # a frame has one axis less than the model's input (batch, time, ...)
@@ -806,8 +807,10 @@ class ModelStream:
         K, U = kernel.shape
         flat = x.ndim == 2 and x.flags.c_contiguous  # a frame: the rows as they are
         rows = x if flat else np.ascontiguousarray(x.reshape(-1, K))
-        if bias is None:
-            bias = np.zeros(U, kernel.dtype)
+        if bias is None:  # (zeros kept per layer: no allocation per frame)
+            bias = self._zero_bias.get(i)
+            if bias is None or bias.shape[0] != U or bias.dtype != kernel.dtype:
+                bias = self._zero_bias[i] = np.zeros(U, kernel.dtype)
         out = np.empty((rows.shape[0], U), kernel.dtype)
         self._dense_rows(rows, kernel, bias, code, out)
         return out if flat else out.reshape(x.shape[:-1] + (U,))

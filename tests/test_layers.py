@@ -426,3 +426,34 @@ def test_one_step_calls_run_the_frame_kernel(make, rng, monkeypatch):
         y, state = step(x[:, t], state)
         np.testing.assert_allclose(y, want[:, t], rtol=1e-5, atol=1e-6)
     assert len(calls) == 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeated_calls_follow_weights_and_backend_changes(backend, rng, monkeypatch):
+    """A layer keeps what a call reads (weights, backend, packed weights)
+    from call to call: each change in between must reach the next call."""
+    B, T, D, H = 2, 5, 3, 7
+    layer = fastrnn.LSTM(H, return_sequences=True, backend=backend)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    layer(x)
+    layer(x)  # (a second call with the same shape: the kept path)
+    new = [rng.uniform(-0.5, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()]
+    layer.set_weights(new)
+    zeros = np.zeros((B, H))
+    expected = _lstm_numpy(x.astype(np.float64), *[w.astype(np.float64) for w in new],
+                           zeros, zeros)[0]
+    np.testing.assert_allclose(layer(x), expected, atol=1e-5)
+    # the zero initial states the layer keeps between calls stay zero
+    np.testing.assert_allclose(layer(x), expected, atol=1e-5)
+    before = layer(x)
+    layer.quantize("bfloat16")
+    after = layer(x)
+    assert np.abs(after - before).max() > 1e-6  # bfloat16 weights: other numbers
+    if backend != "reference":
+        monkeypatch.setenv("FASTRNN_BACKEND", "reference")
+        layer_auto = fastrnn.LSTM(H, return_sequences=True)
+        layer_auto(x)
+        assert layer_auto.backend == "reference"
+        monkeypatch.delenv("FASTRNN_BACKEND")
+        layer_auto(x)
+        assert layer_auto.backend != "reference"

@@ -79,15 +79,32 @@ def supports(params):
 
 
 class _Packed:
-    """Weights in the layout of the kernel family that runs them."""
+    """Weights in the layout of the kernel family that runs them.
 
-    __slots__ = ("params", "dtype", "packed", "arrays")
+    ``fixed`` (packed panels only): the drivers' ``weights`` and ``gates``
+    tuples (see :mod:`.packed`), made once here rather than on every call
+    (at batch 1 a call's Python costs as much as a short sequence's steps).
+    """
+
+    __slots__ = ("params", "dtype", "packed", "arrays", "fixed")
 
     def __init__(self, params, dtype, packed, arrays):
         self.params = params
         self.dtype = dtype
         self.packed = packed  # True: .packed panels; False: .generic
         self.arrays = arrays
+        self.fixed = None
+        if packed:
+            p = params
+            if p.kind == "gru":
+                Wp, bp, sp = arrays
+                self.fixed = ((Wp, bp, _NO_PEEP, sp),
+                              (False, -1.0, int(p.activation), int(p.recurrent_activation)))
+            else:
+                Wp, bp, peep, sp = arrays
+                self.fixed = ((Wp, bp, peep, sp),
+                              (p.peepholes is not None, _limit(p.cell_clip), int(p.activation),
+                               int(p.recurrent_activation)))
 
     def __repr__(self):
         kind = (f"packed {self.params.precision} panels" if self.packed
@@ -161,23 +178,20 @@ def _mask(mask):
     return writable(np.ascontiguousarray(mask, dtype=np.bool_)), True
 
 
-class _Out:
-    """A C-contiguous stand-in for a caller buffer that is not one."""
+def _buf(dst, dtype, shape):
+    """Where a kernel writes an output: ``dst`` itself when it is a
+    C-contiguous writable array of ``dtype``, else a new array of its shape
+    (``shape`` when ``dst`` is None) that :func:`_put` copies back."""
+    if dst is None:
+        return np.empty(shape, dtype=dtype)
+    if (flags := dst.flags).c_contiguous and flags.writeable and dst.dtype == dtype:
+        return dst
+    return np.empty(dst.shape, dtype=dtype)
 
-    __slots__ = ("dst", "buf")
 
-    def __init__(self, dst, dtype, shape):
-        self.dst = dst
-        if dst is None:
-            self.buf = np.empty(shape, dtype=dtype)
-        elif dst.flags.c_contiguous and dst.dtype == dtype and dst.flags.writeable:
-            self.buf = dst
-        else:
-            self.buf = np.empty(dst.shape, dtype=dtype)
-
-    def finish(self):
-        if self.dst is not None and self.buf is not self.dst:
-            self.dst[...] = self.buf
+def _put(dst, buf):
+    if dst is not None and buf is not dst:
+        dst[...] = buf
 
 
 def _limit(v):
@@ -211,13 +225,12 @@ def simple_rnn(packed, x, h0, mask, reverse, zero_output, out, h_out):
     H = p.units
     W, U, bias = packed.arrays
     m, has_mask = _mask(mask)
-    o = _Out(out, dt, (1, 1, 1))
-    ho = _Out(h_out, dt, None)
+    o, ho = _buf(out, dt, (1, 1, 1)), _buf(h_out, dt, None)
     args = (W, U, bias, int(p.activation), x, _c(h0, dt), m, has_mask, bool(reverse),
-            bool(zero_output), o.buf, out is not None, ho.buf)
+            bool(zero_output), o, out is not None, ho)
     threads.run_generic(generic.simple_rnn_rows, generic.simple_rnn_par, B, B * T * H * (D + H), args)
-    o.finish()
-    ho.finish()
+    _put(out, o)
+    _put(h_out, ho)
 
 
 def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
@@ -227,25 +240,23 @@ def gru(packed, x, h0, mask, reverse, zero_output, out, h_out):
     B, T, D = x.shape
     H = p.units
     m, has_mask = _mask(mask)
-    o = _Out(out, dt, (1, 1, 1))
-    ho = _Out(h_out, dt, None)
+    o, ho = _buf(out, dt, (1, 1, 1)), _buf(h_out, dt, None)
     work = 3 * B * T * H * (D + H)
     if packed.packed:
-        Wp, bp, sp = packed.arrays
+        weights, gates = packed.fixed
         xin, xs = _inputs(packed, x)
-        args = (True, H, (Wp, bp, _NO_PEEP, sp), (False, -1.0, int(p.activation),
-                int(p.recurrent_activation)), (xin, _c(h0, dt), _NO_C, m, has_mask, o.buf,
-                out is not None, ho.buf, _NO_C, xs), (bool(reverse), bool(zero_output),
-                Wp.nbytes > threads._HOIST_MIN_BYTES))
+        args = (True, H, weights, gates, (xin, _c(h0, dt), _NO_C, m, has_mask, o,
+                out is not None, ho, _NO_C, xs), (bool(reverse), bool(zero_output),
+                weights[0].nbytes > threads._HOIST_MIN_BYTES))
         threads.run_packed(B, T, D, H, work, args)
     else:
         W, U, bias = packed.arrays
         args = (W, U, bias, int(p.activation), int(p.recurrent_activation),
                 bool(p.reset_after), x, _c(h0, dt), m, has_mask, bool(reverse),
-                bool(zero_output), o.buf, out is not None, ho.buf)
+                bool(zero_output), o, out is not None, ho)
         threads.run_generic(generic.gru_rows, generic.gru_par, B, work, args)
-    o.finish()
-    ho.finish()
+    _put(out, o)
+    _put(h_out, ho)
 
 
 def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
@@ -255,29 +266,26 @@ def lstm(packed, x, h0, c0, mask, reverse, zero_output, out, h_out, c_out):
     B, T, D = x.shape
     H = p.units
     m, has_mask = _mask(mask)
-    o = _Out(out, dt, (1, 1, 1))
-    ho = _Out(h_out, dt, None)
-    co = _Out(c_out, dt, None)
+    o, ho, co = _buf(out, dt, (1, 1, 1)), _buf(h_out, dt, None), _buf(c_out, dt, None)
     work = 4 * B * T * H * (D + p.output_size)
     if packed.packed:
-        Wp, bp, peep, sp = packed.arrays
+        weights, gates = packed.fixed
         xin, xs = _inputs(packed, x)
-        args = (False, H, (Wp, bp, peep, sp), (p.peepholes is not None, _limit(p.cell_clip),
-                int(p.activation), int(p.recurrent_activation)), (xin, _c(h0, dt), _c(c0, dt),
-                m, has_mask, o.buf, out is not None, ho.buf, co.buf, xs), (bool(reverse),
-                bool(zero_output), Wp.nbytes > threads._HOIST_MIN_BYTES))
+        args = (False, H, weights, gates, (xin, _c(h0, dt), _c(c0, dt), m, has_mask, o,
+                out is not None, ho, co, xs), (bool(reverse), bool(zero_output),
+                weights[0].nbytes > threads._HOIST_MIN_BYTES))
         threads.run_packed(B, T, D, H, work, args)
     else:
         W, U, bias, peep, proj = packed.arrays
         args = (W, U, bias, int(p.activation), int(p.recurrent_activation),
                 float(p.forget_bias), peep, p.peepholes is not None, _limit(p.cell_clip),
                 proj, p.projection is not None, _limit(p.proj_clip), x, _c(h0, dt),
-                _c(c0, dt), m, has_mask, bool(reverse), bool(zero_output), o.buf,
-                out is not None, ho.buf, co.buf)
+                _c(c0, dt), m, has_mask, bool(reverse), bool(zero_output), o,
+                out is not None, ho, co)
         threads.run_generic(generic.lstm_rows, generic.lstm_par, B, work, args)
-    o.finish()
-    ho.finish()
-    co.finish()
+    _put(out, o)
+    _put(h_out, ho)
+    _put(c_out, co)
 
 
 def stream_split(packed, batch_size, h, c=None, steps=1, sequences=False):
@@ -375,16 +383,11 @@ def _split_args(packed, h, c, xb, out, has_out, xs=_NO_XS):
     # a frame takes its input rows in the same k loop; a chunk of one row
     # takes its input sums for several steps per weight load (.packed)
     hoist = T > 1
+    weights, gates = packed.fixed
     if p.kind == "gru":
-        Wp, bp, sp = packed.arrays
-        return (True, H, (Wp, bp, _NO_PEEP, sp),
-                (False, -1.0, int(p.activation), int(p.recurrent_activation)),
-                (xb, h, _NO_C) + io_tail + (h, _NO_C, xs), (False, False, hoist))
-    Wp, bp, peep, sp = packed.arrays
-    return (False, H, (Wp, bp, peep, sp),
-            (p.peepholes is not None, _limit(p.cell_clip), int(p.activation),
-             int(p.recurrent_activation)),
-            (xb, h, c) + io_tail + (h, c, xs), (False, False, hoist))
+        return (True, H, weights, gates, (xb, h, _NO_C) + io_tail + (h, _NO_C, xs),
+                (False, False, hoist))
+    return (False, H, weights, gates, (xb, h, c) + io_tail + (h, c, xs), (False, False, hoist))
 
 
 # ---------------------------------------------------------------- warmup
