@@ -154,9 +154,17 @@ def resolve(activation, argument="activation"):
 
 
 def name_of(code):
-    """The name ``get_config`` stores for a resolved activation."""
+    """The name ``get_config`` stores for a resolved activation.
+
+    A callable here is the user's own (Keras's named functions resolve to
+    codes): it is named by its module and qualified name
+    (``"__main__.relu"``, ``"numpy.tanh"``), which no activation name
+    matches, so a config holding it never rebuilds as a built-in of the same
+    short name (``fastrnn.save`` refuses it; a ``from_config`` raises)."""
     if callable(code):
-        return getattr(code, "__name__", repr(code))
+        name = getattr(code, "__qualname__", None) or getattr(code, "__name__", None) \
+            or type(code).__name__
+        return f"{getattr(code, '__module__', None) or '?'}.{name}"
     return NAMES[code]
 
 

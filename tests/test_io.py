@@ -399,6 +399,25 @@ def test_unsaveable_objects(tmp_path):
         fastrnn.save(object(), tmp_path / "g.fastrnn")
 
 
+def relu(v):  # a user's activation that shares a built-in's name
+    return np.where(v > 0, v, 0.5 * v)
+
+
+@pytest.mark.parametrize("fn", [relu, np.tanh], ids=["own-relu", "numpy-tanh"])
+def test_callable_named_like_a_builtin_is_not_saved_as_it(fn, rng, tmp_path):
+    """Stored under its short name, the function would load as the built-in
+    of that name: other numbers. It is refused like any Python callable,
+    and its config names where it lives."""
+    layer = fastrnn.SimpleRNN(3, activation=fn)
+    layer(_x(rng))
+    assert layer.get_config()["activation"] == f"{fn.__module__}.{fn.__qualname__}"
+    with pytest.raises(ValueError, match="Python-callable activations cannot be stored"):
+        fastrnn.save(layer, tmp_path / "f.fastrnn")
+    assert not (tmp_path / "f.fastrnn").exists()
+    with pytest.raises(ValueError, match="unknown activation"):
+        fastrnn.SimpleRNN.from_config(layer.get_config())
+
+
 def test_docstrings_state_no_pickle():
     assert "never executes code" in fastrnn.io.__doc__
     assert "Never executes code" in fastrnn.load.__doc__
