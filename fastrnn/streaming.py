@@ -712,6 +712,11 @@ class Stream:
             self.layer.build((self.batch_size, None, x.shape[-1]))
             self._setup()
         x = self._as_array(x)
+        if self.input_dim is None and x.ndim in (1, 2, 3):
+            # a user's cell need not declare its input size: the first call's
+            # features fix it, as they build a layer
+            self.input_dim = int(x.shape[-1])
+            self._fshape = (self.batch_size, self.input_dim)
         B, D = self.batch_size, self.input_dim
         if unbatched:
             if x.shape != (D,):

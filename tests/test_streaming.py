@@ -298,6 +298,48 @@ def test_bad_frames_raise_and_leave_state(nan_policy, rng):
         assert np.isnan(y[0]).all() and not np.isnan(y[1]).any()
 
 
+class _TanhCell:
+    """A user's cell that declares no input size: ``h = tanh(x W + h)``."""
+
+    state_size = 4
+
+    def __init__(self, rng):
+        self.W = rng.uniform(-0.8, 0.8, (5, 4)).astype(np.float32)
+
+    def __call__(self, x, states, training=False):
+        h = np.tanh(x @ self.W + states[0])
+        return h, [h]
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_user_cell_without_input_size_streams(stacked, rng):
+    """The first frame's features fix the input size (the cell declares
+    none); frames, an unbatched frame and a chunk then follow the cell's
+    recurrence, written out here; another size is refused, state unchanged."""
+    cell = _TanhCell(rng)
+    gru = fastrnn.layers.GRUCell(3) if stacked else None
+    layer = fastrnn.RNN([cell, gru] if stacked else cell, return_sequences=True)
+    stream = layer.stream()
+    x = rng.standard_normal((1, 6, 5)).astype(np.float32)
+    got = [stream(x[:, 0]), stream(x[0, 1])[None]]  # a frame, an unbatched frame
+    assert stream.backend == "custom"
+    got.append(stream(x[:, 2:]))
+    if not stacked:
+        h, want = np.zeros((1, 4)), []
+        for t in range(6):
+            h = np.tanh(x[:, t].astype(np.float64) @ cell.W + h)
+            want.append(h)
+        np.testing.assert_allclose(np.concatenate([got[0][:, None], got[1][:, None], got[2]],
+                                                  axis=1), np.stack(want, axis=1), atol=1e-5)
+    else:  # the top cell's output: its own units
+        assert got[0].shape == (1, 3) and got[2].shape == (1, 4, 3)
+    before = stream.states
+    with pytest.raises(ValueError, match=r"\(1, 5\).*got shape \(1, 6\)"):
+        stream(np.ones((1, 6), np.float32))
+    for a, b in zip(_flat(stream.states), _flat(before)):
+        np.testing.assert_array_equal(a, b)
+
+
 class _BlockingCell:
     """A custom cell that waits for an event inside its step (to overlap two calls)."""
 
