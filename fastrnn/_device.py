@@ -13,6 +13,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def flag(value, argument):
+    """A boolean argument: True/False (NumPy's too) or 0/1, else a TypeError
+    naming ``argument`` (``bool("False")`` is True: a string must not pass)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                               and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{argument}: expected True or False, got {value!r}")
+
+
 def _is_simulated(x):
     # Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) has fake device arrays
     # in host memory, without the CUDA Array Interface.

@@ -30,6 +30,15 @@ def flatten(structure):
     return out
 
 
+def numbers_hint(flat):
+    """What a count mismatch adds when the leaves are plain numbers: the
+    caller's nested Python lists were read as structure, not as arrays."""
+    if flat and all(isinstance(v, (int, float, np.number)) for v in flat):
+        return ("; nested Python lists of numbers read as nesting, not as arrays: pass each "
+                "state as an array (np.asarray)")
+    return ""
+
+
 def count(structure):
     return len(flatten(structure))
 

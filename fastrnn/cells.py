@@ -92,7 +92,7 @@ class _Cell:
             raise ValueError(f"units: expected a positive integer, got {units!r}")
         self.units = int(units)
         self.activation = activations.resolve(activation, "activation")
-        self.use_bias = bool(use_bias)
+        self.use_bias = _device.flag(use_bias, "use_bias")
         self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
         self.recurrent_initializer = initializers.get(recurrent_initializer,
                                                       "recurrent_initializer")
@@ -460,7 +460,7 @@ class GRUCell(_Cell):
                          recurrent_dropout, seed, **kwargs)
         self.recurrent_activation = activations.resolve(recurrent_activation,
                                                         "recurrent_activation")
-        self.reset_after = bool(reset_after)
+        self.reset_after = _device.flag(reset_after, "reset_after")
 
     def _bias_shape(self):
         return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
@@ -507,7 +507,7 @@ class LSTMCell(_Cell):
                          recurrent_dropout, seed, **kwargs)
         self.recurrent_activation = activations.resolve(recurrent_activation,
                                                         "recurrent_activation")
-        self.unit_forget_bias = bool(unit_forget_bias)
+        self.unit_forget_bias = _device.flag(unit_forget_bias, "unit_forget_bias")
 
     @property
     def state_size(self):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _device, _engine, dispatch, serialization
-from ._nest import flatten, pack_as
+from ._nest import flatten, numbers_hint, pack_as
 from .cells import (
     GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, _batch_arg, _Cell, _first, _pop_common,
     deserialize_cell, is_builtin, quantization_mode_of, quantize_cells, stage_weights,
@@ -36,14 +36,6 @@ from .streaming import Stream
 
 _RNN_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll",
              "zero_output_for_mask", "time_major")
-
-
-def _flag(value, argument):
-    """A boolean argument: True/False (NumPy's too) or 0/1; "False" would be truthy."""
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
-                                               and value in (0, 1)):
-        return bool(value)
-    raise TypeError(f"{argument}: expected True or False, got {value!r}")
 
 
 # The choice of a layer whose cells are not all fastrnn's own.
@@ -175,13 +167,13 @@ class RNN:
         if not hasattr(cell, "state_size") or not callable(cell):
             raise ValueError(f"cell: expected an RNN cell with state_size, got {cell!r}")
         self.cell = cell
-        self.return_sequences = _flag(return_sequences, "return_sequences")
-        self.return_state = _flag(return_state, "return_state")
-        self.go_backwards = _flag(go_backwards, "go_backwards")
-        self.stateful = _flag(stateful, "stateful")
-        self.unroll = _flag(unroll, "unroll")
-        self.zero_output_for_mask = _flag(zero_output_for_mask, "zero_output_for_mask")
-        self.time_major = _flag(time_major, "time_major")
+        self.return_sequences = _device.flag(return_sequences, "return_sequences")
+        self.return_state = _device.flag(return_state, "return_state")
+        self.go_backwards = _device.flag(go_backwards, "go_backwards")
+        self.stateful = _device.flag(stateful, "stateful")
+        self.unroll = _device.flag(unroll, "unroll")
+        self.zero_output_for_mask = _device.flag(zero_output_for_mask, "zero_output_for_mask")
+        self.time_major = _device.flag(time_major, "time_major")
         self.backend_arg = dispatch._check_name(backend)
         if nan_policy not in ("propagate", "raise"):
             raise ValueError(f"nan_policy: expected 'propagate' or 'raise', got {nan_policy!r}")
@@ -400,7 +392,7 @@ class RNN:
         if len(flat) != len(sizes):
             raise ValueError(
                 f"initial_state: expected {len(sizes)} arrays of shapes "
-                f"{[(batch, s) for s in sizes]}, got {len(flat)}"
+                f"{[(batch, s) for s in sizes]}, got {len(flat)}{numbers_hint(flat)}"
             )
         states = []
         for k, (s, size) in enumerate(zip(flat, sizes)):

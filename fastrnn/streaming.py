@@ -52,7 +52,7 @@ import zipfile
 import numpy as np
 
 from . import _engine, _safe_io, dispatch, serialization
-from ._nest import flatten, pack_as
+from ._nest import flatten, numbers_hint, pack_as
 
 __all__ = ["Stream", "StreamBusyError", "load_stream"]
 
@@ -844,7 +844,8 @@ class Stream:
         B = self.batch_size
         if len(flat) != len(self._states):
             raise ValueError(f"states: expected {len(self._states)} arrays of shapes "
-                             f"{[(B, s) for s in self._sizes]} (Keras order), got {len(flat)}")
+                             f"{[(B, s) for s in self._sizes]} (Keras order), got {len(flat)}"
+                             f"{numbers_hint(flat)}")
         checked = []
         for k, (v, size) in enumerate(zip(flat, self._sizes)):
             v = np.asarray(v)

@@ -269,3 +269,45 @@ def test_flag_and_rate_arguments():
     assert fastrnn.LSTM(3, return_sequences=np.True_, stateful=0).return_sequences
     with pytest.raises(ValueError, match=r"dropout: expected a rate in \[0, 1\), got 'x'"):
         fastrnn.LSTM(3, dropout="x")
+
+
+@pytest.mark.parametrize("make, argument", [
+    (lambda v: fastrnn.GRU(7, reset_after=v), "reset_after"),
+    (lambda v: fastrnn.LSTM(7, use_bias=v), "use_bias"),
+    (lambda v: fastrnn.LSTM(7, unit_forget_bias=v), "unit_forget_bias"),
+    (lambda v: fastrnn.nn.rnn_cell.LSTMCell(7, use_peepholes=v), "use_peepholes"),
+    (lambda v: fastrnn.nn.rnn_cell.LSTMCell(7, state_is_tuple=v), "state_is_tuple"),
+    (lambda v: fastrnn.nn.rnn_cell.MultiRNNCell([fastrnn.nn.rnn_cell.GRUCell(3)],
+                                                state_is_tuple=v), "state_is_tuple"),
+    (lambda v: fastrnn.nn.dynamic_rnn(fastrnn.nn.rnn_cell.GRUCell(3),
+                                      np.ones((2, 4, 5), np.float32), time_major=v),
+     "time_major"),
+])
+def test_cell_flags_refuse_strings(make, argument):
+    """bool("False") is True: a string where a flag belongs is an error,
+    not a flipped option (reset_after="False" gave reset_after=True)."""
+    with pytest.raises(TypeError, match=f"{argument}: expected True or False, got 'False'"):
+        make("False")
+    make(np.False_)  # NumPy's booleans (read from files) pass
+
+
+def test_initial_state_as_nested_python_lists_says_so(rng):
+    """Nested lists read as nesting: one (2, 3) state given as lists is six
+    numbers, and the error says what happened and what to pass."""
+    layer = fastrnn.GRU(3)
+    x = x_(rng, 2, 4, 2)
+    h = [[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]]
+    with pytest.raises(ValueError, match=r"expected 1 arrays .* got 6; nested Python lists of "
+                                         r"numbers .*np\.asarray"):
+        layer(x, initial_state=[h])
+    y = layer(x, initial_state=[np.asarray(h, np.float32)])
+    assert y.shape == (2, 3)
+    stream = layer.stream(batch_size=2)
+    with pytest.raises(ValueError, match=r"got 6; nested Python lists of numbers"):
+        stream.states = [h]
+
+
+@pytest.mark.parametrize("units", [2.5, 7.0, "7", True, 0])
+def test_tf1_cell_units_must_be_a_positive_integer(units):
+    with pytest.raises(ValueError, match="num_units: expected a positive integer"):
+        fastrnn.nn.rnn_cell.LSTMCell(units)

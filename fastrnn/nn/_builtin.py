@@ -14,7 +14,7 @@ import collections
 
 import numpy as np
 
-from .. import _engine, activations, dispatch
+from .. import _device, _engine, activations, dispatch
 from .._engine import WEIGHTS_LOCK, Weights
 from ..activations import SIGMOID
 from ..kernels import GRUParams, LSTMParams, SimpleRNNParams
@@ -58,9 +58,10 @@ class _FusedCell(RNNCell):
     def __init__(self, num_units, activation=None, reuse=None, name=None, dtype=None,
                  backend="auto", **kwargs):
         super().__init__(name=name, dtype=dtype, backend=backend, **kwargs)
+        if isinstance(num_units, bool) or not isinstance(num_units, (int, np.integer)) \
+                or num_units < 1:  # (int(2.5) would build 2 units)
+            raise ValueError(f"num_units: expected a positive integer, got {num_units!r}")
         num_units = int(num_units)
-        if num_units < 1:
-            raise ValueError(f"num_units: expected a positive integer, got {num_units}")
         self._num_units = num_units
         self._activation = activations.resolve(
             "tanh" if activation is None else activation, "activation"
@@ -350,7 +351,7 @@ class _LSTMBase(_FusedCell):
                  reuse=None, name=None, dtype=None, backend="auto", **kwargs):
         super().__init__(num_units, activation, reuse, name, dtype, backend, **kwargs)
         self._forget_bias = float(forget_bias)
-        self._state_is_tuple = bool(state_is_tuple)
+        self._state_is_tuple = _device.flag(state_is_tuple, "state_is_tuple")
 
     @property
     def state_size(self):
@@ -432,7 +433,7 @@ class LSTMCell(_LSTMBase):
                            ("num_proj_shards", num_proj_shards)):
             if value not in (None, 1):
                 raise ValueError(f"{arg}: sharded variables are not supported, got {value}")
-        self._use_peepholes = bool(use_peepholes)
+        self._use_peepholes = _device.flag(use_peepholes, "use_peepholes")
         self._cell_clip = None if cell_clip is None else float(cell_clip)
         self._initializer_id = initializer
         if num_proj is not None and int(num_proj) < 1:

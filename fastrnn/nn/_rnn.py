@@ -30,6 +30,7 @@ def _check_cell(cell, argument="cell"):
 
 
 def _sequence(inputs, time_major, argument="inputs"):
+    _device.flag(time_major, "time_major")  # ("False" would run time-major)
     if isinstance(inputs, (list, tuple)) and any(hasattr(a, "shape") for a in inputs):
         raise TypeError(
             f"{argument}: expected one array (batch, max_time, depth); nested inputs are "
@@ -212,7 +213,8 @@ def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=No
         Each ``(batch, size)``; zeros when omitted.
     dtype : float32 or float64, optional
         The compute dtype; by default the initial state's, else the inputs'
-        (float32 for non-float inputs). Unlike TF1 it need not be given.
+        (float16 inputs compute in float32; integer inputs are a
+        ``TypeError``). Unlike TF1 it need not be given.
     time_major : bool
         Inputs and outputs are ``(max_time, batch, ...)``.
     backend : str, optional

@@ -11,7 +11,7 @@ import copy
 
 import numpy as np
 
-from .. import _nest
+from .. import _device, _nest
 from .._engine import WEIGHTS_LOCK
 from ._base import LSTMStateTuple, RNNCell, _as_inputs, _cell_label, _name, check_state, compute_dtype
 
@@ -36,7 +36,7 @@ class MultiRNNCell(RNNCell):
             if not isinstance(cell, RNNCell):
                 raise TypeError(f"cells[{i}]: expected an RNNCell, got {type(cell).__name__}")
         self._cells = cells
-        self._state_is_tuple = bool(state_is_tuple)
+        self._state_is_tuple = _device.flag(state_is_tuple, "state_is_tuple")
         if not self._state_is_tuple:
             for i, cell in enumerate(cells):
                 if _nest.is_sequence(cell.state_size):
