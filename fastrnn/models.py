@@ -187,6 +187,11 @@ def _fits(want, got):
     return len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
 
 
+def _label(layer, index):
+    """How a message names a model's layer: its name, or its place when it has none."""
+    return repr(layer.name) if layer.name else f"{index} (an unnamed {type(layer).__name__})"
+
+
 def _snake(name):
     import re
 
@@ -517,7 +522,7 @@ class Sequential:
             raise TypeError(f"Sequential.add: expected a fastrnn layer, got "
                             f"{type(layer).__name__}")
         if isinstance(layer, Bidirectional) and layer.merge_mode is None:
-            raise ValueError(f"Sequential: Bidirectional {layer.name!r} with merge_mode=None "
+            raise ValueError(f"Sequential: Bidirectional {_label(layer, len(self.layers))} with merge_mode=None "
                              "returns two tensors; a Sequential model needs one")
         self.layers.append(layer)
 
@@ -636,7 +641,7 @@ class Sequential:
         lines = [f"Sequential {self.name!r}"]
         for layer in self.layers:
             n = sum(int(np.prod(w.shape)) for w in layer.get_weights())
-            lines.append(f"  {type(layer).__name__:<16} {layer.name!s:<24} {n} parameters")
+            lines.append(f"  {type(layer).__name__:<16} {layer.name or '-'!s:<24} {n} parameters")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -699,8 +704,8 @@ class ModelStream:
         self._busy = threading.Lock()
         self._groups = []  # (Stream, the model's recurrent layers it runs)
         sequence = True  # whether the layers so far give a sequence (on a chunk)
-        for layer in model.layers:
-            where = f"{type(model).__name__}.stream: layer {layer.name!r}"
+        for index, layer in enumerate(model.layers):
+            where = f"{type(model).__name__}.stream: layer {_label(layer, index)}"
             if isinstance(layer, Bidirectional):
                 raise TypeError(f"{where} is Bidirectional: its backward half needs the whole "
                                 "sequence (future frames) first, so the model cannot stream")
@@ -788,7 +793,7 @@ class ModelStream:
                     if kind == _MASK:
                         mask = step.compute_mask(x if timed else x[:, None], None)
                         if not np.all(mask):
-                            raise ValueError(f"x: layer {step.name!r} masks steps of this "
+                            raise ValueError(f"x: layer {_label(step, i)} masks steps of this "
                                              "input (a stream runs every frame it is given: "
                                              "leave padding out)")
                     x = self._layer(i, x if timed or not frame else x[:, None], snapshots[i])

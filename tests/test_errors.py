@@ -311,3 +311,11 @@ def test_initial_state_as_nested_python_lists_says_so(rng):
 def test_tf1_cell_units_must_be_a_positive_integer(units):
     with pytest.raises(ValueError, match="num_units: expected a positive integer"):
         fastrnn.nn.rnn_cell.LSTMCell(units)
+
+
+def test_model_messages_name_unnamed_layers_by_place():
+    from fastrnn.models import Dense
+    model = fastrnn.Sequential([Dense(4), fastrnn.Bidirectional(fastrnn.LSTM(3))])
+    with pytest.raises(TypeError, match=r"layer 1 \(an unnamed Bidirectional\) is Bidirectional"):
+        model.stream()
+    assert "None" not in fastrnn.Sequential([fastrnn.LSTM(3, input_dim=2)]).summary()
