@@ -114,5 +114,7 @@ def as_float_array(x, dtype, argument):
     if kind not in "f":
         raise TypeError(f"{argument}: expected a floating-point array, got dtype {x.dtype}")
     if x.dtype != dtype or not x.flags.c_contiguous:
-        x = xp.ascontiguousarray(x, dtype=dtype)
+        # (not ascontiguousarray, which makes a scalar 1-d: errors then
+        # report the shape the caller passed)
+        x = xp.asarray(x, dtype=dtype, order="C")
     return x

@@ -319,3 +319,8 @@ def test_model_messages_name_unnamed_layers_by_place():
     with pytest.raises(TypeError, match=r"layer 1 \(an unnamed Bidirectional\) is Bidirectional"):
         model.stream()
     assert "None" not in fastrnn.Sequential([fastrnn.LSTM(3, input_dim=2)]).summary()
+
+
+def test_scalar_input_reports_its_own_shape():
+    with pytest.raises(ValueError, match=r"got shape \(\)$"):
+        fastrnn.LSTM(3)(1.0)
