@@ -319,3 +319,41 @@ def test_subclasses(rng):
     np.testing.assert_allclose(fastrnn.from_torch(module)(x)[0], want, atol=2e-6)
     with pytest.raises(TypeError, match="Doubling overrides forward"):
         fastrnn.from_torch(Doubling(3, 4))
+
+
+@pytest.mark.parametrize("how", ["pruned", "weight_norm", "pruned cell"])
+def test_modules_that_keep_their_weights_under_other_names(how, rng):
+    """Pruning and weight norm keep the parameters under other names and
+    give the weights the forward uses as attributes: those are converted."""
+    from torch.nn.utils import parametrizations, prune
+
+    torch.manual_seed(3)
+    if how == "pruned cell":
+        m = torch.nn.GRUCell(4, 5)
+        prune.l1_unstructured(m, "weight_hh", amount=0.5)
+        x = rng.standard_normal((3, 4)).astype(np.float32)
+    else:
+        m = torch.nn.LSTM(4, 5, num_layers=2, bidirectional=True, batch_first=True)
+        if how == "pruned":
+            prune.l1_unstructured(m, "weight_hh_l0", amount=0.5)
+        else:
+            m = parametrizations.weight_norm(m, "weight_ih_l1")
+        x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = m(torch.from_numpy(x))
+    want = (want if how == "pruned cell" else want[0]).numpy()
+    got = from_torch(m)(x)
+    got = got if how == "pruned cell" else got[0]
+    np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def test_quantized_module_refusal_names_the_module():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.LSTM(4, 5)),
+                                                   {torch.nn.LSTM}, dtype=torch.qint8)
+    with pytest.raises(TypeError, match=r"torch\.ao\.nn\.quantized\..*LSTM; expected "
+                                        r"torch\.nn\.LSTM.*convert the float module"):
+        from_torch(q[0])

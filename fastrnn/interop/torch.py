@@ -660,7 +660,8 @@ def from_torch(module, backend="auto"):
         dtype = _weights_dtype(module)
         return TorchCell(_module_mode(module), module.input_size, module.hidden_size,
                          bias=module.bias, dtype=dtype, backend=backend,
-                         state_dict=dict(module.named_parameters()))
+                         state_dict=_effective(module, _param_names(
+                             None, 1, False, module.bias, 0, cell=True)))
     if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
         dtype = _weights_dtype(module)
         return TorchRecurrent(
@@ -668,9 +669,21 @@ def from_torch(module, backend="auto"):
             num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
             dropout=module.dropout, bidirectional=module.bidirectional,
             proj_size=getattr(module, "proj_size", 0), dtype=dtype, backend=backend,
-            state_dict=dict(module.named_parameters()))
-    raise TypeError(f"from_torch: unsupported module {type(module).__name__}; expected "
-                    "torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell")
+            state_dict=_effective(module, _param_names(
+                None, module.num_layers, module.bidirectional, module.bias,
+                getattr(module, "proj_size", 0))))
+    kind = type(module)
+    raise TypeError(f"from_torch: unsupported module {kind.__module__}.{kind.__qualname__}; "
+                    "expected torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell (a "
+                    "quantized module: convert the float module, then quantize the result)")
+
+
+def _effective(module, names):
+    """``{name: tensor}`` of the weights the module computes with, read as
+    attributes: a pruned or weight-normed module keeps its parameters under
+    other names (``weight_hh_l0_orig``, parametrizations) and gives the
+    weights it uses as the attributes its forward reads."""
+    return {name: getattr(module, name) for name in names}
 
 
 def _weights_dtype(module):
