@@ -22,7 +22,10 @@ reader, so neither TensorFlow nor the ``protobuf`` package is needed. Every
 tensor's CRC-32C is checked. Every size a file declares is checked against
 the file's real size before anything is read, so a damaged or hostile file
 is a ``ValueError`` naming the file and the problem, never a crash or an
-allocation the file did not pay for.
+allocation the file did not pay for. Bytes are paid for once: as in every
+file TensorFlow writes, no two tensors (or slices of a partitioned
+variable) may share bytes of a shard, and the index may not list a data
+block twice, so what is read and returned is bounded by the files' sizes.
 
 TensorFlow has written its index blocks uncompressed since release 1.2
 (``TableBuilderOptions`` in ``tensor_bundle.cc`` sets ``kNoCompression``);
@@ -37,6 +40,7 @@ the checks of every size a file declares.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 
@@ -50,6 +54,9 @@ _FOOTER = 48
 _BLOCK_TRAILER = 5
 _HEADER_KEY = b""
 _BUNDLE_VERSION = 1  # the newest tensor-bundle format version this reader knows
+# leveldb's Options::block_restart_interval, which TensorFlow's BundleWriter
+# leaves at its default: every 16th key of a data block is stored whole
+_RESTART_INTERVAL = 16
 
 # DataType enum (tensorflow/core/framework/types.proto) -> NumPy dtype
 _DTYPES = {
@@ -247,6 +254,15 @@ def _last(fields, number, default=0):
     return values[-1] if values else default
 
 
+def _number(fields, number, where):
+    """The varint field ``number`` (0 when absent), refused if it holds bytes."""
+    value = _last(fields, number)
+    if not isinstance(value, int):
+        raise ValueError(f"{where}: field {number} holds {len(value)} bytes where a "
+                         "number was expected")
+    return value
+
+
 def _signed64(v):
     return v - (1 << 64) if v >= 1 << 63 else v
 
@@ -292,7 +308,16 @@ def _read_block(data, handle, path, what):
 
 
 def _block_entries(block, path, what):
-    """``(key, value)`` pairs of a block, keys restored from their shared prefixes."""
+    """``(key, value)`` pairs of a block, keys restored from their shared prefixes.
+
+    A key stores only the bytes it does not share with the key before it,
+    so a chain of keys each one byte longer than the last would cost the
+    file one byte per key and the reader the whole key: memory quadratic in
+    the block's size. leveldb (and so TensorFlow) writes a whole key every
+    ``_RESTART_INTERVAL`` keys, which keeps the keys of a real block within
+    ``_RESTART_INTERVAL`` times its bytes; a block whose keys pass that is
+    refused before they grow further.
+    """
     where = f"{path}: {what} block"
     if len(block) < 4:
         raise ValueError(f"{where} is shorter than its restart count")
@@ -302,12 +327,20 @@ def _block_entries(block, path, what):
         raise ValueError(f"{where} declares {restarts} restart points, which do not fit "
                          f"in its {len(block)} bytes")
     out, key, pos = [], b"", 0
+    key_budget = _RESTART_INTERVAL * len(block)
     while pos < limit:
         shared, pos = _varint(block, pos, where)
         unshared, pos = _varint(block, pos, where)
         vlen, pos = _varint(block, pos, where)
         if shared > len(key) or pos + unshared + vlen > limit:
             raise ValueError(f"{where}: an entry runs past the block's end")
+        key_budget -= shared + unshared
+        if key_budget < 0:
+            raise ValueError(f"{where}: its keys, restored from their shared prefixes, "
+                             f"take more than {_RESTART_INTERVAL} times the block's "
+                             f"{len(block)} bytes; a table written by TensorFlow stores a "
+                             f"whole key every {_RESTART_INTERVAL} keys, which keeps them "
+                             "within that")
         key = key[:shared] + bytes(block[pos:pos + unshared])
         pos += unshared
         out.append((key, bytes(block[pos:pos + vlen])))
@@ -337,11 +370,38 @@ def _read_table(path):
     where = f"{path}: footer"
     _, pos = _handle(footer, 0, where)       # metaindex: unused (no filters)
     index, _ = _handle(footer, pos, where)
+    handles = [_handle(value, 0, f"{path}: index entry")[0]
+               for _, value in _block_entries(_read_block(data, index, path, "index"),
+                                              path, "index")]
+    _check_blocks_disjoint(handles, path)
     entries = []
-    for _, value in _block_entries(_read_block(data, index, path, "index"), path, "index"):
-        handle, _ = _handle(value, 0, f"{path}: index entry")
+    for handle in handles:
         entries += _block_entries(_read_block(data, handle, path, "data"), path, "data")
     return dict(entries)
+
+
+def _check_blocks_disjoint(handles, path):
+    """Refuse index entries whose data blocks share bytes of the file.
+
+    leveldb writes each data block once, one after the other, so the blocks
+    the index lists (with their 5-byte trailers) never overlap. An index
+    listing one block many times, or blocks nested in one another, would
+    have the reader copy and parse the same bytes once per listing; refused
+    here, before any data block is read, this bounds the work of reading a
+    table by the size of its file.
+    """
+    # sorted by offset, the blocks are apart when each ends before the next starts
+    spans = sorted(handles)
+    for first, second in zip(spans, spans[1:]):
+        if second[0] < first[0] + first[1] + _BLOCK_TRAILER:
+            if first == second:
+                problem = (f"lists the data block at offset {first[0]} ({first[1]} bytes) "
+                           "more than once")
+            else:
+                problem = (f"lists data blocks at offset {first[0]} ({first[1]} bytes) and "
+                           f"at offset {second[0]} ({second[1]} bytes), which overlap")
+            raise ValueError(f"{path}: the index block {problem}: a table written by "
+                             "TensorFlow stores each data block once, apart from the others")
 
 
 # --------------------------------------------------------------------------
@@ -365,9 +425,9 @@ class _Entry:
                 raise ValueError(f"{where}: negative dimension {size}")
             dims.append(size)
         self.shape = tuple(dims)
-        self.shard = _last(f, 3)
-        self.offset = _last(f, 4)
-        self.size = _last(f, 5)
+        self.shard = _number(f, 3, where)
+        self.offset = _number(f, 4, where)
+        self.size = _number(f, 5, where)
         self.crc = _last(f, 6, None)
         self.slices = []
         for s in f.get(7, []):
@@ -412,6 +472,25 @@ def _slice_key(name, extents):
     for start, length in extents:
         key += _ordered_signed(start) + _ordered_signed(length)
     return key
+
+
+def _slice_name(key):
+    """The tensor name a slice key begins with (the inverse of the start of
+    :func:`_slice_key`), or ``None`` when ``key`` does not decode."""
+    if key[:1] != b"\x00":
+        return None
+    out, i = bytearray(), 1
+    while i + 1 < len(key):
+        b, nxt = key[i], key[i + 1]
+        if b == 0 and nxt == 1:  # the separator ending the string
+            return out.decode("utf-8", errors="replace")
+        if b in (0, 255):  # an escaped 0x00 (00 ff) or 0xff (ff 00)
+            out.append(b)
+            i += 2
+        else:
+            out.append(b)
+            i += 1
+    return None
 
 
 def resolve_prefix(path):
@@ -504,6 +583,60 @@ class BundleReader:
             except UnicodeDecodeError:
                 name = key.decode("latin-1")
             self._entries[name] = value
+        self._check_disjoint()
+
+    def _check_disjoint(self):
+        """Refuse entries that share bytes of a shard.
+
+        TensorFlow writes each tensor, and each slice of a partitioned
+        variable, once, one after another, so no two entries' bytes overlap
+        in a shard. Entries pointing at the same bytes would let a file the
+        size of one tensor return that tensor once per entry. Refused here,
+        before any data is read, every byte of a shard belongs to at most
+        one tensor, so what a reader returns is bounded by its shards'
+        sizes. Only the shard, offset and size of each entry are decoded;
+        an entry whose fields do not decode is left out here, as reading it
+        fails before any of its bytes are read. Empty tensors hold no bytes
+        and may share an offset.
+        """
+        spans = []
+        for key, value in itertools.chain(self._entries.items(), self._slices.items()):
+            try:
+                f = parse_message(value, self.index_path)
+                shard, offset, size = (_number(f, n, self.index_path) for n in (3, 4, 5))
+            except ValueError:
+                continue
+            if size:
+                spans.append((shard, offset, size, key))
+        # sorted by shard and offset, the entries are apart when each ends
+        # before the next one in its shard starts
+        spans.sort(key=lambda span: span[:3])
+        for (shard, offset, size, a), (next_shard, next_offset, next_size, b) in zip(
+                spans, spans[1:]):
+            end = offset + size
+            if shard == next_shard and next_offset < end:
+                shared = min(end, next_offset + next_size) - next_offset
+                raise ValueError(
+                    f"{self.index_path}: {self._label(a)} and {self._label(b)} share "
+                    f"{shared} bytes at offset {next_offset} of shard {shard} "
+                    f"({self._shard_path(shard)}): a checkpoint written by TensorFlow gives "
+                    "each tensor its own bytes")
+
+    def _label(self, key):
+        """How an error names the entry stored under ``key``."""
+        if isinstance(key, str):
+            return f"entry {key!r}"
+        name = _slice_name(key)
+        if name is None:
+            return f"slice entry {key!r}"
+        if name in self._entries:  # find the extents that give this key
+            try:
+                for extents in self.entry(name).slices:
+                    if _slice_key(name.encode("utf-8"), extents) == key:
+                        return f"slice {extents} of {name!r}"
+            except ValueError:
+                pass
+        return f"a slice of {name!r}"
 
     # -- structure -------------------------------------------------------
     def keys(self):
@@ -571,6 +704,19 @@ class BundleReader:
             count *= d
         if e.dtype == _STRING:
             return self._strings(e, count, where)
+        np_dtype = self._fixed_size(e, count, where)
+        data = self._bytes(e, where) if e.size else b""
+        order = ">" if self._big_endian else "<"
+        if np_dtype is None:
+            bits = np.frombuffer(data, dtype=order + "u2").astype(np.uint32) << np.uint32(16)
+            return bits.view(np.float32).reshape(e.shape)
+        return np.frombuffer(data, dtype=np_dtype.newbyteorder(order)).astype(
+            np_dtype).reshape(e.shape)
+
+    @staticmethod
+    def _fixed_size(e, count, where):
+        """The NumPy dtype of the non-string entry ``e`` (``None`` for bfloat16),
+        its declared size checked to be exactly what ``count`` elements need."""
         if e.dtype == _BFLOAT16:
             itemsize, np_dtype = 2, None
         elif e.dtype in _DTYPES:
@@ -583,13 +729,7 @@ class BundleReader:
         if count * itemsize != e.size:
             raise ValueError(f"{where}: shape {e.shape} of {_DTYPE_NAMES[e.dtype]} needs "
                              f"{count * itemsize} bytes, the entry declares {e.size}")
-        data = self._bytes(e, where) if e.size else b""
-        order = ">" if self._big_endian else "<"
-        if np_dtype is None:
-            bits = np.frombuffer(data, dtype=order + "u2").astype(np.uint32) << np.uint32(16)
-            return bits.view(np.float32).reshape(e.shape)
-        return np.frombuffer(data, dtype=np_dtype.newbyteorder(order)).astype(
-            np_dtype).reshape(e.shape)
+        return np_dtype
 
     def _strings(self, e, count, where):
         """A string tensor: varint64 lengths, a masked CRC-32C of the lengths,
@@ -629,12 +769,19 @@ class BundleReader:
     def _join(self, e, where):
         """A partitioned variable, assembled from its saved slices.
 
-        The slices' entries are checked against their shards' sizes before
-        the whole tensor is allocated: its element count may not exceed the
-        elements the slices hold.
+        The slices' entries are checked before the whole tensor is
+        allocated: each slice is listed once, its declared size is what its
+        shape needs and lies within its shard, and the tensor's element
+        count may not exceed the elements the slices hold. As no two slices
+        share bytes of a shard (checked when the index is opened), the
+        tensor is no larger than the bytes its slices hold.
         """
-        parts, held = [], 0
+        parts, held, seen = [], 0, set()
         for extents in e.slices:
+            if tuple(extents) in seen:
+                raise ValueError(f"{where}: it lists the slice {extents} more than once; "
+                                 "TensorFlow saves each slice of a partitioned variable once")
+            seen.add(tuple(extents))
             if len(extents) != len(e.shape):
                 raise ValueError(f"{where}: a slice has {len(extents)} dimensions, the "
                                  f"tensor {len(e.shape)}")
@@ -655,6 +802,12 @@ class BundleReader:
                 count *= s.stop - s.start
             if part.shape != tuple(s.stop - s.start for s in index):
                 raise ValueError(f"{where}: slice {extents} holds shape {part.shape}")
+            # the slice's size must pay for its elements before they count as held
+            if part.dtype != _STRING:
+                self._fixed_size(part, count, f"{where} slice {extents}")
+            elif part.size < count:  # each string's length takes at least a byte
+                raise ValueError(f"{where}: slice {extents} of {count} strings declares "
+                                 f"{part.size} bytes")
             held += count
             parts.append((tuple(index), part, f"{where} slice {extents}"))
         total = 1
@@ -700,7 +853,8 @@ def read_tf_checkpoint(path, names=None):
     ValueError
         A truncated or corrupted file (naming the file and, for data, the
         tensor whose CRC-32C fails), a missing shard, a name not in the
-        checkpoint, an unsupported dtype.
+        checkpoint, an unsupported dtype, tensors that share bytes of a
+        shard or an index that lists a data block more than once.
     FileNotFoundError
         No checkpoint at ``path``.
     """

@@ -12,6 +12,7 @@ TensorFlow's outputs. Damaged files are made from copies of the fixtures.
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -422,20 +423,30 @@ def _block(items):
     return body + len(restarts).to_bytes(4, "little")
 
 
-def _write_index(path, entries, num_shards=1):
+def _write_index(path, entries, num_shards=1, handles=None):
     items = [(b"", _field(1, num_shards) + _field(3, _field(1, 1)))] + sorted(entries.items())
+    _write_table(path, _block(items), items[-1][0], handles)
+
+
+def _write_table(path, data_block, last_key=b"", handles=None):
+    """A table of one data block; ``handles(offset, size)``, when given, lists
+    the ``(offset, size)`` of each data block the index block points at."""
     out = bytearray()
 
     def put(block):
-        handle = _varint(len(out)) + _varint(len(block))
+        handle = (len(out), len(block))
         out.extend(block + b"\x00" + _tf_bundle.masked_crc32c(block + b"\x00").to_bytes(4, "little"))
         return handle
 
-    data = put(_block(items))
+    def encode(handle):
+        return _varint(handle[0]) + _varint(handle[1])
+
+    data = put(data_block)
     meta = put(_block([]))
-    index = put(_block([(items[-1][0] + b"\xff", data)]))
-    footer = (meta + index).ljust(40, b"\x00") + (0xDB4775248B80FB57).to_bytes(8, "little")
-    path.write_bytes(bytes(out) + footer)
+    listed = [data] if handles is None else handles(*data)
+    index = put(_block([(last_key + b"\xff" * (i + 1), encode(h)) for i, h in enumerate(listed)]))
+    footer = (encode(meta) + encode(index)).ljust(40, b"\x00")
+    path.write_bytes(bytes(out) + footer + (0xDB4775248B80FB57).to_bytes(8, "little"))
 
 
 def _entry(shape, size, offset=0, dtype=1, slices=()):
@@ -458,7 +469,9 @@ def test_written_index_reads(tmp_path):
     (_entry((1 << 30, 1 << 30), 16), "needs 4611686018427387904 bytes, the entry declares 16"),
     (_entry((1 << 31, 1 << 31), 0, slices=[[(0, 1), (0, 1)]]), "not in"),
     (_entry((2, 2), 16, dtype=21), "dtype variant is not supported"),
-], ids=["size-past-the-shard", "shape-against-size", "slice-not-stored", "variant"])
+    (_field(1, 1) + _field(4, b"xx") + _field(5, 4), "field 4 holds 2 bytes where a number"),
+], ids=["size-past-the-shard", "shape-against-size", "slice-not-stored", "variant",
+        "offset-as-bytes"])
 def test_declared_sizes_are_checked_before_reading(tmp_path, entry, message):
     (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 64)
     _write_index(tmp_path / "m.index", {b"w": entry})
@@ -487,3 +500,151 @@ def test_entry_overrunning_its_block(tmp_path):
     (tmp_path / "m.index").write_bytes(out + footer + (0xDB4775248B80FB57).to_bytes(8, "little"))
     with pytest.raises(ValueError, match="data block: an entry runs past the block's end"):
         read_tf_checkpoint(tmp_path / "m")
+
+
+# ------------------------------------------------------------------ bytes paid for once
+# TensorFlow gives every tensor (and every slice of a partitioned variable)
+# its own bytes of a shard and lists each data block of the index once. A
+# file that points many entries at the same bytes, or lists one block many
+# times, would be read once per entry: these are refused before anything is
+# read, so memory stays in proportion to the files.
+
+def _no_data_reads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor's bytes were read before the index was refused")
+    monkeypatch.setattr(_tf_bundle.BundleReader, "_bytes", refuse)
+
+
+def _peak(call):
+    """The ValueError ``call`` raises and the peak memory it traced."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as info:
+            call()
+        return info.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_entries_sharing_bytes_are_refused_before_reading(tmp_path, monkeypatch):
+    n = 1 << 18  # a 1 MiB shard that 300 entries claim whole
+    (tmp_path / "m.data-00000-of-00001").write_bytes(np.ones(n, np.float32).tobytes())
+    _write_index(tmp_path / "m.index", {b"w%05d" % i: _entry((n,), 4 * n) for i in range(300)})
+    _no_data_reads(monkeypatch)
+    error, peak = _peak(lambda: read_tf_checkpoint(tmp_path / "m"))
+    assert str(error) == (
+        f"{tmp_path / 'm'}.index: entry 'w00000' and entry 'w00001' share 1048576 bytes at "
+        f"offset 0 of shard 0 ({tmp_path / 'm'}.data-00000-of-00001): a checkpoint written "
+        "by TensorFlow gives each tensor its own bytes")
+    assert peak < 4 * n  # less than the one tensor the entries claim
+    with pytest.raises(ValueError, match="share 1048576 bytes"):  # every reader opens it so
+        rnn_cell.LSTMCell(4).load_checkpoint(tmp_path / "m", scope="")
+
+
+def test_entries_overlapping_in_part_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 64)
+    _write_index(tmp_path / "m.index", {b"a": _entry((4,), 16, offset=8),
+                                        b"b": _entry((4,), 16, offset=20),
+                                        b"c": _entry((1,), 4, offset=48)})
+    _no_data_reads(monkeypatch)
+    with pytest.raises(ValueError, match=r"entry 'a' and entry 'b' share 4 bytes at offset 20 "
+                                         r"of shard 0 \(.*m\.data-00000-of-00001\)"):
+        read_tf_checkpoint(tmp_path / "m")
+
+
+def test_adjacent_empty_and_other_shard_entries_read(tmp_path):
+    # touching extents, empty tensors at a used offset, and the same offsets
+    # in another shard are what TensorFlow writes: all read
+    a, b = np.arange(4, dtype=np.float32), np.arange(4, 8, dtype=np.float32)
+    (tmp_path / "m.data-00000-of-00002").write_bytes(a.tobytes() + b.tobytes())
+    (tmp_path / "m.data-00001-of-00002").write_bytes(b.tobytes())
+    shard1 = _entry((4,), 16) + _field(3, 1)
+    _write_index(tmp_path / "m.index", {b"a": _entry((4,), 16), b"b": _entry((4,), 16, offset=16),
+                                        b"e": _entry((0,), 0, offset=8), b"s": shard1},
+                 num_shards=2)
+    out = read_tf_checkpoint(tmp_path / "m")
+    for name, want in [("a", a), ("b", b), ("e", np.zeros(0, np.float32)), ("s", b)]:
+        np.testing.assert_array_equal(out[name], want)
+
+
+def test_slices_sharing_bytes_are_refused_before_reading(tmp_path, monkeypatch):
+    k, n = 100, 1 << 18  # 100 slices of one 1 MiB row, all on the same bytes
+    (tmp_path / "m.data-00000-of-00001").write_bytes(np.ones(n, np.float32).tobytes())
+    slices = [[(i, 1), (0, n)] for i in range(k)]
+    entries = {b"w": _entry((k, n), 0, slices=slices)}
+    entries.update({_tf_bundle._slice_key(b"w", s): _entry((1, n), 4 * n) for s in slices})
+    _write_index(tmp_path / "m.index", entries)
+    _no_data_reads(monkeypatch)
+    error, peak = _peak(lambda: read_tf_checkpoint(tmp_path / "m"))
+    assert re.search(r"\.index: slice \[\(0, 1\), \(0, 262144\)\] of 'w' and slice "
+                     r"\[\(1, 1\), \(0, 262144\)\] of 'w' share 1048576 bytes at offset 0 of "
+                     r"shard 0 .*: a checkpoint written by TensorFlow gives each tensor its own "
+                     r"bytes$", str(error)), str(error)
+    assert peak < 4 * n
+
+
+def test_a_slice_listed_twice_is_refused(tmp_path):
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 16)
+    extents = [(0, 1), (0, 4)]
+    _write_index(tmp_path / "m.index", {
+        b"w": _entry((64, 4), 0, slices=[extents] * 64),
+        _tf_bundle._slice_key(b"w", extents): _entry((1, 4), 16)})
+    with pytest.raises(ValueError, match=r"tensor 'w': it lists the slice \[\(0, 1\), \(0, 4\)\] "
+                                         "more than once"):
+        read_tf_checkpoint(tmp_path / "m")
+
+
+def test_slices_must_pay_for_their_elements(tmp_path):
+    # slices declaring no bytes cannot count toward the elements of the whole
+    # tensor: refused before the 16 MiB tensor they claim is allocated
+    k, n = 4096, 1024
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 4 * n)
+    slices = [[(i, 1), (0, n)] for i in range(k)]
+    entries = {b"w": _entry((k, n), 0, slices=slices)}
+    entries.update({_tf_bundle._slice_key(b"w", s): _entry((1, n), 4 * n if s[0][0] == 0 else 0)
+                    for s in slices})
+    _write_index(tmp_path / "m.index", entries)
+    error, peak = _peak(lambda: read_tf_checkpoint(tmp_path / "m"))
+    assert re.search(r"tensor 'w' slice \[\(1, 1\), \(0, 1024\)\]: shape \(1, 1024\) of "
+                     "float32 needs 4096 bytes, the entry declares 0$", str(error)), str(error)
+    assert peak < k * n  # a quarter of the whole tensor
+
+
+def test_an_index_listing_a_data_block_twice_is_refused(tmp_path):
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 4)
+    entries = {b"w%06d" % i: _entry((1,), 4) for i in range(2000)}
+    _write_index(tmp_path / "m.index", entries, handles=lambda offset, size: [(offset, size)] * 400)
+    size = len(_block([(b"", _field(1, 1) + _field(3, _field(1, 1)))] + sorted(entries.items())))
+    error, peak = _peak(lambda: read_tf_checkpoint(tmp_path / "m"))
+    assert str(error) == (
+        f"{tmp_path / 'm'}.index: the index block lists the data block at offset 0 ({size} "
+        "bytes) more than once: a table written by TensorFlow stores each data block once, "
+        "apart from the others")
+    assert peak < 4 * os.path.getsize(tmp_path / "m.index")
+
+
+def test_an_index_listing_overlapping_data_blocks_is_refused(tmp_path):
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 4)
+    _write_index(tmp_path / "m.index", {b"w": _entry((1,), 4)},
+                 handles=lambda offset, size: [(offset, size), (offset + 1, size - 8)])
+    with pytest.raises(ValueError, match=r"index block lists data blocks at offset 0 \(\d+ "
+                                         r"bytes\) and at offset 1 \(\d+ bytes\), which overlap"):
+        read_tf_checkpoint(tmp_path / "m")
+
+
+def test_keys_growing_one_byte_at_a_time_are_refused(tmp_path):
+    # each key shares all of the one before and adds a byte: 4 bytes of block
+    # per key, keys of 1, 2, ... 20000 bytes (200 MB) restored if unchecked
+    m = 20000
+    body = _varint(0) + _varint(0) + _varint(0)  # the key ""
+    body += b"".join(_varint(i) + _varint(1) + _varint(0) + b"a" for i in range(m))
+    block = body + (0).to_bytes(4, "little") + (1).to_bytes(4, "little")  # one restart
+    _write_table(tmp_path / "m.index", block)
+    error, peak = _peak(lambda: read_tf_checkpoint(tmp_path / "m"))
+    assert str(error) == (
+        f"{tmp_path / 'm'}.index: data block: its keys, restored from their shared prefixes, "
+        f"take more than 16 times the block's {len(block)} bytes; a table written by "
+        "TensorFlow stores a whole key every 16 keys, which keeps them within that")
+    assert peak < 40 * len(block)
