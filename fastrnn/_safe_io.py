@@ -200,14 +200,16 @@ def load_json(data, where, what):
     Raises
     ------
     ValueError
-        Not UTF-8, not JSON, larger than ``JSON_LIMIT``, or nested deeper
-        than ``JSON_DEPTH``.
+        Not a string, not UTF-8, not JSON, larger than ``JSON_LIMIT``, or
+        nested deeper than ``JSON_DEPTH``.
     """
+    if not isinstance(data, (bytes, bytearray, str)):
+        text = repr(data)
+        raise ValueError(f"{where}: {what}: expected a JSON string (str or bytes), got "
+                         f"{type(data).__name__} {text[:60] + '...' if len(text) > 60 else text}")
     if len(data) > JSON_LIMIT:
         raise ValueError(f"{where}: {what} is {_human(len(data))}, more than the "
                          f"{_human(JSON_LIMIT)} a config may take")
-    if not isinstance(data, (bytes, bytearray, str)):
-        raise ValueError(f"{where}: {what} is not a JSON string (got {type(data).__name__})")
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
         value = json.loads(text)

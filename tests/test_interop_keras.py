@@ -398,3 +398,71 @@ def test_h5_layout_documented_names(rng, tmp_path):
 
     chain, names = model_chain(cfg)
     assert set(names.values()) <= groups | {"dropout", "masking", "activation"}
+
+
+def _state_models():
+    """Functional models that read an output of a recurrent layer other than its first."""
+    inp = keras.Input((6, 4))
+    _, _, c = L.LSTM(3, return_state=True, name="lstm")(inp)
+    yield keras.Model(inp, L.Dense(2, name="dense")(c)), (
+        r"layer 'dense' \(Dense\) reads output 2 \(a state it returns with return_state=True\)"
+        r" of layer 'lstm' \(LSTM\)")
+    yield keras.Model(inp, c), \
+        r"the model's output is output 2 \(a state .*\) of layer 'lstm' \(LSTM\)"
+    inp = keras.Input((6, 4))
+    _, h, _ = L.LSTM(3, return_sequences=True, return_state=True, name="lstm")(inp)
+    yield keras.Model(inp, L.Dense(2, name="dense")(h)), \
+        r"layer 'dense' \(Dense\) reads output 1 \(a state .*\) of layer 'lstm' \(LSTM\)"
+    inp = keras.Input((6, 4))
+    outs = L.Bidirectional(L.GRU(3, return_state=True), name="bi")(inp)
+    yield keras.Model(inp, L.Dense(2, name="dense")(outs[2])), \
+        r"reads output 2 \(a state .*\) of layer 'bi' \(Bidirectional\)"
+
+
+def test_functional_state_outputs_refused(rng, tmp_path):
+    """A layer fed a recurrent layer's state (not its first output) is refused, through
+    from_keras, a .keras file and a legacy .h5 (fastrnn's Sequential passes the first
+    output on: converting it silently gave another model)."""
+    for model, pattern in _state_models():
+        _randomize_model(model, rng)
+        model.save(tmp_path / "s.keras")
+        model.save(tmp_path / "s.h5")
+        with pytest.raises(ValueError, match=pattern):
+            fastrnn.from_keras(model)
+        for path in (tmp_path / "s.keras", tmp_path / "s.h5"):
+            with pytest.raises(ValueError, match=pattern):
+                fastrnn.load_keras(path)
+
+
+def test_functional_first_output_of_return_state_layer(rng, tmp_path):
+    """The first output of a return_state layer, read onward, still converts."""
+    x = _x(rng, 3, 6, 4)
+    inp = keras.Input((6, 4))
+    o, _, _ = L.LSTM(3, return_state=True)(inp)
+    model = keras.Model(inp, L.Dense(2)(o))
+    _randomize_model(model, rng)
+    want = model.predict(x, verbose=0)
+    model.save(tmp_path / "o.keras")
+    for got in (fastrnn.from_keras(model)(x), fastrnn.load_keras(tmp_path / "o.keras")(x)):
+        np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def test_legacy_h5_with_config(rng, tmp_path):
+    """config= replaces a legacy .h5 file's own config, as for a .keras file: here one
+    whose last Dense has another activation, checked against that model in Keras."""
+    model, x = _functional(rng)
+    model.save(tmp_path / "f.h5")
+    cfg = json.loads(model.to_json())
+    dense = [e for e in cfg["config"]["layers"] if e["class_name"] == "Dense"][-1]
+    dense["config"]["activation"] = "tanh"
+    other = keras.models.model_from_json(json.dumps(cfg))
+    other.set_weights(model.get_weights())
+    want = other.predict(x, verbose=0)
+    assert np.abs(want - model.predict(x, verbose=0)).max() > 1e-3
+    for config in (json.dumps(cfg), cfg):
+        np.testing.assert_allclose(fastrnn.load_keras(tmp_path / "f.h5", config=config)(x),
+                                   want, atol=ATOL)
+    with pytest.raises(TypeError, match="config: expected a dict"):
+        fastrnn.load_keras(tmp_path / "f.h5", config=5)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        fastrnn.load_keras(tmp_path / "f.h5", config=tmp_path / "missing.json")

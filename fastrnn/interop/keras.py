@@ -8,7 +8,9 @@
 * one of the non-recurrent layers of :mod:`fastrnn.models` (``Dense``,
   ``Embedding``, ...);
 * a ``Sequential`` or functional model made of those layers (a linear
-  chain), returned as a :class:`fastrnn.models.Sequential`.
+  chain, each layer reading the first output of the one before: not a
+  state a recurrent layer returns with ``return_state=True``), returned as
+  a :class:`fastrnn.models.Sequential`.
 
 The layer's ``get_config()`` is rebuilt by fastrnn and its
 ``get_weights()`` loaded; a stateful layer's current states are copied too.

@@ -9,7 +9,8 @@
   ``{"class_name", "config"}``, the JSON string ``model.to_json()`` gives,
   or the path of a ``.json`` file or of a ``.keras`` file holding it);
 * a legacy ``.h5`` model (``model.save("m.h5")``): the config is read from
-  the file's ``model_config`` attribute.
+  the file's ``model_config`` attribute, unless ``config=`` is given (as for
+  a ``.keras`` file, it then replaces the file's own).
 
 Layout of ``model.weights.h5`` that Keras 3 writes (learnt from files Keras
 3.15 wrote): one group per layer under ``layers/``, named after the layer's
@@ -25,10 +26,12 @@ do not; Keras operations recorded in a functional config (the ``NotEqual``
 and ``Any`` that compute a ``Masking`` mask) have no group.
 
 The model must be a linear chain (Sequential, or a functional model with
-one input, one output and one tensor flowing from layer to layer) of the
-layers :mod:`fastrnn.models` supports; anything else is a ``ValueError``
-naming the layer. Masks are recomputed with Keras's propagation rules, not
-read from the recorded graph.
+one input, one output and one tensor flowing from layer to layer, each
+layer reading the first output of the one before: a recurrent layer's
+sequence or last output, never a state it returns with
+``return_state=True``) of the layers :mod:`fastrnn.models` supports;
+anything else is a ``ValueError`` naming the layer. Masks are recomputed
+with Keras's propagation rules, not read from the recorded graph.
 """
 
 from __future__ import annotations
@@ -72,9 +75,35 @@ def _entry_name(entry):
     return entry.get("name") or (entry.get("config") or {}).get("name")
 
 
+def _found(value):
+    """``value`` for an error message: its type and a short repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def _check_entry(entry, where, functional):
+    """Refuse a layer entry of a model config that is not ``{"class_name", "config", ...}``."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"config: {where}: expected a layer entry {{'class_name', 'config', "
+                         f"...}}, got {_found(entry)}")
+    if not isinstance(entry.get("class_name"), str):
+        raise ValueError(f"config: {where}: expected a string class_name, got "
+                         f"{_found(entry.get('class_name'))}")
+    if not isinstance(entry.get("config", {}), dict):
+        raise ValueError(f"config: {where} ({entry['class_name']}): expected a dict config, "
+                         f"got {_found(entry.get('config'))}")
+    name = _entry_name(entry)
+    if not (isinstance(name, str) or name is None and not functional):
+        raise ValueError(f"config: {where} ({entry['class_name']}): expected a string name, "
+                         f"got {_found(name)}")
+    if functional and not isinstance(entry.get("inbound_nodes", []), list):
+        raise ValueError(f"config: layer {name!r} ({entry['class_name']}): expected a list of "
+                         f"inbound_nodes, got {_found(entry.get('inbound_nodes'))}")
+
+
 def _is_op(entry):
     module = entry.get("module") or ""
-    return module.startswith("keras.src.ops") or ".ops." in module
+    return isinstance(module, str) and (module.startswith("keras.src.ops") or ".ops." in module)
 
 
 def _tensors(obj):
@@ -88,36 +117,81 @@ def _tensors(obj):
     return []
 
 
+def _ref(ref, where):
+    """``(layer name, tensor index)`` of a tensor reference ``[layer name, node index,
+    tensor index, ...]`` (a ``keras_history``, an ``input_layers`` / ``output_layers``
+    entry, or a Keras 2 inbound node)."""
+    if (not isinstance(ref, (list, tuple)) or len(ref) < 3 or not isinstance(ref[0], str)
+            or any(isinstance(i, bool) or not isinstance(i, int) for i in ref[1:3])):
+        raise ValueError(f"config: {where}: expected a tensor reference [layer name, node "
+                         f"index, tensor index], got {_found(ref)}")
+    return ref[0], ref[2]
+
+
 def _parent(entry):
-    """The one layer feeding ``entry`` in a functional config."""
+    """``(name, tensor index)``: the one layer feeding ``entry`` in a functional config, and
+    which of its outputs it reads."""
     name = _entry_name(entry)
     nodes = entry.get("inbound_nodes") or []
     if len(nodes) != 1:
         raise ValueError(f"layer {name!r} ({entry.get('class_name')}) is called {len(nodes)} "
                          "times; only linear models (each layer used once) are supported")
     node = nodes[0]
+    where = f"layer {name!r} ({entry.get('class_name')}): inbound node"
     if isinstance(node, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+        kwargs = node.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"config: {where}: expected a dict of kwargs, got "
+                             f"{_found(kwargs)}")
         tensors = _tensors(node.get("args", []))
-        kwargs = {k: v for k, v in (node.get("kwargs") or {}).items() if k != "mask"}
-        extra = _tensors(kwargs)
+        extra = _tensors({k: v for k, v in kwargs.items() if k != "mask"})
         if len(tensors) != 1 or extra:
             raise ValueError(f"layer {name!r} ({entry.get('class_name')}) takes "
                              f"{len(tensors) + len(extra)} tensors; only linear chains of "
                              "single-input layers are supported")
-        return tensors[0]["config"]["keras_history"][0]
+        config = tensors[0].get("config")
+        return _ref(config.get("keras_history") if isinstance(config, dict) else None,
+                    where + " keras_history")
     # Keras 2: [[parent_name, node_index, tensor_index, kwargs], ...]
     if not isinstance(node, list) or len(node) != 1:
         raise ValueError(f"layer {name!r} takes several tensors; only linear chains are "
                          "supported")
-    return node[0][0]
+    return _ref(node[0], where)
 
 
 def _single(refs, what):
+    """``(layer name, tensor index)`` of a functional config's one input or output."""
+    if not isinstance(refs, (list, tuple)):
+        raise ValueError(f"config: {what}: expected a list of tensor references, got "
+                         f"{_found(refs)}")
     if refs and not isinstance(refs[0], (list, tuple)):
         refs = [refs]
     if len(refs) != 1:
         raise ValueError(f"the model has {len(refs)} {what}; fastrnn models have exactly one")
-    return refs[0][0]
+    return _ref(refs[0], what)
+
+
+def _which_output(index, entry):
+    """Names output ``index`` (> 0) of a layer for a refusal."""
+    cfg = entry.get("config") or {}
+    inner = cfg.get("layer")  # a Bidirectional's layer
+    inner = inner.get("config") if isinstance(inner, dict) else None
+    if cfg.get("return_state") or isinstance(inner, dict) and inner.get("return_state"):
+        return f"output {index} (a state it returns with return_state=True)"
+    return f"output {index}"
+
+
+def _first_output_only(consumer, parent, index, by_name):
+    """Refuse a reference to any output of ``parent`` but its first: a fastrnn model passes
+    each layer's first output on (see :class:`fastrnn.models.Sequential`)."""
+    if index == 0:
+        return
+    entry = by_name.get(parent) or {}
+    raise ValueError(
+        f"{consumer} {_which_output(index, entry)} of layer {parent!r} "
+        f"({entry.get('class_name')}); fastrnn models pass on only each layer's first "
+        "output (a recurrent layer's sequence or last output), so a model that feeds a "
+        "recurrent layer's state onward, or outputs it, is not supported")
 
 
 def model_chain(model):
@@ -133,33 +207,59 @@ def model_chain(model):
     (list of dict, dict)
         The layer entries from input to output, and ``{layer name: group
         name under layers/}``.
+
+    Raises
+    ------
+    ValueError
+        A config that is not a serialised model of this form (saying what
+        was expected and what was found), or a model that is not a chain in
+        which each layer reads the first output of the one before it.
     """
     if not isinstance(model, dict) or "class_name" not in model:
-        raise ValueError("config: expected a serialised Keras model {'class_name', 'config'}")
+        keys = f"a dict with keys {sorted(model)[:10]}" if isinstance(model, dict) \
+            else _found(model)
+        raise ValueError("config: expected a serialised Keras model {'class_name', 'config'} "
+                         f"(model.get_config() wrapped so, or model.to_json()), got {keys}")
     cls = model["class_name"]
     cfg = model.get("config") or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config: the {cls!r} model's config: expected a dict, got "
+                         f"{_found(cfg)}")
+    if cls in ("Sequential", "Functional", "Model"):
+        layers = cfg.get("layers", [])
+        if not isinstance(layers, list):
+            raise ValueError(f"config: the {cls} model's layers: expected a list of layer "
+                             f"entries, got {_found(layers)}")
+        for i, entry in enumerate(layers):
+            _check_entry(entry, f"layers[{i}]", cls != "Sequential")
     if cls == "Sequential":
-        entries = list(cfg.get("layers", []))
+        entries = list(layers)
         named = [e for e in entries if e.get("class_name") != "InputLayer"]
         groups = dict(zip([_entry_name(e) for e in named],
                           _unique_names([e["class_name"] for e in named])))
         return entries, groups
     if cls in ("Functional", "Model") and "layers" in cfg:
-        real = [e for e in cfg["layers"] if not _is_op(e)]
+        real = [e for e in layers if not _is_op(e)]
         groups = dict(zip([_entry_name(e) for e in real],
                           _unique_names([e["class_name"] for e in real])))
-        by_name = {_entry_name(e): e for e in cfg["layers"]}
-        first = _single(cfg.get("input_layers", []), "inputs")
-        current = _single(cfg.get("output_layers", []), "outputs")
+        by_name = {_entry_name(e): e for e in layers}
+        first, _ = _single(cfg.get("input_layers", []), "inputs")
+        current, index = _single(cfg.get("output_layers", []), "outputs")
+        _first_output_only("the model's output is", current, index, by_name)
         chain = []
         while True:
-            if current not in by_name or len(chain) > len(by_name):
+            if current not in by_name:
                 raise ValueError(f"config: layer {current!r} is referenced but not defined")
             entry = by_name[current]
+            if any(e is entry for e in chain):
+                raise ValueError(f"config: the layers form a cycle through {current!r}")
             chain.append(entry)
             if current == first or entry.get("class_name") == "InputLayer":
                 break
-            current = _parent(entry)
+            parent, index = _parent(entry)
+            _first_output_only(f"layer {current!r} ({entry['class_name']}) reads", parent,
+                               index, by_name)
+            current = parent
         if _entry_name(chain[-1]) != first:
             raise ValueError(f"config: the output does not depend on the input {first!r} "
                              "through a single chain of layers")
@@ -342,6 +442,11 @@ def _read_config(config):
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
         where = f"load_keras: config {path!r}"
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{where}: no such file (config= takes a dict, a JSON "
+                                    "string, or the path of a .json or .keras file)")
+        if not os.path.isfile(path):
+            raise ValueError(f"{where} is not a file (expected a .json or .keras file)")
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
                 limit = min(_safe_io.inflate_limit(os.path.getsize(path)), _safe_io.JSON_LIMIT)
@@ -366,26 +471,56 @@ def _from_weights_h5(f, model_config, backend, budget):
     return build_model(model_config, weights_of, backend, budget)
 
 
-def _from_legacy_h5(f, backend, budget, where):
-    """Keras 2-style ``model.save("m.h5")``: config in attrs, weights by layer name."""
-    raw = f.attrs["model_config"]
-    model_config = _safe_io.load_json(raw, where, "model_config")
-    root = f["model_weights"]
+def _weight_names(group, where):
+    """The ``weight_names`` attribute of a legacy ``.h5`` layer group, as strings."""
+    raw = group.attrs.get("weight_names", [])
+    if np.ndim(raw) != 1 or not all(isinstance(n, (bytes, str)) for n in raw):
+        raise ValueError(f"weights file: {where} has weight_names {_found(raw)}; expected a "
+                         "list of dataset names")
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"weights file: {where} has a weight name that is not UTF-8: "
+                         f"{exc}") from exc
+
+
+def _from_legacy_h5(f, config, backend, budget, where):
+    """Keras 2-style ``model.save("m.h5")``: config in attrs (unless ``config`` is given),
+    weights by layer name."""
+    import h5py
+
+    if config is None:
+        model_config = _safe_io.load_json(f.attrs["model_config"], where,
+                                          "its model_config attribute")
+    else:
+        model_config = _read_config(config)
+    root = _child(f, "model_weights", "")
+    if not isinstance(root, h5py.Group):
+        raise ValueError("weights file: /model_weights is not a group")
 
     def weights_of(entry, group_name):
         name = _entry_name(entry)
         if name not in root:
             return []
-        g = root[name]
-        names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("weight_names", [])]
-        return [_dataset(g[n], f, f"model_weights/{name}/{n}") for n in names]
+        g = _child(root, name, "model_weights")
+        if not isinstance(g, h5py.Group):
+            raise ValueError(f"weights file: model_weights/{name} is not a group")
+        datasets = []
+        for n in _weight_names(g, f"model_weights/{name}"):
+            if n not in g:
+                raise ValueError(f"weights file: model_weights/{name} lists dataset {n!r} in "
+                                 "its weight_names, but holds no such dataset")
+            datasets.append(_dataset(g[n], f, f"model_weights/{name}/{n}"))
+        return datasets
 
     return build_model(model_config, weights_of, backend, budget)
 
 
 def _naming_the_file(load):
     """``load`` whose refusals name the file: a ``ValueError`` that does not gets it as a
-    prefix, and an unreadable zip or HDF5 structure is a ``ValueError`` too."""
+    prefix, and an unreadable zip or HDF5 structure, or a ``KeyError`` (an HDF5 object or a
+    config entry that the load looked up and the file or config lacks), is a ``ValueError``
+    too."""
 
     @functools.wraps(load)
     def wrapper(path, *args, **kwargs):
@@ -396,6 +531,9 @@ def _naming_the_file(load):
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
             raise ValueError(f"{where} cannot be read (truncated or corrupted?): {exc}") from exc
+        except KeyError as exc:
+            raise ValueError(f"{where}: the file, or its config, lacks an entry the model "
+                             f"needs: {exc}") from exc
         except ValueError as exc:
             if str(exc).startswith("load_keras"):
                 raise
@@ -416,10 +554,12 @@ def load_keras(path, config=None, backend=None):
         directory, or a Keras 2 ``save_weights`` TensorFlow checkpoint (then
         ``config`` is required; see :mod:`fastrnn.interop.tf_saved_model`).
     config : dict, str or path, optional
-        The model config for a weights-only file: ``{"class_name",
-        "config"}`` as in a ``.keras`` file's ``config.json``, the string
-        ``model.to_json()`` returns, or a path to either (or to a ``.keras``
-        file).
+        The model config: ``{"class_name", "config"}`` as in a ``.keras``
+        file's ``config.json``, the string ``model.to_json()`` returns, or a
+        path to either (or to a ``.keras`` file). Required for a weights-only
+        file; for a file that holds its own config (``.keras``, legacy
+        ``.h5``, SavedModel) it is used instead of that config, and the
+        weights are read for the layers it names.
     backend : str, optional
         fastrnn backend for the recurrent layers.
 
@@ -431,14 +571,22 @@ def load_keras(path, config=None, backend=None):
     Raises
     ------
     ValueError
-        An unsupported layer or model structure (named), or a file that is
-        not what it claims: a zip member that would inflate to more than a
+        An unsupported layer or model structure (named; a functional model
+        may use only the first output of each layer, not the states a
+        recurrent layer returns with ``return_state=True``), a config that
+        is not a serialised Keras model, or a file that is not what it
+        claims: a zip member that would inflate to more than a
         few times the file's size, a config nested more than 100 levels
         deep, a weight dataset whose shape is not what its layer's config
         needs, or whose size (with the ones read before it) is more than a
         few times the file's size, a dataset stored outside the file, a
-        recurrent layer without weights. Each is checked before the data is
-        read, so a load takes memory in proportion to the file.
+        recurrent layer without weights, a weight the file lists but does
+        not hold. Each is checked before the data is read, so a load takes
+        memory in proportion to the file.
+    TypeError
+        ``config`` is not a dict, a string or a path.
+    FileNotFoundError
+        ``path``, or the ``config`` path, does not exist.
 
     Neither Keras nor TensorFlow is imported; ``h5py`` is required for the
     HDF5 forms (``.keras``, ``.h5``).
@@ -474,7 +622,7 @@ def load_keras(path, config=None, backend=None):
         raise ValueError(f"load_keras: {path!r} is neither a .keras zip nor an HDF5 file") from exc
     with f:
         if "model_config" in f.attrs and "model_weights" in f:
-            return _from_legacy_h5(f, backend, budget, where)
+            return _from_legacy_h5(f, config, backend, budget, where)
         if config is None:
             raise ValueError(f"load_keras: {path!r} holds weights only; pass config= (the "
                              "model's config.json, model.to_json(), or a .keras file)")

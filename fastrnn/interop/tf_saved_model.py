@@ -29,9 +29,9 @@ config to rebuild from, and is refused saying so.
 
 from __future__ import annotations
 
-import json
 import os
 
+from .. import _safe_io
 from .._tf_bundle import BundleReader, parse_message
 
 _OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -66,10 +66,11 @@ def _saved_model_config(path):
     for node in nodes:
         fields = parse_message(node, meta_path)
         if fields.get(3, [b""])[-1] == b"root":
-            try:
-                meta = json.loads(fields.get(5, [b"{}"])[-1].decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{meta_path}: the model's metadata is not JSON: {exc}") from exc
+            meta = _safe_io.load_json(fields.get(5, [b"{}"])[-1], meta_path,
+                                      "the model's metadata")
+            if not isinstance(meta, dict):
+                raise ValueError(f"{meta_path}: the model's metadata: expected a JSON object, "
+                                 f"got {type(meta).__name__} {repr(meta)[:60]}")
             config = meta.get("model_config") or {
                 "class_name": meta.get("class_name"), "config": meta.get("config")}
             if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
@@ -225,6 +226,9 @@ def read_keras2(path, config=None):
         raise ValueError(f"{path}: a TensorFlow checkpoint holds weights only; pass config= "
                          "(model.to_json(), or the model's config dict or .json file)")
     config = _untuple(config)
+    from .keras_file import model_chain  # (keras_file imports this module)
+
+    model_chain(config)  # a config that is not a serialised model is refused here
     graph = _ObjectGraph(BundleReader(path))
     entries = _model_layers(config)
     tracked = sorted(k for k in graph.children[0] if k.startswith("layer-"))
