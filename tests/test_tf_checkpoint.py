@@ -648,3 +648,21 @@ def test_keys_growing_one_byte_at_a_time_are_refused(tmp_path):
         f"take more than 16 times the block's {len(block)} bytes; a table written by "
         "TensorFlow stores a whole key every 16 keys, which keeps them within that")
     assert peak < 40 * len(block)
+
+
+def test_two_weights_pointing_at_one_checkpoint_value_are_refused():
+    """A SavedModel's object graph maps each weight to a checkpoint key; a
+    graph pointing two weights at one value (Keras never writes one) would
+    have its bytes read once per weight. The real file's graph is edited
+    in memory: the second layer's kernel names the first layer's value."""
+    from fastrnn.interop.tf_saved_model import _ObjectGraph
+
+    prefix = os.path.join(DATA, "tf", "keras2_gru_functional", "variables", "variables")
+    graph = _ObjectGraph(_tf_bundle.BundleReader(prefix))
+    a, b = "layer_with_weights-0/cell/kernel", "layer_with_weights-1/cell/kernel"
+    assert graph.variable(a).shape != () and graph.variable(b).shape != ()
+    graph = _ObjectGraph(_tf_bundle.BundleReader(prefix))
+    graph.variables[graph.find(b)] = graph.variables[graph.find(a)]
+    graph.variable(a)
+    with pytest.raises(ValueError, match=f"{a} and {b} are one checkpoint value"):
+        graph.variable(b)

@@ -94,6 +94,7 @@ class _ObjectGraph:
         if blob.shape != () or not isinstance(blob[()], bytes):
             raise ValueError(f"{where}: expected one serialised TrackableObjectGraph")
         self.reader = reader
+        self._read = {}  # checkpoint key -> the path of the weight read from it
         self.children, self.variables = [], []
         for node in parse_message(blob[()], where).get(1, []):
             fields = parse_message(node, where)
@@ -139,6 +140,14 @@ class _ObjectGraph:
             raise ValueError(f"{self.reader.prefix}: {path} is not a variable")
         if key not in self.reader:
             raise self.reader.missing(key, f"variable for {path}:")
+        # Each weight of a Keras model is a variable of its own; a graph that
+        # points two weights at one value would have the file's bytes read,
+        # and held, once per weight.
+        first = self._read.setdefault(key, path)
+        if first != path:
+            raise ValueError(f"{self.reader.prefix}: {first} and {path} are one checkpoint "
+                             f"value ({key!r}); the layers of a model converted here each "
+                             "have their own weights")
         return self.reader.read(key)
 
 
