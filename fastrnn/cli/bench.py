@@ -13,8 +13,9 @@ fastrnn is faster). Outputs are checked against fastrnn's before timing.
 "best" compares the fastest sample of each engine: on a shared, noisy
 machine it is the better estimate of what each engine can do.
 
-fastrnn is called through the kernel contract (``pack`` once, then one
-call per batch, output buffer allocated per call like the other engines).
+fastrnn is timed as users call it: ``layer(x)`` on an ``LSTM`` / ``GRU``
+layer holding the weights (its output allocated per call like the other
+engines').
 ONNX Runtime gets its input in its native ``(T, B, D)`` layout, prepared
 before timing.
 

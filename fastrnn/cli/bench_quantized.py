@@ -3,8 +3,8 @@
 Engines, all built from the same float32 weights as the float32 rows:
 
 * **fastrnn** ``bfloat16`` / ``int8`` / ``int8_dynamic`` / ``bfloat16_dynamic``:
-  :func:`fastrnn.kernels.quantize`, then the cpu backend through the kernel
-  contract (bfloat16 and int8: weights only, inputs, states and sums stay
+  ``layer.quantize(mode)`` on the float32 layer, then ``layer(x)`` on the cpu
+  backend (bfloat16 and int8: weights only, inputs, states and sums stay
   float32; int8_dynamic: activations quantized per row and step too, as
   ONNX Runtime and PyTorch do; bfloat16_dynamic: activations rounded to
   bfloat16 for the products).
@@ -29,7 +29,6 @@ import warnings
 
 import numpy as np
 
-from .. import dispatch
 from ..kernels import GRUParams, LSTMParams, quantize, reference, run
 
 #: The weight formats ``--precision`` takes.
@@ -52,25 +51,22 @@ def _params(cell, w):
 
 
 def fastrnn_engine(cell, w, x, mode, backend_name="cpu"):
-    """fastrnn's ``backend_name`` backend on ``mode`` weights (``"float32"``:
-    as given): a zero-argument callable returning the ``(B, T, H)`` output
-    sequence."""
-    mod = dispatch.backend_module(backend_name)
-    params = _params(cell, w)
+    """A fastrnn layer (``LSTM`` / ``GRU``, ``return_sequences=True``) on
+    ``backend_name`` with weights ``w`` (Keras layout), quantized to ``mode``
+    (``"float32"``: as given): a zero-argument callable returning
+    ``layer(x)``, the ``(B, T, H)`` output sequence. The layer call is what
+    a user times: its Python (checks, states, the backend's choice) is
+    counted with the kernels."""
+    from ..layers import GRU, LSTM
+
+    kernel, rec, bias = w
+    layer = (LSTM if cell == "lstm" else GRU)(rec.shape[0], return_sequences=True,
+                                              backend=backend_name)
+    layer.build((None, None, kernel.shape[0]))
+    layer.set_weights([kernel, rec, bias])
     if mode != "float32":
-        params = quantize(params, mode)
-    packed = mod.pack(params)
-    B, T, _ = x.shape
-    H = params.units
-    states = [np.zeros((B, H), np.float32) for _ in range(params.n_states)]
-
-    def call():
-        out = np.empty((B, T, H), np.float32)
-        run(mod, packed, x, states, None, False, False, out,
-            [np.empty((B, H), np.float32) for _ in states])
-        return out
-
-    return call
+        layer.quantize(mode)
+    return lambda: layer(x)
 
 
 def _onnx_order(m, H):
