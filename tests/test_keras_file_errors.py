@@ -170,17 +170,7 @@ def test_legacy_h5_config_argument_is_checked(tmp_path):
 # ----------------------------------------------------------------- Keras 2 SavedModel
 
 
-def _varint(n):
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _field(number, value):
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
+from test_tf_checkpoint import _field  # noqa: E402 (protobuf fields, byte by byte)
 
 
 def _saved_model(tmp_path, metadata):
