@@ -713,10 +713,20 @@ class Stream:
             self._setup()
         x = self._as_array(x)
         if self.input_dim is None and x.ndim in (1, 2, 3):
-            # a user's cell need not declare its input size: the first call's
-            # features fix it, as they build a layer
+            # a user's cell need not declare its input size: the first call
+            # that runs fixes it, as it builds a layer (a call that fails
+            # leaves it open)
             self.input_dim = int(x.shape[-1])
             self._fshape = (self.batch_size, self.input_dim)
+            try:
+                return self._checked(x, out, unbatched)
+            except BaseException:
+                self.input_dim, self._fshape = None, (self.batch_size, None)
+                raise
+        return self._checked(x, out, unbatched)
+
+    def _checked(self, x, out, unbatched):
+        """:meth:`_slow` once the stream is set up: check ``x`` and run it."""
         B, D = self.batch_size, self.input_dim
         if unbatched:
             if x.shape != (D,):

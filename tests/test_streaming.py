@@ -333,6 +333,12 @@ def test_user_cell_without_input_size_streams(stacked, rng):
                                                   axis=1), np.stack(want, axis=1), atol=1e-5)
     else:  # the top cell's output: its own units
         assert got[0].shape == (1, 3) and got[2].shape == (1, 4, 3)
+    fresh = fastrnn.RNN(_TanhCell(rng)).stream(batch_size=2)
+    with pytest.raises(ValueError):  # a 1-d frame needs batch_size=1: the size stays open
+        fresh(np.ones(5, np.float32))
+    with pytest.raises(ValueError):  # the cell's product fails: the size stays open
+        fresh(np.ones((2, 7), np.float32))
+    assert fresh(np.ones((2, 5), np.float32)).shape == (2, 4)
     before = stream.states
     with pytest.raises(ValueError, match=r"\(1, 5\).*got shape \(1, 6\)"):
         stream(np.ones((1, 6), np.float32))
