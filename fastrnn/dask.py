@@ -409,7 +409,10 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
             mapped = _MappedFile.from_memmap(x)
             if mapped is not None:
                 x, meta = mapped, np.empty((0,) * x.ndim, x.dtype)
-        x = da.from_array(x, chunks=("auto",) + (-1,) * (len(x.shape) - 1), meta=meta,
+        rows = "auto"
+        if 0 in tuple(x.shape[1:]):  # (automatic chunks divide by a row's size)
+            rows = max(int(x.shape[0]), 1)
+        x = da.from_array(x, chunks=(rows,) + (-1,) * (len(x.shape) - 1), meta=meta,
                           asarray=True)
     if x.ndim not in (2, 3) or (x.ndim == 2 and _is_recurrent_layer(model)):
         raise ValueError(f"x: expected a 3D array (n, time, features), got shape {x.shape}")
@@ -482,6 +485,12 @@ def _pad_partition(series, dtype, column):
         for i, value in enumerate(series):
             if value is None:
                 raise ValueError(f"{column}: row {series.index[i]!r} is null")
+            if isinstance(value, str):
+                raise TypeError(
+                    f"{column}: row {series.index[i]!r} is a string, not a sequence; Dask "
+                    "turns object columns into strings unless dask.config.set("
+                    "{'dataframe.convert-string': False}) is set before the frame is made "
+                    "(a Parquet list column needs nothing)")
             a = np.asarray(value, dtype=dtype)
             rows.append(a[:, None] if a.ndim == 1 else a)
         lengths = np.array([r.shape[0] for r in rows], np.int64)
@@ -557,7 +566,9 @@ def predict_partitions(model, ddf, column, *, batch_size=None):
         A column whose rows are sequences: a list of steps, each a number
         (one feature) or a list of ``features`` numbers (Parquet
         ``list<list<float>>`` / ``list<float>`` read through pyarrow; an
-        object column of NumPy arrays works too). A list of integers is
+        object column of NumPy arrays works too, made with
+        ``dask.config.set({"dataframe.convert-string": False})``, without which
+        Dask turns it into strings). A list of integers is
         token ids ``(time,)`` for a model that starts with an ``Embedding``;
         they are padded with 0, so use ``Embedding(mask_zero=True)`` as in
         Keras (an ``Embedding`` without it drops the mask).

@@ -574,3 +574,75 @@ def test_readme_example_runs_scaled_down(tmp_path, monkeypatch):
     assert namespace["y"].shape == (2000, 64) and namespace["y"].numblocks == (4, 1)
     scores = zarr.open_array(str(tmp_path / "scores.zarr"), mode="r")[...]
     assert scores.shape == (2000, 64) and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "0"]])
+def test_cli_checks_every_length_before_any_task(tmp_path, capsys, workers):
+    """The last row's length is out of range: refused up front (status 2)
+    in every mode, nothing written (--workers 0 scored it silently)."""
+    model = _saved_model(tmp_path, _built(fastrnn.LSTM(3), (1, 6, 3)))
+    np.save(tmp_path / "x.npy", np.ones((40, 6, 3), np.float32))
+    for name, lengths in [("long", [6] * 39 + [99]), ("negative", [-1] + [6] * 39)]:
+        np.save(tmp_path / f"{name}.npy", np.asarray(lengths))
+        out = tmp_path / f"y-{name}.zarr"
+        rc = predict_main([model, str(tmp_path / "x.npy"), str(out), "--lengths",
+                           str(tmp_path / f"{name}.npy"), "--chunk-rows", "10",
+                           "--no-progress"] + workers)
+        assert rc == 2
+        assert "--lengths: expected values in [0, 6]" in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_cli_failure_while_scoring_is_one_line(tmp_path, capsys):
+    """A NaN in row 35 of a nan_policy="raise" model fails its chunk's task:
+    status 1 and one line naming the error, not a traceback."""
+    layer = _built(fastrnn.LSTM(3, nan_policy="raise"), (1, 6, 3))
+    model = _saved_model(tmp_path, layer)
+    x = np.ones((40, 6, 3), np.float32)
+    x[35, 2, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    rc = predict_main([model, str(tmp_path / "x.npy"), str(tmp_path / "y.zarr"),
+                       "--chunk-rows", "10", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "error while scoring" in err and "NaN" in err
+
+
+def test_cli_refuses_a_file_as_output_and_bad_example_sizes(tmp_path, capsys):
+    model = _saved_model(tmp_path, _built(fastrnn.LSTM(3), (1, 6, 3)))
+    np.save(tmp_path / "x.npy", np.ones((4, 6, 3), np.float32))
+    (tmp_path / "y.zarr").write_text("a file")
+    assert predict_main([model, str(tmp_path / "x.npy"), str(tmp_path / "y.zarr"),
+                         "--overwrite"]) == 2
+    assert "is a file; expected a Zarr array" in capsys.readouterr().err
+    for bad in ("-3", "0", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            predict_main(["--example", str(tmp_path / "ex"), "--rows", bad])
+        assert exit_.value.code == 2
+        assert "expected a positive integer" in capsys.readouterr().err
+
+
+def test_numpy_input_without_steps_gives_zeros():
+    """T = 0, as a layer call: zeros of the output's shape (from_array's
+    automatic chunks divided by zero)."""
+    layer = _built(fastrnn.LSTM(6), (1, 5, 3))
+    x = np.zeros((3, 0, 3), np.float32)
+    with dask.config.set(scheduler="sync"):
+        y = fdask.predict(layer, x).compute()
+    np.testing.assert_array_equal(y, layer(x))
+    assert y.shape == (3, 6)
+
+
+def test_object_column_turned_to_strings_says_why():
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    layer = _built(fastrnn.LSTM(2), (1, 3, 3))
+    rows = pd.Series([np.ones((3, 3), np.float32), np.ones((2, 3), np.float32)], dtype=object)
+    with dask.config.set({"dataframe.convert-string": True}):
+        ddf = dd.from_pandas(pd.DataFrame({"s": rows}), npartitions=1)
+        with pytest.raises(TypeError, match="dataframe.convert-string"):
+            fdask.predict_partitions(layer, ddf, "s").compute(scheduler="sync")
+    with dask.config.set({"dataframe.convert-string": False}):
+        ddf = dd.from_pandas(pd.DataFrame({"s": rows}), npartitions=1)
+        got = fdask.predict_partitions(layer, ddf, "s").compute(scheduler="sync")
+    np.testing.assert_allclose(got.iloc[1], layer(np.ones((1, 2, 3), np.float32))[0], atol=1e-6)

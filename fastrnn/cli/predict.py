@@ -100,8 +100,15 @@ def _open_lengths(path, x):
         raise ValueError(f"--lengths: expected shape (n,) = ({x.shape[0]},), got {arr.shape}")
     if np.dtype(arr.dtype).kind not in "iu":
         raise TypeError(f"--lengths: expected integers, got dtype {arr.dtype}")
-    return da.from_array(arr, chunks=(x.chunks[0],), lock=False, asarray=True,
-                         meta=np.empty((0,), arr.dtype))
+    lengths = da.from_array(arr, chunks=(x.chunks[0],), lock=False, asarray=True,
+                            meta=np.empty((0,), arr.dtype))
+    # every value, before any task runs (n integers: read once, a chunk at a time)
+    lo, hi = da.compute(lengths.min(), lengths.max(), scheduler="sync")
+    t = x.shape[1]
+    if lo < 0 or hi > t:
+        raise ValueError(f"--lengths: expected values in [0, {t}] (the time axis of INPUT), "
+                         f"got values in [{lo}, {hi}]")
+    return lengths
 
 
 def _parser():
@@ -156,16 +163,27 @@ def _parse_workers(text):
     return modes
 
 
+def _positive(text):
+    """An argparse type: a positive integer, else argparse's one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _example_main(argv):
     """``python -m fastrnn predict --example DIR``: a model and data to score."""
     p = argparse.ArgumentParser(prog="python -m fastrnn predict --example",
                                 description="Write DIR/model.fastrnn (a built LSTM with random "
                                             "weights), DIR/x.npy and DIR/lengths.npy.")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--rows", type=int, default=20000)
-    p.add_argument("--time", type=int, default=100)
-    p.add_argument("--features", type=int, default=32)
-    p.add_argument("--units", type=int, default=64)
+    p.add_argument("--rows", type=_positive, default=20000)
+    p.add_argument("--time", type=_positive, default=100)
+    p.add_argument("--features", type=_positive, default=32)
+    p.add_argument("--units", type=_positive, default=64)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     os.makedirs(a.dir, exist_ok=True)
@@ -220,8 +238,12 @@ def _run_single_process(model, x, lengths, batch_size, output, progress):
 def main(argv=None):
     """``python -m fastrnn predict MODEL INPUT OUTPUT [--scheduler ADDRESS] [--batch-size N]``.
 
-    Every argument is checked, and the model probed on a tiny input, before
-    any task runs; errors exit with status 2 and one line on stderr.
+    Every argument is checked (the lengths, all of them), and the model
+    probed on a tiny input, before any task runs; errors exit with status 2
+    and one line on stderr. A failure while scoring (a NaN in a row of a
+    model with ``nan_policy="raise"``, a scheduler that cannot be reached)
+    exits with status 1 and one line on stderr; OUTPUT then holds the chunks
+    written before it.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--example"]:
@@ -242,6 +264,9 @@ def main(argv=None):
         batch_size = _check_batch_size(args.batch_size)
         if os.path.exists(args.output) and not args.overwrite:
             raise ValueError(f"OUTPUT: {args.output} exists (use --overwrite to replace it)")
+        if os.path.exists(args.output) and not os.path.isdir(args.output):
+            raise ValueError(f"OUTPUT: {args.output} is a file; expected a Zarr array "
+                             "(a directory) to write or replace")
         # Validates shapes and probes the model in this process, before any task.
         with dask.config.set(scheduler="sync"):
             predict(model, x[:1], None if lengths is None else lengths[:1],
@@ -252,6 +277,10 @@ def main(argv=None):
     saved = _thread_state()
     try:
         results = [_score(model, x, lengths, args, batch_size, mode) for mode in modes]
+    except Exception as exc:  # a task's failure (NaN under nan_policy="raise", a lost scheduler)
+        print(f"fastrnn predict: error while scoring: {type(exc).__name__}: {exc} "
+              f"({args.output} holds what was written before it)", file=sys.stderr)
+        return 1
     finally:
         _restore_thread_state(saved)  # predict_main may be called from Python
     if len(results) > 1:
