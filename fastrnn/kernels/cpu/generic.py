@@ -7,7 +7,12 @@ the whole sequence of batch rows ``r0 .. r1-1``; rows are independent, so
 the parallel wrappers split the batch between threads and never meet.
 
 The input projection is folded into each step (``k`` over the input
-features, then over the state), so no buffer grows with ``T``.
+features, then over the state), so no buffer grows with ``T``. The gate
+math of float32 runs on the SIMD vectors of :mod:`.simd` (:mod:`.gates`), a
+vector of units at a time (the last, partial one loaded and stored lane by
+lane): as scalars, ``math.tanh`` alone took more than half of a float32
+SimpleRNN's time. float64 keeps the scalar forms (its vector activations
+would run lane by lane anyway, and slower).
 
 Gate orders are Keras's: LSTM i, f, c, o; GRU z, r, h. Each ``*_rows``
 flushes subnormals to zero on its thread for its duration (:mod:`.fpenv`),
@@ -19,15 +24,18 @@ kernel serves every call of one dtype. Clip limits below zero mean no clip.
 from __future__ import annotations
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import get_thread_id, njit, prange, types
+from numba.extending import overload
 
 from .fpenv import flush_denormals, restore_fp
-from .sync import current_cpu, thread_id
-from .gates import scalar_activate as activate
+from .gates import activate, gru_reset, gru_update, lstm_update
+from .gates import scalar_activate as s_activate
 from .gates import scalar_clip as clip
-from .gates import scalar_gru_reset as gru_reset
-from .gates import scalar_gru_update as gru_update
-from .gates import scalar_lstm_update as lstm_update
+from .gates import scalar_gru_reset as s_gru_reset
+from .gates import scalar_gru_update as s_gru_update
+from .gates import scalar_lstm_update as s_lstm_update
+from .simd import vload_part, vstore_part
+from .sync import current_cpu, thread_id
 
 
 @njit(inline="always")
@@ -51,6 +59,140 @@ def _matvec_acc(acc, v, M, ncols):
             acc[j] += a * M[k, j]
 
 
+@njit(inline="always")
+def _lanes(a):
+    """Lanes of one vector of ``a``'s dtype."""
+    return 64 // a.itemsize
+
+
+# ---- gate math of one row: vectors for float32, scalars for float64 ----
+
+
+@njit(inline="always")
+def _simple_vec(acc, h, H, act):
+    L = _lanes(acc)
+    for u in range(0, H, L):
+        n = min(L, H - u)
+        vstore_part(h, u, activate(act, vload_part(acc, u, n)), n)
+
+
+@njit(inline="always")
+def _simple_scalar(acc, h, H, act):
+    for j in range(H):
+        h[j] = s_activate(act, acc[j])
+
+
+@njit(inline="always")
+def _reset_vec(xp, hp, h, rh, H, ract):
+    L = _lanes(xp)
+    for u in range(0, H, L):
+        n = min(L, H - u)
+        r = activate(ract, vload_part(xp, H + u, n) + vload_part(hp, H + u, n))
+        vstore_part(rh, u, r * vload_part(h, u, n), n)
+
+
+@njit(inline="always")
+def _reset_scalar(xp, hp, h, rh, H, ract):
+    for j in range(H):
+        rh[j] = s_activate(ract, xp[H + j] + hp[H + j]) * h[j]
+
+
+@njit(inline="always")
+def _gru_vec(xp, hp, h, H, act, ract, reset_after):
+    L = _lanes(xp)
+    for u in range(0, H, L):
+        n = min(L, H - u)
+        zz = vload_part(xp, u, n) + vload_part(hp, u, n)
+        if reset_after:
+            zh = gru_reset(vload_part(xp, H + u, n) + vload_part(hp, H + u, n),
+                           vload_part(xp, 2 * H + u, n), vload_part(hp, 2 * H + u, n), ract)
+        else:
+            zh = vload_part(xp, 2 * H + u, n) + vload_part(hp, 2 * H + u, n)
+        vstore_part(h, u, gru_update(zz, zh, vload_part(h, u, n), act, ract), n)
+
+
+@njit(inline="always")
+def _gru_scalar(xp, hp, h, H, act, ract, reset_after):
+    for j in range(H):
+        # (one call per branch: a candidate typed float64 in one branch
+        # would make the other's float64 too)
+        if reset_after:
+            h[j] = s_gru_update(xp[j] + hp[j], s_gru_reset(xp[H + j] + hp[H + j],
+                                                           xp[2 * H + j], hp[2 * H + j],
+                                                           ract), h[j], act, ract)
+        else:
+            h[j] = s_gru_update(xp[j] + hp[j], xp[2 * H + j] + hp[2 * H + j], h[j], act, ract)
+
+
+@njit(inline="always")
+def _lstm_vec(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract):
+    L = _lanes(acc)
+    for u in range(0, H, L):
+        n = min(L, H - u)
+        cn, hn = lstm_update(
+            vload_part(acc, u, n), vload_part(acc, H + u, n) + forget_bias,
+            vload_part(acc, 2 * H + u, n), vload_part(acc, 3 * H + u, n), vload_part(c, u, n),
+            has_peep, vload_part(peep[0], u, n), vload_part(peep[1], u, n),
+            vload_part(peep[2], u, n), cell_clip, act, ract)
+        vstore_part(c, u, cn, n)
+        vstore_part(hu, u, hn, n)
+
+
+@njit(inline="always")
+def _lstm_scalar(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract):
+    for j in range(H):
+        c[j], hu[j] = s_lstm_update(
+            acc[j], acc[H + j] + forget_bias, acc[2 * H + j], acc[3 * H + j], c[j],
+            has_peep, peep[0, j], peep[1, j], peep[2, j], cell_clip, act, ract)
+
+
+# Each name below calls the vector version for float32 arrays and the scalar
+# one otherwise, chosen when Numba types the call (a branch on the dtype at
+# run time kept both versions in each kernel, and float64 LSTMs ran a
+# quarter slower).
+
+def _simple_gates(acc, h, H, act):
+    raise NotImplementedError
+
+
+@overload(_simple_gates, inline="always")
+def _ov_simple(acc, h, H, act):
+    fn = _simple_vec if acc.dtype == types.float32 else _simple_scalar
+    return lambda acc, h, H, act: fn(acc, h, H, act)
+
+
+def _gru_reset_before(xp, hp, h, rh, H, ract):
+    """``rh = r * h``: the candidate's recurrent input when ``reset_after=False``."""
+    raise NotImplementedError
+
+
+@overload(_gru_reset_before, inline="always")
+def _ov_reset(xp, hp, h, rh, H, ract):
+    fn = _reset_vec if xp.dtype == types.float32 else _reset_scalar
+    return lambda xp, hp, h, rh, H, ract: fn(xp, hp, h, rh, H, ract)
+
+
+def _gru_gates(xp, hp, h, H, act, ract, reset_after):
+    raise NotImplementedError
+
+
+@overload(_gru_gates, inline="always")
+def _ov_gru(xp, hp, h, H, act, ract, reset_after):
+    fn = _gru_vec if xp.dtype == types.float32 else _gru_scalar
+    return lambda xp, hp, h, H, act, ract, reset_after: fn(xp, hp, h, H, act, ract, reset_after)
+
+
+def _lstm_gates(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract):
+    raise NotImplementedError
+
+
+@overload(_lstm_gates, inline="always")
+def _ov_lstm(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract):
+    fn = _lstm_vec if acc.dtype == types.float32 else _lstm_scalar
+    return (lambda acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract:
+            fn(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract))
+
+
 @njit(cache=True, nogil=True)
 def simple_rnn_rows(r0, r1, W, U, bias, act, x, h0, mask, has_mask, reverse,
                     zero_output, out, has_out, h_out):
@@ -69,8 +211,7 @@ def simple_rnn_rows(r0, r1, W, U, bias, act, x, h0, mask, has_mask, reverse,
                 acc[:] = bias
                 _matvec_acc(acc, x[b, t], W, H)
                 _matvec_acc(acc, h, U, H)
-                for j in range(H):
-                    h[j] = activate(act, acc[j])
+                _simple_gates(acc, h, H, act)
             if has_out:
                 _emit(out, b, t, h, H, masked, zero_output, started)
             started = started or not masked
@@ -104,23 +245,12 @@ def gru_rows(r0, r1, W, U, bias, act, ract, reset_after, x, h0, mask, has_mask,
                     _matvec_acc(hp, h, U, 3 * H)
                 else:
                     _matvec_acc(hp, h, U, 2 * H)
-                    for j in range(H):
-                        r = activate(ract, xp[H + j] + hp[H + j])
-                        rh[j] = r * h[j]
+                    _gru_reset_before(xp, hp, h, rh, H, ract)
                     for k in range(H):
                         a = rh[k]
                         for j in range(H):
                             hp[2 * H + j] += a * U[k, 2 * H + j]
-                for j in range(H):
-                    # (one call per branch: a candidate typed float64 in one
-                    # branch would make the other's float64 too)
-                    if reset_after:
-                        h[j] = gru_update(xp[j] + hp[j], gru_reset(xp[H + j] + hp[H + j],
-                                                                   xp[2 * H + j], hp[2 * H + j],
-                                                                   ract), h[j], act, ract)
-                    else:
-                        h[j] = gru_update(xp[j] + hp[j], xp[2 * H + j] + hp[2 * H + j], h[j],
-                                          act, ract)
+                _gru_gates(xp, hp, h, H, act, ract, reset_after)
             if has_out:
                 _emit(out, b, t, h, H, masked, zero_output, started)
             started = started or not masked
@@ -151,10 +281,7 @@ def lstm_rows(r0, r1, W, U, bias, act, ract, forget_bias, peep, has_peep,
                 acc[:] = bias
                 _matvec_acc(acc, x[b, t], W, 4 * H)
                 _matvec_acc(acc, h, U, 4 * H)
-                for j in range(H):
-                    c[j], hu[j] = lstm_update(
-                        acc[j], acc[H + j] + forget_bias, acc[2 * H + j], acc[3 * H + j], c[j],
-                        has_peep, peep[0, j], peep[1, j], peep[2, j], cell_clip, act, ract)
+                _lstm_gates(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract)
                 if has_proj:
                     h[:] = 0.0
                     _matvec_acc(h, hu, proj, P)
