@@ -28,7 +28,7 @@ from numba import get_thread_id, njit, prange, types
 from numba.extending import overload
 
 from .fpenv import flush_denormals, restore_fp
-from .gates import activate, gru_reset, gru_update, lstm_update
+from .gates import activate, gru_reset_input, gru_row, lstm_update
 from .gates import scalar_activate as s_activate
 from .gates import scalar_clip as clip
 from .gates import scalar_gru_reset as s_gru_reset
@@ -83,32 +83,9 @@ def _simple_scalar(acc, h, H, act):
 
 
 @njit(inline="always")
-def _reset_vec(xp, hp, h, rh, H, ract):
-    L = _lanes(xp)
-    for u in range(0, H, L):
-        n = min(L, H - u)
-        r = activate(ract, vload_part(xp, H + u, n) + vload_part(hp, H + u, n))
-        vstore_part(rh, u, r * vload_part(h, u, n), n)
-
-
-@njit(inline="always")
 def _reset_scalar(xp, hp, h, rh, H, ract):
     for j in range(H):
         rh[j] = s_activate(ract, xp[H + j] + hp[H + j]) * h[j]
-
-
-@njit(inline="always")
-def _gru_vec(xp, hp, h, H, act, ract, reset_after):
-    L = _lanes(xp)
-    for u in range(0, H, L):
-        n = min(L, H - u)
-        zz = vload_part(xp, u, n) + vload_part(hp, u, n)
-        if reset_after:
-            zh = gru_reset(vload_part(xp, H + u, n) + vload_part(hp, H + u, n),
-                           vload_part(xp, 2 * H + u, n), vload_part(hp, 2 * H + u, n), ract)
-        else:
-            zh = vload_part(xp, 2 * H + u, n) + vload_part(hp, 2 * H + u, n)
-        vstore_part(h, u, gru_update(zz, zh, vload_part(h, u, n), act, ract), n)
 
 
 @njit(inline="always")
@@ -168,7 +145,7 @@ def _gru_reset_before(xp, hp, h, rh, H, ract):
 
 @overload(_gru_reset_before, inline="always")
 def _ov_reset(xp, hp, h, rh, H, ract):
-    fn = _reset_vec if xp.dtype == types.float32 else _reset_scalar
+    fn = gru_reset_input if xp.dtype == types.float32 else _reset_scalar
     return lambda xp, hp, h, rh, H, ract: fn(xp, hp, h, rh, H, ract)
 
 
@@ -178,8 +155,11 @@ def _gru_gates(xp, hp, h, H, act, ract, reset_after):
 
 @overload(_gru_gates, inline="always")
 def _ov_gru(xp, hp, h, H, act, ract, reset_after):
-    fn = _gru_vec if xp.dtype == types.float32 else _gru_scalar
-    return lambda xp, hp, h, H, act, ract, reset_after: fn(xp, hp, h, H, act, ract, reset_after)
+    if xp.dtype == types.float32:  # (the stream kernels' row: input part first)
+        return lambda xp, hp, h, H, act, ract, reset_after: gru_row(xp, hp, h, H, reset_after,
+                                                                      act, ract)
+    return lambda xp, hp, h, H, act, ract, reset_after: _gru_scalar(xp, hp, h, H, act, ract,
+                                                                    reset_after)
 
 
 def _lstm_gates(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract):

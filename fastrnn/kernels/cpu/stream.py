@@ -60,7 +60,8 @@ from numba import njit, types
 from numba.extending import overload
 
 from .fpenv import flush_denormals, restore_fp
-from .gates import activate, gru_reset, gru_update, lstm_update
+from .gates import FASTMATH as _FM
+from .gates import activate, gru_reset_input, gru_row, lstm_update
 from .packed import _bfloat16_row, _quantize_row
 from .simd import (IVEC, aligned64, bdot, dload, dsplat, isub, itof, izero, lanes, pair_hi,
                    pair_lo, vdot, vfma, vload, vload_part, vsplat, vstore, vstore_part, vzero,
@@ -78,9 +79,6 @@ _FORMATS = {"float32": F32, "float64": F32, "bfloat16": BF16, "int8": INT8,
 _KINDS = {"simple_rnn": SIMPLE, "gru": GRU, "lstm": LSTM}
 _GATES = {SIMPLE: 1, GRU: 3, LSTM: 4}
 
-# Explicit fastmath flags (contraction into FMAs, reassociation); no
-# 'nnan'/'ninf' (NaN must propagate, sigmoid saturates).
-_FM = {"reassoc", "contract", "nsz", "arcp"}
 
 
 # ----- matrix-vector products ------------------------------------------------
@@ -600,7 +598,7 @@ def _layer(ws, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, 
             for b in range(B):
                 zx = work[zx_off + (b * T + t) * N : zx_off + (b * T + t + 1) * N]
                 g = work[zh_off + b * N : zh_off + (b + 1) * N]
-                _gru_reset_before(zx, g, s[sh + b * H : sh + (b + 1) * H],
+                gru_reset_input(zx, g, s[sh + b * H : sh + (b + 1) * H],
                                   work[tmp_off + b * H : tmp_off + (b + 1) * H], H, ract)
             _product(ws, fmt, cfg[l, _WH2], H, H, work, tmp_off, H, B, work, zh_off + 2 * H, N,
                      scr, rev, cfg[l, _SU2], -1, qv)
@@ -611,7 +609,7 @@ def _layer(ws, s, work, cfg, l, xin, B, T, y, write_y, zx_off, zh_off, tmp_off, 
             if kind == LSTM:
                 _lstm_row(zx, g, h, s[sc + b * H : sc + (b + 1) * H], H, act, ract)
             elif kind == GRU:
-                _gru_row(zx, g, h, H, ra, act, ract)
+                gru_row(zx, g, h, H, ra, act, ract)
             else:
                 _simple_row(zx, g, h, H, act)
             if write_y:
@@ -637,34 +635,6 @@ def _lstm_row(zx, g, h, c, H, act, ract):
                              act, ract)
         vstore_part(c, u, cn, n)
         vstore_part(h, u, hn, n)
-
-
-@njit(fastmath=_FM, error_model="numpy", _nrt=False)
-def _gru_row(zx, g, h, H, ra, act, ract):
-    """``g``/``zx``: the recurrent/input parts of the pre-activations (3H,
-    gates z, r, h; without ``ra``, ``g``'s candidate part already holds
-    ``(r * h) U_h + b_rh``); ``h`` is updated in place."""
-    L = lanes_of(g)
-    for u in range(0, H, L):
-        n = min(L, H - u)
-        zz = vload_part(g, u, n) + vload_part(zx, u, n)
-        if ra:
-            zh = gru_reset(vload_part(g, H + u, n) + vload_part(zx, H + u, n),
-                           vload_part(zx, 2 * H + u, n), vload_part(g, 2 * H + u, n), ract)
-        else:
-            zh = vload_part(g, 2 * H + u, n) + vload_part(zx, 2 * H + u, n)
-        vstore_part(h, u, gru_update(zz, zh, vload_part(h, u, n), act, ract), n)
-
-
-@njit(fastmath=_FM, error_model="numpy", _nrt=False)
-def _gru_reset_before(zx, g, h, rh, H, ract):
-    """``rh = r * h`` with ``r = ract(g_r + zx_r)``: the input of the
-    candidate's product when ``reset_after=False`` (Keras 2, TF1)."""
-    L = lanes_of(g)
-    for u in range(0, H, L):
-        n = min(L, H - u)
-        r = activate(ract, vload_part(g, H + u, n) + vload_part(zx, H + u, n))
-        vstore_part(rh, u, r * vload_part(h, u, n), n)
 
 
 @njit(fastmath=_FM, error_model="numpy", _nrt=False)
