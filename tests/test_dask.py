@@ -633,7 +633,7 @@ def test_numpy_input_without_steps_gives_zeros():
     assert y.shape == (3, 6)
 
 
-def test_object_column_turned_to_strings_says_why():
+def test_object_column_turned_to_strings_says_why(client):
     pd = pytest.importorskip("pandas")
     dd = pytest.importorskip("dask.dataframe")
     layer = _built(fastrnn.LSTM(2), (1, 3, 3))
@@ -641,8 +641,8 @@ def test_object_column_turned_to_strings_says_why():
     with dask.config.set({"dataframe.convert-string": True}):
         ddf = dd.from_pandas(pd.DataFrame({"s": rows}), npartitions=1)
         with pytest.raises(TypeError, match="dataframe.convert-string"):
-            fdask.predict_partitions(layer, ddf, "s").compute(scheduler="sync")
+            fdask.predict_partitions(layer, ddf, "s").compute()
     with dask.config.set({"dataframe.convert-string": False}):
         ddf = dd.from_pandas(pd.DataFrame({"s": rows}), npartitions=1)
-        got = fdask.predict_partitions(layer, ddf, "s").compute(scheduler="sync")
+        got = fdask.predict_partitions(layer, ddf, "s").compute()
     np.testing.assert_allclose(got.iloc[1], layer(np.ones((1, 2, 3), np.float32))[0], atol=1e-6)
