@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from ..kernels import GRUParams, LSTMParams, quantize, reference, run
+from ..layers import GRU, LSTM
 
 #: The weight formats ``--precision`` takes.
 PRECISIONS = ("float32", "bfloat16", "int8", "int8_dynamic", "bfloat16_dynamic")
@@ -57,8 +58,6 @@ def fastrnn_engine(cell, w, x, mode, backend_name="cpu"):
     ``layer(x)``, the ``(B, T, H)`` output sequence. The layer call is what
     a user times: its Python (checks, states, the backend's choice) is
     counted with the kernels."""
-    from ..layers import GRU, LSTM
-
     kernel, rec, bias = w
     layer = (LSTM if cell == "lstm" else GRU)(rec.shape[0], return_sequences=True,
                                               backend=backend_name)

@@ -593,7 +593,7 @@ def load_keras(path, config=None, backend=None):
     """
     if tf_saved_model.is_tf_format(path):  # Keras 2 SavedModel / TF-format checkpoint
         model_config, weights_of = tf_saved_model.read_keras2(
-            path, None if config is None else _read_config(config))
+            path, None if config is None else _read_config(config), check=model_chain)
         return build_model(model_config, weights_of, backend)
     h5py = _h5py()
     path = os.fspath(path)

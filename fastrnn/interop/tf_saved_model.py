@@ -206,7 +206,7 @@ def _model_layers(model_config):
     return layers
 
 
-def read_keras2(path, config=None):
+def read_keras2(path, config=None, check=None):
     """The model config and a weight reader for a Keras 2 SavedModel or TF checkpoint.
 
     Parameters
@@ -217,6 +217,11 @@ def read_keras2(path, config=None):
     config : dict, optional
         The model config (``{"class_name", "config"}``); required for a
         checkpoint, and overrides a SavedModel's own.
+    check : callable, optional
+        Called with the config before it is used; raises ``ValueError`` for
+        a config that is not a serialised model of the form the converter
+        takes (:func:`fastrnn.interop.keras_file.model_chain`, which the
+        caller passes: that module imports this one).
 
     Returns
     -------
@@ -235,9 +240,8 @@ def read_keras2(path, config=None):
         raise ValueError(f"{path}: a TensorFlow checkpoint holds weights only; pass config= "
                          "(model.to_json(), or the model's config dict or .json file)")
     config = _untuple(config)
-    from .keras_file import model_chain  # (keras_file imports this module)
-
-    model_chain(config)  # a config that is not a serialised model is refused here
+    if check is not None:
+        check(config)  # a config that is not a serialised model is refused here
     graph = _ObjectGraph(BundleReader(path))
     entries = _model_layers(config)
     tracked = sorted(k for k in graph.children[0] if k.startswith("layer-"))
