@@ -522,8 +522,8 @@ class Sequential:
             raise TypeError(f"Sequential.add: expected a fastrnn layer, got "
                             f"{type(layer).__name__}")
         if isinstance(layer, Bidirectional) and layer.merge_mode is None:
-            raise ValueError(f"Sequential: Bidirectional {_label(layer, len(self.layers))} with merge_mode=None "
-                             "returns two tensors; a Sequential model needs one")
+            raise ValueError(f"Sequential: Bidirectional {_label(layer, len(self.layers))} with "
+                             "merge_mode=None returns two tensors; a Sequential model needs one")
         self.layers.append(layer)
 
     @property
