@@ -85,3 +85,32 @@ class Stacked:
 
     def time_stacked(self, batch, steps, units, backend):
         self.layer(self.x)
+
+
+class GenericKernels:
+    """The cpu backend's generic kernels (blocks of 4 batch rows share each
+    weight read): GRU with ``reset_after=False`` (TF1's ``GRUCell``, Keras
+    2) and float64 LSTM and GRU; SimpleRNN above runs them too."""
+
+    params = [["gru_reset_before", "lstm_float64", "gru_float64"], BATCH, [64, 256]]
+    param_names = ["kind", "batch", "units"]
+    timeout = 300
+
+    def setup(self, kind, batch, units):
+        require_layers()
+        check_backend("cpu")
+        import fastrnn
+
+        steps = 50
+        if kind == "gru_reset_before":
+            self.layer = fastrnn.GRU(units, reset_after=False, return_sequences=True,
+                                     backend="cpu")
+        else:
+            cls = fastrnn.LSTM if kind == "lstm_float64" else fastrnn.GRU
+            self.layer = cls(units, return_sequences=True, dtype="float64", backend="cpu")
+        self.layer.build((batch, steps, D_IN))
+        self.x = inputs(batch, steps).astype(self.layer.dtype)
+        warm(lambda: self.layer(self.x), batch)
+
+    def time_forward(self, kind, batch, units):
+        self.layer(self.x)

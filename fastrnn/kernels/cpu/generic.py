@@ -1,18 +1,23 @@
-"""Generic CPU kernels: every variant, float32 and float64, one row at a time.
+"""Generic CPU kernels: every variant, float32 and float64, a block of rows at a time.
 
 These run whatever the packed float32 kernels (:mod:`.packed`) do not:
 float64, SimpleRNN, GRU with ``reset_after=False``, LSTM with a projection,
 and any machine where the packed path is switched off. Each function runs
-the whole sequence of batch rows ``r0 .. r1-1``; rows are independent, so
-the parallel wrappers split the batch between threads and never meet.
+the whole sequence of batch rows ``r0 .. r1-1``, four rows at a time (the
+last few one by one): each weight vector read serves every row of the
+block (see ``_mv``), and a row's products are summed in one order however
+it is blocked, so a sequence gives the same bits at any position of any
+batch. Rows are independent, so the parallel wrappers split the batch
+between threads and never meet.
 
 The input projection is folded into each step (``k`` over the input
-features, then over the state), so no buffer grows with ``T``. The gate
-math of float32 runs on the SIMD vectors of :mod:`.simd` (:mod:`.gates`), a
-vector of units at a time (the last, partial one loaded and stored lane by
-lane): as scalars, ``math.tanh`` alone took more than half of a float32
-SimpleRNN's time. float64 keeps the scalar forms (its vector activations
-would run lane by lane anyway, and slower).
+features, then over the state), so no buffer grows with ``T``. Products
+are fused multiply-adds on the SIMD vectors of :mod:`.simd`. The gate
+math of float32 runs on the same vectors (:mod:`.gates`), a vector of
+units at a time (the last, partial one loaded and stored lane by lane): as
+scalars, ``math.tanh`` alone took more than half of a float32 SimpleRNN's
+time. float64 keeps the scalar forms of the gate math (its vector
+activations would run lane by lane anyway, and slower).
 
 Gate orders are Keras's: LSTM i, f, c, o; GRU z, r, h. Each ``*_rows``
 flushes subnormals to zero on its thread for its duration (:mod:`.fpenv`),
@@ -34,7 +39,8 @@ from .gates import scalar_clip as clip
 from .gates import scalar_gru_reset as s_gru_reset
 from .gates import scalar_gru_update as s_gru_update
 from .gates import scalar_lstm_update as s_lstm_update
-from .simd import vload_part, vstore_part
+from .simd import vfma, vget, vlanes, vload, vload_part, vsplat, vstore, vstore_part, vzero
+from .simd import sload
 from .sync import current_cpu, thread_id
 
 
@@ -50,13 +56,161 @@ def _emit(out, b, t, h, n, masked, zero_output, started):
             out[b, t, j] = h[j]
 
 
+# ---- products: a block of rows at a time ----
+#
+# acc[r, c] += sum_k V[r, voff + k] * M[k, c] for the rows r of a block and
+# the columns c0 <= c < c1, on flat arrays (acc: rows of N, V: rows of KV,
+# M: K rows of N). Each column of each row is one chain of fused
+# multiply-adds, k ascending, from the value in acc: the same bits for a
+# row whichever block height computes it, and in any batch.
+#
+# The k loop is cut into groups (4 k for a block of 4 rows, 8 for one row)
+# whose multipliers sit in registers while the group sweeps the columns a
+# vector at a time: the weights are read a few whole rows at a time, in
+# order, as the hardware prefetchers expect (a run of columns down all of
+# M instead, accumulators in registers, touched a new page at every k once
+# M outgrew L2, and took a float64 LSTM at batch 1 and 512 units twice as
+# long), and each weight vector loaded serves every row of the block. The
+# last columns that do not fill a vector are computed as the vector ending
+# at c1 (its other lanes, columns done already, are dropped), so every load
+# is a whole vector; a range narrower than a vector goes lane by lane.
+
+
 @njit(inline="always")
-def _matvec_acc(acc, v, M, ncols):
-    # acc[:ncols] += v @ M[:, :ncols]   (k outer, so the j loop vectorises)
-    for k in range(v.shape[0]):
-        a = v[k]
-        for j in range(ncols):
-            acc[j] += a * M[k, j]
+def _store_tail(acc, i, v, keep):
+    """Store the last ``keep`` lanes of ``v`` at their place from flat ``i``."""
+    L = vlanes(v)
+    for q in range(L - keep, L):
+        acc[i + q] = vget(v, q)
+
+
+@njit(inline="always")
+def _chain4(a, s0, s1, s2, s3, M, w, N):
+    """``a`` + 4 products down a column of M from flat ``w``, in order."""
+    a = vfma(s0, vload(M, w), a)
+    a = vfma(s1, vload(M, w + N), a)
+    a = vfma(s2, vload(M, w + 2 * N), a)
+    return vfma(s3, vload(M, w + 3 * N), a)
+
+
+@njit(nogil=True, _nrt=False)
+def _mv4(acc, N, V, KV, voff, M, K, c0, c1):
+    """The product for 4 rows, 4 k at a time (one k for the last few)."""
+    L = vlanes(vzero(acc))
+    if c1 - c0 < L:  # narrower than a vector: lane by lane
+        for r in range(4):
+            _mv_lanes(acc, r * N, V, r * KV + voff, M, N, K, c0, c1)
+        return
+    k = 0
+    while k < K:
+        if K - k >= 4:
+            v0, v1, v2, v3 = voff + k, KV + voff + k, 2 * KV + voff + k, 3 * KV + voff + k
+            s00, s01, s02, s03 = vsplat(sload(V, v0)), vsplat(sload(V, v0 + 1)), \
+                vsplat(sload(V, v0 + 2)), vsplat(sload(V, v0 + 3))
+            s10, s11, s12, s13 = vsplat(sload(V, v1)), vsplat(sload(V, v1 + 1)), \
+                vsplat(sload(V, v1 + 2)), vsplat(sload(V, v1 + 3))
+            s20, s21, s22, s23 = vsplat(sload(V, v2)), vsplat(sload(V, v2 + 1)), \
+                vsplat(sload(V, v2 + 2)), vsplat(sload(V, v2 + 3))
+            s30, s31, s32, s33 = vsplat(sload(V, v3)), vsplat(sload(V, v3 + 1)), \
+                vsplat(sload(V, v3 + 2)), vsplat(sload(V, v3 + 3))
+            c = c0
+            while c < c1:
+                keep = min(L, c1 - c)
+                e = c + keep - L  # the vector ending at c + keep
+                w = k * N + e
+                a0 = _chain4(vload(acc, e), s00, s01, s02, s03, M, w, N)
+                a1 = _chain4(vload(acc, N + e), s10, s11, s12, s13, M, w, N)
+                a2 = _chain4(vload(acc, 2 * N + e), s20, s21, s22, s23, M, w, N)
+                a3 = _chain4(vload(acc, 3 * N + e), s30, s31, s32, s33, M, w, N)
+                if keep == L:
+                    vstore(acc, e, a0)
+                    vstore(acc, N + e, a1)
+                    vstore(acc, 2 * N + e, a2)
+                    vstore(acc, 3 * N + e, a3)
+                else:
+                    _store_tail(acc, e, a0, keep)
+                    _store_tail(acc, N + e, a1, keep)
+                    _store_tail(acc, 2 * N + e, a2, keep)
+                    _store_tail(acc, 3 * N + e, a3, keep)
+                c += keep
+            k += 4
+        else:
+            s0, s1 = vsplat(sload(V, voff + k)), vsplat(sload(V, KV + voff + k))
+            s2, s3 = vsplat(sload(V, 2 * KV + voff + k)), vsplat(sload(V, 3 * KV + voff + k))
+            c = c0
+            while c < c1:
+                keep = min(L, c1 - c)
+                e = c + keep - L
+                m = vload(M, k * N + e)
+                a0 = vfma(s0, m, vload(acc, e))
+                a1 = vfma(s1, m, vload(acc, N + e))
+                a2 = vfma(s2, m, vload(acc, 2 * N + e))
+                a3 = vfma(s3, m, vload(acc, 3 * N + e))
+                _store_tail(acc, e, a0, keep)
+                _store_tail(acc, N + e, a1, keep)
+                _store_tail(acc, 2 * N + e, a2, keep)
+                _store_tail(acc, 3 * N + e, a3, keep)
+                c += keep
+            k += 1
+
+
+@njit(nogil=True, _nrt=False)
+def _mv1(acc, N, V, KV, voff, M, K, c0, c1):
+    """The product for one row, 8 k at a time (one k for the last few)."""
+    L = vlanes(vzero(acc))
+    if c1 - c0 < L:
+        _mv_lanes(acc, 0, V, voff, M, N, K, c0, c1)
+        return
+    k = 0
+    while k < K:
+        if K - k >= 8:
+            v = voff + k
+            s0, s1, s2, s3 = vsplat(sload(V, v)), vsplat(sload(V, v + 1)), \
+                vsplat(sload(V, v + 2)), vsplat(sload(V, v + 3))
+            s4, s5, s6, s7 = vsplat(sload(V, v + 4)), vsplat(sload(V, v + 5)), \
+                vsplat(sload(V, v + 6)), vsplat(sload(V, v + 7))
+            c = c0
+            while c < c1:
+                keep = min(L, c1 - c)
+                e = c + keep - L
+                w = k * N + e
+                a = _chain4(vload(acc, e), s0, s1, s2, s3, M, w, N)
+                a = _chain4(a, s4, s5, s6, s7, M, w + 4 * N, N)
+                if keep == L:
+                    vstore(acc, e, a)
+                else:
+                    _store_tail(acc, e, a, keep)
+                c += keep
+            k += 8
+        else:
+            s = vsplat(sload(V, voff + k))
+            c = c0
+            while c < c1:
+                keep = min(L, c1 - c)
+                e = c + keep - L
+                _store_tail(acc, e, vfma(s, vload(M, k * N + e), vload(acc, e)), keep)
+                c += keep
+            k += 1
+
+
+@njit(inline="always")
+def _mv_lanes(acc, aoff, V, voff, M, N, K, c0, c1):
+    """Columns ``c0 .. c1-1`` (fewer than a vector) of one row, one lane of a
+    vector at a time: the same fused chain per column as the vector loops."""
+    for c in range(c0, c1):
+        a = vload_part(acc, aoff + c, 1)
+        for k in range(K):
+            a = vfma(vsplat(sload(V, voff + k)), vload_part(M, k * N + c, 1), a)
+        acc[aoff + c] = vget(a, 0)
+
+
+@njit(inline="always")
+def _mv(acc, N, V, KV, voff, M, K, c0, c1, n):
+    """The product for the first ``n`` (1 or 4) rows of a block."""
+    if n == 4:
+        _mv4(acc, N, V, KV, voff, M, K, c0, c1)
+    else:
+        _mv1(acc, N, V, KV, voff, M, K, c0, c1)
 
 
 @njit(inline="always")
@@ -173,29 +327,65 @@ def _ov_lstm(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract):
             fn(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract))
 
 
+@njit(inline="always")
+def _block(r1, b):
+    """Rows of the block starting at row ``b``: 4, or 1 for the last few."""
+    return 4 if r1 - b >= 4 else 1
+
+
+@njit(inline="always")
+def _live(n, b, t, mask, has_mask):
+    """Whether any of the block's ``n`` rows from ``b`` runs step ``t``."""
+    if not has_mask:
+        return True
+    for r in range(n):
+        if mask[b + r, t]:
+            return True
+    return False
+
+
+# Each *_rows runs rows r0 .. r1-1 in blocks (see _mv): a block's rows take
+# their steps together. V holds each row's input at this step and its
+# state (h), one row of D + H (P with a projection) after the other; the
+# products read it as the vectors they multiply.
+
+
 @njit(cache=True, nogil=True)
 def simple_rnn_rows(r0, r1, W, U, bias, act, x, h0, mask, has_mask, reverse,
                     zero_output, out, has_out, h_out):
     B, T, D = x.shape
     H = U.shape[1]
-    acc = np.empty(H, dtype=W.dtype)
-    h = np.empty(H, dtype=W.dtype)
+    KV = D + H
+    V = np.zeros(4 * KV, dtype=W.dtype)
+    acc = np.empty(4 * H, dtype=W.dtype)
+    Wf, Uf = W.reshape(W.size), U.reshape(U.size)
+    started = np.zeros(4, dtype=np.bool_)
     fpu = flush_denormals()  # this thread, until the end (see .fpenv)
-    for b in range(r0, r1):
-        h[:] = h0[b]
-        started = False
+    b = r0
+    while b < r1:
+        n = _block(r1, b)
+        for r in range(n):
+            V[r * KV + D:(r + 1) * KV] = h0[b + r]
+            started[r] = False
         for s in range(T):
             t = T - 1 - s if reverse else s
-            masked = has_mask and not mask[b, t]
-            if not masked:
-                acc[:] = bias
-                _matvec_acc(acc, x[b, t], W, H)
-                _matvec_acc(acc, h, U, H)
-                _simple_gates(acc, h, H, act)
-            if has_out:
-                _emit(out, b, t, h, H, masked, zero_output, started)
-            started = started or not masked
-        h_out[b] = h
+            if _live(n, b, t, mask, has_mask):
+                for r in range(n):
+                    V[r * KV:r * KV + D] = x[b + r, t]
+                    acc[r * H:(r + 1) * H] = bias
+                _mv(acc, H, V, KV, 0, Wf, D, 0, H, n)
+                _mv(acc, H, V, KV, D, Uf, H, 0, H, n)
+            for r in range(n):
+                masked = has_mask and not mask[b + r, t]
+                h = V[r * KV + D:(r + 1) * KV]
+                if not masked:
+                    _simple_gates(acc[r * H:(r + 1) * H], h, H, act)
+                if has_out:
+                    _emit(out, b + r, t, h, H, masked, zero_output, started[r])
+                started[r] = started[r] or not masked
+        for r in range(n):
+            h_out[b + r] = V[r * KV + D:(r + 1) * KV]
+        b += n
     restore_fp(fpu)
 
 
@@ -204,37 +394,52 @@ def gru_rows(r0, r1, W, U, bias, act, ract, reset_after, x, h0, mask, has_mask,
              reverse, zero_output, out, has_out, h_out):
     B, T, D = x.shape
     H = U.shape[0]
-    xp = np.empty(3 * H, dtype=W.dtype)
-    hp = np.empty(3 * H, dtype=W.dtype)
-    h = np.empty(H, dtype=W.dtype)
-    rh = np.empty(H, dtype=W.dtype)
+    N = 3 * H
+    KV = D + H
+    V = np.zeros(4 * KV, dtype=W.dtype)
+    xp = np.empty(4 * N, dtype=W.dtype)
+    hp = np.empty(4 * N, dtype=W.dtype)
+    rh = np.zeros(4 * H, dtype=W.dtype)
+    Wf, Uf = W.reshape(W.size), U.reshape(U.size)
     b_in = bias[0]
     b_rec = bias[1]
+    started = np.zeros(4, dtype=np.bool_)
     fpu = flush_denormals()
-    for b in range(r0, r1):
-        h[:] = h0[b]
-        started = False
+    b = r0
+    while b < r1:
+        n = _block(r1, b)
+        for r in range(n):
+            V[r * KV + D:(r + 1) * KV] = h0[b + r]
+            started[r] = False
         for s in range(T):
             t = T - 1 - s if reverse else s
-            masked = has_mask and not mask[b, t]
-            if not masked:
-                xp[:] = b_in
-                _matvec_acc(xp, x[b, t], W, 3 * H)
-                hp[:] = b_rec
+            if _live(n, b, t, mask, has_mask):
+                for r in range(n):
+                    V[r * KV:r * KV + D] = x[b + r, t]
+                    xp[r * N:(r + 1) * N] = b_in
+                    hp[r * N:(r + 1) * N] = b_rec
+                _mv(xp, N, V, KV, 0, Wf, D, 0, N, n)
                 if reset_after:
-                    _matvec_acc(hp, h, U, 3 * H)
+                    _mv(hp, N, V, KV, D, Uf, H, 0, N, n)
                 else:
-                    _matvec_acc(hp, h, U, 2 * H)
-                    _gru_reset_before(xp, hp, h, rh, H, ract)
-                    for k in range(H):
-                        a = rh[k]
-                        for j in range(H):
-                            hp[2 * H + j] += a * U[k, 2 * H + j]
-                _gru_gates(xp, hp, h, H, act, ract, reset_after)
-            if has_out:
-                _emit(out, b, t, h, H, masked, zero_output, started)
-            started = started or not masked
-        h_out[b] = h
+                    _mv(hp, N, V, KV, D, Uf, H, 0, 2 * H, n)
+                    for r in range(n):
+                        _gru_reset_before(xp[r * N:(r + 1) * N], hp[r * N:(r + 1) * N],
+                                          V[r * KV + D:(r + 1) * KV], rh[r * H:(r + 1) * H], H,
+                                          ract)
+                    _mv(hp, N, rh, H, 0, Uf, H, 2 * H, N, n)
+            for r in range(n):
+                masked = has_mask and not mask[b + r, t]
+                h = V[r * KV + D:(r + 1) * KV]
+                if not masked:
+                    _gru_gates(xp[r * N:(r + 1) * N], hp[r * N:(r + 1) * N], h, H, act, ract,
+                               reset_after)
+                if has_out:
+                    _emit(out, b + r, t, h, H, masked, zero_output, started[r])
+                started[r] = started[r] or not masked
+        for r in range(n):
+            h_out[b + r] = V[r * KV + D:(r + 1) * KV]
+        b += n
     restore_fp(fpu)
 
 
@@ -245,35 +450,56 @@ def lstm_rows(r0, r1, W, U, bias, act, ract, forget_bias, peep, has_peep,
     B, T, D = x.shape
     P = U.shape[0]
     H = U.shape[1] // 4
-    acc = np.empty(4 * H, dtype=W.dtype)
-    h = np.empty(P, dtype=W.dtype)
-    c = np.empty(H, dtype=W.dtype)
-    hu = np.empty(H, dtype=W.dtype)
+    N = 4 * H
+    KV = D + P
+    V = np.zeros(4 * KV, dtype=W.dtype)
+    acc = np.empty(4 * N, dtype=W.dtype)
+    c = np.empty(4 * H, dtype=W.dtype)
+    hu = np.zeros(4 * H, dtype=W.dtype)
+    pacc = np.empty(4 * P, dtype=W.dtype)
+    Wf, Uf, projf = W.reshape(W.size), U.reshape(U.size), proj.reshape(proj.size)
+    started = np.zeros(4, dtype=np.bool_)
     fpu = flush_denormals()
-    for b in range(r0, r1):
-        h[:] = h0[b]
-        c[:] = c0[b]
-        started = False
+    b = r0
+    while b < r1:
+        n = _block(r1, b)
+        for r in range(n):
+            V[r * KV + D:(r + 1) * KV] = h0[b + r]
+            c[r * H:(r + 1) * H] = c0[b + r]
+            started[r] = False
         for s in range(T):
             t = T - 1 - s if reverse else s
-            masked = has_mask and not mask[b, t]
-            if not masked:
-                acc[:] = bias
-                _matvec_acc(acc, x[b, t], W, 4 * H)
-                _matvec_acc(acc, h, U, 4 * H)
-                _lstm_gates(acc, c, hu, H, forget_bias, peep, has_peep, cell_clip, act, ract)
-                if has_proj:
-                    h[:] = 0.0
-                    _matvec_acc(h, hu, proj, P)
-                    for q in range(P):
-                        h[q] = clip(h[q], proj_clip)
-                else:
-                    h[:] = hu
-            if has_out:
-                _emit(out, b, t, h, P, masked, zero_output, started)
-            started = started or not masked
-        h_out[b] = h
-        c_out[b] = c
+            live = _live(n, b, t, mask, has_mask)
+            if live:
+                for r in range(n):
+                    V[r * KV:r * KV + D] = x[b + r, t]
+                    acc[r * N:(r + 1) * N] = bias
+                _mv(acc, N, V, KV, 0, Wf, D, 0, N, n)
+                _mv(acc, N, V, KV, D, Uf, P, 0, N, n)
+            for r in range(n):
+                if not (has_mask and not mask[b + r, t]):
+                    _lstm_gates(acc[r * N:(r + 1) * N], c[r * H:(r + 1) * H],
+                                hu[r * H:(r + 1) * H], H, forget_bias, peep, has_peep,
+                                cell_clip, act, ract)
+            if live and has_proj:
+                pacc[:] = 0.0
+                _mv(pacc, P, hu, H, 0, projf, H, 0, P, n)
+            for r in range(n):
+                masked = has_mask and not mask[b + r, t]
+                h = V[r * KV + D:(r + 1) * KV]
+                if not masked:
+                    if has_proj:
+                        for q in range(P):
+                            h[q] = clip(pacc[r * P + q], proj_clip)
+                    else:
+                        h[:] = hu[r * H:(r + 1) * H]
+                if has_out:
+                    _emit(out, b + r, t, h, P, masked, zero_output, started[r])
+                started[r] = started[r] or not masked
+        for r in range(n):
+            h_out[b + r] = V[r * KV + D:(r + 1) * KV]
+            c_out[b + r] = c[r * H:(r + 1) * H]
+        b += n
     restore_fp(fpu)
 
 
