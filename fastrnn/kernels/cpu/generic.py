@@ -77,11 +77,24 @@ def _emit(out, b, t, h, n, masked, zero_output, started):
 
 
 @njit(inline="always")
-def _store_tail(acc, i, v, keep):
-    """Store the last ``keep`` lanes of ``v`` at their place from flat ``i``."""
+def _put(acc, i, v, keep):
+    """Store the last ``keep`` lanes of ``v`` at their place from flat ``i``
+    (the whole vector when ``keep`` is its width)."""
     L = vlanes(v)
-    for q in range(L - keep, L):
-        acc[i + q] = vget(v, q)
+    if keep == L:
+        vstore(acc, i, v)
+    else:
+        for q in range(L - keep, L):
+            acc[i + q] = vget(v, q)
+
+
+@njit(inline="always")
+def _put4(acc, N, e, a0, a1, a2, a3, keep):
+    """:func:`_put` for the 4 rows of a block (rows ``N`` apart)."""
+    _put(acc, e, a0, keep)
+    _put(acc, N + e, a1, keep)
+    _put(acc, 2 * N + e, a2, keep)
+    _put(acc, 3 * N + e, a3, keep)
 
 
 @njit(inline="always")
@@ -122,16 +135,7 @@ def _mv4(acc, N, V, KV, voff, M, K, c0, c1):
                 a1 = _chain4(vload(acc, N + e), s10, s11, s12, s13, M, w, N)
                 a2 = _chain4(vload(acc, 2 * N + e), s20, s21, s22, s23, M, w, N)
                 a3 = _chain4(vload(acc, 3 * N + e), s30, s31, s32, s33, M, w, N)
-                if keep == L:
-                    vstore(acc, e, a0)
-                    vstore(acc, N + e, a1)
-                    vstore(acc, 2 * N + e, a2)
-                    vstore(acc, 3 * N + e, a3)
-                else:
-                    _store_tail(acc, e, a0, keep)
-                    _store_tail(acc, N + e, a1, keep)
-                    _store_tail(acc, 2 * N + e, a2, keep)
-                    _store_tail(acc, 3 * N + e, a3, keep)
+                _put4(acc, N, e, a0, a1, a2, a3, keep)
                 c += keep
             k += 4
         else:
@@ -142,14 +146,9 @@ def _mv4(acc, N, V, KV, voff, M, K, c0, c1):
                 keep = min(L, c1 - c)
                 e = c + keep - L
                 m = vload(M, k * N + e)
-                a0 = vfma(s0, m, vload(acc, e))
-                a1 = vfma(s1, m, vload(acc, N + e))
-                a2 = vfma(s2, m, vload(acc, 2 * N + e))
-                a3 = vfma(s3, m, vload(acc, 3 * N + e))
-                _store_tail(acc, e, a0, keep)
-                _store_tail(acc, N + e, a1, keep)
-                _store_tail(acc, 2 * N + e, a2, keep)
-                _store_tail(acc, 3 * N + e, a3, keep)
+                _put4(acc, N, e, vfma(s0, m, vload(acc, e)), vfma(s1, m, vload(acc, N + e)),
+                      vfma(s2, m, vload(acc, 2 * N + e)), vfma(s3, m, vload(acc, 3 * N + e)),
+                      keep)
                 c += keep
             k += 1
 
@@ -176,10 +175,7 @@ def _mv1(acc, N, V, KV, voff, M, K, c0, c1):
                 w = k * N + e
                 a = _chain4(vload(acc, e), s0, s1, s2, s3, M, w, N)
                 a = _chain4(a, s4, s5, s6, s7, M, w + 4 * N, N)
-                if keep == L:
-                    vstore(acc, e, a)
-                else:
-                    _store_tail(acc, e, a, keep)
+                _put(acc, e, a, keep)
                 c += keep
             k += 8
         else:
@@ -188,7 +184,7 @@ def _mv1(acc, N, V, KV, voff, M, K, c0, c1):
             while c < c1:
                 keep = min(L, c1 - c)
                 e = c + keep - L
-                _store_tail(acc, e, vfma(s, vload(M, k * N + e), vload(acc, e)), keep)
+                _put(acc, e, vfma(s, vload(M, k * N + e), vload(acc, e)), keep)
                 c += keep
             k += 1
 
@@ -344,6 +340,31 @@ def _live(n, b, t, mask, has_mask):
     return False
 
 
+@njit(inline="always")
+def _begin(V, KV, D, h0, b, n, started):
+    """A block's rows from ``b``: their initial ``h`` into ``V``, none started."""
+    for r in range(n):
+        V[r * KV + D:(r + 1) * KV] = h0[b + r]
+        started[r] = False
+
+
+@njit(inline="always")
+def _step_inputs(V, KV, D, x, b, n, t, acc, N, bias):
+    """The block's inputs at step ``t`` into ``V``, ``bias`` into each row's
+    accumulators."""
+    for r in range(n):
+        V[r * KV:r * KV + D] = x[b + r, t]
+        acc[r * N:(r + 1) * N] = bias
+
+
+@njit(inline="always")
+def _after(out, has_out, b, r, t, h, n, masked, zero_output, started):
+    """Row ``r``'s output at step ``t``, and whether it has started."""
+    if has_out:
+        _emit(out, b + r, t, h, n, masked, zero_output, started[r])
+    started[r] = started[r] or not masked
+
+
 # Each *_rows runs rows r0 .. r1-1 in blocks (see _mv): a block's rows take
 # their steps together. V holds each row's input at this step and its
 # state (h), one row of D + H (P with a projection) after the other; the
@@ -364,15 +385,11 @@ def simple_rnn_rows(r0, r1, W, U, bias, act, x, h0, mask, has_mask, reverse,
     b = r0
     while b < r1:
         n = _block(r1, b)
-        for r in range(n):
-            V[r * KV + D:(r + 1) * KV] = h0[b + r]
-            started[r] = False
+        _begin(V, KV, D, h0, b, n, started)
         for s in range(T):
             t = T - 1 - s if reverse else s
             if _live(n, b, t, mask, has_mask):
-                for r in range(n):
-                    V[r * KV:r * KV + D] = x[b + r, t]
-                    acc[r * H:(r + 1) * H] = bias
+                _step_inputs(V, KV, D, x, b, n, t, acc, H, bias)
                 _mv(acc, H, V, KV, 0, Wf, D, 0, H, n)
                 _mv(acc, H, V, KV, D, Uf, H, 0, H, n)
             for r in range(n):
@@ -380,9 +397,7 @@ def simple_rnn_rows(r0, r1, W, U, bias, act, x, h0, mask, has_mask, reverse,
                 h = V[r * KV + D:(r + 1) * KV]
                 if not masked:
                     _simple_gates(acc[r * H:(r + 1) * H], h, H, act)
-                if has_out:
-                    _emit(out, b + r, t, h, H, masked, zero_output, started[r])
-                started[r] = started[r] or not masked
+                _after(out, has_out, b, r, t, h, H, masked, zero_output, started)
         for r in range(n):
             h_out[b + r] = V[r * KV + D:(r + 1) * KV]
         b += n
@@ -408,15 +423,12 @@ def gru_rows(r0, r1, W, U, bias, act, ract, reset_after, x, h0, mask, has_mask,
     b = r0
     while b < r1:
         n = _block(r1, b)
-        for r in range(n):
-            V[r * KV + D:(r + 1) * KV] = h0[b + r]
-            started[r] = False
+        _begin(V, KV, D, h0, b, n, started)
         for s in range(T):
             t = T - 1 - s if reverse else s
             if _live(n, b, t, mask, has_mask):
+                _step_inputs(V, KV, D, x, b, n, t, xp, N, b_in)
                 for r in range(n):
-                    V[r * KV:r * KV + D] = x[b + r, t]
-                    xp[r * N:(r + 1) * N] = b_in
                     hp[r * N:(r + 1) * N] = b_rec
                 _mv(xp, N, V, KV, 0, Wf, D, 0, N, n)
                 if reset_after:
@@ -434,9 +446,7 @@ def gru_rows(r0, r1, W, U, bias, act, ract, reset_after, x, h0, mask, has_mask,
                 if not masked:
                     _gru_gates(xp[r * N:(r + 1) * N], hp[r * N:(r + 1) * N], h, H, act, ract,
                                reset_after)
-                if has_out:
-                    _emit(out, b + r, t, h, H, masked, zero_output, started[r])
-                started[r] = started[r] or not masked
+                _after(out, has_out, b, r, t, h, H, masked, zero_output, started)
         for r in range(n):
             h_out[b + r] = V[r * KV + D:(r + 1) * KV]
         b += n
@@ -463,17 +473,14 @@ def lstm_rows(r0, r1, W, U, bias, act, ract, forget_bias, peep, has_peep,
     b = r0
     while b < r1:
         n = _block(r1, b)
+        _begin(V, KV, D, h0, b, n, started)
         for r in range(n):
-            V[r * KV + D:(r + 1) * KV] = h0[b + r]
             c[r * H:(r + 1) * H] = c0[b + r]
-            started[r] = False
         for s in range(T):
             t = T - 1 - s if reverse else s
             live = _live(n, b, t, mask, has_mask)
             if live:
-                for r in range(n):
-                    V[r * KV:r * KV + D] = x[b + r, t]
-                    acc[r * N:(r + 1) * N] = bias
+                _step_inputs(V, KV, D, x, b, n, t, acc, N, bias)
                 _mv(acc, N, V, KV, 0, Wf, D, 0, N, n)
                 _mv(acc, N, V, KV, D, Uf, P, 0, N, n)
             for r in range(n):
@@ -493,9 +500,7 @@ def lstm_rows(r0, r1, W, U, bias, act, ract, forget_bias, peep, has_peep,
                             h[q] = clip(pacc[r * P + q], proj_clip)
                     else:
                         h[:] = hu[r * H:(r + 1) * H]
-                if has_out:
-                    _emit(out, b + r, t, h, P, masked, zero_output, started[r])
-                started[r] = started[r] or not masked
+                _after(out, has_out, b, r, t, h, P, masked, zero_output, started)
         for r in range(n):
             h_out[b + r] = V[r * KV + D:(r + 1) * KV]
             c_out[b + r] = c[r * H:(r + 1) * H]
