@@ -88,12 +88,65 @@ def test_chunks_carry_the_state(dtype, rng):
                                **TOL[dtype])
 
 
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+_DENSE_NUMPY = {  # Keras's definitions, written here
+    "linear": lambda z: z,
+    "relu": lambda z: np.maximum(z, 0),
+    "tanh": np.tanh,
+    "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+    "softmax": _softmax,
+    "log_softmax": lambda z: np.log(_softmax(z)),
+}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("activation", sorted(set(_act.CODES) | set(models._EXTRA_ACTIVATIONS)))
-def test_per_step_layers_on_frames(activation, dtype, rng):
+def test_dense_calls_compiled_and_with_numpy_agree(activation, dtype, rng, monkeypatch):
+    """A small Dense call (at most models._SMALL_DENSE multiply-adds) runs
+    compiled, a larger one with NumPy: both give Keras's definition (written
+    here for the common activations) and each other's values, with and
+    without a bias, on a frame and on every step of a sequence, in a model
+    and in TimeDistributed; inputs are left unchanged."""
+    tol = TOL[dtype]
+    for use_bias in (True, False):
+        dense = Dense(9, activation=activation, use_bias=use_bias, dtype=dtype)
+        weights = [rng.uniform(-1, 1, (5, 9)).astype(dtype)]
+        if use_bias:
+            weights.append(rng.uniform(-1, 1, 9).astype(dtype))
+        dense.set_weights(weights)
+        for shape in ((1, 5), (3, 4, 5)):
+            x = rng.uniform(-2, 2, shape).astype(dtype)
+            before = x.copy()
+            assert x.size * 9 <= models._SMALL_DENSE
+            small = dense(x)
+            layer = TimeDistributed(dense) if len(shape) == 3 else dense
+            in_model = fastrnn.Sequential([layer])(x)
+            monkeypatch.setattr(models, "_SMALL_DENSE", -1)
+            large = dense(x)
+            monkeypatch.undo()
+            np.testing.assert_array_equal(x, before)
+            assert small.shape == large.shape == shape[:-1] + (9,)
+            assert small.dtype == large.dtype == np.dtype(dtype)
+            np.testing.assert_allclose(small, large, **tol)
+            np.testing.assert_array_equal(in_model, small)
+            if activation in _DENSE_NUMPY:
+                z = x.astype(np.float64) @ weights[0] + (weights[1] if use_bias else 0)
+                np.testing.assert_allclose(small, _DENSE_NUMPY[activation](z), **tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", sorted(set(_act.CODES) | set(models._EXTRA_ACTIVATIONS)))
+def test_per_step_layers_on_frames(activation, dtype, rng, monkeypatch):
     """Dense layers run compiled where their activation has a compiled form
     (the model's own NumPy forms of relu6, leaky_relu, ... run as they are),
-    in and out of TimeDistributed."""
+    in and out of TimeDistributed. The model call runs its Dense layers
+    with NumPy here (small ones run compiled too: see
+    test_dense_calls_compiled_and_with_numpy_agree)."""
+    monkeypatch.setattr(models, "_SMALL_DENSE", -1)
     model = fastrnn.Sequential([
         fastrnn.SimpleRNN(7, return_sequences=True, backend="reference", dtype=dtype),
         TimeDistributed(Dense(6, activation=activation, dtype=dtype, input_dim=7)),
