@@ -212,7 +212,8 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=Fal
     kinds : sequence of str, optional
         Only these, from ``"lstm"``, ``"gru"`` (``reset_after=True``),
         ``"gru reset_after=False"``, ``"simple_rnn"`` and ``"stream"`` (the
-        stream kernels, which run every cell kind); default: all of them. A
+        stream kernels, which run every cell kind, and the compiled ``Dense``
+        of model streams and small model calls); default: all of them. A
         cold compile of all takes minutes; of float32 ``("lstm", "gru")``
         (what ``python -m fastrnn bench`` runs) about a minute of one core.
     verbose : bool

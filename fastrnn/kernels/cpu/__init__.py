@@ -439,7 +439,7 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
                 params = _warm_params(kind, r, D, H)
                 if kind == "stream":
                     stream.warmup(params)
-                    x2 = r(2, D)  # a model stream's Dense layers
+                    x2 = r(2, D)  # Dense layers (model streams, small model calls)
                     dense.dense_rows(x2, r(D, H), r(H), np.int64(0), np.empty((2, H), dt))
                     done.append(f"{kind} {name}")
                     if verbose:
