@@ -302,6 +302,12 @@ class Masking(Layer):
 # compiled); the compiled loop is not blocked for the cache, and from about
 # 5e4 multiply-adds NumPy's BLAS is faster.
 _SMALL_DENSE = 32768
+# ... but not these: the NumPy forms of the model (fastrnn.activations.apply,
+# also the reference backend's) lose relative precision far below zero
+# (sigmoid as 0.5 * (tanh(x / 2) + 1), squareplus in float32) where the
+# compiled ones keep it, and a row's output should not depend on how many
+# rows share its call.
+_NUMPY_FORM_DIFFERS = frozenset((_act.SIGMOID, _act.SILU, _act.SQUAREPLUS))
 _DENSE_ROWS = []
 
 
@@ -377,9 +383,9 @@ class Dense(Layer):
         K, U = kernel.shape
         if x.ndim == 0 or x.shape[-1] != K:
             raise ValueError(f"{self.name}: expected {K} input features, got shape {x.shape}")
-        if x.size * U <= _SMALL_DENSE and U > 0 and x.dtype == kernel.dtype:
+        if x.size * U <= _SMALL_DENSE and K > 0 and U > 0 and x.dtype == kernel.dtype:
             code = _compiled_dense(self)
-            if code is not None:
+            if code is not None and code not in _NUMPY_FORM_DIFFERS:
                 rows = np.ascontiguousarray(x.reshape(-1, K))
                 out = np.empty((rows.shape[0], U), kernel.dtype)
                 _dense_rows()(rows, np.ascontiguousarray(kernel),

@@ -139,6 +139,29 @@ def test_dense_calls_compiled_and_with_numpy_agree(activation, dtype, rng, monke
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dense_edge_values_do_not_depend_on_the_call_size(dtype):
+    """relu of -inf is 0 and of NaN NaN, compiled (a small call) as with
+    NumPy (a large one); sigmoid, silu and squareplus far below zero give the
+    same values in a call of one row as in a call of thousands; a layer
+    with no input features gives its bias."""
+    rows = models._SMALL_DENSE + 1  # one unit, one feature: above the limit
+    x1 = np.ones((1, 1), dtype)
+    xn = np.ones((rows, 1), dtype)
+    relu = Dense(3, activation="relu", dtype=dtype)
+    relu.set_weights([np.ones((1, 3), dtype), np.array([-np.inf, np.nan, 1.0], dtype)])
+    for got in (relu(x1)[0], relu(xn)[-1]):
+        np.testing.assert_array_equal(got, np.array([0.0, np.nan, 2.0], dtype))
+    for activation in ("sigmoid", "silu", "squareplus"):
+        dense = Dense(1, activation=activation, dtype=dtype)
+        for z in (-10.0, -30.0):
+            dense.set_weights([np.full((1, 1), z, dtype), np.zeros(1, dtype)])
+            np.testing.assert_array_equal(dense(x1)[0], dense(xn)[-1])
+    empty = Dense(2, dtype=dtype)
+    empty.set_weights([np.zeros((0, 2), dtype), np.array([3.0, -1.0], dtype)])
+    np.testing.assert_array_equal(empty(np.ones((4, 0), dtype)), np.tile([3.0, -1.0], (4, 1)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("activation", sorted(set(_act.CODES) | set(models._EXTRA_ACTIVATIONS)))
 def test_per_step_layers_on_frames(activation, dtype, rng, monkeypatch):
     """Dense layers run compiled where their activation has a compiled form

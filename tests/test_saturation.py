@@ -153,3 +153,16 @@ def test_gru_holds_its_state(rng, backend, path, T, reset_after):
     _within_rounding(h, h64, T)
     if _float32_gates(backend, path, reset_after):  # z = 1: h' = 1 * h + 0 * hh = h
         np.testing.assert_array_equal(h, h0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", layer_backends())
+def test_relu_of_minus_infinity_is_zero(backend, dtype):
+    """relu(-inf) = 0 and relu(NaN) = NaN, as Keras's relu (max(x, 0)) and
+    NumPy's np.maximum: the scalar forms (float64 generic kernels, CUDA)
+    once gave NaN for -inf (0 * -inf)."""
+    layer = fastrnn.SimpleRNN(3, activation="relu", backend=backend, dtype=dtype)
+    layer.set_weights([np.ones((1, 3), dtype), np.zeros((3, 3), dtype),
+                       np.array([-np.inf, np.nan, 1.0], dtype)])
+    got = layer(np.ones((2, 1, 1), dtype))
+    np.testing.assert_array_equal(got, np.tile(np.array([0.0, np.nan, 2.0], dtype), (2, 1)))

@@ -44,8 +44,8 @@ def activate(code, x):
     if code == 3:
         v = x / 6.0 + 0.5
         return 0.0 if v < 0.0 else (1.0 if v > 1.0 else v)
-    if code == 4:
-        return x if x > 0.0 else 0.0 * x
+    if code == 4:  # NaN stays NaN, -inf gives 0 (as np.maximum(x, 0))
+        return x if x > 0.0 or x != x else 0.0
     if code == 5:
         return x / (1.0 + abs(x))
     if code == 6:
