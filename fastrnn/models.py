@@ -297,10 +297,9 @@ class Masking(Layer):
 
 # A Dense call of at most this many multiply-adds (rows x inputs x units)
 # runs compiled, as one call (fastrnn.kernels.cpu.dense): NumPy's matmul,
-# bias add and activation cost about 10 µs in calls alone, more than the
-# arithmetic of a few rows (1 x 64 -> 10 with softmax: 9 µs with NumPy, 2
-# compiled); the compiled loop is not blocked for the cache, and from about
-# 5e4 multiply-adds NumPy's BLAS is faster.
+# bias add and activation calls cost more than the arithmetic of a few
+# rows; the compiled loop is not blocked for the cache, and from about 5e4
+# multiply-adds NumPy's BLAS is faster.
 _SMALL_DENSE = 32768
 # ... but not these: the NumPy forms of the model (fastrnn.activations.apply,
 # also the reference backend's) lose relative precision far below zero

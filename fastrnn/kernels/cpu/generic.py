@@ -39,8 +39,8 @@ from .gates import scalar_clip as clip
 from .gates import scalar_gru_reset as s_gru_reset
 from .gates import scalar_gru_update as s_gru_update
 from .gates import scalar_lstm_update as s_lstm_update
-from .simd import vfma, vget, vlanes, vload, vload_part, vsplat, vstore, vstore_part, vzero
-from .simd import sload
+from .simd import (sload, vfma, vget, vlanes, vload, vload_part, vsplat, vstore,
+                   vstore_part)
 from .sync import current_cpu, thread_id
 
 
@@ -68,9 +68,8 @@ def _emit(out, b, t, h, n, masked, zero_output, started):
 # whose multipliers sit in registers while the group sweeps the columns a
 # vector at a time: the weights are read a few whole rows at a time, in
 # order, as the hardware prefetchers expect (a run of columns down all of
-# M instead, accumulators in registers, touched a new page at every k once
-# M outgrew L2, and took a float64 LSTM at batch 1 and 512 units twice as
-# long), and each weight vector loaded serves every row of the block. The
+# M would touch a new page at every k once M outgrows L2), and each weight
+# vector loaded serves every row of the block. The
 # last columns that do not fill a vector are computed as the vector ending
 # at c1 (its other lanes, columns done already, are dropped), so every load
 # is a whole vector; a range narrower than a vector goes lane by lane.
@@ -109,7 +108,7 @@ def _chain4(a, s0, s1, s2, s3, M, w, N):
 @njit(nogil=True, _nrt=False)
 def _mv4(acc, N, V, KV, voff, M, K, c0, c1):
     """The product for 4 rows, 4 k at a time (one k for the last few)."""
-    L = vlanes(vzero(acc))
+    L = _lanes(acc)
     if c1 - c0 < L:  # narrower than a vector: lane by lane
         for r in range(4):
             _mv_lanes(acc, r * N, V, r * KV + voff, M, N, K, c0, c1)
@@ -156,7 +155,7 @@ def _mv4(acc, N, V, KV, voff, M, K, c0, c1):
 @njit(nogil=True, _nrt=False)
 def _mv1(acc, N, V, KV, voff, M, K, c0, c1):
     """The product for one row, 8 k at a time (one k for the last few)."""
-    L = vlanes(vzero(acc))
+    L = _lanes(acc)
     if c1 - c0 < L:
         _mv_lanes(acc, 0, V, voff, M, N, K, c0, c1)
         return
