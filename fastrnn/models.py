@@ -373,6 +373,8 @@ class Dense(Layer):
         return self._apply(x, self.kernel, self.bias)
 
     def _run(self, snapshot, x, mask):
+        if not _library_call(self):  # a subclass's own call
+            return super()._run(snapshot, x, mask)
         return self._apply(x, *snapshot)  # (no copy of the layer per call)
 
     def _apply(self, x, kernel, bias):
@@ -486,6 +488,8 @@ class TimeDistributed(Layer):
         return self._run(snapshot, x, mask)
 
     def _run(self, snapshot, x, mask):
+        if not _library_call(self):  # a subclass's own call
+            return super()._run(snapshot, x, mask)
         return self.layer._run(snapshot, self._timed(x), None)
 
     def call(self, x, mask=None):
@@ -965,11 +969,20 @@ def _stacked(group):
                nan_policy=group[0].nan_policy, dtype=group[0].dtype.name)
 
 
+def _library_call(layer):
+    """Whether ``layer.call`` is fastrnn's own: a subclass that overrides it
+    (as Keras users do) runs its ``call`` in a model call and a model stream,
+    never the compiled shortcut of the class it extends."""
+    module = getattr(type(layer).call, "__module__", None) or ""
+    return module == "fastrnn" or module.startswith("fastrnn.")
+
+
 def _compiled_dense(layer):
     """The activation code with which a model stream runs ``layer`` (a
     ``Dense``, or one in ``TimeDistributed``) compiled, or None."""
     dense = layer.layer if isinstance(layer, TimeDistributed) else layer
-    if not isinstance(dense, Dense) or np.dtype(dense.dtype).kind != "f":
+    if not isinstance(dense, Dense) or np.dtype(dense.dtype).kind != "f" \
+            or not _library_call(dense) or not _library_call(layer):
         return None
     name = dense.activation
     if name in ("softmax", "log_softmax"):

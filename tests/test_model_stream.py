@@ -138,6 +138,41 @@ def test_dense_calls_compiled_and_with_numpy_agree(activation, dtype, rng, monke
                 np.testing.assert_allclose(small, _DENSE_NUMPY[activation](z), **tol)
 
 
+def test_subclasses_that_override_call_run_their_call(rng):
+    """A Dense or TimeDistributed subclass that overrides ``call`` (as Keras
+    users do) runs its own ``call`` alone, in a model call and in a model
+    stream, not the compiled Dense of the class it extends."""
+
+    class Shifted(Dense):
+        def call(self, x, mask=None):
+            return super().call(x, mask) * 2.0 + 1.0
+
+    class Halved(TimeDistributed):
+        def call(self, x, mask=None):
+            return super().call(x, mask) * 0.5
+
+    lstm = fastrnn.LSTM(6, return_sequences=True)
+    lstm.build((None, None, 4))
+    lstm.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
+                      for w in lstm.get_weights()])
+    kernel = rng.uniform(-1, 1, (6, 3)).astype(np.float32)
+    bias = rng.uniform(-1, 1, 3).astype(np.float32)
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    h = lstm(x)
+    plain = np.tanh(h.astype(np.float64) @ kernel + bias)
+    for layer, want in ((Shifted(3, activation="tanh"), plain * 2 + 1),
+                        (Halved(Dense(3, activation="tanh")), plain * 0.5),
+                        (Halved(Shifted(3, activation="tanh")), (plain * 2 + 1) * 0.5)):
+        layer.set_weights([kernel, bias])
+        assert h.size * 3 <= models._SMALL_DENSE  # where the compiled Dense would run
+        np.testing.assert_allclose(layer(h), want, rtol=1e-5, atol=1e-6)
+        model = fastrnn.Sequential([lstm, layer])
+        np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-6)
+        stream = model.stream(batch_size=2)
+        frames = np.stack([stream(x[:, t]) for t in range(x.shape[1])], axis=1)
+        np.testing.assert_allclose(frames, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dense_edge_values_do_not_depend_on_the_call_size(dtype):
     """relu of -inf is 0 and of NaN NaN, compiled (a small call) as with
