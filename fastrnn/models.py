@@ -76,10 +76,38 @@ def _activation_name(activation):
     return name
 
 
+def _sigmoid64(z):
+    with np.errstate(over="ignore"):  # exp(-z) -> inf: sigmoid 0
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def _gelu64(z):
+    from scipy.special import erf  # (scipy loads only where a model uses gelu)
+
+    return 0.5 * z * (1.0 + erf(z * 0.5 ** 0.5))
+
+
+# The model's forms of activations whose reference forms (fastrnn.activations.
+# apply, written for the recurrent gates) lose relative precision far below
+# zero: evaluated in float64 and rounded once, as the compiled Dense
+# (kernels._math) does, so that a Dense gives Keras's values there too
+# (sigmoid(-17) is 4.14e-8, not 5.96e-8) and the same values at any call size.
+_WIDE_FORMS = {
+    _act.SIGMOID: _sigmoid64,
+    _act.SILU: lambda z: z * _sigmoid64(z),
+    _act.GELU: _gelu64,
+    _act.SQUAREPLUS: lambda z: (z + np.sqrt(z * z + 4.0)) / 2.0,
+}
+
+
 def _apply_activation(name, x):
     if name in _EXTRA_ACTIVATIONS:
         return np.asarray(_EXTRA_ACTIVATIONS[name](x), dtype=x.dtype)
-    return np.asarray(_act.apply(_act.CODES[name], x), dtype=x.dtype)
+    code = _act.CODES[name]
+    wide = _WIDE_FORMS.get(code)
+    if wide is not None and x.dtype.kind == "f":
+        return np.asarray(wide(x.astype(np.float64)), dtype=x.dtype)
+    return np.asarray(_act.apply(code, x), dtype=x.dtype)
 
 
 # ----------------------------------------------------------------- layers
@@ -301,12 +329,6 @@ class Masking(Layer):
 # rows; the compiled loop is not blocked for the cache, and from about 5e4
 # multiply-adds NumPy's BLAS is faster.
 _SMALL_DENSE = 32768
-# ... but not these: the NumPy forms of the model (fastrnn.activations.apply,
-# also the reference backend's) lose relative precision far below zero
-# (sigmoid as 0.5 * (tanh(x / 2) + 1), squareplus in float32) where the
-# compiled ones keep it, and a row's output should not depend on how many
-# rows share its call.
-_NUMPY_FORM_DIFFERS = frozenset((_act.SIGMOID, _act.SILU, _act.SQUAREPLUS))
 _DENSE_ROWS = []
 
 
@@ -386,7 +408,7 @@ class Dense(Layer):
             raise ValueError(f"{self.name}: expected {K} input features, got shape {x.shape}")
         if x.size * U <= _SMALL_DENSE and K > 0 and U > 0 and x.dtype == kernel.dtype:
             code = _compiled_dense(self)
-            if code is not None and code not in _NUMPY_FORM_DIFFERS:
+            if code is not None:
                 rows = np.ascontiguousarray(x.reshape(-1, K))
                 out = np.empty((rows.shape[0], U), kernel.dtype)
                 _dense_rows()(rows, np.ascontiguousarray(kernel),

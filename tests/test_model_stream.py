@@ -9,6 +9,7 @@ Random weights and inputs, odd sizes.
 
 import hashlib
 import json
+import math
 import pickle
 import threading
 import zipfile
@@ -173,12 +174,23 @@ def test_subclasses_that_override_call_run_their_call(rng):
         np.testing.assert_allclose(frames, want, rtol=1e-5, atol=1e-6)
 
 
+# Keras's definitions of activations whose naive float32 forms lose relative
+# precision far below zero, in exact (Python float64 scalar) arithmetic
+_EXACT = {
+    "sigmoid": lambda z: 1.0 / (1.0 + math.exp(-z)),
+    "silu": lambda z: z / (1.0 + math.exp(-z)),
+    "gelu": lambda z: 0.5 * z * math.erfc(-z / math.sqrt(2.0)),
+    "squareplus": lambda z: 2.0 / (math.sqrt(z * z + 4.0) - z),  # (no cancellation)
+}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dense_edge_values_do_not_depend_on_the_call_size(dtype):
     """relu of -inf is 0 and of NaN NaN, compiled (a small call) as with
-    NumPy (a large one); sigmoid, silu and squareplus far below zero give the
-    same values in a call of one row as in a call of thousands; a layer
-    with no input features gives its bias."""
+    NumPy (a large one); sigmoid, silu, gelu and squareplus far below zero
+    give Keras's values to the dtype's precision (sigmoid(-17) is 4.14e-8)
+    in a call of one row and in a call of thousands, in a model call and in
+    a model stream; a layer with no input features gives its bias."""
     rows = models._SMALL_DENSE + 1  # one unit, one feature: above the limit
     x1 = np.ones((1, 1), dtype)
     xn = np.ones((rows, 1), dtype)
@@ -186,11 +198,28 @@ def test_dense_edge_values_do_not_depend_on_the_call_size(dtype):
     relu.set_weights([np.ones((1, 3), dtype), np.array([-np.inf, np.nan, 1.0], dtype)])
     for got in (relu(x1)[0], relu(xn)[-1]):
         np.testing.assert_array_equal(got, np.array([0.0, np.nan, 2.0], dtype))
-    for activation in ("sigmoid", "silu", "squareplus"):
+    # (float64: Keras's gelu, 0.5 * z * (1 + erf(z / sqrt(2))), cancels to about
+    # 1e-10 relative at -5 in float64 itself)
+    rtol = 4 * np.finfo(np.float32).eps if dtype == "float32" else 1e-9
+    for activation, exact in _EXACT.items():
         dense = Dense(1, activation=activation, dtype=dtype)
-        for z in (-10.0, -30.0):
+        for z in (-5.0, -6.0, -10.0, -17.0, -30.0):
+            if activation == "gelu" and z < -6.0:
+                continue  # (below float32's smallest normal)
+            want = np.array([exact(z)])
             dense.set_weights([np.full((1, 1), z, dtype), np.zeros(1, dtype)])
-            np.testing.assert_array_equal(dense(x1)[0], dense(xn)[-1])
+            np.testing.assert_allclose(dense(x1)[0], want, rtol=rtol, atol=0)
+            np.testing.assert_allclose(dense(xn)[-1], want, rtol=rtol, atol=0)
+    lstm = fastrnn.LSTM(2, return_sequences=True, dtype=dtype)
+    lstm.build((None, None, 1))
+    lstm.set_weights([np.zeros(w.shape, dtype) for w in lstm.get_weights()])
+    head = Dense(1, activation="sigmoid", dtype=dtype)
+    head.set_weights([np.zeros((2, 1), dtype), np.array([-17.0], dtype)])
+    model = fastrnn.Sequential([lstm, head])
+    x = np.zeros((1, 1, 1), dtype)
+    want = np.array([_EXACT["sigmoid"](-17.0)])
+    np.testing.assert_allclose(model(x)[0, 0], want, rtol=rtol, atol=0)
+    np.testing.assert_allclose(model.stream(1)(x[:, 0])[0], want, rtol=rtol, atol=0)
     empty = Dense(2, dtype=dtype)
     empty.set_weights([np.zeros((0, 2), dtype), np.array([3.0, -1.0], dtype)])
     np.testing.assert_array_equal(empty(np.ones((4, 0), dtype)), np.tile([3.0, -1.0], (4, 1)))
