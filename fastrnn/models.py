@@ -845,9 +845,16 @@ class ModelStream:
         if not self._busy.acquire(False):
             raise StreamBusyError("ModelStream: called while another call on the same stream "
                                   "is running (two threads sharing one stream)")
+        held = []
         try:
-            with WEIGHTS_LOCK:  # the per-step layers' weights, read together
+            # every layer's weights of one moment: the per-step layers'
+            # snapshots, and the recurrent streams hold theirs for this call
+            # (a set_weights while the frame runs waits for the next one)
+            with WEIGHTS_LOCK:
                 snapshots = [None if read is None else read() for read in self._reads]
+                for stream in self.streams:
+                    stream._hold_weights()
+                    held.append(stream)
             # A frame keeps no time axis from layer to layer (each of these
             # layers works on the last axis); ``timed``: a chunk still has one.
             timed = not frame
@@ -872,6 +879,8 @@ class ModelStream:
                     x = x if timed or not frame else x[:, 0]
             return x
         finally:
+            for stream in held:
+                stream._held = False  # (released: its next call takes new weights)
             self._busy.release()
 
     def _dense(self, x, weights, code, i):

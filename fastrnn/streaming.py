@@ -408,6 +408,7 @@ class Stream:
         self._ready = False
         self._weights = None  # the weights packed (see _engine.snapshot)
         self._generation = None  # _engine.generation when they were read
+        self._held = False  # a model stream's frame holds them (see _hold_weights)
         # Shapes no call has matched yet: the first call fills them.
         self._fshape = self._foshape = None
         self._cshape = self._coshape = None
@@ -665,13 +666,27 @@ class Stream:
         for dst, v in zip(self._states, states):
             dst[...] = v
 
+    def _hold_weights(self):
+        """For a model stream's call, with ``WEIGHTS_LOCK`` held: takes the
+        layer's weights as they are now (packed again if they changed) and
+        keeps them through this stream's calls until released,
+        so that a frame runs every layer of the model with the weights of
+        one moment (the model stream releases them: ``_held = False``)."""
+        if not self._busy.acquire(False):
+            raise StreamBusyError(_BUSY)
+        try:
+            self._check_weights()
+            self._held = True
+        finally:
+            self._busy.release()
+
     # ----- the call -----
     def __call__(self, x, out=None):
         if not self._busy.acquire(False):
             raise StreamBusyError(_BUSY)
         try:
-            if self._generation != _engine.generation:  # some weights changed: ours?
-                self._check_weights()
+            if self._generation != _engine.generation and not self._held:
+                self._check_weights()  # some weights changed: ours?
             # The fast path: the frame shape cached at setup, or the chunk shape
             # cached by the last chunk; anything else is validated in _slow.
             if x.__class__ is not _ndarray or x.dtype is not self._dt:

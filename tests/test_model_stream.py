@@ -174,6 +174,41 @@ def test_subclasses_that_override_call_run_their_call(rng):
         np.testing.assert_allclose(frames, want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_frame_runs_every_layer_with_the_weights_of_one_moment(rng):
+    """A set_weights that lands while a model stream's frame runs (injected
+    here between the frame's reading of the weights and its recurrent layer)
+    takes effect at the next frame, for every layer at once: never the new
+    recurrent weights with the old Dense ones."""
+    lstm = fastrnn.LSTM(4, return_sequences=True)
+    lstm.build((None, None, 3))
+    model = fastrnn.Sequential([lstm, Dense(2, activation="tanh")])
+    shapes = [w.shape for w in lstm.get_weights()] + [(4, 2), (2,)]
+    old = [rng.uniform(-1, 1, s).astype(np.float32) for s in shapes]
+    new = [rng.uniform(-1, 1, s).astype(np.float32) for s in shapes]
+    x = rng.standard_normal((1, 3)).astype(np.float32)
+    want = {}
+    for key, weights in (("old", old), ("new", new)):
+        model.set_weights(weights)
+        want[key] = model(x[:, None])[:, 0]  # the model call: one set of weights
+    model.set_weights(old)
+    stream = model.stream(batch_size=1)
+    kind, inner, detail = stream._steps[0]
+
+    class SwapFirst:
+        """The stream, with a set_weights just before it runs."""
+        layer = inner.layer
+
+        def __call__(self, frame):
+            model.set_weights(new)
+            return inner(frame)
+
+    stream._steps[0] = (kind, SwapFirst(), detail)
+    np.testing.assert_allclose(stream(x), want["old"], rtol=1e-6)
+    stream._steps[0] = (kind, inner, detail)
+    stream.reset()
+    np.testing.assert_allclose(stream(x), want["new"], rtol=1e-6)
+
+
 # Keras's definitions of activations whose naive float32 forms lose relative
 # precision far below zero, in exact (Python float64 scalar) arithmetic
 _EXACT = {
