@@ -24,6 +24,7 @@ ignored. Dropout is the identity (inference).
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 
 import numpy as np
@@ -194,11 +195,11 @@ class Layer:
 
     def _run(self, snapshot, x, mask):
         """:meth:`call` with the weights of ``snapshot``."""
-        return self._with(snapshot).call(x, mask)
+        return _call(self._with(snapshot), x, mask)
 
     def __call__(self, x, mask=None, training=False):
         if not self._weight_names:
-            return self.call(x, mask)
+            return _call(self, x, mask)
         with WEIGHTS_LOCK:  # one consistent set of this layer's weights
             snapshot = self._snapshot()
         return self._run(snapshot, x, mask)
@@ -515,7 +516,7 @@ class TimeDistributed(Layer):
         return self.layer._run(snapshot, self._timed(x), None)
 
     def call(self, x, mask=None):
-        return self.layer.call(self._timed(x))
+        return _call(self.layer, self._timed(x), None)
 
     def _timed(self, x):
         x = np.asarray(x)
@@ -906,11 +907,11 @@ class ModelStream:
         (its copy holding them is kept while they stay the same arrays)."""
         layer = self._steps[i][1]
         if not weights:
-            return layer.call(x, None)
+            return _call(layer, x, None)
         cached = self._twins[i]
         if cached is None or any(a is not b for a, b in zip(cached[0], weights)):
             cached = self._twins[i] = (weights, layer._with(weights))
-        return cached[1].call(x, None)
+        return _call(cached[1], x, None)
 
     @property
     def states(self):
@@ -1006,6 +1007,28 @@ def _library_call(layer):
     never the compiled shortcut of the class it extends."""
     module = getattr(type(layer).call, "__module__", None) or ""
     return module == "fastrnn" or module.startswith("fastrnn.")
+
+
+_CALL_KEYWORDS = {}  # call function -> the keywords it takes of (mask, training)
+
+
+def _call(layer, x, mask):
+    """``layer.call(x)`` as Keras makes it: ``mask`` and ``training=False``
+    by keyword, each only where the call takes it (a user's ``call(self,
+    inputs)`` or ``call(self, inputs, training=None)`` works as in Keras)."""
+    call = layer.call
+    key = getattr(call, "__func__", call)
+    keywords = _CALL_KEYWORDS.get(key)
+    if keywords is None:
+        params = inspect.signature(call).parameters.values()
+        anything = any(p.kind is p.VAR_KEYWORD for p in params)
+        names = {p.name for p in params if p.kind is not p.POSITIONAL_ONLY}
+        keywords = tuple(k for k in ("mask", "training") if anything or k in names)
+        if len(_CALL_KEYWORDS) < 1024:  # (a bound for functions made per call)
+            _CALL_KEYWORDS[key] = keywords
+    if keywords == ("mask",):  # (every fastrnn layer)
+        return call(x, mask=mask)
+    return call(x, **{k: (mask if k == "mask" else False) for k in keywords})
 
 
 def _compiled_dense(layer):

@@ -174,6 +174,50 @@ def test_subclasses_that_override_call_run_their_call(rng):
         np.testing.assert_allclose(frames, want, rtol=1e-5, atol=1e-6)
 
 
+def test_user_calls_get_mask_and_training_as_keras_passes_them(rng):
+    """A user's ``call(self, inputs)`` or ``call(self, inputs, training=None)``
+    runs as in Keras: ``mask`` and ``training=False`` by keyword, each only
+    where the call takes it (a mask never arrives as ``training``), in a
+    layer call, a model call behind a Masking layer, TimeDistributed and a
+    model stream."""
+    from fastrnn.models import Layer
+
+    class Doubled(Dense):
+        def call(self, inputs):
+            return super().call(inputs) * 2.0
+
+    class Inference(Dense):
+        def call(self, inputs, training=None):
+            assert training is False
+            return super().call(inputs)
+
+    class Plus(Layer):
+        def call(self, inputs, *, mask=None, **kwargs):
+            assert set(kwargs) == {"training"} and kwargs["training"] is False
+            return inputs + (0.0 if mask is None else 1.0)
+
+    kernel = rng.uniform(-1, 1, (4, 3)).astype(np.float32)
+    bias = rng.uniform(-1, 1, 3).astype(np.float32)
+    x = rng.uniform(0.5, 1.5, (2, 5, 4)).astype(np.float32)  # no step masked
+    plain = x.astype(np.float64) @ kernel + bias
+    for layer, want in ((Doubled(3), plain * 2), (Inference(3), plain)):
+        layer.set_weights([kernel, bias])
+        np.testing.assert_allclose(layer(x), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(TimeDistributed(layer)(x), want, rtol=1e-5, atol=1e-6)
+        model = fastrnn.Sequential([Masking(0.0), layer])
+        np.testing.assert_allclose(model(x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(Plus()(x), x)
+    np.testing.assert_array_equal(fastrnn.Sequential([Masking(0.0), Plus()])(x), x + 1.0)
+    lstm = fastrnn.LSTM(4, return_sequences=True)
+    lstm.build((None, None, 4))
+    doubled = Doubled(3)
+    doubled.set_weights([kernel, bias])
+    model = fastrnn.Sequential([lstm, doubled, Plus()])
+    stream = model.stream(batch_size=2)
+    frames = np.stack([stream(x[:, t]) for t in range(x.shape[1])], axis=1)
+    np.testing.assert_allclose(frames, model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_a_frame_runs_every_layer_with_the_weights_of_one_moment(rng):
     """A set_weights that lands while a model stream's frame runs (injected
     here between the frame's reading of the weights and its recurrent layer)
