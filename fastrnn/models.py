@@ -220,6 +220,16 @@ def _fits(want, got):
     return len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got))
 
 
+def _count(value, name, owner):
+    """``value`` as a positive int (an integral float from a config too), or
+    a ``ValueError`` naming ``owner``'s argument ``name``."""
+    ok = isinstance(value, (int, np.integer, float, np.floating)) \
+        and not isinstance(value, (bool, np.bool_)) and float(value).is_integer() and value > 0
+    if not ok:
+        raise ValueError(f"{owner}: {name} expected a positive integer, got {value!r}")
+    return int(value)
+
+
 def _label(layer, index):
     """How a message names a model's layer: its name, or its place when it has none."""
     return repr(layer.name) if layer.name else f"{index} (an unnamed {type(layer).__name__})"
@@ -277,7 +287,8 @@ class Embedding(Layer):
             raise ValueError(f"Embedding {name!r}: LoRA (lora_rank={lora_rank}) is not "
                              "supported; merge the LoRA weights into the embeddings first")
         self.dtype = resolve_dtype(dtype)
-        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.input_dim = _count(input_dim, "input_dim", "Embedding")
+        self.output_dim = _count(output_dim, "output_dim", "Embedding")
         self.mask_zero = bool(mask_zero)
         self.embeddings = None
 
@@ -287,6 +298,8 @@ class Embedding(Layer):
     def call(self, x, mask=None):
         x = np.asarray(x)
         if x.dtype.kind == "f":
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"{self.name}: indices must be finite numbers, got NaN or inf")
             x = x.astype(np.int64)  # Keras casts indices to int32 too
         elif x.dtype.kind not in "iu":
             raise TypeError(f"{self.name}: expected integer indices, got dtype {x.dtype}")
@@ -354,10 +367,10 @@ class Dense(Layer):
         if lora_rank:
             raise ValueError(f"Dense {name!r}: LoRA (lora_rank={lora_rank}) is not supported; "
                              "merge the LoRA weights into the kernel first")
-        self.units = int(units)
+        self.units = _count(units, "units", "Dense")
         self.activation = _activation_name(activation)
         self.use_bias = bool(use_bias)
-        self.input_dim = None if input_dim is None else int(input_dim)
+        self.input_dim = None if input_dim is None else _count(input_dim, "input_dim", "Dense")
         self.kernel = self.bias = None
 
     @property
@@ -372,8 +385,12 @@ class Dense(Layer):
 
     def _stage_weights(self, weights):
         weights = list(weights)
-        if weights and np.ndim(weights[0]) == 2 and np.shape(weights[0])[1] == self.units:
+        if weights and np.ndim(weights[0]) == 2 and np.shape(weights[0])[1] == self.units \
+                and self.input_dim in (None, np.shape(weights[0])[0]):
             input_dim = int(np.shape(weights[0])[0])
+        elif weights and self.input_dim is not None:
+            raise ValueError(f"Dense.set_weights: kernel expected shape ({self.input_dim}, "
+                             f"{self.units}), got {np.shape(weights[0])}")
         elif weights:
             raise ValueError(f"Dense.set_weights: kernel expected shape (input_dim, "
                              f"{self.units}), got {np.shape(weights[0])}")
@@ -431,6 +448,10 @@ class Dropout(Layer):
 
     def __init__(self, rate=0.0, name=None, dtype=None, **kwargs):
         super().__init__(name=name, dtype=dtype, **kwargs)
+        if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.number)) \
+                or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{type(self).__name__}: rate expected a number in [0, 1], got "
+                             f"{rate!r}")
         self.rate = float(rate)
 
     def call(self, x, mask=None):
@@ -469,7 +490,8 @@ class Activation(Layer):
         return _apply_activation(self.activation, x)
 
     def get_config(self):
-        return {**self._base_config(), "activation": self.activation}
+        # (the dtype integer inputs are cast to)
+        return {**self._base_config(), "activation": self.activation, "dtype": self.dtype.name}
 
 
 class TimeDistributed(Layer):
@@ -582,7 +604,7 @@ class Sequential:
     Recurrent layers with ``return_state=True`` pass on their output only.
     """
 
-    def __init__(self, layers=None, name=None, trainable=True, dtype=None, **kwargs):
+    def __init__(self, layers=None, name=None, trainable=True):
         self.name = name or "sequential"
         self.layers = []
         for layer in layers or []:
@@ -657,6 +679,7 @@ class Sequential:
 
         Every layer runs with the weights it had when the call began (read
         together: see :mod:`fastrnn._engine`)."""
+        inputs = x
         with WEIGHTS_LOCK:
             snapshots = [layer._snapshot() for layer in self.layers]
         for layer, snapshot in zip(self.layers, snapshots):
@@ -670,6 +693,8 @@ class Sequential:
                 y = layer._run(snapshot, x, mask)
                 mask = new_mask
             x = y
+        if isinstance(x, np.ndarray) and np.may_share_memory(x, inputs):
+            x = x.copy()  # (identity layers only: the output is never the input)
         return x
 
     def predict(self, x, batch_size=32, verbose=0, mask=None):
@@ -678,6 +703,9 @@ class Sequential:
                 or batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
         x = np.asarray(x)
+        if x.ndim == 0:
+            raise ValueError("x: expected an array with a batch axis (batch, time, ...), got a "
+                             "scalar")
         n = x.shape[0]
         if n == 0:
             raise ValueError("predict: the input batch is empty")

@@ -324,3 +324,47 @@ def test_model_messages_name_unnamed_layers_by_place():
 def test_scalar_input_reports_its_own_shape():
     with pytest.raises(ValueError, match=r"got shape \(\)$"):
         fastrnn.LSTM(3)(1.0)
+
+
+def test_model_layer_arguments_are_checked(rng, tmp_path):
+    """The per-step layers and Sequential refuse what Keras refuses, naming
+    the argument: counts must be positive integers, a rate lies in [0, 1],
+    unknown keywords are errors, a Dense whose input size is known keeps it
+    at set_weights; a scalar input to predict and NaN indices are named."""
+    from fastrnn.models import Activation, Dense, Dropout, Embedding, InputLayer
+    for bad in (0, -1, 2.7, True, "8"):
+        with pytest.raises(ValueError, match=r"Dense: units expected a positive integer"):
+            Dense(bad)
+        with pytest.raises(ValueError, match=r"Embedding: input_dim expected a positive"):
+            Embedding(bad, 3)
+    assert Dense(np.int64(3)).units == 3 and Dense(8.0).units == 8  # (integral, from configs)
+    for bad in (-0.1, 1.5, "0.5", None):
+        with pytest.raises(ValueError, match=r"Dropout: rate expected a number in \[0, 1\]"):
+            Dropout(bad)
+    with pytest.raises(TypeError, match="nme"):
+        fastrnn.Sequential([], nme="encoder")
+    dense = Dense(2, input_dim=4)
+    with pytest.raises(ValueError, match=r"kernel expected shape \(4, 2\), got \(7, 2\)"):
+        dense.set_weights([np.ones((7, 2)), np.zeros(2)])
+    dense.set_weights([np.ones((4, 2)), np.zeros(2)])
+    with pytest.raises(ValueError, match=r"kernel expected shape \(4, 2\), got \(3, 2\)"):
+        dense.set_weights([np.ones((3, 2)), np.zeros(2)])
+    model = fastrnn.Sequential([dense])
+    with pytest.raises(ValueError, match="got a scalar"):
+        model.predict(np.float32(1.0))
+    with pytest.raises(ValueError, match="finite"):
+        embedding = Embedding(5, 3)
+        embedding.set_weights([rng.standard_normal((5, 3))])
+        embedding(np.array([[1.0, np.nan]]))
+    # Activation keeps the dtype integer inputs are cast to through a file
+    act = fastrnn.Sequential([Activation("relu", dtype="float64")])
+    fastrnn.save(act, tmp_path / "act.fastrnn")
+    again = fastrnn.load(tmp_path / "act.fastrnn")
+    x = np.array([[1, -2, 3]])
+    assert act(x).dtype == again(x).dtype == np.float64
+    # an output is never the input itself, even through identity layers only
+    ident = fastrnn.Sequential([InputLayer(shape=(None, 3)), Dropout(0.5), Activation("linear")])
+    x = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    y = ident(x)
+    assert not np.may_share_memory(y, x)
+    np.testing.assert_array_equal(y, x)
