@@ -778,7 +778,8 @@ class ModelStream:
     ``Embedding(mask_zero=True)`` would mask is a ``ValueError``, before any
     state changes (the model would skip it; a stream runs every frame it is
     given, so leave padding out). A frame that fails the first recurrent
-    layer's checks (features, batch, dtype) leaves every state unchanged.
+    layer's checks (features, batch, dtype), or that a later one with
+    ``nan_policy="raise"`` refuses, leaves every state unchanged.
     Calling one stream from two threads at once raises
     :class:`fastrnn.streaming.StreamBusyError`.
 
@@ -850,6 +851,9 @@ class ModelStream:
                 stream, group = self._groups[step]
                 self._steps[i] = (kind, stream, detail and len(group) == 1)
         self.batch_size = self.streams[0].batch_size
+        # a later recurrent layer that refuses NaN may fail a frame after the
+        # ones before it ran: their states are then put back (see __call__)
+        self._undo = any(stream._nan_raise for stream in self.streams[1:])
         self._reads = [None if kind in (_STREAM, _INPUT) else layer._snapshot
                        for kind, layer, _ in self._steps]
         self._twins = [None] * len(self._steps)
@@ -884,12 +888,21 @@ class ModelStream:
                 for stream in self.streams:
                     stream._hold_weights()
                     held.append(stream)
+            saved = None
+            if self._undo:
+                saved = [[a.copy() for a in getattr(st, "_states", ())] for st in self.streams]
             # A frame keeps no time axis from layer to layer (each of these
             # layers works on the last axis); ``timed``: a chunk still has one.
             timed = not frame
             for i, (kind, step, detail) in enumerate(self._steps):
                 if kind == _STREAM:
-                    x = step(x)
+                    try:
+                        x = step(x)
+                    except ValueError:  # every state as before the frame
+                        for st, states in zip(self.streams, saved or ()):
+                            for dst, value in zip(getattr(st, "_states", ()), states):
+                                dst[...] = value
+                        raise
                     if detail:  # return_state: the model passes the output on
                         x = x[0]
                     timed = timed and step.layer.return_sequences
@@ -973,9 +986,15 @@ class ModelStream:
                                    for v in ([value] if len(layer.cells) == 1 else list(value))])
             k += len(group)
         old = [s.states for s in self.streams]
+        firsts = [0]  # each stream's first entry in ``values``
+        for _, group in self._groups[:-1]:
+            firsts.append(firsts[-1] + len(group))
         try:
-            for s, v in zip(self.streams, per_stream):
-                s.states = v
+            for s, v, first in zip(self.streams, per_stream, firsts):
+                try:
+                    s.states = v
+                except (TypeError, ValueError) as e:  # (its message counts its own entries)
+                    raise type(e)(f"states[{first}]: {e}") from None
         except (TypeError, ValueError):  # all or nothing: put back the ones already set
             for s, v in zip(self.streams, old):
                 s.states = v

@@ -541,3 +541,29 @@ def test_layers_that_differ_stream_apart(rng):
     assert len(stream.streams) == 2
     x = rng.uniform(-2, 2, (1, 4, 2)).astype(np.float32)
     np.testing.assert_allclose(stream(x), model(x), **TOL["float32"])
+
+
+def test_a_failed_frame_leaves_every_state_and_names_the_entry(rng):
+    """A frame refused by a later recurrent layer (NaN reaching a layer with
+    nan_policy="raise") leaves every layer's state as it was, as the message
+    says; a bad ``states`` entry is named by its place in the model's list."""
+    lstm = fastrnn.LSTM(4, return_sequences=True)
+    lstm.build((None, None, 3))
+    gru = fastrnn.GRU(3, nan_policy="raise")
+    gru.build((None, None, 4))
+    for layer in (lstm, gru):
+        layer.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
+                           for w in layer.get_weights()])
+    dense = Dense(4)
+    dense.set_weights([np.eye(4, dtype=np.float32), np.zeros(4, np.float32)])
+    stream = fastrnn.Sequential([lstm, dense, gru]).stream(batch_size=1)
+    stream(rng.standard_normal((1, 3)).astype(np.float32))
+    before = stream.states
+    with pytest.raises(ValueError, match="state is unchanged"):
+        stream(np.full((1, 3), np.nan, np.float32))
+    for got, want in zip(_nest.flatten(stream.states), _nest.flatten(before)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match=r"^states\[1\]: .*\(1, 3\), got \(1, 5\)"):
+        stream.states = [[np.zeros((1, 4), np.float32)] * 2, np.zeros((1, 5), np.float32)]
+    for got, want in zip(_nest.flatten(stream.states), _nest.flatten(before)):
+        np.testing.assert_array_equal(got, want)
