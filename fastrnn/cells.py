@@ -328,6 +328,15 @@ class _Cell:
                 raise TypeError(f"{type(self).__name__}.set_weights: {name} must be real numbers, "
                                 f"got dtype {w.dtype}")
             arrays.append(np.array(w, dtype=self.dtype))
+        mode = self.quantization_mode
+        if mode is not None and mode.startswith("int8"):
+            # (the re-quantization at commit would refuse them after the
+            # arrays were in: a stack's lower cells already changed)
+            for (name, _), a in zip(specs, arrays):
+                if name in ("kernel", "recurrent_kernel") and not np.isfinite(a).all():
+                    raise ValueError(f"{type(self).__name__}.set_weights: {name}: {mode} "
+                                     "quantization needs finite weights; this matrix holds "
+                                     "NaN or inf (nothing changed)")
 
         def commit():
             with WEIGHTS_LOCK:

@@ -139,6 +139,28 @@ def test_set_weights_on_a_quantized_layer_quantizes_again(rng):
                                atol=2e-5)
 
 
+@pytest.mark.parametrize("mode", ["int8", "int8_dynamic"])
+def test_set_weights_that_int8_refuses_change_nothing(mode, rng):
+    """Non-finite weights for an int8 layer are refused before anything
+    changes: a layer's weights and output, and every cell of a stack (the
+    bad matrix in its upper cell), stay as they were."""
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    layer = fastrnn.LSTM(6)
+    stack = fastrnn.RNN([fastrnn.LSTMCell(6), fastrnn.GRUCell(5)])
+    for obj, bad in ((layer, 1), (stack, 4)):
+        obj.build(x.shape)
+        obj.quantize(mode)
+        before, weights = obj(x), obj.get_weights()
+        new = [w * 0.5 for w in weights]
+        new[bad][0, 0] = np.nan
+        with pytest.raises(ValueError, match=r"set_weights: .*kernel: .*finite weights.*"
+                                             r"nothing changed"):
+            obj.set_weights(new)
+        for got, want in zip(obj.get_weights(), weights):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(obj(x), before)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_stacked_cells_and_bidirectional(mode, rng):
     x = rng.standard_normal((3, 8, 5)).astype(np.float32)
