@@ -271,6 +271,13 @@ def _npy_header(fp, where):
     return shape, fortran, dtype, 8 + size_bytes + length
 
 
+# What reading a damaged or crafted archive member can raise: zipfile's own
+# errors, a truncated or bad deflate stream, an unsupported compression method
+# (NotImplementedError), an encrypted member (RuntimeError).
+_UNREADABLE = (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError,
+               RuntimeError)
+
+
 class NpzReader:
     """The arrays of an ``.npz`` (a zip of ``.npy`` members), read one at a time.
 
@@ -295,7 +302,7 @@ class NpzReader:
         self.where = where
         try:
             self._zip = zipfile.ZipFile(fp)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+        except _UNREADABLE + (zipfile.LargeZipFile, ValueError) as exc:
             raise ValueError(f"{where}: not a readable .npz archive: {exc}") from exc
         self._limit = inflate_limit(size)
         self._members = {}
@@ -306,7 +313,7 @@ class NpzReader:
             try:
                 with self._zip.open(info) as member:
                     shape, fortran, dtype, offset = _npy_header(member, what)
-            except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+            except _UNREADABLE as exc:
                 raise ValueError(f"{what}: unreadable member: {exc}") from exc
             if dtype.hasobject or dtype.kind not in kinds:
                 raise ValueError(f"{what} has dtype {dtype}; expected numbers "
@@ -343,7 +350,7 @@ class NpzReader:
         info, shape, fortran, dtype, offset = self._members[name]
         try:  # at most the declared size, which the header accounts for
             raw = self._zip.read(info)
-        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+        except _UNREADABLE as exc:
             raise ValueError(f"{self.where}: array {name!r} is truncated or corrupted: "
                              f"{exc}") from exc
         count = int(np.prod(shape, dtype=object))

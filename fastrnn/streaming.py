@@ -1021,10 +1021,13 @@ def load_stream(path):
             return _restore_stream(data, where)
         except KeyError as exc:
             raise ValueError(f"{where} is incomplete: missing {exc}") from exc
-        except (ValueError, TypeError) as exc:
+        except ValueError as exc:
             message = str(exc)
-            raise type(exc)(message if message.startswith(where)
+            raise ValueError(message if message.startswith(where)
                              else f"{where}: {message}") from exc
+        except Exception as exc:  # noqa: BLE001 - whatever a crafted file provokes is a bad file
+            raise ValueError(f"{where}: invalid stream description: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
 
 def _restore_stream(data, where):
@@ -1046,6 +1049,8 @@ def _restore_stream(data, where):
     B = counts["batch_size"]
     spec, declared = _safe_io.defer_build(meta["layer"])
     layer = serialization.deserialize(spec, kinds=("rnn",))  # unbuilt: its weights build it
+    if not hasattr(layer, "cells") or hasattr(layer, "forward_layer"):
+        raise ValueError(f"its layer is a {type(layer).__name__}, which does not stream")
     sizes = layer.state_sizes
     if counts["n_states"] != len(sizes):
         raise ValueError(f"the layer carries {len(sizes)} states, the file lists "

@@ -538,3 +538,28 @@ def test_stream_file_without_its_states_or_weights(files):
             ("badcount", lambda m: m.update(n_weights="3"), "n_weights expected a non-negative")):
         with pytest.raises(ValueError, match=f"load_stream: .*{message}"):
             load_stream(_stream_file(files, f"{name}.npz", meta_edit=edit))
+
+
+def test_stream_files_that_provoke_other_errors_are_value_errors(files):
+    """Whatever a damaged or edited stream file provokes is a ValueError
+    naming the file: an unsupported compression method in the archive's
+    directory (one byte), a Bidirectional layer, a config of the wrong type
+    or with a bad flag."""
+    with open(files["load_stream"], "rb") as f:
+        raw = bytearray(f.read())
+    central = raw.find(b"PK\x01\x02")
+    raw[central + 10:central + 12] = struct.pack("<H", 99)  # compression method 99
+    method = files["dir"] / "method.npz"
+    method.write_bytes(bytes(raw))
+    bidirectional = fastrnn.serialize(fastrnn.Bidirectional(fastrnn.LSTM(8)))
+    for path, message in (
+            (method, "not supported"),
+            (_stream_file(files, "bi.npz", meta_edit=lambda m: m.update(layer=bidirectional)),
+             "its layer is a Bidirectional, which does not stream"),
+            (_stream_file(files, "cfg.npz", meta_edit=lambda m: m["layer"].update(config=[])),
+             "invalid stream description"),
+            (_stream_file(files, "flag.npz",
+                          meta_edit=lambda m: m["layer"]["config"].update(return_state="yes")),
+             "return_state")):
+        with pytest.raises(ValueError, match=f"load_stream: .*{re.escape(path.name)}.*{message}"):
+            load_stream(path)
