@@ -31,6 +31,7 @@ import numpy as np
 
 from . import activations as _act
 from . import dispatch, serialization
+from . import _engine
 from ._engine import WEIGHTS_LOCK
 from .bidirectional import Bidirectional
 from .cells import quantization_mode_of, quantize_cells, resolve_dtype
@@ -854,6 +855,7 @@ class ModelStream:
         # a later recurrent layer that refuses NaN may fail a frame after the
         # ones before it ran: their states are then put back (see __call__)
         self._undo = any(stream._nan_raise for stream in self.streams[1:])
+        self._held_streams = tuple(self.streams)
         self._reads = [None if kind in (_STREAM, _INPUT) else layer._snapshot
                        for kind, layer, _ in self._steps]
         self._twins = [None] * len(self._steps)
@@ -878,16 +880,18 @@ class ModelStream:
         if not self._busy.acquire(False):
             raise StreamBusyError("ModelStream: called while another call on the same stream "
                                   "is running (two threads sharing one stream)")
-        held = []
+        held = self._held_streams
         try:
             # every layer's weights of one moment: the per-step layers'
             # snapshots, and the recurrent streams hold theirs for this call
             # (a set_weights while the frame runs waits for the next one)
             with WEIGHTS_LOCK:
                 snapshots = [None if read is None else read() for read in self._reads]
-                for stream in self.streams:
-                    stream._hold_weights()
-                    held.append(stream)
+                generation = _engine.generation
+                for stream in held:
+                    if stream._generation != generation:  # (weights changed somewhere)
+                        stream._hold_weights()
+                    stream._held = True
             saved = None
             if self._undo:
                 saved = [[a.copy() for a in getattr(st, "_states", ())] for st in self.streams]
