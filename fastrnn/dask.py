@@ -226,10 +226,13 @@ class _MappedFile:
 
     @classmethod
     def from_memmap(cls, m):
-        """For a memmap of a whole file region (not a view of one), else None."""
+        """For a memmap of a whole file region (not a view of one), else None
+        (also for a copy-on-write map, ``mode="c"``: its edits are in this
+        process's memory only, not in the file the tasks would read)."""
         import mmap
 
-        if getattr(m, "filename", None) is None or not isinstance(m.base, mmap.mmap):
+        if getattr(m, "filename", None) is None or not isinstance(m.base, mmap.mmap) \
+                or getattr(m, "mode", None) == "c":
             return None
         return cls(m.filename, m.dtype, m.shape, m.offset,
                    "F" if m.flags.f_contiguous and not m.flags.c_contiguous else "C")
@@ -403,6 +406,8 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
     if not isinstance(x, da.Array):
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             x = np.asarray(x)
+        if np.dtype(x.dtype).kind not in "biufc":
+            raise TypeError(f"x: expected an array of numbers, got dtype {x.dtype}")
         meta = None
         if isinstance(x, np.memmap):
             # Tasks map the file themselves; the graph holds its path, not its bytes.
@@ -492,6 +497,9 @@ def _pad_partition(series, dtype, column):
                     "{'dataframe.convert-string': False}) is set before the frame is made "
                     "(a Parquet list column needs nothing)")
             a = np.asarray(value, dtype=dtype)
+            if a.ndim == 0:
+                raise TypeError(f"{column}: row {series.index[i]!r} is a single number, not a "
+                                "sequence")
             rows.append(a[:, None] if a.ndim == 1 else a)
         lengths = np.array([r.shape[0] for r in rows], np.int64)
         widths = {r.shape[1] for r in rows if r.ndim == 2 and r.shape[0]} or {1}
@@ -656,13 +664,15 @@ def _make_plugin_class():
         ``client.run(fastrnn.dask.worker_info)`` reports what it set.
         """
 
-        name = "fastrnn"
         idempotent = True
 
         def __init__(self, nthreads=None, warm=True, dtypes=("float32",)):
             self.nthreads = nthreads
             self.warm = bool(warm)
             self.dtypes = tuple(np.dtype(d).name for d in dtypes)
+            # Registering the same settings again is skipped (idempotent);
+            # other settings are another plugin, set up after it: they apply.
+            self.name = f"fastrnn-{nthreads}-{int(self.warm)}-{'-'.join(self.dtypes)}"
 
         async def setup(self, worker):
             import asyncio

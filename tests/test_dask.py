@@ -646,3 +646,38 @@ def test_object_column_turned_to_strings_says_why(client):
         ddf = dd.from_pandas(pd.DataFrame({"s": rows}), npartitions=1)
         got = fdask.predict_partitions(layer, ddf, "s").compute()
     np.testing.assert_allclose(got.iloc[1], layer(np.ones((1, 2, 3), np.float32))[0], atol=1e-6)
+
+
+def test_copy_on_write_memmap_runs_what_it_holds(client, tmp_path):
+    """A memmap opened copy-on-write (``mode="c"``) and edited in memory runs
+    its edited values (the tasks cannot read those from the file)."""
+    model = _models()["gru_sequences"]
+    x = np.random.default_rng(9).standard_normal((6, 9, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    edited = np.load(tmp_path / "x.npy", mmap_mode="c")
+    edited[:3] = 0.5
+    got = _compute(client, fdask.predict(model, edited))
+    np.testing.assert_allclose(got, model(np.asarray(edited)), rtol=1e-6, atol=1e-7)
+
+
+def test_object_arrays_and_number_rows_are_named(client):
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    layer = _built(fastrnn.LSTM(2), (1, 3, 1))
+    with pytest.raises(TypeError, match=r"^x: expected an array of numbers, got dtype object"):
+        fdask.predict(layer, np.zeros((2, 3, 1), dtype=object))
+    with dask.config.set({"dataframe.convert-string": False}):
+        ddf = dd.from_pandas(pd.DataFrame({"k": pd.Series([1.0, [2.0, 3.0]], dtype=object)}),
+                             npartitions=1)
+        with pytest.raises(TypeError, match=r"k: row 0 is a single number, not a sequence"):
+            _compute(client, fdask.predict_partitions(layer, ddf, "k"))
+
+
+def test_plugins_with_other_settings_are_other_plugins():
+    """Registering the plugin again with the same settings is skipped
+    (idempotent, one name); with other settings it is another plugin, so
+    they are set up too."""
+    same = {fdask.FastrnnPlugin(warm=False).name, fdask.FastrnnPlugin(warm=False).name}
+    other = fdask.FastrnnPlugin(nthreads=2, warm=True).name
+    assert len(same) == 1 and other not in same
+    assert fdask.FastrnnPlugin.idempotent
