@@ -106,9 +106,21 @@ def test_bench_runs_rejects_bad_counts(capsys):
     from fastrnn.cli import bench
 
     for argv, needle in ((["--runs", "0"], "expected a positive number of runs, got 0"),
-                         (["--runs", "2", "--streaming"], "only for the batch grid")):
-        with pytest.raises(SystemExit):
-            bench.main(argv)
+                         (["--runs", "2", "--streaming"], "only for the batch grid"),
+                         (["--shapes", "1,5,3"], "--shapes: expected B,T,D,H"),
+                         (["--shapes", "1,5,3,4", "a,b,c,d"], "got ['a,b,c,d']"),
+                         (["--shapes", "0,5,3,4"], "four positive integers"),
+                         (["--repeats", "0"], "--repeats: expected a positive number, got 0"),
+                         (["--repeats", "-1"], "got -1"),
+                         (["--calls", "0", "--streaming"], "--calls: expected a positive"),
+                         (["--hs", "64,0", "--streaming"], "--hs: expected positive"),
+                         (["--backends", "bogus"], "--backends: expected a comma-separated"),
+                         (["--skip", "bogus"], "--skip: expected a comma-separated subset of "
+                                               "onnxruntime,pytorch"),
+                         (["--json", "/nonexistent/dir/x.json"], "--json: no folder")):
+        with pytest.raises(SystemExit) as exit_:
+            bench.main(argv)  # (before any timing: argparse's status 2)
+        assert exit_.value.code == 2
         assert needle in capsys.readouterr().err
 
 

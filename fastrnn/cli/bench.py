@@ -268,7 +268,7 @@ def bench_batch(opts):
     """Time every engine over the grid; returns the list of result rows."""
     shapes = QUICK_SHAPES if opts.quick else SHAPES
     if opts.shapes:
-        shapes = [tuple(int(v) for v in s.split(",")) for s in opts.shapes]
+        shapes = list(opts.shapes)  # (checked by parse)
     repeats = opts.repeats or (5 if opts.quick else 15)
     precisions = getattr(opts, "precision", None) or ["float32"]
     reduced = [m for m in precisions if m != "float32"]
@@ -438,6 +438,47 @@ def environment():
     return env
 
 
+def _positive_ints(text):
+    """``"1,100,64,128"`` -> (1, 100, 64, 128), or None if any is not a positive integer."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        return None
+    return values if all(v > 0 for v in values) else None
+
+
+def _check_lists(p, opts):
+    """The arguments argparse's types do not check: each an error before any timing."""
+    if opts.shapes:
+        shapes = [_positive_ints(s) for s in opts.shapes]
+        bad = [s for s, v in zip(opts.shapes, shapes) if v is None or len(v) != 4]
+        if bad:
+            p.error(f"--shapes: expected B,T,D,H (four positive integers) each, got {bad}")
+        opts.shapes = shapes
+    if opts.repeats is not None and opts.repeats < 1:
+        p.error(f"--repeats: expected a positive number, got {opts.repeats}")
+    if opts.calls is not None and opts.calls < 1:
+        p.error(f"--calls: expected a positive number, got {opts.calls}")
+    if opts.hs is not None and not all(h > 0 for h in opts.hs):
+        p.error(f"--hs: expected positive unit counts, got {','.join(map(str, opts.hs))}")
+    unknown = [b for b in opts.backends or () if b not in dispatch.BACKENDS]
+    if unknown:
+        p.error(f"--backends: expected a comma-separated subset of "
+                f"{','.join(dispatch.BACKENDS)}, got {unknown}")
+    unknown = [e for e in opts.skip if e not in _SKIPPABLE]
+    if unknown:
+        p.error(f"--skip: expected a comma-separated subset of {','.join(_SKIPPABLE)}, got "
+                f"{unknown}")
+    if opts.json:
+        folder = os.path.dirname(os.path.abspath(opts.json))
+        if not os.path.isdir(folder):
+            p.error(f"--json: no folder {folder!r} to write {opts.json!r} in")
+
+
+#: engines ``--skip`` may leave out
+_SKIPPABLE = ("onnxruntime", "pytorch")
+
+
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m fastrnn bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="shorter sequences, fewer repeats (< 30 s once compiled)")
@@ -457,7 +498,8 @@ def parse(argv):
                    help="fastrnn backends (default: every available one)")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="engines to leave out: onnxruntime,pytorch")
-    p.add_argument("--repeats", type=int, default=0, help="timed samples per engine and shape")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed samples per engine and shape")
     p.add_argument("--precision", default="float32",
                    help="weight formats to time, comma-separated: float32,bfloat16,int8,"
                         "int8_dynamic,bfloat16_dynamic (int8 adds ONNX Runtime's DynamicQuantizeLSTM and "
@@ -476,6 +518,7 @@ def parse(argv):
     unknown = [c for c in opts.cells if c not in CELLS]
     if unknown:
         p.error(f"--cells: expected a comma-separated subset of {','.join(CELLS)}, got {unknown}")
+    _check_lists(p, opts)
     try:
         opts.precision = bq.parse_precisions(opts.precision)
     except ValueError as exc:
