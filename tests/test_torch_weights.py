@@ -171,6 +171,10 @@ def test_shape_and_key_errors_name_the_array(rng):
     _raises(ValueError, "state_dict['weight_ih_l1']: expected shape (12, 4) for GRU(input_size=3,"
             " hidden_size=4, bias=True, num_layers=2, bidirectional=False, proj_size=0), got "
             "(12, 3)", from_torch_state_dict, bad)
+    bad = dict(sd, weight_ih_l0=sd["weight_ih_l0"].T.copy())  # (3, 12): the input size is 3
+    _raises(ValueError, "state_dict['weight_ih_l0']: expected 12 rows (3 gate blocks of hidden "
+            "size 4, as state_dict['weight_hh_l0']), got shape (3, 12) (transposed?",
+            from_torch_state_dict, bad)
     bad = {k: v for k, v in sd.items() if k != "bias_hh_l1"}
     _raises(ValueError, "state_dict['bias_hh_l1']: missing for GRU(", from_torch_state_dict, bad)
     bad = dict(sd, weight_hr_l1=np.ones((2, 4), np.float32))

@@ -132,7 +132,14 @@ def _convert(arrays, base, cell, mode, label, given, batch_first, dtype, backend
                          f"{label('weight_hh' + first)} of shape "
                          f"{arrays['weight_hh' + first].shape} holds {gates} (hidden size "
                          f"{hidden}): {_these_are(gates, cell)}")
-    found = dict(input_size=int(arrays["weight_ih" + first].shape[1]), hidden_size=int(hidden),
+    ih = arrays["weight_ih" + first].shape
+    if ih[0] != gates * hidden:  # (its rows, not its columns, would be the input size)
+        flipped = " (transposed? PyTorch stores (gates * hidden_size, input_size))" \
+            if ih[1] == gates * hidden else ""
+        raise ValueError(f"{label('weight_ih' + first)}: expected {gates * hidden} rows ({gates} "
+                         f"gate block{'s' if gates > 1 else ''} of hidden size {hidden}, as "
+                         f"{label('weight_hh' + first)}), got shape {ih}{flipped}")
+    found = dict(input_size=int(ih[1]), hidden_size=int(hidden),
                  bias=("bias_ih" + first) in arrays or ("bias_hh" + first) in arrays)
     if not cell:
         found.update(
