@@ -31,7 +31,8 @@ import numpy as np
 from . import _device, _engine, activations, dispatch, initializers, serialization
 from ._engine import WEIGHTS_LOCK, Weights
 from ._nest import flatten
-from .kernels import PRECISIONS, GRUParams, LSTMParams, QuantizedWeights, SimpleRNNParams
+from .kernels import (PRECISIONS, GRUParams, LSTMParams, QuantizedWeights, SimpleRNNParams,
+                      check_int8_finite)
 from .kernels import quantize as quantize_params
 
 _TRAINING_ONLY = (
@@ -333,10 +334,11 @@ class _Cell:
             # (the re-quantization at commit would refuse them after the
             # arrays were in: a stack's lower cells already changed)
             for (name, _), a in zip(specs, arrays):
-                if name in ("kernel", "recurrent_kernel") and not np.isfinite(a).all():
-                    raise ValueError(f"{type(self).__name__}.set_weights: {name}: {mode} "
-                                     "quantization needs finite weights; this matrix holds "
-                                     "NaN or inf (nothing changed)")
+                if name in ("kernel", "recurrent_kernel"):
+                    try:
+                        check_int8_finite(a, f"{type(self).__name__}.set_weights: {name}")
+                    except ValueError as exc:
+                        raise ValueError(f"{exc} (nothing changed)") from None
 
         def commit():
             with WEIGHTS_LOCK:

@@ -890,11 +890,11 @@ class ModelStream:
                 generation = _engine.generation
                 for stream in held:
                     if stream._generation != generation:  # (weights changed somewhere)
-                        stream._hold_weights()
+                        stream._take_weights()
                     stream._held = True
             saved = None
             if self._undo:
-                saved = [[a.copy() for a in getattr(st, "_states", ())] for st in self.streams]
+                saved = [[a.copy() for a in getattr(st, "_states", ())] for st in held]
             # A frame keeps no time axis from layer to layer (each of these
             # layers works on the last axis); ``timed``: a chunk still has one.
             timed = not frame
@@ -903,7 +903,7 @@ class ModelStream:
                     try:
                         x = step(x)
                     except ValueError:  # every state as before the frame
-                        for st, states in zip(self.streams, saved or ()):
+                        for st, states in zip(held, saved or ()):
                             for dst, value in zip(getattr(st, "_states", ()), states):
                                 dst[...] = value
                         raise

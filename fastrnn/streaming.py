@@ -408,7 +408,7 @@ class Stream:
         self._ready = False
         self._weights = None  # the weights packed (see _engine.snapshot)
         self._generation = None  # _engine.generation when they were read
-        self._held = False  # a model stream's frame holds them (see _hold_weights)
+        self._held = False  # a model stream's frame holds them (see _take_weights)
         # Shapes no call has matched yet: the first call fills them.
         self._fshape = self._foshape = None
         self._cshape = self._coshape = None
@@ -666,17 +666,16 @@ class Stream:
         for dst, v in zip(self._states, states):
             dst[...] = v
 
-    def _hold_weights(self):
-        """For a model stream's call, with ``WEIGHTS_LOCK`` held: takes the
-        layer's weights as they are now (packed again if they changed) and
-        keeps them through this stream's calls until released,
-        so that a frame runs every layer of the model with the weights of
-        one moment (the model stream releases them: ``_held = False``)."""
+    def _take_weights(self):
+        """For a model stream's call, with ``WEIGHTS_LOCK`` held: the layer's
+        weights as they are now (packed again if they changed). The model
+        stream then sets ``_held`` for the frame, so that this stream's calls
+        keep them and the frame runs every layer with the weights of one
+        moment."""
         if not self._busy.acquire(False):
             raise StreamBusyError(_BUSY)
         try:
             self._check_weights()
-            self._held = True
         finally:
             self._busy.release()
 

@@ -318,12 +318,19 @@ def _bfloat16_bits(w):
     return rounded.astype(np.uint16)
 
 
-def _int8_columns(w, name):
-    """Symmetric per-column int8 of ``w (K, N)`` float32: ``(q int8, scale float32 (N,))``."""
-    w = np.asarray(w, np.float32)
+def check_int8_finite(w, name):
+    """int8 quantization (both modes) needs finite weights: a ``ValueError``
+    naming ``name`` otherwise (a quantized cell's ``set_weights`` checks
+    before it changes anything)."""
     if not np.isfinite(w).all():
         raise ValueError(f"{name}: int8 quantization needs finite weights; this matrix holds "
                          "NaN or inf")
+
+
+def _int8_columns(w, name):
+    """Symmetric per-column int8 of ``w (K, N)`` float32: ``(q int8, scale float32 (N,))``."""
+    w = np.asarray(w, np.float32)
+    check_int8_finite(w, name)
     amax = np.abs(w).max(axis=0) if w.shape[0] else np.zeros(w.shape[1], np.float32)
     scale = (amax / np.float32(127)).astype(np.float32)
     safe = np.where(scale > 0, scale, np.float32(1))
