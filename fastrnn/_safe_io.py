@@ -296,10 +296,15 @@ class NpzReader:
         Names the file in error messages.
     kinds : str
         The dtype kinds accepted (``numpy.dtype.kind``); object arrays never are.
+
+    Each array may be read once: a description that names one array for
+    many weights would otherwise take memory in proportion to the names,
+    not to the file (fastrnn writes each array once).
     """
 
     def __init__(self, fp, size, where, kinds="fiub"):
         self.where = where
+        self._read = set()
         try:
             self._zip = zipfile.ZipFile(fp)
         except _UNREADABLE + (zipfile.LargeZipFile, ValueError) as exc:
@@ -318,6 +323,8 @@ class NpzReader:
             if dtype.hasobject or dtype.kind not in kinds:
                 raise ValueError(f"{what} has dtype {dtype}; expected numbers "
                                  "(pickled objects are never read)")
+            if dtype.itemsize == 0:  # (its declared shape would take no bytes)
+                raise ValueError(f"{what} has dtype {dtype}, whose items hold no bytes")
             nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
             if offset + nbytes != info.file_size:
                 raise ValueError(
@@ -345,9 +352,14 @@ class NpzReader:
     def read(self, name):
         """Array ``name`` (read-only); ``zipfile`` checks the member's CRC-32.
 
-        Raises ``KeyError`` for a name the archive does not hold.
+        Raises ``KeyError`` for a name the archive does not hold, and
+        ``ValueError`` for a name read before.
         """
         info, shape, fortran, dtype, offset = self._members[name]
+        if name in self._read:
+            raise ValueError(f"{self.where}: array {name!r} is named twice (each array "
+                             "of a file holds one weight or state)")
+        self._read.add(name)
         try:  # at most the declared size, which the header accounts for
             raw = self._zip.read(info)
         except _UNREADABLE as exc:

@@ -1056,6 +1056,9 @@ def _restore_stream(data, where):
                          f"{counts['n_states']}")
     for i, s in enumerate(sizes):  # the states must be in the file: this bounds batch_size
         got = data.shape(f"s{i}")
+        if data.dtype(f"s{i}").kind != "f":
+            raise ValueError(f"states[{i}] (s{i}): expected floats, got dtype "
+                             f"{data.dtype(f's{i}')}")
         if got != (B, s):
             raise ValueError(f"states[{i}] (s{i}): expected shape {(B, s)} for batch_size={B}, "
                              f"got {got}")

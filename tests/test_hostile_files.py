@@ -306,6 +306,17 @@ def test_fastrnn_torch_module_with_10e7_layers(files):
     _refused("load", bad, files["load"], r"num_layers=10000000 but the file holds 4 arrays")
 
 
+def test_fastrnn_one_array_named_by_20000_layers(files):
+    """Each layer copied the one 1 MiB array its description names (20 GiB in all)."""
+    kernel = np.random.default_rng(3).uniform(-1, 1, (1000, 256)).astype(np.float32)
+    blob = _npz({"a0": kernel, "a1": np.zeros(256, np.float32)})
+    layers = [{"class_name": "Dense", "config": {"name": f"d{i}", "units": 256},
+               "weights": ["a0", "a1"]} for i in range(20000)]
+    spec = {"class_name": "Sequential", "config": {"name": "m"}, "layers": layers}
+    bad = _fastrnn_file(files["dir"] / "shared.fastrnn", spec, blob)
+    _refused("load", bad, files["load"], r"array 'a0' is named twice")
+
+
 # ----------------------------------------------------------------- load_stream
 
 
@@ -328,6 +339,18 @@ def test_stream_batch_size_1e12(files):
     _refused("load_stream", bad, files["load_stream"],
              r"load_stream: .*states\[0\] \(s0\): expected shape \(1000000000000, 8\) for "
              r"batch_size=1000000000000, got \(1, 8\)")
+
+
+def test_stream_states_of_empty_strings_declaring_1e10_rows(files):
+    """A dtype whose items hold no bytes declared any shape at no cost, so the
+    states' shapes no longer bounded batch_size (the stream allocated them)."""
+    def edit(entries):
+        for k in ("s0", "s1"):
+            entries[k] = _npy_header((10**10, 8), "<U0")
+    bad = _stream_file(files, "u0.npz", edit=edit,
+                       meta_edit=lambda m: m.update(batch_size=10**10))
+    _refused("load_stream", bad, files["load_stream"],
+             r"array 's0' has dtype <U0, whose items hold no bytes")
 
 
 def test_stream_npy_declaring_2_gib(files):
@@ -560,6 +583,8 @@ def test_stream_files_that_provoke_other_errors_are_value_errors(files):
              "invalid stream description"),
             (_stream_file(files, "flag.npz",
                           meta_edit=lambda m: m["layer"]["config"].update(return_state="yes")),
-             "return_state")):
+             "return_state"),
+            (_stream_file(files, "int.npz", edit=lambda e: e.update(s1=np.ones((1, 8), "i4"))),
+             r"states\[1\] \(s1\): expected floats, got dtype int32")):
         with pytest.raises(ValueError, match=f"load_stream: .*{re.escape(path.name)}.*{message}"):
             load_stream(path)
