@@ -47,7 +47,7 @@ import re
 import numpy as np
 
 __all__ = ["BundleReader", "read_tf_checkpoint", "resolve_prefix", "parse_message",
-           "masked_crc32c", "crc32c"]
+           "number", "message", "messages", "masked_crc32c", "crc32c"]
 
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER = 48
@@ -254,13 +254,34 @@ def _last(fields, number, default=0):
     return values[-1] if values else default
 
 
-def _number(fields, number, where):
-    """The varint field ``number`` (0 when absent), refused if it holds bytes."""
-    value = _last(fields, number)
-    if not isinstance(value, int):
+def number(fields, number, where, default=0):
+    """The numeric field ``number`` of a parsed message (``default`` when
+    absent), refused if it holds bytes: a field's wire type comes from the
+    file, so every read says which type it expects."""
+    value = _last(fields, number, default)
+    if isinstance(value, bytes):
         raise ValueError(f"{where}: field {number} holds {len(value)} bytes where a "
                          "number was expected")
     return value
+
+
+def messages(fields, number, where):
+    """Every value of the length-delimited field ``number`` (a nested
+    message or a string), refused if one holds a number."""
+    values = fields.get(number, [])
+    for value in values:
+        if not isinstance(value, bytes):
+            raise ValueError(f"{where}: field {number} holds the number {value} where a "
+                             "message or string was expected")
+    return values
+
+
+def message(fields, number, where, default=b""):
+    """The last value of the length-delimited field ``number`` (``default``
+    when absent), refused if it holds a number."""
+    values = messages(fields, number, where)
+    return values[-1] if values else default
+
 
 
 def _signed64(v):
@@ -414,30 +435,38 @@ class _Entry:
     def __init__(self, name, value, where):
         f = parse_message(value, where)
         self.name = name
-        self.dtype = _last(f, 1)
-        shape = parse_message(_last(f, 2, b""), where + " shape")
-        if _last(shape, 3):
+        self.dtype = number(f, 1, where)
+        at = where + " shape"
+        shape = parse_message(message(f, 2, where), at)
+        if number(shape, 3, at):
             raise ValueError(f"{where}: the tensor has an unknown rank")
         dims = []
-        for d in shape.get(2, []):
-            size = _signed64(_last(parse_message(d, where + " shape"), 1))
+        for d in messages(shape, 2, at):
+            size = _signed64(number(parse_message(d, at), 1, at))
             if size < 0:
                 raise ValueError(f"{where}: negative dimension {size}")
             dims.append(size)
         self.shape = tuple(dims)
-        self.shard = _number(f, 3, where)
-        self.offset = _number(f, 4, where)
-        self.size = _number(f, 5, where)
-        self.crc = _last(f, 6, None)
+        self.shard = number(f, 3, where)
+        self.offset = number(f, 4, where)
+        self.size = number(f, 5, where)
+        self.crc = number(f, 6, where, None)
         self.slices = []
-        for s in f.get(7, []):
+        at = where + " slice"
+        for s in messages(f, 7, where):
             extents = []
-            for e in parse_message(s, where + " slice").get(1, []):
-                ef = parse_message(e, where + " slice extent")
-                start = _signed64(_last(ef, 1))
-                length = _signed64(ef[2][-1]) if 2 in ef else -1  # absent: the full extent
+            for e in messages(parse_message(s, at), 1, at):
+                ef = parse_message(e, at + " extent")
+                start = _signed64(number(ef, 1, at + " extent"))
+                # (absent: the full extent)
+                length = _signed64(number(ef, 2, at + " extent")) if 2 in ef else -1
                 extents.append((start, length))
             self.slices.append(extents)
+
+
+def _dtype_name(code):
+    """TensorFlow's name of ``DataType`` ``code``."""
+    return _DTYPE_NAMES.get(code, f"DataType {code}")
 
 
 def _ordered_string(s):
@@ -512,8 +541,12 @@ def resolve_prefix(path):
                 raise ValueError(f"{state}: no model_checkpoint_path line")
             prefix = m.group(1)
             if "\\" in prefix:  # a C-escaped text-format string (UTF-8 bytes)
-                prefix = prefix.encode("utf-8").decode("unicode_escape").encode(
-                    "latin-1").decode("utf-8", errors="replace")
+                try:
+                    prefix = prefix.encode("utf-8").decode("unicode_escape").encode(
+                        "latin-1").decode("utf-8", errors="replace")
+                except UnicodeError as exc:
+                    raise ValueError(f"{state}: model_checkpoint_path holds an invalid escape "
+                                     f"({exc.reason})") from exc
             path = prefix if os.path.isabs(prefix) else os.path.join(path, prefix)
         elif os.path.isfile(os.path.join(path, "variables", "variables.index")):
             return os.path.join(path, "variables", "variables")
@@ -559,14 +592,16 @@ class BundleReader:
         table = _read_table(self.index_path)
         if _HEADER_KEY not in table:
             raise ValueError(f"{self.index_path}: no bundle header (not a tensor-bundle index)")
-        header = parse_message(table.pop(_HEADER_KEY), f"{self.index_path}: header")
-        self.num_shards = _last(header, 1)
-        self._big_endian = _last(header, 2) == 1
-        version = parse_message(_last(header, 3, b""), f"{self.index_path}: header version")
-        min_consumer = _last(version, 2)
+        where = f"{self.index_path}: header"
+        header = parse_message(table.pop(_HEADER_KEY), where)
+        self.num_shards = number(header, 1, where)
+        self._big_endian = number(header, 2, where) == 1
+        version = parse_message(message(header, 3, where), where + " version")
+        min_consumer = number(version, 2, where + " version")
         if min_consumer > _BUNDLE_VERSION:
             raise ValueError(f"{self.index_path}: written in tensor-bundle format version "
-                             f"{_last(version, 1)} for readers of version >= {min_consumer}; "
+                             f"{number(version, 1, where)} for readers of version >= "
+                             f"{min_consumer}; "
                              f"this reader knows version {_BUNDLE_VERSION}")
         if _BUNDLE_VERSION in _packed_or_repeated(version, 3, self.index_path):
             raise ValueError(f"{self.index_path}: the file marks format version "
@@ -603,7 +638,7 @@ class BundleReader:
         for key, value in itertools.chain(self._entries.items(), self._slices.items()):
             try:
                 f = parse_message(value, self.index_path)
-                shard, offset, size = (_number(f, n, self.index_path) for n in (3, 4, 5))
+                shard, offset, size = (number(f, n, self.index_path) for n in (3, 4, 5))
             except ValueError:
                 continue
             if size:
@@ -654,8 +689,7 @@ class BundleReader:
 
     def dtype_name(self, name):
         """TensorFlow's name of the dtype of ``name`` (``"float32"``, ``"bfloat16"``, ...)."""
-        code = self.entry(name).dtype
-        return _DTYPE_NAMES.get(code, f"DataType {code}")
+        return _dtype_name(self.entry(name).dtype)
 
     def shape(self, name):
         return self.entry(name).shape
@@ -796,6 +830,10 @@ class BundleReader:
                 raise ValueError(f"{where}: the slice {extents} it lists is not in "
                                  f"{self.index_path}")
             part = _Entry(e.name, self._slices[key], f"{where} slice {extents}")
+            if part.dtype != e.dtype:  # (the slices would be cast into the first one's dtype)
+                raise ValueError(f"{where}: slice {extents} holds {_dtype_name(part.dtype)}, "
+                                 f"the variable is {_dtype_name(e.dtype)}; TensorFlow saves "
+                                 "every slice in the variable's dtype")
             self._check_extent(part, f"{where} slice {extents}")
             count = 1
             for s in index:

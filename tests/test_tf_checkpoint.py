@@ -666,3 +666,74 @@ def test_two_weights_pointing_at_one_checkpoint_value_are_refused():
     graph.variable(a)
     with pytest.raises(ValueError, match=f"{a} and {b} are one checkpoint value"):
         graph.variable(b)
+
+
+_DIMS = _field(2, _field(1, 2))  # shape (2,)
+
+
+@pytest.mark.parametrize("entry, header, message", [
+    (_entry((2,), 8), _field(1, b"\x01") + _field(3, _field(1, 1)),
+     r"header: field 1 holds 1 bytes where a number"),
+    (_entry((2,), 8), _field(1, 1) + _field(3, 5), r"header: field 3 holds the number 5 where a "
+                                                   "message"),
+    (_field(1, 1) + _field(2, 7) + _field(5, 8), None,
+     r"entry 'w': field 2 holds the number 7 where a message"),
+    (_field(1, 1) + _field(2, _field(2, _field(1, b"ab"))) + _field(5, 8), None,
+     r"entry 'w' shape: field 1 holds 2 bytes where a number"),
+    (_entry((2,), 8) + _field(7, 3), None, r"entry 'w': field 7 holds the number 3"),
+    (_field(1, b"\x01") + _field(2, _DIMS) + _field(5, 8), None,
+     r"entry 'w': field 1 holds 1 bytes where a number"),
+    (_entry((2,), 8) + _field(6, b"abcd"), None, r"entry 'w': field 6 holds 4 bytes"),
+], ids=["num_shards-as-bytes", "version-as-number", "shape-as-number", "dim-as-bytes",
+        "slice-as-number", "dtype-as-bytes", "crc-as-bytes"])
+def test_fields_of_the_wrong_wire_type_are_value_errors(tmp_path, entry, header, message):
+    """Each field is read as the type it must have; a TypeError escaped before."""
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\x00" * 8)
+    items = [(b"", header or _field(1, 1) + _field(3, _field(1, 1))), (b"w", entry)]
+    _write_table(tmp_path / "m.index", _block(items), b"w")
+    with pytest.raises(ValueError, match=message):
+        read_tf_checkpoint(tmp_path / "m")["w"]
+
+
+def test_a_slice_of_another_dtype_is_refused(tmp_path):
+    """The second slice was cast into the first one's dtype: a float64 slice
+    of a float32 variable came back truncated to uint8."""
+    (tmp_path / "m.data-00000-of-00001").write_bytes(np.array([1.5, 2.5]).tobytes()
+                                                     + bytes([7, 9]))
+    a, b = [(0, 2)], [(2, 2)]
+    _write_index(tmp_path / "m.index", {
+        b"w": _entry((4,), 0, slices=[a, b]),
+        _tf_bundle._slice_key(b"w", a): _entry((2,), 2, offset=16, dtype=4),  # uint8
+        _tf_bundle._slice_key(b"w", b): _entry((2,), 16, dtype=2)})  # float64
+    with pytest.raises(ValueError, match=r"tensor 'w': slice \[\(0, 2\)\] holds uint8, the "
+                                         "variable is float32"):
+        read_tf_checkpoint(tmp_path / "m")
+
+
+def test_object_graph_fields_of_the_wrong_wire_type(tmp_path):
+    """A child reference's name stored as a number raised AttributeError."""
+    graph = _field(1, _field(1, _field(1, 1) + _field(2, 5))) + _field(1, b"")
+    blob = _varint(len(graph)) + b"\x00" * 4 + graph
+    (tmp_path / "k.data-00000-of-00001").write_bytes(blob)
+    _write_index(tmp_path / "k.index", {
+        b"_CHECKPOINTABLE_OBJECT_GRAPH": _field(1, 7) + _field(2, b"") + _field(5, len(blob))})
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "SimpleRNN", "config": {"name": "r", "units": 2}}]}}
+    with pytest.raises(ValueError, match="object graph: field 2 holds the number 5 where a "
+                                         "message or string"):
+        fastrnn.load_keras(tmp_path / "k", config=config)
+
+
+def test_keras_metadata_fields_of_the_wrong_wire_type(tmp_path):
+    d = _copy(tmp_path, "keras2_gru_functional")
+    (d / "keras_metadata.pb").write_bytes(_field(1, 5))
+    with pytest.raises(ValueError, match=r"keras_metadata.pb: field 1 holds the number 5"):
+        fastrnn.load_keras(d)
+
+
+@pytest.mark.parametrize("escape", ["\\x4", "\\u1234"])
+def test_checkpoint_file_with_an_invalid_escape(tmp_path, escape):
+    (tmp_path / "checkpoint").write_text(f'model_checkpoint_path: "model{escape}"\n')
+    with pytest.raises(ValueError, match=r"checkpoint: model_checkpoint_path holds an invalid "
+                                         "escape"):
+        read_tf_checkpoint(tmp_path)

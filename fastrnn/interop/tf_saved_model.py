@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 
 from .. import _safe_io
-from .._tf_bundle import BundleReader, parse_message
+from .._tf_bundle import BundleReader, message, messages, number, parse_message
 
 _OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _MAX_METADATA = 64 * 1024 * 1024
@@ -62,11 +62,11 @@ def _saved_model_config(path):
     if os.path.getsize(meta_path) > _MAX_METADATA:
         raise ValueError(f"{meta_path}: implausibly large ({os.path.getsize(meta_path)} bytes)")
     with open(meta_path, "rb") as f:
-        nodes = parse_message(f.read(), meta_path).get(1, [])
+        nodes = messages(parse_message(f.read(), meta_path), 1, meta_path)
     for node in nodes:
         fields = parse_message(node, meta_path)
-        if fields.get(3, [b""])[-1] == b"root":
-            meta = _safe_io.load_json(fields.get(5, [b"{}"])[-1], meta_path,
+        if message(fields, 3, meta_path) == b"root":
+            meta = _safe_io.load_json(message(fields, 5, meta_path, b"{}"), meta_path,
                                       "the model's metadata")
             if not isinstance(meta, dict):
                 raise ValueError(f"{meta_path}: the model's metadata: expected a JSON object, "
@@ -96,17 +96,17 @@ class _ObjectGraph:
         self.reader = reader
         self._read = {}  # checkpoint key -> the path of the weight read from it
         self.children, self.variables = [], []
-        for node in parse_message(blob[()], where).get(1, []):
+        for node in messages(parse_message(blob[()], where), 1, where):
             fields = parse_message(node, where)
             kids = {}
-            for ref in fields.get(1, []):
+            for ref in messages(fields, 1, where):
                 r = parse_message(ref, where)
-                kids[r.get(2, [b""])[-1].decode("utf-8", "replace")] = r.get(1, [0])[-1]
+                kids[message(r, 2, where).decode("utf-8", "replace")] = number(r, 1, where)
             keys = {}
-            for attr in fields.get(2, []):
+            for attr in messages(fields, 2, where):
                 a = parse_message(attr, where)
-                keys[a.get(1, [b""])[-1].decode("utf-8", "replace")] = \
-                    a.get(3, [b""])[-1].decode("utf-8", "replace")
+                keys[message(a, 1, where).decode("utf-8", "replace")] = \
+                    message(a, 3, where).decode("utf-8", "replace")
             self.children.append(kids)
             self.variables.append(keys.get("VARIABLE_VALUE"))
         if not self.children:
