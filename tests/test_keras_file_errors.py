@@ -217,3 +217,73 @@ def test_config_entry_missing(tmp_path, layer, key):
         f.create_group("layers/rnn/cell")
     config = {"class_name": "Sequential", "config": {"name": "s", "layers": [layer]}}
     _refused(path, rf"lacks an entry the model needs: '{key}'", config=config)
+
+
+def _lstm_keras_file(path, layers):
+    """A .keras file of ``[InputLayer, LSTM(2)]`` with ``layers`` edited, and real weights."""
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    with h5py.File(buf, "w") as f:
+        for i, shape in enumerate([(3, 8), (2, 8), (8,)]):
+            f[f"layers/lstm/cell/vars/{i}"] = rng.uniform(-1, 1, shape).astype(np.float32)
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": layers}}
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps(config))
+        z.writestr("metadata.json", "{}")
+        z.writestr("model.weights.h5", buf.getvalue())
+    return path
+
+
+def _input_lstm(**lstm):
+    return [{"class_name": "InputLayer", "config": {"name": "in", "batch_shape": [None, 5, 3]}},
+            {"class_name": "LSTM", "config": {"name": "lstm", "units": 2, **lstm}}]
+
+
+def _edit(index, **changes):
+    layers = _input_lstm()
+    layers[index]["config"].update(changes)
+    return layers
+
+
+@pytest.mark.parametrize("layers, pattern", [
+    (_edit(0, batch_shape=5), r"TypeError: 'int' object is not iterable"),
+    (_edit(1, dtype={"class_name": "DTypePolicy", "config": "x"}), r"AttributeError"),
+    (_edit(1, return_sequences=None), r"return_sequences: expected True or False, got None"),
+    (_edit(1, kernel_initializer={"class_name": [], "config": {}}), r"TypeError"),
+    ([_input_lstm()[0], {"class_name": "LSTM", "config": {"name": "lstm"}}], r"units"),
+    ([_input_lstm()[0], {"class_name": "RNN", "config": {"name": "lstm", "cell": {
+        "class_name": "StackedRNNCells", "config": {"cells": None}}}}], r"TypeError"),
+], ids=["batch_shape-int", "dtype-policy-str", "return_sequences-null", "initializer-list",
+        "no-units", "cells-null"])
+def test_config_values_of_the_wrong_type(tmp_path, layers, pattern):
+    """Each raised a TypeError or AttributeError that did not name the file."""
+    path = _lstm_keras_file(tmp_path / "bad.keras", layers)
+    _refused(path, pattern)
+
+
+def test_hdf5_layouts_keras_never_writes(tmp_path):
+    """``vars`` a dataset (AttributeError) and a soft link to itself (h5py's
+    RuntimeError) are refusals naming the file."""
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [_LSTM]}}
+
+    def vars_dataset(g):
+        g["vars"] = np.zeros(3)
+
+    def link_loop(g):
+        v = g.create_group("vars")
+        v["0"] = h5py.SoftLink("/layers/lstm/cell/vars/0")
+        v["1"] = np.zeros((2, 8), np.float32)
+        v["2"] = np.zeros(8, np.float32)
+
+    for name, write in (("ds.weights.h5", vars_dataset), ("loop.weights.h5", link_loop)):
+        with h5py.File(tmp_path / name, "w") as f:
+            write(f.create_group("layers/lstm/cell"))
+        _refused(tmp_path / name, r"AttributeError|RuntimeError", config=config)
+
+
+def test_a_bytes_path_loads(tmp_path):
+    path = _lstm_keras_file(tmp_path / "ok.keras", _input_lstm())
+    want = fastrnn.load_keras(path).get_weights()
+    got = fastrnn.load_keras(os.fsencode(path)).get_weights()
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)

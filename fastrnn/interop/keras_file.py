@@ -457,7 +457,7 @@ def _read_config(config):
         with open(path, "rb") as f:
             return _safe_io.load_json(f.read(), where, "the file")
     raise TypeError(f"config: expected a dict, a JSON string or a path, got "
-                    f"{type(config).__name__}")
+                    f"{type(config).__name__}")  # (load_keras checks first: see _naming_the_file)
 
 
 def _from_weights_h5(f, model_config, backend, budget):
@@ -518,12 +518,20 @@ def _from_legacy_h5(f, config, backend, budget, where):
 
 def _naming_the_file(load):
     """``load`` whose refusals name the file: a ``ValueError`` that does not gets it as a
-    prefix, and an unreadable zip or HDF5 structure, or a ``KeyError`` (an HDF5 object or a
-    config entry that the load looked up and the file or config lacks), is a ``ValueError``
-    too."""
+    prefix, and an unreadable zip or HDF5 structure (h5py raises ``RuntimeError`` for a
+    link loop), a ``KeyError`` (an HDF5 object or a config entry that the load looked up and
+    the file or config lacks), or a ``TypeError`` / ``AttributeError`` / ``IndexError``
+    (a config value or an HDF5 object of another type than Keras writes) is a
+    ``ValueError`` too. A bytes path is decoded as ``os.fsdecode`` does."""
 
     @functools.wraps(load)
     def wrapper(path, *args, **kwargs):
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        config = kwargs.get("config", args[0] if args else None)
+        if config is not None and not isinstance(config, (dict, str, os.PathLike)):
+            raise TypeError(f"config: expected a dict, a JSON string or a path, got "
+                            f"{type(config).__name__}")
         where = f"load_keras: {os.fspath(path)!r}"
         try:
             return load(path, *args, **kwargs)
@@ -538,6 +546,9 @@ def _naming_the_file(load):
             if str(exc).startswith("load_keras"):
                 raise
             raise ValueError(f"{where}: {exc}") from exc
+        except (TypeError, AttributeError, IndexError, RuntimeError) as exc:
+            raise ValueError(f"{where}: not a model Keras writes ({type(exc).__name__}: "
+                             f"{exc})") from exc
 
     return wrapper
 
