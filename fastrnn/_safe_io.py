@@ -44,6 +44,19 @@ _RECURRENT = ("RNN", "SimpleRNN", "GRU", "LSTM")
 _SHAPE_KEYS = ("input_dim", "input_shape", "batch_input_shape")
 
 
+def source(path, where):
+    """``path`` as a loader opens it: a bytes path decoded (``os.fsdecode``),
+    anything else as it came; a file object opened in text mode is a
+    ``TypeError`` (its reads give ``str``: the load would fail later with a
+    decoding error that names nothing)."""
+    if isinstance(path, bytes):
+        return os.fsdecode(path)
+    if isinstance(path, io.TextIOBase):
+        raise TypeError(f"{where}: expected a path or a binary file object, got a text-mode "
+                        f"file {getattr(path, 'name', path)!r} (open it with 'rb')")
+    return path
+
+
 def size_of(source):
     """Bytes in ``source``: a path, or a seekable binary file object (from its start)."""
     if hasattr(source, "read"):

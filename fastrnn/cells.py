@@ -46,11 +46,25 @@ _IGNORED_KW = ("trainable", "implementation", "activity_regularizer", "autocast"
 
 
 def resolve_dtype(dtype, argument="dtype"):
-    """``"float32"`` / ``"float64"`` from a dtype, a name or a Keras DTypePolicy dict."""
+    """``"float32"`` / ``"float64"`` from a dtype, a name or a Keras DTypePolicy dict.
+
+    A policy without a name (or with ``None``) is float32, as Keras reads it
+    (its ``floatx``); a quantized policy's dtype is its ``source_name``."""
+    if isinstance(dtype, dict):  # Keras 3 serialised DTypePolicy
+        config = dtype.get("config")
+        if config is None:
+            config = {}
+        if not isinstance(config, dict):
+            raise ValueError(f"{argument}: a dtype policy's config must be a dict, got "
+                             f"{type(config).__name__} {config!r}")
+        for key in ("name", "source_name"):
+            if key in config:
+                dtype = config[key]
+                break
+        else:
+            dtype = dtype.get("name")
     if dtype is None:
         return np.dtype(np.float32)
-    if isinstance(dtype, dict):  # Keras 3 serialised DTypePolicy
-        dtype = (dtype.get("config") or {}).get("name", dtype.get("name"))
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:

@@ -318,7 +318,10 @@ def load(path):
         (a recurrent layer without weights among them).
     FileNotFoundError
         No such file.
+    TypeError
+        A file object opened in text mode.
     """
+    path = _safe_io.source(path, "fastrnn.load")
     is_file = hasattr(path, "read")
     where = getattr(path, "name", None) or (os.fspath(path) if not is_file else "<file>")
     if not is_file and not os.path.exists(os.fspath(path)):

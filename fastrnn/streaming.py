@@ -991,9 +991,10 @@ def load_stream(path):
         Not a saved stream, or a file that declares more than it holds.
     FileNotFoundError
         No such file.
+    TypeError
+        A file object opened in text mode.
     """
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+    path = _safe_io.source(path, "load_stream")
     is_file = hasattr(path, "read")
     if not is_file and not os.path.exists(path):
         raise FileNotFoundError(f"load_stream: no such file {os.fspath(path)!r}")

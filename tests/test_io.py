@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import json
 import zipfile
 
@@ -421,3 +422,24 @@ def test_callable_named_like_a_builtin_is_not_saved_as_it(fn, rng, tmp_path):
 def test_docstrings_state_no_pickle():
     assert "never executes code" in fastrnn.io.__doc__
     assert "Never executes code" in fastrnn.load.__doc__
+
+
+def test_path_forms_bytes_and_text_mode_files(rng, tmp_path):
+    """A bytes path loads (fastrnn.load read it as a file object: "'bytes' object
+    has no attribute 'seek'"); a text-mode file object is a TypeError saying so
+    (a bare UnicodeDecodeError before)."""
+    from fastrnn.streaming import load_stream
+    layer = fastrnn.GRU(3)
+    layer.build((None, None, 2))
+    layer.set_weights([rng.standard_normal(w.shape).astype(np.float32)
+                       for w in layer.get_weights()])
+    path = tmp_path / "g.fastrnn"
+    fastrnn.save(layer, path)
+    stream_path = layer.stream().save(tmp_path / "g")
+    for a, b in zip(fastrnn.load(os.fsencode(path)).get_weights(), layer.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert isinstance(load_stream(os.fsencode(stream_path)), fastrnn.streaming.Stream)
+    for load, p in ((fastrnn.load, path), (load_stream, stream_path)):
+        with open(p) as f, pytest.raises(TypeError, match=r"expected a path or a binary file "
+                                                          r"object, got a text-mode file"):
+            load(f)

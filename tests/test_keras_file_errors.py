@@ -247,7 +247,8 @@ def _edit(index, **changes):
 
 @pytest.mark.parametrize("layers, pattern", [
     (_edit(0, batch_shape=5), r"TypeError: 'int' object is not iterable"),
-    (_edit(1, dtype={"class_name": "DTypePolicy", "config": "x"}), r"AttributeError"),
+    (_edit(1, dtype={"class_name": "DTypePolicy", "config": "x"}),
+     r"dtype: a dtype policy's config must be a dict, got str 'x'"),
     (_edit(1, return_sequences=None), r"return_sequences: expected True or False, got None"),
     (_edit(1, kernel_initializer={"class_name": [], "config": {}}), r"TypeError"),
     ([_input_lstm()[0], {"class_name": "LSTM", "config": {"name": "lstm"}}], r"units"),

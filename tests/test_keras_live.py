@@ -166,3 +166,19 @@ def test_new_activations_in_layers(backend, name):
     klstm(x)
     _randomize(klstm, rng)
     np.testing.assert_allclose(_twin(klstm, backend)(x), _np(klstm(x)), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("policy", [
+    {"module": "keras", "class_name": "DTypePolicy", "config": {}, "registered_name": None},
+    {"class_name": "DTypePolicy", "config": {"name": None}},
+    {"class_name": "DTypePolicy", "config": {"name": "float64"}},
+    {"class_name": "QuantizedDTypePolicy", "config": {"mode": "int8", "source_name": "float64"}},
+    {}], ids=["no-name", "name-none", "float64", "quantized-source", "empty"])
+def test_dtype_policy_dicts_read_as_keras_reads_them(policy):
+    """A policy without a name was read as float64 (numpy's dtype of None)."""
+    want = keras.dtype_policies.deserialize(policy).name if policy else "float32"
+    if policy.get("class_name") == "QuantizedDTypePolicy":
+        want = policy["config"]["source_name"]
+    assert fastrnn.LSTM(4, dtype=policy).dtype == np.dtype(want)
+    assert fastrnn.deserialize({"class_name": "GRU", "config": {"units": 4, "dtype": policy}}
+                               ).dtype == np.dtype(want)
