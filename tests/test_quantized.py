@@ -249,6 +249,29 @@ def test_thread_splits_against_reference(cpu, monkeypatch, mode, kind, split):
             compare(cpu, params, x, mask=ragged_mask(rng, B, 6), reverse=B == 3, rng=rng)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("split", ["one", "rows", "panels"])
+def test_bfloat16_odd_units_with_an_inf_input(cpu, monkeypatch, kind, split):
+    """Weights-only bfloat16 reads the recurrent rows in pairs: with an odd H
+    the padded lane H was read at the next step, and an inf input had made it
+    NaN (inf times its zero columns), so the whole row turned NaN."""
+    if split != "one":
+        _force_parallel(cpu, monkeypatch)
+        monkeypatch.setattr(cpu.threads, "_max_threads", 2)
+        monkeypatch.setattr(cpu.threads, "_BATCH_SPLIT_MIN", 1 if split == "rows" else 1 << 30)
+        monkeypatch.setattr(cpu.threads, "_ROW_SPLIT_MAX_BYTES", 1 << 40)
+        monkeypatch.setattr(cpu.threads, "_TUNE_MIN_BYTES", 1 << 40)
+    rng = np.random.default_rng(11)
+    for H in (5, 17):
+        params = quantize(make_params(kind, rng, 3, H, np.float32), "bfloat16")
+        for B in (1, 3, 8):
+            monkeypatch.setattr(cpu.threads, "_contended_until", 0.0)
+            x = rng.standard_normal((B, 4, 3)).astype(np.float32)
+            x[0, 0, 1] = np.inf
+            x[B - 1, 1, 0] = -np.inf
+            compare(cpu, params, x, rng=rng)
+
+
 # ------------------------------------------------------------------ dynamic modes
 
 

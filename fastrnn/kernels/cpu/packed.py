@@ -18,7 +18,8 @@ input kernel's ``D`` rows, then the recurrent kernel's ``H`` rows,
 contiguous along ``k``. The input projection is therefore folded into each
 step's ``k`` loop and nothing grows with ``T``. A unit count that is not a
 multiple of 16 pads the last panel with zero columns; padded lanes are
-computed and never read. The tiles that run a panel for a few rows at a
+computed and never read (but lane ``H`` of an odd ``H`` in weights-only
+bfloat16, whose recurrent rows come in pairs: :func:`panel` zeroes it). The tiles that run a panel for a few rows at a
 time, and the gate math they end with, are in :mod:`.tiles`.
 
 A single row with large weights (``hoist``) takes its input sums (bias +
@@ -259,6 +260,12 @@ def panel(call, p, pn, r0, n, t, hf, cb, cur, nxt, valid, started):
             gru_tile_1(W, bias, x, state, rows, cfg)
         else:
             lstm_tile_1(W, bias, x, state, rows, cfg)
+    if Wp.itemsize == 2 and H & 1 and pu + LANES > H:
+        # weights-only bfloat16 reads the recurrent rows in pairs, so the
+        # next step reads padded lane H (times a zero row): keep it 0, not
+        # whatever an inf input made of it (inf * 0 there is NaN)
+        for rr in range(n):
+            hf[nxt + rr * Hp + H] = 0.0
     if has_out:
         # ``out`` is C-contiguous (the backend makes sure): a full panel is
         # one vector store at flat offset ((b * T + t) * H + pu)
