@@ -352,3 +352,33 @@ def test_layer_stream_takes_unbatched_frames(rng):
     stream = from_torch(m).stream()
     got = np.stack([stream(xs[t]) for t in range(6)])
     np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def test_a_refused_load_changes_nothing(rng):
+    """A state_dict of the wrong shape was refused, but state_dict() and
+    get_weights() (and so fastrnn.save) then gave the refused arrays while the
+    kernels ran the old ones; a quantized two-layer module refusing NaN in its
+    second layer kept the new first layer."""
+    def u(*shape):
+        return rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+    m = from_torch_weights("LSTM", [u(16, 3), u(16, 4)], [u(16, 4), u(16, 4)],
+                           [u(16), u(16)], [u(16), u(16)])
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    before, y0 = m.state_dict(), m(x)[0]
+    for quantized in (False, True):
+        if quantized:
+            m.quantize("int8")
+            before, y0 = m.state_dict(), m(x)[0]
+        bad = dict(before, weight_hh_l0=np.zeros((16, 5), np.float32))
+        with pytest.raises(ValueError, match="weight_hh_l0 expected shape"):
+            m.load_state_dict(bad)
+        if quantized:  # (int8 refuses NaN: in the second layer, after the first took its own)
+            nan = dict(before, weight_hh_l0=before["weight_hh_l0"] * 2,
+                       weight_hh_l1=np.full((16, 4), np.nan, np.float32))
+            with pytest.raises(ValueError, match="NaN"):
+                m.load_state_dict(nan)
+        after = m.state_dict()
+        assert after.keys() == before.keys()
+        for k in before:
+            np.testing.assert_array_equal(after[k], before[k])
+        np.testing.assert_array_equal(m(x)[0], y0)

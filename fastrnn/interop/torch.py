@@ -144,27 +144,35 @@ class _TorchConverted:
         if missing:
             raise ValueError(f"{type(self).__name__}: state_dict is missing {missing}; "
                              f"expected {names}")
-        self._arrays = {}
+        arrays = {}
         for n in names:
             a = _to_numpy(state[n], n)
             if a.dtype.kind != "f":
                 raise TypeError(f"{n}: expected floating-point weights, got {a.dtype}")
-            self._arrays[n] = np.array(a, dtype=self.dtype)
-        self._check_shapes()
+            arrays[n] = np.array(a, dtype=self.dtype)
+        self._check_shapes(arrays)
+        old = getattr(self, "_arrays", None)
         with WEIGHTS_LOCK:  # every layer's new weights, seen together
-            self._load_cells()
+            self._arrays = arrays
+            try:
+                self._load_cells()
+            except BaseException:  # (a layer refused them: all as before)
+                if old is not None:
+                    self._arrays = old
+                    self._load_cells()
+                raise
 
     def _expected_shape(self, name):
         return _expected_shape(name, self.mode, self.input_size, self.hidden_size,
                                self.proj_size, not self._is_cell and self.bidirectional,
                                self._is_cell)
 
-    def _check_shapes(self):
+    def _check_shapes(self, arrays):
         for n in self.parameter_names:
             want = self._expected_shape(n)
-            if self._arrays[n].shape != want:
+            if arrays[n].shape != want:
                 raise ValueError(f"{type(self).__name__}: {n} expected shape {want}, got "
-                                 f"{self._arrays[n].shape}")
+                                 f"{arrays[n].shape}")
 
     def state_dict(self):
         """The weights as ``{PyTorch name: array}`` (copies), ``named_parameters``
