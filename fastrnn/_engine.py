@@ -73,11 +73,31 @@ class Weights:
         return got
 
 
-def snapshot(cells, dtype=None):
+def snapshot(cells, dtype=None, stack=False):
     """The current :class:`Weights` of each cell, read together (see the
-    module docstring). ``cell._weights_for(dtype)`` gives one cell's."""
+    module docstring). ``cell._weights_for(dtype)`` gives one cell's.
+
+    ``stack``: the cells are stacked, each reading the output of the one
+    below; a cell whose kernel takes another input size is a ``ValueError``
+    (its weights were set, or it was built, apart from the stack: the
+    kernels would read past the rows it has)."""
     with WEIGHTS_LOCK:
-        return tuple(c._weights_for(dtype) for c in cells)
+        weights = tuple(c._weights_for(dtype) for c in cells)
+    if stack:
+        check_stack(cells, weights)
+    return weights
+
+
+def check_stack(cells, weights):
+    """Refuse stacked ``cells`` (with their :class:`Weights`) where a cell's
+    kernel takes another input size than the cell below gives."""
+    for i in range(1, len(weights)):
+        below, above = weights[i - 1].params, weights[i].params
+        if above.kernel.shape[0] != below.output_size:
+            raise ValueError(
+                f"cells[{i}] ({type(cells[i]).__name__}): its kernel takes "
+                f"{above.kernel.shape[0]} inputs, but cells[{i - 1}] gives "
+                f"{below.output_size}; set its weights for a kernel of {below.output_size} rows")
 
 
 def _for_stack(weights, key, make):

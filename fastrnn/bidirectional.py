@@ -54,9 +54,14 @@ class Bidirectional:
         self.backward_layer = backward_layer
         if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
             raise ValueError("backward_layer: must have the opposite go_backwards of layer")
-        for attr in ("stateful", "return_sequences", "return_state"):
+        for attr in ("stateful", "return_sequences", "return_state", "time_major"):
             if getattr(self.forward_layer, attr) != getattr(self.backward_layer, attr):
                 raise ValueError(f"backward_layer: {attr} must equal the forward layer's")
+        sizes = _output_size(self.forward_layer), _output_size(self.backward_layer)
+        if merge_mode in ("sum", "mul", "ave") and sizes[0] != sizes[1]:
+            raise ValueError(f"backward_layer: merge_mode={merge_mode!r} combines the two "
+                             f"outputs element by element, so both need the same size; the "
+                             f"forward layer gives {sizes[0]}, the backward layer {sizes[1]}")
         for sub in (self.forward_layer, self.backward_layer):
             sub.zero_output_for_mask = sub.return_sequences
             if backend is not None:
@@ -146,7 +151,11 @@ class Bidirectional:
         """Both directions' weights, read together (None with the user's cells)."""
         fw, bw = self.forward_layer, self.backward_layer
         if fw.compiled and bw.compiled and fw.built and bw.built:
-            return _engine.snapshot(fw.cells + bw.cells)
+            weights = _engine.snapshot(fw.cells + bw.cells)
+            n = len(fw.cells)
+            _engine.check_stack(fw.cells, weights[:n])
+            _engine.check_stack(bw.cells, weights[n:])
+            return weights
         return None
 
     def _call(self, inputs, mask, initial_state, training, weights):
@@ -161,7 +170,7 @@ class Bidirectional:
                                  f"backward states ({n_fw + n_bw} arrays), got {len(flat)}")
             fw_state, bw_state = flat[:n_fw], flat[n_fw:]
         fw_args = fw._prepare(inputs, mask, fw_state)
-        bw_args = bw._prepare(inputs, mask, bw_state)
+        bw_args = bw._prepare(inputs, mask, bw_state, len(fw.state_sizes))
         # both directions' weights read together: a set_weights in another
         # thread changes both or neither for this call
         if weights is None:
@@ -200,15 +209,17 @@ class Bidirectional:
 
     def compute_output_shape(self, input_shape):
         shape = self.forward_layer.compute_output_shape(input_shape)
-        states = []
+        back = self.backward_layer.compute_output_shape(input_shape)
+        states = back_states = []
         if self.return_state:
-            shape, states = shape[0], shape[1:]
+            shape, states = shape[0], list(shape[1:])
+            back, back_states = back[0], list(back[1:])
         if self.merge_mode == "concat":
-            shape = tuple(shape[:-1]) + (shape[-1] * 2,)
+            shape = tuple(shape[:-1]) + (shape[-1] + back[-1],)
         elif self.merge_mode is None:
-            shape = [shape, shape]
+            shape = [shape, back]
         if self.return_state:
-            return (shape if self.merge_mode is None else [shape]) + states + states
+            return (shape if self.merge_mode is None else [shape]) + states + back_states
         return shape
 
     def get_config(self):
@@ -224,3 +235,13 @@ class Bidirectional:
         if backward is not None:
             backward = serialization.deserialize(backward, kinds=("rnn",))
         return cls(layer, backward_layer=backward, **config)
+
+
+def _output_size(layer):
+    """The size of each step's output of recurrent ``layer`` (its top cell's)."""
+    cell = layer.cell
+    size = getattr(cell, "output_size", None)
+    if size is None:
+        size = cell.state_size
+        size = size[0] if isinstance(size, (list, tuple)) else size
+    return size

@@ -621,9 +621,16 @@ class StackedRNNCells:
                 f"StackedRNNCells.set_weights: expected {sum(counts)} arrays "
                 f"({' + '.join(map(str, counts))} for the cells in order), got {len(weights)}"
             )
-        stages, start = [], 0
-        for c, n in zip(self.cells, counts):
+        stages, start, below = [], 0, None
+        for i, (c, n) in enumerate(zip(self.cells, counts)):
             stages.append(stage_weights(c, weights[start : start + n]))
+            if hasattr(c, "_weight_specs") and below is not None \
+                    and np.shape(weights[start])[0] != below:
+                raise ValueError(
+                    f"StackedRNNCells.set_weights: cells[{i}] ({type(c).__name__}) kernel "
+                    f"(array {start}): expected {below} rows (the output size of the cell "
+                    f"below), got shape {np.shape(weights[start])}")
+            below = getattr(c, "output_size", None) or _first(c.state_size)
             start += n
 
         def commit():
@@ -764,7 +771,7 @@ def _one_step(owner, cells, inputs, states, nested, training):
     x = _device.as_float_array(x, dtype, "inputs")
     flat = [_device.as_float_array(_device.prepare(st)[0], dtype, f"states[{k}]")
             for k, st in enumerate(states)]
-    weights = _engine.snapshot(cells)
+    weights = _engine.snapshot(cells, stack=True)
     if training and any(c.dropout or c.recurrent_dropout for c in cells):
         y, new = _dropout_step(cells, weights, x, flat)
     elif xp is np and (frames := _engine.frames_for(weights, B)) is not None:

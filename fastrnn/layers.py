@@ -327,7 +327,7 @@ class RNN:
         if not self.built:
             raise ValueError(f"{type(self).__name__} is not built: call build() or set_weights()")
         if weights is None:
-            weights = _engine.snapshot(self.cells)
+            weights = _engine.snapshot(self.cells, stack=True)
         choice = _engine.select_for(weights, self.backend_arg, on_device, self._placed)
         self._choice = choice
         return choice
@@ -368,7 +368,9 @@ class RNN:
             kept = self._zeros = (key, [np.zeros((batch, n), self.dtype) for n in sizes])
         return list(kept[1])
 
-    def _initial_states(self, initial_state, batch, xp):
+    def _initial_states(self, initial_state, batch, xp, first=0):
+        """The call's initial states; errors number them from ``first`` (a
+        Bidirectional's backward states follow the forward ones)."""
         sizes = self.state_sizes
         fixed, by = None, None
         if self.stateful and self.states is not None:
@@ -395,7 +397,7 @@ class RNN:
                 f"{[(batch, s) for s in sizes]}, got {len(flat)}{numbers_hint(flat)}"
             )
         states = []
-        for k, (s, size) in enumerate(zip(flat, sizes)):
+        for k, (s, size) in enumerate(zip(flat, sizes), first):
             s = _device.as_float_array(s, self.dtype, f"initial_state[{k}]")
             if tuple(s.shape) != (batch, size):
                 raise ValueError(
@@ -419,9 +421,9 @@ class RNN:
     def _snapshot(self):
         """The cells' current weights (see ``_engine.snapshot``), None for the
         user's cells (they hold their own)."""
-        return _engine.snapshot(self.cells) if self.compiled and self.built else None
+        return _engine.snapshot(self.cells, stack=True) if self.compiled and self.built else None
 
-    def _prepare(self, inputs, mask, initial_state):
+    def _prepare(self, inputs, mask, initial_state, first_state=0):
         """Check and convert a call's arguments: ``(x (B, T, D), mask (B, T)
         or None, flat initial states, xp, restore)`` (see ``_device.prepare``)."""
         x, xp, restore = _device.prepare(inputs)
@@ -445,7 +447,7 @@ class RNN:
         if self.nan_policy == "raise" and bool(xp.isnan(x).any()):
             raise ValueError("inputs: contain NaN and nan_policy='raise'")
         m = _mask_array(mask, B, T, xp, self.time_major)
-        states = self._initial_states(initial_state, B, xp)
+        states = self._initial_states(initial_state, B, xp, first_state)
         if self.stateful and self.states is None:
             self.states = [xp.zeros_like(s) for s in states]
         return x, m, states, xp, restore
@@ -514,7 +516,7 @@ class RNN:
                dispatch.default_key(), on_device)
         plan = getattr(self, "_plan", None)  # (None in a layer unpickled from an older version)
         if plan is None or plan[0] != key:
-            weights = _engine.snapshot(self.cells)
+            weights = _engine.snapshot(self.cells, stack=True)
             choice = _engine.select_for(weights, self.backend_arg, on_device, self._placed)
             plan = self._plan = (key, weights, choice, [w.packed(choice.module) for w in weights])
         return plan

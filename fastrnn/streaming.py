@@ -427,7 +427,7 @@ class Stream:
         weights = params = None
         fast_ok, why = False, "the layer has custom cells (host step loop)"
         if layer.compiled:
-            weights = _engine.snapshot(cells)
+            weights = _engine.snapshot(cells, stack=True)
             params = [w.params for w in weights]
             if self._backend_arg is None:
                 fast_ok, why = _engine.frames_supported(params)

@@ -457,3 +457,65 @@ def test_repeated_calls_follow_weights_and_backend_changes(backend, rng, monkeyp
         monkeypatch.delenv("FASTRNN_BACKEND")
         layer_auto(x)
         assert layer_auto.backend != "reference"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stacked_cells_whose_sizes_do_not_chain_are_refused(backend, rng):
+    """An unbuilt stack took weights whose upper kernel did not fit the cell
+    below (the cpu backend then returned NaN and garbage), and cells built
+    apart ran stacked."""
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    w = [rng.standard_normal(s).astype(np.float32)
+         for s in [(5, 28), (7, 28), (28,), (6, 15), (5, 15), (2, 15)]]
+    layer = fastrnn.RNN([fastrnn.LSTMCell(7), fastrnn.GRUCell(5)], backend=backend)
+    with pytest.raises(ValueError, match=r"cells\[1\] \(GRUCell\) kernel \(array 3\): expected "
+                                         r"7 rows .*got shape \(6, 15\)"):
+        layer.set_weights(w)
+    assert not layer.built  # nothing was set
+    a, b = fastrnn.LSTMCell(7), fastrnn.GRUCell(5)
+    a.build((None, 5))
+    b.build((None, 9))
+    message = r"cells\[1\] \(GRUCell\): its kernel takes 9 inputs, but cells\[0\] gives 7"
+    for call in (lambda: fastrnn.RNN([a, b], backend=backend)(x),
+                 lambda: fastrnn.Bidirectional(
+                     fastrnn.RNN([fastrnn.LSTMCell(7), fastrnn.GRUCell(5)]), backend=backend,
+                     backward_layer=fastrnn.RNN([a, b], go_backwards=True))(x),
+                 lambda: fastrnn.RNN([a, b], backend=backend).stream()(x[:, 0])):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_bidirectional_halves_must_agree():
+    """A backward layer that is not time-major under a time-major forward one
+    read the array the other way round; merge modes that add or multiply
+    broadcast a 1-unit half over the other, silently."""
+    with pytest.raises(ValueError, match="backward_layer: time_major must equal"):
+        fastrnn.Bidirectional(fastrnn.GRU(7, time_major=True),
+                              backward_layer=fastrnn.GRU(7, go_backwards=True))
+    for mode in ("sum", "mul", "ave"):
+        with pytest.raises(ValueError, match=rf"merge_mode='{mode}' .*the forward layer gives "
+                                             r"7, the backward layer 1"):
+            fastrnn.Bidirectional(fastrnn.GRU(7), merge_mode=mode,
+                                  backward_layer=fastrnn.GRU(1, go_backwards=True))
+
+
+def test_bidirectional_output_shape_with_halves_of_two_sizes(rng):
+    x = rng.standard_normal((4, 6, 5)).astype(np.float32)
+    bi = fastrnn.Bidirectional(fastrnn.GRU(7, return_sequences=True),
+                               backward_layer=fastrnn.SimpleRNN(5, return_sequences=True,
+                                                                go_backwards=True))
+    assert bi.compute_output_shape((4, 6, 5)) == bi(x).shape == (4, 6, 12)
+    bi = fastrnn.Bidirectional(fastrnn.LSTM(7, return_state=True),
+                               backward_layer=fastrnn.GRU(5, return_state=True, go_backwards=True))
+    want = [(4, 12), (4, 7), (4, 7), (4, 5)]
+    assert [tuple(s) for s in bi.compute_output_shape((4, 6, 5))] == want
+    assert [y.shape for y in bi(x)] == want
+
+
+def test_bidirectional_backward_initial_state_error_names_its_entry(rng):
+    x = rng.standard_normal((4, 6, 5)).astype(np.float32)
+    bi = fastrnn.Bidirectional(fastrnn.LSTM(7))
+    init = [np.zeros((4, 7), np.float32)] * 2 + [np.zeros((4, 6), np.float32)] * 2
+    with pytest.raises(ValueError, match=r"initial_state\[2\]: expected shape \(4, 7\), got "
+                                         r"\(4, 6\)"):
+        bi(x, initial_state=init)
