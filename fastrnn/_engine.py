@@ -28,6 +28,7 @@ converted PyTorch modules all run through the functions here:
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 
 import numpy as np
@@ -39,6 +40,11 @@ from .kernels import reference, state_sizes
 #: Held while a ``set_weights`` swaps in new weights, and while a call reads
 #: the weights of the cells it runs.
 WEIGHTS_LOCK = threading.RLock()
+if hasattr(os, "register_at_fork"):
+    # a fork waits for a set_weights in another thread to finish: a child
+    # forked while it held the lock would wait for it forever
+    os.register_at_fork(before=WEIGHTS_LOCK.acquire, after_in_parent=WEIGHTS_LOCK.release,
+                        after_in_child=WEIGHTS_LOCK.release)
 #: Counts the changes of any cell's weights (see :func:`weights_changed`):
 #: a stream compares it on each call, and only when it moved looks at its
 #: own cells' weights.

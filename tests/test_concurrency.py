@@ -8,6 +8,9 @@ and the results are compared with the outputs of the old and the new
 weights computed apart.
 """
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -210,3 +213,56 @@ def test_cell_steps_follow_set_weights(rng):
     cell.set_weights(new)
     for got, want in zip(cell(x, states)[1], ref(x, states)[1]):
         np.testing.assert_array_equal(got, want)
+
+
+_FORK_CHILD = r"""
+import os, sys, threading, signal
+import numpy as np
+import fastrnn
+from fastrnn import _engine
+from fastrnn.kernels.cpu import threads
+
+case = sys.argv[1]
+rng = np.random.default_rng(0)
+layer = fastrnn.LSTM(256)
+x = rng.standard_normal((16, 20, 64)).astype(np.float32)
+fastrnn.set_num_threads(2)
+y = layer(x)  # on the pool's two threads (the row split)
+paused = None
+if case == "lock":
+    # another thread inside set_weights, holding the weights lock, when the fork starts
+    inside, go_on = threading.Event(), threading.Event()
+    real = _engine.weights_changed
+    def pausing():
+        real()
+        if threading.current_thread() is not threading.main_thread():
+            inside.set()
+            go_on.wait(30)
+    _engine.weights_changed = pausing
+    paused = threading.Thread(target=layer.set_weights, args=(layer.get_weights(),))
+    paused.start()
+    inside.wait(10)
+    threading.Timer(0.5, go_on.set).start()  # the fork waits for set_weights to finish
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)
+    same = np.array_equal(layer(x), y)
+    os._exit(0 if same else 1)
+if paused is not None:
+    paused.join()
+_, status = os.waitpid(pid, 0)
+print("CHILD", os.waitstatus_to_exitcode(status), threads._gnu_openmp_started())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+@pytest.mark.parametrize("case", ["pool", "lock"])
+def test_forked_child_calls(case):
+    """pool: a child forked after the parent ran a call on GNU OpenMP's pool
+    was terminated by Numba at its own parallel call ("fork() called from a
+    process already using GNU OpenMP"); it now runs on one thread, with the
+    parent's numbers. lock: a child forked while another thread held the
+    weights lock inside set_weights waited for it forever."""
+    proc = subprocess.run([sys.executable, "-c", _FORK_CHILD, case], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+    assert "CHILD 0" in proc.stdout, proc.stdout + proc.stderr

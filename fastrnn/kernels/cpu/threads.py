@@ -276,7 +276,7 @@ def _keep_off(tids, here, placed):
 
 def _bounds(B, work):
     """Row bounds for the threads of one call: an int64 array of n+1 edges."""
-    n = min(get_num_threads(), B)
+    n = min(_pool_threads(), B)
     if n <= 1 or work < _MIN_PARALLEL_WORK:
         return None
     # even shares: the packed tiles take 6, 4, 2 or 1 rows, so no multiple
@@ -457,7 +457,7 @@ def run_packed(B, T, D, H, work, args):
     ``args = (gru, H, weights, gates, io, opts)``, the drivers' arguments
     (:mod:`.packed`).
     """
-    threads = get_num_threads()
+    threads = _pool_threads()
     gru, weights = args[0], args[2]
     if threads >= 2 and work >= _MIN_PARALLEL_WORK:
         NP = (H + packed.LANES - 1) // packed.LANES
@@ -539,9 +539,32 @@ _FRAMES = np.zeros(8, dtype=np.int64)
 _PID = os.getpid()
 
 
+# A child forked after its parent ran a parallel launch under GNU OpenMP
+# must not launch again (libgomp is not fork-safe: Numba terminates the
+# child). Its calls then take one thread; the streams' helper threads are
+# not OpenMP's and still run.
+_POOL_FORKED = False
+
+
+def _pool_threads():
+    """The threads a call may take from Numba's pool (see _POOL_FORKED)."""
+    return 1 if _POOL_FORKED else get_num_threads()
+
+
+def _gnu_openmp_started():
+    try:
+        if numba.threading_layer() != "omp":
+            return False
+        from numba.np.ufunc import omppool
+        return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+    except Exception:  # ValueError: no parallel launch yet; ImportError: no omp pool
+        return False
+
+
 def _forked():
-    global _PID
+    global _PID, _POOL_FORKED
     _PID = os.getpid()
+    _POOL_FORKED = _POOL_FORKED or _gnu_openmp_started()
 
 
 if hasattr(os, "register_at_fork"):
