@@ -26,7 +26,14 @@ class Bidirectional:
     merge_mode : {"concat", "sum", "mul", "ave", None}
         How to combine the two outputs; ``None`` returns both.
     backward_layer : RNN, optional
-        A layer to use as is for the backward direction.
+        A layer to use as is for the backward direction: the opposite
+        ``go_backwards``, the same ``return_sequences``, ``return_state``,
+        ``stateful`` and ``time_major``, and for ``sum``, ``mul`` and ``ave``
+        the same output size.
+    weights : list of arrays, optional
+        Passed to ``set_weights`` once both layers exist.
+    backend : str, optional
+        Sets both layers' ``backend``.
 
     Masked steps output zeros in both directions (with
     ``return_sequences``), and the backward sequence is flipped back so

@@ -11,11 +11,12 @@ which swap a complete new set in at once (see :mod:`fastrnn._engine`): a call ru
 in another thread computes with the old set or the new one, never a mix.
 
 Arguments that only matter for training are accepted so that Keras
-configurations load unchanged, stored in ``get_config()``, and otherwise
-unused: the ``*_regularizer`` and ``*_constraint`` arguments (fastrnn does
-not train), and ``implementation`` (numerically identical). ``dropout`` and
+configurations load unchanged: the ``*_regularizer`` and ``*_constraint``
+arguments are stored in ``get_config()`` and otherwise unused (fastrnn does
+not train); ``trainable``, ``implementation`` (numerically identical),
+``activity_regularizer`` and ``autocast`` are dropped. ``dropout`` and
 ``recurrent_dropout`` apply only when a layer is called with
-``training=True``.
+``training=True``, their masks drawn from ``seed``.
 
 The module is long because the three cells and their stack share one weight
 machinery (build, ``set_weights``, ``quantize``, the one-step call); kept

@@ -129,6 +129,12 @@ class RNN:
     unroll : bool
         Accepted for Keras compatibility; the kernels never unroll in Python,
         so it changes nothing.
+    trainable, activity_regularizer, use_cudnn, implementation
+        (``LSTM``, ``GRU``, ``SimpleRNN``) Keras arguments that change nothing
+        at inference, accepted so that Keras configs load, and not kept:
+        ``get_config()`` gives ``trainable=True`` and
+        ``activity_regularizer=None``. The cell's ``*_regularizer`` and
+        ``*_constraint`` arguments are kept in the config, otherwise unused.
     zero_output_for_mask : bool
         Masked steps output zeros instead of the previous output.
     time_major : bool

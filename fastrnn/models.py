@@ -596,6 +596,9 @@ class Sequential:
         fastrnn recurrent layers (``LSTM``, ``GRU``, ``SimpleRNN``, ``RNN``,
         ``Bidirectional``) and the layers of this module.
     name : str
+    trainable : bool
+        Keras's flag, accepted so that Keras configs load; fastrnn does not
+        train, so it changes nothing.
 
     Call
     ----
@@ -699,7 +702,8 @@ class Sequential:
         return x
 
     def predict(self, x, batch_size=32, verbose=0, mask=None):
-        """Run ``x`` in batches of ``batch_size`` and concatenate the outputs."""
+        """Run ``x`` in batches of ``batch_size`` and concatenate the outputs
+        (``verbose`` is Keras's progress bar: accepted, and nothing is printed)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")

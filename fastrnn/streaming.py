@@ -342,7 +342,8 @@ class Stream:
         cell for a stack); reading returns copies, assigning validates and
         copies in.
     backend, backend_reason : str
-        The engine that runs the calls, and why.
+        The engine that runs the calls, and why (``backend`` None until the
+        first call on a layer that was not built).
     threads : int or None
         How many threads a frame call may use: 1 on the stream kernels; on
         the batch engine 2 where the panel split runs it (below), else the
@@ -360,9 +361,9 @@ class Stream:
     :data:`RETUNE_MAX_CALLS` while it holds: a machine that was busy while
     the first calls were timed does not keep a stream on the slower engine
     for good. An LSTM or GRU layer, or a stack of them, that the batch
-    engine's panel split runs (one weight format: float32, int8 or
-    bfloat16) and that keeps the batch engine runs its calls with a helper
-    thread of the stream's own, which shares each layer's panels in turn,
+    engine's panel split runs (one weight format for all its layers: any of
+    float32, bfloat16, int8, int8_dynamic, bfloat16_dynamic) and that keeps
+    the batch engine runs its calls with a helper thread of the stream's own, which shares each layer's panels in turn,
     spins a fraction of a millisecond after each call for the next, then
     sleeps; it stops when the stream is collected. On the batch engine a
     helper thread that is late or descheduled never holds a frame back:
@@ -406,6 +407,11 @@ class Stream:
         self._time_major = layer.time_major
         self._nan_raise = layer.nan_policy == "raise"
         self._ready = False
+        # (set when the stream is set up: at once for a built layer, else at
+        # the first call, which builds it)
+        self.backend, self.threads = None, None
+        self.backend_reason = ("not chosen yet: the layer is not built, and the first call "
+                               "builds it")
         self._weights = None  # the weights packed (see _engine.snapshot)
         self._generation = None  # _engine.generation when they were read
         self._held = False  # a model stream's frame holds them (see _take_weights)

@@ -584,3 +584,12 @@ def test_stream_kernels_run_every_activation(rng, name):
     assert stream.backend == "stream"
     got = np.stack([stream(x[:, t]) for t in range(6)], axis=1)
     np.testing.assert_allclose(got, layer(x), **TOL["float64"])
+
+
+def test_unbuilt_layer_stream_says_nothing_is_chosen_yet():
+    """backend, threads and backend_reason raised AttributeError until the first call."""
+    stream = fastrnn.LSTM(3).stream()
+    assert stream.backend is None and stream.threads is None
+    assert "not chosen yet" in stream.backend_reason
+    stream(np.ones((1, 2), np.float32))
+    assert stream.backend == "stream" and "not chosen" not in stream.backend_reason

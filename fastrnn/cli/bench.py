@@ -492,7 +492,8 @@ def parse(argv):
                    help="--streaming: timed calls per engine (default 2000; --quick 300)")
     p.add_argument("--accuracy", action="store_true",
                    help="float32 error against float64 (LSTM, GRU; batch, stream, cell), beside PyTorch")
-    p.add_argument("--cells", default="lstm,gru", type=lambda s: s.split(","))
+    p.add_argument("--cells", default="lstm,gru", type=lambda s: s.split(","),
+                   help="cell types to time, comma-separated (default lstm,gru)")
     p.add_argument("--shapes", nargs="*", metavar="B,T,D,H", help="override the grid")
     p.add_argument("--backends", type=lambda s: s.split(","), default=None,
                    help="fastrnn backends (default: every available one)")

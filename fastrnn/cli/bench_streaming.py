@@ -603,7 +603,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="H = 64, 256 and 300 calls")
     p.add_argument("--calls", type=int, default=None, help="timed calls per engine")
     p.add_argument("--hs", type=lambda s: tuple(int(v) for v in s.split(",")), default=None)
-    p.add_argument("--cells", type=lambda s: s.split(","), default=list(CELLS))
+    p.add_argument("--cells", type=lambda s: s.split(","), default=list(CELLS),
+                   help=f"cell types to time, comma-separated (default {','.join(CELLS)})")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[],
                    help="engines to leave out: onnxruntime,pytorch")
     p.add_argument("--precision", default="float32",

@@ -240,8 +240,10 @@ class DropoutWrapper(_Wrapper):
     :func:`fastrnn.nn.dynamic_rnn` runs the wrapped cell's fused kernels.
     With a probability below 1.0 it drops at random, as TF1 did (each kept
     value scaled by ``1 / keep_prob``; the state dropout spares the ``c`` of
-    an ``LSTMStateTuple``, as TF1's default filter), through a per-step
-    Python loop, with a NumPy generator seeded by ``seed``.
+    an ``LSTMStateTuple``, as TF1's default filter;
+    ``dropout_state_filter_visitor``, a bool or a structure of bools like
+    the state, says which state parts take dropout instead), through a
+    per-step Python loop, with a NumPy generator seeded by ``seed``.
     ``variational_recurrent=True`` is not supported.
     """
 
