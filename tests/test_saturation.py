@@ -166,3 +166,17 @@ def test_relu_of_minus_infinity_is_zero(backend, dtype):
                        np.array([-np.inf, np.nan, 1.0], dtype)])
     got = layer(np.ones((2, 1, 1), dtype))
     np.testing.assert_array_equal(got, np.tile(np.array([0.0, np.nan, 2.0], dtype), (2, 1)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", layer_backends())
+def test_squareplus_of_huge_inputs(backend, dtype):
+    """squareplus(x) = (x + sqrt(x * x + 4)) / 2 is x for huge x and 0 (to
+    rounding: 1/|x|) for huge negative x; the compiled float32 form computed
+    x * x in float32 and gave inf from |x| = 1.8e19."""
+    x = np.array([1e20, -1e20, 1e30, -1e30, 3e18, -3e18, 2.0], dtype)
+    want = np.array([1e20, 0.0, 1e30, 0.0, 3e18, 0.0, 1.0 + np.sqrt(2.0)], np.float64)
+    layer = fastrnn.SimpleRNN(1, activation="squareplus", backend=backend, dtype=dtype)
+    layer.set_weights([np.ones((1, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, dtype)])
+    got = layer(x[:, None, None])[:, 0]
+    np.testing.assert_allclose(got, want.astype(dtype), rtol=1e-6, atol=1e-18)

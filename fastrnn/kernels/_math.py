@@ -74,6 +74,9 @@ def activate(code, x):
             return 0.0
         return x if x >= 1.0 else 0.25 * (x + 1.0) * (x + 1.0)
     if code == 16:  # squareplus, b 4
+        ax = abs(x)
+        if ax > 1e18:  # (x * x would pass float32's range; sqrt(x * x + 4) is |x| there)
+            return (x + ax) / 2.0
         return (x + math.sqrt(x * x + 4.0)) / 2.0
     if code == 17:  # celu, alpha 1 (= elu)
         return x if x > 0.0 else math.expm1(x)
