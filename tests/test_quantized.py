@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+import fastrnn
 from fastrnn import dispatch
 from fastrnn.kernels import (DYNAMIC, GRUParams, LSTMParams, QuantizedWeights, SimpleRNNParams,
                              bfloat16_values, quantize, quantize_rows, reference, run,
@@ -118,6 +119,31 @@ def test_int8_per_column_scheme():
     # biases (and everything else) stay as they were; the input is untouched
     assert q.bias is bias and p.quantized is None and p.precision == "float32"
     np.testing.assert_array_equal(p.kernel, k)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8_dynamic"])
+def test_int8_columns_of_tiny_weights(mode):
+    """A column whose largest weight is below 1.5e-36 had a subnormal scale,
+    which the cpu kernels (flushing subnormals) read as 0: the column then
+    added nothing, where the reference used its weights."""
+    H, D = 16, 4
+    rng = np.random.default_rng(0)
+    W = rng.uniform(-1, 1, (D, 4 * H)).astype(np.float32)
+    W[:, :H] *= np.float32(1e-37)  # the input gate's columns: tiny, but normal numbers
+    U = rng.uniform(-0.5, 0.5, (H, 4 * H)).astype(np.float32)
+    b = np.zeros(4 * H, np.float32)
+    qw = quantize(LSTMParams(W, U, b), mode).quantized
+    assert (qw.kernel_scale[:H] == np.finfo(np.float32).tiny).all()
+    assert (np.abs(qw.kernel[:, :H]) <= 127).all() and np.abs(qw.kernel[:, :H]).max() > 1
+    x = np.full((1, 3, D), 1e36, np.float32)
+    x[0, 1] *= -0.5
+    got = {}
+    for backend in ("cpu", "reference"):
+        layer = fastrnn.LSTM(H, backend=backend, return_sequences=True)
+        layer.set_weights([W, U, b])
+        got[backend] = layer.quantize(mode)(x)
+    assert np.isfinite(got["cpu"]).all()
+    np.testing.assert_allclose(got["cpu"], got["reference"], atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")

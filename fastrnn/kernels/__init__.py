@@ -51,7 +51,10 @@ the states, the outputs and every sum (weights-only quantization; the two
   input kernel and the recurrent kernel separately: for column ``j`` of a
   matrix ``W``, ``scale[j] = max_k |W[k, j]| / 127`` (float32) and
   ``q[k, j] = round(W[k, j] / scale[j])`` (ties to even), in -127..127. A
-  column of zeros has scale 0. Non-finite weights are an error.
+  column of zeros has scale 0, and a scale below float32's smallest normal
+  number (1.2e-38; columns whose largest weight is below 1.5e-36) is that
+  number, since kernels that flush subnormals would read it as 0.
+  Non-finite weights are an error.
 
 * ``"int8_dynamic"``: the int8 weights above, and the activations
   quantized too, as ONNX Runtime's ``DynamicQuantizeLSTM`` and PyTorch's
@@ -327,12 +330,18 @@ def check_int8_finite(w, name):
                          "NaN or inf")
 
 
+_TINY = np.finfo(np.float32).tiny
+
+
 def _int8_columns(w, name):
     """Symmetric per-column int8 of ``w (K, N)`` float32: ``(q int8, scale float32 (N,))``."""
     w = np.asarray(w, np.float32)
     check_int8_finite(w, name)
     amax = np.abs(w).max(axis=0) if w.shape[0] else np.zeros(w.shape[1], np.float32)
     scale = (amax / np.float32(127)).astype(np.float32)
+    # a subnormal scale would read as 0 in kernels that flush subnormals:
+    # the smallest normal number instead (|W| / it still fits in 127)
+    scale = np.where((scale > 0) & (scale < _TINY), _TINY, scale).astype(np.float32)
     safe = np.where(scale > 0, scale, np.float32(1))
     q = np.clip(np.rint(w.astype(np.float64) / safe), -127, 127).astype(np.int8)
     return q, scale
