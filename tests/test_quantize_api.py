@@ -290,20 +290,26 @@ def test_a_hostile_quantized_entry_is_refused(rng):
             members = {n: z.read(n) for n in z.namelist()}
         header = json.loads(members["fastrnn.json"])
         entry = header["object"]["quantized"][0]
-        # the scales named as the kernels: wrong dtype and shape
-        entry["arrays"] = [entry["arrays"][0]] * 4
         import hashlib
 
-        obj = json.dumps(header["object"], sort_keys=True).encode()
-        if "object_sha256" in header:
-            header["object_sha256"] = hashlib.sha256(obj).hexdigest()
-        members["fastrnn.json"] = json.dumps(header).encode()
-        bad = os.path.join(d, "bad.fastrnn")
-        with zipfile.ZipFile(bad, "w") as z:
-            for n, b in members.items():
-                z.writestr(n, b)
-        with pytest.raises(ValueError, match=r"quantized\[0\]: int8 weights expected int8 \(4, 16\), got int8 \(3, 16\)"):
-            fastrnn.load(bad)
+        names = list(entry["arrays"])
+        for arrays, message in (
+                # the scales where the int8 kernels belong: wrong dtype and shape
+                (names[2:] + names[:2], r"quantized\[0\]: int8 weights expected int8 "
+                                        r"\(3, 16\), got float32 \(16,\)"),
+                # one array named for all four
+                ([names[0]] * 4, r"array '\w+' is named twice")):
+            entry["arrays"] = arrays
+            obj = json.dumps(header["object"], sort_keys=True).encode()
+            if "object_sha256" in header:
+                header["object_sha256"] = hashlib.sha256(obj).hexdigest()
+            members["fastrnn.json"] = json.dumps(header).encode()
+            bad = os.path.join(d, "bad.fastrnn")
+            with zipfile.ZipFile(bad, "w") as z:
+                for n, b in members.items():
+                    z.writestr(n, b)
+            with pytest.raises(ValueError, match=message):
+                fastrnn.load(bad)
 
 
 @pytest.mark.parametrize("mode", ("bfloat16", "int8"))
