@@ -379,10 +379,13 @@ class _Cell:
 
         An unbuilt cell builds itself for ``inputs``. ``training=True``
         applies the cell's dropout (on the ``reference`` backend, as layers
-        do); the states are never modified.
+        do); the states are never modified. A cell with one state may take
+        it as a bare array, and then returns a bare array, as Keras's cells
+        do (``out, h = cell(x, h)``).
         """
         if not isinstance(states, (list, tuple)):
-            states = [states]
+            y, new = self(inputs, [states], training)
+            return y, new[0]
         w = self._kernel_weights  # (one attribute: a complete set of weights)
         if (w is not None and type(inputs) is np.ndarray and inputs.ndim == 2
                 and inputs.dtype is self.dtype and inputs.flags.c_contiguous

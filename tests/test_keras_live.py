@@ -182,3 +182,24 @@ def test_dtype_policy_dicts_read_as_keras_reads_them(policy):
     assert fastrnn.LSTM(4, dtype=policy).dtype == np.dtype(want)
     assert fastrnn.deserialize({"class_name": "GRU", "config": {"units": 4, "dtype": policy}}
                                ).dtype == np.dtype(want)
+
+
+@pytest.mark.parametrize("name", ["GRUCell", "SimpleRNNCell"])
+def test_one_state_cell_given_a_bare_array_returns_one(name):
+    """Keras returns the new state as a bare array when it was given one (and
+    a list for a list); fastrnn returned a list of one, which broke
+    ``out, h = cell(x, h)`` loops ported from Keras."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    h = rng.standard_normal((3, 7)).astype(np.float32)
+    k = getattr(keras.layers, name)(7)
+    f = getattr(fastrnn, name)(7)
+    ky, kh = k(x, h)
+    f.set_weights([keras.ops.convert_to_numpy(w) for w in k.weights])
+    fy, fh = f(x, h)
+    assert isinstance(fh, np.ndarray)
+    np.testing.assert_allclose(fh, keras.ops.convert_to_numpy(kh), atol=1e-5)
+    np.testing.assert_allclose(fy, keras.ops.convert_to_numpy(ky), atol=1e-5)
+    _, kl = k(x, [h])
+    _, fl = f(x, [h])
+    assert isinstance(fl, list) and len(fl) == 1 and isinstance(kl, (list, tuple))
