@@ -118,6 +118,7 @@ class _Cell:
         self.dropout = _check_rate(dropout, "dropout")
         self.recurrent_dropout = _check_rate(recurrent_dropout, "recurrent_dropout")
         self.seed = seed
+        self._rng = None  # dropout's generator: seeded once, drawn on (see _dropout_rng)
         self.name, self.dtype = _pop_common(kwargs, type(self).__name__)
         self.built = False
         self.input_dim = None
@@ -399,6 +400,16 @@ class _Cell:
             if hit[1] is not None:  # the common case: one call of the frame kernel
                 return _engine.step(hit[1], inputs, states)
         return _one_step(self, [self], inputs, list(states), [None], training)
+
+    def _dropout_rng(self):
+        """The generator of this cell's dropout masks: seeded from ``seed``
+        at the first ``training=True`` call and drawn on by every later one,
+        so each call gets new masks and the sequence of masks repeats for
+        the same seed (Keras's seed generator does the same)."""
+        rng = self.__dict__.get("_rng")  # (None in a cell unpickled from an older version)
+        if rng is None:
+            rng = self._rng = np.random.default_rng(self.seed)
+        return rng
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -803,7 +814,7 @@ def _dropout_step(cells, weights, x, states):
     layer_in, new, k = x[:, None], [], 0
     for cell, w in zip(cells, weights):
         n = w.params.n_states
-        xin, packed = _engine.reference_dropout(w, layer_in, np.random.default_rng(cell.seed),
+        xin, packed = _engine.reference_dropout(w, layer_in, cell._dropout_rng(),
                                                 cell.dropout, cell.recurrent_dropout)
         out, st = _engine.run_cells(module, [packed], xin, states[k:k + n], None, False, False,
                                     True)

@@ -533,7 +533,7 @@ class RNN:
         layer_in, k, out_states, packs = x, 0, [], []
         for i, (cell, w) in enumerate(zip(self.cells, weights)):
             n = w.params.n_states
-            xin, packed = _engine.reference_dropout(w, layer_in, np.random.default_rng(cell.seed),
+            xin, packed = _engine.reference_dropout(w, layer_in, cell._dropout_rng(),
                                                     cell.dropout, cell.recurrent_dropout)
             last = i == len(weights) - 1
             out, st = _engine.run_cells(module, [packed], xin, states[k:k + n], mask, reverse,

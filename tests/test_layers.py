@@ -519,3 +519,22 @@ def test_bidirectional_backward_initial_state_error_names_its_entry(rng):
     with pytest.raises(ValueError, match=r"initial_state\[2\]: expected shape \(4, 7\), got "
                                          r"\(4, 6\)"):
         bi(x, initial_state=init)
+
+
+def test_seeded_dropout_draws_new_masks_each_call(rng):
+    """A seeded layer re-seeded its dropout at every training=True call, so
+    Monte-Carlo dropout returned one sample over and over; Keras's seed
+    generator draws on. The same seed still gives the same sequence of masks."""
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    a = fastrnn.LSTM(7, dropout=0.5, recurrent_dropout=0.5, seed=1)
+    a.build(x.shape)
+    b = fastrnn.LSTM(7, dropout=0.5, recurrent_dropout=0.5, seed=1)
+    b.set_weights(a.get_weights())
+    first, second = a(x, training=True), a(x, training=True)
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(b(x, training=True), first)
+    np.testing.assert_array_equal(b(x, training=True), second)
+    cell = fastrnn.GRUCell(4, dropout=0.5, seed=2)
+    one, two = (cell(x[:, 0], [np.zeros((2, 4), np.float32)], training=True)[0]
+                for _ in range(2))
+    assert not np.array_equal(one, two)
