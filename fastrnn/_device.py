@@ -94,6 +94,23 @@ def prepare(x):
     return cupy.asarray(x), cupy, _identity
 
 
+def host_array(x, argument):
+    """``x`` (not a GPU array) as a NumPy array: a PyTorch CPU tensor without
+    its autograd graph (bfloat16, which NumPy has no type for, as float32),
+    anything else through ``numpy.asarray``; nested lists that do not form
+    one array are a ``ValueError`` naming ``argument``."""
+    if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
+        x = x.detach()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.numpy()
+    try:
+        return np.asarray(x)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"{argument}: expected an array, got a {type(x).__name__} that "
+                         f"does not form one ({exc})") from exc
+
+
 def as_float_array(x, dtype, argument):
     """Validate an input array: numeric, floating (cast to ``dtype``), C-contiguous.
 
@@ -106,7 +123,7 @@ def as_float_array(x, dtype, argument):
     if is_device_array(x):
         import cupy as xp  # noqa: F811 - only reached with GPU arrays
     elif not isinstance(x, np.ndarray):
-        x = np.asarray(x)
+        x = host_array(x, argument)
     kind = np.dtype(x.dtype).kind
     if kind in "iub":
         raise TypeError(f"{argument}: expected a floating-point array, got dtype {x.dtype}"

@@ -86,7 +86,7 @@ def _mask_array(mask, batch, time, xp, time_major=False):
         return None
     if _device.is_device_array(mask) and xp is np:
         raise TypeError("mask: a GPU array was given for inputs in host memory")
-    m = xp.asarray(mask)
+    m = _device.host_array(mask, "mask") if xp is np else xp.asarray(mask)
     want = (time, batch) if time_major else (batch, time)
     if m.shape != want:
         layout = "(time, batch) with time_major=True" if time_major else "(batch, time)"

@@ -368,3 +368,31 @@ def test_model_layer_arguments_are_checked(rng, tmp_path):
     y = ident(x)
     assert not np.may_share_memory(y, x)
     np.testing.assert_array_equal(y, x)
+
+
+def test_ragged_nested_lists_name_the_argument():
+    """NumPy's own message, naming nothing, came through before."""
+    layer = fastrnn.LSTM(4)
+    with pytest.raises(ValueError, match=r"inputs: expected an array, got a list that does "
+                                         r"not form one"):
+        layer([[[1.0] * 5] * 3, [[1.0] * 5] * 2])
+    with pytest.raises(ValueError, match=r"mask: expected an array, got a list that does not "
+                                         r"form one"):
+        layer(np.ones((2, 3, 5), np.float32), mask=[[1, 1, 1], [1, 1]])
+
+
+def test_torch_cpu_tensors_with_grad_or_bfloat16():
+    """A tensor that requires grad raised torch's "Can't call numpy() on
+    Tensor that requires grad", and a bfloat16 one "Got unsupported
+    ScalarType BFloat16"; both are inputs like any other."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    h = rng.standard_normal((2, 4)).astype(np.float32)
+    layer = fastrnn.LSTM(4)
+    want = layer(x, initial_state=[h, h])
+    got = layer(torch.tensor(x, requires_grad=True),
+                initial_state=[torch.tensor(h, requires_grad=True)] * 2)
+    np.testing.assert_array_equal(got, want)
+    xb = torch.tensor(x).bfloat16()
+    np.testing.assert_array_equal(layer(xb), layer(xb.float().numpy()))
