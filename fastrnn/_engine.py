@@ -321,10 +321,16 @@ def _takes_training(cell):
 
 
 def call_cell(cell, inputs, states, training):
-    """One step of any cell, built-in or the user's, as Keras calls it."""
-    if _takes_training(cell):
-        return cell(inputs, states, training=training)
-    return cell(inputs, states)
+    """One step of any cell, built-in or the user's, as Keras calls it:
+    ``(output, new_states)``, or a ``TypeError`` saying what came instead."""
+    got = cell(inputs, states, training=training) if _takes_training(cell) else \
+        cell(inputs, states)
+    if not isinstance(got, (list, tuple)) or len(got) != 2:
+        what = (f"a {type(got).__name__} of {len(got)} items" if isinstance(got, (list, tuple))
+                else f"one {type(got).__name__}")
+        raise TypeError(f"{type(cell).__name__}.call returned {what}; a cell returns "
+                        "(output, new_states)")
+    return got
 
 
 def _check_step(cell, y, new, batch, output_size, sizes):

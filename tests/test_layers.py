@@ -538,3 +538,16 @@ def test_seeded_dropout_draws_new_masks_each_call(rng):
     one, two = (cell(x[:, 0], [np.zeros((2, 4), np.float32)], training=True)[0]
                 for _ in range(2))
     assert not np.array_equal(one, two)
+
+
+def test_user_cell_returning_one_value_is_named(rng):
+    """A cell whose call returns only its output gave "too many values to
+    unpack" from inside the host loop."""
+    class OutputOnly(_MinimalCell):
+        def __call__(self, x, states, training=False):
+            return np.tanh(x @ self.A + states[0])
+
+    layer = fastrnn.RNN(OutputOnly(rng.standard_normal((2, 3))), dtype="float64")
+    with pytest.raises(TypeError, match=r"OutputOnly.call returned one ndarray; a cell returns "
+                                        r"\(output, new_states\)"):
+        layer(rng.standard_normal((2, 4, 2)))
