@@ -254,15 +254,20 @@ def test_packed_panels_hold_the_compact_weights(cpu, mode, kind):
     assert mode in repr(packed)
 
 
-@pytest.mark.parametrize("mode", ALL_MODES)
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("split", ["rows", "panels"])
-def test_thread_splits_against_reference(cpu, monkeypatch, mode, kind, split):
+def _use_split(cpu, monkeypatch, split):
+    """Two threads, splitting the rows or the panels of even tiny calls."""
     _force_parallel(cpu, monkeypatch)
     monkeypatch.setattr(cpu.threads, "_max_threads", 2)
     monkeypatch.setattr(cpu.threads, "_BATCH_SPLIT_MIN", 1 if split == "rows" else 1 << 30)
     monkeypatch.setattr(cpu.threads, "_ROW_SPLIT_MAX_BYTES", 1 << 40)
     monkeypatch.setattr(cpu.threads, "_TUNE_MIN_BYTES", 1 << 40)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("split", ["rows", "panels"])
+def test_thread_splits_against_reference(cpu, monkeypatch, mode, kind, split):
+    _use_split(cpu, monkeypatch, split)
     rng = np.random.default_rng(10)
     params = quantize(make_params(kind, rng, 9, 45, np.float32), mode)
     for B in (1, 3, 9):
@@ -282,11 +287,7 @@ def test_bfloat16_odd_units_with_an_inf_input(cpu, monkeypatch, kind, split):
     the padded lane H was read at the next step, and an inf input had made it
     NaN (inf times its zero columns), so the whole row turned NaN."""
     if split != "one":
-        _force_parallel(cpu, monkeypatch)
-        monkeypatch.setattr(cpu.threads, "_max_threads", 2)
-        monkeypatch.setattr(cpu.threads, "_BATCH_SPLIT_MIN", 1 if split == "rows" else 1 << 30)
-        monkeypatch.setattr(cpu.threads, "_ROW_SPLIT_MAX_BYTES", 1 << 40)
-        monkeypatch.setattr(cpu.threads, "_TUNE_MIN_BYTES", 1 << 40)
+        _use_split(cpu, monkeypatch, split)
     rng = np.random.default_rng(11)
     for H in (5, 17):
         params = quantize(make_params(kind, rng, 3, H, np.float32), "bfloat16")
