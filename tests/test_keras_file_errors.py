@@ -288,3 +288,29 @@ def test_a_bytes_path_loads(tmp_path):
     got = fastrnn.load_keras(os.fsencode(path)).get_weights()
     for a, b in zip(want, got):
         np.testing.assert_array_equal(a, b)
+
+
+def test_weights_that_do_not_fit_the_declared_input_features(tmp_path):
+    """The LSTM's kernel takes 4 features where the InputLayer declares 3 (the
+    same holds for a layer after another): the load succeeded and the first
+    call failed; Keras refuses such a file when it loads it."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        for i, shape in enumerate([(4, 8), (2, 8), (8,)]):
+            f[f"layers/lstm/cell/vars/{i}"] = np.zeros(shape, np.float32)
+        f["layers/dense/vars/0"] = np.zeros((5, 1), np.float32)
+        f["layers/dense/vars/1"] = np.zeros(1, np.float32)
+    layers = _input_lstm() + [{"class_name": "Dense", "config": {"name": "dense", "units": 1}}]
+    for cut, message in ((2, r"layer 'lstm' \(LSTM\): its weights take 4 input features, but "
+                                r"the input \('in'\) gives 3"),
+                         (3, r"layer 'dense' \(Dense\): its weights take 5 input features, "
+                             r"but layer 'lstm' \(LSTM\) gives 2")):
+        config = {"class_name": "Sequential", "config": {"name": "s", "layers": layers[:cut]}}
+        if cut == 3:
+            config["config"]["layers"][0]["config"]["batch_shape"] = [None, 5, 4]
+        path = tmp_path / f"features{cut}.keras"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("config.json", json.dumps(config))
+            z.writestr("metadata.json", "{}")
+            z.writestr("model.weights.h5", buf.getvalue())
+        _refused(path, message)

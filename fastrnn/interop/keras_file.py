@@ -46,7 +46,8 @@ import numpy as np
 from .. import _safe_io
 from ..bidirectional import Bidirectional
 from ..layers import RNN
-from ..models import InputLayer, Sequential, TimeDistributed, layer_from_config
+from ..models import (Activation, Dense, Dropout, Embedding, InputLayer, Masking, Sequential,
+                      TimeDistributed, layer_from_config)
 from . import tf_saved_model
 
 
@@ -368,8 +369,50 @@ def build_model(model_config, weights_of, backend=None, budget=None):
             for sub in _recurrent_parts(layer):
                 sub.backend_arg = backend
         layers.append(layer)
+    _check_features_chain(layers, [_entry_name(e) for e in entries])
     name = (model_config.get("config") or {}).get("name")
     return Sequential(layers, name=name)
+
+
+def _check_features_chain(layers, names):
+    """Refuse a model whose weights do not fit the feature count the layer
+    before gives (the input's declared by an ``InputLayer``): Keras refuses
+    such a file when it loads, and a call would only fail later. Layers this
+    does not know end the check."""
+    features, source = None, None
+    for layer, name in zip(layers, names):
+        where = f"layer {name!r} ({type(layer).__name__})"
+        inner = layer.layer if isinstance(layer, TimeDistributed) else layer
+        if isinstance(inner, InputLayer):
+            shape = inner.batch_shape
+            features = shape[-1] if shape and isinstance(shape[-1], int) else None
+            source = f"the input ({name!r})"
+            continue
+        if isinstance(inner, (Masking, Dropout, Activation)):
+            continue  # (Dropout's subclasses too: the features pass through)
+        if isinstance(inner, Embedding):
+            features, source = inner.output_dim, where
+            continue
+        if isinstance(inner, Dense):
+            takes, gives = (None if inner.kernel is None else inner.kernel.shape[0]), inner.units
+        elif isinstance(inner, (RNN, Bidirectional)):
+            parts = _recurrent_parts(inner)
+            takes = parts[0].cells[0].input_dim
+            sizes = [_rnn_output_size(p) for p in parts]
+            gives = sizes[0] if len(sizes) == 1 or inner.merge_mode in ("sum", "mul", "ave") \
+                else (sum(sizes) if inner.merge_mode == "concat" else None)
+        else:
+            return
+        if features is not None and takes is not None and takes != features:
+            raise ValueError(f"{where}: its weights take {takes} input features, but "
+                             f"{source} gives {features}")
+        features, source = gives, where
+
+
+def _rnn_output_size(layer):
+    """The size of each step's output of recurrent ``layer``."""
+    size = layer.cell.output_size
+    return size[0] if isinstance(size, (list, tuple)) else size
 
 
 def _expected_shapes(layer):
