@@ -182,21 +182,22 @@ class Bidirectional:
         # thread changes both or neither for this call
         if weights is None:
             weights = self._snapshot()
+        # both halves in the arrays they computed with (NumPy or CuPy), merged
+        # there, and only the merged result turned back into the caller's kind
+        # (a Numba device array or a PyTorch tensor has no concatenate or flip)
         results = []
-        for layer, (x, m, states, xp, restore), part in (
+        for layer, (x, m, states, xp, _), part in (
                 (fw, fw_args, slice(0, len(fw.cells))),
                 (bw, bw_args, slice(len(fw.cells), None))):
             out, new = layer._forward(x, m, states, training, xp,
                                       None if weights is None else weights[part])
-            results.append(layer._finish(out, new, xp, restore))
+            results.append(layer._finish(out, new, xp, _device.identity))
+        xp, restore = fw_args[3], fw_args[4]
         y, y_rev = results
         states = []
         if self.return_state:
-            states = list(y[1:]) + list(y_rev[1:])
+            states = _nested(restore, list(y[1:]) + list(y_rev[1:]))
             y, y_rev = y[0], y_rev[0]
-        xp = np
-        if _device.is_device_array(y):
-            import cupy as xp
         if self.return_sequences:
             axis = 0 if self.time_major else 1
             y_rev = xp.flip(y_rev, axis=axis)
@@ -210,6 +211,7 @@ class Bidirectional:
             output = y * y_rev
         else:
             output = [y, xp.ascontiguousarray(y_rev)]
+        output = [restore(o) for o in output] if isinstance(output, list) else restore(output)
         if self.return_state:
             return (output if isinstance(output, list) else [output]) + states
         return output
@@ -252,3 +254,10 @@ def _output_size(layer):
         size = cell.state_size
         size = size[0] if isinstance(size, (list, tuple)) else size
     return size
+
+
+def _nested(fn, value):
+    """``fn`` on every array of a nested list (a stack's states), keeping its nesting."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_nested(fn, v) for v in value)
+    return fn(value)

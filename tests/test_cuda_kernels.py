@@ -268,3 +268,55 @@ def test_cupy_gemm_path(variant, rng, monkeypatch):
     kc.set_launch_config(gemm_batch=1)
     params = make_params(variant, rng, np.float64)
     check(params, rng, 2, 3, np.float64, True, False, False)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("FASTRNN_CUDA_THREADS", "0", "expected an integer from 1 to 1024, got 0"),
+    ("FASTRNN_CUDA_THREADS", "2048", "expected an integer from 1 to 1024, got 2048"),
+    ("FASTRNN_CUDA_TILE", "-2", "expected an integer from 1 to 32, got -2"),
+    ("FASTRNN_CUDA_MAX_BLOCKS", "-1", "expected a non-negative integer, got -1"),
+    ("FASTRNN_CUDA_GEMM", "bogus", "expected one of"),
+])
+def test_launch_settings_from_the_environment_are_checked(name, value, message):
+    """THREADS=0 or TILE=0 gave a ZeroDivisionError at the first call, negative
+    values numpy's "negative dimensions", GEMM=bogus was taken silently."""
+    import subprocess
+    import sys
+
+    code = "import fastrnn.kernels.cuda"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, **{name: value}), timeout=300)
+    assert proc.returncode != 0 and f"{name}: {message}" in proc.stderr, proc.stderr
+
+
+def test_set_launch_config_refuses_launches_no_gpu_takes():
+    before = kc.get_launch_config()
+    for kwargs, message in ((dict(threads=1025), "threads: expected an integer from 1 to 1024"),
+                            (dict(tile=33), "tile: expected an integer from 1 to 32"),
+                            (dict(threads=True), "threads: expected"),
+                            (dict(threads=64, tile=0), "tile: expected")):
+        with pytest.raises(ValueError, match=message):
+            kc.set_launch_config(**kwargs)
+        assert kc.get_launch_config() == before  # nothing changed
+
+
+def test_bidirectional_takes_and_gives_device_arrays(rng):
+    """The halves came back as device arrays before they were merged, and the
+    merge then used CuPy (absent here; on a GPU it cannot concatenate Numba
+    device arrays or flip PyTorch tensors)."""
+    import fastrnn
+
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    for mode in ("concat", None):
+        got = fastrnn.Bidirectional(fastrnn.GRU(2, return_sequences=True, return_state=True),
+                                    backend="cuda", merge_mode=mode)
+        got.build(x.shape)
+        want = fastrnn.Bidirectional(fastrnn.GRU(2, return_sequences=True, return_state=True),
+                                     backend="reference", merge_mode=mode)
+        want.set_weights(got.get_weights())
+        flat = [a for o in got(cuda.to_device(x)) for a in (o if isinstance(o, list) else [o])]
+        ref = [a for o in want(x) for a in (o if isinstance(o, list) else [o])]
+        assert len(flat) == len(ref)
+        for a, b in zip(flat, ref):
+            assert not isinstance(a, np.ndarray)
+            np.testing.assert_allclose(a.copy_to_host(), b, atol=2e-5)

@@ -76,22 +76,45 @@ _DEFAULTS = {"threads": 8, "tile": 8, "max_blocks": 3, "gemm_batch": 0} if _SIM 
 }
 
 
-def _env_int(name, default):
+# the integers' ranges: a block holds at most 1024 threads (the GEMM's
+# tile * tile of them)
+_RANGES = {"threads": (1, 1024), "tile": (1, 32), "max_blocks": (0, None),
+           "gemm_batch": (0, None)}
+_GEMMS = ("auto", "cupy", "numba")
+
+
+def _checked(key, value, argument):
+    """``value`` for setting ``key``, or a ``ValueError`` naming ``argument``."""
+    lo, hi = _RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo \
+            or (hi is not None and value > hi):
+        want = f"an integer from {lo} to {hi}" if hi is not None else "a non-negative integer"
+        raise ValueError(f"{argument}: expected {want}, got {value!r}")
+    return int(value)
+
+
+def _env(key, name):
+    """Setting ``key`` from environment variable ``name`` (the default when unset)."""
     value = os.environ.get(name)
     if not value:
-        return default
+        return _DEFAULTS.get(key, "auto")
+    if key == "gemm":
+        if value not in _GEMMS:
+            raise ValueError(f"{name}: expected one of {list(_GEMMS)}, got {value!r}")
+        return value
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+    return _checked(key, number, name)
 
 
 _config = {
-    "threads": _env_int("FASTRNN_CUDA_THREADS", _DEFAULTS["threads"]),
-    "tile": _env_int("FASTRNN_CUDA_TILE", _DEFAULTS["tile"]),
-    "max_blocks": _env_int("FASTRNN_CUDA_MAX_BLOCKS", _DEFAULTS["max_blocks"]),
-    "gemm_batch": _env_int("FASTRNN_CUDA_GEMM_BATCH", _DEFAULTS["gemm_batch"]),
-    "gemm": os.environ.get("FASTRNN_CUDA_GEMM", "auto"),
+    "threads": _env("threads", "FASTRNN_CUDA_THREADS"),
+    "tile": _env("tile", "FASTRNN_CUDA_TILE"),
+    "max_blocks": _env("max_blocks", "FASTRNN_CUDA_MAX_BLOCKS"),
+    "gemm_batch": _env("gemm_batch", "FASTRNN_CUDA_GEMM_BATCH"),
+    "gemm": _env("gemm", "FASTRNN_CUDA_GEMM"),
 }
 
 
@@ -101,9 +124,10 @@ def set_launch_config(threads=None, tile=None, max_blocks=None, gemm=None, gemm_
     Parameters
     ----------
     threads : int, optional
-        Threads per block of the step kernels.
+        Threads per block of the step kernels (1 to 1024).
     tile : int, optional
-        Tile edge of the shared-memory GEMM (``tile * tile`` threads a block).
+        Tile edge of the shared-memory GEMM (``tile * tile`` threads a block:
+        1 to 32).
     max_blocks : int, optional
         Cap on blocks per grid dimension (``0``: enough to cover the work
         in one pass); a small cap makes the grid-stride loops go round.
@@ -116,17 +140,14 @@ def set_launch_config(threads=None, tile=None, max_blocks=None, gemm=None, gemm_
         step kernel alone).
     """
     previous = dict(_config)
-    settings = (("threads", threads), ("tile", tile), ("max_blocks", max_blocks),
-                ("gemm_batch", gemm_batch))
-    for key, value in settings:
-        if value is not None:
-            if not isinstance(value, (int, np.integer)) or value < (1 if key in ("threads", "tile") else 0):
-                raise ValueError(f"{key}: expected a positive integer, got {value!r}")
-            _config[key] = int(value)
+    settings = {key: _checked(key, value, key) for key, value in (
+        ("threads", threads), ("tile", tile), ("max_blocks", max_blocks),
+        ("gemm_batch", gemm_batch)) if value is not None}
     if gemm is not None:
-        if gemm not in ("auto", "cupy", "numba"):
+        if gemm not in _GEMMS:
             raise ValueError(f"gemm: expected 'auto', 'cupy' or 'numba', got {gemm!r}")
-        _config["gemm"] = gemm
+        settings["gemm"] = gemm
+    _config.update(settings)  # (all checked first: a refused call changes nothing)
     return previous
 
 
@@ -364,7 +385,8 @@ def _project(a, w, bias, c, add_bias=True):
     rows = -(-a.shape[0] // tile)
     cols = -(-w.shape[1] // tile)
     cap = _config["max_blocks"] or 65535
-    kernel[(min(cols, cap), min(rows, cap)), (tile, tile)](a, w, bias, c)
+    # (a grid's y dimension holds at most 65535 blocks; the rows loop round)
+    kernel[(min(cols, cap), min(rows, cap, 65535)), (tile, tile)](a, w, bias, c)
 
 
 # --- packing ---------------------------------------------------------------
