@@ -363,9 +363,9 @@ class Stream:
     for good. An LSTM or GRU layer, or a stack of them, that the batch
     engine's panel split runs (one weight format for all its layers: any of
     float32, bfloat16, int8, int8_dynamic, bfloat16_dynamic) and that keeps
-    the batch engine runs its calls with a helper thread of the stream's own, which shares each layer's panels in turn,
-    spins a fraction of a millisecond after each call for the next, then
-    sleeps; it stops when the stream is collected. On the batch engine a
+    the batch engine runs its calls with a helper thread of the stream's
+    own, which shares each layer's panels in turn, spins a fraction of a
+    millisecond after each call for the next, then sleeps; it stops when the stream is collected. On the batch engine a
     helper thread that is late or descheduled never holds a frame back:
     the calling thread takes its panels over.
     """

@@ -19,8 +19,9 @@ contiguous along ``k``. The input projection is therefore folded into each
 step's ``k`` loop and nothing grows with ``T``. A unit count that is not a
 multiple of 16 pads the last panel with zero columns; padded lanes are
 computed and never read (but lane ``H`` of an odd ``H`` in weights-only
-bfloat16, whose recurrent rows come in pairs: :func:`panel` zeroes it). The tiles that run a panel for a few rows at a
-time, and the gate math they end with, are in :mod:`.tiles`.
+bfloat16, whose recurrent rows come in pairs: :func:`panel` zeroes it).
+The tiles that run a panel for a few rows at a time, and the gate math
+they end with, are in :mod:`.tiles`.
 
 A single row with large weights (``hoist``) takes its input sums (bias +
 ``x W``) for runs of :data:`HOIST_STEPS` steps at a time, 6 steps per
