@@ -60,8 +60,6 @@ def identity(a):
     return a
 
 
-_identity = identity
-
 
 def prepare(x):
     """Return ``(array, xp, restore)`` for an input ``x``.
@@ -72,7 +70,7 @@ def prepare(x):
     stays one; an array known only through DLPack comes back as CuPy).
     """
     if not is_device_array(x):
-        return x, np, _identity
+        return x, np, identity
     if _is_simulated(x):
         # No CuPy under the simulator: compute on the host copy it holds.
         from numba import cuda
@@ -94,8 +92,8 @@ def prepare(x):
 
         return cupy.asarray(x), cupy, lambda a: cuda.as_cuda_array(a)
     if not hasattr(x, "__cuda_array_interface__") and _dlpack_on_gpu(x):
-        return cupy.from_dlpack(x), cupy, _identity
-    return cupy.asarray(x), cupy, _identity
+        return cupy.from_dlpack(x), cupy, identity
+    return cupy.asarray(x), cupy, identity
 
 
 def host_array(x, argument):

@@ -283,7 +283,6 @@ def message(fields, number, where, default=b""):
     return values[-1] if values else default
 
 
-
 def _signed64(v):
     return v - (1 << 64) if v >= 1 << 63 else v
 

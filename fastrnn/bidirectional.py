@@ -64,7 +64,7 @@ class Bidirectional:
         for attr in ("stateful", "return_sequences", "return_state", "time_major"):
             if getattr(self.forward_layer, attr) != getattr(self.backward_layer, attr):
                 raise ValueError(f"backward_layer: {attr} must equal the forward layer's")
-        sizes = _output_size(self.forward_layer), _output_size(self.backward_layer)
+        sizes = self.forward_layer.output_size, self.backward_layer.output_size
         if merge_mode in ("sum", "mul", "ave") and sizes[0] != sizes[1]:
             raise ValueError(f"backward_layer: merge_mode={merge_mode!r} combines the two "
                              f"outputs element by element, so both need the same size; the "
@@ -244,16 +244,6 @@ class Bidirectional:
         if backward is not None:
             backward = serialization.deserialize(backward, kinds=("rnn",))
         return cls(layer, backward_layer=backward, **config)
-
-
-def _output_size(layer):
-    """The size of each step's output of recurrent ``layer`` (its top cell's)."""
-    cell = layer.cell
-    size = getattr(cell, "output_size", None)
-    if size is None:
-        size = cell.state_size
-        size = size[0] if isinstance(size, (list, tuple)) else size
-    return size
 
 
 def _nested(fn, value):

@@ -365,9 +365,10 @@ class Stream:
     float32, bfloat16, int8, int8_dynamic, bfloat16_dynamic) and that keeps
     the batch engine runs its calls with a helper thread of the stream's
     own, which shares each layer's panels in turn, spins a fraction of a
-    millisecond after each call for the next, then sleeps; it stops when the stream is collected. On the batch engine a
-    helper thread that is late or descheduled never holds a frame back:
-    the calling thread takes its panels over.
+    millisecond after each call for the next, then sleeps; it stops when
+    the stream is collected. On the batch engine a helper thread that is
+    late or descheduled never holds a frame back: the calling thread takes
+    its panels over.
     """
 
     def __init__(self, layer, batch_size=1, backend=None, threads=None):

@@ -398,7 +398,7 @@ def _check_features_chain(layers, names):
         elif isinstance(inner, (RNN, Bidirectional)):
             parts = _recurrent_parts(inner)
             takes = parts[0].cells[0].input_dim
-            sizes = [_rnn_output_size(p) for p in parts]
+            sizes = [p.output_size for p in parts]
             gives = sizes[0] if len(sizes) == 1 or inner.merge_mode in ("sum", "mul", "ave") \
                 else (sum(sizes) if inner.merge_mode == "concat" else None)
         else:
@@ -407,12 +407,6 @@ def _check_features_chain(layers, names):
             raise ValueError(f"{where}: its weights take {takes} input features, but "
                              f"{source} gives {features}")
         features, source = gives, where
-
-
-def _rnn_output_size(layer):
-    """The size of each step's output of recurrent ``layer``."""
-    size = layer.cell.output_size
-    return size[0] if isinstance(size, (list, tuple)) else size
 
 
 def _expected_shapes(layer):
@@ -565,12 +559,11 @@ def _naming_the_file(load):
     link loop), a ``KeyError`` (an HDF5 object or a config entry that the load looked up and
     the file or config lacks), or a ``TypeError`` / ``AttributeError`` / ``IndexError``
     (a config value or an HDF5 object of another type than Keras writes) is a
-    ``ValueError`` too. A bytes path is decoded as ``os.fsdecode`` does."""
+    ``ValueError`` too. A bytes path is decoded (:func:`fastrnn._safe_io.source`)."""
 
     @functools.wraps(load)
     def wrapper(path, *args, **kwargs):
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
+        path = _safe_io.source(path, "load_keras")
         config = kwargs.get("config", args[0] if args else None)
         if config is not None and not isinstance(config, (dict, str, os.PathLike)):
             raise TypeError(f"config: expected a dict, a JSON string or a path, got "
