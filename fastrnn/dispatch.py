@@ -105,11 +105,21 @@ def get_backend():
 
 
 def _supports_all(mod, params_list):
+    """``(False, why)`` for the first record ``mod`` cannot run, else
+    ``(True, notes)``: how it runs the quantized weights among them (a
+    float32 speed where the kernels widen them first is worth saying)."""
+    notes = []
     for params in params_list:
         ok, why = mod.supports(params)
         if not ok:
             return False, why
-    return True, ""
+        if getattr(params, "quantized", None) is not None and why not in notes:
+            notes.append(why)
+    return True, "; ".join(notes)
+
+
+def _reason(head, notes):
+    return f"{head}; {notes}" if notes else head
 
 
 def select(requested, params_list, on_device=False):
@@ -141,7 +151,7 @@ def select(requested, params_list, on_device=False):
         ok, why = _supports_all(mod, params_list)
         if not ok:
             raise ValueError(f"backend {requested!r} was requested ({source}) but {why}")
-        return Choice(requested, mod, f"{requested}: requested by the {source}")
+        return Choice(requested, mod, _reason(f"{requested}: requested by the {source}", why))
     return _auto(params_list, on_device)
 
 
@@ -170,14 +180,15 @@ def _auto(params_list, on_device):
             mod = backend_module("cuda")
             ok, why = _supports_all(mod, params_list)
             if ok:
-                return Choice("cuda", mod, "cuda: a GPU is present and the data or layer is on it")
+                return Choice("cuda", mod, _reason(
+                    "cuda: a GPU is present and the data or layer is on it", why))
         notes.append(f"not cuda: {why}")
     ok, why = available("cpu")
     if ok:
         mod = backend_module("cpu")
         ok, why = _supports_all(mod, params_list)
         if ok:
-            reason = "cpu: compiled kernels support this configuration"
+            reason = _reason("cpu: compiled kernels support this configuration", why)
             return Choice("cpu", mod, "; ".join([reason] + notes))
     notes.append(f"not cpu: {why}")
     return Choice("reference", backend_module("reference"), "reference: " + "; ".join(notes))

@@ -97,6 +97,24 @@ def test_layer_quantize_runs_the_rounded_weights(backend, mode, kind, kw, rng):
     assert np.abs(y - _expected(kind, H, weights, x, mask, return_sequences=True, **kw)).max() > 1e-5
 
 
+@pytest.mark.parametrize("backend", layer_backends() + ["auto"])
+@pytest.mark.parametrize("kind,kw", CASES)
+def test_backend_reason_says_how_the_quantized_weights_run(backend, kind, kw, rng):
+    """A quantized layer's backend_reason names its mode and says whether
+    the weights run narrow or as float32 values (float32's speed: the cpu's
+    generic kernels, cuda)."""
+    x = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    layer = _layer(kind, 7, backend=backend, **kw)
+    layer(x)
+    assert "int8" not in layer.backend_reason
+    layer.quantize("int8")
+    layer(x)
+    reason = layer.backend_reason
+    assert "int8 weights" in reason, reason
+    narrow = layer.backend == "cpu" and (kind == "lstm" or (kind == "gru" and not kw))
+    assert ("float32 values" in reason) == (layer.backend != "reference" and not narrow), reason
+
+
 @pytest.mark.parametrize("backend", layer_backends())
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("mode", DYNAMIC)
@@ -109,9 +127,10 @@ def test_dynamic_layer_against_reference(backend, kind, mode, rng):
     layer.build(x.shape)
     weights = _random_weights(layer, rng)
     layer.set_weights(weights)
-    if backend == "cuda":
+    if backend == "cuda":  # cuda refuses the dynamic modes, naming them
         layer.quantize(mode)
-        assert mode in layer.backend_reason or layer.backend != "cuda"
+        with pytest.raises(ValueError, match=mode):
+            layer(x)
         return
     ref = _layer(kind, H, return_sequences=True, backend="reference")
     ref.set_weights(weights)

@@ -94,7 +94,9 @@ Backend module interface
 ``available() -> (bool, str)``
     Whether the backend can run on this machine, and why not.
 ``supports(params) -> (bool, str)``
-    Whether the backend can run this configuration, and why not.
+    Whether the backend can run this configuration, and why not; for a
+    quantized record it can run, how it runs the weights (the dispatcher
+    adds that to the layer's ``backend_reason``).
 ``pack(params) -> packed``
     Derives the backend's own weight layout, once, when weights are set.
     The result is opaque to callers and is passed back to the functions

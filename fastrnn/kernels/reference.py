@@ -38,6 +38,8 @@ def available():
 
 
 def supports(params):
+    if getattr(params, "quantized", None) is not None:
+        return True, f"its {params.quantized.mode} weights' semantics in float64"
     return True, "the reference backend runs every configuration"
 
 

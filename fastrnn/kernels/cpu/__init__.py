@@ -75,7 +75,23 @@ def supports(params):
     }
     if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPES:
         return False, f"weights must share one dtype, float32 or float64 (got {sorted(map(str, dtypes))})"
+    if params.quantized is not None:
+        mode = params.quantized.mode
+        if _runs_packed(params):
+            return True, f"its {mode} weights run packed as stored"
+        return True, (f"its {mode} weights run as the float32 values they stand for (the generic "
+                      "kernels of this configuration: float32 memory and speed)")
     return True, "compiled kernels run this configuration"
+
+
+def _runs_packed(params):
+    """Whether :func:`pack` puts ``params`` in packed panels (float32 LSTM
+    without projection, float32 GRU with ``reset_after=True``)."""
+    if np.asarray(params.kernel).dtype != np.float32 or not _packed_path_enabled():
+        return False
+    if params.kind == "lstm":
+        return params.projection is None
+    return params.kind == "gru" and bool(params.reset_after)
 
 
 class _Packed:
@@ -137,9 +153,9 @@ def pack(params):
     """
     dtype = np.asarray(params.kernel).dtype
     kind = params.kind
-    fast = dtype == np.float32 and _packed_path_enabled()
+    fast = _runs_packed(params)
     if kind == "lstm":
-        if fast and params.projection is None:
+        if fast:
             arrays = _packed.pack_lstm(
                 params.kernel, params.recurrent_kernel, params.bias,
                 float(params.forget_bias), params.peepholes, params.quantized,
@@ -157,7 +173,7 @@ def pack(params):
         )
         return _Packed(params, dtype, False, arrays)
     if kind == "gru":
-        if fast and params.reset_after:
+        if fast:
             return _Packed(params, dtype, True, _packed.pack_gru(
                 params.kernel, params.recurrent_kernel, params.bias, params.quantized))
         bias = np.asarray(params.bias)

@@ -203,9 +203,8 @@ def supports(params):
         return False, (f"the cuda backend does not round activations ({mode}); "
                        f"use {mode[:-8]!r} weights on the GPU")
     if params.quantized is not None:
-        return True, (f"the cuda backend runs this configuration, its {params.quantized.mode} "
-                      "weights as the float32 values they stand for (dequantized: same results, "
-                      "float32 memory and speed)")
+        return True, (f"its {params.quantized.mode} weights run as the float32 values they "
+                      "stand for (dequantized: same results, float32 memory and speed)")
     return True, "the cuda backend runs this configuration"
 
 
