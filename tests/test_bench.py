@@ -106,7 +106,7 @@ def test_bench_runs_rejects_bad_counts(capsys):
     from fastrnn.cli import bench
 
     for argv, needle in ((["--runs", "0"], "expected a positive number of runs, got 0"),
-                         (["--runs", "2", "--streaming"], "only for the batch grid"),
+                         (["--runs", "2", "--streaming"], "--runs: not used with --streaming"),
                          (["--shapes", "1,5,3"], "--shapes: expected B,T,D,H"),
                          (["--shapes", "1,5,3,4", "a,b,c,d"], "got ['a,b,c,d']"),
                          (["--shapes", "0,5,3,4"], "four positive integers"),
@@ -381,3 +381,59 @@ def test_bench_accuracy_float64_truth_is_the_reference():
         np.testing.assert_allclose(y, out, rtol=1e-12, atol=1e-12)
         for a, b in zip(states, outs):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_bench_refuses_arguments_it_would_ignore_or_fail_on_late(tmp_path, capsys):
+    """Each refusal names its option, before any timing: options a mode does
+    not read, backends that cannot run, reduced precisions without cpu, an
+    empty --shapes, and a --json path that cannot be written."""
+    import pytest
+
+    from fastrnn.cli import bench
+
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    cases = [
+        (["--streaming", "--shapes", "1,2,3,4"], "--shapes: not used with --streaming"),
+        (["--streaming", "--backends", "cpu"], "--backends: not used with --streaming"),
+        (["--streaming", "--repeats", "3"], "--repeats: not used with --streaming"),
+        (["--accuracy", "--skip", "pytorch"], "--skip: not used with --accuracy"),
+        (["--accuracy", "--precision", "int8"], "--precision: not used with --accuracy"),
+        (["--accuracy", "--contention"], "--contention: not used with --accuracy"),
+        (["--hs", "64"], "--hs: only with --streaming"),
+        (["--calls", "9"], "--calls: only with --streaming"),
+        (["--shapes"], "--shapes: expected at least one"),
+        (["--backends", "reference", "--precision", "int8"], "add cpu to --backends"),
+        (["--json", str(folder)], "is a folder"),
+        (["--json", str(tmp_path / "missing" / "b.json")], "no folder"),
+    ]
+    if not bench.dispatch.available("cuda")[0]:
+        cases.append((["--backends", "cuda"], "--backends: cuda cannot run here"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            bench.parse(argv)
+        assert exc.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not list(folder.iterdir())
+    # a writable path is left as it was found
+    bench.parse(["--json", str(tmp_path / "new.json")])
+    assert not (tmp_path / "new.json").exists()
+
+
+def test_bench_times_the_backends_asked_for(tmp_path, capsys):
+    """--backends reference at a shape other than the grid's smallest still
+    times reference, and its agreement with ONNX Runtime is measured on the
+    same layout (both (B, T, H))."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    from fastrnn.cli import bench
+
+    out = tmp_path / "r.json"
+    assert bench.main(["--shapes", "1,3,4,5", "--cells", "lstm", "--repeats", "1", "--skip",
+                       "pytorch", "--backends", "reference", "--no-progress",
+                       "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    engines = row["engines"]
+    assert "fastrnn-reference" in engines and "onnxruntime" in engines
+    assert engines["onnxruntime"]["max_abs_diff"] < 1e-5

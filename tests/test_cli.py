@@ -47,3 +47,38 @@ def test_predict_without_dask_says_which_extra(monkeypatch, capsys):
     assert main(["predict", "model.fastrnn", "x.npy", "y.zarr"]) == 2
     err = capsys.readouterr().err
     assert "needs the dask extra" in err and "fastrnn[dask]" in err
+
+
+@pytest.mark.parametrize("value", ["reference", "bogus"])
+def test_info_tells_auto_apart_from_the_default(value, monkeypatch, capsys):
+    """With FASTRNN_BACKEND set, "auto picks" is still what auto picks (cpu
+    here), the default is on its own line, and a bad value leaves the rest
+    of the dispatch section in place."""
+    monkeypatch.setenv("FASTRNN_BACKEND", value)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "auto picks for a float32 LSTM: cpu" in out
+    for name in ("reference", "cpu", "cuda"):
+        assert f"\n  {name}: " in out
+    if value == "bogus":
+        assert "default backend: error: FASTRNN_BACKEND" in out
+    else:
+        assert "follow the default: reference" in out
+
+
+def test_warmup_precision_takes_what_bench_takes(monkeypatch, capsys):
+    from fastrnn import dispatch
+
+    asked = []
+
+    def warmup(**kw):
+        """Record what would be compiled."""
+        asked.append(kw)
+        return []
+
+    monkeypatch.setattr(dispatch, "warmup", warmup)
+    assert main(["warmup", "-q", "--precision", "float32, int8,int8"]) == 0
+    assert asked[0]["precisions"] == ["int8"]
+    with pytest.raises(SystemExit) as e:
+        main(["warmup", "--precision", "fp8"])
+    assert e.value.code == 2 and "--precision" in capsys.readouterr().err

@@ -253,10 +253,13 @@ class Contention:
 
 
 def fastrnn_backends(shape, names=None):
-    """Available fastrnn backends to time at ``shape`` (reference at the smallest only)."""
+    """Available fastrnn backends to time at ``shape``: ``names`` (``--backends``,
+    checked by :func:`parse`), else every one, the slow reference at the
+    smallest shape of the grid only."""
     out = []
     for name in names or ("cpu", "cuda", "reference"):
-        if name == "reference" and shape != min(SHAPES, key=lambda s: flops("lstm", *s)):
+        if (name == "reference" and not names
+                and shape != min(SHAPES, key=lambda s: flops("lstm", *s))):
             continue
         ok, _ = dispatch.available(name)
         if ok:
@@ -315,7 +318,8 @@ def bench_batch(opts):
                 engines[name] = engine
             # agreement, before timing
             base_name = next(iter(engines))
-            base = np.asarray(engines[base_name]())
+            base_fn = engines[base_name]
+            base = np.asarray(base_fn.result() if hasattr(base_fn, "result") else base_fn())
             agree, err64 = {}, {}
             exact = bq.float64_output(cell, w, x) if reduced else None
             for name, fn in engines.items():
@@ -469,10 +473,53 @@ def _check_lists(p, opts):
     if unknown:
         p.error(f"--skip: expected a comma-separated subset of {','.join(_SKIPPABLE)}, got "
                 f"{unknown}")
+    if opts.shapes is not None and not opts.shapes:
+        p.error("--shapes: expected at least one B,T,D,H")
+    for name in opts.backends or ():
+        ok, why = dispatch.available(name)
+        if not ok:
+            p.error(f"--backends: {name} cannot run here: {why}")
     if opts.json:
-        folder = os.path.dirname(os.path.abspath(opts.json))
-        if not os.path.isdir(folder):
-            p.error(f"--json: no folder {folder!r} to write {opts.json!r} in")
+        _check_writable(p, "--json", opts.json)
+
+
+def _check_writable(p, flag, path):
+    """An error now, not after minutes of timing, when ``path`` cannot be
+    written: a folder, a missing folder, or no permission."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        p.error(f"{flag}: no folder {folder!r} to write {path!r} in")
+    if os.path.isdir(path):
+        p.error(f"{flag}: {path!r} is a folder; expected a file name")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        p.error(f"{flag}: cannot write {path!r}: {exc.strerror or exc}")
+    if not existed:
+        os.remove(path)
+
+
+# what each mode reads besides --quick, --json, --cells and --no-progress:
+# any other option given is an error, not silently ignored
+_MODE_OPTIONS = {
+    "batch": ("contention", "shapes", "backends", "skip", "repeats", "precision", "runs"),
+    "streaming": ("contention", "hs", "calls", "skip", "precision"),
+    "accuracy": (),
+}
+_DEFAULTS = dict(contention=False, shapes=None, backends=None, skip=[], repeats=None,
+                 precision="float32", runs=1, hs=None, calls=None)
+
+
+def _check_mode_options(p, opts):
+    mode = "streaming" if opts.streaming else "accuracy" if opts.accuracy else "batch"
+    for name, default in _DEFAULTS.items():
+        if name not in _MODE_OPTIONS[mode] and getattr(opts, name) != default:
+            flag = "--" + name
+            if mode == "batch":
+                p.error(f"{flag}: only with --streaming")
+            p.error(f"{flag}: not used with --{mode}")
 
 
 #: engines ``--skip`` may leave out
@@ -512,10 +559,9 @@ def parse(argv):
     opts = p.parse_args(argv)
     if opts.runs < 1:
         p.error(f"--runs: expected a positive number of runs, got {opts.runs}")
-    if opts.runs > 1 and (opts.streaming or opts.accuracy):
-        p.error("--runs: only for the batch grid, not with --streaming or --accuracy")
     if opts.streaming and opts.accuracy:
         p.error("--streaming and --accuracy: one at a time")
+    _check_mode_options(p, opts)
     unknown = [c for c in opts.cells if c not in CELLS]
     if unknown:
         p.error(f"--cells: expected a comma-separated subset of {','.join(CELLS)}, got {unknown}")
@@ -524,6 +570,9 @@ def parse(argv):
         opts.precision = bq.parse_precisions(opts.precision)
     except ValueError as exc:
         p.error(str(exc))
+    if opts.backends and "cpu" not in opts.backends and opts.precision != ["float32"]:
+        p.error("--precision: the bfloat16 and int8 rows run the cpu backend; add cpu to "
+                "--backends")
     return opts
 
 
@@ -584,7 +633,7 @@ def main(argv=None):
     if not opts.streaming and "cpu" in (opts.backends or ("cpu",)):
         # the grid runs float32 LSTM and GRU (reset_after) alone: compile
         # those, once, before the peak and the timing
-        warm(("lstm", "gru"), dispatch.get_num_threads() > 1, not opts.no_progress)
+        warm(tuple(opts.cells), dispatch.get_num_threads() > 1, not opts.no_progress)
     if opts.streaming:
         with Contention(opts.contention):
             rows, notes = bench_streaming(opts)

@@ -136,18 +136,34 @@ def lines():
     except Exception as exc:
         add("gpu", f"cuda: {type(exc).__name__}: {exc}")
 
+    z = np.zeros
+    params = LSTMParams(z((8, 32), np.float32), z((8, 32), np.float32), z(32, np.float32))
+    env = f"FASTRNN_BACKEND={os.environ.get('FASTRNN_BACKEND', '')!r}"
     try:
-        z = np.zeros
-        params = LSTMParams(z((8, 32), np.float32), z((8, 32), np.float32), z(32, np.float32))
-        choice = dispatch.select("auto", [params])
-        add("dispatch", f"default backend: {dispatch.get_backend()} "
-                        f"(FASTRNN_BACKEND={os.environ.get('FASTRNN_BACKEND', '')!r})")
+        default = dispatch.get_backend()
+        add("dispatch", f"default backend: {default} ({env})")
+    except ValueError as exc:
+        default = None
+        add("dispatch", f"default backend: error: {exc}")
+    try:
+        # what "auto" itself picks, whatever the default says
+        choice = dispatch._auto([params], on_device=False)
         add("dispatch", f"auto picks for a float32 LSTM: {choice.name} -- {choice.reason}")
-        for name in dispatch.BACKENDS:
+    except Exception as exc:
+        add("dispatch", f"auto: error: {type(exc).__name__}: {exc}")
+    if default not in (None, "auto"):
+        try:
+            choice = dispatch.select("auto", [params])
+            add("dispatch", f"layers with backend='auto' follow the default: {choice.name}")
+        except Exception as exc:
+            add("dispatch", f"layers with backend='auto' follow the default, which cannot run "
+                            f"them: {exc}")
+    for name in dispatch.BACKENDS:
+        try:
             ok, why = dispatch.available(name)
             add("dispatch", f"{name}: {'available' if ok else 'unavailable'} ({why})")
-    except Exception as exc:
-        add("dispatch", f"error: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            add("dispatch", f"{name}: error: {type(exc).__name__}: {exc}")
     return out
 
 

@@ -46,6 +46,66 @@ def _load_model(path):
     return model
 
 
+def _read(flag, path, opener):
+    """``opener(path)``, its failure (not a .npy file, truncated, not a Zarr
+    array, unreadable) an error naming ``flag``."""
+    try:
+        return opener(path)
+    except (OSError, EOFError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{flag}: cannot read {path}: {exc}") from exc
+
+
+def _inside(path, folder):
+    """Whether ``path`` is ``folder`` or lies inside it (real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _is_zarr_array(path):
+    """Whether the folder ``path`` holds a Zarr array (v3 or v2), not a group."""
+    import json
+
+    if os.path.isfile(os.path.join(path, ".zarray")):
+        return True
+    try:
+        with open(os.path.join(path, "zarr.json")) as f:
+            return json.load(f).get("node_type") == "array"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_output(output, overwrite, reads):
+    """OUTPUT must be a path that replacing cannot destroy anything else:
+    not empty, not a file, not a folder other than a Zarr array, and
+    neither holding nor inside ``reads`` (MODEL, INPUT, --lengths) or the
+    working folder; a new OUTPUT's folder is made now, so a path that
+    cannot be written fails before any task."""
+    if not output.strip():
+        raise ValueError("OUTPUT: expected the path of a Zarr array to write, got an empty string")
+    real = os.path.realpath(output)
+    for flag, path in reads:
+        other = os.path.realpath(path)
+        if _inside(other, real) or _inside(real, other):
+            raise ValueError(f"OUTPUT: {output} would overwrite {flag} {path}; "
+                             "write the scores somewhere else")
+    if _inside(os.getcwd(), real):
+        raise ValueError(f"OUTPUT: {output} holds the working folder; write the scores to a "
+                         "new folder")
+    if os.path.exists(output):
+        if not os.path.isdir(output):
+            raise ValueError(f"OUTPUT: {output} is a file; expected a Zarr array "
+                             "(a directory) to write or replace")
+        if not _is_zarr_array(output):
+            raise ValueError(f"OUTPUT: {output} is a folder but not a Zarr array; --overwrite "
+                             "replaces Zarr arrays only")
+        if not overwrite:
+            raise ValueError(f"OUTPUT: {output} exists (use --overwrite to replace it)")
+        return
+    try:
+        os.makedirs(output)
+    except OSError as exc:
+        raise ValueError(f"OUTPUT: cannot create {output}: {exc.strerror or exc}") from exc
+
+
 def _open_input(path, chunk_rows):
     """INPUT as a dask array: a Zarr array (lazy) or a .npy file (memory-mapped)."""
     _, da = _import_dask()
@@ -54,12 +114,12 @@ def _open_input(path, chunk_rows):
     if not os.path.exists(path):
         raise ValueError(f"INPUT: {path} does not exist")
     if path.lower().endswith(".npy") and os.path.isfile(path):
-        arr = _MappedFile.from_npy(path)
+        arr = _read("INPUT", path, _MappedFile.from_npy)
     elif os.path.isdir(path) and any(os.path.exists(os.path.join(path, f))
                                      for f in ("zarr.json", ".zarray", ".zgroup")):
         import zarr
 
-        arr = zarr.open(path, mode="r")
+        arr = _read("INPUT", path, lambda p: zarr.open(p, mode="r"))
         if not hasattr(arr, "shape"):
             names = sorted(k for k, _ in arr.arrays()) if hasattr(arr, "arrays") else []
             raise ValueError(f"INPUT: {path} is a Zarr group; name one of its arrays, e.g. "
@@ -90,12 +150,15 @@ def _open_lengths(path, x):
     _, da = _import_dask()
     if not os.path.exists(path):
         raise ValueError(f"--lengths: {path} does not exist")
-    if path.lower().endswith(".npy"):
-        arr = _MappedFile.from_npy(path)
-    else:
+    if path.lower().endswith(".npy") and os.path.isfile(path):
+        arr = _read("--lengths", path, _MappedFile.from_npy)
+    elif os.path.isdir(path):
         import zarr
 
-        arr = zarr.open_array(path, mode="r")
+        arr = _read("--lengths", path, lambda p: zarr.open_array(p, mode="r"))
+    else:
+        raise ValueError(f"--lengths: expected a Zarr array (a directory) or a .npy file, "
+                         f"got {path}")
     if arr.shape != (x.shape[0],):
         raise ValueError(f"--lengths: expected shape (n,) = ({x.shape[0]},), got {arr.shape}")
     if np.dtype(arr.dtype).kind not in "iu":
@@ -133,7 +196,8 @@ def _parser():
                             "0: no Dask, this process calls the model chunk by chunk; "
                             "'threads': Dask's local threads (the default). A list such as "
                             "0,threads,1,2 runs each in turn and prints a comparison")
-    p.add_argument("--batch-size", type=int, metavar="N", help="rows per model call in a chunk")
+    p.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="rows per model call in a chunk")
     p.add_argument("--chunk-rows", type=int, metavar="N",
                    help="rows per task (default: ~16-32 MiB of input, whole Zarr chunks)")
     p.add_argument("--lengths", metavar="PATH", help="valid steps per sample (.npy or Zarr, (n,))")
@@ -174,6 +238,17 @@ def _positive(text):
     return value
 
 
+def _non_negative(text):
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def _example_main(argv):
     """``python -m fastrnn predict --example DIR``: a model and data to score."""
     p = argparse.ArgumentParser(prog="python -m fastrnn predict --example",
@@ -184,9 +259,22 @@ def _example_main(argv):
     p.add_argument("--time", type=_positive, default=100)
     p.add_argument("--features", type=_positive, default=32)
     p.add_argument("--units", type=_positive, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_non_negative, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the three files if DIR holds them")
     a = p.parse_args(argv)
-    os.makedirs(a.dir, exist_ok=True)
+    if not a.dir.strip():
+        p.error("DIR: expected a folder, got an empty string")
+    if os.path.exists(a.dir) and not os.path.isdir(a.dir):
+        p.error(f"DIR: {a.dir} is a file; expected a folder")
+    names = ("model.fastrnn", "x.npy", "lengths.npy")
+    there = [n for n in names if os.path.exists(os.path.join(a.dir, n))]
+    if there and not a.overwrite:
+        p.error(f"DIR: {a.dir} holds {', '.join(there)} (use --overwrite to replace them)")
+    try:
+        os.makedirs(a.dir, exist_ok=True)
+    except OSError as exc:
+        p.error(f"DIR: cannot create {a.dir}: {exc.strerror or exc}")
     rng = np.random.default_rng(a.seed)
     layer = LSTM(a.units)
     layer.build((1, a.time, a.features))
@@ -251,7 +339,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         import dask
-        import zarr  # noqa: F401  (OUTPUT is a Zarr array)
+        import zarr  # (OUTPUT is a Zarr array)
     except ImportError as exc:
         print(f"fastrnn predict: error: needs the dask extra ({exc}); "
               "pip install 'fastrnn[dask]'", file=sys.stderr)
@@ -262,18 +350,26 @@ def main(argv=None):
         x = _open_input(args.input, args.chunk_rows)
         lengths = _open_lengths(args.lengths, x)
         batch_size = _check_batch_size(args.batch_size)
-        if os.path.exists(args.output) and not args.overwrite:
-            raise ValueError(f"OUTPUT: {args.output} exists (use --overwrite to replace it)")
-        if os.path.exists(args.output) and not os.path.isdir(args.output):
-            raise ValueError(f"OUTPUT: {args.output} is a file; expected a Zarr array "
-                             "(a directory) to write or replace")
         # Validates shapes and probes the model in this process, before any task.
-        with dask.config.set(scheduler="sync"):
-            predict(model, x[:1], None if lengths is None else lengths[:1],
-                    batch_size=batch_size)
+        try:
+            with dask.config.set(scheduler="sync"):
+                y0 = predict(model, x[:1], None if lengths is None else lengths[:1],
+                             batch_size=batch_size).compute()
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"INPUT {args.input} (shape {tuple(x.shape)}, dtype {x.dtype}): "
+                             f"{exc}") from exc
+        reads = [("MODEL", args.model), ("INPUT", args.input)]
+        if args.lengths is not None:
+            reads.append(("--lengths", args.lengths))
+        _check_output(args.output, args.overwrite, reads)
     except (ValueError, TypeError, KeyError) as exc:
         print(f"fastrnn predict: error: {exc}", file=sys.stderr)
         return 2
+    if x.shape[0] == 0:  # nothing to score: an empty OUTPUT of the model's output shape
+        zarr.create_array(store=args.output, shape=y0.shape, dtype=y0.dtype,
+                          chunks=(1,) + y0.shape[1:], overwrite=True)
+        print(f"scored 0 sequences: INPUT {args.input} holds none -> {args.output}")
+        return 0
     saved = _thread_state()
     try:
         results = [_score(model, x, lengths, args, batch_size, mode) for mode in modes]
