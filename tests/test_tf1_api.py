@@ -1,5 +1,7 @@
 """fastrnn.nn: shapes, structures, TF1 semantics, and errors."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -717,3 +719,232 @@ def test_non_float_values_are_type_errors(rng):
         cell.set_weights([np.full(w.shape, "a") for w in cell.get_weights()])
     with pytest.raises(TypeError, match="inputs: expected floating-point values, got dtype int64"):
         cell(np.ones((2, 3), np.int64), cell.zero_state(2, np.float32))
+
+
+# --------------------------------------------------------------------------
+# arguments: misspelt keywords, numbers given as other types, TF1's no-ops
+
+
+class _KeywordCell(rnn_cell.RNNCell):
+    """A user cell passing its keywords on, as TF1 cells do."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    @property
+    def state_size(self):
+        return self.units
+
+    @property
+    def output_size(self):
+        return self.units
+
+    def call(self, inputs, state):
+        return state, state
+
+
+@pytest.mark.parametrize("make, cls, key, near", [
+    (lambda: rnn_cell.BasicLSTMCell(4, state_is_tupel=False), "BasicLSTMCell",
+     "state_is_tupel", "state_is_tuple"),
+    (lambda: rnn_cell.LSTMCell(4, use_peephole=True), "LSTMCell", "use_peephole",
+     "use_peepholes"),
+    (lambda: rnn_cell.LSTMCell(4, numproj=2), "LSTMCell", "numproj", "num_proj"),
+    (lambda: rnn_cell.DropoutWrapper(rnn_cell.GRUCell(3), output_keep_probability=0.5),
+     "DropoutWrapper", "output_keep_probability", "output_keep_prob"),
+    (lambda: rnn_cell.MultiRNNCell([rnn_cell.GRUCell(3)], state_is_tupel=False),
+     "MultiRNNCell", "state_is_tupel", "state_is_tuple"),
+    (lambda: rnn_cell.ResidualWrapper(rnn_cell.GRUCell(3), residual=None),
+     "ResidualWrapper", "residual", "residual_fn"),
+    (lambda: rnn_cell.GRUCell(3, kernel_initialiser="zeros"), "GRUCell",
+     "kernel_initialiser", "kernel_initializer"),
+    (lambda: _KeywordCell(3, nmae="x"), "_KeywordCell", "nmae", "name"),
+])
+def test_misspelt_keyword_arguments_are_type_errors(make, cls, key, near):
+    # TF1's base Layer refuses them too; they were taken and ignored
+    with pytest.raises(TypeError, match=f"{cls}: keyword argument not understood: "
+                                        f"'{key}'; did you mean '{near}'"):
+        make()
+
+
+def test_tf1_keywords_that_change_nothing_are_taken(rng):
+    x = _x(rng, 3, 5, 2)
+    plain = _randomise(_built(rnn_cell.LSTMCell(4, num_proj=3), 2), rng)
+    ref, ref_state = nn.dynamic_rnn(plain, x, [5, 1, 3])
+    tf1 = rnn_cell.LSTMCell(4, num_proj=3, reuse=True, trainable=False, name="lstm_cell",
+                            input_shape=None, activity_regularizer=None)
+    tf1.set_weights(plain.get_weights())
+    assert tf1.trainable is False and tf1.variable_names == plain.variable_names
+    wrapped = rnn_cell.DropoutWrapper(tf1, _reuse=False)
+    out, state = nn.dynamic_rnn(rnn_cell.MultiRNNCell([wrapped], _reuse=True), x, [5, 1, 3],
+                                parallel_iterations=8, swap_memory=True, scope="rnn")
+    np.testing.assert_array_equal(out, ref)
+    _assert_nested_close(state[0], ref_state, atol=0)
+    assert _KeywordCell(2, _reuse=True, name="mine", dtype=np.float64).dtype == np.float64
+    # values fastrnn cannot honour are refused, naming the keyword
+    with pytest.raises(ValueError, match=r"weights: GRUCell takes only None.*set_weights"):
+        rnn_cell.GRUCell(3, weights=plain.get_weights())
+    with pytest.raises(ValueError, match="input_shape: BasicRNNCell takes only None"):
+        rnn_cell.BasicRNNCell(3, input_shape=(5, 2))
+    with pytest.raises(TypeError, match="reuse: expected True or False, got 'yes'"):
+        rnn_cell.GRUCell(3, reuse="yes")
+    with pytest.raises(TypeError, match="trainable: expected True or False, got 'False'"):
+        _KeywordCell(3, trainable="False")
+
+
+@pytest.mark.parametrize("num_proj", [2.5, True, "2", 0, np.float64(2.0)])
+def test_num_proj_must_be_a_positive_integer(num_proj):
+    # int() made 2.5 two outputs and True one
+    message = f"num_proj: expected a positive integer, got {num_proj!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        rnn_cell.LSTMCell(3, num_proj=num_proj)
+
+
+def test_num_proj_shards_must_be_integers(rng):
+    with pytest.raises(ValueError, match="num_unit_shards: expected a positive integer, got True"):
+        rnn_cell.LSTMCell(3, num_unit_shards=True)
+    with pytest.raises(ValueError, match="num_proj_shards: expected a positive integer, got 1.5"):
+        rnn_cell.LSTMCell(3, num_proj=2, num_proj_shards=1.5)
+    with pytest.raises(ValueError, match="num_proj_shards: sharded variables are not supported"):
+        rnn_cell.LSTMCell(3, num_proj=2, num_proj_shards=2)
+    cell = rnn_cell.LSTMCell(3, num_proj=np.int64(2), num_unit_shards=1, num_proj_shards=1)
+    out, state = nn.dynamic_rnn(cell, _x(rng, 2, 4, 5))
+    assert cell.output_size == 2 and out.shape == (2, 4, 2) and state.h.shape == (2, 2)
+
+
+@pytest.mark.parametrize("value", [None, "1", True])
+def test_forget_bias_must_be_a_number(value):
+    message = re.escape(f"forget_bias: expected a real number, got {value!r}")
+    with pytest.raises(TypeError, match=message):
+        rnn_cell.BasicLSTMCell(3, forget_bias=value)
+    with pytest.raises(TypeError, match=message):
+        rnn_cell.LSTMCell(3, forget_bias=value)
+
+
+def test_clips_must_be_numbers(rng):
+    with pytest.raises(TypeError, match="cell_clip: expected a real number, got '0.5'"):
+        rnn_cell.LSTMCell(3, cell_clip="0.5")
+    with pytest.raises(TypeError, match="proj_clip: expected a real number, got '0.5'"):
+        rnn_cell.LSTMCell(3, num_proj=2, proj_clip="0.5")
+    cell = rnn_cell.LSTMCell(3, cell_clip=np.float32(0.25), forget_bias=np.int64(0))
+    _, state = nn.dynamic_rnn(cell, 4 * _x(rng, 2, 6, 3))
+    assert np.abs(state.c).max() <= 0.25 and cell._forget_bias == 0.0
+
+
+class _WideCell(rnn_cell.RNNCell):
+    """Declares 2 outputs and returns 5."""
+
+    state_size = 2
+    output_size = 2
+
+    def call(self, inputs, state):
+        return np.tile(inputs[:, :1], (1, 5)), state + inputs[:, :2]
+
+
+def test_custom_cell_output_wider_than_output_size(rng):
+    # the outputs came back 5 wide from a cell declaring 2
+    with pytest.raises(ValueError, match=r"_WideCell 'private__wide_cell'\.call returned outputs "
+                                         r"5 wide; its output_size is 2"):
+        nn.dynamic_rnn(_WideCell(), _x(rng, 2, 3, 4))
+    with pytest.raises(ValueError, match=r"returned outputs 5 wide; its output_size is 2"):
+        nn.bidirectional_dynamic_rnn(_GoodCell(), _WideCell(), _x(rng, 2, 3, 4),
+                                     sequence_length=[3, 1])
+
+
+class _GoodCell(_WideCell):
+    def call(self, inputs, state):
+        return state + inputs[:, 1:3], state + inputs[:, :2]
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 7), (0, 3, 7)])
+def test_empty_runs_check_the_input_depth(rng, shape):
+    # no step to run skipped the check: a depth-7 input passed a cell built for 4
+    cell = _randomise(_built(rnn_cell.GRUCell(3), 4), rng)
+    x = _x(rng, *shape)
+    with pytest.raises(ValueError, match="inputs: input depth 7 does not match the depth 4 GRU"):
+        nn.dynamic_rnn(cell, x)
+    with pytest.raises(ValueError, match=r"input depth 7 does not match the depth 4 GRUCell"):
+        nn.bidirectional_dynamic_rnn(rnn_cell.GRUCell(2), cell, x)
+    stack = rnn_cell.MultiRNNCell([rnn_cell.GRUCell(2), rnn_cell.DropoutWrapper(cell)])
+    stack.build((None, 7))
+    with pytest.raises(ValueError, match=r"outputs of cells\[0\]: input depth 2 does not match "
+                                         r"the depth 4 GRUCell"):
+        nn.dynamic_rnn(stack, x)
+    out, state = nn.dynamic_rnn(cell, x[..., :4])
+    assert out.shape == shape[:2] + (3,) and state.shape == (shape[0], 3)
+
+
+def test_unsigned_lengths_beyond_int64_are_reported_as_given(rng):
+    cell = _randomise(_built(rnn_cell.GRUCell(3), 4), rng)
+    x = _x(rng, 2, 3, 4)
+    # int64 first wrapped 2**63 round to -9223372036854775808
+    with pytest.raises(ValueError, match=r"sequence_length: lengths must be <= max_time 3, got "
+                                         r"9223372036854775808 at batch index 0"):
+        nn.dynamic_rnn(cell, x, sequence_length=np.array([2**63, 1], np.uint64))
+    out, state = nn.dynamic_rnn(cell, x, sequence_length=np.array([3, 1], np.uint64))
+    ref, ref_state = nn.dynamic_rnn(cell, x, sequence_length=[3, 1])
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(state, ref_state)
+
+
+@pytest.mark.parametrize("batch_size", [2.7, 2.0, -1, True, "2"])
+def test_zero_state_refuses_a_non_integer_batch_size(batch_size):
+    cell = rnn_cell.MultiRNNCell([rnn_cell.LSTMCell(3), rnn_cell.GRUCell(2)])
+    message = f"batch_size: expected an integer >= 0, got {batch_size!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cell.zero_state(batch_size, np.float32)
+
+
+def test_zero_state_refuses_a_non_float_dtype(rng):
+    cell = _randomise(_built(rnn_cell.BasicLSTMCell(3), 2), rng)
+    for dtype in (np.int32, bool, np.complex64):
+        with pytest.raises(TypeError, match=f"dtype: expected a floating-point dtype .*, got "
+                                            f"{np.dtype(dtype)}"):
+            cell.zero_state(2, dtype)
+    with pytest.raises(TypeError, match="dtype: expected a floating-point dtype"):
+        rnn_cell.DropoutWrapper(cell).zero_state(2, np.int64)
+    state = cell.zero_state(np.int64(2), np.float64)
+    assert state.c.dtype == np.float64 and state.c.shape == (2, 3) and not state.h.any()
+    out, _ = nn.dynamic_rnn(cell, _x(rng, 2, 3, 2), initial_state=state)
+    assert out.dtype == np.float64 and out.any()
+
+
+@pytest.mark.parametrize("kwargs, argument, error", [
+    ({"parallel_iterations": True}, "parallel_iterations", ValueError),
+    ({"parallel_iterations": 0}, "parallel_iterations", ValueError),
+    ({"parallel_iterations": 2.5}, "parallel_iterations", ValueError),
+    ({"parallel_iterations": "32"}, "parallel_iterations", ValueError),
+    ({"swap_memory": "False"}, "swap_memory", TypeError),
+    ({"scope": 3}, "scope", TypeError),
+])
+def test_tf1_arguments_without_effect_are_checked(rng, kwargs, argument, error):
+    # an argument given one place off landed in them and was ignored
+    cell, x = rnn_cell.GRUCell(3), _x(rng, 2, 3, 4)
+    with pytest.raises(error, match=f"{argument}: expected"):
+        nn.dynamic_rnn(cell, x, **kwargs)
+    with pytest.raises(error, match=f"{argument}: expected"):
+        nn.bidirectional_dynamic_rnn(cell, cell, x, **kwargs)
+    if argument == "scope":
+        with pytest.raises(error, match="scope: expected"):
+            nn.static_rnn(cell, list(x.transpose(1, 0, 2)), **kwargs)
+
+
+def test_positional_time_major_landing_in_parallel_iterations(rng):
+    cell, x = rnn_cell.GRUCell(3), _x(rng, 3, 2, 4)
+    with pytest.raises(ValueError, match="parallel_iterations: expected a positive integer or "
+                                         "None, got True"):
+        nn.dynamic_rnn(cell, x, None, None, np.float32, True)
+    out, _ = nn.dynamic_rnn(cell, x, None, None, np.float32, 16, False, True)
+    ref, _ = nn.dynamic_rnn(cell, x, time_major=True)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_docs_show_the_true_signatures():
+    import inspect
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "tf1.md")) as f:
+        text = f.read()
+    for fn in (nn.dynamic_rnn, nn.bidirectional_dynamic_rnn, nn.static_rnn,
+               nn.static_bidirectional_rnn):
+        assert f"`{fn.__name__}{inspect.signature(fn)}`" in text, fn.__name__

@@ -11,11 +11,14 @@ build on this module, which knows none of them. The public namespace is
 from __future__ import annotations
 
 import collections
+import difflib
+import inspect
+import operator
 import re
 
 import numpy as np
 
-from .. import _nest, _tf_bundle, initializers
+from .. import _device, _nest, _tf_bundle, initializers
 from .._engine import WEIGHTS_LOCK
 
 class LSTMStateTuple(collections.namedtuple("LSTMStateTuple", ("c", "h"))):
@@ -54,6 +57,34 @@ def _default_name(cls):
     name = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", cls.__name__)
     name = re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
     return "private" + name if name.startswith("_") else name
+
+
+# Keywords TF1's base Layer takes from every cell besides trainable, name,
+# dtype and _reuse. They describe a Keras model's input, its initial weights
+# or its training, none of which a fastrnn.nn cell has, so only None (not
+# given) is accepted.
+_KERAS_KEYWORDS = ("input_dim", "input_shape", "batch_input_shape", "batch_size", "weights",
+                   "activity_regularizer", "autocast", "implementation")
+
+
+def _check_keywords(cell, kwargs):
+    """Refuse keyword arguments no cell takes (TF1's base Layer raises a
+    TypeError for them too), suggesting the nearest parameter of the cell."""
+    for key, value in kwargs.items():
+        if key in _KERAS_KEYWORDS:
+            if value is not None:
+                hint = " (set weights with set_weights)" if key == "weights" else ""
+                raise ValueError(
+                    f"{key}: {type(cell).__name__} takes only None: TF1 passes it to Keras "
+                    f"models, which fastrnn.nn does not have{hint}; got {value!r}"
+                )
+            continue
+        names = [n for klass in (type(cell), RNNCell)
+                 for n, p in inspect.signature(klass.__init__).parameters.items()
+                 if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"{type(cell).__name__}: keyword argument not understood: {key!r}{hint}")
 
 
 def _float_dtype(dtype):
@@ -153,13 +184,22 @@ class RNNCell:
         ``"auto"`` (default), ``"reference"``, ``"cpu"`` or ``"cuda"``: the
         kernels that run a built-in cell (see :mod:`fastrnn.dispatch`);
         ``backend=`` on :func:`fastrnn.nn.dynamic_rnn` overrides it.
-    reuse, trainable, **kwargs
-        Accepted for TF1 compatibility and ignored.
+    trainable : bool
+        TF1's flag for training the weights. fastrnn does not train, so
+        either value runs the same.
+    _reuse : bool, optional
+        TF1's variable-scope reuse (the built-in cells' ``reuse``). Each
+        fastrnn cell holds its own weights, so every value runs the same.
+    **kwargs
+        TF1's Keras-layer keywords (``input_shape``, ``weights``,
+        ``activity_regularizer``...) are accepted only as None; any other
+        keyword is a ``TypeError`` naming it, as in TF1.
     """
 
     # Class-level defaults keep a subclass working even when its __init__
     # forgets to call RNNCell.__init__ (old TF1 cells often did).
     built = False
+    trainable = True
     backend = "auto"
     dtype = None
     _dtype_fixed = False
@@ -167,7 +207,12 @@ class RNNCell:
     #: (built-in cells): which backend ran it and why.
     last_backend = None
 
-    def __init__(self, trainable=True, name=None, dtype=None, backend="auto", **kwargs):
+    def __init__(self, trainable=True, name=None, dtype=None, backend="auto", _reuse=None,
+                 **kwargs):
+        _check_keywords(self, kwargs)
+        self.trainable = _device.flag(trainable, "trainable")
+        if _reuse is not None:
+            _device.flag(_reuse, "reuse")
         self.name = name or _default_name(type(self))
         self.dtype = None if dtype is None else _float_dtype(dtype)
         self._dtype_fixed = dtype is not None
@@ -204,10 +249,22 @@ class RNNCell:
         raise NotImplementedError("RNNCell subclasses define output_size")
 
     def zero_state(self, batch_size, dtype=None):
-        """Zeros shaped like ``state_size``, each ``(batch_size, size)``."""
+        """Zeros shaped like ``state_size``, each ``(batch_size, size)``.
+
+        ``batch_size`` is an integer >= 0; ``dtype`` a floating-point dtype,
+        by default the cell's (float32 before it has weights).
+        """
+        try:  # integers only: int(2.7) would give 2 rows
+            rows = -1 if isinstance(batch_size, (bool, np.bool_)) else operator.index(batch_size)
+        except TypeError:
+            rows = -1
+        if rows < 0:
+            raise ValueError(f"batch_size: expected an integer >= 0, got {batch_size!r}")
         dtype = np.dtype(dtype or self.dtype or np.float32)
+        if dtype.kind != "f":  # (the runs take floating-point states only)
+            raise TypeError(f"dtype: expected a floating-point dtype such as float32, got {dtype}")
         return _nest.map_structure(
-            lambda n: np.zeros((int(batch_size), int(n)), dtype=dtype), self.state_size
+            lambda n: np.zeros((rows, int(n)), dtype=dtype), self.state_size
         )
 
     def get_initial_state(self, inputs=None, batch_size=None, dtype=None):

@@ -50,6 +50,24 @@ def run_cell(cell, x, mask, reverse, states, backend, weights=None):
                              np.ascontiguousarray(x), states, mask, reverse, True, True)
 
 
+def _positive_int(value, argument):
+    """``value`` as an int, or a ValueError naming ``argument`` (int(2.5)
+    would silently make 2, and True 1)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < 1:
+        raise ValueError(f"{argument}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _real(value, argument):
+    """``value`` as a float, or a TypeError naming ``argument`` (float() would
+    convert strings and booleans, and fail on None without naming it)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{argument}: expected a real number, got {value!r}")
+    return float(value)
+
+
 class _FusedCell(RNNCell):
     """A built-in cell: TF1 weights, converted once to a kernel params record."""
 
@@ -57,12 +75,8 @@ class _FusedCell(RNNCell):
 
     def __init__(self, num_units, activation=None, reuse=None, name=None, dtype=None,
                  backend="auto", **kwargs):
-        super().__init__(name=name, dtype=dtype, backend=backend, **kwargs)
-        if isinstance(num_units, bool) or not isinstance(num_units, (int, np.integer)) \
-                or num_units < 1:  # (int(2.5) would build 2 units)
-            raise ValueError(f"num_units: expected a positive integer, got {num_units!r}")
-        num_units = int(num_units)
-        self._num_units = num_units
+        super().__init__(name=name, dtype=dtype, backend=backend, _reuse=reuse, **kwargs)
+        self._num_units = _positive_int(num_units, "num_units")
         self._activation = activations.resolve(
             "tanh" if activation is None else activation, "activation"
         )
@@ -350,7 +364,7 @@ class _LSTMBase(_FusedCell):
     def __init__(self, num_units, forget_bias=1.0, state_is_tuple=True, activation=None,
                  reuse=None, name=None, dtype=None, backend="auto", **kwargs):
         super().__init__(num_units, activation, reuse, name, dtype, backend, **kwargs)
-        self._forget_bias = float(forget_bias)
+        self._forget_bias = _real(forget_bias, "forget_bias")
         self._state_is_tuple = _device.flag(state_is_tuple, "state_is_tuple")
 
     @property
@@ -431,12 +445,10 @@ class LSTMCell(_LSTMBase):
                          dtype, backend, **kwargs)
         for arg, value in (("num_unit_shards", num_unit_shards),
                            ("num_proj_shards", num_proj_shards)):
-            if value not in (None, 1):
+            if value is not None and _positive_int(value, arg) != 1:
                 raise ValueError(f"{arg}: sharded variables are not supported, got {value}")
         self._use_peepholes = _device.flag(use_peepholes, "use_peepholes")
-        self._cell_clip = None if cell_clip is None else float(cell_clip)
+        self._cell_clip = None if cell_clip is None else _real(cell_clip, "cell_clip")
         self._initializer_id = initializer
-        if num_proj is not None and int(num_proj) < 1:
-            raise ValueError(f"num_proj: expected a positive integer or None, got {num_proj}")
-        self._num_proj = None if num_proj is None else int(num_proj)
-        self._proj_clip = None if proj_clip is None else float(proj_clip)
+        self._num_proj = None if num_proj is None else _positive_int(num_proj, "num_proj")
+        self._proj_clip = None if proj_clip is None else _real(proj_clip, "proj_clip")

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _device
 from .. import _nest
-from ._base import RNNCell, check_state, compute_dtype
+from ._base import RNNCell, _cell_label, check_state, compute_dtype
 from ._builtin import _FusedCell, resolve_backend, run_cell
 from ._wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper, check_residual
 
@@ -65,7 +65,8 @@ def _lengths(sequence_length, batch, max_time):
     if not np.issubdtype(lengths.dtype, np.integer):
         if not np.all(np.isfinite(lengths)) or np.any(lengths != np.round(lengths)):
             raise ValueError(f"sequence_length: expected integers, got {lengths.tolist()}")
-    lengths = lengths.astype(np.int64)
+    # The range is checked in the given dtype: a cast first would wrap
+    # uint64 values from 2**63 to negative ones.
     if np.any(lengths < 0):
         i = int(np.argmin(lengths))
         raise ValueError(
@@ -77,7 +78,21 @@ def _lengths(sequence_length, batch, max_time):
             f"sequence_length: lengths must be <= max_time {max_time}, got "
             f"{int(lengths[i])} at batch index {i}"
         )
-    return lengths
+    return lengths.astype(np.int64)
+
+
+def _unused_args(parallel_iterations, swap_memory, scope):
+    """Check the TF1 arguments that do not change the numbers: an argument
+    given by position one place off lands in one of them."""
+    if parallel_iterations is not None and (
+            isinstance(parallel_iterations, (bool, np.bool_))
+            or not isinstance(parallel_iterations, (int, np.integer)) or parallel_iterations < 1):
+        raise ValueError(
+            f"parallel_iterations: expected a positive integer or None, got {parallel_iterations!r}"
+        )
+    _device.flag(swap_memory, "swap_memory")
+    if scope is not None and not isinstance(scope, str):
+        raise TypeError(f"scope: expected a string or None, got {type(scope).__name__}")
 
 
 def _initial_state(cell, initial_state, batch, dtype, argument):
@@ -166,6 +181,11 @@ def _loop(cell, x, lengths, state, reverse):
                 f"{type(cell).__name__}.call returned an output of shape {y.shape}; "
                 f"expected ({B}, output_size)"
             )
+        if y.shape[1] != int(cell.output_size):  # (TF1 fails too: its outputs' element shape)
+            raise ValueError(
+                f"{_cell_label(cell)}.call returned outputs {y.shape[1]} wide; its "
+                f"output_size is {int(cell.output_size)}"
+            )
         if lengths is not None:
             valid = (t < lengths)[:, None]
             y = np.where(valid, y, 0).astype(dtype)
@@ -180,9 +200,24 @@ def _loop(cell, x, lengths, state, reverse):
     return np.ascontiguousarray(out), state
 
 
+def _check_depth(cell, depth, argument="inputs"):
+    """The input-depth checks :func:`_run` makes, for runs with no step to
+    run: each built built-in cell against the depth it receives."""
+    if isinstance(cell, MultiRNNCell):
+        for i, sub in enumerate(cell._cells):
+            _check_depth(sub, depth, argument if i == 0 else f"outputs of cells[{i - 1}]")
+            depth = int(sub.output_size)
+    elif isinstance(cell, _FusedCell):
+        if cell.built:
+            cell._check_depth(depth, argument)
+    elif isinstance(cell, (DropoutWrapper, ResidualWrapper)):
+        _check_depth(cell.cell, depth, argument)
+
+
 def _forward(cell, x, lengths, state, reverse, backend):
     B, T, D = x.shape
     if B == 0 or T == 0:
+        _check_depth(cell, D)
         return np.zeros((B, T, int(cell.output_size)), dtype=x.dtype), state
     _build(cell, D)
     return _run(cell, x, lengths, state, reverse, backend)
@@ -221,8 +256,15 @@ def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=No
         ``"auto"``, ``"reference"``, ``"cpu"`` or ``"cuda"``; defaults to the
         cell's ``backend`` (itself ``"auto"``). After the call,
         ``cell.last_backend`` (on each built-in cell) says which ran and why.
-    parallel_iterations, swap_memory, scope
-        Accepted for TF1 compatibility; ignored.
+    parallel_iterations : int, optional
+        A positive integer or None. TF1's graph parallelism: the steps here
+        run in order whatever its value.
+    swap_memory : bool
+        TF1's GPU-to-host memory swapping during training: no effect here.
+    scope : str, optional
+        TF1's variable scope: the weights here are the cell's own, so it
+        changes nothing (a checkpoint's scope goes to
+        :meth:`RNNCell.load_checkpoint`).
 
     Returns
     -------
@@ -230,6 +272,7 @@ def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=No
     state : nested arrays shaped like ``cell.state_size``
     """
     _check_cell(cell)
+    _unused_args(parallel_iterations, swap_memory, scope)
     x = _sequence(inputs, time_major)
     B, T, _ = x.shape
     lengths = _lengths(sequence_length, B, T)
@@ -260,6 +303,7 @@ def bidirectional_dynamic_rnn(cell_fw, cell_bw, inputs, sequence_length=None,
     """
     _check_cell(cell_fw, "cell_fw")
     _check_cell(cell_bw, "cell_bw")
+    _unused_args(parallel_iterations, swap_memory, scope)
     x = _sequence(inputs, time_major)
     B, T, _ = x.shape
     lengths = _lengths(sequence_length, B, T)
@@ -306,7 +350,8 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
     """
     _check_cell(cell)
     x = _stack_list(inputs)
-    out, state = dynamic_rnn(cell, x, sequence_length, initial_state, dtype, backend=backend)
+    out, state = dynamic_rnn(cell, x, sequence_length, initial_state, dtype, scope=scope,
+                             backend=backend)
     return [out[:, t] for t in range(out.shape[1])], state
 
 
@@ -326,7 +371,7 @@ def static_bidirectional_rnn(cell_fw, cell_bw, inputs, initial_state_fw=None,
     x = _stack_list(inputs)
     (out_fw, out_bw), (s_fw, s_bw) = bidirectional_dynamic_rnn(
         cell_fw, cell_bw, x, sequence_length, initial_state_fw, initial_state_bw, dtype,
-        backend=backend,
+        scope=scope, backend=backend,
     )
     out = np.concatenate([out_fw, out_bw], axis=2)
     return [out[:, t] for t in range(out.shape[1])], s_fw, s_bw
