@@ -35,18 +35,29 @@ every task refers to, fetched once per worker); otherwise it is one
 ``dask.delayed`` key shared by all tasks. It is never copied into each task
 (Dask's ``sizeof`` cannot see a custom object's weights, so passing it as a
 keyword to ``map_blocks`` would silently pickle it once per chunk).
+
+The graph computes with the model as it was when :func:`predict` or
+:func:`predict_partitions` was called, on every scheduler: a scatter to
+worker processes serializes it then, and otherwise (Dask's threads, or
+workers in this process) the key holds a deep copy made then (one copy of
+the weights), so ``set_weights`` or ``quantize`` afterwards changes only
+the graphs built after it. A model that needs ``time_major`` inputs
+(``(time, batch, features)``), at any depth, is refused: the tasks feed
+``(batch, time, features)`` and split the batch axis.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 
 import numpy as np
 
 from . import dispatch
 from .bidirectional import Bidirectional
 from .layers import RNN
-from .models import ModelStream
+from .models import Dense, Embedding, InputLayer, Layer, ModelStream, TimeDistributed
 from .streaming import Stream
 
 # (FastrnnPlugin comes from the module __getattr__, below)
@@ -110,6 +121,42 @@ def _is_recurrent_layer(model):
     return isinstance(model, (RNN, Bidirectional))
 
 
+def _parts(model):
+    """``model`` and every layer inside it, at any depth: a ``Sequential``'s
+    ``layers``, a wrapper's ``layer``, a ``Bidirectional``'s two halves, and
+    the fastrnn layers a user's callable holds as attributes (or in lists,
+    tuples and dicts of them). Only fastrnn objects are looked into, besides
+    ``model`` itself."""
+    seen, order, todo = set(), [], [model]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            todo.extend(reversed(obj))
+            continue
+        if isinstance(obj, dict):
+            todo.extend(reversed(list(obj.values())))
+            continue
+        ours = type(obj).__module__.split(".")[0] == "fastrnn"
+        if obj is not model and not ours:
+            continue
+        order.append(obj)
+        state = getattr(obj, "__dict__", None)
+        if isinstance(state, dict):
+            todo.extend(reversed([v for v in state.values()
+                                  if isinstance(v, (list, tuple, dict))
+                                  or type(v).__module__.split(".")[0] == "fastrnn"]))
+    return order
+
+
+def _label_of(part, model):
+    if part is model:
+        return type(model).__name__
+    return f"layer {getattr(part, 'name', None) or type(part).__name__!r}"
+
+
 def _check_model(model):
     """Reject, before any task exists, a model that cannot run per chunk."""
     if isinstance(model, (Stream, ModelStream)):
@@ -132,22 +179,89 @@ def _check_model(model):
     if getattr(model, "return_state", False):
         raise ValueError("model: return_state=True returns several arrays; fastrnn.dask.predict "
                          "needs a model with one output array (build it with return_state=False)")
-    parts = [model] + list(getattr(model, "layers", None) or [])
-    if any(getattr(part, "stateful", False) for part in parts):
-        raise ValueError("model: stateful=True carries state from one call to the next, which "
-                         "has no meaning across independent chunks; use stateful=False")
+    parts = _parts(model)
+    for part in parts:
+        if getattr(part, "stateful", False) is True:
+            raise ValueError(f"model: {_label_of(part, model)} is stateful=True: it carries "
+                             "state from one call to the next, which has no meaning across "
+                             "independent chunks; use stateful=False")
+    for part in parts:
+        # fastrnn.dask gives the model (rows, time, ...) and splits and pads the
+        # rows: a layer that reads axis 0 as time would mix samples and steps.
+        if getattr(part, "time_major", False) is True:
+            raise ValueError(f"model: {_label_of(part, model)} is time_major=True (inputs "
+                             "(time, batch, features)); fastrnn.dask feeds (batch, time, "
+                             "features) and splits the batch axis into chunks: build the model "
+                             "with time_major=False (the same weights)")
+        if getattr(part, "batch_first", True) is False:
+            raise ValueError(f"model: {_label_of(part, model)} is batch_first=False (inputs "
+                             "(time, batch, features)); fastrnn.dask feeds (batch, time, "
+                             "features) and splits the batch axis into chunks: use "
+                             "batch_first=True")
+
+
+def _first_layers(model):
+    """The layers a model's input meets first, in order: a ``Sequential``'s
+    ``layers`` (a ``TimeDistributed`` as its inner layer), else the model."""
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, (list, tuple)):
+        return [model]
+    return [layer.layer if isinstance(layer, TimeDistributed) else layer for layer in layers]
+
+
+def _passes_inputs_on(layer):
+    """A layer without weights (``InputLayer``, ``Masking``, ``Dropout``,
+    ``Activation``): it hands its input on in the input's dtype and features,
+    whatever its own ``dtype`` says."""
+    return isinstance(layer, Layer) and not layer._weight_names
 
 
 def _model_dtype(model):
-    """The float dtype to pad inputs in: the model's, its first layer's, or float32."""
-    for part in [model] + list(getattr(model, "layers", None) or [])[:1]:
+    """The float dtype to pad inputs in: the model's, or that of its first layer
+    that computes (one with weights), or float32."""
+    for part in [model] + _first_layers(model):
+        if _passes_inputs_on(part):
+            continue
         dtype = getattr(part, "dtype", None)
         try:
             if dtype is not None and np.dtype(dtype).kind == "f":
                 return np.dtype(dtype)
         except TypeError:
             pass
+        if part is not model:
+            break
     return np.dtype(np.float32)
+
+
+# _input_features for a model that takes token ids (it starts with an Embedding).
+_TOKENS = "tokens"
+
+
+def _input_features(model):
+    """The feature count the model takes, read off its first layer that reads
+    features (a built recurrent layer's kernel, a ``Dense`` kernel, an
+    ``InputLayer``'s declared shape); :data:`_TOKENS` for a model that starts
+    with an ``Embedding``; None where the model does not say."""
+    for part in _first_layers(model):
+        if isinstance(part, Bidirectional):
+            part = part.forward_layer
+        if isinstance(part, RNN):
+            d = getattr(part.cells[0], "input_dim", None) if part.cells else None
+            return int(d) if d else None
+        if isinstance(part, Embedding):
+            return _TOKENS
+        if isinstance(part, Dense):
+            kernel = part.kernel
+            return int(kernel.shape[0]) if kernel is not None else None
+        if isinstance(part, InputLayer):
+            shape = part.batch_shape
+            if shape is not None and len(shape) >= 3 and shape[-1] is not None:
+                return int(shape[-1])
+            continue
+        if _passes_inputs_on(part):
+            continue
+        return None
+    return None
 
 
 def _call_model(model, x, mask):
@@ -190,10 +304,38 @@ def _check_batch_size(batch_size):
     return int(batch_size)
 
 
+def _snapshot(model):
+    """A deep copy of ``model``: the weights it holds now, whatever is done to
+    the model later. One copy of the arrays it holds (fastrnn layers leave
+    their packed kernel forms out of a copy and make them again on first use)."""
+    try:
+        return copy.deepcopy(model)
+    except (TypeError, copy.Error, pickle.PicklingError, NotImplementedError) as exc:
+        raise TypeError(f"model: {type(model).__name__} cannot be copied ({exc}); the graph "
+                        "runs on a copy made at the call, so that changes to the model made "
+                        "afterwards do not reach it") from exc
+
+
+def _in_process(client):
+    """Whether ``client``'s workers run in this process (``LocalCluster(processes=False)``):
+    then a scattered object is shared, not serialized."""
+    address = getattr(getattr(client, "scheduler", None), "address", None) or ""
+    return str(address).startswith("inproc://")
+
+
 def _model_ref(model):
-    """One graph key holding the model: scattered to a live client, else a delayed."""
+    """One graph key holding the model as it is now: scattered to a live client,
+    else a delayed.
+
+    The graph computes with the weights the model has at this call, on every
+    scheduler: a scatter to worker processes serializes it now; otherwise
+    (threads, or workers in this process, which would share the object) the
+    key holds a copy made now.
+    """
     dask, _ = _import_dask()
     client = _current_client()
+    if client is None or _in_process(client):
+        model = _snapshot(model)
     if client is not None:
         # Not broadcast: the Active Memory Manager drops replicas that no task
         # waits for yet, so copies sent up front were dropped again (and sent
@@ -285,17 +427,31 @@ def _output_spec(model, x_shape, x_dtype):
     """
     probe = np.zeros((1,) + tuple(x_shape[1:]), x_dtype)
     try:
-        y = _single_output(_call_model(model, probe, None), "on a probe input")
+        y = _call_model(model, probe, None)
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"model: does not accept inputs like x {tuple(x_shape)} of dtype "
                         f"{np.dtype(x_dtype)} ({exc})") from exc
+    # (outside the try: a model that returns several arrays is the model's
+    # fault, not the input's)
+    y = _single_output(y, "on a probe input")
     if y.ndim < 1 or y.shape[0] != 1:
         raise ValueError(f"model: expected one output row per input row, got shape {y.shape} "
                          f"for a probe of shape {probe.shape}")
     return (x_shape[0],) + y.shape[1:], y.dtype
 
 
-def _lengths_array(lengths, n, t, sample_chunks, da):
+def _rechunk_hint(what, x_is_dask, axes):
+    """How to line ``what`` up with x's sample chunks: rechunk it like
+    ``x.chunks[0]`` when x is a dask array; when x is not, its chunks are
+    made by predict, so ``what`` is best given in memory."""
+    if x_is_dask:
+        return f"use {what}.rechunk({axes})"
+    return (f"x is not a dask array, so predict chose its chunks: pass {what} as a NumPy "
+            f"array ({what}.compute()), which is chunked like x, or pass x as a dask array "
+            f"and {what}.rechunk({axes})")
+
+
+def _lengths_array(lengths, n, t, sample_chunks, da, x_is_dask=True):
     if isinstance(lengths, da.Array):
         if lengths.ndim != 1 or lengths.shape[0] != n:
             raise ValueError(f"lengths: expected shape (n,) = ({n},), got {lengths.shape}")
@@ -304,8 +460,8 @@ def _lengths_array(lengths, n, t, sample_chunks, da):
         if tuple(lengths.chunks[0]) != tuple(sample_chunks):
             raise ValueError(
                 f"lengths: chunks {tuple(lengths.chunks[0])} do not line up with x's chunks "
-                f"along the sample axis {tuple(sample_chunks)}; use "
-                "lengths.rechunk((x.chunks[0],))")
+                f"along the sample axis {tuple(sample_chunks)}; "
+                + _rechunk_hint("lengths", x_is_dask, "(x.chunks[0],)"))
         return lengths
     arr = np.asarray(lengths)
     if arr.shape != (n,):
@@ -318,14 +474,15 @@ def _lengths_array(lengths, n, t, sample_chunks, da):
     return da.from_array(arr, chunks=(tuple(sample_chunks),))
 
 
-def _mask_dask(mask, n, t, sample_chunks, da):
+def _mask_dask(mask, n, t, sample_chunks, da, x_is_dask=True):
     if isinstance(mask, da.Array):
         if mask.shape != (n, t):
             raise ValueError(f"mask: expected shape (n, time) = {(n, t)}, got {mask.shape}")
         if tuple(mask.chunks[0]) != tuple(sample_chunks):
             raise ValueError(
                 f"mask: chunks {tuple(mask.chunks[0])} do not line up with x's chunks along "
-                f"the sample axis {tuple(sample_chunks)}; use mask.rechunk((x.chunks[0], -1))")
+                f"the sample axis {tuple(sample_chunks)}; "
+                + _rechunk_hint("mask", x_is_dask, "(x.chunks[0], -1)"))
         if len(mask.chunks[1]) > 1:
             mask = mask.rechunk({1: -1})
     else:
@@ -396,14 +553,23 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
     The model is one key in the graph, whatever the number of chunks: when a
     ``distributed.Client`` is active at the call, it is scattered to the
     workers now (so compute the result on that client); otherwise it is a
-    ``dask.delayed`` object shared by all tasks.
+    ``dask.delayed`` object shared by all tasks. Either way it is the model
+    as it is at this call: the graph does not see later changes to it
+    (``set_weights``, ``quantize``), whatever the scheduler. Without a client,
+    or with workers in this process, that takes one deep copy of the model
+    now (a model that cannot be copied is a ``TypeError``).
+
+    A model with a ``time_major=True`` (or PyTorch ``batch_first=False``)
+    layer anywhere in it is a ``ValueError``: its axis 0 is time, and the
+    chunks split axis 0.
     """
     _, da = _import_dask()
     _check_model(model)
     batch_size = _check_batch_size(batch_size)
     if lengths is not None and mask is not None:
         raise ValueError("lengths and mask: give one of them, not both")
-    if not isinstance(x, da.Array):
+    x_is_dask = isinstance(x, da.Array)
+    if not x_is_dask:
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             x = np.asarray(x)
         if np.dtype(x.dtype).kind not in "biufc":
@@ -435,10 +601,10 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
     args = [x, x_index]
     kind = None
     if lengths is not None:
-        args += [_lengths_array(lengths, n, t, sample_chunks, da), "i"]
+        args += [_lengths_array(lengths, n, t, sample_chunks, da, x_is_dask), "i"]
         kind = "lengths"
     elif mask is not None:
-        args += [_mask_dask(mask, n, t, sample_chunks, da), "it"]
+        args += [_mask_dask(mask, n, t, sample_chunks, da, x_is_dask), "it"]
         kind = "mask"
     out_index = "i" + "abcdeghjk"[: len(shape) - 1]
     new_axes = dict(zip(out_index[1:], shape[1:]))
@@ -470,7 +636,7 @@ def _as_list_array(series):
     return arr
 
 
-def _pad_partition(series, dtype, column):
+def _pad_partition(series, dtype, column, features=None):
     """Pad one partition's sequences to its own longest one.
 
     Returns ``x (rows, max_length, features)``, ``lengths (rows,)``. Each
@@ -478,6 +644,11 @@ def _pad_partition(series, dtype, column):
     ``features`` numbers; a list of integers is token ids, returned as
     ``x (rows, max_length)`` int64 padded with 0. Lengths come from the list
     offsets: nothing is copied row by row on the Arrow path.
+
+    ``features`` (the model's, from :func:`_input_features`) is the feature
+    count of a partition whose steps do not say it: every row empty, in a
+    column whose type does not fix it (``list<list<float>>``; a
+    ``fixed_size_list`` does).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -486,7 +657,7 @@ def _pad_partition(series, dtype, column):
     arr = _as_list_array(series)
     if arr is None:
         # Object column of 2D arrays (or anything else Arrow cannot take): per row.
-        rows = []
+        rows, empty_widths = [], set()
         for i, value in enumerate(series):
             if value is None:
                 raise ValueError(f"{column}: row {series.index[i]!r} is null")
@@ -501,12 +672,15 @@ def _pad_partition(series, dtype, column):
                 raise TypeError(f"{column}: row {series.index[i]!r} is a single number, not a "
                                 "sequence")
             rows.append(a[:, None] if a.ndim == 1 else a)
+            if a.ndim == 2 and not a.shape[0]:
+                empty_widths.add(a.shape[1])  # an empty (0, features) row still says features
         lengths = np.array([r.shape[0] for r in rows], np.int64)
-        widths = {r.shape[1] for r in rows if r.ndim == 2 and r.shape[0]} or {1}
+        widths = {r.shape[1] for r in rows if r.ndim == 2 and r.shape[0]} or empty_widths
         if any(r.ndim != 2 for r in rows) or len(widths) > 1:
             raise ValueError(f"{column}: every row must be (length,) or (length, features) with "
                              f"one feature count, got feature counts {sorted(widths)}")
-        d = widths.pop()
+        # (no row says it, every row being empty: the model's feature count)
+        d = widths.pop() if widths else _fallback_features(features)
         t = int(lengths.max()) if n else 0
         x = np.zeros((n, t, d), dtype)
         for i, r in enumerate(rows):
@@ -525,13 +699,24 @@ def _pad_partition(series, dtype, column):
         if len(widths) > 1:
             raise ValueError(f"{column}: every step must have the same number of features, got "
                              f"{sorted(int(w) for w in widths)}")
-        d = int(widths[0]) if len(widths) else 1
+        if pa.types.is_fixed_size_list(steps.type):
+            d = steps.type.list_size
+        elif len(widths):
+            d = int(widths[0])
+        else:  # no step in this partition: the model says how many features
+            d = _fallback_features(features)
         values = steps.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         values = values.reshape(-1, d)
-    elif pa.types.is_integer(steps.type):
-        # Token ids for a model that starts with an Embedding: (rows, time), 0-padded.
+    elif pa.types.is_integer(steps.type) or (pa.types.is_null(steps.type)
+                                             and features == _TOKENS):
+        # Token ids for a model that starts with an Embedding: (rows, time), 0-padded
+        # (a column of empty lists only has steps of type null).
         d = None
         values = steps.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    elif pa.types.is_null(steps.type):
+        # Empty lists only, of a type Arrow could not tell (from an object column).
+        d = _fallback_features(features)
+        values = np.empty((0, d), dtype)
     else:
         d = 1
         values = steps.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, 1)
@@ -545,10 +730,15 @@ def _pad_partition(series, dtype, column):
     return x, lengths
 
 
+def _fallback_features(features):
+    """The feature count of a partition that holds no step: the model's, else 1."""
+    return features if isinstance(features, int) else 1
+
+
 def _predict_partition(series, model, *, batch_size=None, column=None):
     import pandas as pd
 
-    x, lengths = _pad_partition(series, _model_dtype(model), column)
+    x, lengths = _pad_partition(series, _model_dtype(model), column, _input_features(model))
     out = np.empty(len(series), dtype=object)
     if len(series):
         mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
@@ -567,11 +757,13 @@ def predict_partitions(model, ddf, column, *, batch_size=None):
     Parameters
     ----------
     model : fastrnn layer or model
-        Built; as for :func:`predict`.
+        Built; as for :func:`predict` (the graph runs the model as it is at
+        this call).
     ddf : dask.dataframe.DataFrame
-        For example ``dask.dataframe.read_parquet(path)``.
+        For example ``dask.dataframe.read_parquet(path)`` (a frame: for a
+        dask ``Series``, pass its frame and the column name).
     column : str
-        A column whose rows are sequences: a list of steps, each a number
+        One column name, whose rows are sequences: a list of steps, each a number
         (one feature) or a list of ``features`` numbers (Parquet
         ``list<list<float>>`` / ``list<float>`` read through pyarrow; an
         object column of NumPy arrays works too, made with
@@ -594,15 +786,31 @@ def predict_partitions(model, ddf, column, *, batch_size=None):
     -----
     Each partition is padded to its own longest sequence only, and its
     lengths come from the list offsets (the mask is ``t < length``): a row
-    gives the same result as the model run on that sequence alone.
+    gives the same result as the model run on that sequence alone, an empty
+    row included. In a partition of empty rows only, the feature count comes
+    from the column's type where it says it (``fixed_size_list``), else from
+    the model (its first layer's kernel, or its ``InputLayer``).
+    Sequences are padded in the dtype of the model's first layer with
+    weights (a leading ``Masking`` or ``Dropout`` does not decide it).
     ``np.stack(result.compute())`` turns fixed-size outputs into one array.
     """
     _import_dask()
     _check_model(model)
     batch_size = _check_batch_size(batch_size)
-    if not hasattr(ddf, "map_partitions") or not hasattr(ddf, "columns"):
+    import dask.dataframe as dd
+
+    if isinstance(ddf, dd.Series):
+        raise TypeError(f"ddf: expected a dask.dataframe.DataFrame, got a dask Series "
+                        f"({ddf.name!r}); pass its frame and the column name, "
+                        "predict_partitions(model, frame, column), or series.to_frame()")
+    if not isinstance(ddf, dd.DataFrame):
         raise TypeError(f"ddf: expected a dask.dataframe.DataFrame, got {type(ddf).__name__} "
                         "(wrap a pandas DataFrame with dask.dataframe.from_pandas)")
+    try:
+        hash(column)
+    except TypeError:
+        raise TypeError(f"column: expected one column name, got a {type(column).__name__} "
+                        f"({column!r}); predict_partitions scores one column per call") from None
     if column not in ddf.columns:
         raise KeyError(f"column: {column!r} is not a column of the dataframe; columns are "
                        f"{list(ddf.columns)}")
@@ -657,8 +865,11 @@ def _make_plugin_class():
           threads`` would oversubscribe the machine;
         * compiles the common kernels (or loads them from ``NUMBA_CACHE_DIR``)
           so that the first chunk does not pay for it (``warm=False`` skips;
-          ``dtypes``: the dtypes a one-thread worker warms, workers with more
-          threads warm float32 and float64).
+          ``dtypes``: the dtypes warmed on every worker, with the parallel
+          kernels too on workers of more than one thread).
+
+        ``nthreads``: a positive integer, or None for each worker's own
+        ``nthreads``; anything else is a ``ValueError``.
 
         Usage: ``client.register_plugin(fastrnn.dask.FastrnnPlugin())``.
         ``client.run(fastrnn.dask.worker_info)`` reports what it set.
@@ -667,17 +878,24 @@ def _make_plugin_class():
         idempotent = True
 
         def __init__(self, nthreads=None, warm=True, dtypes=("float32",)):
-            self.nthreads = nthreads
+            if nthreads is not None and (
+                    isinstance(nthreads, bool) or not isinstance(nthreads, (int, np.integer))
+                    or nthreads < 1):
+                raise ValueError(f"nthreads: expected a positive integer or None (each "
+                                 f"worker's own nthreads), got {nthreads!r}")
+            self.nthreads = None if nthreads is None else int(nthreads)
             self.warm = bool(warm)
             self.dtypes = tuple(np.dtype(d).name for d in dtypes)
             # Registering the same settings again is skipped (idempotent);
             # other settings are another plugin, set up after it: they apply.
-            self.name = f"fastrnn-{nthreads}-{int(self.warm)}-{'-'.join(self.dtypes)}"
+            self.name = f"fastrnn-{self.nthreads}-{int(self.warm)}-{'-'.join(self.dtypes)}"
 
         async def setup(self, worker):
             import asyncio
 
-            n = self.nthreads or getattr(worker.state, "nthreads", None) or worker.nthreads
+            n = self.nthreads
+            if n is None:
+                n = getattr(worker.state, "nthreads", None) or worker.nthreads
             _set_process_threads(n)
             if self.warm:
                 # Compiling can take seconds: keep the worker's event loop free.

@@ -681,3 +681,278 @@ def test_plugins_with_other_settings_are_other_plugins():
     other = fdask.FastrnnPlugin(nthreads=2, warm=True).name
     assert len(same) == 1 and other not in same
     assert fdask.FastrnnPlugin.idempotent
+
+
+# ------------------------------------------------- layout, dtype, empty rows
+
+def _time_major_models():
+    T, D = 6, 3
+    lstm = _built(fastrnn.LSTM(4, time_major=True, return_sequences=True), (T, 1, D), 20)
+    bidi = fastrnn.Bidirectional(fastrnn.GRU(3, time_major=True))
+    _built(bidi, (T, 1, D), 21)
+    stacked = _built(fastrnn.RNN([fastrnn.LSTMCell(4), fastrnn.GRUCell(3)], time_major=True),
+                     (T, 1, D), 22)
+    from fastrnn.models import Masking
+
+    sequential = fastrnn.Sequential([Masking(0.0), _built(fastrnn.SimpleRNN(3, time_major=True),
+                                                          (T, 1, D), 23)])
+    user = _TwoLayers(_built(fastrnn.GRU(5, return_sequences=True), (1, T, D), 24),
+                      _built(fastrnn.LSTM(3, time_major=True), (T, 1, 5), 25))
+    return {"lstm": lstm, "bidirectional": bidi, "stacked_cells": stacked,
+            "sequential": sequential, "user_model": user}
+
+
+@pytest.mark.parametrize("name", list(_time_major_models()))
+def test_time_major_models_are_refused(tmp_path, name):
+    """A time-major layer reads axis 0 as time, but the chunks split axis 0
+    and the partitions pad (rows, time, features): refused wherever it sits."""
+    model = _time_major_models()[name]
+    rng = np.random.default_rng(26)
+    x = rng.standard_normal((7, 6, 3)).astype(np.float32)
+    pq.write_table(pa.table({"s": pa.array([r.tolist() for r in x],
+                                           pa.list_(pa.list_(pa.float32())))}),
+                   tmp_path / "s.parquet")
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(ValueError, match=r"^model: .*time_major=True"):
+            fdask.predict(model, da.from_array(x, chunks=(3, 6, 3)))
+        with pytest.raises(ValueError, match=r"^model: .*time_major=True"):
+            fdask.predict_partitions(model, dd.read_parquet(str(tmp_path / "s.parquet")), "s")
+
+
+def _empty_rows_parquet(tmp_path, rng, typ, D=3):
+    """Two partitions: [a sequence, an empty row], [two empty rows]."""
+    seqs = [rng.standard_normal((4, D)).astype(np.float32)] + [np.zeros((0, D), np.float32)] * 3
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"s": pa.array([s.tolist() for s in seqs], typ)}), path,
+                   row_group_size=2)
+    return str(path), seqs
+
+
+def _empty_rows_models():
+    from fastrnn.models import InputLayer
+
+    return {
+        "lstm": _built(fastrnn.LSTM(4), (1, 5, 3), 27),
+        "gru_sequences": _built(fastrnn.GRU(3, return_sequences=True), (1, 5, 3), 28),
+        "input_layer": fastrnn.Sequential([InputLayer(shape=(None, 3)),
+                                           _built(fastrnn.SimpleRNN(2), (1, 5, 3), 29)]),
+    }
+
+
+@pytest.mark.parametrize("dtype_backend", [None, "pyarrow"])
+@pytest.mark.parametrize("fixed", [False, True])
+@pytest.mark.parametrize("name", list(_empty_rows_models()))
+def test_partition_of_empty_rows_gives_each_row_alone(tmp_path, name, fixed, dtype_backend):
+    """A partition whose rows are all empty: the feature count comes from the
+    column's type (fixed_size_list) or else from the model, not 1."""
+    typ = pa.list_(pa.list_(pa.float32(), 3) if fixed else pa.list_(pa.float32()))
+    path, seqs = _empty_rows_parquet(tmp_path, np.random.default_rng(30), typ)
+    kwargs = {"dtype_backend": dtype_backend} if dtype_backend else {}
+    ddf = dd.read_parquet(path, split_row_groups=True, **kwargs)
+    assert ddf.npartitions == 2
+    model = _empty_rows_models()[name]
+    with dask.config.set(scheduler="sync"):
+        got = fdask.predict_partitions(model, ddf, "s").compute()
+    assert len(got) == len(seqs)
+    for i, s in enumerate(seqs):
+        want = np.asarray(model(s[None]))[0]
+        assert got.iloc[i].shape == want.shape
+        np.testing.assert_allclose(got.iloc[i], want, rtol=1e-5, atol=1e-6)
+
+
+def test_object_partition_of_empty_rows_takes_the_model_features():
+    pd = pytest.importorskip("pandas")
+    layer = _built(fastrnn.LSTM(3), (1, 5, 3), 31)
+    rng = np.random.default_rng(32)
+    rows = [rng.standard_normal((2, 3)).astype(np.float32), np.zeros((0, 3), np.float32),
+            [], np.zeros((0, 3), np.float32)]
+    lists = [rows[0].tolist(), [], [], []]  # a partition of [] only is list<null> to Arrow
+    with dask.config.set({"dataframe.convert-string": False, "scheduler": "sync"}):
+        for column in (rows, lists):
+            ddf = dd.from_pandas(pd.DataFrame({"s": pd.Series(column, dtype=object)}),
+                                 npartitions=2)
+            got = fdask.predict_partitions(layer, ddf, "s").compute()
+            for i, r in enumerate(rows):
+                want = layer(np.asarray(r, np.float32).reshape(1, -1, 3))[0]
+                np.testing.assert_allclose(got.iloc[i], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(fastrnn, "Sequential"), reason="no fastrnn.Sequential")
+@pytest.mark.parametrize("first", ["Masking", "Dropout"])
+def test_float64_model_behind_a_weightless_layer_pads_in_float64(tmp_path, first):
+    """Masking and Dropout carry no weights and compute in no dtype of their
+    own: the float64 LSTM after them decides the padding dtype."""
+    from fastrnn import models
+
+    rng = np.random.default_rng(33)
+    seqs = [rng.standard_normal((n, 3)) for n in (3, 5, 2)]
+    pq.write_table(pa.table({"s": pa.array([s.tolist() for s in seqs],
+                                           pa.list_(pa.list_(pa.float64())))}),
+                   tmp_path / "f.parquet")
+    layer = fastrnn.LSTM(4, dtype="float64")
+    layer.build((None, None, 3))
+    rw = np.random.default_rng(34)
+    layer.set_weights([rw.standard_normal(w.shape) * 0.5 for w in layer.get_weights()])
+    model = fastrnn.Sequential([models.Masking(0.0) if first == "Masking" else
+                                models.Dropout(0.1), layer])
+    with dask.config.set(scheduler="sync"):
+        got = fdask.predict_partitions(model, dd.read_parquet(str(tmp_path / "f.parquet")),
+                                       "s").compute()
+    for i, s in enumerate(seqs):
+        assert got.iloc[i].dtype == np.float64
+        # float32 padding would differ by ~1e-8
+        np.testing.assert_allclose(got.iloc[i], model(s[None])[0], rtol=1e-13, atol=1e-14)
+
+
+# ------------------------------------------- the model as it is at the call
+
+def _scale_weights(model, factor):
+    model.set_weights([w * factor for w in model.get_weights()])
+
+
+@pytest.mark.parametrize("where", ["sync", "threads", "in_process_cluster"])
+def test_graph_runs_the_model_as_it_was_at_the_call(tmp_path, where):
+    """Changing the model after predict / predict_partitions built the graph
+    changes nothing in it, on every scheduler (a cluster of worker processes
+    got a serialized copy at the call; threads and in-process workers a
+    copy too)."""
+    rng = np.random.default_rng(35)
+    x = rng.standard_normal((8, 5, 3)).astype(np.float32)
+    path, seqs = _empty_rows_parquet(tmp_path, rng, pa.list_(pa.list_(pa.float32())))
+    lstm = _built(fastrnn.LSTM(4), (1, 5, 3), 36)
+    quantized = _built(fastrnn.GRU(5), (1, 5, 3), 37)
+    want_lstm, want_rows = lstm(x), [lstm(s[None])[0] for s in seqs]
+
+    def build():
+        y = fdask.predict(lstm, da.from_array(x, chunks=(3, 5, 3)))
+        rows = fdask.predict_partitions(lstm, dd.read_parquet(path, split_row_groups=True), "s")
+        q = fdask.predict(quantized, da.from_array(x, chunks=(3, 5, 3)))
+        return y, rows, q
+
+    def check(y, rows, q, compute):
+        got_y, got_rows, got_q = compute(y), compute(rows), compute(q)
+        np.testing.assert_allclose(got_y, want_lstm, rtol=1e-5, atol=1e-6)
+        for i, want in enumerate(want_rows):
+            np.testing.assert_allclose(got_rows.iloc[i], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got_q, want_q, rtol=1e-5, atol=1e-6)
+
+    quantized.quantize("int8")  # a quantized model is copied with its compact weights
+    want_q = quantized(x)
+    if where == "in_process_cluster":
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                          dashboard_address=None) as cluster, Client(cluster) as c:
+            graphs = build()
+            _scale_weights(lstm, 2.0)
+            _scale_weights(quantized, 0.5)
+            check(*graphs, lambda collection: _compute(c, collection))
+    else:
+        with dask.config.set(scheduler=where):
+            graphs = build()
+            _scale_weights(lstm, 2.0)
+            _scale_weights(quantized, 0.5)
+            check(*graphs, lambda collection: collection.compute())
+    assert not np.allclose(lstm(x), want_lstm)  # the model itself did change
+
+
+def test_the_copy_at_the_call_is_one_copy_of_the_weights():
+    tracemalloc = pytest.importorskip("tracemalloc")
+    model = _big_lstm()
+    size = _weight_bytes(model)
+    x = da.zeros((10, 2, 1280), chunks=(1, 2, 1280), dtype=np.float32)
+    with dask.config.set(scheduler="sync"):
+        fdask.predict(model, x)  # imports and first-call caches, outside the count
+        tracemalloc.start()
+        try:
+            y = fdask.predict(model, x)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert 0.9 * size < current and peak < 1.5 * size, (size, current, peak)
+    del y
+
+
+def test_stateful_and_uncopyable_models_are_named():
+    import threading
+
+    stateful = _built(fastrnn.LSTM(3, stateful=True), (2, 6, 3), 38)
+    with pytest.raises(ValueError, match=r"^model: .*stateful=True"):
+        fdask.predict(stateful, _guarded())
+    with pytest.raises(ValueError, match=r"^model: .*stateful=True"):
+        fdask.predict(fastrnn.Sequential([stateful]), _guarded())
+
+    class Locked(_TwoLayers):
+        def __init__(self, first, second):
+            super().__init__(first, second)
+            self.lock = threading.Lock()
+
+    layer = _built(fastrnn.LSTM(3, return_sequences=True), (1, 6, 3), 39)
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(TypeError, match=r"^model: Locked cannot be copied"):
+            fdask.predict(Locked(layer, _built(fastrnn.GRU(2), (1, 6, 3), 40)), _guarded())
+
+
+# ---------------------------------------------------- arguments, up front
+
+def test_predict_partitions_refuses_a_series_and_a_list_of_columns(tmp_path):
+    pq.write_table(pa.table({"s": pa.array([[[0.1, 0.2, 0.3]] * 2],
+                                           pa.list_(pa.list_(pa.float32())))}),
+                   tmp_path / "one.parquet")
+    ddf = dd.read_parquet(str(tmp_path / "one.parquet"))
+    layer = _built(fastrnn.LSTM(4), (1, 2, 3), 41)
+    with pytest.raises(TypeError, match=r"^ddf: expected a dask.dataframe.DataFrame, got a "
+                                        r"dask Series"):
+        fdask.predict_partitions(layer, ddf["s"], "s")
+    with pytest.raises(TypeError, match=r"^column: expected one column name, got a list"):
+        fdask.predict_partitions(layer, ddf, ["s"])
+
+
+def test_model_errors_in_the_probe_and_chunk_hints_for_numpy_x():
+    """A model returning two arrays is the model's fault, not the input's; a
+    NumPy x has no chunks of its own to rechunk lengths or a mask to."""
+    bidi = _built(fastrnn.Bidirectional(fastrnn.LSTM(3), merge_mode=None), (1, 6, 3), 42)
+    with pytest.raises(ValueError, match=r"^model: returned 2 arrays on a probe input") as info:
+        fdask.predict(bidi, _guarded())
+    assert "does not accept inputs" not in str(info.value)
+    layer = _built(fastrnn.LSTM(3), (1, 6, 3), 43)
+    x = np.random.default_rng(44).standard_normal((40, 6, 3)).astype(np.float32)
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(ValueError, match=r"^lengths: chunks .*x is not a dask array.*"
+                                             r"pass lengths as a NumPy array"):
+            fdask.predict(layer, x, lengths=da.ones(40, chunks=20, dtype=int))
+        with pytest.raises(ValueError, match=r"^mask: chunks .*x is not a dask array.*"
+                                             r"pass mask as a NumPy array"):
+            fdask.predict(layer, x, mask=da.ones((40, 6), chunks=(20, 6), dtype=bool))
+        # a dask x keeps the hint in x's own chunks
+        with pytest.raises(ValueError, match=r"use lengths.rechunk\(\(x.chunks\[0\],\)\)"):
+            fdask.predict(layer, da.from_array(x, chunks=(10, 6, 3)),
+                          lengths=da.ones(40, chunks=20, dtype=int))
+
+
+# ------------------------------------------------------- plugin arguments
+
+@pytest.mark.parametrize("nthreads", [0, -1, 1.5, True, "2"])
+def test_plugin_refuses_nthreads_that_are_not_positive_integers(nthreads):
+    with pytest.raises(ValueError, match=r"^nthreads: expected a positive integer or None"):
+        fdask.FastrnnPlugin(nthreads=nthreads, warm=False)
+
+
+def test_plugin_warms_its_dtypes_on_every_worker_as_documented(monkeypatch):
+    import asyncio
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(fdask.dispatch, "warmup",
+                        lambda **kw: calls.append(kw) or ["warmed"])
+    monkeypatch.setattr(fdask, "_WORKER_INFO", {})
+    saved = fdask._thread_state()
+    try:
+        for n in (1, 3):
+            worker = SimpleNamespace(state=SimpleNamespace(nthreads=n), nthreads=n)
+            asyncio.run(fdask.FastrnnPlugin(dtypes=("float64",)).setup(worker))
+    finally:
+        fdask._restore_thread_state(saved)
+    assert calls == [{"dtypes": ("float64",), "parallel": False},
+                     {"dtypes": ("float64",), "parallel": True}]
+    doc = " ".join(fdask.FastrnnPlugin.__doc__.split())
+    assert "the dtypes warmed on every worker, with the parallel kernels too" in doc
+    assert fdask.FastrnnPlugin(nthreads=np.int64(2), warm=False).nthreads == 2
