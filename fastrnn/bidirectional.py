@@ -99,13 +99,16 @@ class Bidirectional:
 
     def _stage_weights(self, weights):
         weights = _weight_list(weights, "Bidirectional.set_weights")
-        if len(weights) % 2:
-            raise ValueError(f"Bidirectional.set_weights: expected an even number of arrays "
-                             f"(forward then backward), got {len(weights)}")
-        half = len(weights) // 2
+        # each half takes its own layer's count: a backward_layer of other
+        # settings (use_bias=False, say) takes another number of arrays
+        nf, nb = self.forward_layer._n_weights(), self.backward_layer._n_weights()
+        if len(weights) != nf + nb:
+            raise ValueError(f"Bidirectional.set_weights: expected {nf + nb} arrays ({nf} of "
+                             f"the forward layer, then {nb} of the backward layer), got "
+                             f"{len(weights)}")
         # both halves checked before either layer changes, and put in together
-        forward = stage_weights(self.forward_layer, weights[:half])
-        backward = stage_weights(self.backward_layer, weights[half:])
+        forward = stage_weights(self.forward_layer, weights[:nf])
+        backward = stage_weights(self.backward_layer, weights[nf:])
 
         def commit():
             with WEIGHTS_LOCK:

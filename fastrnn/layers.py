@@ -264,6 +264,11 @@ class RNN:
     def _stage_weights(self, weights):
         return stage_weights(self.cell, weights)
 
+    def _n_weights(self):
+        """How many arrays :meth:`set_weights` takes, built or not."""
+        return sum(len(c._weight_specs(0)) if hasattr(c, "_weight_specs")
+                   else len(c.get_weights()) for c in self.cells)
+
     @property
     def weights(self):
         return self.get_weights()
@@ -652,9 +657,10 @@ serialize = serialization.serialize
 
 
 def deserialize(obj):
-    """Build a layer or cell from :func:`serialize`'s output or a Keras-serialised dict.
+    """Build a layer, cell or ``Sequential`` model from :func:`serialize`'s
+    output or a Keras-serialised dict (every class :func:`serialize` takes).
 
     Keras-only keys that carry nothing for inference (``build_config``,
     ``registered_name``, ``module``) are ignored.
     """
-    return serialization.deserialize(obj, kinds=("rnn", "cell"))
+    return serialization.deserialize(obj, kinds=("rnn", "cell", "layer", "model"))

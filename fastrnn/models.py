@@ -307,6 +307,8 @@ class Embedding(Layer):
         if x.size and (x.min() < 0 or x.max() >= self.input_dim):
             raise ValueError(f"{self.name}: indices must be in [0, {self.input_dim}), got "
                              f"min {x.min()} max {x.max()}")
+        if self.embeddings is None:
+            raise ValueError(f"Embedding {self.name!r} has no weights: call set_weights() first")
         return self.embeddings[x]
 
     def compute_mask(self, x, mask):
@@ -579,8 +581,7 @@ def _n_weights(layer):
     if isinstance(layer, Bidirectional):
         return _n_weights(layer.forward_layer) + _n_weights(layer.backward_layer)
     if isinstance(layer, RNN):
-        return sum(len(c._weight_specs(0)) if hasattr(c, "_weight_specs")
-                   else len(c.get_weights()) for c in layer.cells)
+        return layer._n_weights()
     if isinstance(layer, TimeDistributed):
         return _n_weights(layer.layer)
     return len(layer._weight_shapes())

@@ -156,6 +156,29 @@ def test_live_bidirectional_custom_backward(rng):
     _check(klayer, fastrnn.from_keras(klayer), x, mask=_ragged_mask(rng, 2, 5))
 
 
+@pytest.mark.parametrize("forward,backward", [
+    (lambda: L.LSTM(3, return_sequences=True),
+     lambda: L.GRU(3, use_bias=False, go_backwards=True, return_sequences=True)),
+    (lambda: L.SimpleRNN(3, use_bias=False, return_sequences=True),
+     lambda: L.RNN([L.LSTMCell(2), L.GRUCell(3)], go_backwards=True, return_sequences=True)),
+])
+def test_live_bidirectional_backward_with_other_weight_count(forward, backward, rng):
+    """A backward layer whose weights are another number of arrays than the
+    forward layer's: each half takes its own count (split in half before)."""
+    klayer = L.Bidirectional(forward(), backward_layer=backward())
+    x = _x(rng, 2, 5, 4)
+    klayer.build(x.shape)
+    _randomize(klayer, rng)
+    flayer = fastrnn.from_keras(klayer)
+    _check(klayer, flayer, x, mask=_ragged_mask(rng, 2, 5))
+    weights = flayer.get_weights()
+    flayer.set_weights([w[::-1] * 0.5 if w.ndim == 1 else w * 0.5 for w in weights])
+    klayer.set_weights([w[::-1] * 0.5 if w.ndim == 1 else w * 0.5 for w in weights])
+    _check(klayer, flayer, x)
+    with pytest.raises(ValueError, match=r"expected \d+ arrays \(\d+ of the forward layer"):
+        flayer.set_weights(weights[:-1])
+
+
 @pytest.mark.parametrize("make,sizes", [
     (lambda: L.LSTM(5, return_sequences=True, return_state=True), [5, 5]),
     (lambda: L.GRU(4, go_backwards=True, return_state=True), [4]),

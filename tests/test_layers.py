@@ -373,6 +373,31 @@ def test_config_json_round_trip(rng, layer_fn):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
+@pytest.mark.parametrize("make", [
+    lambda: fastrnn.Sequential([fastrnn.models.Masking(0.0), fastrnn.LSTM(4, return_sequences=True),
+                                fastrnn.models.Dense(2, activation="relu")]),
+    lambda: fastrnn.models.Dense(5, activation="tanh"),
+])
+def test_deserialize_takes_every_object_serialize_takes(rng, make):
+    """fastrnn.deserialize(fastrnn.serialize(obj)) for a model and a Dense
+    layer too (it refused them: 'unsupported class')."""
+    obj = make()
+    x = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    shapes = [(3, 16), (4, 16), (16,), (4, 2), (2,)] if hasattr(obj, "layers") else [(3, 5), (5,)]
+    weights = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    obj.set_weights(weights)
+    clone = fastrnn.deserialize(json.loads(json.dumps(fastrnn.serialize(obj))))
+    assert type(clone) is type(obj) and fastrnn.serialize(clone) == fastrnn.serialize(obj)
+    clone.set_weights(weights)
+    np.testing.assert_array_equal(clone(x), obj(x))
+
+
+def test_embedding_without_weights_says_so():
+    model = fastrnn.Sequential([fastrnn.models.Embedding(10, 4), fastrnn.LSTM(3)])
+    with pytest.raises(ValueError, match="Embedding 'embedding' has no weights"):
+        model(np.array([[1, 2, 3]]))
+
+
 def test_initializers_follow_keras(rng):
     layer = fastrnn.LSTM(8, kernel_initializer=fastrnn.initializers.GlorotUniform(seed=1))
     layer.build((2, 3, 5))
