@@ -744,12 +744,43 @@ class Sequential:
         layers = [layer_from_config(c) for c in config.pop("layers")]
         return cls(layers, name=config.get("name"))
 
-    def summary(self):
-        lines = [f"Sequential {self.name!r}"]
+    def summary(self, print_fn=None):
+        """Print each layer's class, name and parameter count, then the
+        total, as Keras's ``summary``: line by line through ``print_fn``
+        (default ``print``); returns None."""
+        print_fn = print if print_fn is None else print_fn
+        print_fn(f"Sequential {self.name!r}")
         for layer in self.layers:
             n = sum(int(np.prod(w.shape)) for w in layer.get_weights())
-            lines.append(f"  {type(layer).__name__:<16} {layer.name or '-'!s:<24} {n} parameters")
-        return "\n".join(lines)
+            print_fn(f"  {type(layer).__name__:<16} {layer.name or '-'!s:<24} {n} parameters")
+        print_fn(f"Total parameters: {self.count_params()}")
+
+    def count_params(self):
+        """The number of weights (scalars) of every layer, as Keras's
+        ``count_params``."""
+        return sum(int(np.prod(w.shape)) for w in self.get_weights())
+
+    def get_layer(self, name=None, index=None):
+        """The layer called ``name``, or at ``index``, as Keras's ``get_layer``."""
+        if (name is None) == (index is None):
+            raise ValueError("get_layer: give name or index, one of them")
+        if index is not None:
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
+                    or not -len(self.layers) <= index < len(self.layers):
+                raise ValueError(f"get_layer: index expected an integer in "
+                                 f"[{-len(self.layers)}, {len(self.layers)}), got {index!r}")
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"get_layer: no layer named {name!r}; the layers are "
+                         f"{[layer.name for layer in self.layers]}")
+
+    def pop(self):
+        """Remove the last layer and return it, as Keras's ``pop``."""
+        if not self.layers:
+            raise ValueError("Sequential.pop: the model has no layer")
+        return self.layers.pop()
 
     def __repr__(self):
         return f"Sequential(name={self.name!r}, layers={len(self.layers)})"

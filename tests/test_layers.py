@@ -576,3 +576,26 @@ def test_user_cell_returning_one_value_is_named(rng):
     with pytest.raises(TypeError, match=r"OutputOnly.call returned one ndarray; a cell returns "
                                         r"\(output, new_states\)"):
         layer(rng.standard_normal((2, 4, 2)))
+
+
+def test_sequential_has_keras_model_helpers(rng, capsys):
+    """summary() prints (as Keras's does: it returned a string nobody saw),
+    count_params, get_layer by name or index, pop."""
+    from fastrnn.models import Dense
+
+    model = fastrnn.Sequential([fastrnn.LSTM(4, return_sequences=True, name="enc"),
+                                Dense(2, name="head")])
+    model.set_weights([rng.standard_normal(s).astype(np.float32)
+                       for s in [(3, 16), (4, 16), (16,), (4, 2), (2,)]])
+    assert model.summary() is None
+    out = capsys.readouterr().out
+    assert "enc" in out and "head" in out and "Total parameters: 138" in out
+    assert model.count_params() == 3 * 16 + 4 * 16 + 16 + 4 * 2 + 2
+    assert model.get_layer("head") is model.layers[1] and model.get_layer(index=-2).name == "enc"
+    for kw, message in [({"name": "nope"}, "no layer named 'nope'"), ({"index": 2}, "index"),
+                        ({}, "one of them"), ({"name": "enc", "index": 0}, "one of them")]:
+        with pytest.raises(ValueError, match=message):
+            model.get_layer(**kw)
+    head = model.pop()
+    assert head.name == "head" and [layer.name for layer in model.layers] == ["enc"]
+    assert model(rng.standard_normal((2, 5, 3)).astype(np.float32)).shape == (2, 5, 4)
