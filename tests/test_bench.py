@@ -308,6 +308,15 @@ def test_bench_precision_rows(tmp_path, capsys):
         assert e["pytorch-int8"]["err_f64"] > 1e-5 and r["int8_vs_torch_int8"] > 0
     assert "onnxruntime-int8" in lstm["engines"] and "onnxruntime-int8" not in gru["engines"]
     assert lstm["int8_vs_ort_int8"] > 0 and lstm["bf16_vs_f32"] > 0
+    # "max abs diff" is the float32 engines' agreement: the rounded formats'
+    # error vs float64 is in its own table (it hid float32 disagreements)
+    for r in rows:
+        for name, e in r["engines"].items():
+            assert ("max_abs_diff" in e) == (name in ("fastrnn-cpu", "onnxruntime", "pytorch"))
+    table = text[:text.index("reduced precision: ratios")]
+    for line in table.splitlines():
+        if line.startswith("| lstm") or line.startswith("| gru"):
+            assert float(line.rstrip(" |").split("|")[-1]) < 1e-5, line
 
 
 def test_bench_rejects_unknown_precision(capsys):
@@ -331,6 +340,8 @@ def test_bench_streaming_precision_rows(capsys):
                                  "--precision", "float32,int8", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "fastrnn int8" in text and "ORT int8 [thr]" in text and "err fastrnn int8" in text
+    # the engines' agreement with fastrnn is printed, not only in the JSON
+    assert "| vs module | max abs diff |" in text
     # ... and the same formats through layer.stream(), with the engine each kept
     tail = text[text.index("reduced precision through layer.stream()"):]
     row = next(line for line in tail.splitlines() if line.startswith("| LSTM | 1 | 19 |"))
@@ -437,3 +448,10 @@ def test_bench_times_the_backends_asked_for(tmp_path, capsys):
     engines = row["engines"]
     assert "fastrnn-reference" in engines and "onnxruntime" in engines
     assert engines["onnxruntime"]["max_abs_diff"] < 1e-5
+    # the rate and ratio columns are reference's, and say so (they showed
+    # another engine's numbers under "cpu" headers)
+    assert row["main"] == "fastrnn-reference"
+    assert row["vs_ort"] == engines["fastrnn-reference"]["ms"] / engines["onnxruntime"]["ms"]
+    header = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("| cell"))
+    assert "reference/ORT" in header and "reference GFLOP/s" in header and "cpu" not in header

@@ -316,27 +316,36 @@ def bench_batch(opts):
                         notes.append(note)
                     continue
                 engines[name] = engine
-            # agreement, before timing
-            base_name = next(iter(engines))
-            base_fn = engines[base_name]
-            base = np.asarray(base_fn.result() if hasattr(base_fn, "result") else base_fn())
+            # agreement of the float32 engines, before timing (the reduced
+            # formats differ by their rounding: their error vs float64 says it)
+            reduced_names = {f"fastrnn-cpu-{m}" for m in reduced} | {"onnxruntime-int8",
+                                                                      "pytorch-int8"}
+            f32 = [n for n in engines if n not in reduced_names]
+            base = None
+            if f32:
+                base_fn = engines[f32[0]]
+                base = np.asarray(base_fn.result() if hasattr(base_fn, "result") else base_fn())
             agree, err64 = {}, {}
             exact = bq.float64_output(cell, w, x) if reduced else None
             for name, fn in engines.items():
                 got = np.asarray(fn.result() if hasattr(fn, "result") else fn())
-                agree[name] = float(np.max(np.abs(got - base)))
+                if base is not None and name in f32:
+                    agree[name] = float(np.max(np.abs(got - base)))
                 if exact is not None:
                     err64[name] = float(np.max(np.abs(got - exact)))
             samples = sample(engines, repeats, progress=progress, label=label)
             fl = flops(cell, B, T, D, H)
             for name, v in samples.items():
                 t = statistics.median(v)
-                results[name] = dict(ms=t * 1e3, best_ms=min(v) * 1e3, gflops=fl / t / 1e9,
-                                     max_abs_diff=agree[name])
+                results[name] = dict(ms=t * 1e3, best_ms=min(v) * 1e3, gflops=fl / t / 1e9)
+                if name in agree:
+                    results[name]["max_abs_diff"] = agree[name]
                 if name in err64:
                     results[name]["err_f64"] = err64[name]
-            row = dict(cell=cell, B=B, T=T, D=D, H=H, engines=results)
-            main = "fastrnn-cpu" if "fastrnn-cpu" in results else base_name
+            # the float32 fastrnn engine the rate and ratio columns describe:
+            # cpu, else the first of --backends
+            main = next((n for n in f32 if n.startswith("fastrnn-")), None)
+            row = dict(cell=cell, B=B, T=T, D=D, H=H, engines=results, main=main)
             for other, key in (("onnxruntime", "vs_ort"), ("pytorch", "vs_torch")):
                 if other in results and main in results:
                     row[key] = results[main]["ms"] / results[other]["ms"]
@@ -387,31 +396,49 @@ def markdown_table(head, body):
 
 
 def format_table(rows, peak=None):
+    """The batch table; its rate and ratio columns describe each row's
+    ``main`` engine (float32 fastrnn: cpu, else the backend timed), named in
+    their headers, and "max abs diff" the float32 engines' agreement."""
     names = []
     for row in rows:
         for n in row["engines"]:
             if n not in names:
                 names.append(n)
+    who = _who(rows)
     # ratio columns only for engines that ran (``--skip pytorch`` drops cpu/torch)
-    ratios = [(k, h) for k, h in (("vs_ort", "cpu/ORT"), ("vs_torch", "cpu/torch"),
-                                  ("vs_ort_best", "cpu/ORT best"))
+    ratios = [(k, h) for k, h in (("vs_ort", f"{who}/ORT"), ("vs_torch", f"{who}/torch"),
+                                  ("vs_ort_best", f"{who}/ORT best"))
               if any(k in row for row in rows)]
-    head = (["cell", "B,T,D,H"] + [f"{n} ms" for n in names]
-            + ["cpu GFLOP/s"] + (["cpu % of peak"] if peak else [])
+    rate = [f"{who} GFLOP/s"] + ([f"{who} % of peak"] if peak else []) if who_ran(rows) else []
+    head = (["cell", "B,T,D,H"] + [f"{n} ms" for n in names] + rate
             + [h for _, h in ratios] + ["max abs diff"])
     body = []
     for row in rows:
         e = row["engines"]
         cells = [row["cell"], f"{row['B']},{row['T']},{row['D']},{row['H']}"]
         cells += [f"{e[n]['ms']:.3g}" if n in e else "" for n in names]
-        main = e.get("fastrnn-cpu", next(iter(e.values())))
-        cells.append(f"{main['gflops']:.0f}")
-        if peak:
-            cells.append(f"{100 * main['gflops'] / peak:.0f}")
+        if rate:
+            main = e.get(row.get("main"))
+            cells.append(f"{main['gflops']:.0f}" if main else "")
+            if peak:
+                cells.append(f"{100 * main['gflops'] / peak:.0f}" if main else "")
         cells += [f"{row[k]:.2f}" if k in row else "" for k, _ in ratios]
-        cells.append(f"{max(v['max_abs_diff'] for v in e.values()):.1e}")
+        diffs = [v["max_abs_diff"] for v in e.values() if "max_abs_diff" in v]
+        cells.append(f"{max(diffs):.1e}" if diffs else "")
         body.append(cells)
     return markdown_table(head, body)
+
+
+def _who(rows):
+    """The header name of the rows' ``main`` engine: its backend, or
+    "fastrnn" when the rows differ."""
+    mains = {row.get("main") for row in rows} - {None}
+    return mains.pop()[len("fastrnn-"):] if len(mains) == 1 else "fastrnn"
+
+
+def who_ran(rows):
+    """Whether a float32 fastrnn engine ran in any row (the rate columns)."""
+    return any(row.get("main") for row in rows)
 
 
 # ------------------------------------------------------------------ streaming
@@ -579,7 +606,8 @@ def parse(argv):
 def format_spread(runs):
     """The ratios of every run (a list of ``bench_batch`` row lists) side by
     side, per shape, with their min / median / max."""
-    keys = [(k, h) for k, h in (("vs_ort", "cpu/ORT"), ("vs_torch", "cpu/torch"))
+    who = _who(runs[0])
+    keys = [(k, h) for k, h in (("vs_ort", f"{who}/ORT"), ("vs_torch", f"{who}/torch"))
             if any(k in row for rows in runs for row in rows)]
     if not keys:
         return None
@@ -657,7 +685,7 @@ def main(argv=None):
                   f"{env['fastrnn_threads']}, layer {env['threading_layer']}; ORT/PyTorch {THREADS})")
             if peaks:
                 print(f"float32 FMA peak (register-only loop): {peaks['1']:.0f} GFLOP/s on one core, "
-                      f"{peak:.0f} on {env['fastrnn_threads']} threads; 'cpu % of peak' uses the latter")
+                      f"{peak:.0f} on {env['fastrnn_threads']} threads; '% of peak' uses the latter")
             print(format_table(rows, peak))
             if opts.precision != ["float32"]:
                 ratios = bq.format_ratios(rows, markdown_table)
