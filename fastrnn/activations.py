@@ -4,6 +4,10 @@ Kernels never see a name: layers resolve ``activation="tanh"`` to a code
 once, at construction, and pass the code to the kernel as an argument (so
 one compiled kernel serves every activation). A Python callable is kept as
 it is; only the ``reference`` backend can run it, and the dispatcher says so.
+Keras's own activation functions (``keras.activations.relu``) and their
+serialised forms resolve to codes; Keras activation *layers* resolve only
+where a code computes them exactly (``ReLU()``, ``LeakyReLU(0.2)``, ...),
+and anything else is a ``ValueError`` rather than a guess.
 
 The definitions follow Keras 3 (``keras.activations``): in particular
 ``hard_sigmoid(x) = clip(x / 6 + 1/2, 0, 1)`` (Keras 2 used ``0.2 x + 0.5``)
@@ -13,6 +17,7 @@ and ``gelu`` is the exact erf form (``approximate=False``).
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -118,9 +123,11 @@ def resolve(activation, argument="activation"):
 
     Parameters
     ----------
-    activation : str, None, int or callable
+    activation : str, None, int, dict or callable
         A Keras activation name (``"tanh"``), ``None`` (linear), a kernel
-        code from this module, or any callable mapping an array to an array.
+        code from this module, a Keras-serialised activation (see
+        ``_resolve_serialized``), or any callable mapping an array to an
+        array.
     argument : str
         The argument's name, used in the error message.
     """
@@ -135,22 +142,96 @@ def resolve(activation, argument="activation"):
             )
         return CODES[key]
     if isinstance(activation, dict):  # a Keras-serialised activation
-        return resolve(activation.get("config", activation.get("class_name")), argument)
+        return _resolve_serialized(activation, argument)
     if isinstance(activation, (int, np.integer)) and not isinstance(activation, bool):
         if int(activation) not in NAMES:
             raise ValueError(f"{argument}: unknown activation code {activation}")
         return int(activation)
     if callable(activation):
-        name = getattr(activation, "__name__", "")
         # keras.activations.tanh and friends come back as their codes, so a
-        # layer built from live Keras objects still compiles.
-        if getattr(activation, "__module__", "").startswith("keras") and name in CODES:
-            return CODES[name]
-        return activation
+        # layer built from live Keras objects still compiles; any other
+        # callable (keras.ops.gelu, whose default is the tanh approximation,
+        # or a Keras activation layer) runs as it is.
+        code = _keras_function_code(activation)
+        return activation if code is None else code
     raise TypeError(
         f"{argument}: expected an activation name, None or a callable, "
         f"got {type(activation).__name__}"
     )
+
+
+#: The modules a serialised Keras function may name for an activation of
+#: ``keras.activations`` ("builtins": Keras looks the name up among its own).
+_ACTIVATION_MODULES = (None, "builtins", "keras.activations", "keras.src.activations",
+                       "keras.src.activations.activations")
+
+#: Keras activation layers a code computes exactly: class name -> (the layer's
+#: arguments and the only values fastrnn takes, the code). ``ReLU`` with
+#: ``max_value=6`` is ``relu6``; Keras's ``LeakyReLU`` layer defaults to a
+#: slope of 0.3, the ``leaky_relu`` function (the code) to 0.2.
+_LAYERS = {
+    "ReLU": [({"max_value": None, "negative_slope": 0.0, "threshold": 0.0}, RELU),
+             ({"max_value": 6.0, "negative_slope": 0.0, "threshold": 0.0}, RELU6)],
+    "LeakyReLU": [({"negative_slope": 0.2}, LEAKY_RELU)],
+    "ELU": [({"alpha": 1.0}, ELU)],
+}
+#: Keras layer arguments that do not change what an activation layer computes.
+_LAYER_BASE_KEYS = ("name", "trainable", "dtype")
+
+
+def _resolve_serialized(config, argument):
+    """The code of a serialised Keras activation: a function of
+    ``keras.activations`` (``{"class_name": "function", "config": "relu",
+    "module": "keras.activations", ...}``), an ``Activation`` layer, or an
+    activation layer that a code computes exactly (``_LAYERS``)."""
+    class_name = config.get("class_name")
+    module = config.get("module")
+    inner = config.get("config")
+    if class_name == "function":
+        if module in _ACTIVATION_MODULES and isinstance(inner, str):
+            return resolve(inner, argument)
+        raise ValueError(f"{argument}: {config!r} is not one of keras.activations' functions; "
+                         f"expected one of {sorted(CODES)}")
+    if module in (None, "keras.layers") and isinstance(inner, dict):
+        args = {k: v for k, v in inner.items() if k not in _LAYER_BASE_KEYS}
+        if class_name == "Activation" and set(args) == {"activation"}:
+            return resolve(args["activation"], argument)
+        for values, code in _LAYERS.get(class_name, ()):
+            if set(args) == set(values) and all(
+                    args[k] is None if v is None else
+                    (_is_real(args[k]) and float(args[k]) == v) for k, v in values.items()):
+                return code
+        if class_name in _LAYERS or class_name == "Activation":
+            given = ", ".join(f"{k}={v!r}" for k, v in args.items())
+            forms = " or ".join(", ".join(f"{k}={v!r}" for k, v in values.items())
+                                for values, _ in _LAYERS.get(class_name, ()))
+            raise ValueError(f"{argument}: the Keras layer {class_name}({given}) is not an "
+                             "activation fastrnn computes"
+                             + (f" (it computes {class_name} with {forms})" if forms else ""))
+    raise ValueError(f"{argument}: {config!r} is not an activation fastrnn computes; expected "
+                     f"a name from {sorted(CODES)}, a serialised keras.activations function, "
+                     f"or a callable")
+
+
+def _is_real(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _keras_function_code(fn):
+    """The code of ``fn`` when it is one of Keras 3's activation functions
+    (the object ``keras.activations.<name>``, with its default arguments,
+    which the codes compute), else ``None``. Keras is not imported here: a
+    Keras function exists only where Keras already is."""
+    if not str(getattr(fn, "__module__", None) or "").startswith("keras"):
+        return None
+    public = sys.modules.get("keras.activations")
+    major = str(getattr(sys.modules.get("keras"), "__version__", "0")).split(".")[0]
+    if public is None or not major.isdigit() or int(major) < 3:  # Keras 2's hard_sigmoid differs
+        return None
+    name = getattr(fn, "__name__", "")
+    if name in CODES and getattr(public, name, None) is fn:
+        return CODES[name]
+    return None
 
 
 def name_of(code):

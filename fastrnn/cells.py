@@ -46,11 +46,20 @@ _TRAINING_ONLY = (
 _IGNORED_KW = ("trainable", "implementation", "activity_regularizer", "autocast")
 
 
+#: Keras's mixed-precision policies -> their variables' dtype. Keras computes
+#: in float16 / bfloat16 with float32 weights; fastrnn has no half-precision
+#: arithmetic, so such a layer is a float32 layer with the same weights (its
+#: outputs differ from Keras's by Keras's half-precision rounding).
+_MIXED_POLICIES = {"mixed_float16": "float32", "mixed_bfloat16": "float32"}
+
+
 def resolve_dtype(dtype, argument="dtype"):
     """``"float32"`` / ``"float64"`` from a dtype, a name or a Keras DTypePolicy dict.
 
     A policy without a name (or with ``None``) is float32, as Keras reads it
-    (its ``floatx``); a quantized policy's dtype is its ``source_name``."""
+    (its ``floatx``); a quantized policy's dtype is its ``source_name``; a
+    mixed-precision policy (``"mixed_float16"``, ``"mixed_bfloat16"``) is
+    float32, the dtype of its variables."""
     if isinstance(dtype, dict):  # Keras 3 serialised DTypePolicy
         config = dtype.get("config")
         if config is None:
@@ -66,6 +75,8 @@ def resolve_dtype(dtype, argument="dtype"):
             dtype = dtype.get("name")
     if dtype is None:
         return np.dtype(np.float32)
+    if isinstance(dtype, str) and dtype in _MIXED_POLICIES:
+        dtype = _MIXED_POLICIES[dtype]
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
@@ -174,8 +185,8 @@ class _Cell:
                 )
             return
         g = self._gates * self.units
-        arrays = [self.kernel_initializer((input_dim, g), self.dtype),
-                  self.recurrent_initializer((self.units, g), self.dtype)]
+        arrays = [self._draw("kernel_initializer", (input_dim, g)),
+                  self._draw("recurrent_initializer", (self.units, g))]
         if self.use_bias:
             arrays.append(self._init_bias())
         specs = self._weight_specs(input_dim)
@@ -184,7 +195,30 @@ class _Cell:
                 self._commit(specs, arrays, input_dim)
 
     def _init_bias(self):
-        return self.bias_initializer(self._bias_shape(), self.dtype)
+        return self._draw("bias_initializer", self._bias_shape())
+
+    def _draw(self, argument, shape):
+        """A new array from the initializer ``argument`` names, called as
+        Keras calls one, ``init(shape, dtype="float32")``: whatever it returns
+        (a NumPy array, a Keras or framework tensor) becomes a NumPy array of
+        the cell's dtype (Keras casts a variable's initial value to its
+        dtype), and a result of another shape is a ``ValueError``."""
+        init = getattr(self, argument)
+        try:
+            value = init(shape, self.dtype.name)
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}.build: {argument}: {exc}") from None
+        if not isinstance(value, np.ndarray) and callable(getattr(value, "detach", None)) \
+                and callable(getattr(value, "cpu", None)):
+            value = value.detach().cpu()  # a PyTorch tensor (Keras on torch), maybe on a GPU
+        value = np.asarray(value)
+        if value.shape != tuple(shape):
+            raise ValueError(f"{type(self).__name__}.build: {argument} returned shape "
+                             f"{value.shape}, expected {tuple(shape)}")
+        if not np.issubdtype(value.dtype, np.number) or value.dtype.kind == "c":
+            raise TypeError(f"{type(self).__name__}.build: {argument} must return real numbers, "
+                            f"got dtype {value.dtype}")
+        return np.array(value, dtype=self.dtype)
 
     def _commit(self, specs, arrays, input_dim):
         """Put in a complete new set of weights (with WEIGHTS_LOCK held).
