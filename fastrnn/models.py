@@ -67,8 +67,15 @@ _EXTRA_ACTIVATIONS = {
 def _activation_name(activation):
     if activation is None:
         return "linear"
-    if isinstance(activation, dict):  # Keras-serialised function
-        activation = activation.get("config", activation.get("class_name"))
+    if isinstance(activation, dict):  # Keras-serialised: a function of keras.activations
+        inner = activation.get("config")
+        if activation.get("class_name") == "function" and isinstance(inner, str):
+            if activation.get("module") not in _act._ACTIVATION_MODULES:
+                raise ValueError(f"activation: {activation!r} is not one of keras.activations' "
+                                 "functions")
+            activation = inner
+        else:  # ... or an activation layer a built-in computes exactly (or an error)
+            activation = _act.name_of(_act.resolve(activation))
     if not isinstance(activation, str):
         raise ValueError(f"activation: expected a name (str), got {activation!r}")
     name = activation.lower()

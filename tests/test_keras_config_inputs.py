@@ -256,3 +256,22 @@ def test_mixed_precision_layers_load_as_float32(tmp_path, rng, policy, atol):
     quantized = {"class_name": "QuantizedDTypePolicy",
                  "config": {"mode": "int8", "source_name": policy}}
     assert fastrnn.cells.resolve_dtype(quantized) == np.float32
+
+
+def test_dense_reads_serialised_activations_as_the_recurrent_layers_do():
+    """Dense and Activation: a keras.activations function by name, an
+    activation layer a built-in computes exactly; a function of another
+    module (keras.ops.gelu is tanh-approximated by default) is refused,
+    not taken for the built-in of its name."""
+    from fastrnn.models import Dense
+
+    softmax = {"module": "keras.activations", "class_name": "function", "config": "softmax",
+               "registered_name": None}
+    assert Dense(3, activation=softmax).activation == "softmax"
+    leaky = {"module": "keras.layers", "class_name": "LeakyReLU",
+             "config": {"negative_slope": 0.2, "name": "leaky"}}
+    assert Dense(3, activation=leaky).activation == "leaky_relu"
+    with pytest.raises(ValueError, match="activation: .*keras.ops"):
+        Dense(3, activation={"module": "keras.ops", "class_name": "function", "config": "gelu"})
+    with pytest.raises(ValueError, match="activation: the Keras layer LeakyReLU"):
+        Dense(3, activation=dict(leaky, config={"negative_slope": 0.5}))
