@@ -347,6 +347,108 @@ def test_modules_that_keep_their_weights_under_other_names(how, rng):
     np.testing.assert_allclose(got, want, atol=ATOL)
 
 
+@pytest.mark.parametrize("how", ["pruned checkpoint", "pruned update", "spectral_norm",
+                                 "weight_norm (old)"])
+def test_hook_computed_weights_are_the_next_forwards(how, rng):
+    """Pruning, spectral_norm and the old weight_norm set the weight
+    attributes in a forward pre-hook: converted before the next forward (a
+    restored checkpoint, an update, a fresh module) they were stale."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(5)
+    if how.startswith("pruned"):
+        m = torch.nn.LSTM(3, 4)
+        prune.l1_unstructured(m, "weight_hh_l0", amount=0.5)
+        if how == "pruned checkpoint":
+            src = torch.nn.LSTM(3, 4)
+            prune.l1_unstructured(src, "weight_hh_l0", amount=0.5)
+            m.load_state_dict(src.state_dict())
+        else:
+            with torch.no_grad():
+                m.weight_hh_l0_orig.add_(0.5)
+    elif how == "spectral_norm":
+        m = torch.nn.utils.spectral_norm(torch.nn.GRU(3, 4), "weight_hh_l0")
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (deprecated for the parametrization)
+            m = torch.nn.utils.weight_norm(torch.nn.RNN(3, 4), "weight_ih_l0")
+        with torch.no_grad():
+            m.weight_ih_l0_g.mul_(1.7)
+    m.eval()
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    got = from_torch(m)(x)[0]  # converted first: the attributes are stale now
+    with torch.no_grad():
+        want = m(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+@pytest.mark.parametrize("kind", ["layer", "cell"])
+def test_pruned_state_dict_gives_orig_times_mask(kind, rng):
+    """A pruned module's state dict holds weight_orig and weight_mask (it was
+    'missing weight_hh_l0', or 'no recurrent weights' for a cell)."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(2)
+    m = torch.nn.LSTM(3, 4, num_layers=2) if kind == "layer" else torch.nn.GRUCell(3, 4)
+    names = ["weight_hh_l0", "weight_ih_l1"] if kind == "layer" else ["weight_ih"]
+    for name in names:
+        prune.l1_unstructured(m, name, amount=0.4)
+    x = rng.standard_normal((5, 2, 3) if kind == "layer" else (2, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = m(torch.from_numpy(x))
+    want = (want[0] if kind == "layer" else want).numpy()
+    got = from_torch_state_dict(m.state_dict())(x)
+    np.testing.assert_allclose(got[0] if kind == "layer" else got, want, atol=ATOL)
+
+
+def test_hooks_the_converted_module_would_not_run_are_refused():
+    m = torch.nn.GRU(3, 4)
+    handle = m.register_forward_pre_hook(lambda mod, args: (2 * args[0],))
+    with pytest.raises(TypeError, match="GRU has a forward pre-hook"):
+        from_torch(m)
+    handle.remove()
+    m.register_forward_hook(lambda mod, args, out: (out[0] * 0, out[1]))
+    with pytest.raises(TypeError, match="GRU has a forward hook"):
+        from_torch(m)
+
+
+def test_tensors_without_array_data_name_their_argument():
+    meta = torch.nn.LSTM(3, 4, device="meta")
+    with pytest.raises(TypeError, match="weight_ih_l0: cannot read this tensor"):
+        from_torch(meta)
+    sd = torch.nn.GRU(3, 4).state_dict()
+    sd["weight_hh_l0"] = sd["weight_hh_l0"].to_sparse()
+    with pytest.raises(TypeError, match="weight_hh_l0: cannot read this tensor"):
+        from_torch_state_dict(sd)
+    with pytest.raises(TypeError, match="input: cannot read this tensor"):
+        from_torch(torch.nn.GRU(3, 4))(torch.empty(5, 2, 3, device="meta"))
+
+
+def test_hx_as_pytorch_takes_it(rng):
+    """An LSTMCell's hx is a tuple of float states, an unbatched input's
+    states are unbatched (a stacked array, integers and batched states were
+    taken)."""
+    torch.manual_seed(1)
+    cell = from_torch(torch.nn.LSTMCell(3, 4))
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    h = rng.standard_normal((2, 4)).astype(np.float32)
+    with pytest.raises(TypeError, match="hx: an LSTMCell expects a tuple"):
+        cell(x, np.stack([h, h]))
+    with pytest.raises(TypeError, match="hx: h expected floating point"):
+        cell(x, (h.astype(int), h.astype(int)))
+    with pytest.raises(ValueError, match=r"hx: h expected shape \(4,\) for an unbatched"):
+        cell(x[0], (h[:1], h[:1]))
+    lstm = from_torch(torch.nn.LSTM(3, 4))
+    xs = rng.standard_normal((5, 3)).astype(np.float32)
+    h3 = rng.standard_normal((1, 1, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="hx: h_0 expected 2 dimensions"):
+        lstm(xs, (h3, h3))
+    out, (h_n, c_n) = lstm(xs, (h3[:, 0], h3[:, 0]))
+    assert out.shape == (5, 4) and h_n.shape == (1, 4)
+
+
 def test_quantized_module_refusal_names_the_module():
     import warnings
 

@@ -55,10 +55,18 @@ _CELL_MODES = {"LSTMCell": "LSTM", "GRUCell": "GRU", "RNNCell": None}
 def _to_numpy(t, argument):
     """A torch tensor or array-like -> NumPy array (detached, on the host)."""
     if hasattr(t, "detach") and hasattr(t, "cpu"):
-        t = t.detach().cpu()
-        if str(t.dtype) in ("torch.float16", "torch.bfloat16"):
-            t = t.float()
-        return t.numpy()
+        try:
+            t = t.detach().cpu()
+            if str(t.dtype) in ("torch.float16", "torch.bfloat16"):
+                t = t.float()
+            return t.numpy()
+        except (TypeError, RuntimeError, NotImplementedError) as exc:
+            # a meta tensor (no data), a sparse layout, a dtype NumPy lacks
+            raise TypeError(f"{argument}: cannot read this tensor as an array "
+                            f"({type(exc).__name__}: {exc}); expected a dense tensor of "
+                            f"float32 or float64 values with data (device "
+                            f"{getattr(t, 'device', '?')}, dtype {getattr(t, 'dtype', '?')}, "
+                            f"layout {getattr(t, 'layout', '?')})") from exc
     try:
         return np.asarray(t)
     except Exception as exc:  # noqa: BLE001 - reported with the argument's name
@@ -418,7 +426,11 @@ class TorchRecurrent(_TorchConverted):
         out = []
         for name, part, shape in zip(("h_0", "c_0"), parts, shapes):
             a = _to_numpy(part, name)
-            if unbatched and a.ndim == 2:
+            if unbatched:  # as torch: an unbatched input takes unbatched states
+                if a.ndim != 2:
+                    raise ValueError(f"hx: {name} expected 2 dimensions (num_layers * "
+                                     f"num_directions, hidden) for an unbatched input, got "
+                                     f"shape {a.shape}")
                 a = a[:, None, :]
             if a.shape != shape:
                 raise ValueError(f"hx: {name} expected shape {shape}, got {a.shape}")
@@ -566,7 +578,8 @@ class TorchCell(_TorchConverted):
 
     def __call__(self, input, hx=None):  # noqa: A002 - PyTorch's name
         if self.backend == "auto" and type(input) is np.ndarray and input.ndim == 2 \
-                and input.dtype == self.dtype and hx is not None:
+                and input.dtype == self.dtype and hx is not None \
+                and (self.mode != "LSTM" or type(hx) in (tuple, list)):
             # arrays already as the cell takes them: its own call checks the rest
             parts = list(hx) if self.mode == "LSTM" else [hx]
             B = input.shape[0]
@@ -584,13 +597,21 @@ class TorchCell(_TorchConverted):
         B = x.shape[0]
         init = None
         if hx is not None:
+            if self.mode == "LSTM" and not isinstance(hx, (tuple, list)):
+                raise TypeError(f"hx: an LSTMCell expects a tuple (h, c), got "
+                                f"{type(hx).__name__}")
             parts = list(hx) if self.mode == "LSTM" else [hx]
             if self.mode == "LSTM" and len(parts) != 2:
                 raise ValueError("hx: an LSTMCell expects a tuple (h, c)")
             init = []
             for name, p in zip(("h", "c"), parts):
                 a = _to_numpy(p, name)
-                if unbatched and a.ndim == 1:
+                if a.dtype.kind != "f":
+                    raise TypeError(f"hx: {name} expected floating point, got dtype {a.dtype}")
+                if unbatched:  # as torch: an unbatched input takes unbatched states
+                    if a.ndim != 1:
+                        raise ValueError(f"hx: {name} expected shape ({self.hidden_size},) for "
+                                         f"an unbatched input, got {a.shape}")
                     a = a[None]
                 if a.shape != (B, self.hidden_size):
                     raise ValueError(f"hx: {name} expected shape {(B, self.hidden_size)}, "
@@ -652,6 +673,12 @@ def from_torch(module, backend="auto"):
     Parameters
     ----------
     module : torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell
+        float32 or float64 weights compute in their dtype; float16 and
+        bfloat16 in float32. Pruned, ``weight_norm``-ed and
+        ``spectral_norm``-ed modules convert with the weights their next
+        forward uses (in eval mode); a subclass that overrides ``forward``,
+        and any other forward hook or pre-hook, is a ``TypeError``: the
+        converted module runs neither.
     backend : str
         fastrnn backend for the converted layers.
 
@@ -687,11 +714,38 @@ def from_torch(module, backend="auto"):
 
 
 def _effective(module, names):
-    """``{name: tensor}`` of the weights the module computes with, read as
-    attributes: a pruned or weight-normed module keeps its parameters under
-    other names (``weight_hh_l0_orig``, parametrizations) and gives the
-    weights it uses as the attributes its forward reads."""
-    return {name: getattr(module, name) for name in names}
+    """``{name: tensor}`` of the weights the module's next forward computes
+    with. Parametrizations (``torch.nn.utils.parametrizations``) compute
+    them when the attributes are read. Pruning (``torch.nn.utils.prune``),
+    ``spectral_norm`` and the old ``weight_norm`` keep the parameters under
+    other names and set the attributes in a forward pre-hook, so those may
+    be stale (a ``load_state_dict`` or an update since the last forward):
+    their weights are computed here, as the hook computes them in eval
+    mode. Any other hook is refused: the converted module runs none."""
+    from torch.nn.utils import prune
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    hooked = {}
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod):
+            hooked[hook._tensor_name] = hook.apply_mask(module)
+        elif isinstance(hook, WeightNorm):
+            hooked[hook.name] = hook.compute_weight(module)
+        elif isinstance(hook, SpectralNorm):
+            hooked[hook.name] = hook.compute_weight(module, do_power_iteration=False)
+        else:
+            raise TypeError(f"from_torch: the {type(module).__name__} has a forward pre-hook "
+                            f"({getattr(hook, '__name__', type(hook).__name__)}), which the "
+                            "converted module does not run; remove it (handle.remove()) "
+                            "before converting")
+    if module._forward_hooks:
+        hook = next(iter(module._forward_hooks.values()))
+        raise TypeError(f"from_torch: the {type(module).__name__} has a forward hook "
+                        f"({getattr(hook, '__name__', type(hook).__name__)}), which the "
+                        "converted module does not run; remove it (handle.remove()) before "
+                        "converting")
+    return {name: hooked[name] if name in hooked else getattr(module, name) for name in names}
 
 
 def _weights_dtype(module):

@@ -213,7 +213,10 @@ def from_torch_state_dict(state_dict, mode=None, *, prefix="", input_size=None,
     Parameters
     ----------
     state_dict : mapping of name -> tensor or array
-        As ``module.state_dict()`` or ``torch.load(checkpoint)`` gives it.
+        As ``module.state_dict()`` or ``torch.load(checkpoint)`` gives it. A
+        pruned module's (``torch.nn.utils.prune``: ``weight_hh_l0_orig`` and
+        ``weight_hh_l0_mask`` in place of ``weight_hh_l0``) gives the weights
+        its forward computes, ``orig * mask``.
     mode : {"LSTM", "GRU", "RNN", "RNN_TANH", "RNN_RELU", "LSTMCell", "GRUCell", "RNNCell", \
 "RNNCell_RELU"} or None
         The module type, in any case (``"RNN"`` means tanh); checked against
@@ -246,6 +249,19 @@ def from_torch_state_dict(state_dict, mode=None, *, prefix="", input_size=None,
     base, cell = _parse_mode(mode)
     keys = [k for k in state_dict.keys() if isinstance(k, str)]
     under = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}
+    # a pruned module's state dict (torch.nn.utils.prune) holds weight_orig
+    # and weight_mask instead of weight: its forward computes orig * mask
+    pruned = {}
+    for k, full in list(under.items()):
+        name = k[:-len("_orig")]
+        if k.endswith("_orig") and name not in under and name + "_mask" in under:
+            mask = under[name + "_mask"]
+            pruned[name] = _to_numpy(state_dict[full], full) * _to_numpy(state_dict[mask], mask)
+            under[name] = full
+
+    def read(k, full):
+        return pruned[k] if k in pruned else _to_numpy(state_dict[full], full)
+
     forms = {False: {k: full for k, full in under.items() if _LAYER_KEY.fullmatch(k)},
              True: {k: full for k, full in under.items() if _CELL_KEY.fullmatch(k)}}
     has = {False: "weight_ih_l0" in forms[False], True: "weight_ih" in forms[True]}
@@ -254,7 +270,7 @@ def from_torch_state_dict(state_dict, mode=None, *, prefix="", input_size=None,
     if cell is None:
         cell = not has[False]
     elif not has[cell]:  # the other form is there: name the mode that fits it
-        other = {k: _to_numpy(state_dict[full], full) for k, full in forms[not cell].items()}
+        other = {k: read(k, full) for k, full in forms[not cell].items()}
         gates = _fits(other, "_l0" if cell else "")  # the other form's first key
         if gates in (None, _GATES[base]):
             fix = f"mode={_USER[base, not cell]!r}"
@@ -265,7 +281,7 @@ def from_torch_state_dict(state_dict, mode=None, *, prefix="", input_size=None,
             f"are a {'layer' if cell else 'cell'}'s ("
             f"{'weight_ih_l0, weight_hh_l0, ...' if cell else 'weight_ih, weight_hh, no _l0'}): "
             f"{fix}")
-    arrays = {k: _to_numpy(state_dict[full], full) for k, full in forms[cell].items()}
+    arrays = {k: read(k, full) for k, full in forms[cell].items()}
     given = dict(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
                  bidirectional=bidirectional, bias=bias, proj_size=proj_size)
     return _convert(arrays, base, cell, mode, lambda k: f"state_dict[{prefix + k!r}]", given,
