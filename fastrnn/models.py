@@ -23,6 +23,7 @@ ignored. Dropout is the identity (inference).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import threading
@@ -825,7 +826,10 @@ class ModelStream:
     layer's checks (features, batch, dtype), or that a later one with
     ``nan_policy="raise"`` refuses, leaves every state unchanged.
     Calling one stream from two threads at once raises
-    :class:`fastrnn.streaming.StreamBusyError`.
+    :class:`fastrnn.streaming.StreamBusyError`, and so do reading or
+    setting ``states``, ``reset()`` and ``fastrnn.save`` while a frame runs
+    (its layers' states are then of two frames). A layer that gives another
+    dtype than the next recurrent layer's is cast to it, as in a model call.
 
     Attributes
     ----------
@@ -941,8 +945,12 @@ class ModelStream:
             # A frame keeps no time axis from layer to layer (each of these
             # layers works on the last axis); ``timed``: a chunk still has one.
             timed = not frame
+            given = True  # x is still the caller's array (a stream casts none of those)
             for i, (kind, step, detail) in enumerate(self._steps):
                 if kind == _STREAM:
+                    if not given and x.dtype != step._dt:
+                        # a layer before it gave another dtype: cast, as a model call does
+                        x = x.astype(step._dt)
                     try:
                         x = step(x)
                     except ValueError:  # every state as before the frame
@@ -952,9 +960,11 @@ class ModelStream:
                         raise
                     if detail:  # return_state: the model passes the output on
                         x = x[0]
+                    given = False
                     timed = timed and step.layer.return_sequences
                 elif kind == _DENSE and (frame or timed or not isinstance(step, TimeDistributed)):
                     x = self._dense(x, snapshots[i], detail, i)
+                    given = False
                 elif kind == _INPUT:
                     _check_features(step, x, timed)
                 else:
@@ -966,6 +976,7 @@ class ModelStream:
                                              "leave padding out)")
                     x = self._layer(i, x if timed or not frame else x[:, None], snapshots[i])
                     x = x if timed or not frame else x[:, 0]
+                    given = False
             return x
         finally:
             for stream in held:
@@ -1001,9 +1012,27 @@ class ModelStream:
             cached = self._twins[i] = (weights, layer._with(weights))
         return _call(cached[1], x, None)
 
+    @contextlib.contextmanager
+    def _hold(self, what):
+        """This stream's lock, held for ``what`` (states, reset): a frame
+        running in another thread is half way through the layers, whose
+        states are then of two different frames, so it is a StreamBusyError."""
+        if not self._busy.acquire(False):
+            raise StreamBusyError(f"ModelStream.{what}: a frame is running on this stream in "
+                                  "another thread (its layers' states are of two frames "
+                                  "until it ends)")
+        try:
+            yield
+        finally:
+            self._busy.release()
+
     @property
     def states(self):
         """Each recurrent layer's carried states (copies), in order."""
+        with self._hold("states"):
+            return self._states_now()
+
+    def _states_now(self):
         out = []
         for stream, group in self._groups:
             states = stream.states
@@ -1019,6 +1048,10 @@ class ModelStream:
 
     @states.setter
     def states(self, values):
+        with self._hold("states"):
+            self._set_states(values)
+
+    def _set_states(self, values):
         values = list(values)
         n_layers = sum(len(group) for _, group in self._groups)
         if len(values) != n_layers:
@@ -1049,8 +1082,9 @@ class ModelStream:
 
     def reset(self):
         """Zero every recurrent layer's state (a new utterance, a new client, ...)."""
-        for s in self.streams:
-            s.reset()
+        with self._hold("reset"):
+            for s in self.streams:
+                s.reset()
 
     reset_states = reset
 

@@ -885,6 +885,8 @@ class Stream:
                                 f"{v.dtype}")
             if v.shape != (B, size):
                 raise ValueError(f"states[{k}]: expected shape {(B, size)}, got {v.shape}")
+            if self._nan_raise and np.isnan(v).any():  # (as the layer's initial_state)
+                raise ValueError(f"states[{k}]: contains NaN and nan_policy='raise'")
             checked.append(v)
         if not self._busy.acquire(False):
             raise StreamBusyError(_BUSY)

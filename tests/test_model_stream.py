@@ -437,11 +437,22 @@ def test_two_threads_at_once_raise(rng):
         assert inside.wait(10)
         with pytest.raises(StreamBusyError):
             stream(x)
+        # the frame has run the LSTM and not the GRU yet: reading, saving,
+        # setting or zeroing the states now would mix two frames
+        with pytest.raises(StreamBusyError, match="ModelStream.states"):
+            stream.states
+        with pytest.raises(StreamBusyError, match="ModelStream.states"):
+            stream.states = None
+        with pytest.raises(StreamBusyError, match="ModelStream.reset"):
+            stream.reset()
+        with pytest.raises(StreamBusyError):
+            fastrnn.save(stream, __import__("io").BytesIO())
     finally:
         release.set()
         worker.join(10)
         del dropout.call
     stream(x)  # free again
+    stream.states = stream.states
 
 
 @pytest.mark.parametrize("mode", [None, "int8"])
@@ -567,3 +578,18 @@ def test_a_failed_frame_leaves_every_state_and_names_the_entry(rng):
         stream.states = [[np.zeros((1, 4), np.float32)] * 2, np.zeros((1, 5), np.float32)]
     for got, want in zip(_nest.flatten(stream.states), _nest.flatten(before)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_layer_of_another_dtype_between_recurrent_layers_streams_as_the_model_runs(rng):
+    """float32 LSTM -> float64 Dense -> float32 GRU: the model casts between
+    layers; the stream refused the Dense's float64 output, blaming x, after
+    the LSTM had moved on."""
+    model = fastrnn.Sequential([fastrnn.LSTM(7, return_sequences=True),
+                                Dense(6, input_dim=7, dtype="float64"), fastrnn.GRU(4)])
+    _randomize(model, rng, 5)
+    x = rng.uniform(-1, 1, (2, 3, 5)).astype(np.float32)
+    stream = model.stream(batch_size=2)
+    for t in range(3):
+        y = stream(np.ascontiguousarray(x[:, t]))
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y, model(x[:, :t + 1]), **TOL["float32"])

@@ -291,6 +291,18 @@ def test_bad_frames_raise_and_leave_state(nan_policy, rng):
             stream(frame)
         for got, want in zip(_flat(stream.states), before):
             np.testing.assert_array_equal(got, want)
+    # states set by hand: under "raise" a NaN is refused, as the layer's
+    # initial_state is (it was taken, and every later frame came out NaN)
+    nan_states = [s.copy() for s in before]
+    nan_states[0][1, 0] = np.nan
+    if nan_policy == "raise":
+        with pytest.raises(ValueError, match=r"states\[0\]: contains NaN"):
+            stream.states = nan_states
+        for got, want in zip(_flat(stream.states), before):
+            np.testing.assert_array_equal(got, want)
+    else:
+        stream.states = nan_states
+        stream.states = before
     if nan_policy == "propagate":
         nan = good.copy()
         nan[0, 0] = np.nan
