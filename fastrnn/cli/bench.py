@@ -409,7 +409,8 @@ def format_table(rows, peak=None):
     ratios = [(k, h) for k, h in (("vs_ort", f"{who}/ORT"), ("vs_torch", f"{who}/torch"),
                                   ("vs_ort_best", f"{who}/ORT best"))
               if any(k in row for row in rows)]
-    rate = [f"{who} GFLOP/s"] + ([f"{who} % of peak"] if peak else []) if who_ran(rows) else []
+    ran = any(row.get("main") for row in rows)  # (a float32 fastrnn engine: the rate columns)
+    rate = [f"{who} GFLOP/s"] + ([f"{who} % of peak"] if peak else []) if ran else []
     head = (["cell", "B,T,D,H"] + [f"{n} ms" for n in names] + rate
             + [h for _, h in ratios] + ["max abs diff"])
     body = []
@@ -434,11 +435,6 @@ def _who(rows):
     "fastrnn" when the rows differ."""
     mains = {row.get("main") for row in rows} - {None}
     return mains.pop()[len("fastrnn-"):] if len(mains) == 1 else "fastrnn"
-
-
-def who_ran(rows):
-    """Whether a float32 fastrnn engine ran in any row (the rate columns)."""
-    return any(row.get("main") for row in rows)
 
 
 # ------------------------------------------------------------------ streaming
