@@ -454,6 +454,11 @@ def test_dropout_wrapper_state_filter(rng):
     assert (new.c == 0).any()
     with pytest.raises(ValueError, match="input_keep_prob: expected a probability in"):
         rnn_cell.DropoutWrapper(inner, input_keep_prob=0.0)
+    for bad in ("0.5", True, None):   # float() would take "0.5" and True
+        with pytest.raises(TypeError, match="state_keep_prob: expected a real number"):
+            rnn_cell.DropoutWrapper(inner, state_keep_prob=bad)
+    with pytest.raises(ValueError, match="output_keep_prob: expected a probability in"):
+        rnn_cell.DropoutWrapper(inner, output_keep_prob=float("nan"))
 
 
 def test_built_in_cells_make_one_kernel_call_per_layer(rng, monkeypatch):

@@ -14,6 +14,7 @@ import numpy as np
 from .. import _device, _nest
 from .._engine import WEIGHTS_LOCK
 from ._base import LSTMStateTuple, RNNCell, _as_inputs, _cell_label, _name, check_state, compute_dtype
+from ._builtin import _real
 
 class MultiRNNCell(RNNCell):
     """TF1 ``MultiRNNCell``: cells stacked, each feeding the next.
@@ -254,7 +255,7 @@ class DropoutWrapper(_Wrapper):
         for arg, p in (("input_keep_prob", input_keep_prob),
                        ("output_keep_prob", output_keep_prob),
                        ("state_keep_prob", state_keep_prob)):
-            if not 0.0 < float(p) <= 1.0:
+            if not 0.0 < _real(p, arg) <= 1.0:
                 raise ValueError(f"{arg}: expected a probability in (0, 1], got {p}")
         if variational_recurrent:
             raise NotImplementedError(
