@@ -340,7 +340,9 @@ class Stream:
     states : list of ndarray
         The carried state in Keras order (``[h]``, ``[h, c]``, nested per
         cell for a stack); reading returns copies, assigning validates and
-        copies in.
+        copies in. A new stream starts from zeros, also for a ``stateful``
+        layer: ``stream.states = layer.states`` goes on from the state the
+        layer carries.
     backend, backend_reason : str
         The engine that runs the calls, and why (``backend`` None until the
         first call on a layer that was not built).

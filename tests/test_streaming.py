@@ -196,6 +196,21 @@ def test_states_round_trip_and_validation(rng):
     assert all(not s.any() for s in _flat(stream.states))
 
 
+def test_stateful_layer_stream_starts_from_zeros_and_takes_its_states(rng):
+    """As documented: a new stream starts from zeros; assigning the stateful
+    layer's states goes on from them, as the layer's next call would."""
+    layer = fastrnn.LSTM(6, stateful=True, backend="reference")
+    layer(_x(rng, (2, 4, 3), "float32"))
+    x = _x(rng, (2, 5, 3), "float32")
+    fresh = fastrnn.LSTM(6, backend="reference")
+    fresh.build((2, None, 3))
+    fresh.set_weights(layer.get_weights())
+    stream = layer.stream(batch_size=2)
+    np.testing.assert_allclose(stream(x), fresh(x), **TOL["float32"])
+    stream.states = layer.states
+    np.testing.assert_allclose(stream(x), layer(x), **TOL["float32"])
+
+
 def test_save_and_load(tmp_path, rng):
     layer = _make("stack_gru_lstm", "float64", rng, return_sequences=True)
     x = _x(rng, (2, 9, 3), "float64")
