@@ -398,3 +398,27 @@ def test_torch_cpu_tensors_with_grad_or_bfloat16():
     np.testing.assert_array_equal(got, want)
     xb = torch.tensor(x).bfloat16()
     np.testing.assert_array_equal(layer(xb), layer(xb.float().numpy()))
+
+
+@pytest.mark.parametrize("value, packed", [("", True), ("0", True), ("false", True),
+                                           (" Off ", True), ("no", True), ("1", False),
+                                           ("TRUE", False), ("yes", False), ("on", False)])
+def test_cpu_generic_switch_values(monkeypatch, value, packed):
+    from fastrnn.kernels import cpu
+    monkeypatch.setenv("FASTRNN_CPU_GENERIC", value)
+    assert cpu._packed_path_enabled() is packed   # "false" used to switch packing off
+
+
+def test_cpu_generic_switch_refuses_other_values(monkeypatch, rng):
+    monkeypatch.setenv("FASTRNN_CPU_GENERIC", "maybe")
+    layer = fastrnn.LSTM(5, backend="cpu")
+    with pytest.raises(ValueError, match="FASTRNN_CPU_GENERIC: expected 1, true.*got 'maybe'"):
+        layer(rng.standard_normal((2, 3, 4)).astype(np.float32))
+
+
+@pytest.mark.parametrize("bad", ["cpuu", "", 3])
+def test_tf1_cell_backend_checked_when_made(bad):
+    from fastrnn.nn import rnn_cell
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        rnn_cell.BasicRNNCell(4, backend=bad)   # was taken, and refused at the first call
+    assert rnn_cell.GRUCell(3, backend="CPU").backend == "cpu"

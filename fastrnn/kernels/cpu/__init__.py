@@ -129,8 +129,18 @@ class _Packed:
 
 
 def _packed_path_enabled():
-    # FASTRNN_CPU_GENERIC=1 forces the generic kernels (tests, debugging).
-    return os.environ.get("FASTRNN_CPU_GENERIC", "") in ("", "0")
+    # FASTRNN_CPU_GENERIC=1 forces the generic kernels (tests, debugging). It
+    # is read when a layer's weights are packed, so it applies to weights
+    # packed after it was set. A value that is neither on nor off raises:
+    # "false" or "no" must not switch the packed kernels off.
+    value = os.environ.get("FASTRNN_CPU_GENERIC", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return True
+    if value in ("1", "true", "yes", "on"):
+        return False
+    raise ValueError("FASTRNN_CPU_GENERIC: expected 1, true, yes or on (generic kernels) or "
+                     f"0, false, no, off or empty (packed kernels), got "
+                     f"{os.environ['FASTRNN_CPU_GENERIC']!r}")
 
 
 def _c(a, dtype):
