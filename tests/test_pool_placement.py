@@ -89,3 +89,21 @@ def test_each_calling_thread_places_its_own_pool(two_cpus):
     assert seen["key"][1] not in tids and placed in two_cpus
     if th.threading_layer() == "omp":
         assert set(tids).isdisjoint(th._pools[(os.getpid(), threading.get_native_id())][0])
+
+
+def test_a_pool_larger_than_the_other_cpus_is_left_unplaced(two_cpus, monkeypatch):
+    """NUMBA_NUM_THREADS above the CPU count: kept off the caller's CPU, the
+    pool's threads would all share the others, so none is pinned."""
+    from fastrnn.kernels.cpu import threads as th
+
+    me = threading.get_native_id()
+    key = (os.getpid(), me)
+    fake = tuple(range(10**6, 10**6 + len(two_cpus)))  # one more than the other CPUs
+    pinned = []
+    monkeypatch.setattr(th, "_pools", {key: [fake, None]})
+    monkeypatch.setattr(os, "sched_setaffinity", lambda tid, cpus: pinned.append(tid))
+    th._place_pool()
+    assert pinned == [] and th._pools[key][0] == ()
+    monkeypatch.setattr(th, "_pools", {key: [fake[:len(two_cpus) - 1], None]})
+    th._place_pool()
+    assert sorted(pinned) == sorted(fake[:len(two_cpus) - 1])

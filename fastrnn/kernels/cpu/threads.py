@@ -233,7 +233,8 @@ def _place_pool():
     on two threads takes as long as on one (the contention rule does not
     see it: the caller never leaves its core). So the pool's other threads
     may use every CPU the caller may but its own, set again whenever the
-    caller has moved. Under the ``omp`` layer each calling thread has a
+    caller has moved, where there are fewer of them than the caller's CPUs
+    (with more, the scheduler places them). Under the ``omp`` layer each calling thread has a
     team of its own, so the pool is found per calling thread. (The stream
     splits place their helpers the same way: ``StreamSplit._place``.)
     """
@@ -248,6 +249,12 @@ def _place_pool():
         pool = _pools[key] = [tuple(int(t) for t in ids if t > 0 and t != me), None]
     tids, placed = pool
     if not tids:
+        return
+    if len(tids) >= len(os.sched_getaffinity(0)):
+        # More pool threads than the caller's other CPUs (NUMBA_NUM_THREADS
+        # above the CPU count): kept off one CPU they would share the rest,
+        # and a call's rows would wait on them. Left to the scheduler.
+        pool[0] = ()
         return
     here = generic.here()
     if here == placed:
