@@ -82,3 +82,17 @@ def test_warmup_precision_takes_what_bench_takes(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main(["warmup", "--precision", "fp8"])
     assert e.value.code == 2 and "--precision" in capsys.readouterr().err
+
+
+def test_info_says_when_the_environment_changes_the_kernels(monkeypatch, capsys):
+    monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
+    monkeypatch.delenv("FASTRNN_CPU_GENERIC", raising=False)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "FASTRNN_BACKEND not set" in out and "FASTRNN_CPU_GENERIC" not in out
+    monkeypatch.setenv("FASTRNN_BACKEND", "")
+    monkeypatch.setenv("FASTRNN_CPU_GENERIC", "yes")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "FASTRNN_BACKEND=''" in out   # set but empty: auto, said apart from unset
+    assert "FASTRNN_CPU_GENERIC='yes': the generic kernels run every layer" in out

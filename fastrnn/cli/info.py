@@ -113,7 +113,13 @@ def lines():
         add("threads", f"cpu backend unavailable: {exc}")
 
     try:
-        simd = dispatch.backend_module("cpu").simd
+        cpu = dispatch.backend_module("cpu")
+        if not cpu._packed_path_enabled():
+            add("quantized", f"FASTRNN_CPU_GENERIC={os.environ['FASTRNN_CPU_GENERIC']!r}: the "
+                             "generic kernels run every layer, quantized ones on their float32 "
+                             "values, and the _dynamic modes run on reference; the packed "
+                             "kernels would use:")
+        simd = cpu.simd
         for fmt in ("float32", "bfloat16", "int8"):
             add("quantized", f"{fmt} weights: {simd.load_instructions(fmt)}")
         add("quantized", "bfloat16 and int8 are weights only: inputs, states and sums stay "
@@ -138,7 +144,8 @@ def lines():
 
     z = np.zeros
     params = LSTMParams(z((8, 32), np.float32), z((8, 32), np.float32), z(32, np.float32))
-    env = f"FASTRNN_BACKEND={os.environ.get('FASTRNN_BACKEND', '')!r}"
+    env = ("FASTRNN_BACKEND not set" if "FASTRNN_BACKEND" not in os.environ
+           else f"FASTRNN_BACKEND={os.environ['FASTRNN_BACKEND']!r}")
     try:
         default = dispatch.get_backend()
         add("dispatch", f"default backend: {default} ({env})")
