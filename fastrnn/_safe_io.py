@@ -236,14 +236,17 @@ def load_json(data, where, what):
 
 
 def check_depth(value, where, what):
-    """Refuse a parsed JSON value nested deeper than ``JSON_DEPTH`` (iteratively)."""
-    level = [value]
-    for _ in range(JSON_DEPTH + 1):
-        level = [v for item in level
-                 for v in (item.values() if isinstance(item, dict) else
-                           item if isinstance(item, list) else ())]
+    """Refuse a parsed JSON value with more than ``JSON_DEPTH`` levels of
+    objects and arrays (``[]`` is one, ``[[1]]`` two; iteratively)."""
+    level, depth = [value], 0
+    while True:
+        level = [item for item in level if isinstance(item, (dict, list))]
         if not level:
             return
+        depth += 1
+        if depth > JSON_DEPTH:
+            break
+        level = [v for item in level for v in (item.values() if isinstance(item, dict) else item)]
     raise ValueError(f"{where}: {what} is nested more than {JSON_DEPTH} levels deep; a "
                      "model's config is not")
 

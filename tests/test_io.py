@@ -359,6 +359,18 @@ def test_tampered_config(saved):
         fastrnn.load(_rewrite(saved, missing))
 
 
+def test_json_depth_counts_objects_and_arrays():
+    from fastrnn._safe_io import JSON_DEPTH, check_depth
+    for inner in ("[]", "1", "{}"):   # 101 levels with an empty innermost array were taken
+        check_depth(json.loads("[" * (JSON_DEPTH - 1) + inner + "]" * (JSON_DEPTH - 1)), "f", "x")
+        deeper = "[" * JSON_DEPTH + inner + "]" * JSON_DEPTH
+        if inner != "1":
+            with pytest.raises(ValueError, match="x is nested more than 100 levels deep"):
+                check_depth(json.loads(deeper), "f", "x")
+        else:
+            check_depth(json.loads(deeper), "f", "x")   # 100 arrays around a number
+
+
 def test_deeply_nested_json(saved):
     with zipfile.ZipFile(saved) as z:
         blob = z.read("arrays.npz")
