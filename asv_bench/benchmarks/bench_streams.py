@@ -45,7 +45,7 @@ class StreamEngines:
         import fastrnn
         from fastrnn import dispatch, streaming
 
-        if dispatch.get_num_threads() < 2:
+        if THREADS[engine] >= 2 and dispatch.get_num_threads() < 2:
             skip("one thread")
         if cell == "lstm x2":
             layer = fastrnn.RNN([fastrnn.LSTMCell(H), fastrnn.LSTMCell(H)],

@@ -1,4 +1,6 @@
-"""Every CPU kernel on all-subnormal inputs beside normal ones.
+"""The CPU kernel families (packed float32 LSTM and GRU, generic float64
+LSTM and GRU with ``reset_after=False``, one-core streams) on all-subnormal
+inputs beside normal ones.
 
 Subnormal floats (below 1.2e-38 in float32) take a slow microcode path on
 many CPUs; with Keras's default zero biases and a zero initial state, an
@@ -87,7 +89,7 @@ class Subnormal:
             H, return_sequences=family == "chunk", dtype=np.dtype(dtype).name)
         layer.build((1, None, D))
         layer.set_weights(list(_weights(cell, H, dtype)))
-        stream = layer.stream(batch_size=1)
+        stream = layer.stream(batch_size=1, threads=1)  # the stream kernels, never re-timed
         if family == "chunk":
             self.call = lambda: stream(x)
             return
