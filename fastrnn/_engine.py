@@ -124,10 +124,12 @@ def select(requested, params_list, on_device=False, placed=None):
 
     ``requested`` is the caller's ``backend=``; ``placed`` a layer's
     ``to("cpu")`` / ``to("cuda")`` placement; ``on_device`` whether the
-    inputs are GPU arrays.
+    inputs are GPU arrays. Only ``"cuda"`` counts: it makes ``auto`` run
+    NumPy inputs on the GPU. ``"cpu"`` is the host, where an unplaced
+    layer runs too, so the backend is chosen as without a placement (it
+    requests no backend: ``set_backend`` and ``FASTRNN_BACKEND`` still apply,
+    and ``auto`` may pick ``reference``).
     """
-    if requested == "auto" and placed == "cpu":
-        requested = "cpu"
     return dispatch.select(requested, params_list, on_device=on_device or placed == "cuda")
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _device, _engine, dispatch, serialization
+from . import _device, _engine, dispatch, initializers, serialization
 from ._engine import WEIGHTS_LOCK
 from ._nest import flatten
-from .cells import (_pop_common, _weight_list, quantization_mode_of, quantize_cells,
-                    stage_weights)
+from .cells import (StackedRNNCells, _pop_common, _weight_list, is_builtin,
+                    quantization_mode_of, quantize_cells, stage_weights)
 from .layers import RNN
 
 
@@ -21,8 +21,10 @@ class Bidirectional:
     layer : RNN
         The forward layer's template. Like Keras, fastrnn builds two new
         layers from its config (``forward_layer`` and ``backward_layer``, the
-        latter with ``go_backwards`` flipped); load weights with
-        ``set_weights(forward weights + backward weights)``.
+        latter with ``go_backwards`` flipped): new weights, made when they
+        are built; load weights with ``set_weights(forward weights +
+        backward weights)``. Python callables among its cells' activations
+        and initializers are kept as they are (a config only names them).
     merge_mode : {"concat", "sum", "mul", "ave", None}
         How to combine the two outputs; ``None`` returns both.
     backward_layer : RNN, optional
@@ -34,6 +36,12 @@ class Bidirectional:
         Passed to ``set_weights`` once both layers exist.
     backend : str, optional
         Sets both layers' ``backend``.
+
+    ``backend`` and ``backend_reason`` say what the next call runs: the
+    backend both layers run and why, or, where the two differ (a
+    ``backward_layer`` of another backend or configuration), ``backend``
+    is the forward layer's and ``backend_reason`` says each layer's,
+    ``"forward: ...; backward: ..."``.
 
     Masked steps output zeros in both directions (with
     ``return_sequences``), and the backward sequence is flipped back so
@@ -52,12 +60,12 @@ class Bidirectional:
             raise ValueError(f"merge_mode: expected one of 'concat', 'sum', 'mul', 'ave', None; "
                              f"got {merge_mode!r}")
         backend = kwargs.pop("backend", None)
+        if backend is not None:
+            backend = dispatch._check_request(backend)
         self.name, _ = _pop_common(kwargs, "Bidirectional")
-        self.forward_layer = serialization.deserialize(serialization.serialize(layer))
+        self.forward_layer = _copy(layer, layer.go_backwards)
         if backward_layer is None:
-            config = serialization.serialize(layer)
-            config["config"]["go_backwards"] = not layer.go_backwards
-            backward_layer = serialization.deserialize(config)
+            backward_layer = _copy(layer, not layer.go_backwards)
         self.backward_layer = backward_layer
         if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
             raise ValueError("backward_layer: must have the opposite go_backwards of layer")
@@ -72,7 +80,7 @@ class Bidirectional:
         for sub in (self.forward_layer, self.backward_layer):
             sub.zero_output_for_mask = sub.return_sequences
             if backend is not None:
-                sub.backend_arg = dispatch._check_name(backend)
+                sub.backend_arg = backend
         self.merge_mode = merge_mode
         self.return_sequences = layer.return_sequences
         self.return_state = layer.return_state
@@ -144,11 +152,22 @@ class Bidirectional:
 
     @property
     def backend(self):
-        return self.forward_layer.backend
+        """The backend of the next call: both layers', or the forward
+        layer's where they differ (``backend_reason`` names each); None
+        before both are built."""
+        fw, bw = self.forward_layer._current(), self.backward_layer._current()
+        return fw.name if fw is not None and bw is not None else None
 
     @property
     def backend_reason(self):
-        return self.forward_layer.backend_reason
+        """Why: the reason of both layers, or ``"forward: <its reason>;
+        backward: <its reason>"`` where they differ."""
+        fw, bw = self.forward_layer._current(), self.backward_layer._current()
+        if fw is None or bw is None:
+            return "not built yet"
+        if fw.reason == bw.reason:
+            return fw.reason
+        return f"forward: {fw.reason}; backward: {bw.reason}"
 
     def stream(self, *args, **kwargs):
         raise TypeError("Bidirectional layers cannot stream: the backward direction needs the "
@@ -247,6 +266,41 @@ class Bidirectional:
         if backward is not None:
             backward = serialization.deserialize(backward, kinds=("rnn",))
         return cls(layer, backward_layer=backward, **config)
+
+
+# The cell arguments whose config holds a name for a Python callable: an
+# activation's "module.qualname" and an initializer's __name__, which no
+# config rebuilds (or rebuilds as a built-in that has that name).
+_CALLABLE_ARGS = ("activation", "recurrent_activation", "kernel_initializer",
+                  "recurrent_initializer", "bias_initializer")
+
+
+def _copy(layer, go_backwards):
+    """A new layer from ``layer``'s config with ``go_backwards``, as Keras
+    makes Bidirectional's layers (unbuilt: new weights), with its built-in
+    cells' Python callables put back into the config in place of their
+    names. (``deserialize`` deep-copies the config: functions come back as
+    themselves, a callable object as a copy, like the config's other values.)"""
+    config = serialization.serialize(layer)
+    outer = config["config"]
+    outer["go_backwards"] = go_backwards
+    # an RNN keeps its cell's config under "cell"; LSTM, GRU and SimpleRNN
+    # hold their cell's arguments in their own config
+    _put_callables_back(layer.cell, outer["cell"]["config"] if "cell" in outer else outer)
+    return serialization.deserialize(config)
+
+
+def _put_callables_back(cell, config):
+    if isinstance(cell, StackedRNNCells):
+        for sub, sub_config in zip(cell.cells, config["cells"]):
+            _put_callables_back(sub, sub_config["config"])
+    elif is_builtin(cell):
+        for key in _CALLABLE_ARGS:
+            value = getattr(cell, key, None)
+            # (a built-in activation is a kernel code; an Initializer has a config)
+            if key in config and callable(value) \
+                    and not isinstance(value, initializers.Initializer):
+                config[key] = value
 
 
 def _nested(fn, value):

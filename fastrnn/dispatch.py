@@ -45,6 +45,16 @@ def _check_name(name, argument="backend"):
     return name.lower()
 
 
+def _check_request(name, argument="backend"):
+    """:func:`_check_name` for a backend the user names (``set_backend``, a
+    layer's ``backend=``): a value that is not a str (or None) is a
+    ``TypeError``, an unknown name a ``ValueError``."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"{argument}: expected a str or None, got {type(name).__name__} "
+                        f"{name!r}")
+    return _check_name(name, argument)
+
+
 def backend_module(name):
     """Import and return the kernel module of backend ``name``.
 
@@ -76,9 +86,14 @@ def available(name):
 
 
 def set_backend(name):
-    """Set the process-wide default backend (``None`` or ``"auto"`` resets it)."""
+    """Set the process-wide default backend (``None`` or ``"auto"`` resets it).
+
+    It applies to layers whose ``backend=`` is ``"auto"``, and comes before
+    the ``FASTRNN_BACKEND`` environment variable. ``name`` of another type
+    than str is a ``TypeError``, an unknown name a ``ValueError``.
+    """
     global _default
-    name = _check_name(name)
+    name = _check_request(name, "fastrnn.set_backend: name")
     _default = None if name == "auto" else name
 
 
@@ -99,9 +114,18 @@ def default_key():
 
 def get_backend():
     """The process-wide default: set_backend's value, else $FASTRNN_BACKEND, else auto."""
-    if _default is not None:
-        return _default
-    return _check_name(os.environ.get("FASTRNN_BACKEND") or "auto", "FASTRNN_BACKEND")
+    return _default_and_source()[0]
+
+
+def _default_and_source():
+    """``(get_backend(), where it comes from)``, the latter for messages:
+    ``"fastrnn.set_backend"`` or ``"the FASTRNN_BACKEND environment variable"``
+    (``None`` when neither is set: ``"auto"``)."""
+    default = _default  # (read once: another thread may set it meanwhile)
+    if default is not None:
+        return default, "fastrnn.set_backend"
+    name = _check_name(os.environ.get("FASTRNN_BACKEND") or "auto", "FASTRNN_BACKEND")
+    return name, None if name == "auto" else "the FASTRNN_BACKEND environment variable"
 
 
 def _supports_all(mod, params_list):
@@ -139,19 +163,18 @@ def select(requested, params_list, on_device=False):
     Choice
     """
     requested = _check_name(requested)
-    source = "backend argument"
+    source = "the backend argument"
     if requested == "auto":
-        requested = get_backend()
-        source = "fastrnn.set_backend / FASTRNN_BACKEND"
+        requested, source = _default_and_source()
     if requested != "auto":
         ok, why = available(requested)
         if not ok:
-            raise RuntimeError(f"backend {requested!r} was requested ({source}) but {why}")
+            raise RuntimeError(f"backend {requested!r} was requested by {source} but {why}")
         mod = backend_module(requested)
         ok, why = _supports_all(mod, params_list)
         if not ok:
-            raise ValueError(f"backend {requested!r} was requested ({source}) but {why}")
-        return Choice(requested, mod, _reason(f"{requested}: requested by the {source}", why))
+            raise ValueError(f"backend {requested!r} was requested by {source} but {why}")
+        return Choice(requested, mod, _reason(f"{requested}: requested by {source}", why))
     return _auto(params_list, on_device)
 
 

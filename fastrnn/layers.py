@@ -9,8 +9,9 @@ float32 rounding) and take Keras 3's arguments, plus:
 
 ``backend``
     ``"auto"`` (default), ``"cpu"``, ``"cuda"`` or ``"reference"``; see
-    :mod:`fastrnn.dispatch`. ``layer.backend`` is the backend the last call
-    used (or would use) and ``layer.backend_reason`` says why.
+    :mod:`fastrnn.dispatch`. ``layer.backend`` is the backend the next call
+    runs (the last call's, while nothing the choice depends on changed) and
+    ``layer.backend_reason`` says why.
 ``time_major``
     Inputs and sequence outputs are ``(time, batch, features)``, and a mask
     is ``(time, batch)``.
@@ -180,7 +181,7 @@ class RNN:
         self.unroll = _device.flag(unroll, "unroll")
         self.zero_output_for_mask = _device.flag(zero_output_for_mask, "zero_output_for_mask")
         self.time_major = _device.flag(time_major, "time_major")
-        self.backend_arg = dispatch._check_name(backend)
+        self.backend_arg = dispatch._check_request(backend)
         if nan_policy not in ("propagate", "raise"):
             raise ValueError(f"nan_policy: expected 'propagate' or 'raise', got {nan_policy!r}")
         self.nan_policy = nan_policy
@@ -192,7 +193,7 @@ class RNN:
         self.dtype = np.dtype(dtype if cell_dtype is None else cell_dtype)
         self.states = None
         self._placed = None
-        self._choice = None
+        self._chosen = None  # (_choice_key, dispatch.Choice) of the last choice: see _current
         self._plan = None  # see _plan_now
         self._declared_batch = batch  # a stateful layer's batch, from batch_size=
         if features is not None:
@@ -319,7 +320,14 @@ class RNN:
 
     # ----- backend -----
     def to(self, device):
-        """Place the layer: ``"cuda"`` (GPU even for NumPy inputs) or ``"cpu"``."""
+        """Place the layer: ``"cuda"`` (GPU even for NumPy inputs) or ``"cpu"``.
+
+        ``"cpu"`` undoes ``to("cuda")``: NumPy inputs stay on the host. It
+        requests no backend: the layer's ``backend=`` argument, then
+        :func:`fastrnn.set_backend`, then ``FASTRNN_BACKEND``, then ``auto``
+        choose, as for a layer never placed (``auto`` still runs a Python
+        callable activation on ``reference``). Returns the layer.
+        """
         if device not in ("cuda", "cpu"):
             raise ValueError(f"device: expected 'cuda' or 'cpu', got {device!r}")
         if device == "cuda":
@@ -329,32 +337,61 @@ class RNN:
         self._placed = device
         return self
 
+    def _choice_key(self, on_device):
+        """What the backend choice of a call depends on: the weights
+        (``_engine.generation``), the cells, the ``backend=`` argument, the
+        placement, the process-wide default and whether the inputs are on
+        the GPU (the last entry)."""
+        return (_engine.generation, self.cell, self.backend_arg, self._placed,
+                dispatch.default_key(), on_device)
+
     def _select(self, weights=None, on_device=False):
         """The backend for host inputs (or GPU inputs with ``on_device``),
         remembered for ``backend`` / ``backend_reason``."""
         if not self.compiled:
-            self._choice = _HOST_LOOP
-            return self._choice
+            return _HOST_LOOP
         if not self.built:
             raise ValueError(f"{type(self).__name__} is not built: call build() or set_weights()")
+        # the key is read before the weights: a change of them meanwhile
+        # leaves it stale, and the next look chooses again
+        key = self._choice_key(on_device)
         if weights is None:
             weights = _engine.snapshot(self.cells, stack=True)
         choice = _engine.select_for(weights, self.backend_arg, on_device, self._placed)
-        self._choice = choice
+        self._chosen = (key, choice)
         return choice
+
+    def _current(self):
+        """The choice the next call makes: the last call's while nothing in
+        its :meth:`_choice_key` changed since, else chosen again (cheap: no
+        packing, no compiling) for inputs where the last call's were (host
+        or GPU; host before any call). None before the layer is built."""
+        if not self.built:
+            return None
+        if not self.compiled:
+            return _HOST_LOOP
+        # (absent in a layer unpickled from an older version)
+        chosen = getattr(self, "_chosen", None)
+        on_device = chosen[0][-1] if chosen is not None else False
+        if chosen is None or chosen[0] != self._choice_key(on_device):
+            return self._select(on_device=on_device)
+        return chosen[1]
 
     @property
     def backend(self):
-        """The backend name the layer uses for host inputs (see ``backend_reason``)."""
-        if self._choice is None and self.built:
-            self._select()
-        return self._choice.name if self._choice else None
+        """The backend name the next call runs (see ``backend_reason``);
+        None before the layer is built. An explicitly requested backend that
+        cannot run raises here as the call would."""
+        choice = self._current()
+        return choice.name if choice else None
 
     @property
     def backend_reason(self):
-        if self._choice is None and self.built:
-            self._select()
-        return self._choice.reason if self._choice else "not built yet"
+        """Why the next call runs on ``backend`` (the last call's reason
+        while nothing it depends on changed: a ``training=True`` call with
+        dropout says so)."""
+        choice = self._current()
+        return choice.reason if choice else "not built yet"
 
     # ----- states -----
     def get_initial_state(self, batch_size, xp=np):
@@ -489,18 +526,19 @@ class RNN:
             return xp.zeros(shape, self.dtype), [s.copy() for s in states]
         reverse, zero = self.go_backwards, self.zero_output_for_mask
         if not self.compiled:
-            self._choice = _HOST_LOOP
             return _engine.host_loop(self.cell, x, mask, states, self.state_structure, reverse,
                                      zero, self.return_sequences, training, self.output_size,
                                      self.state_sizes, self.dtype)
-        plan = None
+        plan = key = None
         if weights is None:
             plan = self._plan_now(xp is not np)
-            weights = plan[1]
+            key, weights = plan[0], plan[1]
+        else:
+            key = self._choice_key(xp is not np)
         if training and any(c.dropout or c.recurrent_dropout for c in self.cells):
-            self._choice = dispatch.Choice(
+            self._chosen = (key, dispatch.Choice(
                 "reference", dispatch.backend_module("reference"), "reference: training=True "
-                "with dropout (the fast backends run inference only)")
+                "with dropout (the fast backends run inference only)"))
             out, out_states, packs = self._dropout_run(weights, x, mask, states, reverse, zero)
         else:
             # (the cells are built-in and built: the weights were read)
@@ -510,7 +548,7 @@ class RNN:
                 choice = _engine.select_for(weights, self.backend_arg, xp is not np,
                                             self._placed)
                 packs = [w.packed(choice.module) for w in weights]
-            self._choice = choice
+            self._chosen = (key, choice)
             out, out_states = _engine.run_cells(choice.module, packs, x, states, mask, reverse,
                                                 zero, self.return_sequences, xp)
         if self.return_sequences:
@@ -523,8 +561,7 @@ class RNN:
         packed for it, read again only when any weights changed
         (``_engine.generation``) or what the choice depends on did (at
         batch 1 reading them costs as much as a short sequence's steps)."""
-        key = (_engine.generation, self.cell, self.backend_arg, self._placed,
-               dispatch.default_key(), on_device)
+        key = self._choice_key(on_device)
         plan = getattr(self, "_plan", None)  # (None in a layer unpickled from an older version)
         if plan is None or plan[0] != key:
             weights = _engine.snapshot(self.cells, stack=True)
@@ -556,7 +593,7 @@ class RNN:
     def __getstate__(self):
         # The backend choice holds a module: per process, made again on demand.
         state = dict(self.__dict__)
-        state["_choice"] = state["_plan"] = None
+        state["_chosen"] = state["_plan"] = None
         return state
 
     # ----- shapes and config -----
