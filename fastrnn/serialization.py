@@ -62,14 +62,44 @@ def serialize(obj):
             "config": obj.get_config(), "registered_name": None}
 
 
+def _check_keras_own(obj, where, what):
+    """Refuse an entry Keras wrote for a class of its user's.
+
+    Keras 3 (and tf_keras) write ``"module": "keras.layers"`` and
+    ``"registered_name": None`` for their own layers and cells (as
+    :func:`serialize` does); for a user's class, the user's module or
+    ``None``, and the name it was registered under (``"mypkg>Dense"``; the
+    class name for a class never registered). Such a class may be named like
+    a built-in (``class Dense(keras.layers.Dense)``) and override ``call``:
+    building the built-in of that name would silently drop its code. An
+    entry without these keys (older Keras 2 configs, the top-level entries of
+    a legacy ``.h5``) passes.
+    """
+    class_name = obj["class_name"]
+    registered = obj.get("registered_name")
+    module = obj.get("module")
+    if (registered is None or registered == class_name) and (
+            "module" not in obj or isinstance(module, str) and module.startswith("keras")):
+        return
+    config = obj.get("config")
+    name = (config.get("name") if isinstance(config, dict) else None) or obj.get("name")
+    raise ValueError(f"{where}: layer {name!r} is of a custom {what} {class_name!r} "
+                     f"(registered_name {registered!r}, module {module!r}), not Keras's own "
+                     f"{class_name}: fastrnn runs only Keras's built-in layers and cells and "
+                     "cannot run its call")
+
+
 def deserialize(obj, kinds=("rnn", "cell"), where="deserialize", what="class"):
     """Build an object from :func:`serialize`'s output or a Keras-serialised dict.
 
     Only registered classes of ``kinds`` are built; Keras-only keys that
-    carry nothing for inference (``build_config``, ``registered_name``,
-    ``module``) are ignored. The config is copied, never changed.
+    carry nothing for inference (``build_config``) are ignored, and
+    ``registered_name`` and ``module`` must name Keras's own class (a
+    ``ValueError`` for a user's class registered with Keras, see
+    ``_check_keras_own``). The config is copied, never changed.
     """
     if not isinstance(obj, dict) or "class_name" not in obj:
         raise ValueError(f"{where}: expected a dict with 'class_name' and 'config', got {obj!r}")
     cls = lookup(obj["class_name"], kinds, where, what)
+    _check_keras_own(obj, where, what)
     return cls.from_config(copy.deepcopy(obj.get("config") or {}))

@@ -14,6 +14,9 @@
 
 The layer's ``get_config()`` is rebuilt by fastrnn and its
 ``get_weights()`` loaded; a stateful layer's current states are copied too.
+Every layer and cell must be of Keras's own class: a subclass, or a user's
+class named like a built-in, may override ``call``, which a config does not
+carry, and is refused; so is a layer Keras quantized (``model.quantize``).
 Keras is imported only when this function runs.
 """
 
@@ -25,7 +28,7 @@ from .. import serialization
 from ..bidirectional import Bidirectional
 from ..layers import RNN
 from ..models import layer_from_config
-from .keras_file import _recurrent_parts, build_model
+from .keras_file import _recurrent_parts, build_model, check_not_quantized
 
 
 def _copy_states(klayer, flayer):
@@ -45,6 +48,26 @@ def _copy_states(klayer, flayer):
     arrays = [np.array(_numpy(s), dtype=flayer.dtype) for s in flat]
     if len(arrays) == len(flayer.state_sizes):
         flayer.states = arrays
+
+
+def _check_own_class(obj, keras):
+    """Refuse a live Keras object, or one nested in it (a cell, a stack's cells, a
+    Bidirectional's layers, a TimeDistributed's layer, a model's layers), whose class is
+    not Keras's own: a subclass, or a user's class named like a built-in, may override
+    ``call``, and its config alone would rebuild the built-in without that code."""
+    cls = type(obj)
+    public = getattr(keras.layers, cls.__name__, None) or getattr(keras, cls.__name__, None)
+    if not cls.__module__.startswith("keras.") or public is not None and public is not cls:
+        raise ValueError(
+            f"from_keras: layer {getattr(obj, 'name', None)!r} is a "
+            f"{cls.__module__}.{cls.__qualname__}, not one of Keras's own classes (a subclass "
+            "or a custom class): fastrnn runs only Keras's built-in layers and cells and "
+            "cannot run its call")
+    inner = [getattr(obj, a, None) for a in ("cell", "forward_layer", "backward_layer", "layer")]
+    for sub in inner + list(getattr(obj, "cells", None) or []) + (
+            list(obj.layers) if isinstance(obj, keras.Model) else []):
+        if isinstance(sub, keras.layers.Layer):
+            _check_own_class(sub, keras)
 
 
 def _numpy(v):
@@ -71,7 +94,10 @@ def from_keras(obj, backend=None):
     Raises
     ------
     ValueError
-        An unsupported layer (named) or model structure.
+        An unsupported layer (named) or model structure; a layer or cell of a
+        class that is not Keras's own (a subclass or a custom class); a layer
+        with a Keras quantized dtype policy; a layer called with a ``mask=``
+        other than the one Keras propagates to it.
     """
     import keras
 
@@ -80,6 +106,7 @@ def from_keras(obj, backend=None):
             raise ValueError(f"from_keras: subclassed model {type(obj).__name__!r} is not "
                              "supported (only Sequential and functional models have a config "
                              "fastrnn can rebuild)")
+        _check_own_class(obj, keras)
         model_config = {"class_name": "Sequential" if isinstance(obj, keras.Sequential)
                         else "Functional", "config": obj.get_config()}
 
@@ -97,8 +124,10 @@ def from_keras(obj, backend=None):
     if not isinstance(obj, keras.layers.Layer):
         raise TypeError(f"from_keras: expected a Keras layer or model, got "
                         f"{type(obj).__name__}")
+    _check_own_class(obj, keras)
     name = type(obj).__name__
     entry = {"class_name": name, "config": obj.get_config()}
+    check_not_quantized(entry)
     if name in serialization.names(("cell",)):
         result = serialization.deserialize(entry, kinds=("cell",))
     else:

@@ -31,7 +31,15 @@ layer reading the first output of the one before: a recurrent layer's
 sequence or last output, never a state it returns with
 ``return_state=True``) of the layers :mod:`fastrnn.models` supports;
 anything else is a ``ValueError`` naming the layer. Masks are recomputed
-with Keras's propagation rules, not read from the recorded graph.
+with Keras's propagation rules, not read from the recorded graph; a layer's
+recorded ``mask=`` must be the mask Keras propagated itself (Keras 3 records
+it as one a user passes), else it is refused. A layer or cell of a user's
+class registered with Keras, whose ``call`` fastrnn cannot run, and a layer
+Keras quantized are refused too. ``hard_sigmoid`` in a model Keras 2 wrote
+(a legacy ``.h5`` whose ``keras_version`` is 2.x or missing, a config whose
+``keras_version`` is 2.x, a ``.keras`` file whose ``metadata.json`` says
+2.x, a Keras 2 SavedModel or checkpoint) is Keras 2's ``clip(0.2 x + 0.5, 0,
+1)``, not Keras 3's (see :func:`fastrnn.interop.tf_saved_model.keras2_activations`).
 """
 
 from __future__ import annotations
@@ -158,6 +166,139 @@ def _parent(entry):
         raise ValueError(f"layer {name!r} takes several tensors; only linear chains are "
                          "supported")
     return _ref(node[0], where)
+
+
+def _history(tensor):
+    """``(layer name, tensor index)`` a ``__keras_tensor__`` reference reads, or None."""
+    config = tensor.get("config") if isinstance(tensor, dict) and \
+        tensor.get("class_name") == "__keras_tensor__" else None
+    ref = config.get("keras_history") if isinstance(config, dict) else None
+    if not isinstance(ref, (list, tuple)) or len(ref) < 3 or not isinstance(ref[0], str):
+        return None
+    return ref[0], ref[2]
+
+
+def _op_args(ref, class_name, by_name):
+    """The args of the one call of the Keras operation ``ref`` reads (``NotEqual``,
+    ``Any``) when it is a ``class_name`` that takes no keyword tensors, else None."""
+    entry = by_name.get(ref[0]) if ref is not None and ref[1] == 0 else None
+    if not isinstance(entry, dict) or entry.get("class_name") != class_name \
+            or not (_is_op(entry) or entry.get("module") is None):  # (legacy .h5: no module)
+        return None
+    nodes = entry.get("inbound_nodes") or []
+    node = nodes[0] if isinstance(nodes, list) and len(nodes) == 1 else None
+    # (args are a list in a file, a tuple in a live model's config)
+    if not isinstance(node, dict) or node.get("kwargs") or not isinstance(node.get("args"),
+                                                                          (list, tuple)):
+        return None
+    return node["args"]
+
+
+def _is_number(value, want):
+    # (a live model's config holds the NumPy scalar Keras was given, a file's a float)
+    return isinstance(value, (int, float, np.integer, np.floating)) \
+        and not isinstance(value, (bool, np.bool_)) and value == want
+
+
+def _is_propagated_mask(mask, source, by_name):
+    """Whether ``mask``, a ``mask=`` tensor recorded in a layer's inbound node, is the
+    mask Keras records for the one fastrnn propagates from ``source`` (``(entry,
+    layer)`` of an ``Embedding(mask_zero=True)`` or a ``Masking``): Keras 3 records
+    the mask it passes on by itself in the same form as one a user passes, as
+    ``NotEqual(the Embedding's input, 0)`` or ``Any(NotEqual(the Masking's input,
+    mask_value), axis=-1)``."""
+    entry, layer = source
+    nodes = entry.get("inbound_nodes") or []
+    node = nodes[0] if isinstance(nodes, list) and len(nodes) == 1 else None
+    args = node.get("args") if isinstance(node, dict) else None
+    source_input = _history(args[0]) if isinstance(args, (list, tuple)) and args else None
+    ref, value = _history(mask), 0
+    if isinstance(layer, Masking):
+        args = _op_args(ref, "Any", by_name)
+        config = (by_name[ref[0]].get("config") or {}) if args is not None else {}
+        if args is None or len(args) != 1 or config.get("axis") != -1 or config.get("keepdims"):
+            return False
+        ref, value = _history(args[0]), layer.mask_value
+    args = _op_args(ref, "NotEqual", by_name)
+    return (source_input is not None and args is not None and len(args) == 2
+            and _history(args[0]) == source_input and _is_number(args[1], value))
+
+
+def _check_mask_kwarg(entry, source, by_name):
+    """Refuse a layer called with a ``mask=`` other than the one fastrnn propagates to it
+    (``source``, see :func:`_is_propagated_mask`; None where no mask reaches it): the
+    model recomputes masks with Keras's rules and would run without the mask given."""
+    nodes = entry.get("inbound_nodes") or []
+    node = nodes[0] if isinstance(nodes, list) and len(nodes) == 1 else None
+    if isinstance(node, dict):  # Keras 3
+        kwargs = node.get("kwargs")
+        mask = kwargs.get("mask") if isinstance(kwargs, dict) else None
+        if not _tensors(mask) or source is not None and _is_propagated_mask(mask, source,
+                                                                             by_name):
+            return
+    elif isinstance(node, list) and len(node) == 1 and isinstance(node[0], list) \
+            and len(node[0]) > 3 and isinstance(node[0][3], dict):
+        # Keras 2 drops the mask it passes on by itself from the node: one recorded
+        # there was passed by the user.
+        if node[0][3].get("mask") is None:
+            return
+    else:
+        return
+    raise ValueError(f"layer {_entry_name(entry)!r} ({entry.get('class_name')}) is called "
+                     "with mask=, a mask other than the one Keras propagates from an "
+                     "Embedding(mask_zero=True) or a Masking layer before it; fastrnn "
+                     "recomputes masks with Keras's propagation rules and would run it "
+                     "without that mask, so a mask passed explicitly is not supported")
+
+
+def _mask_source(layer, entry, source):
+    """What passes a mask on past ``layer`` in a fastrnn model (see
+    :class:`fastrnn.models.Sequential`), given ``source`` before it: ``(entry, layer)``
+    of the Embedding or Masking layer that made it, or None."""
+    if isinstance(layer, (RNN, Bidirectional)):
+        return source if layer.return_sequences else None
+    if isinstance(layer, Embedding):
+        return (entry, layer) if layer.mask_zero else None
+    if isinstance(layer, Masking):
+        return entry, layer
+    return source
+
+
+def _quantization(dtype):
+    """The quantization mode of a Keras dtype policy, or None: a serialised
+    ``QuantizedDTypePolicy`` (and its kin: int8, int4, float8, GPTQ, AWQ) has a
+    ``mode`` in its config; a policy name is ``"<mode>_from_<source dtype>"``."""
+    if isinstance(dtype, dict):
+        config = dtype.get("config")
+        if not isinstance(config, dict):
+            return None
+        if config.get("mode") is not None:
+            return config["mode"]
+        dtype = config.get("name")
+    if isinstance(dtype, str) and "_from_" in dtype:
+        return dtype.split("_from_")[0]
+    return None
+
+
+def check_not_quantized(entry):
+    """Refuse a Keras layer entry, or a layer or cell nested in it, that Keras quantized
+    (``model.quantize("int8")``): its weights are Keras's quantized arrays and scales,
+    which fastrnn does not read (it would take them for float weights of another count)."""
+    config = entry.get("config") if isinstance(entry, dict) else None
+    if not isinstance(config, dict):
+        return
+    mode = _quantization(config.get("dtype"))
+    if mode is not None:
+        raise ValueError(f"layer {_entry_name(entry)!r} ({entry.get('class_name')}) has "
+                         f"Keras's quantized dtype policy ({mode}): Keras quantization is "
+                         "not supported; load the float model and use fastrnn's quantize() "
+                         "(e.g. model.quantize('int8'))")
+    nested = [config.get(k) for k in ("cell", "layer", "backward_layer")]
+    for many in (config.get("cell"), config.get("cells")):  # (a stack's cells)
+        if isinstance(many, list):
+            nested += many
+    for sub in nested:
+        check_not_quantized(sub)
 
 
 def _single(refs, what):
@@ -352,10 +493,14 @@ def build_model(model_config, weights_of, backend=None, budget=None):
     arguments are checked against the weights that build it.
     """
     entries, groups = model_chain(model_config)
-    layers = []
+    by_name = {_entry_name(e): e for e in (model_config.get("config") or {}).get("layers", [])}
+    layers, mask_source = [], None
     for entry in entries:
+        check_not_quantized(entry)
         deferred, declared = _safe_io.defer_build(entry)
         layer = layer_from_config(deferred)
+        _check_mask_kwarg(entry, mask_source, by_name)
+        mask_source = _mask_source(layer, entry, mask_source)
         if not isinstance(layer, InputLayer):
             weights = weights_of(entry, groups.get(_entry_name(entry)))
             if budget is not None:
@@ -489,12 +634,36 @@ def _read_config(config):
                 limit = min(_safe_io.inflate_limit(os.path.getsize(path)), _safe_io.JSON_LIMIT)
                 return _safe_io.load_json(_safe_io.read_member(z, "config.json", limit, where),
                                           where, "config.json")
+        _refuse_broken_zip(path, where)
         if os.path.getsize(path) > _safe_io.JSON_LIMIT:
             raise ValueError(f"{where} is larger than a model's config may be")
         with open(path, "rb") as f:
             return _safe_io.load_json(f.read(), where, "the file")
     raise TypeError(f"config: expected a dict, a JSON string or a path, got "
                     f"{type(config).__name__}")  # (load_keras checks first: see _naming_the_file)
+
+
+def _keras_major(version):
+    """The major version in a ``keras_version`` (a str, or bytes as Keras 2 wrote it in
+    ``.h5`` files), or None."""
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    match = re.match(r"\s*(\d+)\.", version) if isinstance(version, str) else None
+    return int(match.group(1)) if match else None
+
+
+def _keras2_meaning(model_config, version, default):
+    """``model_config`` with ``hard_sigmoid`` read as Keras 2's where Keras 2 wrote it
+    (:func:`fastrnn.interop.tf_saved_model.keras2_activations`): as its own
+    ``keras_version`` says (``model.to_json()`` records it), else as the file's
+    ``version`` does, else ``default`` (whether the file's format is Keras 2's)."""
+    major = _keras_major(model_config.get("keras_version")) \
+        if isinstance(model_config, dict) else None
+    if major is None:
+        major = _keras_major(version)
+    if default if major is None else major < 3:
+        return tf_saved_model.keras2_activations(model_config)
+    return model_config
 
 
 def _from_weights_h5(f, model_config, backend, budget):
@@ -531,6 +700,8 @@ def _from_legacy_h5(f, config, backend, budget, where):
                                           "its model_config attribute")
     else:
         model_config = _read_config(config)
+    # Keras 3 records its version here; a file without one is Keras 2's (whose format this is)
+    model_config = _keras2_meaning(model_config, f.attrs.get("keras_version"), True)
     root = _child(f, "model_weights", "")
     if not isinstance(root, h5py.Group):
         raise ValueError("weights file: /model_weights is not a group")
@@ -551,6 +722,32 @@ def _from_legacy_h5(f, config, backend, budget, where):
         return datasets
 
     return build_model(model_config, weights_of, backend, budget)
+
+
+def _zip_keras_version(z, limit, where):
+    """The ``keras_version`` of a ``.keras`` zip's ``metadata.json``, or None (none, or
+    one that does not parse: loading does not need it)."""
+    if "metadata.json" not in z.namelist():
+        return None
+    try:
+        meta = _safe_io.load_json(_safe_io.read_member(
+            z, "metadata.json", min(limit, _safe_io.JSON_LIMIT), where), where, "metadata.json")
+    except (ValueError, zipfile.BadZipFile):
+        return None
+    return meta.get("keras_version") if isinstance(meta, dict) else None
+
+
+def _refuse_broken_zip(path, where):
+    """A file that starts as a zip does (a local file header) but that ``zipfile`` could
+    not open has lost its end, where the central directory is: say so, rather than that
+    it is not a zip at all."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            raise ValueError(f"{where} is a zip archive (a .keras file?) that is truncated or "
+                             "corrupted: its central directory, at the end, is missing or "
+                             "unreadable")
 
 
 def _naming_the_file(load):
@@ -620,9 +817,12 @@ def load_keras(path, config=None, backend=None):
     ValueError
         An unsupported layer or model structure (named; a functional model
         may use only the first output of each layer, not the states a
-        recurrent layer returns with ``return_state=True``), a config that
+        recurrent layer returns with ``return_state=True``; a user's class
+        registered with Keras; a layer Keras quantized; a ``mask=`` passed by
+        hand; in a Keras 2 model, ``hard_sigmoid`` in a ``Dense`` or
+        ``Activation``), a config that
         is not a serialised Keras model, or a file that is not what it
-        claims: a zip member that would inflate to more than a
+        claims: a truncated zip, a zip member that would inflate to more than a
         few times the file's size, a config nested more than 100 levels
         deep, a weight dataset whose shape is not what its layer's config
         needs, or whose size (with the ones read before it) is more than a
@@ -660,9 +860,13 @@ def load_keras(path, config=None, backend=None):
                 z, "config.json", min(limit, _safe_io.JSON_LIMIT), where), where, "config.json")
             if config is not None:
                 model_config = _read_config(config)
+            # tf.keras 2.13-2.15 wrote .keras files too: their metadata.json says so
+            model_config = _keras2_meaning(model_config, _zip_keras_version(z, limit, where),
+                                           False)
             data = _safe_io.open_member(z, "model.weights.h5", limit, size, where)
             with h5py.File(data, "r") as f:
                 return _from_weights_h5(f, model_config, backend, budget)
+    _refuse_broken_zip(path, where)
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -673,4 +877,5 @@ def load_keras(path, config=None, backend=None):
         if config is None:
             raise ValueError(f"load_keras: {path!r} holds weights only; pass config= (the "
                              "model's config.json, model.to_json(), or a .keras file)")
-        return _from_weights_h5(f, _read_config(config), backend, budget)
+        return _from_weights_h5(f, _keras2_meaning(_read_config(config), None, False),
+                                backend, budget)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 
-from .. import _safe_io
+from .. import _safe_io, activations
 from .._tf_bundle import BundleReader, message, messages, number, parse_message
 
 _OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -197,6 +197,53 @@ def _untuple(obj):
     return obj
 
 
+#: The classes that run Keras 2's hard_sigmoid (as a Python callable, see
+#: :func:`keras2_activations`).
+_KERAS2_HARD_SIGMOID_CLASSES = ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell",
+                                "SimpleRNNCell")
+
+
+def _is_hard_sigmoid(value):
+    """``value`` names keras.activations' ``hard_sigmoid``, by name or serialised."""
+    if isinstance(value, dict) and value.get("class_name") == "function" \
+            and value.get("module") in activations._ACTIVATION_MODULES:
+        value = value.get("config")
+    return isinstance(value, str) and value.lower() == "hard_sigmoid"
+
+
+def keras2_activations(config):
+    """A copy of a Keras 2 model config in which ``hard_sigmoid`` keeps Keras 2's meaning.
+
+    Keras 2 defined ``hard_sigmoid`` as ``clip(0.2 x + 0.5, 0, 1)``, Keras 3 (whose
+    names fastrnn follows) as ``clip(x / 6 + 0.5, 0, 1)``. A recurrent layer's or
+    cell's ``activation`` / ``recurrent_activation`` ``"hard_sigmoid"`` becomes
+    ``"keras2_hard_sigmoid"`` (:data:`fastrnn.activations.FUNCTIONS`: a Python callable
+    the reference backend runs, kept by ``get_config`` and ``fastrnn.save``). Other
+    layers (``Dense``, ``Activation``) compute named activations only: one that
+    uses it is a ``ValueError`` naming the layer rather than a silently other function.
+    """
+    if isinstance(config, list):
+        return [keras2_activations(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: keras2_activations(v) for k, v in config.items()}
+    cls, inner = out.get("class_name"), out.get("config")
+    if not isinstance(cls, str) or not isinstance(inner, dict):
+        return out
+    for key in ("activation", "recurrent_activation"):
+        if not _is_hard_sigmoid(inner.get(key)):
+            continue
+        if cls not in _KERAS2_HARD_SIGMOID_CLASSES:
+            name = inner.get("name") or out.get("name")
+            raise ValueError(f"layer {name!r} ({cls}): {key} 'hard_sigmoid' in a Keras 2 "
+                             "model is Keras 2's clip(0.2 x + 0.5, 0, 1), which fastrnn's "
+                             f"{cls} does not compute (its 'hard_sigmoid' is Keras 3's, "
+                             "clip(x / 6 + 0.5, 0, 1)); only recurrent layers and cells run "
+                             "Keras 2's")
+        inner[key] = "keras2_hard_sigmoid"
+    return out
+
+
 def _model_layers(model_config):
     """The config entries in ``model.layers`` order (what ``layer-<i>`` counts)."""
     cls = model_config.get("class_name")
@@ -226,7 +273,8 @@ def read_keras2(path, config=None, check=None):
     Returns
     -------
     (dict, callable)
-        The model config and ``weights_of(entry, group_name)`` returning a
+        The model config (its ``hard_sigmoid`` Keras 2's: see
+        :func:`keras2_activations`) and ``weights_of(entry, group_name)`` returning a
         layer entry's weights in Keras order, as
         :func:`fastrnn.interop.keras_file.build_model` takes them.
     """
@@ -242,6 +290,7 @@ def read_keras2(path, config=None, check=None):
     config = _untuple(config)
     if check is not None:
         check(config)  # a config that is not a serialised model is refused here
+    config = keras2_activations(config)  # (Keras 2 wrote these files)
     graph = _ObjectGraph(BundleReader(path))
     entries = _model_layers(config)
     tracked = sorted(k for k in graph.children[0] if k.startswith("layer-"))
