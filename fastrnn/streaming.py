@@ -21,15 +21,20 @@ Example
 
 Which kernels run
 -----------------
-``backend=None`` (default) uses the stream kernels of
-:mod:`fastrnn.kernels.cpu.stream` (single-thread, small-batch, vectorised gate
-math) for every configuration they support: SimpleRNN, GRU (both
-``reset_after``) and LSTM cells with any built-in activation, stacked in
-any mix, float32 and float64. Anything else (a Python callable as an
-activation, LSTM peepholes, projection or clipping, custom cells) runs
-through the kernel contract on the backend the layer itself picks;
-``stream.backend_reason`` says which and why. ``backend="reference"`` (or
-``"cpu"``) forces the contract path on that backend.
+The backend a stream is asked for is its own ``backend`` argument if
+given, else the layer's ``backend`` if not ``"auto"``, else the process-wide
+default (:func:`fastrnn.set_backend`, then ``FASTRNN_BACKEND``; a bad value
+raises, as in a layer call) if not ``"auto"``. ``"reference"`` or ``"cpu"``,
+from any of them, runs the calls through the kernel contract on that
+backend. Otherwise (``"auto"``, or ``"cuda"``: streams run on the host)
+the stream kernels of :mod:`fastrnn.kernels.cpu.stream` (single-thread,
+small-batch, vectorised gate math) run every configuration they support:
+SimpleRNN, GRU (both ``reset_after``) and LSTM cells with any built-in
+activation, stacked in any mix, float32 and float64. Anything else (a
+Python callable as an activation, LSTM peepholes, projection or clipping,
+custom cells) runs through the kernel contract on the backend ``"auto"``
+picks on the host. ``stream.backend_reason`` says which, why, and where a
+named backend was asked for.
 
 A stream packs the layer's weights when it is made, and again at its first
 call after ``layer.set_weights`` (the carried state stays).
@@ -224,6 +229,46 @@ def _weight_bytes(params):
     return np.asarray(params.kernel).nbytes + np.asarray(params.recurrent_kernel).nbytes
 
 
+def _split_batch(pack):
+    """The smallest batch at which the cpu batch engine runs one frame (one
+    step) of a layer, ``pack`` (its weights packed for the cpu backend), on
+    two threads, as its kernels decide (``threads.run_generic`` and
+    ``run_packed`` in :mod:`fastrnn.kernels.cpu`), given two threads
+    allowed: a call of ``_MIN_PARALLEL_WORK`` multiply-adds or more, then
+    the generic kernels (SimpleRNN, ``GRU(reset_after=False)``, ...) split
+    its rows, two rows or more; the packed ones each step's weight panels
+    (two panels or more, a futex to meet at, ``_MIN_SPLIT_STEP_WORK`` per
+    step), else its rows from ``_BATCH_SPLIT_MIN`` rows up."""
+    th, p = dispatch.backend_module("cpu").threads, pack.params
+    gates = {"simple_rnn": 1, "gru": 3, "lstm": 4}[p.kind]  # (the kernels' work per row)
+    row = gates * p.units * (np.asarray(p.kernel).shape[0] + p.output_size)
+    need = -(-th._MIN_PARALLEL_WORK // row)
+    if not pack.packed:
+        return max(2, need)
+    if (p.units + th.packed.LANES - 1) // th.packed.LANES >= 2 and th._HAVE_FUTEX:
+        return max(need, -(-th._MIN_SPLIT_STEP_WORK // row))
+    return max(th._BATCH_SPLIT_MIN, need)
+
+
+def _requested(layer, backend):
+    """``(name, source)``: the backend a stream of ``layer`` is asked to run
+    on and who asked, ``(None, "")`` for auto. The stream's own ``backend``
+    if given, else the layer's if not "auto", else the process-wide default
+    if not "auto" (:func:`fastrnn.dispatch.get_backend`: ``set_backend``,
+    then ``FASTRNN_BACKEND``, whose bad value raises here as it does in a
+    layer call), in the order a layer call reads them."""
+    if backend is not None:
+        return backend, "the stream's backend argument"
+    if layer.backend_arg != "auto":
+        return layer.backend_arg, "the layer's backend argument"
+    default = dispatch.get_backend()
+    if default == "auto":
+        return None, ""
+    if dispatch._default is not None:  # (set_backend comes before the variable)
+        return default, "fastrnn.set_backend"
+    return default, "the FASTRNN_BACKEND environment variable"
+
+
 def _readable(x):
     """``x``, or for a read-only array a writable view of its memory, which
     the kernels only read: the compiled kernels are typed by writability,
@@ -297,23 +342,34 @@ class Stream:
     batch_size : int
         Number of independent streams run together (rows of each frame).
     backend : None, "reference" or "cpu"
-        ``None``: the stream kernels when they support the configuration,
-        else the layer's own backend through the kernel contract. A name
-        forces the contract path on that backend.
+        A name runs the calls through the kernel contract on that backend.
+        ``None``: the layer's ``backend`` if not ``"auto"``, else the
+        process-wide default (``fastrnn.set_backend``, then
+        ``FASTRNN_BACKEND``, whose bad value raises) if not ``"auto"``;
+        ``"reference"`` or ``"cpu"`` from either runs the contract path on
+        that backend as well. Otherwise (``"auto"``, or ``"cuda"``, which a
+        stream runs on the host as ``"auto"`` does) the stream kernels
+        where they support the configuration, else the kernel contract on
+        the backend ``"auto"`` picks on the host. ``"cuda"`` here is a
+        ``ValueError``.
     threads : None, 1 or 2
         How many cores the calls may use, where the stream kernels run the
-        layer (``backend=None``). ``None``: as below (one core for small
+        layer (see ``backend``). ``None``: as below (one core for small
         weights; for large ones the faster engine, timed now and again).
         ``1``: every call on the one-core stream kernels, no helper thread,
-        never timed. ``2`` (a float32 layer, quantized or not): every call
-        on the batch engine on two threads (the panel split with the
-        stream's own helper thread where it runs the layer), never timed:
-        no call runs on the slower engine for a timing round, which a
-        server that counts its slowest calls may prefer; a call the helper
-        cannot share still runs on the stream kernels. Anything else, or a
-        value the layer cannot run (see :attr:`backend_reason` of a stream
-        made with ``None``), is a ``ValueError``; for an unbuilt layer, at
-        its first call.
+        never timed. ``2`` (a float32 layer, quantized or not, and
+        ``fastrnn.get_num_threads()`` at least 2): every call on the batch
+        engine on two threads (the panel split with the stream's own
+        helper thread where it runs the layer, else the batch engine's own
+        split of each call, which needs enough rows and work per frame: a
+        SimpleRNN or ``GRU(reset_after=False)`` frame at batch 1 has none),
+        never timed: no call runs on the slower engine for a timing round,
+        which a server that counts its slowest calls may prefer; a call the
+        helper cannot share still runs on the stream kernels. Anything
+        else, or a value the layer cannot run at this ``batch_size`` (the
+        ``ValueError`` says why; see also :attr:`backend_reason` of a
+        stream made with ``None``), is a ``ValueError``; for an unbuilt
+        layer, at its first call.
 
     Call
     ----
@@ -349,8 +405,9 @@ class Stream:
     threads : int or None
         How many threads a frame call may use: 1 on the stream kernels; on
         the batch engine 2 where the panel split runs it (below), else the
-        cpu backend's thread count; None while a stream with large weights
-        is still timing both (below).
+        cpu backend's thread count where the batch engine splits a frame of
+        a layer at this batch size, 1 where it splits none; None while a
+        stream with large weights is still timing both (below).
 
     A stream whose weights pass :data:`TUNE_MIN_BYTES` (float32, batch
     below 8, two threads or more) times its first frames on the one-core
@@ -401,6 +458,9 @@ class Stream:
         self.batch_size = int(batch_size)
         self._backend_arg = backend
         self._threads_arg = None if threads is None else int(threads)
+        # read once, when the stream is made: a stream set up again after
+        # set_weights keeps its engine (a user's cells need no backend)
+        self._request = _requested(layer, backend) if layer.compiled else (None, "")
         self._dt = np.dtype(layer.dtype)
         self._busy = threading.Lock()
         self._structure = layer.state_structure
@@ -435,13 +495,20 @@ class Stream:
         self._generation = _engine.generation
         weights = params = None
         fast_ok, why = False, "the layer has custom cells (host step loop)"
+        requested, source = self._request
+        named = requested in ("cpu", "reference")  # the contract path on that backend
+        # a stream runs on the host: "cuda" (from the layer or the process
+        # default; the stream's own argument refuses it) runs as "auto" does
+        self._host_note = "" if requested != "cuda" else (
+            f"; backend='cuda' was requested by {source}, and streams run on the host, as "
+            "'auto' does")
         if layer.compiled:
             weights = _engine.snapshot(cells, stack=True)
             params = [w.params for w in weights]
-            if self._backend_arg is None:
-                fast_ok, why = _engine.frames_supported(params)
+            if named:
+                why = f"backend={requested!r} was requested by {source}"
             else:
-                why = f"backend={self._backend_arg!r} was requested"
+                fast_ok, why = _engine.frames_supported(params)
         self._weights = weights
         self._splits = {}  # (streams with large weights: see _tune)
         if fast_ok:
@@ -460,7 +527,8 @@ class Stream:
                                    "(fastrnn.kernels.cpu.stream) support this configuration")
             if self._threads_arg == 1:
                 self.backend_reason += " (threads=1 was requested)"
-            else:
+            self.backend_reason += self._host_note
+            if self._threads_arg != 1:
                 self._tune(weights, params)
         else:
             if self._threads_arg is not None:
@@ -469,11 +537,13 @@ class Stream:
                                  "contract, on the backend's own threads; expected "
                                  "threads=None")
             self._states = [np.zeros((B, s), dt) for s in self._sizes]
-            if layer.compiled:
-                requested = self._backend_arg or layer.backend_arg
-                if requested == "cuda":
-                    requested = "auto"
+            if named:
                 choice = _engine.select_for(weights, requested)
+            elif layer.compiled:
+                # auto's choice on the host, without reading the process-wide
+                # default again: it was read when the stream was made ("cuda",
+                # or "auto" then)
+                choice = dispatch._auto(params, False)
             else:
                 choice = dispatch.Choice("custom", None, "custom cells")
             runner = _EngineRunner(layer, weights, choice, self._states)
@@ -481,8 +551,12 @@ class Stream:
             self._w = self._s = self._work = self._cfg = None
             self._work_T = 1 << 62
             self.backend = choice.name
-            self.threads = dispatch.get_num_threads() if choice.name == "cpu" else 1
-            self.backend_reason = f"{choice.name} through the kernel contract: {why}"
+            # the cpu backend's threads where its batch engine splits a frame
+            # of a layer at this batch (_split_batch), else one
+            self.threads = dispatch.get_num_threads() if choice.name == "cpu" and min(
+                _split_batch(p) for p in runner.packs) <= B else 1
+            self.backend_reason = (f"{choice.name} through the kernel contract: {why}"
+                                   f"{self._host_note}")
         self._fshape = (B, self.input_dim)
         self._foshape = (B, self.units)
         self._ready = True
@@ -523,6 +597,25 @@ class Stream:
             make = lambda T: cpu.stack_split(packs, B, states, steps=T,  # noqa: E731
                                              sequences=seq)
         first = make(1)
+        # Without a split of the stream's own, a call runs on the batch
+        # engine's threads, which split a frame only of a layer with enough
+        # rows and work (_split_batch): none at this batch, and every frame
+        # runs on one thread.
+        need = None if first is not None else min(_split_batch(p) for p in packs)
+        if pinned and need is not None and need > B:
+            what = "stack" if len(packs) > 1 else "layer"
+            th = cpu.threads
+            raise ValueError(
+                f"threads=2: every frame of this {what} would run on one thread at "
+                f"batch_size={B}: the stream has no panel split with a helper thread for it "
+                f"(packed LSTM and GRU(reset_after=True) layers of more than "
+                f"{th.packed.LANES} units, one weight format, batch_size below "
+                f"{th._BATCH_SPLIT_MIN}), and the batch engine splits a frame of it from "
+                f"batch_size={need} up; expected threads=None or 1, or batch_size={need} "
+                "or more")
+        # the threads of a frame on the batch engine (see _describe_tuning)
+        self._engine_threads = 2 if first is not None else \
+            dispatch.get_num_threads() if need <= B else 1
         if first is not None:
             for which in ("frame", "chunk"):
                 self._splits[which] = _SplitCalls(make, self._kernel_fns[which],
@@ -565,6 +658,9 @@ class Stream:
         if self._dt != np.float32:
             return (f"the two-core engines run float32 layers (quantized weights "
                     f"included), and this one is {self._dt.name}")
+        if dispatch.get_num_threads() < 2:  # (the split's helper too runs no call then)
+            return ("fastrnn.get_num_threads() is 1 (fastrnn.set_num_threads or "
+                    "NUMBA_NUM_THREADS), so every call runs on one thread")
         choice = _engine.select_for(weights, "cpu")
         if choice.name != "cpu":
             return f"the cpu backend does not run this layer ({choice.reason})"
@@ -627,11 +723,19 @@ class Stream:
     def _describe_tuning(self):
         """``backend``, ``threads`` (of frame calls) and ``backend_reason``
         while and after the tuners time both engines."""
-        n = dispatch.get_num_threads()
+        n = self._engine_threads
         split = bool(self._splits)
-        engines = {which: ("the cpu batch engine's panel split on 2 threads (the stream's "
-                           "own helper thread waits between calls)") if split
-                   else f"the cpu batch engine with {n} threads" for which in ("frame", "chunk")}
+        if split:
+            engines = dict.fromkeys(("frame", "chunk"), (
+                "the cpu batch engine's panel split on 2 threads (the stream's own helper "
+                "thread waits between calls)"))
+        elif n > 1:
+            engines = dict.fromkeys(("frame", "chunk"), f"the cpu batch engine with {n} threads")
+        else:  # (a frame has too few rows or too little work to split; a long chunk may not)
+            engines = {"frame": f"the cpu batch engine on one thread (it splits no frame at "
+                                f"batch_size={self.batch_size})",
+                       "chunk": f"the cpu batch engine with up to "
+                                f"{dispatch.get_num_threads()} threads"}
         parts = []
         for which in ("frame", "chunk"):
             got = self._chosen.get(which)
@@ -657,7 +761,7 @@ class Stream:
         why = ("threads=2 was requested" if self._threads_arg == 2 else
                f"{self._nbytes / 2**20:.1f} MiB of weights{int8} pass one core's cache, so "
                "the faster engine is kept")
-        self.backend_reason = f"{why}; " + "; ".join(parts)
+        self.backend_reason = f"{why}; " + "; ".join(parts) + self._host_note
 
     def _check_weights(self):
         """Pack the layer's weights again if they changed since the last call

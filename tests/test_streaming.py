@@ -42,11 +42,25 @@ CONFIGS = {
 }
 
 
+class _Ref(fastrnn.RNN):
+    """A layer whose calls run on the reference backend (the expected
+    values) and whose streams run as those of a layer on "auto" (the stream
+    kernels where they run it): a layer's backend="reference" would run its
+    streams on the reference backend too. The stream's layer is a plain RNN
+    over the same cells, so set_weights on this one reaches its streams."""
+
+    def stream(self, batch_size=1, **kwargs):
+        twin = fastrnn.RNN(self.cell, return_sequences=self.return_sequences,
+                           return_state=self.return_state, time_major=self.time_major,
+                           nan_policy=self.nan_policy, dtype=self.dtype.name)
+        return twin.stream(batch_size, **kwargs)
+
+
 def _make(config, dtype, rng, D=3, **layer_kw):
     spec = CONFIGS[config]
     cells = _cells(spec, dtype)
-    layer = fastrnn.RNN(cells if len(cells) > 1 else cells[0], backend="reference",
-                        dtype=dtype, **layer_kw)
+    layer = _Ref(cells if len(cells) > 1 else cells[0], backend="reference", dtype=dtype,
+                 **layer_kw)
     layer.build((1, None, D))
     layer.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()])
     return layer
@@ -119,7 +133,7 @@ def test_fallback_through_the_kernel_contract(rng):
     def mytanh(v):
         return np.tanh(v)
 
-    layer = fastrnn.GRU(5, activation=mytanh, return_sequences=True, backend="reference")
+    layer = fastrnn.GRU(5, activation=mytanh, return_sequences=True)  # (auto: reference)
     layer.build((1, None, 4))
     layer.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()])
     x = _x(rng, (2, 6, 4), "float32")
@@ -600,10 +614,10 @@ def test_integer_frame_error_suggests_only_a_cast(rng):
                                   "celu", "tanh_shrink", "hard_tanh", "hard_shrink", "log_sigmoid",
                                   "sparse_sigmoid", "hard_silu", "mish"])
 def test_stream_kernels_run_every_activation(rng, name):
-    layer = fastrnn.RNN([fastrnn.LSTMCell(5, activation=name, recurrent_activation="hard_sigmoid",
-                                          dtype="float64"),
-                         fastrnn.GRUCell(4, recurrent_activation=name, dtype="float64")],
-                        return_sequences=True, backend="reference")
+    layer = _Ref([fastrnn.LSTMCell(5, activation=name, recurrent_activation="hard_sigmoid",
+                                   dtype="float64"),
+                  fastrnn.GRUCell(4, recurrent_activation=name, dtype="float64")],
+                 return_sequences=True, backend="reference")
     layer.build((1, None, 3))
     layer.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()])
     x = _x(rng, (1, 6, 3), "float64")
