@@ -283,8 +283,9 @@ class Embedding(Layer):
     """Integer indices ``(batch, time)`` -> vectors ``(batch, time, output_dim)``.
 
     ``mask_zero=True`` makes index 0 padding: the mask ``x != 0`` flows into
-    the next layers. Weight: ``embeddings (input_dim, output_dim)``. Indices
-    outside ``[0, input_dim)`` are a ``ValueError``.
+    the next layers (on the values given, as in Keras: a float id 0.5 is
+    not masked, and embeds row 0). Weight: ``embeddings (input_dim,
+    output_dim)``. Indices outside ``[0, input_dim)`` are a ``ValueError``.
     """
 
     _weight_names = ("embeddings",)
@@ -322,8 +323,10 @@ class Embedding(Layer):
     def compute_mask(self, x, mask):
         if not self.mask_zero:
             return None
-        x = np.asarray(x)
-        return (x.astype(np.int64) if x.dtype.kind == "f" else x) != 0
+        # on the values as given, as Keras (``inputs != 0``): a float id of
+        # 0.5 is kept (and embeds row 0, truncated as call truncates it),
+        # and NaN is not cast (call refuses it)
+        return np.asarray(x) != 0
 
     def get_config(self):
         return {**self._base_config(), "dtype": self.dtype.name, "input_dim": self.input_dim,
@@ -817,19 +820,27 @@ class ModelStream:
     model's output at that step with the time axis dropped (the last
     recurrent layer's ``return_sequences`` does not matter); for a chunk,
     the model's output on the chunk with every recurrent state carried
-    from the call before.
+    from the call before. A chunk of 0 steps returns an empty sequence
+    ``(batch, 0, ...)`` where the model returns sequences, and is a
+    ``ValueError`` where it returns one step (the last recurrent layer's
+    ``return_sequences=False``): it has no last step to return.
 
     A stream has no padding: a frame that a ``Masking`` layer or an
     ``Embedding(mask_zero=True)`` would mask is a ``ValueError``, before any
     state changes (the model would skip it; a stream runs every frame it is
-    given, so leave padding out). A frame that fails the first recurrent
-    layer's checks (features, batch, dtype), or that a later one with
-    ``nan_policy="raise"`` refuses, leaves every state unchanged.
+    given, so leave padding out). A frame or chunk that raises, in any
+    layer (a recurrent layer's checks of features, batch and dtype or its
+    ``nan_policy="raise"``, a user's layer, ...), leaves every state as it
+    was: the states of the recurrent layers that ran are put back (copied
+    before each call of a model with layers after its first recurrent one).
     Calling one stream from two threads at once raises
     :class:`fastrnn.streaming.StreamBusyError`, and so do reading or
     setting ``states``, ``reset()`` and ``fastrnn.save`` while a frame runs
     (its layers' states are then of two frames). A layer that gives another
-    dtype than the next recurrent layer's is cast to it, as in a model call.
+    dtype than the next recurrent layer's is cast to it, as in a model call;
+    the caller's frames are not: a recurrent layer they reach as given
+    (first, or behind ``Dropout`` or ``Masking`` layers) refuses another
+    dtype with a ``TypeError``, as its own stream does.
 
     Attributes
     ----------
@@ -844,7 +855,11 @@ class ModelStream:
 
     ``Bidirectional`` layers (they need the future), ``go_backwards`` and
     ``time_major`` recurrent layers, and masking layers after the first
-    recurrent layer are refused when the stream is made.
+    recurrent layer are refused when the stream is made, and so are models
+    that no call can run: ``TimeDistributed`` after a recurrent layer with
+    ``return_sequences=False`` (no time axis), and a ``Dense`` or recurrent
+    layer whose weights or config fix another number of input features than
+    the layer before gives (a ``ValueError`` naming both layers).
     """
 
     def __init__(self, model, batch_size=1, backend=None, threads=None):
@@ -854,11 +869,28 @@ class ModelStream:
         self._busy = threading.Lock()
         self._groups = []  # (Stream, the model's recurrent layers it runs)
         sequence = True  # whether the layers so far give a sequence (on a chunk)
+        last = None  # the label of the last recurrent layer so far
+        # The last axis the layers so far give, where known, and the label of
+        # the layer that gives it: a layer that cannot take it fails every
+        # frame (as every model call), after the recurrent layers before it
+        # ran, so the stream is refused now.
+        features = giver = None
         for index, layer in enumerate(model.layers):
             where = f"{type(model).__name__}.stream: layer {_label(layer, index)}"
             if isinstance(layer, Bidirectional):
                 raise TypeError(f"{where} is Bidirectional: its backward half needs the whole "
                                 "sequence (future frames) first, so the model cannot stream")
+            takes, gives = _feature_sizes(layer)
+            if None not in (takes, features) and takes != features:
+                raise ValueError(f"{where} takes {takes} input features, and layer {giver} "
+                                 f"before it gives {features} (the model call fails on them "
+                                 "too)")
+            if gives is not ...:  # (... : it gives what it takes)
+                features, giver = gives, _label(layer, index)
+            if isinstance(layer, TimeDistributed) and not sequence:
+                raise ValueError(f"{where} is TimeDistributed and follows recurrent layer "
+                                 f"{last}, which returns one step (return_sequences=False): "
+                                 "it needs a time axis (the model call fails on it too)")
             if isinstance(layer, RNN):
                 if layer.time_major:
                     raise ValueError(f"{where} is time_major; a model stream takes "
@@ -867,6 +899,7 @@ class ModelStream:
                     raise ValueError(f"{where} follows a recurrent layer that returns one step "
                                      "(return_sequences=False): it needs a sequence")
                 sequence = layer.return_sequences
+                last = _label(layer, index)
                 if self._groups and self._steps[-1][0] == _STREAM \
                         and _stackable(self._groups[-1][1][-1], layer):
                     self._groups[-1][1].append(layer)  # streamed with the layers before
@@ -879,14 +912,18 @@ class ModelStream:
                 raise ValueError(f"{where} masks steps after a recurrent layer; a model stream "
                                  "checks masks before its first recurrent layer only")
             code = _compiled_dense(layer)
+            # (_MASK and _LAYER: whether the layer gives the caller's array or
+            # its values in its dtype, which the next recurrent layer then
+            # takes as the caller's: see __call__)
+            passes = isinstance(layer, (Masking, Dropout)) and _library_call(layer)
             if isinstance(layer, InputLayer):
                 self._steps.append((_INPUT, layer, None))
             elif masks:
-                self._steps.append((_MASK, layer, None))
+                self._steps.append((_MASK, layer, passes))
             elif code is not None:
                 self._steps.append((_DENSE, layer, code))
             else:
-                self._steps.append((_LAYER, layer, None))
+                self._steps.append((_LAYER, layer, passes))
         if not self._groups:
             raise ValueError(f"{type(model).__name__}.stream: the model has no recurrent "
                              "layer (nothing to carry from frame to frame)")
@@ -899,10 +936,20 @@ class ModelStream:
                 stream, group = self._groups[step]
                 self._steps[i] = (kind, stream, detail and len(group) == 1)
         self.batch_size = self.streams[0].batch_size
-        # a later recurrent layer that refuses NaN may fail a frame after the
-        # ones before it ran: their states are then put back (see __call__)
-        self._undo = any(stream._nan_raise for stream in self.streams[1:])
+        # Any layer after the first recurrent one may fail a frame after the
+        # recurrent layers before it ran (a later one's nan_policy="raise", a
+        # user's layer, weights set since, ...): every state is then put back
+        # (see __call__), from copies taken before the frame into buffers kept
+        # here. A model that ends in its first recurrent layer needs none (a
+        # Stream that raises leaves its state as it was).
+        first_stream = next(i for i, (kind, _, _) in enumerate(self._steps)
+                            if kind == _STREAM)
+        self._undo = first_stream < len(self._steps) - 1
         self._held_streams = tuple(self.streams)
+        self._kept, self._kept_states, self._kept_at = [], [], None  # (see _keep)
+        # the model's output is the last step of the sequence (a chunk of no
+        # steps has none: see __call__)
+        self._last_step = not sequence
         self._reads = [None if kind in (_STREAM, _INPUT) else layer._snapshot
                        for kind, layer, _ in self._steps]
         self._twins = [None] * len(self._steps)
@@ -924,6 +971,12 @@ class ModelStream:
             chunk = "(batch, time)" if self._frame_ndim == 1 else "(batch, time, features)"
             raise ValueError(f"x: expected a frame {shape} or a chunk {chunk}, got shape "
                              f"{x.shape}")
+        if not frame and x.shape[1] == 0 and self._last_step:
+            # (the layers after the last recurrent one would run on the zeros
+            # it gives for no steps, not on its output at the last frame)
+            raise ValueError(f"x: a chunk of 0 steps (shape {x.shape}) has no last step to "
+                             "return (the model's last recurrent layer returns one step, "
+                             "return_sequences=False); the state is unchanged")
         if not self._busy.acquire(False):
             raise StreamBusyError("ModelStream: called while another call on the same stream "
                                   "is running (two threads sharing one stream)")
@@ -939,49 +992,77 @@ class ModelStream:
                     if stream._generation != generation:  # (weights changed somewhere)
                         stream._take_weights()
                     stream._held = True
-            saved = None
-            if self._undo:
-                saved = [[a.copy() for a in getattr(st, "_states", ())] for st in held]
-            # A frame keeps no time axis from layer to layer (each of these
-            # layers works on the last axis); ``timed``: a chunk still has one.
-            timed = not frame
-            given = True  # x is still the caller's array (a stream casts none of those)
-            for i, (kind, step, detail) in enumerate(self._steps):
-                if kind == _STREAM:
-                    if not given and x.dtype != step._dt:
-                        # a layer before it gave another dtype: cast, as a model call does
-                        x = x.astype(step._dt)
-                    try:
+            if self._undo:  # (see __init__)
+                if generation != self._kept_at:  # (a stream may have been set up since)
+                    self._keep(generation)
+                for state, saved in self._kept:
+                    saved[:] = state
+            try:
+                # A frame keeps no time axis from layer to layer (each of these
+                # layers works on the last axis); ``timed``: a chunk still has one.
+                timed = not frame
+                # x is still the caller's array, or its values in its dtype
+                # (Dropout and Masking give them): a stream casts none of
+                # those, the same rule with or without such layers in front
+                given = True
+                for i, (kind, step, detail) in enumerate(self._steps):
+                    if kind == _STREAM:
+                        if not given and x.dtype != step._dt:
+                            # a layer before it gave another dtype: cast, as a model call does
+                            x = x.astype(step._dt)
                         x = step(x)
-                    except ValueError:  # every state as before the frame
-                        for st, states in zip(held, saved or ()):
-                            for dst, value in zip(getattr(st, "_states", ()), states):
-                                dst[...] = value
-                        raise
-                    if detail:  # return_state: the model passes the output on
-                        x = x[0]
-                    given = False
-                    timed = timed and step.layer.return_sequences
-                elif kind == _DENSE and (frame or timed or not isinstance(step, TimeDistributed)):
-                    x = self._dense(x, snapshots[i], detail, i)
-                    given = False
-                elif kind == _INPUT:
-                    _check_features(step, x, timed)
-                else:
-                    if kind == _MASK:
-                        mask = step.compute_mask(x if timed else x[:, None], None)
-                        if not np.all(mask):
-                            raise ValueError(f"x: layer {_label(step, i)} masks steps of this "
-                                             "input (a stream runs every frame it is given: "
-                                             "leave padding out)")
-                    x = self._layer(i, x if timed or not frame else x[:, None], snapshots[i])
-                    x = x if timed or not frame else x[:, 0]
-                    given = False
-            return x
+                        if detail:  # return_state: the model passes the output on
+                            x = x[0]
+                        given = False
+                        timed = timed and step.layer.return_sequences
+                    elif kind == _DENSE and (frame or timed
+                                             or not isinstance(step, TimeDistributed)):
+                        x = self._dense(x, snapshots[i], detail, i)
+                        given = False
+                    elif kind == _INPUT:
+                        _check_features(step, x, timed)
+                    else:
+                        if kind == _MASK:
+                            mask = step.compute_mask(x if timed else x[:, None], None)
+                            if not np.all(mask):
+                                raise ValueError(f"x: layer {_label(step, i)} masks steps of "
+                                                 "this input (a stream runs every frame it is "
+                                                 "given: leave padding out)")
+                        x = self._layer(i, x if timed or not frame else x[:, None],
+                                        snapshots[i])
+                        x = x if timed or not frame else x[:, 0]
+                        given = given and detail
+                return x
+            except BaseException:  # every state as before the frame, whatever failed
+                if self._undo:
+                    self._restore_states()
+                raise
         finally:
             for stream in held:
                 stream._held = False  # (released: its next call takes new weights)
             self._busy.release()
+
+    def _keep(self, generation):
+        """Buffers for a copy of every recurrent layer's carried states,
+        taken before each frame (a memory copy each, no allocation per
+        frame) and put back by :meth:`_restore_states` if it fails. A stream
+        set up again (new state arrays) had new weights, a change of
+        ``generation``, or was not set up (an unbuilt layer): made again
+        then."""
+        held = self._held_streams
+        self._kept_states = [getattr(stream, "_states", None) for stream in held]
+        self._kept = [pair for stream, states in zip(held, self._kept_states)
+                      for pair in _state_copies(stream, states)]
+        self._kept_at = generation if None not in self._kept_states else None
+
+    def _restore_states(self):
+        """Every recurrent layer's states as the copies taken before the frame."""
+        for stream, states in zip(self._held_streams, self._kept_states):
+            if states is None:  # set up by this frame (its first): its states were zeros
+                for state in getattr(stream, "_states", None) or ():
+                    state[...] = 0
+        for state, saved in self._kept:
+            state[:] = saved
 
     def _dense(self, x, weights, code, i):
         """A ``Dense`` (or one in ``TimeDistributed``) compiled: one call (see
@@ -1159,6 +1240,32 @@ def _call(layer, x, mask):
     return call(x, **{k: (mask if k == "mask" else False) for k in keywords})
 
 
+def _feature_sizes(layer):
+    """``(takes, gives)``: the sizes of the last axis ``layer`` takes and
+    gives in a model call, where its config or weights fix them (``None``:
+    any size, or not known; ``gives`` ``...``: the size it takes, as a
+    layer that keeps the features)."""
+    if isinstance(layer, RNN):
+        if not layer.compiled:  # (a user's cell: what its call does)
+            return None, None
+        return getattr(layer.cells[0], "input_dim", None), int(layer.output_size)
+    inner = layer.layer if isinstance(layer, TimeDistributed) else layer
+    if not _library_call(layer) or not _library_call(inner):
+        return None, None  # a subclass's own call
+    if isinstance(inner, Dense):
+        return (inner.input_dim if inner.kernel is None else int(inner.kernel.shape[0]),
+                inner.units)
+    if isinstance(inner, Embedding):
+        return None, inner.output_dim
+    if isinstance(inner, InputLayer):
+        shape = inner.batch_shape
+        size = shape[-1] if shape is not None and len(shape) >= 3 else None
+        return size, (... if size is None else size)
+    if isinstance(inner, (Masking, Dropout, Activation)):
+        return None, ...
+    return None, None
+
+
 def _compiled_dense(layer):
     """The activation code with which a model stream runs ``layer`` (a
     ``Dense``, or one in ``TimeDistributed``) compiled, or None."""
@@ -1172,6 +1279,25 @@ def _compiled_dense(layer):
     if name in _EXTRA_ACTIVATIONS or name not in _act.CODES:
         return None
     return _act.CODES[name]
+
+
+def _state_copies(stream, states):
+    """``[(state, buffer)]``: where ``stream``'s carried ``states`` are, and
+    buffers of their size, as memoryviews of their bytes, which a slice
+    assignment copies at the cost of a memcpy (a NumPy copy costs several
+    times more than the copy itself for states this small); the stream
+    kernels keep every state in one array, ``_s``, copied whole."""
+    if states is None:
+        return ()
+    flat = getattr(stream, "_s", None)
+    arrays = [flat] if flat is not None else states
+    pairs = []
+    for a in arrays:
+        if a.flags.c_contiguous:
+            pairs.append((memoryview(a).cast("B"), memoryview(np.empty_like(a)).cast("B")))
+        else:  # (as NumPy arrays)
+            pairs.append((a, np.empty_like(a)))
+    return pairs
 
 
 def _check_features(layer, x, timed):

@@ -239,8 +239,9 @@ def test_one_step_cell_call(mode, rng):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_stream_of_a_quantized_layer(mode, rng):
-    """A stream runs the quantized weights: frame by frame as the layer over
-    the whole sequence (reference backend, same mode)."""
+    """A stream runs the quantized weights: frame by frame on the stream
+    kernels (the layer is on "auto") as the layer over the whole sequence
+    on the reference backend (same mode)."""
     T, D, H = 12, 5, 17
     x = rng.standard_normal((1, T, D)).astype(np.float32)
     layer = fastrnn.LSTM(H, return_sequences=True)
@@ -252,6 +253,7 @@ def test_stream_of_a_quantized_layer(mode, rng):
     stream.reset()
     layer.quantize(mode)
     frames = np.stack([stream(x[:, t]) for t in range(T)], axis=1)
+    assert stream.backend == "stream", stream.backend_reason  # (not the reference's kernels)
     ref = fastrnn.LSTM(H, return_sequences=True, backend="reference")
     ref.set_weights(weights)
     ref.quantize(mode)
