@@ -11,8 +11,8 @@ and anything else is a ``ValueError`` rather than a guess.
 
 The definitions follow Keras 3 (``keras.activations``): in particular
 ``hard_sigmoid(x) = clip(x / 6 + 1/2, 0, 1)`` (Keras 2 used ``0.2 x + 0.5``,
-named ``"keras2_hard_sigmoid"`` here: see :data:`FUNCTIONS`) and ``gelu`` is
-the exact erf form (``approximate=False``).
+named ``"keras2_hard_sigmoid"`` here: see :data:`EXTRA_CODES`) and ``gelu``
+is the exact erf form (``approximate=False``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ LOG_SIGMOID = 21
 SPARSE_SIGMOID = 22
 HARD_SILU = 23
 MISH = 24
+KERAS2_HARD_SIGMOID = 25
 #: Over each row, not one value at a time: only for the compiled ``Dense`` of a
 #: model stream (fastrnn.kernels.cpu.dense), never for a recurrent cell.
 SOFTMAX = -1
@@ -113,20 +114,16 @@ NAMES = {
     SPARSE_SIGMOID: "sparse_sigmoid",
     HARD_SILU: "hard_silu",
     MISH: "mish",
+    KERAS2_HARD_SIGMOID: "keras2_hard_sigmoid",
 }
 
 
-def keras2_hard_sigmoid(x):
-    """Keras 2's ``hard_sigmoid``, ``clip(0.2 x + 0.5, 0, 1)`` (Keras 3's is
-    ``clip(x / 6 + 0.5, 0, 1)``): what ``"hard_sigmoid"`` means in a model
-    Keras 2 saved, which :func:`fastrnn.load_keras` reads as this."""
-    return np.clip(0.2 * x + 0.5, 0.0, 1.0)
-
-
-#: Named activations without a kernel code: Python callables (the
-#: ``reference`` backend runs them) whose name ``get_config`` stores and
-#: :func:`resolve` reads back, so that a config or ``fastrnn.save`` keeps them.
-FUNCTIONS = {"keras2_hard_sigmoid": keras2_hard_sigmoid}
+#: Activations of fastrnn's own, not Keras 3 names (so not in :data:`CODES`):
+#: ``keras2_hard_sigmoid``, Keras 2's ``hard_sigmoid``, ``clip(0.2 x + 0.5, 0,
+#: 1)`` (Keras 3's is ``clip(x / 6 + 0.5, 0, 1)``): what ``"hard_sigmoid"``
+#: means in a model Keras 2 saved, which :func:`fastrnn.load_keras` reads as
+#: this. Every backend runs them; ``get_config`` writes these names.
+EXTRA_CODES = {"keras2_hard_sigmoid": KERAS2_HARD_SIGMOID}
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -149,12 +146,12 @@ def resolve(activation, argument="activation"):
         return LINEAR
     if isinstance(activation, str):
         key = activation.lower()
-        if key in FUNCTIONS:
-            return FUNCTIONS[key]
+        if key in EXTRA_CODES:
+            return EXTRA_CODES[key]
         if key not in CODES:
             raise ValueError(
                 f"{argument}: unknown activation {activation!r}; expected one of "
-                f"{sorted(CODES) + sorted(FUNCTIONS)} or a callable"
+                f"{sorted(CODES) + sorted(EXTRA_CODES)} or a callable"
             )
         return CODES[key]
     if isinstance(activation, dict):  # a Keras-serialised activation
@@ -253,16 +250,12 @@ def _keras_function_code(fn):
 def name_of(code):
     """The name ``get_config`` stores for a resolved activation.
 
-    A callable of :data:`FUNCTIONS` has its name there. Any other callable
-    here is the user's own (Keras's named functions resolve to
+    A callable here is the user's own (Keras's named functions resolve to
     codes): it is named by its module and qualified name
     (``"__main__.relu"``, ``"numpy.tanh"``), which no activation name
     matches, so a config holding it never rebuilds as a built-in of the same
     short name (``fastrnn.save`` refuses it; a ``from_config`` raises)."""
     if callable(code):
-        for name, function in FUNCTIONS.items():
-            if code is function:
-                return name
         name = getattr(code, "__qualname__", None) or getattr(code, "__name__", None) \
             or type(code).__name__
         return f"{getattr(code, '__module__', None) or '?'}.{name}"
@@ -328,4 +321,6 @@ def apply(code, x):
         return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
     if code == MISH:
         return x * np.tanh(np.logaddexp(0.0, x))
+    if code == KERAS2_HARD_SIGMOID:
+        return np.clip(0.2 * x + 0.5, 0.0, 1.0)
     raise ValueError(f"unknown activation code {code}")

@@ -65,6 +65,11 @@ _EXTRA_ACTIVATIONS = {
 }
 
 
+# The activation names a Dense or Activation takes that have a kernel code:
+# Keras 3's, and fastrnn's own (keras2_hard_sigmoid, for models Keras 2 saved).
+_CODES = {**_act.CODES, **_act.EXTRA_CODES}
+
+
 def _activation_name(activation):
     if activation is None:
         return "linear"
@@ -80,9 +85,9 @@ def _activation_name(activation):
     if not isinstance(activation, str):
         raise ValueError(f"activation: expected a name (str), got {activation!r}")
     name = activation.lower()
-    if name not in _act.CODES and name not in _EXTRA_ACTIVATIONS:
+    if name not in _CODES and name not in _EXTRA_ACTIVATIONS:
         raise ValueError(f"activation: unsupported activation {activation!r}; expected one of "
-                         f"{sorted(set(_act.CODES) | set(_EXTRA_ACTIVATIONS))}")
+                         f"{sorted(set(_CODES) | set(_EXTRA_ACTIVATIONS))}")
     return name
 
 
@@ -113,7 +118,7 @@ _WIDE_FORMS = {
 def _apply_activation(name, x):
     if name in _EXTRA_ACTIVATIONS:
         return np.asarray(_EXTRA_ACTIVATIONS[name](x), dtype=x.dtype)
-    code = _act.CODES[name]
+    code = _CODES[name]
     wide = _WIDE_FORMS.get(code)
     if wide is not None and x.dtype.kind == "f":
         return np.asarray(wide(x.astype(np.float64)), dtype=x.dtype)
@@ -1276,9 +1281,9 @@ def _compiled_dense(layer):
     name = dense.activation
     if name in ("softmax", "log_softmax"):
         return _act.SOFTMAX if name == "softmax" else _act.LOG_SOFTMAX
-    if name in _EXTRA_ACTIVATIONS or name not in _act.CODES:
+    if name in _EXTRA_ACTIVATIONS or name not in _CODES:
         return None
-    return _act.CODES[name]
+    return _CODES[name]
 
 
 def _state_copies(stream, states):

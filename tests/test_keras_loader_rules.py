@@ -334,11 +334,13 @@ def test_keras2_h5_hard_sigmoid_is_keras2s(version, rng, tmp_path):
     model = fastrnn.load_keras(tmp_path / "k2.h5")
     np.testing.assert_allclose(model.predict(x), _predict(ref, x), atol=ATOL)
     assert model.layers[1].get_config()["recurrent_activation"] == "keras2_hard_sigmoid"
+    assert model.layers[1].backend == model.layers[2].backend == "cpu"   # a kernel code
 
 
 @pytest.mark.parametrize("layer", ["dense", "activation", "time_distributed"])
-def test_keras2_hard_sigmoid_outside_recurrent_layers_is_refused(layer, rng, tmp_path):
-    """fastrnn's Dense and Activation compute Keras 3's hard_sigmoid only."""
+def test_keras2_hard_sigmoid_in_dense_and_activation(layer, rng, tmp_path):
+    """Dense, Activation and TimeDistributed(Dense) in a Keras 2 file run
+    Keras 2's hard_sigmoid too, in a model call and in a model stream."""
     dense = {"module": "keras.layers", "class_name": "Dense",
              "config": {"name": "dense", "units": 2, "activation": "hard_sigmoid",
                         "use_bias": True}, "registered_name": None}
@@ -350,13 +352,21 @@ def test_keras2_hard_sigmoid_outside_recurrent_layers_is_refused(layer, rng, tmp
                                   "config": {"name": "td", "layer": dense},
                                   "registered_name": None}}[layer]
     lstm = _lstm_entry("lstm", 3, return_sequences=True)
-    weights = {n: [rng.standard_normal(s).astype(np.float32) for s in shapes]
-               for n, shapes in (("lstm", ((4, 12), (3, 12), (12,))),
-                                 ("dense", ((3, 2), (2,))), ("td", ((3, 2), (2,))))}
+    head = {"dense": L.Dense(2, activation=_k2_hard_sigmoid),
+            "activation": L.Activation(_k2_hard_sigmoid),
+            "time_distributed": L.TimeDistributed(L.Dense(2, activation=_k2_hard_sigmoid))}
+    ref = keras.Sequential([keras.Input((6, 4)), L.LSTM(3, return_sequences=True),
+                            head[layer]])
+    _randomize(ref, rng)
+    weights = {"lstm": ref.layers[0].get_weights(), "dense": ref.layers[1].get_weights(),
+               "td": ref.layers[1].get_weights()}
     _keras2_h5(tmp_path / "k2.h5", [lstm, entry], weights, "2.15.0")
-    name = "act" if layer == "activation" else "dense"  # (the Dense in the TimeDistributed)
-    with pytest.raises(ValueError, match=rf"layer '{name}'.*'hard_sigmoid'.*Keras 2"):
-        fastrnn.load_keras(tmp_path / "k2.h5")
+    x = (rng.standard_normal((5, 6, 4)) * 3).astype(np.float32)
+    model = fastrnn.load_keras(tmp_path / "k2.h5")
+    want = _predict(ref, x)
+    np.testing.assert_allclose(model.predict(x), want, atol=ATOL)
+    live = model.stream(batch_size=5)
+    np.testing.assert_allclose(live(x), want, atol=ATOL)
 
 
 def test_keras_files_hard_sigmoid_by_their_version(rng, tmp_path):

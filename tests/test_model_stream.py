@@ -131,6 +131,7 @@ def _softmax(z):
 
 
 _DENSE_NUMPY = {  # Keras's definitions, written here
+    "keras2_hard_sigmoid": lambda z: np.clip(0.2 * z + 0.5, 0.0, 1.0),   # Keras 2's hard_sigmoid
     "linear": lambda z: z,
     "relu": lambda z: np.maximum(z, 0),
     "tanh": np.tanh,
@@ -141,7 +142,7 @@ _DENSE_NUMPY = {  # Keras's definitions, written here
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("activation", sorted(set(_act.CODES) | set(models._EXTRA_ACTIVATIONS)))
+@pytest.mark.parametrize("activation", sorted(set(models._CODES) | set(models._EXTRA_ACTIVATIONS)))
 def test_dense_calls_compiled_and_with_numpy_agree(activation, dtype, rng, monkeypatch):
     """A small Dense call (at most models._SMALL_DENSE multiply-adds) runs
     compiled, a larger one with NumPy: both give Keras's definition (written
@@ -343,7 +344,7 @@ def test_dense_edge_values_do_not_depend_on_the_call_size(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("activation", sorted(set(_act.CODES) | set(models._EXTRA_ACTIVATIONS)))
+@pytest.mark.parametrize("activation", sorted(set(models._CODES) | set(models._EXTRA_ACTIVATIONS)))
 def test_per_step_layers_on_frames(activation, dtype, rng, monkeypatch):
     """Dense layers run compiled where their activation has a compiled form
     (the model's own NumPy forms of relu6, leaky_relu, ... run as they are),

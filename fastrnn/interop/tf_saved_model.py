@@ -197,12 +197,6 @@ def _untuple(obj):
     return obj
 
 
-#: The classes that run Keras 2's hard_sigmoid (as a Python callable, see
-#: :func:`keras2_activations`).
-_KERAS2_HARD_SIGMOID_CLASSES = ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell",
-                                "SimpleRNNCell")
-
-
 def _is_hard_sigmoid(value):
     """``value`` names keras.activations' ``hard_sigmoid``, by name or serialised."""
     if isinstance(value, dict) and value.get("class_name") == "function" \
@@ -215,12 +209,11 @@ def keras2_activations(config):
     """A copy of a Keras 2 model config in which ``hard_sigmoid`` keeps Keras 2's meaning.
 
     Keras 2 defined ``hard_sigmoid`` as ``clip(0.2 x + 0.5, 0, 1)``, Keras 3 (whose
-    names fastrnn follows) as ``clip(x / 6 + 0.5, 0, 1)``. A recurrent layer's or
-    cell's ``activation`` / ``recurrent_activation`` ``"hard_sigmoid"`` becomes
-    ``"keras2_hard_sigmoid"`` (:data:`fastrnn.activations.FUNCTIONS`: a Python callable
-    the reference backend runs, kept by ``get_config`` and ``fastrnn.save``). Other
-    layers (``Dense``, ``Activation``) compute named activations only: one that
-    uses it is a ``ValueError`` naming the layer rather than a silently other function.
+    names fastrnn follows) as ``clip(x / 6 + 0.5, 0, 1)``. Every layer's or cell's
+    ``activation`` / ``recurrent_activation`` ``"hard_sigmoid"`` (recurrent layers,
+    ``Dense``, ``Activation``, nested ones too) becomes ``"keras2_hard_sigmoid"``
+    (:data:`fastrnn.activations.EXTRA_CODES`: every backend runs it, and ``get_config``
+    and ``fastrnn.save`` keep the name).
     """
     if isinstance(config, list):
         return [keras2_activations(v) for v in config]
@@ -231,16 +224,8 @@ def keras2_activations(config):
     if not isinstance(cls, str) or not isinstance(inner, dict):
         return out
     for key in ("activation", "recurrent_activation"):
-        if not _is_hard_sigmoid(inner.get(key)):
-            continue
-        if cls not in _KERAS2_HARD_SIGMOID_CLASSES:
-            name = inner.get("name") or out.get("name")
-            raise ValueError(f"layer {name!r} ({cls}): {key} 'hard_sigmoid' in a Keras 2 "
-                             "model is Keras 2's clip(0.2 x + 0.5, 0, 1), which fastrnn's "
-                             f"{cls} does not compute (its 'hard_sigmoid' is Keras 3's, "
-                             "clip(x / 6 + 0.5, 0, 1)); only recurrent layers and cells run "
-                             "Keras 2's")
-        inner[key] = "keras2_hard_sigmoid"
+        if _is_hard_sigmoid(inner.get(key)):
+            inner[key] = "keras2_hard_sigmoid"
     return out
 
 

@@ -97,6 +97,9 @@ def activate(code, x):
         return x * (0.0 if v < 0.0 else (1.0 if v > 1.0 else v))
     if code == 24:  # mish = x * tanh(softplus(x))
         return x * math.tanh((x if x > 0.0 else 0.0) + math.log1p(math.exp(-abs(x))))
+    if code == 25:  # Keras 2's hard_sigmoid
+        v = 0.2 * x + 0.5
+        return 0.0 if v < 0.0 else (1.0 if v > 1.0 else v)
     return math.nan
 
 
