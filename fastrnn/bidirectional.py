@@ -297,9 +297,11 @@ def _put_callables_back(cell, config):
     elif is_builtin(cell):
         for key in _CALLABLE_ARGS:
             value = getattr(cell, key, None)
-            # (a built-in activation is a kernel code; an Initializer has a config)
+            # (a built-in activation is a kernel code, and fastrnn's own
+            # initializer classes rebuild from their config; a user's
+            # Initializer subclass does not)
             if key in config and callable(value) \
-                    and not isinstance(value, initializers.Initializer):
+                    and type(value) not in initializers._CLASSES.values():
                 config[key] = value
 
 

@@ -79,7 +79,8 @@ def _check_keras_own(obj, where, what):
     registered = obj.get("registered_name")
     module = obj.get("module")
     if (registered is None or registered == class_name) and (
-            "module" not in obj or isinstance(module, str) and module.startswith("keras")):
+            "module" not in obj or isinstance(module, str)
+            and module.split(".")[0] in ("keras", "tf_keras")):  # (not "keras_custom")
         return
     config = obj.get("config")
     name = (config.get("name") if isinstance(config, dict) else None) or obj.get("name")

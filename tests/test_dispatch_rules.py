@@ -291,3 +291,21 @@ def test_a_backend_that_is_not_a_str_is_a_type_error(bad):
     assert fastrnn.SimpleRNN(2, backend=None).backend_arg == "auto"
     fastrnn.set_backend(None)
     assert fastrnn.get_backend() == "auto"
+
+
+def test_bidirectional_keeps_a_users_initializer_subclass(rng):
+    """A subclass of fastrnn.initializers.Initializer (the documented base)
+    is no built-in: its config does not rebuild it, so the object is kept."""
+    from fastrnn import initializers
+
+    drawn = rng.uniform(-0.4, 0.4, (3, 5))
+
+    class Drawn(initializers.Initializer):
+        def generate(self, shape):
+            return drawn
+
+    bi = fastrnn.Bidirectional(fastrnn.SimpleRNN(5, kernel_initializer=Drawn(),
+                                                 dtype="float64"))
+    bi.build((None, 4, 3))   # was "unknown initializer class 'Drawn'"
+    for sub in (bi.forward_layer, bi.backward_layer):
+        np.testing.assert_array_equal(sub.get_weights()[0], drawn)

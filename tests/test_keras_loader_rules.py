@@ -430,3 +430,18 @@ def test_truncated_keras_file_is_said_to_be_truncated(cut, rng, tmp_path):
         fastrnn.load_keras(tmp_path / "cut.keras")
     with pytest.raises(ValueError, match=pattern):
         fastrnn.load_keras(tmp_path / "m.weights.h5", config=tmp_path / "cut.keras")
+
+
+@pytest.mark.parametrize("module, refused", [("keras_custom", True), ("kerasx.layers", True),
+                                             ("keras.layers", False),
+                                             ("keras.src.layers.rnn.lstm", False),
+                                             ("tf_keras.src.layers", False)])
+def test_module_must_be_keras_or_tf_keras(module, refused):
+    """A user's module whose name starts with "keras" (keras_custom) passed."""
+    entry = {"module": module, "class_name": "LSTM", "registered_name": "LSTM",
+             "config": {"name": "mine", "units": 3}}
+    if refused:
+        with pytest.raises(ValueError, match="layer 'mine' is of a custom"):
+            fastrnn.deserialize(entry)
+    else:
+        assert fastrnn.deserialize(entry).units == 3

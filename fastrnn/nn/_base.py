@@ -216,7 +216,7 @@ class RNNCell:
         self.name = name or _default_name(type(self))
         self.dtype = None if dtype is None else _float_dtype(dtype)
         self._dtype_fixed = dtype is not None
-        self.backend = dispatch._check_name(backend, "backend")  # checked now, not at the first call
+        self.backend = dispatch._check_request(backend, "backend")  # now, not at the first call
         self.built = False
         self.last_backend = None
         self._weights = collections.OrderedDict()
