@@ -445,3 +445,27 @@ def test_module_must_be_keras_or_tf_keras(module, refused):
             fastrnn.deserialize(entry)
     else:
         assert fastrnn.deserialize(entry).units == 3
+
+
+def test_a_keras2_keras_file_as_config_reads_as_keras2(rng, tmp_path):
+    """A .keras file whose metadata says Keras 2 means Keras 2's hard_sigmoid
+    whether it is loaded itself or passed as config= beside a weights file."""
+    m = keras.Sequential([keras.Input((6, 4)), L.LSTM(3, recurrent_activation="hard_sigmoid")])
+    _randomize(m, rng)
+    m.save(tmp_path / "m.keras")
+    m.save_weights(tmp_path / "m.weights.h5")
+    with zipfile.ZipFile(tmp_path / "m.keras") as src, \
+            zipfile.ZipFile(tmp_path / "k2.keras", "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "metadata.json":
+                data = json.dumps(dict(json.loads(data), keras_version="2.15.0"))
+            dst.writestr(name, data)
+    whole = fastrnn.load_keras(tmp_path / "k2.keras")
+    split = fastrnn.load_keras(tmp_path / "m.weights.h5", config=str(tmp_path / "k2.keras"))
+    for model in (whole, split):
+        assert model.layers[-1].get_config()["recurrent_activation"] == "keras2_hard_sigmoid"
+    ref = keras.Sequential([keras.Input((6, 4)), L.LSTM(3, recurrent_activation=_k2_hard_sigmoid)])
+    ref.set_weights(m.get_weights())
+    x = (rng.standard_normal((2, 6, 4)) * 3).astype(np.float32)
+    np.testing.assert_allclose(split.predict(x), _predict(ref, x), atol=ATOL)

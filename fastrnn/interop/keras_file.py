@@ -632,8 +632,10 @@ def _read_config(config):
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
                 limit = min(_safe_io.inflate_limit(os.path.getsize(path)), _safe_io.JSON_LIMIT)
-                return _safe_io.load_json(_safe_io.read_member(z, "config.json", limit, where),
-                                          where, "config.json")
+                model_config = _safe_io.load_json(
+                    _safe_io.read_member(z, "config.json", limit, where), where, "config.json")
+                # (as load_keras reads the file itself: its metadata.json may say Keras 2)
+                return _keras2_meaning(model_config, _zip_keras_version(z, limit, where), False)
         _refuse_broken_zip(path, where)
         if os.path.getsize(path) > _safe_io.JSON_LIMIT:
             raise ValueError(f"{where} is larger than a model's config may be")
