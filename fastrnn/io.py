@@ -137,14 +137,14 @@ def _describe_plain(obj, writer):
                     "models and converted PyTorch modules")
 
 
-def _build(spec, arrays, path="object"):
+def _build(spec, arrays, path="object", file=None):
     """Rebuild an object from its spec (only registered classes: see
     :mod:`fastrnn.serialization`)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("class_name"), str):
         raise ValueError(f"{path}: expected an object description with a class_name")
     name = spec["class_name"]
     if name == "ModelStream" and path == "object":
-        return _build_model_stream(spec, arrays, path)
+        return _build_model_stream(spec, arrays, path, file)
     if name not in serialization.names(_KINDS):
         raise ValueError(f"{path}: unknown class {name!r}; this fastrnn reads "
                          f"{serialization.names(_KINDS)}")
@@ -219,7 +219,7 @@ def _build(spec, arrays, path="object"):
     return obj
 
 
-def _build_model_stream(spec, arrays, path):
+def _build_model_stream(spec, arrays, path, file=None):
     """A :class:`fastrnn.models.ModelStream` from its spec: the model, then
     the stream, then its states. The states' shapes are checked against the
     batch size before the stream allocates anything for it."""
@@ -249,7 +249,9 @@ def _build_model_stream(spec, arrays, path):
             if shape != (B, size):
                 raise ValueError(f"{path}: states[{i}] array {n!r} has shape {shape}, "
                                  f"expected {(B, size)} for batch_size={B}")
-    stream = model.stream(B, backend=config["backend"], threads=config["threads"])
+    # (threads is a preference: see ModelStream._restore)
+    stream = models.ModelStream._restore(model, B, config["backend"], config["threads"],
+                                         file or path)
     stream.states = [_nest.pack_as(layer.state_structure, [arrays[n] for n in names])
                      for layer, names in zip(layers, states)]
     return stream
@@ -374,7 +376,7 @@ def _load_archive(z, size, where):
     blob.seek(0)
     try:
         arrays = _safe_io.NpzReader(blob, z.getinfo(_ARRAYS).file_size, _ARRAYS)
-        return _build(header.get("object"), arrays)
+        return _build(header.get("object"), arrays, file=where)  # (where: names the file)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - whatever a crafted file provokes is a bad file

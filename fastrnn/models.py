@@ -1183,6 +1183,17 @@ class ModelStream:
         return {"batch_size": self.batch_size, "backend": self._backend_arg,
                 "threads": self._threads_arg}
 
+    @staticmethod
+    def _restore(model, batch_size, backend, threads, where):
+        """The stream :func:`fastrnn.load` makes again from a file
+        (``where``), its :meth:`_config` read back: the saved ``threads`` is
+        a preference, which a model stream that cannot run it here is made
+        without (a ``UserWarning``; see
+        :func:`fastrnn.streaming._with_saved_threads`)."""
+        from .streaming import _with_saved_threads
+        return _with_saved_threads(
+            lambda t: model.stream(batch_size, backend=backend, threads=t), threads, where)
+
     def __getstate__(self):
         raise TypeError("ModelStream objects are not pickled: use fastrnn.save(stream, path) "
                         "and fastrnn.load(path)")

@@ -24,16 +24,19 @@ Which kernels run
 The backend a stream is asked for is its own ``backend`` argument if
 given, else the layer's ``backend`` if not ``"auto"``, else the process-wide
 default (:func:`fastrnn.set_backend`, then ``FASTRNN_BACKEND``; a bad value
-raises, as in a layer call) if not ``"auto"``. ``"reference"`` or ``"cpu"``,
-from any of them, runs the calls through the kernel contract on that
-backend. Otherwise (``"auto"``, or ``"cuda"``: streams run on the host)
-the stream kernels of :mod:`fastrnn.kernels.cpu.stream` (single-thread,
+raises, as in a layer call) if not ``"auto"``. ``"reference"`` from any of
+them, or the stream's own ``backend="cpu"``, runs the calls through the
+kernel contract on that backend (the stream's own explicit ``threads=``
+comes before ``"reference"`` from the layer or the default: the stream
+kernels run it). Otherwise (``"auto"``, ``"cpu"`` from the layer or the
+default, whose stream kernels these are, or ``"cuda"``: streams run on the
+host) the stream kernels of :mod:`fastrnn.kernels.cpu.stream` (single-thread,
 small-batch, vectorised gate math) run every configuration they support:
 SimpleRNN, GRU (both ``reset_after``) and LSTM cells with any built-in
 activation, stacked in any mix, float32 and float64. Anything else (a
 Python callable as an activation, LSTM peepholes, projection or clipping,
 custom cells) runs through the kernel contract on the backend ``"auto"``
-picks on the host. ``stream.backend_reason`` says which, why, and where a
+picks on the host (on ``"cpu"`` where that was asked for). ``stream.backend_reason`` says which, why, and where a
 named backend was asked for.
 
 A stream packs the layer's weights when it is made, and again at its first
@@ -51,6 +54,7 @@ import json
 import os
 import threading
 import time
+import warnings
 import weakref
 import zipfile
 
@@ -258,7 +262,7 @@ def _requested(layer, backend):
     then ``FASTRNN_BACKEND``, whose bad value raises here as it does in a
     layer call), in the order a layer call reads them."""
     if backend is not None:
-        return backend, "the stream's backend argument"
+        return backend, _OWN
     if layer.backend_arg != "auto":
         return layer.backend_arg, "the layer's backend argument"
     default = dispatch.get_backend()
@@ -267,6 +271,52 @@ def _requested(layer, backend):
     if dispatch._default is not None:  # (set_backend comes before the variable)
         return default, "fastrnn.set_backend"
     return default, "the FASTRNN_BACKEND environment variable"
+
+
+_OWN = "the stream's backend argument"
+
+
+def _select(weights, requested, source):
+    """:func:`_engine.select_for` of a named backend; its errors name who
+    asked for it (``source``, see :func:`_requested`), not the backend
+    argument of a call."""
+    try:
+        return _engine.select_for(weights, requested)
+    except (ValueError, RuntimeError) as exc:
+        if source == _OWN:
+            raise
+        message = str(exc).replace("requested by the backend argument",
+                                   f"requested by {source}", 1)
+        raise type(exc)(message) from exc
+
+
+class _ThreadsError(ValueError):
+    """A stream's ``threads`` it cannot run here (this layer, batch size,
+    dtype or thread count): a saved stream is made again without it (see
+    :func:`_with_saved_threads`)."""
+
+
+def _with_saved_threads(make, threads, where):
+    """``make(threads)``, a stream restored from a file (``where``): the
+    saved ``threads`` is a preference, so where the stream cannot run it
+    here (:class:`_ThreadsError`: another machine, thread count or
+    ``FASTRNN_CPU_GENERIC``, or a file written before the rule that refuses
+    it) the stream is made with ``threads=None``, with a ``UserWarning``
+    and a note in ``backend_reason`` (of every stream of a model stream).
+    Any other error is raised."""
+    if threads is None:
+        return make(None)
+    try:
+        return make(threads)
+    except _ThreadsError as exc:
+        why = str(exc)
+    warnings.warn(f"{where}: the stream was saved with threads={threads}, which cannot run "
+                  f"here ({why}); it runs with threads=None", UserWarning, stacklevel=4)
+    stream = make(None)
+    for s in getattr(stream, "streams", None) or [stream]:
+        s.backend_reason += (f"; the file asked for threads={threads}, which cannot run here, "
+                             "so threads=None")
+    return stream
 
 
 def _readable(x):
@@ -346,12 +396,14 @@ class Stream:
         ``None``: the layer's ``backend`` if not ``"auto"``, else the
         process-wide default (``fastrnn.set_backend``, then
         ``FASTRNN_BACKEND``, whose bad value raises) if not ``"auto"``;
-        ``"reference"`` or ``"cpu"`` from either runs the contract path on
-        that backend as well. Otherwise (``"auto"``, or ``"cuda"``, which a
-        stream runs on the host as ``"auto"`` does) the stream kernels
-        where they support the configuration, else the kernel contract on
-        the backend ``"auto"`` picks on the host. ``"cuda"`` here is a
-        ``ValueError``.
+        ``"reference"`` from either runs the contract path on it as well,
+        unless ``threads`` is given (the stream's own request comes first).
+        Otherwise (``"auto"``, ``"cpu"``, whose stream kernels these are,
+        or ``"cuda"``, which a stream runs on the host as ``"auto"`` does)
+        the stream kernels where they support the configuration, else the
+        kernel contract on the backend ``"auto"`` picks on the host (on
+        ``"cpu"`` where that was asked for). ``"cuda"`` here is a
+        ``ValueError``; a value that is not a str a ``TypeError``.
     threads : None, 1 or 2
         How many cores the calls may use, where the stream kernels run the
         layer (see ``backend``). ``None``: as below (one core for small
@@ -446,7 +498,7 @@ class Stream:
                 or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
         if backend is not None:
-            backend = dispatch._check_name(backend)
+            backend = dispatch._check_request(backend, "backend")
             if backend in ("auto",):
                 backend = None
             elif backend == "cuda":
@@ -496,12 +548,28 @@ class Stream:
         weights = params = None
         fast_ok, why = False, "the layer has custom cells (host step loop)"
         requested, source = self._request
-        named = requested in ("cpu", "reference")  # the contract path on that backend
+        own = source == _OWN
+        # the contract path on that backend: "reference" from any source, or
+        # the stream's own backend="cpu". A "cpu" from the layer or the
+        # process default keeps the stream kernels (they are the cpu
+        # backend's) where they run the layer, else the contract path on cpu.
+        # The stream's own explicit threads= asks for the cpu stream engines,
+        # and comes before the layer's backend and the process default.
+        named = requested == "reference" and (own or self._threads_arg is None) \
+            or (requested == "cpu" and own)
+        note = ""
+        if requested == "reference" and not named:
+            note = (f"; threads={self._threads_arg} was requested over backend='reference' "
+                    f"(requested by {source}): the stream's own threads argument comes first")
+        elif requested == "cpu" and not own:
+            note = (f"; backend='cpu' was requested by {source}, whose stream kernels these "
+                    "are")
         # a stream runs on the host: "cuda" (from the layer or the process
         # default; the stream's own argument refuses it) runs as "auto" does
         self._host_note = "" if requested != "cuda" else (
             f"; backend='cuda' was requested by {source}, and streams run on the host, as "
             "'auto' does")
+        self._host_note += note
         if layer.compiled:
             weights = _engine.snapshot(cells, stack=True)
             params = [w.params for w in weights]
@@ -532,13 +600,13 @@ class Stream:
                 self._tune(weights, params)
         else:
             if self._threads_arg is not None:
-                raise ValueError(f"threads={self._threads_arg}: the stream kernels do not run "
+                raise _ThreadsError(f"threads={self._threads_arg}: the stream kernels do not run "
                                  f"this layer ({why}), so its calls run through the kernel "
                                  "contract, on the backend's own threads; expected "
                                  "threads=None")
             self._states = [np.zeros((B, s), dt) for s in self._sizes]
-            if named:
-                choice = _engine.select_for(weights, requested)
+            if named or (requested == "cpu" and layer.compiled):
+                choice = _select(weights, requested, source)
             elif layer.compiled:
                 # auto's choice on the host, without reading the process-wide
                 # default again: it was read when the stream was made ("cuda",
@@ -571,7 +639,7 @@ class Stream:
         if pinned:
             why = self._why_not_two(weights)
             if why:
-                raise ValueError(f"threads=2: {why}; expected threads=None or 1")
+                raise _ThreadsError(f"threads=2: {why}; expected threads=None or 1")
         elif (nbytes < TUNE_MIN_BYTES or self._dt != np.float32
               or self.batch_size >= _ROWS_SPLIT or dispatch.get_num_threads() < 2):
             return
@@ -605,7 +673,7 @@ class Stream:
         if pinned and need is not None and need > B:
             what = "stack" if len(packs) > 1 else "layer"
             th = cpu.threads
-            raise ValueError(
+            raise _ThreadsError(
                 f"threads=2: every frame of this {what} would run on one thread at "
                 f"batch_size={B}: the stream has no panel split with a helper thread for it "
                 f"(packed LSTM and GRU(reset_after=True) layers of more than "
@@ -1099,6 +1167,11 @@ def load_stream(path):
         weights (the file's arrays build it, and must match its config), and
         the carried states must be ``(batch_size, size)`` arrays in the file,
         so a ``batch_size`` the file does not hold the states of is refused.
+        A saved ``threads`` is a preference: where the stream cannot run it
+        here (another machine or thread count, ``FASTRNN_CPU_GENERIC``, or
+        a file older than a rule that refuses it) it runs with
+        ``threads=None``, with a ``UserWarning`` naming the file and a note
+        in ``backend_reason``.
 
     Raises
     ------
@@ -1188,7 +1261,9 @@ def _restore_stream(data, where):
     threads = meta.get("threads")  # (files written before it existed: None)
     if threads is not None and not _is_one_or_two(threads):
         raise ValueError(f"meta: threads expected null, 1 or 2, got {threads!r}")
-    stream = Stream(layer, batch_size=B, backend=meta.get("backend"), threads=threads)
+    stream = _with_saved_threads(
+        lambda t: Stream(layer, batch_size=B, backend=meta.get("backend"), threads=t),
+        threads, where)
     stream.states = [data.read(f"s{i}") for i in range(len(sizes))]
     return stream
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import fastrnn
+from fastrnn import _nest
 from fastrnn import dispatch, streaming
 from fastrnn.kernels.cpu import threads as _threads
 
@@ -62,14 +63,14 @@ def _spy_kernels(monkeypatch, name):
 
 # ----- A: the layer's backend and the process-wide default -----
 
-@pytest.mark.parametrize("name", ["reference", "cpu"])
+@pytest.mark.parametrize("name", ["reference"])
 @pytest.mark.parametrize("source", ["layer", "set_backend", "env"])
 def test_a_named_backend_from_the_layer_or_the_default_runs_the_stream(
         monkeypatch, rng, name, source):
-    """backend="reference"/"cpu" from the layer, set_backend or
-    FASTRNN_BACKEND runs the stream through the kernel contract on that
-    backend (the stream kernels ran it, whatever was asked), and
-    backend_reason says who asked."""
+    """backend="reference" from the layer, set_backend or FASTRNN_BACKEND
+    runs the stream through the kernel contract on that backend (the
+    stream kernels ran it, whatever was asked), and backend_reason says who
+    asked. ("cpu" from them keeps the stream kernels: see below.)"""
     B, T, D = 2, 6, 5
     layer = _layer(rng, "lstm", 7, D, backend=name if source == "layer" else "auto")
     x = rng.uniform(-2, 2, (B, T, D)).astype(np.float32)
@@ -92,12 +93,15 @@ def test_a_named_backend_from_the_layer_or_the_default_runs_the_stream(
 def test_the_order_of_the_requests(monkeypatch, rng):
     """The stream's own backend comes first, then the layer's, then
     set_backend, then FASTRNN_BACKEND; a layer on "auto" with none of them
-    keeps the stream kernels."""
+    keeps the stream kernels, and so does "cpu" from the layer or the
+    default (they are the cpu backend's)."""
     layer = _layer(rng, "gru", 6, 3, backend="reference")
     auto = _layer(rng, "gru", 6, 3)
     assert auto.stream().backend == "stream"
+    monkeypatch.setenv("FASTRNN_BACKEND", "reference")
+    assert auto.stream().backend == "reference"
     monkeypatch.setenv("FASTRNN_BACKEND", "cpu")
-    assert auto.stream().backend == "cpu"
+    assert auto.stream().backend == "stream"
     fastrnn.set_backend("reference")
     assert auto.stream().backend == "reference"
     fastrnn.set_backend("cpu")
@@ -285,3 +289,136 @@ def test_a_timed_stream_never_claims_two_threads_for_one(rng, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
     assert stream.backend == "cpu" and stream.threads == 1
     assert "frames: the cpu batch engine on one thread" in stream.backend_reason
+
+
+# ----- D: regressions of the request rules (one test per fix) -----
+
+@pytest.mark.parametrize("source", ["layer", "set_backend", "env"])
+def test_cpu_from_the_layer_or_the_default_keeps_the_stream_kernels(monkeypatch, rng, source):
+    """(3) "cpu" from the layer, set_backend or FASTRNN_BACKEND runs the
+    stream kernels (the cpu backend's own), not the contract path; only the
+    stream's own backend="cpu" forces that."""
+    B, T, D = 1, 6, 5
+    layer = _layer(rng, "lstm", 32, D, backend="cpu" if source == "layer" else "auto")
+    x = rng.uniform(-2, 2, (B, T, D)).astype(np.float32)
+    want = _reference(layer, x)
+    if source == "set_backend":
+        fastrnn.set_backend("cpu")
+    elif source == "env":
+        monkeypatch.setenv("FASTRNN_BACKEND", "cpu")
+    stream = layer.stream(batch_size=B)
+    ran = _spy_kernels(monkeypatch, "cpu")
+    got = _frames(stream, x)
+    assert stream.backend == "stream" and ran == [] and stream.threads == 1
+    assert "backend='cpu' was requested by" in stream.backend_reason
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    forced = layer.stream(batch_size=B, backend="cpu")
+    assert forced.backend == "cpu"
+    got = _frames(forced, x)
+    assert ran == ["lstm"] * T
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("source", ["layer", "set_backend", "env"])
+def test_threads_from_the_stream_comes_before_reference_from_the_layer_or_default(
+        monkeypatch, rng, source):
+    """(2) The stream's own threads=1 asks for the cpu stream kernels, over
+    backend="reference" from the layer or the process default (the more
+    specific request wins); the stream's own backend="reference" with
+    threads is a contradiction, still refused."""
+    B, T, D = 1, 5, 4
+    layer = _layer(rng, "lstm", 8, D, backend="reference" if source == "layer" else "auto")
+    x = rng.uniform(-2, 2, (B, T, D)).astype(np.float32)
+    want = _reference(layer, x)
+    if source == "set_backend":
+        fastrnn.set_backend("reference")
+    elif source == "env":
+        monkeypatch.setenv("FASTRNN_BACKEND", "reference")
+    stream = layer.stream(threads=1)
+    ran = _spy_kernels(monkeypatch, "reference")
+    got = _frames(stream, x)
+    assert stream.backend == "stream" and stream.threads == 1 and ran == []
+    assert "threads=1 was requested over backend='reference'" in stream.backend_reason
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="threads=1"):
+        layer.stream(backend="reference", threads=1)
+
+
+def _lstm_t2(rng):
+    return _layer(rng, "lstm", 40, 8)  # (a layer the panel split runs at batch 1)
+
+
+@pytest.mark.skipif(dispatch.get_num_threads() < 2, reason="needs two threads to save")
+def test_a_saved_threads_the_stream_cannot_run_here_is_a_preference(rng, tmp_path):
+    """(1) A stream file saved with threads=2 loads where threads=2 cannot
+    run (here: one thread allowed): a UserWarning naming the file, the
+    stream on threads=None with a note in backend_reason, its state kept."""
+    B, T = 1, 6
+    layer = _lstm_t2(rng)
+    x = rng.uniform(-2, 2, (B, T, 8)).astype(np.float32)
+    want = _reference(layer, x)
+    stream = layer.stream(threads=2)
+    stream(np.ascontiguousarray(x[:, 0]))
+    path = stream.save(str(tmp_path / "s.npz"))
+    fastrnn.set_num_threads(1)
+    try:
+        with pytest.raises(ValueError, match="threads=2"):
+            layer.stream(threads=2)  # (a live request stays refused)
+        with pytest.warns(UserWarning, match=r"s\.npz.*threads=2.*cannot run here"):
+            back = streaming.load_stream(path)
+        assert back.backend == "stream" and back.threads == 1
+        assert "the file asked for threads=2" in back.backend_reason
+        got = np.stack([back(np.ascontiguousarray(x[:, t])) for t in range(1, T)], axis=1)
+        np.testing.assert_allclose(got, want[:, 1:], rtol=2e-5, atol=2e-5)
+    finally:
+        fastrnn.set_num_threads(None)
+
+
+@pytest.mark.skipif(dispatch.get_num_threads() < 2, reason="needs two threads to save")
+def test_a_model_streams_saved_threads_is_a_preference(rng, tmp_path):
+    """(1) fastrnn.load of a model stream treats threads the same way;
+    other errors raise."""
+    from fastrnn import models
+    layer = _lstm_t2(rng)
+    model = fastrnn.Sequential([layer])
+    live = model.stream(threads=2)
+    assert live.streams[0].threads == 2
+    x = rng.standard_normal((1, 3, 8)).astype(np.float32)
+    live(x)
+    fastrnn.save(live, tmp_path / "m.fastrnn")
+    fastrnn.set_num_threads(1)
+    try:
+        with pytest.warns(UserWarning, match=r"m\.fastrnn.*threads=2"):
+            loaded = fastrnn.load(tmp_path / "m.fastrnn")
+        assert loaded.streams[0].backend == "stream"
+        for a, b in zip(_nest.flatten(loaded.states), _nest.flatten(live.states)):
+            np.testing.assert_array_equal(a, b)
+        with pytest.warns(UserWarning, match=r"m\.fastrnn.*threads=2"):
+            back = models.ModelStream._restore(model, 1, None, 2, "m.fastrnn")
+        assert back.streams[0].backend == "stream"
+        assert "the file asked for threads=2" in back.streams[0].backend_reason
+        with pytest.raises(ValueError, match="batch_size"):
+            models.ModelStream._restore(model, 0, None, 2, "m.fastrnn")
+    finally:
+        fastrnn.set_num_threads(None)
+
+
+def test_a_stream_error_names_who_asked_for_the_backend(rng):
+    """(6) set_backend("cpu") and a Python activation: the stream's error
+    names fastrnn.set_backend, as a layer call's does."""
+    layer = fastrnn.SimpleRNN(4, activation=_tanh)
+    layer.build((1, None, 3))
+    fastrnn.set_backend("cpu")
+    with pytest.raises(ValueError, match="requested by fastrnn.set_backend"):
+        layer(np.ones((1, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="requested by fastrnn.set_backend"):
+        layer.stream()
+
+
+def test_a_backend_that_is_not_a_str_is_a_TypeError(rng):
+    """(7) As for a layer's backend= and set_backend."""
+    layer = _layer(rng, "lstm", 3, 2)
+    with pytest.raises(TypeError, match="backend"):
+        layer.stream(backend=1)
+    with pytest.raises(TypeError, match="backend"):
+        fastrnn.Sequential([layer]).stream(backend=1)
