@@ -44,6 +44,17 @@ def _predict(model, x):
     return np.asarray(model.predict(x, verbose=0))
 
 
+def _as_keras2(source, target):
+    """A copy of the .keras file ``source`` whose metadata.json says Keras 2.15
+    (the format tf.keras 2.13-2.15 wrote)."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for member in src.namelist():
+            data = src.read(member)
+            if member == "metadata.json":
+                data = json.dumps(dict(json.loads(data), keras_version="2.15.0"))
+            dst.writestr(member, data)
+
+
 # ------------------------------------------------------------- custom classes
 
 
@@ -386,13 +397,7 @@ def test_keras_files_hard_sigmoid_by_their_version(rng, tmp_path):
     for form in ("m.keras", "m.h5"):
         np.testing.assert_allclose(fastrnn.load_keras(tmp_path / form).predict(x), want,
                                    atol=ATOL)
-    with zipfile.ZipFile(tmp_path / "m.keras") as src, \
-            zipfile.ZipFile(tmp_path / "k2.keras", "w") as dst:
-        for member in src.namelist():
-            data = src.read(member)
-            if member == "metadata.json":
-                data = json.dumps(dict(json.loads(data), keras_version="2.15.0"))
-            dst.writestr(member, data)
+    _as_keras2(tmp_path / "m.keras", tmp_path / "k2.keras")
     np.testing.assert_allclose(fastrnn.load_keras(tmp_path / "k2.keras").predict(x),
                                _predict(models[_k2_hard_sigmoid], x), atol=ATOL)
 
@@ -454,13 +459,7 @@ def test_a_keras2_keras_file_as_config_reads_as_keras2(rng, tmp_path):
     _randomize(m, rng)
     m.save(tmp_path / "m.keras")
     m.save_weights(tmp_path / "m.weights.h5")
-    with zipfile.ZipFile(tmp_path / "m.keras") as src, \
-            zipfile.ZipFile(tmp_path / "k2.keras", "w") as dst:
-        for name in src.namelist():
-            data = src.read(name)
-            if name == "metadata.json":
-                data = json.dumps(dict(json.loads(data), keras_version="2.15.0"))
-            dst.writestr(name, data)
+    _as_keras2(tmp_path / "m.keras", tmp_path / "k2.keras")
     whole = fastrnn.load_keras(tmp_path / "k2.keras")
     split = fastrnn.load_keras(tmp_path / "m.weights.h5", config=str(tmp_path / "k2.keras"))
     for model in (whole, split):

@@ -39,6 +39,15 @@ def _layer(rng, kind="lstm", units=7, D=5, **kw):
     return layer
 
 
+def _ask(source, name, monkeypatch):
+    """Ask for backend ``name`` through the process default: ``"set_backend"``
+    or ``"env"`` (FASTRNN_BACKEND); ``"layer"`` asked when the layer was made."""
+    if source == "set_backend":
+        fastrnn.set_backend(name)
+    elif source == "env":
+        monkeypatch.setenv("FASTRNN_BACKEND", name)
+
+
 def _reference(layer, x):
     """``layer``'s output for the whole sequence ``x`` on the reference backend."""
     ref = fastrnn.RNN(layer.cell, return_sequences=True, backend="reference",
@@ -75,10 +84,7 @@ def test_a_named_backend_from_the_layer_or_the_default_runs_the_stream(
     layer = _layer(rng, "lstm", 7, D, backend=name if source == "layer" else "auto")
     x = rng.uniform(-2, 2, (B, T, D)).astype(np.float32)
     want = _reference(layer, x)
-    if source == "set_backend":
-        fastrnn.set_backend(name)
-    elif source == "env":
-        monkeypatch.setenv("FASTRNN_BACKEND", name)
+    _ask(source, name, monkeypatch)
     stream = layer.stream(batch_size=B)
     ran = _spy_kernels(monkeypatch, name)
     got = _frames(stream, x)
@@ -165,10 +171,7 @@ def test_cuda_from_the_layer_or_the_default_runs_on_the_host(monkeypatch, rng, s
     builtin = _layer(rng, "lstm", 5, D, **kw)
     x = rng.uniform(-2, 2, (B, T, D)).astype(np.float32)
     wants = [_reference(python_act, x), _reference(builtin, x)]
-    if source == "set_backend":
-        fastrnn.set_backend("cuda")
-    elif source == "env":
-        monkeypatch.setenv("FASTRNN_BACKEND", "cuda")
+    _ask(source, "cuda", monkeypatch)
     for layer, want, engine in zip((python_act, builtin), wants, ("reference", "stream")):
         stream = layer.stream()
         assert stream.backend == engine
@@ -302,10 +305,7 @@ def test_cpu_from_the_layer_or_the_default_keeps_the_stream_kernels(monkeypatch,
     layer = _layer(rng, "lstm", 32, D, backend="cpu" if source == "layer" else "auto")
     x = rng.uniform(-2, 2, (B, T, D)).astype(np.float32)
     want = _reference(layer, x)
-    if source == "set_backend":
-        fastrnn.set_backend("cpu")
-    elif source == "env":
-        monkeypatch.setenv("FASTRNN_BACKEND", "cpu")
+    _ask(source, "cpu", monkeypatch)
     stream = layer.stream(batch_size=B)
     ran = _spy_kernels(monkeypatch, "cpu")
     got = _frames(stream, x)
@@ -330,10 +330,7 @@ def test_threads_from_the_stream_comes_before_reference_from_the_layer_or_defaul
     layer = _layer(rng, "lstm", 8, D, backend="reference" if source == "layer" else "auto")
     x = rng.uniform(-2, 2, (B, T, D)).astype(np.float32)
     want = _reference(layer, x)
-    if source == "set_backend":
-        fastrnn.set_backend("reference")
-    elif source == "env":
-        monkeypatch.setenv("FASTRNN_BACKEND", "reference")
+    _ask(source, "reference", monkeypatch)
     stream = layer.stream(threads=1)
     ran = _spy_kernels(monkeypatch, "reference")
     got = _frames(stream, x)
