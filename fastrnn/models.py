@@ -37,7 +37,7 @@ from ._engine import WEIGHTS_LOCK
 from .bidirectional import Bidirectional
 from .cells import quantization_mode_of, quantize_cells, resolve_dtype
 from .layers import RNN
-from .streaming import Stream, StreamBusyError
+from .streaming import Stream, StreamBusyError, _with_saved_threads
 
 # ----------------------------------------------------------------- activations
 
@@ -1190,7 +1190,6 @@ class ModelStream:
         a preference, which a model stream that cannot run it here is made
         without (a ``UserWarning``; see
         :func:`fastrnn.streaming._with_saved_threads`)."""
-        from .streaming import _with_saved_threads
         return _with_saved_threads(
             lambda t: model.stream(batch_size, backend=backend, threads=t), threads, where)
 
