@@ -265,12 +265,8 @@ def _requested(layer, backend):
         return backend, _OWN
     if layer.backend_arg != "auto":
         return layer.backend_arg, "the layer's backend argument"
-    default = dispatch.get_backend()
-    if default == "auto":
-        return None, ""
-    if dispatch._default is not None:  # (set_backend comes before the variable)
-        return default, "fastrnn.set_backend"
-    return default, "the FASTRNN_BACKEND environment variable"
+    default, source = dispatch._default_and_source()
+    return (None, "") if default == "auto" else (default, source)
 
 
 _OWN = "the stream's backend argument"

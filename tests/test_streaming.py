@@ -213,13 +213,14 @@ def test_states_round_trip_and_validation(rng):
 def test_stateful_layer_stream_starts_from_zeros_and_takes_its_states(rng):
     """As documented: a new stream starts from zeros; assigning the stateful
     layer's states goes on from them, as the layer's next call would."""
-    layer = fastrnn.LSTM(6, stateful=True, backend="reference")
+    layer = fastrnn.LSTM(6, stateful=True)   # (on auto: its stream runs the stream kernels)
     layer(_x(rng, (2, 4, 3), "float32"))
     x = _x(rng, (2, 5, 3), "float32")
     fresh = fastrnn.LSTM(6, backend="reference")
     fresh.build((2, None, 3))
     fresh.set_weights(layer.get_weights())
     stream = layer.stream(batch_size=2)
+    assert stream.backend == "stream"
     np.testing.assert_allclose(stream(x), fresh(x), **TOL["float32"])
     stream.states = layer.states
     np.testing.assert_allclose(stream(x), layer(x), **TOL["float32"])
