@@ -147,7 +147,10 @@ class RNN:
         ``"propagate"`` or ``"raise"``.
     dtype : str
         ``"float32"`` (default) or ``"float64"``; other float inputs are cast,
-        integer inputs are a ``TypeError``.
+        integer inputs are a ``TypeError``. Given a cell object, the layer takes the
+        cell's dtype (``layer.dtype`` says which): the weights are stored in
+        the cell, and Keras too computes in the cell's dtype, though it then
+        casts the outputs to this one. Make the cells with ``dtype=``.
     input_dim, input_shape, batch_input_shape, batch_size
         Keras' shape arguments: the feature count (``input_dim``,
         ``input_shape=(time, features)``, ``batch_input_shape=(batch, time,
