@@ -144,6 +144,18 @@ def _cell_label(cell):
     return f"{type(cell).__name__} {_name(cell)!r}"
 
 
+def _check_pair(cell, got):
+    """``got``, what a step of ``cell`` returned, if it is a pair ``(output,
+    new_state)``; else a ``TypeError`` saying what came (one array would be
+    unpacked row by row)."""
+    if not isinstance(got, (list, tuple)) or len(got) != 2:
+        what = (f"a {type(got).__name__} of {len(got)} items" if isinstance(got, (list, tuple))
+                else f"one {type(got).__name__}")
+        raise TypeError(f"{_cell_label(cell)}.call returned {what}; a cell returns "
+                        "(output, new_state)")
+    return got
+
+
 def _as_inputs(inputs, argument="inputs"):
     x = np.asarray(inputs)
     if x.dtype.kind != "f":
@@ -345,19 +357,24 @@ class RNNCell:
                 f"{_cell_label(self)}.set_weights: expected {len(self._weight_dict)} arrays "
                 f"in TF1 variable order [{self._expected()}], got {len(weights)}"
             )
+        self._store(self._checked(weights, [(n, w.shape) for n, w in self._weight_dict.items()]))
+
+    def _checked(self, weights, shapes):
+        """``weights`` as arrays, each checked against its ``(name, shape)``
+        of ``shapes``: real numbers of that shape."""
         arrays = []
-        for (n, w), value in zip(self._weight_dict.items(), weights):
+        for (n, shape), value in zip(shapes, weights):
             value = np.asarray(value)
             if value.dtype.kind not in "iuf":
                 raise TypeError(f"{_cell_label(self)}.set_weights: variable {n!r} expects real "
                                 f"numbers, got dtype {value.dtype}")
-            if value.shape != w.shape:
+            if value.shape != tuple(shape):
                 raise ValueError(
                     f"{_cell_label(self)}.set_weights: variable {n!r} expects shape "
-                    f"{w.shape}, got {value.shape}"
+                    f"{tuple(shape)}, got {value.shape}"
                 )
             arrays.append(value)
-        self._store(arrays)
+        return arrays
 
     def _store(self, arrays):
         """Write checked ``arrays`` into the weights: in place, so that a
@@ -429,6 +446,11 @@ class RNNCell:
         self.set_weights([reader.read(prefix + n) for n in names])
         return self
 
+    def _builtin_cells(self):
+        """The built-in cells among this cell and the cells it holds, whose
+        weights a run reads together (a user's cell holds none it knows of)."""
+        return []
+
     # -- one step --------------------------------------------------------
     def __call__(self, inputs, state, scope=None):
         """Run one step: ``inputs (batch, depth)`` -> ``(output, new_state)``."""
@@ -436,7 +458,8 @@ class RNNCell:
         if not getattr(self, "built", False):
             self.build(x.shape)
             self.built = True
-        return self.call(x, state)
+        got = self.call(x, state)
+        return got if type(got) is tuple and len(got) == 2 else _check_pair(self, got)
 
     def call(self, inputs, state):
         raise NotImplementedError("RNNCell subclasses define call(inputs, state)")

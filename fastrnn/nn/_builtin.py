@@ -11,6 +11,9 @@ kernels. The public namespace is :mod:`fastrnn.nn.rnn_cell`.
 from __future__ import annotations
 
 import collections
+import contextvars
+import operator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,6 +31,49 @@ def resolve_backend(requested, cell):
         if own is not None:
             return own
     return "auto" if requested is None else requested
+
+
+class _Run(NamedTuple):
+    """What the cells a run calls one step at a time take from it (see :data:`RUN`)."""
+
+    backend: str  # the backend request ("auto": each cell's own)
+    weights: dict  # the run's weights: see snapshot
+
+
+#: The run a one-step call belongs to: set while :func:`fastrnn.nn.dynamic_rnn`
+#: steps a cell in Python and while a ``MultiRNNCell`` calls its cells. The
+#: built-in cells called meanwhile run on its backend request and on its
+#: weights, read once for the whole run (a ``set_weights`` in another thread
+#: cannot land between two layers or two steps). A context variable, not an
+#: argument: wrappers and a user's cells call their cells as ``cell(x, state)``
+#: and pass nothing on. Each thread has its own, and each run its own
+#: ``weights`` dict, which only that run's thread reads and adds to.
+RUN = contextvars.ContextVar("fastrnn.nn.run", default=None)
+
+
+def snapshot(cells, dtype):
+    """The weights of the built-in ``cells`` in ``dtype`` (a ``np.dtype``),
+    read together (:func:`fastrnn._engine.snapshot`): ``{(id(cell), dtype):
+    (cell, Weights)}``. Unbuilt cells are left out: a run builds them, then
+    reads their weights when it runs them."""
+    cells = [c for c in cells if c.built]
+    weights = _engine.snapshot(cells, dtype)
+    return {(id(c), dtype): (c, w) for c, w in zip(cells, weights)}
+
+
+def pinned(cell, weights, dtype):
+    """``(Weights,)`` of built-in ``cell`` in ``dtype``: from a run's
+    ``weights`` (see :func:`snapshot`); read now where the run has none of
+    ``cell`` (a cell reached through a user's cell, or built during the
+    run), and then kept in ``weights`` for the rest of the run. ``weights``
+    None (no run): read now."""
+    if weights is None:
+        return _engine.snapshot([cell], dtype)
+    key = (id(cell), dtype)
+    hit = weights.get(key)
+    if hit is None or hit[0] is not cell:
+        hit = weights[key] = (cell, _engine.snapshot([cell], dtype)[0])
+    return (hit[1],)
 
 
 def run_cell(cell, x, mask, reverse, states, backend, weights=None):
@@ -109,13 +155,7 @@ class _FusedCell(RNNCell):
         return [f"{_name(self)}/{n}" for n in self._names()]
 
     def build(self, inputs_shape):
-        depth = inputs_shape[-1] if isinstance(inputs_shape, (tuple, list)) else inputs_shape
-        if depth is None or int(depth) < 1:
-            raise ValueError(
-                f"{_cell_label(self)}.build: expected inputs_shape (batch, depth) with "
-                f"depth >= 1, got {inputs_shape!r}"
-            )
-        depth = int(depth)
+        depth = self._build_depth(inputs_shape)
         self._weights = collections.OrderedDict()
         self.dtype = self.dtype or np.dtype(np.float32)
         for n, shape, init in self._spec(depth):
@@ -125,11 +165,30 @@ class _FusedCell(RNNCell):
         self._depth = depth
         self.built = True
 
+    def _build_depth(self, inputs_shape):
+        """The input depth of ``inputs_shape`` (``(batch, depth)``, or the
+        depth): an integer >= 1 (int(2.7) would silently build depth 2)."""
+        depth = inputs_shape[-1] if isinstance(inputs_shape, (tuple, list)) else inputs_shape
+        try:
+            depth = -1 if isinstance(depth, (bool, np.bool_)) else operator.index(depth)
+        except TypeError:
+            depth = -1
+        if depth < 1:
+            raise ValueError(
+                f"{_cell_label(self)}.build: expected inputs_shape (batch, depth) with an "
+                f"integer depth >= 1, got {inputs_shape!r}"
+            )
+        return depth
+
+    def _builtin_cells(self):
+        return [self]
+
     def set_weights(self, weights):
         """Set the weights from a list in TF1 variable order.
 
-        An unbuilt cell is built first, its input depth read from the
-        kernel's rows (``depth + num_units``, or ``depth + num_proj``).
+        An unbuilt cell is built, its input depth read from the kernel's rows
+        (``depth + num_units``, or ``depth + num_proj``), once every array is
+        checked: a refused list leaves the cell as it was, unbuilt.
         """
         weights = list(weights)
         names = self._names()
@@ -147,7 +206,11 @@ class _FusedCell(RNNCell):
                     f"{_cell_label(self)}.set_weights: {names[0]} should have shape "
                     f"(depth + {self._recurrent_rows}, ...), got {kernel.shape}"
                 )
-            self.build((None, depth))
+            arrays = self._checked(weights, [(n, shape) for n, shape, _ in self._spec(depth)])
+            with WEIGHTS_LOCK:  # (a run in another thread sees it unbuilt or set)
+                self.build((None, depth))
+                self._store(arrays)
+            return
         super().set_weights(weights)
 
     def _store(self, arrays):
@@ -213,14 +276,17 @@ class _FusedCell(RNNCell):
 
     def call(self, inputs, state):
         x = inputs
+        run = RUN.get()
         if (type(x) is np.ndarray and x.ndim == 2 and x.shape[1] == self._depth
-                and x.flags.c_contiguous and self.backend == "auto"):
+                and x.flags.c_contiguous and self.backend == "auto"
+                and (run is None or run.backend == "auto")):
             # the common case, checked cheaply: one call of the frame kernel
             hit = self._frames
             if (hit is None or hit[0] is not self._cache or hit[1] is not x.dtype
                     or hit[2] != x.shape[0] or hit[3] != dispatch.default_key()):
                 hit = self._frames = self._frames_entry(x.dtype, x.shape[0])
-            if hit[4] is not None:
+            if hit[4] is not None and (run is None or pinned(self, run.weights, x.dtype)[0]
+                                       is hit[7]):
                 states = self._plain_states(state, x.shape[0], x.dtype, hit[6])
                 if states is not None:
                     out, states = _engine.step(hit[4], x, states)
@@ -235,8 +301,9 @@ class _FusedCell(RNNCell):
             return np.zeros((0, self.output_size), dtype), state
         x = np.ascontiguousarray(x, dtype=dtype)
         states = [np.ascontiguousarray(a, dtype=dtype) for a in self._to_keras(state)]
-        weights = _engine.snapshot([self], dtype)
-        backend = resolve_backend(None, self)
+        # part of a run (see RUN): its backend request and its weights
+        weights = pinned(self, None if run is None else run.weights, dtype)
+        backend = resolve_backend(None if run is None else run.backend, self)
         frames = _engine.frames_for(weights, x.shape[0]) if backend == "auto" else None
         if frames is not None:
             return self._step(frames, weights, x, states)
@@ -253,13 +320,13 @@ class _FusedCell(RNNCell):
         """What a one-step call in ``dtype`` with ``batch`` rows needs, made
         once per weights (``self._cache`` is new when they change), batch size
         and default backend: ``(cache, dtype, batch, default key, frames or
-        None, backend choice, state sizes)``."""
+        None, backend choice, state sizes, the Weights the frames run)``."""
         cache = self._cache  # (read first: the weights below are then no older)
         weights = (self._weights_for(dtype),)
         params = weights[0].params
         sizes = [params.output_size, params.units] if params.kind == "lstm" else [params.units]
         return (cache, dtype, batch, dispatch.default_key(), _engine.frames_for(weights, batch),
-                _engine.select_for(weights, "auto"), sizes)
+                _engine.select_for(weights, "auto"), sizes, weights[0])
 
     def _plain_states(self, state, batch, dtype, sizes):
         """``state`` as the Keras-order list the kernels take, when it needs

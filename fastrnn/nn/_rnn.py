@@ -6,8 +6,9 @@ import numpy as np
 
 from .. import _device
 from .. import _nest
-from ._base import RNNCell, _cell_label, check_state, compute_dtype
-from ._builtin import _FusedCell, resolve_backend, run_cell
+from .. import dispatch
+from ._base import RNNCell, _cell_label, _check_pair, check_state, compute_dtype
+from ._builtin import RUN, _FusedCell, _Run, pinned, resolve_backend, run_cell, snapshot
 from ._wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper, check_residual
 
 __all__ = [
@@ -95,6 +96,18 @@ def _unused_args(parallel_iterations, swap_memory, scope):
         raise TypeError(f"scope: expected a string or None, got {type(scope).__name__}")
 
 
+def _request(backend):
+    """The call's ``backend=``, checked before anything runs, whatever the
+    cell (a run stepped in Python, or with no step to run, checks it too): the
+    errors of a built-in cell's run, a ``TypeError`` for a value that is not
+    a str, a ``ValueError`` for an unknown name, a ``RuntimeError`` for a
+    backend that cannot run here."""
+    backend = dispatch._check_request(backend, "backend")
+    if backend != "auto":
+        dispatch.select(backend, [])
+    return backend
+
+
 def _initial_state(cell, initial_state, batch, dtype, argument):
     if initial_state is None:
         return cell.zero_state(batch, dtype)
@@ -127,16 +140,17 @@ def _reverse_sequence(x, lengths):
 # running a cell over a sequence
 
 
-def _run(cell, x, lengths, state, reverse, backend, argument="inputs"):
+def _run(cell, x, lengths, state, reverse, backend, weights, argument="inputs"):
     """Run ``cell`` over ``x (B, T, D)``; return ``(outputs (B, T, O), state)``.
 
     Built-in cells make one kernel call each; ``MultiRNNCell`` runs layer by
-    layer; anything else steps in Python.
+    layer; anything else steps in Python. ``weights``: the run's weights,
+    read before it starts (see :func:`_prepare`).
     """
     if isinstance(cell, MultiRNNCell):
         new_states = []
         for i, (sub, s) in enumerate(zip(cell._cells, cell.split_state(state))):
-            x, s = _run(sub, x, lengths, s, reverse, resolve_backend(backend, cell),
+            x, s = _run(sub, x, lengths, s, reverse, resolve_backend(backend, cell), weights,
                         argument if i == 0 else f"outputs of cells[{i - 1}]")
             new_states.append(s)
         return x, cell.join_states(new_states)
@@ -147,17 +161,21 @@ def _run(cell, x, lengths, state, reverse, backend, argument="inputs"):
         out, states = run_cell(
             cell, x, _mask(lengths, x.shape[1]), reverse,
             [np.ascontiguousarray(s, dtype=x.dtype) for s in cell._to_keras(state)],
-            resolve_backend(backend, cell),
+            resolve_backend(backend, cell), pinned(cell, weights, x.dtype),
         )
         return out, cell._from_keras(states)
     if isinstance(cell, DropoutWrapper) and not cell.active:
-        return _run(cell.cell, x, lengths, state, reverse, backend, argument)
+        return _run(cell.cell, x, lengths, state, reverse, backend, weights, argument)
     if isinstance(cell, ResidualWrapper) and cell._residual_fn is None:
-        out, state = _run(cell.cell, x, lengths, state, reverse, backend, argument)
+        out, state = _run(cell.cell, x, lengths, state, reverse, backend, weights, argument)
         check_residual(x, out)
         mask = _mask(lengths, x.shape[1])
         return out + (x if mask is None else np.where(mask[:, :, None], x, 0)), state
-    return _loop(cell, x, lengths, state, reverse)
+    token = RUN.set(_Run(resolve_backend(backend, cell), weights))
+    try:
+        return _loop(cell, x, lengths, state, reverse)
+    finally:
+        RUN.reset(token)
 
 
 def _loop(cell, x, lengths, state, reverse):
@@ -165,7 +183,8 @@ def _loop(cell, x, lengths, state, reverse):
 
     Past a sequence's length the output is zeros and the state is carried;
     ``reverse`` reverses each sequence within its length, as TF1's
-    ``reverse_sequence``, and reverses the outputs back.
+    ``reverse_sequence``, and reverses the outputs back. The built-in cells
+    it calls run on the run's backend and weights (see ``_builtin.RUN``).
     """
     B, T, _ = x.shape
     dtype = x.dtype
@@ -173,7 +192,7 @@ def _loop(cell, x, lengths, state, reverse):
         x = _reverse_sequence(x, lengths)
     outputs = []
     for t in range(T):
-        y, new_state = cell(x[:, t], state)
+        y, new_state = _check_pair(cell, cell(x[:, t], state))  # (also a cell's own __call__)
         new_state = check_state(cell, new_state, B, dtype, f"state returned by {type(cell).__name__}.call")
         y = np.asarray(y, dtype=dtype)
         if y.ndim != 2 or y.shape[0] != B:
@@ -214,13 +233,27 @@ def _check_depth(cell, depth, argument="inputs"):
         _check_depth(cell.cell, depth, argument)
 
 
-def _forward(cell, x, lengths, state, reverse, backend):
+def _prepare(cells, x):
+    """Build ``cells`` for ``x``'s depth and read the weights of every
+    built-in cell among them at once, so that a run (both directions of a
+    bidirectional one) computes with one set of weights, whatever
+    ``set_weights`` another thread makes meanwhile. None when there is no
+    step to run (no row or no step): then the cells are only checked."""
     B, T, D = x.shape
     if B == 0 or T == 0:
-        _check_depth(cell, D)
-        return np.zeros((B, T, int(cell.output_size)), dtype=x.dtype), state
-    _build(cell, D)
-    return _run(cell, x, lengths, state, reverse, backend)
+        for cell in cells:
+            _check_depth(cell, D)
+        return None
+    for cell in cells:
+        _build(cell, D)
+    return snapshot([b for cell in cells for b in cell._builtin_cells()], x.dtype)
+
+
+def _forward(cell, x, lengths, state, reverse, backend, weights):
+    """``cell`` over ``x`` on the run's ``weights`` (:func:`_prepare`)."""
+    if weights is None:
+        return np.zeros((*x.shape[:2], int(cell.output_size)), dtype=x.dtype), state
+    return _run(cell, x, lengths, state, reverse, backend, weights)
 
 
 # --------------------------------------------------------------------------
@@ -254,7 +287,13 @@ def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=No
         Inputs and outputs are ``(max_time, batch, ...)``.
     backend : str, optional
         ``"auto"``, ``"reference"``, ``"cpu"`` or ``"cuda"``; defaults to the
-        cell's ``backend`` (itself ``"auto"``). After the call,
+        cell's ``backend`` (itself ``"auto"``). It applies to every built-in
+        cell the run calls, those stepped in Python (inside an active
+        ``DropoutWrapper``, a ``ResidualWrapper`` with ``residual_fn``, or a
+        user's cell) included, and is checked before anything runs, even
+        when nothing does (no step, no row): a value that is not a str is a
+        ``TypeError``, an unknown name a ``ValueError``, a backend that
+        cannot run here a ``RuntimeError``. After the call,
         ``cell.last_backend`` (on each built-in cell) says which ran and why.
     parallel_iterations : int, optional
         A positive integer or None. TF1's graph parallelism: the steps here
@@ -270,16 +309,25 @@ def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=No
     -------
     outputs : np.ndarray (batch, max_time, cell.output_size), or time-major
     state : nested arrays shaped like ``cell.state_size``
+
+    Notes
+    -----
+    The weights of every built-in cell in ``cell`` (the layers of a
+    ``MultiRNNCell``, the cells inside wrappers) are read together before
+    the first step (a built-in cell that a user's cell calls: at its first
+    step) and kept for the whole run: a ``set_weights`` in another thread
+    meanwhile changes the next run, never part of this one.
     """
     _check_cell(cell)
     _unused_args(parallel_iterations, swap_memory, scope)
+    backend = _request(backend)
     x = _sequence(inputs, time_major)
     B, T, _ = x.shape
     lengths = _lengths(sequence_length, B, T)
     dt = compute_dtype(dtype, initial_state, x)
     x = np.ascontiguousarray(x, dtype=dt)
     state = _initial_state(cell, initial_state, B, dt, "initial_state")
-    out, state = _forward(cell, x, lengths, state, False, backend)
+    out, state = _forward(cell, x, lengths, state, False, backend, _prepare([cell], x))
     if time_major:
         out = np.ascontiguousarray(out.transpose(1, 0, 2))
     return out, state
@@ -304,6 +352,7 @@ def bidirectional_dynamic_rnn(cell_fw, cell_bw, inputs, sequence_length=None,
     _check_cell(cell_fw, "cell_fw")
     _check_cell(cell_bw, "cell_bw")
     _unused_args(parallel_iterations, swap_memory, scope)
+    backend = _request(backend)
     x = _sequence(inputs, time_major)
     B, T, _ = x.shape
     lengths = _lengths(sequence_length, B, T)
@@ -312,8 +361,9 @@ def bidirectional_dynamic_rnn(cell_fw, cell_bw, inputs, sequence_length=None,
     x = np.ascontiguousarray(x, dtype=dt)
     s_fw = _initial_state(cell_fw, initial_state_fw, B, dt, "initial_state_fw")
     s_bw = _initial_state(cell_bw, initial_state_bw, B, dt, "initial_state_bw")
-    out_fw, s_fw = _forward(cell_fw, x, lengths, s_fw, False, backend)
-    out_bw, s_bw = _forward(cell_bw, x, lengths, s_bw, True, backend)
+    weights = _prepare([cell_fw, cell_bw], x)
+    out_fw, s_fw = _forward(cell_fw, x, lengths, s_fw, False, backend, weights)
+    out_bw, s_bw = _forward(cell_bw, x, lengths, s_bw, True, backend, weights)
     if time_major:
         out_fw = np.ascontiguousarray(out_fw.transpose(1, 0, 2))
         out_bw = np.ascontiguousarray(out_bw.transpose(1, 0, 2))

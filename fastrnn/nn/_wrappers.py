@@ -13,8 +13,9 @@ import numpy as np
 
 from .. import _device, _nest
 from .._engine import WEIGHTS_LOCK
-from ._base import LSTMStateTuple, RNNCell, _as_inputs, _cell_label, _name, check_state, compute_dtype
-from ._builtin import _real
+from ._base import (LSTMStateTuple, RNNCell, _as_inputs, _cell_label, _check_pair, _name,
+                    check_state, compute_dtype)
+from ._builtin import RUN, _real, _Run, resolve_backend, snapshot
 
 class MultiRNNCell(RNNCell):
     """TF1 ``MultiRNNCell``: cells stacked, each feeding the next.
@@ -25,7 +26,9 @@ class MultiRNNCell(RNNCell):
     order. :func:`fastrnn.nn.dynamic_rnn` runs it layer by layer, one kernel
     call per built-in layer; outputs and states equal TF1's step-by-step
     stacking because masked steps neither change state nor read the layer
-    below.
+    below. Its ``backend``, unless ``"auto"``, runs every cell it holds, in
+    runs and one-step calls alike (a run's ``backend=`` comes first), and
+    both read the weights of all its cells together, once.
     """
 
     def __init__(self, cells, state_is_tuple=True, name=None, backend="auto", **kwargs):
@@ -60,6 +63,22 @@ class MultiRNNCell(RNNCell):
     @property
     def output_size(self):
         return self._cells[-1].output_size
+
+    def zero_state(self, batch_size, dtype=None):
+        """Zeros shaped like ``state_size``, each ``(batch_size, size)``.
+
+        ``dtype`` defaults to the stack's: its own ``dtype`` if given, else
+        the cells' (float64 when a cell's zero state is float64; float32
+        before they have weights), so a run from this state computes in it.
+        """
+        if dtype is None and self.dtype is None:
+            leaves = [np.asarray(a) for cell in self._cells
+                      for a in _nest.flatten(cell.zero_state(0))]
+            dtype = np.result_type(*leaves) if leaves else None
+        return super().zero_state(batch_size, dtype)
+
+    def _builtin_cells(self):
+        return [b for cell in self._cells for b in cell._builtin_cells()]
 
     def build(self, inputs_shape):
         depth = inputs_shape[-1]
@@ -129,13 +148,28 @@ class MultiRNNCell(RNNCell):
         return np.concatenate(states, axis=1)
 
     def call(self, inputs, state):
+        """One step of every cell, each feeding the next: the built-in cells
+        run on the stack's ``backend`` (unless the run it is part of requests
+        one) and on weights read together before the first cell, so a
+        ``set_weights`` in another thread cannot land between two cells."""
         x = _as_inputs(inputs)
         dtype = compute_dtype(None, state, x)
         state = check_state(self, state, x.shape[0], dtype)
-        new_states = []
-        for cell, s in zip(self._cells, self.split_state(state)):
-            x, s = cell(x, s)
-            new_states.append(s)
+        run = RUN.get()
+        weights = {} if run is None else run.weights
+        # (a run has read them, unless the stack is inside a user's cell)
+        missing = [c for c in self._builtin_cells() if (id(c), dtype) not in weights]
+        if missing:
+            weights.update(snapshot(missing, dtype))
+        token = RUN.set(_Run(resolve_backend(None if run is None else run.backend, self),
+                             weights))
+        try:
+            new_states = []
+            for cell, s in zip(self._cells, self.split_state(state)):
+                x, s = _check_pair(cell, cell(x, s))
+                new_states.append(s)
+        finally:
+            RUN.reset(token)
         return x, self.join_states(new_states)
 
 
@@ -145,6 +179,12 @@ class _Wrapper(RNNCell):
     def __init__(self, cell, name=None, **kwargs):
         if not isinstance(cell, RNNCell):
             raise TypeError(f"cell: expected an RNNCell, got {type(cell).__name__}")
+        if "backend" in kwargs:
+            raise TypeError(
+                f"{type(self).__name__}: keyword argument not understood: 'backend' (a "
+                "wrapper runs on its cell's backend: give backend= to the cell, or to "
+                "dynamic_rnn)"
+            )
         super().__init__(name=name or _name(cell), backend=cell.backend, **kwargs)
         self.cell = cell
 
@@ -192,6 +232,9 @@ class _Wrapper(RNNCell):
 
     def _n_weights(self):
         return self.cell._n_weights()
+
+    def _builtin_cells(self):
+        return self.cell._builtin_cells()
 
 
 class ResidualWrapper(_Wrapper):
