@@ -170,6 +170,13 @@ class RNN:
     def __init__(self, cell, return_sequences=False, return_state=False, go_backwards=False,
                  stateful=False, unroll=False, zero_output_for_mask=False, time_major=False,
                  backend="auto", nan_policy="propagate", **kwargs):
+        for c in cell if isinstance(cell, (list, tuple)) else [cell]:
+            if getattr(c, "_tf1_state", False):
+                raise TypeError(
+                    f"cell: expected a Keras-style cell, got {type(c).__name__} of fastrnn.nn, "
+                    "a TF1-style cell, which takes and returns its state in TF1's structure: "
+                    "run it with fastrnn.nn.dynamic_rnn, or use fastrnn.LSTMCell, GRUCell "
+                    "or SimpleRNNCell here")
         if isinstance(cell, (list, tuple)):
             cell = StackedRNNCells(cell)
         elif isinstance(cell, dict):

@@ -6,6 +6,8 @@ import threading
 import numpy as np
 import pytest
 
+from fastrnn import GRUCell as fastrnn_GRUCell
+from fastrnn import RNN as fastrnn_RNN
 from fastrnn import _engine, _nest, dispatch, nn
 from fastrnn.nn import rnn_cell
 
@@ -411,3 +413,13 @@ def test_build_refuses_a_depth_that_is_not_a_positive_integer(depth):
     cell = rnn_cell.GRUCell(3)
     cell.build((None, np.int64(4)))
     assert [w.shape for w in cell.get_weights()] == [(7, 6), (6,), (7, 3), (3,)]
+
+
+@pytest.mark.parametrize("make", [lambda: rnn_cell.GRUCell(3), lambda: rnn_cell.LSTMCell(3),
+                                  lambda: rnn_cell.MultiRNNCell([rnn_cell.BasicRNNCell(3)])])
+@pytest.mark.parametrize("stacked", [False, True])
+def test_keras_rnn_refuses_a_tf1_cell_naming_it(make, stacked):
+    cell = make()
+    with pytest.raises(TypeError, match=r"cell: expected a Keras-style cell, got \w+ of "
+                                        r"fastrnn\.nn.*dynamic_rnn"):
+        fastrnn_RNN([fastrnn_GRUCell(2), cell] if stacked else cell)

@@ -218,6 +218,9 @@ class RNNCell:
     #: The :class:`fastrnn.dispatch.Choice` of the cell's last kernel run
     #: (built-in cells): which backend ran it and why.
     last_backend = None
+    #: Takes and returns its state in TF1's structure (a GRU's one array, an
+    #: ``LSTMStateTuple``), not Keras's list: ``fastrnn.RNN`` refuses it.
+    _tf1_state = True
 
     def __init__(self, trainable=True, name=None, dtype=None, backend="auto", _reuse=None,
                  **kwargs):
