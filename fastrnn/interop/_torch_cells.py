@@ -4,18 +4,24 @@ Keras has no projected LSTM, so :class:`~fastrnn.cells.LSTMCell` has no
 projection argument; the kernels do (``LSTMParams.projection``). This cell
 exposes it to the layers: ``h' = (o * tanh(c')) @ projection``, with
 ``h`` of size ``proj_size`` (``P``) and ``c`` of size ``units`` (``H``).
-It is only built by the PyTorch converters and never appears in a Keras
-config.
+It is only built by the PyTorch converters. It is registered as a cell
+(:mod:`fastrnn.serialization`) so that fastrnn's own files (``fastrnn.save``,
+``Stream.save``) of the layers and streams of a converted projected LSTM
+can rebuild it from its config (which adds ``proj_size`` to
+:class:`~fastrnn.cells.LSTMCell`'s). Keras has no such class and never
+writes its name.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import serialization
 from ..cells import LSTMCell
 from ..kernels import LSTMParams
 
 
+@serialization.register("cell")
 class _ProjLSTMCell(LSTMCell):
     """LSTM cell (gates i, f, c, o) whose output is projected to ``proj_size``.
 

@@ -35,11 +35,13 @@ torch is imported only inside the functions that need it.
 
 from __future__ import annotations
 
+import numbers
 import re
 
 import numpy as np
 
 from .. import _engine, serialization
+from .._device import flag
 from .._engine import WEIGHTS_LOCK
 from .._nest import flatten
 from ..cells import (GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells, quantization_mode_of,
@@ -72,6 +74,35 @@ def _to_numpy(t, argument):
     except Exception as exc:  # noqa: BLE001 - reported with the argument's name
         raise TypeError(f"{argument}: expected an array or a torch tensor, got "
                         f"{type(t).__name__}") from exc
+
+
+def _is_int(value):
+    """An integer, and not a bool (``True`` is not a size)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_sizes(sizes):
+    """``{argument: value}`` of sizes that must be positive integers."""
+    for arg, v in sizes.items():
+        if not _is_int(v) or v <= 0:
+            raise ValueError(f"{arg}: expected a positive integer, got {v!r}")
+
+
+def _check_proj_size(proj_size, hidden_size):
+    if not _is_int(proj_size) or proj_size < 0 or (proj_size and proj_size >= hidden_size):
+        raise ValueError(f"proj_size: expected 0 or an integer in [1, hidden_size="
+                         f"{hidden_size}), got {proj_size!r}")
+    return int(proj_size)
+
+
+def _check_dropout(dropout):
+    """As torch: a real number in [0, 1] (a probability), not a bool."""
+    if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, numbers.Real):
+        raise TypeError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+    if not 0 <= dropout <= 1:  # (NaN too)
+        raise ValueError(f"dropout: expected a number in [0, 1] (the probability of zeroing "
+                         f"an element), got {dropout!r}")
+    return float(dropout)
 
 
 def _gru_reorder(w):
@@ -267,8 +298,9 @@ class TorchRecurrent(_TorchConverted):
     mode : {"LSTM", "GRU", "RNN_TANH", "RNN_RELU"}
     input_size, hidden_size, num_layers, bias, batch_first, dropout,
     bidirectional, proj_size
-        As in PyTorch (``dropout`` is recorded, and the identity at inference;
-        ``proj_size`` is LSTM only).
+        As in PyTorch: sizes are integers, flags ``True`` or ``False``
+        (``"False"`` is a ``TypeError``), ``dropout`` a number in [0, 1]
+        (recorded, and the identity at inference), ``proj_size`` LSTM only.
     dtype : {"float32", "float64"}
     backend : str
         fastrnn backend for the layers (``"auto"``, ``"cpu"``, ``"cuda"``,
@@ -282,21 +314,16 @@ class TorchRecurrent(_TorchConverted):
                  dtype="float32", backend="auto", state_dict=None):
         if mode not in _MODES:
             raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
-        for arg, v in (("input_size", input_size), ("hidden_size", hidden_size),
-                       ("num_layers", num_layers)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-                raise ValueError(f"{arg}: expected a positive integer, got {v!r}")
-        proj_size = int(proj_size or 0)
+        _check_sizes(dict(input_size=input_size, hidden_size=hidden_size,
+                          num_layers=num_layers))
+        proj_size = _check_proj_size(proj_size, hidden_size)
         if proj_size and mode != "LSTM":
             raise ValueError(f"proj_size: only LSTM supports a projection, got mode {mode!r}")
-        if proj_size < 0 or (proj_size and proj_size >= hidden_size):
-            raise ValueError(f"proj_size: expected 0 or an integer in [1, hidden_size="
-                             f"{hidden_size}), got {proj_size}")
         self.mode = mode
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.num_layers, self.bias = int(num_layers), bool(bias)
-        self.batch_first, self.dropout = bool(batch_first), float(dropout)
-        self.bidirectional, self.proj_size = bool(bidirectional), proj_size
+        self.num_layers, self.bias = int(num_layers), flag(bias, "bias")
+        self.batch_first, self.dropout = flag(batch_first, "batch_first"), _check_dropout(dropout)
+        self.bidirectional, self.proj_size = flag(bidirectional, "bidirectional"), proj_size
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}")
@@ -505,7 +532,9 @@ class TorchRecurrent(_TorchConverted):
 
         It takes and returns fastrnn's batch-major layout: ``(batch, features)`` frames
         or ``(batch, time, features)`` chunks, with the state carried between calls; a
-        stream of batch 1 also takes unbatched ``(features,)`` frames.
+        stream of batch 1 also takes unbatched ``(features,)`` frames. ``stream.save(path)``
+        and ``fastrnn.streaming.load_stream(path)`` round-trip it exactly (a projected
+        LSTM's too).
         """
         if self.bidirectional:
             raise TypeError("stream: a bidirectional module cannot stream: the reverse "
@@ -542,11 +571,10 @@ class TorchCell(_TorchConverted):
                  backend="auto", state_dict=None):
         if mode not in _MODES:
             raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
-        for arg, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-                raise ValueError(f"{arg}: expected a positive integer, got {v!r}")
+        _check_sizes(dict(input_size=input_size, hidden_size=hidden_size))
         self.mode = mode
-        self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bool(bias)
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.bias = flag(bias, "bias")
         self.proj_size = 0
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -676,7 +704,8 @@ def from_torch(module, backend="auto"):
         float32 or float64 weights compute in their dtype; float16 and
         bfloat16 in float32. Pruned, ``weight_norm``-ed and
         ``spectral_norm``-ed modules convert with the weights their next
-        forward uses (in eval mode); a subclass that overrides ``forward``,
+        forward uses (in eval mode), and the module is left unchanged
+        (``spectral_norm``'s buffers, every training flag); a subclass that overrides ``forward``,
         and any other forward hook or pre-hook, is a ``TypeError``: the
         converted module runs neither.
     backend : str
@@ -721,7 +750,30 @@ def _effective(module, names):
     other names and set the attributes in a forward pre-hook, so those may
     be stale (a ``load_state_dict`` or an update since the last forward):
     their weights are computed here, as the hook computes them in eval
-    mode. Any other hook is refused: the converted module runs none."""
+    mode. Any other hook is refused: the converted module runs none.
+
+    Nothing of the module changes: a parametrization is read in eval mode
+    (``spectral_norm``'s in training mode would run a power iteration and
+    write its ``_u`` / ``_v`` buffers), its modules' training flags are set
+    back as they were, and no autograd graph is recorded."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    parts = list(module.parametrizations.modules()) if parametrize.is_parametrized(module) \
+        else []
+    training = [m.training for m in parts]
+    try:
+        for m in parts:
+            m.training = False  # (each module's flag, as train(False) sets it)
+        with torch.no_grad():
+            return _read_effective(module, names)
+    finally:
+        for m, flag_ in zip(parts, training):
+            m.training = flag_
+
+
+def _read_effective(module, names):
+    """:func:`_effective`'s reading, with the module prepared for it."""
     from torch.nn.utils import prune
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm

@@ -27,7 +27,9 @@ import re
 
 import numpy as np
 
-from .torch import _GATES, TorchCell, TorchRecurrent, _expected_shape, _param_names, _to_numpy
+from .._device import flag
+from .torch import (_GATES, TorchCell, TorchRecurrent, _expected_shape, _is_int, _param_names,
+                    _to_numpy)
 
 __all__ = ["from_torch_state_dict", "from_torch_weights"]
 
@@ -64,6 +66,24 @@ def _these_are(gates, cell):
                 "(relu)")
     base = "LSTM" if gates == 4 else "GRU"
     return f"these are {base} weights: mode={_USER[base, cell]!r}"
+
+
+def _check_given(given):
+    """The sizes and flags a user passed to be checked against the weights:
+    ``None``, or of their type (``True`` is no layer count, ``"False"`` no flag)."""
+    checked = {}
+    for k, v in given.items():
+        if v is None:
+            checked[k] = None
+        elif k in ("bidirectional", "bias"):
+            checked[k] = flag(v, k)
+        elif not _is_int(v) or v < (0 if k == "proj_size" else 1):
+            raise ValueError(f"{k}: expected None (read from the weights) or a "
+                             f"{'non-negative' if k == 'proj_size' else 'positive'} integer, "
+                             f"got {v!r}")
+        else:
+            checked[k] = int(v)
+    return checked
 
 
 def _gate_blocks(arrays, first, label):
@@ -228,9 +248,11 @@ def from_torch_state_dict(state_dict, mode=None, *, prefix="", input_size=None,
         dot (``"encoder.rnn."``).
     input_size, hidden_size, num_layers, bidirectional, bias, proj_size
         Read from the keys and shapes when ``None``; given values are
-        checked against them.
+        checked against them (sizes are integers, flags ``True`` or
+        ``False``: ``num_layers=True`` or ``bias="False"`` is an error).
     batch_first : bool
-        Not stored in a state dict: give it as the module had it.
+        Not stored in a state dict: give it as the module had it, ``True``
+        or ``False`` (a string such as ``"False"`` is a ``TypeError``).
     dtype : {"float32", "float64"}, optional
         Default: the weights' dtype (float64 stays float64, others float32).
     backend : str
@@ -246,6 +268,10 @@ def from_torch_state_dict(state_dict, mode=None, *, prefix="", input_size=None,
                         f"{type(state_dict).__name__}")
     if not isinstance(prefix, str):
         raise TypeError(f"prefix: expected a string such as 'encoder.rnn.', got {prefix!r}")
+    batch_first = flag(batch_first, "batch_first")  # (checked for a cell too, which ignores it)
+    given = _check_given(dict(input_size=input_size, hidden_size=hidden_size,
+                              num_layers=num_layers, bidirectional=bidirectional, bias=bias,
+                              proj_size=proj_size))
     base, cell = _parse_mode(mode)
     keys = [k for k in state_dict.keys() if isinstance(k, str)]
     under = {k[len(prefix):]: k for k in keys if k.startswith(prefix)}
@@ -282,8 +308,6 @@ def from_torch_state_dict(state_dict, mode=None, *, prefix="", input_size=None,
             f"{'weight_ih_l0, weight_hh_l0, ...' if cell else 'weight_ih, weight_hh, no _l0'}): "
             f"{fix}")
     arrays = {k: read(k, full) for k, full in forms[cell].items()}
-    given = dict(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                 bidirectional=bidirectional, bias=bias, proj_size=proj_size)
     return _convert(arrays, base, cell, mode, lambda k: f"state_dict[{prefix + k!r}]", given,
                     batch_first, dtype, backend)
 
@@ -338,8 +362,8 @@ def from_torch_weights(mode, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None,
     """
     base, cell = _parse_mode(mode)
     cell = bool(cell)
-    if bidirectional not in (True, False):
-        raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
+    bidirectional = flag(bidirectional, "bidirectional")
+    batch_first = flag(batch_first, "batch_first")
     if cell and bidirectional:
         raise ValueError(f"bidirectional: a cell has one direction, got bidirectional=True "
                          f"with mode={mode!r}")
