@@ -58,6 +58,9 @@ def lookup(name, kinds, where="deserialize", what="class"):
 
 def serialize(obj):
     """``{"class_name", "config"}`` for a fastrnn object (Keras's serialised form)."""
+    if not callable(getattr(obj, "get_config", None)):
+        raise TypeError(f"serialize: expected a fastrnn layer or Keras-style cell (an object "
+                        f"with get_config), got {type(obj).__name__}")
     return {"module": "keras.layers", "class_name": type(obj).__name__,
             "config": obj.get_config(), "registered_name": None}
 

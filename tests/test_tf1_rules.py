@@ -8,6 +8,7 @@ import pytest
 
 from fastrnn import GRUCell as fastrnn_GRUCell
 from fastrnn import RNN as fastrnn_RNN
+from fastrnn import serialize as fastrnn_serialize
 from fastrnn import _engine, _nest, dispatch, nn
 from fastrnn.nn import rnn_cell
 
@@ -423,3 +424,10 @@ def test_keras_rnn_refuses_a_tf1_cell_naming_it(make, stacked):
     with pytest.raises(TypeError, match=r"cell: expected a Keras-style cell, got \w+ of "
                                         r"fastrnn\.nn.*dynamic_rnn"):
         fastrnn_RNN([fastrnn_GRUCell(2), cell] if stacked else cell)
+
+
+@pytest.mark.parametrize("obj", [rnn_cell.GRUCell(3), object(), 3])
+def test_serialize_refuses_what_has_no_config_naming_it(obj):
+    with pytest.raises(TypeError, match=rf"serialize: expected a fastrnn layer .* got "
+                                        rf"{type(obj).__name__}"):
+        fastrnn_serialize(obj)
