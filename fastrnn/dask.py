@@ -41,23 +41,38 @@ The graph computes with the model as it was when :func:`predict` or
 worker processes serializes it then, and otherwise (Dask's threads, or
 workers in this process) the key holds a deep copy made then (one copy of
 the weights), so ``set_weights`` or ``quantize`` afterwards changes only
-the graphs built after it. A model that needs ``time_major`` inputs
-(``(time, batch, features)``), at any depth, is refused: the tasks feed
-``(batch, time, features)`` and split the batch axis.
+the graphs built after it. ``copy.deepcopy`` gives a function back as
+itself, so a model that is or holds a plain function of the user's (a
+lambda, a closure, a bound method, a ``functools.partial``) is copied by a
+cloudpickle round trip instead, on every scheduler, as a worker process
+would receive it: the copy holds copies of the layers the function closes
+over or takes as defaults, and of the globals that a function defined in
+``__main__`` or inside another function reads. A function importable by
+name pickles by reference, with no copy of the layers it reads from its
+module's globals (a worker process would read its own module's): such a
+model is a ``TypeError`` (pass the layers in). A model that needs
+``time_major`` inputs (``(time, batch, features)``) or holds a
+``stateful`` layer is refused, at any depth: in a ``Sequential``, a
+wrapper, a user's object, a function's closure, defaults or the globals
+its code names. The tasks feed ``(batch, time, features)`` and split the
+batch axis.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import pickle
+import types
 
 import numpy as np
 
 from . import dispatch
 from .bidirectional import Bidirectional
 from .layers import RNN
-from .models import Dense, Embedding, InputLayer, Layer, ModelStream, TimeDistributed
+from .models import (Activation, Dense, Dropout, Embedding, InputLayer, Layer, Masking,
+                     ModelStream, Sequential, TimeDistributed)
 from .streaming import Stream
 
 # (FastrnnPlugin comes from the module __getattr__, below)
@@ -121,39 +136,102 @@ def _is_recurrent_layer(model):
     return isinstance(model, (RNN, Bidirectional))
 
 
-def _parts(model):
-    """``model`` and every layer inside it, at any depth: a ``Sequential``'s
-    ``layers``, a wrapper's ``layer``, a ``Bidirectional``'s two halves, and
-    the fastrnn layers a user's callable holds as attributes (or in lists,
-    tuples and dicts of them). Only fastrnn objects are looked into, besides
-    ``model`` itself."""
-    seen, order, todo = set(), [], [model]
+def _is_ours(obj):
+    return type(obj).__module__.split(".")[0] == "fastrnn"
+
+
+# Never looked into: they hold no layer a model could call.
+_LEAVES = (str, bytes, bytearray, int, float, complex, type(None), np.ndarray, np.generic,
+           type, types.ModuleType, types.BuiltinFunctionType, types.CodeType)
+
+
+def _code_names(code):
+    """The global names ``code`` and the functions defined inside it read."""
+    names, todo = set(), [code]
+    while todo:
+        c = todo.pop()
+        names.update(c.co_names)
+        todo.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return names
+
+
+def _function_refs(fn):
+    """What a plain function reads besides its arguments: its closure, its
+    defaults, its attributes and the module globals its code names."""
+    refs = []
+    for cell in fn.__closure__ or ():
+        try:
+            refs.append(cell.cell_contents)
+        except ValueError:  # (an empty cell)
+            pass
+    refs.extend(fn.__defaults__ or ())
+    refs.extend((fn.__kwdefaults__ or {}).values())
+    refs.extend(vars(fn).values())
+    g = fn.__globals__
+    refs.extend(g[name] for name in sorted(_code_names(fn.__code__)) if name in g)
+    return refs
+
+
+def _walk(model):
+    """``(parts, functions)``: ``model`` and every fastrnn object reachable
+    from it, at any depth, and the plain Python functions (not fastrnn's own)
+    on the way.
+
+    Looked into: lists, tuples, sets and dicts; a ``Sequential``'s
+    ``layers``, a wrapper's ``layer``, a ``Bidirectional``'s two halves
+    (fastrnn objects' attributes that are fastrnn objects or containers);
+    a user object's attributes; a function's closure, defaults and the
+    module globals its code names; a bound method's object; a
+    ``functools.partial``'s function and arguments.
+    """
+    seen, parts, functions, todo = set(), [], [], [model]
     while todo:
         obj = todo.pop()
-        if id(obj) in seen:
+        if id(obj) in seen or (obj is not model and isinstance(obj, _LEAVES)):
             continue
         seen.add(id(obj))
-        if isinstance(obj, (list, tuple)):
-            todo.extend(reversed(obj))
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend(reversed(list(obj)))
             continue
         if isinstance(obj, dict):
             todo.extend(reversed(list(obj.values())))
             continue
-        ours = type(obj).__module__.split(".")[0] == "fastrnn"
-        if obj is not model and not ours:
+        ours = _is_ours(obj)
+        if obj is model or ours:
+            parts.append(obj)
+        if isinstance(obj, types.FunctionType):
+            if not obj.__module__ or obj.__module__.split(".")[0] != "fastrnn":
+                functions.append(obj)
+                todo.extend(reversed(_function_refs(obj)))
             continue
-        order.append(obj)
-        state = getattr(obj, "__dict__", None)
-        if isinstance(state, dict):
-            todo.extend(reversed([v for v in state.values()
-                                  if isinstance(v, (list, tuple, dict))
-                                  or type(v).__module__.split(".")[0] == "fastrnn"]))
-    return order
+        if isinstance(obj, types.MethodType):
+            todo.extend([obj.__func__, obj.__self__])
+            continue
+        if isinstance(obj, functools.partial):
+            todo.extend(reversed([obj.func, *obj.args, *obj.keywords.values()]))
+            continue
+        try:
+            state = vars(obj)
+        except Exception:  # noqa: BLE001 - no __dict__ (or a proxy that refuses it)
+            continue
+        if not isinstance(state, dict):
+            continue
+        values = list(state.values())
+        if ours:  # fastrnn's own: its layers, not its helpers
+            values = [v for v in values if isinstance(v, (list, tuple, dict)) or _is_ours(v)]
+        todo.extend(reversed(values))
+    return parts, functions
+
+
+def _parts(model):
+    """``model`` and every fastrnn layer inside it, at any depth (see :func:`_walk`):
+    in a ``Sequential``, a wrapper, a user's object or closure."""
+    return _walk(model)[0]
 
 
 def _label_of(part, model):
     if part is model:
-        return type(model).__name__
+        return _label(model)
     return f"layer {getattr(part, 'name', None) or type(part).__name__!r}"
 
 
@@ -304,16 +382,64 @@ def _check_batch_size(batch_size):
     return int(batch_size)
 
 
+def _label(obj):
+    """A model or layer as an error message names it."""
+    if isinstance(obj, (types.FunctionType, types.MethodType)):
+        return f"function {obj.__module__}.{obj.__qualname__}"
+    return type(obj).__name__
+
+
 def _snapshot(model):
-    """A deep copy of ``model``: the weights it holds now, whatever is done to
-    the model later. One copy of the arrays it holds (fastrnn layers leave
-    their packed kernel forms out of a copy and make them again on first use)."""
-    try:
-        return copy.deepcopy(model)
-    except (TypeError, copy.Error, pickle.PicklingError, NotImplementedError) as exc:
-        raise TypeError(f"model: {type(model).__name__} cannot be copied ({exc}); the graph "
-                        "runs on a copy made at the call, so that changes to the model made "
-                        "afterwards do not reach it") from exc
+    """A copy of ``model``: the weights it holds now, whatever is done to the
+    model later.
+
+    A model that holds no Python function of the user's is deep-copied: one
+    copy of the arrays it holds (fastrnn layers leave their packed kernel
+    forms out of a copy and make them again on first use). A function, a
+    closure, a bound method or a ``functools.partial`` (or an object holding
+    one) makes a round trip through cloudpickle instead, as a worker process
+    would receive it: ``copy.deepcopy`` returns a function as itself, with the
+    layers it closes over. A function importable by name is pickled by
+    reference, so the layers it reads from its module's globals would not be
+    copied: a copy that still shares a fastrnn layer with ``model`` is a
+    ``TypeError``.
+    """
+    parts, functions = _walk(model)
+    if functions and not _is_ours(model):
+        import cloudpickle  # (comes with Dask)
+
+        try:
+            snapshot = cloudpickle.loads(cloudpickle.dumps(model,
+                                                           protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception as exc:  # noqa: BLE001 - whatever pickling a user's object raises
+            raise TypeError(f"model: {_label(model)} cannot be copied: cloudpickle failed "
+                            f"({type(exc).__name__}: {exc}); the graph runs on a copy made at "
+                            "the call, so that changes to the model made afterwards do not "
+                            "reach it") from exc
+    else:
+        try:
+            snapshot = copy.deepcopy(model)
+        except (TypeError, copy.Error, pickle.PicklingError, NotImplementedError) as exc:
+            raise TypeError(f"model: {_label(model)} cannot be copied ({exc}); the graph "
+                            "runs on a copy made at the call, so that changes to the model made "
+                            "afterwards do not reach it") from exc
+    copied_parts, copied_functions = _walk(snapshot)
+    kept = {id(p) for p in copied_parts}
+    shared = [p for p in parts if p is not model and _is_ours(p) and id(p) in kept
+              and callable(getattr(p, "get_weights", None))]  # (a layer, with weights)
+    if shared:
+        kept_functions = {id(f) for f in copied_functions}
+        by_name = [f for f in functions if id(f) in kept_functions]
+        via = (f" ({_label(by_name[0])} is pickled by reference: the copy reads the layers in "
+               "its module's globals, as a worker process reads its own module's)"
+               if by_name else "")
+        raise TypeError(
+            f"model: the copy made at the call still shares {_label_of(shared[0], model)} "
+            f"with {_label(model)}{via}, so changes made to it afterwards would reach the graph, "
+            "and worker processes would not run it as it is now; pass the layers in: as "
+            "arguments (functools.partial(fn, layer)), in a closure, or in an object holding "
+            "them")
+    return snapshot
 
 
 def _in_process(client):
@@ -334,7 +460,10 @@ def _model_ref(model):
     """
     dask, _ = _import_dask()
     client = _current_client()
-    if client is None or _in_process(client):
+    if client is None or _in_process(client) or (_walk(model)[1] and not _is_ours(model)):
+        # (worker processes receive the model serialized at the scatter, now:
+        # a copy, except for the layers a function reads from its module's
+        # globals, which _snapshot refuses)
         model = _snapshot(model)
     if client is not None:
         # Not broadcast: the Active Memory Manager drops replicas that no task
@@ -557,11 +686,24 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
     as it is at this call: the graph does not see later changes to it
     (``set_weights``, ``quantize``), whatever the scheduler. Without a client,
     or with workers in this process, that takes one deep copy of the model
-    now (a model that cannot be copied is a ``TypeError``).
+    now (a model that cannot be copied is a ``TypeError``); a function or
+    closure, or an object holding one, is copied by a cloudpickle round
+    trip on every scheduler, and one that reads its layers from the globals
+    of a module it can be imported from is a ``TypeError`` (see the module
+    docstring).
 
     A model with a ``time_major=True`` (or PyTorch ``batch_first=False``)
-    layer anywhere in it is a ``ValueError``: its axis 0 is time, and the
-    chunks split axis 0.
+    layer anywhere in it, in a closure or user object too, is a
+    ``ValueError``: its axis 0 is time, and the chunks split axis 0; so is
+    one with a ``stateful=True`` layer (state carried from call to call
+    means nothing across independent chunks).
+
+    Rows with ``lengths`` or a ``mask`` get what the model returns for the
+    masked batch, over the whole time axis: for a ``go_backwards`` layer
+    with ``return_sequences``, which returns its steps in the order it ran
+    them, a row's own outputs are its last ``lengths[i]`` steps (the steps
+    before them are its padding). :func:`predict_partitions` cuts each row's
+    own outputs out.
     """
     _, da = _import_dask()
     _check_model(model)
@@ -735,19 +877,103 @@ def _fallback_features(features):
     return features if isinstance(features, int) else 1
 
 
+# Where a row's own outputs lie in the output of its partition, padded at the
+# end and masked (t < length): see _valid_outputs.
+_ROW = "row"      # one output per row, no time axis
+_FIRST = "first"  # a sequence: its first `length` steps
+_LAST = "last"    # a sequence: its last `length` steps (a go_backwards layer's order)
+
+
+def _valid_outputs(model):
+    """Where each row's outputs lie when its partition runs padded at the end
+    with the mask ``t < length``, so that they equal the model run on that
+    row alone: :data:`_ROW`, :data:`_FIRST` or :data:`_LAST`; None where the
+    padded call cannot give them, or the model does not say.
+
+    Read off the layers of a fastrnn layer or ``Sequential``, in order, as
+    the call propagates the mask (see :mod:`fastrnn.models`):
+
+    * a recurrent layer skips masked steps and keeps its state across them.
+      Going forward, a row's outputs are the first ``length`` steps, and its
+      last output the state after its own steps; a ``go_backwards`` layer
+      returns its steps in the order it ran them, the padding first: the
+      last ``length`` steps. A ``Bidirectional`` returns its forward half's
+      order (its backward half is flipped back to it). None where the padding
+      was not masked (an ``Embedding`` without ``mask_zero``) unless it only
+      trails a forward sequence, or where the layer's input is a ``go_backwards``
+      sequence (the mask still marks the first steps) or a forward
+      ``zero_output_for_mask`` layer returns its last step (zeros for a row
+      shorter than its partition);
+    * per-step layers (``Dense``, ``Activation``, ``Dropout``,
+      ``TimeDistributed``, ``InputLayer``) keep the steps where they are;
+    * ``Embedding(mask_zero=True)`` masks the padding (token id 0); a
+      ``Masking(0.0)`` before any layer that changes values masks it too.
+
+    Anything else (a user's function or object, a layer of another kind) is None.
+    """
+    layers = model.layers if isinstance(model, Sequential) else [model]
+    where, masked, zeros = _FIRST, True, True  # zeros: the padding still holds zeros
+    for layer in layers:
+        if isinstance(layer, (RNN, Bidirectional)):
+            if where != _FIRST:
+                return None
+            halves = ([layer.forward_layer, layer.backward_layer]
+                      if isinstance(layer, Bidirectional) else [layer])
+            backwards = halves[0].go_backwards
+            if not masked and (backwards or len(halves) > 1 or not layer.return_sequences):
+                return None
+            if not layer.return_sequences and any(
+                    h.zero_output_for_mask and not h.go_backwards for h in halves):
+                return None
+            where = (_LAST if backwards else _FIRST) if layer.return_sequences else _ROW
+            zeros = False
+        elif isinstance(layer, Embedding):
+            if where != _FIRST:
+                return None
+            masked, zeros = layer.mask_zero, False
+        elif isinstance(layer, Masking):
+            if where != _FIRST or not zeros or layer.mask_value != 0.0:
+                return None
+            masked = True  # (and the masked steps stay zeros)
+        elif isinstance(layer, (InputLayer, Dropout)):  # the identity at inference
+            pass
+        elif isinstance(layer, (Dense, Activation, TimeDistributed)):
+            zeros = False
+        else:
+            return None
+    return where
+
+
+def _run_by_length(model, x, lengths, batch_size, out):
+    """Rows of one length together, unpadded and unmasked, into ``out``."""
+    for n in np.unique(lengths):
+        rows = np.flatnonzero(lengths == n)
+        y = _run_batches(model, x[rows, :n], None, batch_size)
+        for j, i in enumerate(rows):
+            out[i] = y[j].copy()
+
+
 def _predict_partition(series, model, *, batch_size=None, column=None):
     import pandas as pd
 
     x, lengths = _pad_partition(series, _model_dtype(model), column, _input_features(model))
     out = np.empty(len(series), dtype=object)
     if len(series):
-        mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
-        y = _run_batches(model, x, mask, batch_size)
-        sequences = y.ndim == 3 and y.shape[1] == x.shape[1] and getattr(
-            model, "return_sequences", True)
-        for i in range(len(series)):
-            # Sequence outputs are cut back to each row's own length.
-            out[i] = y[i, : lengths[i]].copy() if sequences else y[i].copy()
+        where = _valid_outputs(model)
+        y = None
+        if where is not None:
+            t = x.shape[1]
+            mask = np.arange(t)[None, :] < lengths[:, None]
+            y = _run_batches(model, x, mask, batch_size)
+            if where != _ROW and (y.ndim < 3 or y.shape[1] != t):
+                y = None  # (not the sequence the layers promised: run the rows unpadded)
+        if y is None:
+            _run_by_length(model, x, lengths, batch_size, out)
+        else:
+            for i, n in enumerate(lengths):
+                # each row's own outputs, as the model gives them for that row alone
+                row = y[i] if where == _ROW else y[i, :n] if where == _FIRST else y[i, t - n:]
+                out[i] = row.copy()
     return pd.Series(out, index=series.index, name=series.name, dtype=object)
 
 
@@ -770,8 +996,9 @@ def predict_partitions(model, ddf, column, *, batch_size=None):
         ``dask.config.set({"dataframe.convert-string": False})``, without which
         Dask turns it into strings). A list of integers is
         token ids ``(time,)`` for a model that starts with an ``Embedding``;
-        they are padded with 0, so use ``Embedding(mask_zero=True)`` as in
-        Keras (an ``Embedding`` without it drops the mask).
+        they are padded with 0 (masked by ``Embedding(mask_zero=True)``; an
+        ``Embedding`` without it drops the mask, and then rows run length by
+        length, see the notes).
     batch_size : int, optional
         Rows per model call inside a partition.
 
@@ -784,12 +1011,26 @@ def predict_partitions(model, ddf, column, *, batch_size=None):
 
     Notes
     -----
-    Each partition is padded to its own longest sequence only, and its
-    lengths come from the list offsets (the mask is ``t < length``): a row
-    gives the same result as the model run on that sequence alone, an empty
-    row included. In a partition of empty rows only, the feature count comes
-    from the column's type where it says it (``fixed_size_list``), else from
-    the model (its first layer's kernel, or its ``InputLayer``).
+    Each row gives the same result as the model run on that sequence alone,
+    an empty row included. Lengths come from the list offsets. A fastrnn
+    layer or a ``Sequential`` of them runs each partition in one call,
+    padded to its own longest sequence and masked (``t < length``), and
+    each row's outputs are cut where the model puts them for that row
+    alone: the first ``length`` steps, or the last ``length`` where the
+    sequence comes from a ``go_backwards`` layer (its steps in the order it
+    ran them, the padding first; a ``Bidirectional`` returns its forward
+    layer's order). Where a padded call cannot give each row's own outputs,
+    or the model does not say where they are, the rows of each length run
+    together, unpadded and unmasked (one call per distinct length in a
+    partition): a plain function or user object, a recurrent layer fed by a
+    ``go_backwards`` sequence (the mask still marks the first steps) or by
+    unmasked padding (an ``Embedding`` without ``mask_zero``, a ``Masking``
+    whose ``mask_value`` is not 0 or that follows a layer that changes
+    values), a forward ``zero_output_for_mask`` layer returning its last
+    output, or a layer class fastrnn.dask does not know. In a partition of
+    empty rows only, the feature count comes from the column's type where
+    it says it (``fixed_size_list``), else from the model (its first
+    layer's kernel, or its ``InputLayer``).
     Sequences are padded in the dtype of the model's first layer with
     weights (a leading ``Masking`` or ``Dropout`` does not decide it).
     ``np.stack(result.compute())`` turns fixed-size outputs into one array.
@@ -869,7 +1110,10 @@ def _make_plugin_class():
           kernels too on workers of more than one thread).
 
         ``nthreads``: a positive integer, or None for each worker's own
-        ``nthreads``; anything else is a ``ValueError``.
+        ``nthreads``; anything else is a ``ValueError``. ``dtypes``:
+        ``"float32"`` and/or ``"float64"``, a sequence of them or one alone
+        (a str); another dtype is a ``ValueError`` and a value that is not a
+        dtype a ``TypeError``, here rather than on every worker.
 
         Usage: ``client.register_plugin(fastrnn.dask.FastrnnPlugin())``.
         ``client.run(fastrnn.dask.worker_info)`` reports what it set.
@@ -885,7 +1129,8 @@ def _make_plugin_class():
                                  f"worker's own nthreads), got {nthreads!r}")
             self.nthreads = None if nthreads is None else int(nthreads)
             self.warm = bool(warm)
-            self.dtypes = tuple(np.dtype(d).name for d in dtypes)
+            # checked here, once, rather than failing on every worker
+            self.dtypes = dispatch._warmup_dtypes(dtypes)
             # Registering the same settings again is skipped (idempotent);
             # other settings are another plugin, set up after it: they apply.
             self.name = f"fastrnn-{self.nthreads}-{int(self.warm)}-{'-'.join(self.dtypes)}"

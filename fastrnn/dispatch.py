@@ -231,6 +231,42 @@ def get_num_threads():
     return backend_module("cpu").get_num_threads()
 
 
+_WARM_DTYPES = ("float32", "float64")
+
+
+def _warmup_dtypes(dtypes, argument="dtypes"):
+    """:func:`warmup`'s ``dtypes`` as a tuple of names: float32 and float64
+    only (what the kernels compute in), a single one (a str or dtype) as
+    itself; anything else an error naming ``argument``."""
+    import numpy as np  # (this module imports nothing heavy at its top; fastrnn has numpy)
+
+    if isinstance(dtypes, (str, np.dtype)) or (isinstance(dtypes, type)
+                                                and issubclass(dtypes, np.generic)):
+        dtypes = (dtypes,)
+    try:
+        items = list(dtypes)
+    except TypeError:
+        raise TypeError(f"{argument}: expected dtype names from {list(_WARM_DTYPES)} (one "
+                        f"alone, or a sequence of them), got {type(dtypes).__name__} "
+                        f"{dtypes!r}") from None
+    names = []
+    for item in items:
+        if not isinstance(item, (str, np.dtype)) and not (
+                isinstance(item, type) and issubclass(item, np.generic)):
+            raise TypeError(f"{argument}: expected dtype names from {list(_WARM_DTYPES)}, got "
+                            f"{type(item).__name__} {item!r}")
+        try:
+            name = np.dtype(item).name
+        except (TypeError, ValueError):  # not a dtype NumPy knows
+            name = None
+        if name not in _WARM_DTYPES:
+            raise ValueError(f"{argument}: expected dtypes from {list(_WARM_DTYPES)} (what "
+                             f"fastrnn's kernels compute in), got {item!r}")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=False,
            precisions=()):
     """Compile (or load from Numba's on-disk cache) the ``cpu`` kernels that
@@ -238,8 +274,12 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=Fal
 
     Parameters
     ----------
-    dtypes : sequence of str
-        The float dtypes to compile for.
+    dtypes : str or sequence of str
+        The float dtypes to compile for: ``"float32"``, ``"float64"`` (or
+        their NumPy dtypes); a single one may be given alone. Anything else
+        is an error, before anything compiles: a ``ValueError`` for another
+        dtype (``"int32"``; for ``"bfloat16"`` weights see ``precisions``),
+        a ``TypeError`` for a value that is not a dtype.
     parallel : bool
         Also the two-thread kernels (rows split and panels split); a process
         limited to one thread (``set_num_threads(1)``) never runs them.
@@ -263,6 +303,7 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=Fal
         What was compiled or loaded, ``"<kind> <dtype>"``. ``python -m
         fastrnn warmup`` runs this with every kind.
     """
+    dtypes = _warmup_dtypes(dtypes)
     cpu = backend_module("cpu")
     kinds = cpu.KINDS if kinds is None else kinds
     return cpu.warmup(dtypes=dtypes, parallel=parallel, kinds=kinds, verbose=verbose,

@@ -165,6 +165,8 @@ def _open_lengths(path, x):
         raise TypeError(f"--lengths: expected integers, got dtype {arr.dtype}")
     lengths = da.from_array(arr, chunks=(x.chunks[0],), lock=False, asarray=True,
                             meta=np.empty((0,), arr.dtype))
+    if not arr.shape[0]:  # (no row, nothing to check: min and max of nothing fail)
+        return lengths
     # every value, before any task runs (n integers: read once, a chunk at a time)
     lo, hi = da.compute(lengths.min(), lengths.max(), scheduler="sync")
     t = x.shape[1]
@@ -249,6 +251,19 @@ def _non_negative(text):
     return value
 
 
+def _example_args(argv):
+    """The arguments of ``--example`` (anywhere on the line, ``--example DIR``
+    or ``--example=DIR``), or None without it."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return None
+        if arg == "--example":
+            return argv[:i] + argv[i + 1:]
+        if arg.startswith("--example="):
+            return argv[:i] + [arg[len("--example="):]] + argv[i + 1:]
+    return None
+
+
 def _example_main(argv):
     """``python -m fastrnn predict --example DIR``: a model and data to score."""
     p = argparse.ArgumentParser(prog="python -m fastrnn predict --example",
@@ -262,6 +277,8 @@ def _example_main(argv):
     p.add_argument("--seed", type=_non_negative, default=0)
     p.add_argument("--overwrite", action="store_true",
                    help="replace the three files if DIR holds them")
+    p.add_argument("--no-progress", action="store_true",
+                   help="accepted, as for scoring (writing the example shows no progress)")
     a = p.parse_args(argv)
     if not a.dir.strip():
         p.error("DIR: expected a folder, got an empty string")
@@ -334,8 +351,9 @@ def main(argv=None):
     written before it.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--example"]:
-        return _example_main(argv[1:])
+    example = _example_args(argv)
+    if example is not None:
+        return _example_main(example)
     args = _parser().parse_args(argv)
     try:
         import dask
@@ -388,10 +406,27 @@ def main(argv=None):
     return 0
 
 
-def _warm_model(model, xs, mask, batch_size, nthreads):
+def _warm_model(model, xs, mask, batch_size):
     """Run ``model`` once on a real sample, untimed: kernels compiled or loaded."""
-    _set_process_threads(nthreads)
     _run_batches(model, xs, mask, batch_size)
+
+
+def _cap_worker_threads(dask_worker):
+    """On a worker of a cluster the CLI joined (``client.run`` passes the
+    worker): cap fastrnn's threads at the worker's ``nthreads`` for this run,
+    as :class:`fastrnn.dask.FastrnnPlugin` does; return the setting before,
+    for :func:`_restore_worker_threads`."""
+    before = _thread_state()
+    _set_process_threads(getattr(dask_worker.state, "nthreads", None) or dask_worker.nthreads)
+    return before
+
+
+def _restore_worker_threads(saved, dask_worker):
+    """Put back the thread setting :func:`_cap_worker_threads` found on this
+    worker (``saved``: by worker address)."""
+    before = saved.get(dask_worker.address)
+    if before is not None:
+        _restore_thread_state(before)
 
 
 def _score(model, x, lengths, args, batch_size, mode):
@@ -413,11 +448,13 @@ def _score(model, x, lengths, args, batch_size, mode):
         valid = np.asarray(lengths[:rows].compute(scheduler="sync"))
         sample_mask = np.arange(sample.shape[1])[None, :] < valid[:, None]
     cluster = client = None
+    capped = None  # {worker address: its thread setting before}, on a joined cluster
     try:
         if mode == 0:
             where = "1 process, no Dask"
             # The model's kernels may use every core (the process default).
-            _warm_model(model, sample, sample_mask, batch_size, None)
+            _set_process_threads(None)
+            _warm_model(model, sample, sample_mask, batch_size)
             t0 = time.perf_counter()
             _run_single_process(model, x, lengths, batch_size, args.output, progress)
             elapsed = time.perf_counter() - t0
@@ -428,20 +465,25 @@ def _score(model, x, lengths, args, batch_size, mode):
                 if args.scheduler:
                     client = Client(args.scheduler)
                     where = f"scheduler {args.scheduler}"
+                    # Someone else's workers: threads capped at each worker's
+                    # nthreads for this run only, and put back after it (a
+                    # plugin would stay registered on the scheduler).
+                    capped = client.run(_cap_worker_threads)
                 else:
                     cluster = LocalCluster(n_workers=mode, threads_per_worker=1,
                                            processes=True, dashboard_address=":0")
                     client = Client(cluster)
                     where = f"LocalCluster {mode} worker(s) x 1 thread"
-                # Threads capped and kernels warmed before the clock starts.
-                client.register_plugin(_plugin_class()())
-                client.run(_warm_model, model, sample, sample_mask, batch_size, 1)
+                    client.register_plugin(_plugin_class()())  # (threads capped)
+                # Kernels warmed before the clock starts.
+                client.run(_warm_model, model, sample, sample_mask, batch_size)
                 if args.scheduler:
                     where += f" ({sum(client.nthreads().values())} threads)"
             else:
                 where = f"Dask local threads ({os.cpu_count() or 1})"
                 # Dask's threads share the cores: one kernel thread each.
-                _warm_model(model, sample, sample_mask, batch_size, 1)
+                _set_process_threads(1)
+                _warm_model(model, sample, sample_mask, batch_size)
             t0 = time.perf_counter()
             with dask.config.set(scheduler=client.get if client is not None else "threads"):
                 y = predict(model, x, lengths, batch_size=batch_size)
@@ -465,7 +507,14 @@ def _score(model, x, lengths, args, batch_size, mode):
             elapsed = time.perf_counter() - t0
     finally:
         if client is not None:
-            client.close()
+            try:
+                if capped:
+                    client.run(_restore_worker_threads, capped)
+            except Exception as exc:  # noqa: BLE001 - a lost cluster has nothing to put back
+                print(f"fastrnn predict: warning: the workers' fastrnn thread setting was not "
+                      f"put back ({type(exc).__name__}: {exc})", file=sys.stderr)
+            finally:
+                client.close()
         if cluster is not None:
             cluster.close()
     rate = n / elapsed if elapsed > 0 else float("inf")
