@@ -36,6 +36,10 @@ class Bidirectional:
         Passed to ``set_weights`` once both layers exist.
     backend : str, optional
         Sets both layers' ``backend``.
+    dtype : str, optional
+        Checked, as any layer's; the layer computes and returns in its two
+        layers' dtype (Keras too computes in theirs, then casts the outputs
+        to this one). Give the wrapped layer ``dtype=``.
 
     ``backend`` and ``backend_reason`` say what the next call runs: the
     backend both layers run and why, or, where the two differ (a
@@ -138,6 +142,14 @@ class Bidirectional:
 
     def _quantizable(self):
         return self.forward_layer._quantizable() + self.backward_layer._quantizable()
+
+    @property
+    def states(self):
+        """The carried states of a stateful layer, as Keras: a tuple of the
+        forward layer's then the backward layer's (their own arrays, as
+        ``layer.states``); None before its first call or when not stateful."""
+        fw, bw = self.forward_layer.states, self.backward_layer.states
+        return tuple(list(fw) + list(bw)) if fw and bw else None
 
     def reset_states(self):
         self.forward_layer.reset_states()

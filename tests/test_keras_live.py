@@ -123,6 +123,27 @@ def test_stateful(backend, rng):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_stateful_bidirectional_states(backend, rng):
+    x1 = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    x2 = rng.standard_normal((2, 3, 3)).astype(np.float32)
+    klayer = keras.layers.Bidirectional(keras.layers.LSTM(5, stateful=True))
+    klayer(x1)
+    _randomize(klayer, rng)
+    klayer.reset_states()
+    layer = _twin(klayer, backend)
+    assert layer.states is None  # (no call yet)
+    for x in (x1, x2):
+        _compare(klayer, layer, x)
+        want = [_np(s) for s in klayer.states]  # forward h, c, then backward h, c
+        assert isinstance(layer.states, tuple) and len(layer.states) == len(want) == 4
+        for g, w in zip(layer.states, want):
+            np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)
+    plain = fastrnn.Bidirectional(fastrnn.GRU(3))
+    plain(x1)
+    assert plain.states is None  # not stateful
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_stacked_cells(backend, rng):
     x = rng.standard_normal((3, 5, 4)).astype(np.float32)
     mask = rng.random((3, 5)) > 0.3
