@@ -147,7 +147,7 @@ def _build(spec, arrays, path="object", file=None):
         return _build_model_stream(spec, arrays, path, file)
     if name not in serialization.names(_KINDS):
         raise ValueError(f"{path}: unknown class {name!r}; this fastrnn reads "
-                         f"{serialization.names(_KINDS)}")
+                         f"{serialization.names(_KINDS, shown=True)}")
     cls = serialization.lookup(name, _KINDS)
     kind = serialization.kind_of_class(cls)
     config = spec.get("config")

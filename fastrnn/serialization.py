@@ -41,9 +41,12 @@ def kind_of_class(cls):
     return entry[0] if entry is not None and entry[1] is cls else None
 
 
-def names(kinds):
-    """The registered class names of ``kinds``, sorted."""
-    return sorted(n for n, (k, _) in _CLASSES.items() if k in kinds)
+def names(kinds, shown=False):
+    """The registered class names of ``kinds``, sorted; ``shown``: those an
+    error message lists (not fastrnn's private classes, such as a converted
+    PyTorch LSTM's projected cell, which only fastrnn's own files name)."""
+    return sorted(n for n, (k, _) in _CLASSES.items()
+                  if k in kinds and not (shown and n.startswith("_")))
 
 
 def lookup(name, kinds, where="deserialize", what="class"):
@@ -52,7 +55,7 @@ def lookup(name, kinds, where="deserialize", what="class"):
     entry = _CLASSES.get(name) if isinstance(name, str) else None
     if entry is None or entry[0] not in kinds:
         raise ValueError(f"{where}: unsupported {what} {name!r}; expected one of "
-                         f"{names(kinds)}")
+                         f"{names(kinds, shown=True)}")
     return entry[1]
 
 

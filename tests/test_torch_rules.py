@@ -248,3 +248,12 @@ def test_projected_cell_config_round_trips_through_json(rng):
     assert type(rebuilt) is type(cell)
     assert rebuilt.get_config() == cell.get_config()
     assert rebuilt.state_size == [5, 6]
+
+
+def test_error_messages_list_no_private_class(tmp_path):
+    # (the projected cell is registered for fastrnn's own files; messages list
+    # the classes a user may name)
+    assert "_ProjLSTMCell" in serialization.names(("cell",))
+    with pytest.raises(ValueError, match="expected one of") as got:
+        fastrnn.deserialize({"class_name": "NoSuchCell", "config": {}})
+    assert "_ProjLSTMCell" not in str(got.value) and "LSTMCell" in str(got.value)
