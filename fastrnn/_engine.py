@@ -327,11 +327,17 @@ def call_cell(cell, inputs, states, training):
     ``(output, new_states)``, or a ``TypeError`` saying what came instead."""
     got = cell(inputs, states, training=training) if _takes_training(cell) else \
         cell(inputs, states)
+    return check_pair(got, type(cell).__name__, "new_states")
+
+
+def check_pair(got, label, states="new_states"):
+    """``got``, what one step of the cell ``label`` returned, if it is a pair
+    ``(output, states)``; else a ``TypeError`` saying what came (one array
+    would be unpacked row by row)."""
     if not isinstance(got, (list, tuple)) or len(got) != 2:
         what = (f"a {type(got).__name__} of {len(got)} items" if isinstance(got, (list, tuple))
                 else f"one {type(got).__name__}")
-        raise TypeError(f"{type(cell).__name__}.call returned {what}; a cell returns "
-                        "(output, new_states)")
+        raise TypeError(f"{label}.call returned {what}; a cell returns (output, {states})")
     return got
 
 

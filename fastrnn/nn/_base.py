@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 from .. import _device, _nest, _tf_bundle, dispatch, initializers
-from .._engine import WEIGHTS_LOCK
+from .._engine import WEIGHTS_LOCK, check_pair
 
 class LSTMStateTuple(collections.namedtuple("LSTMStateTuple", ("c", "h"))):
     """The state of an LSTM cell: ``(c, h)``, in that order, as in TF1.
@@ -146,14 +146,8 @@ def _cell_label(cell):
 
 def _check_pair(cell, got):
     """``got``, what a step of ``cell`` returned, if it is a pair ``(output,
-    new_state)``; else a ``TypeError`` saying what came (one array would be
-    unpacked row by row)."""
-    if not isinstance(got, (list, tuple)) or len(got) != 2:
-        what = (f"a {type(got).__name__} of {len(got)} items" if isinstance(got, (list, tuple))
-                else f"one {type(got).__name__}")
-        raise TypeError(f"{_cell_label(cell)}.call returned {what}; a cell returns "
-                        "(output, new_state)")
-    return got
+    new_state)``; else a ``TypeError`` saying what came."""
+    return check_pair(got, _cell_label(cell), "new_state")
 
 
 def _as_inputs(inputs, argument="inputs"):
