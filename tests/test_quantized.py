@@ -616,3 +616,38 @@ def test_quantized_weights_record_fields():
     assert q.kernel.shape == (4, 12) and q.recurrent_kernel.shape == (3, 12)
     b = quantize(make_params("lstm", rng, 4, 3, np.float32), "bfloat16").quantized
     assert b.kernel_scale is None and b.recurrent_scale is None
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("big", [8.6e37, -3.0e38])
+def test_dynamic_stream_rows_of_huge_values(kind, big):
+    # A row whose largest magnitude passes 2**126 quantizes with 127 / m,
+    # whose reciprocal form 1 / m is subnormal: the stream kernels (fast-math)
+    # once flushed it and dropped the whole input term.
+    rng = np.random.default_rng(23)
+    H, D = 5, 3
+    layers = {}
+    for backend in ("cpu", "reference"):
+        if kind == "lstm":  # linear: h is the input term itself, x @ W_c
+            layer = fastrnn.LSTM(H, activation="linear", backend=backend)
+        else:
+            layer = fastrnn.GRU(H, backend=backend)
+        layer.build((1, None, D))
+        layers[backend] = layer
+    w = layers["cpu"].get_weights()
+    w[0][:] = rng.standard_normal(w[0].shape) * 1e-2
+    w[1][:] = rng.standard_normal(w[1].shape) * 0.1
+    if kind == "lstm":
+        w[0][:, :H] = w[0][:, H:2 * H] = w[0][:, 3 * H:] = 0
+        w[2][:] = 0
+        w[2][:H], w[2][H:2 * H], w[2][3 * H:] = 100, -100, 100  # i = 1, f = 0, o = 1
+    for layer in layers.values():
+        layer.set_weights(w)
+        layer.quantize("int8_dynamic")
+    x = rng.standard_normal((1, 2, D)).astype(np.float32)
+    x[0, 1, 0] = big
+    want = layers["reference"](x)
+    stream = layers["cpu"].stream(batch_size=1, threads=1)
+    got = np.concatenate([stream(x[:, 0]), stream(x[:, 1])])
+    assert np.isfinite(want).all() and np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got[1:], want, rtol=1e-5, atol=1e-6)

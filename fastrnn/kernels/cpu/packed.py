@@ -315,6 +315,19 @@ def step_flags(r0, n, t, mask, has_mask, valid):
 
 # ---- int8_dynamic: activations quantized per row (fastrnn.kernels.quantize) ----
 
+@njit(nogil=True, error_model="numpy", fastmath=False)  # (see the docstring)
+def _row_inverse(m):
+    """``127 / m`` for a row's largest magnitude ``m`` (finite, not zero),
+    rounded once, whatever the fast-math flags of the kernel calling
+    :func:`_quantize_row`: under ``arcp`` (the stream kernels') the division
+    may become ``127 * (1 / m)``, and ``1 / m`` is subnormal, so flushed to
+    zero, for ``m`` above ``2**126``: the row would quantize to zeros. A call,
+    not inlined by Numba, keeps this function's own flags; ``fastmath=False``
+    is explicit because a function that leaves it unset inherits its
+    caller's."""
+    return np.float32(127.0) / m
+
+
 @njit(inline="always")
 def _quantize_row(src, s0, K, dst, d0):
     """Quantize ``src[s0 : s0 + K]`` (float32) into ``dst[d0 : d0 + K]``
@@ -336,7 +349,7 @@ def _quantize_row(src, s0, K, dst, d0):
             dst[d0 + k] = 128
         return np.float32(0.0) if mb == 0 else np.float32(np.nan)
     m = f32_from_bits(mb)
-    inv = np.float32(127.0) / m
+    inv = _row_inverse(m)
     for k in range(K):
         q = np.rint(src[s0 + k] * inv)
         q = min(max(q, np.float32(-127.0)), np.float32(127.0))
