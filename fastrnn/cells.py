@@ -392,6 +392,16 @@ class _Cell:
 
         def commit():
             with WEIGHTS_LOCK:
+                if self.built and self.input_dim != input_dim:
+                    # unbuilt when the arrays were checked (their kernel's
+                    # rows set the input size), built since by a call for
+                    # other inputs, which it has checked them against
+                    raise ValueError(
+                        f"{type(self).__name__}.set_weights: kernel expected shape "
+                        f"{_shape_text((self.input_dim, columns))}, got {arrays[0].shape} "
+                        f"(a call built the {type(self).__name__} for {self.input_dim} "
+                        "input features while set_weights checked the arrays); nothing "
+                        "changed")
                 self._commit(specs, arrays, input_dim)
 
         return commit

@@ -544,7 +544,7 @@ class RNN:
             plan = self._plan_now(xp is not np)
             key, weights = plan[0], plan[1]
         else:
-            key = self._choice_key(xp is not np)
+            key = self._key_for(weights, xp is not np)
         if training and any(c.dropout or c.recurrent_dropout for c in self.cells):
             self._chosen = (key, dispatch.Choice(
                 "reference", dispatch.backend_module("reference"), "reference: training=True "
@@ -564,6 +564,18 @@ class RNN:
         if self.return_sequences:
             return xp.ascontiguousarray(out[:, ::-1] if reverse else out), out_states
         return _engine.last_output(packs, out_states, mask, reverse, zero, xp), out_states
+
+    def _key_for(self, weights, on_device):
+        """The :meth:`_choice_key` of a call that runs ``weights``, read by
+        its caller (a ``Bidirectional`` or a model reads every layer's
+        together) before this key: where they are no longer the cells'
+        weights, a key no later look matches, so ``backend`` and
+        ``backend_reason`` choose again for the weights the cells have (the
+        key is read first: weights changed after that move it on)."""
+        key = self._choice_key(on_device)
+        if any(c._kernel_weights is not w for c, w in zip(self.cells, weights)):
+            return (None,) + key[1:]
+        return key
 
     def _plan_now(self, on_device):
         """``(key, weights, choice, packs)`` for a call that starts now: the

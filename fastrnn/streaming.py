@@ -413,7 +413,10 @@ class Stream:
         SimpleRNN or ``GRU(reset_after=False)`` frame at batch 1 has none),
         never timed: no call runs on the slower engine for a timing round,
         which a server that counts its slowest calls may prefer; a call the
-        helper cannot share still runs on the stream kernels. Anything
+        helper cannot share still runs on the stream kernels (so do all of
+        them while ``fastrnn.get_num_threads()`` is 1, which refuses only
+        the making of the stream: new weights repacked meanwhile keep
+        ``threads=2``, and two threads again once allowed). Anything
         else, or a value the layer cannot run at this ``batch_size`` (the
         ``ValueError`` says why; see also :attr:`backend_reason` of a
         stream made with ``None``), is a ``ValueError``; for an unbuilt
@@ -534,7 +537,9 @@ class Stream:
             self._setup()
 
     # ----- setup (once) -----
-    def _setup(self):
+    def _setup(self, repack=False):
+        """Make everything a call needs (:meth:`_check_weights` keeps the
+        state of a ``repack``)."""
         layer, B, dt = self.layer, self.batch_size, self._dt
         self.units = int(layer.output_size)
         cells = layer.cells
@@ -593,7 +598,7 @@ class Stream:
                 self.backend_reason += " (threads=1 was requested)"
             self.backend_reason += self._host_note
             if self._threads_arg != 1:
-                self._tune(weights, params)
+                self._tune(weights, params, repack)
         else:
             if self._threads_arg is not None:
                 raise _ThreadsError(f"threads={self._threads_arg}: the stream kernels do not run "
@@ -625,15 +630,16 @@ class Stream:
         self._foshape = (B, self.units)
         self._ready = True
 
-    def _tune(self, weights, params):
+    def _tune(self, weights, params, repack=False):
         """Large weights on a machine with two threads or more: time the
         first frames, and apart the first chunks, on both engines
         (:class:`_Tuner`); with ``threads=2``, keep the batch engine for
-        good, untimed."""
+        good, untimed (``repack``: new weights of a stream made so; see
+        :meth:`_why_not_two`)."""
         nbytes = sum(_weight_bytes(p) for p in params)
         pinned = self._threads_arg == 2
         if pinned:
-            why = self._why_not_two(weights)
+            why = self._why_not_two(weights, repack)
             if why:
                 raise _ThreadsError(f"threads=2: {why}; expected threads=None or 1")
         elif (nbytes < TUNE_MIN_BYTES or self._dt != np.float32
@@ -677,9 +683,11 @@ class Stream:
                 f"{th._BATCH_SPLIT_MIN}), and the batch engine splits a frame of it from "
                 f"batch_size={need} up; expected threads=None or 1, or batch_size={need} "
                 "or more")
-        # the threads of a frame on the batch engine (see _describe_tuning)
-        self._engine_threads = 2 if first is not None else \
-            dispatch.get_num_threads() if need <= B else 1
+        # the threads of a frame on the batch engine (see _describe_tuning;
+        # with threads=2, those it runs on while two are allowed: a repack
+        # may come while one is, see _why_not_two)
+        n = max(2, dispatch.get_num_threads()) if pinned else dispatch.get_num_threads()
+        self._engine_threads = 2 if first is not None else n if need <= B else 1
         if first is not None:
             for which in ("frame", "chunk"):
                 self._splits[which] = _SplitCalls(make, self._kernel_fns[which],
@@ -717,12 +725,18 @@ class Stream:
         self._kernel_fns["chunk"].compile(
             (arr(3),) + common + (arr(3 if self._return_sequences else 2), cfg))
 
-    def _why_not_two(self, weights):
-        """Why ``threads=2`` cannot run this stream ("" when it can)."""
+    def _why_not_two(self, weights, repack=False):
+        """Why ``threads=2`` cannot run this stream ("" when it can).
+
+        One thread allowed (``fastrnn.set_num_threads(1)``) refuses a
+        stream being made, not the new weights of one made with two
+        (``repack``): such a stream runs its calls on one core while one
+        thread is allowed, as it did with its old weights (the split's
+        helper shares no call then), and on two again once two are."""
         if self._dt != np.float32:
             return (f"the two-core engines run float32 layers (quantized weights "
                     f"included), and this one is {self._dt.name}")
-        if dispatch.get_num_threads() < 2:  # (the split's helper too runs no call then)
+        if dispatch.get_num_threads() < 2 and not repack:  # (the split's helper runs no call)
             return ("fastrnn.get_num_threads() is 1 (fastrnn.set_num_threads or "
                     "NUMBA_NUM_THREADS), so every call runs on one thread")
         choice = _engine.select_for(weights, "cpu")
@@ -829,18 +843,27 @@ class Stream:
 
     def _check_weights(self):
         """Pack the layer's weights again if they changed since the last call
-        (``layer.set_weights``); the carried state stays."""
+        (``layer.set_weights``); the carried state stays. Where that raises
+        (weights the stream's ``threads`` cannot run, say), the stream is
+        left as it was, state and old weights, and its next call tries
+        again (and raises again): no call runs the old weights."""
         if self._weights is None or self._generation == _engine.generation:
             return
-        self._generation = _engine.generation
+        generation = _engine.generation
         if _engine.snapshot(self.layer.cells) == self._weights:
-            return  # another object's weights changed
-        states = [s.copy() for s in self._states]
-        self._cshape = self._coshape = None
-        for calls in self._splits.values():
-            calls.close()  # (their helpers hold the old weights)
-        self._setup()
-        for dst, v in zip(self._states, states):
+            self._generation = generation  # another object's weights changed
+            return
+        before = dict(self.__dict__)  # (_setup binds new objects; it changes none in place)
+        try:
+            self._cshape = self._coshape = None
+            self._setup(repack=True)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)  # (its _generation too: the next call tries again)
+            raise
+        for calls in before["_splits"].values():
+            calls.close()  # (their helpers hold the old weights and state arrays)
+        for dst, v in zip(self._states, before["_states"]):
             dst[...] = v
 
     def _take_weights(self):

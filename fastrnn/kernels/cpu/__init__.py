@@ -450,66 +450,63 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
         raise ValueError(f"kinds: expected names from {KINDS}, got {unknown}")
     rng = np.random.default_rng(0)
     done = []
-    saved = (threads._MIN_PARALLEL_WORK, threads._MIN_SPLIT_STEP_WORK, threads._max_threads,
-             threads._contended_until, threads._contended_pause)
-    threads._MIN_PARALLEL_WORK = threads._MIN_SPLIT_STEP_WORK = 0
-    try:
-        for dt in dtypes:
-            name = np.dtype(dt).name
-            D, H, T = 3, 20, 2
+    # Each shape's call takes its threads through threads.warming, in this
+    # thread only: the process-wide settings (set_num_threads, the work
+    # thresholds, the contention period) are left alone, so calls in other
+    # threads meanwhile run as they would, and a set_num_threads made
+    # meanwhile holds.
+    for dt in dtypes:
+        name = np.dtype(dt).name
+        D, H, T = 3, 20, 2
 
-            def r(*shape):
-                return (rng.standard_normal(shape) * 0.1).astype(dt)
+        def r(*shape):
+            return (rng.standard_normal(shape) * 0.1).astype(dt)
 
-            for kind in kinds:
-                params = _warm_params(kind, r, D, H)
-                if kind == "stream":
-                    stream.warmup(params)
-                    x2 = r(2, D)  # Dense layers (model streams, small model calls)
-                    dense.dense_rows(x2, r(D, H), r(H), np.int64(0), np.empty((2, H), dt))
-                    done.append(f"{kind} {name}")
-                    if verbose:
-                        print(f"warmup: {done[-1]}", file=sys.stderr)
-                    continue
-                variants = [params]
-                if np.dtype(dt) == np.float32 and kind in ("lstm", "gru"):
-                    variants += [quantize(params, mode) for mode in precisions]
-                for params in variants:
-                    pk = pack(params)
-                    shapes = ((2, 1), (2, None), (threads._BATCH_SPLIT_MIN, None)) if parallel \
-                        else ((2, 1),)
-                    for B, n in shapes:
-                        set_num_threads(n)
-                        # a busy machine (a starved call before) would send
-                        # the call to one thread and leave the splits cold
-                        threads._contended_until = 0.0
-                        x = r(B, T, D)
-                        states = [np.zeros((B, s), dt) for s in state_sizes(params)]
-                        outs = [np.empty_like(s) for s in states]
+        for kind in kinds:
+            params = _warm_params(kind, r, D, H)
+            if kind == "stream":
+                stream.warmup(params)
+                x2 = r(2, D)  # Dense layers (model streams, small model calls)
+                dense.dense_rows(x2, r(D, H), r(H), np.int64(0), np.empty((2, H), dt))
+                done.append(f"{kind} {name}")
+                if verbose:
+                    print(f"warmup: {done[-1]}", file=sys.stderr)
+                continue
+            variants = [params]
+            if np.dtype(dt) == np.float32 and kind in ("lstm", "gru"):
+                variants += [quantize(params, mode) for mode in precisions]
+            for params in variants:
+                pk = pack(params)
+                shapes = ((2, 1), (2, None), (threads._BATCH_SPLIT_MIN, None)) if parallel \
+                    else ((2, 1),)
+                for B, n in shapes:
+                    x = r(B, T, D)
+                    states = [np.zeros((B, s), dt) for s in state_sizes(params)]
+                    outs = [np.empty_like(s) for s in states]
+                    # n threads however small the call, and a busy machine
+                    # (a starved call before) does not send it to one
+                    # thread, which would leave the splits cold
+                    with threads.warming(n):
                         run(sys.modules[__name__], pk, x, states, None, False, False,
                             np.empty((B, T, params.output_size), dt), outs)
-                    if parallel:  # a one-layer stream's frames on two cores
-                        fs = stream_split(pk, 1, *[np.zeros((1, s), dt)
-                                                  for s in state_sizes(params)])
-                        if fs is not None:
-                            fs.compile()
-                        if fs is not None and kind == "lstm":
-                            # ... and a stack's (one build per weight format)
-                            top = _warm_params(kind, r, H, H)
-                            if params.quantized is not None:
-                                top = quantize(top, params.quantized.mode)
-                            layers = [(pk, params), (pack(top), top)]
-                            ss = stack_split([p for p, _ in layers], 1, [
-                                (np.zeros((1, q.units), dt), np.zeros((1, q.units), dt))
-                                for _, q in layers])
-                            if ss is not None:
-                                ss.compile()
-                    done.append(f"{kind} {name}"
-                                + (f" ({params.precision} weights)" if params.quantized else ""))
-                    if verbose:
-                        print(f"warmup: {done[-1]}", file=sys.stderr)
-    finally:
-        (threads._MIN_PARALLEL_WORK, threads._MIN_SPLIT_STEP_WORK, restore,
-         threads._contended_until, threads._contended_pause) = saved
-        set_num_threads(restore)
+                if parallel:  # a one-layer stream's frames on two cores
+                    fs = stream_split(pk, 1, *[np.zeros((1, s), dt)
+                                              for s in state_sizes(params)])
+                    if fs is not None:
+                        fs.compile()
+                    if fs is not None and kind == "lstm":
+                        # ... and a stack's (one build per weight format)
+                        top = _warm_params(kind, r, H, H)
+                        if params.quantized is not None:
+                            top = quantize(top, params.quantized.mode)
+                        layers = [(pk, params), (pack(top), top)]
+                        ss = stack_split([p for p, _ in layers], 1, [
+                            (np.zeros((1, q.units), dt), np.zeros((1, q.units), dt))
+                            for _, q in layers])
+                        if ss is not None:
+                            ss.compile()
+                done.append(f"{kind} {name}"
+                            + (f" ({params.precision} weights)" if params.quantized else ""))
+                if verbose:
+                    print(f"warmup: {done[-1]}", file=sys.stderr)
     return done

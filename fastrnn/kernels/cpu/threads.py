@@ -30,6 +30,7 @@ The thresholds below were measured with ``python -m fastrnn bench`` on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -170,6 +171,43 @@ def get_num_threads():
     return _NUMBA_THREADS if _max_threads is None else _max_threads
 
 
+class _Warming(threading.local):
+    """:func:`warming`'s setting, per thread: the threads this thread's
+    calls take whatever their size (None: not warming up)."""
+
+    threads = None
+
+
+_warming = _Warming()
+
+
+@contextlib.contextmanager
+def warming(n):
+    """In the block, the calls this thread makes (and no other thread's)
+    take ``n`` threads (``None``: Numba's whole pool) however small they
+    are, whatever the contention rule says, and record nothing in it;
+    where the other threads of the process hold the parallel lock, they
+    wait for it. :func:`fastrnn.kernels.cpu.warmup` runs small calls this
+    way, so that each of the kernels it compiles runs: nothing another
+    thread sees (:func:`get_num_threads`, the work thresholds, the
+    contention period) changes."""
+    before = _warming.threads
+    _warming.threads = _NUMBA_THREADS if n is None else max(1, min(int(n), _NUMBA_THREADS))
+    try:
+        yield
+    finally:
+        _warming.threads = before
+
+
+def _call_limits():
+    """``(threads, least work to use two, least work per step to split
+    panels, warming)`` of a call made now by this thread (see :func:`warming`)."""
+    warm = _warming.threads
+    if warm is None:
+        return _pool_threads(), _MIN_PARALLEL_WORK, _MIN_SPLIT_STEP_WORK, False
+    return (1 if _POOL_FORKED else warm), 0, 0, True
+
+
 def threading_layer(start=False):
     """The Numba threading layer in use.
 
@@ -283,8 +321,9 @@ def _keep_off(tids, here, placed):
 
 def _bounds(B, work):
     """Row bounds for the threads of one call: an int64 array of n+1 edges."""
-    n = min(_pool_threads(), B)
-    if n <= 1 or work < _MIN_PARALLEL_WORK:
+    threads, min_work, _, _ = _call_limits()
+    n = min(threads, B)
+    if n <= 1 or work < min_work:
         return None
     # even shares: the packed tiles take 6, 4, 2 or 1 rows, so no multiple
     # suits every batch
@@ -296,7 +335,7 @@ def _bounds(B, work):
 def run_generic(serial, parallel, B, work, args):
     """Call ``parallel(bounds, *args)`` on several threads, or ``serial(0, B, *args)``."""
     bounds = _bounds(B, work)
-    if bounds is not None and _parallel_lock.acquire(blocking=False):
+    if bounds is not None and _parallel_lock.acquire(blocking=_warming.threads is not None):
         # One parallel kernel at a time per process: a second caller thread
         # runs on its own core instead of doubling the thread count (and the
         # workqueue layer cannot run two parallel regions at once at all).
@@ -464,21 +503,21 @@ def run_packed(B, T, D, H, work, args):
     ``args = (gru, H, weights, gates, io, opts)``, the drivers' arguments
     (:mod:`.packed`).
     """
-    threads = _pool_threads()
+    threads, min_work, min_step, warm = _call_limits()
     gru, weights = args[0], args[2]
-    if threads >= 2 and work >= _MIN_PARALLEL_WORK:
+    if threads >= 2 and work >= min_work:
         NP = (H + packed.LANES - 1) // packed.LANES
         can_split = (NP >= 2 and _HAVE_FUTEX and T * NP < 2**30
-                     and work >= _MIN_SPLIT_STEP_WORK * T)
+                     and work >= min_step * T)
         # (while the machine looks busy, large batches keep the row split:
         # its threads never wait for each other; short calls take one thread,
         # since the launch's join could wait a scheduler slice for a thread
         # that has no core)
         nbytes = weights[0].nbytes
-        contended = _contended()
+        contended = not warm and _contended()
         rows = B >= _BATCH_SPLIT_MIN and (nbytes <= _ROW_SPLIT_MAX_BYTES or contended or not can_split)
         tune = None
-        if (rows and can_split and not contended and threads == 2 and B < _TUNE_MAX_B
+        if (rows and can_split and not contended and not warm and threads == 2 and B < _TUNE_MAX_B
                 and nbytes > _TUNE_MIN_BYTES):
             tune = (bool(gru), B, D, H, T.bit_length(), _PANEL_FORMATS[weights[0].dtype])
             split_name, timing = _tune_pick(tune)
@@ -488,7 +527,7 @@ def run_packed(B, T, D, H, work, args):
         if rows:
             bounds = _bounds(B, work)
             if (bounds is not None and (work >= _CONTENDED_ROWS_WORK or not contended)
-                    and _parallel_lock.acquire(blocking=False)):
+                    and _parallel_lock.acquire(blocking=warm)):
                 try:
                     _start_pool()
                     _place_pool()
@@ -498,12 +537,12 @@ def run_packed(B, T, D, H, work, args):
                 finally:
                     _parallel_lock.release()
                 stalled = _stalled(wall, cpu_t)
-                if work < _CONTENDED_ROWS_WORK:
+                if work < _CONTENDED_ROWS_WORK and not warm:
                     _note_contention(stalled)
                 if tune is not None and not stalled:
                     _tune_record(tune, "rows", wall / T)
                 return
-        if can_split and not contended and _parallel_lock.acquire(blocking=False):
+        if can_split and not contended and _parallel_lock.acquire(blocking=warm):
             try:
                 wall, cpu_t = time.perf_counter(), time.thread_time()
                 helper, joined, abandoned = _run_split(T, args)
@@ -519,7 +558,8 @@ def run_packed(B, T, D, H, work, args):
             # asleep is no sign of contention.)
             starved = _stalled(wall, cpu_t) or split.helper_starved(NP, T, helper, joined,
                                                                      abandoned, _STARVED)
-            _note_contention(starved)
+            if not warm:
+                _note_contention(starved)
             if tune is not None and not starved:
                 _tune_record(tune, "panels", wall / T)
             return
