@@ -166,10 +166,11 @@ class Layer:
         """Load weights in Keras order; shapes must match the config."""
         self._stage_weights(weights)()
 
-    def _stage_weights(self, weights):
-        """Check ``weights``; return a function that puts them in (all at once)."""
+    def _stage_weights(self, weights, specs=None):
+        """Check ``weights`` against ``specs`` (default :meth:`_weight_shapes`);
+        return a function that puts them in (all at once)."""
         weights = list(weights)
-        specs = self._weight_shapes()
+        specs = self._weight_shapes() if specs is None else specs
         expect = ", ".join(f"{n} {s}" for n, s in specs)
         if len(weights) != len(specs):
             raise ValueError(f"{type(self).__name__}.set_weights: expected {len(specs)} arrays "
@@ -396,8 +397,9 @@ class Dense(Layer):
     def built(self):
         return self.kernel is not None
 
-    def _weight_shapes(self):
-        specs = [("kernel", None if self.input_dim is None else (self.input_dim, self.units))]
+    def _weight_shapes(self, input_dim=None):
+        input_dim = self.input_dim if input_dim is None else input_dim
+        specs = [("kernel", None if input_dim is None else (input_dim, self.units))]
         if self.use_bias:
             specs.append(("bias", (self.units,)))
         return specs
@@ -415,14 +417,16 @@ class Dense(Layer):
                              f"{self.units}), got {np.shape(weights[0])}")
         else:
             input_dim = self.input_dim
-        known, self.input_dim = self.input_dim, input_dim  # (the kernel's shape, to check)
-        try:
-            commit = super()._stage_weights(weights)
-        finally:
-            self.input_dim = known
+        # checked against the kernel's own input size, with nothing of the
+        # layer changed before the commit (another thread may be reading it)
+        commit = super()._stage_weights(weights, self._weight_shapes(input_dim))
 
         def commit_all():
             with WEIGHTS_LOCK:
+                if self.input_dim not in (None, input_dim):  # set by a commit meanwhile
+                    raise ValueError(f"Dense.set_weights: kernel expected shape "
+                                     f"({self.input_dim}, {self.units}), got "
+                                     f"{(input_dim, self.units)}")
                 self.input_dim = input_dim
                 commit()
 

@@ -8,7 +8,8 @@ from separate runs with the old weights only, then the new ones only
 
 - ``set_weights`` on an unbuilt layer while its first call builds it for
   other inputs: refused at commit, nothing changed, the call runs the
-  weights it built.
+  weights it built; two ``set_weights`` of an unbuilt ``Dense`` with
+  kernels for other input sizes: the first to commit wins.
 - A ``threads=2`` stream given new weights while one thread is allowed:
   repacked with its state, on one core until two are allowed again; a
   repack that raises leaves the stream as it was.
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import dispatch, kernels
+from fastrnn import dispatch, kernels, models
 from fastrnn._nest import flatten
 from fastrnn.kernels import cpu
 from fastrnn.kernels.cpu import threads as th
@@ -142,6 +143,45 @@ def test_set_weights_on_an_unbuilt_layer_racing_its_first_call(stacked, rng, mon
     ref = make()
     ref.set_weights(built)
     np.testing.assert_array_equal(read["value"], ref(x))
+
+
+def test_two_set_weights_on_an_unbuilt_dense(rng, monkeypatch):
+    """An unbuilt Dense takes its input size from the first kernel it is
+    given. One set_weights (kernel for 3 inputs) is held between its check
+    and its commit while another (5 inputs) runs: the second must go
+    through (nothing of the layer changed while the first checked its
+    arrays), and the first's commit must then refuse its kernel."""
+    dense = models.Dense(4, activation="tanh")
+    first = [rng.standard_normal((3, 4)), rng.standard_normal(4)]
+    second = [rng.standard_normal((5, 4)), rng.standard_normal(4)]
+    staged = _Gate()
+    stage = models.Layer._stage_weights
+
+    def paused_stage(self, weights, specs=None):
+        commit = stage(self, weights) if specs is None else stage(self, weights, specs)
+        if threading.current_thread() is not threading.main_thread():
+            staged.stop()
+        return commit
+
+    monkeypatch.setattr(models.Layer, "_stage_weights", paused_stage)
+    writer = None
+    try:
+        writer, wrote = _in_thread(lambda: dense.set_weights(first))
+        assert staged.reached.wait(_WAIT)
+        dense.set_weights(second)
+        staged.go.set()
+        writer.join(_WAIT)
+        assert not writer.is_alive()
+    finally:
+        staged.go.set()
+        if writer is not None:
+            writer.join(_WAIT)
+    assert isinstance(wrote.get("error"), ValueError), wrote
+    assert "Dense.set_weights: kernel expected shape (5, 4), got (3, 4)" in str(wrote["error"])
+    assert dense.input_dim == 5 and dense.get_config()["input_dim"] == 5
+    x = rng.standard_normal((2, 5)).astype(np.float32)
+    want = np.tanh(x.astype(np.float64) @ second[0] + second[1])
+    np.testing.assert_allclose(dense(x), want, rtol=1e-5, atol=1e-5)
 
 
 # -------------------------------------- threads=2 streams and new weights
