@@ -373,6 +373,86 @@ def _run_batches(model, x, mask, batch_size):
     return out
 
 
+def _own_mask_layer(model):
+    """The first layer on the way to ``model``'s first recurrent layer that
+    makes the mask itself, ignoring the one given with the inputs (an
+    ``Embedding``: from token 0 with ``mask_zero=True``, none without; a
+    ``Masking``: from its ``mask_value``), and whether only layers that are
+    the identity at inference (``InputLayer``, ``Dropout`` and its kin) come
+    before it, so that its mask is the one of the inputs as given. None
+    when the given mask reaches a recurrent layer, or the model does not
+    say (a function)."""
+    first = True
+    for part in _first_layers(model):
+        if isinstance(part, (RNN, Bidirectional)):
+            return None
+        if isinstance(part, (Embedding, Masking)):
+            return part, first
+        if not isinstance(part, (InputLayer, Dropout)):
+            first = False
+    return None
+
+
+def _describe_mask_layer(layer):
+    if isinstance(layer, Embedding):
+        return f"Embedding {layer.name!r} (mask_zero={layer.mask_zero})"
+    return f"Masking {layer.name!r} (mask_value={layer.mask_value})"
+
+
+def _check_mask_arrives(model, arg):
+    """Refuse ``lengths`` / ``mask`` (named ``arg``) where they would change
+    nothing: the model's first layers make its mask themselves. An
+    ``Embedding(mask_zero=True)`` or a ``Masking`` on the inputs as given is
+    checked per chunk instead (:func:`_check_padding_masked`): where it masks
+    every step ``arg`` masks, the result is the same."""
+    found = _own_mask_layer(model)
+    if found is None:
+        return
+    layer, first = found
+    if isinstance(layer, Embedding) and not layer.mask_zero:
+        raise ValueError(
+            f"{arg}: the model's {_describe_mask_layer(layer)} passes no mask on, so {arg} "
+            "would change nothing: every row would run over its padding. Build the Embedding "
+            f"with mask_zero=True and pad with 0, or leave {arg} out")
+    if not first:
+        raise ValueError(
+            f"{arg}: the model's {_describe_mask_layer(layer)} makes the mask from what the "
+            f"layers before it return and replaces the one {arg} give, so {arg} would change "
+            "nothing; leave it out")
+
+
+def _check_padding_masked(model, x, mask, arg):
+    """Where the model's first layer makes its own mask from ``x`` (see
+    :func:`_own_mask_layer`), every step ``mask`` (from ``arg``) masks must be
+    masked by it too: that mask replaces ``mask``, and a step only ``arg``
+    masks would run."""
+    found = _own_mask_layer(model)
+    if found is None or mask is None:
+        return
+    layer, first = found
+    if not first:
+        return  # (refused up front by _check_mask_arrives)
+    own = layer.compute_mask(x, None)
+    if own is None:
+        return
+    runs = np.asarray(own) & ~np.asarray(mask, bool)
+    if runs.any():
+        row, step = (int(i[0]) for i in np.nonzero(runs))
+        pad = "0" if isinstance(layer, Embedding) else f"{layer.mask_value!r} in every feature"
+        raise ValueError(
+            f"{arg}: row {row} of a chunk of {x.shape[0]} has step {step} masked by {arg} but "
+            f"not by the model's {_describe_mask_layer(layer)}, which makes the mask from the "
+            f"inputs and replaces the one {arg} give, so that step would run: pad with {pad} "
+            f"where {arg} masks")
+
+
+def _run_masked(model, x, mask, batch_size, arg):
+    """:func:`_run_batches` with ``mask`` made by the caller from ``arg``
+    (checked to reach the recurrent layers: :func:`_check_padding_masked`)."""
+    _check_padding_masked(model, x, mask, arg)
+    return _run_batches(model, x, mask, batch_size)
+
+
 def _check_batch_size(batch_size):
     if batch_size is None:
         return None
@@ -542,7 +622,7 @@ def _predict_block(model, x, extra=None, *, kind=None, batch_size=None, tail=(),
         mask = np.arange(t)[None, :] < lengths[:, None]
     elif kind == "mask":
         mask = np.asarray(extra)
-    return _run_batches(model, x, mask, batch_size)
+    return _run_masked(model, x, mask, batch_size, kind)
 
 
 def _output_spec(model, x_shape, x_dtype):
@@ -710,6 +790,8 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
     batch_size = _check_batch_size(batch_size)
     if lengths is not None and mask is not None:
         raise ValueError("lengths and mask: give one of them, not both")
+    if lengths is not None or mask is not None:
+        _check_mask_arrives(model, "lengths" if lengths is not None else "mask")
     x_is_dask = isinstance(x, da.Array)
     if not x_is_dask:
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
@@ -783,9 +865,12 @@ def _pad_partition(series, dtype, column, features=None):
 
     Returns ``x (rows, max_length, features)``, ``lengths (rows,)``. Each
     row is a list of steps, each step a number (one feature) or a list of
-    ``features`` numbers; a list of integers is token ids, returned as
-    ``x (rows, max_length)`` int64 padded with 0. Lengths come from the list
-    offsets: nothing is copied row by row on the Arrow path.
+    ``features`` numbers. For a model that starts with an ``Embedding``
+    (``features`` is :data:`_TOKENS`) a list of numbers is token ids,
+    returned as ``x (rows, max_length)`` padded with 0 (int64, or float64
+    for float ids); so is a list of integers for a model that does not say
+    what it takes. Lengths come from the list offsets: nothing is copied
+    row by row on the Arrow path.
 
     ``features`` (the model's, from :func:`_input_features`) is the feature
     count of a partition whose steps do not say it: every row empty, in a
@@ -849,12 +934,16 @@ def _pad_partition(series, dtype, column, features=None):
             d = _fallback_features(features)
         values = steps.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
         values = values.reshape(-1, d)
-    elif pa.types.is_integer(steps.type) or (pa.types.is_null(steps.type)
-                                             and features == _TOKENS):
-        # Token ids for a model that starts with an Embedding: (rows, time), 0-padded
-        # (a column of empty lists only has steps of type null).
+    elif features == _TOKENS or (features is None and pa.types.is_integer(steps.type)):
+        # Token ids for a model that starts with an Embedding (or, for a
+        # model that does not say, integer steps): (rows, time), 0-padded.
+        # Integers as int64; float ids as given, float64, as the model takes
+        # them row by row (the Embedding truncates them and refuses NaN); a
+        # column of empty lists only has steps of type null.
         d = None
-        values = steps.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        values = steps.to_numpy(zero_copy_only=False)
+        values = values.astype(np.float64 if values.dtype.kind == "f" else np.int64,
+                               copy=False)
     elif pa.types.is_null(steps.type):
         # Empty lists only, of a type Arrow could not tell (from an object column).
         d = _fallback_features(features)

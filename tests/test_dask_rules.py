@@ -175,6 +175,104 @@ def test_layers_that_say_where_rows_lie_run_in_one_padded_call(tmp_path, rng, mo
     _check_rows(got, rows, model)
 
 
+def _token_model(rng, mask_zero, vocab=9):
+    emb = Embedding(vocab, 4, mask_zero=mask_zero)
+    emb.set_weights([rng.standard_normal((vocab, 4)).astype(np.float32)])
+    return fastrnn.Sequential([emb, _built(GRU(3), 20, features=4)])
+
+
+def test_float_token_ids_in_partitions_equal_each_row_alone(tmp_path, rng):
+    """Token ids stored as floats (list<double>) for a model that starts with
+    an Embedding are ids, as the model takes them row by row (they were
+    read as one feature per step and refused)."""
+    model = _token_model(rng, mask_zero=True)
+    rows = [rng.integers(1, 9, n).astype(np.float64) for n in LENGTHS]
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"s": pa.array([r.tolist() for r in rows],
+                                           pa.list_(pa.float64()))}), path, row_group_size=4)
+    with dask.config.set(scheduler="sync"):
+        got = fdask.predict_partitions(model, dd.read_parquet(str(path), split_row_groups=True),
+                                       "s").compute()
+    _check_rows(got, rows, model)
+
+
+def test_integer_steps_for_a_one_feature_model_are_values(tmp_path, rng):
+    """list<int64> rows for a model of one input feature (no Embedding) are
+    one number per step, cast to the model's dtype, as list<list<int64>> is
+    (they were taken as token ids and refused)."""
+    model = fastrnn.Sequential([Masking(0.0), _built(LSTM(3), 21, features=1)])
+    rows = [rng.integers(1, 6, n) for n in LENGTHS]
+    path = tmp_path / "i.parquet"
+    pq.write_table(pa.table({"s": pa.array([r.tolist() for r in rows], pa.list_(pa.int64()))}),
+                   path, row_group_size=4)
+    with dask.config.set(scheduler="sync"):
+        got = fdask.predict_partitions(model, dd.read_parquet(str(path), split_row_groups=True),
+                                       "s").compute()
+    _check_rows(got, [r.astype(np.float32)[:, None] for r in rows], model)
+
+
+def _padded_tokens(rng, lengths, pad):
+    x = rng.integers(1, 9, (len(lengths), T))
+    for i, n in enumerate(lengths):
+        x[i, n:] = pad
+    return x
+
+
+@pytest.mark.parametrize("arg", ["lengths", "mask"])
+def test_lengths_that_would_change_nothing_are_refused(rng, arg):
+    """An Embedding without mask_zero passes no mask on, and a Masking after a
+    layer that changes values makes its own: lengths or a mask given to
+    predict would change nothing (each row ran over its padding, silently)."""
+    lengths = np.array([7, 2, 5, 1])
+    given = {arg: lengths if arg == "lengths" else np.arange(T)[None, :] < lengths[:, None]}
+    x = _padded_tokens(rng, lengths, 0)
+    with pytest.raises(ValueError, match=rf"^{arg}: .*Embedding .*mask_zero=False.*passes no "
+                                         "mask on"):
+        fdask.predict(_token_model(rng, mask_zero=False), x, **given)
+    late = fastrnn.Sequential([TimeDistributed(_dense(D, D, 22)), Masking(0.0),
+                               _built(LSTM(3), 23)])
+    with pytest.raises(ValueError, match=rf"^{arg}: .*Masking .*replaces the one {arg} give"):
+        fdask.predict(late, rng.standard_normal((4, T, D)).astype(np.float32), **given)
+
+
+@pytest.mark.parametrize("first", ["embedding", "masking"])
+def test_lengths_with_a_model_that_masks_its_own_padding(rng, first):
+    """Embedding(mask_zero=True) and Masking make the mask from the inputs and
+    replace the one lengths give: padded as they mask, each row is the model
+    on that row alone; other values where lengths mask are refused, naming
+    the row and step (they would run)."""
+    lengths = np.array([7, 2, 5, 1, 3])
+    if first == "embedding":
+        model = _token_model(rng, mask_zero=True)
+        x = _padded_tokens(rng, lengths, 0)
+    else:
+        model = fastrnn.Sequential([Masking(0.0), _built(GRU(3), 24)])
+        x = rng.standard_normal((5, T, D)).astype(np.float32)
+        for i, n in enumerate(lengths):
+            x[i, n:] = 0
+    with dask.config.set(scheduler="sync"):
+        got = fdask.predict(model, x, lengths=lengths).compute()
+    for i, n in enumerate(lengths):
+        np.testing.assert_allclose(got[i], model(x[i:i + 1, :n])[0], rtol=1e-5, atol=1e-6)
+    x[1, 4] = 3 if first == "embedding" else 0.5  # a value past row 1's length (2)
+    with dask.config.set(scheduler="sync"), \
+            pytest.raises(ValueError, match=r"^lengths: row 1 of a chunk of 5 has step 4 masked "
+                                            r"by lengths but not by the model's"):
+        fdask.predict(model, x, lengths=lengths).compute()
+
+
+def test_cli_lengths_for_a_model_whose_embedding_drops_the_mask(tmp_path, rng, capsys):
+    model = _token_model(rng, mask_zero=False)
+    path = str(tmp_path / "model.fastrnn")
+    fastrnn.save(model, path)
+    np.save(tmp_path / "x.npy", _padded_tokens(rng, [4, 2, 3], 0))
+    np.save(tmp_path / "lengths.npy", np.array([4, 2, 3]))
+    rc = predict_main([path, str(tmp_path / "x.npy"), str(tmp_path / "y.zarr"), "--lengths",
+                       str(tmp_path / "lengths.npy"), "--no-progress", "--workers", "0"])
+    assert rc != 0
+    assert "passes no mask on" in capsys.readouterr().err
+
+
 # ------------------------------------------- the model as it is at the call
 
 # Read by the module-level function below through this module's globals.

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from ..dask import (_REFUSED_MODEL_SUFFIXES, _check_batch_size, _check_model, _import_dask,
-                    _MappedFile, _plugin_class, _restore_thread_state, _run_batches,
+                    _MappedFile, _plugin_class, _restore_thread_state, _run_masked,
                     _set_process_threads, _thread_state, predict)
 from ..interop import load_keras
 from ..io import load, save
@@ -331,7 +331,7 @@ def _run_single_process(model, x, lengths, batch_size, output, progress):
         if lengths is not None:
             valid = np.asarray(lengths[start:start + size].compute(scheduler="sync"))
             mask = np.arange(xb.shape[1])[None, :] < valid[:, None]
-        out[start:start + size] = _run_batches(model, xb, mask, batch_size)
+        out[start:start + size] = _run_masked(model, xb, mask, batch_size, "--lengths")
         start += size
         if progress:
             print(f"\r[{'#' * int(40 * start / x.shape[0]):<40}] {start}/{x.shape[0]}",
@@ -408,7 +408,7 @@ def main(argv=None):
 
 def _warm_model(model, xs, mask, batch_size):
     """Run ``model`` once on a real sample, untimed: kernels compiled or loaded."""
-    _run_batches(model, xs, mask, batch_size)
+    _run_masked(model, xs, mask, batch_size, "--lengths")
 
 
 def _cap_worker_threads(dask_worker):
