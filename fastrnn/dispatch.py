@@ -295,7 +295,8 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=None, verbose=Fal
     precisions : sequence of str
         Reduced-precision weight formats (``"bfloat16"``, ``"int8"``,
         ``"int8_dynamic"``, ``"bfloat16_dynamic"``) whose packed LSTM and GRU
-        kernels to compile too.
+        kernels, and stream kernels (with ``"stream"`` in ``kinds``), to
+        compile too, for float32.
 
     Returns
     -------

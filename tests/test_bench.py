@@ -455,3 +455,37 @@ def test_bench_times_the_backends_asked_for(tmp_path, capsys):
     header = next(line for line in capsys.readouterr().out.splitlines()
                   if line.startswith("| cell"))
     assert "reference/ORT" in header and "reference GFLOP/s" in header and "cpu" not in header
+
+
+def test_warmup_with_precisions_leaves_no_stream_kernel_to_compile():
+    """``warmup(kinds=["stream"], precisions=[mode])`` compiles the stream
+    kernels for compact weights (another argument type than float32's): a
+    quantized stream's first frame and chunks then compile nothing. In a
+    fresh process, so that nothing else compiled them first (the kernels
+    load from Numba's cache when the suite compiled them already)."""
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, fastrnn
+from fastrnn import dispatch
+from fastrnn.kernels.cpu import stream as k
+dispatch.warmup(dtypes="float32", kinds=["stream"], precisions=["int8", "bfloat16"])
+before = {f.__name__: len(f.signatures) for f in (k.frame, k.chunk_seq, k.chunk_last)}
+rng = np.random.default_rng(0)
+for mode, units in (("int8", 5), ("bfloat16", 6)):
+    for ret in (False, True):
+        layer = fastrnn.GRU(units, return_sequences=ret)
+        layer.build((1, None, 3))
+        layer.set_weights([rng.uniform(-0.5, 0.5, w.shape).astype(np.float32)
+                           for w in layer.get_weights()])
+        s = layer.quantize(mode).stream(batch_size=1, threads=1)
+        s(rng.standard_normal((1, 3)).astype(np.float32))
+        s(rng.standard_normal((1, 4, 3)).astype(np.float32))
+after = {f.__name__: len(f.signatures) for f in (k.frame, k.chunk_seq, k.chunk_last)}
+assert after == before, (before, after)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -439,7 +439,7 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
     ``dtypes``: by default LSTM, GRU (both ``reset_after``), SimpleRNN and
     the stream kernels (frame, chunk with sequence output, chunk with last
     output); ``precisions`` adds the packed ``"lstm"`` / ``"gru"`` kernels
-    of those weight formats (the stream kernels hold every format).
+    and the stream kernels of those float32 weight formats.
     :func:`fastrnn.dispatch.warmup` documents the arguments.
 
     Returns the list of what was compiled or loaded, ``"<kind> <dtype>"``.
@@ -466,6 +466,9 @@ def warmup(dtypes=("float32", "float64"), parallel=True, kinds=KINDS, verbose=Fa
             params = _warm_params(kind, r, D, H)
             if kind == "stream":
                 stream.warmup(params)
+                if np.dtype(dt) == np.float32:  # (compact weights are another type)
+                    for mode in precisions:
+                        stream.warmup(quantize(params, mode))
                 x2 = r(2, D)  # Dense layers (model streams, small model calls)
                 dense.dense_rows(x2, r(D, H), r(H), np.int64(0), np.empty((2, H), dt))
                 done.append(f"{kind} {name}")
