@@ -1184,8 +1184,10 @@ class ModelStream:
 
     def _config(self):
         """What :func:`fastrnn.save` records to make the stream again."""
+        # (checked by the streams made: a NumPy integer threads is a number here)
+        threads = self._threads_arg
         return {"batch_size": self.batch_size, "backend": self._backend_arg,
-                "threads": self._threads_arg}
+                "threads": None if threads is None else int(threads)}
 
     @staticmethod
     def _restore(model, batch_size, backend, threads, where):

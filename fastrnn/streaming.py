@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import warnings
@@ -292,6 +293,19 @@ class _ThreadsError(ValueError):
     :func:`_with_saved_threads`)."""
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_level():
+    """The ``stacklevel`` that points a warning issued by the function calling
+    this at the first frame outside fastrnn: the user's line, however many
+    of fastrnn's calls (``load_stream``, ``fastrnn.load``) lie between."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _with_saved_threads(make, threads, where):
     """``make(threads)``, a stream restored from a file (``where``): the
     saved ``threads`` is a preference, so where the stream cannot run it
@@ -307,7 +321,8 @@ def _with_saved_threads(make, threads, where):
     except _ThreadsError as exc:
         why = str(exc)
     warnings.warn(f"{where}: the stream was saved with threads={threads}, which cannot run "
-                  f"here ({why}); it runs with threads=None", UserWarning, stacklevel=4)
+                  f"here ({why}); it runs with threads=None", UserWarning,
+                  stacklevel=_caller_level())
     stream = make(None)
     for s in getattr(stream, "streams", None) or [stream]:
         s.backend_reason += (f"; the file asked for threads={threads}, which cannot run here, "
@@ -675,8 +690,11 @@ class Stream:
         if pinned and need is not None and need > B:
             what = "stack" if len(packs) > 1 else "layer"
             th = cpu.threads
+            formats = sorted({p.precision for p in params})
+            mixed = (f" (its layers' weights are of {len(formats)} formats: "
+                     f"{', '.join(formats)})" if len(formats) > 1 else "")
             raise _ThreadsError(
-                f"threads=2: every frame of this {what} would run on one thread at "
+                f"threads=2: every frame of this {what}{mixed} would run on one thread at "
                 f"batch_size={B}: the stream has no panel split with a helper thread for it "
                 f"(packed LSTM and GRU(reset_after=True) layers of more than "
                 f"{th.packed.LANES} units, one weight format, batch_size below "

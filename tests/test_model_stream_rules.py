@@ -252,3 +252,17 @@ def test_float_ids_are_masked_on_their_values_as_keras_masks_them(rng):
             model(bad)
         with pytest.raises(ValueError, match="indices must be finite"):
             stream(bad[:, 3])
+
+
+@pytest.mark.skipif(fastrnn.get_num_threads() < 2, reason="threads=2 needs two threads allowed")
+def test_threads2_refused_for_a_stack_of_two_weight_formats_says_so(rng):
+    """Consecutive recurrent layers stream as one stack, whose two-core split
+    needs one weight format: the refusal names the formats it found."""
+    below = fastrnn.LSTM(40, return_sequences=True)
+    below.build((1, None, 8))
+    below.quantize("int8")
+    above = fastrnn.LSTM(40)
+    above.build((1, None, 40))
+    with pytest.raises(ValueError, match=r"threads=2: every frame of this stack \(its layers' "
+                                         r"weights are of 2 formats: float32, int8\)"):
+        fastrnn.Sequential([below, above]).stream(threads=2)

@@ -361,8 +361,9 @@ def test_a_saved_threads_the_stream_cannot_run_here_is_a_preference(rng, tmp_pat
     try:
         with pytest.raises(ValueError, match="threads=2"):
             layer.stream(threads=2)  # (a live request stays refused)
-        with pytest.warns(UserWarning, match=r"s\.npz.*threads=2.*cannot run here"):
+        with pytest.warns(UserWarning, match=r"s\.npz.*threads=2.*cannot run here") as rec:
             back = streaming.load_stream(path)
+        assert rec[0].filename == __file__  # (the caller's line)
         assert back.backend == "stream" and back.threads == 1
         assert "the file asked for threads=2" in back.backend_reason
         got = np.stack([back(np.ascontiguousarray(x[:, t])) for t in range(1, T)], axis=1)
@@ -373,20 +374,22 @@ def test_a_saved_threads_the_stream_cannot_run_here_is_a_preference(rng, tmp_pat
 
 @pytest.mark.skipif(dispatch.get_num_threads() < 2, reason="needs two threads to save")
 def test_a_model_streams_saved_threads_is_a_preference(rng, tmp_path):
-    """(1) fastrnn.load of a model stream treats threads the same way;
-    other errors raise."""
+    """(1) fastrnn.load of a model stream treats threads the same way (the
+    warning on the caller's line); other errors raise. A NumPy integer
+    ``threads`` is saved as a number."""
     from fastrnn import models
     layer = _lstm_t2(rng)
     model = fastrnn.Sequential([layer])
-    live = model.stream(threads=2)
+    live = model.stream(threads=np.int64(2))
     assert live.streams[0].threads == 2
     x = rng.standard_normal((1, 3, 8)).astype(np.float32)
     live(x)
     fastrnn.save(live, tmp_path / "m.fastrnn")
     fastrnn.set_num_threads(1)
     try:
-        with pytest.warns(UserWarning, match=r"m\.fastrnn.*threads=2"):
+        with pytest.warns(UserWarning, match=r"m\.fastrnn.*threads=2") as rec:
             loaded = fastrnn.load(tmp_path / "m.fastrnn")
+        assert rec[0].filename == __file__
         assert loaded.streams[0].backend == "stream"
         for a, b in zip(_nest.flatten(loaded.states), _nest.flatten(live.states)):
             np.testing.assert_array_equal(a, b)
