@@ -22,6 +22,11 @@ def flag(value, argument):
     raise TypeError(f"{argument}: expected True or False, got {value!r}")
 
 
+def training_flag(value):
+    """``training=``: None (Keras's "not set": inference) or a flag."""
+    return False if value is None else flag(value, "training")
+
+
 def _is_simulated(x):
     # Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) has fake device arrays
     # in host memory, without the CUDA Array Interface.
@@ -97,20 +102,32 @@ def prepare(x):
 
 
 def host_array(x, argument):
-    """``x`` (not a GPU array) as a NumPy array: a PyTorch CPU tensor without
-    its autograd graph (bfloat16, which NumPy has no type for, as float32),
-    anything else through ``numpy.asarray``; nested lists that do not form
-    one array are a ``ValueError`` naming ``argument``."""
+    """``x`` (not a GPU array) as a plain NumPy array: a PyTorch CPU tensor
+    without its autograd graph, bfloat16 (a PyTorch or ``ml_dtypes`` type)
+    as float32, an ``ndarray`` subclass (``np.matrix``, ``np.memmap``) as a
+    plain array of the same memory, anything else through
+    ``numpy.asarray``. A ``numpy.ma.MaskedArray`` with masked values is a
+    ``TypeError`` (its mask would be dropped); nested lists that do not form
+    one array are a ``ValueError``; both name ``argument``."""
     if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
         x = x.detach()
         if str(x.dtype) == "torch.bfloat16":
             x = x.float()
         return x.numpy()
+    if isinstance(x, np.ma.MaskedArray):
+        if np.ma.getmaskarray(x).any():
+            raise TypeError(f"{argument}: a numpy.ma.MaskedArray with masked values, whose "
+                            "mask fastrnn would not read; pass plain values (x.filled(0)), "
+                            "and the time steps to skip as mask=")
+        x = x.data
     try:
-        return np.asarray(x)
+        a = np.asarray(x)
     except ValueError as exc:  # ragged nested lists
         raise ValueError(f"{argument}: expected an array, got a {type(x).__name__} that "
                          f"does not form one ({exc})") from exc
+    if a.dtype.kind == "V" and a.dtype.name == "bfloat16":  # (ml_dtypes')
+        a = a.astype(np.float32)
+    return a
 
 
 def as_float_array(x, dtype, argument):
@@ -124,7 +141,9 @@ def as_float_array(x, dtype, argument):
     xp = np
     if is_device_array(x):
         import cupy as xp  # noqa: F811 - only reached with GPU arrays
-    elif not isinstance(x, np.ndarray):
+    elif type(x) is not np.ndarray or x.dtype.kind == "V":
+        # (a subclass would come back as the results' type; ml_dtypes'
+        # bfloat16 is a plain array of kind "V")
         x = host_array(x, argument)
     kind = np.dtype(x.dtype).kind
     if kind in "iub":

@@ -186,7 +186,7 @@ class Bidirectional:
                         "whole sequence (future frames) before it can emit anything")
 
     def __call__(self, inputs, mask=None, initial_state=None, training=False):
-        return self._call(inputs, mask, initial_state, training, None)
+        return self._call(inputs, mask, initial_state, _device.training_flag(training), None)
 
     def _snapshot(self):
         """Both directions' weights, read together (None with the user's cells)."""

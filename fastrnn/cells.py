@@ -428,6 +428,7 @@ class _Cell:
         it as a bare array, and then returns a bare array, as Keras's cells
         do (``out, h = cell(x, h)``).
         """
+        training = _device.training_flag(training)
         if not isinstance(states, (list, tuple)):
             y, new = self(inputs, [states], training)
             return y, new[0]
@@ -718,6 +719,10 @@ class StackedRNNCells:
         """One step of every cell, bottom to top: ``states`` holds one entry
         per cell (a list of arrays, or one array for a single state), and
         the new states come back the same way."""
+        training = _device.training_flag(training)
+        if not isinstance(states, (list, tuple)):
+            raise TypeError(f"StackedRNNCells: states expected a list with one entry per cell "
+                            f"({len(self.cells)}), got {type(states).__name__}")
         states = list(states)
         if len(states) != len(self.cells):
             raise ValueError(f"StackedRNNCells: states expected one entry per cell "

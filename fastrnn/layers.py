@@ -468,7 +468,7 @@ class RNN:
 
     # ----- call -----
     def __call__(self, inputs, mask=None, initial_state=None, training=False):
-        return self._call(inputs, mask, initial_state, training, None)
+        return self._call(inputs, mask, initial_state, _device.training_flag(training), None)
 
     def _call(self, inputs, mask, initial_state, training, weights):
         """A call with the cells' ``weights`` (:meth:`_snapshot`; None: read now)."""

@@ -31,7 +31,7 @@ import threading
 import numpy as np
 
 from . import activations as _act
-from . import dispatch, serialization
+from . import _device, dispatch, serialization
 from . import _engine
 from ._engine import WEIGHTS_LOCK
 from .bidirectional import Bidirectional
@@ -213,6 +213,7 @@ class Layer:
         return _call(self._with(snapshot), x, mask)
 
     def __call__(self, x, mask=None, training=False):
+        _device.training_flag(training)  # (checked: inference layers)
         if not self._weight_names:
             return _call(self, x, mask)
         with WEIGHTS_LOCK:  # one consistent set of this layer's weights
@@ -443,7 +444,9 @@ class Dense(Layer):
     def _apply(self, x, kernel, bias):
         if kernel is None:
             raise ValueError(f"Dense {self.name!r} has no weights: call set_weights() first")
-        x = np.asarray(x)
+        x = np.asarray(x) if _device.is_device_array(x) else _device.host_array(x, self.name)
+        if x.dtype.kind not in "biuf":  # (a cast would drop an imaginary part, parse strings)
+            raise TypeError(f"{self.name}: expected real numbers, got dtype {x.dtype}")
         K, U = kernel.shape
         if x.ndim == 0 or x.shape[-1] != K:
             raise ValueError(f"{self.name}: expected {K} input features, got shape {x.shape}")
@@ -551,6 +554,7 @@ class TimeDistributed(Layer):
         return twin
 
     def __call__(self, x, mask=None, training=False):
+        _device.training_flag(training)  # (checked: inference layers)
         with WEIGHTS_LOCK:
             snapshot = self._snapshot()
         return self._run(snapshot, x, mask)
@@ -704,6 +708,9 @@ class Sequential:
 
         Every layer runs with the weights it had when the call began (read
         together: see :mod:`fastrnn._engine`)."""
+        training = _device.training_flag(training)
+        if not _device.is_device_array(x):
+            x = _device.host_array(x, "x")
         inputs = x
         with WEIGHTS_LOCK:
             snapshots = [layer._snapshot() for layer in self.layers]
@@ -728,7 +735,7 @@ class Sequential:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size <= 0:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        x = np.asarray(x)
+        x = _device.host_array(x, "x")
         if x.ndim == 0:
             raise ValueError("x: expected an array with a batch axis (batch, time, ...), got a "
                              "scalar")
@@ -971,7 +978,7 @@ class ModelStream:
         self._frame_ndim = 1 if isinstance(first, Embedding) else 2
 
     def __call__(self, x):
-        x = np.asarray(x)
+        x = _device.host_array(x, "x")
         if x.ndim == self._frame_ndim - 1 and self.batch_size == 1:  # an unbatched frame
             return self(x[None])[0]
         frame = x.ndim == self._frame_ndim
@@ -980,6 +987,11 @@ class ModelStream:
             chunk = "(batch, time)" if self._frame_ndim == 1 else "(batch, time, features)"
             raise ValueError(f"x: expected a frame {shape} or a chunk {chunk}, got shape "
                              f"{x.shape}")
+        if x.shape[0] != self.batch_size:  # (said here: past an Embedding, the shape differs)
+            what = ("token ids" if self._frame_ndim == 1 else "rows") + (
+                " per frame" if frame else " per chunk")
+            raise ValueError(f"x: expected {self.batch_size} {what} (batch_size="
+                             f"{self.batch_size}), got shape {x.shape}; the state is unchanged")
         if not frame and x.shape[1] == 0 and self._last_step:
             # (the layers after the last recurrent one would run on the zeros
             # it gives for no steps, not on its output at the last frame)

@@ -61,7 +61,7 @@ import zipfile
 
 import numpy as np
 
-from . import _engine, _safe_io, dispatch, serialization
+from . import _device, _engine, _safe_io, dispatch, serialization
 from ._nest import flatten, numbers_hint, pack_as
 
 __all__ = ["Stream", "StreamBusyError", "load_stream"]
@@ -1021,8 +1021,8 @@ class Stream:
         return self._with_states(y) if self._return_state else y
 
     def _as_array(self, x):
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
+        if type(x) is not np.ndarray:
+            x = _device.host_array(x, "x")
         if x.dtype != self._dt:
             kind = x.dtype.kind
             what = "an integer" if kind in "iub" else f"a {x.dtype}"
@@ -1090,7 +1090,7 @@ class Stream:
                              f"{numbers_hint(flat)}")
         checked = []
         for k, (v, size) in enumerate(zip(flat, self._sizes)):
-            v = np.asarray(v)
+            v = _device.host_array(v, f"states[{k}]")
             if v.dtype.kind != "f":
                 raise TypeError(f"states[{k}]: expected a floating-point array, got dtype "
                                 f"{v.dtype}")

@@ -100,8 +100,10 @@ def compute_dtype(dtype=None, state=None, inputs=None):
         return _float_dtype(dtype)
     if state is not None:
         leaves = [s for s in _nest.flatten(state) if hasattr(s, "dtype")]
-        if leaves and np.dtype(leaves[0].dtype) in (np.float32, np.float64):
-            return np.dtype(leaves[0].dtype)
+        if leaves:  # (a PyTorch tensor's dtype is not NumPy's)
+            first = _device.host_array(leaves[0], "initial_state").dtype
+            if first in (np.float32, np.float64):
+                return first
     if inputs is not None and np.dtype(inputs.dtype) in (np.float32, np.float64):
         return np.dtype(inputs.dtype)
     return np.dtype(np.float32)
@@ -122,7 +124,7 @@ def check_state(cell, state, batch, dtype, argument="state"):
         )
     leaves = []
     for i, (n, s) in enumerate(zip(_nest.flatten(size), _nest.flatten(state))):
-        a = np.asarray(s)
+        a = _device.host_array(s, f"{argument}: element {i} of the state")
         if a.dtype.kind != "f":
             raise TypeError(f"{argument}: element {i} of the state: expected floating-point "
                             f"values, got dtype {a.dtype}")

@@ -43,7 +43,7 @@ def _sequence(inputs, time_major, argument="inputs"):
             f"({type(inputs).__module__}.{type(inputs).__name__}); pass a NumPy array "
             "with backend='cuda', or use the Keras-style layers, which take GPU arrays"
         )
-    x = np.asarray(inputs)
+    x = _device.host_array(inputs, argument)
     if x.dtype.kind != "f":
         raise TypeError(f"{argument}: expected floating-point values, got dtype {x.dtype}")
     if x.ndim != 3:
