@@ -737,3 +737,39 @@ def test_checkpoint_file_with_an_invalid_escape(tmp_path, escape):
     with pytest.raises(ValueError, match=r"checkpoint: model_checkpoint_path holds an invalid "
                                          "escape"):
         read_tf_checkpoint(tmp_path)
+
+
+def test_cudnn_layers_from_a_checkpoint_and_a_legacy_h5(tmp_path):
+    """Keras 2's CuDNNLSTM / CuDNNGRU (the SavedModel form runs in
+    test_reproduces_tensorflow): the save_weights checkpoint with its JSON,
+    and the legacy .h5, give tf_keras's numbers; the model they load as
+    (LSTM and GRU layers) saves and loads in the native format."""
+    _, arrays = _expected("keras2_cudnn")
+    path = os.path.join(TF, "keras2_cudnn")
+    models = [fastrnn.load_keras(os.path.join(path, "ckpt"),
+                                 config=os.path.join(path, "model.json"))]
+    pytest.importorskip("h5py")
+    models.append(fastrnn.load_keras(os.path.join(path, "model.h5")))
+    for model in models:
+        assert [type(layer).__name__ for layer in model.layers] == \
+            ["InputLayer", "Bidirectional", "GRU"]
+        assert model.layers[2].get_config()["reset_after"] is True
+        np.testing.assert_allclose(model.predict(arrays["x"]), arrays["y0"], rtol=0, atol=1e-5)
+    fastrnn.save(models[0], tmp_path / "m.fastrnn")
+    np.testing.assert_array_equal(fastrnn.load(tmp_path / "m.fastrnn").predict(arrays["x"]),
+                                  models[0].predict(arrays["x"]))
+
+
+def test_a_cudnn_bias_of_another_shape_is_named(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "m.h5"
+    shutil.copy(os.path.join(TF, "keras2_cudnn", "model.h5"), path)
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights/cu_dnngru"]
+        name = [n.decode() if isinstance(n, bytes) else n
+                for n in group.attrs["weight_names"]][2]
+        del group[name]
+        group.create_dataset(name, data=np.zeros(12, np.float32))  # (a GRU's 3H, not 6H)
+    with pytest.raises(ValueError, match=r"has shape \(12,\); layer 'cu_dnngru' \(GRU\) takes "
+                                         r"\[\(D, 12\), \(4, 12\), \(24,\)\]"):
+        fastrnn.load_keras(str(path))

@@ -480,6 +480,77 @@ def _layer_weights(entry, group, where):
     return _vars(group, where)
 
 
+# Keras 2's cuDNN-only layers (tf.compat.v1.keras.layers), by class: the
+# layer that computes the same on a CPU, and its number of gates.
+_CUDNN = {"CuDNNLSTM": ("LSTM", 4), "CuDNNGRU": ("GRU", 3)}
+
+
+def _from_cudnn(entry):
+    """``(entry, parts)``: an entry of Keras 2's ``CuDNNLSTM`` or ``CuDNNGRU``,
+    alone or in a ``Bidirectional``, with the layer that computes the same in
+    its place, as tf_keras runs such a model on a CPU: ``LSTM`` and
+    ``GRU(reset_after=True)``, both with sigmoid gates and tanh; ``parts``
+    then gives, for each recurrent layer in weight order, the gates of a
+    cuDNN one (its weights are converted by :func:`_cudnn_weights`) or None.
+    Any other entry comes back as it is, with ``parts`` None."""
+    cls = entry.get("class_name")
+    config = entry.get("config")
+    if not isinstance(config, dict):
+        return entry, None
+    if cls in _CUDNN:
+        name, gates = _CUDNN[cls]
+        config = dict(config, activation="tanh", recurrent_activation="sigmoid",
+                      use_bias=True)
+        if name == "GRU":
+            config["reset_after"] = True
+        return dict(entry, class_name=name, config=config), [gates]
+    if cls != "Bidirectional":
+        return entry, None
+    config = dict(config)
+    forward, backward = config.get("layer"), config.get("backward_layer")
+    parts = [None, None]
+    if isinstance(forward, dict):
+        config["layer"], found = _from_cudnn(forward)
+        parts = [found[0], found[0]] if found else parts
+    if isinstance(backward, dict):
+        config["backward_layer"], found = _from_cudnn(backward)
+        parts[1] = found[0] if found else None
+    if parts == [None, None]:
+        return entry, None
+    return dict(entry, config=config), parts
+
+
+def _cudnn_weights(arrays, parts):
+    """A cuDNN layer's weights (kernel, recurrent kernel, bias per part of
+    ``parts``, see :func:`_from_cudnn`) as its ``LSTM`` / ``GRU`` takes them,
+    as tf_keras converts them: cuDNN reads each gate's input kernel
+    ``(D, H)`` as the row-major ``(H, D)`` matrix of its bytes, and each
+    recurrent kernel transposed; an LSTM's two biases (input and recurrent)
+    are summed, a GRU's are its ``(2, 3H)`` pair."""
+    out = []
+    for i, gates in enumerate(parts):
+        kernel, recurrent, bias = arrays[3 * i: 3 * i + 3]
+        if gates is None:
+            out += [kernel, recurrent, bias]
+            continue
+        out.append(np.hstack([np.reshape(k.T, k.shape, order="F")
+                              for k in np.hsplit(np.asarray(kernel), gates)]))
+        out.append(np.hstack([k.T for k in np.hsplit(np.asarray(recurrent), gates)]))
+        pair = np.asarray(bias).reshape(2, -1)
+        out.append(pair[0] + pair[1] if gates == 4 else pair)
+    return out
+
+
+def _cudnn_shapes(expected, parts):
+    """``expected`` (a layer's weight shapes) with each cuDNN part's bias as
+    its file holds it: ``(2 * gates * units,)``."""
+    expected = list(expected)
+    for i, gates in enumerate(parts):
+        if gates is not None and len(expected) >= 3 * i + 3:
+            expected[3 * i + 2] = (2 * gates * expected[3 * i + 1][0],)
+    return expected
+
+
 def build_model(model_config, weights_of, backend=None, budget=None):
     """A :class:`~fastrnn.models.Sequential` from a Keras model config.
 
@@ -495,16 +566,19 @@ def build_model(model_config, weights_of, backend=None, budget=None):
     entries, groups = model_chain(model_config)
     by_name = {_entry_name(e): e for e in (model_config.get("config") or {}).get("layers", [])}
     layers, mask_source = [], None
-    for entry in entries:
-        check_not_quantized(entry)
+    for stored in entries:
+        check_not_quantized(stored)
+        entry, cudnn = _from_cudnn(stored)
         deferred, declared = _safe_io.defer_build(entry)
         layer = layer_from_config(deferred)
         _check_mask_kwarg(entry, mask_source, by_name)
         mask_source = _mask_source(layer, entry, mask_source)
         if not isinstance(layer, InputLayer):
-            weights = weights_of(entry, groups.get(_entry_name(entry)))
+            weights = weights_of(stored, groups.get(_entry_name(entry)))
             if budget is not None:
-                weights = _read_checked(layer, weights, entry, budget)
+                weights = _read_checked(layer, weights, entry, budget, cudnn)
+            if weights and cudnn:
+                weights = _cudnn_weights(weights, cudnn)
             if weights:
                 layer.set_weights(weights)
             for sub in _recurrent_parts(layer):
@@ -577,11 +651,14 @@ def _expected_shapes(layer):
             for _, shape in layer._weight_shapes()]
 
 
-def _read_checked(layer, datasets, entry, budget):
+def _read_checked(layer, datasets, entry, budget, cudnn=None):
     """Read a layer's h5 datasets after checking their count and shapes against its
-    config, and their sizes against the file's ``budget``."""
+    config (``cudnn``: its cuDNN parts, see :func:`_from_cudnn`), and their sizes
+    against the file's ``budget``."""
     what = f"layer {_entry_name(entry)!r} ({entry.get('class_name')})"
     expected = _expected_shapes(layer)
+    if expected is not None and cudnn:
+        expected = _cudnn_shapes(expected, cudnn)
     if not datasets and _recurrent_parts(layer):
         raise ValueError(f"weights file: {what} has no weights in the file (a recurrent layer "
                          "without them would start from random weights)")

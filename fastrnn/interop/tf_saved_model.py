@@ -171,6 +171,8 @@ def _layer_paths(entry):
     cfg = entry.get("config") or {}
     if cls in ("LSTM", "GRU", "SimpleRNN"):
         return ["cell/" + p for p in _cell_paths(None)]
+    if cls in ("CuDNNLSTM", "CuDNNGRU"):  # (no cell: the layer holds its weights)
+        return ["kernel", "recurrent_kernel", "bias"]
     if cls == "RNN":
         return ["cell/" + p for p in _cell_paths(cfg.get("cell"))]
     if cls == "Bidirectional":

@@ -23,6 +23,7 @@ same as with the default.
 import json
 import os
 import shutil
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -245,6 +246,58 @@ def _stacked_cells(k, time, depth, vocab):
     return k.Model(inp, out)
 
 
+def _cudnn(k, time, depth, vocab):
+    cudnn = tf.compat.v1.keras.layers
+    return k.Sequential([
+        k.layers.InputLayer(input_shape=(time, depth)),
+        k.layers.Bidirectional(cudnn.CuDNNLSTM(5, return_sequences=True)),
+        cudnn.CuDNNGRU(4),
+    ])
+
+
+def _cudnn_on_cpu(k, time, depth, vocab):
+    """What tf_keras loads a CuDNN model's weights into to run it on a CPU."""
+    return k.Sequential([
+        k.layers.InputLayer(input_shape=(time, depth)),
+        k.layers.Bidirectional(k.layers.LSTM(5, return_sequences=True,
+                                             recurrent_activation="sigmoid")),
+        k.layers.GRU(4, reset_after=True, recurrent_activation="sigmoid"),
+    ])
+
+
+def keras2_cudnn(name="keras2_cudnn", batch=4, time=7, depth=3, seed=15):
+    """CuDNNLSTM / CuDNNGRU (they build without a GPU, but run only on one):
+    the model saved as a SavedModel, as a legacy ``model.h5``, and with
+    ``save_weights`` (TF format, ``ckpt``) beside ``model.json``; the
+    expected outputs are tf_keras's own CPU twin of it (LSTM and
+    GRU(reset_after=True) with sigmoid gates), given the CuDNN weights by
+    ``load_weights`` of an ``.h5``, which converts them (its
+    ``_convert_rnn_weights``: per-gate kernel layouts, LSTM's two biases
+    summed, GRU's reshaped)."""
+    import tf_keras
+
+    rng = np.random.default_rng(seed)
+    path = _fresh(name)
+    tf_keras.utils.set_random_seed(seed)
+    model = _cudnn(tf_keras, time, depth, None)
+    model.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    model.save(path, save_format="tf", save_traces=False)
+    model.save(os.path.join(path, "model.h5"))
+    model.save_weights(os.path.join(path, "ckpt"), save_format="tf")
+    with open(os.path.join(path, "model.json"), "w") as f:
+        f.write(model.to_json())
+    weights = os.path.join(HERE, "_cudnn_weights.h5")
+    model.save_weights(weights)
+    twin = _cudnn_on_cpu(tf_keras, time, depth, None)
+    twin.load_weights(weights)
+    os.remove(weights)
+    x = _keras_inputs(rng, "dense", batch, time, depth, None)
+    y = twin.predict(x, verbose=0)
+    _save_expected(path, {"kind": "keras2", "save": "saved_model", "keras": tf_keras.__version__,
+                          "h5": "model.h5"}, {"x": x, "y0": y})
+
+
 def main():
     lstm = {"class": "BasicLSTMCell", "num_units": 5}
     peep = {"class": "LSTMCell", "num_units": 7, "use_peepholes": True, "num_proj": 4,
@@ -274,6 +327,12 @@ def main():
     keras2_case("keras2_embedding_simplernn", _embedding_simple_rnn, inputs="tokens", seed=12)
     keras2_case("keras2_stacked_cells", _stacked_cells, seed=13)
     keras2_case("keras2_save_weights", _gru_functional, save="weights", seed=14)
+    keras2_cudnn()
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["keras2_cudnn"]:  # one fixture, written again
+    keras2_cudnn()
+    sys.exit()
 
 
 if __name__ == "__main__":
