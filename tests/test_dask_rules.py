@@ -139,6 +139,17 @@ def test_partition_rows_equal_each_row_alone(tmp_path, rng, name, batch_size):
     _check_rows(got, rows, model, *((1e-10, 1e-12) if float64 else (1e-5, 1e-6)))
 
 
+def _scored_lists(tmp_path, model, rows, typ):
+    """``rows`` (1-D arrays) as a Parquet list column of ``typ`` in partitions
+    of 4 rows, scored by predict_partitions."""
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"s": pa.array([r.tolist() for r in rows], typ)}), path,
+                   row_group_size=4)
+    with dask.config.set(scheduler="sync"):
+        return fdask.predict_partitions(model, dd.read_parquet(str(path), split_row_groups=True),
+                                        "s").compute()
+
+
 @pytest.mark.parametrize("mask_zero", [True, False])
 def test_token_rows_equal_each_row_alone(tmp_path, rng, mask_zero):
     """Token ids padded with 0: masked by Embedding(mask_zero=True) (one padded
@@ -148,12 +159,7 @@ def test_token_rows_equal_each_row_alone(tmp_path, rng, mask_zero):
     layer = LSTM(3, go_backwards=True, return_sequences=mask_zero)
     model = fastrnn.Sequential([emb, _built(layer, 19, features=4)])
     rows = [rng.integers(1, 9, n) for n in LENGTHS]
-    path = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"s": pa.array([r.tolist() for r in rows], pa.list_(pa.int64()))}),
-                   path, row_group_size=4)
-    with dask.config.set(scheduler="sync"):
-        got = fdask.predict_partitions(model, dd.read_parquet(str(path), split_row_groups=True),
-                                       "s").compute()
+    got = _scored_lists(tmp_path, model, rows, pa.list_(pa.int64()))
     _check_rows(got, rows, model)
 
 
@@ -187,12 +193,7 @@ def test_float_token_ids_in_partitions_equal_each_row_alone(tmp_path, rng):
     read as one feature per step and refused)."""
     model = _token_model(rng, mask_zero=True)
     rows = [rng.integers(1, 9, n).astype(np.float64) for n in LENGTHS]
-    path = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"s": pa.array([r.tolist() for r in rows],
-                                           pa.list_(pa.float64()))}), path, row_group_size=4)
-    with dask.config.set(scheduler="sync"):
-        got = fdask.predict_partitions(model, dd.read_parquet(str(path), split_row_groups=True),
-                                       "s").compute()
+    got = _scored_lists(tmp_path, model, rows, pa.list_(pa.float64()))
     _check_rows(got, rows, model)
 
 
@@ -202,12 +203,7 @@ def test_integer_steps_for_a_one_feature_model_are_values(tmp_path, rng):
     (they were taken as token ids and refused)."""
     model = fastrnn.Sequential([Masking(0.0), _built(LSTM(3), 21, features=1)])
     rows = [rng.integers(1, 6, n) for n in LENGTHS]
-    path = tmp_path / "i.parquet"
-    pq.write_table(pa.table({"s": pa.array([r.tolist() for r in rows], pa.list_(pa.int64()))}),
-                   path, row_group_size=4)
-    with dask.config.set(scheduler="sync"):
-        got = fdask.predict_partitions(model, dd.read_parquet(str(path), split_row_groups=True),
-                                       "s").compute()
+    got = _scored_lists(tmp_path, model, rows, pa.list_(pa.int64()))
     _check_rows(got, [r.astype(np.float32)[:, None] for r in rows], model)
 
 
