@@ -426,17 +426,39 @@ def defer_build(spec):
         return spec, declared
     config = spec["config"]
     if spec.get("class_name") == "Bidirectional":
+        # (Keras 2 writes a first layer's input shape on the wrapper: its
+        # batch is the inner layers' batch_size, as theirs would be)
+        batch = _pop_shapes(config, declared)
         for key in ("layer", "backward_layer"):
             if isinstance(config.get(key), dict):
+                if batch is not None and isinstance(config[key].get("config"), dict):
+                    inner_config = config[key]["config"]
+                    if inner_config.get("batch_size") not in (None, batch):
+                        raise ValueError(f"batch_input_shape[0]={batch!r} and the {key}'s "
+                                         f"batch_size={inner_config['batch_size']!r} differ")
+                    inner_config["batch_size"] = batch
                 config[key], inner = defer_build(config[key])
                 declared += inner
         return spec, declared
     if spec.get("class_name") not in _RECURRENT:
         return spec, declared
+    batch = _pop_shapes(config, declared)
+    if batch is not None:
+        if config.get("batch_size") not in (None, batch):
+            raise ValueError(f"batch_input_shape[0]={batch!r} and batch_size="
+                             f"{config['batch_size']!r} differ")
+        config["batch_size"] = batch
+    return spec, declared
+
+
+def _pop_shapes(config, declared):
+    """Pop ``config``'s shape arguments; append each declared feature count
+    with its argument to ``declared``; return ``batch_input_shape[0]``."""
     given = {k: config.pop(k) for k in _SHAPE_KEYS if k in config}
     given = {k: v for k, v in given.items() if v is not None}
     if "input_dim" in given:
         declared.append(("input_dim", given["input_dim"]))
+    batch = None
     for key, axes in (("input_shape", "(time, features)"),
                       ("batch_input_shape", "(batch, time, features)")):
         shape = given.get(key)
@@ -445,12 +467,9 @@ def defer_build(spec):
         if not isinstance(shape, (list, tuple)) or len(shape) != axes.count(",") + 1:
             raise ValueError(f"{key}: expected {axes}, got {shape!r}")
         declared.append((f"{key}[{len(shape) - 1}]", shape[-1]))
-        if key == "batch_input_shape" and shape[0] is not None:
-            if config.get("batch_size") not in (None, shape[0]):
-                raise ValueError(f"batch_input_shape[0]={shape[0]!r} and batch_size="
-                                 f"{config['batch_size']!r} differ")
-            config["batch_size"] = shape[0]
-    return spec, declared
+        if key == "batch_input_shape":
+            batch = shape[0]
+    return batch
 
 
 def check_features(declared, features, where):

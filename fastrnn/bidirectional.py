@@ -9,7 +9,7 @@ from ._engine import WEIGHTS_LOCK
 from ._nest import flatten
 from .cells import (StackedRNNCells, _pop_common, _weight_list, is_builtin,
                     quantization_mode_of, quantize_cells, stage_weights)
-from .layers import RNN
+from .layers import RNN, _shape_kwargs
 
 
 @serialization.register("rnn")
@@ -66,11 +66,21 @@ class Bidirectional:
         backend = kwargs.pop("backend", None)
         if backend is not None:
             backend = dispatch._check_request(backend)
+        # Keras's shape arguments (a first layer's, which Keras 2 writes on
+        # the wrapper): the batch is a stateful pair's, the features build both
+        batch, features = _shape_kwargs(kwargs, "Bidirectional")
         self.name, _ = _pop_common(kwargs, "Bidirectional")
         self.forward_layer = _copy(layer, layer.go_backwards)
         if backward_layer is None:
             backward_layer = _copy(layer, not layer.go_backwards)
         self.backward_layer = backward_layer
+        if batch is not None:
+            for sub in (self.forward_layer, self.backward_layer):
+                if sub._declared_batch not in (None, batch):
+                    raise ValueError(f"Bidirectional: the batch size is given twice, "
+                                     f"differently: {batch} and the inner layer's "
+                                     f"{sub._declared_batch}")
+                sub._declared_batch = batch
         if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
             raise ValueError("backward_layer: must have the opposite go_backwards of layer")
         for attr in ("stateful", "return_sequences", "return_state", "time_major"):
@@ -91,6 +101,8 @@ class Bidirectional:
         self.stateful = layer.stateful
         self.time_major = layer.time_major
         self.dtype = layer.dtype
+        if features is not None:
+            self.build((batch, None, features))
         if weights is not None:
             self.set_weights(weights)
 

@@ -468,3 +468,29 @@ def test_a_keras2_keras_file_as_config_reads_as_keras2(rng, tmp_path):
     ref.set_weights(m.get_weights())
     x = (rng.standard_normal((2, 6, 4)) * 3).astype(np.float32)
     np.testing.assert_allclose(split.predict(x), _predict(ref, x), atol=ATOL)
+
+
+def test_keras2_shape_arguments_on_a_bidirectional(rng):
+    """Keras 2 writes a first layer's input shape on a Bidirectional wrapper
+    (tests/data/tf/keras2_bidirectional_first loads such a model): its
+    features build both layers, its batch is a stateful pair's batch size."""
+    from fastrnn import _safe_io
+
+    spec = {"class_name": "Bidirectional", "config": {
+        "name": "bi", "batch_input_shape": [2, 5, 3], "merge_mode": "sum",
+        "layer": {"class_name": "LSTM", "config": {"name": "f", "units": 4, "stateful": True}}}}
+    deferred, declared = _safe_io.defer_build(spec)
+    assert declared == [("batch_input_shape[2]", 3)]
+    assert "batch_input_shape" not in deferred["config"]
+    assert deferred["config"]["layer"]["config"]["batch_size"] == 2
+    live = fastrnn.Bidirectional(fastrnn.LSTM(4, stateful=True), merge_mode="sum",
+                                 batch_input_shape=(2, 5, 3))
+    assert live.built and live.forward_layer.cells[0].input_dim == 3
+    for sub in (live.forward_layer, live.backward_layer):
+        assert sub.get_config()["batch_size"] == 2
+    with pytest.raises(ValueError, match="stateful with batch size 2"):
+        live(rng.standard_normal((3, 5, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"Bidirectional: the batch size is given twice"):
+        fastrnn.Bidirectional(fastrnn.LSTM(4, stateful=True, batch_size=3),
+                              batch_input_shape=(2, 5, 3))
+    assert fastrnn.Bidirectional(fastrnn.GRU(3), input_shape=(None, 6)).built

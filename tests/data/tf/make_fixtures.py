@@ -246,6 +246,15 @@ def _stacked_cells(k, time, depth, vocab):
     return k.Model(inp, out)
 
 
+def _bidirectional_first(k, time, depth, vocab):
+    """A Bidirectional first, given the input shape: Keras 2 writes it on the wrapper."""
+    return k.Sequential([
+        k.layers.Bidirectional(k.layers.GRU(4, return_sequences=True),
+                               input_shape=(time, depth)),
+        k.layers.TimeDistributed(k.layers.Dense(2)),
+    ])
+
+
 def _cudnn(k, time, depth, vocab):
     cudnn = tf.compat.v1.keras.layers
     return k.Sequential([
@@ -328,10 +337,17 @@ def main():
     keras2_case("keras2_stacked_cells", _stacked_cells, seed=13)
     keras2_case("keras2_save_weights", _gru_functional, save="weights", seed=14)
     keras2_cudnn()
+    keras2_case("keras2_bidirectional_first", _bidirectional_first, seed=16)
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["keras2_cudnn"]:  # one fixture, written again
-    keras2_cudnn()
+# Fixtures that can be written again alone: make_fixtures.py NAME ...
+ALONE = {"keras2_cudnn": keras2_cudnn,
+         "keras2_bidirectional_first": lambda: keras2_case(
+             "keras2_bidirectional_first", _bidirectional_first, seed=16)}
+
+if __name__ == "__main__" and sys.argv[1:]:
+    for fixture in sys.argv[1:]:
+        ALONE[fixture]()
     sys.exit()
 
 
