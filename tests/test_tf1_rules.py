@@ -438,3 +438,31 @@ def test_serialize_refuses_what_has_no_config_naming_it(obj):
     with pytest.raises(TypeError, match=rf"serialize: expected a fastrnn layer .* got "
                                         rf"{type(obj).__name__}"):
         fastrnn_serialize(obj)
+
+
+def test_a_float64_model_runs_in_float64_whatever_its_inputs(rng):
+    """docs/tf1.md: a cell made float64 (or given float64 weights, as by a
+    float64 checkpoint) runs in float64; float32 inputs and no initial
+    state used to run it in float32."""
+    x = _x(rng, 3, 4, 5)
+    for make in (lambda: rnn_cell.LSTMCell(3, dtype="float64"),
+                 lambda: rnn_cell.MultiRNNCell([rnn_cell.GRUCell(3), rnn_cell.LSTMCell(2)])):
+        cell = make()
+        cell.build((None, 5))
+        cell.set_weights([w.astype(np.float64) for w in _random_weights(cell, rng)])
+        want, _ = nn.dynamic_rnn(cell, x.astype(np.float64))
+        for run in (lambda: nn.dynamic_rnn(cell, x)[0],
+                    lambda: nn.static_rnn(cell, [x[:, t] for t in range(4)])[0][-1],
+                    lambda: nn.bidirectional_dynamic_rnn(cell, make(), x)[0][0]):
+            got = run()
+            assert got.dtype == np.float64
+        np.testing.assert_array_equal(nn.dynamic_rnn(cell, x)[0], want)
+
+
+@pytest.mark.parametrize("argument", ["cell_clip", "proj_clip"])
+@pytest.mark.parametrize("value", [-0.5, float("nan")])
+def test_a_clip_below_zero_is_refused(argument, value):
+    """TF1 takes a negative clip and clamps every value to one constant."""
+    with pytest.raises(ValueError, match=rf"^{argument}: expected a number >= 0 \(None: no "
+                                         rf"clipping\), got {value!r}"):
+        rnn_cell.LSTMCell(3, num_proj=2, **{argument: value})

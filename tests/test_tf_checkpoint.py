@@ -773,3 +773,16 @@ def test_a_cudnn_bias_of_another_shape_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"has shape \(12,\); layer 'cu_dnngru' \(GRU\) takes "
                                          r"\[\(D, 12\), \(4, 12\), \(24,\)\]"):
         fastrnn.load_keras(str(path))
+
+
+def test_a_variable_of_another_shape_names_the_checkpoints_variables():
+    """A stack whose second layer is a GRUCell(4) where the checkpoint's is a
+    GRUCell(5): the error names the checkpoint, the scope and each variable
+    with its shape (the cell's own message alone named no variable of the
+    file, and two layers of one class read alike)."""
+    cell = rnn_cell.MultiRNNCell([rnn_cell.LSTMCell(6), rnn_cell.GRUCell(4)])
+    with pytest.raises(ValueError, match=r"load_checkpoint: .*tf1_multi.model\.ckpt: the "
+                                         r"variables under scope 'rnn' do not fit .*GRUCell "
+                                         r".*rnn/multi_rnn_cell/cell_1/gru_cell/gates/kernel "
+                                         r"\(11, 10\)"):
+        cell.load_checkpoint(os.path.join(TF, "tf1_multi", "model.ckpt"))

@@ -94,8 +94,11 @@ def _float_dtype(dtype):
     return dtype
 
 
-def compute_dtype(dtype=None, state=None, inputs=None):
-    """The dtype a run computes in: ``dtype=``, else the state's, else the inputs'."""
+def compute_dtype(dtype=None, state=None, inputs=None, cells=()):
+    """The dtype a run computes in: ``dtype=``, else the state's, else
+    float64 when one of the built-in ``cells`` (or a cell they hold) has
+    float64 weights or was made float64 (a float64 model runs in float64,
+    whatever its inputs), else the inputs'."""
     if dtype is not None:
         return _float_dtype(dtype)
     if state is not None:
@@ -104,6 +107,9 @@ def compute_dtype(dtype=None, state=None, inputs=None):
             first = _device.host_array(leaves[0], "initial_state").dtype
             if first in (np.float32, np.float64):
                 return first
+    if any(getattr(c, "dtype", None) == np.float64
+           for cell in cells for c in [cell] + cell._builtin_cells()):
+        return np.dtype(np.float64)
     if inputs is not None and np.dtype(inputs.dtype) in (np.float32, np.float64):
         return np.dtype(inputs.dtype)
     return np.dtype(np.float32)
@@ -442,7 +448,15 @@ class RNNCell:
                     f"; the checkpoint holds {reader.keys()[:12]}")
             raise ValueError(f"{label}: {reader.prefix}: no variable {missing[0]!r} (scope "
                              f"{scope!r} + the cell's variable_names){hint}")
-        self.set_weights([reader.read(prefix + n) for n in names])
+        arrays = [reader.read(prefix + n) for n in names]
+        try:
+            self.set_weights(arrays)
+        except ValueError as exc:  # (a shape: name the checkpoint's variables)
+            shapes = ", ".join(f"{prefix + n} {a.shape}" for n, a in zip(names, arrays))
+            raise ValueError(f"{label}: {reader.prefix}: the variables under scope {scope!r} "
+                             f"do not fit {_cell_label(self)} ({exc}); the checkpoint holds "
+                             f"{shapes}: a cell of other settings (num_units, num_proj, "
+                             "use_peepholes, the stack's layers)?") from exc
         return self
 
     def _builtin_cells(self):

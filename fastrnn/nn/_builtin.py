@@ -114,6 +114,17 @@ def _real(value, argument):
     return float(value)
 
 
+def _clip(value, argument):
+    """A clip limit: a real number >= 0 (TF1 clamps to [-limit, limit]; a
+    negative one, which TF takes, would clamp every value to one constant),
+    else a ValueError naming ``argument``."""
+    value = _real(value, argument)
+    if not value >= 0:  # (NaN too)
+        raise ValueError(f"{argument}: expected a number >= 0 (None: no clipping), got "
+                         f"{value!r}")
+    return value
+
+
 class _FusedCell(RNNCell):
     """A built-in cell: TF1 weights, converted once to a kernel params record."""
 
@@ -515,7 +526,7 @@ class LSTMCell(_LSTMBase):
             if value is not None and _positive_int(value, arg) != 1:
                 raise ValueError(f"{arg}: sharded variables are not supported, got {value}")
         self._use_peepholes = _device.flag(use_peepholes, "use_peepholes")
-        self._cell_clip = None if cell_clip is None else _real(cell_clip, "cell_clip")
+        self._cell_clip = None if cell_clip is None else _clip(cell_clip, "cell_clip")
         self._initializer_id = initializer
         self._num_proj = None if num_proj is None else _positive_int(num_proj, "num_proj")
-        self._proj_clip = None if proj_clip is None else _real(proj_clip, "proj_clip")
+        self._proj_clip = None if proj_clip is None else _clip(proj_clip, "proj_clip")

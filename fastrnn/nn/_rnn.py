@@ -280,8 +280,9 @@ def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=No
     initial_state : nested arrays shaped like ``cell.state_size``, optional
         Each ``(batch, size)``; zeros when omitted.
     dtype : float32 or float64, optional
-        The compute dtype; by default the initial state's, else the inputs'
-        (float16 inputs compute in float32; integer inputs are a
+        The compute dtype; by default the initial state's, else float64
+        where a cell is float64 (made so, or given float64 weights), else
+        the inputs' (float16 inputs compute in float32; integer inputs are a
         ``TypeError``). Unlike TF1 it need not be given.
     time_major : bool
         Inputs and outputs are ``(max_time, batch, ...)``.
@@ -324,7 +325,7 @@ def dynamic_rnn(cell, inputs, sequence_length=None, initial_state=None, dtype=No
     x = _sequence(inputs, time_major)
     B, T, _ = x.shape
     lengths = _lengths(sequence_length, B, T)
-    dt = compute_dtype(dtype, initial_state, x)
+    dt = compute_dtype(dtype, initial_state, x, [cell])
     x = np.ascontiguousarray(x, dtype=dt)
     state = _initial_state(cell, initial_state, B, dt, "initial_state")
     out, state = _forward(cell, x, lengths, state, False, backend, _prepare([cell], x))
@@ -357,7 +358,7 @@ def bidirectional_dynamic_rnn(cell_fw, cell_bw, inputs, sequence_length=None,
     B, T, _ = x.shape
     lengths = _lengths(sequence_length, B, T)
     dt = compute_dtype(dtype, initial_state_fw if initial_state_fw is not None
-                       else initial_state_bw, x)
+                       else initial_state_bw, x, [cell_fw, cell_bw])
     x = np.ascontiguousarray(x, dtype=dt)
     s_fw = _initial_state(cell_fw, initial_state_fw, B, dt, "initial_state_fw")
     s_bw = _initial_state(cell_bw, initial_state_bw, B, dt, "initial_state_bw")
