@@ -741,15 +741,17 @@ def test_checkpoint_file_with_an_invalid_escape(tmp_path, escape):
 
 def test_cudnn_layers_from_a_checkpoint_and_a_legacy_h5(tmp_path):
     """Keras 2's CuDNNLSTM / CuDNNGRU (the SavedModel form runs in
-    test_reproduces_tensorflow): the save_weights checkpoint with its JSON,
-    and the legacy .h5, give tf_keras's numbers; the model they load as
-    (LSTM and GRU layers) saves and loads in the native format."""
+    test_reproduces_tensorflow): the save_weights checkpoint and .h5 with
+    the JSON, and the legacy .h5, give tf_keras's numbers; the model they
+    load as (LSTM and GRU layers) saves and loads in the native format."""
     _, arrays = _expected("keras2_cudnn")
     path = os.path.join(TF, "keras2_cudnn")
     models = [fastrnn.load_keras(os.path.join(path, "ckpt"),
                                  config=os.path.join(path, "model.json"))]
     pytest.importorskip("h5py")
     models.append(fastrnn.load_keras(os.path.join(path, "model.h5")))
+    models.append(fastrnn.load_keras(os.path.join(path, "weights.h5"),
+                                     config=os.path.join(path, "model.json")))
     for model in models:
         assert [type(layer).__name__ for layer in model.layers] == \
             ["InputLayer", "Bidirectional", "GRU"]

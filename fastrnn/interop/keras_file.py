@@ -10,7 +10,10 @@
   or the path of a ``.json`` file or of a ``.keras`` file holding it);
 * a legacy ``.h5`` model (``model.save("m.h5")``): the config is read from
   the file's ``model_config`` attribute, unless ``config=`` is given (as for
-  a ``.keras`` file, it then replaces the file's own).
+  a ``.keras`` file, it then replaces the file's own);
+* Keras 2's ``model.save_weights("w.h5")`` together with ``config=``: a
+  group per layer name at the file's root, as under a legacy file's
+  ``model_weights``.
 
 Layout of ``model.weights.h5`` that Keras 3 writes (learnt from files Keras
 3.15 wrote): one group per layer under ``layers/``, named after the layer's
@@ -784,23 +787,32 @@ def _from_legacy_h5(f, config, backend, budget, where):
     root = _child(f, "model_weights", "")
     if not isinstance(root, h5py.Group):
         raise ValueError("weights file: /model_weights is not a group")
+    return build_model(model_config, _by_layer_name(f, root, "model_weights/"), backend,
+                       budget)
+
+
+def _by_layer_name(f, root, where):
+    """``weights_of`` for Keras 2's HDF5 weights: a group per layer name in
+    ``root`` (``/model_weights`` of a model file, the file itself for
+    ``save_weights``), its datasets listed in order by ``weight_names``."""
+    import h5py
 
     def weights_of(entry, group_name):
         name = _entry_name(entry)
         if name not in root:
             return []
-        g = _child(root, name, "model_weights")
+        g = _child(root, name, where.rstrip("/"))
         if not isinstance(g, h5py.Group):
-            raise ValueError(f"weights file: model_weights/{name} is not a group")
+            raise ValueError(f"weights file: {where}{name} is not a group")
         datasets = []
-        for n in _weight_names(g, f"model_weights/{name}"):
+        for n in _weight_names(g, f"{where}{name}"):
             if n not in g:
-                raise ValueError(f"weights file: model_weights/{name} lists dataset {n!r} in "
+                raise ValueError(f"weights file: {where}{name} lists dataset {n!r} in "
                                  "its weight_names, but holds no such dataset")
-            datasets.append(_dataset(g[n], f, f"model_weights/{name}/{n}"))
+            datasets.append(_dataset(g[n], f, f"{where}{name}/{n}"))
         return datasets
 
-    return build_model(model_config, weights_of, backend, budget)
+    return weights_of
 
 
 def _zip_keras_version(z, limit, where):
@@ -956,5 +968,10 @@ def load_keras(path, config=None, backend=None):
         if config is None:
             raise ValueError(f"load_keras: {path!r} holds weights only; pass config= (the "
                              "model's config.json, model.to_json(), or a .keras file)")
+        if "layer_names" in f.attrs and "layers" not in f:
+            # Keras 2's save_weights("w.h5"): a group per layer name at the root
+            model_config = _keras2_meaning(_read_config(config), f.attrs.get("keras_version"),
+                                           True)
+            return build_model(model_config, _by_layer_name(f, f, "/"), backend, budget)
         return _from_weights_h5(f, _keras2_meaning(_read_config(config), None, False),
                                 backend, budget)

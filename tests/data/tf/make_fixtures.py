@@ -277,7 +277,8 @@ def _cudnn_on_cpu(k, time, depth, vocab):
 def keras2_cudnn(name="keras2_cudnn", batch=4, time=7, depth=3, seed=15):
     """CuDNNLSTM / CuDNNGRU (they build without a GPU, but run only on one):
     the model saved as a SavedModel, as a legacy ``model.h5``, and with
-    ``save_weights`` (TF format, ``ckpt``) beside ``model.json``; the
+    ``save_weights`` (TF format, ``ckpt``, and HDF5, ``weights.h5``) beside
+    ``model.json``; the
     expected outputs are tf_keras's own CPU twin of it (LSTM and
     GRU(reset_after=True) with sigmoid gates), given the CuDNN weights by
     ``load_weights`` of an ``.h5``, which converts them (its
@@ -296,11 +297,10 @@ def keras2_cudnn(name="keras2_cudnn", batch=4, time=7, depth=3, seed=15):
     model.save_weights(os.path.join(path, "ckpt"), save_format="tf")
     with open(os.path.join(path, "model.json"), "w") as f:
         f.write(model.to_json())
-    weights = os.path.join(HERE, "_cudnn_weights.h5")
+    weights = os.path.join(path, "weights.h5")
     model.save_weights(weights)
     twin = _cudnn_on_cpu(tf_keras, time, depth, None)
     twin.load_weights(weights)
-    os.remove(weights)
     x = _keras_inputs(rng, "dense", batch, time, depth, None)
     y = twin.predict(x, verbose=0)
     _save_expected(path, {"kind": "keras2", "save": "saved_model", "keras": tf_keras.__version__,
