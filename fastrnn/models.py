@@ -647,7 +647,10 @@ class Sequential:
                             f"{type(layer).__name__}")
         if isinstance(layer, Bidirectional) and layer.merge_mode is None:
             raise ValueError(f"Sequential: Bidirectional {_label(layer, len(self.layers))} with "
-                             "merge_mode=None returns two tensors; a Sequential model needs one")
+                             "merge_mode=None returns two tensors, and each layer of a "
+                             "fastrnn.Sequential (what fastrnn loads a Keras model as, a "
+                             "functional one too) gives the next one tensor; give it a "
+                             "merge_mode")
         self.layers.append(layer)
 
     @property

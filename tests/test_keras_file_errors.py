@@ -246,7 +246,8 @@ def _edit(index, **changes):
 
 
 @pytest.mark.parametrize("layers, pattern", [
-    (_edit(0, batch_shape=5), r"TypeError: 'int' object is not iterable"),
+    (_edit(0, batch_shape=5),
+     r"TypeError: layer 'in' \(InputLayer\): 'int' object is not iterable"),
     (_edit(1, dtype={"class_name": "DTypePolicy", "config": "x"}),
      r"dtype: a dtype policy's config must be a dict, got str 'x'"),
     (_edit(1, return_sequences=None), r"return_sequences: expected True or False, got None"),

@@ -494,3 +494,28 @@ def test_keras2_shape_arguments_on_a_bidirectional(rng):
         fastrnn.Bidirectional(fastrnn.LSTM(4, stateful=True, batch_size=3),
                               batch_input_shape=(2, 5, 3))
     assert fastrnn.Bidirectional(fastrnn.GRU(3), input_shape=(None, 6)).built
+
+
+@pytest.mark.parametrize("case", ["unsupported", "float16"])
+def test_keras2_h5_errors_name_the_layer(case, rng, tmp_path):
+    """A refusal while one layer of a file is built names that layer (the
+    class alone, or a cell's set_weights, said nothing of which)."""
+    weights = {"enc": [rng.standard_normal(s).astype(np.float32)
+                       for s in ((4, 12), (3, 12), (12,))]}
+    if case == "unsupported":
+        entries = [{"module": "keras.layers", "class_name": "Conv1D",
+                    "config": {"name": "conv", "filters": 2, "kernel_size": 3}}]
+        pattern = r"layer 'conv' \(Conv1D\): .*unsupported layer class 'Conv1D'"
+    else:
+        entries = [_lstm_entry("enc", 3, dtype="float16")]
+        pattern = r"layer 'enc' \(LSTM\): dtype: expected float32 or float64, got 'float16'"
+    _keras2_h5(tmp_path / "k2.h5", entries, weights, "2.15.0")
+    with pytest.raises(ValueError, match=pattern):
+        fastrnn.load_keras(tmp_path / "k2.h5")
+
+
+def test_a_bidirectional_without_merge_mode_in_a_model_says_what_to_do():
+    with pytest.raises(ValueError, match=r"merge_mode=None returns two tensors, and each layer "
+                                         r"of a fastrnn.Sequential .*functional one too.*give "
+                                         r"it a merge_mode"):
+        fastrnn.Sequential([fastrnn.Bidirectional(fastrnn.LSTM(3), merge_mode=None)])

@@ -788,3 +788,14 @@ def test_a_variable_of_another_shape_names_the_checkpoints_variables():
                                          r".*rnn/multi_rnn_cell/cell_1/gru_cell/gates/kernel "
                                          r"\(11, 10\)"):
         cell.load_checkpoint(os.path.join(TF, "tf1_multi", "model.ckpt"))
+
+
+def test_a_checkpoint_of_other_shapes_than_its_config_names_the_layer(tmp_path):
+    """The config says 4 units where the checkpoint's GRU has 5: the error
+    names the layer of the config (a cell's set_weights said which shapes,
+    not which layer)."""
+    config = json.load(open(os.path.join(TF, "keras2_save_weights", "model.json")))
+    config["config"]["layers"][1]["config"]["units"] = 4
+    with pytest.raises(ValueError, match=r"layer 'gru_3' \(GRU\): GRUCell.set_weights: "
+                                         r"kernel expected shape \(D, 12\), got \(3, 15\)"):
+        fastrnn.load_keras(os.path.join(TF, "keras2_save_weights", "ckpt"), config=config)

@@ -47,6 +47,7 @@ Keras quantized are refused too. ``hard_sigmoid`` in a model Keras 2 wrote
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -570,30 +571,53 @@ def build_model(model_config, weights_of, backend=None, budget=None):
     by_name = {_entry_name(e): e for e in (model_config.get("config") or {}).get("layers", [])}
     layers, mask_source = [], None
     for stored in entries:
-        check_not_quantized(stored)
-        entry, cudnn = _from_cudnn(stored)
-        deferred, declared = _safe_io.defer_build(entry)
-        layer = layer_from_config(deferred)
-        _check_mask_kwarg(entry, mask_source, by_name)
-        mask_source = _mask_source(layer, entry, mask_source)
-        if not isinstance(layer, InputLayer):
-            weights = weights_of(stored, groups.get(_entry_name(entry)))
-            if budget is not None:
-                weights = _read_checked(layer, weights, entry, budget, cudnn)
-            if weights and cudnn:
-                weights = _cudnn_weights(weights, cudnn)
-            if weights:
-                layer.set_weights(weights)
-            for sub in _recurrent_parts(layer):
-                _safe_io.check_features(declared, sub.cells[0].input_dim,
-                                        f"layer {_entry_name(entry)!r}")
-        if backend is not None:
-            for sub in _recurrent_parts(layer):
-                sub.backend_arg = backend
-        layers.append(layer)
+        with _naming_the_layer(stored):
+            layer, mask_source = _build_layer(stored, weights_of, groups, budget, by_name,
+                                              mask_source)
+            if backend is not None:
+                for sub in _recurrent_parts(layer):
+                    sub.backend_arg = backend
+            layers.append(layer)
     _check_features_chain(layers, [_entry_name(e) for e in entries])
     name = (model_config.get("config") or {}).get("name")
     return Sequential(layers, name=name)
+
+
+def _build_layer(stored, weights_of, groups, budget, by_name, mask_source):
+    """One entry of :func:`build_model`: ``(layer with its weights, the mask
+    source after it)``."""
+    check_not_quantized(stored)
+    entry, cudnn = _from_cudnn(stored)
+    deferred, declared = _safe_io.defer_build(entry)
+    layer = layer_from_config(deferred)
+    _check_mask_kwarg(entry, mask_source, by_name)
+    mask_source = _mask_source(layer, entry, mask_source)
+    if not isinstance(layer, InputLayer):
+        weights = weights_of(stored, groups.get(_entry_name(entry)))
+        if budget is not None:
+            weights = _read_checked(layer, weights, entry, budget, cudnn)
+        if weights and cudnn:
+            weights = _cudnn_weights(weights, cudnn)
+        if weights:
+            layer.set_weights(weights)
+        for sub in _recurrent_parts(layer):
+            _safe_io.check_features(declared, sub.cells[0].input_dim,
+                                    f"layer {_entry_name(entry)!r}")
+    return layer, mask_source
+
+
+@contextlib.contextmanager
+def _naming_the_layer(entry):
+    """A ``ValueError`` or ``TypeError`` that does not name the layer of
+    ``entry`` it came from gets ``layer 'name' (Class):`` in front."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        name = _entry_name(entry)
+        if name is None or repr(name) in str(exc):
+            raise
+        kind = ValueError if isinstance(exc, ValueError) else TypeError
+        raise kind(f"layer {name!r} ({entry.get('class_name')}): {exc}") from exc
 
 
 def _check_features_chain(layers, names):
