@@ -466,6 +466,11 @@ def _pop_shapes(config, declared):
             continue
         if not isinstance(shape, (list, tuple)) or len(shape) != axes.count(",") + 1:
             raise ValueError(f"{key}: expected {axes}, got {shape!r}")
+        time = shape[-2]
+        if time is not None and (isinstance(time, bool) or not isinstance(time, int)
+                                 or time < 1):
+            raise ValueError(f"{key}[{len(shape) - 2}]: expected None or a positive number "
+                             f"of time steps, got {time!r}")
         declared.append((f"{key}[{len(shape) - 1}]", shape[-1]))
         if key == "batch_input_shape":
             batch = shape[0]

@@ -772,9 +772,74 @@ def test_a_cudnn_bias_of_another_shape_is_named(tmp_path):
                 for n in group.attrs["weight_names"]][2]
         del group[name]
         group.create_dataset(name, data=np.zeros(12, np.float32))  # (a GRU's 3H, not 6H)
-    with pytest.raises(ValueError, match=r"has shape \(12,\); layer 'cu_dnngru' \(GRU\) takes "
-                                         r"\[\(D, 12\), \(4, 12\), \(24,\)\]"):
+    with pytest.raises(ValueError, match=r"has shape \(12,\); layer 'cu_dnngru' \(CuDNNGRU\) "
+                                         r"takes \[\(D, 12\), \(4, 12\), \(24,\)\]"):
         fastrnn.load_keras(str(path))
+
+
+def _cudnn_config():
+    return json.load(open(os.path.join(TF, "keras2_cudnn", "model.json")))
+
+
+def test_cudnn_weights_from_a_checkpoint_are_checked_before_conversion():
+    """The TF-checkpoint and SavedModel routes hand arrays over: a cuDNN
+    bias of the right size in another shape was reshaped and accepted."""
+    from fastrnn.interop import keras_file
+
+    weights = fastrnn.load_keras(os.path.join(TF, "keras2_cudnn", "model.h5")).get_weights()
+    arrays = {"bidirectional": None, "cu_dnngru": [weights[6], weights[7],
+                                                   np.zeros((2, 12), np.float32)]}
+
+    def weights_of(entry, _group):
+        name = entry["config"]["name"]
+        return arrays[name] if arrays.get(name) is not None else \
+            [np.zeros((3, 20), np.float32), np.zeros((5, 20), np.float32),
+             np.zeros(40, np.float32)] * 2
+
+    with pytest.raises(ValueError, match=r"weight 2 \(Keras order\) has shape \(2, 12\); layer "
+                                         r"'cu_dnngru' \(CuDNNGRU\) takes "
+                                         r"\[\(D, 12\), \(4, 12\), \(24,\)\]"):
+        keras_file.build_model(_cudnn_config(), weights_of)
+
+
+@pytest.mark.parametrize("key,value", [("activation", "relu"),
+                                       ("recurrent_activation", "hard_sigmoid"),
+                                       ("use_bias", False), ("reset_after", False)])
+def test_a_cudnn_layer_with_settings_it_cannot_have_is_refused(key, value):
+    config = _cudnn_config()
+    config["config"]["layers"][2]["config"][key] = value  # the CuDNNGRU
+    with pytest.raises(ValueError, match=rf"CuDNNGRU 'cu_dnngru': {key}=.*; a cuDNN layer "
+                                         "computes with"):
+        fastrnn.load_keras(os.path.join(TF, "keras2_cudnn", "ckpt"), config=config)
+
+
+def test_keras2_weights_h5_external_links_and_a_layer_named_layers(tmp_path):
+    """Keras 2's save_weights .h5: a dataset linked to another file is
+    refused before the link is followed (a link to a FIFO hung the load); a
+    layer named 'layers' is still Keras 2's layout (its root attribute
+    layer_names says so)."""
+    h5py = pytest.importorskip("h5py")
+    src = os.path.join(TF, "keras2_cudnn")
+    path = tmp_path / "w.h5"
+    shutil.copy(os.path.join(src, "weights.h5"), path)
+    with h5py.File(path, "r+") as f:
+        group = f["cu_dnngru"]
+        name = [n.decode() if isinstance(n, bytes) else n
+                for n in group.attrs["weight_names"]][2]
+        del group[name]
+        group[name] = h5py.ExternalLink(str(tmp_path / "elsewhere.h5"), "/bias")
+    with pytest.raises(ValueError, match=r"dataset /cu_dnngru/.*bias:0 is an external link"):
+        fastrnn.load_keras(str(path), config=os.path.join(src, "model.json"))
+    renamed = tmp_path / "layers.h5"
+    shutil.copy(os.path.join(src, "weights.h5"), renamed)
+    config = _cudnn_config()
+    config["config"]["layers"][2]["config"]["name"] = "layers"
+    with h5py.File(renamed, "r+") as f:
+        f.move("cu_dnngru", "layers")
+        f.attrs["layer_names"] = [b"bidirectional", b"layers"]
+    _, arrays = _expected("keras2_cudnn")
+    model = fastrnn.load_keras(str(renamed), config=config)
+    np.testing.assert_allclose(model.predict(arrays["x"]), arrays["y0"], rtol=0, atol=1e-5)
 
 
 def test_a_variable_of_another_shape_names_the_checkpoints_variables():

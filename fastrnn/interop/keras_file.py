@@ -443,8 +443,15 @@ def _vars(group, where):
 
 
 def _child(group, key, where):
-    if key not in group:
+    """``group[key]``, refused where it is missing or a link to another file
+    (refused before h5py follows it: it would open, or wait on, whatever the
+    link names)."""
+    import h5py
+
+    if group.get(key, getlink=True) is None:
         raise ValueError(f"weights file: missing group {where}/{key}")
+    if isinstance(group.get(key, getlink=True), h5py.ExternalLink):
+        raise ValueError(f"weights file: {where}/{key} is an external link to another file")
     child = group[key]
     if child.file != group.file:
         raise ValueError(f"weights file: {where}/{key} is an external link to another file")
@@ -503,11 +510,14 @@ def _from_cudnn(entry):
         return entry, None
     if cls in _CUDNN:
         name, gates = _CUDNN[cls]
-        config = dict(config, activation="tanh", recurrent_activation="sigmoid",
-                      use_bias=True)
+        fixed = {"activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True}
         if name == "GRU":
-            config["reset_after"] = True
-        return dict(entry, class_name=name, config=config), [gates]
+            fixed["reset_after"] = True
+        for key, value in fixed.items():  # (a cuDNN layer takes none of these)
+            if key in config and config[key] != value:
+                raise ValueError(f"{cls} {config.get('name')!r}: {key}={config[key]!r}; a "
+                                 f"cuDNN layer computes with {key}={value!r} only")
+        return dict(entry, class_name=name, config=dict(config, **fixed)), [gates]
     if cls != "Bidirectional":
         return entry, None
     config = dict(config)
@@ -595,7 +605,9 @@ def _build_layer(stored, weights_of, groups, budget, by_name, mask_source):
     if not isinstance(layer, InputLayer):
         weights = weights_of(stored, groups.get(_entry_name(entry)))
         if budget is not None:
-            weights = _read_checked(layer, weights, entry, budget, cudnn)
+            weights = _read_checked(layer, weights, stored, budget, cudnn)
+        elif cudnn:  # (arrays: their shapes checked before the conversion reshapes them)
+            _check_shapes(layer, weights, stored, cudnn)
         if weights and cudnn:
             weights = _cudnn_weights(weights, cudnn)
         if weights:
@@ -614,7 +626,7 @@ def _naming_the_layer(entry):
         yield
     except (ValueError, TypeError) as exc:
         name = _entry_name(entry)
-        if name is None or repr(name) in str(exc):
+        if name is None or repr(name) in str(exc) or str(exc).startswith("load_keras"):
             raise
         kind = ValueError if isinstance(exc, ValueError) else TypeError
         raise kind(f"layer {name!r} ({entry.get('class_name')}): {exc}") from exc
@@ -682,7 +694,21 @@ def _read_checked(layer, datasets, entry, budget, cudnn=None):
     """Read a layer's h5 datasets after checking their count and shapes against its
     config (``cudnn``: its cuDNN parts, see :func:`_from_cudnn`), and their sizes
     against the file's ``budget``."""
+    _check_shapes(layer, datasets, entry, cudnn)
+    for ds in datasets:
+        budget.take(ds.size * ds.dtype.itemsize,
+                    f"weights file: dataset {ds.name} {ds.shape} of {ds.dtype}")
+    return [np.asarray(ds[()]) for ds in datasets]
+
+
+def _check_shapes(layer, arrays, entry, cudnn=None):
+    """Check the count and shapes of a layer's weights (h5 datasets or
+    arrays) against its config, as the file holds them (``cudnn``: see
+    :func:`_from_cudnn`); ``entry`` is the file's, which names the layer."""
     what = f"layer {_entry_name(entry)!r} ({entry.get('class_name')})"
+    datasets = arrays
+    names = [f"dataset {ds.name}" if getattr(ds, "name", None) else f"weight {i} (Keras order)"
+             for i, ds in enumerate(arrays)]
     expected = _expected_shapes(layer)
     if expected is not None and cudnn:
         expected = _cudnn_shapes(expected, cudnn)
@@ -695,15 +721,11 @@ def _read_checked(layer, datasets, entry, budget, cudnn=None):
         if len(datasets) != len(expected):
             raise ValueError(f"weights file: {what} takes {len(expected)} arrays [{text}] by "
                              f"its config, the file has {len(datasets)}")
-        for ds, shape in zip(datasets, expected):
-            if len(ds.shape) != len(shape) or any(
-                    e is not None and e != g for e, g in zip(shape, ds.shape)):
-                raise ValueError(f"weights file: dataset {ds.name} has shape {ds.shape}; "
+        for ds, name, shape in zip(datasets, names, expected):
+            if len(np.shape(ds)) != len(shape) or any(
+                    e is not None and e != g for e, g in zip(shape, np.shape(ds))):
+                raise ValueError(f"weights file: {name} has shape {np.shape(ds)}; "
                                  f"{what} takes [{text}] by its config")
-    for ds in datasets:
-        budget.take(ds.size * ds.dtype.itemsize,
-                    f"weights file: dataset {ds.name} {ds.shape} of {ds.dtype}")
-    return [np.asarray(ds[()]) for ds in datasets]
 
 
 def _recurrent_parts(layer):
@@ -830,9 +852,12 @@ def _by_layer_name(f, root, where):
             raise ValueError(f"weights file: {where}{name} is not a group")
         datasets = []
         for n in _weight_names(g, f"{where}{name}"):
-            if n not in g:
+            if g.get(n, getlink=True) is None:
                 raise ValueError(f"weights file: {where}{name} lists dataset {n!r} in "
                                  "its weight_names, but holds no such dataset")
+            if isinstance(g.get(n, getlink=True), h5py.ExternalLink):
+                raise ValueError(f"weights file: dataset {where}{name}/{n} is an external "
+                                 "link to another file; weights must be in it")
             datasets.append(_dataset(g[n], f, f"{where}{name}/{n}"))
         return datasets
 
@@ -992,7 +1017,7 @@ def load_keras(path, config=None, backend=None):
         if config is None:
             raise ValueError(f"load_keras: {path!r} holds weights only; pass config= (the "
                              "model's config.json, model.to_json(), or a .keras file)")
-        if "layer_names" in f.attrs and "layers" not in f:
+        if "layer_names" in f.attrs:
             # Keras 2's save_weights("w.h5"): a group per layer name at the root
             model_config = _keras2_meaning(_read_config(config), f.attrs.get("keras_version"),
                                            True)
