@@ -116,9 +116,11 @@ def host_array(x, argument):
         return x.numpy()
     if isinstance(x, np.ma.MaskedArray):
         if np.ma.getmaskarray(x).any():
+            skip = (", and the time steps to skip as mask="
+                    if not argument.startswith(("mask", "states", "initial_state")) else "")
             raise TypeError(f"{argument}: a numpy.ma.MaskedArray with masked values, whose "
-                            "mask fastrnn would not read; pass plain values (x.filled(0)), "
-                            "and the time steps to skip as mask=")
+                            f"mask fastrnn would not read; pass plain values (x.filled(0))"
+                            f"{skip}")
         x = x.data
     try:
         a = np.asarray(x)

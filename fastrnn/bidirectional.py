@@ -102,6 +102,11 @@ class Bidirectional:
         self.time_major = layer.time_major
         self.dtype = layer.dtype
         if features is not None:
+            for sub in (layer, self.backward_layer):  # (the copies are not built)
+                given = sub.cells[0].input_dim if sub.built and sub.cells else None
+                if given not in (None, features):
+                    raise ValueError(f"Bidirectional: the input features are given twice, "
+                                     f"differently: {features} and the inner layer's {given}")
             self.build((batch, None, features))
         if weights is not None:
             self.set_weights(weights)

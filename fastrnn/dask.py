@@ -68,7 +68,7 @@ import types
 
 import numpy as np
 
-from . import dispatch
+from . import _device, dispatch
 from .bidirectional import Bidirectional
 from .layers import RNN
 from .models import (Activation, Dense, Dropout, Embedding, InputLayer, Layer, Masking,
@@ -672,7 +672,7 @@ def _lengths_array(lengths, n, t, sample_chunks, da, x_is_dask=True):
                 f"along the sample axis {tuple(sample_chunks)}; "
                 + _rechunk_hint("lengths", x_is_dask, "(x.chunks[0],)"))
         return lengths
-    arr = np.asarray(lengths)
+    arr = _device.host_array(lengths, "lengths")
     if arr.shape != (n,):
         raise ValueError(f"lengths: expected shape (n,) = ({n},), got {arr.shape}")
     if arr.dtype.kind not in "iu":
@@ -695,7 +695,7 @@ def _mask_dask(mask, n, t, sample_chunks, da, x_is_dask=True):
         if len(mask.chunks[1]) > 1:
             mask = mask.rechunk({1: -1})
     else:
-        arr = np.asarray(mask)
+        arr = _device.host_array(mask, "mask")
         if arr.shape != (n, t):
             raise ValueError(f"mask: expected shape (n, time) = {(n, t)}, got {arr.shape}")
         if arr.dtype != np.bool_ and arr.dtype.kind in "iuf":
@@ -794,8 +794,8 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
         _check_mask_arrives(model, "lengths" if lengths is not None else "mask")
     x_is_dask = isinstance(x, da.Array)
     if not x_is_dask:
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            x = np.asarray(x)
+        if not isinstance(x, np.memmap):  # (a PyTorch tensor, a MaskedArray, a list, ...)
+            x = _device.host_array(x, "x")
         if np.dtype(x.dtype).kind not in "biufc":
             raise TypeError(f"x: expected an array of numbers, got dtype {x.dtype}")
         meta = None

@@ -313,7 +313,7 @@ class Embedding(Layer):
         return [("embeddings", (self.input_dim, self.output_dim))]
 
     def call(self, x, mask=None):
-        x = np.asarray(x)
+        x = _device.host_array(x, self.name)
         if x.dtype.kind == "f":
             if not np.all(np.isfinite(x)):
                 raise ValueError(f"{self.name}: indices must be finite numbers, got NaN or inf")
@@ -333,7 +333,7 @@ class Embedding(Layer):
         # on the values as given, as Keras (``inputs != 0``): a float id of
         # 0.5 is kept (and embeds row 0, truncated as call truncates it),
         # and NaN is not cast (call refuses it)
-        return np.asarray(x) != 0
+        return _device.host_array(x, self.name) != 0
 
     def get_config(self):
         return {**self._base_config(), "dtype": self.dtype.name, "input_dim": self.input_dim,
@@ -348,11 +348,12 @@ class Masking(Layer):
         self.mask_value = float(mask_value)
 
     def call(self, x, mask=None):
+        x = _device.host_array(x, self.name)
         keep = self.compute_mask(x, None)
-        return np.where(keep[..., None], x, np.zeros((), np.asarray(x).dtype))
+        return np.where(keep[..., None], x, np.zeros((), x.dtype))
 
     def compute_mask(self, x, mask):
-        return np.any(np.asarray(x) != self.mask_value, axis=-1)
+        return np.any(_device.host_array(x, self.name) != self.mask_value, axis=-1)
 
     def get_config(self):
         return {**self._base_config(), "dtype": self.dtype.name, "mask_value": self.mask_value}
@@ -568,7 +569,7 @@ class TimeDistributed(Layer):
         return _call(self.layer, self._timed(x), None)
 
     def _timed(self, x):
-        x = np.asarray(x)
+        x = np.asarray(x) if _device.is_device_array(x) else _device.host_array(x, self.name)
         if x.ndim < 3:
             raise ValueError(f"{self.name}: expected inputs (batch, time, ...), got shape "
                              f"{x.shape}")

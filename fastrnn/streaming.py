@@ -1021,11 +1021,14 @@ class Stream:
         return self._with_states(y) if self._return_state else y
 
     def _as_array(self, x):
-        if type(x) is not np.ndarray:
+        given = x.dtype if isinstance(x, np.ndarray) else getattr(x, "dtype", None)
+        if type(x) is not np.ndarray or x.dtype.kind == "V":  # (ml_dtypes' bfloat16 too)
             x = _device.host_array(x, "x")
         if x.dtype != self._dt:
             kind = x.dtype.kind
             what = "an integer" if kind in "iub" else f"a {x.dtype}"
+            if given is not None and str(given) != str(x.dtype):  # (bfloat16: read as float32)
+                what = f"a {str(given).replace('torch.', '')} (read as {x.dtype})"
             other = ("float64" if x.dtype == np.float64 else "float32") \
                 if kind == "f" and x.dtype in (np.float32, np.float64) else None
             hint = (f" (or make the layer with dtype='{other}' if that is the model's "

@@ -266,7 +266,22 @@ def test_cli_lengths_for_a_model_whose_embedding_drops_the_mask(tmp_path, rng, c
     rc = predict_main([path, str(tmp_path / "x.npy"), str(tmp_path / "y.zarr"), "--lengths",
                        str(tmp_path / "lengths.npy"), "--no-progress", "--workers", "0"])
     assert rc != 0
-    assert "passes no mask on" in capsys.readouterr().err
+    assert "error: --lengths: the model's Embedding" in capsys.readouterr().err
+
+
+def test_predict_reads_x_as_the_layers_do(rng):
+    """A PyTorch tensor is its values; a MaskedArray with masked values is
+    refused (its mask was dropped), as in a layer call."""
+    torch = pytest.importorskip("torch")
+    layer = _built(LSTM(3), 25)
+    x = rng.standard_normal((4, T, D)).astype(np.float32)
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(fdask.predict(layer, torch.tensor(x)).compute(), layer(x))
+    masked = np.ma.masked_array(x, mask=x > 1)
+    with pytest.raises(TypeError, match=r"^x: a numpy.ma.MaskedArray with masked values"):
+        fdask.predict(layer, masked)
+    with pytest.raises(TypeError, match=r"^mask: a numpy.ma.MaskedArray with masked values"):
+        fdask.predict(layer, x, mask=np.ma.masked_array(np.ones((4, T), bool), mask=True))
 
 
 # ------------------------------------------- the model as it is at the call

@@ -15,7 +15,7 @@ import pytest
 
 import fastrnn
 from fastrnn import nn
-from fastrnn.models import Dense, Embedding, TimeDistributed
+from fastrnn.models import Dense, Embedding, Masking, TimeDistributed
 
 torch = pytest.importorskip("torch")
 
@@ -85,6 +85,15 @@ def test_masked_values_are_refused_everywhere(rng, x):
             call()
     # nothing masked: its values
     np.testing.assert_array_equal(layer(_masked(x, masked=False)), layer(x))
+    # the per-step layers of a model, called alone
+    emb = Embedding(9, D)
+    emb.set_weights([rng.standard_normal((9, D)).astype(np.float32)])
+    dense = Dense(D)
+    dense.set_weights([rng.standard_normal((D, D)).astype(np.float32), np.zeros(D, np.float32)])
+    for part, value in ((emb, _masked(np.ones((B, T), np.int64))), (Masking(0.0), _masked(x)),
+                        (TimeDistributed(dense), _masked(x))):
+        with pytest.raises(TypeError, match="a numpy.ma.MaskedArray with masked values"):
+            part(value)
 
 
 def test_torch_tensors_that_require_grad_or_are_bfloat16(rng, x):
@@ -115,6 +124,11 @@ def test_ml_dtypes_bfloat16_is_read_as_float32(rng, x):
     half = x.astype(ml_dtypes.bfloat16)
     plain = half.astype(np.float32)
     np.testing.assert_array_equal(layer(half), layer(plain))
+    stream = layer.stream(batch_size=1)  # (as a PyTorch bfloat16 frame: its float32 values)
+    np.testing.assert_array_equal(stream(half[:1, 0]), layer(plain[:1, :1]))
+    wide = _lstm(rng, dtype="float64").stream(batch_size=1)
+    with pytest.raises(TypeError, match=r"got a bfloat16 \(read as float32\) array"):
+        wide(half[:1, 0])
     cell = fastrnn.GRUCell(H)
     cell.build((None, D))
     states = cell.get_initial_state(B)

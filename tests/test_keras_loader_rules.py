@@ -494,6 +494,9 @@ def test_keras2_shape_arguments_on_a_bidirectional(rng):
         fastrnn.Bidirectional(fastrnn.LSTM(4, stateful=True, batch_size=3),
                               batch_input_shape=(2, 5, 3))
     assert fastrnn.Bidirectional(fastrnn.GRU(3), input_shape=(None, 6)).built
+    with pytest.raises(ValueError, match=r"input features are given twice, differently: 2 "
+                                         r"and the inner layer's 5"):
+        fastrnn.Bidirectional(fastrnn.LSTM(3, input_shape=(None, 5)), input_shape=(None, 2))
     for time in (-7, "x", 2.5):
         bad = dict(spec, config=dict(spec["config"], batch_input_shape=[2, time, 3]))
         with pytest.raises(ValueError, match=r"batch_input_shape\[1\]: expected None or a "

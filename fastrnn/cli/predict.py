@@ -374,6 +374,8 @@ def main(argv=None):
                 y0 = predict(model, x[:1], None if lengths is None else lengths[:1],
                              batch_size=batch_size).compute()
         except (ValueError, TypeError) as exc:
+            if str(exc).startswith("lengths:"):  # (the model would ignore them)
+                raise ValueError(_option_named(str(exc))) from exc
             raise ValueError(f"INPUT {args.input} (shape {tuple(x.shape)}, dtype {x.dtype}): "
                              f"{exc}") from exc
         reads = [("MODEL", args.model), ("INPUT", args.input)]
@@ -392,7 +394,8 @@ def main(argv=None):
     try:
         results = [_score(model, x, lengths, args, batch_size, mode) for mode in modes]
     except Exception as exc:  # a task's failure (NaN under nan_policy="raise", a lost scheduler)
-        print(f"fastrnn predict: error while scoring: {type(exc).__name__}: {exc} "
+        print(f"fastrnn predict: error while scoring: {type(exc).__name__}: "
+              f"{_option_named(str(exc))} "
               f"({args.output} holds what was written before it)", file=sys.stderr)
         return 1
     finally:
@@ -404,6 +407,12 @@ def main(argv=None):
         for where, rate in results:
             print(f"{where:<48} {rate:>12,.0f}")
     return 0
+
+
+def _option_named(text):
+    """A message of :mod:`fastrnn.dask` about its ``lengths`` argument, naming
+    the option the CLI reads them from."""
+    return "--lengths" + text[len("lengths"):] if text.startswith("lengths:") else text
 
 
 def _warm_model(model, xs, mask, batch_size):
