@@ -109,6 +109,8 @@ def host_array(x, argument):
     ``numpy.asarray``. A ``numpy.ma.MaskedArray`` with masked values is a
     ``TypeError`` (its mask would be dropped); nested lists that do not form
     one array are a ``ValueError``; both name ``argument``."""
+    if type(x) is np.ndarray and x.dtype.kind != "V":  # (the common case, first: streams)
+        return x
     if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
         x = x.detach()
         if str(x.dtype) == "torch.bfloat16":

@@ -982,7 +982,8 @@ class ModelStream:
         self._frame_ndim = 1 if isinstance(first, Embedding) else 2
 
     def __call__(self, x):
-        x = _device.host_array(x, "x")
+        if type(x) is not np.ndarray or x.dtype.kind == "V":  # (per frame: no call otherwise)
+            x = _device.host_array(x, "x")
         if x.ndim == self._frame_ndim - 1 and self.batch_size == 1:  # an unbatched frame
             return self(x[None])[0]
         frame = x.ndim == self._frame_ndim
