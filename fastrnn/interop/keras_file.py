@@ -706,25 +706,24 @@ def _check_shapes(layer, arrays, entry, cudnn=None):
     arrays) against its config, as the file holds them (``cudnn``: see
     :func:`_from_cudnn`); ``entry`` is the file's, which names the layer."""
     what = f"layer {_entry_name(entry)!r} ({entry.get('class_name')})"
-    datasets = arrays
-    names = [f"dataset {ds.name}" if getattr(ds, "name", None) else f"weight {i} (Keras order)"
-             for i, ds in enumerate(arrays)]
+    names = [f"dataset {a.name}" if getattr(a, "name", None) else f"weight {i} (Keras order)"
+             for i, a in enumerate(arrays)]
     expected = _expected_shapes(layer)
     if expected is not None and cudnn:
         expected = _cudnn_shapes(expected, cudnn)
-    if not datasets and _recurrent_parts(layer):
+    if not arrays and _recurrent_parts(layer):
         raise ValueError(f"weights file: {what} has no weights in the file (a recurrent layer "
                          "without them would start from random weights)")
     if expected is not None:
         text = ", ".join("(" + ", ".join("D" if d is None else str(d) for d in shape)
                          + ("," if len(shape) == 1 else "") + ")" for shape in expected)
-        if len(datasets) != len(expected):
+        if len(arrays) != len(expected):
             raise ValueError(f"weights file: {what} takes {len(expected)} arrays [{text}] by "
-                             f"its config, the file has {len(datasets)}")
-        for ds, name, shape in zip(datasets, names, expected):
-            if len(np.shape(ds)) != len(shape) or any(
-                    e is not None and e != g for e, g in zip(shape, np.shape(ds))):
-                raise ValueError(f"weights file: {name} has shape {np.shape(ds)}; "
+                             f"its config, the file has {len(arrays)}")
+        for a, name, shape in zip(arrays, names, expected):
+            if len(np.shape(a)) != len(shape) or any(
+                    e is not None and e != g for e, g in zip(shape, np.shape(a))):
+                raise ValueError(f"weights file: {name} has shape {np.shape(a)}; "
                                  f"{what} takes [{text}] by its config")
 
 

@@ -190,8 +190,9 @@ def _keras_inputs(rng, kind, batch, time, depth, vocab):
     return x
 
 
-def keras2_case(name, build, *, inputs="dense", batch=4, time=7, depth=3, vocab=12,
-                save="saved_model", seed=3):
+def _keras2_model(name, build, seed, time, depth, vocab):
+    """``(tf_keras, rng, path, model)``: fixture ``name``'s folder made empty,
+    and ``build``'s model with random weights (uniform in [-0.6, 0.6])."""
     import tf_keras
 
     rng = np.random.default_rng(seed)
@@ -200,6 +201,12 @@ def keras2_case(name, build, *, inputs="dense", batch=4, time=7, depth=3, vocab=
     model = build(tf_keras, time, depth, vocab)
     model.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype(w.dtype)
                        for w in model.get_weights()])
+    return tf_keras, rng, path, model
+
+
+def keras2_case(name, build, *, inputs="dense", batch=4, time=7, depth=3, vocab=12,
+                save="saved_model", seed=3):
+    tf_keras, rng, path, model = _keras2_model(name, build, seed, time, depth, vocab)
     x = _keras_inputs(rng, inputs, batch, time, depth, vocab)
     y = model.predict(x, verbose=0)
     if save == "saved_model":
@@ -284,14 +291,7 @@ def keras2_cudnn(name="keras2_cudnn", batch=4, time=7, depth=3, seed=15):
     ``load_weights`` of an ``.h5``, which converts them (its
     ``_convert_rnn_weights``: per-gate kernel layouts, LSTM's two biases
     summed, GRU's reshaped)."""
-    import tf_keras
-
-    rng = np.random.default_rng(seed)
-    path = _fresh(name)
-    tf_keras.utils.set_random_seed(seed)
-    model = _cudnn(tf_keras, time, depth, None)
-    model.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype(w.dtype)
-                       for w in model.get_weights()])
+    tf_keras, rng, path, model = _keras2_model(name, _cudnn, seed, time, depth, None)
     model.save(path, save_format="tf", save_traces=False)
     model.save(os.path.join(path, "model.h5"))
     model.save_weights(os.path.join(path, "ckpt"), save_format="tf")
