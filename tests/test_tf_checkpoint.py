@@ -301,6 +301,19 @@ def test_missing_variable_names_it_and_the_scopes_that_hold_it():
         cell.load_checkpoint(path, scope="bidirectional_rnn/fw")
 
 
+@pytest.mark.parametrize("fixture, cell, unread", [
+    ("tf1_float64", lambda: rnn_cell.LSTMCell(6), "w_f_diag"),
+    ("tf1_lstm_peep_proj", lambda: rnn_cell.LSTMCell(7, num_proj=4), "w_f_diag"),
+    ("tf1_lstm_peep_proj", lambda: rnn_cell.LSTMCell(7, use_peepholes=True), "projection/kernel"),
+])
+def test_peepholes_or_projection_the_cell_would_not_read_are_refused(fixture, cell, unread):
+    # the kernel and bias fit (or, with a projection, build another input
+    # depth): without the check the cell ran without the checkpoint's peepholes
+    with pytest.raises(ValueError, match=f"holds .*'rnn/lstm_cell/{unread}'.* does not read.*"
+                                         "use_peepholes=True.*num_proj"):
+        cell().load_checkpoint(os.path.join(TF, fixture))
+
+
 def test_unbuilt_user_cell_is_asked_to_build():
     class Mine(rnn_cell.RNNCell):
         state_size = output_size = 3

@@ -66,6 +66,11 @@ def _default_name(cls):
 _KERAS_KEYWORDS = ("input_dim", "input_shape", "batch_input_shape", "batch_size", "weights",
                    "activity_regularizer", "autocast", "implementation")
 
+# Variables of TF1's LSTMCell that exist only with some settings: a
+# checkpoint holding them beside a cell's kernel was written by a cell with
+# peepholes or a projection, which the reading cell must have too.
+_OPTIONAL_VARIABLES = ("w_f_diag", "w_i_diag", "w_o_diag", "projection/kernel")
+
 
 def _check_keywords(cell, kwargs):
     """Refuse keyword arguments no cell takes (TF1's base Layer raises a
@@ -430,7 +435,9 @@ class RNNCell:
         ValueError
             A variable is not in the checkpoint (the error names it and the
             scopes where the cell's first variable was found), a shape does
-            not match, or the checkpoint is damaged.
+            not match, the checkpoint holds an LSTM cell's peepholes or
+            projection that this cell was not made to read, or the
+            checkpoint is damaged.
         """
         label = f"{_cell_label(self)}.load_checkpoint"
         if not isinstance(scope, str):
@@ -448,6 +455,15 @@ class RNNCell:
                     f"; the checkpoint holds {reader.keys()[:12]}")
             raise ValueError(f"{label}: {reader.prefix}: no variable {missing[0]!r} (scope "
                              f"{scope!r} + the cell's variable_names){hint}")
+        read = {prefix + n for n in names}
+        unread = sorted(d + v for d in {k.rsplit("/", 1)[0] + "/" for k in read}
+                        for v in _OPTIONAL_VARIABLES if d + v in reader and d + v not in read)
+        if unread:
+            # (the cell would run without them: other numbers, no error)
+            raise ValueError(f"{label}: {reader.prefix}: the checkpoint holds {unread}, which "
+                             f"{_cell_label(self)} does not read: the cell that wrote it had "
+                             "peepholes (use_peepholes=True) or a projection (num_proj=...); "
+                             "build this one with the same settings")
         arrays = [reader.read(prefix + n) for n in names]
         try:
             self.set_weights(arrays)
