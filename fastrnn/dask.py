@@ -421,11 +421,11 @@ def _check_mask_arrives(model, arg):
             "nothing; leave it out")
 
 
-def _check_padding_masked(model, x, mask, arg):
+def _check_padding_masked(model, x, mask, arg, first_row):
     """Where the model's first layer makes its own mask from ``x`` (see
     :func:`_own_mask_layer`), every step ``mask`` (from ``arg``) masks must be
     masked by it too: that mask replaces ``mask``, and a step only ``arg``
-    masks would run."""
+    masks would run. ``x``'s rows are rows ``first_row ...`` of the input."""
     found = _own_mask_layer(model)
     if found is None or mask is None:
         return
@@ -440,16 +440,16 @@ def _check_padding_masked(model, x, mask, arg):
         row, step = (int(i[0]) for i in np.nonzero(runs))
         pad = "0" if isinstance(layer, Embedding) else f"{layer.mask_value!r} in every feature"
         raise ValueError(
-            f"{arg}: row {row} of a chunk of {x.shape[0]} has step {step} masked by {arg} but "
+            f"{arg}: row {first_row + row} has step {step} masked by {arg} but "
             f"not by the model's {_describe_mask_layer(layer)}, which makes the mask from the "
             f"inputs and replaces the one {arg} give, so that step would run: pad with {pad} "
             f"where {arg} masks")
 
 
-def _run_masked(model, x, mask, batch_size, arg):
+def _run_masked(model, x, mask, batch_size, arg, first_row):
     """:func:`_run_batches` with ``mask`` made by the caller from ``arg``
     (checked to reach the recurrent layers: :func:`_check_padding_masked`)."""
-    _check_padding_masked(model, x, mask, arg)
+    _check_padding_masked(model, x, mask, arg, first_row)
     return _run_batches(model, x, mask, batch_size)
 
 
@@ -606,9 +606,10 @@ class _MappedFile:
 # predict over a dask.array
 # --------------------------------------------------------------------------
 
-def _predict_block(model, x, extra=None, *, kind=None, batch_size=None, tail=(),
+def _predict_block(model, rows, x, extra=None, *, kind=None, batch_size=None, tail=(),
                    out_dtype=None):
-    """One chunk: ``x (b, time, features)`` (plus its lengths or mask) -> outputs."""
+    """One chunk: ``x (b, time, features)`` (plus its lengths or mask) -> outputs;
+    ``rows``: the chunk's row numbers in the whole array (for errors)."""
     x = np.asarray(x)
     n, t = x.shape[0], x.shape[1]
     if n == 0:
@@ -622,7 +623,7 @@ def _predict_block(model, x, extra=None, *, kind=None, batch_size=None, tail=(),
         mask = np.arange(t)[None, :] < lengths[:, None]
     elif kind == "mask":
         mask = np.asarray(extra)
-    return _run_masked(model, x, mask, batch_size, kind)
+    return _run_masked(model, x, mask, batch_size, kind, int(rows[0]))
 
 
 def _output_spec(model, x_shape, x_dtype):
@@ -822,7 +823,8 @@ def predict(model, x, lengths=None, mask=None, *, batch_size=None):
     shape, dtype = _output_spec(model, x.shape, x.dtype)
 
     x_index = "itf"[: x.ndim]
-    args = [x, x_index]
+    # each chunk's row numbers, for its errors (made in the task, not stored)
+    args = [da.arange(n, chunks=(sample_chunks,)), "i", x, x_index]
     kind = None
     if lengths is not None:
         args += [_lengths_array(lengths, n, t, sample_chunks, da, x_is_dask), "i"]

@@ -250,11 +250,16 @@ def test_lengths_with_a_model_that_masks_its_own_padding(rng, first):
         got = fdask.predict(model, x, lengths=lengths).compute()
     for i, n in enumerate(lengths):
         np.testing.assert_allclose(got[i], model(x[i:i + 1, :n])[0], rtol=1e-5, atol=1e-6)
-    x[1, 4] = 3 if first == "embedding" else 0.5  # a value past row 1's length (2)
+    x[3, 4] = 3 if first == "embedding" else 0.5  # a value past row 3's length (1)
     with dask.config.set(scheduler="sync"), \
-            pytest.raises(ValueError, match=r"^lengths: row 1 of a chunk of 5 has step 4 masked "
+            pytest.raises(ValueError, match=r"^lengths: row 3 has step 4 masked "
                                             r"by lengths but not by the model's"):
         fdask.predict(model, x, lengths=lengths).compute()
+    # in a later chunk, the row's number in x
+    x_chunked = da.from_array(x, chunks=(2, T) + x.shape[2:])
+    with dask.config.set(scheduler="sync"), \
+            pytest.raises(ValueError, match=r"^lengths: row 3 has step 4 masked"):
+        fdask.predict(model, x_chunked, lengths=lengths).compute()
 
 
 def test_cli_lengths_for_a_model_whose_embedding_drops_the_mask(tmp_path, rng, capsys):
@@ -267,6 +272,24 @@ def test_cli_lengths_for_a_model_whose_embedding_drops_the_mask(tmp_path, rng, c
                        str(tmp_path / "lengths.npy"), "--no-progress", "--workers", "0"])
     assert rc != 0
     assert "error: --lengths: the model's Embedding" in capsys.readouterr().err
+
+
+def test_cli_names_the_row_of_the_input_that_would_run_its_padding(tmp_path, rng, capsys):
+    model = fastrnn.Sequential([Masking(0.0), _built(GRU(3), 24)])
+    path = str(tmp_path / "model.fastrnn")
+    fastrnn.save(model, path)
+    lengths = np.array([5, 2, 6, 3, 4])
+    x = rng.standard_normal((5, T, D)).astype(np.float32)
+    for i, n in enumerate(lengths):
+        x[i, n:] = 0
+    x[3, 5] = 0.5  # past row 3's length, in the second chunk of 2 rows
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "lengths.npy", lengths)
+    rc = predict_main([path, str(tmp_path / "x.npy"), str(tmp_path / "y.zarr"), "--lengths",
+                       str(tmp_path / "lengths.npy"), "--no-progress", "--workers", "0",
+                       "--chunk-rows", "2"])
+    assert rc != 0
+    assert "ValueError: --lengths: row 3 has step 5 masked by --lengths" in capsys.readouterr().err
 
 
 def test_predict_reads_x_as_the_layers_do(rng):

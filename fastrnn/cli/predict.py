@@ -331,7 +331,7 @@ def _run_single_process(model, x, lengths, batch_size, output, progress):
         if lengths is not None:
             valid = np.asarray(lengths[start:start + size].compute(scheduler="sync"))
             mask = np.arange(xb.shape[1])[None, :] < valid[:, None]
-        out[start:start + size] = _run_masked(model, xb, mask, batch_size, "--lengths")
+        out[start:start + size] = _run_masked(model, xb, mask, batch_size, "--lengths", start)
         start += size
         if progress:
             print(f"\r[{'#' * int(40 * start / x.shape[0]):<40}] {start}/{x.shape[0]}",
@@ -417,7 +417,7 @@ def _option_named(text):
 
 def _warm_model(model, xs, mask, batch_size):
     """Run ``model`` once on a real sample, untimed: kernels compiled or loaded."""
-    _run_masked(model, xs, mask, batch_size, "--lengths")
+    _run_masked(model, xs, mask, batch_size, "--lengths", 0)
 
 
 def _cap_worker_threads(dask_worker):
