@@ -803,7 +803,7 @@ def test_cudnn_weights_from_a_checkpoint_are_checked_before_conversion():
     arrays = {"bidirectional": None, "cu_dnngru": [weights[6], weights[7],
                                                    np.zeros((2, 12), np.float32)]}
 
-    def weights_of(entry, _group):
+    def weights_of(entry, _group, _layer):
         name = entry["config"]["name"]
         return arrays[name] if arrays.get(name) is not None else \
             [np.zeros((3, 20), np.float32), np.zeros((5, 20), np.float32),
@@ -853,6 +853,35 @@ def test_keras2_weights_h5_external_links_and_a_layer_named_layers(tmp_path):
     _, arrays = _expected("keras2_cudnn")
     model = fastrnn.load_keras(str(renamed), config=config)
     np.testing.assert_allclose(model.predict(arrays["x"]), arrays["y0"], rtol=0, atol=1e-5)
+
+
+def _renamed_cudnn_config(suffix="_1"):
+    """The keras2_cudnn model's config with other layer names (as a second
+    build of the model in one Keras session names its layers)."""
+    config = _cudnn_config()
+    for entry in config["config"]["layers"][1:]:
+        entry["config"]["name"] += suffix
+    return config
+
+
+@pytest.mark.parametrize("name", ["weights.h5", "model.h5"])
+def test_keras2_h5_weights_under_other_layer_names_go_in_order(name):
+    """Keras 2's load_weights matches an .h5 file's layers with the model's
+    in order: a config whose names are not the file's (a model built again
+    in the session, ``lstm_1`` for ``lstm``) loads as it does; other
+    counts of layers holding weights are refused."""
+    pytest.importorskip("h5py")
+    _, arrays = _expected("keras2_cudnn")
+    path = os.path.join(TF, "keras2_cudnn", name)
+    model = fastrnn.load_keras(path, config=_renamed_cudnn_config())
+    assert [layer.name for layer in model.layers[1:]] == ["bidirectional_1", "cu_dnngru_1"]
+    np.testing.assert_allclose(model.predict(arrays["x"]), arrays["y0"], rtol=0, atol=1e-5)
+    fewer = _renamed_cudnn_config()
+    del fewer["config"]["layers"][2]  # the GRU
+    with pytest.raises(ValueError, match=r"matched in order, as Keras 2's load_weights does, "
+                                         r"and the config's layers that take weights are 1, "
+                                         r"the file's 2"):
+        fastrnn.load_keras(path, config=fewer)
 
 
 def test_a_variable_of_another_shape_names_the_checkpoints_variables():

@@ -110,7 +110,7 @@ def from_keras(obj, backend=None):
         model_config = {"class_name": "Sequential" if isinstance(obj, keras.Sequential)
                         else "Functional", "config": obj.get_config()}
 
-        def weights_of(entry, _group):
+        def weights_of(entry, _group, _layer):
             name = entry.get("name") or entry["config"]["name"]
             return obj.get_layer(name).get_weights()
 

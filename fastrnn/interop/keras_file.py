@@ -568,8 +568,9 @@ def _cudnn_shapes(expected, parts):
 def build_model(model_config, weights_of, backend=None, budget=None):
     """A :class:`~fastrnn.models.Sequential` from a Keras model config.
 
-    ``weights_of(entry, group_name)`` returns the Keras-order weights of a
-    layer entry (``group_name`` is its h5 group, ``None`` for InputLayer):
+    ``weights_of(entry, group_name, layer)`` returns the Keras-order weights
+    of a layer entry (``group_name`` is its h5 group, ``None`` for
+    InputLayer; ``layer`` the fastrnn layer made from it, without weights):
     arrays or, given ``budget`` (a :class:`fastrnn._safe_io.ReadBudget` for
     the file), h5 datasets, whose count and shapes are checked against what
     the layer's config needs, and their sizes against the budget, before
@@ -603,7 +604,7 @@ def _build_layer(stored, weights_of, groups, budget, by_name, mask_source):
     _check_mask_kwarg(entry, mask_source, by_name)
     mask_source = _mask_source(layer, entry, mask_source)
     if not isinstance(layer, InputLayer):
-        weights = weights_of(stored, groups.get(_entry_name(entry)))
+        weights = weights_of(stored, groups.get(_entry_name(entry)), layer)
         if budget is not None:
             weights = _read_checked(layer, weights, stored, budget, cudnn)
         elif cudnn:  # (arrays: their shapes checked before the conversion reshapes them)
@@ -794,7 +795,7 @@ def _keras2_meaning(model_config, version, default):
 
 
 def _from_weights_h5(f, model_config, backend, budget):
-    def weights_of(entry, group_name):
+    def weights_of(entry, group_name, layer):
         if group_name is None:
             return []
         layers = _child(f, "layers", "")
@@ -832,17 +833,77 @@ def _from_legacy_h5(f, config, backend, budget, where):
     root = _child(f, "model_weights", "")
     if not isinstance(root, h5py.Group):
         raise ValueError("weights file: /model_weights is not a group")
-    return build_model(model_config, _by_layer_name(f, root, "model_weights/"), backend,
-                       budget)
+    return _build_from_groups(model_config, f, root, "model_weights/", backend, budget)
+
+
+def _build_from_groups(model_config, f, root, where, backend, budget):
+    """:func:`build_model` with Keras 2's HDF5 weights: a group per layer in
+    ``root`` (``/model_weights`` of a model file, the file itself for
+    ``save_weights``), listed in order by its ``layer_names`` attribute.
+
+    Layers are matched by name when every layer of the file that holds
+    weights is named in the config. Otherwise (a config saved from another
+    build of the model: Keras numbers default names such as ``lstm_1`` per
+    session) they are matched as Keras 2's ``load_weights`` matches them:
+    the config's layers that take weights, in order, with the file's layers
+    that hold weights, in order, the counts equal."""
+    holding = [n for n in _layer_names(root, where) if _group_weight_names(root, n, where)]
+    names = {_entry_name(e) for e in model_chain(model_config)[0]}
+    if all(n in names for n in holding):
+        return build_model(model_config, _by_layer_name(f, root, where), backend, budget)
+    left = list(holding)
+    of_group = _by_layer_name(f, root, where)
+
+    def weights_of(entry, group_name, layer):
+        if not (_expected_shapes(layer) or _recurrent_parts(layer)):
+            return []
+        if not left:
+            raise ValueError(
+                f"weights file: the config's layer names are not the file's {holding}, so "
+                f"layers are matched in order, as Keras 2's load_weights does, and the file "
+                f"holds weights for {len(holding)} layers: fewer than the config's layers "
+                "that take weights")
+        return of_group({"name": left.pop(0)}, None, layer)
+
+    model = build_model(model_config, weights_of, backend, budget)
+    if left:
+        raise ValueError(
+            f"weights file: the config's layer names are not the file's {holding}, so layers "
+            "are matched in order, as Keras 2's load_weights does, and the config's layers "
+            f"that take weights are {len(holding) - len(left)}, the file's {len(holding)}")
+    return model
+
+
+def _layer_names(root, where):
+    """The ``layer_names`` attribute of a Keras 2 weights group, as strings."""
+    raw = root.attrs.get("layer_names", [])
+    if np.ndim(raw) != 1 or not all(isinstance(n, (bytes, str)) for n in raw):
+        raise ValueError(f"weights file: {where} has layer_names {_found(raw)}; expected a "
+                         "list of layer names")
+    try:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"weights file: {where} has a layer name that is not UTF-8: "
+                         f"{exc}") from exc
+
+
+def _group_weight_names(root, name, where):
+    """The ``weight_names`` of layer ``name``'s group in ``root`` (none without a group)."""
+    import h5py
+
+    if name not in root:
+        return []
+    g = _child(root, name, where.rstrip("/"))
+    return _weight_names(g, f"{where}{name}") if isinstance(g, h5py.Group) else []
 
 
 def _by_layer_name(f, root, where):
-    """``weights_of`` for Keras 2's HDF5 weights: a group per layer name in
-    ``root`` (``/model_weights`` of a model file, the file itself for
-    ``save_weights``), its datasets listed in order by ``weight_names``."""
+    """``weights_of`` for Keras 2's HDF5 weights by layer name (see
+    :func:`_build_from_groups`), a layer's datasets listed in order by its
+    group's ``weight_names``."""
     import h5py
 
-    def weights_of(entry, group_name):
+    def weights_of(entry, group_name, layer):
         name = _entry_name(entry)
         if name not in root:
             return []
@@ -1020,6 +1081,6 @@ def load_keras(path, config=None, backend=None):
             # Keras 2's save_weights("w.h5"): a group per layer name at the root
             model_config = _keras2_meaning(_read_config(config), f.attrs.get("keras_version"),
                                            True)
-            return build_model(model_config, _by_layer_name(f, f, "/"), backend, budget)
+            return _build_from_groups(model_config, f, f, "/", backend, budget)
         return _from_weights_h5(f, _keras2_meaning(_read_config(config), None, False),
                                 backend, budget)

@@ -261,7 +261,7 @@ def read_keras2(path, config=None, check=None):
     -------
     (dict, callable)
         The model config (its ``hard_sigmoid`` Keras 2's: see
-        :func:`keras2_activations`) and ``weights_of(entry, group_name)`` returning a
+        :func:`keras2_activations`) and ``weights_of(entry, group_name, layer)`` returning a
         layer entry's weights in Keras order, as
         :func:`fastrnn.interop.keras_file.build_model` takes them.
     """
@@ -288,7 +288,7 @@ def read_keras2(path, config=None, check=None):
     where = {e.get("name") or (e.get("config") or {}).get("name"): f"layer-{i}"
              for i, e in enumerate(entries)}
 
-    def weights_of(entry, _group):
+    def weights_of(entry, _group, _layer):
         name = entry.get("name") or (entry.get("config") or {}).get("name")
         if name not in where:
             return []
