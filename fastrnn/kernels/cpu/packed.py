@@ -339,21 +339,25 @@ def _quantize_row(src, s0, K, dst, d0):
     patterns with the sign cleared (they order as the magnitudes do, and
     inf's and NaN's lie above every finite one's): an integer maximum,
     which LLVM turns into vector code, where a float maximum that must
-    notice NaN stays one value at a time."""
-    su = src.view(np.uint32)
+    notice NaN stays one value at a time.
+
+    The loops index slices from 0 (see :func:`_bfloat16_row`)."""
+    row = src[s0:s0 + K]
+    out = dst[d0:d0 + K]
+    su = row.view(np.uint32)
     mb = np.uint32(0)
     for k in range(K):
-        mb = max(mb, np.uint32(su[s0 + k] & np.uint32(0x7FFFFFFF)))
+        mb = max(mb, np.uint32(su[k] & np.uint32(0x7FFFFFFF)))
     if mb == 0 or mb >= np.uint32(0x7F800000):  # all zero; or NaN or inf
         for k in range(K):
-            dst[d0 + k] = 128
+            out[k] = 128
         return np.float32(0.0) if mb == 0 else np.float32(np.nan)
     m = f32_from_bits(mb)
     inv = _row_inverse(m)
     for k in range(K):
-        q = np.rint(src[s0 + k] * inv)
+        q = np.rint(row[k] * inv)
         q = min(max(q, np.float32(-127.0)), np.float32(127.0))
-        dst[d0 + k] = np.uint8(np.int32(q) + 128)
+        out[k] = np.uint8(np.int32(q) + 128)
     return m / np.float32(127.0)
 
 
@@ -373,13 +377,19 @@ def quantize_inputs(x):
 def _bfloat16_row(src, s0, K, dst, d0):
     """``src[s0 : s0 + K]`` (float32, viewed as uint32 bits) rounded to
     bfloat16 (ties to even, NaN kept) into ``dst[d0 : d0 + K]`` (uint16), as
-    :func:`fastrnn.kernels.bfloat16_values`."""
+    :func:`fastrnn.kernels.bfloat16_values`.
+
+    The loop indexes slices from 0: an index ``s0 + k`` of unknown sign
+    keeps Numba's wraparound for negative indices, and LLVM then reads the
+    values one gather lane at a time (about 10x slower)."""
+    row = src[s0:s0 + K]
+    out = dst[d0:d0 + K]
     for k in range(K):
-        u = np.int64(src[s0 + k])
+        u = np.int64(row[k])
         r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
         if (u & 0x7FFFFFFF) > 0x7F800000:  # NaN: keep it (quiet)
             r = (u >> 16) | 0x40
-        dst[d0 + k] = np.uint16(r & 0xFFFF)
+        out[k] = np.uint16(r & 0xFFFF)
 
 
 def load_inputs(x, xb, xs):
