@@ -276,8 +276,13 @@ class _Cell:
             one already quantized, or a ``_dynamic`` mode on a cell it does
             not cover (SimpleRNN, GRU with ``reset_after=False``).
         """
-        quantize_cells(type(self).__name__, [self], mode)
+        quantize_cells(type(self).__name__, self._quantizable(), mode)
         return self
+
+    def _quantizable(self):
+        """The cells :meth:`quantize` rounds, whose compact weights
+        ``fastrnn.save`` keeps: this one."""
+        return [self]
 
     def _load_quantized(self, mode, arrays, where):
         """Put in the compact weights ``arrays`` of ``mode`` (from a file, in
@@ -703,8 +708,12 @@ class StackedRNNCells:
     def quantize(self, mode):
         """Quantize every cell's weights to ``mode``, together (see
         :meth:`LSTMCell.quantize`); returns the stack."""
-        quantize_cells("StackedRNNCells", self.cells, mode)
+        quantize_cells("StackedRNNCells", self._quantizable(), mode)
         return self
+
+    def _quantizable(self):
+        """The cells :meth:`quantize` rounds (all)."""
+        return list(self.cells)
 
     @property
     def quantization_mode(self):

@@ -290,6 +290,39 @@ def test_save_load_keeps_the_compact_weights_exactly(mode, rng):
     assert back.layers[0].cells[0].quantization_mode == mode
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_quantized_cell_or_stack_saves_and_loads_quantized(mode, rng):
+    """A cell alone, and a StackedRNNCells (whose mode is the cells'), keep
+    the compact weights through a file, as a layer does (the file's
+    quantized entry was left out: the cells came back float32)."""
+    x = rng.standard_normal((2, 5)).astype(np.float32)
+    for cell in (fastrnn.LSTMCell(6), fastrnn.GRUCell(6),
+                 fastrnn.StackedRNNCells([fastrnn.LSTMCell(6), fastrnn.GRUCell(4)])):
+        cell.build((None, 5))
+        if mode.endswith("_dynamic") or not isinstance(cell, fastrnn.StackedRNNCells):
+            cell.quantize(mode)
+        else:  # (the stack's cells, one each way)
+            cell.cells[0].quantize(mode)
+        states = ([rng.standard_normal((2, 6)).astype(np.float32) for _ in range(2)]
+                  if isinstance(cell, fastrnn.LSTMCell) else
+                  rng.standard_normal((2, 6)).astype(np.float32)
+                  if isinstance(cell, fastrnn.GRUCell) else
+                  [[rng.standard_normal((2, 6)).astype(np.float32) for _ in range(2)],
+                   rng.standard_normal((2, 4)).astype(np.float32)])
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "c.fastrnn")
+            fastrnn.save(cell, path)
+            back = fastrnn.load(path)
+        assert back.quantization_mode == cell.quantization_mode != None  # noqa: E711
+        for a, b in zip(cell._quantizable(), back._quantizable()):
+            assert a.quantization_mode == b.quantization_mode
+            if a.quantization_mode is not None:
+                for u, v in zip(a._quantized.arrays(), b._quantized.arrays()):
+                    assert u.dtype == v.dtype
+                    np.testing.assert_array_equal(u, v)
+        np.testing.assert_array_equal(back(x, states)[0], cell(x, states)[0])
+
+
 def test_unquantized_files_load_as_before():
     """A file written before quantization existed (pinned in tests/data)."""
     path = os.path.join(os.path.dirname(__file__), "data", "pinned", "model_v1.fastrnn")
