@@ -215,6 +215,11 @@ def _build(spec, arrays, path="object", file=None):
             if len(values) != len(sizes) or any(
                     v.ndim != 2 or v.shape[1] != s for v, s in zip(values, sizes)):
                 raise ValueError(f"{path}: states do not match the layer's state sizes {sizes}")
+            batches = sorted({v.shape[0] for v in values})
+            declared_batch = getattr(sub, "_declared_batch", None)
+            if len(batches) > 1 or declared_batch not in (None, batches[0]):
+                raise ValueError(f"{path}: states of batch size {batches} for a layer of "
+                                 f"batch_size={declared_batch} (its config)")
             sub.states = [np.array(v, dtype=sub.dtype) for v in values]
     return obj
 

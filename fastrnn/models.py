@@ -527,6 +527,13 @@ class TimeDistributed(Layer):
     def __init__(self, layer, name=None, dtype=None, **kwargs):
         super().__init__(name=name, dtype=dtype, **kwargs)
         if isinstance(layer, dict):
+            # the class is checked before the layer is made: a recurrent
+            # layer's config may declare an input size that builds weights
+            # (of any size, from a small file) when it is made
+            if layer.get("class_name") not in ("Dense", "Activation", "Dropout"):
+                raise ValueError(f"TimeDistributed: unsupported inner layer "
+                                 f"{layer.get('class_name')!r}; expected Dense, Activation or "
+                                 "Dropout")
             layer = layer_from_config(layer)
         if not isinstance(layer, (Dense, Activation, Dropout)):
             raise ValueError(f"TimeDistributed: unsupported inner layer "

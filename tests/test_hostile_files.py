@@ -317,6 +317,17 @@ def test_fastrnn_one_array_named_by_20000_layers(files):
     _refused("load", bad, files["load"], r"array 'a0' is named twice")
 
 
+def test_fastrnn_time_distributed_over_a_declared_10e5_lstm(files):
+    """TimeDistributed made its inner layer from the config before refusing
+    its class: an LSTM declaring input_dim built 160 GB of random weights."""
+    inner = {"class_name": "LSTM", "config": {"units": 10**5, "input_dim": 10**5}}
+    layers = [{"class_name": "TimeDistributed", "config": {"name": "td", "layer": inner},
+               "weights": []}]
+    spec = {"class_name": "Sequential", "config": {"name": "m"}, "layers": layers}
+    bad = _fastrnn_file(files["dir"] / "td.fastrnn", spec, _npz({}))
+    _refused("load", bad, files["load"], r"TimeDistributed: unsupported inner layer 'LSTM'")
+
+
 # ----------------------------------------------------------------- load_stream
 
 

@@ -269,6 +269,27 @@ def _rewrite(path, header=None, blob=None, fix_checksum=True):
     return out
 
 
+@pytest.mark.parametrize("batches", [(7, 7), (2, 3)])
+def test_states_of_another_batch_than_the_layers_are_refused(rng, tmp_path, batches):
+    """A stateful layer of batch_size=2 loaded states of batch 7 (or h and c
+    of two batches) and then refused inputs of its own batch size."""
+    layer = fastrnn.LSTM(4, stateful=True, batch_size=2)
+    layer(_x(rng, 2, 3, 5))
+    fastrnn.save(layer, tmp_path / "s.fastrnn")
+    with zipfile.ZipFile(tmp_path / "s.fastrnn") as z:
+        names = json.loads(z.read("fastrnn.json"))["object"]["states"]
+        with np.load(io.BytesIO(z.read("arrays.npz"))) as data:
+            arrays = {k: data[k] for k in data.files}
+    for n, b in zip(names, batches):
+        arrays[n] = rng.standard_normal((b, 4)).astype(np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    bad = _rewrite(tmp_path / "s.fastrnn", blob=buf.getvalue())
+    with pytest.raises(ValueError, match=rf"states of batch size \[{min(batches)}.*\] for a "
+                                         r"layer of batch_size=2"):
+        fastrnn.load(bad)
+
+
 def test_truncated_files(saved):
     data = saved.read_bytes()
     for cut in (0, 10, len(data) // 3, len(data) // 2, len(data) - 30, len(data) - 1):
