@@ -1136,7 +1136,10 @@ class Stream:
 
         The file is a NumPy ``.npz`` (a zip of ``.npy`` arrays plus the
         config as JSON text), loadable with ``allow_pickle=False``; restore
-        it with :func:`load_stream`, in this process or another.
+        it with :func:`load_stream`, in this process or another. A path
+        not ending in ``.npz`` gets it appended, as ``np.savez`` does
+        (:func:`load_stream` given the same path finds the file); returns
+        the path written (a file object is written as it is).
         """
         self._ensure_ready("save")
         if not self._busy.acquire(False):
@@ -1202,7 +1205,8 @@ def load_stream(path):
     Parameters
     ----------
     path : str, path-like or file object
-        An ``.npz`` file written by ``Stream.save``. It is read with
+        An ``.npz`` file written by ``Stream.save`` (given the path given
+        to ``save``, which appended ``.npz``, it reads that file). It is read with
         ``allow_pickle=False`` semantics, and what it declares is checked
         against what it holds before anything is allocated: each array's
         shape must account for its bytes, the layer is made without random
@@ -1226,6 +1230,9 @@ def load_stream(path):
     """
     path = _safe_io.source(path, "load_stream")
     is_file = hasattr(path, "read")
+    if (not is_file and not os.path.exists(path) and not os.fspath(path).endswith(".npz")
+            and os.path.exists(os.fspath(path) + ".npz")):
+        path = os.fspath(path) + ".npz"  # (the name Stream.save wrote for this path)
     if not is_file and not os.path.exists(path):
         raise FileNotFoundError(f"load_stream: no such file {os.fspath(path)!r}")
     where = f"load_stream: {path!r}"

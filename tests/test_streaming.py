@@ -246,6 +246,10 @@ def test_save_and_load(tmp_path, rng):
     assert restored._threads_arg is None
     one = load_stream(layer.stream(batch_size=2, threads=1).save(tmp_path / "one.npz"))
     assert one._threads_arg == 1 and "threads=1 was requested" in one.backend_reason
+    # a path without .npz: save appends it, and load_stream finds it by the same path
+    for given in (tmp_path / "plain", str(tmp_path / "plain2")):
+        assert stream.save(given) == str(given) + ".npz"
+        np.testing.assert_array_equal(load_stream(given).states[0][0], stream.states[0][0])
 
 
 @pytest.mark.parametrize("config", ["lstm", "stack_gru_lstm"])
