@@ -756,10 +756,17 @@ class Sequential:
         if any(getattr(layer, "stateful", False) for layer in self.layers) and batch_size < n:
             raise ValueError("predict: a stateful model must be run in one batch "
                              "(batch_size >= number of samples)")
+        if mask is not None:
+            # checked whole: each batch's slice of a mask of other rows would fit or
+            # fail with the slice's shape
+            mask = _device.host_array(mask, "mask")
+            if x.ndim >= 2 and (mask.ndim != 2 or mask.shape != x.shape[:2]):
+                raise ValueError(f"mask: expected shape (batch, time) = {tuple(x.shape[:2])}, "
+                                 f"got {tuple(mask.shape)}")
         outs = []
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
-            outs.append(self(x[sl], mask=None if mask is None else np.asarray(mask)[sl]))
+            outs.append(self(x[sl], mask=None if mask is None else mask[sl]))
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
     def reset_states(self):

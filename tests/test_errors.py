@@ -43,6 +43,16 @@ def test_mask_shape(lstm, rng, mask_shape):
         lstm(x_(rng, 2, 5, 3), mask=np.ones(mask_shape, bool))
 
 
+@pytest.mark.parametrize("mask_shape", [(3, 5), (1, 5), (2, 7)])
+def test_predict_checks_the_whole_mask(lstm, rng, mask_shape):
+    """predict sliced the mask per batch: extra rows ran silently, and too few
+    or too many steps were named by a batch's slice of them."""
+    model = fastrnn.Sequential([lstm])
+    with pytest.raises(ValueError, match=r"mask: expected shape \(batch, time\) = \(2, 5\), "
+                                         rf"got \({mask_shape[0]}, {mask_shape[1]}\)"):
+        model.predict(x_(rng, 2, 5, 3), mask=np.ones(mask_shape, bool), batch_size=1)
+
+
 def test_mask_values(lstm, rng):
     with pytest.raises(ValueError, match=r"mask: expected booleans or 0/1 values, got the value 2 \(dtype int64\)"):
         lstm(x_(rng, 2, 5, 3), mask=np.full((2, 5), 2, np.int64))
