@@ -693,6 +693,11 @@ class Stream:
             formats = sorted({p.precision for p in params})
             mixed = (f" (its layers' weights are of {len(formats)} formats: "
                      f"{', '.join(formats)})" if len(formats) > 1 else "")
+            odd = [np.asarray(p.kernel).shape[0] for p in params
+                   if p.precision == "bfloat16" and np.asarray(p.kernel).shape[0] % 2]
+            if odd and not mixed:
+                mixed = (f" (its bfloat16 weights have an odd input size, {odd[0]}: the split "
+                         "reads bfloat16 inputs in pairs)")
             raise _ThreadsError(
                 f"threads=2: every frame of this {what}{mixed} would run on one thread at "
                 f"batch_size={B}: the stream has no panel split with a helper thread for it "

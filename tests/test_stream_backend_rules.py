@@ -221,6 +221,17 @@ def test_threads2_is_refused_where_every_frame_runs_on_one_thread(rng, kind):
         unbuilt(np.zeros((1, 11), np.float32))
 
 
+@pytest.mark.skipif(dispatch.get_num_threads() < 2, reason="needs two threads")
+def test_threads2_refusal_names_bfloat16_weights_of_an_odd_input_size(rng):
+    """The split reads bfloat16 inputs in pairs: the refusal said the layer
+    had none of the reasons it listed."""
+    layer = _layer(rng, "lstm", 33, 17)
+    layer.quantize("bfloat16")
+    with pytest.raises(ValueError, match=r"threads=2: .*bfloat16 weights have an odd input "
+                                         r"size, 17.*one thread"):
+        layer.stream(threads=2)
+
+
 def test_threads2_is_refused_with_one_thread_allowed(rng):
     layer = _layer(rng, "lstm", 37, 11)  # (a layer the split runs, given two threads)
     fastrnn.set_num_threads(1)
