@@ -492,8 +492,9 @@ class RNN:
         if self.time_major:
             x = xp.ascontiguousarray(x.transpose(1, 0, 2))
         B, T, D = x.shape
-        if B == 0:
-            raise ValueError("inputs: the batch is empty (batch size 0)")
+        if B == 0 and self.stateful:
+            raise ValueError("inputs: the batch is empty (batch size 0), and a stateful "
+                             "layer's batch size is fixed by its calls")
         if not self.built:
             self.build((B, T, D))
         in_dim = getattr(self.cells[0], "input_dim", None)
@@ -531,8 +532,8 @@ class RNN:
         """
         B, T, _ = x.shape
         P = self.output_size
-        if T == 0:
-            shape = (B, 0, P) if self.return_sequences else (B, P)
+        if T == 0 or B == 0:  # (as Keras 3: empty outputs, the initial states)
+            shape = (B, T, P) if self.return_sequences else (B, P)
             return xp.zeros(shape, self.dtype), [s.copy() for s in states]
         reverse, zero = self.go_backwards, self.zero_output_for_mask
         if not self.compiled:

@@ -100,6 +100,25 @@ def test_bidirectional_merge_modes(merge_mode, backend, rng):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs", [{}, {"return_sequences": True},
+                                    {"return_sequences": True, "return_state": True,
+                                     "go_backwards": True}])
+def test_an_empty_batch_gives_what_keras_gives(backend, kwargs, rng):
+    """Batch 0: empty outputs and states of Keras's shapes (it was refused);
+    a Bidirectional too."""
+    x = np.zeros((0, 5, 3), np.float32)
+    for klayer in (keras.layers.LSTM(4, **kwargs),
+                   keras.layers.Bidirectional(keras.layers.GRU(
+                       4, **{k: v for k, v in kwargs.items() if k != "go_backwards"}))):
+        klayer(rng.standard_normal((2, 5, 3)).astype(np.float32))
+        _randomize(klayer, rng)
+        _compare(klayer, _twin(klayer, backend), x)
+        want = [a.shape for a in _as_list(klayer(x))]
+        got = _twin(klayer, backend)(x)
+        assert [a.shape for a in (got if isinstance(got, list) else [got])] == want
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_bidirectional_gru_states(backend, rng):
     x = rng.standard_normal((2, 5, 3)).astype(np.float32)
     klayer = keras.layers.Bidirectional(keras.layers.GRU(4, return_state=True,
