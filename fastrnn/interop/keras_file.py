@@ -807,14 +807,20 @@ def _from_weights_h5(f, model_config, backend, budget):
 
 def _weight_names(group, where):
     """The ``weight_names`` attribute of a legacy ``.h5`` layer group, as strings."""
-    raw = group.attrs.get("weight_names", [])
+    return _names_attr(group, "weight_names", where, "weight")
+
+
+def _names_attr(group, attr, where, what):
+    """An HDF5 attribute listing names (``layer_names``, ``weight_names``), as
+    strings; absent: none."""
+    raw = group.attrs.get(attr, [])
     if np.ndim(raw) != 1 or not all(isinstance(n, (bytes, str)) for n in raw):
-        raise ValueError(f"weights file: {where} has weight_names {_found(raw)}; expected a "
-                         "list of dataset names")
+        raise ValueError(f"weights file: {where} has {attr} {_found(raw)}; expected a "
+                         f"list of {'dataset' if what == 'weight' else what} names")
     try:
         return [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
     except UnicodeDecodeError as exc:
-        raise ValueError(f"weights file: {where} has a weight name that is not UTF-8: "
+        raise ValueError(f"weights file: {where} has a {what} name that is not UTF-8: "
                          f"{exc}") from exc
 
 
@@ -876,15 +882,7 @@ def _build_from_groups(model_config, f, root, where, backend, budget):
 
 def _layer_names(root, where):
     """The ``layer_names`` attribute of a Keras 2 weights group, as strings."""
-    raw = root.attrs.get("layer_names", [])
-    if np.ndim(raw) != 1 or not all(isinstance(n, (bytes, str)) for n in raw):
-        raise ValueError(f"weights file: {where} has layer_names {_found(raw)}; expected a "
-                         "list of layer names")
-    try:
-        return [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"weights file: {where} has a layer name that is not UTF-8: "
-                         f"{exc}") from exc
+    return _names_attr(root, "layer_names", where, "layer")
 
 
 def _group_weight_names(root, name, where):
