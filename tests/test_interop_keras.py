@@ -440,6 +440,13 @@ def _state_models():
     outs = L.Bidirectional(L.GRU(3, return_state=True), name="bi")(inp)
     yield keras.Model(inp, L.Dense(2, name="dense")(outs[2])), \
         r"reads output 2 \(a state .*\) of layer 'bi' \(Bidirectional\)"
+    # a Sequential ending in such a layer returns [output, *states] in Keras: the
+    # model returned the output alone
+    for last, cls in ((L.LSTM(3, return_state=True, name="last"), "LSTM"),
+                      (L.Bidirectional(L.GRU(3, return_state=True), name="last"),
+                       "Bidirectional")):
+        yield keras.Sequential([keras.Input((6, 4)), last]), \
+            rf"the model's last layer 'last' \({cls}\) has return_state=True"
 
 
 def test_functional_state_outputs_refused(rng, tmp_path):

@@ -317,12 +317,18 @@ def _single(refs, what):
     return _ref(refs[0], what)
 
 
-def _which_output(index, entry):
-    """Names output ``index`` (> 0) of a layer for a refusal."""
+def _returns_state(entry):
+    """Whether a layer entry returns its states too (``return_state=True``, on
+    it or on a Bidirectional's layer)."""
     cfg = entry.get("config") or {}
     inner = cfg.get("layer")  # a Bidirectional's layer
     inner = inner.get("config") if isinstance(inner, dict) else None
-    if cfg.get("return_state") or isinstance(inner, dict) and inner.get("return_state"):
+    return bool(cfg.get("return_state") or isinstance(inner, dict) and inner.get("return_state"))
+
+
+def _which_output(index, entry):
+    """Names output ``index`` (> 0) of a layer for a refusal."""
+    if _returns_state(entry):
         return f"output {index} (a state it returns with return_state=True)"
     return f"output {index}"
 
@@ -381,6 +387,14 @@ def model_chain(model):
     if cls == "Sequential":
         entries = list(layers)
         named = [e for e in entries if e.get("class_name") != "InputLayer"]
+        if named and _returns_state(named[-1]):
+            # (Keras returns [output, *states]: a model returning the output alone
+            # would drop them without a word)
+            raise ValueError(
+                f"the model's last layer {_entry_name(named[-1])!r} "
+                f"({named[-1].get('class_name')}) has return_state=True, so Keras's model "
+                "returns [output, *states]; fastrnn models return one array (each "
+                "layer's first output), so a model that outputs a state is not supported")
         groups = dict(zip([_entry_name(e) for e in named],
                           _unique_names([e["class_name"] for e in named])))
         return entries, groups
