@@ -313,6 +313,21 @@ def test_functional_from_keras_and_files(rng, tmp_path):
         fastrnn.load_keras(tmp_path / "f.weights.h5")
 
 
+def test_unzipped_model_directory_and_sharded_weights(rng, tmp_path):
+    """Keras 3's model.save(dir, zipped=False) loads (it was "neither a .keras
+    zip nor an HDF5 file"); sharded weights are refused, saying so."""
+    model, x = _functional(rng)
+    want = model.predict(x, verbose=0)
+    model.save(tmp_path / "dir", zipped=False)
+    np.testing.assert_allclose(fastrnn.load_keras(tmp_path / "dir")(x), want, atol=ATOL)
+    model.save_weights(tmp_path / "w.weights.json", max_shard_size=1e-6)
+    with pytest.raises(ValueError, match=r"index of sharded Keras 3 weights"):
+        fastrnn.load_keras(tmp_path / "w.weights.json", config=model.to_json())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"a directory, but neither .* found \[\]"):
+        fastrnn.load_keras(tmp_path / "empty")
+
+
 def test_legacy_h5(rng, tmp_path):
     model, x = _functional(rng)
     model.save(tmp_path / "f.h5")

@@ -936,6 +936,35 @@ def _by_layer_name(f, root, where):
     return weights_of
 
 
+def _from_keras_dir(path, config, backend):
+    """Keras 3's ``model.save(path, zipped=False)``: a directory of the
+    ``.keras`` zip's members."""
+    names = set(os.listdir(path))
+    if not {"config.json", "model.weights.h5"} <= names:
+        raise ValueError(f"load_keras: {path!r} is a directory, but neither a Keras 2 "
+                         "SavedModel or TF checkpoint nor a Keras 3 model saved unzipped "
+                         f"(expected config.json and model.weights.h5, found "
+                         f"{sorted(names)[:20]})")
+    where = f"load_keras: {path!r}"
+    model_config = _read_config(os.path.join(path, "config.json"))
+    if config is not None:
+        model_config = _read_config(config)
+    version = None
+    meta = os.path.join(path, "metadata.json")
+    if os.path.isfile(meta) and os.path.getsize(meta) <= _safe_io.JSON_LIMIT:
+        try:
+            with open(meta, "rb") as f:
+                got = _safe_io.load_json(f.read(), where, "metadata.json")
+            version = got.get("keras_version") if isinstance(got, dict) else None
+        except ValueError:
+            pass  # (loading does not need it, as in a .keras zip)
+    model_config = _keras2_meaning(model_config, version, False)
+    weights = os.path.join(path, "model.weights.h5")
+    budget = _safe_io.ReadBudget(os.path.getsize(weights), where)
+    with _h5py().File(weights, "r") as f:
+        return _from_weights_h5(f, model_config, backend, budget)
+
+
 def _zip_keras_version(z, limit, where):
     """The ``keras_version`` of a ``.keras`` zip's ``metadata.json``, or None (none, or
     one that does not parse: loading does not need it)."""
@@ -1058,6 +1087,13 @@ def load_keras(path, config=None, backend=None):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load_keras: no such file {path!r}")
+    if os.path.isdir(path):
+        return _from_keras_dir(path, config, backend)
+    if path.endswith(".weights.json"):
+        raise ValueError(f"load_keras: {path!r} is the index of sharded Keras 3 weights "
+                         "(save_weights with max_shard_size), which fastrnn does not read; "
+                         "save the weights unsharded (model.save_weights('w.weights.h5')) "
+                         "or the model (model.save('m.keras'))")
     where, size = f"load_keras: {path!r}", os.path.getsize(path)
     budget = _safe_io.ReadBudget(size, where)
     if zipfile.is_zipfile(path):
