@@ -691,15 +691,13 @@ class Stream:
             what = "stack" if len(packs) > 1 else "layer"
             th = cpu.threads
             formats = sorted({p.precision for p in params})
-            mixed = (f" (its layers' weights are of {len(formats)} formats: "
-                     f"{', '.join(formats)})" if len(formats) > 1 else "")
-            odd = [np.asarray(p.kernel).shape[0] for p in params
-                   if p.precision == "bfloat16" and np.asarray(p.kernel).shape[0] % 2]
-            if odd and not mixed:
-                mixed = (f" (its bfloat16 weights have an odd input size, {odd[0]}: the split "
-                         "reads bfloat16 inputs in pairs)")
+            odd = [d for d in (np.shape(p.kernel)[0] for p in params) if d % 2]
+            why = (f" (its layers' weights are of {len(formats)} formats: "
+                   f"{', '.join(formats)})" if len(formats) > 1 else
+                   f" (its bfloat16 weights have an odd input size, {odd[0]}: the split "
+                   "reads bfloat16 inputs in pairs)" if formats == ["bfloat16"] and odd else "")
             raise _ThreadsError(
-                f"threads=2: every frame of this {what}{mixed} would run on one thread at "
+                f"threads=2: every frame of this {what}{why} would run on one thread at "
                 f"batch_size={B}: the stream has no panel split with a helper thread for it "
                 f"(packed LSTM and GRU(reset_after=True) layers of more than "
                 f"{th.packed.LANES} units, one weight format, batch_size below "
@@ -1235,9 +1233,8 @@ def load_stream(path):
     """
     path = _safe_io.source(path, "load_stream")
     is_file = hasattr(path, "read")
-    if (not is_file and not os.path.exists(path) and not os.fspath(path).endswith(".npz")
-            and os.path.exists(os.fspath(path) + ".npz")):
-        path = os.fspath(path) + ".npz"  # (the name Stream.save wrote for this path)
+    if not is_file and not os.path.exists(path) and os.path.exists(f"{os.fspath(path)}.npz"):
+        path = f"{os.fspath(path)}.npz"  # (the name Stream.save wrote for this path)
     if not is_file and not os.path.exists(path):
         raise FileNotFoundError(f"load_stream: no such file {os.fspath(path)!r}")
     where = f"load_stream: {path!r}"

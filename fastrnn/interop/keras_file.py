@@ -869,10 +869,10 @@ def _build_from_groups(model_config, f, root, where, backend, budget):
     that hold weights, in order, the counts equal."""
     holding = [n for n in _layer_names(root, where) if _group_weight_names(root, n, where)]
     names = {_entry_name(e) for e in model_chain(model_config)[0]}
-    if all(n in names for n in holding):
-        return build_model(model_config, _by_layer_name(f, root, where), backend, budget)
-    left = list(holding)
     of_group = _by_layer_name(f, root, where)
+    if all(n in names for n in holding):
+        return build_model(model_config, of_group, backend, budget)
+    left = list(holding)
 
     def weights_of(entry, group_name, layer):
         if not (_expected_shapes(layer) or _recurrent_parts(layer)):
@@ -949,15 +949,11 @@ def _from_keras_dir(path, config, backend):
     model_config = _read_config(os.path.join(path, "config.json"))
     if config is not None:
         model_config = _read_config(config)
-    version = None
     meta = os.path.join(path, "metadata.json")
+    version = None
     if os.path.isfile(meta) and os.path.getsize(meta) <= _safe_io.JSON_LIMIT:
-        try:
-            with open(meta, "rb") as f:
-                got = _safe_io.load_json(f.read(), where, "metadata.json")
-            version = got.get("keras_version") if isinstance(got, dict) else None
-        except ValueError:
-            pass  # (loading does not need it, as in a .keras zip)
+        with open(meta, "rb") as f:
+            version = _keras_version(lambda: f.read(), where)
     model_config = _keras2_meaning(model_config, version, False)
     weights = os.path.join(path, "model.weights.h5")
     budget = _safe_io.ReadBudget(os.path.getsize(weights), where)
@@ -970,9 +966,15 @@ def _zip_keras_version(z, limit, where):
     one that does not parse: loading does not need it)."""
     if "metadata.json" not in z.namelist():
         return None
+    return _keras_version(lambda: _safe_io.read_member(
+        z, "metadata.json", min(limit, _safe_io.JSON_LIMIT), where), where)
+
+
+def _keras_version(read, where):
+    """The ``keras_version`` in the ``metadata.json`` that ``read()`` returns, or
+    None (one that does not parse: loading does not need it)."""
     try:
-        meta = _safe_io.load_json(_safe_io.read_member(
-            z, "metadata.json", min(limit, _safe_io.JSON_LIMIT), where), where, "metadata.json")
+        meta = _safe_io.load_json(read(), where, "metadata.json")
     except (ValueError, zipfile.BadZipFile):
         return None
     return meta.get("keras_version") if isinstance(meta, dict) else None
